@@ -1,0 +1,40 @@
+//! First-party adapters bundled into the binary (built by `build.rs`), and loading adapters
+//! from component files.
+
+use std::path::Path;
+
+/// A bundled adapter: product name and component bytes.
+pub struct Bundled {
+    /// Product name used in fleet files (`product = "…"`).
+    pub product: &'static str,
+    /// The component.
+    pub wasm: &'static [u8],
+}
+
+/// The adapters shipped inside this binary.
+pub const BUNDLED: &[Bundled] = &[Bundled {
+    product: "bytebase",
+    wasm: include_bytes!(concat!(env!("UPSHIFT_ADAPTER_DIR"), "/bytebase.wasm")),
+}];
+
+/// The bundled adapter for `product`.
+pub fn bundled(product: &str) -> Option<&'static Bundled> {
+    BUNDLED.iter().find(|b| b.product == product)
+}
+
+/// Names of the bundled products, for messages.
+pub fn bundled_names() -> String {
+    BUNDLED
+        .iter()
+        .map(|b| b.product)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Directory holding the components built by `build.rs` (bundled and test adapters).
+pub const BUILT_DIR: &str = env!("UPSHIFT_ADAPTER_DIR");
+
+/// Read a component file, with an operator-readable error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read adapter {}: {e}", path.display()))
+}

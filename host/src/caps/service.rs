@@ -1,0 +1,118 @@
+//! The service capability: one interface over service backends (a local process now; Docker
+//! and Compose arrive behind the same enum).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::CapError;
+use super::process::ProcessBackend;
+use crate::fleet::{ServiceBackend as ServiceSpec, ServiceBinding};
+
+/// What the host knows of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Whether it runs.
+    pub running: bool,
+    /// The version it runs or will run.
+    pub version: String,
+    /// Backend detail.
+    pub detail: String,
+}
+
+/// A bound service.
+pub enum ServiceBackend {
+    /// A local process.
+    Process(ProcessBackend),
+}
+
+impl ServiceBackend {
+    /// The backend for a fleet binding; state lives under `state_dir`.
+    pub fn new(binding: &ServiceBinding, state_dir: &Path, name: &str) -> ServiceBackend {
+        match &binding.backend {
+            ServiceSpec::Process(spec) => {
+                ServiceBackend::Process(ProcessBackend::new(spec.clone(), state_dir, name))
+            }
+        }
+    }
+
+    /// Current status.
+    pub async fn inspect(&self) -> Result<Status, CapError> {
+        match self {
+            ServiceBackend::Process(p) => {
+                let state = p.state()?;
+                let pid = p.running_pid().await?;
+                Ok(Status {
+                    running: pid.is_some(),
+                    version: state.version,
+                    detail: match pid {
+                        Some(pid) => format!("process pid {pid}"),
+                        None => "process not running".into(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Stop it.
+    pub async fn stop(&self) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.stop().await,
+        }
+    }
+
+    /// Start it.
+    pub async fn start(&self) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.start().await,
+        }
+    }
+
+    /// Switch it (stopped) to another version.
+    pub async fn switch_version(&self, version: &str) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.switch_version(version).await,
+        }
+    }
+
+    /// Whether it answers its health check now.
+    pub async fn healthy(&self) -> Result<bool, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.healthy().await,
+        }
+    }
+
+    /// Wait until healthy; fail early, with its last output, if it stops running.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<String, CapError> {
+        let started = Instant::now();
+        loop {
+            if self.healthy().await? {
+                return Ok(format!(
+                    "healthy after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            let status = self.inspect().await?;
+            if !status.running {
+                return Err(CapError::Failed(format!(
+                    "the service stopped running while starting; last output:\n{}",
+                    self.log_tail(20)
+                )));
+            }
+            if started.elapsed() > timeout {
+                return Err(CapError::Failed(format!(
+                    "not healthy after {} s; last output:\n{}",
+                    timeout.as_secs(),
+                    self.log_tail(20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of the service's output.
+    pub fn log_tail(&self, lines: usize) -> String {
+        match self {
+            ServiceBackend::Process(p) => p.log_tail(lines),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Command-line definitions (clap). The names here are a contract: keep them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Upshift: upgrade, back up and roll back product instances through sandboxed adapters.
+#[derive(Debug, Parser)]
+#[command(name = "upshift", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Fleet file.
+    #[arg(
+        long,
+        global = true,
+        env = "UPSHIFT_FLEET",
+        default_value = "upshift.toml"
+    )]
+    pub fleet: PathBuf,
+    /// Data directory (state, backups, audit log, cache). Default: ~/.local/share/upshift.
+    #[arg(long, global = true, env = "UPSHIFT_DATA")]
+    pub data: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with adapter components.
+    #[command(subcommand)]
+    Adapter(AdapterCommand),
+    /// Show what an upgrade would do (touches nothing).
+    Plan(PlanArgs),
+    /// Upgrade an instance, rolling back automatically on failure.
+    Apply(ApplyArgs),
+    /// Back up an instance's databases now.
+    Backup(BackupArgs),
+    /// List backups.
+    Backups(ListArgs),
+    /// Restore a backup.
+    Restore(RestoreArgs),
+    /// Show past runs and their steps.
+    History(HistoryArgs),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run a self-contained demo: two simulated Bytebase instances on a throwaway PostgreSQL.
+    Demo(DemoArgs),
+    /// Run a product simulator (test infrastructure; used by the demo and the tests).
+    #[command(hide = true)]
+    Simulate {
+        /// Product to simulate.
+        product: String,
+        /// Simulator arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `upshift adapter …`
+#[derive(Debug, Subcommand)]
+pub enum AdapterCommand {
+    /// Show an adapter's product, versions, digest, bindings and exports without running it.
+    Inspect {
+        /// Component file, or the name of a bundled adapter.
+        file: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `upshift audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Report the first edited, removed or reordered record.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `upshift plan`
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Instance from the fleet file (omit for an offline plan with --product/--from).
+    pub instance: Option<String>,
+    /// Target version.
+    #[arg(long)]
+    pub to: String,
+    /// Offline: the bundled adapter's product.
+    #[arg(long, requires = "from", conflicts_with = "instance")]
+    pub product: Option<String>,
+    /// Offline: the version to plan from.
+    #[arg(long, requires = "product")]
+    pub from: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift apply`
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Instance from the fleet file.
+    pub instance: String,
+    /// Target version.
+    #[arg(long)]
+    pub to: String,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Stream JSON events and print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Backup method.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Method {
+    /// `pg_dump` archive in the data directory, checksummed.
+    Dump,
+    /// Server-side `CREATE DATABASE … TEMPLATE` (the service must be stopped).
+    Clone,
+}
+
+/// `upshift backup`
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Instance from the fleet file.
+    pub instance: String,
+    /// How to take it.
+    #[arg(long, value_enum, default_value = "dump")]
+    pub method: Method,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift backups`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this instance.
+    pub instance: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Instance from the fleet file.
+    pub instance: String,
+    /// Backup id (see `upshift backups`).
+    pub backup_id: String,
+    /// Restore into a new database of this name instead of the bound one.
+    #[arg(long)]
+    pub into: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift history`
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this instance.
+    pub instance: Option<String>,
+    /// Show one run's steps.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// How many runs.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Print JSON events instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,11 @@
+//! Upshift: runs per-product upgrade adapters (WebAssembly components) and lends them sandboxed,
+//! granted and audited capabilities to plan, back up, upgrade, verify and roll back.
+
+pub mod adapters;
+pub mod audit;
+pub mod caps;
+pub mod fleet;
+pub mod grants;
+pub mod ops;
+pub mod runtime;
+pub mod state;

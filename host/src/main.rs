@@ -1,0 +1,450 @@
+//! The `upshift` command. Errors become exit codes here: 0 done, 1 error, 2 bad usage or input,
+//! 3 refused by the product's rules, 4 failed and rolled back, 5 failed and not rolled back.
+
+mod cli;
+mod demo;
+mod ui;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use cli::{AdapterCommand, AuditCommand, Cli, Command, Method};
+use upshift::fleet::Fleet;
+use upshift::ops::apply::{self, PlanOutcome};
+use upshift::ops::{OpError, Session};
+use upshift::runtime::bindings::BackupMethod;
+
+/// An error with the exit code it maps to.
+struct Exit {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Exit {
+    fn from(e: E) -> Exit {
+        let error = e.into();
+        let code = match error.downcast_ref::<OpError>() {
+            Some(OpError::Usage(_)) => 2,
+            _ if error.downcast_ref::<upshift::fleet::FleetError>().is_some() => 2,
+            _ => 1,
+        };
+        Exit { code, error }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Exit {
+    Exit {
+        code: 2,
+        error: anyhow::anyhow!(message.into()),
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => Path::new(&home).join(".local/share/upshift"),
+        None => PathBuf::from(".upshift"),
+    }
+}
+
+fn confirm(yes: bool, question: &str) -> Result<bool, Exit> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "no terminal to confirm on; pass --yes to run without a prompt",
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Exit> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Simulate { product, args } = &cli.command {
+        return simulate(product, args);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(exit) => {
+            eprintln!("error: {:#}", exit.error);
+            ExitCode::from(exit.code)
+        }
+    }
+}
+
+fn simulate(product: &str, args: &[String]) -> ExitCode {
+    match product {
+        "bytebase" => {
+            let outcome =
+                upshift_sim::bytebase::Options::from_args_and_env(args).and_then(|opts| {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .context("cannot start the async runtime")?
+                        .block_on(upshift_sim::bytebase::run(opts))
+                });
+            match outcome {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("FATAL {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        other => {
+            eprintln!("error: no simulator for `{other}` (simulators: bytebase)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Exit> {
+    let data = cli.data.clone().unwrap_or_else(default_data_dir);
+    let load_fleet = || Fleet::load(&cli.fleet);
+    match cli.command {
+        Command::Simulate { .. } => Ok(0),
+        Command::Demo(args) => demo::run(&data, args.json).await,
+        Command::Adapter(AdapterCommand::Inspect { file, json }) => inspect(&file, json),
+        Command::Audit(AuditCommand::Verify { json }) => {
+            let path = data.join("audit.jsonl");
+            if !path.exists() {
+                return Err(usage(format!(
+                    "no audit log at {}; pass --data DIR",
+                    path.display()
+                )));
+            }
+            let report = upshift::audit::verify(&path)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "records": report.records,
+                    "ok": report.first_problem.is_none(),
+                    "problem": report.first_problem.as_ref().map(|p| serde_json::json!({
+                        "line": p.line, "seq": p.seq, "kind": format!("{:?}", p.kind).to_lowercase(), "message": p.message,
+                    })),
+                }))?;
+            }
+            match report.first_problem {
+                None => {
+                    if !json {
+                        println!(
+                            "audit log {}: {} records, chain intact",
+                            path.display(),
+                            report.records
+                        );
+                    }
+                    Ok(0)
+                }
+                Some(p) => {
+                    if !json {
+                        println!("audit log {}: TAMPERED — {}", path.display(), p.message);
+                    }
+                    Ok(1)
+                }
+            }
+        }
+        Command::Plan(args) => {
+            let (ui, sink) = ui::Ui::sink(true);
+            drop(ui);
+            let session = Session::open(&data, sink)?;
+            let report = match (&args.instance, &args.product, &args.from) {
+                (None, Some(product), Some(from)) => {
+                    apply::offline_plan(&session, product, from, &args.to).await?
+                }
+                (Some(name), None, None) => {
+                    let fleet = load_fleet()?;
+                    apply::plan_instance(&session, fleet.instance(name)?, &args.to).await?
+                }
+                _ => {
+                    return Err(usage(
+                        "give an INSTANCE, or --product P --from V for an offline plan",
+                    ));
+                }
+            };
+            if args.json {
+                print_json(&report)?;
+            } else {
+                print!("{}", ui::plan_text(&report));
+            }
+            Ok(match report.outcome {
+                PlanOutcome::Plan(_) => 0,
+                PlanOutcome::Refused(_) => 3,
+            })
+        }
+        Command::Apply(args) => {
+            let fleet = load_fleet()?;
+            let instance = fleet.instance(&args.instance)?;
+            if !args.yes && !std::io::stdin().is_terminal() {
+                return Err(usage(
+                    "no terminal to confirm on; pass --yes to run without a prompt",
+                ));
+            }
+            let (ui, sink) = ui::Ui::sink(args.json);
+            let session = Session::open(&data, sink)?;
+            let json = args.json;
+            let yes = args.yes;
+            let report = apply::apply(&session, instance, &args.to, |plan| {
+                if !json {
+                    eprint!("{}", ui::plan_text(plan));
+                }
+                confirm(yes, "Proceed with this plan?").unwrap_or(false)
+            })
+            .await;
+            if let Some(ui) = &ui {
+                ui.clear();
+            }
+            let report = report?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", ui::run_text(&report));
+            }
+            Ok(report.outcome.exit_code() as u8)
+        }
+        Command::Backup(args) => {
+            let fleet = load_fleet()?;
+            let (_ui, sink) = ui::Ui::sink(args.json);
+            let session = Session::open(&data, sink)?;
+            let method = match args.method {
+                Method::Dump => BackupMethod::Dump,
+                Method::Clone => BackupMethod::Clone,
+            };
+            let backups = apply::backup(&session, fleet.instance(&args.instance)?, method).await?;
+            if args.json {
+                print_json(&backups)?;
+            } else {
+                for b in &backups {
+                    println!(
+                        "backup {} of `{}` at {} ({} {}, {} bytes{})",
+                        b.id,
+                        b.binding,
+                        b.product_version,
+                        b.method,
+                        b.location,
+                        b.size_bytes.unwrap_or(0),
+                        b.sha256
+                            .as_ref()
+                            .map(|s| format!(", sha256 {}", &s[..12.min(s.len())]))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Backups(args) => {
+            let state = upshift::state::StateStore::open(&data.join("state.db"))?;
+            let backups = state.backups(args.instance.as_deref())?;
+            if args.json {
+                print_json(&backups)?;
+            } else if backups.is_empty() {
+                println!("no backups");
+            } else {
+                println!(
+                    "{:<16} {:<14} {:<8} {:<10} {:<6} {:<22} location",
+                    "id", "instance", "binding", "version", "method", "taken"
+                );
+                for b in &backups {
+                    println!(
+                        "{:<16} {:<14} {:<8} {:<10} {:<6} {:<22} {}",
+                        b.id,
+                        b.instance,
+                        b.binding,
+                        b.product_version,
+                        b.method,
+                        b.created_at,
+                        b.location
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Restore(args) => {
+            let fleet = load_fleet()?;
+            let instance = fleet.instance(&args.instance)?;
+            if !args.yes && !std::io::stdin().is_terminal() {
+                return Err(usage(
+                    "no terminal to confirm on; pass --yes to run without a prompt",
+                ));
+            }
+            let (ui, sink) = ui::Ui::sink(args.json);
+            let session = Session::open(&data, sink)?;
+            let (json, yes) = (args.json, args.yes);
+            let report = apply::restore(
+                &session,
+                instance,
+                &args.backup_id,
+                args.into.as_deref(),
+                |plan| {
+                    if !json {
+                        eprintln!("Restore plan for {}:", instance.name);
+                        for (i, s) in plan.steps.iter().enumerate() {
+                            eprintln!("  {:>2}. {:<16} {}", i + 1, s.id, s.title);
+                        }
+                        for n in &plan.notes {
+                            eprintln!("  note: {n}");
+                        }
+                    }
+                    confirm(yes, "Proceed with this restore?").unwrap_or(false)
+                },
+            )
+            .await;
+            if let Some(ui) = &ui {
+                ui.clear();
+            }
+            let report = report?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", ui::run_text(&report));
+            }
+            Ok(report.outcome.exit_code() as u8)
+        }
+        Command::History(args) => {
+            let state = upshift::state::StateStore::open(&data.join("state.db"))?;
+            if let Some(run_id) = &args.run {
+                let run = state
+                    .run(run_id)?
+                    .ok_or_else(|| usage(format!("no run `{run_id}`")))?;
+                let steps = state.steps(run_id)?;
+                if args.json {
+                    print_json(&serde_json::json!({ "run": run, "steps": steps }))?;
+                } else {
+                    println!(
+                        "run {} {} {} {} → {}: {}{}",
+                        run.id,
+                        run.kind,
+                        run.instance,
+                        run.from_version,
+                        run.to_version,
+                        run.status,
+                        run.message
+                            .as_ref()
+                            .map(|m| format!(" ({m})"))
+                            .unwrap_or_default()
+                    );
+                    for s in &steps {
+                        println!(
+                            "  {:<8} {:<24} {:<10} {:>7} ms  {}",
+                            s.phase,
+                            s.step_id,
+                            s.status.to_string(),
+                            s.duration_ms.unwrap_or(0),
+                            s.error
+                                .clone()
+                                .or(s.output.clone())
+                                .unwrap_or_default()
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                        );
+                    }
+                }
+                return Ok(0);
+            }
+            let runs = state.runs(args.instance.as_deref(), args.limit)?;
+            if args.json {
+                print_json(&runs)?;
+            } else if runs.is_empty() {
+                println!("no runs");
+            } else {
+                for r in &runs {
+                    println!(
+                        "{}  {:<20} {:<8} {:<14} {:>8} → {:<8} {}",
+                        r.started_at,
+                        r.id,
+                        r.kind,
+                        r.instance,
+                        r.from_version,
+                        r.to_version,
+                        r.status
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn inspect(file: &str, json: bool) -> Result<u8, Exit> {
+    let (label, wasm) = if Path::new(file).exists() {
+        (
+            file.to_string(),
+            std::fs::read(file).with_context(|| format!("cannot read {file}"))?,
+        )
+    } else if let Some(b) = upshift::adapters::bundled(file) {
+        (format!("bundled:{file}"), b.wasm.to_vec())
+    } else {
+        return Err(usage(format!(
+            "`{file}` is neither a file nor a bundled adapter ({})",
+            upshift::adapters::bundled_names()
+        )));
+    };
+    let manifest = upshift::runtime::Manifest::from_component(&wasm)
+        .map_err(|reason| usage(format!("{label} is not a usable adapter: {reason}")))?;
+    let runtime = upshift::runtime::Runtime::new(None)?;
+    let exports = runtime
+        .exports(&wasm)
+        .map_err(|e| usage(format!("{label} does not compile: {e}")))?;
+    let digest = upshift::runtime::digest(&wasm);
+    if json {
+        print_json(&serde_json::json!({
+            "file": label,
+            "sha256": digest,
+            "size_bytes": wasm.len(),
+            "manifest": manifest,
+            "exports": exports,
+            "host_api_supported": upshift::runtime::manifest::HOST_API,
+        }))?;
+        return Ok(0);
+    }
+    println!("adapter      {label}");
+    println!("sha256       {digest}");
+    println!("size         {} bytes", wasm.len());
+    println!(
+        "product      {} (adapter {})",
+        manifest.product, manifest.adapter_version
+    );
+    println!("versions     {}", manifest.supported_versions);
+    println!(
+        "host API     {} (this host: {})",
+        manifest.host_api,
+        upshift::runtime::manifest::HOST_API
+    );
+    println!("exports      {}", exports.join(", "));
+    println!("bindings");
+    for b in &manifest.bindings {
+        let access: Vec<&str> = b.access.iter().map(|a| a.name()).collect();
+        println!(
+            "  {:<8} {:<8} {:<32} {}{}",
+            b.name,
+            b.kind.name(),
+            access.join(", "),
+            b.purpose,
+            if b.optional { " (optional)" } else { "" }
+        );
+    }
+    Ok(0)
+}

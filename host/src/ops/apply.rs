@@ -1,0 +1,834 @@
+//! The flows: plan (live and offline), apply with automatic rollback, backup and restore.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::adapters;
+use crate::audit::{AuditRecord, Decision};
+use crate::caps::InstanceCaps;
+use crate::fleet::Instance;
+use crate::runtime::LoadedAdapter;
+use crate::runtime::bindings::{
+    Action, BackupInfo, BackupMethod, Check, Detection, Plan, Refusal, RestoreRequest,
+};
+use crate::state::{BackupRecord, RunRecord, RunStatus, StateStore};
+
+use super::executor::{RunContext, StepResult};
+use super::plan::{self, Prior, PriorService, Reached, RollbackAction};
+use super::{OpError, Session};
+
+/// A plan, or the product's refusal.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum PlanOutcome {
+    /// The steps to run.
+    Plan(Plan),
+    /// Why not, and the way forward.
+    Refused(Refusal),
+}
+
+/// What `upshift plan` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    /// Instance name (empty for offline plans).
+    pub instance: String,
+    /// Product.
+    pub product: String,
+    /// Adapter digest.
+    pub adapter_digest: String,
+    /// What detection found (offline: the given version, no facts).
+    pub detection: Detection,
+    /// The plan or refusal.
+    pub outcome: PlanOutcome,
+    /// Services' state before (live plans).
+    pub prior: Prior,
+    /// What the host will do if the run fails after its last step.
+    pub rollback: Vec<RollbackAction>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Done and verified.
+    Succeeded,
+    /// The product's rules refused it; nothing changed.
+    Refused,
+    /// It failed and was rolled back to the previous version and data.
+    RolledBack,
+    /// It failed and could not be put back: an operator is needed.
+    NeedsOperator,
+}
+
+impl Outcome {
+    /// The CLI exit code: 0 done, 3 refused, 4 rolled back, 5 operator needed.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Succeeded => 0,
+            Outcome::Refused => 3,
+            Outcome::RolledBack => 4,
+            Outcome::NeedsOperator => 5,
+        }
+    }
+}
+
+/// One step as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepLine {
+    /// `forward` or `rollback`.
+    pub phase: String,
+    /// Step id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Summary or error.
+    pub message: String,
+}
+
+/// What `upshift apply` / `upshift restore` report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Run id.
+    pub run_id: String,
+    /// Instance.
+    pub instance: String,
+    /// Version before.
+    pub from_version: String,
+    /// Version asked for.
+    pub to_version: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Steps run, in order.
+    pub steps: Vec<StepLine>,
+    /// Verification checks.
+    pub checks: Vec<Check>,
+    /// Backups taken.
+    pub backups: Vec<BackupRecord>,
+    /// The refusal, when refused.
+    pub refusal: Option<Refusal>,
+    /// Why it was rolled back or stopped.
+    pub failure: Option<String>,
+    /// The command that returns the instance to where it was before this run.
+    pub rollback_command: Option<String>,
+    /// For an operator: the state left behind and what to run.
+    pub operator_help: Option<String>,
+    /// Denied capability calls during this run.
+    pub denials: Vec<AuditRecord>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn host(e: impl std::fmt::Display) -> OpError {
+    OpError::Host(e.to_string())
+}
+
+/// Load an instance's adapter and capabilities.
+pub async fn prepare(
+    session: &Session,
+    instance: &Instance,
+) -> Result<(LoadedAdapter, Arc<InstanceCaps>), OpError> {
+    let adapter = session.load_adapter(&instance.adapter).await?;
+    let caps = session.caps_for(instance, &adapter)?;
+    Ok((adapter, caps))
+}
+
+/// Call the adapter's `detect`.
+pub async fn detect(
+    session: &Session,
+    adapter: &LoadedAdapter,
+    caps: &Arc<InstanceCaps>,
+) -> Result<Detection, OpError> {
+    let deadline = session.runtime.deadlines().live;
+    let out = session
+        .runtime
+        .call(
+            adapter,
+            Some(caps.clone()),
+            "detect",
+            deadline,
+            async |a, s| a.call_detect(s).await,
+        )
+        .await?;
+    out.map_err(|e| {
+        OpError::Host(format!(
+            "instance `{}`: the {} adapter could not detect the running version: {}",
+            caps.caller.instance, adapter.manifest.product, e.message
+        ))
+    })
+}
+
+async fn call_plan(
+    session: &Session,
+    adapter: &LoadedAdapter,
+    detection: &Detection,
+    target: &str,
+) -> Result<Result<Plan, Refusal>, OpError> {
+    let deadline = session.runtime.deadlines().pure;
+    let (d, t) = (detection.clone(), target.to_string());
+    Ok(session
+        .runtime
+        .call(adapter, None, "plan", deadline, async |a, s| {
+            a.call_plan(s, &d, &t).await
+        })
+        .await?)
+}
+
+fn fault(adapter: &LoadedAdapter, export: &str, reason: String) -> OpError {
+    OpError::Adapter(crate::runtime::AdapterFault {
+        adapter: adapter.label.clone(),
+        short: adapter.short_digest().to_string(),
+        export: export.into(),
+        reason,
+    })
+}
+
+async fn prior_of(plan: &Plan, caps: &InstanceCaps) -> Result<Prior, OpError> {
+    let mut prior = Prior::default();
+    for step in &plan.steps {
+        let binding = match &step.action {
+            Action::ServiceStop(b) | Action::ServiceStart(b) => b,
+            Action::ServiceSwitch(a) => &a.binding,
+            _ => continue,
+        };
+        if prior.services.contains_key(binding) {
+            continue;
+        }
+        let Some(service) = caps.services.get(binding) else {
+            continue;
+        };
+        let status = service.inspect().await.map_err(host)?;
+        prior.services.insert(
+            binding.clone(),
+            PriorService {
+                running: status.running,
+                version: status.version,
+            },
+        );
+    }
+    Ok(prior)
+}
+
+/// Plan an upgrade of a live instance (touches nothing but reads).
+pub async fn plan_instance(
+    session: &Session,
+    instance: &Instance,
+    target: &str,
+) -> Result<PlanReport, OpError> {
+    let (adapter, caps) = prepare(session, instance).await?;
+    let detection = detect(session, &adapter, &caps).await?;
+    let outcome = call_plan(session, &adapter, &detection, target).await?;
+    let (outcome, prior, rollback) = match outcome {
+        Ok(p) => {
+            plan::validate(&p).map_err(|r| fault(&adapter, "plan", r))?;
+            plan::check_grants(&p, &caps.grants, &instance.name).map_err(OpError::Usage)?;
+            let prior = prior_of(&p, &caps).await?;
+            let rollback = plan::worst_case_rollback(&p, &prior);
+            (PlanOutcome::Plan(p), prior, rollback)
+        }
+        Err(r) => (PlanOutcome::Refused(r), Prior::default(), Vec::new()),
+    };
+    Ok(PlanReport {
+        instance: instance.name.clone(),
+        product: adapter.manifest.product.clone(),
+        adapter_digest: adapter.digest.clone(),
+        detection,
+        outcome,
+        prior,
+        rollback,
+    })
+}
+
+/// Evaluate a bundled adapter's rules for `from` → `to` with no live instance.
+pub async fn offline_plan(
+    session: &Session,
+    product: &str,
+    from: &str,
+    to: &str,
+) -> Result<PlanReport, OpError> {
+    let bundled = adapters::bundled(product).ok_or_else(|| {
+        OpError::Usage(format!(
+            "no bundled adapter for product `{product}` (bundled: {})",
+            adapters::bundled_names()
+        ))
+    })?;
+    let adapter = session.runtime.load(product, bundled.wasm).await?;
+    let detection = Detection {
+        version: from.to_string(),
+        facts: Vec::new(),
+    };
+    let outcome = match call_plan(session, &adapter, &detection, to).await? {
+        Ok(p) => {
+            plan::validate(&p).map_err(|r| fault(&adapter, "plan", r))?;
+            PlanOutcome::Plan(p)
+        }
+        Err(r) => PlanOutcome::Refused(r),
+    };
+    // Offline, assume every service the plan touches runs `from` now.
+    let mut prior = Prior::default();
+    if let PlanOutcome::Plan(p) = &outcome {
+        for step in &p.steps {
+            if let Action::ServiceStop(b) | Action::ServiceStart(b) = &step.action {
+                prior.services.insert(
+                    b.clone(),
+                    PriorService {
+                        running: true,
+                        version: from.to_string(),
+                    },
+                );
+            }
+        }
+    }
+    Ok(PlanReport {
+        instance: String::new(),
+        product: product.to_string(),
+        adapter_digest: adapter.digest.clone(),
+        detection,
+        rollback: match &outcome {
+            PlanOutcome::Plan(p) => plan::worst_case_rollback(p, &prior),
+            PlanOutcome::Refused(_) => Vec::new(),
+        },
+        outcome,
+        prior,
+    })
+}
+
+fn new_run(
+    instance: &Instance,
+    adapter: &LoadedAdapter,
+    kind: &str,
+    from: &str,
+    to: &str,
+    plan_json: String,
+) -> RunRecord {
+    RunRecord {
+        id: StateStore::new_run_id(),
+        instance: instance.name.clone(),
+        product: adapter.manifest.product.clone(),
+        adapter_digest: adapter.digest.clone(),
+        kind: kind.to_string(),
+        from_version: from.to_string(),
+        to_version: to.to_string(),
+        status: RunStatus::Running,
+        started_at: now(),
+        finished_at: None,
+        plan_json,
+        message: None,
+    }
+}
+
+fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
+    session
+        .audit
+        .records_for_run(run_id)
+        .map(|records| {
+            records
+                .into_iter()
+                .filter(|r| r.event.decision == Decision::Denied)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Upgrade an instance to `target`: detect, plan, confirm, run, verify; on any failure roll
+/// back to the previous version and data by the host's own rollback.
+pub async fn apply(
+    session: &Session,
+    instance: &Instance,
+    target: &str,
+    confirm: impl FnOnce(&PlanReport) -> bool,
+) -> Result<RunReport, OpError> {
+    let report = plan_instance(session, instance, target).await?;
+    let (adapter, caps) = prepare(session, instance).await?;
+    let from = report.detection.version.clone();
+    let plan = match &report.outcome {
+        PlanOutcome::Refused(r) => {
+            let run = new_run(instance, &adapter, "upgrade", &from, target, "null".into());
+            session.state.insert_run(&run).map_err(host)?;
+            let msg = format!("refused by rule `{}`: {}", r.rule, r.reason);
+            session
+                .state
+                .finish_run(&run.id, RunStatus::Refused, Some(&msg))
+                .map_err(host)?;
+            return Ok(RunReport {
+                run_id: run.id,
+                instance: instance.name.clone(),
+                from_version: from,
+                to_version: target.to_string(),
+                outcome: Outcome::Refused,
+                steps: Vec::new(),
+                checks: Vec::new(),
+                backups: Vec::new(),
+                refusal: Some(r.clone()),
+                failure: None,
+                rollback_command: None,
+                operator_help: None,
+                denials: Vec::new(),
+            });
+        }
+        PlanOutcome::Plan(p) => p.clone(),
+    };
+    if !confirm(&report) {
+        return Err(OpError::Usage("not confirmed; nothing was changed".into()));
+    }
+    let plan_json =
+        serde_json::json!({ "plan": plan, "prior": report.prior, "detection": report.detection })
+            .to_string();
+    let run = new_run(instance, &adapter, "upgrade", &from, target, plan_json);
+    session.state.insert_run(&run).map_err(host)?;
+    caps.set_run(Some(run.id.clone()));
+    let ctx = RunContext {
+        session,
+        adapter: &adapter,
+        caps: caps.clone(),
+        run_id: run.id.clone(),
+        data_version: from.clone(),
+        restore_source: None,
+    };
+    let mut lines = Vec::new();
+    let mut reached: Vec<Reached> = Vec::new();
+    let mut backups: Vec<(String, BackupRecord)> = Vec::new();
+    let mut failure: Option<String> = None;
+    let count = plan.steps.len();
+    for (i, step) in plan.steps.iter().enumerate() {
+        reached.push(Reached::Started);
+        let r = ctx
+            .step(
+                "forward",
+                i as u32,
+                i + 1,
+                count,
+                &step.id,
+                &step.title,
+                async || ctx.perform(&step.action).await,
+            )
+            .await;
+        match r {
+            Ok(StepResult { summary, backup }) => {
+                reached[i] = Reached::Done(backup.as_ref().map(|b| b.id.clone()));
+                if let Some(b) = backup {
+                    backups.push((step.id.clone(), b));
+                }
+                lines.push(StepLine {
+                    phase: "forward".into(),
+                    id: step.id.clone(),
+                    title: step.title.clone(),
+                    ok: true,
+                    message: summary,
+                });
+            }
+            Err(e) => {
+                lines.push(StepLine {
+                    phase: "forward".into(),
+                    id: step.id.clone(),
+                    title: step.title.clone(),
+                    ok: false,
+                    message: e.clone(),
+                });
+                failure = Some(format!("step `{}` failed: {e}", step.id));
+                break;
+            }
+        }
+    }
+    let mut checks = Vec::new();
+    if failure.is_none() {
+        let deadline = session.runtime.deadlines().live;
+        let t = target.to_string();
+        match session
+            .runtime
+            .call(
+                &adapter,
+                Some(caps.clone()),
+                "verify",
+                deadline,
+                async |a, s| a.call_verify(s, &t).await,
+            )
+            .await
+        {
+            Ok(Ok(c)) => {
+                let bad: Vec<String> = c
+                    .iter()
+                    .filter(|c| !c.passed)
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect();
+                checks = c;
+                if !bad.is_empty() {
+                    failure = Some(format!("verification failed: {}", bad.join("; ")));
+                } else if checks.is_empty() {
+                    failure = Some(
+                        "verification returned no checks; refusing to call the upgrade done".into(),
+                    );
+                }
+            }
+            Ok(Err(e)) => failure = Some(format!("verification could not run: {}", e.message)),
+            Err(f) => failure = Some(f.to_string()),
+        }
+    }
+    let backup_records: Vec<BackupRecord> = backups.iter().map(|(_, b)| b.clone()).collect();
+    let Some(failure) = failure else {
+        let rollback_command = backup_records
+            .first()
+            .map(|b| format!("upshift restore {} {}", instance.name, b.id));
+        session
+            .state
+            .finish_run(&run.id, RunStatus::Succeeded, None)
+            .map_err(host)?;
+        return Ok(RunReport {
+            run_id: run.id.clone(),
+            instance: instance.name.clone(),
+            from_version: from,
+            to_version: target.to_string(),
+            outcome: Outcome::Succeeded,
+            steps: lines,
+            checks,
+            backups: backup_records,
+            refusal: None,
+            failure: None,
+            rollback_command,
+            operator_help: None,
+            denials: denials(session, &run.id),
+        });
+    };
+    // Roll back: the host's own plan, never the adapter's.
+    let actions = plan::rollback(&plan.steps[..reached.len()], &reached, &report.prior);
+    let mut rollback_failed = None;
+    let n = actions.len();
+    for (i, action) in actions.iter().enumerate() {
+        let id = action.id();
+        let title = action.describe();
+        let r = ctx
+            .step("rollback", i as u32, i + 1, n, &id, &title, async || {
+                ctx.perform_rollback(action, &backups).await
+            })
+            .await;
+        let ok = r.is_ok();
+        lines.push(StepLine {
+            phase: "rollback".into(),
+            id: id.clone(),
+            title,
+            ok,
+            message: match r {
+                Ok(s) => s.summary,
+                Err(e) => {
+                    rollback_failed = Some(format!("rollback step `{id}` failed: {e}"));
+                    e
+                }
+            },
+        });
+        if !ok {
+            break;
+        }
+    }
+    let (outcome, status, help) = match &rollback_failed {
+        None => (Outcome::RolledBack, RunStatus::RolledBack, None),
+        Some(why) => {
+            let help = operator_help(&instance.name, &caps, &backup_records, why).await;
+            (Outcome::NeedsOperator, RunStatus::Failed, Some(help))
+        }
+    };
+    let message = match &rollback_failed {
+        None => failure.clone(),
+        Some(why) => format!("{failure}; {why}"),
+    };
+    session
+        .state
+        .finish_run(&run.id, status, Some(&message))
+        .map_err(host)?;
+    Ok(RunReport {
+        run_id: run.id.clone(),
+        instance: instance.name.clone(),
+        from_version: from,
+        to_version: target.to_string(),
+        outcome,
+        steps: lines,
+        checks,
+        backups: backup_records,
+        refusal: None,
+        failure: Some(failure),
+        rollback_command: None,
+        operator_help: help,
+        denials: denials(session, &run.id),
+    })
+}
+
+async fn operator_help(
+    instance: &str,
+    caps: &InstanceCaps,
+    backups: &[BackupRecord],
+    why: &str,
+) -> String {
+    let mut out = format!(
+        "Instance `{instance}` could not be rolled back automatically ({why}).\nIts state now:\n"
+    );
+    for (name, service) in &caps.services {
+        match service.inspect().await {
+            Ok(s) => out.push_str(&format!(
+                "  service `{name}`: {} version {} ({})\n",
+                if s.running { "running" } else { "stopped" },
+                s.version,
+                s.detail
+            )),
+            Err(e) => out.push_str(&format!("  service `{name}`: cannot inspect: {e}\n")),
+        }
+    }
+    for b in backups {
+        out.push_str(&format!(
+            "  backup {} of `{}` at version {} ({} {})\n",
+            b.id, b.binding, b.product_version, b.method, b.location
+        ));
+    }
+    if let Some(b) = backups.first() {
+        out.push_str(&format!(
+            "To put the data and version back, run:\n  upshift restore {instance} {}\n",
+            b.id
+        ));
+    } else {
+        out.push_str(
+            "No backup was taken before the failure, so the data was not changed by this run.\n",
+        );
+    }
+    out
+}
+
+/// Back up every db binding the adapter may back up (`dump` unless `clone` is asked for).
+pub async fn backup(
+    session: &Session,
+    instance: &Instance,
+    method: BackupMethod,
+) -> Result<Vec<BackupRecord>, OpError> {
+    let (adapter, caps) = prepare(session, instance).await?;
+    let version = match detect(session, &adapter, &caps).await {
+        Ok(d) => d.version,
+        Err(_) => "unknown".into(),
+    };
+    let run = new_run(
+        instance,
+        &adapter,
+        "backup",
+        &version,
+        &version,
+        "null".into(),
+    );
+    session.state.insert_run(&run).map_err(host)?;
+    caps.set_run(Some(run.id.clone()));
+    let ctx = RunContext {
+        session,
+        adapter: &adapter,
+        caps: caps.clone(),
+        run_id: run.id.clone(),
+        data_version: version,
+        restore_source: None,
+    };
+    let bindings: Vec<String> = caps
+        .grants
+        .grants()
+        .iter()
+        .filter(|(_, g)| {
+            g.kind == crate::grants::BindingKind::Db
+                && g.access.contains(&crate::grants::Access::Backup)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    if bindings.is_empty() {
+        return Err(OpError::Usage(format!(
+            "instance `{}` has no database binding with `backup` access",
+            instance.name
+        )));
+    }
+    let mut out = Vec::new();
+    for (i, b) in bindings.iter().enumerate() {
+        let action = Action::DbBackup(crate::runtime::bindings::DbBackupAction {
+            binding: b.clone(),
+            method,
+            restore_on_rollback: false,
+        });
+        let r = ctx
+            .step(
+                "forward",
+                i as u32,
+                i + 1,
+                bindings.len(),
+                &format!("backup-{b}"),
+                &format!("back up `{b}`"),
+                async || ctx.perform(&action).await,
+            )
+            .await;
+        match r {
+            Ok(StepResult {
+                backup: Some(rec), ..
+            }) => out.push(rec),
+            Ok(_) => {}
+            Err(e) => {
+                session
+                    .state
+                    .finish_run(&run.id, RunStatus::Failed, Some(&e))
+                    .map_err(host)?;
+                return Err(OpError::Host(format!("backup of `{b}` failed: {e}")));
+            }
+        }
+    }
+    session
+        .state
+        .finish_run(&run.id, RunStatus::Succeeded, None)
+        .map_err(host)?;
+    Ok(out)
+}
+
+/// Restore a catalogued backup as the adapter's `plan-restore` says (into the bound database
+/// by swap, or into a new database with `into`).
+pub async fn restore(
+    session: &Session,
+    instance: &Instance,
+    backup_id: &str,
+    into: Option<&str>,
+    confirm: impl FnOnce(&Plan) -> bool,
+) -> Result<RunReport, OpError> {
+    let backup = session
+        .state
+        .backup(backup_id)
+        .map_err(host)?
+        .ok_or_else(|| {
+            OpError::Usage(format!(
+                "no backup `{backup_id}`; `upshift backups` lists them"
+            ))
+        })?;
+    if backup.instance != instance.name {
+        return Err(OpError::Usage(format!(
+            "backup `{backup_id}` belongs to instance `{}`, not `{}`",
+            backup.instance, instance.name
+        )));
+    }
+    let (adapter, caps) = prepare(session, instance).await?;
+    let current = detect(session, &adapter, &caps)
+        .await
+        .ok()
+        .map(|d| d.version);
+    let request = RestoreRequest {
+        backup: BackupInfo {
+            id: backup.id.clone(),
+            binding: backup.binding.clone(),
+            product_version: backup.product_version.clone(),
+            method: if backup.method == "dump" {
+                BackupMethod::Dump
+            } else {
+                BackupMethod::Clone
+            },
+        },
+        current_version: current.clone(),
+        into: into.map(str::to_string),
+    };
+    let deadline = session.runtime.deadlines().pure;
+    let planned = session
+        .runtime
+        .call(&adapter, None, "plan-restore", deadline, async |a, s| {
+            a.call_plan_restore(s, &request).await
+        })
+        .await?;
+    let from = current.unwrap_or_else(|| "unknown".into());
+    let plan = match planned {
+        Ok(p) => p,
+        Err(r) => {
+            return Ok(RunReport {
+                run_id: String::new(),
+                instance: instance.name.clone(),
+                from_version: from,
+                to_version: backup.product_version.clone(),
+                outcome: Outcome::Refused,
+                steps: Vec::new(),
+                checks: Vec::new(),
+                backups: vec![backup],
+                refusal: Some(r),
+                failure: None,
+                rollback_command: None,
+                operator_help: None,
+                denials: Vec::new(),
+            });
+        }
+    };
+    plan::validate(&plan).map_err(|r| fault(&adapter, "plan-restore", r))?;
+    plan::check_grants(&plan, &caps.grants, &instance.name).map_err(OpError::Usage)?;
+    if !confirm(&plan) {
+        return Err(OpError::Usage("not confirmed; nothing was changed".into()));
+    }
+    let run = new_run(
+        instance,
+        &adapter,
+        "restore",
+        &from,
+        &backup.product_version,
+        serde_json::json!({ "plan": plan, "backup": backup.id }).to_string(),
+    );
+    session.state.insert_run(&run).map_err(host)?;
+    caps.set_run(Some(run.id.clone()));
+    let ctx = RunContext {
+        session,
+        adapter: &adapter,
+        caps: caps.clone(),
+        run_id: run.id.clone(),
+        data_version: backup.product_version.clone(),
+        restore_source: Some(backup.clone()),
+    };
+    let mut lines = Vec::new();
+    let mut failure = None;
+    for (i, step) in plan.steps.iter().enumerate() {
+        let r = ctx
+            .step(
+                "forward",
+                i as u32,
+                i + 1,
+                plan.steps.len(),
+                &step.id,
+                &step.title,
+                async || ctx.perform(&step.action).await,
+            )
+            .await;
+        let ok = r.is_ok();
+        lines.push(StepLine {
+            phase: "forward".into(),
+            id: step.id.clone(),
+            title: step.title.clone(),
+            ok,
+            message: match r {
+                Ok(s) => s.summary,
+                Err(e) => {
+                    failure = Some(format!("step `{}` failed: {e}", step.id));
+                    e
+                }
+            },
+        });
+        if !ok {
+            break;
+        }
+    }
+    let (outcome, status, help) = match &failure {
+        None => (Outcome::Succeeded, RunStatus::Succeeded, None),
+        Some(why) => (
+            Outcome::NeedsOperator,
+            RunStatus::Failed,
+            Some(operator_help(&instance.name, &caps, std::slice::from_ref(&backup), why).await),
+        ),
+    };
+    session
+        .state
+        .finish_run(&run.id, status, failure.as_deref())
+        .map_err(host)?;
+    Ok(RunReport {
+        run_id: run.id.clone(),
+        instance: instance.name.clone(),
+        from_version: from,
+        to_version: backup.product_version.clone(),
+        outcome,
+        steps: lines,
+        checks: Vec::new(),
+        backups: vec![backup],
+        refusal: None,
+        failure,
+        rollback_command: None,
+        operator_help: help,
+        denials: denials(session, &run.id),
+    })
+}

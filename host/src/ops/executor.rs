@@ -1,0 +1,472 @@
+//! Runs plan steps: built-in actions through the same grant check and audit as adapter calls,
+//! custom steps through the adapter's `run-step`, each journaled before and after it runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::caps::db::BackupSource;
+use crate::caps::{CapError, Event, InstanceCaps};
+use crate::grants::{Access, BindingKind};
+use crate::runtime::LoadedAdapter;
+use crate::runtime::bindings::{Action, BackupMethod, HttpCheckAction, RestoreTarget};
+use crate::state::{BackupRecord, StateStore, StepStatus};
+
+use super::Session;
+use super::plan::{RollbackAction, action_grant};
+
+/// What a run needs to carry out steps.
+pub struct RunContext<'a> {
+    /// The session.
+    pub session: &'a Session,
+    /// The adapter.
+    pub adapter: &'a LoadedAdapter,
+    /// The instance's capabilities.
+    pub caps: Arc<InstanceCaps>,
+    /// The run being journaled.
+    pub run_id: String,
+    /// Product version the instance's data is at when a backup is taken.
+    pub data_version: String,
+    /// The backup a `db-restore` step restores.
+    pub restore_source: Option<BackupRecord>,
+}
+
+/// The result of one finished step.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    /// Summary for the report.
+    pub summary: String,
+    /// The backup a `db-backup` step took.
+    pub backup: Option<BackupRecord>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A database name for a backup clone: `<db>_<backup id>`, within PostgreSQL's 63 bytes.
+pub fn clone_name(database: &str, backup_id: &str) -> String {
+    let suffix = format!("_{}", backup_id.replace('-', "_"));
+    let keep = 63usize.saturating_sub(suffix.len());
+    let mut base: String = database.chars().take(keep).collect();
+    while base.len() > keep {
+        base.pop();
+    }
+    format!("{base}{suffix}")
+}
+
+impl RunContext<'_> {
+    fn state(&self) -> &StateStore {
+        &self.session.state
+    }
+
+    /// Run one step with journaling and events. `Err` carries the error text.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn step(
+        &self,
+        phase: &str,
+        seq: u32,
+        index: usize,
+        count: usize,
+        id: &str,
+        title: &str,
+        work: impl AsyncFnOnce() -> Result<StepResult, String>,
+    ) -> Result<StepResult, String> {
+        let instance = self.caps.caller.instance.clone();
+        self.state()
+            .step_started(&self.run_id, seq, id, title, phase)
+            .map_err(|e| format!("cannot journal step `{id}`: {e}"))?;
+        self.caps.events.emit(Event::StepStarted {
+            instance: instance.clone(),
+            phase: phase.into(),
+            index,
+            count,
+            step: id.into(),
+            title: title.into(),
+        });
+        let started = Instant::now();
+        let outcome = work().await;
+        let (status, output, error) = match &outcome {
+            Ok(r) => (StepStatus::Succeeded, Some(r.summary.as_str()), None),
+            Err(e) => (StepStatus::Failed, None, Some(e.as_str())),
+        };
+        let journaled = self
+            .state()
+            .step_finished(&self.run_id, seq, phase, status, output, error)
+            .map_err(|e| format!("cannot journal the end of step `{id}`: {e}"));
+        self.caps.events.emit(Event::StepFinished {
+            instance,
+            phase: phase.into(),
+            step: id.into(),
+            ok: outcome.is_ok(),
+            message: match &outcome {
+                Ok(r) => r.summary.clone(),
+                Err(e) => e.clone(),
+            },
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        journaled?;
+        outcome
+    }
+
+    /// Carry out one plan action.
+    pub async fn perform(&self, action: &Action) -> Result<StepResult, String> {
+        match action {
+            Action::Custom(c) => {
+                let caps = self.caps.clone();
+                let deadline = self.session.runtime.deadlines().live;
+                let (name, payload) = (c.name.clone(), c.payload.clone());
+                let out = self
+                    .session
+                    .runtime
+                    .call(
+                        self.adapter,
+                        Some(caps),
+                        "run-step",
+                        deadline,
+                        async |a, s| a.call_run_step(s, &name, &payload).await,
+                    )
+                    .await
+                    .map_err(|f| f.to_string())?;
+                match out {
+                    Ok(o) => Ok(StepResult {
+                        summary: o.summary,
+                        backup: None,
+                    }),
+                    Err(e) => Err(format!("adapter step `{}` failed: {}", c.name, e.message)),
+                }
+            }
+            other => {
+                let Some((kind, binding, access)) = action_grant(other) else {
+                    return Err("action has no grant".into());
+                };
+                let binding = binding.to_string();
+                let op = operation_name(other);
+                self.caps
+                    .guarded(
+                        kind,
+                        &binding,
+                        access,
+                        op,
+                        Some("host action".into()),
+                        || async {
+                            let r = self.builtin(other).await?;
+                            Ok((r, 0))
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn builtin(&self, action: &Action) -> Result<StepResult, CapError> {
+        let service = |b: &str| {
+            self.caps
+                .services
+                .get(b)
+                .ok_or_else(|| CapError::Failed(format!("service `{b}` is not bound")))
+        };
+        let done = |summary: String| {
+            Ok(StepResult {
+                summary,
+                backup: None,
+            })
+        };
+        match action {
+            Action::ServiceStop(b) => done(service(b)?.stop().await?),
+            Action::ServiceStart(b) => done(service(b)?.start().await?),
+            Action::ServiceSwitch(a) => {
+                done(service(&a.binding)?.switch_version(&a.version).await?)
+            }
+            Action::WaitHealthy(a) => done(
+                service(&a.binding)?
+                    .wait_healthy(Duration::from_millis(a.timeout_ms.into()))
+                    .await?,
+            ),
+            Action::HttpCheck(a) => done(self.http_check(a).await?),
+            Action::DbBackup(a) => {
+                let record = self.backup(&a.binding, a.method).await?;
+                Ok(StepResult {
+                    summary: format!("backup {} ({})", record.id, record.location),
+                    backup: Some(record),
+                })
+            }
+            Action::DbRestore(a) => {
+                let source = self.restore_source.clone().ok_or_else(|| {
+                    CapError::Failed("no backup was chosen for this restore".into())
+                })?;
+                let summary = self
+                    .restore(&a.binding, &source, &a.target, &a.namespace_columns)
+                    .await?;
+                done(summary)
+            }
+            Action::FilesSnapshot(b) => Err(CapError::Failed(format!(
+                "directory snapshots (`{b}`) are not available in this version of upshift"
+            ))),
+            Action::Custom(_) => Err(CapError::Failed(
+                "custom steps are run by the adapter".into(),
+            )),
+        }
+    }
+
+    async fn http_check(&self, a: &HttpCheckAction) -> Result<String, CapError> {
+        let backend = self
+            .caps
+            .http
+            .get(&a.binding)
+            .ok_or_else(|| CapError::Failed(format!("http `{}` is not bound", a.binding)))?;
+        let deadline = Instant::now() + Duration::from_millis(a.timeout_ms.into());
+        loop {
+            let last = match backend.request("GET", &a.path, Vec::new()).await {
+                Ok((resp, _)) => {
+                    let body = String::from_utf8_lossy(&resp.body).into_owned();
+                    let body_ok = a
+                        .expect_body_contains
+                        .as_ref()
+                        .is_none_or(|want| body.contains(want));
+                    if resp.status == a.expect_status && body_ok {
+                        return Ok(format!("{} {} answered {}", a.binding, a.path, resp.status));
+                    }
+                    format!(
+                        "{} answered {} with `{}`; expected {}{}",
+                        a.path,
+                        resp.status,
+                        body.chars().take(200).collect::<String>(),
+                        a.expect_status,
+                        a.expect_body_contains
+                            .as_ref()
+                            .map(|w| format!(" containing `{w}`"))
+                            .unwrap_or_default()
+                    )
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(CapError::Failed(last));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Take a backup of a db binding and record it in the catalog.
+    pub async fn backup(
+        &self,
+        binding: &str,
+        method: BackupMethod,
+    ) -> Result<BackupRecord, CapError> {
+        let db = self
+            .caps
+            .db
+            .get(binding)
+            .ok_or_else(|| CapError::Failed(format!("db `{binding}` is not bound")))?;
+        let id = StateStore::new_backup_id();
+        let (method_name, location, size, sha) = match method {
+            BackupMethod::Clone => {
+                let name = clone_name(db.database(), &id);
+                let size = db.clone_to(&name).await?;
+                ("clone", name, Some(size), None)
+            }
+            BackupMethod::Dump => {
+                let file = self
+                    .session
+                    .backups_dir()
+                    .join(&id)
+                    .join(format!("{}.dump", db.database()));
+                let (size, sha) = db.dump_to(&file).await?;
+                ("dump", file.display().to_string(), Some(size), Some(sha))
+            }
+        };
+        let record = BackupRecord {
+            id,
+            instance: self.caps.caller.instance.clone(),
+            binding: binding.to_string(),
+            run_id: Some(self.run_id.clone()),
+            method: method_name.into(),
+            location,
+            source_database: db.database().to_string(),
+            product_version: self.data_version.clone(),
+            created_at: now(),
+            size_bytes: size,
+            sha256: sha,
+            valid: true,
+            note: None,
+        };
+        self.state().insert_backup(&record).map_err(|e| {
+            CapError::Failed(format!(
+                "the backup was taken but could not be catalogued: {e}"
+            ))
+        })?;
+        Ok(record)
+    }
+
+    async fn restore(
+        &self,
+        binding: &str,
+        backup: &BackupRecord,
+        target: &RestoreTarget,
+        namespace: &[crate::runtime::bindings::NamespaceColumn],
+    ) -> Result<String, CapError> {
+        let db = self
+            .caps
+            .db
+            .get(binding)
+            .ok_or_else(|| CapError::Failed(format!("db `{binding}` is not bound")))?;
+        if !backup.valid {
+            return Err(CapError::Failed(format!(
+                "backup {} is marked invalid",
+                backup.id
+            )));
+        }
+        let source = match backup.method.as_str() {
+            "clone" => BackupSource::Clone(backup.location.clone()),
+            "dump" => BackupSource::Dump {
+                file: backup.location.clone().into(),
+                sha256: backup.sha256.clone().unwrap_or_default(),
+            },
+            other => {
+                return Err(CapError::Failed(format!(
+                    "backup method `{other}` cannot be restored"
+                )));
+            }
+        };
+        match target {
+            RestoreTarget::SameDatabase => {
+                let tag = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+                let staging = clone_name(db.database(), &format!("restoring_{tag}"));
+                let keep = clone_name(db.database(), &format!("pre_restore_{tag}"));
+                db.materialize(&staging, &source).await?;
+                db.swap_in(&staging, &keep).await?;
+                Ok(format!(
+                    "restored {} into `{}`; the replaced database is kept as `{keep}`",
+                    backup.id,
+                    db.database()
+                ))
+            }
+            RestoreTarget::NewDatabase(name) => {
+                if !crate::caps::db::plain_ident(name) {
+                    return Err(CapError::Invalid(format!(
+                        "`{name}` is not a plain database name (lowercase letters, digits, `_`)"
+                    )));
+                }
+                db.materialize(name, &source).await?;
+                let mut rewritten = 0;
+                for col in namespace {
+                    rewritten += db.rewrite_namespace(name, &col.table, &col.column).await?;
+                }
+                Ok(format!(
+                    "restored {} into new database `{name}` ({rewritten} namespace row(s) rewritten from `{}`)",
+                    backup.id,
+                    db.database()
+                ))
+            }
+        }
+    }
+
+    /// Carry out one rollback action; `backups` are the run's backups by the step that took them.
+    pub async fn perform_rollback(
+        &self,
+        action: &RollbackAction,
+        backups: &[(String, BackupRecord)],
+    ) -> Result<StepResult, String> {
+        let (kind, binding, access, op) = match action {
+            RollbackAction::Stop { binding } => {
+                (BindingKind::Service, binding, Access::Control, "stop")
+            }
+            RollbackAction::Start { binding } => {
+                (BindingKind::Service, binding, Access::Control, "start")
+            }
+            RollbackAction::Switch { binding, .. } => (
+                BindingKind::Service,
+                binding,
+                Access::SwitchVersion,
+                "switch-version",
+            ),
+            RollbackAction::WaitHealthy { binding } => (
+                BindingKind::Service,
+                binding,
+                Access::Inspect,
+                "wait-healthy",
+            ),
+            RollbackAction::Restore { binding, .. } => {
+                (BindingKind::Db, binding, Access::Restore, "restore")
+            }
+        };
+        let binding = binding.clone();
+        self.caps
+            .guarded(
+                kind,
+                &binding,
+                access,
+                op,
+                Some("host rollback".into()),
+                || async {
+                    let service = |b: &str| {
+                        self.caps
+                            .services
+                            .get(b)
+                            .ok_or_else(|| CapError::Failed(format!("service `{b}` is not bound")))
+                    };
+                    let summary = match action {
+                        RollbackAction::Stop { binding } => service(binding)?.stop().await?,
+                        RollbackAction::Start { binding } => service(binding)?.start().await?,
+                        RollbackAction::Switch { binding, version } => {
+                            service(binding)?.switch_version(version).await?
+                        }
+                        RollbackAction::WaitHealthy { binding } => {
+                            service(binding)?
+                                .wait_healthy(Duration::from_secs(180))
+                                .await?
+                        }
+                        RollbackAction::Restore {
+                            binding, from_step, ..
+                        } => {
+                            let backup = backups
+                                .iter()
+                                .find(|(step, _)| step == from_step)
+                                .map(|(_, b)| b.clone())
+                                .ok_or_else(|| {
+                                    CapError::Failed(format!("no backup from step `{from_step}`"))
+                                })?;
+                            self.restore(binding, &backup, &RestoreTarget::SameDatabase, &[])
+                                .await?
+                        }
+                    };
+                    Ok((
+                        StepResult {
+                            summary,
+                            backup: None,
+                        },
+                        0,
+                    ))
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn operation_name(action: &Action) -> &'static str {
+    match action {
+        Action::DbBackup(_) => "backup",
+        Action::DbRestore(_) => "restore",
+        Action::FilesSnapshot(_) => "snapshot",
+        Action::ServiceStop(_) => "stop",
+        Action::ServiceStart(_) => "start",
+        Action::ServiceSwitch(_) => "switch-version",
+        Action::WaitHealthy(_) => "wait-healthy",
+        Action::HttpCheck(_) => "check",
+        Action::Custom(_) => "run-step",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clone_name;
+
+    #[test]
+    fn clone_names_fit_postgres() {
+        assert_eq!(clone_name("metadb", "bk-0a1b"), "metadb_bk_0a1b");
+        let long = "x".repeat(80);
+        assert_eq!(clone_name(&long, "bk-0123456789ab").len(), 63);
+    }
+}

@@ -1,0 +1,36 @@
+//! Operations on instances: plan, apply (with automatic rollback), backup, restore, and the
+//! offline planner. The CLI is a thin layer over these.
+
+pub mod apply;
+pub mod executor;
+pub mod plan;
+pub mod session;
+
+pub use session::Session;
+
+use crate::runtime::{AdapterFault, RuntimeError};
+
+/// Why an operation could not be carried out (outcomes such as a refusal or a rollback are
+/// reports, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Bad usage or bad input (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The adapter misbehaved (exit 1; blamed on the adapter).
+    #[error(transparent)]
+    Adapter(#[from] AdapterFault),
+    /// The host or a resource failed (exit 1).
+    #[error("{0}")]
+    Host(String),
+}
+
+impl From<RuntimeError> for OpError {
+    fn from(e: RuntimeError) -> OpError {
+        match e {
+            RuntimeError::Fault(f) => OpError::Adapter(f),
+            RuntimeError::Component { .. } => OpError::Usage(e.to_string()),
+            RuntimeError::Engine(m) => OpError::Host(m),
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Plans as data: validation against the grants before anything runs, a readable rendering,
+//! and the rollback the host derives by itself (it never asks the adapter how to undo).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::caps::limits::{MAX_PLAN_STEPS, MAX_TEXT};
+use crate::grants::{Access, BindingKind, GrantSet};
+use crate::runtime::bindings::{Action, BackupMethod, Plan, RestoreTarget, Step};
+
+/// The grant a built-in action needs, if any (custom steps are checked call by call).
+pub fn action_grant(action: &Action) -> Option<(BindingKind, &str, Access)> {
+    Some(match action {
+        Action::DbBackup(a) => (BindingKind::Db, a.binding.as_str(), Access::Backup),
+        Action::DbRestore(a) => (BindingKind::Db, a.binding.as_str(), Access::Restore),
+        Action::FilesSnapshot(b) => (BindingKind::Files, b.as_str(), Access::Snapshot),
+        Action::ServiceStop(b) | Action::ServiceStart(b) => {
+            (BindingKind::Service, b.as_str(), Access::Control)
+        }
+        Action::ServiceSwitch(a) => (
+            BindingKind::Service,
+            a.binding.as_str(),
+            Access::SwitchVersion,
+        ),
+        Action::WaitHealthy(a) => (BindingKind::Service, a.binding.as_str(), Access::Inspect),
+        Action::HttpCheck(a) => (BindingKind::Http, a.binding.as_str(), Access::Read),
+        Action::Custom(_) => return None,
+    })
+}
+
+/// Check a plan's shape before anything runs: bounded and well-formed. The error is the
+/// adapter's fault.
+pub fn validate(plan: &Plan) -> Result<(), String> {
+    if plan.steps.len() > MAX_PLAN_STEPS {
+        return Err(format!(
+            "the plan has {} steps, more than the limit of {MAX_PLAN_STEPS}",
+            plan.steps.len()
+        ));
+    }
+    let texts = plan
+        .notes
+        .iter()
+        .chain([&plan.from_version, &plan.to_version])
+        .chain(plan.steps.iter().flat_map(|s| [&s.id, &s.title]));
+    for t in texts {
+        if t.len() > MAX_TEXT {
+            return Err(format!(
+                "a plan text field is {} bytes, over the limit of {MAX_TEXT}",
+                t.len()
+            ));
+        }
+    }
+    for (i, step) in plan.steps.iter().enumerate() {
+        let ok_id = !step.id.is_empty()
+            && step.id.len() <= 64
+            && step
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok_id {
+            return Err(format!(
+                "step {} has id `{}`; ids are letters, digits, `-` and `_`",
+                i + 1,
+                step.id
+            ));
+        }
+        if plan.steps[..i].iter().any(|s| s.id == step.id) {
+            return Err(format!("step id `{}` is used twice", step.id));
+        }
+    }
+    Ok(())
+}
+
+/// Check that every built-in action of a plan is granted. A shortfall comes from the operator's
+/// narrowing (or an unbound optional binding), so the message says how to grant it.
+pub fn check_grants(plan: &Plan, grants: &GrantSet, instance: &str) -> Result<(), String> {
+    for step in &plan.steps {
+        if let Some((kind, binding, access)) = action_grant(&step.action) {
+            grants.check(binding, kind, access).map_err(|d| {
+                format!(
+                    "the plan's step `{}` needs `{access}` on {kind} binding `{binding}`, but {d}; add \"{access}\" to `access` in [instance.{kind}.{binding}] of instance `{instance}` (or remove the narrowing)",
+                    step.id
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// One line describing what an action does.
+pub fn describe_action(action: &Action) -> String {
+    match action {
+        Action::DbBackup(a) => format!(
+            "back up database `{}` ({})",
+            a.binding,
+            match a.method {
+                BackupMethod::Clone => "server-side clone",
+                BackupMethod::Dump => "pg_dump archive",
+            }
+        ),
+        Action::DbRestore(a) => match &a.target {
+            RestoreTarget::SameDatabase => {
+                format!("restore database `{}` in place (swap by rename)", a.binding)
+            }
+            RestoreTarget::NewDatabase(n) => {
+                format!("restore database `{}` into new database `{n}`", a.binding)
+            }
+        },
+        Action::FilesSnapshot(b) => format!("snapshot directory `{b}`"),
+        Action::ServiceStop(b) => format!("stop service `{b}`"),
+        Action::ServiceStart(b) => format!("start service `{b}`"),
+        Action::ServiceSwitch(a) => format!("switch service `{}` to {}", a.binding, a.version),
+        Action::WaitHealthy(a) => format!(
+            "wait up to {} s for `{}` to be healthy",
+            a.timeout_ms / 1000,
+            a.binding
+        ),
+        Action::HttpCheck(a) => {
+            format!("expect {} from `{}` {}", a.expect_status, a.binding, a.path)
+        }
+        Action::Custom(a) => format!(
+            "adapter step `{}`{}",
+            a.name,
+            if a.mutates {
+                " (changes things)"
+            } else {
+                " (read-only)"
+            }
+        ),
+    }
+}
+
+/// A service's state before a run touched it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorService {
+    /// Whether it ran.
+    pub running: bool,
+    /// Its version.
+    pub version: String,
+}
+
+/// What the host recorded before the first step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prior {
+    /// Services the plan touches, by binding.
+    pub services: BTreeMap<String, PriorService>,
+}
+
+/// One action of a host-derived rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum RollbackAction {
+    /// Stop a service the run touched.
+    Stop {
+        /// Binding.
+        binding: String,
+    },
+    /// Restore the backup a step took, in place.
+    Restore {
+        /// Binding.
+        binding: String,
+        /// The step that took the backup.
+        from_step: String,
+        /// Its id, once known.
+        backup_id: Option<String>,
+    },
+    /// Switch a service back.
+    Switch {
+        /// Binding.
+        binding: String,
+        /// Version before the run.
+        version: String,
+    },
+    /// Start a service that ran before.
+    Start {
+        /// Binding.
+        binding: String,
+    },
+    /// Wait for it.
+    WaitHealthy {
+        /// Binding.
+        binding: String,
+    },
+}
+
+impl RollbackAction {
+    /// A short id for the journal.
+    pub fn id(&self) -> String {
+        match self {
+            RollbackAction::Stop { binding } => format!("rollback-stop-{binding}"),
+            RollbackAction::Restore { binding, .. } => format!("rollback-restore-{binding}"),
+            RollbackAction::Switch { binding, .. } => format!("rollback-switch-{binding}"),
+            RollbackAction::Start { binding } => format!("rollback-start-{binding}"),
+            RollbackAction::WaitHealthy { binding } => format!("rollback-wait-{binding}"),
+        }
+    }
+
+    /// One line for humans.
+    pub fn describe(&self) -> String {
+        match self {
+            RollbackAction::Stop { binding } => format!("stop service `{binding}`"),
+            RollbackAction::Restore {
+                binding,
+                from_step,
+                backup_id,
+            } => format!(
+                "restore database `{binding}` from the backup taken in step `{from_step}`{}",
+                backup_id
+                    .as_ref()
+                    .map(|id| format!(" ({id})"))
+                    .unwrap_or_default()
+            ),
+            RollbackAction::Switch { binding, version } => {
+                format!("switch service `{binding}` back to {version}")
+            }
+            RollbackAction::Start { binding } => format!("start service `{binding}`"),
+            RollbackAction::WaitHealthy { binding } => {
+                format!("wait until service `{binding}` is healthy")
+            }
+        }
+    }
+}
+
+/// How far a step got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reached {
+    /// It finished; for backups, with the backup id.
+    Done(Option<String>),
+    /// It started and failed or its outcome is unknown.
+    Started,
+}
+
+fn changes_data(action: &Action) -> bool {
+    match action {
+        Action::ServiceStart(_) | Action::DbRestore(_) => true,
+        Action::Custom(c) => c.mutates,
+        _ => false,
+    }
+}
+
+/// The rollback for a run that reached `reached` (in step order) from `prior`. Data comes back
+/// before any old version starts, because an old binary on a migrated schema is never safe.
+pub fn rollback(steps: &[Step], reached: &[Reached], prior: &Prior) -> Vec<RollbackAction> {
+    let ran: Vec<(&Step, &Reached)> = steps.iter().zip(reached).collect();
+    let mut touched: Vec<String> = Vec::new();
+    let mut switched: Vec<String> = Vec::new();
+    for (step, _) in &ran {
+        match &step.action {
+            Action::ServiceStop(b) | Action::ServiceStart(b) if !touched.contains(b) => {
+                touched.push(b.clone());
+            }
+            Action::ServiceSwitch(a) => {
+                if !touched.contains(&a.binding) {
+                    touched.push(a.binding.clone());
+                }
+                if !switched.contains(&a.binding) {
+                    switched.push(a.binding.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out: Vec<RollbackAction> = touched
+        .iter()
+        .map(|b| RollbackAction::Stop { binding: b.clone() })
+        .collect();
+    for (i, (step, how)) in ran.iter().enumerate().rev() {
+        if let (Action::DbBackup(a), Reached::Done(id)) = (&step.action, how)
+            && a.restore_on_rollback
+            && ran[i + 1..].iter().any(|(s, _)| changes_data(&s.action))
+        {
+            out.push(RollbackAction::Restore {
+                binding: a.binding.clone(),
+                from_step: step.id.clone(),
+                backup_id: id.clone(),
+            });
+        }
+    }
+    for b in &switched {
+        if let Some(p) = prior.services.get(b) {
+            out.push(RollbackAction::Switch {
+                binding: b.clone(),
+                version: p.version.clone(),
+            });
+        }
+    }
+    for b in &touched {
+        if prior.services.get(b).is_some_and(|p| p.running) {
+            out.push(RollbackAction::Start { binding: b.clone() });
+            out.push(RollbackAction::WaitHealthy { binding: b.clone() });
+        }
+    }
+    out
+}
+
+/// The rollback if every step runs and the last one fails (printed before anything starts).
+pub fn worst_case_rollback(plan: &Plan, prior: &Prior) -> Vec<RollbackAction> {
+    let reached: Vec<Reached> = plan.steps.iter().map(|_| Reached::Done(None)).collect();
+    rollback(&plan.steps, &reached, prior)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::{CustomAction, DbBackupAction, SwitchAction};
+
+    fn step(id: &str, action: Action) -> Step {
+        Step {
+            id: id.into(),
+            title: id.into(),
+            action,
+        }
+    }
+
+    fn upgrade() -> Vec<Step> {
+        vec![
+            step(
+                "preflight",
+                Action::Custom(CustomAction {
+                    name: "preflight".into(),
+                    payload: String::new(),
+                    mutates: false,
+                }),
+            ),
+            step("stop", Action::ServiceStop("app".into())),
+            step(
+                "backup",
+                Action::DbBackup(DbBackupAction {
+                    binding: "meta".into(),
+                    method: BackupMethod::Clone,
+                    restore_on_rollback: true,
+                }),
+            ),
+            step(
+                "switch",
+                Action::ServiceSwitch(SwitchAction {
+                    binding: "app".into(),
+                    version: "3.11.1".into(),
+                }),
+            ),
+            step("start", Action::ServiceStart("app".into())),
+        ]
+    }
+
+    fn prior() -> Prior {
+        let mut p = Prior::default();
+        p.services.insert(
+            "app".into(),
+            PriorService {
+                running: true,
+                version: "3.10.0".into(),
+            },
+        );
+        p
+    }
+
+    #[test]
+    fn data_is_restored_before_the_old_version_starts() {
+        let steps = upgrade();
+        let reached = vec![
+            Reached::Done(None),
+            Reached::Done(None),
+            Reached::Done(Some("bk-1".into())),
+            Reached::Done(None),
+            Reached::Started,
+        ];
+        let rb = rollback(&steps, &reached, &prior());
+        assert_eq!(
+            rb,
+            vec![
+                RollbackAction::Stop {
+                    binding: "app".into()
+                },
+                RollbackAction::Restore {
+                    binding: "meta".into(),
+                    from_step: "backup".into(),
+                    backup_id: Some("bk-1".into())
+                },
+                RollbackAction::Switch {
+                    binding: "app".into(),
+                    version: "3.10.0".into()
+                },
+                RollbackAction::Start {
+                    binding: "app".into()
+                },
+                RollbackAction::WaitHealthy {
+                    binding: "app".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn no_restore_when_nothing_could_change_data() {
+        let steps = upgrade();
+        let reached = vec![
+            Reached::Done(None),
+            Reached::Done(None),
+            Reached::Done(Some("bk-1".into())),
+            Reached::Started,
+        ];
+        let rb = rollback(&steps[..4], &reached, &prior());
+        assert!(
+            !rb.iter()
+                .any(|a| matches!(a, RollbackAction::Restore { .. })),
+            "{rb:?}"
+        );
+        assert!(rb.contains(&RollbackAction::Switch {
+            binding: "app".into(),
+            version: "3.10.0".into()
+        }));
+        let rb = rollback(&steps[..2], &reached[..2], &prior());
+        assert_eq!(
+            rb,
+            vec![
+                RollbackAction::Stop {
+                    binding: "app".into()
+                },
+                RollbackAction::Start {
+                    binding: "app".into()
+                },
+                RollbackAction::WaitHealthy {
+                    binding: "app".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn validation_rejects_bad_plans() {
+        let plan = Plan {
+            from_version: "1".into(),
+            to_version: "2".into(),
+            steps: vec![
+                step("a", Action::ServiceStop("app".into())),
+                step("a", Action::ServiceStop("app".into())),
+            ],
+            notes: vec![],
+        };
+        assert!(validate(&plan).unwrap_err().contains("used twice"));
+        let plan = Plan {
+            steps: (0..MAX_PLAN_STEPS + 1)
+                .map(|i| step(&format!("s{i}"), Action::ServiceStop("app".into())))
+                .collect(),
+            ..plan
+        };
+        assert!(validate(&plan).unwrap_err().contains("limit"));
+    }
+}

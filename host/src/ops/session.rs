@@ -1,0 +1,140 @@
+//! A session: the data directory, the sandbox runtime, the audit log and the state store, and
+//! how an instance's adapter and capabilities are put together.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::adapters;
+use crate::audit::AuditLog;
+use crate::caps::db::DbBackend;
+use crate::caps::files::FilesBackend;
+use crate::caps::http::HttpBackend;
+use crate::caps::service::ServiceBackend;
+use crate::caps::{Caller, EventSink, InstanceCaps};
+use crate::fleet::{AdapterRef, Instance};
+use crate::grants::GrantSet;
+use crate::runtime::{LoadedAdapter, Runtime};
+use crate::state::StateStore;
+
+use super::OpError;
+
+/// Everything an operation needs.
+pub struct Session {
+    /// The data directory.
+    pub data: PathBuf,
+    /// The sandbox.
+    pub runtime: Runtime,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// Runs, steps and backups.
+    pub state: StateStore,
+    /// Where progress goes.
+    pub events: EventSink,
+}
+
+impl Session {
+    /// Open (creating) the data directory and everything in it.
+    pub fn open(data: &Path, events: EventSink) -> Result<Session, OpError> {
+        std::fs::create_dir_all(data).map_err(|e| {
+            OpError::Usage(format!(
+                "cannot create data directory {}: {e}; pass --data DIR or set UPSHIFT_DATA",
+                data.display()
+            ))
+        })?;
+        let audit =
+            AuditLog::open(&data.join("audit.jsonl")).map_err(|e| OpError::Host(e.to_string()))?;
+        let state =
+            StateStore::open(&data.join("state.db")).map_err(|e| OpError::Host(e.to_string()))?;
+        let runtime =
+            Runtime::new(Some(&data.join("cache"))).map_err(|e| OpError::Host(e.to_string()))?;
+        Ok(Session {
+            data: data.to_path_buf(),
+            runtime,
+            audit: Arc::new(audit),
+            state,
+            events,
+        })
+    }
+
+    /// Where backups are written.
+    pub fn backups_dir(&self) -> PathBuf {
+        self.data.join("backups")
+    }
+
+    /// Load the adapter an instance names.
+    pub async fn load_adapter(&self, adapter: &AdapterRef) -> Result<LoadedAdapter, OpError> {
+        let (label, wasm) = match adapter {
+            AdapterRef::Bundled(product) => {
+                let b = adapters::bundled(product).ok_or_else(|| {
+                    OpError::Usage(format!(
+                        "no bundled adapter for product `{product}` (bundled: {}); use `adapter = \"path.wasm\"` for others",
+                        adapters::bundled_names()
+                    ))
+                })?;
+                (product.clone(), b.wasm.to_vec())
+            }
+            AdapterRef::File(path) => (
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.display().to_string()),
+                adapters::read_file(path).map_err(OpError::Usage)?,
+            ),
+        };
+        self.runtime
+            .load(&label, &wasm)
+            .await
+            .map_err(OpError::from)
+    }
+
+    /// Join the adapter's requests with the instance's bindings and build the backends.
+    pub fn caps_for(
+        &self,
+        instance: &Instance,
+        adapter: &LoadedAdapter,
+    ) -> Result<Arc<InstanceCaps>, OpError> {
+        let grants = GrantSet::resolve(
+            &instance.name,
+            &adapter.manifest.bindings,
+            &instance.bound_names(),
+        )
+        .map_err(|errors| {
+            OpError::Usage(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+        let mut caps = InstanceCaps::new(
+            Caller {
+                adapter_digest: adapter.digest.clone(),
+                instance: instance.name.clone(),
+            },
+            grants,
+            self.audit.clone(),
+            self.events.clone(),
+        );
+        for (name, b) in &instance.db {
+            let backend = DbBackend::new(&b.url).map_err(|e| {
+                OpError::Usage(format!("instance `{}` db `{name}`: {e}", instance.name))
+            })?;
+            caps.db.insert(name.clone(), backend);
+        }
+        for (name, b) in &instance.files {
+            caps.files.insert(name.clone(), FilesBackend::new(&b.path));
+        }
+        let service_dir = self.data.join("services").join(&instance.name);
+        for (name, b) in &instance.service {
+            caps.services
+                .insert(name.clone(), ServiceBackend::new(b, &service_dir, name));
+        }
+        for (name, b) in &instance.http {
+            let backend = HttpBackend::new(&b.url).map_err(|e| {
+                OpError::Usage(format!("instance `{}` http `{name}`: {e}", instance.name))
+            })?;
+            caps.http.insert(name.clone(), backend);
+        }
+        Ok(Arc::new(caps))
+    }
+}

@@ -1,0 +1,394 @@
+//! The sandbox: wasmtime's component model with a pooling allocator, one `InstancePre` per
+//! adapter, an epoch deadline on every call, a memory limit per instance, and WASI linked with
+//! an empty context (no preopens, env, args or sockets; guest stderr goes to the run log).
+//!
+//! Every export call gets a fresh instance: instantiation costs microseconds, a trapped
+//! instance can never be entered again, and no state leaks between calls.
+
+pub mod bindings;
+pub mod cache;
+mod host;
+pub mod manifest;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::caps::InstanceCaps;
+use crate::caps::limits::MEMORY_BYTES;
+use bindings::{Adapter, AdapterPre};
+pub use cache::{ArtifactCache, CacheOutcome};
+pub use manifest::Manifest;
+
+/// One epoch tick.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// How long each export may run (wall time, checked while guest code runs).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// `describe`, `plan`, `plan-restore`: pure functions.
+    pub pure: Duration,
+    /// `detect`, `verify`, `run-step`: may wait on capabilities.
+    pub live: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            pure: Duration::from_secs(5),
+            live: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The adapter did something the sandbox stopped, or broke the contract. Always the adapter's
+/// fault, never the host's.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("adapter {adapter} (sha256 {short}) failed in `{export}`: {reason}")]
+pub struct AdapterFault {
+    /// Product or file name.
+    pub adapter: String,
+    /// Short digest.
+    pub short: String,
+    /// The export that was called.
+    pub export: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// The host could not set up the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be configured.
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The file is not a usable component.
+    #[error("adapter {adapter} is not a usable component: {reason}")]
+    Component {
+        /// Adapter label.
+        adapter: String,
+        /// Why.
+        reason: String,
+    },
+    /// The adapter misbehaved while being loaded.
+    #[error(transparent)]
+    Fault(#[from] AdapterFault),
+}
+
+/// Store data of one adapter instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    caps: Option<Arc<InstanceCaps>>,
+    log_budget: u32,
+    flood_reported: bool,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The engine, linker and epoch ticker; one per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<ArtifactCache>,
+    deadlines: Deadlines,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A compiled, linked adapter ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedAdapter {
+    /// Label for messages (product or file name).
+    pub label: String,
+    /// sha256 of the component bytes.
+    pub digest: String,
+    /// The manifest embedded in the component (checked against `describe`).
+    pub manifest: Manifest,
+    /// Whether the compiled code came from the cache.
+    pub cache: CacheOutcome,
+    pre: AdapterPre<HostState>,
+}
+
+impl LoadedAdapter {
+    /// The first 12 hex digits of the digest.
+    pub fn short_digest(&self) -> &str {
+        &self.digest[..12.min(self.digest.len())]
+    }
+}
+
+/// sha256 hex of bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Runtime {
+    /// A runtime whose compiled components are cached in `cache_dir` (none: always compile).
+    pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Runtime, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(256)
+            .total_core_instances(2048)
+            .total_memories(512)
+            .total_tables(512)
+            .total_stacks(256)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(32)
+            .max_memory_size(MEMORY_BYTES);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20)
+            .async_stack_size(2 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        Adapter::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("upshift-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Runtime {
+            cache: cache_dir.map(|d| ArtifactCache::new(d, &engine)),
+            engine,
+            linker,
+            deadlines: Deadlines::default(),
+            stop_ticker,
+        })
+    }
+
+    /// Replace the per-call deadlines.
+    pub fn set_deadlines(&mut self, deadlines: Deadlines) {
+        self.deadlines = deadlines;
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile (or load from cache) and link an adapter, read its embedded manifest, and check
+    /// that `describe` tells the same story.
+    pub async fn load(&self, label: &str, wasm: &[u8]) -> Result<LoadedAdapter, RuntimeError> {
+        let digest = digest(wasm);
+        let manifest =
+            Manifest::from_component(wasm).map_err(|reason| RuntimeError::Component {
+                adapter: label.to_string(),
+                reason,
+            })?;
+        let component_err = |e: wasmtime::Error| RuntimeError::Component {
+            adapter: label.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let (component, outcome) = match &self.cache {
+            Some(cache) => cache
+                .load(&self.engine, &digest, wasm)
+                .map_err(component_err)?,
+            None => (
+                Component::new(&self.engine, wasm).map_err(component_err)?,
+                CacheOutcome::Compiled,
+            ),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Component {
+                adapter: label.to_string(),
+                reason: format!("it imports something the host does not provide: {e:#}"),
+            })?;
+        let pre = AdapterPre::new(pre).map_err(component_err)?;
+        let loaded = LoadedAdapter {
+            label: label.to_string(),
+            digest,
+            manifest,
+            cache: outcome,
+            pre,
+        };
+        let described = self.describe(&loaded).await?;
+        loaded
+            .manifest
+            .check_matches(&described)
+            .map_err(|reason| AdapterFault {
+                adapter: loaded.label.clone(),
+                short: loaded.short_digest().to_string(),
+                export: "describe".into(),
+                reason,
+            })?;
+        Ok(loaded)
+    }
+
+    /// Compile an adapter without running it (for `adapter inspect`): its export names.
+    pub fn exports(&self, wasm: &[u8]) -> Result<Vec<String>, String> {
+        let component = Component::new(&self.engine, wasm).map_err(|e| format!("{e:#}"))?;
+        let ty = component.component_type();
+        Ok(ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect())
+    }
+
+    fn store(&self, caps: Option<Arc<InstanceCaps>>) -> (Store<HostState>, MemoryOutputPipe) {
+        let stderr = MemoryOutputPipe::new(64 << 10);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(MEMORY_BYTES)
+            .instances(64)
+            .tables(64)
+            .memories(8)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                caps,
+                log_budget: crate::caps::limits::MAX_LOG_PER_CALL,
+                flood_reported: false,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        (store, stderr)
+    }
+
+    /// Instantiate `adapter` with `caps` and run `call` on it within `deadline`.
+    pub async fn call<R>(
+        &self,
+        adapter: &LoadedAdapter,
+        caps: Option<Arc<InstanceCaps>>,
+        export: &str,
+        deadline: Duration,
+        call: impl AsyncFnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, AdapterFault> {
+        let fault = |reason: String| AdapterFault {
+            adapter: adapter.label.clone(),
+            short: adapter.short_digest().to_string(),
+            export: export.to_string(),
+            reason,
+        };
+        let (mut store, stderr) = self.store(caps.clone());
+        let ticks = (deadline.as_millis() / TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let outcome = match adapter.pre.instantiate_async(&mut store).await {
+            Ok(instance) => call(&instance, &mut store).await,
+            Err(e) => Err(e),
+        };
+        let guest_stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        if let Some(caps) = &caps {
+            for line in guest_stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(50)
+            {
+                caps.events.emit(crate::caps::Event::Log {
+                    instance: caps.caller.instance.clone(),
+                    level: "warn".into(),
+                    message: format!("[adapter stderr] {line}"),
+                });
+            }
+        }
+        outcome.map_err(|e| fault(describe_trap(&e, deadline, &guest_stderr)))
+    }
+
+    /// Call `describe`.
+    pub async fn describe(
+        &self,
+        adapter: &LoadedAdapter,
+    ) -> Result<bindings::AdapterInfo, AdapterFault> {
+        self.call(
+            adapter,
+            None,
+            "describe",
+            self.deadlines.pure,
+            async |a, s| a.call_describe(s).await,
+        )
+        .await
+    }
+
+    /// The deadlines in force.
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
+    }
+}
+
+fn describe_trap(e: &wasmtime::Error, deadline: Duration, stderr: &str) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => format!(
+                "it ran longer than its deadline of {:.1} s and was stopped",
+                deadline.as_secs_f64()
+            ),
+            wasmtime::Trap::StackOverflow => {
+                "it overflowed its stack (runaway recursion) and was stopped".into()
+            }
+            wasmtime::Trap::UnreachableCodeReached if stderr.contains("panicked") => {
+                format!("it panicked: {}", first_panic_line(stderr))
+            }
+            other => format!("it trapped: {other}"),
+        };
+    }
+    let text = format!("{e:#}");
+    if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
+        return format!(
+            "it tried to use more than its memory limit of {} MiB and was stopped",
+            MEMORY_BYTES >> 20
+        );
+    }
+    if stderr.contains("panicked") {
+        return format!("it panicked: {}", first_panic_line(stderr));
+    }
+    text
+}
+
+fn first_panic_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .skip_while(|l| !l.contains("panicked"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,121 @@
+//! A test-only adapter that misbehaves on request, to prove the sandbox holds.
+//!
+//! `plan(target)` chooses a behaviour: `loop` spins forever, `bomb` allocates until the memory
+//! limit, `huge` returns a plan of 100,000 steps, `panic` panics, `recurse` recurses without
+//! end. `run-step(name)` makes one capability call (`db-read`, `db-write`, `db-ddl`,
+//! `files-read`, `files-write`, `service-inspect`, `http-get`, `http-post`, `undeclared`) and
+//! reports the host's answer in its summary, so tests can check grants and denials.
+
+use upshift_adapter_sdk::{
+    AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput,
+    db, describe_cap_error, error, files, http, log, refuse, service, steps,
+};
+
+upshift_adapter_sdk::manifest! {
+    product: "misbehaving",
+    adapter_version: "0.1.0",
+    supported_versions: ">=0.0.0",
+    bindings: [
+        { name: "meta", kind: db, access: [read, write], purpose: "read and write test rows", optional: true },
+        { name: "data", kind: files, access: [read], purpose: "read files", optional: true },
+        { name: "app", kind: service, access: [inspect], purpose: "inspect the service", optional: true },
+        { name: "api", kind: http, access: [read], purpose: "GET endpoints", optional: true },
+    ],
+}
+
+struct Misbehaving;
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    std::hint::black_box(recurse(depth + 1)) + 1
+}
+
+fn answer<T: std::fmt::Debug>(r: Result<T, upshift_adapter_sdk::CapError>) -> String {
+    match r {
+        Ok(v) => format!("ok: {v:?}"),
+        Err(e) => format!("error: {}", describe_cap_error(&e)),
+    }
+}
+
+impl Guest for Misbehaving {
+    fn describe() -> AdapterInfo {
+        manifest()
+    }
+
+    fn detect() -> Result<Detection, AdapterError> {
+        Ok(Detection {
+            version: "1.0.0".into(),
+            facts: vec![],
+        })
+    }
+
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        match target.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => Err(refuse("never", recurse(0).to_string(), &[], "")),
+            "huge" => Ok(Plan {
+                from_version: current.version,
+                to_version: target.clone(),
+                steps: (0..100_000)
+                    .map(|i| steps::custom(&format!("s{i}"), "noop", "", false, "a step"))
+                    .collect(),
+                notes: vec![],
+            }),
+            "panic" => panic!("the adapter panicked on purpose"),
+            "flood" => {
+                for i in 0..5_000 {
+                    log::write(log::Level::Info, &format!("flood line {i}"));
+                }
+                Err(refuse("flood", "flooded", &[], ""))
+            }
+            _ => Ok(Plan {
+                from_version: current.version,
+                to_version: target,
+                steps: vec![],
+                notes: vec![],
+            }),
+        }
+    }
+
+    fn run_step(name: String, _payload: String) -> Result<StepOutput, AdapterError> {
+        let summary = match name.as_str() {
+            "db-read" => answer(db::query("meta", "SELECT 1 AS one", &[]).map(|r| r.rows.len())),
+            "db-write" => answer(db::execute("meta", "DELETE FROM principal", &[])),
+            "db-ddl" => answer(db::execute("meta", "DROP TABLE principal", &[])),
+            "db-outside" => answer(
+                db::query("meta", "SELECT pg_read_file('/etc/passwd')", &[]).map(|r| r.rows.len()),
+            ),
+            "files-read" => answer(files::read("data", "hello.txt").map(|b| b.len())),
+            "files-write" => answer(files::write("data", "hello.txt", b"overwritten")),
+            "files-escape" => answer(files::read("data", "../outside.txt").map(|b| b.len())),
+            "service-inspect" => answer(service::inspect("app").map(|s| s.running)),
+            "http-get" => answer(http::request("api", "GET", "/healthz", &[]).map(|r| r.status)),
+            "http-post" => answer(http::request("api", "POST", "/healthz", &[]).map(|r| r.status)),
+            "undeclared" => answer(db::query("other", "SELECT 1", &[]).map(|r| r.rows.len())),
+            other => return Err(error(format!("unknown step {other}"))),
+        };
+        Ok(StepOutput { summary })
+    }
+
+    fn verify(_expected: String) -> Result<Vec<Check>, AdapterError> {
+        Ok(vec![])
+    }
+
+    fn plan_restore(_request: RestoreRequest) -> Result<Plan, Refusal> {
+        Err(refuse("unsupported", "no restores", &[], ""))
+    }
+}
+
+upshift_adapter_sdk::export_adapter!(Misbehaving);

@@ -1,0 +1,486 @@
+//! Bytebase end to end on a real PostgreSQL, through the `upshift` binary: upgrades that keep
+//! every row, a failing migration rolled back to identical data, every refusal rule, offline
+//! plans, and both restore options of the backup runbook. Bytebase itself is played by the
+//! simulator in tests/simulators (test infrastructure that behaves as Bytebase does at upgrade
+//! time).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use upshift::caps::EventSink;
+use upshift::fleet::Fleet;
+use upshift::ops::Session;
+use upshift::ops::apply;
+
+use common::{Env, connect};
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A Bytebase instance `bb` running `version` on a fresh database, with seeded rows.
+struct Running {
+    env: Env,
+    db_url: String,
+    db_name: String,
+    port: u16,
+}
+
+async fn running(pg: &common::Pg, version: &str, fail_migration: Option<&str>) -> Running {
+    let (db_name, db_url) = pg.fresh_db("bb").await;
+    let env = Env::new();
+    let port = common::free_port();
+    env.write_fleet(&common::bytebase_instance(
+        "bb",
+        &db_url,
+        port,
+        version,
+        fail_migration,
+    ));
+    start_app(&env).await;
+    let client = connect(&db_url).await;
+    upshift_sim::bytebase::seed_user_rows(&client, 40)
+        .await
+        .expect("seed");
+    Running {
+        env,
+        db_url,
+        db_name,
+        port,
+    }
+}
+
+async fn start_app(env: &Env) {
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let (_, caps) = apply::prepare(&session, fleet.instance("bb").expect("bb"))
+        .await
+        .expect("prepare");
+    let app = caps.services.get("app").expect("app");
+    app.start().await.expect("start");
+    app.wait_healthy(Duration::from_secs(60))
+        .await
+        .expect("healthy");
+}
+
+async fn actuator_version(port: u16) -> String {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/v1/actuator/info"))
+        .await
+        .expect("actuator answers")
+        .text()
+        .await
+        .expect("body");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    v["version"].as_str().unwrap_or_default().to_string()
+}
+
+async fn schema_version(db_url: &str) -> String {
+    let client = connect(db_url).await;
+    let row = client
+        .query_one(
+            "SELECT version FROM instance_change_history ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("version row");
+    row.get(0)
+}
+
+/// For each table, its columns now; used to compare the same columns after an upgrade that
+/// may add columns.
+async fn columns(db_url: &str) -> BTreeMap<String, Vec<String>> {
+    let client = connect(db_url).await;
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
+            &[],
+        )
+        .await
+        .expect("columns");
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in rows {
+        out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    out
+}
+
+/// Row count and checksum of the given columns of each table (tables that migrations create
+/// later are not in `cols`).
+async fn checksums_over(
+    db_url: &str,
+    cols: &BTreeMap<String, Vec<String>>,
+    skip: &[&str],
+) -> BTreeMap<String, (i64, String)> {
+    let client = connect(db_url).await;
+    let mut out = BTreeMap::new();
+    for (table, columns) in cols {
+        if skip.contains(&table.as_str()) {
+            continue;
+        }
+        let list = columns
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce(md5(string_agg(ROW({list})::text, '|' ORDER BY ROW({list})::text)), '') FROM \"{table}\""
+                ),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("checksum {table}: {e}"));
+        out.insert(table.clone(), (row.get(0), row.get(1)));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_keeps_every_seeded_row_and_verifies() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.10.0", None).await;
+    let cols = columns(&bb.db_url).await;
+    let before = checksums_over(&bb.db_url, &cols, &["instance_change_history"]).await;
+    assert!(
+        before.values().any(|(n, _)| *n >= 40),
+        "seeded rows exist: {before:?}"
+    );
+
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "succeeded");
+    let checks = report["checks"].as_array().expect("checks");
+    assert!(
+        checks.len() >= 3 && checks.iter().all(|c| c["passed"] == true),
+        "{checks:?}"
+    );
+    let backup = &report["backups"][0];
+    assert_eq!(backup["method"], "clone");
+    assert_eq!(backup["product_version"], "3.10.0");
+    assert_eq!(
+        report["rollback_command"],
+        format!("upshift restore bb {}", backup["id"].as_str().expect("id"))
+    );
+
+    assert_eq!(actuator_version(bb.port).await, "3.11.1");
+    assert_eq!(schema_version(&bb.db_url).await, "3.11.1");
+    let after = checksums_over(&bb.db_url, &cols, &["instance_change_history"]).await;
+    assert_eq!(before, after, "every seeded row is intact");
+    assert!(
+        pg.database_exists(backup["location"].as_str().expect("location"))
+            .await
+    );
+
+    let history = bb.env.upshift(&["history", "bb", "--json"]);
+    let runs = json(&history);
+    assert_eq!(runs[0]["status"], "succeeded");
+    assert_eq!(runs[0]["to_version"], "3.11.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_migration_is_rolled_back_to_identical_data() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.10.0", Some("3.11.1")).await;
+    let before = common::table_checksums(&bb.db_url).await;
+
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "rolled-back");
+    let failure = report["failure"].as_str().expect("failure");
+    assert!(failure.contains("failed to migrate schema"), "{failure}");
+    let rollback: Vec<&str> = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter(|s| s["phase"] == "rollback")
+        .map(|s| s["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        rollback,
+        [
+            "rollback-stop-app",
+            "rollback-restore-meta",
+            "rollback-switch-app",
+            "rollback-start-app",
+            "rollback-wait-app"
+        ]
+    );
+
+    let after = common::table_checksums(&bb.db_url).await;
+    assert_eq!(
+        before, after,
+        "every table is identical to before the upgrade"
+    );
+    assert_eq!(
+        actuator_version(bb.port).await,
+        "3.10.0",
+        "the old version serves again"
+    );
+    assert_eq!(schema_version(&bb.db_url).await, "3.10.0");
+
+    let history = json(&bb.env.upshift(&["history", "--json"]));
+    assert_eq!(history[0]["status"], "rolled_back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_grant_stops_the_plan_before_anything_changes() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.10.0", None).await;
+    let text = std::fs::read_to_string(bb.env.fleet()).expect("fleet");
+    bb.env.write_fleet(&text.replace(
+        "[instance.db.meta]\n",
+        "[instance.db.meta]\naccess = [\"read\"]\n",
+    ));
+    let out = bb.env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs `backup` on db binding `meta`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        actuator_version(bb.port).await,
+        "3.10.0",
+        "nothing was touched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_refusals_name_the_rule_and_the_path() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.10.0", None).await;
+    let out = bb.env.upshift(&["plan", "bb", "--to", "3.5.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"]["rule"], "downgrade");
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.10.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["refusal"]["rule"], "already-at-target");
+
+    // A 2.x database that still has per-database change history must stop at 3.3.1.
+    let old = running(pg, "2.10.0", None).await;
+    let client = connect(&old.db_url).await;
+    client
+        .execute(
+            "INSERT INTO instance_change_history (instance_id, database_id, version, status) \
+             SELECT instance_id, 101, '0002.0010.0099-20240101000000', 'DONE' FROM instance_change_history LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("insert a managed-database history row");
+    let out = old.env.upshift(&["plan", "bb", "--to", "3.10.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "via-3.3.1", "{refusal}");
+    assert_eq!(refusal["path"][0], "3.3.1", "{refusal}");
+    assert_eq!(actuator_version(old.port).await, "2.10.0");
+}
+
+#[test]
+fn offline_plans_follow_the_version_paths() {
+    let env = Env::new();
+    let plan = |from: &str, to: &str| {
+        let out = env.upshift(&[
+            "plan",
+            "--product",
+            "bytebase",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--json",
+        ]);
+        (out.status.code(), json(&out))
+    };
+    let (code, v) = plan("3.10.0", "3.11.1");
+    assert_eq!(code, Some(0));
+    let ids: Vec<&str> = v["outcome"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "preflight",
+            "stop",
+            "backup-meta",
+            "switch",
+            "start",
+            "wait-healthy",
+            "check-version"
+        ]
+    );
+    let rollback: Vec<&str> = v["rollback"]
+        .as_array()
+        .expect("rollback")
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        rollback,
+        ["stop", "restore", "switch", "start", "wait-healthy"],
+        "offline, the service is assumed to run the from-version"
+    );
+
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "1.5.0",
+            "3.20.0",
+            "via-2.1.0",
+            &["2.1.0", "3.3.1", "3.13.0", "3.20.0"],
+        ),
+        ("2.0.0", "3.5.0", "via-2.1.0", &["2.1.0", "3.3.1", "3.5.0"]),
+        ("3.3.1", "3.14.0", "via-3.4.1-3.13", &["3.13.0", "3.14.0"]),
+        ("3.11.1", "3.10.0", "downgrade", &[]),
+        ("0.9.0", "1.0.0", "zero-x-with-data", &[]),
+    ];
+    for (from, to, rule, path) in cases {
+        let (code, v) = plan(from, to);
+        assert_eq!(code, Some(3), "{from} → {to}: {v}");
+        assert_eq!(v["outcome"]["rule"], *rule, "{from} → {to}: {v}");
+        let got: Vec<&str> = v["outcome"]["path"]
+            .as_array()
+            .expect("path")
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect();
+        assert_eq!(got, *path, "{from} → {to}");
+    }
+    let (code, _) = plan("2.0.0", "2.1.0");
+    assert_eq!(code, Some(0), "2.0.0 → 2.1.0 is the required stop itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_in_place_swaps_the_backup_in() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.10.0", None).await;
+    let out = bb.env.upshift(&["backup", "bb", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let backups = json(&out);
+    let id = backups[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(backups[0]["method"], "dump");
+    assert_eq!(backups[0]["product_version"], "3.10.0");
+    assert_eq!(backups[0]["sha256"].as_str().map(str::len), Some(64));
+    let at_backup = common::table_checksums(&bb.db_url).await;
+
+    let client = connect(&bb.db_url).await;
+    client
+        .batch_execute("DELETE FROM issue; DELETE FROM project WHERE id > 1")
+        .await
+        .expect("damage");
+    drop(client);
+    assert_ne!(common::table_checksums(&bb.db_url).await, at_backup);
+
+    let out = bb.env.upshift(&["restore", "bb", &id, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        steps,
+        ["stop", "restore-meta", "switch", "start", "wait-healthy"]
+    );
+    assert_eq!(
+        common::table_checksums(&bb.db_url).await,
+        at_backup,
+        "the data is the backup's"
+    );
+    assert_eq!(actuator_version(bb.port).await, "3.10.0");
+    let kept = report["steps"][1]["message"].as_str().expect("message");
+    let kept_name = kept.rsplit('`').nth(1).expect("kept database named");
+    assert!(
+        pg.database_exists(kept_name).await,
+        "the replaced database is kept: {kept}"
+    );
+
+    let listed = json(&bb.env.upshift(&["backups", "bb", "--json"]));
+    assert_eq!(listed[0]["id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_into_another_database_rewrites_the_namespace() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "1.2.0", None).await;
+    let client = connect(&bb.db_url).await;
+    let ns: Vec<String> = client
+        .query("SELECT DISTINCT namespace FROM migration_history", &[])
+        .await
+        .expect("1.x history")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ns,
+        vec![bb.db_name.clone()],
+        "1.x history names its database"
+    );
+    let out = bb.env.upshift(&["backup", "bb", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = json(&out)[0]["id"].as_str().expect("id").to_string();
+
+    let target = format!("{}_copy", bb.db_name);
+    let out = bb
+        .env
+        .upshift(&["restore", "bb", &id, "--into", &target, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let copy = connect(&pg.url(&target)).await;
+    let ns: Vec<String> = copy
+        .query("SELECT DISTINCT namespace FROM migration_history", &[])
+        .await
+        .expect("history in the copy")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ns,
+        vec![target.clone()],
+        "the change history now belongs to the new database"
+    );
+    let original: i64 = client
+        .query_one(
+            "SELECT count(*) FROM migration_history WHERE namespace = $1",
+            &[&bb.db_name],
+        )
+        .await
+        .expect("original")
+        .get(0);
+    assert!(original > 0, "the original database is untouched");
+    assert_eq!(
+        common::table_checksums(&pg.url(&target))
+            .await
+            .keys()
+            .collect::<Vec<_>>(),
+        common::table_checksums(&bb.db_url)
+            .await
+            .keys()
+            .collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,303 @@
+//! Every capability passes a grant check and is audited, allowed or denied. A real test adapter
+//! (tests/adapters/misbehaving) makes one call per step; the tests check the answer it got and
+//! the audit record the host wrote.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use upshift::audit::{AuditRecord, Decision};
+use upshift::caps::{Event, EventSink, InstanceCaps};
+use upshift::fleet::Fleet;
+use upshift::ops::Session;
+use upshift::ops::apply;
+use upshift::runtime::LoadedAdapter;
+use upshift::runtime::bindings::Detection;
+
+/// A loopback HTTP server answering `200 OK` to a bounded number of requests.
+fn tiny_http_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK");
+        }
+    });
+    port
+}
+
+fn fleet_text(db_url: &str, files: &std::path::Path, http_port: u16) -> String {
+    let adapter = format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR);
+    format!(
+        r#"
+[[instance]]
+name = "granted"
+adapter = "{adapter}"
+
+[instance.db.meta]
+url = "{db_url}"
+access = ["read"]
+
+[instance.files.data]
+path = "{files}"
+
+[instance.service.app]
+kind = "process"
+command = "sleep {{version}}"
+version = "30"
+
+[instance.http.api]
+url = "http://127.0.0.1:{http_port}"
+
+[[instance]]
+name = "unbound"
+adapter = "{adapter}"
+"#,
+        files = files.display()
+    )
+}
+
+async fn step(
+    session: &Session,
+    adapter: &LoadedAdapter,
+    caps: &Arc<InstanceCaps>,
+    name: &str,
+) -> String {
+    let name = name.to_string();
+    session
+        .runtime
+        .call(
+            adapter,
+            Some(caps.clone()),
+            "run-step",
+            session.runtime.deadlines().live,
+            async |a, s| a.call_run_step(s, &name, "").await,
+        )
+        .await
+        .expect("no trap")
+        .expect("step answers")
+        .summary
+}
+
+fn find<'a>(
+    records: &'a [AuditRecord],
+    binding: &str,
+    operation: &str,
+    decision: Decision,
+) -> Option<&'a AuditRecord> {
+    records.iter().find(|r| {
+        r.event.binding == binding && r.event.operation == operation && r.event.decision == decision
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_capability_is_checked_and_audited() {
+    let Some(pg) = common::pg() else { return };
+    let (_, db_url) = pg.fresh_db("caps").await;
+    let env = common::Env::new();
+    let files = env.dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("mkdir");
+    std::fs::write(files.join("hello.txt"), b"hello").expect("write");
+    std::fs::write(env.dir.path().join("outside.txt"), b"secret").expect("write");
+    env.write_fleet(&fleet_text(&db_url, &files, tiny_http_server()));
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+
+    let (adapter, caps) = apply::prepare(&session, fleet.instance("granted").expect("instance"))
+        .await
+        .expect("prepare");
+    caps.set_run(Some("caps-granted".into()));
+    let expectations: &[(&str, &str)] = &[
+        ("db-read", "ok: 1"),
+        (
+            "db-write",
+            "error: denied: binding `meta` is not granted `write` (granted: read)",
+        ),
+        (
+            "db-ddl",
+            "error: denied: binding `meta` is not granted `ddl` (granted: read)",
+        ),
+        (
+            "db-outside",
+            "error: denied: function `pg_read_file` is not allowed",
+        ),
+        ("files-read", "ok: 5"),
+        (
+            "files-write",
+            "error: denied: binding `data` is not granted `write`",
+        ),
+        (
+            "files-escape",
+            "error: denied: cannot read `../outside.txt`: the path leaves the bound directory",
+        ),
+        ("service-inspect", "ok: false"),
+        ("http-get", "ok: 200"),
+        (
+            "http-post",
+            "error: denied: binding `api` is not granted `write`",
+        ),
+        (
+            "undeclared",
+            "error: unknown binding: binding `other` is not declared by the adapter",
+        ),
+    ];
+    for (name, expected) in expectations {
+        let got = step(&session, &adapter, &caps, name).await;
+        assert!(
+            got.starts_with(expected),
+            "{name}: got `{got}`, expected `{expected}…`"
+        );
+    }
+    assert_eq!(
+        std::fs::read(files.join("hello.txt")).expect("read"),
+        b"hello",
+        "nothing was written"
+    );
+
+    let records = session
+        .audit
+        .records_for_run("caps-granted")
+        .expect("audit");
+    for (binding, operation) in [
+        ("meta", "query"),
+        ("data", "read"),
+        ("app", "inspect"),
+        ("api", "request"),
+    ] {
+        let r = find(&records, binding, operation, Decision::Allowed)
+            .unwrap_or_else(|| panic!("allowed {binding}/{operation} is audited"));
+        assert_eq!(r.event.adapter_digest, adapter.digest);
+        assert_eq!(r.event.instance, "granted");
+    }
+    for (binding, operation, reason) in [
+        ("meta", "execute", "not granted `write`"),
+        ("meta", "query", "pg_read_file"),
+        ("data", "write", "not granted `write`"),
+        ("api", "request", "not granted `write`"),
+        ("other", "query", "not declared"),
+    ] {
+        let r = find(&records, binding, operation, Decision::Denied)
+            .unwrap_or_else(|| panic!("denied {binding}/{operation} is audited: {records:#?}"));
+        assert!(
+            r.event.reason.as_deref().unwrap_or("").contains(reason),
+            "{r:?}"
+        );
+    }
+    let escape = records
+        .iter()
+        .find(|r| r.event.binding == "data" && r.event.detail.as_deref() == Some("../outside.txt"))
+        .expect("the escape attempt is audited");
+    assert_eq!(escape.event.decision, Decision::Denied, "{escape:?}");
+    assert!(
+        escape
+            .event
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("leaves the bound directory"),
+        "{escape:?}"
+    );
+
+    // Optional bindings left unbound are denied and audited too.
+    let (adapter, caps) = apply::prepare(&session, fleet.instance("unbound").expect("instance"))
+        .await
+        .expect("prepare");
+    caps.set_run(Some("caps-unbound".into()));
+    for (name, binding) in [
+        ("db-read", "meta"),
+        ("files-read", "data"),
+        ("service-inspect", "app"),
+        ("http-get", "api"),
+    ] {
+        let got = step(&session, &adapter, &caps, name).await;
+        assert_eq!(
+            got,
+            format!("error: denied: binding `{binding}` is not bound for this instance"),
+            "{name}"
+        );
+    }
+    let records = session
+        .audit
+        .records_for_run("caps-unbound")
+        .expect("audit");
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.event.decision == Decision::Denied)
+            .count(),
+        4
+    );
+
+    let report = upshift::audit::verify(session.audit.path()).expect("verify");
+    assert!(report.first_problem.is_none(), "chain intact");
+    assert_eq!(report.records, 15, "one record per call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_is_capped_and_audited() {
+    let env = common::Env::new();
+    let adapter_path = format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR);
+    env.write_fleet(&format!(
+        "[[instance]]\nname = \"flood\"\nadapter = \"{adapter_path}\"\n"
+    ));
+    let lines = Arc::new(Mutex::new(0usize));
+    let counter = lines.clone();
+    let sink = EventSink::new(move |e| {
+        if let Event::Log { .. } = e
+            && let Ok(mut n) = counter.lock()
+        {
+            *n += 1;
+        }
+    });
+    let session = Session::open(&env.data(), sink).expect("session");
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let (adapter, caps) = apply::prepare(&session, fleet.instance("flood").expect("instance"))
+        .await
+        .expect("prepare");
+    caps.set_run(Some("flood".into()));
+    let detection = Detection {
+        version: "1.0.0".into(),
+        facts: vec![],
+    };
+    let refusal = session
+        .runtime
+        .call(
+            &adapter,
+            Some(caps.clone()),
+            "plan",
+            session.runtime.deadlines().pure,
+            async |a, s| a.call_plan(s, &detection, "flood").await,
+        )
+        .await
+        .expect("no trap")
+        .expect_err("refuses after flooding");
+    assert_eq!(refusal.rule, "flood");
+    assert_eq!(
+        *lines.lock().expect("lock"),
+        1_000,
+        "exactly the cap is delivered"
+    );
+    let records = session.audit.records_for_run("flood").expect("audit");
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|r| r.event.decision == Decision::Denied)
+        .collect();
+    assert_eq!(
+        denied.len(),
+        1,
+        "one denial for the whole flood: {denied:?}"
+    );
+    assert!(
+        denied[0]
+            .event
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("1000")
+    );
+}

@@ -1,0 +1,257 @@
+//! The `upshift` command as operators use it: exit codes, messages that name the problem and
+//! the fix, `adapter inspect`, and `audit verify` catching tampering.
+
+mod common;
+
+use upshift::caps::EventSink;
+use upshift::fleet::Fleet;
+use upshift::ops::Session;
+use upshift::ops::apply;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const GOOD: &str = r#"[[instance]]
+name = "bb"
+product = "bytebase"
+
+[instance.db.meta]
+url = "postgres://postgres@127.0.0.1:1/metadb"
+
+[instance.service.app]
+kind = "process"
+command = "/opt/bytebase/{version}/bytebase --port 8080"
+version = "3.10.0"
+
+[instance.http.api]
+url = "http://127.0.0.1:1"
+"#;
+
+#[test]
+fn bad_fleet_files_are_refused_with_line_and_fix() {
+    let env = common::Env::new();
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "unknown key",
+            GOOD.replace(
+                "version = \"3.10.0\"",
+                "version = \"3.10.0\"\nrestart = true",
+            ),
+            &["line 12", "unknown field `restart`", "fix:"],
+        ),
+        (
+            "unbound required binding",
+            GOOD.replace("[instance.http.api]\nurl = \"http://127.0.0.1:1\"\n", ""),
+            &["needs http binding `api`", "add [instance.http.api]"],
+        ),
+        (
+            "binding the adapter does not declare",
+            format!("{GOOD}\n[instance.http.admin]\nurl = \"http://127.0.0.1:2\"\n"),
+            &[
+                "[instance.http.admin] is bound but the adapter declares no such binding",
+                "it declares: meta, app, api, data",
+            ],
+        ),
+        (
+            "widened access",
+            GOOD.replace("metadb\"", "metadb\"\naccess = [\"read\", \"ddl\"]"),
+            &[
+                "lists access `ddl`, which the adapter does not request",
+                "access may only narrow",
+            ],
+        ),
+        (
+            "no adapter",
+            GOOD.replace("product = \"bytebase\"\n", ""),
+            &[
+                "line 2",
+                "names no adapter",
+                "fix: add `product = \"bytebase\"`",
+            ],
+        ),
+        (
+            "not toml",
+            "[[instance]\nname = 1".to_string(),
+            &["TOML parse error at line 1"],
+        ),
+    ];
+    for (what, text, needles) in cases {
+        env.write_fleet(text);
+        let out = env.upshift(&["plan", "bb", "--to", "3.11.1"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        for needle in *needles {
+            assert!(err.contains(needle), "{what}: `{needle}` not in:\n{err}");
+        }
+    }
+    let out = common::Env::new().upshift(&["plan", "bb", "--to", "3.11.1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot read fleet file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn adapter_inspect_reads_the_manifest_without_running_it() {
+    let env = common::Env::new();
+    let path = format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR);
+    let out = env.upshift(&["adapter", "inspect", &path, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(v["manifest"]["product"], "misbehaving");
+    assert_eq!(v["manifest"]["host_api"], "0.1.0");
+    let bindings: Vec<String> = v["manifest"]["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .map(|b| {
+            format!(
+                "{}:{}:{}",
+                b["name"].as_str().unwrap_or(""),
+                b["kind"].as_str().unwrap_or(""),
+                b["access"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        bindings,
+        vec![
+            "meta:db:[\"read\",\"write\"]",
+            "data:files:[\"read\"]",
+            "app:service:[\"inspect\"]",
+            "api:http:[\"read\"]"
+        ]
+    );
+    let exports: Vec<&str> = v["exports"]
+        .as_array()
+        .expect("exports")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    for e in [
+        "describe",
+        "detect",
+        "plan",
+        "run-step",
+        "verify",
+        "plan-restore",
+    ] {
+        assert!(exports.contains(&e), "{e} in {exports:?}");
+    }
+    let sha = v["sha256"].as_str().expect("sha");
+    assert_eq!(
+        sha,
+        upshift::runtime::digest(&std::fs::read(&path).expect("read"))
+    );
+
+    let text = env.upshift(&["adapter", "inspect", "bytebase"]);
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    assert!(
+        stdout(&text).contains("product      bytebase"),
+        "{}",
+        stdout(&text)
+    );
+
+    let junk = env.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0").expect("write");
+    let out = env.upshift(&["adapter", "inspect", &junk.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("core module, not a component"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Make a few audited calls through the library so the data dir has an audit log.
+async fn audited_calls(env: &common::Env) {
+    let adapter = format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR);
+    let files = env.dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("mkdir");
+    env.write_fleet(&format!(
+        "[[instance]]\nname = \"t\"\nadapter = \"{adapter}\"\n[instance.files.data]\npath = \"{}\"\n",
+        files.display()
+    ));
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let (adapter, caps) = apply::prepare(&session, fleet.instance("t").expect("t"))
+        .await
+        .expect("prepare");
+    for step in [
+        "files-read",
+        "files-write",
+        "files-escape",
+        "undeclared",
+        "files-read",
+    ] {
+        let step = step.to_string();
+        session
+            .runtime
+            .call(
+                &adapter,
+                Some(caps.clone()),
+                "run-step",
+                session.runtime.deadlines().live,
+                async |a, s| a.call_run_step(s, &step, "").await,
+            )
+            .await
+            .expect("no trap")
+            .expect("answers");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_reports_the_first_tampered_record() {
+    let env = common::Env::new();
+    audited_calls(&env).await;
+    let ok = env.upshift(&["audit", "verify"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(
+        stdout(&ok).contains("5 records, chain intact"),
+        "{}",
+        stdout(&ok)
+    );
+
+    let log = env.data().join("audit.jsonl");
+    let original = std::fs::read_to_string(&log).expect("read");
+    let lines: Vec<&str> = original.lines().collect();
+
+    // Edit a field of the third record: a denial made to look allowed.
+    let edited = lines[2].replacen("\"denied\"", "\"allowed\"", 1);
+    assert_ne!(edited, lines[2], "the third record is a denial");
+    let mut tampered = lines.clone();
+    tampered[2] = &edited;
+    std::fs::write(&log, tampered.join("\n") + "\n").expect("write");
+    let out = env.upshift(&["audit", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(v["problem"]["line"], 3);
+    assert_eq!(v["problem"]["kind"], "edited");
+
+    // Remove the second record.
+    let mut removed = lines.clone();
+    removed.remove(1);
+    std::fs::write(&log, removed.join("\n") + "\n").expect("write");
+    let out = env.upshift(&["audit", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(v["problem"]["kind"], "removed", "{v}");
+    assert_eq!(v["problem"]["line"], 2, "{v}");
+
+    // Swap two records.
+    let mut swapped = lines.clone();
+    swapped.swap(3, 4);
+    std::fs::write(&log, swapped.join("\n") + "\n").expect("write");
+    let out = env.upshift(&["audit", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(v["problem"]["kind"], "reordered", "{v}");
+    assert_eq!(v["problem"]["line"], 4, "{v}");
+}

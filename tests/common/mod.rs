@@ -1,0 +1,258 @@
+//! Shared test harness: a throwaway PostgreSQL cluster per test binary (or the server named by
+//! `UPSHIFT_TEST_PG_URL`), a fresh database per test, fleet files for simulated instances, and
+//! guards that stop every process a test started, even when it panics.
+//!
+//! When PostgreSQL is missing, tests say exactly what is missing and return early on a developer
+//! box; under `CI=true` that is a failure.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_postgres::NoTls;
+
+/// Where the tests' PostgreSQL is.
+pub struct Pg {
+    base_url: String,
+    _cluster: Option<upshift_sim::pg::Cluster>,
+}
+
+static PG: OnceLock<Result<Pg, String>> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The tests' PostgreSQL, or `None` (with the reason printed) on a developer box without it.
+/// Under `CI=true` a missing PostgreSQL fails the test.
+pub fn pg() -> Option<&'static Pg> {
+    let pg = PG.get_or_init(|| {
+        if let Ok(url) = std::env::var("UPSHIFT_TEST_PG_URL") {
+            return Ok(Pg {
+                base_url: url,
+                _cluster: None,
+            });
+        }
+        let dir =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        upshift_sim::pg::Cluster::start(&dir)
+            .map(|cluster| Pg {
+                base_url: cluster.url("postgres"),
+                _cluster: Some(cluster),
+            })
+            .map_err(|e| e.to_string())
+    });
+    match pg {
+        Ok(pg) => Some(pg),
+        Err(why) => {
+            let message = format!("PostgreSQL is needed for this test and is missing: {why}");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{message}");
+            }
+            eprintln!("SKIPPED: {message}");
+            None
+        }
+    }
+}
+
+/// `url` with its database replaced.
+pub fn with_db(url: &str, db: &str) -> String {
+    upshift::caps::db::rewrite_dbname(url, db)
+}
+
+impl Pg {
+    /// A URL for database `db` on this server.
+    pub fn url(&self, db: &str) -> String {
+        with_db(&self.base_url, db)
+    }
+
+    /// A new, empty database with a unique name starting with `prefix`.
+    pub async fn fresh_db(&self, prefix: &str) -> (String, String) {
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = connect(&self.base_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        let url = self.url(&name);
+        (name, url)
+    }
+
+    /// Whether a database exists.
+    pub async fn database_exists(&self, name: &str) -> bool {
+        let admin = connect(&self.base_url).await;
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .await
+            .expect("query");
+        row.get::<_, i64>(0) == 1
+    }
+}
+
+/// A connected client (the connection task is spawned).
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Row count and an md5 over every row's text, per base table in `public`.
+pub async fn table_checksums(url: &str) -> BTreeMap<String, (i64, String)> {
+    let client = connect(url).await;
+    let tables = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("list tables");
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let name: String = t.get(0);
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM \"{name}\" t"
+                ),
+                &[],
+            )
+            .await
+            .expect("checksum");
+        out.insert(name, (row.get(0), row.get(1)));
+    }
+    out
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A temporary directory holding a data dir and a fleet file; on drop, every process service
+/// recorded under it is killed.
+pub struct Env {
+    /// The temporary directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A new environment.
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The fleet file path.
+    pub fn fleet(&self) -> PathBuf {
+        self.dir.path().join("upshift.toml")
+    }
+
+    /// Write the fleet file.
+    pub fn write_fleet(&self, text: &str) {
+        std::fs::write(self.fleet(), text).expect("write fleet");
+    }
+
+    /// Run the `upshift` binary with `--fleet` and `--data` set.
+    pub fn upshift(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+            .arg("--fleet")
+            .arg(self.fleet())
+            .arg("--data")
+            .arg(self.data())
+            .args(args)
+            .env_remove("UPSHIFT_FLEET")
+            .env_remove("UPSHIFT_DATA")
+            .output()
+            .expect("run upshift")
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
+fn kill_services(dir: &Path) {
+    let Ok(instances) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for instance in instances.filter_map(Result::ok) {
+        let Ok(files) = std::fs::read_dir(instance.path()) else {
+            continue;
+        };
+        for file in files.filter_map(Result::ok) {
+            if file.path().extension().is_some_and(|e| e == "json")
+                && let Ok(text) = std::fs::read_to_string(file.path())
+                && let Ok(state) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(pid) = state.get("pid").and_then(serde_json::Value::as_i64)
+            {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        kill_services(&self.data().join("services"));
+    }
+}
+
+/// The fleet-file text of one simulated Bytebase instance.
+pub fn bytebase_instance(
+    name: &str,
+    db_url: &str,
+    port: u16,
+    version: &str,
+    fail_migration: Option<&str>,
+) -> String {
+    format!(
+        r#"
+[[instance]]
+name = "{name}"
+product = "bytebase"
+
+[instance.db.meta]
+url = "{db_url}"
+
+[instance.service.app]
+kind = "process"
+command = "'{exe}' simulate bytebase --version {{version}} --port {port}"
+version = "{version}"
+health_url = "http://127.0.0.1:{port}/healthz"
+stop_timeout_secs = 10
+env = {{ PG_URL = "{db_url}"{fail} }}
+
+[instance.http.api]
+url = "http://127.0.0.1:{port}"
+"#,
+        exe = env!("CARGO_BIN_EXE_upshift"),
+        fail = fail_migration
+            .map(|v| format!(", BB_SIM_FAIL_MIGRATION = \"{v}\""))
+            .unwrap_or_default()
+    )
+}
