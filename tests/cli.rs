@@ -255,3 +255,64 @@ async fn audit_verify_reports_the_first_tampered_record() {
     assert_eq!(v["problem"]["kind"], "reordered", "{v}");
     assert_eq!(v["problem"]["line"], 4, "{v}");
 }
+
+#[test]
+fn the_demo_upgrades_one_rolls_back_the_other_and_leaves_nothing_running() {
+    if let Err(e) = upshift_sim::pg::find_bindir() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("the demo needs PostgreSQL: {e}");
+        }
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let env = common::Env::new();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+        .arg("demo")
+        .env("UPSHIFT_DATA", env.data())
+        .output()
+        .expect("run the demo");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("bb-alpha is now at 3.11.1"), "{err}");
+    assert!(
+        err.contains("bb-beta: upgrade to 3.11.1 failed and was rolled back to 3.10.0"),
+        "{err}"
+    );
+    assert!(err.contains("rollback-restore-meta"), "{err}");
+
+    // Nothing it started is left: no postgres on its cluster, no simulator on its ports.
+    let root = env.data().join("demo");
+    let fleet = std::fs::read_to_string(root.join("upshift.toml")).expect("demo fleet");
+    for port in fleet
+        .lines()
+        .filter_map(|l| l.strip_prefix("url = \"http://127.0.0.1:"))
+        .filter_map(|rest| rest.trim_end_matches('"').parse::<u16>().ok())
+    {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still answers"
+        );
+    }
+    let marker = root.display().to_string();
+    for entry in std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(Result::ok)
+    {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(!cmdline.contains(&marker), "left running: {cmdline}");
+        }
+    }
+    let audit = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+        .arg("--data")
+        .arg(root.join("data"))
+        .args(["audit", "verify"])
+        .output()
+        .expect("audit verify");
+    assert_eq!(audit.status.code(), Some(0), "{}", stderr(&audit));
+    assert!(
+        stdout(&audit).contains("chain intact"),
+        "{}",
+        stdout(&audit)
+    );
+}

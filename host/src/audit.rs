@@ -80,8 +80,18 @@ struct Hashed<'a> {
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn hash_of(seq: u64, time: &str, event: &AuditEvent, prev: &str) -> Result<String, serde_json::Error> {
-    let body = serde_json::to_string(&Hashed { seq, time, event, prev })?;
+fn hash_of(
+    seq: u64,
+    time: &str,
+    event: &AuditEvent,
+    prev: &str,
+) -> Result<String, serde_json::Error> {
+    let body = serde_json::to_string(&Hashed {
+        seq,
+        time,
+        event,
+        prev,
+    })?;
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(b"\n");
@@ -101,7 +111,9 @@ pub enum AuditError {
         source: std::io::Error,
     },
     /// The file's last line is not a complete record.
-    #[error("audit log {path}: line {line} is not a complete record ({reason}); run `upshift audit verify` and keep a copy of the file before repairing it")]
+    #[error(
+        "audit log {path}: line {line} is not a complete record ({reason}); run `upshift audit verify` and keep a copy of the file before repairing it"
+    )]
     Damaged {
         /// The file.
         path: PathBuf,
@@ -149,16 +161,21 @@ impl AuditLog {
                 });
             }
             if let Some((n, last)) = text.lines().enumerate().last() {
-                let record: AuditRecord = serde_json::from_str(last).map_err(|e| AuditError::Damaged {
-                    path: path.to_path_buf(),
-                    line: n as u64 + 1,
-                    reason: e.to_string(),
-                })?;
+                let record: AuditRecord =
+                    serde_json::from_str(last).map_err(|e| AuditError::Damaged {
+                        path: path.to_path_buf(),
+                        line: n as u64 + 1,
+                        reason: e.to_string(),
+                    })?;
                 next_seq = record.seq + 1;
                 last_hash = record.hash;
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         Ok(AuditLog {
             path: path.to_path_buf(),
             tail: Mutex::new(Tail {
@@ -189,10 +206,12 @@ impl AuditLog {
         };
         let mut line = serde_json::to_string(&record)?;
         line.push('\n');
-        tail.file.write_all(line.as_bytes()).map_err(|source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        tail.file
+            .write_all(line.as_bytes())
+            .map_err(|source| AuditError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         tail.next_seq = seq + 1;
         tail.last_hash = hash;
         Ok(seq)
@@ -271,7 +290,6 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut expected_seq = 0u64;
     let mut prev = GENESIS.to_string();
     let mut records = 0u64;
     let lines: Vec<&str> = text.lines().collect();
@@ -279,16 +297,27 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
         line: line as u64 + 1,
         seq,
         kind,
-        message: format!("line {}{}: {message}", line + 1, seq.map(|s| format!(" (seq {s})")).unwrap_or_default()),
+        message: format!(
+            "line {}{}: {message}",
+            line + 1,
+            seq.map(|s| format!(" (seq {s})")).unwrap_or_default()
+        ),
     };
     for (i, raw) in lines.iter().enumerate() {
+        // Every record before this line checked out, so this one must be the next in the chain.
+        let expected_seq = i as u64;
         let truncated = i + 1 == lines.len() && !text.ends_with('\n');
         let record: AuditRecord = match serde_json::from_str(raw) {
             Ok(r) if !truncated => r,
             Ok(_) | Err(_) => {
                 return Ok(VerifyReport {
                     records,
-                    first_problem: Some(problem(i, None, ProblemKind::Malformed, "is not a complete audit record".into())),
+                    first_problem: Some(problem(
+                        i,
+                        None,
+                        ProblemKind::Malformed,
+                        "is not a complete audit record".into(),
+                    )),
                 });
             }
         };
@@ -300,7 +329,8 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
                     i,
                     Some(record.seq),
                     ProblemKind::Edited,
-                    "record was edited after it was written (its hash does not match its contents)".into(),
+                    "record was edited after it was written (its hash does not match its contents)"
+                        .into(),
                 )),
             });
         }
@@ -315,7 +345,10 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
             } else if record.seq < expected_seq {
                 (
                     ProblemKind::Reordered,
-                    format!("record comes after seq {} but has an earlier place in the chain", expected_seq - 1),
+                    format!(
+                        "record comes after seq {} but has an earlier place in the chain",
+                        expected_seq - 1
+                    ),
                 )
             } else {
                 (
@@ -343,7 +376,6 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
             });
         }
         prev = record.hash;
-        expected_seq += 1;
         records += 1;
     }
     Ok(VerifyReport {
@@ -364,7 +396,11 @@ mod tests {
             binding: "meta".into(),
             capability: "db".into(),
             operation: "query".into(),
-            decision: if i % 2 == 0 { Decision::Allowed } else { Decision::Denied },
+            decision: if i.is_multiple_of(2) {
+                Decision::Allowed
+            } else {
+                Decision::Denied
+            },
             reason: (i % 2 == 1).then(|| "not granted".into()),
             duration_us: i,
             result_bytes: i * 10,
@@ -384,7 +420,11 @@ mod tests {
     }
 
     fn rewrite(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
-        let mut lines: Vec<String> = std::fs::read_to_string(path).expect("read").lines().map(String::from).collect();
+        let mut lines: Vec<String> = std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(String::from)
+            .collect();
         f(&mut lines);
         std::fs::write(path, lines.join("\n") + "\n").expect("write");
     }
@@ -392,7 +432,13 @@ mod tests {
     #[test]
     fn a_clean_chain_verifies_and_reopening_continues_it() {
         let (_dir, path) = log_with(100);
-        assert_eq!(verify(&path).expect("verify"), VerifyReport { records: 100, first_problem: None });
+        assert_eq!(
+            verify(&path).expect("verify"),
+            VerifyReport {
+                records: 100,
+                first_problem: None
+            }
+        );
         let log = AuditLog::open(&path).expect("reopen");
         assert_eq!(log.append(event(100)).expect("append"), 100);
         assert_eq!(verify(&path).expect("verify").records, 101);
@@ -404,27 +450,44 @@ mod tests {
         let (_dir, path) = log_with(10);
         let original = std::fs::read_to_string(&path).expect("read");
 
-        rewrite(&path, |l| l[4] = l[4].replace("\"duration_us\":4", "\"duration_us\":5"));
-        let p = verify(&path).expect("verify").first_problem.expect("problem");
+        rewrite(&path, |l| {
+            l[4] = l[4].replace("\"duration_us\":4", "\"duration_us\":5")
+        });
+        let p = verify(&path)
+            .expect("verify")
+            .first_problem
+            .expect("problem");
         assert_eq!((p.line, p.kind, p.seq), (5, ProblemKind::Edited, Some(4)));
 
         std::fs::write(&path, &original).expect("restore");
         rewrite(&path, |l| {
             l.remove(5);
         });
-        let p = verify(&path).expect("verify").first_problem.expect("problem");
+        let p = verify(&path)
+            .expect("verify")
+            .first_problem
+            .expect("problem");
         assert_eq!((p.line, p.kind), (6, ProblemKind::Removed));
         assert!(p.message.contains("seq 5 is missing"), "{}", p.message);
 
         std::fs::write(&path, &original).expect("restore");
         rewrite(&path, |l| l.swap(2, 3));
-        let p = verify(&path).expect("verify").first_problem.expect("problem");
+        let p = verify(&path)
+            .expect("verify")
+            .first_problem
+            .expect("problem");
         assert_eq!((p.line, p.kind), (3, ProblemKind::Reordered));
 
         std::fs::write(&path, &original[..original.len() - 20]).expect("truncate");
-        let p = verify(&path).expect("verify").first_problem.expect("problem");
+        let p = verify(&path)
+            .expect("verify")
+            .first_problem
+            .expect("problem");
         assert_eq!((p.line, p.kind), (10, ProblemKind::Malformed));
-        assert!(AuditLog::open(&path).is_err(), "a torn log is not appended to");
+        assert!(
+            AuditLog::open(&path).is_err(),
+            "a torn log is not appended to"
+        );
     }
 
     #[test]
@@ -444,6 +507,12 @@ mod tests {
         for h in handles {
             h.join().expect("join");
         }
-        assert_eq!(verify(&path).expect("verify"), VerifyReport { records: 1600, first_problem: None });
+        assert_eq!(
+            verify(&path).expect("verify"),
+            VerifyReport {
+                records: 1600,
+                first_problem: None
+            }
+        );
     }
 }

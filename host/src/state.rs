@@ -166,7 +166,9 @@ pub enum StateError {
         source: rusqlite::Error,
     },
     /// Written by a newer upshift.
-    #[error("state database {path} is newer (schema {found}) than this upshift (schema {SCHEMA}); upgrade upshift")]
+    #[error(
+        "state database {path} is newer (schema {found}) than this upshift (schema {SCHEMA}); upgrade upshift"
+    )]
     Newer {
         /// The file.
         path: PathBuf,
@@ -221,10 +223,15 @@ impl StateStore {
             source,
         };
         let conn = Connection::open(path).map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
         if version > SCHEMA {
             return Err(StateError::Newer {
                 path: path.to_path_buf(),
@@ -233,7 +240,8 @@ impl StateStore {
         }
         if version < SCHEMA {
             conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
-            conn.pragma_update(None, "user_version", SCHEMA).map_err(sql)?;
+            conn.pragma_update(None, "user_version", SCHEMA)
+                .map_err(sql)?;
         }
         Ok(StateStore {
             path: path.to_path_buf(),
@@ -274,7 +282,12 @@ impl StateStore {
     }
 
     /// Record how a run ended.
-    pub fn finish_run(&self, run_id: &str, status: RunStatus, message: Option<&str>) -> Result<(), StateError> {
+    pub fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        message: Option<&str>,
+    ) -> Result<(), StateError> {
         self.with(|c| {
             c.execute(
                 "UPDATE runs SET status = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
@@ -285,7 +298,14 @@ impl StateStore {
     }
 
     /// Journal a step before it runs.
-    pub fn step_started(&self, run_id: &str, seq: u32, step_id: &str, title: &str, phase: &str) -> Result<(), StateError> {
+    pub fn step_started(
+        &self,
+        run_id: &str,
+        seq: u32,
+        step_id: &str,
+        title: &str,
+        phase: &str,
+    ) -> Result<(), StateError> {
         let ms = chrono::Utc::now().timestamp_millis();
         self.with(|c| {
             c.execute(
@@ -353,8 +373,10 @@ impl StateStore {
     /// One run.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
         let found = self.with(|c| {
-            c.query_row("SELECT * FROM runs WHERE id = ?1", [run_id], |r| self.run_from(r))
-                .optional()
+            c.query_row("SELECT * FROM runs WHERE id = ?1", [run_id], |r| {
+                self.run_from(r)
+            })
+            .optional()
         })?;
         found.map(|r| self.checked_run(r)).transpose()
     }
@@ -449,8 +471,12 @@ impl StateStore {
     /// One backup.
     pub fn backup(&self, id: &str) -> Result<Option<BackupRecord>, StateError> {
         self.with(|c| {
-            c.query_row("SELECT * FROM backups WHERE id = ?1", [id], Self::backup_from)
-                .optional()
+            c.query_row(
+                "SELECT * FROM backups WHERE id = ?1",
+                [id],
+                Self::backup_from,
+            )
+            .optional()
         })
     }
 
@@ -492,22 +518,45 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.db");
         let store = StateStore::open(&path).expect("open");
-        store.insert_run(&run("r1", "a", "2026-01-01T00:00:00Z")).expect("insert");
-        store.insert_run(&run("r2", "b", "2026-01-02T00:00:00Z")).expect("insert");
-        store.step_started("r1", 0, "stop", "stop it", "forward").expect("start");
-        store.step_started("r1", 0, "rollback-stop-app", "stop", "rollback").expect("start");
-        assert_eq!(store.steps("r1").expect("steps")[0].status, StepStatus::Started, "journaled before it runs");
+        store
+            .insert_run(&run("r1", "a", "2026-01-01T00:00:00Z"))
+            .expect("insert");
+        store
+            .insert_run(&run("r2", "b", "2026-01-02T00:00:00Z"))
+            .expect("insert");
+        store
+            .step_started("r1", 0, "stop", "stop it", "forward")
+            .expect("start");
+        store
+            .step_started("r1", 0, "rollback-stop-app", "stop", "rollback")
+            .expect("start");
+        assert_eq!(
+            store.steps("r1").expect("steps")[0].status,
+            StepStatus::Started,
+            "journaled before it runs"
+        );
         store
             .step_finished("r1", 0, "forward", StepStatus::Failed, None, Some("boom"))
             .expect("finish");
-        store.finish_run("r1", RunStatus::RolledBack, Some("boom")).expect("finish");
+        store
+            .finish_run("r1", RunStatus::RolledBack, Some("boom"))
+            .expect("finish");
         let steps = store.steps("r1").expect("steps");
-        assert_eq!(steps.iter().map(|s| s.phase.as_str()).collect::<Vec<_>>(), ["forward", "rollback"]);
+        assert_eq!(
+            steps.iter().map(|s| s.phase.as_str()).collect::<Vec<_>>(),
+            ["forward", "rollback"]
+        );
         assert_eq!(steps[0].error.as_deref(), Some("boom"));
         assert!(steps[0].duration_ms.is_some());
         let runs = store.runs(None, 10).expect("runs");
-        assert_eq!(runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["r2", "r1"]);
-        assert_eq!(store.runs(Some("a"), 10).expect("runs")[0].status, RunStatus::RolledBack);
+        assert_eq!(
+            runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["r2", "r1"]
+        );
+        assert_eq!(
+            store.runs(Some("a"), 10).expect("runs")[0].status,
+            RunStatus::RolledBack
+        );
 
         let b = BackupRecord {
             id: StateStore::new_backup_id(),
@@ -540,6 +589,9 @@ mod tests {
         conn.pragma_update(None, "user_version", 7).expect("set");
         drop(conn);
         let err = StateStore::open(&path).err().expect("refused").to_string();
-        assert!(err.contains("newer (schema 7)") && err.contains("upgrade upshift"), "{err}");
+        assert!(
+            err.contains("newer (schema 7)") && err.contains("upgrade upshift"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! Reading the live instance: the version from the API, the service and the metadata database,
 //! and the facts the rules need (product-facts §1.4, §1.7, "What an adapter must encode").
 
-use upshift_adapter_sdk::{AdapterError, Detection, Value, db, describe_cap_error, error, fact, files, http, service, value_text};
+use upshift_adapter_sdk::{
+    AdapterError, Detection, Value, db, describe_cap_error, error, fact, files, http, service,
+    value_text,
+};
 
 use crate::rules::{Facts, SchemaFormat, parse_history_version};
 
@@ -21,19 +24,35 @@ pub struct SchemaState {
 }
 
 fn query_one(sql: &str) -> Result<Option<Value>, AdapterError> {
-    let rows = db::query("meta", sql, &[]).map_err(|e| error(format!("reading the metadata database: {}", describe_cap_error(&e))))?;
-    Ok(rows.rows.into_iter().next().and_then(|r| r.into_iter().next()))
+    let rows = db::query("meta", sql, &[]).map_err(|e| {
+        error(format!(
+            "reading the metadata database: {}",
+            describe_cap_error(&e)
+        ))
+    })?;
+    Ok(rows
+        .rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next()))
 }
 
 fn count(sql: &str) -> Result<u64, AdapterError> {
     match query_one(sql)? {
         Some(Value::Int(n)) => Ok(u64::try_from(n).unwrap_or(0)),
-        other => Err(error(format!("expected a count from `{sql}`, got {other:?}"))),
+        other => Err(error(format!(
+            "expected a count from `{sql}`, got {other:?}"
+        ))),
     }
 }
 
 fn table_exists(table: &str) -> Result<bool, AdapterError> {
-    db::table_exists("meta", table).map_err(|e| error(format!("reading the metadata database: {}", describe_cap_error(&e))))
+    db::table_exists("meta", table).map_err(|e| {
+        error(format!(
+            "reading the metadata database: {}",
+            describe_cap_error(&e)
+        ))
+    })
 }
 
 fn column_exists(table: &str, column: &str) -> Result<bool, AdapterError> {
@@ -55,9 +74,11 @@ pub fn schema() -> Result<SchemaState, AdapterError> {
         } else {
             ""
         };
-        let raw = query_one(&format!("SELECT version FROM instance_change_history {own_rows} ORDER BY id DESC LIMIT 1"))?
-            .as_ref()
-            .and_then(value_text);
+        let raw = query_one(&format!(
+            "SELECT version FROM instance_change_history {own_rows} ORDER BY id DESC LIMIT 1"
+        ))?
+        .as_ref()
+        .and_then(value_text);
         if let Some(raw) = &raw {
             let (version, format) = parse_history_version(raw)
                 .ok_or_else(|| error(format!("instance_change_history holds version `{raw}`, which is neither padded nor semver")))?;
@@ -66,7 +87,9 @@ pub fn schema() -> Result<SchemaState, AdapterError> {
         }
         state.raw = raw;
         if column_exists("instance_change_history", "database_id")? {
-            state.database_id_rows = Some(count("SELECT count(*) FROM instance_change_history WHERE database_id IS NOT NULL")?);
+            state.database_id_rows = Some(count(
+                "SELECT count(*) FROM instance_change_history WHERE database_id IS NOT NULL",
+            )?);
         } else {
             state.database_id_rows = Some(0);
         }
@@ -119,10 +142,18 @@ fn embedded_pg() -> Option<u32> {
 /// Facts as the rules want them, from a detection's facts.
 pub fn facts_of(detection: &Detection) -> Facts {
     Facts {
-        schema_format: detection.fact("schema-format").and_then(SchemaFormat::parse),
-        database_id_rows: detection.fact("database-id-rows").and_then(|v| v.parse().ok()),
-        duplicate_versions: detection.fact("duplicate-versions").and_then(|v| v.parse().ok()),
-        embedded_pg: detection.fact("embedded-pg-version").and_then(|v| v.parse().ok()),
+        schema_format: detection
+            .fact("schema-format")
+            .and_then(SchemaFormat::parse),
+        database_id_rows: detection
+            .fact("database-id-rows")
+            .and_then(|v| v.parse().ok()),
+        duplicate_versions: detection
+            .fact("duplicate-versions")
+            .and_then(|v| v.parse().ok()),
+        embedded_pg: detection
+            .fact("embedded-pg-version")
+            .and_then(|v| v.parse().ok()),
     }
 }
 

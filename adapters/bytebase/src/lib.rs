@@ -7,7 +7,8 @@ pub mod steps;
 pub mod verify;
 
 use upshift_adapter_sdk::{
-    AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput, error, refuse, versions,
+    AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput,
+    error, refuse, versions,
 };
 
 upshift_adapter_sdk::manifest! {
@@ -48,18 +49,25 @@ impl Guest for Bytebase {
     }
 
     fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
-        let from = versions::parse(&current.version).ok_or_else(|| unparseable("the current version", &current.version))?;
+        let from = versions::parse(&current.version)
+            .ok_or_else(|| unparseable("the current version", &current.version))?;
         let to = versions::parse(&target).ok_or_else(|| unparseable("the target", &target))?;
         rules::check(&from, &to, &detect::facts_of(&current)).map_err(to_refusal)?;
-        Ok(steps::upgrade(&from.to_string(), &to, current.facts.is_empty()))
+        Ok(steps::upgrade(
+            &from.to_string(),
+            &to,
+            current.facts.is_empty(),
+        ))
     }
 
     fn run_step(name: String, payload: String) -> Result<StepOutput, AdapterError> {
         match name.as_str() {
             "preflight" => {
-                let target = versions::parse(&payload).ok_or_else(|| error(format!("bad target `{payload}`")))?;
+                let target = versions::parse(&payload)
+                    .ok_or_else(|| error(format!("bad target `{payload}`")))?;
                 let live = detect::detect()?;
-                let from = versions::parse(&live.version).ok_or_else(|| error(format!("bad live version `{}`", live.version)))?;
+                let from = versions::parse(&live.version)
+                    .ok_or_else(|| error(format!("bad live version `{}`", live.version)))?;
                 match rules::check(&from, &target, &detect::facts_of(&live)) {
                     Ok(()) => Ok(StepOutput {
                         summary: format!(

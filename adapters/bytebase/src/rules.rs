@@ -130,7 +130,9 @@ pub fn check(current: &Version, target: &Version, facts: &Facts) -> Result<(), R
     if target.major > KNOWN_MAJOR {
         return Err(refuse(
             "unknown-major",
-            format!("this adapter knows Bytebase up to {KNOWN_MAJOR}.x; {target} may need manual steps (MAJOR bumps can)"),
+            format!(
+                "this adapter knows Bytebase up to {KNOWN_MAJOR}.x; {target} may need manual steps (MAJOR bumps can)"
+            ),
             vec![],
             "use an adapter release that supports the new major".into(),
         ));
@@ -143,7 +145,40 @@ pub fn check(current: &Version, target: &Version, facts: &Facts) -> Result<(), R
                 facts.duplicate_versions.unwrap_or(0)
             ),
             vec![],
-            "after a backup, delete the duplicated rows (keep one per version), then plan again".into(),
+            "after a backup, delete the duplicated rows (keep one per version), then plan again"
+                .into(),
+        ));
+    }
+    let rows = facts.database_id_rows.unwrap_or(0);
+    if rows > 0
+        && *current >= stop_3_3_1()
+        && *current < v(3, 4, 1)
+        && *target >= v(3, 4, 1)
+        && *target < v(3, 14, 0)
+    {
+        return Err(refuse(
+            "via-3.3.1",
+            format!(
+                "{rows} instance_change_history row(s) still have database_id set at {current}; 3.4.1–3.13.x refuse with \"Must upgrade to Bytebase 3.3.1 first\""
+            ),
+            vec![],
+            "after a backup, find out why 3.3.1 left these rows (they belong to managed databases) and remove them, then plan again".into(),
+        ));
+    }
+    if facts.embedded_pg == Some(14)
+        && *target >= v(3, 5, 0)
+        && *current >= v(2, 10, 0)
+        && *current >= stop_3_3_1()
+    {
+        return Err(refuse(
+            "embedded-pg14",
+            format!(
+                "the embedded metadata store is still PostgreSQL 14 at {current}; 3.5.0 and later cannot convert it"
+            ),
+            vec![],
+            format!(
+                "restart {current} once (2.10.0–3.4.x dump and reload PostgreSQL 14 into 16 at start), then plan again"
+            ),
         ));
     }
     let stops = required_stops(current, target, facts);
@@ -189,26 +224,17 @@ fn required_stops(current: &Version, target: &Version, facts: &Facts) -> Vec<Sto
                 "releases after 3.3.1 expect the history layout 3.3.1 leaves (\"Must upgrade to Bytebase 3.3.1 first\")".into()
             },
         });
-    } else if facts.database_id_rows.unwrap_or(0) > 0
-        && *target >= v(3, 4, 1)
-        && *target < v(3, 14, 0)
-        && *current >= stop_3_3_1()
-        && *current < v(3, 4, 1)
+    }
+    if facts.embedded_pg == Some(14)
+        && *target >= v(3, 5, 0)
+        && !stops.iter().any(|s| s.at == stop_3_3_1())
+        && (between(&stop_3_3_1()) || *current < v(2, 10, 0))
     {
         stops.push(Stop {
-            at: current.clone(),
-            rule: "via-3.3.1",
-            why: "instance_change_history still has database_id rows after 3.3.1; the backfill will refuse".into(),
+            at: stop_3_3_1(),
+            rule: "embedded-pg14",
+            why: "the embedded metadata store is PostgreSQL 14; only 2.10.0–3.4.x dump and reload it into 16, and 3.5.0 removed that".into(),
         });
-    }
-    if facts.embedded_pg == Some(14) && *target >= v(3, 5, 0) && !stops.iter().any(|s| s.at == stop_3_3_1()) {
-        if between(&stop_3_3_1()) || *current < v(2, 10, 0) {
-            stops.push(Stop {
-                at: stop_3_3_1(),
-                rule: "embedded-pg14",
-                why: "the embedded metadata store is PostgreSQL 14; only 2.10.0–3.4.x dump and reload it into 16, and 3.5.0 removed that".into(),
-            });
-        }
     }
     let old_format = *current < v(3, 4, 1) || facts.schema_format == Some(SchemaFormat::Padded);
     if *target >= v(3, 14, 0) && old_format && between(&stop_3_13_0()) {
@@ -228,15 +254,21 @@ pub fn parse_history_version(text: &str) -> Option<(Version, SchemaFormat)> {
     let trimmed = text.trim();
     if let Some((numbers, _suffix)) = trimmed.split_once('-')
         && numbers.len() == 14
-        && numbers.split('.').all(|p| p.len() == 4 && p.chars().all(|c| c.is_ascii_digit()))
+        && numbers
+            .split('.')
+            .all(|p| p.len() == 4 && p.chars().all(|c| c.is_ascii_digit()))
     {
         let mut parts = numbers.split('.').map(|p| p.parse::<u64>().ok());
-        let (Some(Some(a)), Some(Some(b)), Some(Some(c))) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(Some(a)), Some(Some(b)), Some(Some(c))) =
+            (parts.next(), parts.next(), parts.next())
+        else {
             return None;
         };
         return Some((v(a, b, c), SchemaFormat::Padded));
     }
-    Version::parse(trimmed).ok().map(|ver| (ver, SchemaFormat::Semver))
+    Version::parse(trimmed)
+        .ok()
+        .map(|ver| (ver, SchemaFormat::Semver))
 }
 
 #[cfg(test)]
@@ -253,54 +285,142 @@ mod tests {
 
     #[test]
     fn allowed_jumps() {
-        for (from, to) in [("3.10.0", "3.11.1"), ("2.0.0", "2.1.0"), ("3.3.1", "3.10.0"), ("3.13.0", "3.20.0"), ("1.5.0", "2.1.0")] {
-            assert_eq!(check(&ver(from), &ver(to), &Facts::default()), Ok(()), "{from} → {to}");
+        for (from, to) in [
+            ("3.10.0", "3.11.1"),
+            ("2.0.0", "2.1.0"),
+            ("3.3.1", "3.10.0"),
+            ("3.13.0", "3.20.0"),
+            ("1.5.0", "2.1.0"),
+        ] {
+            assert_eq!(
+                check(&ver(from), &ver(to), &Facts::default()),
+                Ok(()),
+                "{from} → {to}"
+            );
         }
     }
 
     #[test]
     fn the_path_planner_names_every_stop() {
         let r = check(&ver("1.5.0"), &ver("3.20.0"), &Facts::default()).expect_err("stops");
-        assert_eq!((r.rule, path(&r)), ("via-2.1.0", vec!["2.1.0".into(), "3.3.1".into(), "3.13.0".into(), "3.20.0".into()]));
+        assert_eq!(
+            (r.rule, path(&r)),
+            (
+                "via-2.1.0",
+                vec![
+                    "2.1.0".into(),
+                    "3.3.1".into(),
+                    "3.13.0".into(),
+                    "3.20.0".into()
+                ]
+            )
+        );
         let r = check(&ver("2.0.0"), &ver("3.5.0"), &Facts::default()).expect_err("stops");
         assert_eq!(path(&r), ["2.1.0", "3.3.1", "3.5.0"]);
         let r = check(&ver("3.3.1"), &ver("3.14.0"), &Facts::default()).expect_err("stops");
-        assert_eq!((r.rule, path(&r)), ("via-3.4.1-3.13", vec!["3.13.0".into(), "3.14.0".into()]));
-        let r = check(&ver("2.10.0"), &ver("3.10.0"), &Facts { database_id_rows: Some(3), ..Facts::default() }).expect_err("stops");
-        assert_eq!((r.rule, path(&r)), ("via-3.3.1", vec!["3.3.1".into(), "3.10.0".into()]));
-        assert!(r.reason.contains("3 instance_change_history row(s)"), "{}", r.reason);
+        assert_eq!(
+            (r.rule, path(&r)),
+            ("via-3.4.1-3.13", vec!["3.13.0".into(), "3.14.0".into()])
+        );
+        let r = check(
+            &ver("2.10.0"),
+            &ver("3.10.0"),
+            &Facts {
+                database_id_rows: Some(3),
+                ..Facts::default()
+            },
+        )
+        .expect_err("stops");
+        assert_eq!(
+            (r.rule, path(&r)),
+            ("via-3.3.1", vec!["3.3.1".into(), "3.10.0".into()])
+        );
+        assert!(
+            r.reason.contains("3 instance_change_history row(s)"),
+            "{}",
+            r.reason
+        );
     }
 
     #[test]
     fn facts_add_refusals() {
-        let padded = Facts { schema_format: Some(SchemaFormat::Padded), ..Facts::default() };
+        let padded = Facts {
+            schema_format: Some(SchemaFormat::Padded),
+            ..Facts::default()
+        };
         let r = check(&ver("3.5.0"), &ver("3.14.0"), &padded).expect_err("padded history");
-        assert_eq!((r.rule, path(&r)), ("via-3.4.1-3.13", vec!["3.13.0".into(), "3.14.0".into()]));
-        assert_eq!(check(&ver("3.5.0"), &ver("3.14.0"), &Facts::default()), Ok(()));
+        assert_eq!(
+            (r.rule, path(&r)),
+            ("via-3.4.1-3.13", vec!["3.13.0".into(), "3.14.0".into()])
+        );
+        assert_eq!(
+            check(&ver("3.5.0"), &ver("3.14.0"), &Facts::default()),
+            Ok(())
+        );
 
-        let pg14 = Facts { embedded_pg: Some(14), ..Facts::default() };
+        let pg14 = Facts {
+            embedded_pg: Some(14),
+            ..Facts::default()
+        };
         let r = check(&ver("2.5.0"), &ver("3.5.0"), &pg14).expect_err("pg14");
         assert!(path(&r).contains(&"3.3.1".to_string()));
         let r = check(&ver("1.5.0"), &ver("1.9.0"), &pg14);
         assert_eq!(r, Ok(()));
 
-        let dups = Facts { duplicate_versions: Some(2), ..Facts::default() };
-        assert_eq!(check(&ver("3.3.1"), &ver("3.7.1"), &dups).expect_err("dups").rule, "duplicate-versions");
+        let dups = Facts {
+            duplicate_versions: Some(2),
+            ..Facts::default()
+        };
+        assert_eq!(
+            check(&ver("3.3.1"), &ver("3.7.1"), &dups)
+                .expect_err("dups")
+                .rule,
+            "duplicate-versions"
+        );
     }
 
     #[test]
     fn refusals_without_a_path() {
-        assert_eq!(check(&ver("3.11.1"), &ver("3.10.0"), &Facts::default()).expect_err("down").rule, "downgrade");
-        assert_eq!(check(&ver("3.10.0"), &ver("3.10.0"), &Facts::default()).expect_err("same").rule, "already-at-target");
-        assert_eq!(check(&ver("0.9.0"), &ver("1.0.0"), &Facts::default()).expect_err("0.x").rule, "zero-x-with-data");
-        assert_eq!(check(&ver("3.10.0"), &ver("4.0.0"), &Facts::default()).expect_err("4.x").rule, "unknown-major");
+        assert_eq!(
+            check(&ver("3.11.1"), &ver("3.10.0"), &Facts::default())
+                .expect_err("down")
+                .rule,
+            "downgrade"
+        );
+        assert_eq!(
+            check(&ver("3.10.0"), &ver("3.10.0"), &Facts::default())
+                .expect_err("same")
+                .rule,
+            "already-at-target"
+        );
+        assert_eq!(
+            check(&ver("0.9.0"), &ver("1.0.0"), &Facts::default())
+                .expect_err("0.x")
+                .rule,
+            "zero-x-with-data"
+        );
+        assert_eq!(
+            check(&ver("3.10.0"), &ver("4.0.0"), &Facts::default())
+                .expect_err("4.x")
+                .rule,
+            "unknown-major"
+        );
     }
 
     #[test]
     fn history_versions_in_both_formats() {
-        assert_eq!(parse_history_version("0003.0003.0001-20240101000000"), Some((ver("3.3.1"), SchemaFormat::Padded)));
-        assert_eq!(parse_history_version("0001.0002.0003-20220408000000"), Some((ver("1.2.3"), SchemaFormat::Padded)));
-        assert_eq!(parse_history_version("3.14.2"), Some((ver("3.14.2"), SchemaFormat::Semver)));
+        assert_eq!(
+            parse_history_version("0003.0003.0001-20240101000000"),
+            Some((ver("3.3.1"), SchemaFormat::Padded))
+        );
+        assert_eq!(
+            parse_history_version("0001.0002.0003-20220408000000"),
+            Some((ver("1.2.3"), SchemaFormat::Padded))
+        );
+        assert_eq!(
+            parse_history_version("3.14.2"),
+            Some((ver("3.14.2"), SchemaFormat::Semver))
+        );
         assert_eq!(parse_history_version("10001"), None);
         assert_eq!(parse_history_version("0003.x.0001-2024"), None);
     }

@@ -1,23 +1,56 @@
 //! The steps of a Bytebase upgrade and restore (product-facts §1.6 and "What an adapter must
 //! encode → Bytebase").
 
-use upshift_adapter_sdk::steps::{custom, db_backup, db_restore, http_check, service_start, service_stop, service_switch, wait_healthy};
+use upshift_adapter_sdk::steps::{
+    custom, db_backup, db_restore, http_check, service_start, service_stop, service_switch,
+    wait_healthy,
+};
 use upshift_adapter_sdk::{BackupMethod, NamespaceColumn, Plan, RestoreTarget, Step};
 
 /// The actuator path a version serves.
 pub fn actuator_path(version: &semver::Version) -> &'static str {
-    if version.major >= 2 { "/v1/actuator/info" } else { "/api/actuator/info" }
+    if version.major >= 2 {
+        "/v1/actuator/info"
+    } else {
+        "/api/actuator/info"
+    }
 }
 
 /// The upgrade plan for an allowed jump.
 pub fn upgrade(current: &str, target: &semver::Version, offline: bool) -> Plan {
     let t = target.to_string();
     let steps: Vec<Step> = vec![
-        custom("preflight", "preflight", &t, false, format!("re-check that the metadata allows {current} → {t}")),
-        service_stop("stop", "app", "stop Bytebase: only one process may use the metadata, and a template clone needs no other sessions"),
-        db_backup("backup-meta", "meta", BackupMethod::Clone, "back up the metadata database (CREATE DATABASE … TEMPLATE)"),
-        service_switch("switch", "app", &t, format!("switch the Bytebase binary to {t}")),
-        service_start("start", "app", format!("start Bytebase {t}; it migrates its metadata at startup under advisory lock 1002")),
+        custom(
+            "preflight",
+            "preflight",
+            &t,
+            false,
+            format!("re-check that the metadata allows {current} → {t}"),
+        ),
+        service_stop(
+            "stop",
+            "app",
+            "stop Bytebase: only one process may use the metadata, and a template clone needs no other sessions",
+        ),
+        db_backup(
+            "backup-meta",
+            "meta",
+            BackupMethod::Clone,
+            "back up the metadata database (CREATE DATABASE … TEMPLATE)",
+        ),
+        service_switch(
+            "switch",
+            "app",
+            &t,
+            format!("switch the Bytebase binary to {t}"),
+        ),
+        service_start(
+            "start",
+            "app",
+            format!(
+                "start Bytebase {t}; it migrates its metadata at startup under advisory lock 1002"
+            ),
+        ),
         wait_healthy("wait-healthy", "app", 180_000, "wait for /healthz"),
         http_check(
             "check-version",
@@ -77,7 +110,9 @@ pub fn restore_into(current: &str, backup_version: &str, name: &str) -> Plan {
             "meta",
             RestoreTarget::NewDatabase(name.to_string()),
             namespace(),
-            format!("restore the metadata into `{name}` and move its change history (migration_history.namespace) to it"),
+            format!(
+                "restore the metadata into `{name}` and move its change history (migration_history.namespace) to it"
+            ),
         )],
         notes: vec![format!(
             "The running instance is untouched. To use the copy, point PG_URL at `{name}` and start Bytebase {backup_version}."

@@ -20,8 +20,16 @@ pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
     let expected_version = versions::parse(expected);
     let health = http::request("api", "GET", "/healthz", &[]);
     out.push(match health {
-        Ok(r) => check("healthz", r.status == 200, format!("/healthz answered {}", r.status)),
-        Err(e) => check("healthz", false, format!("/healthz: {}", upshift_adapter_sdk::describe_cap_error(&e))),
+        Ok(r) => check(
+            "healthz",
+            r.status == 200,
+            format!("/healthz answered {}", r.status),
+        ),
+        Err(e) => check(
+            "healthz",
+            false,
+            format!("/healthz: {}", upshift_adapter_sdk::describe_cap_error(&e)),
+        ),
     });
     let body = actuator();
     let api = body.as_deref().and_then(actuator_version);
@@ -33,7 +41,8 @@ pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
     let schema = schema()?;
     let (passed, detail) = match (&schema.version, &expected_version) {
         (Some(v), Some(e)) => {
-            let format_ok = *e < semver::Version::new(3, 4, 1) || schema.format == Some(SchemaFormat::Semver);
+            let format_ok =
+                *e < semver::Version::new(3, 4, 1) || schema.format == Some(SchemaFormat::Semver);
             (
                 v <= e && format_ok,
                 format!(
@@ -43,11 +52,18 @@ pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
                 ),
             )
         }
-        _ => (false, format!("no readable schema version (raw: {:?})", schema.raw)),
+        _ => (
+            false,
+            format!("no readable schema version (raw: {:?})", schema.raw),
+        ),
     };
     out.push(check("schema-version", passed, detail));
     if let Some(n) = body.as_deref().and_then(actuator_replicas) {
-        out.push(check("replica-count", n == 1, format!("replicaCount = {n}")));
+        out.push(check(
+            "replica-count",
+            n == 1,
+            format!("replicaCount = {n}"),
+        ));
     }
     Ok(out)
 }

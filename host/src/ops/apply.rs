@@ -321,6 +321,8 @@ fn new_run(
     }
 }
 
+/// Denied calls of a run, for the report. Calls to optional bindings the operator left unbound
+/// are expected (the adapter cannot know) and stay in the audit log only.
 fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
     session
         .audit
@@ -329,6 +331,12 @@ fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
             records
                 .into_iter()
                 .filter(|r| r.event.decision == Decision::Denied)
+                .filter(|r| {
+                    !r.event
+                        .reason
+                        .as_deref()
+                        .is_some_and(|why| why.ends_with("is not bound for this instance"))
+                })
                 .collect()
         })
         .unwrap_or_default()

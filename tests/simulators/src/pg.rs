@@ -85,13 +85,16 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// A command to spawn and where to send the child.
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
 /// Spawn the server from a thread that never exits, so PR_SET_PDEATHSIG (which fires when the
 /// spawning *thread* ends) fires only when the process ends.
 fn spawn_supervised(mut cmd: Command) -> Result<Child, PgError> {
-    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<(Command, mpsc::Sender<std::io::Result<Child>>)>>> =
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> =
         std::sync::OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<std::io::Result<Child>>)>();
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
         std::thread::Builder::new()
             .name("pg-spawner".into())
             .spawn(move || {
@@ -133,13 +136,18 @@ impl Cluster {
     pub fn start(dir: &Path) -> Result<Cluster, PgError> {
         let bindir = find_bindir()?;
         let owner = run_as()?;
-        if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        {
             return Err(PgError::Failed(format!("{} is not empty", dir.display())));
         }
         let data = dir.join("data");
         let sockets = dir.join("sockets");
         for d in [dir, &data, &sockets] {
-            std::fs::create_dir_all(d).map_err(|e| PgError::Failed(format!("cannot create {}: {e}", d.display())))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| PgError::Failed(format!("cannot create {}: {e}", d.display())))?;
         }
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
@@ -158,7 +166,13 @@ impl Cluster {
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync", "--no-instructions"])
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .env("LC_ALL", "C")
             .stdin(Stdio::null());
         as_owner(&mut initdb);
@@ -174,7 +188,8 @@ impl Cluster {
         }
         let port = free_port()?;
         let log = dir.join("server.log");
-        let log_file = std::fs::File::create(&log).map_err(|e| PgError::Failed(format!("cannot create {}: {e}", log.display())))?;
+        let log_file = std::fs::File::create(&log)
+            .map_err(|e| PgError::Failed(format!("cannot create {}: {e}", log.display())))?;
         if let Some((uid, gid)) = owner {
             chown_tree(&log, uid, gid)?;
         }
@@ -190,12 +205,18 @@ impl Cluster {
             .arg("-k")
             .arg(&sockets)
             .args([
-                "-c", "listen_addresses=127.0.0.1",
-                "-c", "fsync=off",
-                "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off",
-                "-c", "shared_buffers=32MB",
-                "-c", "max_connections=200",
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "shared_buffers=32MB",
+                "-c",
+                "max_connections=200",
             ])
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
@@ -237,7 +258,15 @@ impl Cluster {
 
     fn ready(&self) -> bool {
         Command::new(self.bindir.join("pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-q"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-q",
+            ])
             .status()
             .map(|s| s.success())
             .unwrap_or(true)
@@ -261,7 +290,20 @@ impl Cluster {
     /// Create a database (with `psql`, so no async runtime is needed).
     pub fn create_database(&self, name: &str) -> Result<(), PgError> {
         let out = Command::new(self.bindir.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+            ])
             .arg(format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
             .output()
             .map_err(|e| PgError::Failed(format!("cannot run psql: {e}")))?;
@@ -277,18 +319,24 @@ impl Cluster {
 
     /// Fast shutdown, and wait for it.
     pub fn stop(&mut self) -> Result<(), PgError> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => return Ok(()),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(PgError::Failed("postgres did not stop in 20 s and was killed".into()));
+                    return Err(PgError::Failed(
+                        "postgres did not stop in 20 s and was killed".into(),
+                    ));
                 }
             }
         }
@@ -319,12 +367,26 @@ mod tests {
         };
         cluster.create_database("probe").expect("create");
         let out = Command::new(cluster.bindir.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &cluster.port().to_string(), "-U", "postgres", "-d", "probe", "-tAc", "SELECT 40 + 2"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.port().to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "probe",
+                "-tAc",
+                "SELECT 40 + 2",
+            ])
             .output()
             .expect("psql");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
         cluster.stop().expect("stop");
-        assert!(std::net::TcpStream::connect(("127.0.0.1", cluster.port())).is_err(), "stopped");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", cluster.port())).is_err(),
+            "stopped"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

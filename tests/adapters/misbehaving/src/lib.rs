@@ -25,7 +25,7 @@ upshift_adapter_sdk::manifest! {
 
 struct Misbehaving;
 
-#[allow(unconditional_recursion)]
+#[allow(unconditional_recursion, clippy::only_used_in_recursion)]
 fn recurse(depth: u64) -> u64 {
     std::hint::black_box(recurse(depth + 1)) + 1
 }

@@ -145,7 +145,11 @@ pub fn find(version: &str) -> Option<Release> {
 impl Release {
     /// The migrations this release carries, in order.
     pub fn migrations(&self) -> Vec<Migration> {
-        MIGRATIONS.iter().copied().filter(|m| m.version() <= self.version).collect()
+        MIGRATIONS
+            .iter()
+            .copied()
+            .filter(|m| m.version() <= self.version)
+            .collect()
     }
 
     /// The newest migration version it carries (what a fresh install records).
@@ -197,13 +201,31 @@ mod tests {
 
     #[test]
     fn versions_come_from_file_names() {
-        let m = MIGRATIONS.iter().find(|m| m.name() == "migrate_task_type.sql").expect("3.11");
+        let m = MIGRATIONS
+            .iter()
+            .find(|m| m.name() == "migrate_task_type.sql")
+            .expect("3.11");
         assert_eq!(m.version(), Version::new(3, 11, 1));
-        assert_eq!(find("3.14.2").expect("release").schema_version(), Version::new(3, 14, 1));
-        assert_eq!(find("3.10.0").expect("release").schema_version(), Version::new(3, 10, 0));
-        assert_eq!(find("1.2.0").expect("release").schema_version(), Version::new(1, 2, 0));
+        assert_eq!(
+            find("3.14.2").expect("release").schema_version(),
+            Version::new(3, 14, 1)
+        );
+        assert_eq!(
+            find("3.10.0").expect("release").schema_version(),
+            Version::new(3, 10, 0)
+        );
+        assert_eq!(
+            find("1.2.0").expect("release").schema_version(),
+            Version::new(1, 2, 0)
+        );
         assert!(find("9.9.9").is_none());
-        assert_eq!(parse_recorded("0003.0003.0001-20240101000000"), Some((Version::new(3, 3, 1), true)));
-        assert_eq!(parse_recorded("3.14.1"), Some((Version::new(3, 14, 1), false)));
+        assert_eq!(
+            parse_recorded("0003.0003.0001-20240101000000"),
+            Some((Version::new(3, 3, 1), true))
+        );
+        assert_eq!(
+            parse_recorded("3.14.1"),
+            Some((Version::new(3, 14, 1), false))
+        );
     }
 }

@@ -36,9 +36,25 @@ ALTER SEQUENCE instance_change_history_id_seq RESTART WITH 101;
 
 /// The 2.x columns the 3.4.1 backfill drops.
 const V2_ONLY_COLUMNS: &[&str] = &[
-    "row_status", "creator_id", "created_ts", "updater_id", "updated_ts", "instance_id", "database_id", "issue_id",
-    "release_version", "sequence", "source", "type", "status", "description", "statement", "schema", "schema_prev",
-    "execution_duration_ns", "payload",
+    "row_status",
+    "creator_id",
+    "created_ts",
+    "updater_id",
+    "updated_ts",
+    "instance_id",
+    "database_id",
+    "issue_id",
+    "release_version",
+    "sequence",
+    "source",
+    "type",
+    "status",
+    "description",
+    "statement",
+    "schema",
+    "schema_prev",
+    "execution_duration_ns",
+    "payload",
 ];
 
 fn pg(e: &tokio_postgres::Error) -> String {
@@ -75,7 +91,13 @@ fn epoch() -> i64 {
 }
 
 /// Record `version` in the history table of `era`.
-async fn record(c: &impl GenericClient, era: Era, release: &Release, version: &Version, m: Option<&Migration>) -> anyhow::Result<()> {
+async fn record(
+    c: &impl GenericClient,
+    era: Era,
+    release: &Release,
+    version: &Version,
+    m: Option<&Migration>,
+) -> anyhow::Result<()> {
     let description = m.map(|m| m.name()).unwrap_or("LATEST");
     let statement = m.map(|m| m.sql).unwrap_or("LATEST.sql");
     let r = match era {
@@ -102,12 +124,15 @@ async fn record(c: &impl GenericClient, era: Era, release: &Release, version: &V
                 .await
         }
     };
-    r.map(|_| ()).map_err(|e| anyhow!("failed to record version {version}: {}", pg(&e)))
+    r.map(|_| ())
+        .map_err(|e| anyhow!("failed to record version {version}: {}", pg(&e)))
 }
 
 async fn fresh_install(client: &mut Client, release: &Release) -> anyhow::Result<Version> {
     let tx = client.transaction().await.context("begin")?;
-    tx.execute("SELECT pg_advisory_xact_lock(1002)", &[]).await.map_err(|e| anyhow!(pg(&e)))?;
+    tx.execute("SELECT pg_advisory_xact_lock(1002)", &[])
+        .await
+        .map_err(|e| anyhow!(pg(&e)))?;
     let mut latest = String::from(BASE_SCHEMA);
     for m in release.migrations() {
         latest.push_str(m.sql);
@@ -130,7 +155,9 @@ async fn fresh_install(client: &mut Client, release: &Release) -> anyhow::Result
         .map_err(|e| anyhow!("failed to initialize the metadata schema: {}", pg(&e)))?;
     let version = release.schema_version();
     record(&tx, release.era, release, &version, None).await?;
-    tx.commit().await.map_err(|e| anyhow!("commit: {}", pg(&e)))?;
+    tx.commit()
+        .await
+        .map_err(|e| anyhow!("commit: {}", pg(&e)))?;
     println!("Initialized a fresh metadata schema at {version}.");
     Ok(version)
 }
@@ -150,7 +177,9 @@ async fn migrate_old(client: &mut Client) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow!("failed to copy the 1.x migration history: {}", pg(&e)))?;
-    tx.commit().await.map_err(|e| anyhow!("commit: {}", pg(&e)))?;
+    tx.commit()
+        .await
+        .map_err(|e| anyhow!("commit: {}", pg(&e)))?;
     println!("Copied the 1.x migration_history into instance_change_history.");
     Ok(())
 }
@@ -158,10 +187,15 @@ async fn migrate_old(client: &mut Client) -> anyhow::Result<()> {
 /// 3.4.1–3.13.x: the legacy backfill to `instance_change_history(id, version)`.
 async fn legacy_backfill(client: &mut Client) -> anyhow::Result<()> {
     let tx = client.transaction().await.context("begin")?;
-    tx.execute("SELECT pg_advisory_xact_lock(1002)", &[]).await.map_err(|e| anyhow!(pg(&e)))?;
+    tx.execute("SELECT pg_advisory_xact_lock(1002)", &[])
+        .await
+        .map_err(|e| anyhow!(pg(&e)))?;
     if column_exists(&tx, "instance_change_history", "database_id").await? {
         let n: i64 = tx
-            .query_one("SELECT count(1) FROM instance_change_history WHERE database_id IS NOT NULL", &[])
+            .query_one(
+                "SELECT count(1) FROM instance_change_history WHERE database_id IS NOT NULL",
+                &[],
+            )
             .await
             .map_err(|e| anyhow!(pg(&e)))?
             .get(0);
@@ -170,9 +204,12 @@ async fn legacy_backfill(client: &mut Client) -> anyhow::Result<()> {
         }
     }
     if column_exists(&tx, "instance_change_history", "status").await? {
-        tx.execute("DELETE FROM instance_change_history WHERE status = 'FAILED'", &[])
-            .await
-            .map_err(|e| anyhow!(pg(&e)))?;
+        tx.execute(
+            "DELETE FROM instance_change_history WHERE status = 'FAILED'",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow!(pg(&e)))?;
     }
     let rows = tx
         .query("SELECT id, version FROM instance_change_history", &[])
@@ -182,20 +219,27 @@ async fn legacy_backfill(client: &mut Client) -> anyhow::Result<()> {
         let id: i64 = row.get(0);
         let text: String = row.get(1);
         if let Some((v, true)) = parse_recorded(&text) {
-            tx.execute("UPDATE instance_change_history SET version = $2 WHERE id = $1", &[&id, &v.to_string()])
-                .await
-                .map_err(|e| anyhow!(pg(&e)))?;
+            tx.execute(
+                "UPDATE instance_change_history SET version = $2 WHERE id = $1",
+                &[&id, &v.to_string()],
+            )
+            .await
+            .map_err(|e| anyhow!(pg(&e)))?;
         }
     }
     for column in V2_ONLY_COLUMNS {
-        tx.batch_execute(&format!("ALTER TABLE instance_change_history DROP COLUMN IF EXISTS \"{column}\""))
-            .await
-            .map_err(|e| anyhow!(pg(&e)))?;
+        tx.batch_execute(&format!(
+            "ALTER TABLE instance_change_history DROP COLUMN IF EXISTS \"{column}\""
+        ))
+        .await
+        .map_err(|e| anyhow!(pg(&e)))?;
     }
     tx.batch_execute("CREATE UNIQUE INDEX idx_instance_change_history_unique_version ON instance_change_history (version)")
         .await
         .map_err(|e| anyhow!("failed to migrate schema: could not create unique index \"idx_instance_change_history_unique_version\": {}", pg(&e)))?;
-    tx.commit().await.map_err(|e| anyhow!("commit: {}", pg(&e)))?;
+    tx.commit()
+        .await
+        .map_err(|e| anyhow!("commit: {}", pg(&e)))?;
     println!("Backfilled instance_change_history to plain versions.");
     Ok(())
 }
@@ -218,7 +262,11 @@ async fn current(client: &Client, release: &Release) -> anyhow::Result<(Version,
 }
 
 /// Install or migrate the metadata schema for `release`; returns the recorded version.
-pub async fn migrate(client: &mut Client, release: &Release, fail: Option<&Version>) -> anyhow::Result<Version> {
+pub async fn migrate(
+    client: &mut Client,
+    release: &Release,
+    fail: Option<&Version>,
+) -> anyhow::Result<Version> {
     if !table_exists(&*client, "principal").await? {
         return fresh_install(client, release).await;
     }
@@ -247,9 +295,14 @@ pub async fn migrate(client: &mut Client, release: &Release, fail: Option<&Versi
         }
         println!("Migrating {version}.");
         let tx = client.transaction().await.context("begin")?;
-        tx.execute("SELECT pg_advisory_xact_lock(1002)", &[]).await.map_err(|e| anyhow!(pg(&e)))?;
+        tx.execute("SELECT pg_advisory_xact_lock(1002)", &[])
+            .await
+            .map_err(|e| anyhow!(pg(&e)))?;
         let statement = if fail == Some(&version) {
-            format!("{}; UPDATE issue SET task_kind = 'DATABASE_SCHEMA_UPDATE'", m.sql)
+            format!(
+                "{}; UPDATE issue SET task_kind = 'DATABASE_SCHEMA_UPDATE'",
+                m.sql
+            )
         } else {
             m.sql.to_string()
         };
@@ -262,7 +315,9 @@ pub async fn migrate(client: &mut Client, release: &Release, fail: Option<&Versi
             );
         }
         record(&tx, release.era, release, &version, Some(&m)).await?;
-        tx.commit().await.map_err(|e| anyhow!("commit: {}", pg(&e)))?;
+        tx.commit()
+            .await
+            .map_err(|e| anyhow!("commit: {}", pg(&e)))?;
         now = version;
     }
     Ok(now)

@@ -60,8 +60,10 @@ impl Options {
     /// From `--version V --port P [--data D] [--external-url U]`, `PG_URL` and
     /// `BB_SIM_FAIL_MIGRATION`.
     pub fn from_args_and_env(args: &[String]) -> anyhow::Result<Options> {
-        let parsed = Args::try_parse_from(std::iter::once("bytebase-sim".to_string()).chain(args.iter().cloned()))
-            .map_err(|e| anyhow!("{e}"))?;
+        let parsed = Args::try_parse_from(
+            std::iter::once("bytebase-sim".to_string()).chain(args.iter().cloned()),
+        )
+        .map_err(|e| anyhow!("{e}"))?;
         let pg_url = std::env::var("PG_URL")
             .map_err(|_| anyhow!("PG_URL is not set; Bytebase with external PostgreSQL reads its metadata URL from PG_URL"))?;
         Ok(Options {
@@ -71,7 +73,9 @@ impl Options {
             version: parsed.version,
             port: parsed.port,
             pg_url,
-            fail_migration: std::env::var("BB_SIM_FAIL_MIGRATION").ok().filter(|v| !v.is_empty()),
+            fail_migration: std::env::var("BB_SIM_FAIL_MIGRATION")
+                .ok()
+                .filter(|v| !v.is_empty()),
         })
     }
 }
@@ -110,10 +114,21 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
 /// Migrate, then serve until SIGTERM or SIGINT. An error means Bytebase would have exited.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let release = catalog::find(&opts.version).ok_or_else(|| {
-        let known: Vec<String> = catalog::releases().iter().map(|r| r.version.to_string()).collect();
-        anyhow!("no simulated Bytebase release {} (simulated: {})", opts.version, known.join(", "))
+        let known: Vec<String> = catalog::releases()
+            .iter()
+            .map(|r| r.version.to_string())
+            .collect();
+        anyhow!(
+            "no simulated Bytebase release {} (simulated: {})",
+            opts.version,
+            known.join(", ")
+        )
     })?;
-    println!("Starting Bytebase {}(sim{})...", release.version, release.version.to_string().replace('.', ""));
+    println!(
+        "Starting Bytebase {}(sim{})...",
+        release.version,
+        release.version.to_string().replace('.', "")
+    );
     let mut client = connect(&opts.pg_url).await?;
     let fail = opts
         .fail_migration
@@ -128,7 +143,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         external_url: opts.external_url.clone(),
         _client: client,
     });
-    let actuator = if release.version.major >= 2 { "/v1/actuator/info" } else { "/api/actuator/info" };
+    let actuator = if release.version.major >= 2 {
+        "/v1/actuator/info"
+    } else {
+        "/api/actuator/info"
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "OK" }))
         .route(actuator, get(actuator_info))
@@ -136,7 +155,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", opts.port))?;
-    println!("Bytebase {} is serving on 127.0.0.1:{}", release.version, opts.port);
+    println!(
+        "Bytebase {} is serving on 127.0.0.1:{}",
+        release.version, opts.port
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await
@@ -191,7 +213,10 @@ pub async fn seed_user_rows(client: &Client, n: usize) -> anyhow::Result<()> {
             .await
             .context("insert instance")?;
         client
-            .execute("INSERT INTO db (instance, name) VALUES ($1, $2)", &[&instance, &format!("app_{i}")])
+            .execute(
+                "INSERT INTO db (instance, name) VALUES ($1, $2)",
+                &[&instance, &format!("app_{i}")],
+            )
             .await
             .context("insert db")?;
         client
@@ -205,3 +230,6 @@ pub async fn seed_user_rows(client: &Client, n: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
