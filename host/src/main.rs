@@ -213,16 +213,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 confirm(yes, "Proceed with this plan?").unwrap_or(false)
             })
             .await;
-            if let Some(ui) = &ui {
-                ui.clear();
-            }
-            let report = report?;
-            if json {
-                print_json(&report)?;
-            } else {
-                print!("{}", ui::run_text(&report));
-            }
-            Ok(report.outcome.exit_code() as u8)
+            finish_run(ui.as_deref(), report, json)
         }
         Command::Backup(args) => {
             let fleet = load_fleet()?;
@@ -311,16 +302,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 },
             )
             .await;
-            if let Some(ui) = &ui {
-                ui.clear();
-            }
-            let report = report?;
-            if json {
-                print_json(&report)?;
-            } else {
-                print!("{}", ui::run_text(&report));
-            }
-            Ok(report.outcome.exit_code() as u8)
+            finish_run(ui.as_deref(), report, json)
         }
         Command::History(args) => {
             let state = upshift::state::StateStore::open(&data.join("state.db"))?;
@@ -386,6 +368,24 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             Ok(0)
         }
     }
+}
+
+/// Clear the bars, print a run report (text or JSON) and map its outcome to the exit code.
+fn finish_run(
+    ui: Option<&ui::Ui>,
+    report: Result<apply::RunReport, OpError>,
+    json: bool,
+) -> Result<u8, Exit> {
+    if let Some(ui) = ui {
+        ui.clear();
+    }
+    let report = report?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", ui::run_text(&report));
+    }
+    Ok(report.outcome.exit_code() as u8)
 }
 
 fn inspect(file: &str, json: bool) -> Result<u8, Exit> {

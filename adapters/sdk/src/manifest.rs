@@ -76,7 +76,7 @@ macro_rules! __manifest_access {
 /// Declare the adapter's manifest. Produces `fn manifest() -> AdapterInfo` for `describe` and
 /// embeds the same facts in the component for `upshift adapter inspect`.
 ///
-/// ```ignore
+/// ```text
 /// upshift_adapter_sdk::manifest! {
 ///     product: "bytebase",
 ///     adapter_version: "0.1.0",

@@ -84,6 +84,32 @@ impl InstanceCaps {
         }
     }
 
+    /// The database backend of a binding.
+    pub fn db_backend(&self, binding: &str) -> Result<&db::DbBackend, CapError> {
+        self.db.get(binding).ok_or_else(|| unbound("db", binding))
+    }
+
+    /// The directory backend of a binding.
+    pub fn files_backend(&self, binding: &str) -> Result<&files::FilesBackend, CapError> {
+        self.files
+            .get(binding)
+            .ok_or_else(|| unbound("files", binding))
+    }
+
+    /// The service backend of a binding.
+    pub fn service_backend(&self, binding: &str) -> Result<&service::ServiceBackend, CapError> {
+        self.services
+            .get(binding)
+            .ok_or_else(|| unbound("service", binding))
+    }
+
+    /// The HTTP backend of a binding.
+    pub fn http_backend(&self, binding: &str) -> Result<&http::HttpBackend, CapError> {
+        self.http
+            .get(binding)
+            .ok_or_else(|| unbound("http", binding))
+    }
+
     /// Tag later audit records with this run.
     pub fn set_run(&self, run_id: Option<String>) {
         if let Ok(mut slot) = self.run_id.lock() {
@@ -180,6 +206,10 @@ impl InstanceCaps {
         })?;
         outcome.map(|(v, _)| v)
     }
+}
+
+fn unbound(kind: &str, binding: &str) -> CapError {
+    CapError::Failed(format!("{kind} binding `{binding}` has no backend"))
 }
 
 /// The fields of one audit record that vary per call.

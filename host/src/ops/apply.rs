@@ -342,6 +342,62 @@ fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
         .unwrap_or_default()
 }
 
+/// What running a plan's steps in order produced.
+struct Forward {
+    lines: Vec<StepLine>,
+    reached: Vec<Reached>,
+    backups: Vec<(String, BackupRecord)>,
+    failure: Option<String>,
+}
+
+/// Run `steps` in order, journaled, stopping at the first failure.
+async fn run_forward(ctx: &RunContext<'_>, steps: &[crate::runtime::bindings::Step]) -> Forward {
+    let mut out = Forward {
+        lines: Vec::new(),
+        reached: Vec::new(),
+        backups: Vec::new(),
+        failure: None,
+    };
+    for (i, step) in steps.iter().enumerate() {
+        out.reached.push(Reached::Started);
+        let r = ctx
+            .step(
+                "forward",
+                i as u32,
+                i + 1,
+                steps.len(),
+                &step.id,
+                &step.title,
+                async || ctx.perform(&step.action).await,
+            )
+            .await;
+        let (ok, message) = match r {
+            Ok(StepResult { summary, backup }) => {
+                out.reached[i] = Reached::Done(backup.as_ref().map(|b| b.id.clone()));
+                if let Some(b) = backup {
+                    out.backups.push((step.id.clone(), b));
+                }
+                (true, summary)
+            }
+            Err(e) => {
+                out.failure = Some(format!("step `{}` failed: {e}", step.id));
+                (false, e)
+            }
+        };
+        out.lines.push(StepLine {
+            phase: "forward".into(),
+            id: step.id.clone(),
+            title: step.title.clone(),
+            ok,
+            message,
+        });
+        if !ok {
+            break;
+        }
+    }
+    out
+}
+
 /// Upgrade an instance to `target`: detect, plan, confirm, run, verify; on any failure roll
 /// back to the previous version and data by the host's own rollback.
 pub async fn apply(
@@ -397,51 +453,12 @@ pub async fn apply(
         data_version: from.clone(),
         restore_source: None,
     };
-    let mut lines = Vec::new();
-    let mut reached: Vec<Reached> = Vec::new();
-    let mut backups: Vec<(String, BackupRecord)> = Vec::new();
-    let mut failure: Option<String> = None;
-    let count = plan.steps.len();
-    for (i, step) in plan.steps.iter().enumerate() {
-        reached.push(Reached::Started);
-        let r = ctx
-            .step(
-                "forward",
-                i as u32,
-                i + 1,
-                count,
-                &step.id,
-                &step.title,
-                async || ctx.perform(&step.action).await,
-            )
-            .await;
-        match r {
-            Ok(StepResult { summary, backup }) => {
-                reached[i] = Reached::Done(backup.as_ref().map(|b| b.id.clone()));
-                if let Some(b) = backup {
-                    backups.push((step.id.clone(), b));
-                }
-                lines.push(StepLine {
-                    phase: "forward".into(),
-                    id: step.id.clone(),
-                    title: step.title.clone(),
-                    ok: true,
-                    message: summary,
-                });
-            }
-            Err(e) => {
-                lines.push(StepLine {
-                    phase: "forward".into(),
-                    id: step.id.clone(),
-                    title: step.title.clone(),
-                    ok: false,
-                    message: e.clone(),
-                });
-                failure = Some(format!("step `{}` failed: {e}", step.id));
-                break;
-            }
-        }
-    }
+    let Forward {
+        mut lines,
+        reached,
+        backups,
+        mut failure,
+    } = run_forward(&ctx, &plan.steps).await;
     let mut checks = Vec::new();
     if failure.is_none() {
         let deadline = session.runtime.deadlines().live;
@@ -780,38 +797,7 @@ pub async fn restore(
         data_version: backup.product_version.clone(),
         restore_source: Some(backup.clone()),
     };
-    let mut lines = Vec::new();
-    let mut failure = None;
-    for (i, step) in plan.steps.iter().enumerate() {
-        let r = ctx
-            .step(
-                "forward",
-                i as u32,
-                i + 1,
-                plan.steps.len(),
-                &step.id,
-                &step.title,
-                async || ctx.perform(&step.action).await,
-            )
-            .await;
-        let ok = r.is_ok();
-        lines.push(StepLine {
-            phase: "forward".into(),
-            id: step.id.clone(),
-            title: step.title.clone(),
-            ok,
-            message: match r {
-                Ok(s) => s.summary,
-                Err(e) => {
-                    failure = Some(format!("step `{}` failed: {e}", step.id));
-                    e
-                }
-            },
-        });
-        if !ok {
-            break;
-        }
-    }
+    let Forward { lines, failure, .. } = run_forward(&ctx, &plan.steps).await;
     let (outcome, status, help) = match &failure {
         None => (Outcome::Succeeded, RunStatus::Succeeded, None),
         Some(why) => (

@@ -160,12 +160,6 @@ impl RunContext<'_> {
     }
 
     async fn builtin(&self, action: &Action) -> Result<StepResult, CapError> {
-        let service = |b: &str| {
-            self.caps
-                .services
-                .get(b)
-                .ok_or_else(|| CapError::Failed(format!("service `{b}` is not bound")))
-        };
         let done = |summary: String| {
             Ok(StepResult {
                 summary,
@@ -173,13 +167,17 @@ impl RunContext<'_> {
             })
         };
         match action {
-            Action::ServiceStop(b) => done(service(b)?.stop().await?),
-            Action::ServiceStart(b) => done(service(b)?.start().await?),
-            Action::ServiceSwitch(a) => {
-                done(service(&a.binding)?.switch_version(&a.version).await?)
-            }
+            Action::ServiceStop(b) => done(self.caps.service_backend(b)?.stop().await?),
+            Action::ServiceStart(b) => done(self.caps.service_backend(b)?.start().await?),
+            Action::ServiceSwitch(a) => done(
+                self.caps
+                    .service_backend(&a.binding)?
+                    .switch_version(&a.version)
+                    .await?,
+            ),
             Action::WaitHealthy(a) => done(
-                service(&a.binding)?
+                self.caps
+                    .service_backend(&a.binding)?
                     .wait_healthy(Duration::from_millis(a.timeout_ms.into()))
                     .await?,
             ),
@@ -210,11 +208,7 @@ impl RunContext<'_> {
     }
 
     async fn http_check(&self, a: &HttpCheckAction) -> Result<String, CapError> {
-        let backend = self
-            .caps
-            .http
-            .get(&a.binding)
-            .ok_or_else(|| CapError::Failed(format!("http `{}` is not bound", a.binding)))?;
+        let backend = self.caps.http_backend(&a.binding)?;
         let deadline = Instant::now() + Duration::from_millis(a.timeout_ms.into());
         loop {
             let last = match backend.request("GET", &a.path, Vec::new()).await {
@@ -254,11 +248,7 @@ impl RunContext<'_> {
         binding: &str,
         method: BackupMethod,
     ) -> Result<BackupRecord, CapError> {
-        let db = self
-            .caps
-            .db
-            .get(binding)
-            .ok_or_else(|| CapError::Failed(format!("db `{binding}` is not bound")))?;
+        let db = self.caps.db_backend(binding)?;
         let id = StateStore::new_backup_id();
         let (method_name, location, size, sha) = match method {
             BackupMethod::Clone => {
@@ -306,11 +296,7 @@ impl RunContext<'_> {
         target: &RestoreTarget,
         namespace: &[crate::runtime::bindings::NamespaceColumn],
     ) -> Result<String, CapError> {
-        let db = self
-            .caps
-            .db
-            .get(binding)
-            .ok_or_else(|| CapError::Failed(format!("db `{binding}` is not bound")))?;
+        let db = self.caps.db_backend(binding)?;
         if !backup.valid {
             return Err(CapError::Failed(format!(
                 "backup {} is marked invalid",
@@ -400,20 +386,22 @@ impl RunContext<'_> {
                 op,
                 Some("host rollback".into()),
                 || async {
-                    let service = |b: &str| {
-                        self.caps
-                            .services
-                            .get(b)
-                            .ok_or_else(|| CapError::Failed(format!("service `{b}` is not bound")))
-                    };
                     let summary = match action {
-                        RollbackAction::Stop { binding } => service(binding)?.stop().await?,
-                        RollbackAction::Start { binding } => service(binding)?.start().await?,
+                        RollbackAction::Stop { binding } => {
+                            self.caps.service_backend(binding)?.stop().await?
+                        }
+                        RollbackAction::Start { binding } => {
+                            self.caps.service_backend(binding)?.start().await?
+                        }
                         RollbackAction::Switch { binding, version } => {
-                            service(binding)?.switch_version(version).await?
+                            self.caps
+                                .service_backend(binding)?
+                                .switch_version(version)
+                                .await?
                         }
                         RollbackAction::WaitHealthy { binding } => {
-                            service(binding)?
+                            self.caps
+                                .service_backend(binding)?
                                 .wait_healthy(Duration::from_secs(180))
                                 .await?
                         }

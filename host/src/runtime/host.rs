@@ -6,8 +6,9 @@ use std::sync::Arc;
 use super::HostState;
 use super::bindings::upshift::adapter::{db, files, http, log, progress, service, types};
 use super::bindings::{CapError as WitCapError, Value};
-use crate::caps::limits::{MAX_LOG_LINE, MAX_SQL_BYTES, MAX_STATEMENTS};
-use crate::caps::{CapError, Event, InstanceCaps, sql};
+use crate::audit::Decision;
+use crate::caps::limits::{MAX_LOG_LINE, MAX_LOG_PER_CALL, MAX_SQL_BYTES, MAX_STATEMENTS};
+use crate::caps::{CallRecord, CapError, Event, InstanceCaps, sql};
 use crate::grants::{Access, BindingKind};
 
 type CapResult<T> = wasmtime::Result<Result<T, WitCapError>>;
@@ -23,51 +24,60 @@ impl From<CapError> for WitCapError {
     }
 }
 
-impl HostState {
-    fn caps(&self) -> Result<Arc<InstanceCaps>, WitCapError> {
-        self.caps.clone().ok_or_else(|| {
-            WitCapError::Denied(
-                "no capabilities are available during `describe` and offline planning".into(),
-            )
-        })
+/// Run `f` with an instance's caps and convert its answer for the guest. Without caps
+/// (`describe`, offline planning) every call is denied.
+async fn with_caps<T>(
+    caps: Option<Arc<InstanceCaps>>,
+    f: impl AsyncFnOnce(Arc<InstanceCaps>) -> Result<T, CapError>,
+) -> CapResult<T> {
+    match caps {
+        Some(caps) => Ok(f(caps).await.map_err(WitCapError::from)),
+        None => Ok(Err(WitCapError::Denied(
+            "no capabilities are available during `describe` and offline planning".into(),
+        ))),
     }
 }
 
-fn wit<T>(r: Result<T, CapError>) -> CapResult<T> {
-    Ok(r.map_err(WitCapError::from))
-}
-
-/// Classify SQL and check its size; the access it needs, or the refusal (audited as denied).
-async fn sql_access(
+/// A denial decided before any backend runs, written to the audit log.
+fn deny(
     caps: &InstanceCaps,
     binding: &str,
+    capability: &str,
     operation: &str,
-    sql_text: &str,
-) -> Result<Access, CapError> {
-    let refusal = if sql_text.len() > MAX_SQL_BYTES {
-        Some(format!(
-            "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
-            sql_text.len()
-        ))
-    } else {
-        match sql::classify(sql_text) {
-            Ok(a) => return Ok(a),
-            Err(e) => Some(e.to_string()),
-        }
-    };
-    let reason = refusal.unwrap_or_default();
-    caps.record(crate::caps::CallRecord {
+    reason: String,
+) -> CapError {
+    let recorded = caps.record(CallRecord {
         binding,
-        capability: "db",
+        capability,
         operation,
-        decision: crate::audit::Decision::Denied,
+        decision: Decision::Denied,
         reason: Some(reason.clone()),
         duration_us: 0,
         result_bytes: 0,
         error: None,
         detail: None,
-    })?;
-    Err(CapError::Denied(reason))
+    });
+    match recorded {
+        Ok(()) => CapError::Denied(reason),
+        Err(e) => e,
+    }
+}
+
+/// The access one SQL statement needs; refusals are audited as denials.
+fn sql_access(
+    caps: &InstanceCaps,
+    binding: &str,
+    operation: &str,
+    sql_text: &str,
+) -> Result<Access, CapError> {
+    if sql_text.len() > MAX_SQL_BYTES {
+        let reason = format!(
+            "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
+            sql_text.len()
+        );
+        return Err(deny(caps, binding, "db", operation, reason));
+    }
+    sql::classify(sql_text).map_err(|e| deny(caps, binding, "db", operation, e.to_string()))
 }
 
 impl types::Host for HostState {}
@@ -79,39 +89,29 @@ impl db::Host for HostState {
         sql_text: String,
         params: Vec<Value>,
     ) -> CapResult<db::Rows> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let access = match sql_access(&caps, &binding, "query", &sql_text).await {
-            Ok(a) => a,
-            Err(e) => return wit(Err(e)),
-        };
-        let r = if access != Access::Read {
-            Err(CapError::Invalid(format!(
-                "`query` runs reads only; this statement needs `{access}`, use `execute`"
-            )))
-        } else {
-            caps.guarded(
-                BindingKind::Db,
-                &binding,
-                Access::Read,
-                "query",
-                Some("read".into()),
-                || async {
-                    let backend = caps
-                        .db
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    backend.query(&sql_text, &params).await
-                },
-            )
-            .await
-        };
-        wit(r.map(|rows| db::Rows {
-            columns: rows.columns,
-            rows: rows.rows,
-        }))
+        with_caps(self.caps.clone(), async |caps| {
+            let access = sql_access(&caps, &binding, "query", &sql_text)?;
+            if access != Access::Read {
+                return Err(CapError::Invalid(format!(
+                    "`query` runs reads only; this statement needs `{access}`, use `execute`"
+                )));
+            }
+            let rows = caps
+                .guarded(
+                    BindingKind::Db,
+                    &binding,
+                    Access::Read,
+                    "query",
+                    Some("read".into()),
+                    || async { caps.db_backend(&binding)?.query(&sql_text, &params).await },
+                )
+                .await?;
+            Ok(db::Rows {
+                columns: rows.columns,
+                rows: rows.rows,
+            })
+        })
+        .await
     }
 
     async fn execute(
@@ -120,38 +120,27 @@ impl db::Host for HostState {
         sql_text: String,
         params: Vec<Value>,
     ) -> CapResult<u64> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let access = match sql_access(&caps, &binding, "execute", &sql_text).await {
-            Ok(a) => a,
-            Err(e) => return wit(Err(e)),
-        };
-        let r = caps
-            .guarded(
+        with_caps(self.caps.clone(), async |caps| {
+            let access = sql_access(&caps, &binding, "execute", &sql_text)?;
+            caps.guarded(
                 BindingKind::Db,
                 &binding,
                 access,
                 "execute",
                 Some(access.name().into()),
                 || async {
-                    let backend = caps
-                        .db
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
+                    let backend = caps.db_backend(&binding)?;
                     if access == Access::Read {
-                        backend
-                            .query(&sql_text, &params)
-                            .await
-                            .map(|(r, n)| (r.rows.len() as u64, n))
+                        let (rows, bytes) = backend.query(&sql_text, &params).await?;
+                        Ok((rows.rows.len() as u64, bytes))
                     } else {
                         backend.execute(&sql_text, &params).await
                     }
                 },
             )
-            .await;
-        wit(r)
+            .await
+        })
+        .await
     }
 
     async fn transaction(
@@ -159,250 +148,169 @@ impl db::Host for HostState {
         binding: String,
         statements: Vec<db::Statement>,
     ) -> CapResult<Vec<u64>> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        if statements.len() > MAX_STATEMENTS {
-            return wit(Err(CapError::Invalid(format!(
-                "{} statements exceed the limit of {MAX_STATEMENTS} per transaction",
-                statements.len()
-            ))));
-        }
-        let mut needed = Vec::new();
-        for s in &statements {
-            match sql_access(&caps, &binding, "transaction", &s.sql).await {
-                Ok(a) if !needed.contains(&a) => needed.push(a),
-                Ok(_) => {}
-                Err(e) => return wit(Err(e)),
+        with_caps(self.caps.clone(), async |caps| {
+            if statements.len() > MAX_STATEMENTS {
+                return Err(CapError::Invalid(format!(
+                    "{} statements exceed the limit of {MAX_STATEMENTS} per transaction",
+                    statements.len()
+                )));
             }
-        }
-        for a in &needed {
-            if let Err(d) = caps.grants.check(&binding, BindingKind::Db, *a) {
-                let r: Result<(), CapError> = caps
-                    .guarded(
-                        BindingKind::Db,
-                        &binding,
-                        *a,
-                        "transaction",
-                        None,
-                        || async { Ok(((), 0)) },
-                    )
-                    .await;
-                return wit(r.and(Err(CapError::Denied(d.to_string()))));
+            let mut needed: Vec<Access> = Vec::new();
+            for s in &statements {
+                let a = sql_access(&caps, &binding, "transaction", &s.sql)?;
+                if !needed.contains(&a) {
+                    needed.push(a);
+                }
             }
-        }
-        let top = needed.iter().copied().max().unwrap_or(Access::Read);
-        let list: Vec<(String, Vec<Value>)> =
-            statements.into_iter().map(|s| (s.sql, s.params)).collect();
-        let detail = needed
-            .iter()
-            .map(|a| a.name())
-            .collect::<Vec<_>>()
-            .join("+");
-        let r = caps
-            .guarded(
+            // Every access the batch needs must be granted; the widest one is audited with it.
+            for a in &needed {
+                if let Err(d) = caps.grants.check(&binding, BindingKind::Db, *a) {
+                    return Err(deny(&caps, &binding, "db", "transaction", d.to_string()));
+                }
+            }
+            let widest = needed.iter().copied().max().unwrap_or(Access::Read);
+            let detail = needed
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join("+");
+            let list: Vec<(String, Vec<Value>)> =
+                statements.into_iter().map(|s| (s.sql, s.params)).collect();
+            caps.guarded(
                 BindingKind::Db,
                 &binding,
-                top,
+                widest,
                 "transaction",
                 Some(detail),
-                || async {
-                    let backend = caps
-                        .db
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    backend.transaction(&list).await
-                },
+                || async { caps.db_backend(&binding)?.transaction(&list).await },
             )
-            .await;
-        wit(r)
+            .await
+        })
+        .await
     }
 
     async fn table_exists(&mut self, binding: String, table: String) -> CapResult<bool> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let r = caps
-            .guarded(
+        with_caps(self.caps.clone(), async |caps| {
+            caps.guarded(
                 BindingKind::Db,
                 &binding,
                 Access::Read,
                 "table-exists",
                 Some(table.clone()),
-                || async {
-                    let backend = caps
-                        .db
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    backend.table_exists(&table).await
-                },
+                || async { caps.db_backend(&binding)?.table_exists(&table).await },
             )
-            .await;
-        wit(r)
+            .await
+        })
+        .await
     }
 }
 
 impl files::Host for HostState {
     async fn read(&mut self, binding: String, path: String) -> CapResult<Vec<u8>> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let r = caps
-            .guarded(
+        with_caps(self.caps.clone(), async |caps| {
+            caps.guarded(
                 BindingKind::Files,
                 &binding,
                 Access::Read,
                 "read",
                 Some(path.clone()),
-                || async {
-                    let b = caps
-                        .files
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    b.read(&path)
-                },
+                || async { caps.files_backend(&binding)?.read(&path) },
             )
-            .await;
-        wit(r)
+            .await
+        })
+        .await
     }
 
     async fn write(&mut self, binding: String, path: String, contents: Vec<u8>) -> CapResult<()> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let r = caps
-            .guarded(
+        with_caps(self.caps.clone(), async |caps| {
+            caps.guarded(
                 BindingKind::Files,
                 &binding,
                 Access::Write,
                 "write",
                 Some(path.clone()),
-                || async {
-                    let b = caps
-                        .files
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    b.write(&path, &contents)
-                },
+                || async { caps.files_backend(&binding)?.write(&path, &contents) },
             )
-            .await;
-        wit(r)
+            .await
+        })
+        .await
     }
 
     async fn list_dir(&mut self, binding: String, path: String) -> CapResult<Vec<files::DirEntry>> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let r = caps
-            .guarded(
-                BindingKind::Files,
-                &binding,
-                Access::Read,
-                "list",
-                Some(path.clone()),
-                || async {
-                    let b = caps
-                        .files
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    b.list(&path)
-                },
-            )
-            .await;
-        wit(r.map(|entries| {
-            entries
+        with_caps(self.caps.clone(), async |caps| {
+            let entries = caps
+                .guarded(
+                    BindingKind::Files,
+                    &binding,
+                    Access::Read,
+                    "list",
+                    Some(path.clone()),
+                    || async { caps.files_backend(&binding)?.list(&path) },
+                )
+                .await?;
+            Ok(entries
                 .into_iter()
                 .map(|e| files::DirEntry {
                     name: e.name,
                     is_dir: e.is_dir,
                     size: e.size,
                 })
-                .collect()
-        }))
+                .collect())
+        })
+        .await
     }
 
     async fn exists(&mut self, binding: String, path: String) -> CapResult<bool> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let r = caps
-            .guarded(
+        with_caps(self.caps.clone(), async |caps| {
+            caps.guarded(
                 BindingKind::Files,
                 &binding,
                 Access::Read,
                 "exists",
                 Some(path.clone()),
-                || async {
-                    let b = caps
-                        .files
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    b.exists(&path)
-                },
+                || async { caps.files_backend(&binding)?.exists(&path) },
             )
-            .await;
-        wit(r)
+            .await
+        })
+        .await
     }
 }
 
 impl service::Host for HostState {
     async fn inspect(&mut self, binding: String) -> CapResult<service::ServiceStatus> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let r = caps
-            .guarded(
-                BindingKind::Service,
-                &binding,
-                Access::Inspect,
-                "inspect",
-                None,
-                || async {
-                    let b = caps
-                        .services
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    let s = b.inspect().await?;
-                    Ok((s, 64))
-                },
-            )
-            .await;
-        wit(r.map(|s| service::ServiceStatus {
-            running: s.running,
-            version: s.version,
-            detail: s.detail,
-        }))
+        with_caps(self.caps.clone(), async |caps| {
+            let s = caps
+                .guarded(
+                    BindingKind::Service,
+                    &binding,
+                    Access::Inspect,
+                    "inspect",
+                    None,
+                    || async { Ok((caps.service_backend(&binding)?.inspect().await?, 64)) },
+                )
+                .await?;
+            Ok(service::ServiceStatus {
+                running: s.running,
+                version: s.version,
+                detail: s.detail,
+            })
+        })
+        .await
     }
 
     async fn healthy(&mut self, binding: String) -> CapResult<bool> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let r = caps
-            .guarded(
+        with_caps(self.caps.clone(), async |caps| {
+            caps.guarded(
                 BindingKind::Service,
                 &binding,
                 Access::Inspect,
                 "healthy",
                 None,
-                || async {
-                    let b = caps
-                        .services
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    Ok((b.healthy().await?, 1))
-                },
+                || async { Ok((caps.service_backend(&binding)?.healthy().await?, 1)) },
             )
-            .await;
-        wit(r)
+            .await
+        })
+        .await
     }
 }
 
@@ -414,40 +322,37 @@ impl http::Host for HostState {
         path: String,
         body: Vec<u8>,
     ) -> CapResult<http::Response> {
-        let caps = match self.caps() {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
-        };
-        let access = if crate::caps::http::is_read_method(&method) {
-            Access::Read
-        } else {
-            Access::Write
-        };
-        let detail = format!(
-            "{} {}",
-            method.to_ascii_uppercase(),
-            path.chars().take(200).collect::<String>()
-        );
-        let r = caps
-            .guarded(
-                BindingKind::Http,
-                &binding,
-                access,
-                "request",
-                Some(detail),
-                || async {
-                    let b = caps
-                        .http
-                        .get(&binding)
-                        .ok_or_else(|| CapError::Failed("no backend".into()))?;
-                    b.request(&method, &path, body).await
-                },
-            )
-            .await;
-        wit(r.map(|resp| http::Response {
-            status: resp.status,
-            body: resp.body,
-        }))
+        with_caps(self.caps.clone(), async |caps| {
+            let access = if crate::caps::http::is_read_method(&method) {
+                Access::Read
+            } else {
+                Access::Write
+            };
+            let detail = format!(
+                "{} {}",
+                method.to_ascii_uppercase(),
+                path.chars().take(200).collect::<String>()
+            );
+            let resp = caps
+                .guarded(
+                    BindingKind::Http,
+                    &binding,
+                    access,
+                    "request",
+                    Some(detail),
+                    || async {
+                        caps.http_backend(&binding)?
+                            .request(&method, &path, body)
+                            .await
+                    },
+                )
+                .await?;
+            Ok(http::Response {
+                status: resp.status,
+                body: resp.body,
+            })
+        })
+        .await
     }
 }
 
@@ -471,20 +376,10 @@ impl HostState {
         }
         if !self.flood_reported {
             self.flood_reported = true;
-            let _ = caps.record(crate::caps::CallRecord {
-                binding: "",
-                capability: what,
-                operation: "write",
-                decision: crate::audit::Decision::Denied,
-                reason: Some(format!(
-                    "more than {} log/progress messages in one call; the rest are dropped",
-                    crate::caps::limits::MAX_LOG_PER_CALL
-                )),
-                duration_us: 0,
-                result_bytes: 0,
-                error: None,
-                detail: None,
-            });
+            let reason = format!(
+                "more than {MAX_LOG_PER_CALL} log/progress messages in one call; the rest are dropped"
+            );
+            let _ = deny(caps, "", what, "write", reason);
         }
         false
     }
