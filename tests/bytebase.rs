@@ -484,3 +484,54 @@ async fn restore_into_another_database_rewrites_the_namespace() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollback_exits_5_with_the_state_and_the_command_that_recovers() {
+    let Some(pg) = common::pg() else { return };
+    let (_, db_url) = pg.fresh_db("bb").await;
+    let env = Env::new();
+    let port = common::free_port();
+    let marker = env.dir.path().join("host-is-broken");
+    env.write_fleet(&common::bytebase_instance_with_env(
+        "bb",
+        &db_url,
+        port,
+        "3.10.0",
+        Some("3.11.1"),
+        &format!(", BB_SIM_FAIL_START_IF_EXISTS = \"{}\"", marker.display()),
+    ));
+    start_app(&env).await;
+    let client = connect(&db_url).await;
+    upshift_sim::bytebase::seed_user_rows(&client, 10)
+        .await
+        .expect("seed");
+    drop(client);
+    let before = common::table_checksums(&db_url).await;
+
+    // The migration fails, and the broken host then refuses to start the old version too.
+    std::fs::write(&marker, b"").expect("marker");
+    let out = env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "needs-operator");
+    let help = report["operator_help"].as_str().expect("operator help");
+    assert!(
+        help.contains("service `app`: stopped version 3.10.0"),
+        "the state is spelled out: {help}"
+    );
+    let id = report["backups"][0]["id"].as_str().expect("backup id");
+    let command = format!("upshift restore bb {id}");
+    assert!(help.contains(&command), "{help}");
+    assert_eq!(
+        common::table_checksums(&db_url).await,
+        before,
+        "the data was restored before the old version failed to start"
+    );
+
+    // Once the host is fixed, the printed command puts everything back.
+    std::fs::remove_file(&marker).expect("fix the host");
+    let out = env.upshift(&["restore", "bb", id, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(actuator_version(port).await, "3.10.0");
+    assert_eq!(common::table_checksums(&db_url).await, before);
+}

@@ -230,6 +230,18 @@ pub fn bytebase_instance(
     version: &str,
     fail_migration: Option<&str>,
 ) -> String {
+    bytebase_instance_with_env(name, db_url, port, version, fail_migration, "")
+}
+
+/// The same, with extra `env` entries (`, KEY = "value"` pairs) for the process.
+pub fn bytebase_instance_with_env(
+    name: &str,
+    db_url: &str,
+    port: u16,
+    version: &str,
+    fail_migration: Option<&str>,
+    extra_env: &str,
+) -> String {
     format!(
         r#"
 [[instance]]
@@ -245,7 +257,7 @@ command = "'{exe}' simulate bytebase --version {{version}} --port {port}"
 version = "{version}"
 health_url = "http://127.0.0.1:{port}/healthz"
 stop_timeout_secs = 10
-env = {{ PG_URL = "{db_url}"{fail} }}
+env = {{ PG_URL = "{db_url}"{fail}{extra_env} }}
 
 [instance.http.api]
 url = "http://127.0.0.1:{port}"

@@ -317,7 +317,7 @@ impl RunContext<'_> {
         };
         match target {
             RestoreTarget::SameDatabase => {
-                let tag = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+                let tag = StateStore::new_backup_id().replace("bk-", "");
                 let staging = clone_name(db.database(), &format!("restoring_{tag}"));
                 let keep = clone_name(db.database(), &format!("pre_restore_{tag}"));
                 db.materialize(&staging, &source).await?;

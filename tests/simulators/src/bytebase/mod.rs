@@ -6,14 +6,15 @@
 //! version row inserted in the same transaction), converts history between eras exactly where
 //! the real releases do, refuses where they refuse, starts silently on a newer schema (no
 //! downgrade check), and then serves `/healthz` and the actuator. `BB_SIM_FAIL_MIGRATION=<v>`
-//! makes migration `<v>` fail after earlier files have committed.
+//! makes migration `<v>` fail after earlier files have committed; `BB_SIM_FAIL_START_IF_EXISTS=<file>`
+//! makes every start fail while that file exists (a broken host, for rollback-failure tests).
 
 pub mod catalog;
 mod migrate;
 
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -113,6 +114,13 @@ async fn connect(url: &str) -> anyhow::Result<Client> {
 
 /// Migrate, then serve until SIGTERM or SIGINT. An error means Bytebase would have exited.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    if let Ok(marker) = std::env::var("BB_SIM_FAIL_START_IF_EXISTS")
+        && std::path::Path::new(&marker).exists()
+    {
+        bail!(
+            "cannot start: {marker} exists (BB_SIM_FAIL_START_IF_EXISTS simulates a broken host)"
+        );
+    }
     let release = catalog::find(&opts.version).ok_or_else(|| {
         let known: Vec<String> = catalog::releases()
             .iter()
