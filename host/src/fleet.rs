@@ -80,6 +80,23 @@ pub struct ServiceBinding {
 pub enum ServiceBackend {
     /// A local binary started from a command template.
     Process(ProcessSpec),
+    /// A container on the local Docker engine.
+    Docker(DockerSpec),
+}
+
+/// A container service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerSpec {
+    /// The container's name.
+    pub container: String,
+    /// Image template; `{version}` is replaced by the product version (`kwdb/kwdb:{version}`).
+    pub image: String,
+    /// Image repositories the service may be switched to (default: the template's).
+    pub images: Vec<String>,
+    /// Health check URL, used when the container has no healthcheck of its own.
+    pub health_url: Option<String>,
+    /// Seconds Docker waits after the stop signal before killing.
+    pub stop_timeout_secs: u64,
 }
 
 /// A local process service.
@@ -245,6 +262,9 @@ struct RawService {
     workdir: Option<String>,
     health_url: Option<String>,
     stop_timeout_secs: Option<u64>,
+    container: Option<String>,
+    image: Option<String>,
+    images: Option<Vec<String>>,
     access: Option<Spanned<Vec<String>>>,
 }
 
@@ -477,11 +497,37 @@ impl Fleet {
                             stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
                         })
                     }
+                    "docker" => {
+                        let (Some(container), Some(image)) = (rb.container, rb.image) else {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("docker service `{bn}` needs `container` and `image`"),
+                                "set `container = \"<name>\"` and `image = \"repo/name:{version}\"`",
+                            ));
+                        };
+                        if !image.contains("{version}") {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("docker service `{bn}`: image has no `{{version}}` placeholder"),
+                                "write the image as a template, e.g. image = \"kwdb/kwdb:{version}\"",
+                            ));
+                        }
+                        let default_repo =
+                            crate::caps::docker::repository(&image.replace("{version}", "v"))
+                                .to_string();
+                        ServiceBackend::Docker(DockerSpec {
+                            container,
+                            images: rb.images.unwrap_or_else(|| vec![default_repo]),
+                            image,
+                            health_url: rb.health_url,
+                            stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
+                        })
+                    }
                     other => {
                         return Err(ctx.invalid(
                             rb.kind.span().start,
                             format!("service `{bn}`: unknown kind `{other}`"),
-                            "use kind = \"process\"",
+                            "use kind = \"process\" or kind = \"docker\"",
                         ));
                     }
                 };

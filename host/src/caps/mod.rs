@@ -5,6 +5,7 @@
 //! [`InstanceCaps::guarded`], so a call is checked and audited the same way whoever makes it.
 
 pub mod db;
+pub mod docker;
 pub mod events;
 pub mod files;
 pub mod http;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::CapError;
+use super::docker::DockerBackend;
 use super::process::ProcessBackend;
 use crate::fleet::{ServiceBackend as ServiceSpec, ServiceBinding};
 
@@ -23,6 +24,8 @@ pub struct Status {
 pub enum ServiceBackend {
     /// A local process.
     Process(ProcessBackend),
+    /// A Docker container.
+    Docker(DockerBackend),
 }
 
 impl ServiceBackend {
@@ -32,6 +35,7 @@ impl ServiceBackend {
             ServiceSpec::Process(spec) => {
                 ServiceBackend::Process(ProcessBackend::new(spec.clone(), state_dir, name))
             }
+            ServiceSpec::Docker(spec) => ServiceBackend::Docker(DockerBackend::new(spec.clone())),
         }
     }
 
@@ -50,6 +54,14 @@ impl ServiceBackend {
                     },
                 })
             }
+            ServiceBackend::Docker(d) => {
+                let (running, version, detail) = d.inspect().await?;
+                Ok(Status {
+                    running,
+                    version,
+                    detail,
+                })
+            }
         }
     }
 
@@ -57,6 +69,7 @@ impl ServiceBackend {
     pub async fn stop(&self) -> Result<String, CapError> {
         match self {
             ServiceBackend::Process(p) => p.stop().await,
+            ServiceBackend::Docker(d) => d.stop().await,
         }
     }
 
@@ -64,6 +77,7 @@ impl ServiceBackend {
     pub async fn start(&self) -> Result<String, CapError> {
         match self {
             ServiceBackend::Process(p) => p.start().await,
+            ServiceBackend::Docker(d) => d.start().await,
         }
     }
 
@@ -71,6 +85,7 @@ impl ServiceBackend {
     pub async fn switch_version(&self, version: &str) -> Result<String, CapError> {
         match self {
             ServiceBackend::Process(p) => p.switch_version(version).await,
+            ServiceBackend::Docker(d) => d.switch_version(version).await,
         }
     }
 
@@ -78,11 +93,15 @@ impl ServiceBackend {
     pub async fn healthy(&self) -> Result<bool, CapError> {
         match self {
             ServiceBackend::Process(p) => p.healthy().await,
+            ServiceBackend::Docker(d) => d.healthy().await,
         }
     }
 
     /// Wait until healthy; fail early, with its last output, if it stops running.
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<String, CapError> {
+        if let ServiceBackend::Docker(d) = self {
+            return d.wait_healthy(timeout).await;
+        }
         let started = Instant::now();
         loop {
             if self.healthy().await? {
@@ -95,24 +114,33 @@ impl ServiceBackend {
             if !status.running {
                 return Err(CapError::Failed(format!(
                     "the service stopped running while starting; last output:\n{}",
-                    self.log_tail(20)
+                    self.output_tail().await
                 )));
             }
             if started.elapsed() > timeout {
                 return Err(CapError::Failed(format!(
                     "not healthy after {} s; last output:\n{}",
                     timeout.as_secs(),
-                    self.log_tail(20)
+                    self.output_tail().await
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// The last lines of the service's output.
-    pub fn log_tail(&self, lines: usize) -> String {
+    /// After a verified run: drop what was kept for rolling back (the previous container).
+    pub async fn finalize(&self) -> Result<String, CapError> {
         match self {
-            ServiceBackend::Process(p) => p.log_tail(lines),
+            ServiceBackend::Process(_) => Ok(String::new()),
+            ServiceBackend::Docker(d) => d.finalize().await,
+        }
+    }
+
+    /// The last lines of the service's output.
+    pub async fn output_tail(&self) -> String {
+        match self {
+            ServiceBackend::Process(p) => p.log_tail(20),
+            ServiceBackend::Docker(d) => d.output_tail().await,
         }
     }
 }

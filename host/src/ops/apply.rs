@@ -495,6 +495,26 @@ pub async fn apply(
     }
     let backup_records: Vec<BackupRecord> = backups.iter().map(|(_, b)| b.clone()).collect();
     let Some(failure) = failure else {
+        // Verified: drop what was kept only for rolling back (e.g. the previous container).
+        for (name, service) in &caps.services {
+            match service.finalize().await {
+                Ok(done) if !done.is_empty() => lines.push(StepLine {
+                    phase: "finalize".into(),
+                    id: format!("finalize-{name}"),
+                    title: format!("clean up after `{name}`"),
+                    ok: true,
+                    message: done,
+                }),
+                Ok(_) => {}
+                Err(e) => lines.push(StepLine {
+                    phase: "finalize".into(),
+                    id: format!("finalize-{name}"),
+                    title: format!("clean up after `{name}`"),
+                    ok: false,
+                    message: e.to_string(),
+                }),
+            }
+        }
         let rollback_command = backup_records
             .first()
             .map(|b| format!("upshift restore {} {}", instance.name, b.id));

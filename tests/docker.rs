@@ -1,0 +1,301 @@
+//! The `docker` service backend on the real engine: recreating a container with a new image
+//! keeps every other parameter, a failing image puts the original container back exactly as it
+//! was, and ungranted switches and images are denied and audited.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use upshift::audit::Decision;
+use upshift::caps::EventSink;
+use upshift::fleet::Fleet;
+use upshift::ops::Session;
+use upshift::ops::apply;
+use upshift::ops::executor::RunContext;
+use upshift::runtime::bindings::{Action, SwitchAction};
+
+use common::docker::{self, Containers, REPO};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fleet binding the Bytebase adapter's `app` to a container (its other bindings are unused).
+fn fleet(container: &str, images: Option<&str>, access: Option<&str>) -> String {
+    format!(
+        r#"
+[[instance]]
+name = "kw"
+product = "bytebase"
+
+[instance.db.meta]
+url = "postgres://postgres@127.0.0.1:1/unused"
+
+[instance.http.api]
+url = "http://127.0.0.1:1"
+
+[instance.service.app]
+kind = "docker"
+container = "{container}"
+image = "{REPO}:{{version}}"
+stop_timeout_secs = 5
+{images}
+{access}
+"#,
+        images = images
+            .map(|i| format!("images = [\"{i}\"]"))
+            .unwrap_or_default(),
+        access = access.map(|a| format!("access = {a}")).unwrap_or_default(),
+    )
+}
+
+async fn version_served(port: u16) -> String {
+    for _ in 0..50 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/version")).await {
+            return r.text().await.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    String::new()
+}
+
+/// The parts of `docker inspect` the operator set: everything but the image and what the image
+/// itself supplies.
+fn operator_view(c: &Value) -> Value {
+    let image_env = |v: &str| v.starts_with("SVC_VERSION=") || v.starts_with("PATH=");
+    let env: Vec<&Value> = c["Config"]["Env"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter(|v| !v.as_str().is_some_and(image_env))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut labels = c["Config"]["Labels"].clone();
+    if let Some(map) = labels.as_object_mut() {
+        map.remove("org.opencontainers.image.version");
+    }
+    serde_json::json!({
+        "HostConfig": c["HostConfig"],
+        "Mounts": c["Mounts"],
+        "Env": env,
+        "Cmd": c["Config"]["Cmd"],
+        "Entrypoint": c["Config"]["Entrypoint"],
+        "WorkingDir": c["Config"]["WorkingDir"],
+        "User": c["Config"]["User"],
+        "Labels": labels,
+        "Healthcheck": c["Config"]["Healthcheck"],
+        "StopTimeout": c["Config"]["StopTimeout"],
+        "Name": c["Name"],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreating_with_a_new_image_keeps_every_other_parameter() {
+    if !docker::available() {
+        return;
+    }
+    docker::images();
+    let name = unique("upshift-kwdb");
+    let _cleanup = Containers(vec![
+        name.clone(),
+        format!("{name}-upshift-previous"),
+        format!("{name}-upshift-next"),
+    ]);
+    let store = tempfile::tempdir().expect("store");
+    let port = common::free_port();
+    docker::run_kwdb_like(&name, port, store.path(), "2.2.0");
+    assert_eq!(version_served(port).await, "2.2.0");
+    let before = docker::inspect(&name);
+
+    let env = common::Env::new();
+    env.write_fleet(&fleet(&name, None, None));
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let (_, caps) = apply::prepare(&session, fleet.instance("kw").expect("kw"))
+        .await
+        .expect("prepare");
+    let app = caps.service_backend("app").expect("app");
+    assert_eq!(app.inspect().await.expect("inspect").version, "2.2.0");
+    app.stop().await.expect("stop");
+    let switched = app.switch_version("3.0.0").await.expect("switch");
+    assert!(switched.contains("kept as"), "{switched}");
+    app.start().await.expect("start");
+    app.wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("healthy (the image's healthcheck)");
+    assert_eq!(
+        version_served(port).await,
+        "3.0.0",
+        "the new image's own defaults apply"
+    );
+
+    let after = docker::inspect(&name);
+    assert_eq!(after["Config"]["Image"], format!("{REPO}:3.0.0"));
+    assert_ne!(after["Id"], before["Id"]);
+    assert_eq!(
+        operator_view(&after),
+        operator_view(&before),
+        "every parameter but the image is unchanged"
+    );
+    assert!(
+        after["Config"]["Env"]
+            .as_array()
+            .expect("env")
+            .contains(&Value::from("KW_OPERATOR=set-by-operator")),
+        "{}",
+        after["Config"]["Env"]
+    );
+    let kept = docker::inspect(&format!("{name}-upshift-previous"));
+    assert_eq!(
+        kept["Id"], before["Id"],
+        "the old container is kept until verification"
+    );
+    assert_eq!(kept["State"]["Running"], false);
+
+    let done = app.finalize().await.expect("finalize");
+    assert!(done.contains("removed"), "{done}");
+    assert!(!docker::exists(&format!("{name}-upshift-previous")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_fails_to_start_puts_the_old_container_back_unchanged() {
+    if !docker::available() {
+        return;
+    }
+    docker::images();
+    let name = unique("upshift-kwdb");
+    let _cleanup = Containers(vec![
+        name.clone(),
+        format!("{name}-upshift-previous"),
+        format!("{name}-upshift-next"),
+    ]);
+    let store = tempfile::tempdir().expect("store");
+    let port = common::free_port();
+    docker::run_kwdb_like(&name, port, store.path(), "2.2.0");
+    assert_eq!(version_served(port).await, "2.2.0");
+    let before = docker::inspect(&name);
+
+    let env = common::Env::new();
+    env.write_fleet(&fleet(&name, None, None));
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let (_, caps) = apply::prepare(&session, fleet.instance("kw").expect("kw"))
+        .await
+        .expect("prepare");
+    let app = caps.service_backend("app").expect("app");
+    app.stop().await.expect("stop");
+    app.switch_version("9.9.9")
+        .await
+        .expect("switch to the broken image");
+    let err = app
+        .start()
+        .await
+        .expect_err("the broken image exits at once");
+    assert!(
+        err.to_string().contains("cannot start (SVC_FAIL is set)"),
+        "{err}"
+    );
+
+    app.stop().await.expect("stop");
+    let back = app.switch_version("2.2.0").await.expect("switch back");
+    assert!(back.contains("put back the kept container"), "{back}");
+    app.start().await.expect("start");
+    app.wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("healthy");
+    assert_eq!(version_served(port).await, "2.2.0");
+    let after = docker::inspect(&name);
+    assert_eq!(after["Id"], before["Id"], "the very same container is back");
+    assert_eq!(after["Config"], before["Config"]);
+    assert_eq!(after["HostConfig"], before["HostConfig"]);
+    assert!(!docker::exists(&format!("{name}-upshift-previous")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ungranted_switches_and_images_are_denied_and_audited() {
+    if !docker::available() {
+        return;
+    }
+    docker::images();
+    let name = unique("upshift-kwdb");
+    let _cleanup = Containers(vec![
+        name.clone(),
+        format!("{name}-upshift-previous"),
+        format!("{name}-upshift-next"),
+    ]);
+    let store = tempfile::tempdir().expect("store");
+    let port = common::free_port();
+    docker::run_kwdb_like(&name, port, store.path(), "2.2.0");
+
+    let switch = |version: &str| {
+        Action::ServiceSwitch(SwitchAction {
+            binding: "app".into(),
+            version: version.into(),
+        })
+    };
+    for (images, access, version, reason) in [
+        (
+            Some("upshift-test/other"),
+            None,
+            "3.0.0",
+            "image repository `upshift-test/kwdb` is not granted",
+        ),
+        (
+            None,
+            Some("[\"inspect\", \"control\"]"),
+            "3.0.0",
+            "is not granted `switch-version`",
+        ),
+        (None, None, "3.0.0;rm", "cannot be an image tag"),
+    ] {
+        let env = common::Env::new();
+        env.write_fleet(&fleet(&name, images, access));
+        let fleet = Fleet::load(&env.fleet()).expect("fleet");
+        let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+        let instance = fleet.instance("kw").expect("kw");
+        let (adapter, caps) = apply::prepare(&session, instance).await.expect("prepare");
+        caps.set_run(Some("deny".into()));
+        let ctx = RunContext {
+            session: &session,
+            adapter: &adapter,
+            caps: caps.clone(),
+            run_id: "deny".into(),
+            data_version: "2.2.0".into(),
+            restore_source: None,
+        };
+        let err = ctx.perform(&switch(version)).await.expect_err("denied");
+        assert!(err.contains(reason), "{err}");
+        let records = session.audit.records_for_run("deny").expect("audit");
+        let denied = records
+            .iter()
+            .find(|r| r.event.binding == "app" && r.event.decision == Decision::Denied)
+            .unwrap_or_else(|| panic!("the denial is audited: {records:?}"));
+        assert!(
+            denied
+                .event
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains(reason),
+            "{denied:?}"
+        );
+    }
+    assert_eq!(
+        version_served(port).await,
+        "2.2.0",
+        "the container was never touched"
+    );
+    assert_eq!(
+        docker::inspect(&name)["Config"]["Image"],
+        format!("{REPO}:2.2.0")
+    );
+}
