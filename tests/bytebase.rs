@@ -535,3 +535,132 @@ async fn a_failed_rollback_exits_5_with_the_state_and_the_command_that_recovers(
     assert_eq!(actuator_version(port).await, "3.10.0");
     assert_eq!(common::table_checksums(&db_url).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_verify_and_a_damaged_byte_is_caught() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.10.0", None).await;
+    let out = bb.env.upshift(&["backup", "bb", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = json(&out)[0]["id"].as_str().expect("id").to_string();
+
+    let out = bb
+        .env
+        .upshift(&["backup", "verify", &id, "--restore-test", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["manifest", "files", "restore-test"]);
+    assert!(
+        v["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .all(|c| c["passed"] == true),
+        "{v}"
+    );
+    let detail = v["checks"][2]["detail"].as_str().expect("detail");
+    assert!(detail.contains("every table matches"), "{detail}");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(
+            bb.env
+                .data()
+                .join("backups")
+                .join(&id)
+                .join("manifest.json"),
+        )
+        .expect("manifest"),
+    )
+    .expect("manifest json");
+    assert_eq!(
+        manifest["tables"]["public.project"]["rows"], 41,
+        "the default project and 40 seeded ones"
+    );
+    assert!(
+        manifest["tool_version"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pg_dump"),
+        "{manifest}"
+    );
+
+    // Flip one byte of the largest data file.
+    let dir = bb.env.data().join("backups").join(&id);
+    let victim = std::fs::read_dir(&dir)
+        .expect("dump dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gz" || x == "dat"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a data file");
+    let mut bytes = std::fs::read(&victim).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&victim, bytes).expect("write");
+    let out = bb.env.upshift(&["backup", "verify", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json(&out);
+    let file = victim
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(v["checks"][1]["passed"], false);
+    assert!(
+        v["checks"][1]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&file),
+        "{v}"
+    );
+    assert_eq!(
+        v["backup"]["valid"], false,
+        "a damaged backup is marked invalid"
+    );
+
+    let out = bb.env.upshift(&["restore", "bb", &id, "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is marked invalid"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        actuator_version(bb.port).await,
+        "3.10.0",
+        "nothing was stopped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_backup_clone_verifies_against_its_manifest() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.10.0", None).await;
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = json(&out)["backups"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let out = bb
+        .env
+        .upshift(&["backup", "verify", &id, "--restore-test", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let names: Vec<String> = json(&out)["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| format!("{}={}", c["name"].as_str().unwrap_or(""), c["passed"]))
+        .collect();
+    assert_eq!(
+        names,
+        ["manifest=true", "contents=true", "restore-test=true"]
+    );
+}

@@ -128,15 +128,37 @@ pub enum Method {
 
 /// `upshift backup`
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BackupArgs {
+    /// Check an existing backup instead of taking one.
+    #[command(subcommand)]
+    pub action: Option<BackupCommand>,
     /// Instance from the fleet file.
-    pub instance: String,
+    #[arg(required = true)]
+    pub instance: Option<String>,
     /// How to take it.
     #[arg(long, value_enum, default_value = "dump")]
     pub method: Method,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `upshift backup …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Check a backup's manifest, files and contents; with --restore-test, restore it into a
+    /// scratch database and compare every table's row count and checksum.
+    Verify {
+        /// Backup id (see `upshift backups`).
+        id: String,
+        /// Also restore it into a scratch database and compare table by table.
+        #[arg(long)]
+        restore_test: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `upshift backups`

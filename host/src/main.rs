@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use cli::{AdapterCommand, AuditCommand, Cli, Command, Method};
+use cli::{AdapterCommand, AuditCommand, BackupArgs, BackupCommand, Cli, Command, Method};
 use upshift::fleet::Fleet;
 use upshift::ops::apply::{self, PlanOutcome};
 use upshift::ops::{OpError, Session};
@@ -215,15 +215,64 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             .await;
             finish_run(ui.as_deref(), report, json)
         }
+        Command::Backup(BackupArgs {
+            action:
+                Some(BackupCommand::Verify {
+                    id,
+                    restore_test,
+                    json,
+                }),
+            ..
+        }) => {
+            let session = Session::open(&data, upshift::caps::EventSink::discard())?;
+            let fleet = if cli.fleet.exists() {
+                Some(load_fleet()?)
+            } else {
+                None
+            };
+            let outcome =
+                upshift::ops::backups::verify(&session, fleet.as_ref(), &id, restore_test).await?;
+            if json {
+                print_json(&outcome)?;
+            } else {
+                println!(
+                    "backup {} of `{}` ({} {})",
+                    outcome.backup.id,
+                    outcome.backup.instance,
+                    outcome.backup.method,
+                    outcome.backup.location
+                );
+                for c in &outcome.checks {
+                    println!(
+                        "  {} {}: {}",
+                        if c.passed { "✔" } else { "✘" },
+                        c.name,
+                        c.detail
+                    );
+                }
+                println!(
+                    "{}",
+                    if outcome.ok {
+                        "backup is good"
+                    } else {
+                        "backup is NOT good: marked invalid, it will not be restored"
+                    }
+                );
+            }
+            Ok(if outcome.ok { 0 } else { 1 })
+        }
         Command::Backup(args) => {
             let fleet = load_fleet()?;
+            let Some(instance_name) = args.instance.clone() else {
+                return Err(usage("give an INSTANCE to back up, or `backup verify ID`"));
+            };
             let (_ui, sink) = ui::Ui::sink(args.json);
             let session = Session::open(&data, sink)?;
             let method = match args.method {
                 Method::Dump => BackupMethod::Dump,
                 Method::Clone => BackupMethod::Clone,
             };
-            let backups = apply::backup(&session, fleet.instance(&args.instance)?, method).await?;
+            let backups = apply::backup(&session, fleet.instance(&instance_name)?, method).await?;
             if args.json {
                 print_json(&backups)?;
             } else {

@@ -449,6 +449,17 @@ impl StateStore {
         })
     }
 
+    /// Mark a backup invalid (it failed verification) with the reason.
+    pub fn mark_invalid(&self, id: &str, note: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE backups SET valid = 0, note = ?2 WHERE id = ?1",
+                params![id, note],
+            )
+            .map(|_| ())
+        })
+    }
+
     fn backup_from(row: &Row<'_>) -> rusqlite::Result<BackupRecord> {
         let size: Option<i64> = row.get(9)?;
         Ok(BackupRecord {

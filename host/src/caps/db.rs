@@ -4,16 +4,17 @@
 //! The adapter never sees the URL. Reads run in a `READ ONLY` transaction as a second line of
 //! defence behind [`super::sql::classify`]; every session has a statement timeout.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::CapError;
 use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
+use super::pg_backup::{Manifest, TableFingerprint, fingerprints, hash_files, verify_files};
 use crate::runtime::bindings::Value;
 
 /// Rows returned to an adapter.
@@ -299,18 +300,47 @@ impl DbBackend {
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
-    /// Write a `pg_dump` custom-format archive of the bound database to `file`, with the
-    /// `pg_dump` matching the server's major version. Returns (size, sha256).
-    pub async fn dump_to(&self, file: &Path) -> Result<(u64, String), CapError> {
+    /// Dump the bound database into directory `dir` with `pg_dump --format=directory --jobs N`
+    /// (the `pg_dump` matching the server's major version), under a snapshot exported from a
+    /// repeatable-read transaction that also fingerprints every table, so the manifest describes
+    /// exactly the data in the dump. The directory only gets its final name when complete.
+    pub async fn dump_to(
+        &self,
+        dir: &Path,
+        product_version: &str,
+    ) -> Result<(Manifest, String), CapError> {
         let bin = self.tool("pg_dump").await?;
-        if let Some(dir) = file.parent() {
-            tokio::fs::create_dir_all(dir)
+        let partial = dir.with_extension("partial");
+        let _ = tokio::fs::remove_dir_all(&partial).await;
+        if let Some(parent) = partial.parent() {
+            tokio::fs::create_dir_all(parent)
                 .await
-                .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
+                .map_err(|e| failed(&format!("cannot create {}", parent.display()), e))?;
         }
-        let partial = file.with_extension("partial");
+        let jobs = dump_jobs();
+        let mut client = self.connect_to(&self.database).await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| failed("cannot start the snapshot transaction", pg_message(&e)))?;
+        let snapshot: String = tx
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| failed("cannot export a snapshot", pg_message(&e)))?
+            .get(0);
+        let server_version: String = tx
+            .query_one("SELECT version()", &[])
+            .await
+            .map_err(|e| failed("cannot read the server version", pg_message(&e)))?
+            .get(0);
+        let tables = fingerprints(&tx).await?;
         let out = tokio::process::Command::new(&bin)
-            .arg("--format=custom")
+            .arg("--format=directory")
+            .arg(format!("--jobs={jobs}"))
+            .arg(format!("--snapshot={snapshot}"))
             .arg("--no-password")
             .arg("--file")
             .arg(&partial)
@@ -319,22 +349,71 @@ impl DbBackend {
             .output()
             .await
             .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
+        let _ = tx.rollback().await;
         if !out.status.success() {
-            let _ = tokio::fs::remove_file(&partial).await;
+            let _ = tokio::fs::remove_dir_all(&partial).await;
             return Err(CapError::Failed(format!(
-                "pg_dump failed ({}): {}",
+                "pg_dump failed ({}): {}; nothing was recorded",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let bytes = tokio::fs::read(&partial)
+        let tool_version = tokio::process::Command::new(&bin)
+            .arg("--version")
+            .output()
             .await
-            .map_err(|e| failed("cannot read the dump back", e))?;
-        let sha = hex::encode(Sha256::digest(&bytes));
-        tokio::fs::rename(&partial, file)
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let hashed = partial.clone();
+        let files = tokio::task::spawn_blocking(move || hash_files(&hashed))
             .await
-            .map_err(|e| failed("cannot finish the dump file", e))?;
-        Ok((bytes.len() as u64, sha))
+            .map_err(|e| failed("hashing the dump failed", e))??;
+        let manifest = Manifest {
+            format: "pg-directory".into(),
+            database: self.database.clone(),
+            product_version: product_version.to_string(),
+            server_version,
+            tool_version,
+            jobs,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            files,
+            tables,
+        };
+        let sha = manifest.write(&partial)?;
+        tokio::fs::rename(&partial, dir)
+            .await
+            .map_err(|e| failed("cannot finish the dump directory", e))?;
+        Ok((manifest, sha))
+    }
+
+    /// Row counts and checksums of every table of database `name` on the same server.
+    pub async fn fingerprint_database(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
+        let client = self.connect_to(name).await?;
+        fingerprints(&client).await
+    }
+
+    /// Drop database `name` (a scratch database of Upshift's own).
+    pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
+        let admin = self.admin().await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(name)))
+            .await
+            .map_err(|e| failed(&format!("cannot drop `{name}`"), pg_message(&e)))
+    }
+
+    /// The server's `SELECT version()`.
+    pub async fn server_version(&self) -> Result<String, CapError> {
+        self.with_client(async |client| {
+            let row = client
+                .query_one("SELECT version()", &[])
+                .await
+                .map_err(|e| failed("cannot read the server version", pg_message(&e)))?;
+            Ok(row.get(0))
+        })
+        .await
     }
 
     async fn tool(&self, name: &str) -> Result<PathBuf, CapError> {
@@ -389,34 +468,37 @@ impl DbBackend {
                         )
                     })?;
             }
-            BackupSource::Dump { file, sha256 } => {
-                let bytes = tokio::fs::read(file)
+            BackupSource::Dump {
+                dir,
+                manifest_sha256,
+            } => {
+                let manifest = Manifest::read(dir, manifest_sha256).map_err(|e| {
+                    CapError::Failed(format!("{e}; the backup will not be restored"))
+                })?;
+                let checked = dir.clone();
+                tokio::task::spawn_blocking(move || verify_files(&checked, &manifest))
                     .await
-                    .map_err(|e| failed(&format!("cannot read backup {}", file.display()), e))?;
-                if hex::encode(Sha256::digest(&bytes)) != *sha256 {
-                    return Err(CapError::Failed(format!(
-                        "backup {} does not match its recorded sha256; it is damaged and will not be restored",
-                        file.display()
-                    )));
-                }
+                    .map_err(|e| failed("checking the backup failed", e))?
+                    .map_err(|e| {
+                        CapError::Failed(format!(
+                            "backup {}: {e}; it is damaged and will not be restored",
+                            dir.display()
+                        ))
+                    })?;
                 admin
                     .batch_execute(&format!("CREATE DATABASE {}", quote_ident(target)))
                     .await
                     .map_err(|e| failed(&format!("cannot create `{target}`"), pg_message(&e)))?;
                 let bin = self.tool("pg_restore").await?;
-                let mut config: tokio_postgres::Config = self
-                    .url
-                    .parse()
-                    .map_err(|e| CapError::Invalid(format!("database URL does not parse: {e}")))?;
-                config.dbname(target);
                 let target_url = rewrite_dbname(&self.url, target);
                 let out = tokio::process::Command::new(&bin)
                     .arg("--no-owner")
                     .arg("--exit-on-error")
                     .arg("--no-password")
+                    .arg(format!("--jobs={}", dump_jobs()))
                     .arg("--dbname")
                     .arg(&target_url)
-                    .arg(file)
+                    .arg(dir)
                     .output()
                     .await
                     .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
@@ -529,13 +611,20 @@ impl DbBackend {
 pub enum BackupSource {
     /// A database cloned by template.
     Clone(String),
-    /// A `pg_dump` archive with its recorded sha256.
+    /// A `pg_dump` directory with its manifest's recorded sha256.
     Dump {
-        /// The archive.
-        file: PathBuf,
-        /// Its recorded sha256.
-        sha256: String,
+        /// The dump directory.
+        dir: PathBuf,
+        /// sha256 of its manifest, as catalogued.
+        manifest_sha256: String,
     },
+}
+
+/// Parallel jobs for `pg_dump` / `pg_restore`: the cores, at most 4.
+pub fn dump_jobs() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(4) as u32)
+        .unwrap_or(2)
 }
 
 /// `url` with its database name replaced.

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod pg_backup;
 pub mod process;
 pub mod service;
 pub mod sql;

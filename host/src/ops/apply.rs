@@ -741,6 +741,12 @@ pub async fn restore(
                 "no backup `{backup_id}`; `upshift backups` lists them"
             ))
         })?;
+    if !backup.valid {
+        return Err(OpError::Usage(format!(
+            "backup `{backup_id}` is marked invalid ({}); choose another backup (`upshift backups`)",
+            backup.note.as_deref().unwrap_or("no reason recorded")
+        )));
+    }
     if backup.instance != instance.name {
         return Err(OpError::Usage(format!(
             "backup `{backup_id}` belongs to instance `{}`, not `{}`",

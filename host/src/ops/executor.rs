@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::caps::db::BackupSource;
+use crate::caps::pg_backup::Manifest;
 use crate::caps::{CapError, Event, InstanceCaps};
 use crate::grants::{Access, BindingKind};
 use crate::runtime::LoadedAdapter;
@@ -250,20 +251,34 @@ impl RunContext<'_> {
     ) -> Result<BackupRecord, CapError> {
         let db = self.caps.db_backend(binding)?;
         let id = StateStore::new_backup_id();
+        let dir = self.session.backups_dir().join(&id);
         let (method_name, location, size, sha) = match method {
             BackupMethod::Clone => {
                 let name = clone_name(db.database(), &id);
                 let size = db.clone_to(&name).await?;
-                ("clone", name, Some(size), None)
+                // The clone's own fingerprint is its manifest: `backup verify` compares with it.
+                let manifest = Manifest {
+                    format: "pg-clone".into(),
+                    database: db.database().to_string(),
+                    product_version: self.data_version.clone(),
+                    server_version: db.server_version().await?,
+                    tool_version: None,
+                    jobs: 1,
+                    created_at: now(),
+                    files: Vec::new(),
+                    tables: db.fingerprint_database(&name).await?,
+                };
+                let sha = manifest.write(&dir)?;
+                ("clone", name, Some(size), Some(sha))
             }
             BackupMethod::Dump => {
-                let file = self
-                    .session
-                    .backups_dir()
-                    .join(&id)
-                    .join(format!("{}.dump", db.database()));
-                let (size, sha) = db.dump_to(&file).await?;
-                ("dump", file.display().to_string(), Some(size), Some(sha))
+                let (manifest, sha) = db.dump_to(&dir, &self.data_version).await?;
+                (
+                    "dump",
+                    dir.display().to_string(),
+                    Some(manifest.size()),
+                    Some(sha),
+                )
             }
         };
         let record = BackupRecord {
@@ -306,8 +321,8 @@ impl RunContext<'_> {
         let source = match backup.method.as_str() {
             "clone" => BackupSource::Clone(backup.location.clone()),
             "dump" => BackupSource::Dump {
-                file: backup.location.clone().into(),
-                sha256: backup.sha256.clone().unwrap_or_default(),
+                dir: backup.location.clone().into(),
+                manifest_sha256: backup.sha256.clone().unwrap_or_default(),
             },
             other => {
                 return Err(CapError::Failed(format!(

@@ -2,6 +2,7 @@
 //! offline planner. The CLI is a thin layer over these.
 
 pub mod apply;
+pub mod backups;
 pub mod executor;
 pub mod plan;
 pub mod session;
