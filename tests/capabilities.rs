@@ -301,3 +301,107 @@ async fn a_log_flood_is_capped_and_audited() {
             .contains("1000")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_snapshots_are_granted_audited_and_rolled_back() {
+    use upshift::ops::executor::RunContext;
+    use upshift::ops::plan::RollbackAction;
+    use upshift::runtime::bindings::Action;
+
+    let env = common::Env::new();
+    let files = env.dir.path().join("app-data");
+    std::fs::create_dir_all(files.join("conf")).expect("mkdir");
+    std::fs::write(files.join(".env"), b"ENCRYPTION_SECRET=keep-me\n").expect("write");
+    std::fs::write(files.join("conf/app.yml"), b"a: 1\n").expect("write");
+    let adapter_path = format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR);
+    let fleet_text = |access: &str| {
+        format!(
+            "[[instance]]\nname = \"snap\"\nadapter = \"{adapter_path}\"\n[instance.files.data]\npath = \"{}\"\n{access}\n",
+            files.display()
+        )
+    };
+    env.write_fleet(&fleet_text(""));
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let (adapter, caps) = apply::prepare(&session, fleet.instance("snap").expect("snap"))
+        .await
+        .expect("prepare");
+    caps.set_run(Some("snap-run".into()));
+    let ctx = RunContext {
+        session: &session,
+        adapter: &adapter,
+        caps: caps.clone(),
+        run_id: "snap-run".into(),
+        data_version: "1.0.0".into(),
+        restore_source: None,
+    };
+    let taken = ctx
+        .perform(&Action::FilesSnapshot("data".into()))
+        .await
+        .expect("snapshot");
+    let backup = taken.backup.expect("catalogued");
+    assert_eq!(backup.method, "snapshot");
+
+    std::fs::write(files.join(".env"), b"ENCRYPTION_SECRET=lost\n").expect("damage");
+    std::fs::remove_file(files.join("conf/app.yml")).expect("damage");
+    let restored = ctx
+        .perform_rollback(
+            &RollbackAction::RestoreFiles {
+                binding: "data".into(),
+                from_step: "snapshot-data".into(),
+                backup_id: Some(backup.id.clone()),
+            },
+            &[("snapshot-data".into(), backup.clone())],
+        )
+        .await
+        .expect("restore");
+    assert!(
+        restored.summary.contains("replaced tree is kept"),
+        "{}",
+        restored.summary
+    );
+    assert_eq!(
+        std::fs::read(files.join(".env")).expect("read"),
+        b"ENCRYPTION_SECRET=keep-me\n"
+    );
+    assert_eq!(
+        std::fs::read(files.join("conf/app.yml")).expect("read"),
+        b"a: 1\n"
+    );
+    let records = session.audit.records_for_run("snap-run").expect("audit");
+    for op in ["snapshot", "restore"] {
+        assert!(
+            records.iter().any(|r| r.event.binding == "data"
+                && r.event.operation == op
+                && r.event.decision == Decision::Allowed),
+            "{op} audited: {records:?}"
+        );
+    }
+
+    // Narrowed to read, the same step is denied and audited.
+    env.write_fleet(&fleet_text("access = [\"read\"]"));
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let (adapter, caps) = apply::prepare(&session, fleet.instance("snap").expect("snap"))
+        .await
+        .expect("prepare");
+    caps.set_run(Some("snap-denied".into()));
+    let ctx = RunContext {
+        session: &session,
+        adapter: &adapter,
+        caps: caps.clone(),
+        run_id: "snap-denied".into(),
+        data_version: "1.0.0".into(),
+        restore_source: None,
+    };
+    let err = ctx
+        .perform(&Action::FilesSnapshot("data".into()))
+        .await
+        .expect_err("denied");
+    assert!(err.contains("not granted `snapshot`"), "{err}");
+    let records = session.audit.records_for_run("snap-denied").expect("audit");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event.decision == Decision::Denied && r.event.operation == "snapshot")
+    );
+}

@@ -124,7 +124,7 @@ fn adapter_inspect_reads_the_manifest_without_running_it() {
         bindings,
         vec![
             "meta:db:[\"read\",\"write\"]",
-            "data:files:[\"read\"]",
+            "data:files:[\"read\",\"snapshot\",\"restore\"]",
             "app:service:[\"inspect\"]",
             "api:http:[\"read\"]"
         ]

@@ -58,6 +58,11 @@ impl FilesBackend {
         }
     }
 
+    /// The bound directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn dir(&self) -> Result<Dir, CapError> {
         Dir::open_ambient_dir(&self.root, ambient_authority()).map_err(|e| {
             CapError::Failed(format!(

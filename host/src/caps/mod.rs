@@ -12,6 +12,7 @@ pub mod http;
 pub mod pg_backup;
 pub mod process;
 pub mod service;
+pub mod snapshot;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,11 @@ impl InstanceCaps {
     /// The database backend of a binding.
     pub fn db_backend(&self, binding: &str) -> Result<&db::DbBackend, CapError> {
         self.db.get(binding).ok_or_else(|| unbound("db", binding))
+    }
+
+    /// The directory a files binding names.
+    pub fn files_root(&self, binding: &str) -> Result<&std::path::Path, CapError> {
+        self.files_backend(binding).map(files::FilesBackend::root)
     }
 
     /// The directory backend of a binding.

@@ -199,9 +199,17 @@ impl RunContext<'_> {
                     .await?;
                 done(summary)
             }
-            Action::FilesSnapshot(b) => Err(CapError::Failed(format!(
-                "directory snapshots (`{b}`) are not available in this version of upshift"
-            ))),
+            Action::FilesSnapshot(b) => {
+                let record = self.snapshot(b)?;
+                Ok(StepResult {
+                    summary: format!(
+                        "snapshot {} ({})",
+                        record.id,
+                        record.note.clone().unwrap_or_default()
+                    ),
+                    backup: Some(record),
+                })
+            }
             Action::Custom(_) => Err(CapError::Failed(
                 "custom steps are run by the adapter".into(),
             )),
@@ -363,6 +371,65 @@ impl RunContext<'_> {
         }
     }
 
+    /// Snapshot a files binding into the data directory and record it in the catalog.
+    pub fn snapshot(&self, binding: &str) -> Result<BackupRecord, CapError> {
+        let root = self.caps.files_root(binding)?.to_path_buf();
+        let id = StateStore::new_backup_id();
+        let dest = self.session.backups_dir().join(&id);
+        let (manifest, sha) = crate::caps::snapshot::snapshot(&root, &dest)?;
+        let size: u64 = manifest
+            .entries
+            .iter()
+            .map(|e| match e.kind {
+                crate::caps::snapshot::EntryKind::File { size, .. } => size,
+                _ => 0,
+            })
+            .sum();
+        let record = BackupRecord {
+            id,
+            instance: self.caps.caller.instance.clone(),
+            binding: binding.to_string(),
+            run_id: Some(self.run_id.clone()),
+            method: "snapshot".into(),
+            location: dest.display().to_string(),
+            source_database: root.display().to_string(),
+            product_version: self.data_version.clone(),
+            created_at: now(),
+            size_bytes: Some(size),
+            sha256: Some(sha),
+            valid: true,
+            note: Some(format!(
+                "{} entries, {} file(s) cloned copy-on-write",
+                manifest.entries.len(),
+                manifest.cloned_files
+            )),
+        };
+        self.state().insert_backup(&record).map_err(|e| {
+            CapError::Failed(format!(
+                "the snapshot was taken but could not be catalogued: {e}"
+            ))
+        })?;
+        Ok(record)
+    }
+
+    /// Restore a directory snapshot over its binding (built beside, swapped in by rename).
+    pub fn restore_files(&self, binding: &str, backup: &BackupRecord) -> Result<String, CapError> {
+        let root = self.caps.files_root(binding)?.to_path_buf();
+        let tag = StateStore::new_backup_id().replace("bk-", "");
+        let kept = crate::caps::snapshot::restore(
+            std::path::Path::new(&backup.location),
+            backup.sha256.as_deref().unwrap_or_default(),
+            &root,
+            &tag,
+        )?;
+        Ok(format!(
+            "restored {} into {}; the replaced tree is kept at {}",
+            backup.id,
+            root.display(),
+            kept.display()
+        ))
+    }
+
     /// Carry out one rollback action; `backups` are the run's backups by the step that took them.
     pub async fn perform_rollback(
         &self,
@@ -370,6 +437,9 @@ impl RunContext<'_> {
         backups: &[(String, BackupRecord)],
     ) -> Result<StepResult, String> {
         let (kind, binding, access, op) = match action {
+            RollbackAction::RestoreFiles { binding, .. } => {
+                (BindingKind::Files, binding, Access::Restore, "restore")
+            }
             RollbackAction::Stop { binding } => {
                 (BindingKind::Service, binding, Access::Control, "stop")
             }
@@ -402,6 +472,18 @@ impl RunContext<'_> {
                 Some("host rollback".into()),
                 || async {
                     let summary = match action {
+                        RollbackAction::RestoreFiles {
+                            binding, from_step, ..
+                        } => {
+                            let backup = backups
+                                .iter()
+                                .find(|(step, _)| step == from_step)
+                                .map(|(_, b)| b.clone())
+                                .ok_or_else(|| {
+                                    CapError::Failed(format!("no snapshot from step `{from_step}`"))
+                                })?;
+                            self.restore_files(binding, &backup)?
+                        }
                         RollbackAction::Stop { binding } => {
                             self.caps.service_backend(binding)?.stop().await?
                         }

@@ -165,6 +165,15 @@ pub enum RollbackAction {
         /// Its id, once known.
         backup_id: Option<String>,
     },
+    /// Restore the directory snapshot a step took, in place.
+    RestoreFiles {
+        /// Binding.
+        binding: String,
+        /// The step that took the snapshot.
+        from_step: String,
+        /// Its id, once known.
+        backup_id: Option<String>,
+    },
     /// Switch a service back.
     Switch {
         /// Binding.
@@ -190,6 +199,9 @@ impl RollbackAction {
         match self {
             RollbackAction::Stop { binding } => format!("rollback-stop-{binding}"),
             RollbackAction::Restore { binding, .. } => format!("rollback-restore-{binding}"),
+            RollbackAction::RestoreFiles { binding, .. } => {
+                format!("rollback-restore-files-{binding}")
+            }
             RollbackAction::Switch { binding, .. } => format!("rollback-switch-{binding}"),
             RollbackAction::Start { binding } => format!("rollback-start-{binding}"),
             RollbackAction::WaitHealthy { binding } => format!("rollback-wait-{binding}"),
@@ -206,6 +218,17 @@ impl RollbackAction {
                 backup_id,
             } => format!(
                 "restore database `{binding}` from the backup taken in step `{from_step}`{}",
+                backup_id
+                    .as_ref()
+                    .map(|id| format!(" ({id})"))
+                    .unwrap_or_default()
+            ),
+            RollbackAction::RestoreFiles {
+                binding,
+                from_step,
+                backup_id,
+            } => format!(
+                "restore directory `{binding}` from the snapshot taken in step `{from_step}`{}",
                 backup_id
                     .as_ref()
                     .map(|id| format!(" ({id})"))
@@ -266,15 +289,22 @@ pub fn rollback(steps: &[Step], reached: &[Reached], prior: &Prior) -> Vec<Rollb
         .map(|b| RollbackAction::Stop { binding: b.clone() })
         .collect();
     for (i, (step, how)) in ran.iter().enumerate().rev() {
-        if let (Action::DbBackup(a), Reached::Done(id)) = (&step.action, how)
-            && a.restore_on_rollback
-            && ran[i + 1..].iter().any(|(s, _)| changes_data(&s.action))
-        {
-            out.push(RollbackAction::Restore {
+        let Reached::Done(id) = how else { continue };
+        if !ran[i + 1..].iter().any(|(s, _)| changes_data(&s.action)) {
+            continue;
+        }
+        match &step.action {
+            Action::DbBackup(a) if a.restore_on_rollback => out.push(RollbackAction::Restore {
                 binding: a.binding.clone(),
                 from_step: step.id.clone(),
                 backup_id: id.clone(),
-            });
+            }),
+            Action::FilesSnapshot(binding) => out.push(RollbackAction::RestoreFiles {
+                binding: binding.clone(),
+                from_step: step.id.clone(),
+                backup_id: id.clone(),
+            }),
+            _ => {}
         }
     }
     for b in &switched {
@@ -422,6 +452,29 @@ mod tests {
                 },
                 RollbackAction::WaitHealthy {
                     binding: "app".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn snapshots_are_restored_like_backups() {
+        let steps = vec![
+            step("snap", Action::FilesSnapshot("data".into())),
+            step("start", Action::ServiceStart("app".into())),
+        ];
+        let reached = vec![Reached::Done(Some("bk-9".into())), Reached::Started];
+        let rb = rollback(&steps, &reached, &Prior::default());
+        assert_eq!(
+            rb,
+            vec![
+                RollbackAction::Stop {
+                    binding: "app".into()
+                },
+                RollbackAction::RestoreFiles {
+                    binding: "data".into(),
+                    from_step: "snap".into(),
+                    backup_id: Some("bk-9".into())
                 },
             ]
         );

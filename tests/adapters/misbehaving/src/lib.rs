@@ -17,7 +17,7 @@ upshift_adapter_sdk::manifest! {
     supported_versions: ">=0.0.0",
     bindings: [
         { name: "meta", kind: db, access: [read, write], purpose: "read and write test rows", optional: true },
-        { name: "data", kind: files, access: [read], purpose: "read files", optional: true },
+        { name: "data", kind: files, access: [read, snapshot, restore], purpose: "read files; the host snapshots and restores them", optional: true },
         { name: "app", kind: service, access: [inspect], purpose: "inspect the service", optional: true },
         { name: "api", kind: http, access: [read], purpose: "GET endpoints", optional: true },
     ],

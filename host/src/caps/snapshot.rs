@@ -1,0 +1,383 @@
+//! Directory snapshots through cap-std: the bound directory is read only through a capability
+//! handle, so nothing outside it is ever read — symlinks are recorded as links (never followed),
+//! and a symlinked directory is not descended into. Modes, modification times and symlinks are
+//! preserved; every file's sha256 goes into a manifest; copy-on-write clones are used where the
+//! file system supports them. A restore checks every checksum first, builds the tree beside the
+//! directory and swaps it in by rename, keeping the replaced tree.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, PermissionsExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::CapError;
+
+/// Name of the manifest inside a snapshot.
+pub const MANIFEST: &str = "snapshot.json";
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File {
+        /// Size.
+        size: u64,
+        /// sha256 of the contents.
+        sha256: String,
+    },
+    /// A symbolic link (never followed).
+    Symlink {
+        /// Where it points, as written.
+        target: String,
+    },
+}
+
+/// One entry of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path relative to the snapshot root.
+    pub path: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+/// A snapshot's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    /// The directory it was taken from.
+    pub source: String,
+    /// Entries, parents before children.
+    pub entries: Vec<Entry>,
+    /// Files copied by copy-on-write clone.
+    pub cloned_files: u64,
+}
+
+fn io(context: &str, e: std::io::Error) -> CapError {
+    CapError::Failed(format!("{context}: {e}"))
+}
+
+fn nanos(t: std::time::SystemTime) -> i128 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+fn system_time(ns: i128) -> std::time::SystemTime {
+    let d = std::time::Duration::from_nanos(ns.unsigned_abs().min(u64::MAX as u128) as u64);
+    if ns >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}
+
+/// Copy `from` into `to`, hashing it; a copy-on-write clone when the file system can.
+fn copy_hashing(mut from: std::fs::File, to: &Path) -> std::io::Result<(u64, String, bool)> {
+    let mut out = std::fs::File::create(to)?;
+    // SAFETY: FICLONE takes two open file descriptors and touches nothing else.
+    let cloned =
+        unsafe { nix::libc::ioctl(out.as_raw_fd(), nix::libc::FICLONE, from.as_raw_fd()) } == 0;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if !cloned {
+            out.write_all(&buf[..n])?;
+        }
+        size += n as u64;
+    }
+    out.sync_all()?;
+    Ok((size, hex::encode(hasher.finalize()), cloned))
+}
+
+fn walk(dir: &Dir, rel: &Path, dest: &Path, out: &mut SnapshotManifest) -> Result<(), CapError> {
+    let mut names: Vec<_> = dir
+        .entries()
+        .map_err(|e| io(&format!("cannot list {}", rel.display()), e))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let path = rel.join(&name);
+        let shown = path.to_string_lossy().into_owned();
+        let meta = dir
+            .symlink_metadata(&name)
+            .map_err(|e| io(&format!("cannot stat {shown}"), e))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let mtime_ns = meta.modified().map(|t| nanos(t.into_std())).unwrap_or(0);
+        if meta.file_type().is_symlink() {
+            let target = dir
+                .read_link_contents(&name)
+                .map_err(|e| io(&format!("cannot read link {shown}"), e))?;
+            out.entries.push(Entry {
+                path: shown,
+                kind: EntryKind::Symlink {
+                    target: target.to_string_lossy().into_owned(),
+                },
+                mode,
+                mtime_ns,
+            });
+        } else if meta.is_dir() {
+            std::fs::create_dir_all(dest.join(&path))
+                .map_err(|e| io(&format!("cannot create {shown}"), e))?;
+            out.entries.push(Entry {
+                path: shown,
+                kind: EntryKind::Dir,
+                mode,
+                mtime_ns,
+            });
+            let sub = dir
+                .open_dir(&name)
+                .map_err(|e| io(&format!("cannot open {}", rel.join(&name).display()), e))?;
+            walk(&sub, &path, dest, out)?;
+        } else if meta.is_file() {
+            let file = dir
+                .open(&name)
+                .map_err(|e| io(&format!("cannot open {shown}"), e))?
+                .into_std();
+            let (size, sha256, cloned) = copy_hashing(file, &dest.join(&path))
+                .map_err(|e| io(&format!("cannot copy {shown}"), e))?;
+            out.cloned_files += u64::from(cloned);
+            out.entries.push(Entry {
+                path: shown,
+                kind: EntryKind::File { size, sha256 },
+                mode,
+                mtime_ns,
+            });
+        }
+        // Sockets, fifos and devices are not data; they are left out.
+    }
+    Ok(())
+}
+
+/// Snapshot `root` into `dest/files`, writing `dest/snapshot.json`; returns the manifest and its
+/// sha256.
+pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), CapError> {
+    let dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(|e| {
+        io(
+            &format!("cannot open bound directory {}", root.display()),
+            e,
+        )
+    })?;
+    let partial = dest.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let files = partial.join("files");
+    std::fs::create_dir_all(&files)
+        .map_err(|e| io(&format!("cannot create {}", files.display()), e))?;
+    let mut manifest = SnapshotManifest {
+        source: root.display().to_string(),
+        entries: Vec::new(),
+        cloned_files: 0,
+    };
+    walk(&dir, Path::new(""), &files, &mut manifest)?;
+    let text = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| CapError::Failed(format!("cannot encode the manifest: {e}")))?;
+    std::fs::write(partial.join(MANIFEST), &text)
+        .map_err(|e| io("cannot write the manifest", e))?;
+    std::fs::rename(&partial, dest).map_err(|e| io("cannot finish the snapshot", e))?;
+    Ok((manifest, hex::encode(Sha256::digest(&text))))
+}
+
+/// Read a snapshot's manifest, checking it against the recorded sha256.
+pub fn read_manifest(dest: &Path, recorded_sha256: &str) -> Result<SnapshotManifest, CapError> {
+    let bytes = std::fs::read(dest.join(MANIFEST))
+        .map_err(|e| io(&format!("cannot read {}", dest.display()), e))?;
+    if hex::encode(Sha256::digest(&bytes)) != recorded_sha256 {
+        return Err(CapError::Failed(format!(
+            "the snapshot manifest in {} does not match its recorded sha256",
+            dest.display()
+        )));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CapError::Failed(format!("the snapshot manifest does not parse: {e}")))
+}
+
+fn file_sha(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Restore snapshot `dest` over `root`: check every file, build the tree beside `root`, then
+/// swap it in by rename. The replaced tree is kept as `<root>.upshift-replaced-<tag>`.
+pub fn restore(
+    dest: &Path,
+    recorded_sha256: &str,
+    root: &Path,
+    tag: &str,
+) -> Result<PathBuf, CapError> {
+    let manifest = read_manifest(dest, recorded_sha256)?;
+    let files = dest.join("files");
+    for e in &manifest.entries {
+        if let EntryKind::File { sha256, .. } = &e.kind {
+            let found = file_sha(&files.join(&e.path))
+                .map_err(|err| io(&format!("cannot read {}", e.path), err))?;
+            if &found != sha256 {
+                return Err(CapError::Failed(format!(
+                    "snapshot file {} does not match its sha256; the snapshot is damaged and will not be restored",
+                    e.path
+                )));
+            }
+        }
+    }
+    let name = root
+        .file_name()
+        .ok_or_else(|| CapError::Failed(format!("{} has no name", root.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    let staging = parent.join(format!("{name}.upshift-restoring-{tag}"));
+    let kept = parent.join(format!("{name}.upshift-replaced-{tag}"));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| io(&format!("cannot create {}", staging.display()), e))?;
+    for e in &manifest.entries {
+        let to = staging.join(&e.path);
+        match &e.kind {
+            EntryKind::Dir => std::fs::create_dir_all(&to)
+                .map_err(|err| io(&format!("cannot create {}", e.path), err))?,
+            EntryKind::File { .. } => {
+                let from = std::fs::File::open(files.join(&e.path))
+                    .map_err(|err| io(&format!("cannot read {}", e.path), err))?;
+                copy_hashing(from, &to)
+                    .map_err(|err| io(&format!("cannot restore {}", e.path), err))?;
+            }
+            EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &to)
+                .map_err(|err| io(&format!("cannot link {}", e.path), err))?,
+        }
+    }
+    // Modes and times last, deepest first, so writing children does not disturb directories.
+    for e in manifest.entries.iter().rev() {
+        let to = staging.join(&e.path);
+        if matches!(e.kind, EntryKind::Symlink { .. }) {
+            continue;
+        }
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(e.mode))
+            .map_err(|err| io(&format!("cannot set the mode of {}", e.path), err))?;
+        let file =
+            std::fs::File::open(&to).map_err(|err| io(&format!("cannot open {}", e.path), err))?;
+        file.set_modified(system_time(e.mtime_ns))
+            .map_err(|err| io(&format!("cannot set the time of {}", e.path), err))?;
+    }
+    if root.exists() {
+        std::fs::rename(root, &kept)
+            .map_err(|e| io(&format!("cannot move {} aside", root.display()), e))?;
+    }
+    if let Err(e) = std::fs::rename(&staging, root) {
+        let _ = std::fs::rename(&kept, root);
+        return Err(io(
+            &format!("cannot move the restored tree into {}", root.display()),
+            e,
+        ));
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn snapshot_and_restore_preserve_everything_and_never_leave_the_directory() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("data");
+        std::fs::create_dir_all(root.join("conf/sub")).expect("mkdir");
+        std::fs::write(root.join(".env"), b"ENCRYPTION_SECRET=s3cret\n").expect("write");
+        std::fs::write(root.join("conf/sub/app.yml"), b"a: 1\n").expect("write");
+        std::fs::set_permissions(root.join(".env"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        std::fs::write(outer.path().join("secret"), b"outside").expect("write");
+        std::fs::create_dir(outer.path().join("elsewhere")).expect("mkdir");
+        std::fs::write(outer.path().join("elsewhere/big"), b"not ours").expect("write");
+        symlink("../secret", root.join("up")).expect("symlink");
+        symlink("/etc/passwd", root.join("abs")).expect("symlink");
+        symlink(outer.path().join("elsewhere"), root.join("linked-dir")).expect("symlink");
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        std::fs::File::open(root.join("conf/sub/app.yml"))
+            .and_then(|f| f.set_modified(old))
+            .expect("mtime");
+
+        let dest = outer.path().join("snap");
+        let (manifest, sha) = snapshot(&root, &dest).expect("snapshot");
+        let paths: Vec<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                ".env",
+                "abs",
+                "conf",
+                "conf/sub",
+                "conf/sub/app.yml",
+                "linked-dir",
+                "up"
+            ]
+        );
+        assert!(
+            matches!(&manifest.entries[1].kind, EntryKind::Symlink { target } if target == "/etc/passwd")
+        );
+        assert!(
+            !dest.join("files/linked-dir/big").exists(),
+            "a symlinked directory is not followed"
+        );
+        assert!(
+            !dest.join("files/up").exists(),
+            "links are recorded, not copied through"
+        );
+
+        std::fs::write(root.join(".env"), b"ENCRYPTION_SECRET=changed\n").expect("damage");
+        std::fs::remove_file(root.join("conf/sub/app.yml")).expect("damage");
+        let kept = restore(&dest, &sha, &root, "t1").expect("restore");
+        assert_eq!(
+            std::fs::read(root.join(".env")).expect("read"),
+            b"ENCRYPTION_SECRET=s3cret\n"
+        );
+        assert_eq!(
+            std::fs::metadata(root.join(".env"))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(root.join("conf/sub/app.yml"))
+                .expect("meta")
+                .modified()
+                .expect("mtime"),
+            old
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("up")).expect("link"),
+            Path::new("../secret")
+        );
+        assert_eq!(
+            std::fs::read(kept.join(".env")).expect("kept"),
+            b"ENCRYPTION_SECRET=changed\n"
+        );
+
+        std::fs::write(dest.join("files/.env"), b"tampered").expect("tamper");
+        let err = restore(&dest, &sha, &root, "t2").expect_err("damaged snapshot");
+        assert!(err.to_string().contains(".env does not match"), "{err}");
+    }
+}
