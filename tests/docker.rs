@@ -299,3 +299,130 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
         format!("{REPO}:2.2.0")
     );
 }
+
+/// Runs `docker-compose down` for a file when dropped.
+struct ComposeDown(std::path::PathBuf);
+
+impl Drop for ComposeDown {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker-compose")
+            .arg("-f")
+            .arg(&self.0)
+            .args(["down", "-t", "1"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_service_changes_only_its_image_and_comes_back_byte_for_byte() {
+    if !docker::available() {
+        return;
+    }
+    docker::images();
+    let dir = tempfile::Builder::new()
+        .prefix("upshiftcompose")
+        .tempdir()
+        .expect("tempdir");
+    let file = dir.path().join("docker-compose.yml");
+    let port = common::free_port();
+    let original = format!(
+        "# KWDB for the data team -- keep this comment\nversion: \"2.4\"\nservices:\n  # the database\n  kwdb:\n    image: {REPO}:2.2.0   # pinned by ops\n    network_mode: host\n    working_dir: /kaiwudb/bin\n    environment:\n      - SVC_PORT={port}\n"
+    );
+    std::fs::write(&file, &original).expect("compose file");
+    let _down = ComposeDown(file.clone());
+    let up = std::process::Command::new("docker-compose")
+        .arg("-f")
+        .arg(&file)
+        .args(["up", "-d", "kwdb"])
+        .output()
+        .expect("docker-compose");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(version_served(port).await, "2.2.0");
+
+    let env = common::Env::new();
+    env.write_fleet(&format!(
+        r#"
+[[instance]]
+name = "kw"
+product = "bytebase"
+
+[instance.db.meta]
+url = "postgres://postgres@127.0.0.1:1/unused"
+
+[instance.http.api]
+url = "http://127.0.0.1:1"
+
+[instance.service.app]
+kind = "compose"
+file = "{}"
+service = "kwdb"
+image = "{REPO}:{{version}}"
+stop_timeout_secs = 2
+"#,
+        file.display()
+    ));
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let (_, caps) = apply::prepare(&session, fleet.instance("kw").expect("kw"))
+        .await
+        .expect("prepare");
+    let app = caps.service_backend("app").expect("app");
+    let status = app.inspect().await.expect("inspect");
+    assert!(status.running && status.version == "2.2.0", "{status:?}");
+
+    app.stop().await.expect("stop");
+    app.switch_version("3.0.0").await.expect("switch");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        original.replace(&format!("{REPO}:2.2.0"), &format!("{REPO}:3.0.0")),
+        "only the image changed; comments and layout are the operator's"
+    );
+    app.start().await.expect("start");
+    app.wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("healthy");
+    assert_eq!(version_served(port).await, "3.0.0");
+
+    app.stop().await.expect("stop");
+    app.switch_version("2.2.0").await.expect("switch back");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        original,
+        "byte for byte"
+    );
+    app.start().await.expect("start");
+    assert_eq!(version_served(port).await, "2.2.0");
+
+    app.stop().await.expect("stop");
+    app.switch_version("9.9.9")
+        .await
+        .expect("switch to the broken image");
+    let err = app
+        .start()
+        .await
+        .expect_err("the broken image does not stay up");
+    assert!(err.to_string().contains("did not stay up"), "{err}");
+    app.switch_version("2.2.0").await.expect("switch back");
+    app.start().await.expect("start");
+    app.wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("healthy");
+    assert_eq!(version_served(port).await, "2.2.0");
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), original);
+    let kept = file.with_file_name("docker-compose.yml.upshift-previous");
+    assert!(!kept.exists(), "putting the previous file back consumed it");
+
+    app.stop().await.expect("stop");
+    app.switch_version("3.0.0").await.expect("switch");
+    assert_eq!(
+        std::fs::read_to_string(&kept).expect("kept"),
+        original,
+        "kept until verified"
+    );
+    app.finalize().await.expect("finalize");
+    assert!(!kept.exists(), "dropped once verified");
+}

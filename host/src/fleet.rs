@@ -82,6 +82,25 @@ pub enum ServiceBackend {
     Process(ProcessSpec),
     /// A container on the local Docker engine.
     Docker(DockerSpec),
+    /// A service of a Compose file.
+    Compose(ComposeSpec),
+}
+
+/// A Compose service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComposeSpec {
+    /// The Compose file.
+    pub file: PathBuf,
+    /// The service in it.
+    pub service: String,
+    /// Image template; `{version}` is replaced by the product version.
+    pub image: String,
+    /// Image repositories the service may be switched to (default: the template's).
+    pub images: Vec<String>,
+    /// Health check URL, used when the container has no healthcheck of its own.
+    pub health_url: Option<String>,
+    /// Seconds to wait after the stop signal.
+    pub stop_timeout_secs: u64,
 }
 
 /// A container service.
@@ -265,6 +284,8 @@ struct RawService {
     container: Option<String>,
     image: Option<String>,
     images: Option<Vec<String>>,
+    file: Option<String>,
+    service: Option<String>,
     access: Option<Spanned<Vec<String>>>,
 }
 
@@ -523,11 +544,45 @@ impl Fleet {
                             stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
                         })
                     }
+                    "compose" => {
+                        let (Some(file), Some(service), Some(image)) =
+                            (rb.file, rb.service, rb.image)
+                        else {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("compose service `{bn}` needs `file`, `service` and `image`"),
+                                "set `file = \"docker-compose.yml\"`, `service = \"<name>\"` and `image = \"repo/name:{version}\"`",
+                            ));
+                        };
+                        if !image.contains("{version}") {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("compose service `{bn}`: image has no `{{version}}` placeholder"),
+                                "write the image as a template, e.g. image = \"apache/devlake:{version}\"",
+                            ));
+                        }
+                        let default_repo =
+                            crate::caps::docker::repository(&image.replace("{version}", "v"))
+                                .to_string();
+                        let file = PathBuf::from(file);
+                        ServiceBackend::Compose(ComposeSpec {
+                            file: if file.is_absolute() {
+                                file
+                            } else {
+                                base.join(file)
+                            },
+                            service,
+                            images: rb.images.unwrap_or_else(|| vec![default_repo]),
+                            image,
+                            health_url: rb.health_url,
+                            stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
+                        })
+                    }
                     other => {
                         return Err(ctx.invalid(
                             rb.kind.span().start,
                             format!("service `{bn}`: unknown kind `{other}`"),
-                            "use kind = \"process\" or kind = \"docker\"",
+                            "use kind = \"process\", \"docker\" or \"compose\"",
                         ));
                     }
                 };

@@ -456,6 +456,13 @@ impl DockerBackend {
         }
     }
 
+    /// Whether the container has restarted since it was created (a crash loop under a restart
+    /// policy).
+    pub async fn restarted_since_create(&self) -> Result<bool, CapError> {
+        let c = self.container().await?;
+        Ok(c.restart_count.unwrap_or(0) > 0 || c.state.and_then(|s| s.restarting).unwrap_or(false))
+    }
+
     /// After a verified run: remove the kept previous container.
     pub async fn finalize(&self) -> Result<String, CapError> {
         if self.inspect_named(&self.kept_name()).await?.is_none() {

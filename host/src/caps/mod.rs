@@ -4,6 +4,8 @@
 //! `runtime::host`) and the host's built-in plan actions (in `ops::executor`) both go through
 //! [`InstanceCaps::guarded`], so a call is checked and audited the same way whoever makes it.
 
+pub mod compose;
+pub mod compose_file;
 pub mod db;
 pub mod docker;
 pub mod events;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::CapError;
+use super::compose::ComposeBackend;
 use super::docker::DockerBackend;
 use super::process::ProcessBackend;
 use crate::fleet::{ServiceBackend as ServiceSpec, ServiceBinding};
@@ -26,6 +27,8 @@ pub enum ServiceBackend {
     Process(ProcessBackend),
     /// A Docker container.
     Docker(DockerBackend),
+    /// A service of a Compose file.
+    Compose(ComposeBackend),
 }
 
 impl ServiceBackend {
@@ -36,6 +39,9 @@ impl ServiceBackend {
                 ServiceBackend::Process(ProcessBackend::new(spec.clone(), state_dir, name))
             }
             ServiceSpec::Docker(spec) => ServiceBackend::Docker(DockerBackend::new(spec.clone())),
+            ServiceSpec::Compose(spec) => {
+                ServiceBackend::Compose(ComposeBackend::new(spec.clone()))
+            }
         }
     }
 
@@ -54,6 +60,14 @@ impl ServiceBackend {
                     },
                 })
             }
+            ServiceBackend::Compose(c) => {
+                let (running, version, detail) = c.inspect().await?;
+                Ok(Status {
+                    running,
+                    version,
+                    detail,
+                })
+            }
             ServiceBackend::Docker(d) => {
                 let (running, version, detail) = d.inspect().await?;
                 Ok(Status {
@@ -70,6 +84,7 @@ impl ServiceBackend {
         match self {
             ServiceBackend::Process(p) => p.stop().await,
             ServiceBackend::Docker(d) => d.stop().await,
+            ServiceBackend::Compose(c) => c.stop().await,
         }
     }
 
@@ -78,6 +93,7 @@ impl ServiceBackend {
         match self {
             ServiceBackend::Process(p) => p.start().await,
             ServiceBackend::Docker(d) => d.start().await,
+            ServiceBackend::Compose(c) => c.start().await,
         }
     }
 
@@ -86,6 +102,7 @@ impl ServiceBackend {
         match self {
             ServiceBackend::Process(p) => p.switch_version(version).await,
             ServiceBackend::Docker(d) => d.switch_version(version).await,
+            ServiceBackend::Compose(c) => c.switch_version(version).await,
         }
     }
 
@@ -94,13 +111,16 @@ impl ServiceBackend {
         match self {
             ServiceBackend::Process(p) => p.healthy().await,
             ServiceBackend::Docker(d) => d.healthy().await,
+            ServiceBackend::Compose(c) => c.healthy().await,
         }
     }
 
     /// Wait until healthy; fail early, with its last output, if it stops running.
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<String, CapError> {
-        if let ServiceBackend::Docker(d) = self {
-            return d.wait_healthy(timeout).await;
+        match self {
+            ServiceBackend::Docker(d) => return d.wait_healthy(timeout).await,
+            ServiceBackend::Compose(c) => return c.wait_healthy(timeout).await,
+            ServiceBackend::Process(_) => {}
         }
         let started = Instant::now();
         loop {
@@ -133,6 +153,7 @@ impl ServiceBackend {
         match self {
             ServiceBackend::Process(_) => Ok(String::new()),
             ServiceBackend::Docker(d) => d.finalize().await,
+            ServiceBackend::Compose(c) => c.finalize().await,
         }
     }
 
@@ -141,6 +162,7 @@ impl ServiceBackend {
         match self {
             ServiceBackend::Process(p) => p.log_tail(20),
             ServiceBackend::Docker(d) => d.output_tail().await,
+            ServiceBackend::Compose(c) => c.output_tail().await,
         }
     }
 }
