@@ -98,31 +98,63 @@ fn operator_view(c: &Value) -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recreating_with_a_new_image_keeps_every_other_parameter() {
-    if !docker::available() {
-        return;
-    }
+/// A KWDB-like container running `version`, removed (with what Upshift kept beside it) on drop.
+struct Deployed {
+    name: String,
+    port: u16,
+    _cleanup: Containers,
+    _store: tempfile::TempDir,
+}
+
+async fn deploy(version: &str) -> Deployed {
     docker::images();
     let name = unique("upshift-kwdb");
-    let _cleanup = Containers(vec![
+    let cleanup = Containers(vec![
         name.clone(),
         format!("{name}-upshift-previous"),
         format!("{name}-upshift-next"),
     ]);
     let store = tempfile::tempdir().expect("store");
     let port = common::free_port();
-    docker::run_kwdb_like(&name, port, store.path(), "2.2.0");
-    assert_eq!(version_served(port).await, "2.2.0");
+    docker::run_kwdb_like(&name, port, store.path(), version);
+    assert_eq!(version_served(port).await, version);
+    Deployed {
+        name,
+        port,
+        _cleanup: cleanup,
+        _store: store,
+    }
+}
+
+/// The instance's caps for a fleet text, with the session they audit to.
+async fn caps_for(
+    env: &common::Env,
+    fleet_text: &str,
+) -> (
+    Session,
+    std::sync::Arc<upshift::caps::InstanceCaps>,
+    upshift::runtime::LoadedAdapter,
+) {
+    env.write_fleet(fleet_text);
+    let fleet = Fleet::load(&env.fleet()).expect("fleet");
+    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let (adapter, caps) = apply::prepare(&session, fleet.instance("kw").expect("kw"))
+        .await
+        .expect("prepare");
+    (session, caps, adapter)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreating_with_a_new_image_keeps_every_other_parameter() {
+    if !docker::available() {
+        return;
+    }
+    let deployed = deploy("2.2.0").await;
+    let (name, port) = (deployed.name.clone(), deployed.port);
     let before = docker::inspect(&name);
 
     let env = common::Env::new();
-    env.write_fleet(&fleet(&name, None, None));
-    let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
-    let (_, caps) = apply::prepare(&session, fleet.instance("kw").expect("kw"))
-        .await
-        .expect("prepare");
+    let (_session, caps, _) = caps_for(&env, &fleet(&name, None, None)).await;
     let app = caps.service_backend("app").expect("app");
     assert_eq!(app.inspect().await.expect("inspect").version, "2.2.0");
     app.stop().await.expect("stop");
@@ -171,26 +203,12 @@ async fn an_image_that_fails_to_start_puts_the_old_container_back_unchanged() {
     if !docker::available() {
         return;
     }
-    docker::images();
-    let name = unique("upshift-kwdb");
-    let _cleanup = Containers(vec![
-        name.clone(),
-        format!("{name}-upshift-previous"),
-        format!("{name}-upshift-next"),
-    ]);
-    let store = tempfile::tempdir().expect("store");
-    let port = common::free_port();
-    docker::run_kwdb_like(&name, port, store.path(), "2.2.0");
-    assert_eq!(version_served(port).await, "2.2.0");
+    let deployed = deploy("2.2.0").await;
+    let (name, port) = (deployed.name.clone(), deployed.port);
     let before = docker::inspect(&name);
 
     let env = common::Env::new();
-    env.write_fleet(&fleet(&name, None, None));
-    let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
-    let (_, caps) = apply::prepare(&session, fleet.instance("kw").expect("kw"))
-        .await
-        .expect("prepare");
+    let (_session, caps, _) = caps_for(&env, &fleet(&name, None, None)).await;
     let app = caps.service_backend("app").expect("app");
     app.stop().await.expect("stop");
     app.switch_version("9.9.9")
@@ -225,16 +243,8 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
     if !docker::available() {
         return;
     }
-    docker::images();
-    let name = unique("upshift-kwdb");
-    let _cleanup = Containers(vec![
-        name.clone(),
-        format!("{name}-upshift-previous"),
-        format!("{name}-upshift-next"),
-    ]);
-    let store = tempfile::tempdir().expect("store");
-    let port = common::free_port();
-    docker::run_kwdb_like(&name, port, store.path(), "2.2.0");
+    let deployed = deploy("2.2.0").await;
+    let (name, port) = (deployed.name.clone(), deployed.port);
 
     let switch = |version: &str| {
         Action::ServiceSwitch(SwitchAction {
@@ -258,11 +268,7 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
         (None, None, "3.0.0;rm", "cannot be an image tag"),
     ] {
         let env = common::Env::new();
-        env.write_fleet(&fleet(&name, images, access));
-        let fleet = Fleet::load(&env.fleet()).expect("fleet");
-        let session = Session::open(&env.data(), EventSink::discard()).expect("session");
-        let instance = fleet.instance("kw").expect("kw");
-        let (adapter, caps) = apply::prepare(&session, instance).await.expect("prepare");
+        let (session, caps, adapter) = caps_for(&env, &fleet(&name, images, access)).await;
         caps.set_run(Some("deny".into()));
         let ctx = RunContext {
             session: &session,
@@ -344,7 +350,7 @@ async fn a_compose_service_changes_only_its_image_and_comes_back_byte_for_byte()
     assert_eq!(version_served(port).await, "2.2.0");
 
     let env = common::Env::new();
-    env.write_fleet(&format!(
+    let compose_fleet = format!(
         r#"
 [[instance]]
 name = "kw"
@@ -364,12 +370,8 @@ image = "{REPO}:{{version}}"
 stop_timeout_secs = 2
 "#,
         file.display()
-    ));
-    let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
-    let (_, caps) = apply::prepare(&session, fleet.instance("kw").expect("kw"))
-        .await
-        .expect("prepare");
+    );
+    let (_session, caps, _) = caps_for(&env, &compose_fleet).await;
     let app = caps.service_backend("app").expect("app");
     let status = app.inspect().await.expect("inspect");
     assert!(status.running && status.version == "2.2.0", "{status:?}");

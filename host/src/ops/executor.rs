@@ -474,16 +474,7 @@ impl RunContext<'_> {
                     let summary = match action {
                         RollbackAction::RestoreFiles {
                             binding, from_step, ..
-                        } => {
-                            let backup = backups
-                                .iter()
-                                .find(|(step, _)| step == from_step)
-                                .map(|(_, b)| b.clone())
-                                .ok_or_else(|| {
-                                    CapError::Failed(format!("no snapshot from step `{from_step}`"))
-                                })?;
-                            self.restore_files(binding, &backup)?
-                        }
+                        } => self.restore_files(binding, taken_in(backups, from_step)?)?,
                         RollbackAction::Stop { binding } => {
                             self.caps.service_backend(binding)?.stop().await?
                         }
@@ -505,14 +496,8 @@ impl RunContext<'_> {
                         RollbackAction::Restore {
                             binding, from_step, ..
                         } => {
-                            let backup = backups
-                                .iter()
-                                .find(|(step, _)| step == from_step)
-                                .map(|(_, b)| b.clone())
-                                .ok_or_else(|| {
-                                    CapError::Failed(format!("no backup from step `{from_step}`"))
-                                })?;
-                            self.restore(binding, &backup, &RestoreTarget::SameDatabase, &[])
+                            let backup = taken_in(backups, from_step)?;
+                            self.restore(binding, backup, &RestoreTarget::SameDatabase, &[])
                                 .await?
                         }
                     };
@@ -528,6 +513,18 @@ impl RunContext<'_> {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// The backup or snapshot a run's step took.
+fn taken_in<'a>(
+    backups: &'a [(String, BackupRecord)],
+    step: &str,
+) -> Result<&'a BackupRecord, CapError> {
+    backups
+        .iter()
+        .find(|(s, _)| s == step)
+        .map(|(_, b)| b)
+        .ok_or_else(|| CapError::Failed(format!("no backup was taken in step `{step}`")))
 }
 
 fn operation_name(action: &Action) -> &'static str {
