@@ -464,11 +464,14 @@ impl Fleet {
                         ));
                     }
                 };
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                if !(url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.starts_with("mysql://"))
+                {
                     return Err(ctx.invalid(
                         at,
-                        format!("db binding `{bn}`: only postgres:// URLs are supported"),
-                        "use a postgres://user@host:port/database URL",
+                        format!("db binding `{bn}`: only postgres:// and mysql:// URLs are supported"),
+                        "use a postgres://user@host:port/database or mysql://user@host:port/database URL",
                     ));
                 }
                 let access = ctx.access(&rb.access, BindingKind::Db, &bn)?;

@@ -14,6 +14,7 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::CapError;
 use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
+use super::mysql::MySqlBackend;
 use super::pg_backup::{Manifest, TableFingerprint, fingerprints, hash_files, verify_files};
 use crate::runtime::bindings::Value;
 
@@ -26,8 +27,8 @@ pub struct Rows {
     pub rows: Vec<Vec<Value>>,
 }
 
-/// One bound database.
-pub struct DbBackend {
+/// One bound PostgreSQL database.
+pub struct PgBackend {
     url: String,
     database: String,
     client: Mutex<Option<Client>>,
@@ -58,9 +59,9 @@ pub fn plain_ident(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-impl DbBackend {
+impl PgBackend {
     /// A backend for `url` (a `postgres://` URL naming a database). Connects lazily.
-    pub fn new(url: &str) -> Result<DbBackend, CapError> {
+    pub fn new(url: &str) -> Result<PgBackend, CapError> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| CapError::Invalid(format!("database URL does not parse: {e}")))?;
@@ -68,7 +69,7 @@ impl DbBackend {
             .get_dbname()
             .ok_or_else(|| CapError::Invalid("database URL names no database".into()))?
             .to_string();
-        Ok(DbBackend {
+        Ok(PgBackend {
             url: url.to_string(),
             database,
             client: Mutex::new(None),
@@ -603,6 +604,178 @@ impl DbBackend {
             )
             .await
             .map_err(|e| failed("cannot rewrite the namespace", pg_message(&e)))
+    }
+}
+
+/// The database engine behind a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+}
+
+/// One bound database, by engine.
+pub enum DbBackend {
+    /// PostgreSQL.
+    Postgres(PgBackend),
+    /// MySQL or MariaDB.
+    MySql(MySqlBackend),
+}
+
+impl DbBackend {
+    /// A backend for `url`: `postgres://` or `mysql://`.
+    pub fn new(url: &str) -> Result<DbBackend, CapError> {
+        if url.starts_with("mysql://") {
+            Ok(DbBackend::MySql(MySqlBackend::new(url)?))
+        } else {
+            Ok(DbBackend::Postgres(PgBackend::new(url)?))
+        }
+    }
+
+    /// The engine, for SQL classification.
+    pub fn engine(&self) -> Engine {
+        match self {
+            DbBackend::Postgres(_) => Engine::Postgres,
+            DbBackend::MySql(_) => Engine::MySql,
+        }
+    }
+
+    /// The bound database's name.
+    pub fn database(&self) -> &str {
+        match self {
+            DbBackend::Postgres(b) => b.database(),
+            DbBackend::MySql(b) => b.database(),
+        }
+    }
+
+    /// Run one read statement in a read-only transaction.
+    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.query(sql, params).await,
+            DbBackend::MySql(b) => b.query(sql, params).await,
+        }
+    }
+
+    /// Run one statement that changes data or schema.
+    pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<(u64, u64), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.execute(sql, params).await,
+            DbBackend::MySql(b) => b.execute(sql, params).await,
+        }
+    }
+
+    /// Run statements atomically.
+    pub async fn transaction(
+        &self,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<(Vec<u64>, u64), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.transaction(statements).await,
+            DbBackend::MySql(b) => b.transaction(statements).await,
+        }
+    }
+
+    /// Whether a table exists.
+    pub async fn table_exists(&self, table: &str) -> Result<(bool, u64), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.table_exists(table).await,
+            DbBackend::MySql(b) => b.table_exists(table).await,
+        }
+    }
+
+    /// Clone by template (PostgreSQL only).
+    pub async fn clone_to(&self, copy: &str) -> Result<u64, CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.clone_to(copy).await,
+            DbBackend::MySql(_) => Err(CapError::Failed(
+                "template clones are PostgreSQL-only; on MySQL/MariaDB back up with method `dump`"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Dump into `dir` with a manifest; returns it and its sha256.
+    pub async fn dump_to(
+        &self,
+        dir: &Path,
+        product_version: &str,
+    ) -> Result<(Manifest, String), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.dump_to(dir, product_version).await,
+            DbBackend::MySql(b) => b.dump_to(dir, product_version).await,
+        }
+    }
+
+    /// Create `target` from a backup.
+    pub async fn materialize(&self, target: &str, source: &BackupSource) -> Result<(), CapError> {
+        match (self, source) {
+            (DbBackend::Postgres(b), _) => b.materialize(target, source).await,
+            (
+                DbBackend::MySql(b),
+                BackupSource::Dump {
+                    dir,
+                    manifest_sha256,
+                },
+            ) => b.materialize(target, dir, manifest_sha256).await,
+            (DbBackend::MySql(_), BackupSource::Clone(_)) => Err(CapError::Failed(
+                "clone backups cannot be restored into MySQL/MariaDB".into(),
+            )),
+        }
+    }
+
+    /// Swap `replacement` in under the bound name, keeping the current data as `keep_as`.
+    pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.swap_in(replacement, keep_as).await,
+            DbBackend::MySql(b) => b.swap_in(replacement, keep_as).await,
+        }
+    }
+
+    /// Rewrite a namespace column in `target`.
+    pub async fn rewrite_namespace(
+        &self,
+        target: &str,
+        table: &str,
+        column: &str,
+    ) -> Result<u64, CapError> {
+        if !plain_ident(table) || !plain_ident(column) {
+            return Err(CapError::Invalid(format!(
+                "namespace column `{table}.{column}` is not a plain identifier"
+            )));
+        }
+        match self {
+            DbBackend::Postgres(b) => b.rewrite_namespace(target, table, column).await,
+            DbBackend::MySql(b) => b.rewrite_namespace(target, table, column).await,
+        }
+    }
+
+    /// Row counts and checksums of database `name`'s tables.
+    pub async fn fingerprint_database(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.fingerprint_database(name).await,
+            DbBackend::MySql(b) => b.fingerprint_database(name).await,
+        }
+    }
+
+    /// Drop a scratch database.
+    pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.drop_database(name).await,
+            DbBackend::MySql(b) => b.drop_database(name).await,
+        }
+    }
+
+    /// The server's version string.
+    pub async fn server_version(&self) -> Result<String, CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.server_version().await,
+            DbBackend::MySql(b) => b.server_version().await,
+        }
     }
 }
 

@@ -5,9 +5,10 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{ObjectType, Statement, visit_expressions, visit_relations};
-use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::dialect::{MySqlDialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
 
+use super::db::Engine;
 use crate::grants::Access;
 
 /// Functions that reach outside the bound database or the server's normal data path.
@@ -32,6 +33,9 @@ const FORBIDDEN_FUNCTIONS: &[&str] = &[
     "pg_switch_wal",
     "pg_create_restore_point",
     "pg_file_write",
+    "load_file",
+    "sys_exec",
+    "sys_eval",
 ];
 
 /// Why a statement is refused before it reaches the database.
@@ -57,10 +61,18 @@ pub enum SqlRefusal {
     ForbiddenFunction(String),
 }
 
-/// The access one statement needs.
+/// The access one PostgreSQL statement needs.
 pub fn classify(sql: &str) -> Result<Access, SqlRefusal> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-        .map_err(|e| SqlRefusal::Unparseable(e.to_string()))?;
+    classify_for(Engine::Postgres, sql)
+}
+
+/// The access one statement needs, parsed in the engine's dialect.
+pub fn classify_for(engine: Engine, sql: &str) -> Result<Access, SqlRefusal> {
+    let parsed = match engine {
+        Engine::Postgres => Parser::parse_sql(&PostgreSqlDialect {}, sql),
+        Engine::MySql => Parser::parse_sql(&MySqlDialect {}, sql),
+    };
+    let statements = parsed.map_err(|e| SqlRefusal::Unparseable(e.to_string()))?;
     let [statement] = statements.as_slice() else {
         return Err(SqlRefusal::NotOneStatement(statements.len()));
     };
@@ -118,6 +130,19 @@ fn statement_access(statement: &Statement) -> Result<Access, SqlRefusal> {
             .to_uppercase()
     };
     match statement {
+        Statement::Query(q)
+            if statement
+                .to_string()
+                .to_ascii_uppercase()
+                .contains(" INTO OUTFILE ")
+                || statement
+                    .to_string()
+                    .to_ascii_uppercase()
+                    .contains(" INTO DUMPFILE ") =>
+        {
+            let _ = q;
+            Err(SqlRefusal::Forbidden("SELECT … INTO OUTFILE".into()))
+        }
         Statement::Query(q) => {
             if q.locks.is_empty() {
                 Ok(Access::Read)

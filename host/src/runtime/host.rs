@@ -7,6 +7,7 @@ use super::HostState;
 use super::bindings::upshift::adapter::{db, files, http, log, progress, service, types};
 use super::bindings::{CapError as WitCapError, Value};
 use crate::audit::Decision;
+use crate::caps::db::Engine;
 use crate::caps::limits::{MAX_LOG_LINE, MAX_LOG_PER_CALL, MAX_SQL_BYTES, MAX_STATEMENTS};
 use crate::caps::{CallRecord, CapError, Event, InstanceCaps, sql};
 use crate::grants::{Access, BindingKind};
@@ -77,7 +78,12 @@ fn sql_access(
         );
         return Err(deny(caps, binding, "db", operation, reason));
     }
-    sql::classify(sql_text).map_err(|e| deny(caps, binding, "db", operation, e.to_string()))
+    let engine = caps
+        .db
+        .get(binding)
+        .map_or(Engine::Postgres, |b| b.engine());
+    sql::classify_for(engine, sql_text)
+        .map_err(|e| deny(caps, binding, "db", operation, e.to_string()))
 }
 
 impl types::Host for HostState {}

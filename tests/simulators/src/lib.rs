@@ -6,4 +6,5 @@
 //! where the real products cannot be installed. See README.md beside this file.
 
 pub mod bytebase;
+pub mod mariadb;
 pub mod pg;

@@ -90,7 +90,7 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawn the server from a thread that never exits, so PR_SET_PDEATHSIG (which fires when the
 /// spawning *thread* ends) fires only when the process ends.
-fn spawn_supervised(mut cmd: Command) -> Result<Child, PgError> {
+pub(crate) fn spawn_supervised(mut cmd: Command) -> Result<Child, PgError> {
     static SPAWNER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<SpawnRequest>>> =
         std::sync::OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
