@@ -188,16 +188,13 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
             Some(s) => s.inspect().await.map(|s| s.version).unwrap_or_default(),
             None => String::new(),
         };
-        say(format!(
-            "  {:<9} {:<12} now serving {running}",
-            name,
-            match report.outcome {
-                Outcome::Succeeded => style("upgraded").green().to_string(),
-                Outcome::RolledBack => style("rolled back").yellow().to_string(),
-                Outcome::Refused => style("refused").yellow().to_string(),
-                Outcome::NeedsOperator => style("NEEDS OPERATOR").red().to_string(),
-            }
-        ));
+        let label = match report.outcome {
+            Outcome::Succeeded => style(format!("{:<14}", "upgraded")).green(),
+            Outcome::RolledBack => style(format!("{:<14}", "rolled back")).yellow(),
+            Outcome::Refused => style(format!("{:<14}", "refused")).yellow(),
+            Outcome::NeedsOperator => style(format!("{:<14}", "NEEDS OPERATOR")).red(),
+        };
+        say(format!("  {:<9} {label} now serving {running}", name));
         let expected = if name == "bb-alpha" {
             Outcome::Succeeded
         } else {

@@ -267,7 +267,11 @@ pub fn run_text(report: &RunReport) -> String {
         }
     }
     if let Some(f) = &report.failure {
-        out.push_str(&format!("  why: {}\n", f.lines().next().unwrap_or("")));
+        let mut lines = f.lines().filter(|l| !l.trim().is_empty());
+        out.push_str(&format!("  why: {}\n", lines.next().unwrap_or("")));
+        if let Some(last) = lines.next_back() {
+            out.push_str(&format!("       {}\n", last.trim()));
+        }
     }
     for c in &report.checks {
         out.push_str(&format!(

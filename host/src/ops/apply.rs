@@ -207,6 +207,7 @@ async fn prior_of(plan: &Plan, caps: &InstanceCaps) -> Result<Prior, OpError> {
             PriorService {
                 running: status.running,
                 version: status.version,
+                detail: status.detail,
             },
         );
     }
@@ -278,6 +279,7 @@ pub async fn offline_plan(
                     PriorService {
                         running: true,
                         version: from.to_string(),
+                        detail: "assumed (offline plan)".into(),
                     },
                 );
             }

@@ -138,6 +138,10 @@ pub struct PriorService {
     pub running: bool,
     /// Its version.
     pub version: String,
+    /// What the backend reported (for containers: the image reference and image id), recorded
+    /// before anything was touched.
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// What the host recorded before the first step.
@@ -380,6 +384,7 @@ mod tests {
             PriorService {
                 running: true,
                 version: "3.10.0".into(),
+                detail: String::new(),
             },
         );
         p
