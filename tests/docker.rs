@@ -428,3 +428,110 @@ stop_timeout_secs = 2
     app.finalize().await.expect("finalize");
     assert!(!kept.exists(), "dropped once verified");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_load_from_a_tar_in_a_bound_directory_only_when_granted() {
+    if !docker::available() {
+        return;
+    }
+    let deployed = deploy("2.2.0").await;
+    let files = tempfile::tempdir().expect("files");
+    let tag = format!("7.7.{}", std::process::id() % 1000);
+    let image = format!("{REPO}:{tag}");
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker");
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&["tag", &format!("{REPO}:3.0.0"), &image]);
+    sh(&[
+        "save",
+        "-o",
+        &files.path().join("kwdb.tar").display().to_string(),
+        &image,
+    ]);
+    sh(&["rmi", &image]);
+    std::fs::write(
+        files.path().parent().expect("parent").join("outside.tar"),
+        b"x",
+    )
+    .ok();
+
+    let adapter = format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR);
+    let fleet_text = |images: &str| {
+        format!(
+            "[[instance]]\nname = \"kw\"\nadapter = \"{adapter}\"\n[instance.files.data]\npath = \"{}\"\n\
+             [instance.service.app]\nkind = \"docker\"\ncontainer = \"{}\"\nimage = \"{REPO}:{{version}}\"\nimages = [\"{images}\"]\n",
+            files.path().display(),
+            deployed.name
+        )
+    };
+    let env = common::Env::new();
+    let (session, caps, adapter) = caps_for(&env, &fleet_text(REPO)).await;
+    let run = |name: &'static str, payload: String| {
+        let (session, caps, adapter) = (&session, caps.clone(), &adapter);
+        async move {
+            session
+                .runtime
+                .call(
+                    adapter,
+                    Some(caps),
+                    "run-step",
+                    session.runtime.deadlines().live,
+                    async |a, s| a.call_run_step(s, name, &payload).await,
+                )
+                .await
+                .expect("no trap")
+                .expect("answers")
+                .summary
+        }
+    };
+    assert_eq!(run("image-present", tag.clone()).await, "ok: false");
+    let loaded = run("service-load", "kwdb.tar".into()).await;
+    assert!(
+        loaded.starts_with("ok:") && loaded.contains(&image),
+        "{loaded}"
+    );
+    assert_eq!(run("image-present", tag.clone()).await, "ok: true");
+    let escape = run("service-load", "../outside.tar".into()).await;
+    assert!(
+        escape.contains("denied") && escape.contains("leaves the bound directory"),
+        "{escape}"
+    );
+
+    // A tar holding an image outside the granted repositories is undone and denied.
+    sh(&["rmi", &image]);
+    let env = common::Env::new();
+    let (session, caps, adapter) = caps_for(&env, &fleet_text("upshift-test/other")).await;
+    let denied = session
+        .runtime
+        .call(
+            &adapter,
+            Some(caps),
+            "run-step",
+            session.runtime.deadlines().live,
+            async |a, s| a.call_run_step(s, "service-load", "kwdb.tar").await,
+        )
+        .await
+        .expect("no trap")
+        .expect("answers")
+        .summary;
+    assert!(
+        denied.contains("outside the granted repositories"),
+        "{denied}"
+    );
+    let gone = std::process::Command::new("docker")
+        .args(["inspect", &image])
+        .output()
+        .expect("docker");
+    assert!(
+        !gone.status.success(),
+        "the ungranted image was removed again"
+    );
+}

@@ -201,6 +201,16 @@ impl ComposeBackend {
         }
     }
 
+    /// Whether the image for `version` is on the engine.
+    pub async fn image_present(&self, version: &str) -> Result<bool, CapError> {
+        self.images.image_present(version).await
+    }
+
+    /// `docker load` a tar file.
+    pub async fn load_image(&self, file: std::fs::File) -> Result<Vec<String>, CapError> {
+        self.images.load_image(file).await
+    }
+
     /// After a verified run: drop the kept previous file.
     pub async fn finalize(&self) -> Result<String, CapError> {
         let previous = self.previous_file();

@@ -468,6 +468,79 @@ impl DockerBackend {
         Ok(c.restart_count.unwrap_or(0) > 0 || c.state.and_then(|s| s.restarting).unwrap_or(false))
     }
 
+    /// Whether the image for `version` is on the engine.
+    pub async fn image_present(&self, version: &str) -> Result<bool, CapError> {
+        let image = self.image_for(version)?;
+        match self.docker().await?.inspect_image(&image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(failed(&format!("cannot inspect image {image}"), e)),
+        }
+    }
+
+    /// `docker load` a tar file (opened by the caller through the files capability), streamed.
+    /// Every image it contains must be in a granted repository; anything else loaded is removed
+    /// again and the call is denied.
+    pub async fn load_image(&self, file: std::fs::File) -> Result<Vec<String>, CapError> {
+        let docker = self.docker().await?;
+        let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+        let mut progress = docker.import_image_stream(
+            bollard::query_parameters::ImportImageOptionsBuilder::default()
+                .quiet(true)
+                .build(),
+            stream,
+            None,
+        );
+        let mut loaded = Vec::new();
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(|e| failed("docker load failed", e))?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(CapError::Failed(format!("docker load failed: {err}")));
+            }
+            if let Some(line) = info.stream {
+                for l in line.lines() {
+                    if let Some(image) = l.trim().strip_prefix("Loaded image: ") {
+                        loaded.push(image.to_string());
+                    }
+                }
+            }
+        }
+        let ungranted: Vec<&String> = loaded
+            .iter()
+            .filter(|i| {
+                !self
+                    .spec
+                    .images
+                    .iter()
+                    .any(|allowed| allowed == repository(i))
+            })
+            .collect();
+        if !ungranted.is_empty() {
+            for image in &ungranted {
+                let _ = docker
+                    .remove_image(
+                        image,
+                        None::<bollard::query_parameters::RemoveImageOptions>,
+                        None,
+                    )
+                    .await;
+            }
+            return Err(CapError::Denied(format!(
+                "the tar holds images outside the granted repositories ({}); they were removed again (granted: {})",
+                ungranted
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.spec.images.join(", ")
+            )));
+        }
+        if loaded.is_empty() {
+            return Err(CapError::Failed("docker load reported no image".into()));
+        }
+        Ok(loaded)
+    }
+
     /// After a verified run: remove the kept previous container.
     pub async fn finalize(&self) -> Result<String, CapError> {
         if self.inspect_named(&self.kept_name()).await?.is_none() {

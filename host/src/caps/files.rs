@@ -134,6 +134,18 @@ impl FilesBackend {
         Ok((out, bytes))
     }
 
+    /// Open a file for reading (inside the bound directory), for streaming it elsewhere.
+    pub fn open(&self, path: &str) -> Result<(std::fs::File, u64), CapError> {
+        let dir = self.dir()?;
+        let rel = relative(path)?;
+        let file = dir
+            .open(rel)
+            .map_err(|e| io("cannot open", path, e))?
+            .into_std();
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok((file, size))
+    }
+
     /// Whether a path exists (inside the bound directory).
     pub fn exists(&self, path: &str) -> Result<(bool, u64), CapError> {
         let dir = self.dir()?;

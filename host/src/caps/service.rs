@@ -148,6 +148,28 @@ impl ServiceBackend {
         }
     }
 
+    /// Whether the image for `version` is on the engine (container services only).
+    pub async fn image_present(&self, version: &str) -> Result<bool, CapError> {
+        match self {
+            ServiceBackend::Docker(d) => d.image_present(version).await,
+            ServiceBackend::Compose(c) => c.image_present(version).await,
+            ServiceBackend::Process(_) => {
+                Err(CapError::Invalid("a process service has no images".into()))
+            }
+        }
+    }
+
+    /// Load images from a tar file (container services only).
+    pub async fn load_image(&self, file: std::fs::File) -> Result<Vec<String>, CapError> {
+        match self {
+            ServiceBackend::Docker(d) => d.load_image(file).await,
+            ServiceBackend::Compose(c) => c.load_image(file).await,
+            ServiceBackend::Process(_) => {
+                Err(CapError::Invalid("a process service has no images".into()))
+            }
+        }
+    }
+
     /// After a verified run: drop what was kept for rolling back (the previous container).
     pub async fn finalize(&self) -> Result<String, CapError> {
         match self {

@@ -318,6 +318,62 @@ impl service::Host for HostState {
         })
         .await
     }
+
+    async fn image_present(&mut self, binding: String, version: String) -> CapResult<bool> {
+        with_caps(self.caps.clone(), async |caps| {
+            caps.guarded(
+                BindingKind::Service,
+                &binding,
+                Access::Inspect,
+                "image-present",
+                Some(version.clone()),
+                || async {
+                    Ok((
+                        caps.service_backend(&binding)?
+                            .image_present(&version)
+                            .await?,
+                        1,
+                    ))
+                },
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn load_image(
+        &mut self,
+        binding: String,
+        files_binding: String,
+        path: String,
+    ) -> CapResult<Vec<String>> {
+        with_caps(self.caps.clone(), async |caps| {
+            let file = caps
+                .guarded(
+                    BindingKind::Files,
+                    &files_binding,
+                    Access::Read,
+                    "open",
+                    Some(path.clone()),
+                    || async { caps.files_backend(&files_binding)?.open(&path) },
+                )
+                .await?;
+            caps.guarded(
+                BindingKind::Service,
+                &binding,
+                Access::Control,
+                "load-image",
+                Some(path.clone()),
+                || async {
+                    let images = caps.service_backend(&binding)?.load_image(file).await?;
+                    let bytes = images.iter().map(|i| i.len() as u64).sum();
+                    Ok((images, bytes))
+                },
+            )
+            .await
+        })
+        .await
+    }
 }
 
 impl http::Host for HostState {

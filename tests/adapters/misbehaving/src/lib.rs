@@ -3,7 +3,8 @@
 //! `plan(target)` chooses a behaviour: `loop` spins forever, `bomb` allocates until the memory
 //! limit, `huge` returns a plan of 100,000 steps, `panic` panics, `recurse` recurses without
 //! end. `run-step(name)` makes one capability call (`db-read`, `db-write`, `db-ddl`,
-//! `files-read`, `files-write`, `service-inspect`, `http-get`, `http-post`, `undeclared`) and
+//! `files-read`, `files-write`, `service-inspect`, `image-present`, `service-load`, `http-get`,
+//! `http-post`, `undeclared`; the payload is the step's argument) and
 //! reports the host's answer in its summary, so tests can check grants and denials.
 
 use upshift_adapter_sdk::{
@@ -18,7 +19,7 @@ upshift_adapter_sdk::manifest! {
     bindings: [
         { name: "meta", kind: db, access: [read, write], purpose: "read and write test rows", optional: true },
         { name: "data", kind: files, access: [read, snapshot, restore], purpose: "read files; the host snapshots and restores them", optional: true },
-        { name: "app", kind: service, access: [inspect], purpose: "inspect the service", optional: true },
+        { name: "app", kind: service, access: [inspect, control], purpose: "inspect the service and load its images", optional: true },
         { name: "api", kind: http, access: [read], purpose: "GET endpoints", optional: true },
     ],
 }
@@ -89,7 +90,7 @@ impl Guest for Misbehaving {
         }
     }
 
-    fn run_step(name: String, _payload: String) -> Result<StepOutput, AdapterError> {
+    fn run_step(name: String, payload: String) -> Result<StepOutput, AdapterError> {
         let summary = match name.as_str() {
             "db-read" => answer(db::query("meta", "SELECT 1 AS one", &[]).map(|r| r.rows.len())),
             "db-write" => answer(db::execute("meta", "DELETE FROM principal", &[])),
@@ -101,6 +102,8 @@ impl Guest for Misbehaving {
             "files-write" => answer(files::write("data", "hello.txt", b"overwritten")),
             "files-escape" => answer(files::read("data", "../outside.txt").map(|b| b.len())),
             "service-inspect" => answer(service::inspect("app").map(|s| s.running)),
+            "image-present" => answer(service::image_present("app", &payload)),
+            "service-load" => answer(service::load_image("app", "data", &payload)),
             "http-get" => answer(http::request("api", "GET", "/healthz", &[]).map(|r| r.status)),
             "http-post" => answer(http::request("api", "POST", "/healthz", &[]).map(|r| r.status)),
             "undeclared" => answer(db::query("other", "SELECT 1", &[]).map(|r| r.rows.len())),
