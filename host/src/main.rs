@@ -115,8 +115,26 @@ fn simulate(product: &str, args: &[String]) -> ExitCode {
                 }
             }
         }
+        "devlake" => {
+            let outcome =
+                upshift_sim::devlake::Config::from_args_and_env(args).and_then(|config| {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .context("cannot start the async runtime")?
+                        .block_on(upshift_sim::devlake::run(config))
+                });
+            match outcome {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("FATAL {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         other => {
-            eprintln!("error: no simulator for `{other}` (simulators: bytebase)");
+            eprintln!("error: no simulator for `{other}` (simulators: bytebase, devlake)");
             ExitCode::from(2)
         }
     }

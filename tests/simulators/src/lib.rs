@@ -6,5 +6,6 @@
 //! where the real products cannot be installed. See README.md beside this file.
 
 pub mod bytebase;
+pub mod devlake;
 pub mod mariadb;
 pub mod pg;
