@@ -26,6 +26,26 @@ pub struct Pg {
 static PG: OnceLock<Result<Pg, String>> = OnceLock::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Remove `<prefix>-<pid>` directories under the test tmpdir whose process is gone (a test
+/// binary cannot clean up after itself: its servers live until the process ends).
+pub fn sweep_stale(prefix: &str) {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name
+            .strip_prefix(&format!("{prefix}-"))
+            .and_then(|p| p.parse::<u32>().ok())
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// The tests' PostgreSQL, or `None` (with the reason printed) on a developer box without it.
 /// Under `CI=true` a missing PostgreSQL fails the test.
 pub fn pg() -> Option<&'static Pg> {
@@ -36,6 +56,7 @@ pub fn pg() -> Option<&'static Pg> {
                 _cluster: None,
             });
         }
+        sweep_stale("pg");
         let dir =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -24,6 +24,7 @@ pub fn mysql() -> Option<&'static MySql> {
                 _server: None,
             });
         }
+        super::sweep_stale("mariadb");
         let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("mariadb-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -15,7 +15,7 @@ use tokio_postgres::{Client, NoTls, Row};
 use super::CapError;
 use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
 use super::mysql::MySqlBackend;
-use super::pg_backup::{Manifest, TableFingerprint, fingerprints, hash_files, verify_files};
+use super::pg_backup::{DumpFacts, Manifest, TableFingerprint, fingerprints, seal, verify_files};
 use crate::runtime::bindings::Value;
 
 /// Rows returned to an adapter.
@@ -359,32 +359,20 @@ impl PgBackend {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let tool_version = tokio::process::Command::new(&bin)
-            .arg("--version")
-            .output()
-            .await
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        let hashed = partial.clone();
-        let files = tokio::task::spawn_blocking(move || hash_files(&hashed))
-            .await
-            .map_err(|e| failed("hashing the dump failed", e))??;
-        let manifest = Manifest {
-            format: "pg-directory".into(),
-            database: self.database.clone(),
-            product_version: product_version.to_string(),
-            server_version,
-            tool_version,
-            jobs,
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            files,
-            tables,
-        };
-        let sha = manifest.write(&partial)?;
-        tokio::fs::rename(&partial, dir)
-            .await
-            .map_err(|e| failed("cannot finish the dump directory", e))?;
-        Ok((manifest, sha))
+        seal(
+            &partial,
+            dir,
+            DumpFacts {
+                format: "pg-directory",
+                database: self.database.clone(),
+                product_version: product_version.to_string(),
+                server_version,
+                tool: bin,
+                jobs,
+                tables,
+            },
+        )
+        .await
     }
 
     /// Row counts and checksums of every table of database `name` on the same server.

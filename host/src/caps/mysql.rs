@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use super::CapError;
 use super::db::Rows;
 use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
-use super::pg_backup::{Manifest, TableFingerprint, hash_files, verify_files};
+use super::pg_backup::{DumpFacts, Manifest, TableFingerprint, seal, verify_files};
 use crate::runtime::bindings::Value;
 
 /// The dump file inside a MySQL backup directory.
@@ -379,32 +379,20 @@ impl MySqlBackend {
         .await
         .map_err(|e| failed("compressing the dump failed", e))?;
         written.map_err(|e| failed("cannot write the dump", e))?;
-        let tool_version = tokio::process::Command::new(&bin)
-            .arg("--version")
-            .output()
-            .await
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        let hashed = partial.clone();
-        let files = tokio::task::spawn_blocking(move || hash_files(&hashed))
-            .await
-            .map_err(|e| failed("hashing the dump failed", e))??;
-        let manifest = Manifest {
-            format: "mysql-dump-gz".into(),
-            database: self.database.clone(),
-            product_version: product_version.to_string(),
-            server_version,
-            tool_version,
-            jobs: 1,
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            files,
-            tables,
-        };
-        let sha = manifest.write(&partial)?;
-        tokio::fs::rename(&partial, dir)
-            .await
-            .map_err(|e| failed("cannot finish the dump directory", e))?;
-        Ok((manifest, sha))
+        seal(
+            &partial,
+            dir,
+            DumpFacts {
+                format: "mysql-dump-gz",
+                database: self.database.clone(),
+                product_version: product_version.to_string(),
+                server_version,
+                tool: bin,
+                jobs: 1,
+                tables,
+            },
+        )
+        .await
     }
 
     async fn admin_exec(&self, sql: &str) -> Result<(), CapError> {

@@ -222,6 +222,59 @@ pub fn compare_tables(
     out
 }
 
+/// What a dump recorded before it was sealed.
+pub struct DumpFacts {
+    /// `pg-directory` or `mysql-dump-gz`.
+    pub format: &'static str,
+    /// The database dumped.
+    pub database: String,
+    /// Product version the data was at.
+    pub product_version: String,
+    /// The server's version.
+    pub server_version: String,
+    /// The dump tool, for `--version`.
+    pub tool: PathBuf,
+    /// Parallel jobs used.
+    pub jobs: u32,
+    /// Every table's fingerprint.
+    pub tables: BTreeMap<String, TableFingerprint>,
+}
+
+/// Seal a finished dump in `partial`: hash its files, write the manifest, and only then give
+/// the directory its final name `dir`. Returns the manifest and its sha256.
+pub async fn seal(
+    partial: &Path,
+    dir: &Path,
+    facts: DumpFacts,
+) -> Result<(Manifest, String), CapError> {
+    let tool_version = tokio::process::Command::new(&facts.tool)
+        .arg("--version")
+        .output()
+        .await
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let hashed = partial.to_path_buf();
+    let files = tokio::task::spawn_blocking(move || hash_files(&hashed))
+        .await
+        .map_err(|e| CapError::Failed(format!("hashing the dump failed: {e}")))??;
+    let manifest = Manifest {
+        format: facts.format.into(),
+        database: facts.database,
+        product_version: facts.product_version,
+        server_version: facts.server_version,
+        tool_version,
+        jobs: facts.jobs,
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        files,
+        tables: facts.tables,
+    };
+    let sha = manifest.write(partial)?;
+    tokio::fs::rename(partial, dir)
+        .await
+        .map_err(|e| CapError::Failed(format!("cannot finish the dump directory: {e}")))?;
+    Ok((manifest, sha))
+}
+
 /// Where a backup's files live.
 pub fn backup_dir(backups: &Path, id: &str) -> PathBuf {
     backups.join(id)

@@ -14,6 +14,17 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn server() -> Option<&'static Server> {
     let s = SERVER.get_or_init(|| {
+        // Directories of earlier runs whose process is gone.
+        if let Ok(entries) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) {
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("dl-mariadb-")
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("dl-mariadb-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
