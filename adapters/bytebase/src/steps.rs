@@ -57,7 +57,7 @@ pub fn upgrade(current: &str, target: &semver::Version, offline: bool) -> Plan {
             "api",
             actuator_path(target),
             200,
-            Some(&format!("\"version\":\"{t}\"")),
+            Some(&t),
             format!("the API reports {t}"),
         ),
     ];

@@ -227,17 +227,26 @@ impl PgBackend {
     }
 
     async fn ensure_no_sessions(&self, admin: &Client, database: &str) -> Result<(), CapError> {
-        let rows = admin
-            .query(
-                "SELECT coalesce(application_name, ''), coalesce(client_addr::text, 'local') \
-                 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&database],
-            )
-            .await
-            .map_err(|e| failed("cannot list sessions", pg_message(&e)))?;
-        if rows.is_empty() {
-            return Ok(());
-        }
+        // A session that was just closed (ours included) can linger for a moment while its
+        // backend exits, so wait briefly before calling a session someone else's.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let rows = loop {
+            let rows = admin
+                .query(
+                    "SELECT coalesce(application_name, ''), coalesce(client_addr::text, 'local') \
+                     FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&database],
+                )
+                .await
+                .map_err(|e| failed("cannot list sessions", pg_message(&e)))?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let who: Vec<String> = rows
             .iter()
             .map(|r| {
