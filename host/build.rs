@@ -8,6 +8,9 @@ use std::process::Command;
 /// Adapter crates to build: (package, output name).
 const ADAPTERS: &[(&str, &str)] = &[
     ("upshift-adapter-bytebase", "bytebase"),
+    ("upshift-adapter-kwdb", "kwdb"),
+    ("upshift-adapter-openmetadata", "openmetadata"),
+    ("upshift-adapter-devlake", "devlake"),
     ("upshift-test-adapter-misbehaving", "test-misbehaving"),
 ];
 

@@ -12,10 +12,24 @@ pub struct Bundled {
 }
 
 /// The adapters shipped inside this binary.
-pub const BUNDLED: &[Bundled] = &[Bundled {
-    product: "bytebase",
-    wasm: include_bytes!(concat!(env!("UPSHIFT_ADAPTER_DIR"), "/bytebase.wasm")),
-}];
+pub const BUNDLED: &[Bundled] = &[
+    Bundled {
+        product: "bytebase",
+        wasm: include_bytes!(concat!(env!("UPSHIFT_ADAPTER_DIR"), "/bytebase.wasm")),
+    },
+    Bundled {
+        product: "kwdb",
+        wasm: include_bytes!(concat!(env!("UPSHIFT_ADAPTER_DIR"), "/kwdb.wasm")),
+    },
+    Bundled {
+        product: "openmetadata",
+        wasm: include_bytes!(concat!(env!("UPSHIFT_ADAPTER_DIR"), "/openmetadata.wasm")),
+    },
+    Bundled {
+        product: "devlake",
+        wasm: include_bytes!(concat!(env!("UPSHIFT_ADAPTER_DIR"), "/devlake.wasm")),
+    },
+];
 
 /// The bundled adapter for `product`.
 pub fn bundled(product: &str) -> Option<&'static Bundled> {

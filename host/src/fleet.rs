@@ -133,6 +133,11 @@ pub struct ProcessSpec {
     pub health_url: Option<String>,
     /// Seconds to wait after SIGTERM before SIGKILL.
     pub stop_timeout_secs: u64,
+    /// A job rather than a server: `start` runs it to completion and succeeds only when it
+    /// exits 0 (OpenMetadata's `openmetadata-ops.sh migrate`, Compose's `execute-migrate-all`).
+    pub oneshot: bool,
+    /// For a one-shot job: seconds it may run before it is killed and counted as failed.
+    pub run_timeout_secs: u64,
 }
 
 /// An HTTP binding.
@@ -286,6 +291,8 @@ struct RawService {
     images: Option<Vec<String>>,
     file: Option<String>,
     service: Option<String>,
+    oneshot: Option<bool>,
+    run_timeout_secs: Option<u64>,
     access: Option<Spanned<Vec<String>>>,
 }
 
@@ -464,14 +471,14 @@ impl Fleet {
                         ));
                     }
                 };
-                if !(url.starts_with("postgres://")
-                    || url.starts_with("postgresql://")
-                    || url.starts_with("mysql://"))
+                if !["postgres://", "postgresql://", "mysql://", "kwdb://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
                 {
                     return Err(ctx.invalid(
                         at,
-                        format!("db binding `{bn}`: only postgres:// and mysql:// URLs are supported"),
-                        "use a postgres://user@host:port/database or mysql://user@host:port/database URL",
+                        format!("db binding `{bn}`: only postgres://, mysql:// and kwdb:// URLs are supported"),
+                        "use a postgres://, mysql:// or kwdb:// (KWDB) URL of the form scheme://user@host:port/database",
                     ));
                 }
                 let access = ctx.access(&rb.access, BindingKind::Db, &bn)?;
@@ -496,6 +503,15 @@ impl Fleet {
                 check_name(&bn, at, "service")?;
                 let rb = rb.into_inner();
                 let access = ctx.access(&rb.access, BindingKind::Service, &bn)?;
+                if rb.kind.get_ref() != "process"
+                    && (rb.oneshot.is_some() || rb.run_timeout_secs.is_some())
+                {
+                    return Err(ctx.invalid(
+                        at,
+                        format!("service `{bn}`: `oneshot` and `run_timeout_secs` apply to process services only"),
+                        "run the job as `kind = \"process\"` (e.g. `docker run --rm …` as its command), or remove the keys",
+                    ));
+                }
                 let backend = match rb.kind.get_ref().as_str() {
                     "process" => {
                         let (Some(command), Some(version)) = (rb.command, rb.version) else {
@@ -519,6 +535,8 @@ impl Fleet {
                             workdir: rb.workdir.map(PathBuf::from),
                             health_url: rb.health_url,
                             stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
+                            oneshot: rb.oneshot.unwrap_or(false),
+                            run_timeout_secs: rb.run_timeout_secs.unwrap_or(1800),
                         })
                     }
                     "docker" => {

@@ -292,3 +292,65 @@ url = "http://127.0.0.1:{port}"
             .unwrap_or_default()
     )
 }
+
+/// The JSON a command printed on stdout (panics with both streams when it is not JSON).
+pub fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// What a command printed on stderr.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `GET http://127.0.0.1:PORT/PATH`: status and body (status 0 when nothing answers).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The ids of a report's steps in one phase (`forward` or `rollback`).
+pub fn step_ids(report: &serde_json::Value, phase: &str) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .filter(|s| s["phase"] == phase)
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Start services `bindings` of instance `name`, in order, and wait until each is healthy.
+pub async fn start_services(env: &Env, name: &str, bindings: &[&str]) {
+    let fleet = upshift::fleet::Fleet::load(&env.fleet()).expect("fleet");
+    let session = upshift::ops::Session::open(&env.data(), upshift::caps::EventSink::discard())
+        .expect("session");
+    let (_, caps) = upshift::ops::apply::prepare(&session, fleet.instance(name).expect("instance"))
+        .await
+        .expect("prepare");
+    for binding in bindings {
+        let service = caps.services.get(*binding).expect("bound service");
+        service
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("start {binding}: {e}"));
+        service
+            .wait_healthy(std::time::Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{binding} healthy: {e}"));
+    }
+}

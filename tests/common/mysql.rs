@@ -75,3 +75,34 @@ impl MySql {
         mysql_async::Conn::new(opts).await.expect("connect")
     }
 }
+
+/// Row count and `CHECKSUM TABLE` of each of `tables` in database `db`.
+pub async fn checksums(
+    conn: &mut mysql_async::Conn,
+    db: &str,
+    tables: &[String],
+) -> std::collections::BTreeMap<String, (u64, Option<u64>)> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in tables {
+        let count: Option<u64> = conn
+            .query_first(format!("SELECT COUNT(*) FROM `{db}`.`{t}`"))
+            .await
+            .unwrap_or_else(|e| panic!("count {t}: {e}"));
+        let sum: Option<(String, Option<u64>)> = conn
+            .query_first(format!("CHECKSUM TABLE `{db}`.`{t}`"))
+            .await
+            .unwrap_or_else(|e| panic!("checksum {t}: {e}"));
+        out.insert(t.clone(), (count.unwrap_or(0), sum.and_then(|s| s.1)));
+    }
+    out
+}
+
+/// The base tables of database `db`.
+pub async fn tables(conn: &mut mysql_async::Conn, db: &str) -> Vec<String> {
+    conn.exec(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY 1",
+        (db,),
+    )
+    .await
+    .expect("list tables")
+}

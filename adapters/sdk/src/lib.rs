@@ -17,7 +17,9 @@ pub mod bindings {
     });
 }
 
+pub mod live;
 pub mod manifest;
+pub mod rules;
 pub mod steps;
 pub mod versions;
 

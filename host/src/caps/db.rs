@@ -154,6 +154,30 @@ impl PgBackend {
         .await
     }
 
+    /// Run one statement that returns rows *and* does work (KWDB's `EXPORT` / `IMPORT`, which
+    /// answer with a job row), outside a read-only transaction.
+    pub async fn query_job(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
+        self.with_client(async |client| {
+            let stmt = client
+                .prepare(sql)
+                .await
+                .map_err(|e| failed("statement failed", pg_message(&e)))?;
+            let args = coerce_params(stmt.params(), params)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
+            let rows = client
+                .query(&stmt, &refs)
+                .await
+                .map_err(|e| failed("statement failed", pg_message(&e)))?;
+            let columns = stmt
+                .columns()
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect();
+            convert_rows(columns, &rows)
+        })
+        .await
+    }
+
     /// Run one statement that changes data or schema.
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<(u64, u64), CapError> {
         self.with_client(async |client| {
@@ -611,6 +635,8 @@ pub enum Engine {
     Postgres,
     /// MySQL or MariaDB.
     MySql,
+    /// KWDB (KaiwuDB): the PostgreSQL wire protocol with KWDB's own `EXPORT` / `IMPORT`.
+    Kwdb,
 }
 
 /// One bound database, by engine.
@@ -619,13 +645,27 @@ pub enum DbBackend {
     Postgres(PgBackend),
     /// MySQL or MariaDB.
     MySql(MySqlBackend),
+    /// KWDB, spoken to over the PostgreSQL wire protocol.
+    Kwdb(PgBackend),
+}
+
+/// Why a host backup action cannot run on KWDB.
+fn kwdb_no_host_backup(what: &str) -> CapError {
+    CapError::Failed(format!(
+        "{what} is not available on KWDB (it has no pg_dump or template clones); KWDB is backed up with EXPORT by the adapter, and the export directory is snapshotted"
+    ))
 }
 
 impl DbBackend {
-    /// A backend for `url`: `postgres://` or `mysql://`.
+    /// A backend for `url`: `postgres://`, `mysql://` or `kwdb://` (KWDB over the PostgreSQL
+    /// wire protocol).
     pub fn new(url: &str) -> Result<DbBackend, CapError> {
         if url.starts_with("mysql://") {
             Ok(DbBackend::MySql(MySqlBackend::new(url)?))
+        } else if let Some(rest) = url.strip_prefix("kwdb://") {
+            Ok(DbBackend::Kwdb(PgBackend::new(&format!(
+                "postgresql://{rest}"
+            ))?))
         } else {
             Ok(DbBackend::Postgres(PgBackend::new(url)?))
         }
@@ -636,13 +676,14 @@ impl DbBackend {
         match self {
             DbBackend::Postgres(_) => Engine::Postgres,
             DbBackend::MySql(_) => Engine::MySql,
+            DbBackend::Kwdb(_) => Engine::Kwdb,
         }
     }
 
     /// The bound database's name.
     pub fn database(&self) -> &str {
         match self {
-            DbBackend::Postgres(b) => b.database(),
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.database(),
             DbBackend::MySql(b) => b.database(),
         }
     }
@@ -650,15 +691,25 @@ impl DbBackend {
     /// Run one read statement in a read-only transaction.
     pub async fn query(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
         match self {
-            DbBackend::Postgres(b) => b.query(sql, params).await,
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.query(sql, params).await,
             DbBackend::MySql(b) => b.query(sql, params).await,
+        }
+    }
+
+    /// Run a KWDB `EXPORT` / `IMPORT`, which answers with a job row (KWDB only).
+    pub async fn query_job(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
+        match self {
+            DbBackend::Kwdb(b) => b.query_job(sql, params).await,
+            _ => Err(CapError::Invalid(
+                "only KWDB bindings run EXPORT / IMPORT statements".into(),
+            )),
         }
     }
 
     /// Run one statement that changes data or schema.
     pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<(u64, u64), CapError> {
         match self {
-            DbBackend::Postgres(b) => b.execute(sql, params).await,
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.execute(sql, params).await,
             DbBackend::MySql(b) => b.execute(sql, params).await,
         }
     }
@@ -669,7 +720,7 @@ impl DbBackend {
         statements: &[(String, Vec<Value>)],
     ) -> Result<(Vec<u64>, u64), CapError> {
         match self {
-            DbBackend::Postgres(b) => b.transaction(statements).await,
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.transaction(statements).await,
             DbBackend::MySql(b) => b.transaction(statements).await,
         }
     }
@@ -677,7 +728,7 @@ impl DbBackend {
     /// Whether a table exists.
     pub async fn table_exists(&self, table: &str) -> Result<(bool, u64), CapError> {
         match self {
-            DbBackend::Postgres(b) => b.table_exists(table).await,
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.table_exists(table).await,
             DbBackend::MySql(b) => b.table_exists(table).await,
         }
     }
@@ -690,6 +741,7 @@ impl DbBackend {
                 "template clones are PostgreSQL-only; on MySQL/MariaDB back up with method `dump`"
                     .into(),
             )),
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("a template clone")),
         }
     }
 
@@ -702,12 +754,14 @@ impl DbBackend {
         match self {
             DbBackend::Postgres(b) => b.dump_to(dir, product_version).await,
             DbBackend::MySql(b) => b.dump_to(dir, product_version).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("a dump")),
         }
     }
 
     /// Create `target` from a backup.
     pub async fn materialize(&self, target: &str, source: &BackupSource) -> Result<(), CapError> {
         match (self, source) {
+            (DbBackend::Kwdb(_), _) => Err(kwdb_no_host_backup("a database restore")),
             (DbBackend::Postgres(b), _) => b.materialize(target, source).await,
             (
                 DbBackend::MySql(b),
@@ -726,6 +780,7 @@ impl DbBackend {
     pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
         match self {
             DbBackend::Postgres(b) => b.swap_in(replacement, keep_as).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`swap_in`")),
             DbBackend::MySql(b) => b.swap_in(replacement, keep_as).await,
         }
     }
@@ -744,6 +799,7 @@ impl DbBackend {
         }
         match self {
             DbBackend::Postgres(b) => b.rewrite_namespace(target, table, column).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`rewrite_namespace`")),
             DbBackend::MySql(b) => b.rewrite_namespace(target, table, column).await,
         }
     }
@@ -755,6 +811,7 @@ impl DbBackend {
     ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
         match self {
             DbBackend::Postgres(b) => b.fingerprint_database(name).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`fingerprint_database`")),
             DbBackend::MySql(b) => b.fingerprint_database(name).await,
         }
     }
@@ -763,6 +820,7 @@ impl DbBackend {
     pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
         match self {
             DbBackend::Postgres(b) => b.drop_database(name).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`drop_database`")),
             DbBackend::MySql(b) => b.drop_database(name).await,
         }
     }
@@ -770,7 +828,7 @@ impl DbBackend {
     /// The server's version string.
     pub async fn server_version(&self) -> Result<String, CapError> {
         match self {
-            DbBackend::Postgres(b) => b.server_version().await,
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.server_version().await,
             DbBackend::MySql(b) => b.server_version().await,
         }
     }

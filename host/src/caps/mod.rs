@@ -11,6 +11,7 @@ pub mod docker;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod kwdb_sql;
 pub mod mysql;
 pub mod pg_backup;
 pub mod process;

@@ -26,6 +26,9 @@ pub struct ProcessState {
     pub pid: Option<u32>,
     /// The pid's start time (clock ticks since boot, from /proc).
     pub start_ticks: Option<u64>,
+    /// For a one-shot job: the exit code of its last run (`None`: never ran, or killed).
+    #[serde(default)]
+    pub last_exit: Option<i32>,
 }
 
 /// A process service.
@@ -83,8 +86,7 @@ impl ProcessBackend {
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProcessState {
                 version: self.spec.version.clone(),
-                pid: None,
-                start_ticks: None,
+                ..ProcessState::default()
             }),
             Err(e) => Err(failed(
                 &format!("cannot read {}", self.state_file.display()),
@@ -153,6 +155,92 @@ impl ProcessBackend {
         }
         let mut state = self.state()?;
         let words = self.command_for(&state.version)?;
+        let mut cmd = self.command(&words)?;
+        if self.spec.oneshot {
+            return self.run_to_completion(cmd, &words, state).await;
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed(&format!("cannot start `{}`", words[0]), e))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| CapError::Failed("the process exited before its pid was read".into()))?;
+        let start_ticks = proc_stat(pid).map(|(t, _)| t);
+        state.pid = Some(pid);
+        state.start_ticks = start_ticks;
+        self.save(&state)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            state.pid = None;
+            state.start_ticks = None;
+            self.save(&state)?;
+            return Err(CapError::Failed(format!(
+                "`{}` exited at once ({status}); last output:\n{}",
+                words.join(" "),
+                self.log_tail(15)
+            )));
+        }
+        *self.child.lock().await = Some(child);
+        Ok(format!("started {} (pid {pid})", state.version))
+    }
+
+    /// A one-shot job: run it, wait for it (killing it after `run_timeout_secs`), and succeed
+    /// only on exit 0. The exit code is recorded, so `healthy` means "the last run succeeded".
+    async fn run_to_completion(
+        &self,
+        mut cmd: tokio::process::Command,
+        words: &[String],
+        mut state: ProcessState,
+    ) -> Result<String, CapError> {
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed(&format!("cannot start `{}`", words[0]), e))?;
+        state.pid = child.id();
+        state.start_ticks = state.pid.and_then(proc_stat).map(|(t, _)| t);
+        state.last_exit = None;
+        self.save(&state)?;
+        let limit = Duration::from_secs(self.spec.run_timeout_secs);
+        let waited = tokio::time::timeout(limit, child.wait()).await;
+        state.pid = None;
+        state.start_ticks = None;
+        let outcome = match waited {
+            Ok(Ok(status)) => {
+                state.last_exit = status.code();
+                if status.success() {
+                    Ok(format!(
+                        "ran {} to completion in {:.1} s",
+                        state.version,
+                        started.elapsed().as_secs_f64()
+                    ))
+                } else {
+                    Err(CapError::Failed(format!(
+                        "`{}` failed ({status}); last output:\n{}",
+                        words.join(" "),
+                        self.log_tail(15)
+                    )))
+                }
+            }
+            Ok(Err(e)) => Err(failed("cannot wait for the job", e)),
+            Err(_) => {
+                if let Some(pid) = child.id() {
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+                let _ = child.wait().await;
+                Err(CapError::Failed(format!(
+                    "`{}` did not finish within {} s and was killed; last output:\n{}",
+                    words.join(" "),
+                    self.spec.run_timeout_secs,
+                    self.log_tail(15)
+                )))
+            }
+        };
+        self.save(&state)?;
+        outcome
+    }
+
+    /// The command for `words`, with the spec's environment, working directory and output file.
+    fn command(&self, words: &[String]) -> Result<tokio::process::Command, CapError> {
         if let Some(dir) = self.log_file.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
@@ -183,29 +271,7 @@ impl ProcessBackend {
         if let Some(dir) = &self.spec.workdir {
             cmd.current_dir(dir);
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| failed(&format!("cannot start `{}`", words[0]), e))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| CapError::Failed("the process exited before its pid was read".into()))?;
-        let start_ticks = proc_stat(pid).map(|(t, _)| t);
-        state.pid = Some(pid);
-        state.start_ticks = start_ticks;
-        self.save(&state)?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if let Ok(Some(status)) = child.try_wait() {
-            state.pid = None;
-            state.start_ticks = None;
-            self.save(&state)?;
-            return Err(CapError::Failed(format!(
-                "`{}` exited at once ({status}); last output:\n{}",
-                words.join(" "),
-                self.log_tail(15)
-            )));
-        }
-        *self.child.lock().await = Some(child);
-        Ok(format!("started {} (pid {pid})", state.version))
+        Ok(cmd)
     }
 
     /// Stop the process: SIGTERM to its process group, SIGKILL after the stop timeout.
@@ -261,8 +327,12 @@ impl ProcessBackend {
         Ok(format!("{previous} → {version}"))
     }
 
-    /// Healthy = running and, when a health URL is set, answering it with 2xx.
+    /// Healthy = running and, when a health URL is set, answering it with 2xx. For a one-shot
+    /// job: its last run exited 0.
     pub async fn healthy(&self) -> Result<bool, CapError> {
+        if self.spec.oneshot {
+            return Ok(self.state()?.last_exit == Some(0));
+        }
         if self.running_pid().await?.is_none() {
             return Ok(false);
         }

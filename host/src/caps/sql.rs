@@ -59,6 +59,9 @@ pub enum SqlRefusal {
         "function `{0}` is not allowed through the db capability (it reaches outside the bound database)"
     )]
     ForbiddenFunction(String),
+    /// A KWDB `EXPORT` / `IMPORT` whose path leaves the node's extern directory.
+    #[error("{0}")]
+    KwdbPath(String),
 }
 
 /// The access one PostgreSQL statement needs.
@@ -68,8 +71,13 @@ pub fn classify(sql: &str) -> Result<Access, SqlRefusal> {
 
 /// The access one statement needs, parsed in the engine's dialect.
 pub fn classify_for(engine: Engine, sql: &str) -> Result<Access, SqlRefusal> {
+    if engine == Engine::Kwdb
+        && let Some(kwdb_only) = super::kwdb_sql::classify(sql)
+    {
+        return kwdb_only;
+    }
     let parsed = match engine {
-        Engine::Postgres => Parser::parse_sql(&PostgreSqlDialect {}, sql),
+        Engine::Postgres | Engine::Kwdb => Parser::parse_sql(&PostgreSqlDialect {}, sql),
         Engine::MySql => Parser::parse_sql(&MySqlDialect {}, sql),
     };
     let statements = parsed.map_err(|e| SqlRefusal::Unparseable(e.to_string()))?;

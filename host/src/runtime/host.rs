@@ -97,7 +97,9 @@ impl db::Host for HostState {
     ) -> CapResult<db::Rows> {
         with_caps(self.caps.clone(), async |caps| {
             let access = sql_access(&caps, &binding, "query", &sql_text)?;
-            if access != Access::Read {
+            // KWDB's EXPORT / IMPORT answer with a job row, so they are run through `query`.
+            let job = matches!(access, Access::Backup | Access::Restore);
+            if access != Access::Read && !job {
                 return Err(CapError::Invalid(format!(
                     "`query` runs reads only; this statement needs `{access}`, use `execute`"
                 )));
@@ -106,10 +108,17 @@ impl db::Host for HostState {
                 .guarded(
                     BindingKind::Db,
                     &binding,
-                    Access::Read,
+                    access,
                     "query",
-                    Some("read".into()),
-                    || async { caps.db_backend(&binding)?.query(&sql_text, &params).await },
+                    Some(access.name().into()),
+                    || async {
+                        let backend = caps.db_backend(&binding)?;
+                        if job {
+                            backend.query_job(&sql_text, &params).await
+                        } else {
+                            backend.query(&sql_text, &params).await
+                        }
+                    },
                 )
                 .await?;
             Ok(db::Rows {

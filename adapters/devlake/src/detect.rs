@@ -1,0 +1,199 @@
+//! Reading the live instance: the version from `/version` (or the service while the 428 gate
+//! holds the API), the migration and locking history, and the secret the next start will read
+//! (product-facts §4.1–§4.4).
+
+use semver::Version;
+use upshift_adapter_sdk::rules::numeric;
+use upshift_adapter_sdk::{
+    AdapterError, Detection, describe_cap_error, error, fact, live, service, value_text,
+};
+
+use crate::rules::{Facts, secret_rename};
+use crate::secret;
+
+/// The database binding.
+pub const DB: &str = "lake";
+
+/// DevLake writes its tags with a `v`: `v1.0.1`.
+pub fn tag(v: &Version) -> String {
+    format!("v{v}")
+}
+
+/// What `/version` and the gate say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Api {
+    /// Serving this version.
+    Serving(String),
+    /// HTTP 428: migrations wait for confirmation.
+    Gated,
+    /// Not answering (stopped).
+    Down,
+}
+
+/// Ask the API.
+pub fn api() -> Api {
+    match live::get("api", "/version") {
+        Ok(a) if a.status == 200 => match a.field("version") {
+            Some(v) => Api::Serving(v.split('@').next().unwrap_or(&v).to_string()),
+            None => Api::Down,
+        },
+        Ok(a) if a.status == 428 => Api::Gated,
+        _ => Api::Down,
+    }
+}
+
+/// One `_devlake_locking_history` row.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// The version that started.
+    pub version: String,
+    /// Whether its migrations completed.
+    pub succeeded: bool,
+}
+
+/// The newest starts, newest first (MySQL keeps `succeeded` as TINYINT, PostgreSQL as
+/// boolean or smallint: read as text).
+pub fn starts() -> Result<Vec<Start>, AdapterError> {
+    if !live::table_exists(DB, "_devlake_locking_history")? {
+        return Ok(Vec::new());
+    }
+    let rows = live::rows(
+        DB,
+        "SELECT version, succeeded FROM _devlake_locking_history ORDER BY id DESC LIMIT 200",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Start {
+            version: r.first().and_then(value_text).unwrap_or_default(),
+            succeeded: matches!(
+                r.get(1).and_then(value_text).as_deref(),
+                Some("1" | "true" | "t")
+            ),
+        })
+        .collect())
+}
+
+/// Stored encrypted connection tokens: `(id, token)`.
+pub fn connections() -> Result<Vec<(String, String)>, AdapterError> {
+    if !live::table_exists(DB, "_tool_github_connections")? {
+        return Ok(Vec::new());
+    }
+    let rows = live::rows(
+        DB,
+        "SELECT id, token FROM _tool_github_connections ORDER BY id",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((value_text(r.first()?)?, value_text(r.get(1)?)?)))
+        .collect())
+}
+
+/// The facts of a detection, for the rules.
+pub fn facts_of(d: &Detection) -> Facts {
+    let flag = |k: &str| d.fact(k).map(|v| v == "true");
+    Facts {
+        has_encryption_secret: flag("has-encryption-secret"),
+        has_encode_key: flag("has-encode-key"),
+        secret_decrypts: d.fact("secret-decrypts").and_then(|v| match v {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }),
+        migration_confirmed: flag("migration-confirmed"),
+        last_migrated: d.fact("last-migrated").and_then(numeric),
+    }
+}
+
+/// Whether the secret `target` will read opens the stored tokens (`None`: nothing to test).
+pub fn secret_opens_tokens(
+    env: &secret::EnvSecrets,
+    target: &Version,
+) -> Result<Option<bool>, AdapterError> {
+    let tokens = connections()?;
+    let Some((_, token)) = tokens.first() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        secret::secret_for(env, *target >= secret_rename())
+            .is_some_and(|s| secret::opens(s, token)),
+    ))
+}
+
+/// Detect the version, the migration state and the secret; the secret test assumes the
+/// newest rules (ENCRYPTION_SECRET) unless the instance is older than v0.18.
+pub fn detect() -> Result<Detection, AdapterError> {
+    let deployed = service::inspect("app").map(|s| s.version).map_err(|e| {
+        error(format!(
+            "cannot inspect the DevLake service: {}",
+            describe_cap_error(&e)
+        ))
+    })?;
+    let api = api();
+    let version = match &api {
+        Api::Serving(v) => v.clone(),
+        Api::Gated | Api::Down => deployed.clone(),
+    };
+    let history = starts()?;
+    let current = numeric(&version);
+    let confirmed = match &api {
+        Api::Gated => false,
+        _ => history
+            .first()
+            .is_some_and(|s| s.succeeded && numeric(&s.version) == current),
+    };
+    let last_migrated = history
+        .iter()
+        .find(|s| s.succeeded)
+        .map(|s| s.version.clone());
+    let env = secret::read_env()?;
+    let reads_new = current.as_ref().is_none_or(|v| *v >= secret_rename());
+    let tokens = connections()?;
+    let decrypts = tokens.first().map(|(_, token)| {
+        secret::secret_for(&env, reads_new).is_some_and(|s| secret::opens(s, token))
+    });
+    let max_script = if live::table_exists(DB, "_devlake_migration_history")? {
+        live::scalar(
+            DB,
+            "SELECT max(script_version) FROM _devlake_migration_history",
+            &[],
+        )?
+    } else {
+        None
+    };
+    let mut facts = vec![
+        fact("deployed-version", &deployed),
+        fact(
+            "api",
+            match &api {
+                Api::Serving(v) => format!("serving {v}"),
+                Api::Gated => "428: waiting for migration confirmation".into(),
+                Api::Down => "not answering".into(),
+            },
+        ),
+        fact(
+            "env-file",
+            env.file.clone().unwrap_or_else(|| "none found".into()),
+        ),
+        fact(
+            "has-encryption-secret",
+            env.encryption_secret.is_some().to_string(),
+        ),
+        fact("has-encode-key", env.encode_key.is_some().to_string()),
+        fact(
+            "secret-decrypts",
+            decrypts.map_or("untested (no stored token)".to_string(), |d| d.to_string()),
+        ),
+        fact("migration-confirmed", confirmed.to_string()),
+        fact("connections", tokens.len().to_string()),
+        fact(
+            "max-script-version",
+            max_script.unwrap_or_else(|| "none".into()),
+        ),
+    ];
+    if let Some(v) = last_migrated {
+        facts.push(fact("last-migrated", v));
+    }
+    Ok(Detection { version, facts })
+}

@@ -1,0 +1,51 @@
+//! Checks after an upgrade (product-facts "What an adapter must encode → Apache DevLake →
+//! Verification").
+
+use upshift_adapter_sdk::live::{self, check, endpoint_ok};
+use upshift_adapter_sdk::rules::numeric;
+use upshift_adapter_sdk::{AdapterError, Check};
+
+use crate::detect::{Api, api, connections, starts};
+
+/// Every check for `expected` (a tag); failing checks are returned, not errors.
+pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
+    let mut out = vec![endpoint_ok("ping", "api", "/ping")];
+    let served = api();
+    out.push(check(
+        "api-version",
+        matches!(&served, Api::Serving(v) if numeric(v) == numeric(expected)),
+        format!("/version: {served:?}"),
+    ));
+    let newest = starts()?.into_iter().next();
+    out.push(check(
+        "locking-history",
+        newest
+            .as_ref()
+            .is_some_and(|s| s.succeeded && numeric(&s.version) == numeric(expected)),
+        match &newest {
+            Some(s) => format!("newest start: {} (succeeded: {})", s.version, s.succeeded),
+            None => "no _devlake_locking_history rows".into(),
+        },
+    ));
+    // The stored tokens must still decrypt through DevLake itself (§4.3).
+    for (id, _) in connections()? {
+        let path = format!("/plugins/github/connections/{id}");
+        out.push(match live::get("api", &path) {
+            Ok(a) => check(
+                &format!("connection-{id}-decrypts"),
+                a.status == 200,
+                format!(
+                    "{path} answered {}{}",
+                    a.status,
+                    if a.status == 200 {
+                        String::new()
+                    } else {
+                        format!(": {}", a.body.chars().take(200).collect::<String>())
+                    }
+                ),
+            ),
+            Err(e) => check(&format!("connection-{id}-decrypts"), false, e.message),
+        });
+    }
+    Ok(out)
+}
