@@ -8,4 +8,5 @@
 pub mod bytebase;
 pub mod devlake;
 pub mod mariadb;
+pub mod openmetadata;
 pub mod pg;
