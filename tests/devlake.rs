@@ -258,7 +258,7 @@ async fn a_failing_migration_script_is_rolled_back_to_identical_data() {
         step_ids(&report, "rollback"),
         [
             "rollback-stop-app",
-            "rollback-restore-config",
+            "rollback-restore-files-config",
             "rollback-restore-lake",
             "rollback-switch-app",
             "rollback-start-app",
