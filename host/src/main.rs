@@ -133,8 +133,12 @@ fn simulate(product: &str, args: &[String]) -> ExitCode {
                 }
             }
         }
+        // It builds its own runtime, like the simulator binary.
+        "openmetadata" => upshift_sim::openmetadata::main_with_args(args),
         other => {
-            eprintln!("error: no simulator for `{other}` (simulators: bytebase, devlake)");
+            eprintln!(
+                "error: no simulator for `{other}` (simulators: bytebase, devlake, openmetadata)"
+            );
             ExitCode::from(2)
         }
     }

@@ -304,9 +304,13 @@ pub fn json(out: &std::process::Output) -> serde_json::Value {
     })
 }
 
-/// What a command printed on stderr.
+/// What a command printed on stderr, then its stdout (for assertion messages).
 pub fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    format!(
+        "{}\nstdout:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
 }
 
 /// `GET http://127.0.0.1:PORT/PATH`: status and body (status 0 when nothing answers).

@@ -93,8 +93,9 @@ pub fn known_major(product: &str, target: &Version, newest: u64) -> Result<(), R
     Ok(())
 }
 
-/// The numeric `major.minor.patch` of a version with a suffix (`2.0.0-baseline`,
-/// `1.1.0-extension`, `v1.0.1@abc`); `None` when there is none.
+/// The numeric `major.minor[.patch]` of a version with a suffix (`2.0.0-baseline`,
+/// `1.1.0-extension`, `v1.0.1@abc`); `None` when there is none. A bare number (OpenMetadata's
+/// Flyway rows `000`, `001`) is not a product version.
 pub fn numeric(text: &str) -> Option<Version> {
     let core: String = text
         .trim()
@@ -102,7 +103,11 @@ pub fn numeric(text: &str) -> Option<Version> {
         .chars()
         .take_while(|c| c.is_ascii_digit() || *c == '.')
         .collect();
-    versions::parse(core.trim_end_matches('.'))
+    let core = core.trim_end_matches('.');
+    if !core.contains('.') {
+        return None;
+    }
+    versions::parse(core)
 }
 
 #[cfg(test)]
@@ -116,6 +121,7 @@ mod tests {
         assert_eq!(numeric("1.1.0-extension"), Some(Version::new(1, 1, 0)));
         assert_eq!(numeric("V3.2"), Some(Version::new(3, 2, 0)));
         assert_eq!(numeric("abc"), None);
+        assert_eq!(numeric("002"), None);
     }
 
     #[test]

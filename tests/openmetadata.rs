@@ -1,0 +1,352 @@
+//! OpenMetadata end to end through the `upshift` binary, on real PostgreSQL and MariaDB: an
+//! upgrade that migrates through the one-shot `migrate` job with every seeded entity intact, a
+//! failing migration rolled back to identical data, the 2.0 gate and the other refusals,
+//! offline plans, and a restore that puts the backup's version back on its own data.
+//! OpenMetadata is played by the simulator in tests/simulators (test infrastructure that
+//! behaves as OpenMetadata does at upgrade time).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Env, connect, free_port, http_get, json, start_services, stderr, step_ids};
+
+/// Where the instance's database is, as the server's environment spells it.
+struct Db {
+    url: String,
+    scheme: &'static str,
+    port: String,
+    user: &'static str,
+    name: String,
+}
+
+fn db_on(url: &str, scheme: &'static str, user: &'static str, name: &str) -> Db {
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    Db {
+        url: url.to_string(),
+        scheme,
+        port,
+        user,
+        name: name.to_string(),
+    }
+}
+
+/// An OpenMetadata instance `om` on `db`, installed at `version` and seeded.
+struct Om {
+    env: Env,
+    port: u16,
+}
+
+fn fleet(db: &Db, version: &str, port: u16, admin: u16, extra_env: &str) -> String {
+    let env = format!(
+        "{{ DB_SCHEME = \"{}\", DB_HOST = \"127.0.0.1\", DB_PORT = \"{}\", DB_USER = \"{}\", DB_USER_PASSWORD = \"\", OM_DATABASE = \"{}\", FERNET_KEY = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"{extra_env} }}",
+        db.scheme, db.port, db.user, db.name
+    );
+    format!(
+        r#"
+[[instance]]
+name = "om"
+product = "openmetadata"
+
+[instance.db.meta]
+url = "{url}"
+
+[instance.service.server]
+kind = "process"
+command = "'{exe}' simulate openmetadata --version {{version}} server --port {port} --admin-port {admin}"
+version = "{version}"
+health_url = "http://127.0.0.1:{admin}/healthcheck"
+stop_timeout_secs = 10
+env = {env}
+
+[instance.service.migrate]
+kind = "process"
+oneshot = true
+run_timeout_secs = 120
+command = "'{exe}' simulate openmetadata --version {{version}} migrate"
+version = "{version}"
+env = {env}
+
+[instance.http.api]
+url = "http://127.0.0.1:{port}"
+
+[instance.http.admin]
+url = "http://127.0.0.1:{admin}"
+"#,
+        url = db.url,
+        exe = env!("CARGO_BIN_EXE_upshift"),
+    )
+}
+
+async fn installed(db: &Db, version: &str, extra_env: &str) -> Om {
+    let env = Env::new();
+    let (port, admin) = (free_port(), free_port());
+    env.write_fleet(&fleet(db, version, port, admin, extra_env));
+    // A fresh install: the migrate job, seed, then the server.
+    start_services(&env, "om", &["migrate"]).await;
+    if db.scheme == "postgresql" {
+        upshift_sim::openmetadata::seed_pg(&connect(&db.url).await, 25)
+            .await
+            .expect("seed");
+    } else {
+        let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&db.url).expect("url"))
+            .await
+            .expect("connect");
+        upshift_sim::openmetadata::seed_mysql(&mut conn, 25)
+            .await
+            .expect("seed");
+    }
+    start_services(&env, "om", &["server"]).await;
+    Om { env, port }
+}
+
+async fn pg_om(pg: &common::Pg, version: &str, extra_env: &str) -> (Om, Db) {
+    let (name, url) = pg.fresh_db("om").await;
+    let db = db_on(&url, "postgresql", "postgres", &name);
+    (installed(&db, version, extra_env).await, db)
+}
+
+async fn version(port: u16) -> String {
+    let (status, body) = http_get(port, "/api/v1/version").await;
+    assert_eq!(status, 200, "/api/v1/version: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["version"].as_str().unwrap_or_default().to_string()
+}
+
+/// Row count and checksum of every entity table (the change-log tables grow by design).
+async fn entities(url: &str) -> BTreeMap<String, (i64, String)> {
+    common::table_checksums(url)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t.ends_with("_entity") || t == "entity_relationship")
+        .collect()
+}
+
+async fn max_change_log(url: &str) -> Vec<String> {
+    let client = connect(url).await;
+    client
+        .query(
+            "SELECT version FROM server_change_log ORDER BY installed_rank",
+            &[],
+        )
+        .await
+        .expect("change log")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_migrates_through_the_job_and_keeps_every_entity() {
+    let Some(pg) = common::pg() else { return };
+    let (om, db) = pg_om(pg, "1.9.0", "").await;
+    let before = entities(&db.url).await;
+    assert!(
+        before.get("table_entity").is_some_and(|(n, _)| *n >= 25),
+        "{before:?}"
+    );
+
+    let out = om
+        .env
+        .upshift(&["apply", "om", "--to", "1.12.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    assert_eq!(
+        step_ids(&report, "forward"),
+        [
+            "preflight",
+            "stop",
+            "backup-meta",
+            "switch-server",
+            "switch-migrate",
+            "migrate",
+            "start",
+            "wait-healthy",
+            "check-version"
+        ]
+    );
+    let checks = report["checks"].as_array().expect("checks");
+    assert!(
+        checks.len() >= 7 && checks.iter().all(|c| c["passed"] == true),
+        "{checks:?}"
+    );
+    assert_eq!(report["backups"][0]["product_version"], "1.9.0");
+    assert_eq!(version(om.port).await, "1.12.1");
+    assert!(
+        max_change_log(&db.url)
+            .await
+            .contains(&"1.12.0".to_string())
+    );
+    let after = entities(&db.url).await;
+    for (table, (n, _)) in &before {
+        assert!(
+            after.get(table).is_some_and(|(m, _)| m >= n),
+            "{table}: {before:?} → {after:?}"
+        );
+    }
+
+    // Restore: the 1.9.0 backup goes back into a clean database and 1.9.0 starts on it.
+    let restore = report["rollback_command"]
+        .as_str()
+        .expect("rollback command")
+        .to_string();
+    let mut args: Vec<&str> = restore.split_whitespace().skip(1).collect();
+    args.extend(["--yes", "--json"]);
+    let out = om.env.upshift(&args);
+    assert_eq!(out.status.code(), Some(0), "{restore}: {}", stderr(&out));
+    assert_eq!(version(om.port).await, "1.9.0");
+    assert_eq!(
+        entities(&db.url).await,
+        before,
+        "the backup's data, exactly"
+    );
+    assert!(
+        !max_change_log(&db.url)
+            .await
+            .iter()
+            .any(|v| v.starts_with("1.1")),
+        "a 1.9.0-shaped database"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_migration_is_rolled_back_to_identical_data() {
+    let Some(pg) = common::pg() else { return };
+    // 1.12.1's own migration (1.12.0) fails after its schema changes ran.
+    let (om, db) = pg_om(pg, "1.9.0", ", OM_SIM_FAIL_MIGRATION = \"1.12.0\"").await;
+    let before = common::table_checksums(&db.url).await;
+
+    let out = om
+        .env
+        .upshift(&["apply", "om", "--to", "1.12.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "rolled-back");
+    assert_eq!(
+        step_ids(&report, "rollback"),
+        [
+            "rollback-stop-server",
+            "rollback-stop-migrate",
+            "rollback-restore-meta",
+            "rollback-switch-server",
+            "rollback-switch-migrate",
+            "rollback-start-server",
+            "rollback-wait-server"
+        ]
+    );
+    assert_eq!(
+        common::table_checksums(&db.url).await,
+        before,
+        "every table is identical"
+    );
+    assert_eq!(
+        version(om.port).await,
+        "1.9.0",
+        "the old version serves again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_refusals_name_the_rule() {
+    let Some(pg) = common::pg() else { return };
+    let (om, db) = pg_om(pg, "1.12.1", "").await;
+    let out = om.env.upshift(&["plan", "om", "--to", "2.1.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "via-latest-2.0", "{refusal}");
+    assert_eq!(refusal["path"], serde_json::json!(["2.0.3", "2.1.0"]));
+    let out = om.env.upshift(&["plan", "om", "--to", "1.9.0", "--json"]);
+    assert_eq!(json(&out)["outcome"]["rule"], "downgrade");
+
+    // Through 2.0.3 it goes; a FAILED change-log row then blocks the next upgrade.
+    let out = om
+        .env
+        .upshift(&["apply", "om", "--to", "2.0.3", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    connect(&db.url)
+        .await
+        .execute(
+            "UPDATE server_change_log SET status = 'FAILED' WHERE version = '2.0.3'",
+            &[],
+        )
+        .await
+        .expect("mark failed");
+    let out = om
+        .env
+        .upshift(&["apply", "om", "--to", "2.1.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["refusal"]["rule"], "unfinished-migrations");
+    assert_eq!(version(om.port).await, "2.0.3", "nothing was touched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_on_mariadb_crosses_into_2_0() {
+    let Some(my) = common::mysql::mysql() else {
+        return;
+    };
+    let (name, url) = my.fresh_db("om").await;
+    let db = db_on(&url, "mysql", "root", &name);
+    let om = installed(&db, "1.12.1", "").await;
+    let out = om
+        .env
+        .upshift(&["apply", "om", "--to", "2.0.3", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert!(
+        report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .all(|c| c["passed"] == true),
+        "{report}"
+    );
+    assert_eq!(version(om.port).await, "2.0.3");
+    let out = om
+        .env
+        .upshift(&["apply", "om", "--to", "2.1.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(version(om.port).await, "2.1.0");
+}
+
+#[test]
+fn offline_plans_follow_the_version_paths() {
+    let env = Env::new();
+    let plan = |from: &str, to: &str| {
+        let out = env.upshift(&[
+            "plan",
+            "--product",
+            "openmetadata",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--json",
+        ]);
+        (out.status.code(), json(&out))
+    };
+    let (code, v) = plan("1.9.0", "1.12.1");
+    assert_eq!(code, Some(0), "{v}");
+    let (code, v) = plan("1.12.1", "2.1.0");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("via-latest-2.0"))
+    );
+    assert_eq!(v["outcome"]["path"], serde_json::json!(["2.0.3", "2.1.0"]));
+    let (code, _) = plan("2.0.3", "2.1.0");
+    assert_eq!(code, Some(0));
+    let (code, v) = plan("2.0.3", "1.12.1");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("downgrade"))
+    );
+    let (code, v) = plan("2.1.0", "3.0.0");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("unknown-major"))
+    );
+}
