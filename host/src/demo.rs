@@ -1,7 +1,8 @@
 //! `upshift demo`: a self-contained tour on a fresh machine. It starts a throwaway PostgreSQL
-//! under the data directory, runs two simulated Bytebase instances (test infrastructure, not
-//! the real product), upgrades one, and shows a second whose migration fails and is rolled
-//! back. It stops everything it started before it exits.
+//! under the data directory and a mixed fleet of simulated products (test infrastructure, not
+//! the real products) with seeded data — two Bytebase instances, OpenMetadata, DevLake and
+//! KWDB — upgrades each, and shows one Bytebase whose migration fails being rolled back. It
+//! stops everything it started before it exits.
 
 use std::path::{Path, PathBuf};
 
@@ -13,26 +14,63 @@ use upshift::ops::apply::{self, Outcome};
 
 use crate::{Exit, ui};
 
-const FROM: &str = "3.10.0";
-const TO: &str = "3.11.1";
-
 fn free_port() -> Result<u16, Exit> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
-fn fleet_text(exe: &Path, cluster: &upshift_sim::pg::Cluster, ports: [u16; 2]) -> String {
-    let mut out = String::from("# Written by `upshift demo`: two simulated Bytebase instances.\n");
-    for (name, port, fail) in [
-        ("bb-alpha", ports[0], None),
-        ("bb-beta", ports[1], Some(TO)),
-    ] {
-        let db = name.replace('-', "_");
-        out.push_str(&format!(
+/// How a member's data is seeded once its first services run.
+#[derive(Clone, Copy)]
+enum Seed {
+    Bytebase,
+    OpenMetadata,
+    DevLake,
+    Kwdb,
+}
+
+/// One instance of the demo fleet.
+struct Member {
+    name: &'static str,
+    from: &'static str,
+    to: &'static str,
+    expect: Outcome,
+    /// The `[[instance]]` block.
+    fleet: String,
+    /// Services started before seeding, then after.
+    start_before_seed: &'static [&'static str],
+    start_after_seed: &'static [&'static str],
+    seed: Seed,
+    /// The service whose version the summary reports.
+    primary: &'static str,
+    /// Where the seed connects (PostgreSQL URL, or the simulator's own SQL port for KWDB).
+    seed_url: String,
+}
+
+const DEVLAKE_SECRET: &str = "demo-encryption-secret";
+const OM_FERNET: &str = "jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=";
+
+fn bytebase(exe: &Path, url: &str, name: &'static str, fail: bool) -> Result<Member, Exit> {
+    let port = free_port()?;
+    let fail = if fail {
+        ", BB_SIM_FAIL_MIGRATION = \"3.11.1\""
+    } else {
+        ""
+    };
+    Ok(Member {
+        name,
+        from: "3.10.0",
+        to: "3.11.1",
+        expect: if fail.is_empty() {
+            Outcome::Succeeded
+        } else {
+            Outcome::RolledBack
+        },
+        fleet: format!(
             r#"
 [[instance]]
 name = "{name}"
 product = "bytebase"
+labels = {{ product = "bytebase" }}
 
 [instance.db.meta]
 url = "{url}"
@@ -40,7 +78,7 @@ url = "{url}"
 [instance.service.app]
 kind = "process"
 command = "'{exe}' simulate bytebase --version {{version}} --port {port}"
-version = "{FROM}"
+version = "3.10.0"
 health_url = "http://127.0.0.1:{port}/healthz"
 stop_timeout_secs = 10
 env = {{ PG_URL = "{url}"{fail} }}
@@ -49,13 +87,158 @@ env = {{ PG_URL = "{url}"{fail} }}
 url = "http://127.0.0.1:{port}"
 "#,
             exe = exe.display(),
-            url = cluster.url(&db),
-            fail = fail
-                .map(|v| format!(", BB_SIM_FAIL_MIGRATION = \"{v}\""))
-                .unwrap_or_default(),
-        ));
-    }
-    out
+        ),
+        start_before_seed: &["app"],
+        start_after_seed: &[],
+        seed: Seed::Bytebase,
+        primary: "app",
+        seed_url: url.to_string(),
+    })
+}
+
+fn openmetadata(exe: &Path, url: &str, pg_port: u16, db: &str) -> Result<Member, Exit> {
+    let (port, admin) = (free_port()?, free_port()?);
+    let env = format!(
+        "{{ DB_SCHEME = \"postgresql\", DB_HOST = \"127.0.0.1\", DB_PORT = \"{pg_port}\", DB_USER = \"postgres\", DB_USER_PASSWORD = \"\", OM_DATABASE = \"{db}\", FERNET_KEY = \"{OM_FERNET}\" }}"
+    );
+    Ok(Member {
+        name: "om",
+        from: "1.9.0",
+        to: "1.12.1",
+        expect: Outcome::Succeeded,
+        fleet: format!(
+            r#"
+[[instance]]
+name = "om"
+product = "openmetadata"
+
+[instance.db.meta]
+url = "{url}"
+
+[instance.service.server]
+kind = "process"
+command = "'{exe}' simulate openmetadata --version {{version}} server --port {port} --admin-port {admin}"
+version = "1.9.0"
+health_url = "http://127.0.0.1:{admin}/healthcheck"
+stop_timeout_secs = 10
+env = {env}
+
+[instance.service.migrate]
+kind = "process"
+oneshot = true
+run_timeout_secs = 120
+command = "'{exe}' simulate openmetadata --version {{version}} migrate"
+version = "1.9.0"
+env = {env}
+
+[instance.http.api]
+url = "http://127.0.0.1:{port}"
+
+[instance.http.admin]
+url = "http://127.0.0.1:{admin}"
+"#,
+            exe = exe.display(),
+        ),
+        start_before_seed: &["migrate"],
+        start_after_seed: &["server"],
+        seed: Seed::OpenMetadata,
+        primary: "server",
+        seed_url: url.to_string(),
+    })
+}
+
+fn devlake(exe: &Path, root: &Path, url: &str) -> Result<Member, Exit> {
+    let port = free_port()?;
+    let config = root.join("devlake");
+    std::fs::create_dir_all(&config)?;
+    std::fs::write(
+        config.join(".env"),
+        format!("# DevLake\nPORT={port}\nDB_URL={url}\nENCRYPTION_SECRET={DEVLAKE_SECRET}\n"),
+    )?;
+    Ok(Member {
+        name: "lake",
+        from: "v1.0.0",
+        to: "v1.0.1",
+        expect: Outcome::Succeeded,
+        fleet: format!(
+            r#"
+[[instance]]
+name = "lake"
+product = "devlake"
+
+[instance.db.lake]
+url = "{url}"
+
+[instance.service.app]
+kind = "process"
+command = "'{exe}' simulate devlake --version {{version}}"
+version = "v1.0.0"
+health_url = "http://127.0.0.1:{port}/ping"
+stop_timeout_secs = 10
+env = {{ ENV_FILE = "{env_file}" }}
+
+[instance.http.api]
+url = "http://127.0.0.1:{port}"
+
+[instance.files.config]
+path = "{config}"
+"#,
+            exe = exe.display(),
+            env_file = config.join(".env").display(),
+            config = config.display(),
+        ),
+        start_before_seed: &["app"],
+        start_after_seed: &[],
+        seed: Seed::DevLake,
+        primary: "app",
+        seed_url: url.to_string(),
+    })
+}
+
+fn kwdb(exe: &Path, root: &Path, backing: &str) -> Result<Member, Exit> {
+    let (sql, http) = (free_port()?, free_port()?);
+    let store = root.join("kwdb").join("store");
+    let external = root.join("kwdb").join("extern");
+    std::fs::create_dir_all(&store)?;
+    std::fs::create_dir_all(&external)?;
+    Ok(Member {
+        name: "kw",
+        from: "3.0.0",
+        to: "3.1.0",
+        expect: Outcome::Succeeded,
+        fleet: format!(
+            r#"
+[[instance]]
+name = "kw"
+product = "kwdb"
+
+[instance.db.sql]
+url = "kwdb://root@127.0.0.1:{sql}/defaultdb"
+
+[instance.service.app]
+kind = "process"
+command = "'{exe}' simulate kwdb start-single-node --sim-version {{version}} --insecure --listen-addr=127.0.0.1:{sql} --http-addr=127.0.0.1:{http} --store={store} --external-io-dir={external}"
+version = "3.0.0"
+health_url = "http://127.0.0.1:{http}/health"
+stop_timeout_secs = 10
+env = {{ KWDB_SIM_BACKING_URL = "{backing}" }}
+
+[instance.files.store]
+path = "{store}"
+
+[instance.files.extern]
+path = "{external}"
+"#,
+            exe = exe.display(),
+            store = store.display(),
+            external = external.display(),
+        ),
+        start_before_seed: &["app"],
+        start_after_seed: &[],
+        seed: Seed::Kwdb,
+        primary: "app",
+        seed_url: format!("postgres://root@127.0.0.1:{sql}/defaultdb"),
+    })
 }
 
 /// Run the demo in `<data>/demo`.
@@ -82,20 +265,19 @@ pub async fn run(data: &Path, json: bool) -> Result<u8, Exit> {
         "{} stopping the demo's processes",
         style("▸").cyan()
     ));
-    let stopped = stop_services(&root, &cluster).await;
+    let stopped = stop_services(&root).await;
     let _ = cluster.stop();
     let code = outcome?;
     stopped?;
     Ok(code)
 }
 
-async fn stop_services(root: &Path, cluster: &upshift_sim::pg::Cluster) -> Result<(), Exit> {
+async fn stop_services(root: &Path) -> Result<(), Exit> {
     let fleet_path = root.join("upshift.toml");
     let Ok(fleet) = Fleet::load(&fleet_path) else {
         return Ok(());
     };
     let session = Session::open(&root.join("data"), upshift::caps::EventSink::discard())?;
-    let _ = cluster;
     for instance in &fleet.instances {
         if let Ok((_, caps)) = apply::prepare(&session, instance).await {
             for service in caps.services.values() {
@@ -106,61 +288,104 @@ async fn stop_services(root: &Path, cluster: &upshift_sim::pg::Cluster) -> Resul
     Ok(())
 }
 
+async fn pg_client(url: &str) -> Result<tokio_postgres::Client, Exit> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn seed(member: &Member) -> Result<(), Exit> {
+    let client = pg_client(&member.seed_url).await?;
+    let seeded = match member.seed {
+        Seed::Bytebase => upshift_sim::bytebase::seed_user_rows(&client, 25).await,
+        Seed::OpenMetadata => upshift_sim::openmetadata::seed_pg(&client, 25).await,
+        Seed::DevLake => upshift_sim::devlake::seed_pg(&client, DEVLAKE_SECRET, 25).await,
+        Seed::Kwdb => upshift_sim::kwdb::seed(&client, 25).await,
+    };
+    seeded.map_err(|e| anyhow::anyhow!("cannot seed {}: {e:#}", member.name).into())
+}
+
+async fn start(
+    session: &Session,
+    fleet: &Fleet,
+    name: &str,
+    bindings: &[&str],
+) -> Result<(), Exit> {
+    let (_, caps) = apply::prepare(session, fleet.instance(name)?).await?;
+    for binding in bindings {
+        let service = caps
+            .services
+            .get(*binding)
+            .ok_or_else(|| anyhow::anyhow!("{name} has no service `{binding}`"))?;
+        service
+            .start()
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        service
+            .wait_healthy(std::time::Duration::from_secs(60))
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
 async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Result<u8, Exit> {
     let say = |text: String| {
         if !json {
             eprintln!("{text}");
         }
     };
-    for db in ["bb_alpha", "bb_beta"] {
+    for db in ["bb_alpha", "bb_beta", "om", "lake", "kw_backing"] {
         cluster
             .create_database(db)
             .map_err(|e| anyhow::anyhow!("cannot create database {db}: {e}"))?;
     }
     let exe = std::env::current_exe()?;
+    let members = vec![
+        bytebase(&exe, &cluster.url("bb_alpha"), "bb-alpha", false)?,
+        bytebase(&exe, &cluster.url("bb_beta"), "bb-beta", true)?,
+        openmetadata(&exe, &cluster.url("om"), cluster.port(), "om")?,
+        devlake(&exe, root, &cluster.url("lake"))?,
+        kwdb(&exe, root, &cluster.url("kw_backing"))?,
+    ];
     let fleet_path = root.join("upshift.toml");
-    std::fs::write(
-        &fleet_path,
-        fleet_text(&exe, cluster, [free_port()?, free_port()?]),
-    )?;
+    let mut text = String::from(
+        "# Written by `upshift demo`: a mixed fleet of simulated products (test infrastructure).\n",
+    );
+    for m in &members {
+        text.push_str(&m.fleet);
+    }
+    std::fs::write(&fleet_path, text)?;
     let fleet = Fleet::load(&fleet_path)?;
     let (ui, sink) = ui::Ui::sink(json);
     let session = Session::open(&root.join("data"), sink)?;
 
     say(format!(
-        "{} starting two simulated Bytebase {FROM} instances and seeding data",
-        style("▸").cyan()
+        "{} starting {} simulated instances (Bytebase ×2, OpenMetadata, DevLake, KWDB) and seeding data",
+        style("▸").cyan(),
+        members.len()
     ));
-    for instance in &fleet.instances {
-        let (_, caps) = apply::prepare(&session, instance).await?;
-        for service in caps.services.values() {
-            service.start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            service
-                .wait_healthy(std::time::Duration::from_secs(60))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        let (client, connection) = tokio_postgres::connect(
-            &cluster.url(&instance.name.replace('-', "_")),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        tokio::spawn(connection);
-        upshift_sim::bytebase::seed_user_rows(&client, 25)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot seed rows: {e}"))?;
+    for m in &members {
+        start(&session, &fleet, m.name, m.start_before_seed).await?;
+        seed(m).await?;
+        start(&session, &fleet, m.name, m.start_after_seed).await?;
     }
 
     let mut outcomes = Vec::new();
-    for instance in &fleet.instances {
+    for m in &members {
+        let instance = fleet.instance(m.name)?;
         say(String::new());
         say(format!(
-            "{} upgrading {} {FROM} → {TO}",
+            "{} upgrading {} ({}) {} → {}",
             style("▸").cyan().bold(),
-            instance.name
+            m.name,
+            instance.adapter_label(),
+            m.from,
+            m.to
         ));
-        let report = apply::apply(&session, instance, TO, |plan| {
+        let report = apply::apply(&session, instance, m.to, |plan| {
             if !json {
                 eprint!("{}", ui::plan_text(plan));
             }
@@ -176,31 +401,35 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
         } else {
             eprint!("{}", ui::run_text(&report));
         }
-        outcomes.push((instance.name.clone(), report));
+        outcomes.push((m, report.outcome));
     }
 
     say(String::new());
     say(format!("{}", style("Summary").bold()));
     let mut ok = true;
-    for (name, report) in &outcomes {
-        let (_, caps) = apply::prepare(&session, fleet.instance(name)?).await?;
-        let running = match caps.services.get("app") {
-            Some(s) => s.inspect().await.map(|s| s.version).unwrap_or_default(),
-            None => String::new(),
-        };
-        let label = match report.outcome {
+    for (m, outcome) in &outcomes {
+        let label = match outcome {
             Outcome::Succeeded => style(format!("{:<14}", "upgraded")).green(),
             Outcome::RolledBack => style(format!("{:<14}", "rolled back")).yellow(),
             Outcome::Refused => style(format!("{:<14}", "refused")).yellow(),
             Outcome::NeedsOperator => style(format!("{:<14}", "NEEDS OPERATOR")).red(),
         };
-        say(format!("  {:<9} {label} now serving {running}", name));
-        let expected = if name == "bb-alpha" {
-            Outcome::Succeeded
-        } else {
-            Outcome::RolledBack
+        let (_, caps) = apply::prepare(&session, fleet.instance(m.name)?).await?;
+        let now = match caps.services.get(m.primary) {
+            Some(service) => service.inspect().await.map(|s| s.version).unwrap_or_default(),
+            None => String::new(),
         };
-        ok &= report.outcome == expected;
+        let expected = if *outcome == m.expect {
+            String::new()
+        } else {
+            format!("  (expected {:?})", m.expect)
+        };
+        say(format!(
+            "  {:<9} {:<13} {label} now at {now}{expected}",
+            m.name,
+            fleet.instance(m.name)?.adapter_label()
+        ));
+        ok &= *outcome == m.expect;
     }
     say(format!(
         "  audit log: {} (check it with `upshift --data {} audit verify`)",

@@ -172,3 +172,42 @@ pub fn run_kwdb_like(name: &str, port: u16, store: &std::path::Path, version: &s
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Build (once per test process) FROM-scratch images of the KWDB simulator, laid out like
+/// `kwdb/kwdb` (`/kaiwudb/bin/kwbase`): `upshift-sim/kwdb:<version>` for each of `versions`.
+/// The simulator is test infrastructure, built statically for musl since no image can be pulled.
+pub fn kwdb_images(versions: &[&str]) {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let binary = BUILT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
+        let out = run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["build", "--quiet", "--release", "--locked", "--target", "x86_64-unknown-linux-musl", "-p", "upshift-sim", "--bin", "kwdb-sim", "--target-dir"])
+            .arg(&target));
+        assert!(
+            out.status.success(),
+            "building the static KWDB simulator failed (is `rustup target add x86_64-unknown-linux-musl` done?):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("x86_64-unknown-linux-musl/release/kwdb-sim")
+    });
+    for version in versions {
+        let tag = format!("{KWDB_SIM_REPO}:{version}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(binary, dir.path().join("kwbase")).expect("copy");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM scratch\nCOPY kwbase /kaiwudb/bin/kwbase\nENV KWDB_SIM_VERSION={version}\nWORKDIR /kaiwudb/bin\n\
+                 LABEL org.opencontainers.image.version={version}\n"
+            ),
+        )
+        .expect("dockerfile");
+        let out = run(Command::new("docker").args(["build", "-q", "-t", &tag]).arg(dir.path()));
+        assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The KWDB simulator's image repository.
+pub const KWDB_SIM_REPO: &str = "upshift-sim/kwdb";
