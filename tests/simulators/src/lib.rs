@@ -7,5 +7,6 @@
 
 pub mod bytebase;
 pub mod devlake;
+pub mod kwdb;
 pub mod mariadb;
 pub mod pg;
