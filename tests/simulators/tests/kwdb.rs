@@ -341,6 +341,29 @@ async fn statements_pass_through_with_parameters_and_databases_map_to_schemas() 
     )
     .await;
     assert_eq!(ty, "bigint", "KWDB INT is 64-bit");
+    // version() and current_database() answer as KWDB inside any passed-through statement.
+    let row = client
+        .query_one("SELECT version() AS v, current_database()::text AS d", &[])
+        .await
+        .expect("version in an expression");
+    assert!(row.get::<_, String>(0).starts_with("KaiwuDB V3.1.0 ("));
+    assert_eq!(row.get::<_, String>(1), "app");
+    let tables: Vec<(String, String)> = client
+        .query("SHOW TABLES", &[])
+        .await
+        .expect("tables")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(tables, vec![("t".to_string(), "BASE TABLE".to_string())]);
+    let users: Vec<String> = client
+        .query("SHOW USERS", &[])
+        .await
+        .expect("users")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(users, vec!["root".to_string()]);
     let dbs = client.query("SHOW DATABASES", &[]).await.expect("show");
     let names: Vec<String> = dbs.iter().map(|r| r.get(0)).collect();
     assert!(names.contains(&"app".to_string()) && names.contains(&"defaultdb".to_string()));
@@ -718,4 +741,55 @@ async fn starts_refuse_format_changes_downgrades_and_excluded_paths() {
         .err()
         .expect("downgrade");
     assert!(err.contains("cannot simply downgrade"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_0_accepts_and_ignores_partition_interval() {
+    let Some(c) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let store = dir.path().join("s");
+    let sim = start("3.0.0", &store, &backing(c), &[])
+        .await
+        .expect("start 3.0.0");
+    let client = sim.connect().await;
+    client
+        .batch_execute("CREATE TS DATABASE m PARTITION INTERVAL 10d; CREATE TABLE m.r (ts TIMESTAMPTZ NOT NULL, v INT) TAGS (d INT NOT NULL) PRIMARY TAGS (d); INSERT INTO m.r VALUES ('2025-01-01 00:00:00.5+00', 1, 1)")
+        .await
+        .expect("3.0.0 accepts PARTITION INTERVAL");
+    client
+        .batch_execute("EXPORT INTO CSV 'nodelocal://1/x/m' FROM DATABASE m")
+        .await
+        .expect("export");
+    let meta = std::fs::read_to_string(store.join("extern/x/m/meta.sql")).expect("meta");
+    assert!(meta.starts_with("CREATE TS DATABASE m;\n"), "{meta}");
+    // A 2.x meta.sql with PARTITION INTERVAL imports on 3.0.0.
+    let two = store.join("extern/two/m2");
+    std::fs::create_dir_all(two.join("public/r")).expect("mkdir");
+    std::fs::write(
+        two.join("meta.sql"),
+        "CREATE TS DATABASE m2 PARTITION INTERVAL 10d;\nCREATE TABLE r (ts TIMESTAMP NOT NULL, v INT) TAGS (d INT NOT NULL) PRIMARY TAGS (d);\n",
+    )
+    .expect("meta");
+    std::fs::write(
+        two.join("public/r/n1.0.csv"),
+        "2024-05-01 10:00:00.000001,7,1\n2024-05-01 10:00:01.999999,8,2\n",
+    )
+    .expect("csv");
+    let r = client
+        .query_one("IMPORT DATABASE CSV DATA ('nodelocal://1/two/m2')", &[])
+        .await
+        .expect("import on 3.0.0");
+    assert_eq!(r.get::<_, i64>("rows"), 2);
+    let ts: Vec<String> = client
+        .query("SELECT ts::text FROM m2.r ORDER BY ts", &[])
+        .await
+        .expect("ts")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ts,
+        vec!["2024-05-01 10:00:00.000001", "2024-05-01 10:00:01.999999"]
+    );
+    sim.stop();
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::session::{Output, Session, Val, literal, sql_err};
+use super::session::{Output, Session, Val, literal, search_path, sql_err};
 use super::statements::{self, EXPORT_COLUMNS, IMPORT_COLUMNS, Stmt, qi, ql};
 
 fn count_files(dir: &Path) -> usize {
@@ -533,7 +533,7 @@ async fn import_database_tx(
     if has("comment") {
         session
             .client
-            .batch_execute(&format!("SET LOCAL search_path TO {}", qi(&name)))
+            .batch_execute(&format!("SET LOCAL search_path TO {}", search_path(&name)))
             .await?;
         for c in &comments {
             match statements::classify(c)? {
@@ -551,7 +551,10 @@ async fn import_database_tx(
         }
         session
             .client
-            .batch_execute(&format!("SET LOCAL search_path TO {}", qi(&session.db)))
+            .batch_execute(&format!(
+                "SET LOCAL search_path TO {}",
+                search_path(&session.db)
+            ))
             .await?;
     }
     let mut rows = 0;

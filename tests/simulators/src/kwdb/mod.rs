@@ -381,7 +381,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot connect to the backing database (KWDB_SIM_BACKING_URL)")?;
     let conn_task = tokio::spawn(conn);
-    session::init_catalog(&client).await?;
+    session::init_catalog(&client, &release).await?;
     drop(client);
     conn_task.abort();
 

@@ -69,8 +69,27 @@ pub struct Session {
     pub shared: Arc<Shared>,
 }
 
-/// Create the simulator's catalog in schema `kwdb_sim` (idempotent).
-pub async fn init_catalog(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+/// The backing `search_path` of a session in KWDB database `db`: the database, then the
+/// simulator's functions (`version()`, `current_database()`) ahead of PostgreSQL's own.
+pub fn search_path(db: &str) -> String {
+    format!("{}, kwdb_sim_fn, pg_catalog", qi(db))
+}
+
+/// Create the simulator's catalog in schema `kwdb_sim` (idempotent), and in schema
+/// `kwdb_sim_fn` the functions that answer as KWDB inside passed-through statements.
+pub async fn init_catalog(
+    client: &tokio_postgres::Client,
+    release: &super::catalog::Release,
+) -> anyhow::Result<()> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS kwdb_sim_fn;
+             CREATE OR REPLACE FUNCTION kwdb_sim_fn.version() RETURNS text LANGUAGE sql IMMUTABLE AS $kwdb$SELECT {}::text$kwdb$;
+             CREATE OR REPLACE FUNCTION kwdb_sim_fn.current_database() RETURNS name LANGUAGE sql STABLE AS $kwdb$SELECT current_schema()$kwdb$;",
+            ql(&release.short_info())
+        ))
+        .await
+        .context("cannot create the simulator functions (schema kwdb_sim_fn) in the backing database")?;
     client
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS kwdb_sim;
@@ -91,6 +110,7 @@ pub async fn init_catalog(client: &tokio_postgres::Client) -> anyhow::Result<()>
 /// Names no KWDB database may take here (they are the backing database's own schemas).
 const RESERVED: &[&str] = &[
     "kwdb_sim",
+    "kwdb_sim_fn",
     "public",
     "pg_catalog",
     "information_schema",
@@ -155,7 +175,7 @@ impl Session {
     async fn use_db(&mut self, name: &str) -> anyhow::Result<()> {
         self.must_database(name).await?;
         self.client
-            .batch_execute(&format!("SET search_path TO {}", qi(name)))
+            .batch_execute(&format!("SET search_path TO {}", search_path(name)))
             .await?;
         self.db = name.to_string();
         Ok(())
@@ -545,6 +565,42 @@ impl Session {
                         opt(8),
                     ]);
                 }
+                Ok(rows(stmt, out))
+            }
+            Stmt::ShowTables(from) => {
+                let db = from.clone().unwrap_or_else(|| self.db.clone());
+                let (kind, _, _) = self.must_database(&db).await?;
+                let table_type = if kind == "ts" {
+                    "TIME SERIES TABLE"
+                } else {
+                    "BASE TABLE"
+                };
+                let out = self
+                    .client
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY 1",
+                        &[&db],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| vec![Val::Text(r.get(0)), Val::Text(table_type.into())])
+                    .collect();
+                Ok(rows(stmt, out))
+            }
+            Stmt::ShowUsers => {
+                let out = self
+                    .client
+                    .query("SELECT name FROM kwdb_sim.users ORDER BY name", &[])
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            Val::Text(r.get(0)),
+                            Val::Text(String::new()),
+                            Val::Text("{}".into()),
+                        ]
+                    })
+                    .collect();
                 Ok(rows(stmt, out))
             }
             Stmt::KvStoreStatus { sums: true } => {

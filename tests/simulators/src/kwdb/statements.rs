@@ -162,6 +162,8 @@ pub enum Stmt {
     },
     ShowClusterSetting(String),
     ShowJobs,
+    ShowTables(Option<String>),
+    ShowUsers,
     KvStoreStatus {
         sums: bool,
     },
@@ -256,6 +258,14 @@ impl Stmt {
             ]),
             Stmt::ShowClusterSetting(name) => Some(vec![(name.clone(), ColType::Text)]),
             Stmt::ShowJobs => owned(JOB_COLUMNS),
+            Stmt::ShowTables(_) => {
+                owned(&[("table_name", ColType::Text), ("table_type", ColType::Text)])
+            }
+            Stmt::ShowUsers => owned(&[
+                ("username", ColType::Text),
+                ("options", ColType::Text),
+                ("member_of", ColType::Text),
+            ]),
             Stmt::KvStoreStatus { sums: true } => {
                 owned(&[("sum", ColType::Int), ("sum", ColType::Int)])
             }
@@ -428,10 +438,8 @@ pub fn classify(sql: &str) -> anyhow::Result<Stmt> {
             let name = p.ident()?;
             p.eat_kw("WITH");
             let mut password = None;
-            if p.eat_kw("PASSWORD") {
-                if !p.eat_kw("NULL") {
-                    password = Some(p.string()?);
-                }
+            if p.eat_kw("PASSWORD") && !p.eat_kw("NULL") {
+                password = Some(p.string()?);
             }
             return Ok(Stmt::CreateUser {
                 name,
@@ -485,6 +493,16 @@ pub fn classify(sql: &str) -> anyhow::Result<Stmt> {
     }
     if p.eat_kws(&["SHOW", "JOBS"]) {
         return Ok(Stmt::ShowJobs);
+    }
+    if p.eat_kws(&["SHOW", "TABLES"]) {
+        return Ok(Stmt::ShowTables(if p.eat_kw("FROM") {
+            Some(p.ident()?)
+        } else {
+            None
+        }));
+    }
+    if p.eat_kws(&["SHOW", "USERS"]) {
+        return Ok(Stmt::ShowUsers);
     }
     if p.eat_kws(&["COMMENT", "ON", "DATABASE"]) {
         let name = p.ident()?;
