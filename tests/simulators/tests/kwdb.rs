@@ -296,6 +296,27 @@ async fn sql_version_health_and_pre_upgrade_checks() {
                 .len()
                 >= 2
         );
+        // The kwbase client side, as `docker exec … ./kwbase sql` would run it.
+        let host = format!("--host=127.0.0.1:{}", sim.sql);
+        let out = Command::new(env!("CARGO_BIN_EXE_kwdb-sim"))
+            .args(["sql", "--insecure", &host, "-e", "SELECT version()"])
+            .output()
+            .expect("kwbase sql");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("version\n{version}\n")
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_kwdb-sim"))
+            .args(["node", "upgrade", "1", "--insecure", &host])
+            .output()
+            .expect("kwbase node upgrade");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("upgrading is forbidden in the current start mode"),
+            "{out:?}"
+        );
         let period = one_text(&client, "SHOW CLUSTER SETTING ts.raft_log.sync_period").await;
         assert_eq!(period, if v == "2.1.0" { "10s" } else { "0s" });
         sim.stop();
@@ -397,7 +418,8 @@ async fn export_from_2x_then_import_into_3_1_needs_partition_interval_stripped()
     let Some(c) = cluster() else { return };
     let dir = tempfile::tempdir().expect("dir");
     let old_store = dir.path().join("old");
-    let old = start("2.2.2", &old_store, &backing(c), &[])
+    let url = backing(c);
+    let old = start("2.2.2", &old_store, &url, &[])
         .await
         .expect("start 2.2.2");
     let oc = old.connect().await;
@@ -498,9 +520,15 @@ async fn export_from_2x_then_import_into_3_1_needs_partition_interval_stripped()
 
     // A new 3.1.0 instance (the cross-major path of §2.2), fed the copied export.
     let new_store = dir.path().join("new");
-    let new = start("3.1.0", &new_store, &backing(c), &[])
+    // Started with the same environment (same backing URL): a new store sees none of the old
+    // store's rows.
+    let new = start("3.1.0", &new_store, &url, &[])
         .await
         .expect("start 3.1.0");
+    assert_ne!(
+        marker(&new_store)["backing_database"],
+        marker(&old_store)["backing_database"]
+    );
     let copy = new_store.join("extern/backup");
     std::fs::create_dir_all(&copy).expect("mkdir");
     let status = Command::new("cp")
@@ -511,6 +539,14 @@ async fn export_from_2x_then_import_into_3_1_needs_partition_interval_stripped()
         .expect("cp");
     assert!(status.success());
     let nc = new.connect().await;
+    let fresh: Vec<String> = nc
+        .query("SHOW DATABASES", &[])
+        .await
+        .expect("dbs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(fresh, vec!["defaultdb".to_string(), "system".to_string()]);
     let err = nc
         .query(
             "IMPORT DATABASE CSV DATA (\"nodelocal://1/backup/sensors\")",

@@ -12,6 +12,7 @@
 //! before the store is touched. EXPORT/IMPORT (CSV, users, cluster settings) follow §2.7.
 
 pub mod catalog;
+pub mod cli;
 pub mod export;
 pub mod session;
 pub mod statements;
@@ -41,6 +42,8 @@ pub enum Command {
     Version(Release),
     /// `kwbase start-single-node` / `kwbase start`.
     Start(Config),
+    /// `kwbase sql`, `kwbase node status`, `kwbase node upgrade` (clients of a running node).
+    Client(cli::Client),
 }
 
 /// Resolved configuration of a start.
@@ -92,6 +95,15 @@ const BOOL_FLAGS: &[&str] = &[
 ];
 
 fn parse_flags(args: &[String]) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    parse_flags_with(args, VALUE_FLAGS, BOOL_FLAGS)
+}
+
+/// `--flag=value`, `--flag value`, `-f value` and boolean flags.
+pub(crate) fn parse_flags_with(
+    args: &[String],
+    value_flags: &[&str],
+    bool_flags: &[&str],
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -104,9 +116,9 @@ fn parse_flags(args: &[String]) -> anyhow::Result<Vec<(String, Option<String>)>>
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (body.to_string(), None),
         };
-        if BOOL_FLAGS.contains(&name.as_str()) {
+        if bool_flags.contains(&name.as_str()) {
             out.push((name, inline));
-        } else if VALUE_FLAGS.contains(&name.as_str()) {
+        } else if value_flags.contains(&name.as_str()) {
             let value = match inline {
                 Some(v) => v,
                 None => {
@@ -155,6 +167,9 @@ impl Command {
         let (sub, rest) = args
             .split_first()
             .ok_or_else(|| anyhow!("usage: kwbase version | kwbase start-single-node --insecure --listen-addr=HOST:PORT --http-addr=HOST:PORT --store=DIR"))?;
+        if matches!(sub.as_str(), "sql" | "node") {
+            return cli::Client::from_args_and_env(sub, rest).map(Command::Client);
+        }
         let flags = parse_flags(rest)?;
         let release = release_from(&flags)?;
         match sub.as_str() {
@@ -229,12 +244,22 @@ pub fn main_with_args(args: &[String]) -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)?
             .block_on(run(config)),
+        Command::Client(client) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)?
+            .block_on(client.run()),
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("{e:#}");
-            log('F', &msg);
+            if matches!(
+                args.first().map(String::as_str),
+                Some("start" | "start-single-node")
+            ) {
+                log('F', &msg);
+            }
             eprintln!("ERROR: {msg}");
             ExitCode::from(1)
         }
@@ -256,6 +281,113 @@ pub struct StoreMarker {
     pub version: String,
     /// The version that created it.
     pub created_by: String,
+    /// A random id of this store; the backing database records which store it belongs to.
+    #[serde(default)]
+    pub store_id: Option<String>,
+    /// The backing PostgreSQL database holding this store's rows (the `KWDB_SIM_BACKING_URL`
+    /// database, or a sibling created for a new store when that one belongs to another store).
+    #[serde(default)]
+    pub backing_database: Option<String>,
+}
+
+fn new_store_id(store: &Path) -> String {
+    use sha2::Digest;
+    let seed = format!(
+        "{}:{}:{:?}",
+        store.display(),
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    sha2::Sha256::digest(seed.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `url` with its database replaced by `db`.
+pub fn url_with_database(url: &str, db: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| anyhow!("invalid backing URL"))?;
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    let authority = rest.split_once('/').map(|(a, _)| a).unwrap_or(rest);
+    Ok(format!("{scheme}://{authority}/{db}{query}"))
+}
+
+/// The database a URL names (`postgres` when none).
+pub fn url_database(url: &str) -> String {
+    url.split_once("://")
+        .map(|(_, r)| r)
+        .and_then(|r| r.split('?').next())
+        .and_then(|r| r.split_once('/'))
+        .map(|(_, d)| d.to_string())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "postgres".into())
+}
+
+/// Tie the store to a backing database, so a new store never sees another store's rows: the
+/// URL's database when it is unclaimed or already this store's, else (for a new store) a
+/// sibling database `<db>_<store_id>` created on the same server. Returns (url, database).
+async fn bind_backing(
+    base_url: &str,
+    store_id: &str,
+    wanted: Option<&str>,
+    fresh_store: bool,
+) -> anyhow::Result<(String, String)> {
+    let base_db = url_database(base_url);
+    let db = wanted.unwrap_or(&base_db).to_string();
+    let url = url_with_database(base_url, &db)?;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| {
+            format!("cannot connect to the backing database {db} (KWDB_SIM_BACKING_URL)")
+        })?;
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS kwdb_sim;
+             CREATE TABLE IF NOT EXISTS kwdb_sim.store (id text PRIMARY KEY, bound_at timestamptz NOT NULL DEFAULT now());",
+        )
+        .await
+        .context("cannot prepare the backing database")?;
+    let owner: Option<String> = client
+        .query_opt("SELECT id FROM kwdb_sim.store LIMIT 1", &[])
+        .await?
+        .map(|r| r.get(0));
+    let result = match owner {
+        None => {
+            client
+                .execute("INSERT INTO kwdb_sim.store (id) VALUES ($1)", &[&store_id])
+                .await?;
+            Ok((url, db))
+        }
+        Some(o) if o == store_id => Ok((url, db)),
+        Some(o) if fresh_store && wanted.is_none() => {
+            let sibling = format!("{base_db}_{store_id}");
+            log(
+                'I',
+                &format!(
+                    "backing database {base_db} holds the rows of store {o}; this new store {store_id} keeps its rows in {sibling}"
+                ),
+            );
+            client
+                .batch_execute(&format!("CREATE DATABASE {}", statements::qi(&sibling)))
+                .await
+                .with_context(|| format!("cannot create the backing database {sibling}"))?;
+            drop(client);
+            task.abort();
+            return Box::pin(bind_backing(base_url, store_id, Some(&sibling), true)).await;
+        }
+        Some(o) => Err(anyhow!(
+            "backing database {db} belongs to store {o}, not to this store ({store_id}): the store directory and the backing database do not belong together"
+        )),
+    };
+    drop(client);
+    task.abort();
+    result
 }
 
 /// Read the store marker, if the store was initialised.
@@ -377,9 +509,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let (client, conn) = tokio_postgres::connect(&config.backing_url, tokio_postgres::NoTls)
+    let store_id = marker
+        .as_ref()
+        .and_then(|m| m.store_id.clone())
+        .unwrap_or_else(|| new_store_id(&config.store));
+    let wanted_db = marker.as_ref().and_then(|m| m.backing_database.clone());
+    let (backing_url, backing_db) = bind_backing(
+        &config.backing_url,
+        &store_id,
+        wanted_db.as_deref(),
+        marker.is_none(),
+    )
+    .await?;
+    let (client, conn) = tokio_postgres::connect(&backing_url, tokio_postgres::NoTls)
         .await
-        .context("cannot connect to the backing database (KWDB_SIM_BACKING_URL)")?;
+        .context("cannot connect to the backing database")?;
     let conn_task = tokio::spawn(conn);
     session::init_catalog(&client, &release).await?;
     drop(client);
@@ -388,12 +532,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let new_marker = match &marker {
         Some(m) => StoreMarker {
             version: release.tag(),
+            store_id: Some(store_id.clone()),
+            backing_database: Some(backing_db.clone()),
             ..m.clone()
         },
         None => StoreMarker {
             store_format: release.store_format(),
             version: release.tag(),
             created_by: release.tag(),
+            store_id: Some(store_id.clone()),
+            backing_database: Some(backing_db.clone()),
         },
     };
     if marker.as_ref() != Some(&new_marker) {
@@ -416,7 +564,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_addr = http.local_addr()?.to_string();
     let shared = Arc::new(Shared {
         release,
-        backing_url: config.backing_url.clone(),
+        backing_url,
         external_io_dir: config.external_io_dir.clone(),
         store: config.store.clone(),
         sql_addr: sql_addr.clone(),
@@ -558,4 +706,40 @@ pub async fn seed(client: &tokio_postgres::Client, n: usize) -> anyhow::Result<(
             .context("seeding rows")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_urls_swap_their_database() {
+        assert_eq!(
+            url_with_database("postgres://u@h:5/kw?sslmode=disable", "kw_1").ok(),
+            Some("postgres://u@h:5/kw_1?sslmode=disable".into())
+        );
+        assert_eq!(
+            url_with_database("postgres://u@h:5", "x").ok(),
+            Some("postgres://u@h:5/x".into())
+        );
+        assert_eq!(url_database("postgres://u@h:5/kw?a=b"), "kw");
+        assert_eq!(url_database("postgres://u@h:5"), "postgres");
+    }
+
+    #[test]
+    fn flags_take_both_forms_and_unknown_ones_fail() {
+        let f = parse_flags(&[
+            "--store=/a".into(),
+            "--listen-addr".into(),
+            "0.0.0.0:1".into(),
+            "--insecure".into(),
+            "-s".into(),
+            "path=/b,attrs=ssd".into(),
+        ])
+        .expect("flags");
+        assert_eq!(f.len(), 4);
+        assert_eq!(f[1], ("listen-addr".into(), Some("0.0.0.0:1".into())));
+        assert!(parse_flags(&["--bogus".into()]).is_err());
+        assert!(parse_flags(&["--store".into()]).is_err());
+    }
 }
