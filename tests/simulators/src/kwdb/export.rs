@@ -293,7 +293,8 @@ fn read_sql(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 fn starts_with_kw(s: &str, kw: &str) -> bool {
-    s.len() >= kw.len() && s[..kw.len()].eq_ignore_ascii_case(kw)
+    s.get(..kw.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(kw))
 }
 
 /// Load one table's CSV files; returns (rows, rejected).

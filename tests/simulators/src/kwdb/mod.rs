@@ -554,12 +554,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
 
-    let sql = tokio::net::TcpListener::bind(&config.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    // HTTP first: callers wait for the SQL port.
     let http = tokio::net::TcpListener::bind(&config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    let sql = tokio::net::TcpListener::bind(&config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     let sql_addr = sql.local_addr()?.to_string();
     let http_addr = http.local_addr()?.to_string();
     let shared = Arc::new(Shared {

@@ -792,7 +792,10 @@ pub fn parse_create_table(sql: &str, current_db: &str) -> anyhow::Result<CreateT
     let rest: String = chars[close + 1..].iter().collect();
     let mut tags = None;
     let rest_trim = rest.trim_start();
-    if rest_trim.len() >= 4 && rest_trim[..4].eq_ignore_ascii_case("TAGS") {
+    if rest_trim
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case("TAGS"))
+    {
         let rc: Vec<char> = rest_trim.chars().collect();
         let o = rc
             .iter()
