@@ -829,3 +829,62 @@ async fn v3_0_accepts_and_ignores_partition_interval() {
     );
     sim.stop();
 }
+
+/// A small ts export as a 3.x release writes it.
+fn write_export(dir: &Path) {
+    std::fs::create_dir_all(dir.join("public/r")).expect("mkdir");
+    std::fs::write(
+        dir.join("meta.sql"),
+        "CREATE TS DATABASE f;\nCREATE TABLE r (ts TIMESTAMP NOT NULL, v INT) TAGS (d INT NOT NULL) PRIMARY TAGS (d);\n",
+    )
+    .expect("meta");
+    let rows: String = (0..10)
+        .map(|i| format!("2024-05-01 10:00:0{i}.25,{i},1\n"))
+        .collect();
+    std::fs::write(dir.join("public/r/n1.0.csv"), rows).expect("csv");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_faults_show_as_wrong_counts_and_lost_precision() {
+    let Some(c) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    for (fault, want_count, want_first) in [
+        ("lose-rows=3", 7, None),
+        ("truncate-timestamps", 10, Some("2024-05-01 10:00:00")),
+    ] {
+        let store = dir.path().join(fault);
+        write_export(&store.join("extern/b/f"));
+        let sim = start(
+            "3.2.1",
+            &store,
+            &backing(c),
+            &[("KWDB_SIM_IMPORT_FAULT", fault)],
+        )
+        .await
+        .expect("start");
+        let client = sim.connect().await;
+        let r = client
+            .query_one("IMPORT DATABASE CSV DATA ('nodelocal://1/b/f')", &[])
+            .await
+            .expect("import");
+        assert_eq!(r.get::<_, i64>("rows"), 10, "the job reports every row");
+        assert_eq!(count(&client, "f.r").await, want_count, "{fault}");
+        let first = one_text(&client, "SELECT min(ts)::text FROM f.r").await;
+        match want_first {
+            Some(t) => assert_eq!(first, t),
+            None => assert!(first.ends_with(".25"), "{first}"),
+        }
+        sim.stop();
+    }
+    let dir2 = dir.path().join("bad");
+    let err = start(
+        "3.2.1",
+        &dir2,
+        &backing(c),
+        &[("KWDB_SIM_IMPORT_FAULT", "x")],
+    )
+    .await
+    .err()
+    .expect("bad fault");
+    assert!(err.contains("expected lose-rows=N"), "{err}");
+}

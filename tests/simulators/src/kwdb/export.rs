@@ -564,8 +564,50 @@ async fn import_database_tx(
         let (r, j) = load_table(session, &name, t, &dir.join("public").join(t)).await?;
         rows += r;
         rejected += j;
+        inject_fault(session, &name, t).await?;
     }
     Ok((name, rows, rejected))
+}
+
+/// Apply `KWDB_SIM_IMPORT_FAULT` to one imported table.
+async fn inject_fault(session: &Session, db: &str, table: &str) -> anyhow::Result<()> {
+    let target = format!("{}.{}", qi(db), qi(table));
+    match session.shared.import_fault {
+        None => {}
+        Some(super::ImportFault::LoseRows(n)) => {
+            session
+                .client
+                .batch_execute(&format!(
+                    "DELETE FROM {target} WHERE ctid IN (SELECT ctid FROM {target} LIMIT {n})"
+                ))
+                .await?;
+        }
+        Some(super::ImportFault::TruncateTimestamps) => {
+            let cols: Vec<String> = session
+                .client
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns
+                     WHERE table_schema = $1 AND table_name = $2
+                       AND data_type IN ('timestamp without time zone', 'timestamp with time zone')",
+                    &[&db, &table],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !cols.is_empty() {
+                let sets: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("{} = date_trunc('second', {})", qi(c), qi(c)))
+                    .collect();
+                session
+                    .client
+                    .batch_execute(&format!("UPDATE {target} SET {}", sets.join(", ")))
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `IMPORT USERS SQL DATA ("<…/users.sql>")`.

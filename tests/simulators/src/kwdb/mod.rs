@@ -63,6 +63,8 @@ pub struct Config {
     pub backing_url: String,
     /// `KWDB_SIM_FAIL_UPGRADE_TO`.
     pub fail_upgrade_to: Option<(u64, u64, u64)>,
+    /// `KWDB_SIM_IMPORT_FAULT`.
+    pub import_fault: Option<ImportFault>,
     /// `--insecure` given (secure mode is accepted but served in plaintext).
     pub insecure: bool,
 }
@@ -211,7 +213,12 @@ impl Command {
                     }
                     _ => None,
                 };
+                let import_fault = match std::env::var("KWDB_SIM_IMPORT_FAULT") {
+                    Ok(v) if !v.is_empty() => Some(ImportFault::parse(&v)?),
+                    _ => None,
+                };
                 Ok(Command::Start(Config {
+                    import_fault,
                     release,
                     listen_addr: get("listen-addr").unwrap_or_else(|| "0.0.0.0:26257".into()),
                     http_addr: get("http-addr").unwrap_or_else(|| "0.0.0.0:8080".into()),
@@ -451,6 +458,33 @@ pub fn check_store(
     Ok(Some(recorded))
 }
 
+/// A data fault injected into every `IMPORT DATABASE`, standing in for the upgrade bugs of §2.8
+/// so an adapter's verification can be seen to catch them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ImportFault {
+    /// `lose-rows=N`: N rows of each table vanish after loading ("!1304 fix: wrong count after
+    /// upgrade"); the job still reports every row.
+    LoseRows(u64),
+    /// `truncate-timestamps`: timestamps lose their sub-second part ("!667 fix: time precision
+    /// after version upgrade").
+    TruncateTimestamps,
+}
+
+impl ImportFault {
+    /// `lose-rows=N` or `truncate-timestamps`.
+    pub fn parse(v: &str) -> anyhow::Result<ImportFault> {
+        if v == "truncate-timestamps" {
+            return Ok(ImportFault::TruncateTimestamps);
+        }
+        v.strip_prefix("lose-rows=")
+            .and_then(|n| n.parse().ok())
+            .map(ImportFault::LoseRows)
+            .ok_or_else(|| {
+                anyhow!("KWDB_SIM_IMPORT_FAULT={v:?}: expected lose-rows=N or truncate-timestamps")
+            })
+    }
+}
+
 /// What the servers share.
 #[derive(Debug)]
 pub struct Shared {
@@ -464,6 +498,8 @@ pub struct Shared {
     pub store: PathBuf,
     /// `host:port` of the SQL listener.
     pub sql_addr: String,
+    /// `KWDB_SIM_IMPORT_FAULT`.
+    pub import_fault: Option<ImportFault>,
 }
 
 /// Start: check and record the store, then serve SQL and HTTP until SIGTERM/SIGINT.
@@ -569,6 +605,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         external_io_dir: config.external_io_dir.clone(),
         store: config.store.clone(),
         sql_addr: sql_addr.clone(),
+        import_fault: config.import_fault,
     });
     println!(
         "KaiwuDB node starting at {} (simulator)",
