@@ -402,6 +402,13 @@ async fn statements_pass_through_with_parameters_and_databases_map_to_schemas() 
         .batch_execute("CREATE TS DATABASE s2")
         .await
         .expect("plain ts db");
+    // An ALTER TABLE passed through shows in the exported DDL.
+    client
+        .batch_execute("ALTER TABLE t ADD COLUMN extra INT8; EXPORT INTO CSV 'nodelocal://1/alt' FROM DATABASE app")
+        .await
+        .expect("alter, export");
+    let meta = std::fs::read_to_string(dir.path().join("s/extern/alt/meta.sql")).expect("meta.sql");
+    assert!(meta.contains("extra bigint"), "{meta}");
     client
         .batch_execute("DROP DATABASE app CASCADE")
         .await

@@ -90,18 +90,7 @@ async fn tables_of(session: &Session, db: &str) -> anyhow::Result<Vec<String>> {
 }
 
 async fn table_ddl(session: &Session, db: &str, table: &str) -> anyhow::Result<String> {
-    if let Some(r) = session
-        .client
-        .query_opt(
-            "SELECT create_sql FROM kwdb_sim.tables WHERE db = $1 AND name = $2",
-            &[&db, &table],
-        )
-        .await?
-    {
-        return Ok(r.get(0));
-    }
-    // Created some other way: describe it from the backing catalog.
-    let cols: Vec<String> = session
+    let cols: Vec<(String, String, bool)> = session
         .client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull
@@ -111,17 +100,29 @@ async fn table_ddl(session: &Session, db: &str, table: &str) -> anyhow::Result<S
         )
         .await?
         .into_iter()
-        .map(|r| {
-            let nn: bool = r.get(2);
-            format!(
-                "{} {}{}",
-                r.get::<_, String>(0),
-                r.get::<_, String>(1),
-                if nn { " NOT NULL" } else { "" }
-            )
-        })
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    Ok(format!("CREATE TABLE {table} ({})", cols.join(", ")))
+    if let Some(r) = session
+        .client
+        .query_opt(
+            "SELECT create_sql FROM kwdb_sim.tables WHERE db = $1 AND name = $2",
+            &[&db, &table],
+        )
+        .await?
+    {
+        // The KWDB DDL as created, unless the table changed since (ALTER TABLE passed through).
+        let recorded: String = r.get(0);
+        let names: Vec<&str> = cols.iter().map(|(n, _, _)| n.as_str()).collect();
+        if statements::column_names(&recorded) == names {
+            return Ok(recorded);
+        }
+    }
+    // Created or altered some other way: describe it from the backing catalog.
+    let defs: Vec<String> = cols
+        .iter()
+        .map(|(name, ty, nn)| format!("{name} {ty}{}", if *nn { " NOT NULL" } else { "" }))
+        .collect();
+    Ok(format!("CREATE TABLE {table} ({})", defs.join(", ")))
 }
 
 /// `EXPORT INTO CSV "<path>" FROM DATABASE <db> [WITH …]`.

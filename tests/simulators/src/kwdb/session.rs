@@ -643,7 +643,7 @@ impl Session {
                 for (i, r) in self
                     .client
                     .query(
-                        "SELECT db, name FROM kwdb_sim.tables ORDER BY db, name",
+                        "SELECT t.db, t.name FROM kwdb_sim.tables t JOIN information_schema.tables i ON i.table_schema = t.db AND i.table_name = t.name ORDER BY t.db, t.name",
                         &[],
                     )
                     .await?

@@ -762,6 +762,43 @@ pub fn rewrite_types(cols: &str) -> String {
     out.join(", ")
 }
 
+/// The column names (columns, then tags) a KWDB `CREATE TABLE` defines, lower-cased unless quoted.
+pub fn column_names(create_sql: &str) -> Vec<String> {
+    let Ok(t) = parse_create_table(create_sql, "x") else {
+        return Vec::new();
+    };
+    let Some(open) = t.pg_sql.find('(') else {
+        return Vec::new();
+    };
+    let rest = t.pg_sql[open + 1..].trim_end();
+    let inner = rest.strip_suffix(')').unwrap_or(rest);
+    const CONSTRAINTS: &[&str] = &[
+        "PRIMARY",
+        "CONSTRAINT",
+        "UNIQUE",
+        "CHECK",
+        "FOREIGN",
+        "INDEX",
+        "FAMILY",
+        "EXCLUDE",
+    ];
+    split_top(inner)
+        .iter()
+        .filter_map(|d| {
+            let d = d.trim();
+            if let Some(q) = d.strip_prefix('"') {
+                return q.split('"').next().map(str::to_string);
+            }
+            let w: String = d
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            (!w.is_empty() && !CONSTRAINTS.contains(&w.to_uppercase().as_str()))
+                .then(|| w.to_lowercase())
+        })
+        .collect()
+}
+
 /// Split `CREATE TABLE [IF NOT EXISTS] [db.][public.]t (cols) [TAGS (tags) PRIMARY TAGS (…)] …`.
 pub fn parse_create_table(sql: &str, current_db: &str) -> anyhow::Result<CreateTable> {
     let chars: Vec<char> = sql.trim().chars().collect();
@@ -914,6 +951,10 @@ mod tests {
             "CREATE TABLE \"sensors\".\"readings\" (ts TIMESTAMP NOT NULL, v FLOAT, raw BYTEA, s TEXT, dev BIGINT NOT NULL, site VARCHAR(10))"
         );
         assert!(t.kwdb_sql.ends_with("PRIMARY TAGS (dev)"), "{}", t.kwdb_sql);
+        assert_eq!(
+            column_names(&t.kwdb_sql),
+            vec!["ts", "v", "raw", "s", "dev", "site"]
+        );
         let q = parse_create_table("create table shop.orders (id INT PRIMARY KEY)", "defaultdb")
             .expect("parse");
         assert_eq!((q.db.as_str(), q.table.as_str()), ("shop", "orders"));
