@@ -232,7 +232,9 @@ impl Command {
                 }))
             }
             other => {
-                bail!("unknown command {other:?} (simulated: version, start-single-node, start)")
+                bail!(
+                    "unknown command {other:?} (simulated: version, start-single-node, start, sql, node status, node upgrade)"
+                )
             }
         }
     }
