@@ -135,9 +135,10 @@ fn simulate(product: &str, args: &[String]) -> ExitCode {
         }
         // It builds its own runtime, like the simulator binary.
         "openmetadata" => upshift_sim::openmetadata::main_with_args(args),
+        "kwdb" => upshift_sim::kwdb::main_with_args(args),
         other => {
             eprintln!(
-                "error: no simulator for `{other}` (simulators: bytebase, devlake, openmetadata)"
+                "error: no simulator for `{other}` (simulators: bytebase, devlake, kwdb, openmetadata)"
             );
             ExitCode::from(2)
         }

@@ -204,8 +204,14 @@ pub fn kwdb_images(versions: &[&str]) {
             ),
         )
         .expect("dockerfile");
-        let out = run(Command::new("docker").args(["build", "-q", "-t", &tag]).arg(dir.path()));
-        assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run(Command::new("docker")
+            .args(["build", "-q", "-t", &tag])
+            .arg(dir.path()));
+        assert!(
+            out.status.success(),
+            "docker build {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -202,9 +202,16 @@ pub fn import() -> Result<StepOutput, AdapterError> {
     let mut imported = 0;
     for (i, db) in databases.iter().enumerate() {
         progress::report(i as u64, databases.len() as u64, &format!("importing {db}"));
+        // `WITH privileges` fails ("NO PRIVILEGES statement in the SQL file") when the export
+        // carries no GRANT, so it is asked for only when meta.sql has one (§2.7).
+        let meta = live::read_text(EXTERN, &format!("{dir}/{db}/meta.sql"))?.unwrap_or_default();
+        let grants = meta
+            .lines()
+            .any(|l| l.trim_start().to_ascii_uppercase().starts_with("GRANT "));
+        let with = if grants { " WITH privileges" } else { "" };
         let (columns, rows) = run(
             NEXT_SQL,
-            &format!("IMPORT DATABASE CSV DATA (\"nodelocal://1/{dir}/{db}\") WITH privileges"),
+            &format!("IMPORT DATABASE CSV DATA (\"nodelocal://1/{dir}/{db}\"){with}"),
         )?;
         for row in &rows {
             let rejected = column_u64(&columns, row, "reject_rows").unwrap_or(0);

@@ -20,7 +20,7 @@ pub fn upgrade(current: &str, target: &str, method: Method, strip: bool, offline
         "export",
         "export",
         target,
-        false,
+        true,
         "EXPORT every user database (WITH privileges, comment), the users and the cluster settings to nodelocal://1/upshift/export-N, with every table's row count",
     );
     let steps = match method {

@@ -517,9 +517,15 @@ pub async fn apply(
                 }),
             }
         }
-        let rollback_command = backup_records
-            .first()
-            .map(|b| format!("upshift restore {} {}", instance.name, b.id));
+        // Offer the restore command only for a backup the adapter knows how to restore.
+        let mut rollback_command = None;
+        for b in &backup_records {
+            let request = restore_request(b, Some(target.to_string()), None);
+            if let Ok(Ok(_)) = plan_restore(session, &adapter, &request).await {
+                rollback_command = Some(format!("upshift restore {} {}", instance.name, b.id));
+                break;
+            }
+        }
         session
             .state
             .finish_run(&run.id, RunStatus::Succeeded, None)
@@ -641,6 +647,43 @@ async fn operator_help(
     out
 }
 
+/// What the adapter is told about a backup it is asked to restore.
+fn restore_request(
+    backup: &BackupRecord,
+    current: Option<String>,
+    into: Option<&str>,
+) -> RestoreRequest {
+    RestoreRequest {
+        backup: BackupInfo {
+            id: backup.id.clone(),
+            binding: backup.binding.clone(),
+            product_version: backup.product_version.clone(),
+            method: if backup.method == "dump" {
+                BackupMethod::Dump
+            } else {
+                BackupMethod::Clone
+            },
+        },
+        current_version: current,
+        into: into.map(str::to_string),
+    }
+}
+
+/// The adapter's restore plan for `request`, or its refusal (pure: no capabilities).
+async fn plan_restore(
+    session: &Session,
+    adapter: &LoadedAdapter,
+    request: &RestoreRequest,
+) -> Result<Result<Plan, Refusal>, OpError> {
+    let deadline = session.runtime.deadlines().pure;
+    Ok(session
+        .runtime
+        .call(adapter, None, "plan-restore", deadline, async |a, s| {
+            a.call_plan_restore(s, request).await
+        })
+        .await?)
+}
+
 /// Back up every db binding the adapter may back up (`dump` unless `clone` is asked for).
 pub async fn backup(
     session: &Session,
@@ -760,27 +803,8 @@ pub async fn restore(
         .await
         .ok()
         .map(|d| d.version);
-    let request = RestoreRequest {
-        backup: BackupInfo {
-            id: backup.id.clone(),
-            binding: backup.binding.clone(),
-            product_version: backup.product_version.clone(),
-            method: if backup.method == "dump" {
-                BackupMethod::Dump
-            } else {
-                BackupMethod::Clone
-            },
-        },
-        current_version: current.clone(),
-        into: into.map(str::to_string),
-    };
-    let deadline = session.runtime.deadlines().pure;
-    let planned = session
-        .runtime
-        .call(&adapter, None, "plan-restore", deadline, async |a, s| {
-            a.call_plan_restore(s, &request).await
-        })
-        .await?;
+    let request = restore_request(&backup, current.clone(), into);
+    let planned = plan_restore(session, &adapter, &request).await?;
     let from = current.unwrap_or_else(|| "unknown".into());
     let plan = match planned {
         Ok(p) => p,
