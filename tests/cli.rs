@@ -257,7 +257,7 @@ async fn audit_verify_reports_the_first_tampered_record() {
 }
 
 #[test]
-fn the_demo_upgrades_one_rolls_back_the_other_and_leaves_nothing_running() {
+fn the_demo_upgrades_a_mixed_fleet_rolls_one_back_and_leaves_nothing_running() {
     if let Err(e) = upshift_sim::pg::find_bindir() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("the demo needs PostgreSQL: {e}");
@@ -279,6 +279,18 @@ fn the_demo_upgrades_one_rolls_back_the_other_and_leaves_nothing_running() {
         "{err}"
     );
     assert!(err.contains("rollback-restore-meta"), "{err}");
+    // The rest of the mixed fleet: every product upgraded, each by its own rules.
+    for done in [
+        "om is now at 1.12.1",
+        "lake is now at v1.0.1",
+        "kw is now at 3.1.0",
+    ] {
+        assert!(err.contains(done), "{done}: {err}");
+    }
+    assert!(
+        err.contains("/proceed-db-migration"),
+        "DevLake's gate: {err}"
+    );
 
     // Nothing it started is left: no postgres on its cluster, no simulator on its ports.
     let root = env.data().join("demo");

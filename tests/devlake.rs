@@ -8,6 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::docker::{self, ComposeDown, DEVLAKE_SIM_REPO};
 use common::mysql::{MySql, checksums, tables};
 use common::{Env, free_port, http_get, json, start_services, stderr, step_ids};
 
@@ -384,4 +385,101 @@ fn offline_plans_for_the_version_paths() {
         (code, v["outcome"]["rule"].as_str()),
         (Some(3), Some("unparseable-version"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approach_1_an_image_tag_bump_through_compose() {
+    let Some(my) = common::mysql::mysql() else {
+        return;
+    };
+    if !docker::available() {
+        return;
+    }
+    docker::devlake_images(&["v1.0.0", "v1.0.1"]);
+    let (db, url) = my.fresh_db("lake").await;
+    let dir = tempfile::Builder::new()
+        .prefix("upshiftlake")
+        .tempdir()
+        .expect("tempdir");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    let port = free_port();
+    std::fs::write(
+        config.join(".env"),
+        env_text(port, &url, &format!("ENCRYPTION_SECRET={SECRET}")),
+    )
+    .expect(".env");
+    // As DevLake's compose file from v0.18 does: the .env as env_file, no mount (§4.2).
+    let compose = dir.path().join("docker-compose.yml");
+    let original = format!(
+        "version: \"2.4\"\nservices:\n  devlake:\n    image: {DEVLAKE_SIM_REPO}:v1.0.0   # from the release's compose file\n    network_mode: host\n    env_file: ./config/.env\n    restart: unless-stopped\n"
+    );
+    std::fs::write(&compose, &original).expect("compose file");
+    let _down = ComposeDown(compose.clone());
+    let up = std::process::Command::new("docker-compose")
+        .arg("-f")
+        .arg(&compose)
+        .args(["up", "-d", "devlake"])
+        .output()
+        .expect("docker-compose");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    for _ in 0..100 {
+        if http_get(port, "/ping").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut conn = my.conn(&db).await;
+    upshift_sim::devlake::seed(&mut conn, SECRET, 12)
+        .await
+        .expect("seed");
+
+    let env = Env::new();
+    env.write_fleet(&format!(
+        r#"
+[[instance]]
+name = "dl"
+product = "devlake"
+
+[instance.db.lake]
+url = "{url}"
+
+[instance.service.app]
+kind = "compose"
+file = "{compose}"
+service = "devlake"
+image = "{DEVLAKE_SIM_REPO}:{{version}}"
+health_url = "http://127.0.0.1:{port}/ping"
+stop_timeout_secs = 5
+
+[instance.http.api]
+url = "http://127.0.0.1:{port}"
+
+[instance.files.config]
+path = "{config}"
+"#,
+        compose = compose.display(),
+        config = config.display(),
+    ));
+    let out = env.upshift(&["apply", "dl", "--to", "v1.0.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        json(&out)["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .all(|c| c["passed"] == true)
+    );
+    assert_eq!(version(port).await, "v1.0.1");
+    // Only the tag changed, comment and layout kept.
+    assert_eq!(
+        std::fs::read_to_string(&compose).expect("compose file"),
+        original.replace(":v1.0.0   #", ":v1.0.1   #")
+    );
+    let (status, body) = http_get(port, "/plugins/github/connections/1").await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -16,7 +16,7 @@ use upshift::ops::apply;
 use upshift::ops::executor::RunContext;
 use upshift::runtime::bindings::{Action, SwitchAction};
 
-use common::docker::{self, Containers, REPO};
+use common::docker::{self, ComposeDown, Containers, REPO};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -304,19 +304,6 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
         docker::inspect(&name)["Config"]["Image"],
         format!("{REPO}:2.2.0")
     );
-}
-
-/// Runs `docker-compose down` for a file when dropped.
-struct ComposeDown(std::path::PathBuf);
-
-impl Drop for ComposeDown {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker-compose")
-            .arg("-f")
-            .arg(&self.0)
-            .args(["down", "-t", "1"])
-            .output();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

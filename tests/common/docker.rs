@@ -173,47 +173,92 @@ pub fn run_kwdb_like(name: &str, port: u16, store: &std::path::Path, version: &s
     );
 }
 
-/// Build (once per test process) FROM-scratch images of the KWDB simulator, laid out like
-/// `kwdb/kwdb` (`/kaiwudb/bin/kwbase`): `upshift-sim/kwdb:<version>` for each of `versions`.
-/// The simulator is test infrastructure, built statically for musl since no image can be pulled.
-pub fn kwdb_images(versions: &[&str]) {
+/// The simulators, built once per test process statically for musl (no image can be pulled,
+/// so test images are FROM scratch plus these binaries): the directory holding them.
+fn sim_binaries() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let binary = BUILT.get_or_init(|| {
+    BUILT.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
         let out = run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
-            .args(["build", "--quiet", "--release", "--locked", "--target", "x86_64-unknown-linux-musl", "-p", "upshift-sim", "--bin", "kwdb-sim", "--target-dir"])
+            .args(["build", "--quiet", "--release", "--locked", "--target", "x86_64-unknown-linux-musl", "-p", "upshift-sim"])
+            .args(["--bin", "kwdb-sim", "--bin", "devlake-sim", "--target-dir"])
             .arg(&target));
         assert!(
             out.status.success(),
-            "building the static KWDB simulator failed (is `rustup target add x86_64-unknown-linux-musl` done?):\n{}",
+            "building the static simulators failed (is `rustup target add x86_64-unknown-linux-musl` done?):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        target.join("x86_64-unknown-linux-musl/release/kwdb-sim")
-    });
+        target.join("x86_64-unknown-linux-musl/release")
+    })
+}
+
+/// `docker build` a FROM-scratch image `tag` holding `binary` at `path`, with `extra` lines.
+fn scratch_image(tag: &str, binary: &std::path::Path, path: &str, extra: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(binary, dir.path().join("bin")).expect("copy");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM scratch\nCOPY bin {path}\n{extra}"),
+    )
+    .expect("dockerfile");
+    let out = run(Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path()));
+    assert!(
+        out.status.success(),
+        "docker build {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Images of the KWDB simulator laid out like `kwdb/kwdb` (`/kaiwudb/bin/kwbase`, so the docs'
+/// `docker run … ./kwbase start-single-node …` works): `upshift-sim/kwdb:<version>`.
+pub fn kwdb_images(versions: &[&str]) {
+    let binary = sim_binaries().join("kwdb-sim");
     for version in versions {
-        let tag = format!("{KWDB_SIM_REPO}:{version}");
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(binary, dir.path().join("kwbase")).expect("copy");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            format!(
-                "FROM scratch\nCOPY kwbase /kaiwudb/bin/kwbase\nENV KWDB_SIM_VERSION={version}\nWORKDIR /kaiwudb/bin\n\
-                 LABEL org.opencontainers.image.version={version}\n"
+        scratch_image(
+            &format!("{KWDB_SIM_REPO}:{version}"),
+            &binary,
+            "/kaiwudb/bin/kwbase",
+            &format!(
+                "ENV KWDB_SIM_VERSION={version}\nWORKDIR /kaiwudb/bin\nLABEL org.opencontainers.image.version={version}\n"
             ),
-        )
-        .expect("dockerfile");
-        let out = run(Command::new("docker")
-            .args(["build", "-q", "-t", &tag])
-            .arg(dir.path()));
-        assert!(
-            out.status.success(),
-            "docker build {tag}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Images of the DevLake simulator, one per release like `apache/devlake:<tag>`:
+/// `upshift-sim/devlake:<tag>`, each starting its own release.
+pub fn devlake_images(tags: &[&str]) {
+    let binary = sim_binaries().join("devlake-sim");
+    for tag in tags {
+        scratch_image(
+            &format!("{DEVLAKE_SIM_REPO}:{tag}"),
+            &binary,
+            "/app/lake",
+            &format!(
+                "WORKDIR /app\nLABEL org.opencontainers.image.version={tag}\nCMD [\"/app/lake\", \"--version\", \"{tag}\"]\n"
+            ),
         );
     }
 }
 
 /// The KWDB simulator's image repository.
 pub const KWDB_SIM_REPO: &str = "upshift-sim/kwdb";
+/// The DevLake simulator's image repository.
+pub const DEVLAKE_SIM_REPO: &str = "upshift-sim/devlake";
+
+/// Runs `docker-compose down` for a file when dropped.
+pub struct ComposeDown(pub PathBuf);
+
+impl Drop for ComposeDown {
+    fn drop(&mut self) {
+        let _ = Command::new("docker-compose")
+            .arg("-f")
+            .arg(&self.0)
+            .args(["down", "-t", "1"])
+            .output();
+    }
+}
