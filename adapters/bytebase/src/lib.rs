@@ -6,9 +6,10 @@ pub mod rules;
 pub mod steps;
 pub mod verify;
 
+use upshift_adapter_sdk::rules::{parse_pair, unparseable};
 use upshift_adapter_sdk::{
     AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput,
-    error, refuse, versions,
+    error, versions,
 };
 
 upshift_adapter_sdk::manifest! {
@@ -23,19 +24,7 @@ upshift_adapter_sdk::manifest! {
     ],
 }
 
-fn unparseable(what: &str, text: &str) -> Refusal {
-    refuse(
-        "unparseable-version",
-        format!("{what} `{text}` is not a Bytebase version"),
-        &[],
-        "use a plain semver version such as 3.11.1",
-    )
-}
-
-fn to_refusal(r: rules::Refused) -> Refusal {
-    let path: Vec<String> = r.path.iter().map(ToString::to_string).collect();
-    refuse(r.rule, r.reason, &path, r.advice)
-}
+const EXAMPLE: &str = "3.11.1";
 
 struct Bytebase;
 
@@ -49,10 +38,8 @@ impl Guest for Bytebase {
     }
 
     fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
-        let from = versions::parse(&current.version)
-            .ok_or_else(|| unparseable("the current version", &current.version))?;
-        let to = versions::parse(&target).ok_or_else(|| unparseable("the target", &target))?;
-        rules::check(&from, &to, &detect::facts_of(&current)).map_err(to_refusal)?;
+        let (from, to) = parse_pair("Bytebase", &current.version, &target, EXAMPLE)?;
+        rules::check(&from, &to, &detect::facts_of(&current)).map_err(Refusal::from)?;
         Ok(steps::upgrade(
             &from.to_string(),
             &to,
@@ -89,7 +76,14 @@ impl Guest for Bytebase {
 
     fn plan_restore(request: RestoreRequest) -> Result<Plan, Refusal> {
         let backup_version = versions::parse(&request.backup.product_version)
-            .ok_or_else(|| unparseable("the backup's version", &request.backup.product_version))?
+            .ok_or_else(|| {
+                unparseable(
+                    "Bytebase",
+                    "the backup's version",
+                    &request.backup.product_version,
+                    EXAMPLE,
+                )
+            })?
             .to_string();
         let current = request.current_version.unwrap_or_else(|| "unknown".into());
         Ok(match &request.into {

@@ -3,6 +3,8 @@
 //! serve offline plans (no facts) and live ones alike. Sources: product-facts.md §1.
 
 use semver::Version;
+pub use upshift_adapter_sdk::rules::Refused;
+use upshift_adapter_sdk::rules::{known_major, not_already_there};
 
 /// How the metadata database records its schema version (product-facts §1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,19 +51,6 @@ pub struct Facts {
     pub embedded_pg: Option<u32>,
 }
 
-/// A rule that says no.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// Rule id.
-    pub rule: &'static str,
-    /// Why, in Bytebase's terms.
-    pub reason: String,
-    /// Versions to go through, ending with the target (empty: no path).
-    pub path: Vec<Version>,
-    /// What to do.
-    pub advice: String,
-}
-
 fn v(major: u64, minor: u64, patch: u64) -> Version {
     Version::new(major, minor, patch)
 }
@@ -97,14 +86,7 @@ pub fn check(current: &Version, target: &Version, facts: &Facts) -> Result<(), R
         path,
         advice,
     };
-    if target == current {
-        return Err(refuse(
-            "already-at-target",
-            format!("the instance already runs {current}"),
-            vec![],
-            "nothing to do".into(),
-        ));
-    }
+    not_already_there(current, target)?;
     if target < current {
         return Err(refuse(
             "downgrade",
@@ -127,16 +109,7 @@ pub fn check(current: &Version, target: &Version, facts: &Facts) -> Result<(), R
             "install 1.x or later fresh and re-create the settings; there is no upgrade path for 0.x data".into(),
         ));
     }
-    if target.major > KNOWN_MAJOR {
-        return Err(refuse(
-            "unknown-major",
-            format!(
-                "this adapter knows Bytebase up to {KNOWN_MAJOR}.x; {target} may need manual steps (MAJOR bumps can)"
-            ),
-            vec![],
-            "use an adapter release that supports the new major".into(),
-        ));
-    }
+    known_major("Bytebase", target, KNOWN_MAJOR)?;
     if facts.duplicate_versions.unwrap_or(0) > 0 && *current < v(3, 4, 1) && *target >= v(3, 4, 1) {
         return Err(refuse(
             "duplicate-versions",

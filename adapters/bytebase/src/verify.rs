@@ -1,18 +1,11 @@
 //! Checks after an upgrade (product-facts "What an adapter must encode → Bytebase →
 //! Verification").
 
+use upshift_adapter_sdk::live::check;
 use upshift_adapter_sdk::{AdapterError, Check, http, versions};
 
 use crate::detect::{actuator, actuator_replicas, actuator_version, schema};
 use crate::rules::SchemaFormat;
-
-fn check(name: &str, passed: bool, detail: impl Into<String>) -> Check {
-    Check {
-        name: name.to_string(),
-        passed,
-        detail: detail.into(),
-    }
-}
 
 /// All checks for `expected`; failing checks are returned, not errors.
 pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
