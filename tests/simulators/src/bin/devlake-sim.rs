@@ -1,4 +1,4 @@
-//! Run the DevLake simulator by hand: `DB_URL=mysql://… ENCRYPTION_SECRET=… devlake-sim --version v1.0.1`.
+//! Run the DevLake simulator by hand: `DB_URL=mysql://… (or postgres://…) ENCRYPTION_SECRET=… devlake-sim --version v1.0.1`.
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,6 +1,33 @@
 //! Simulated DevLake releases and their migration scripts (product-facts §4.4): scripts are
 //! named `<YYYYMMDDhhmmss>_<name>`, recorded in `_devlake_migration_history` as
 //! `(script_version, script_name)`, and a release carries every script up to its newest.
+//!
+//! Each release also carries the start-up and HTTP details that differ between releases in
+//! DevLake's source (`backend/server/services/{locking,init}.go`, `backend/server/api/api.go`).
+
+use std::time::Duration;
+
+use super::store::Engine;
+
+/// A statement, written once or per engine where MySQL and PostgreSQL differ.
+#[derive(Debug, Clone, Copy)]
+pub enum Sql {
+    /// The same text on both engines.
+    Same(&'static str),
+    /// MySQL text, PostgreSQL text.
+    Per(&'static str, &'static str),
+}
+
+impl Sql {
+    /// The text for `engine`.
+    pub fn on(&self, engine: Engine) -> &'static str {
+        match (self, engine) {
+            (Sql::Same(s), _) => s,
+            (Sql::Per(m, _), Engine::MySql) => m,
+            (Sql::Per(_, p), Engine::Postgres) => p,
+        }
+    }
+}
 
 /// One migration script.
 #[derive(Debug, Clone, Copy)]
@@ -10,44 +37,92 @@ pub struct Script {
     /// Its name.
     pub name: &'static str,
     /// What it does.
-    pub sql: &'static str,
+    pub sql: Sql,
 }
+
+/// The base tables every DevLake database has (GORM `AutoMigrate` of the framework models),
+/// created before the scripts run.
+pub const BASE: &[Sql] = &[
+    Sql::Per(
+        "CREATE TABLE IF NOT EXISTS _devlake_migration_history (script_version BIGINT UNSIGNED NOT NULL, script_name VARCHAR(255) NOT NULL, comment TEXT NULL, created_at DATETIME(3) NULL, PRIMARY KEY (script_version, script_name))",
+        "CREATE TABLE IF NOT EXISTS _devlake_migration_history (script_version BIGINT NOT NULL, script_name VARCHAR(255) NOT NULL, comment TEXT NULL, created_at TIMESTAMP(3) NULL, PRIMARY KEY (script_version, script_name))",
+    ),
+    Sql::Per(
+        "CREATE TABLE IF NOT EXISTS _devlake_locking_history (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, host_name LONGTEXT, version LONGTEXT, succeeded TINYINT(1), created_at DATETIME(3), updated_at DATETIME(3))",
+        "CREATE TABLE IF NOT EXISTS _devlake_locking_history (id BIGSERIAL PRIMARY KEY, host_name TEXT, version TEXT, succeeded BOOLEAN, created_at TIMESTAMP(3), updated_at TIMESTAMP(3))",
+    ),
+    Sql::Per(
+        "CREATE TABLE IF NOT EXISTS _tool_github_connections (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100), endpoint VARCHAR(255), token TEXT, created_at DATETIME(3))",
+        "CREATE TABLE IF NOT EXISTS _tool_github_connections (id BIGSERIAL PRIMARY KEY, name VARCHAR(100), endpoint VARCHAR(255), token TEXT, created_at TIMESTAMP(3))",
+    ),
+];
 
 /// Every simulated script, in order.
 pub const SCRIPTS: &[Script] = &[
     Script {
         version: 20220406000001,
         name: "init_schemas",
-        sql: "CREATE TABLE repos (id VARCHAR(255) PRIMARY KEY, name VARCHAR(255), url TEXT)",
+        sql: Sql::Same(
+            "CREATE TABLE repos (id VARCHAR(255) PRIMARY KEY, name VARCHAR(255), url TEXT)",
+        ),
     },
     Script {
         version: 20220601000005,
         name: "add_pull_requests",
-        sql: "CREATE TABLE pull_requests (id VARCHAR(255) PRIMARY KEY, base_repo_id VARCHAR(255), title TEXT, status VARCHAR(100))",
+        sql: Sql::Same(
+            "CREATE TABLE pull_requests (id VARCHAR(255) PRIMARY KEY, base_repo_id VARCHAR(255), title TEXT, status VARCHAR(100))",
+        ),
     },
     Script {
         version: 20230322000010,
         name: "add_connection_proxy",
-        sql: "ALTER TABLE _tool_github_connections ADD COLUMN proxy VARCHAR(255) NULL",
+        sql: Sql::Same("ALTER TABLE _tool_github_connections ADD COLUMN proxy VARCHAR(255) NULL"),
     },
     Script {
         version: 20231012000001,
         name: "add_repo_language",
-        sql: "ALTER TABLE repos ADD COLUMN language VARCHAR(100) NULL",
+        sql: Sql::Same("ALTER TABLE repos ADD COLUMN language VARCHAR(100) NULL"),
+    },
+    Script {
+        version: 20240103000001,
+        name: "add_pr_created_date",
+        sql: Sql::Per(
+            "ALTER TABLE pull_requests ADD COLUMN created_date DATETIME(3) NULL",
+            "ALTER TABLE pull_requests ADD COLUMN created_date TIMESTAMP(3) NULL",
+        ),
     },
     Script {
         version: 20240607000041,
         name: "modify_pr_assignees_and_reviewers_id",
-        sql: "ALTER TABLE pull_requests ADD COLUMN assignee_id VARCHAR(255) NULL",
+        sql: Sql::Same("ALTER TABLE pull_requests ADD COLUMN assignee_id VARCHAR(255) NULL"),
     },
     Script {
         version: 20241010000001,
         name: "add_pr_merged_date",
-        sql: "ALTER TABLE pull_requests ADD COLUMN merged_date DATETIME NULL",
+        sql: Sql::Per(
+            "ALTER TABLE pull_requests ADD COLUMN merged_date DATETIME(3) NULL",
+            "ALTER TABLE pull_requests ADD COLUMN merged_date TIMESTAMP(3) NULL",
+        ),
     },
 ];
 
-/// A simulated release: its tag and the newest script it carries.
+/// How a release answers HTTP while migration scripts are pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateModel {
+    /// ≤ v0.21: the gate is "scripts are pending"; a failed `/proceed-db-migration` leaves the
+    /// confirmation gate up and can be retried.
+    Pending,
+    /// v1.0.0: a service status; a failed migration crashes the process (`defer
+    /// statusLock.Unlock()` after an explicit unlock: "fatal error: sync: unlock of unlocked
+    /// mutex").
+    StatusCrashOnFailure,
+    /// ≥ v1.0.1: a service status; a failed migration leaves the status `migrating` (428
+    /// "Database migration is in progress…", a retry answers "There is a migration in
+    /// progress.") until the process is restarted.
+    Status,
+}
+
+/// A simulated release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Release {
     /// Tag, e.g. `v1.0.1`.
@@ -56,6 +131,18 @@ pub struct Release {
     pub newest_script: u64,
     /// Whether it reads `ENCRYPTION_SECRET` (≥ v0.18) rather than `ENCODE_KEY`.
     pub encryption_secret: bool,
+    /// How long it waits for `_devlake_locking_stub` before giving up (2 s in v0.16–v0.17, 3 s
+    /// in v0.18–v0.19, 10 s from v0.20 on).
+    pub lock_timeout: Duration,
+    /// Whether it drops and re-creates `_devlake_locking_stub` inside the locking transaction
+    /// (≥ v0.20) rather than creating it if missing beforehand.
+    pub lock_drops_stub: bool,
+    /// Whether `/health` exists (≥ v0.20; an alias of `/ping` before v1.0.0).
+    pub health: bool,
+    /// Whether `/ready` exists and `/health` reports the status (≥ v1.0.0).
+    pub probes: bool,
+    /// The HTTP gate model.
+    pub gate: GateModel,
 }
 
 /// The simulated releases.
@@ -64,32 +151,61 @@ pub const RELEASES: &[Release] = &[
         tag: "v0.17.0",
         newest_script: 20230322000010,
         encryption_secret: false,
+        lock_timeout: Duration::from_secs(2),
+        lock_drops_stub: false,
+        health: false,
+        probes: false,
+        gate: GateModel::Pending,
     },
     Release {
         tag: "v0.18.0",
         newest_script: 20231012000001,
         encryption_secret: true,
+        lock_timeout: Duration::from_secs(3),
+        lock_drops_stub: false,
+        health: false,
+        probes: false,
+        gate: GateModel::Pending,
+    },
+    Release {
+        tag: "v0.21.0",
+        newest_script: 20240103000001,
+        encryption_secret: true,
+        lock_timeout: Duration::from_secs(10),
+        lock_drops_stub: true,
+        health: true,
+        probes: false,
+        gate: GateModel::Pending,
     },
     Release {
         tag: "v1.0.0",
         newest_script: 20240607000041,
         encryption_secret: true,
+        lock_timeout: Duration::from_secs(10),
+        lock_drops_stub: true,
+        health: true,
+        probes: true,
+        gate: GateModel::StatusCrashOnFailure,
     },
     Release {
         tag: "v1.0.1",
         newest_script: 20241010000001,
         encryption_secret: true,
+        lock_timeout: Duration::from_secs(10),
+        lock_drops_stub: true,
+        health: true,
+        probes: true,
+        gate: GateModel::Status,
     },
 ];
 
-/// The release with that tag (a leading `v` is optional).
+/// The release with that tag (a leading `v` is optional: `v1.0.1` and `1.0.1` both work).
 pub fn find(tag: &str) -> Option<Release> {
-    let wanted = if tag.starts_with('v') {
-        tag.to_string()
-    } else {
-        format!("v{tag}")
-    };
-    RELEASES.iter().copied().find(|r| r.tag == wanted)
+    let bare = tag.trim().trim_start_matches('v');
+    RELEASES
+        .iter()
+        .copied()
+        .find(|r| r.tag.trim_start_matches('v') == bare)
 }
 
 impl Release {
@@ -98,5 +214,29 @@ impl Release {
         SCRIPTS
             .iter()
             .filter(move |s| s.version <= self.newest_script)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_with_or_without_v() {
+        assert_eq!(find("v1.0.1").map(|r| r.tag), Some("v1.0.1"));
+        assert_eq!(find("1.0.1").map(|r| r.tag), Some("v1.0.1"));
+        assert_eq!(
+            find("0.21.0").map(|r| r.newest_script),
+            Some(20240103000001)
+        );
+        assert_eq!(find("v1.0.2"), None);
+        assert_eq!(find(""), None);
+    }
+
+    #[test]
+    fn releases_carry_growing_script_sets() {
+        let counts: Vec<usize> = RELEASES.iter().map(|r| r.scripts().count()).collect();
+        assert_eq!(counts, vec![3, 4, 5, 6, 7]);
+        assert!(SCRIPTS.windows(2).all(|w| w[0].version < w[1].version));
     }
 }

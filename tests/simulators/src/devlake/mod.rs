@@ -1,21 +1,26 @@
-//! A DevLake simulator: behaves as Apache DevLake does at upgrade time (product-facts §4) with
-//! its default MySQL database. Test infrastructure, not DevLake.
+//! A DevLake simulator: behaves as Apache DevLake does at upgrade time (product-facts §4) on
+//! MySQL or PostgreSQL. Test infrastructure, not DevLake.
 //!
 //! It resolves its configuration like DevLake (`ENV_FILE`, else `.env` beside `ENV_PATH`, else
 //! `./.env`; environment variables win), requires `DB_URL`, requires `ENCRYPTION_SECRET` from
 //! v0.18 on (v0.17 reads `ENCODE_KEY` and writes a generated one back into `.env`), records every
-//! start in `_devlake_locking_history`, and when migration scripts are pending on a non-empty
-//! history it answers every API call with HTTP 428 until `GET /proceed-db-migration` (or
-//! `FORCE_MIGRATION=true`). A GitHub connection token is stored AES-CBC-encrypted with the
-//! secret, so a lost or changed secret shows as "invalid encKey". `DL_SIM_FAIL_SCRIPT=<version>`
-//! makes that script fail after earlier ones were applied.
+//! start in `_devlake_locking_history`, holds `_devlake_locking_stub` locked for its lifetime (a
+//! second instance on the same database gives up with DevLake's panic), and when migration
+//! scripts are pending on a non-empty history it answers API calls (all but `/ping`, `/version`,
+//! `/health`, `/ready`, which DevLake registers before its gate) with HTTP 428 until
+//! `GET /proceed-db-migration` (or `FORCE_MIGRATION=true`). A GitHub connection token is stored
+//! AES-CBC-encrypted with the secret, so a lost or changed secret shows as "invalid encKey".
+//! `DL_SIM_FAIL_SCRIPT=<version>` makes that script fail after earlier ones were applied;
+//! `DL_SIM_LOCK_TIMEOUT_SECS=<seconds>` shortens the lock timeout for tests.
 
 pub mod catalog;
 pub mod crypto;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use axum::Router;
@@ -27,10 +32,19 @@ use clap::Parser;
 use mysql_async::prelude::Queryable;
 use tokio::sync::Mutex;
 
-use catalog::Release;
+use catalog::{GateModel, Release};
+use store::{Engine, Store};
 
-/// The 428 message, as DevLake words it.
+/// The 428 message while migration waits for confirmation, as DevLake words it (DevLake's text
+/// has line breaks where this has spaces).
 pub const GATE_MESSAGE: &str = "New migration scripts detected. Database migration is required to launch DevLake. WARNING: Performing migration may wipe collected data for consistency and re-collecting data may be required. To proceed, please send a request to <config-ui-endpoint>/api/proceed-db-migration (or <devlake-endpoint>/proceed-db-migration). Alternatively, you may downgrade back to the previous DevLake version.";
+
+/// The 428 message while migrating (≥ v1.0.0).
+pub const MIGRATING_MESSAGE: &str =
+    "Database migration is in progress. Please wait until it is completed.";
+
+/// What a second instance prints when the lock is held elsewhere (`locking.go`).
+pub const LOCK_TIMEOUT_MESSAGE: &str = "panic: locking _devlake_locking_stub timeout, the database might be locked by another devlake instance";
 
 #[derive(Debug, Parser)]
 #[command(name = "devlake-sim", disable_version_flag = true)]
@@ -55,6 +69,9 @@ pub struct Config {
     pub force_migration: bool,
     /// Script version that fails.
     pub fail_script: Option<u64>,
+    /// How long to wait for `_devlake_locking_stub` (the release's own timeout unless
+    /// `DL_SIM_LOCK_TIMEOUT_SECS` says otherwise).
+    pub lock_timeout: Duration,
 }
 
 /// The `.env` DevLake would read, per §4.2.
@@ -99,6 +116,7 @@ impl Config {
             "PORT",
             "FORCE_MIGRATION",
             "DL_SIM_FAIL_SCRIPT",
+            "DL_SIM_LOCK_TIMEOUT_SECS",
         ] {
             if let Ok(v) = std::env::var(key) {
                 values.insert(key.to_string(), v);
@@ -111,9 +129,18 @@ impl Config {
             .ok_or_else(|| {
                 anyhow!("DB_URL is required, please set it in environment variable or .env file")
             })?;
-        if !db_url.starts_with("mysql://") {
-            bail!("invalid DB_URL: this simulator speaks MySQL only (`mysql://…`)");
-        }
+        store::parse_db_url(&db_url)?;
+        let lock_timeout = match values.get("DL_SIM_LOCK_TIMEOUT_SECS") {
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    anyhow!("DL_SIM_LOCK_TIMEOUT_SECS={v} is not a number of seconds")
+                })?,
+            None => release.lock_timeout,
+        };
         let secret = if release.encryption_secret {
             values
                 .get("ENCRYPTION_SECRET")
@@ -157,36 +184,57 @@ impl Config {
             fail_script: values
                 .get("DL_SIM_FAIL_SCRIPT")
                 .and_then(|v| v.parse().ok()),
+            lock_timeout,
         })
     }
 }
 
-/// DevLake's go-style DB_URL with its query (`charset`, `parseTime`, `loc`) removed.
+/// The URL this simulator's client opens for `DB_URL`: DevLake's go-style query (`charset`,
+/// `parseTime`, `loc`) removed; PostgreSQL keeps `sslmode`. `db_url` unchanged if invalid.
 pub fn connection_url(db_url: &str) -> String {
-    db_url.split('?').next().unwrap_or(db_url).to_string()
+    store::parse_db_url(db_url)
+        .map(|(_, url)| url)
+        .unwrap_or_else(|_| db_url.to_string())
 }
 
-/// The base tables every DevLake database has.
-const BASE: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS _devlake_migration_history (script_version BIGINT NOT NULL, script_name VARCHAR(255) NOT NULL, comment TEXT NULL, created_at DATETIME(3) NULL, PRIMARY KEY (script_version, script_name))",
-    "CREATE TABLE IF NOT EXISTS _devlake_locking_history (id BIGINT AUTO_INCREMENT PRIMARY KEY, host_name VARCHAR(255), version VARCHAR(255), succeeded TINYINT(1), created_at DATETIME(3), updated_at DATETIME(3))",
-    "CREATE TABLE IF NOT EXISTS _tool_github_connections (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100), endpoint VARCHAR(255), token TEXT, created_at DATETIME(3))",
-];
+/// DevLake's service status (`backend/server/services/init.go`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    WaitConfirm,
+    Migrating,
+    Ready,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::WaitConfirm => "waiting for migration confirmation",
+            Status::Migrating => "migrating",
+            Status::Ready => "ready",
+        }
+    }
+}
 
 struct Sim {
     config: Config,
-    pool: mysql_async::Pool,
-    /// `Some(reason)` while API calls get 428.
-    gate: Mutex<Option<&'static str>>,
-    lock_id: u64,
+    store: Store,
+    status: Mutex<Status>,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 async fn pending(
-    conn: &mut mysql_async::Conn,
+    store: &Store,
     release: &Release,
 ) -> anyhow::Result<(usize, Vec<&'static catalog::Script>)> {
-    let done: Vec<(u64, String)> = conn
-        .query("SELECT script_version, script_name FROM _devlake_migration_history")
+    let done = store
+        .history()
         .await
         .context("cannot read _devlake_migration_history")?;
     let pending = release
@@ -196,81 +244,112 @@ async fn pending(
     Ok((done.len(), pending))
 }
 
+/// The error DevLake's driver reports for the simulated failing script (#3888, #8411).
+fn duplicate_column(engine: Engine) -> &'static str {
+    match engine {
+        Engine::MySql => "Error 1060: Duplicate column name 'updated_date'",
+        Engine::Postgres => {
+            "ERROR: column \"updated_date\" of relation \"pull_requests\" already exists (SQLSTATE 42701)"
+        }
+    }
+}
+
 async fn migrate(sim: &Sim) -> anyhow::Result<()> {
-    let mut conn = sim.pool.get_conn().await.context("cannot connect")?;
-    let (_, scripts) = pending(&mut conn, &sim.config.release).await?;
-    println!("[Execute] pending scripts: {}", scripts.len());
+    let (history, scripts) = pending(&sim.store, &sim.config.release).await?;
+    println!(
+        "[Execute] pending scripts: {}, executed scripts: {history}",
+        scripts.len()
+    );
+    let engine = sim.store.engine();
     for s in scripts {
         if sim.config.fail_script == Some(s.version) {
             bail!(
-                "proceed-db-migration failed: Error 1060: Duplicate column name 'updated_date' (script {}_{}; earlier scripts stay applied)",
+                "{} (script {}_{}; earlier scripts stay applied)",
+                duplicate_column(engine),
                 s.version,
                 s.name
             );
         }
-        conn.query_drop(s.sql)
+        sim.store
+            .batch(s.sql.on(engine))
             .await
             .with_context(|| format!("script {}_{} failed", s.version, s.name))?;
-        conn.exec_drop(
-            "INSERT INTO _devlake_migration_history (script_version, script_name, comment, created_at) VALUES (?, ?, '', NOW(3))",
-            (s.version, s.name),
-        )
-        .await?;
+        sim.store.record_script(s.version, s.name).await?;
     }
-    conn.exec_drop(
-        "UPDATE _devlake_locking_history SET succeeded = 1, updated_at = NOW(3) WHERE id = ?",
-        (sim.lock_id,),
-    )
-    .await?;
     println!("[Execute] pending scripts: 0");
     Ok(())
 }
 
-/// Start, migrate or gate, and serve until SIGTERM/SIGINT.
+/// Register this start and take `_devlake_locking_stub` (`locking.go`): the returned session
+/// holds it until dropped.
+async fn lock_database(config: &Config, store: &Store) -> anyhow::Result<store::LockSession> {
+    let id = store
+        .insert_locking_row(&host_name(), config.release.tag)
+        .await
+        .context("cannot insert into _devlake_locking_history")?;
+    let mut session = store.lock_session().await?;
+    match tokio::time::timeout(
+        config.lock_timeout,
+        session.acquire(config.release.lock_drops_stub),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.context("cannot lock _devlake_locking_stub")),
+        Err(_) => {
+            session.cancel(store).await;
+            println!("{LOCK_TIMEOUT_MESSAGE}");
+            bail!("{LOCK_TIMEOUT_MESSAGE}");
+        }
+    }
+    store.mark_locked(id).await?;
+    Ok(session)
+}
+
+/// Start, lock, migrate or gate, and serve until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("DevLake {} (simulator) starting", config.release.tag);
-    let opts = mysql_async::Opts::from_url(&connection_url(&config.db_url))
-        .map_err(|e| anyhow!("invalid DB_URL: {e}"))?;
-    let pool = mysql_async::Pool::new(opts);
-    let mut conn = pool
-        .get_conn()
-        .await
-        .context("cannot connect to the database")?;
-    for sql in BASE {
-        conn.query_drop(*sql)
+    let store = Store::connect(&config.db_url).await?;
+    let engine = store.engine();
+    for sql in catalog::BASE {
+        store
+            .batch(sql.on(engine))
             .await
             .context("cannot create the base tables")?;
     }
-    conn.exec_drop(
-        "INSERT INTO _devlake_locking_history (host_name, version, succeeded, created_at, updated_at) VALUES ('sim', ?, 0, NOW(3), NOW(3))",
-        (config.release.tag,),
-    )
-    .await?;
-    let lock_id = conn.last_insert_id().unwrap_or(0);
-    let (history, scripts) = pending(&mut conn, &config.release).await?;
-    drop(conn);
+    // Held, never committed, until the process ends.
+    let _lock = lock_database(&config, &store).await?;
+    let (history, scripts) = pending(&store, &config.release).await?;
+    println!(
+        "has pending scripts? {}, FORCE_MIGRATION: {}",
+        history > 0 && !scripts.is_empty(),
+        config.force_migration
+    );
     let sim = Arc::new(Sim {
-        gate: Mutex::new(None),
+        status: Mutex::new(Status::Migrating),
         config,
-        pool,
-        lock_id,
+        store,
     });
     if !scripts.is_empty() && history > 0 && !sim.config.force_migration {
-        println!(
-            "waiting for migration confirmation: {} pending script(s)",
-            scripts.len()
-        );
-        *sim.gate.lock().await = Some(GATE_MESSAGE);
+        println!("db migration confirmation needed");
+        *sim.status.lock().await = Status::WaitConfirm;
     } else {
         migrate(&sim).await?;
+        *sim.status.lock().await = Status::Ready;
     }
-    let app = Router::new()
+    let release = sim.config.release;
+    let mut app = Router::new()
         .route("/ping", get(ping))
-        .route("/ready", get(ping))
         .route("/version", get(version))
         .route("/proceed-db-migration", get(proceed))
-        .route("/plugins/github/connections/{id}", get(connection))
-        .with_state(sim.clone());
+        .route("/plugins/github/connections/{id}", get(connection));
+    if release.health {
+        app = app.route("/health", get(health));
+    }
+    if release.probes {
+        app = app.route("/ready", get(ready));
+    }
+    let app = app.fallback(not_found).with_state(sim.clone());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", sim.config.port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", sim.config.port))?;
@@ -295,55 +374,126 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn gated(sim: &Sim) -> Option<Response> {
-    sim.gate.lock().await.map(|message| {
-        json(
-            StatusCode::PRECONDITION_REQUIRED,
-            serde_json::json!({ "message": message }),
-        )
-    })
+/// DevLake's `shared.ApiBody`.
+fn api_body(status: StatusCode, success: bool, message: &str, causes: &[String]) -> Response {
+    json(
+        status,
+        serde_json::json!({
+            "code": 0,
+            "success": success,
+            "message": message,
+            "causes": if causes.is_empty() { serde_json::Value::Null } else { serde_json::json!(causes) },
+            "data": null,
+        }),
+    )
 }
 
-async fn ping(State(sim): State<Arc<Sim>>) -> Response {
-    match gated(&sim).await {
-        Some(r) => r,
-        None => (StatusCode::OK, "pong").into_response(),
-    }
+/// The gate in front of every route registered after it (all but `/ping`, `/version`,
+/// `/health`, `/ready`, `/proceed-db-migration`).
+async fn gated(sim: &Sim) -> Option<Response> {
+    let message = match (*sim.status.lock().await, sim.config.release.gate) {
+        (Status::Ready, _) => return None,
+        (Status::WaitConfirm, _) | (Status::Migrating, GateModel::Pending) => GATE_MESSAGE,
+        (Status::Migrating, _) => MIGRATING_MESSAGE,
+    };
+    Some(api_body(
+        StatusCode::PRECONDITION_REQUIRED,
+        false,
+        message,
+        &[],
+    ))
+}
+
+async fn ping() -> Response {
+    StatusCode::OK.into_response()
 }
 
 async fn version(State(sim): State<Arc<Sim>>) -> Response {
-    match gated(&sim).await {
-        Some(r) => r,
-        None => json(
-            StatusCode::OK,
-            serde_json::json!({ "version": format!("{}@sim", sim.config.release.tag) }),
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "version": format!("{}@sim", sim.config.release.tag) }),
+    )
+}
+
+/// `/health`: an alias of `/ping` before v1.0.0; from then "maybe" unless ready, else a read.
+async fn health(State(sim): State<Arc<Sim>>) -> Response {
+    if !sim.config.release.probes {
+        return StatusCode::OK.into_response();
+    }
+    if *sim.status.lock().await != Status::Ready {
+        return api_body(StatusCode::OK, true, "maybe", &[]);
+    }
+    match sim.store.history().await {
+        Ok(_) => api_body(StatusCode::OK, true, "good", &[]),
+        Err(e) => api_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            false,
+            &format!("{e:#}"),
+            &[],
         ),
     }
 }
 
-async fn proceed(State(sim): State<Arc<Sim>>) -> Response {
-    let mut gate = sim.gate.lock().await;
-    if gate.is_none() {
-        return json(
-            StatusCode::OK,
-            serde_json::json!({ "message": "no migration needed" }),
-        );
+/// `/ready` (≥ v1.0.0): 503 "service is not ready: <status>" until ready.
+async fn ready(State(sim): State<Arc<Sim>>) -> Response {
+    let status = *sim.status.lock().await;
+    if status == Status::Ready {
+        api_body(StatusCode::OK, true, status.as_str(), &[])
+    } else {
+        api_body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            false,
+            &format!("service is not ready: {}", status.as_str()),
+            &[],
+        )
     }
-    *gate = Some("Database migration is in progress...");
-    drop(gate);
+}
+
+/// Unknown routes pass through the gate first (gin's 404 chain includes it).
+async fn not_found(State(sim): State<Arc<Sim>>) -> Response {
+    match gated(&sim).await {
+        Some(r) => r,
+        None => (StatusCode::NOT_FOUND, "404 page not found").into_response(),
+    }
+}
+
+async fn proceed(State(sim): State<Arc<Sim>>) -> Response {
+    let gate = sim.config.release.gate;
+    let mut status = sim.status.lock().await;
+    match *status {
+        Status::Ready => return api_body(StatusCode::OK, true, "success", &[]),
+        Status::Migrating => {
+            let message = if gate == GateModel::StatusCrashOnFailure {
+                "already migrating"
+            } else {
+                "There is a migration in progress."
+            };
+            return api_body(StatusCode::BAD_REQUEST, false, message, &[]);
+        }
+        Status::WaitConfirm => *status = Status::Migrating,
+    }
+    drop(status);
     match migrate(&sim).await {
         Ok(()) => {
-            *sim.gate.lock().await = None;
-            json(
-                StatusCode::OK,
-                serde_json::json!({ "message": "migration done" }),
-            )
+            *sim.status.lock().await = Status::Ready;
+            api_body(StatusCode::OK, true, "success", &[])
         }
         Err(e) => {
-            *sim.gate.lock().await = Some(GATE_MESSAGE);
-            json(
+            eprintln!("failed to execute migration: {e:#}");
+            match gate {
+                GateModel::Pending => *sim.status.lock().await = Status::WaitConfirm,
+                GateModel::Status => {}
+                GateModel::StatusCrashOnFailure => {
+                    // v1.0.0's ExecuteMigration unlocks its mutex twice on this path.
+                    eprintln!("fatal error: sync: unlock of unlocked mutex");
+                    std::process::exit(2);
+                }
+            }
+            api_body(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                serde_json::json!({ "message": format!("{e:#}") }),
+                false,
+                "error executing migration",
+                &[format!("{e:#}")],
             )
         }
     }
@@ -356,16 +506,7 @@ async fn connection(
     if let Some(r) = gated(&sim).await {
         return r;
     }
-    let row: Result<Option<(String, String)>, _> = async {
-        let mut conn = sim.pool.get_conn().await?;
-        conn.exec_first(
-            "SELECT name, token FROM _tool_github_connections WHERE id = ?",
-            (id,),
-        )
-        .await
-    }
-    .await;
-    match row {
+    match sim.store.github_connection(id).await {
         Ok(Some((name, token))) => match crypto::decrypt(&sim.config.secret, &token) {
             Ok(plain) => json(
                 StatusCode::OK,
@@ -382,33 +523,75 @@ async fn connection(
         ),
         Err(e) => json(
             StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({ "message": e.to_string() }),
+            serde_json::json!({ "message": format!("{e:#}") }),
         ),
     }
 }
 
-/// Insert a GitHub connection (token encrypted with `secret`) and `n` repos and pull requests.
+/// The seeded rows: (repo id, repo name, repo url, pr id, pr title).
+fn seed_rows(n: usize) -> impl Iterator<Item = [String; 5]> {
+    (0..n).map(|i| {
+        [
+            format!("github:GithubRepo:1:{i}"),
+            format!("org/repo{i}"),
+            format!("https://github.com/org/repo{i}"),
+            format!("github:GithubPullRequest:1:{i}"),
+            format!("PR {i}"),
+        ]
+    })
+}
+
+/// The token the seeded GitHub connection carries (encrypted with the secret).
+pub const SEED_TOKEN: &str = "ghp_simulatedtoken";
+
+/// MySQL: insert a GitHub connection (token encrypted with `secret`) and `n` repos and pull
+/// requests (the schema of a migrated database).
 pub async fn seed(conn: &mut mysql_async::Conn, secret: &str, n: usize) -> anyhow::Result<()> {
     conn.exec_drop(
         "INSERT INTO _tool_github_connections (name, endpoint, token, created_at) VALUES ('github', 'https://api.github.com/', ?, NOW(3))",
-        (crypto::encrypt(secret, "ghp_simulatedtoken"),),
+        (crypto::encrypt(secret, SEED_TOKEN),),
     )
     .await?;
-    for i in 0..n {
+    for [repo, name, url, pr, title] in seed_rows(n) {
         conn.exec_drop(
             "INSERT INTO repos (id, name, url) VALUES (?, ?, ?)",
-            (
-                format!("github:GithubRepo:1:{i}"),
-                format!("org/repo{i}"),
-                format!("https://github.com/org/repo{i}"),
-            ),
+            (&repo, name, url),
         )
         .await?;
         conn.exec_drop(
             "INSERT INTO pull_requests (id, base_repo_id, title, status) VALUES (?, ?, ?, 'MERGED')",
-            (format!("github:GithubPullRequest:1:{i}"), format!("github:GithubRepo:1:{i}"), format!("PR {i}")),
+            (pr, &repo, title),
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: the same rows as [`seed`].
+pub async fn seed_pg(
+    client: &tokio_postgres::Client,
+    secret: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    client
+        .execute(
+            "INSERT INTO _tool_github_connections (name, endpoint, token, created_at) VALUES ('github', 'https://api.github.com/', $1, now())",
+            &[&crypto::encrypt(secret, SEED_TOKEN)],
+        )
+        .await?;
+    for [repo, name, url, pr, title] in seed_rows(n) {
+        client
+            .execute(
+                "INSERT INTO repos (id, name, url) VALUES ($1, $2, $3)",
+                &[&repo, &name, &url],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO pull_requests (id, base_repo_id, title, status) VALUES ($1, $2, $3, 'MERGED')",
+                &[&pr, &repo, &title],
+            )
+            .await?;
     }
     Ok(())
 }
