@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use common::docker::{self, ComposeDown, DEVLAKE_SIM_REPO};
 use common::mysql::{MySql, checksums, tables};
-use common::{Env, free_port, http_get, json, start_services, stderr, step_ids};
+use common::{Env, connect, free_port, http_get, json, start_services, stderr, step_ids};
 
 const SECRET: &str = "s3cret-of-the-lake";
 
@@ -105,7 +105,7 @@ async fn version(port: u16) -> String {
 }
 
 /// Checksums of the tables that existed before, except the locking history, which gains a row
-/// at every start by design (§4.1).
+/// at every start by design (§4.1), and the lock stub a running DevLake holds locked.
 async fn data(
     my: &MySql,
     db: &str,
@@ -114,7 +114,7 @@ async fn data(
     let mut conn = my.conn(db).await;
     let keep: Vec<String> = of
         .iter()
-        .filter(|t| *t != "_devlake_locking_history")
+        .filter(|t| *t != "_devlake_locking_history" && *t != "_devlake_locking_stub")
         .cloned()
         .collect();
     checksums(&mut conn, db, &keep).await
@@ -480,6 +480,50 @@ path = "{config}"
         std::fs::read_to_string(&compose).expect("compose file"),
         original.replace(":v1.0.0   #", ":v1.0.1   #")
     );
+    let (status, body) = http_get(port, "/plugins/github/connections/1").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_on_postgresql_passes_the_gate_and_keeps_the_tokens() {
+    let Some(pg) = common::pg() else { return };
+    let (_, url) = pg.fresh_db("lake").await;
+    let env = Env::new();
+    let port = free_port();
+    let config = env.dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join(".env"),
+        format!("PORT={port}\nDB_URL={url}\nENCRYPTION_SECRET={SECRET}\n"),
+    )
+    .expect(".env");
+    env.write_fleet(&fleet(&url, port, "v1.0.0", &config, ""));
+    start_services(&env, "dl", &["app"]).await;
+    upshift_sim::devlake::seed_pg(&connect(&url).await, SECRET, 20)
+        .await
+        .expect("seed");
+    let before = common::table_checksums(&url).await;
+
+    let out = env.upshift(&["apply", "dl", "--to", "v1.0.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert!(
+        report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .all(|c| c["passed"] == true),
+        "{report}"
+    );
+    assert_eq!(version(port).await, "v1.0.1");
+    let client = connect(&url).await;
+    let repos: i64 = client
+        .query_one("SELECT count(*) FROM repos", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(repos, 20);
+    assert!(before.contains_key("_devlake_migration_history"));
     let (status, body) = http_get(port, "/plugins/github/connections/1").await;
     assert_eq!(status, 200, "{body}");
 }

@@ -301,7 +301,7 @@ async fn seed(member: &Member) -> Result<(), Exit> {
     let seeded = match member.seed {
         Seed::Bytebase => upshift_sim::bytebase::seed_user_rows(&client, 25).await,
         Seed::OpenMetadata => upshift_sim::openmetadata::seed_pg(&client, 25).await,
-        Seed::DevLake => Err(anyhow::anyhow!("TEMP: DevLake on PostgreSQL pending")),
+        Seed::DevLake => upshift_sim::devlake::seed_pg(&client, DEVLAKE_SECRET, 25).await,
         Seed::Kwdb => upshift_sim::kwdb::seed(&client, 25).await,
     };
     seeded.map_err(|e| anyhow::anyhow!("cannot seed {}: {e:#}", member.name).into())
@@ -347,7 +347,7 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
         bytebase(&exe, &cluster.url("bb_alpha"), "bb-alpha", false)?,
         bytebase(&exe, &cluster.url("bb_beta"), "bb-beta", true)?,
         openmetadata(&exe, &cluster.url("om"), cluster.port(), "om")?,
-        // TEMP devlake(&exe, root, &cluster.url("lake"))?,
+        devlake(&exe, root, &cluster.url("lake"))?,
         kwdb(&exe, root, &cluster.url("kw_backing"))?,
     ];
     let fleet_path = root.join("upshift.toml");

@@ -24,14 +24,29 @@ pub fn tag(v: &Version) -> String {
 pub enum Api {
     /// Serving this version.
     Serving(String),
-    /// HTTP 428: migrations wait for confirmation.
+    /// HTTP 428: migrations wait for confirmation (or are running).
     Gated,
     /// Not answering (stopped).
     Down,
 }
 
+/// An API route behind DevLake's 428 middleware. `/ping` and `/version` are registered before
+/// it and never answer 428 (DevLake's `api.go`), so the gate is probed on a real API route.
+pub const GATED_PROBE: &str = "/blueprints";
+
+/// Whether the API answers 428 now, and with what.
+pub fn gate() -> Option<String> {
+    live::get("api", GATED_PROBE)
+        .ok()
+        .filter(|a| a.status == 428)
+        .map(|a| a.body)
+}
+
 /// Ask the API.
 pub fn api() -> Api {
+    if gate().is_some() {
+        return Api::Gated;
+    }
     match live::get("api", "/version") {
         Ok(a) if a.status == 200 => match a.field("version") {
             Some(v) => Api::Serving(v.split('@').next().unwrap_or(&v).to_string()),
@@ -137,16 +152,21 @@ pub fn detect() -> Result<Detection, AdapterError> {
     };
     let history = starts()?;
     let current = numeric(&version);
-    let confirmed = match &api {
-        Api::Gated => false,
-        _ => history
+    // `succeeded` is set once the start holds its lock, before any migration: while the gate
+    // waits, the database is still shaped by the deployment before this one.
+    let gated = api == Api::Gated;
+    let confirmed = !gated
+        && history
             .first()
-            .is_some_and(|s| s.succeeded && numeric(&s.version) == current),
+            .is_some_and(|s| s.succeeded && numeric(&s.version) == current);
+    let last_migrated = if gated {
+        history
+            .iter()
+            .find(|s| s.succeeded && numeric(&s.version) != current)
+            .map(|s| s.version.clone())
+    } else {
+        Some(version.clone())
     };
-    let last_migrated = history
-        .iter()
-        .find(|s| s.succeeded)
-        .map(|s| s.version.clone());
     let env = secret::read_env()?;
     let reads_new = current.as_ref().is_none_or(|v| *v >= secret_rename());
     let tokens = connections()?;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use upshift_adapter_sdk::{AdapterError, StepOutput, error, info, live};
 
+use crate::detect::GATED_PROBE;
+
 const STARTUP: Duration = Duration::from_secs(120);
 
 fn wait(what: &str, started: Instant) -> Result<(), AdapterError> {
@@ -25,16 +27,7 @@ pub fn pass() -> Result<StepOutput, AdapterError> {
     let started = Instant::now();
     let mut confirmed = false;
     loop {
-        match live::get("api", "/ping") {
-            Ok(a) if a.status == 200 => {
-                return Ok(StepOutput {
-                    summary: if confirmed {
-                        "migration confirmed through /proceed-db-migration; the API serves".into()
-                    } else {
-                        "no migration to confirm; the API serves".into()
-                    },
-                });
-            }
+        match live::get("api", GATED_PROBE) {
             Ok(a) if a.status == 428 && !confirmed && !a.body.contains("in progress") => {
                 info(
                     "DevLake asks to confirm its migration (HTTP 428); calling /proceed-db-migration",
@@ -49,7 +42,20 @@ pub fn pass() -> Result<StepOutput, AdapterError> {
                 }
                 confirmed = true;
             }
-            Ok(_) | Err(_) => wait("did not serve", started)?,
+            // Still migrating, or not up yet.
+            Ok(a) if a.status == 428 || a.status >= 500 => {
+                wait("did not finish migrating", started)?
+            }
+            Ok(_) => {
+                return Ok(StepOutput {
+                    summary: if confirmed {
+                        "migration confirmed through /proceed-db-migration; the API serves".into()
+                    } else {
+                        "no migration to confirm; the API serves".into()
+                    },
+                });
+            }
+            Err(_) => wait("did not answer", started)?,
         }
     }
 }

@@ -10,6 +10,18 @@ use crate::detect::{Api, api, connections, starts};
 /// Every check for `expected` (a tag); failing checks are returned, not errors.
 pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
     let mut out = vec![endpoint_ok("ping", "api", "/ping")];
+    let gated = crate::detect::gate();
+    out.push(check(
+        "not-gated",
+        gated.is_none(),
+        match &gated {
+            Some(body) => format!(
+                "the API still answers 428: {}",
+                body.chars().take(200).collect::<String>()
+            ),
+            None => "the API answers without the 428 gate".into(),
+        },
+    ));
     let served = api();
     out.push(check(
         "api-version",
