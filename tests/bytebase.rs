@@ -301,19 +301,7 @@ async fn live_refusals_name_the_rule_and_the_path() {
 #[test]
 fn offline_plans_follow_the_version_paths() {
     let env = Env::new();
-    let plan = |from: &str, to: &str| {
-        let out = env.upshift(&[
-            "plan",
-            "--product",
-            "bytebase",
-            "--from",
-            from,
-            "--to",
-            to,
-            "--json",
-        ]);
-        (out.status.code(), json(&out))
-    };
+    let plan = |from: &str, to: &str| env.plan_offline("bytebase", from, to);
     let (code, v) = plan("3.10.0", "3.11.1");
     assert_eq!(code, Some(0));
     let ids: Vec<&str> = v["outcome"]["steps"]

@@ -29,32 +29,14 @@ fn fleet(
     config: &std::path::Path,
     extra_env: &str,
 ) -> String {
-    format!(
-        r#"
-[[instance]]
-name = "dl"
-product = "devlake"
-
-[instance.db.lake]
-url = "{db_url}"
-
-[instance.service.app]
-kind = "process"
-command = "'{exe}' simulate devlake --version {{version}}"
-version = "{version}"
-health_url = "http://127.0.0.1:{port}/ping"
-stop_timeout_secs = 10
-env = {{ ENV_FILE = "{env_file}"{extra_env} }}
-
-[instance.http.api]
-url = "http://127.0.0.1:{port}"
-
-[instance.files.config]
-path = "{config}"
-"#,
-        exe = env!("CARGO_BIN_EXE_upshift"),
-        env_file = config.join(".env").display(),
-        config = config.display(),
+    upshift_sim::fleet::devlake(
+        "dl",
+        std::path::Path::new(env!("CARGO_BIN_EXE_upshift")),
+        db_url,
+        port,
+        version,
+        config,
+        extra_env,
     )
 }
 
@@ -354,19 +336,7 @@ async fn encode_key_carried_over_across_0_18() {
 #[test]
 fn offline_plans_for_the_version_paths() {
     let env = Env::new();
-    let plan = |from: &str, to: &str| {
-        let out = env.upshift(&[
-            "plan",
-            "--product",
-            "devlake",
-            "--from",
-            from,
-            "--to",
-            to,
-            "--json",
-        ]);
-        (out.status.code(), json(&out))
-    };
+    let plan = |from: &str, to: &str| env.plan_offline("devlake", from, to);
     let (code, v) = plan("v0.17.0", "v0.18.0");
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["outcome"]["to_version"], "v0.18.0");

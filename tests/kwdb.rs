@@ -469,17 +469,7 @@ async fn a_2x_instance_moves_to_3x_by_export_and_import() {
 fn offline_plans_follow_the_path_table() {
     let env = Env::new();
     let plan = |from: &str, to: &str| {
-        let out = env.upshift(&[
-            "plan",
-            "--product",
-            "kwdb",
-            "--from",
-            from,
-            "--to",
-            to,
-            "--json",
-        ]);
-        let v = json(&out);
+        let (code, v) = env.plan_offline("kwdb", from, to);
         let ids: Vec<String> = v["outcome"]["steps"]
             .as_array()
             .map(|s| {
@@ -488,11 +478,7 @@ fn offline_plans_follow_the_path_table() {
                     .collect()
             })
             .unwrap_or_default();
-        (
-            out.status.code(),
-            v["outcome"]["rule"].as_str().map(str::to_string),
-            ids,
-        )
+        (code, v["outcome"]["rule"].as_str().map(str::to_string), ids)
     };
     let (code, _, ids) = plan("3.0.0", "3.2.1");
     assert_eq!(code, Some(0));

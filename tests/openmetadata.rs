@@ -15,7 +15,7 @@ use common::{Env, connect, free_port, http_get, json, start_services, stderr, st
 struct Db {
     url: String,
     scheme: &'static str,
-    port: String,
+    port: u16,
     user: &'static str,
     name: String,
 }
@@ -24,8 +24,8 @@ fn db_on(url: &str, scheme: &'static str, user: &'static str, name: &str) -> Db 
     let port = url
         .rsplit_once(':')
         .and_then(|(_, rest)| rest.split('/').next())
-        .unwrap_or_default()
-        .to_string();
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_default();
     Db {
         url: url.to_string(),
         scheme,
@@ -42,43 +42,20 @@ struct Om {
 }
 
 fn fleet(db: &Db, version: &str, port: u16, admin: u16, extra_env: &str) -> String {
-    let env = format!(
-        "{{ DB_SCHEME = \"{}\", DB_HOST = \"127.0.0.1\", DB_PORT = \"{}\", DB_USER = \"{}\", DB_USER_PASSWORD = \"\", OM_DATABASE = \"{}\", FERNET_KEY = \"jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=\"{extra_env} }}",
-        db.scheme, db.port, db.user, db.name
-    );
-    format!(
-        r#"
-[[instance]]
-name = "om"
-product = "openmetadata"
-
-[instance.db.meta]
-url = "{url}"
-
-[instance.service.server]
-kind = "process"
-command = "'{exe}' simulate openmetadata --version {{version}} server --port {port} --admin-port {admin}"
-version = "{version}"
-health_url = "http://127.0.0.1:{admin}/healthcheck"
-stop_timeout_secs = 10
-env = {env}
-
-[instance.service.migrate]
-kind = "process"
-oneshot = true
-run_timeout_secs = 120
-command = "'{exe}' simulate openmetadata --version {{version}} migrate"
-version = "{version}"
-env = {env}
-
-[instance.http.api]
-url = "http://127.0.0.1:{port}"
-
-[instance.http.admin]
-url = "http://127.0.0.1:{admin}"
-"#,
-        url = db.url,
-        exe = env!("CARGO_BIN_EXE_upshift"),
+    let database = upshift_sim::fleet::OmDatabase {
+        url: &db.url,
+        scheme: db.scheme,
+        port: db.port,
+        user: db.user,
+        name: &db.name,
+    };
+    upshift_sim::fleet::openmetadata(
+        "om",
+        std::path::Path::new(env!("CARGO_BIN_EXE_upshift")),
+        &database,
+        version,
+        (port, admin),
+        extra_env,
     )
 }
 
@@ -314,19 +291,7 @@ async fn an_upgrade_on_mariadb_crosses_into_2_0() {
 #[test]
 fn offline_plans_follow_the_version_paths() {
     let env = Env::new();
-    let plan = |from: &str, to: &str| {
-        let out = env.upshift(&[
-            "plan",
-            "--product",
-            "openmetadata",
-            "--from",
-            from,
-            "--to",
-            to,
-            "--json",
-        ]);
-        (out.status.code(), json(&out))
-    };
+    let plan = |from: &str, to: &str| env.plan_offline("openmetadata", from, to);
     let (code, v) = plan("1.9.0", "1.12.1");
     assert_eq!(code, Some(0), "{v}");
     let (code, v) = plan("1.12.1", "2.1.0");

@@ -47,7 +47,6 @@ struct Member {
 }
 
 const DEVLAKE_SECRET: &str = "demo-encryption-secret";
-const OM_FERNET: &str = "jJ/9sz0g0OHxsfxOoSfdFdmk3ysNmPRnH3TUAbz3IHA=";
 
 fn bytebase(exe: &Path, url: &str, name: &'static str, fail: bool) -> Result<Member, Exit> {
     let port = free_port()?;
@@ -97,47 +96,25 @@ url = "http://127.0.0.1:{port}"
 }
 
 fn openmetadata(exe: &Path, url: &str, pg_port: u16, db: &str) -> Result<Member, Exit> {
-    let (port, admin) = (free_port()?, free_port()?);
-    let env = format!(
-        "{{ DB_SCHEME = \"postgresql\", DB_HOST = \"127.0.0.1\", DB_PORT = \"{pg_port}\", DB_USER = \"postgres\", DB_USER_PASSWORD = \"\", OM_DATABASE = \"{db}\", FERNET_KEY = \"{OM_FERNET}\" }}"
-    );
+    let database = upshift_sim::fleet::OmDatabase {
+        url,
+        scheme: "postgresql",
+        port: pg_port,
+        user: "postgres",
+        name: db,
+    };
     Ok(Member {
         name: "om",
         from: "1.9.0",
         to: "1.12.1",
         expect: Outcome::Succeeded,
-        fleet: format!(
-            r#"
-[[instance]]
-name = "om"
-product = "openmetadata"
-
-[instance.db.meta]
-url = "{url}"
-
-[instance.service.server]
-kind = "process"
-command = "'{exe}' simulate openmetadata --version {{version}} server --port {port} --admin-port {admin}"
-version = "1.9.0"
-health_url = "http://127.0.0.1:{admin}/healthcheck"
-stop_timeout_secs = 10
-env = {env}
-
-[instance.service.migrate]
-kind = "process"
-oneshot = true
-run_timeout_secs = 120
-command = "'{exe}' simulate openmetadata --version {{version}} migrate"
-version = "1.9.0"
-env = {env}
-
-[instance.http.api]
-url = "http://127.0.0.1:{port}"
-
-[instance.http.admin]
-url = "http://127.0.0.1:{admin}"
-"#,
-            exe = exe.display(),
+        fleet: upshift_sim::fleet::openmetadata(
+            "om",
+            exe,
+            &database,
+            "1.9.0",
+            (free_port()?, free_port()?),
+            "",
         ),
         start_before_seed: &["migrate"],
         start_after_seed: &["server"],
@@ -160,33 +137,7 @@ fn devlake(exe: &Path, root: &Path, url: &str) -> Result<Member, Exit> {
         from: "v1.0.0",
         to: "v1.0.1",
         expect: Outcome::Succeeded,
-        fleet: format!(
-            r#"
-[[instance]]
-name = "lake"
-product = "devlake"
-
-[instance.db.lake]
-url = "{url}"
-
-[instance.service.app]
-kind = "process"
-command = "'{exe}' simulate devlake --version {{version}}"
-version = "v1.0.0"
-health_url = "http://127.0.0.1:{port}/ping"
-stop_timeout_secs = 10
-env = {{ ENV_FILE = "{env_file}" }}
-
-[instance.http.api]
-url = "http://127.0.0.1:{port}"
-
-[instance.files.config]
-path = "{config}"
-"#,
-            exe = exe.display(),
-            env_file = config.join(".env").display(),
-            config = config.display(),
-        ),
+        fleet: upshift_sim::fleet::devlake("lake", exe, url, port, "v1.0.0", &config, ""),
         start_before_seed: &["app"],
         start_after_seed: &[],
         seed: Seed::DevLake,

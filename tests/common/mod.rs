@@ -211,6 +211,28 @@ impl Env {
     }
 }
 
+impl Env {
+    /// `upshift plan --product P --from A --to B --json`: the exit code and the JSON report.
+    pub fn plan_offline(
+        &self,
+        product: &str,
+        from: &str,
+        to: &str,
+    ) -> (Option<i32>, serde_json::Value) {
+        let out = self.upshift(&[
+            "plan",
+            "--product",
+            product,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--json",
+        ]);
+        (out.status.code(), json(&out))
+    }
+}
+
 impl Default for Env {
     fn default() -> Self {
         Env::new()

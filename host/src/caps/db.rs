@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::CapError;
 use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
@@ -133,23 +133,9 @@ impl PgBackend {
                 .start()
                 .await
                 .map_err(|e| failed("cannot start a read-only transaction", pg_message(&e)))?;
-            let stmt = tx
-                .prepare(sql)
-                .await
-                .map_err(|e| failed("query failed", pg_message(&e)))?;
-            let args = coerce_params(stmt.params(), params)?;
-            let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
-            let rows = tx
-                .query(&stmt, &refs)
-                .await
-                .map_err(|e| failed("query failed", pg_message(&e)))?;
+            let rows = rows_of(&tx, sql, params, "query failed").await;
             let _ = tx.rollback().await;
-            let columns = stmt
-                .columns()
-                .iter()
-                .map(|c| c.name().to_string())
-                .collect();
-            convert_rows(columns, &rows)
+            rows
         })
         .await
     }
@@ -157,25 +143,8 @@ impl PgBackend {
     /// Run one statement that returns rows *and* does work (KWDB's `EXPORT` / `IMPORT`, which
     /// answer with a job row), outside a read-only transaction.
     pub async fn query_job(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
-        self.with_client(async |client| {
-            let stmt = client
-                .prepare(sql)
-                .await
-                .map_err(|e| failed("statement failed", pg_message(&e)))?;
-            let args = coerce_params(stmt.params(), params)?;
-            let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
-            let rows = client
-                .query(&stmt, &refs)
-                .await
-                .map_err(|e| failed("statement failed", pg_message(&e)))?;
-            let columns = stmt
-                .columns()
-                .iter()
-                .map(|c| c.name().to_string())
-                .collect();
-            convert_rows(columns, &rows)
-        })
-        .await
+        self.with_client(async |client| rows_of(client, sql, params, "statement failed").await)
+            .await
     }
 
     /// Run one statement that changes data or schema.
@@ -832,6 +801,31 @@ impl DbBackend {
             DbBackend::MySql(b) => b.server_version().await,
         }
     }
+}
+
+/// Prepare `sql`, bind `params` to its parameter types, and return its rows.
+async fn rows_of(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[Value],
+    context: &str,
+) -> Result<(Rows, u64), CapError> {
+    let stmt = client
+        .prepare(sql)
+        .await
+        .map_err(|e| failed(context, pg_message(&e)))?;
+    let args = coerce_params(stmt.params(), params)?;
+    let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as _).collect();
+    let rows = client
+        .query(&stmt, &refs)
+        .await
+        .map_err(|e| failed(context, pg_message(&e)))?;
+    let columns = stmt
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    convert_rows(columns, &rows)
 }
 
 /// Where a restore takes its data from.

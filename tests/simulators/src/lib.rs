@@ -7,6 +7,7 @@
 
 pub mod bytebase;
 pub mod devlake;
+pub mod fleet;
 pub mod kwdb;
 pub mod mariadb;
 pub mod openmetadata;
