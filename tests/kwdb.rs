@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::docker::{self, Containers, KWDB_SIM_REPO};
-use common::{Env, connect, free_port, json, stderr, step_ids};
+use common::{Env, free_port, json, stderr, step_ids};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
