@@ -309,10 +309,25 @@ async fn a_same_major_upgrade_recreates_the_container_and_keeps_every_row() {
             .contains("alice-secret-pw")
     );
 
-    // No downgrade afterwards.
+    // No downgrade afterwards...
     let out = env.upshift(&["plan", "kw", "--to", "3.0.0", "--json"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(json(&out)["outcome"]["rule"], "downgrade");
+    // ...but the data-directory copy goes back with the version it was taken at.
+    let restore = report["rollback_command"]
+        .as_str()
+        .expect("a restore command for the data-directory copy")
+        .to_string();
+    let mut args: Vec<&str> = restore.split_whitespace().skip(1).collect();
+    args.extend(["--yes", "--json"]);
+    let out = env.upshift(&args);
+    assert_eq!(out.status.code(), Some(0), "{restore}: {}", stderr(&out));
+    assert_eq!(
+        step_ids(&json(&out), "forward"),
+        ["stop", "restore-store", "switch", "start", "wait-healthy"]
+    );
+    assert!(version(old.sql).await.starts_with("KaiwuDB V3.0.0 "));
+    assert_eq!(rows(old.sql).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,6 +470,15 @@ async fn a_2x_instance_moves_to_3x_by_export_and_import() {
         false,
         "the old instance is stopped"
     );
+    // The export is catalogued, but it is not a data-directory copy: no restore command is
+    // offered, and a restore says how to use it instead.
+    assert!(report["rollback_command"].is_null(), "{report}");
+    let export = report["backups"][0]["id"]
+        .as_str()
+        .expect("export snapshot");
+    let out = env.upshift(&["restore", "kw", export, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["refusal"]["rule"], "restore-by-import");
     // The old instance's data is untouched: started again, it still serves 2.2.2 with every row.
     let out = Command::new("docker")
         .args(["start", &old.name])

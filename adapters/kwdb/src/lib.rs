@@ -9,9 +9,10 @@ pub mod steps;
 pub mod verify;
 
 use upshift_adapter_sdk::rules::parse_pair;
+use upshift_adapter_sdk::rules::unparseable;
 use upshift_adapter_sdk::{
-    AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput,
-    error, refuse,
+    AdapterError, AdapterInfo, BackupMethod, Check, Detection, Guest, Plan, Refusal,
+    RestoreRequest, StepOutput, error, refuse, versions,
 };
 
 upshift_adapter_sdk::manifest! {
@@ -88,15 +89,41 @@ impl Guest for Kwdb {
     }
 
     fn plan_restore(request: RestoreRequest) -> Result<Plan, Refusal> {
-        Err(refuse(
-            "restore-by-reinstall",
-            format!(
-                "backup {} cannot be restored by Upshift: KWDB restores by reinstalling {} and re-importing the export (or copying the data directory back into the same version)",
-                request.backup.id, request.backup.product_version
-            ),
-            &[],
-            "a failed upgrade is rolled back automatically; to return later, deploy the old version and IMPORT the export under the extern directory's upshift/",
-        ))
+        let backup = &request.backup;
+        if backup.binding != "store" || backup.method != BackupMethod::Snapshot {
+            return Err(refuse(
+                "restore-by-import",
+                format!(
+                    "backup {} is not a copy of the data directory; KWDB returns to an export by importing it into an empty instance of {} (§2.7)",
+                    backup.id, backup.product_version
+                ),
+                &[],
+                "deploy an empty instance of that version and IMPORT the export under the extern directory's upshift/",
+            ));
+        }
+        let version = versions::parse(&backup.product_version)
+            .ok_or_else(|| {
+                unparseable(
+                    "KWDB",
+                    "the backup's version",
+                    &backup.product_version,
+                    EXAMPLE,
+                )
+            })?
+            .to_string();
+        let current = request
+            .current_version
+            .clone()
+            .unwrap_or_else(|| "unknown".into());
+        if request.into.is_some() {
+            return Err(refuse(
+                "restore-into-unsupported",
+                "a data-directory copy is restored over the bound data directory only",
+                &[],
+                "drop --into",
+            ));
+        }
+        Ok(steps::restore_store(&current, &version))
     }
 }
 

@@ -5,7 +5,8 @@
 
 use upshift_adapter_sdk::Plan;
 use upshift_adapter_sdk::steps::{
-    custom, files_snapshot, service_start, service_stop, service_switch, wait_healthy,
+    custom, files_restore, files_snapshot, service_start, service_stop, service_switch,
+    wait_healthy,
 };
 
 use crate::rules::Method;
@@ -99,5 +100,40 @@ pub fn upgrade(current: &str, target: &str, method: Method, strip: bool, offline
         to_version: target.to_string(),
         steps,
         notes,
+    }
+}
+
+/// Go back to a data-directory copy (§2.3: "restore from the pre-upgrade data-dir copy (same
+/// version only)"): stop, put the copy back, run the version it was taken at.
+pub fn restore_store(current: &str, version: &str) -> Plan {
+    Plan {
+        from_version: current.to_string(),
+        to_version: version.to_string(),
+        steps: vec![
+            service_stop(
+                "stop",
+                "app",
+                "stop KWDB before its data directory is replaced",
+            ),
+            files_restore(
+                "restore-store",
+                "store",
+                format!("put back the data directory copied at {version}"),
+            ),
+            service_switch(
+                "switch",
+                "app",
+                version,
+                format!(
+                    "switch KWDB back to {version}: the copy only fits the version it was taken at"
+                ),
+            ),
+            service_start("start", "app", format!("start KWDB {version}")),
+            wait_healthy("wait-healthy", "app", 180_000, "wait until KWDB answers"),
+        ],
+        notes: vec![
+            "The replaced data directory is kept beside it; remove it once you are satisfied."
+                .into(),
+        ],
     }
 }

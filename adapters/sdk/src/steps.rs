@@ -50,6 +50,11 @@ pub fn files_snapshot(id: &str, binding: &str, title: impl Into<String>) -> Step
     step(id, title, Action::FilesSnapshot(binding.to_string()))
 }
 
+/// Restore the snapshot the operator chose (`upshift restore`) over a bound directory.
+pub fn files_restore(id: &str, binding: &str, title: impl Into<String>) -> Step {
+    step(id, title, Action::FilesRestore(binding.to_string()))
+}
+
 /// Stop a service.
 pub fn service_stop(id: &str, binding: &str, title: impl Into<String>) -> Step {
     step(id, title, Action::ServiceStop(binding.to_string()))

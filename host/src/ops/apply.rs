@@ -658,10 +658,10 @@ fn restore_request(
             id: backup.id.clone(),
             binding: backup.binding.clone(),
             product_version: backup.product_version.clone(),
-            method: if backup.method == "dump" {
-                BackupMethod::Dump
-            } else {
-                BackupMethod::Clone
+            method: match backup.method.as_str() {
+                "dump" => BackupMethod::Dump,
+                "snapshot" => BackupMethod::Snapshot,
+                _ => BackupMethod::Clone,
             },
         },
         current_version: current,

@@ -210,6 +210,18 @@ impl RunContext<'_> {
                     backup: Some(record),
                 })
             }
+            Action::FilesRestore(b) => {
+                let source = self.restore_source.clone().ok_or_else(|| {
+                    CapError::Failed("no snapshot was chosen for this restore".into())
+                })?;
+                if source.method != "snapshot" || source.binding != *b {
+                    return Err(CapError::Invalid(format!(
+                        "backup {} is a {} of `{}`, not a snapshot of `{b}`",
+                        source.id, source.method, source.binding
+                    )));
+                }
+                done(self.restore_files(b, &source)?)
+            }
             Action::Custom(_) => Err(CapError::Failed(
                 "custom steps are run by the adapter".into(),
             )),
@@ -261,6 +273,11 @@ impl RunContext<'_> {
         let id = StateStore::new_backup_id();
         let dir = self.session.backups_dir().join(&id);
         let (method_name, location, size, sha) = match method {
+            BackupMethod::Snapshot => {
+                return Err(CapError::Invalid(
+                    "a database is backed up by `clone` or `dump`; `snapshot` is for directories (files-snapshot)".into(),
+                ));
+            }
             BackupMethod::Clone => {
                 let name = clone_name(db.database(), &id);
                 let size = db.clone_to(&name).await?;
@@ -532,6 +549,7 @@ fn operation_name(action: &Action) -> &'static str {
         Action::DbBackup(_) => "backup",
         Action::DbRestore(_) => "restore",
         Action::FilesSnapshot(_) => "snapshot",
+        Action::FilesRestore(_) => "restore",
         Action::ServiceStop(_) => "stop",
         Action::ServiceStart(_) => "start",
         Action::ServiceSwitch(_) => "switch-version",

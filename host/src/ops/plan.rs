@@ -15,6 +15,7 @@ pub fn action_grant(action: &Action) -> Option<(BindingKind, &str, Access)> {
         Action::DbBackup(a) => (BindingKind::Db, a.binding.as_str(), Access::Backup),
         Action::DbRestore(a) => (BindingKind::Db, a.binding.as_str(), Access::Restore),
         Action::FilesSnapshot(b) => (BindingKind::Files, b.as_str(), Access::Snapshot),
+        Action::FilesRestore(b) => (BindingKind::Files, b.as_str(), Access::Restore),
         Action::ServiceStop(b) | Action::ServiceStart(b) => {
             (BindingKind::Service, b.as_str(), Access::Control)
         }
@@ -97,6 +98,7 @@ pub fn describe_action(action: &Action) -> String {
             match a.method {
                 BackupMethod::Clone => "server-side clone",
                 BackupMethod::Dump => "pg_dump archive",
+                BackupMethod::Snapshot => "not a database method",
             }
         ),
         Action::DbRestore(a) => match &a.target {
@@ -108,6 +110,7 @@ pub fn describe_action(action: &Action) -> String {
             }
         },
         Action::FilesSnapshot(b) => format!("snapshot directory `{b}`"),
+        Action::FilesRestore(b) => format!("restore directory `{b}` from the chosen snapshot"),
         Action::ServiceStop(b) => format!("stop service `{b}`"),
         Action::ServiceStart(b) => format!("start service `{b}`"),
         Action::ServiceSwitch(a) => format!("switch service `{}` to {}", a.binding, a.version),
@@ -260,7 +263,7 @@ pub enum Reached {
 
 fn changes_data(action: &Action) -> bool {
     match action {
-        Action::ServiceStart(_) | Action::DbRestore(_) => true,
+        Action::ServiceStart(_) | Action::DbRestore(_) | Action::FilesRestore(_) => true,
         Action::Custom(c) => c.mutates,
         _ => false,
     }
