@@ -345,6 +345,11 @@ fn offline_plans_for_the_version_paths() {
         (code, v["outcome"]["rule"].as_str()),
         (Some(3), Some("downgrade-after-migration"))
     );
+    let (code, v) = plan("v1.0.1", "v1.0.1");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("already-at-target"))
+    );
     let (code, v) = plan("v1.0.1", "v2.0.0");
     assert_eq!(
         (code, v["outcome"]["rule"].as_str()),

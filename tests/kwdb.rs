@@ -532,4 +532,8 @@ fn offline_plans_follow_the_path_table() {
         Some("release-to-prerelease")
     );
     assert_eq!(plan("3.2.1", "4.0.0").1.as_deref(), Some("unknown-major"));
+    assert_eq!(
+        plan("3.1.0", "3.1.0").1.as_deref(),
+        Some("already-at-target")
+    );
 }

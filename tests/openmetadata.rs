@@ -288,6 +288,24 @@ async fn an_upgrade_on_mariadb_crosses_into_2_0() {
     assert_eq!(version(om.port).await, "2.1.0");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_tables_without_history_are_refused_as_abort() {
+    let Some(pg) = common::pg() else { return };
+    // A half-restored database: entity tables, no SERVER_CHANGE_LOG (the runner's ABORT, §3.2).
+    let (name, url) = pg.fresh_db("om").await;
+    connect(&url)
+        .await
+        .batch_execute("CREATE TABLE table_entity (id varchar(36) PRIMARY KEY, json jsonb)")
+        .await
+        .expect("entity table");
+    let env = Env::new();
+    let db = db_on(&url, "postgresql", "postgres", &name);
+    env.write_fleet(&fleet(&db, "1.9.0", free_port(), free_port(), ""));
+    let out = env.upshift(&["plan", "om", "--to", "1.12.1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"]["rule"], "abort-state");
+}
+
 #[test]
 fn offline_plans_follow_the_version_paths() {
     let env = Env::new();
@@ -306,6 +324,11 @@ fn offline_plans_follow_the_version_paths() {
     assert_eq!(
         (code, v["outcome"]["rule"].as_str()),
         (Some(3), Some("downgrade"))
+    );
+    let (code, v) = plan("1.12.1", "1.12.1");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("already-at-target"))
     );
     let (code, v) = plan("2.1.0", "3.0.0");
     assert_eq!(
