@@ -334,6 +334,7 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         run_id: "snap-run".into(),
         data_version: "1.0.0".into(),
         restore_source: None,
+        lease: None,
     };
     let taken = ctx
         .perform(&Action::FilesSnapshot("data".into()))
@@ -392,6 +393,7 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         run_id: "snap-denied".into(),
         data_version: "1.0.0".into(),
         restore_source: None,
+        lease: None,
     };
     let err = ctx
         .perform(&Action::FilesSnapshot("data".into()))

@@ -277,6 +277,7 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
             run_id: "deny".into(),
             data_version: "2.2.0".into(),
             restore_source: None,
+            lease: None,
         };
         let err = ctx.perform(&switch(version)).await.expect_err("denied");
         assert!(err.contains(reason), "{err}");

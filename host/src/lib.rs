@@ -6,6 +6,7 @@ pub mod audit;
 pub mod caps;
 pub mod fleet;
 pub mod grants;
+pub mod lease;
 pub mod ops;
 pub mod runtime;
 pub mod state;

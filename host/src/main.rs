@@ -29,6 +29,7 @@ impl<E: Into<anyhow::Error>> From<E> for Exit {
         let error = e.into();
         let code = match error.downcast_ref::<OpError>() {
             Some(OpError::Usage(_)) => 2,
+            Some(OpError::Busy(_)) => 6,
             _ if error.downcast_ref::<upshift::fleet::FleetError>().is_some() => 2,
             _ => 1,
         };

@@ -408,6 +408,7 @@ pub async fn apply(
     target: &str,
     confirm: impl FnOnce(&PlanReport) -> bool,
 ) -> Result<RunReport, OpError> {
+    let held = session.hold_lease(&instance.name, &format!("apply --to {target}"))?;
     let report = plan_instance(session, instance, target).await?;
     let (adapter, caps) = prepare(session, instance).await?;
     let from = report.detection.version.clone();
@@ -454,6 +455,7 @@ pub async fn apply(
         run_id: run.id.clone(),
         data_version: from.clone(),
         restore_source: None,
+        lease: Some(&held),
     };
     let Forward {
         mut lines,
@@ -690,6 +692,7 @@ pub async fn backup(
     instance: &Instance,
     method: BackupMethod,
 ) -> Result<Vec<BackupRecord>, OpError> {
+    let held = session.hold_lease(&instance.name, "backup")?;
     let (adapter, caps) = prepare(session, instance).await?;
     let version = match detect(session, &adapter, &caps).await {
         Ok(d) => d.version,
@@ -712,6 +715,7 @@ pub async fn backup(
         run_id: run.id.clone(),
         data_version: version,
         restore_source: None,
+        lease: Some(&held),
     };
     let bindings: Vec<String> = caps
         .grants
@@ -777,6 +781,7 @@ pub async fn restore(
     into: Option<&str>,
     confirm: impl FnOnce(&Plan) -> bool,
 ) -> Result<RunReport, OpError> {
+    let held = session.hold_lease(&instance.name, &format!("restore {backup_id}"))?;
     let backup = session
         .state
         .backup(backup_id)
@@ -848,6 +853,7 @@ pub async fn restore(
         run_id: run.id.clone(),
         data_version: backup.product_version.clone(),
         restore_source: Some(backup.clone()),
+        lease: Some(&held),
     };
     let Forward { lines, failure, .. } = run_forward(&ctx, &plan.steps).await;
     let (outcome, status, help) = match &failure {

@@ -8,6 +8,7 @@ use crate::caps::db::BackupSource;
 use crate::caps::pg_backup::Manifest;
 use crate::caps::{CapError, Event, InstanceCaps};
 use crate::grants::{Access, BindingKind};
+use crate::lease::Held;
 use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{Action, BackupMethod, HttpCheckAction, RestoreTarget};
 use crate::state::{BackupRecord, StateStore, StepStatus};
@@ -29,6 +30,8 @@ pub struct RunContext<'a> {
     pub data_version: String,
     /// The backup a `db-restore` step restores.
     pub restore_source: Option<BackupRecord>,
+    /// The instance's lease: checked (fencing) before every step.
+    pub lease: Option<&'a Held>,
 }
 
 /// The result of one finished step.
@@ -73,6 +76,9 @@ impl RunContext<'_> {
         work: impl AsyncFnOnce() -> Result<StepResult, String>,
     ) -> Result<StepResult, String> {
         let instance = self.caps.caller.instance.clone();
+        if let Some(lease) = self.lease {
+            lease.check().map_err(|e| e.to_string())?;
+        }
         self.state()
             .step_started(&self.run_id, seq, id, title, phase)
             .map_err(|e| format!("cannot journal step `{id}`: {e}"))?;

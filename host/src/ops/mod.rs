@@ -24,6 +24,9 @@ pub enum OpError {
     /// The host or a resource failed (exit 1).
     #[error("{0}")]
     Host(String),
+    /// Another run holds the instance's lease (exit 6).
+    #[error(transparent)]
+    Busy(#[from] crate::lease::LeaseError),
 }
 
 impl From<RuntimeError> for OpError {

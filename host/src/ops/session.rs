@@ -13,6 +13,7 @@ use crate::caps::service::ServiceBackend;
 use crate::caps::{Caller, EventSink, InstanceCaps};
 use crate::fleet::{AdapterRef, Instance};
 use crate::grants::GrantSet;
+use crate::lease::{Held, default_ttl, holder_name};
 use crate::runtime::{LoadedAdapter, Runtime};
 use crate::state::StateStore;
 
@@ -26,8 +27,8 @@ pub struct Session {
     pub runtime: Runtime,
     /// The audit log.
     pub audit: Arc<AuditLog>,
-    /// Runs, steps and backups.
-    pub state: StateStore,
+    /// Runs, steps, backups and leases.
+    pub state: Arc<StateStore>,
     /// Where progress goes.
     pub events: EventSink,
 }
@@ -51,9 +52,21 @@ impl Session {
             data: data.to_path_buf(),
             runtime,
             audit: Arc::new(audit),
-            state,
+            state: Arc::new(state),
             events,
         })
+    }
+
+    /// Take the lease of `instance` for this process (`label` says what for), with its
+    /// heartbeat; refused with the holder's name while someone else holds it.
+    pub fn hold_lease(&self, instance: &str, label: &str) -> Result<Held, OpError> {
+        let store: Arc<dyn crate::lease::LeaseStore> = self.state.clone();
+        Ok(Held::acquire(
+            store,
+            instance,
+            &holder_name(label),
+            default_ttl(),
+        )?)
     }
 
     /// Where backups are written.

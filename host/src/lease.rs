@@ -1,0 +1,157 @@
+//! One lease per instance: only its holder may act on the instance. A lease has an expiry (a
+//! holder that dies loses it after its time-to-live), a heartbeat that extends it while the
+//! holder works, and a fencing token that grows with every acquisition, so a holder whose lease
+//! moved to someone else is refused before it touches anything again.
+//!
+//! The store behind it is a small trait; [`crate::state::StateStore`] implements it in SQLite.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long a lease lasts without a heartbeat.
+pub fn default_ttl() -> Duration {
+    std::env::var("UPSHIFT_LEASE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+}
+
+/// A held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The instance it covers.
+    pub instance: String,
+    /// Who holds it (`host pid N, run R`).
+    pub holder: String,
+    /// The fencing token: larger than every earlier holder's.
+    pub token: i64,
+    /// When it runs out unless renewed (milliseconds since the epoch).
+    pub expires_ms: i64,
+}
+
+/// Why a lease could not be had or kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// Someone else holds it and it has not expired.
+    #[error(
+        "instance `{instance}` is being worked on by {holder} (lease token {token}, expires in {seconds} s); wait for it to finish, or for the lease to expire if that holder died"
+    )]
+    Held {
+        /// Instance.
+        instance: String,
+        /// The current holder.
+        holder: String,
+        /// Its token.
+        token: i64,
+        /// Seconds until it expires.
+        seconds: i64,
+    },
+    /// Our lease expired or was taken over: we must not act any more.
+    #[error(
+        "the lease on instance `{instance}` (token {token}) was lost{by}; this run stopped before touching anything else"
+    )]
+    Lost {
+        /// Instance.
+        instance: String,
+        /// Our token.
+        token: i64,
+        /// Who holds it now, if anyone (` to <holder>`).
+        by: String,
+    },
+    /// The store failed.
+    #[error("lease store: {0}")]
+    Store(String),
+}
+
+/// Where leases live.
+pub trait LeaseStore: Send + Sync {
+    /// Take the lease of `instance` for `holder` unless someone else holds an unexpired one.
+    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError>;
+    /// Extend our lease; fails with `Lost` if it moved or expired.
+    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError>;
+    /// Whether we still hold it (same token, not expired).
+    fn check(&self, lease: &Lease) -> Result<(), LeaseError>;
+    /// Give it up (only if still ours).
+    fn release(&self, lease: &Lease) -> Result<(), LeaseError>;
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Who this process is, for lease holders: host name, pid and a label.
+pub fn holder_name(label: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("upshift on {host} pid {} ({label})", std::process::id())
+}
+
+/// A lease held for the length of an operation, renewed by a heartbeat task until dropped.
+pub struct Held {
+    store: Arc<dyn LeaseStore>,
+    lease: Lease,
+    lost: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    /// Acquire the lease of `instance` and start its heartbeat (every third of the TTL).
+    pub fn acquire(
+        store: Arc<dyn LeaseStore>,
+        instance: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Held, LeaseError> {
+        let lease = store.acquire(instance, holder, ttl)?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let (store, lost, mut current) = (store.clone(), lost.clone(), lease.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match store.renew(&current, ttl) {
+                        Ok(renewed) => current = renewed,
+                        Err(_) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Held {
+            store,
+            lease,
+            lost,
+            heartbeat,
+        })
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The fencing check made before every action: still ours, not expired.
+    pub fn check(&self) -> Result<(), LeaseError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(LeaseError::Lost {
+                instance: self.lease.instance.clone(),
+                token: self.lease.token,
+                by: String::new(),
+            });
+        }
+        self.store.check(&self.lease)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        let _ = self.store.release(&self.lease);
+    }
+}

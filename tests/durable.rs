@@ -1,0 +1,180 @@
+//! Durable runs (issue 5): one lease per instance with expiry, heartbeat and a fencing token.
+//! A second apply is refused naming the holder; a dead holder's lease expires and is taken
+//! over; a holder whose lease moved is refused before its next step. Real PostgreSQL, real
+//! processes, the real SQLite state store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, connect, free_port, json, start_services, stderr};
+use upshift::lease::{LeaseError, LeaseStore};
+use upshift::state::StateStore;
+
+fn store(env: &Env) -> StateStore {
+    std::fs::create_dir_all(env.data()).expect("data dir");
+    StateStore::open(&env.data().join("state.db")).expect("state")
+}
+
+#[test]
+fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out() {
+    let env = Env::new();
+    let leases = store(&env);
+    let a = leases
+        .acquire("kw", "holder A", Duration::from_millis(300))
+        .expect("A takes the lease");
+    match leases.acquire("kw", "holder B", Duration::from_secs(30)) {
+        Err(LeaseError::Held { holder, token, .. }) => {
+            assert_eq!((holder.as_str(), token), ("holder A", a.token));
+        }
+        other => panic!("B must be refused while A holds it: {other:?}"),
+    }
+    // A renews while alive...
+    let a = leases.renew(&a, Duration::from_millis(300)).expect("renew");
+    leases.check(&a).expect("A still holds it");
+    // ...then dies: its lease runs out and B takes over with a larger token.
+    std::thread::sleep(Duration::from_millis(400));
+    let b = leases
+        .acquire("kw", "holder B", Duration::from_secs(30))
+        .expect("B takes the expired lease");
+    assert_eq!(b.token, a.token + 1, "the fencing token grows");
+    // A, back from the dead, can neither act nor renew, nor release B's lease.
+    match leases.check(&a) {
+        Err(LeaseError::Lost { by, .. }) => assert!(by.contains("holder B"), "{by}"),
+        other => panic!("A must be fenced out: {other:?}"),
+    }
+    assert!(matches!(
+        leases.renew(&a, Duration::from_secs(30)),
+        Err(LeaseError::Lost { .. })
+    ));
+    leases
+        .release(&a)
+        .expect("release is a no-op for a lost lease");
+    leases.check(&b).expect("B still holds it");
+    // Other instances are independent.
+    leases
+        .acquire("om", "holder A", Duration::from_secs(30))
+        .expect("another instance");
+}
+
+/// A Bytebase instance `bb` at 3.10.0 with seeded rows.
+async fn bytebase(pg: &common::Pg) -> (Env, u16) {
+    let (_, url) = pg.fresh_db("bb").await;
+    let env = Env::new();
+    let port = free_port();
+    env.write_fleet(&common::bytebase_instance("bb", &url, port, "3.10.0", None));
+    start_services(&env, "bb", &["app"]).await;
+    upshift_sim::bytebase::seed_user_rows(&connect(&url).await, 10)
+        .await
+        .expect("seed");
+    (env, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_apply_is_refused_naming_the_holder() {
+    let Some(pg) = common::pg() else { return };
+    let (env, port) = bytebase(pg).await;
+    let session = upshift::ops::Session::open(&env.data(), upshift::caps::EventSink::discard())
+        .expect("session");
+    let held = session
+        .hold_lease("bb", "an apply elsewhere")
+        .expect("first holder");
+
+    let out = env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("an apply elsewhere") && err.contains("being worked on"),
+        "{err}"
+    );
+    let (status, body) = common::http_get(port, "/v1/actuator/info").await;
+    assert!(
+        status == 200 && body.contains("3.10.0"),
+        "untouched: {body}"
+    );
+
+    // Once the holder is done, the next apply goes ahead.
+    drop(held);
+    let out = env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_moved_stops_before_its_next_step() {
+    let Some(pg) = common::pg() else { return };
+    let (name, url) = pg.fresh_db("om").await;
+    let db = upshift_sim::fleet::OmDatabase {
+        url: &url,
+        scheme: "postgresql",
+        port: url
+            .rsplit_once(':')
+            .and_then(|(_, r)| r.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default(),
+        user: "postgres",
+        name: &name,
+    };
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_upshift"));
+    let (port, admin) = (free_port(), free_port());
+    let fleet = upshift_sim::fleet::openmetadata("om", exe, &db, "1.9.0", (port, admin), "");
+    let env = Env::new();
+    env.write_fleet(&fleet);
+    start_services(&env, "om", &["migrate", "server"]).await;
+    // From now on the migrate job takes two seconds: time for someone else to take the lease.
+    let slow = format!(
+        "command = \"sh -c \\\"sleep 2 && exec '{}' simulate openmetadata --version {{version}} migrate\\\"\"",
+        exe.display()
+    );
+    let fast = format!(
+        "command = \"'{}' simulate openmetadata --version {{version}} migrate\"",
+        exe.display()
+    );
+    assert!(fleet.contains(&fast));
+    env.write_fleet(&fleet.replace(&fast, &slow));
+
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+        .arg("--fleet")
+        .arg(env.fleet())
+        .arg("--data")
+        .arg(env.data())
+        .args(["apply", "om", "--to", "1.12.1", "--yes", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn apply");
+    // Wait until the migrate job runs, then move the lease as a holder elsewhere would.
+    let leases = store(&env);
+    let mut stolen = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        let state: serde_json::Value =
+            std::fs::read_to_string(env.data().join("services/om/migrate.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+        // The job runs: its pid is recorded with the new version.
+        if state["version"] == "1.12.1" && state["pid"].is_number() {
+            let c = rusqlite::Connection::open(env.data().join("state.db")).expect("state");
+            let n = c
+                .execute("UPDATE leases SET token = token + 1, holder = 'an intruder' WHERE instance = 'om'", [])
+                .expect("move the lease");
+            stolen = n == 1;
+            break;
+        }
+    }
+    drop(leases);
+    assert!(stolen, "the run reached its migrate step");
+    let out = child.wait_with_output().expect("apply ends");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let report = json(&out);
+    assert!(
+        report["failure"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lost to an intruder"),
+        "{report}"
+    );
+    // It stopped where it was: the server it had stopped was not started again.
+    assert_eq!(common::http_get(port, "/api/v1/version").await.0, 0);
+}
