@@ -509,6 +509,108 @@ impl StateStore {
     }
 }
 
+impl crate::lease::LeaseStore for StateStore {
+    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
+        let now = now_ms();
+        let expires = now + ttl.as_millis() as i64;
+        // One statement: take a free, expired or own lease, bumping the fencing token.
+        let taken = self
+            .with(|c| {
+                c.query_row(
+                    "INSERT INTO leases (instance, holder, token, expires_ms) VALUES (?1, ?2, 1, ?3) \
+                     ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = leases.token + 1, \
+                     expires_ms = excluded.expires_ms WHERE leases.expires_ms < ?4 OR leases.holder = ?2 \
+                     RETURNING token",
+                    params![instance, holder, expires, now],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+            })
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        if let Some(token) = taken {
+            return Ok(Lease {
+                instance: instance.to_string(),
+                holder: holder.to_string(),
+                token,
+                expires_ms: expires,
+            });
+        }
+        let (other, token, until) = self.lease_row(instance)?.unwrap_or_default();
+        Err(LeaseError::Held {
+            instance: instance.to_string(),
+            holder: other,
+            token,
+            seconds: ((until - now) / 1000).max(0),
+        })
+    }
+
+    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
+        let now = now_ms();
+        let expires = now + ttl.as_millis() as i64;
+        let renewed = self
+            .with(|c| {
+                c.execute(
+                    "UPDATE leases SET expires_ms = ?1 WHERE instance = ?2 AND token = ?3 AND expires_ms >= ?4",
+                    params![expires, lease.instance, lease.token, now],
+                )
+            })
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        if renewed == 1 {
+            return Ok(Lease {
+                expires_ms: expires,
+                ..lease.clone()
+            });
+        }
+        Err(self.lost(lease))
+    }
+
+    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
+        match self.lease_row(&lease.instance)? {
+            Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
+            _ => Err(self.lost(lease)),
+        }
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM leases WHERE instance = ?1 AND token = ?2",
+                params![lease.instance, lease.token],
+            )
+        })
+        .map(|_| ())
+        .map_err(|e| LeaseError::Store(e.to_string()))
+    }
+}
+
+impl StateStore {
+    /// The lease row of `instance`: holder, token, expiry (ms).
+    fn lease_row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT holder, token, expires_ms FROM leases WHERE instance = ?1",
+                params![instance],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+        })
+        .map_err(|e| LeaseError::Store(e.to_string()))
+    }
+
+    fn lost(&self, lease: &Lease) -> LeaseError {
+        let by = match self.lease_row(&lease.instance) {
+            Ok(Some((holder, token, _))) if token != lease.token => format!(" to {holder}"),
+            Ok(_) => " (it expired)".to_string(),
+            Err(e) => format!(" (the store failed: {e})"),
+        };
+        LeaseError::Lost {
+            instance: lease.instance.clone(),
+            token: lease.token,
+            by,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,107 +712,5 @@ mod tests {
             err.contains("newer (schema 7)") && err.contains("upgrade upshift"),
             "{err}"
         );
-    }
-}
-
-impl crate::lease::LeaseStore for StateStore {
-    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        // One statement: take a free, expired or own lease, bumping the fencing token.
-        let taken = self
-            .with(|c| {
-                c.query_row(
-                    "INSERT INTO leases (instance, holder, token, expires_ms) VALUES (?1, ?2, 1, ?3) \
-                     ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = leases.token + 1, \
-                     expires_ms = excluded.expires_ms WHERE leases.expires_ms < ?4 OR leases.holder = ?2 \
-                     RETURNING token",
-                    params![instance, holder, expires, now],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()
-            })
-            .map_err(|e| LeaseError::Store(e.to_string()))?;
-        if let Some(token) = taken {
-            return Ok(Lease {
-                instance: instance.to_string(),
-                holder: holder.to_string(),
-                token,
-                expires_ms: expires,
-            });
-        }
-        let (other, token, until) = self.lease_row(instance)?.unwrap_or_default();
-        Err(LeaseError::Held {
-            instance: instance.to_string(),
-            holder: other,
-            token,
-            seconds: ((until - now) / 1000).max(0),
-        })
-    }
-
-    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        let renewed = self
-            .with(|c| {
-                c.execute(
-                    "UPDATE leases SET expires_ms = ?1 WHERE instance = ?2 AND token = ?3 AND expires_ms >= ?4",
-                    params![expires, lease.instance, lease.token, now],
-                )
-            })
-            .map_err(|e| LeaseError::Store(e.to_string()))?;
-        if renewed == 1 {
-            return Ok(Lease {
-                expires_ms: expires,
-                ..lease.clone()
-            });
-        }
-        Err(self.lost(lease))
-    }
-
-    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
-        match self.lease_row(&lease.instance)? {
-            Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
-            _ => Err(self.lost(lease)),
-        }
-    }
-
-    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM leases WHERE instance = ?1 AND token = ?2",
-                params![lease.instance, lease.token],
-            )
-        })
-        .map(|_| ())
-        .map_err(|e| LeaseError::Store(e.to_string()))
-    }
-}
-
-impl StateStore {
-    /// The lease row of `instance`: holder, token, expiry (ms).
-    fn lease_row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT holder, token, expires_ms FROM leases WHERE instance = ?1",
-                params![instance],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-        })
-        .map_err(|e| LeaseError::Store(e.to_string()))
-    }
-
-    fn lost(&self, lease: &Lease) -> LeaseError {
-        let by = match self.lease_row(&lease.instance) {
-            Ok(Some((holder, token, _))) if token != lease.token => format!(" to {holder}"),
-            Ok(_) => " (it expired)".to_string(),
-            Err(e) => format!(" (the store failed: {e})"),
-        };
-        LeaseError::Lost {
-            instance: lease.instance.clone(),
-            token: lease.token,
-            by,
-        }
     }
 }
