@@ -178,3 +178,123 @@ async fn a_run_whose_lease_moved_stops_before_its_next_step() {
     // It stopped where it was: the server it had stopped was not started again.
     assert_eq!(common::http_get(port, "/api/v1/version").await.0, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_instance_rollout_halts_exactly_when_the_failure_budget_is_spent() {
+    let Some(pg) = common::pg() else { return };
+    // 30 Bytebase 3.10.0 instances; the 5th, 12th and 20th fail their migration to 3.11.1.
+    let failing = [5usize, 12, 20];
+    let env = Env::new();
+    let mut fleet = String::new();
+    let mut ports = Vec::new();
+    for n in 1..=30usize {
+        let (_, url) = pg.fresh_db("fleet").await;
+        let port = free_port();
+        ports.push(port);
+        let fail = failing.contains(&n).then_some("3.11.1");
+        fleet.push_str(
+            &common::bytebase_instance(&format!("bb{n:02}"), &url, port, "3.10.0", fail).replace(
+                "product = \"bytebase\"",
+                &format!(
+                    "product = \"bytebase\"\nlabels = {{ ring = \"{}\" }}",
+                    if n <= 4 { "canary" } else { "main" }
+                ),
+            ),
+        );
+    }
+    env.write_fleet(&fleet);
+    for n in 1..=30usize {
+        start_services(&env, &format!("bb{n:02}"), &["app"]).await;
+    }
+
+    let out = env.upshift(&[
+        "apply",
+        "--all",
+        "--to",
+        "3.11.1",
+        "--waves",
+        "1,10%,rest",
+        "--parallel",
+        "4",
+        "--max-failures",
+        "2",
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["waves"], serde_json::json!([1, 3, 26]));
+    let status: Vec<(String, String)> = report["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| {
+            (
+                i["instance"].as_str().unwrap_or_default().to_string(),
+                i["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(status.len(), 30);
+    let of = |n: usize| status[n - 1].1.as_str();
+    // The canary waves went through.
+    assert!((1..=4).all(|n| of(n) == "upgraded"), "{status:?}");
+    // Exactly the budget's worth of failures: the 5th and the 12th; the 20th never started.
+    assert_eq!(
+        (of(5), of(12)),
+        ("rolled-back", "rolled-back"),
+        "{status:?}"
+    );
+    assert_eq!(of(20), "not-started", "{status:?}");
+    assert_eq!(status.iter().filter(|(_, s)| s == "rolled-back").count(), 2);
+    // Nothing starts after the budget is spent: at most the 3 runs already in flight beside the
+    // 12th finished; everything after them stayed untouched.
+    assert!((16..=30).all(|n| of(n) == "not-started"), "{status:?}");
+    assert!(
+        (6..=15)
+            .filter(|n| *n != 12)
+            .all(|n| matches!(of(n), "upgraded" | "not-started")),
+        "{status:?}"
+    );
+    assert!(
+        report["halted"]
+            .as_str()
+            .is_some_and(|h| h.contains("budget")),
+        "{report}"
+    );
+    for (n, (_, s)) in status.iter().enumerate() {
+        let want = if s == "upgraded" { "3.11.1" } else { "3.10.0" };
+        let (code, body) = common::http_get(ports[n], "/v1/actuator/info").await;
+        assert!(
+            code == 200 && body.contains(want),
+            "bb{:02}: {s} but serves {body}",
+            n + 1
+        );
+    }
+    // The report, in Markdown and JSON.
+    let id = report["id"].as_str().expect("id");
+    let md = std::fs::read_to_string(env.data().join(format!("reports/{id}.md")))
+        .expect("markdown report");
+    assert!(
+        md.contains("## bb12 (bytebase)")
+            && md.contains("Why it was rolled back")
+            && md.contains("| forward | backup-meta | succeeded |"),
+        "{md}"
+    );
+    assert!(env.data().join(format!("reports/{id}.json")).exists());
+
+    // Selection by label: the canary ring only, already there now.
+    let out = env.upshift(&[
+        "apply",
+        "--select",
+        "label:ring=canary",
+        "--to",
+        "3.11.1",
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["instances"].as_array().map(Vec::len), Some(4));
+    assert_eq!(report["counts"]["already-there"], 4);
+}

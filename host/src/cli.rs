@@ -104,11 +104,27 @@ pub struct PlanArgs {
 /// `upshift apply`
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// Instance from the fleet file.
-    pub instance: String,
-    /// Target version.
+    /// Instances from the fleet file (one: an interactive upgrade; several: a rollout).
+    pub instances: Vec<String>,
+    /// Target version (default: each instance's `target` in the fleet file).
     #[arg(long)]
-    pub to: String,
+    pub to: Option<String>,
+    /// Roll out to every instance of the fleet file.
+    #[arg(long)]
+    pub all: bool,
+    /// Roll out to the instances matching `product=P`, `name=N` or `label:KEY=VALUE` (repeat to
+    /// narrow further).
+    #[arg(long = "select", value_name = "FILTER")]
+    pub select: Vec<String>,
+    /// At most this many instances at a time (rollouts).
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Waves, e.g. `1,10%,rest`: each wave starts when the previous one is done (rollouts).
+    #[arg(long)]
+    pub waves: Option<String>,
+    /// Halt the rollout at the K-th failure: what is done stays done, nothing new starts.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub max_failures: usize,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,

@@ -96,6 +96,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// `apply` over several instances: waves, parallelism, a failure budget and a report.
+async fn rollout(
+    session: &Session,
+    fleet: &upshift::fleet::Fleet,
+    args: &cli::ApplyArgs,
+    ui: Option<&ui::Ui>,
+) -> Result<u8, Exit> {
+    use upshift::ops::{report, rollout};
+    let selection = rollout::Selection {
+        all: args.all,
+        names: args.instances.clone(),
+        filters: args.select.clone(),
+    };
+    let instances = rollout::select(fleet, &selection)?;
+    let waves = match &args.waves {
+        Some(text) => rollout::parse_waves(text).map_err(usage)?,
+        None => Vec::new(),
+    };
+    let options = rollout::Options {
+        to: args.to.clone(),
+        parallel: args.parallel,
+        waves,
+        max_failures: args.max_failures,
+    };
+    if !args.json {
+        eprint!("{}", ui::rollout_plan_text(&instances, &options));
+    }
+    if !confirm(args.yes, "Start this rollout?")? {
+        return Err(usage("not confirmed; nothing was changed"));
+    }
+    let outcome = rollout::rollout(session, &instances, &options).await;
+    if let Some(ui) = ui {
+        ui.clear();
+    }
+    let outcome = outcome?;
+    let (md, json_path) = report::write(session, &outcome)?;
+    if args.json {
+        print_json(&outcome)?;
+    } else {
+        eprint!("{}", ui::rollout_text(&outcome, &md, &json_path));
+    }
+    Ok(outcome.exit_code())
+}
+
 fn simulate(product: &str, args: &[String]) -> ExitCode {
     match product {
         "bytebase" => {
@@ -220,7 +264,6 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Apply(args) => {
             let fleet = load_fleet()?;
-            let instance = fleet.instance(&args.instance)?;
             if !args.yes && !std::io::stdin().is_terminal() {
                 return Err(usage(
                     "no terminal to confirm on; pass --yes to run without a prompt",
@@ -230,7 +273,17 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             let session = Session::open(&data, sink)?;
             let json = args.json;
             let yes = args.yes;
-            let report = apply::apply(&session, instance, &args.to, |plan| {
+            if args.all || !args.select.is_empty() || args.instances.len() != 1 {
+                return rollout(&session, &fleet, &args, ui.as_deref()).await;
+            }
+            let instance = fleet.instance(&args.instances[0])?;
+            let Some(to) = args.to.clone().or_else(|| instance.target.clone()) else {
+                return Err(usage(format!(
+                    "instance `{}` has no `target` in the fleet file; pass --to VERSION",
+                    instance.name
+                )));
+            };
+            let report = apply::apply(&session, instance, &to, |plan| {
                 if !json {
                     eprint!("{}", ui::plan_text(plan));
                 }

@@ -317,3 +317,80 @@ pub fn run_text(report: &RunReport) -> String {
     }
     out
 }
+
+/// What a rollout will do, before it starts.
+pub fn rollout_plan_text(
+    instances: &[&upshift::fleet::Instance],
+    options: &upshift::ops::rollout::Options,
+) -> String {
+    let sizes = upshift::ops::rollout::wave_sizes(&options.waves, instances.len());
+    let mut out = format!(
+        "{} {} instance(s) in {} wave(s) {:?}, up to {} at a time; halt at failure {}\n",
+        style("Rollout").bold(),
+        instances.len(),
+        sizes.len(),
+        sizes,
+        options.parallel.max(1),
+        options.max_failures.max(1)
+    );
+    let mut at = 0;
+    for (w, size) in sizes.iter().enumerate() {
+        for instance in &instances[at..at + size] {
+            let target = options
+                .to
+                .clone()
+                .or_else(|| instance.target.clone())
+                .unwrap_or_else(|| "(no target)".into());
+            out.push_str(&format!(
+                "  wave {}  {:<20} {:<13} → {target}\n",
+                w + 1,
+                instance.name,
+                instance.adapter_label()
+            ));
+        }
+        at += size;
+    }
+    out
+}
+
+/// A rollout's outcome as text.
+pub fn rollout_text(
+    report: &upshift::ops::rollout::RolloutReport,
+    markdown: &std::path::Path,
+    json: &std::path::Path,
+) -> String {
+    use upshift::ops::rollout::Status;
+    let mut out = String::new();
+    for i in &report.instances {
+        let mark = match i.status {
+            Status::Upgraded => style("✔ upgraded     ").green(),
+            Status::AlreadyThere => style("= already there").green(),
+            Status::Refused => style("✘ refused      ").yellow(),
+            Status::RolledBack => style("↺ rolled back  ").yellow(),
+            Status::NeedsOperator => style("✘ NEEDS OPERATOR").red(),
+            Status::Error => style("✘ not run      ").red(),
+            Status::NotStarted => style("· not started  ").dim(),
+        };
+        out.push_str(&format!(
+            "  {mark} {:<20} → {}{}\n",
+            i.instance,
+            i.target,
+            i.message
+                .as_deref()
+                .map(|m| format!("  ({})", m.lines().next().unwrap_or_default()))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(h) = &report.halted {
+        out.push_str(&format!(
+            "{}\n",
+            style(format!("halted: {h}")).yellow().bold()
+        ));
+    }
+    out.push_str(&format!(
+        "  report: {} (JSON: {})\n",
+        markdown.display(),
+        json.display()
+    ));
+    out
+}

@@ -5,6 +5,8 @@ pub mod apply;
 pub mod backups;
 pub mod executor;
 pub mod plan;
+pub mod report;
+pub mod rollout;
 pub mod session;
 
 pub use session::Session;
