@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -15,7 +14,7 @@ use upshift::fleet::Fleet;
 use upshift::ops::Session;
 use upshift::ops::apply;
 
-use common::{Env, connect};
+use common::{Env, checksums_over, columns, connect};
 
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -97,57 +96,6 @@ async fn schema_version(db_url: &str) -> String {
         .await
         .expect("version row");
     row.get(0)
-}
-
-/// For each table, its columns now; used to compare the same columns after an upgrade that
-/// may add columns.
-async fn columns(db_url: &str) -> BTreeMap<String, Vec<String>> {
-    let client = connect(db_url).await;
-    let rows = client
-        .query(
-            "SELECT table_name::text, column_name::text FROM information_schema.columns \
-             WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
-            &[],
-        )
-        .await
-        .expect("columns");
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in rows {
-        out.entry(r.get(0)).or_default().push(r.get(1));
-    }
-    out
-}
-
-/// Row count and checksum of the given columns of each table (tables that migrations create
-/// later are not in `cols`).
-async fn checksums_over(
-    db_url: &str,
-    cols: &BTreeMap<String, Vec<String>>,
-    skip: &[&str],
-) -> BTreeMap<String, (i64, String)> {
-    let client = connect(db_url).await;
-    let mut out = BTreeMap::new();
-    for (table, columns) in cols {
-        if skip.contains(&table.as_str()) {
-            continue;
-        }
-        let list = columns
-            .iter()
-            .map(|c| format!("\"{c}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let row = client
-            .query_one(
-                &format!(
-                    "SELECT count(*), coalesce(md5(string_agg(ROW({list})::text, '|' ORDER BY ROW({list})::text)), '') FROM \"{table}\""
-                ),
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("checksum {table}: {e}"));
-        out.insert(table.clone(), (row.get(0), row.get(1)));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,3 +298,201 @@ async fn a_30_instance_rollout_halts_exactly_when_the_failure_budget_is_spent() 
     assert_eq!(report["instances"].as_array().map(Vec::len), Some(4));
     assert_eq!(report["counts"]["already-there"], 4);
 }
+
+/// The id of the newest run in `env`'s state.
+fn newest_run(env: &Env) -> serde_json::Value {
+    let out = env.upshift(&["history", "--json"]);
+    json(&out)[0].clone()
+}
+
+/// Kill the host (SIGKILL) at `point`, then resume: the run must end as `expect`.
+async fn crash_then_resume(
+    pg: &common::Pg,
+    point: &str,
+    fail: Option<&str>,
+) -> (serde_json::Value, bool) {
+    let (_, url) = pg.fresh_db("crash").await;
+    let env = Env::new();
+    let port = free_port();
+    env.write_fleet(&common::bytebase_instance("bb", &url, port, "3.10.0", fail));
+    start_services(&env, "bb", &["app"]).await;
+    upshift_sim::bytebase::seed_user_rows(&connect(&url).await, 15)
+        .await
+        .expect("seed");
+    let cols = common::columns(&url).await;
+    let before = common::checksums_over(&url, &cols, &["instance_change_history"]).await;
+    let whole_before = common::table_checksums(&url).await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+        .arg("--fleet")
+        .arg(env.fleet())
+        .arg("--data")
+        .arg(env.data())
+        .args(["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
+        .env("UPSHIFT_CRASH_AT", point)
+        .output()
+        .expect("run apply");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: the host was killed: {}",
+        stderr(&out)
+    );
+    let run = newest_run(&env);
+    assert_eq!(
+        run["status"], "running",
+        "{point}: the journal shows an interrupted run"
+    );
+    let out = env.upshift(&["resume", run["id"].as_str().expect("id"), "--json"]);
+    let report = json(&out);
+    let code = out.status.code();
+    // Whatever happened, the instance is at the old or the new version, with every row.
+    let (_, body) = common::http_get(port, "/v1/actuator/info").await;
+    let upgraded = body.contains("\"3.11.1\"");
+    assert!(
+        upgraded || body.contains("\"3.10.0\""),
+        "{point}: serves {body}"
+    );
+    if upgraded {
+        assert_eq!(code, Some(0), "{point}: {}", stderr(&out));
+        let after = common::checksums_over(&url, &cols, &["instance_change_history"]).await;
+        assert_eq!(before, after, "{point}: every seeded row");
+    } else {
+        assert_eq!(code, Some(4), "{point}: {}", stderr(&out));
+        assert_eq!(
+            common::table_checksums(&url).await,
+            whole_before,
+            "{point}: identical data"
+        );
+    }
+    assert_ne!(
+        newest_run(&env)["status"],
+        "running",
+        "{point}: the run ended"
+    );
+    (report, upgraded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_every_step_boundary_the_upgrade_resumes_to_the_new_version() {
+    let Some(pg) = common::pg() else { return };
+    // preflight, stop, backup-meta, switch, start, wait-healthy, check-version
+    for seq in 0..7 {
+        for when in ["started", "finished"] {
+            let point = format!("forward:{seq}:{when}");
+            let (report, upgraded) = crash_then_resume(pg, &point, None).await;
+            assert!(upgraded, "{point}: {report}");
+            let done_before: Vec<&str> = report["steps"]
+                .as_array()
+                .expect("steps")
+                .iter()
+                .filter(|s| {
+                    s["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("done before the host stopped"))
+                })
+                .filter_map(|s| s["id"].as_str())
+                .collect();
+            // Finished steps are skipped, never repeated.
+            let finished = if when == "finished" { seq + 1 } else { seq };
+            assert_eq!(done_before.len(), finished, "{point}: {report}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_rolling_back_the_rollback_is_finished() {
+    let Some(pg) = common::pg() else { return };
+    // The migration fails at start; the rollback is stop, restore-meta, switch, start, wait.
+    for seq in 0..5 {
+        for when in ["started", "finished"] {
+            let point = format!("rollback:{seq}:{when}");
+            let (report, upgraded) = crash_then_resume(pg, &point, Some("3.11.1")).await;
+            assert!(!upgraded, "{point}");
+            assert_eq!(report["outcome"], "rolled-back", "{point}: {report}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_job_with_an_unknown_outcome_is_never_repeated() {
+    let Some(pg) = common::pg() else { return };
+    let (name, url) = pg.fresh_db("om").await;
+    let db = upshift_sim::fleet::OmDatabase {
+        url: &url,
+        scheme: "postgresql",
+        port: url
+            .rsplit_once(':')
+            .and_then(|(_, r)| r.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default(),
+        user: "postgres",
+        name: &name,
+    };
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_upshift"));
+    let (port, admin) = (free_port(), free_port());
+    let env = Env::new();
+    env.write_fleet(&upshift_sim::fleet::openmetadata(
+        "om",
+        exe,
+        &db,
+        "1.9.0",
+        (port, admin),
+        "",
+    ));
+    start_services(&env, "om", &["migrate"]).await;
+    upshift_sim::openmetadata::seed_pg(&connect(&url).await, 10)
+        .await
+        .expect("seed");
+    start_services(&env, "om", &["server"]).await;
+    let before = common::table_checksums(&url).await;
+
+    // The host dies as the migrate job (step 6) is journaled as started.
+    let out = std::process::Command::new(exe)
+        .arg("--fleet")
+        .arg(env.fleet())
+        .arg("--data")
+        .arg(env.data())
+        .args(["apply", "om", "--to", "1.12.1", "--yes", "--json"])
+        .env("UPSHIFT_CRASH_AT", "forward:5:started")
+        .output()
+        .expect("apply");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9));
+    let run = newest_run(&env);
+    let out = env.upshift(&["resume", run["id"].as_str().expect("id"), "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let report = json(&out);
+    assert!(
+        report["failure"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not repeated blindly"),
+        "{report}"
+    );
+    let help = report["operator_help"].as_str().expect("operator help");
+    assert!(
+        help.contains("service `server`: stopped version 1.12.1"),
+        "{help}"
+    );
+    // The printed command puts data and version back.
+    let restore = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("upshift restore"))
+        .expect("a restore command")
+        .trim()
+        .to_string();
+    let mut args: Vec<&str> = restore.split_whitespace().skip(1).collect();
+    args.extend(["--yes", "--json"]);
+    let out = env.upshift(&args);
+    assert_eq!(out.status.code(), Some(0), "{restore}: {}", stderr(&out));
+    let (_, body) = common::http_get(port, "/api/v1/version").await;
+    assert!(body.contains("\"1.9.0\""), "{body}");
+    let after = common::table_checksums(&url).await;
+    for (table, sum) in &before {
+        if table.ends_with("_entity") {
+            assert_eq!(after.get(table), Some(sum), "{table}");
+        }
+    }
+}

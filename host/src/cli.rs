@@ -34,6 +34,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Upgrade an instance, rolling back automatically on failure.
     Apply(ApplyArgs),
+    /// Continue an upgrade after the host died in the middle of it.
+    Resume(ResumeArgs),
     /// Back up an instance's databases now.
     Backup(BackupArgs),
     /// List backups.
@@ -128,6 +130,16 @@ pub struct ApplyArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Stream JSON events and print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift resume`
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The interrupted run (`upshift history` lists runs; interrupted ones are `running`).
+    pub run: String,
     /// Stream JSON events and print a JSON report.
     #[arg(long)]
     pub json: bool,

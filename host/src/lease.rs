@@ -75,6 +75,32 @@ pub trait LeaseStore: Send + Sync {
     fn check(&self, lease: &Lease) -> Result<(), LeaseError>;
     /// Give it up (only if still ours).
     fn release(&self, lease: &Lease) -> Result<(), LeaseError>;
+    /// Take over the lease held under `token` by a holder known to be dead.
+    fn take_over(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LeaseError>;
+}
+
+/// Whether `holder` names a process on this machine that no longer exists: its lease need not
+/// be waited out.
+pub fn holder_is_dead_here(holder: &str) -> bool {
+    let here = holder_name("");
+    let host_of = |h: &str| h.split(" pid ").next().map(str::to_string);
+    let Some(pid) = holder
+        .split(" pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    host_of(holder) == host_of(&here)
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Milliseconds since the epoch.
@@ -106,7 +132,14 @@ impl Held {
         holder: &str,
         ttl: Duration,
     ) -> Result<Held, LeaseError> {
-        let lease = store.acquire(instance, holder, ttl)?;
+        let lease = match store.acquire(instance, holder, ttl) {
+            Err(LeaseError::Held {
+                holder: dead,
+                token,
+                ..
+            }) if holder_is_dead_here(&dead) => store.take_over(instance, token, holder, ttl)?,
+            other => other?,
+        };
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = {
             let (store, lost, mut current) = (store.clone(), lost.clone(), lease.clone());

@@ -292,6 +292,13 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             .await;
             finish_run(ui.as_deref(), report, json)
         }
+        Command::Resume(args) => {
+            let fleet = load_fleet()?;
+            let (ui, sink) = ui::Ui::sink(args.json);
+            let session = Session::open(&data, sink)?;
+            let report = upshift::ops::resume::resume(&session, &fleet, &args.run).await;
+            finish_run(ui.as_deref(), report, args.json)
+        }
         Command::Backup(BackupArgs {
             action:
                 Some(BackupCommand::Verify {

@@ -571,6 +571,37 @@ impl crate::lease::LeaseStore for StateStore {
         }
     }
 
+    fn take_over(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LeaseError> {
+        let expires = now_ms() + ttl.as_millis() as i64;
+        let taken = self
+            .with(|c| {
+                c.query_row(
+                    "UPDATE leases SET holder = ?1, token = token + 1, expires_ms = ?2 \
+                     WHERE instance = ?3 AND token = ?4 RETURNING token",
+                    params![holder, expires, instance, token],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+            })
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        match taken {
+            Some(token) => Ok(Lease {
+                instance: instance.to_string(),
+                holder: holder.to_string(),
+                token,
+                expires_ms: expires,
+            }),
+            // Someone else was quicker: acquire says who.
+            None => self.acquire(instance, holder, ttl),
+        }
+    }
+
     fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
         self.with(|c| {
             c.execute(

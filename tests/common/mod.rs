@@ -380,3 +380,54 @@ pub async fn start_services(env: &Env, name: &str, bindings: &[&str]) {
             .unwrap_or_else(|e| panic!("{binding} healthy: {e}"));
     }
 }
+
+/// For each table, its columns now; used to compare the same columns after an upgrade that
+/// may add columns.
+pub async fn columns(db_url: &str) -> BTreeMap<String, Vec<String>> {
+    let client = connect(db_url).await;
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
+            &[],
+        )
+        .await
+        .expect("columns");
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in rows {
+        out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    out
+}
+
+/// Row count and checksum of the given columns of each table (tables that migrations create
+/// later are not in `cols`).
+pub async fn checksums_over(
+    db_url: &str,
+    cols: &BTreeMap<String, Vec<String>>,
+    skip: &[&str],
+) -> BTreeMap<String, (i64, String)> {
+    let client = connect(db_url).await;
+    let mut out = BTreeMap::new();
+    for (table, columns) in cols {
+        if skip.contains(&table.as_str()) {
+            continue;
+        }
+        let list = columns
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce(md5(string_agg(ROW({list})::text, '|' ORDER BY ROW({list})::text)), '') FROM \"{table}\""
+                ),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("checksum {table}: {e}"));
+        out.insert(table.clone(), (row.get(0), row.get(1)));
+    }
+    out
+}

@@ -67,6 +67,11 @@ impl ProcessBackend {
         }
     }
 
+    /// Whether this is a one-shot job.
+    pub fn is_job(&self) -> bool {
+        self.spec.oneshot
+    }
+
     /// The file the process's output goes to.
     pub fn log_file(&self) -> &Path {
         &self.log_file
@@ -323,6 +328,8 @@ impl ProcessBackend {
         self.command_for(version)?;
         let mut state = self.state()?;
         let previous = std::mem::replace(&mut state.version, version.to_string());
+        // A job's last result belongs to the version that ran it.
+        state.last_exit = None;
         self.save(&state)?;
         Ok(format!("{previous} → {version}"))
     }

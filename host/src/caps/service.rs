@@ -45,6 +45,11 @@ impl ServiceBackend {
         }
     }
 
+    /// Whether it is a one-shot job (its start runs it to completion).
+    pub fn is_job(&self) -> bool {
+        matches!(self, ServiceBackend::Process(p) if p.is_job())
+    }
+
     /// Current status.
     pub async fn inspect(&self) -> Result<Status, CapError> {
         match self {

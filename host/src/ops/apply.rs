@@ -325,7 +325,7 @@ fn new_run(
 
 /// Denied calls of a run, for the report. Calls to optional bindings the operator left unbound
 /// are expected (the adapter cannot know) and stay in the audit log only.
-fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
+pub(super) fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
     session
         .audit
         .records_for_run(run_id)
@@ -345,22 +345,28 @@ fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
 }
 
 /// What running a plan's steps in order produced.
-struct Forward {
-    lines: Vec<StepLine>,
-    reached: Vec<Reached>,
-    backups: Vec<(String, BackupRecord)>,
-    failure: Option<String>,
+#[derive(Default)]
+pub(super) struct Forward {
+    pub(super) lines: Vec<StepLine>,
+    pub(super) reached: Vec<Reached>,
+    pub(super) backups: Vec<(String, BackupRecord)>,
+    pub(super) failure: Option<String>,
 }
 
 /// Run `steps` in order, journaled, stopping at the first failure.
 async fn run_forward(ctx: &RunContext<'_>, steps: &[crate::runtime::bindings::Step]) -> Forward {
-    let mut out = Forward {
-        lines: Vec::new(),
-        reached: Vec::new(),
-        backups: Vec::new(),
-        failure: None,
-    };
-    for (i, step) in steps.iter().enumerate() {
+    run_forward_from(ctx, steps, Forward::default()).await
+}
+
+/// Run the steps after those `out` already reached (a resumed run), stopping at the first
+/// failure.
+pub(super) async fn run_forward_from(
+    ctx: &RunContext<'_>,
+    steps: &[crate::runtime::bindings::Step],
+    mut out: Forward,
+) -> Forward {
+    let start = out.reached.len();
+    for (i, step) in steps.iter().enumerate().skip(start) {
         out.reached.push(Reached::Started);
         let r = ctx
             .step(
@@ -457,12 +463,40 @@ pub async fn apply(
         restore_source: None,
         lease: Some(&held),
     };
+    let forward = run_forward(&ctx, &plan.steps).await;
+    conclude(
+        &ctx,
+        instance,
+        &plan,
+        &report.prior,
+        &from,
+        target,
+        forward,
+        0,
+    )
+    .await
+}
+
+/// Finish a run whose forward steps ran: verify, then finalize — or roll back by the host's
+/// own plan. `rollback_done` rollback steps already succeeded (a resumed rollback).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn conclude(
+    ctx: &RunContext<'_>,
+    instance: &Instance,
+    plan: &Plan,
+    prior: &Prior,
+    from: &str,
+    target: &str,
+    forward: Forward,
+    rollback_done: usize,
+) -> Result<RunReport, OpError> {
+    let (session, adapter, caps, run_id) = (ctx.session, ctx.adapter, &ctx.caps, &ctx.run_id);
     let Forward {
         mut lines,
         reached,
         backups,
         mut failure,
-    } = run_forward(&ctx, &plan.steps).await;
+    } = forward;
     let mut checks = Vec::new();
     if failure.is_none() {
         let deadline = session.runtime.deadlines().live;
@@ -470,7 +504,7 @@ pub async fn apply(
         match session
             .runtime
             .call(
-                &adapter,
+                adapter,
                 Some(caps.clone()),
                 "verify",
                 deadline,
@@ -523,19 +557,19 @@ pub async fn apply(
         let mut rollback_command = None;
         for b in &backup_records {
             let request = restore_request(b, Some(target.to_string()), None);
-            if let Ok(Ok(_)) = plan_restore(session, &adapter, &request).await {
+            if let Ok(Ok(_)) = plan_restore(session, adapter, &request).await {
                 rollback_command = Some(format!("upshift restore {} {}", instance.name, b.id));
                 break;
             }
         }
         session
             .state
-            .finish_run(&run.id, RunStatus::Succeeded, None)
+            .finish_run(run_id, RunStatus::Succeeded, None)
             .map_err(host)?;
         return Ok(RunReport {
-            run_id: run.id.clone(),
+            run_id: run_id.clone(),
             instance: instance.name.clone(),
-            from_version: from,
+            from_version: from.to_string(),
             to_version: target.to_string(),
             outcome: Outcome::Succeeded,
             steps: lines,
@@ -545,14 +579,14 @@ pub async fn apply(
             failure: None,
             rollback_command,
             operator_help: None,
-            denials: denials(session, &run.id),
+            denials: denials(session, run_id),
         });
     };
     // Roll back: the host's own plan, never the adapter's.
-    let actions = plan::rollback(&plan.steps[..reached.len()], &reached, &report.prior);
+    let actions = plan::rollback(&plan.steps[..reached.len()], &reached, prior);
     let mut rollback_failed = None;
     let n = actions.len();
-    for (i, action) in actions.iter().enumerate() {
+    for (i, action) in actions.iter().enumerate().skip(rollback_done) {
         let id = action.id();
         let title = action.describe();
         let r = ctx
@@ -581,7 +615,7 @@ pub async fn apply(
     let (outcome, status, help) = match &rollback_failed {
         None => (Outcome::RolledBack, RunStatus::RolledBack, None),
         Some(why) => {
-            let help = operator_help(&instance.name, &caps, &backup_records, why).await;
+            let help = operator_help(&instance.name, caps, &backup_records, why).await;
             (Outcome::NeedsOperator, RunStatus::Failed, Some(help))
         }
     };
@@ -591,12 +625,12 @@ pub async fn apply(
     };
     session
         .state
-        .finish_run(&run.id, status, Some(&message))
+        .finish_run(run_id, status, Some(&message))
         .map_err(host)?;
     Ok(RunReport {
-        run_id: run.id.clone(),
+        run_id: run_id.clone(),
         instance: instance.name.clone(),
-        from_version: from,
+        from_version: from.to_string(),
         to_version: target.to_string(),
         outcome,
         steps: lines,
@@ -606,11 +640,11 @@ pub async fn apply(
         failure: Some(failure),
         rollback_command: None,
         operator_help: help,
-        denials: denials(session, &run.id),
+        denials: denials(session, run_id),
     })
 }
 
-async fn operator_help(
+pub(super) async fn operator_help(
     instance: &str,
     caps: &InstanceCaps,
     backups: &[BackupRecord],

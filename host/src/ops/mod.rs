@@ -6,6 +6,7 @@ pub mod backups;
 pub mod executor;
 pub mod plan;
 pub mod report;
+pub mod resume;
 pub mod rollout;
 pub mod session;
 
