@@ -47,7 +47,7 @@ pub enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Run a self-contained demo: two simulated Bytebase instances on a throwaway PostgreSQL.
+    /// Run a self-contained demo: a mixed fleet of simulated products on a throwaway PostgreSQL.
     Demo(DemoArgs),
     /// Run a product simulator (test infrastructure; used by the demo and the tests).
     #[command(hide = true)]
