@@ -107,11 +107,7 @@ async fn a_run_whose_lease_moved_stops_before_its_next_step() {
     let db = upshift_sim::fleet::OmDatabase {
         url: &url,
         scheme: "postgresql",
-        port: url
-            .rsplit_once(':')
-            .and_then(|(_, r)| r.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_default(),
+        port: common::url_port(&url),
         user: "postgres",
         name: &name,
     };
@@ -418,34 +414,9 @@ async fn killed_while_rolling_back_the_rollback_is_finished() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_job_with_an_unknown_outcome_is_never_repeated() {
     let Some(pg) = common::pg() else { return };
-    let (name, url) = pg.fresh_db("om").await;
-    let db = upshift_sim::fleet::OmDatabase {
-        url: &url,
-        scheme: "postgresql",
-        port: url
-            .rsplit_once(':')
-            .and_then(|(_, r)| r.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_default(),
-        user: "postgres",
-        name: &name,
-    };
+    let om = om_subject(pg).await;
+    let (env, port, url) = (&om.env, om.port, om.db_url.clone());
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_upshift"));
-    let (port, admin) = (free_port(), free_port());
-    let env = Env::new();
-    env.write_fleet(&upshift_sim::fleet::openmetadata(
-        "om",
-        exe,
-        &db,
-        "1.9.0",
-        (port, admin),
-        "",
-    ));
-    start_services(&env, "om", &["migrate"]).await;
-    upshift_sim::openmetadata::seed_pg(&connect(&url).await, 10)
-        .await
-        .expect("seed");
-    start_services(&env, "om", &["server"]).await;
     let before = common::table_checksums(&url).await;
 
     // The host dies as the migrate job (step 6) is journaled as started.
@@ -460,7 +431,7 @@ async fn a_migration_job_with_an_unknown_outcome_is_never_repeated() {
         .expect("apply");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9));
-    let run = newest_run(&env);
+    let run = newest_run(env);
     let out = env.upshift(&["resume", run["id"].as_str().expect("id"), "--json"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     let report = json(&out);
@@ -514,11 +485,7 @@ async fn om_subject(pg: &common::Pg) -> Subject {
     let db = upshift_sim::fleet::OmDatabase {
         url: &url,
         scheme: "postgresql",
-        port: url
-            .rsplit_once(':')
-            .and_then(|(_, r)| r.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_default(),
+        port: common::url_port(&url),
         user: "postgres",
         name: &name,
     };

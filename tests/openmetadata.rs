@@ -21,11 +21,7 @@ struct Db {
 }
 
 fn db_on(url: &str, scheme: &'static str, user: &'static str, name: &str) -> Db {
-    let port = url
-        .rsplit_once(':')
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_default();
+    let port = common::url_port(url);
     Db {
         url: url.to_string(),
         scheme,

@@ -431,3 +431,11 @@ pub async fn checksums_over(
     }
     out
 }
+
+/// The port of a `scheme://user@host:PORT/db` URL (0 when it has none).
+pub fn url_port(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_default()
+}
