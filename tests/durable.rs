@@ -661,3 +661,138 @@ async fn openmetadata_and_devlake_survive_a_kill_at_every_step_boundary() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_share_postgres_state_and_a_killed_one_loses_nothing() {
+    let Some(pg) = common::pg() else { return };
+    let (_, state_url) = pg.fresh_db("state").await;
+    let env = Env::new();
+    let failing = [7usize, 19];
+    let mut fleet = String::new();
+    let mut ports = Vec::new();
+    for n in 1..=30usize {
+        let (_, url) = pg.fresh_db("agents").await;
+        let port = free_port();
+        ports.push(port);
+        let fail = failing.contains(&n).then_some("3.11.1");
+        fleet.push_str(&common::bytebase_instance(
+            &format!("bb{n:02}"),
+            &url,
+            port,
+            "3.10.0",
+            fail,
+        ));
+    }
+    env.write_fleet(&fleet);
+    for n in 1..=30usize {
+        start_services(&env, &format!("bb{n:02}"), &["app"]).await;
+    }
+    // Agents are separate machines (own data directories) sharing the PostgreSQL state; on this
+    // one machine they also share the process services' state.
+    let services = env.data().join("services");
+    let upshift = |data: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"));
+        cmd.arg("--fleet")
+            .arg(env.fleet())
+            .arg("--data")
+            .arg(env.dir.path().join(data))
+            .arg("--services")
+            .arg(&services)
+            .arg("--state")
+            .arg(&state_url)
+            .env("UPSHIFT_LEASE_SECS", "2");
+        cmd
+    };
+    let out = upshift("data-ops")
+        .args(["enqueue", "--all", "--to", "3.11.1"])
+        .output()
+        .expect("enqueue");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued 30 of 30"));
+
+    let spawn = |name: &str| {
+        upshift(&format!("data-{name}"))
+            .args(["agent", "--name", name, "--until-empty", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn agent")
+    };
+    let a = spawn("agent-a");
+    let mut b = spawn("agent-b");
+    let c = spawn("agent-c");
+
+    // Kill agent-b (SIGKILL) while one of its runs is under way.
+    let state = connect(&state_url).await;
+    let mut victim = None;
+    for _ in 0..600 {
+        let rows = state
+            .query(
+                "SELECT q.instance FROM upshift_queue q JOIN upshift_runs r ON r.instance = q.instance \
+                 WHERE q.agent = 'agent-b' AND q.status = 'claimed' AND r.status = 'running'",
+                &[],
+            )
+            .await
+            .unwrap_or_default();
+        if let Some(r) = rows.first() {
+            victim = Some(r.get::<_, String>(0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = victim.expect("agent-b was caught mid-run");
+    b.kill().expect("kill agent-b");
+    let _ = b.wait();
+
+    let outputs: Vec<serde_json::Value> = [a, c]
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("agent ends");
+            assert!(out.status.success(), "an agent failed");
+            serde_json::from_slice(&out.stdout).expect("agent JSON")
+        })
+        .collect();
+
+    // Every instance was upgraded, or rolled back, exactly once.
+    for n in 1..=30usize {
+        let name = format!("bb{n:02}");
+        let runs = state
+            .query(
+                "SELECT status FROM upshift_runs WHERE instance = $1 AND kind = 'upgrade'",
+                &[&name],
+            )
+            .await
+            .expect("runs");
+        let statuses: Vec<String> = runs.iter().map(|r| r.get(0)).collect();
+        let want = if failing.contains(&n) {
+            "rolled_back"
+        } else {
+            "succeeded"
+        };
+        assert_eq!(statuses, [want], "{name}: exactly one run");
+        let served = if failing.contains(&n) {
+            "3.10.0"
+        } else {
+            "3.11.1"
+        };
+        let (_, body) = common::http_get(ports[n - 1], "/v1/actuator/info").await;
+        assert!(body.contains(served), "{name} serves {body}");
+    }
+    let done: i64 = state
+        .query_one(
+            "SELECT count(*) FROM upshift_queue WHERE status = 'done'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(done, 30);
+    // The killed agent's item was taken over by another agent and its run resumed.
+    let taken_over = outputs
+        .iter()
+        .flat_map(|o| o.as_array().cloned().unwrap_or_default())
+        .find(|h| h["instance"] == victim.as_str())
+        .expect("the victim's item was handled by a surviving agent");
+    assert_eq!(taken_over["reclaimed"], true, "{taken_over}");
+    assert_eq!(taken_over["resumed"], true, "{taken_over}");
+}

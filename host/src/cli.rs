@@ -19,6 +19,14 @@ pub struct Cli {
     /// Data directory (state, backups, audit log, cache). Default: ~/.local/share/upshift.
     #[arg(long, global = true, env = "UPSHIFT_DATA")]
     pub data: Option<PathBuf>,
+    /// Keep runs, steps, the backup catalog, leases and the work queue in PostgreSQL
+    /// (`postgres://…`), shared by agents on several machines, instead of `<data>/state.db`.
+    #[arg(long, global = true, env = "UPSHIFT_STATE", value_name = "URL")]
+    pub state: Option<String>,
+    /// Where process services' state lives (default `<data>/services`); share it between
+    /// agents on one machine.
+    #[arg(long, global = true, env = "UPSHIFT_SERVICES", value_name = "DIR")]
+    pub services: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -36,6 +44,10 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Continue an upgrade after the host died in the middle of it.
     Resume(ResumeArgs),
+    /// Queue instance upgrades for agents (needs --state postgres://…).
+    Enqueue(EnqueueArgs),
+    /// Claim queued upgrades and carry them out (needs --state postgres://…).
+    Agent(AgentArgs),
     /// Back up an instance's databases now.
     Backup(BackupArgs),
     /// List backups.
@@ -131,6 +143,36 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub yes: bool,
     /// Stream JSON events and print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift enqueue`
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Instances from the fleet file.
+    pub instances: Vec<String>,
+    /// Every instance.
+    #[arg(long)]
+    pub all: bool,
+    /// `product=P`, `name=N` or `label:KEY=VALUE` (repeat to narrow).
+    #[arg(long = "select", value_name = "FILTER")]
+    pub select: Vec<String>,
+    /// Target version (default: each instance's `target`).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+/// `upshift agent`
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This agent's name in the queue (default: host and pid).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stop when the queue is empty (including items other agents are working on).
+    #[arg(long)]
+    pub until_empty: bool,
+    /// Print what this agent did as JSON.
     #[arg(long)]
     pub json: bool,
 }

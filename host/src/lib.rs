@@ -8,5 +8,7 @@ pub mod fleet;
 pub mod grants;
 pub mod lease;
 pub mod ops;
+pub mod queue;
 pub mod runtime;
 pub mod state;
+pub mod state_pg;

@@ -192,6 +192,10 @@ fn simulate(product: &str, args: &[String]) -> ExitCode {
 
 async fn run(cli: Cli) -> Result<u8, Exit> {
     let data = cli.data.clone().unwrap_or_else(default_data_dir);
+    let stores = upshift::ops::session::Stores {
+        state_url: cli.state.clone(),
+        services: cli.services.clone(),
+    };
     let load_fleet = || Fleet::load(&cli.fleet);
     match cli.command {
         Command::Simulate { .. } => Ok(0),
@@ -237,7 +241,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Plan(args) => {
             let (ui, sink) = ui::Ui::sink(true);
             drop(ui);
-            let session = Session::open(&data, sink)?;
+            let session = Session::open_with(&data, sink, &stores)?;
             let report = match (&args.instance, &args.product, &args.from) {
                 (None, Some(product), Some(from)) => {
                     apply::offline_plan(&session, product, from, &args.to).await?
@@ -270,7 +274,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open(&data, sink)?;
+            let session = Session::open_with(&data, sink, &stores)?;
             let json = args.json;
             let yes = args.yes;
             if args.all || !args.select.is_empty() || args.instances.len() != 1 {
@@ -292,10 +296,66 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             .await;
             finish_run(ui.as_deref(), report, json)
         }
+        Command::Enqueue(args) => {
+            let fleet = load_fleet()?;
+            let session = Session::open_with(&data, upshift::caps::EventSink::discard(), &stores)?;
+            let selection = upshift::ops::rollout::Selection {
+                all: args.all,
+                names: args.instances.clone(),
+                filters: args.select.clone(),
+            };
+            let mut items = Vec::new();
+            for instance in upshift::ops::rollout::select(&fleet, &selection)? {
+                let Some(target) = args.to.clone().or_else(|| instance.target.clone()) else {
+                    return Err(usage(format!(
+                        "instance `{}` has no `target` in the fleet file; pass --to VERSION",
+                        instance.name
+                    )));
+                };
+                items.push(upshift::queue::QueueItem {
+                    instance: instance.name.clone(),
+                    target,
+                });
+            }
+            let n = upshift::ops::agent::enqueue(&session, &items)?;
+            println!("queued {n} of {} instance(s)", items.len());
+            Ok(0)
+        }
+        Command::Agent(args) => {
+            let fleet = load_fleet()?;
+            let (ui, sink) = ui::Ui::sink(args.json);
+            let session = Session::open_with(&data, sink, &stores)?;
+            let name = args
+                .name
+                .clone()
+                .unwrap_or_else(|| upshift::lease::holder_name("agent"));
+            let done = upshift::ops::agent::run(&session, &fleet, &name, args.until_empty).await;
+            if let Some(ui) = ui.as_deref() {
+                ui.clear();
+            }
+            let done = done?;
+            if args.json {
+                print_json(&done)?;
+            } else {
+                for h in &done {
+                    eprintln!(
+                        "  {:<20} {}{}",
+                        h.instance,
+                        h.outcome,
+                        if h.resumed {
+                            " (resumed an interrupted run)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Resume(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open(&data, sink)?;
+            let session = Session::open_with(&data, sink, &stores)?;
             let report = upshift::ops::resume::resume(&session, &fleet, &args.run).await;
             finish_run(ui.as_deref(), report, args.json)
         }
@@ -308,7 +368,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 }),
             ..
         }) => {
-            let session = Session::open(&data, upshift::caps::EventSink::discard())?;
+            let session = Session::open_with(&data, upshift::caps::EventSink::discard(), &stores)?;
             let fleet = if cli.fleet.exists() {
                 Some(load_fleet()?)
             } else {
@@ -351,7 +411,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 return Err(usage("give an INSTANCE to back up, or `backup verify ID`"));
             };
             let (_ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open(&data, sink)?;
+            let session = Session::open_with(&data, sink, &stores)?;
             let method = match args.method {
                 Method::Dump => BackupMethod::Dump,
                 Method::Clone => BackupMethod::Clone,
@@ -414,7 +474,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open(&data, sink)?;
+            let session = Session::open_with(&data, sink, &stores)?;
             let (json, yes) = (args.json, args.yes);
             let report = apply::restore(
                 &session,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::lease::{Lease, LeaseError, now_ms};
+use crate::lease::{Lease, LeaseError, LeaseStore, now_ms};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes.
@@ -55,7 +55,7 @@ macro_rules! text_enum {
                 match self { $($ty::$variant => $text),* }
             }
 
-            fn parse(text: &str) -> Option<$ty> {
+            pub(crate) fn parse(text: &str) -> Option<$ty> {
                 match text { $($text => Some($ty::$variant),)* _ => None }
             }
         }
@@ -179,6 +179,17 @@ pub enum StateError {
         /// Its schema version.
         found: i64,
     },
+    /// PostgreSQL failed.
+    #[error("state database {url}: {source}")]
+    Postgres {
+        /// The URL, password hidden.
+        url: String,
+        /// The error.
+        source: postgres::Error,
+    },
+    /// The connection was closed.
+    #[error("the state database connection is closed")]
+    Closed,
     /// A stored value this build does not understand.
     #[error("state database {path}: unexpected value `{value}` in {column}")]
     Value {
@@ -192,7 +203,7 @@ pub enum StateError {
 }
 
 /// The SQLite state store. Thread-safe.
-pub struct StateStore {
+pub struct SqliteState {
     path: PathBuf,
     conn: Mutex<Connection>,
 }
@@ -221,9 +232,9 @@ CREATE TABLE IF NOT EXISTS leases (
     instance TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
 ";
 
-impl StateStore {
+impl SqliteState {
     /// Open (creating or migrating) the state database.
-    pub fn open(path: &Path) -> Result<StateStore, StateError> {
+    pub fn open(path: &Path) -> Result<SqliteState, StateError> {
         let sql = |source| StateError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -249,7 +260,7 @@ impl StateStore {
             conn.pragma_update(None, "user_version", SCHEMA)
                 .map_err(sql)?;
         }
-        Ok(StateStore {
+        Ok(SqliteState {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
         })
@@ -509,7 +520,7 @@ impl StateStore {
     }
 }
 
-impl crate::lease::LeaseStore for StateStore {
+impl LeaseStore for SqliteState {
     fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
         let now = now_ms();
         let expires = now + ttl.as_millis() as i64;
@@ -614,7 +625,7 @@ impl crate::lease::LeaseStore for StateStore {
     }
 }
 
-impl StateStore {
+impl SqliteState {
     /// The lease row of `instance`: holder, token, expiry (ms).
     fn lease_row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
         self.with(|c| {
@@ -639,6 +650,157 @@ impl StateStore {
             token: lease.token,
             by,
         }
+    }
+}
+
+/// Where the state lives: SQLite on this machine (default), or PostgreSQL shared by agents on
+/// several machines (`--state postgres://…`).
+pub enum StateStore {
+    /// `<data>/state.db`.
+    Sqlite(SqliteState),
+    /// A shared PostgreSQL database.
+    Postgres(crate::state_pg::PgState),
+}
+
+macro_rules! on_store {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            StateStore::Sqlite($s) => $e,
+            StateStore::Postgres($s) => $e,
+        }
+    };
+}
+
+impl StateStore {
+    /// Open the SQLite state database.
+    pub fn open(path: &Path) -> Result<StateStore, StateError> {
+        SqliteState::open(path).map(StateStore::Sqlite)
+    }
+
+    /// Open the state in PostgreSQL.
+    pub fn open_postgres(url: &str) -> Result<StateStore, StateError> {
+        crate::state_pg::PgState::open(url).map(StateStore::Postgres)
+    }
+
+    /// The work queue agents claim from (PostgreSQL state only).
+    pub fn queue(&self) -> Option<&dyn crate::queue::WorkQueue> {
+        match self {
+            StateStore::Sqlite(_) => None,
+            StateStore::Postgres(p) => Some(p),
+        }
+    }
+
+    /// A new sortable run id.
+    pub fn new_run_id() -> String {
+        SqliteState::new_run_id()
+    }
+
+    /// A new short backup id (`bk-` and 12 hex digits).
+    pub fn new_backup_id() -> String {
+        SqliteState::new_backup_id()
+    }
+
+    /// Record a new run.
+    pub fn insert_run(&self, r: &RunRecord) -> Result<(), StateError> {
+        on_store!(self, s => s.insert_run(r))
+    }
+
+    /// Record how a run ended.
+    pub fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        message: Option<&str>,
+    ) -> Result<(), StateError> {
+        on_store!(self, s => s.finish_run(run_id, status, message))
+    }
+
+    /// Journal a step before it runs.
+    pub fn step_started(
+        &self,
+        run_id: &str,
+        seq: u32,
+        step_id: &str,
+        title: &str,
+        phase: &str,
+    ) -> Result<(), StateError> {
+        on_store!(self, s => s.step_started(run_id, seq, step_id, title, phase))
+    }
+
+    /// Journal how a step ended.
+    pub fn step_finished(
+        &self,
+        run_id: &str,
+        seq: u32,
+        phase: &str,
+        status: StepStatus,
+        output: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        on_store!(self, s => s.step_finished(run_id, seq, phase, status, output, error))
+    }
+
+    /// One run.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
+        on_store!(self, s => s.run(run_id))
+    }
+
+    /// Runs, newest first.
+    pub fn runs(&self, instance: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        on_store!(self, s => s.runs(instance, limit))
+    }
+
+    /// A run's steps: forward ones, then rollback ones, each in order.
+    pub fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError> {
+        on_store!(self, s => s.steps(run_id))
+    }
+
+    /// Catalogue a backup.
+    pub fn insert_backup(&self, b: &BackupRecord) -> Result<(), StateError> {
+        on_store!(self, s => s.insert_backup(b))
+    }
+
+    /// Mark a backup invalid with the reason.
+    pub fn mark_invalid(&self, id: &str, note: &str) -> Result<(), StateError> {
+        on_store!(self, s => s.mark_invalid(id, note))
+    }
+
+    /// One backup.
+    pub fn backup(&self, id: &str) -> Result<Option<BackupRecord>, StateError> {
+        on_store!(self, s => s.backup(id))
+    }
+
+    /// Backups, newest first.
+    pub fn backups(&self, instance: Option<&str>) -> Result<Vec<BackupRecord>, StateError> {
+        on_store!(self, s => s.backups(instance))
+    }
+}
+
+impl LeaseStore for StateStore {
+    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
+        on_store!(self, s => s.acquire(instance, holder, ttl))
+    }
+
+    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
+        on_store!(self, s => s.renew(lease, ttl))
+    }
+
+    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
+        on_store!(self, s => s.check(lease))
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+        on_store!(self, s => s.release(lease))
+    }
+
+    fn take_over(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LeaseError> {
+        on_store!(self, s => s.take_over(instance, token, holder, ttl))
     }
 }
 

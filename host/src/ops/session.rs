@@ -31,11 +31,29 @@ pub struct Session {
     pub state: Arc<StateStore>,
     /// Where progress goes.
     pub events: EventSink,
+    /// Where process services' state lives.
+    pub services: PathBuf,
+}
+
+/// Where a session keeps what is not in the data directory's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Stores {
+    /// `postgres://…`: runs, steps, backup catalog, leases and the work queue in PostgreSQL
+    /// (shared by agents on several machines) instead of `<data>/state.db`.
+    pub state_url: Option<String>,
+    /// Where process services' state lives (default `<data>/services`); agents on one machine
+    /// share it.
+    pub services: Option<PathBuf>,
 }
 
 impl Session {
     /// Open (creating) the data directory and everything in it.
     pub fn open(data: &Path, events: EventSink) -> Result<Session, OpError> {
+        Session::open_with(data, events, &Stores::default())
+    }
+
+    /// Open with the state and service state where `stores` says.
+    pub fn open_with(data: &Path, events: EventSink, stores: &Stores) -> Result<Session, OpError> {
         std::fs::create_dir_all(data).map_err(|e| {
             OpError::Usage(format!(
                 "cannot create data directory {}: {e}; pass --data DIR or set UPSHIFT_DATA",
@@ -44,8 +62,18 @@ impl Session {
         })?;
         let audit =
             AuditLog::open(&data.join("audit.jsonl")).map_err(|e| OpError::Host(e.to_string()))?;
-        let state =
-            StateStore::open(&data.join("state.db")).map_err(|e| OpError::Host(e.to_string()))?;
+        let state = match &stores.state_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StateStore::open_postgres(url)
+            }
+            Some(other) => {
+                return Err(OpError::Usage(format!(
+                    "--state `{other}` is not a postgres:// URL (leave it out for the SQLite state in the data directory)"
+                )));
+            }
+            None => StateStore::open(&data.join("state.db")),
+        }
+        .map_err(|e| OpError::Host(e.to_string()))?;
         let runtime =
             Runtime::new(Some(&data.join("cache"))).map_err(|e| OpError::Host(e.to_string()))?;
         Ok(Session {
@@ -54,6 +82,10 @@ impl Session {
             audit: Arc::new(audit),
             state: Arc::new(state),
             events,
+            services: stores
+                .services
+                .clone()
+                .unwrap_or_else(|| data.join("services")),
         })
     }
 
@@ -137,7 +169,7 @@ impl Session {
         for (name, b) in &instance.files {
             caps.files.insert(name.clone(), FilesBackend::new(&b.path));
         }
-        let service_dir = self.data.join("services").join(&instance.name);
+        let service_dir = self.services.join(&instance.name);
         for (name, b) in &instance.service {
             caps.services
                 .insert(name.clone(), ServiceBackend::new(b, &service_dir, name));
