@@ -220,6 +220,7 @@ async fn a_30_instance_rollout_halts_exactly_when_the_failure_budget_is_spent() 
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let report = json(&out);
     assert_eq!(report["waves"], serde_json::json!([1, 3, 26]));
+    let events = String::from_utf8_lossy(&out.stderr).into_owned();
     let status: Vec<(String, String)> = report["instances"]
         .as_array()
         .expect("instances")
@@ -258,6 +259,13 @@ async fn a_30_instance_rollout_halts_exactly_when_the_failure_budget_is_spent() 
             .is_some_and(|h| h.contains("budget")),
         "{report}"
     );
+    // The fleet's progress is streamed: one event at the start and one per instance that ran.
+    let ran = status.iter().filter(|(_, s)| s != "not-started").count();
+    let fleet_events = events
+        .lines()
+        .filter(|l| l.contains("\"event\":\"fleet\""))
+        .count();
+    assert_eq!(fleet_events, ran + 1, "{events}");
     for (n, (_, s)) in status.iter().enumerate() {
         let want = if s == "upgraded" { "3.11.1" } else { "3.10.0" };
         let (code, body) = common::http_get(ports[n], "/v1/actuator/info").await;

@@ -14,6 +14,8 @@ use upshift::ops::plan::describe_action;
 pub struct Ui {
     multi: MultiProgress,
     bars: Mutex<HashMap<(String, String), ProgressBar>>,
+    /// A rollout's fleet-wide bar, above the instances' bars.
+    fleet: Mutex<Option<ProgressBar>>,
     fancy: bool,
 }
 
@@ -39,6 +41,7 @@ impl Ui {
                 ProgressDrawTarget::hidden()
             }),
             bars: Mutex::new(HashMap::new()),
+            fleet: Mutex::new(None),
             fancy,
         });
         let inner = ui.clone();
@@ -80,6 +83,31 @@ impl Ui {
                     && let Some(bar) = bars.values().find(|b| b.prefix().contains(&instance))
                 {
                     bar.set_message(format!("{message} ({done}/{total})"));
+                }
+            }
+            Event::Fleet {
+                done,
+                total,
+                failures,
+                message,
+            } => {
+                let Ok(mut slot) = self.fleet.lock() else {
+                    return;
+                };
+                let bar = slot.get_or_insert_with(|| {
+                    let bar = self.multi.insert(0, ProgressBar::new(total as u64));
+                    if let Ok(s) = ProgressStyle::with_template(
+                        "{prefix:.bold} [{bar:24.green}] {pos}/{len} {msg}",
+                    ) {
+                        bar.set_style(s.progress_chars("=> "));
+                    }
+                    bar.set_prefix("fleet");
+                    bar
+                });
+                bar.set_position(done as u64);
+                bar.set_message(format!("{failures} failure(s) · {message}"));
+                if !self.fancy && done > 0 {
+                    eprintln!("  fleet {done}/{total}: {message} ({failures} failure(s))");
                 }
             }
             Event::StepStarted {
@@ -155,6 +183,11 @@ impl Ui {
             for (_, bar) in bars.drain() {
                 bar.finish_and_clear();
             }
+        }
+        if let Ok(mut fleet) = self.fleet.lock()
+            && let Some(bar) = fleet.take()
+        {
+            bar.finish_and_clear();
         }
     }
 }

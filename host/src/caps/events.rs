@@ -58,6 +58,17 @@ pub enum Event {
         /// Duration.
         duration_ms: u64,
     },
+    /// A fleet rollout's progress: an instance finished (or the rollout started, `done` 0).
+    Fleet {
+        /// Instances finished.
+        done: usize,
+        /// Instances selected.
+        total: usize,
+        /// Failures so far.
+        failures: usize,
+        /// The instance that just finished, and how.
+        message: String,
+    },
 }
 
 /// A shared sink for [`Event`]s.

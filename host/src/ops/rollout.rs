@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::caps::Event;
 use crate::fleet::{Fleet, Instance};
 
 use super::apply::{self, Outcome, RunReport};
@@ -328,6 +329,13 @@ pub async fn rollout(
     let started_at = now();
     let sizes = wave_sizes(&options.waves, instances.len());
     let failures = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    session.events.emit(Event::Fleet {
+        done: 0,
+        total: instances.len(),
+        failures: 0,
+        message: format!("{} wave(s) {sizes:?}", sizes.len()),
+    });
     let mut results: Vec<InstanceResult> = Vec::new();
     let mut halted = None;
     let mut offset = 0;
@@ -335,7 +343,7 @@ pub async fn rollout(
         let wave: Vec<InstanceResult> = futures_util::stream::iter(offset..offset + size)
             .map(|i| {
                 let line = result_of(instances[i], w + 1, &targets[i]);
-                let failures = &failures;
+                let (failures, finished) = (&failures, &finished);
                 async move {
                     // Nothing new starts once the budget is spent.
                     if budget_spent(failures.load(Ordering::SeqCst), options.max_failures) {
@@ -345,6 +353,12 @@ pub async fn rollout(
                     if line.status.is_failure() {
                         failures.fetch_add(1, Ordering::SeqCst);
                     }
+                    session.events.emit(Event::Fleet {
+                        done: finished.fetch_add(1, Ordering::SeqCst) + 1,
+                        total: instances.len(),
+                        failures: failures.load(Ordering::SeqCst),
+                        message: format!("{} {:?}", line.instance, line.status),
+                    });
                     line
                 }
             })
