@@ -158,12 +158,21 @@ pub async fn table_checksums(url: &str) -> BTreeMap<String, (i64, String)> {
     out
 }
 
-/// A free loopback TCP port.
+/// A free loopback TCP port, never the same one twice in a test process: tests run
+/// concurrently and bind their ports only later, so a port handed out once stays reserved.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A temporary directory holding a data dir and a fleet file; on drop, every process service
