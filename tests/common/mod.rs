@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod kwdb;
 pub mod mysql;
 
 use std::collections::BTreeMap;
