@@ -869,3 +869,125 @@ async fn kwdb_in_containers_survives_a_kill_at_every_step_boundary() {
     // Only the export (an adapter step that writes) had an outcome that could not be established.
     assert_eq!(handed_over, ["forward:1:started"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_can_finish_a_run_after_establishing_the_unknown_step() {
+    let Some(pg) = common::pg() else { return };
+    let om = om_subject(pg).await;
+    let exe = env!("CARGO_BIN_EXE_upshift");
+    let out = std::process::Command::new(exe)
+        .arg("--fleet")
+        .arg(om.env.fleet())
+        .arg("--data")
+        .arg(om.env.data())
+        .args(["apply", "om", "--to", "1.12.1", "--yes", "--json"])
+        .env("UPSHIFT_CRASH_AT", "forward:5:started")
+        .output()
+        .expect("apply");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9));
+    let run = newest_run(&om.env);
+    let id = run["id"].as_str().expect("id").to_string();
+    let out = om.env.upshift(&["resume", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let help = json(&out)["operator_help"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let finish = format!("upshift resume {id} --step-done migrate");
+    assert!(help.contains(&finish), "{help}");
+    // The run was marked failed; an operator who ran the job by hand and saw it succeed goes on.
+    let fleet = std::fs::read_to_string(om.env.fleet()).expect("fleet");
+    let env_line = fleet
+        .lines()
+        .find(|l| l.starts_with("env = "))
+        .expect("env line")
+        .trim_start_matches("env = ")
+        .to_string();
+    let vars: toml::Table = toml::from_str(&format!("v = {env_line}")).expect("env table");
+    let mut job = std::process::Command::new(exe);
+    job.args(["simulate", "openmetadata", "--version", "1.12.1", "migrate"]);
+    for (k, v) in vars["v"].as_table().expect("table") {
+        job.env(k, v.as_str().unwrap_or_default());
+    }
+    assert!(job.output().expect("migrate by hand").status.success());
+    // Without saying which step completed, the handed-over run is not resumed.
+    let out = om.env.upshift(&["resume", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--step-done"), "{}", stderr(&out));
+    let out = om
+        .env
+        .upshift(&["resume", &id, "--step-done", "migrate", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    let migrate = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["id"] == "migrate")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        migrate["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("operator established")),
+        "{report}"
+    );
+    let (_, body) = common::http_get(om.port, "/api/v1/version").await;
+    assert!(body.contains("\"1.12.1\""), "{body}");
+    assert_eq!(newest_run(&om.env)["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_applies_on_one_instance_one_is_refused() {
+    let Some(pg) = common::pg() else { return };
+    let om = om_subject(pg).await;
+    // The first apply's migrate job takes two seconds.
+    let fleet = std::fs::read_to_string(om.env.fleet()).expect("fleet");
+    let exe = env!("CARGO_BIN_EXE_upshift");
+    let fast = format!("command = \"'{exe}' simulate openmetadata --version {{version}} migrate\"");
+    let slow = format!(
+        "command = \"sh -c \\\"sleep 2 && exec '{exe}' simulate openmetadata --version {{version}} migrate\\\"\""
+    );
+    assert!(fleet.contains(&fast));
+    om.env.write_fleet(&fleet.replace(&fast, &slow));
+    let first = std::process::Command::new(exe)
+        .arg("--fleet")
+        .arg(om.env.fleet())
+        .arg("--data")
+        .arg(om.env.data())
+        .args(["apply", "om", "--to", "1.12.1", "--yes", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("first apply");
+    // Wait until the first apply holds the lease (its run is journaled).
+    for _ in 0..100 {
+        if newest_run(&om.env)["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = om
+        .env
+        .upshift(&["apply", "om", "--to", "1.12.1", "--yes", "--json"]);
+    assert_eq!(second.status.code(), Some(6), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("apply --to 1.12.1"),
+        "names the holder: {}",
+        stderr(&second)
+    );
+    let first = first.wait_with_output().expect("first ends");
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let (_, body) = common::http_get(om.port, "/api/v1/version").await;
+    assert!(body.contains("\"1.12.1\""), "{body}");
+    // One run, not two.
+    let history = json(&om.env.upshift(&["history", "om", "--json"]));
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+}

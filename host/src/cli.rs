@@ -182,6 +182,10 @@ pub struct AgentArgs {
 pub struct ResumeArgs {
     /// The interrupted run (`upshift history` lists runs; interrupted ones are `running`).
     pub run: String,
+    /// You established that this step (whose outcome was unknown) did complete: count it as
+    /// done and go on.
+    #[arg(long, value_name = "STEP")]
+    pub step_done: Option<String>,
     /// Stream JSON events and print a JSON report.
     #[arg(long)]
     pub json: bool,

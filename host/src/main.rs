@@ -356,7 +356,13 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
             let session = Session::open_with(&data, sink, &stores)?;
-            let report = upshift::ops::resume::resume(&session, &fleet, &args.run).await;
+            let report = upshift::ops::resume::resume(
+                &session,
+                &fleet,
+                &args.run,
+                args.step_done.as_deref(),
+            )
+            .await;
             finish_run(ui.as_deref(), report, args.json)
         }
         Command::Backup(BackupArgs {

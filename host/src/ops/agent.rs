@@ -76,7 +76,7 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Handled {
     let result = match earlier {
         Some(run) if run.status == RunStatus::Running => {
             handled.resumed = true;
-            resume::resume(session, fleet, &run.id).await
+            resume::resume(session, fleet, &run.id, None).await
         }
         Some(run) => {
             handled.outcome = status_name(run.status).to_string();

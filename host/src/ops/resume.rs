@@ -120,15 +120,29 @@ fn line(step: &Step, message: String) -> StepLine {
     }
 }
 
-/// Resume run `run_id`.
-pub async fn resume(session: &Session, fleet: &Fleet, run_id: &str) -> Result<RunReport, OpError> {
+/// Resume run `run_id`. `step_done` is the operator's word that the step with that id, whose
+/// outcome was unknown, did complete (`--step-done ID`).
+pub async fn resume(
+    session: &Session,
+    fleet: &Fleet,
+    run_id: &str,
+    step_done: Option<&str>,
+) -> Result<RunReport, OpError> {
     let run = session.state.run(run_id).map_err(host)?.ok_or_else(|| {
         OpError::Usage(format!("no run `{run_id}`; `upshift history` lists them"))
     })?;
-    if run.status != RunStatus::Running {
+    // A run handed to the operator at a step whose outcome was unknown goes on once the
+    // operator says that step completed.
+    let reopened = run.status == RunStatus::Failed && step_done.is_some();
+    if run.status != RunStatus::Running && !reopened {
         return Err(OpError::Usage(format!(
-            "run `{run_id}` is not interrupted: it ended as {}",
-            run.status
+            "run `{run_id}` is not interrupted: it ended as {}{}",
+            run.status,
+            if run.status == RunStatus::Failed {
+                " (if it stopped at a step whose outcome was unknown, pass --step-done STEP once you have established that it completed)"
+            } else {
+                ""
+            }
         )));
     }
     if run.kind != "upgrade" {
@@ -246,7 +260,12 @@ pub async fn resume(session: &Session, fleet: &Fleet, run_id: &str) -> Result<Ru
     }
     if let Some(i) = unknown {
         let step = &steps[i];
-        match establish(&ctx, step, &taken).await? {
+        let established = if step_done == Some(step.id.as_str()) {
+            Established::Done("the operator established that it completed".into(), None)
+        } else {
+            establish(&ctx, step, &taken).await?
+        };
+        match established {
             Established::Done(why, backup) => {
                 forward
                     .reached
@@ -272,7 +291,11 @@ pub async fn resume(session: &Session, fleet: &Fleet, run_id: &str) -> Result<Ru
                 );
                 let backups: Vec<BackupRecord> =
                     forward.backups.iter().map(|(_, b)| b.clone()).collect();
-                let help = operator_help(&instance.name, &caps, &backups, &why).await;
+                let mut help = operator_help(&instance.name, &caps, &backups, &why).await;
+                help.push_str(&format!(
+                    "If you have established that step `{}` did complete, finish the run with:\n  upshift resume {run_id} --step-done {}\n",
+                    step.id, step.id
+                ));
                 session
                     .state
                     .finish_run(run_id, RunStatus::Failed, Some(&why))
