@@ -83,6 +83,32 @@ pub enum AdapterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make an Ed25519 key pair: PREFIX.key (secret, keep it safe) and PREFIX.pub.
+    Keygen {
+        /// Path prefix for the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign an adapter file: the signature over its sha256 goes into FILE.sig.json.
+    Sign {
+        /// Component file.
+        file: PathBuf,
+        /// The secret key file (from `upshift adapter keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Who signs, shown to whoever verifies.
+        #[arg(long, default_value = "unnamed")]
+        signer: String,
+    },
+    /// Check an adapter file's signatures: against the fleet file's [trust] policy, or the
+    /// given public keys (any one suffices).
+    Verify {
+        /// Component file.
+        file: PathBuf,
+        /// A trusted public key file (repeat); without it the fleet file's [trust] applies.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+    },
 }
 
 /// `upshift audit …`

@@ -14,6 +14,8 @@ use crate::grants::{Access, BindingKind, BoundName};
 pub struct Fleet {
     /// Where it was read from.
     pub path: PathBuf,
+    /// The `[trust]` policy for adapter files, if any.
+    pub trust: Option<crate::signing::TrustPolicy>,
     /// Instances in file order.
     pub instances: Vec<Instance>,
 }
@@ -29,6 +31,8 @@ pub struct Instance {
     pub labels: BTreeMap<String, String>,
     /// The version this instance should be upgraded to by `apply --all`.
     pub target: Option<String>,
+    /// The fleet's `[trust]` policy: an adapter file runs only when it is met.
+    pub trust: Option<crate::signing::TrustPolicy>,
     /// Database bindings by name.
     pub db: BTreeMap<String, DbBinding>,
     /// Directory bindings by name.
@@ -239,6 +243,14 @@ pub enum FleetError {
 struct RawFleet {
     #[serde(default)]
     instance: Vec<RawInstance>,
+    trust: Option<Spanned<RawTrust>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    keys: BTreeMap<String, String>,
+    require: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +396,49 @@ impl Fleet {
         })?;
         let ctx = Ctx { path, text };
         let base = path.parent().unwrap_or(Path::new("."));
+        let trust = match raw.trust {
+            None => None,
+            Some(t) => {
+                let at = t.span().start;
+                let t = t.into_inner();
+                if t.keys.is_empty() {
+                    return Err(ctx.invalid(at, "[trust] lists no keys".into(), "add `keys = { vendor = \"<hex public key>\" }` (from `upshift adapter keygen`)"));
+                }
+                for (name, key) in &t.keys {
+                    if let Err(e) = crate::signing::public_key(key) {
+                        return Err(ctx.invalid(
+                            at,
+                            format!("[trust] key `{name}`: {e}"),
+                            "use the hex public key `upshift adapter keygen` wrote (the .pub file)",
+                        ));
+                    }
+                }
+                let require = match &t.require {
+                    None => crate::signing::Require::AtLeast(1),
+                    Some(toml::Value::String(s)) if s == "all" => crate::signing::Require::All,
+                    Some(toml::Value::String(s)) if s == "any" => {
+                        crate::signing::Require::AtLeast(1)
+                    }
+                    Some(toml::Value::Integer(n)) if *n >= 1 && (*n as usize) <= t.keys.len() => {
+                        crate::signing::Require::AtLeast(*n as usize)
+                    }
+                    Some(other) => {
+                        return Err(ctx.invalid(
+                            at,
+                            format!("[trust] require = {other} is not usable"),
+                            format!(
+                                "use \"any\", \"all\" or a number from 1 to {}",
+                                t.keys.len()
+                            ),
+                        ));
+                    }
+                };
+                Some(crate::signing::TrustPolicy {
+                    keys: t.keys,
+                    require,
+                })
+            }
+        };
         let mut instances: Vec<Instance> = Vec::new();
         for ri in raw.instance {
             let name_at = ri.name.span().start;
@@ -432,6 +487,7 @@ impl Fleet {
                 adapter,
                 labels: ri.labels,
                 target: ri.target.map(Spanned::into_inner),
+                trust: trust.clone(),
                 db: BTreeMap::new(),
                 files: BTreeMap::new(),
                 service: BTreeMap::new(),
@@ -633,6 +689,7 @@ impl Fleet {
         }
         Ok(Fleet {
             path: path.to_path_buf(),
+            trust,
             instances,
         })
     }

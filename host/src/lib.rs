@@ -10,5 +10,6 @@ pub mod lease;
 pub mod ops;
 pub mod queue;
 pub mod runtime;
+pub mod signing;
 pub mod state;
 pub mod state_pg;

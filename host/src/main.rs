@@ -67,6 +67,20 @@ fn confirm(yes: bool, question: &str) -> Result<bool, Exit> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// Write a secret key readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<(), Exit> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(format!("{secret}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<(), Exit> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -201,6 +215,67 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Simulate { .. } => Ok(0),
         Command::Demo(args) => demo::run(&data, args.json).await,
         Command::Adapter(AdapterCommand::Inspect { file, json }) => inspect(&file, json),
+        Command::Adapter(AdapterCommand::Keygen { out }) => {
+            let (secret, public) = upshift::signing::keygen()?;
+            let key = out.with_extension("key");
+            let pubf = out.with_extension("pub");
+            write_secret(&key, &secret)?;
+            std::fs::write(&pubf, format!("{public}\n"))
+                .with_context(|| format!("cannot write {}", pubf.display()))?;
+            println!(
+                "secret key: {} (keep it private)\npublic key: {} {public}",
+                key.display(),
+                pubf.display()
+            );
+            Ok(0)
+        }
+        Command::Adapter(AdapterCommand::Sign { file, key, signer }) => {
+            let wasm = upshift::adapters::read_file(&file).map_err(usage)?;
+            let secret = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read the secret key {}", key.display()))?;
+            let signed = upshift::signing::sign(&file, &wasm, &secret, &signer)?;
+            println!(
+                "signed {} (sha256 {}) as {signer}; {} signature(s) in {}",
+                file.display(),
+                signed.digest,
+                signed.signatures.len(),
+                upshift::signing::signature_path(&file).display()
+            );
+            Ok(0)
+        }
+        Command::Adapter(AdapterCommand::Verify { file, keys }) => {
+            let wasm = upshift::adapters::read_file(&file).map_err(usage)?;
+            let policy = if keys.is_empty() {
+                load_fleet()?.trust.ok_or_else(|| {
+                    usage("no [trust] policy in the fleet file and no --key given: nothing to verify against")
+                })?
+            } else {
+                let mut named = std::collections::BTreeMap::new();
+                for k in &keys {
+                    let text = std::fs::read_to_string(k)
+                        .with_context(|| format!("cannot read the public key {}", k.display()))?;
+                    named.insert(k.display().to_string(), text.trim().to_string());
+                }
+                upshift::signing::TrustPolicy {
+                    keys: named,
+                    require: upshift::signing::Require::AtLeast(1),
+                }
+            };
+            match upshift::signing::verify(&file, &wasm, &policy) {
+                Ok(signers) => {
+                    println!(
+                        "trusted: {} signed by {}",
+                        file.display(),
+                        signers.join(", ")
+                    );
+                    Ok(0)
+                }
+                Err(e) => Err(Exit {
+                    code: 1,
+                    error: anyhow::anyhow!("not trusted: {e}"),
+                }),
+            }
+        }
         Command::Audit(AuditCommand::Verify { json }) => {
             let path = data.join("audit.jsonl");
             if !path.exists() {

@@ -132,7 +132,9 @@ pub async fn prepare(
     session: &Session,
     instance: &Instance,
 ) -> Result<(LoadedAdapter, Arc<InstanceCaps>), OpError> {
-    let adapter = session.load_adapter(&instance.adapter).await?;
+    let adapter = session
+        .load_adapter(&instance.adapter, instance.trust.as_ref())
+        .await?;
     let caps = session.caps_for(instance, &adapter)?;
     Ok((adapter, caps))
 }

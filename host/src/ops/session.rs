@@ -106,8 +106,14 @@ impl Session {
         self.data.join("backups")
     }
 
-    /// Load the adapter an instance names.
-    pub async fn load_adapter(&self, adapter: &AdapterRef) -> Result<LoadedAdapter, OpError> {
+    /// Load the adapter an instance names. Under a `[trust]` policy an adapter file must be
+    /// signed as it requires: checked before anything is compiled (bundled adapters are part
+    /// of this binary).
+    pub async fn load_adapter(
+        &self,
+        adapter: &AdapterRef,
+        trust: Option<&crate::signing::TrustPolicy>,
+    ) -> Result<LoadedAdapter, OpError> {
         let (label, wasm) = match adapter {
             AdapterRef::Bundled(product) => {
                 let b = adapters::bundled(product).ok_or_else(|| {
@@ -125,6 +131,10 @@ impl Session {
                 adapters::read_file(path).map_err(OpError::Usage)?,
             ),
         };
+        if let (AdapterRef::File(path), Some(policy)) = (adapter, trust) {
+            crate::signing::verify(path, &wasm, policy)
+                .map_err(|e| OpError::Usage(format!("not trusted: {e}")))?;
+        }
         self.runtime
             .load(&label, &wasm)
             .await
