@@ -65,6 +65,119 @@ pub enum LeaseError {
     Store(String),
 }
 
+/// The rows behind leases: the few atomic statements an engine must provide. Every
+/// [`LeaseStore`] decision (what taking, renewing and checking mean, the errors) is made once,
+/// on top of these, for every engine.
+pub trait LeaseRows: Send + Sync {
+    /// Take the lease of `instance` if it is free, expired (`expires_ms < now`) or already
+    /// `holder`'s, incrementing its token, in one atomic statement; the new token, or `None`.
+    fn try_take(
+        &self,
+        instance: &str,
+        holder: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<Option<i64>, LeaseError>;
+    /// Extend the lease held under `token` if it has not expired; whether it was.
+    fn try_extend(
+        &self,
+        instance: &str,
+        token: i64,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, LeaseError>;
+    /// Move the lease held under `token` to `holder`, incrementing the token; the new token.
+    fn try_move(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        expires: i64,
+    ) -> Result<Option<i64>, LeaseError>;
+    /// The lease row: holder, token, expiry (ms).
+    fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError>;
+    /// Delete the lease held under `token`.
+    fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError>;
+}
+
+fn granted(instance: &str, holder: &str, token: i64, expires_ms: i64) -> Lease {
+    Lease {
+        instance: instance.to_string(),
+        holder: holder.to_string(),
+        token,
+        expires_ms,
+    }
+}
+
+/// Why `lease` is no longer ours, saying who has it now if anyone.
+fn lost(rows: &impl LeaseRows, lease: &Lease) -> LeaseError {
+    let by = match rows.row(&lease.instance) {
+        Ok(Some((holder, token, _))) if token != lease.token => format!(" to {holder}"),
+        Ok(_) => " (it expired)".to_string(),
+        Err(e) => format!(" (the store failed: {e})"),
+    };
+    LeaseError::Lost {
+        instance: lease.instance.clone(),
+        token: lease.token,
+        by,
+    }
+}
+
+impl<T: LeaseRows> LeaseStore for T {
+    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
+        let now = now_ms();
+        let expires = now + ttl.as_millis() as i64;
+        if let Some(token) = self.try_take(instance, holder, expires, now)? {
+            return Ok(granted(instance, holder, token, expires));
+        }
+        let (other, token, until) = self.row(instance)?.unwrap_or_default();
+        Err(LeaseError::Held {
+            instance: instance.to_string(),
+            holder: other,
+            token,
+            seconds: ((until - now) / 1000).max(0),
+        })
+    }
+
+    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
+        let now = now_ms();
+        let expires = now + ttl.as_millis() as i64;
+        if self.try_extend(&lease.instance, lease.token, expires, now)? {
+            return Ok(Lease {
+                expires_ms: expires,
+                ..lease.clone()
+            });
+        }
+        Err(lost(self, lease))
+    }
+
+    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
+        match self.row(&lease.instance)? {
+            Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
+            _ => Err(lost(self, lease)),
+        }
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+        self.delete(&lease.instance, lease.token)
+    }
+
+    fn take_over(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LeaseError> {
+        let expires = now_ms() + ttl.as_millis() as i64;
+        match self.try_move(instance, token, holder, expires)? {
+            Some(token) => Ok(granted(instance, holder, token, expires)),
+            // Someone else was quicker: acquire says who.
+            None => self.acquire(instance, holder, ttl),
+        }
+    }
+}
+
 /// Where leases live.
 pub trait LeaseStore: Send + Sync {
     /// Take the lease of `instance` for `holder` unless someone else holds an unexpired one.

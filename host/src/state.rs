@@ -5,11 +5,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use std::time::Duration;
-
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::lease::{Lease, LeaseError, LeaseStore, now_ms};
+use crate::lease::{LeaseError, LeaseRows};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes.
@@ -520,114 +518,69 @@ impl SqliteState {
     }
 }
 
-impl LeaseStore for SqliteState {
-    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        // One statement: take a free, expired or own lease, bumping the fencing token.
-        let taken = self
-            .with(|c| {
-                c.query_row(
-                    "INSERT INTO leases (instance, holder, token, expires_ms) VALUES (?1, ?2, 1, ?3) \
-                     ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = leases.token + 1, \
-                     expires_ms = excluded.expires_ms WHERE leases.expires_ms < ?4 OR leases.holder = ?2 \
-                     RETURNING token",
-                    params![instance, holder, expires, now],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()
-            })
-            .map_err(|e| LeaseError::Store(e.to_string()))?;
-        if let Some(token) = taken {
-            return Ok(Lease {
-                instance: instance.to_string(),
-                holder: holder.to_string(),
-                token,
-                expires_ms: expires,
-            });
-        }
-        let (other, token, until) = self.lease_row(instance)?.unwrap_or_default();
-        Err(LeaseError::Held {
-            instance: instance.to_string(),
-            holder: other,
-            token,
-            seconds: ((until - now) / 1000).max(0),
+fn lease_store(e: StateError) -> LeaseError {
+    LeaseError::Store(e.to_string())
+}
+
+impl LeaseRows for SqliteState {
+    fn try_take(
+        &self,
+        instance: &str,
+        holder: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<Option<i64>, LeaseError> {
+        self.with(|c| {
+            c.query_row(
+                "INSERT INTO leases (instance, holder, token, expires_ms) VALUES (?1, ?2, 1, ?3) \
+                 ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = leases.token + 1, \
+                 expires_ms = excluded.expires_ms WHERE leases.expires_ms < ?4 OR leases.holder = ?2 \
+                 RETURNING token",
+                params![instance, holder, expires, now],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
         })
+        .map_err(lease_store)
     }
 
-    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        let renewed = self
-            .with(|c| {
-                c.execute(
-                    "UPDATE leases SET expires_ms = ?1 WHERE instance = ?2 AND token = ?3 AND expires_ms >= ?4",
-                    params![expires, lease.instance, lease.token, now],
-                )
-            })
-            .map_err(|e| LeaseError::Store(e.to_string()))?;
-        if renewed == 1 {
-            return Ok(Lease {
-                expires_ms: expires,
-                ..lease.clone()
-            });
-        }
-        Err(self.lost(lease))
+    fn try_extend(
+        &self,
+        instance: &str,
+        token: i64,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, LeaseError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE leases SET expires_ms = ?1 WHERE instance = ?2 AND token = ?3 AND expires_ms >= ?4",
+                params![expires, instance, token, now],
+            )
+        })
+        .map(|n| n == 1)
+        .map_err(lease_store)
     }
 
-    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
-        match self.lease_row(&lease.instance)? {
-            Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
-            _ => Err(self.lost(lease)),
-        }
-    }
-
-    fn take_over(
+    fn try_move(
         &self,
         instance: &str,
         token: i64,
         holder: &str,
-        ttl: Duration,
-    ) -> Result<Lease, LeaseError> {
-        let expires = now_ms() + ttl.as_millis() as i64;
-        let taken = self
-            .with(|c| {
-                c.query_row(
-                    "UPDATE leases SET holder = ?1, token = token + 1, expires_ms = ?2 \
-                     WHERE instance = ?3 AND token = ?4 RETURNING token",
-                    params![holder, expires, instance, token],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()
-            })
-            .map_err(|e| LeaseError::Store(e.to_string()))?;
-        match taken {
-            Some(token) => Ok(Lease {
-                instance: instance.to_string(),
-                holder: holder.to_string(),
-                token,
-                expires_ms: expires,
-            }),
-            // Someone else was quicker: acquire says who.
-            None => self.acquire(instance, holder, ttl),
-        }
-    }
-
-    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+        expires: i64,
+    ) -> Result<Option<i64>, LeaseError> {
         self.with(|c| {
-            c.execute(
-                "DELETE FROM leases WHERE instance = ?1 AND token = ?2",
-                params![lease.instance, lease.token],
+            c.query_row(
+                "UPDATE leases SET holder = ?1, token = token + 1, expires_ms = ?2 \
+                 WHERE instance = ?3 AND token = ?4 RETURNING token",
+                params![holder, expires, instance, token],
+                |r| r.get::<_, i64>(0),
             )
+            .optional()
         })
-        .map(|_| ())
-        .map_err(|e| LeaseError::Store(e.to_string()))
+        .map_err(lease_store)
     }
-}
 
-impl SqliteState {
-    /// The lease row of `instance`: holder, token, expiry (ms).
-    fn lease_row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
+    fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
         self.with(|c| {
             c.query_row(
                 "SELECT holder, token, expires_ms FROM leases WHERE instance = ?1",
@@ -636,20 +589,18 @@ impl SqliteState {
             )
             .optional()
         })
-        .map_err(|e| LeaseError::Store(e.to_string()))
+        .map_err(lease_store)
     }
 
-    fn lost(&self, lease: &Lease) -> LeaseError {
-        let by = match self.lease_row(&lease.instance) {
-            Ok(Some((holder, token, _))) if token != lease.token => format!(" to {holder}"),
-            Ok(_) => " (it expired)".to_string(),
-            Err(e) => format!(" (the store failed: {e})"),
-        };
-        LeaseError::Lost {
-            instance: lease.instance.clone(),
-            token: lease.token,
-            by,
-        }
+    fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM leases WHERE instance = ?1 AND token = ?2",
+                params![instance, token],
+            )
+        })
+        .map(|_| ())
+        .map_err(lease_store)
     }
 }
 
@@ -776,31 +727,43 @@ impl StateStore {
     }
 }
 
-impl LeaseStore for StateStore {
-    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
-        on_store!(self, s => s.acquire(instance, holder, ttl))
+impl LeaseRows for StateStore {
+    fn try_take(
+        &self,
+        instance: &str,
+        holder: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<Option<i64>, LeaseError> {
+        on_store!(self, s => s.try_take(instance, holder, expires, now))
     }
 
-    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
-        on_store!(self, s => s.renew(lease, ttl))
+    fn try_extend(
+        &self,
+        instance: &str,
+        token: i64,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, LeaseError> {
+        on_store!(self, s => s.try_extend(instance, token, expires, now))
     }
 
-    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
-        on_store!(self, s => s.check(lease))
-    }
-
-    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
-        on_store!(self, s => s.release(lease))
-    }
-
-    fn take_over(
+    fn try_move(
         &self,
         instance: &str,
         token: i64,
         holder: &str,
-        ttl: Duration,
-    ) -> Result<Lease, LeaseError> {
-        on_store!(self, s => s.take_over(instance, token, holder, ttl))
+        expires: i64,
+    ) -> Result<Option<i64>, LeaseError> {
+        on_store!(self, s => s.try_move(instance, token, holder, expires))
+    }
+
+    fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
+        on_store!(self, s => s.row(instance))
+    }
+
+    fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError> {
+        on_store!(self, s => s.delete(instance, token))
     }
 }
 

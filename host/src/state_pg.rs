@@ -6,11 +6,10 @@
 //! runtime they run under `block_in_place`.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use postgres::{Client, NoTls, Row};
 
-use crate::lease::{Lease, LeaseError, LeaseStore, now_ms};
+use crate::lease::{LeaseError, LeaseRows, now_ms};
 use crate::queue::{Claim, QueueItem, WorkQueue};
 use crate::state::{BackupRecord, RunRecord, RunStatus, StateError, StepRecord, StepStatus};
 
@@ -333,8 +332,68 @@ impl PgState {
             .map(|rows| rows.iter().map(Self::backup_from).collect())
         })
     }
+}
 
-    fn lease_row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
+fn store_error(e: StateError) -> LeaseError {
+    LeaseError::Store(e.to_string())
+}
+
+impl LeaseRows for PgState {
+    fn try_take(
+        &self,
+        instance: &str,
+        holder: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<Option<i64>, LeaseError> {
+        self.with(|c| {
+            c.query_opt(
+                "INSERT INTO upshift_leases (instance, holder, token, expires_ms) VALUES ($1, $2, 1, $3)
+                 ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = upshift_leases.token + 1,
+                 expires_ms = excluded.expires_ms WHERE upshift_leases.expires_ms < $4 OR upshift_leases.holder = $2
+                 RETURNING token",
+                &[&instance, &holder, &expires, &now],
+            )
+            .map(|r| r.map(|r| r.get::<_, i64>(0)))
+        })
+        .map_err(store_error)
+    }
+
+    fn try_extend(
+        &self,
+        instance: &str,
+        token: i64,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, LeaseError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE upshift_leases SET expires_ms = $1 WHERE instance = $2 AND token = $3 AND expires_ms >= $4",
+                &[&expires, &instance, &token, &now],
+            )
+        })
+        .map(|n| n == 1)
+        .map_err(store_error)
+    }
+
+    fn try_move(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        expires: i64,
+    ) -> Result<Option<i64>, LeaseError> {
+        self.with(|c| {
+            c.query_opt(
+                "UPDATE upshift_leases SET holder = $1, token = token + 1, expires_ms = $2 WHERE instance = $3 AND token = $4 RETURNING token",
+                &[&holder, &expires, &instance, &token],
+            )
+            .map(|r| r.map(|r| r.get::<_, i64>(0)))
+        })
+        .map_err(store_error)
+    }
+
+    fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
         self.with(|c| {
             c.query_opt(
                 "SELECT holder, token, expires_ms FROM upshift_leases WHERE instance = $1",
@@ -342,124 +401,18 @@ impl PgState {
             )
             .map(|r| r.map(|r| (r.get(0), r.get(1), r.get(2))))
         })
-        .map_err(|e| LeaseError::Store(e.to_string()))
+        .map_err(store_error)
     }
 
-    fn lost(&self, lease: &Lease) -> LeaseError {
-        let by = match self.lease_row(&lease.instance) {
-            Ok(Some((holder, token, _))) if token != lease.token => format!(" to {holder}"),
-            Ok(_) => " (it expired)".to_string(),
-            Err(e) => format!(" (the store failed: {e})"),
-        };
-        LeaseError::Lost {
-            instance: lease.instance.clone(),
-            token: lease.token,
-            by,
-        }
-    }
-}
-
-fn store_error(e: StateError) -> LeaseError {
-    LeaseError::Store(e.to_string())
-}
-
-impl LeaseStore for PgState {
-    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        let taken = self
-            .with(|c| {
-                c.query_opt(
-                    "INSERT INTO upshift_leases (instance, holder, token, expires_ms) VALUES ($1, $2, 1, $3)
-                     ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = upshift_leases.token + 1,
-                     expires_ms = excluded.expires_ms WHERE upshift_leases.expires_ms < $4 OR upshift_leases.holder = $2
-                     RETURNING token",
-                    &[&instance, &holder, &expires, &now],
-                )
-                .map(|r| r.map(|r| r.get::<_, i64>(0)))
-            })
-            .map_err(store_error)?;
-        if let Some(token) = taken {
-            return Ok(Lease {
-                instance: instance.to_string(),
-                holder: holder.to_string(),
-                token,
-                expires_ms: expires,
-            });
-        }
-        let (other, token, until) = self.lease_row(instance)?.unwrap_or_default();
-        Err(LeaseError::Held {
-            instance: instance.to_string(),
-            holder: other,
-            token,
-            seconds: ((until - now) / 1000).max(0),
-        })
-    }
-
-    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        let renewed = self
-            .with(|c| {
-                c.execute(
-                    "UPDATE upshift_leases SET expires_ms = $1 WHERE instance = $2 AND token = $3 AND expires_ms >= $4",
-                    &[&expires, &lease.instance, &lease.token, &now],
-                )
-            })
-            .map_err(store_error)?;
-        if renewed == 1 {
-            return Ok(Lease {
-                expires_ms: expires,
-                ..lease.clone()
-            });
-        }
-        Err(self.lost(lease))
-    }
-
-    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
-        match self.lease_row(&lease.instance)? {
-            Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
-            _ => Err(self.lost(lease)),
-        }
-    }
-
-    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+    fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError> {
         self.with(|c| {
             c.execute(
                 "DELETE FROM upshift_leases WHERE instance = $1 AND token = $2",
-                &[&lease.instance, &lease.token],
+                &[&instance, &token],
             )
         })
         .map(|_| ())
         .map_err(store_error)
-    }
-
-    fn take_over(
-        &self,
-        instance: &str,
-        token: i64,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Lease, LeaseError> {
-        let expires = now_ms() + ttl.as_millis() as i64;
-        let taken = self
-            .with(|c| {
-                c.query_opt(
-                    "UPDATE upshift_leases SET holder = $1, token = token + 1, expires_ms = $2 WHERE instance = $3 AND token = $4 RETURNING token",
-                    &[&holder, &expires, &instance, &token],
-                )
-                .map(|r| r.map(|r| r.get::<_, i64>(0)))
-            })
-            .map_err(store_error)?;
-        match taken {
-            Some(token) => Ok(Lease {
-                instance: instance.to_string(),
-                holder: holder.to_string(),
-                token,
-                expires_ms: expires,
-            }),
-            None => self.acquire(instance, holder, ttl),
-        }
     }
 }
 
