@@ -323,3 +323,77 @@ fn offline_plans_follow_the_path_table() {
         Some("already-at-target")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_without_the_backup_grant_is_denied_and_audited() {
+    let Some(pg) = common::pg() else { return };
+    let (_, backing) = pg.fresh_db("kwdeny").await;
+    let env = Env::new();
+    let (sql, http) = (common::free_port(), common::free_port());
+    let store = env.dir.path().join("store");
+    std::fs::create_dir_all(store.join("extern")).expect("dirs");
+    let fleet = |access: &str| {
+        format!(
+            r#"
+[[instance]]
+name = "kw"
+product = "kwdb"
+
+[instance.db.sql]
+url = "kwdb://root@127.0.0.1:{sql}/defaultdb"
+{access}
+
+[instance.service.app]
+kind = "process"
+command = "'{exe}' simulate kwdb start-single-node --sim-version {{version}} --insecure --listen-addr=127.0.0.1:{sql} --http-addr=127.0.0.1:{http} --store={store}"
+version = "3.0.0"
+health_url = "http://127.0.0.1:{http}/health"
+stop_timeout_secs = 5
+env = {{ KWDB_SIM_BACKING_URL = "{backing}" }}
+
+[instance.files.store]
+path = "{store}"
+
+[instance.files.extern]
+path = "{store}/extern"
+"#,
+            exe = env!("CARGO_BIN_EXE_upshift"),
+            store = store.display(),
+        )
+    };
+    env.write_fleet(&fleet(""));
+    common::start_services(&env, "kw", &["app"]).await;
+    upshift_sim::kwdb::seed(&wait_sql(sql).await, 10)
+        .await
+        .expect("seed");
+    // The operator narrows the SQL binding to reads: the adapter's EXPORT needs `backup`.
+    env.write_fleet(&fleet("access = [\"read\"]"));
+    let out = env.upshift(&["apply", "kw", "--to", "3.1.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let report = json(&out);
+    assert!(
+        report["failure"].as_str().unwrap_or("").contains("export"),
+        "{report}"
+    );
+    let denial = report["denials"]
+        .as_array()
+        .and_then(|d| d.first())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(denial["binding"], "sql", "{report}");
+    assert_eq!(denial["decision"], "denied", "{report}");
+    assert!(
+        denial["reason"].as_str().unwrap_or("").contains("backup"),
+        "{denial}"
+    );
+    assert!(
+        version(sql).await.starts_with("KaiwuDB V3.0.0 "),
+        "untouched"
+    );
+    assert!(
+        !store.join("extern/upshift/export-1/shop/meta.sql").exists(),
+        "nothing was exported"
+    );
+    let audit = env.upshift(&["audit", "verify"]);
+    assert_eq!(audit.status.code(), Some(0), "{}", stderr(&audit));
+}
