@@ -11,6 +11,10 @@ use common::{Env, connect, free_port, json, start_services, stderr};
 use upshift::lease::{LeaseError, LeaseStore};
 use upshift::state::StateStore;
 
+/// The two 30-instance tests take turns: together they would hold sixty simulated instances and
+/// their database sessions at once.
+static FLEET_SIZED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn store(env: &Env) -> StateStore {
     std::fs::create_dir_all(env.data()).expect("data dir");
     StateStore::open(&env.data().join("state.db")).expect("state")
@@ -178,6 +182,7 @@ async fn a_run_whose_lease_moved_stops_before_its_next_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_instance_rollout_halts_exactly_when_the_failure_budget_is_spent() {
     let Some(pg) = common::pg() else { return };
+    let _turn = FLEET_SIZED.lock().await;
     // 30 Bytebase 3.10.0 instances; the 5th, 12th and 20th fail their migration to 3.11.1.
     let failing = [5usize, 12, 20];
     let env = Env::new();
@@ -673,6 +678,7 @@ async fn openmetadata_and_devlake_survive_a_kill_at_every_step_boundary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_share_postgres_state_and_a_killed_one_loses_nothing() {
     let Some(pg) = common::pg() else { return };
+    let _turn = FLEET_SIZED.lock().await;
     let (_, state_url) = pg.fresh_db("state").await;
     let env = Env::new();
     let failing = [7usize, 19];
@@ -722,7 +728,7 @@ async fn three_agents_share_postgres_state_and_a_killed_one_loses_nothing() {
         upshift(&format!("data-{name}"))
             .args(["agent", "--name", name, "--until-empty", "--json"])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn agent")
     };
@@ -756,7 +762,9 @@ async fn three_agents_share_postgres_state_and_a_killed_one_loses_nothing() {
         .into_iter()
         .map(|child| {
             let out = child.wait_with_output().expect("agent ends");
-            assert!(out.status.success(), "an agent failed");
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(15).collect();
+            assert!(out.status.success(), "an agent failed: {:?}", tail);
             serde_json::from_slice(&out.stdout).expect("agent JSON")
         })
         .collect();

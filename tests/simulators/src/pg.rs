@@ -216,7 +216,7 @@ impl Cluster {
                 "-c",
                 "shared_buffers=32MB",
                 "-c",
-                "max_connections=200",
+                "max_connections=400",
             ])
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
