@@ -129,7 +129,7 @@ fn adapter_inspect_reads_the_manifest_without_running_it() {
             "api:http:[\"read\"]"
         ]
     );
-    let exports: Vec<&str> = v["exports"]
+    let exports: Vec<&str> = v["world"]["exports"]
         .as_array()
         .expect("exports")
         .iter()
@@ -326,5 +326,114 @@ fn the_demo_upgrades_a_mixed_fleet_rolls_one_back_and_leaves_nothing_running() {
         stdout(&audit).contains("chain intact"),
         "{}",
         stdout(&audit)
+    );
+}
+
+/// Run cargo on a scaffolded crate, with a target directory kept under the workspace's so
+/// reruns are incremental.
+fn cargo_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(dir)
+        .args(args)
+        .arg("--offline")
+        .env("CARGO_TARGET_DIR", target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .expect("run cargo")
+}
+
+#[test]
+fn adapter_new_scaffolds_a_crate_that_builds_and_passes_its_own_tests() {
+    let env = common::Env::new();
+    let dir = env.dir.path().join("acme");
+    let out = env.upshift(&[
+        "adapter",
+        "new",
+        "acme",
+        "--dir",
+        &dir.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("acme_adapter.wasm"),
+        "{}",
+        stdout(&out)
+    );
+    // A second time into the same place writes nothing.
+    let again = env.upshift(&[
+        "adapter",
+        "new",
+        "acme",
+        "--dir",
+        &dir.display().to_string(),
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    let tests = cargo_in(&dir, &["test"]);
+    assert!(
+        tests.status.success(),
+        "{}{}",
+        stdout(&tests),
+        stderr(&tests)
+    );
+    assert!(
+        stdout(&tests).contains("test result: ok. 4 passed"),
+        "{}",
+        stdout(&tests)
+    );
+    let build = cargo_in(&dir, &["build", "--release", "--target", "wasm32-wasip2"]);
+    assert!(build.status.success(), "{}", stderr(&build));
+
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/scaffold/wasm32-wasip2/release/acme_adapter.wasm")
+        .display()
+        .to_string();
+    let inspect = common::json(&env.upshift(&["adapter", "inspect", &wasm, "--json"]));
+    assert_eq!(inspect["manifest"]["product"], "acme");
+    assert_eq!(inspect["host_api"]["compatible"], true);
+    let plan = env.upshift(&[
+        "plan",
+        "--adapter",
+        &wasm,
+        "--from",
+        "1.2.0",
+        "--to",
+        "2.0.0",
+        "--json",
+    ]);
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let report = common::json(&plan);
+    let ids: Vec<&str> = report["outcome"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["backup-meta", "stop", "switch", "start", "wait", "health"]
+    );
+    let refused = env.upshift(&[
+        "plan",
+        "--adapter",
+        &wasm,
+        "--from",
+        "1.2.0",
+        "--to",
+        "3.0.0",
+    ]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stdout(&refused).contains("one-major-at-a-time"),
+        "{}",
+        stdout(&refused)
     );
 }

@@ -52,3 +52,23 @@ pub const BUILT_DIR: &str = env!("UPSHIFT_ADAPTER_DIR");
 pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read adapter {}: {e}", path.display()))
 }
+
+/// The bytes of the adapter a fleet instance names, with a label for messages.
+pub fn resolve(adapter: &crate::fleet::AdapterRef) -> Result<(String, Vec<u8>), String> {
+    match adapter {
+        crate::fleet::AdapterRef::Bundled(product) => bundled(product)
+            .map(|b| (product.clone(), b.wasm.to_vec()))
+            .ok_or_else(|| {
+                format!(
+                    "no bundled adapter for product `{product}` (bundled: {}); use `adapter = \"path.wasm\"` for others",
+                    bundled_names()
+                )
+            }),
+        crate::fleet::AdapterRef::File(path) => Ok((
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+            read_file(path)?,
+        )),
+    }
+}

@@ -59,6 +59,16 @@ pub enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show the fleet's adapters against upshift.lock; `--approve` pins them (digest and
+    /// capabilities) so only the approved bytes run.
+    Lock {
+        /// Record the adapters as they are now.
+        #[arg(long)]
+        approve: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a self-contained demo: a mixed fleet of simulated products on a throwaway PostgreSQL.
     Demo(DemoArgs),
     /// Run a product simulator (test infrastructure; used by the demo and the tests).
@@ -75,13 +85,32 @@ pub enum Command {
 /// `upshift adapter …`
 #[derive(Debug, Subcommand)]
 pub enum AdapterCommand {
-    /// Show an adapter's product, versions, digest, bindings and exports without running it.
+    /// Show an adapter's world, bindings, host API, digest and signatures without running it.
     Inspect {
         /// Component file, or the name of a bundled adapter.
         file: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Show how NEW's capabilities differ from OLD's (exit 1 when NEW asks for more).
+    Diff {
+        /// The adapter approved now: a component file or a bundled adapter's name.
+        old: String,
+        /// The update.
+        new: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scaffold a new adapter crate for a product: it builds into a component and passes its
+    /// own tests (the guest SDK and WIT are vendored into it).
+    New {
+        /// The product's name: lowercase letters, digits and `-`.
+        name: String,
+        /// Where to create the crate (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Make an Ed25519 key pair: PREFIX.key (secret, keep it safe) and PREFIX.pub.
     Keygen {
@@ -131,10 +160,13 @@ pub struct PlanArgs {
     #[arg(long)]
     pub to: String,
     /// Offline: the bundled adapter's product.
-    #[arg(long, requires = "from", conflicts_with = "instance")]
+    #[arg(long, requires = "from", conflicts_with_all = ["instance", "adapter"])]
     pub product: Option<String>,
+    /// Offline: an adapter component file (a vendor's build) instead of a bundled one.
+    #[arg(long, requires = "from", conflicts_with = "instance")]
+    pub adapter: Option<PathBuf>,
     /// Offline: the version to plan from.
-    #[arg(long, requires = "product")]
+    #[arg(long)]
     pub from: Option<String>,
     /// Print JSON.
     #[arg(long)]

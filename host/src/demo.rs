@@ -15,8 +15,7 @@ use upshift::ops::apply::{self, Outcome};
 use crate::{Exit, ui};
 
 fn free_port() -> Result<u16, Exit> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    Ok(upshift_sim::ports::free_port()?)
 }
 
 /// How a member's data is seeded once its first services run.

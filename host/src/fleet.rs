@@ -16,6 +16,8 @@ pub struct Fleet {
     pub path: PathBuf,
     /// The `[trust]` policy for adapter files, if any.
     pub trust: Option<crate::signing::TrustPolicy>,
+    /// `upshift.lock` beside the fleet file, if there is one (read by [`Fleet::load`]).
+    pub lock: Option<std::sync::Arc<crate::lockfile::LockFile>>,
     /// Instances in file order.
     pub instances: Vec<Instance>,
 }
@@ -33,6 +35,8 @@ pub struct Instance {
     pub target: Option<String>,
     /// The fleet's `[trust]` policy: an adapter file runs only when it is met.
     pub trust: Option<crate::signing::TrustPolicy>,
+    /// The fleet's lock file: when present, only the approved adapter bytes run.
+    pub lock: Option<std::sync::Arc<crate::lockfile::LockFile>>,
     /// Database bindings by name.
     pub db: BTreeMap<String, DbBinding>,
     /// Directory bindings by name.
@@ -224,6 +228,9 @@ pub enum FleetError {
         /// What to do.
         fix: String,
     },
+    /// The lock file beside it cannot be used.
+    #[error(transparent)]
+    Lock(#[from] crate::lockfile::LockError),
     /// No instance of that name.
     #[error(
         "no instance named `{name}` in {path} (instances: {known})\nfix: use one of the names listed, or add an [[instance]] with name = \"{name}\""
@@ -385,7 +392,20 @@ impl Fleet {
             path: path.to_path_buf(),
             source,
         })?;
-        Fleet::parse(path, &text)
+        let mut fleet = Fleet::parse(path, &text)?;
+        if let Some(lock) = crate::lockfile::LockFile::beside(path)? {
+            fleet.set_lock(lock);
+        }
+        Ok(fleet)
+    }
+
+    /// Pin the fleet's adapters to `lock`.
+    pub fn set_lock(&mut self, lock: crate::lockfile::LockFile) {
+        let lock = std::sync::Arc::new(lock);
+        for instance in &mut self.instances {
+            instance.lock = Some(lock.clone());
+        }
+        self.lock = Some(lock);
     }
 
     /// Parse and validate fleet text; `path` is used for messages and relative paths.
@@ -488,6 +508,7 @@ impl Fleet {
                 labels: ri.labels,
                 target: ri.target.map(Spanned::into_inner),
                 trust: trust.clone(),
+                lock: None,
                 db: BTreeMap::new(),
                 files: BTreeMap::new(),
                 service: BTreeMap::new(),
@@ -690,6 +711,7 @@ impl Fleet {
         Ok(Fleet {
             path: path.to_path_buf(),
             trust,
+            lock: None,
             instances,
         })
     }

@@ -1,6 +1,7 @@
 //! The `upshift` command. Errors become exit codes here: 0 done, 1 error, 2 bad usage or input,
 //! 3 refused by the product's rules, 4 failed and rolled back, 5 failed and not rolled back.
 
+mod adapter_cmd;
 mod cli;
 mod demo;
 mod ui;
@@ -86,7 +87,17 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Exit> {
     Ok(())
 }
 
+/// Die quietly on a closed pipe (`upshift … | head`), as command-line tools do, instead of
+/// panicking in `println!`.
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: restoring the default disposition installs no handler code; it runs before any
+    // other thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     if let Command::Simulate { product, args } = &cli.command {
         return simulate(product, args);
@@ -214,7 +225,14 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
     match cli.command {
         Command::Simulate { .. } => Ok(0),
         Command::Demo(args) => demo::run(&data, args.json).await,
-        Command::Adapter(AdapterCommand::Inspect { file, json }) => inspect(&file, json),
+        Command::Adapter(AdapterCommand::Inspect { file, json }) => {
+            adapter_cmd::inspect(&file, &cli.fleet, json)
+        }
+        Command::Adapter(AdapterCommand::Diff { old, new, json }) => {
+            adapter_cmd::diff(&old, &new, json)
+        }
+        Command::Lock { approve, json } => adapter_cmd::lock(&cli.fleet, approve, json),
+        Command::Adapter(AdapterCommand::New { name, dir }) => adapter_cmd::new(&name, dir),
         Command::Adapter(AdapterCommand::Keygen { out }) => {
             let (secret, public) = upshift::signing::keygen()?;
             let key = out.with_extension("key");
@@ -317,9 +335,14 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             let (ui, sink) = ui::Ui::sink(true);
             drop(ui);
             let session = Session::open_with(&data, sink, &stores)?;
-            let report = match (&args.instance, &args.product, &args.from) {
-                (None, Some(product), Some(from)) => {
-                    apply::offline_plan(&session, product, from, &args.to).await?
+            let offline = match (&args.product, &args.adapter) {
+                (Some(product), _) => Some(upshift::fleet::AdapterRef::Bundled(product.clone())),
+                (None, Some(file)) => Some(upshift::fleet::AdapterRef::File(file.clone())),
+                (None, None) => None,
+            };
+            let report = match (&args.instance, &offline, &args.from) {
+                (None, Some(adapter), Some(from)) => {
+                    apply::offline_plan(&session, adapter, from, &args.to).await?
                 }
                 (Some(name), None, None) => {
                     let fleet = load_fleet()?;
@@ -327,7 +350,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 }
                 _ => {
                     return Err(usage(
-                        "give an INSTANCE, or --product P --from V for an offline plan",
+                        "give an INSTANCE, or --product P (or --adapter FILE) --from V for an offline plan",
                     ));
                 }
             };
@@ -660,65 +683,4 @@ fn finish_run(
         print!("{}", ui::run_text(&report));
     }
     Ok(report.outcome.exit_code() as u8)
-}
-
-fn inspect(file: &str, json: bool) -> Result<u8, Exit> {
-    let (label, wasm) = if Path::new(file).exists() {
-        (
-            file.to_string(),
-            std::fs::read(file).with_context(|| format!("cannot read {file}"))?,
-        )
-    } else if let Some(b) = upshift::adapters::bundled(file) {
-        (format!("bundled:{file}"), b.wasm.to_vec())
-    } else {
-        return Err(usage(format!(
-            "`{file}` is neither a file nor a bundled adapter ({})",
-            upshift::adapters::bundled_names()
-        )));
-    };
-    let manifest = upshift::runtime::Manifest::from_component(&wasm)
-        .map_err(|reason| usage(format!("{label} is not a usable adapter: {reason}")))?;
-    let runtime = upshift::runtime::Runtime::new(None)?;
-    let exports = runtime
-        .exports(&wasm)
-        .map_err(|e| usage(format!("{label} does not compile: {e}")))?;
-    let digest = upshift::runtime::digest(&wasm);
-    if json {
-        print_json(&serde_json::json!({
-            "file": label,
-            "sha256": digest,
-            "size_bytes": wasm.len(),
-            "manifest": manifest,
-            "exports": exports,
-            "host_api_supported": upshift::runtime::manifest::HOST_API,
-        }))?;
-        return Ok(0);
-    }
-    println!("adapter      {label}");
-    println!("sha256       {digest}");
-    println!("size         {} bytes", wasm.len());
-    println!(
-        "product      {} (adapter {})",
-        manifest.product, manifest.adapter_version
-    );
-    println!("versions     {}", manifest.supported_versions);
-    println!(
-        "host API     {} (this host: {})",
-        manifest.host_api,
-        upshift::runtime::manifest::HOST_API
-    );
-    println!("exports      {}", exports.join(", "));
-    println!("bindings");
-    for b in &manifest.bindings {
-        let access: Vec<&str> = b.access.iter().map(|a| a.name()).collect();
-        println!(
-            "  {:<8} {:<8} {:<32} {}{}",
-            b.name,
-            b.kind.name(),
-            access.join(", "),
-            b.purpose,
-            if b.optional { " (optional)" } else { "" }
-        );
-    }
-    Ok(0)
 }

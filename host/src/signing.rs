@@ -173,6 +173,14 @@ pub fn sign(
     Ok(file)
 }
 
+/// Whether `signature_hex` is `key`'s signature over the adapter digest `digest`.
+fn signed_by(key: &VerifyingKey, signature_hex: &str, digest: &str) -> bool {
+    decode::<64>("a signature", signature_hex).is_ok_and(|b| {
+        key.verify(&message(digest), &Signature::from_bytes(&b))
+            .is_ok()
+    })
+}
+
 /// Check `adapter` (bytes `wasm`) against `policy`; returns the names of the trusted keys that
 /// signed it.
 pub fn verify(
@@ -201,13 +209,7 @@ pub fn verify(
             continue;
         };
         let signed = file.signatures.iter().any(|s| {
-            s.key.eq_ignore_ascii_case(key_hex.trim())
-                && decode::<64>("a signature", &s.signature)
-                    .map(|b| {
-                        key.verify(&message(&actual), &Signature::from_bytes(&b))
-                            .is_ok()
-                    })
-                    .unwrap_or(false)
+            s.key.eq_ignore_ascii_case(key_hex.trim()) && signed_by(&key, &s.signature, &actual)
         });
         if signed {
             valid.push(name.clone());
@@ -233,4 +235,36 @@ pub fn verify(
         });
     }
     Ok(valid)
+}
+
+/// One signature found beside an adapter, checked against its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignatureCheck {
+    /// Who says they signed.
+    pub signer: String,
+    /// Their public key, hex.
+    pub key: String,
+    /// Whether the signature is valid for these exact bytes.
+    pub valid: bool,
+}
+
+/// The signatures in `<file>.sig.json`, each checked against `wasm` (empty when unsigned).
+pub fn signatures_of(adapter: &Path, wasm: &[u8]) -> Result<Vec<SignatureCheck>, TrustError> {
+    let Some(file) = read_signatures(&signature_path(adapter))? else {
+        return Ok(Vec::new());
+    };
+    let actual = crate::runtime::digest(wasm);
+    Ok(file
+        .signatures
+        .iter()
+        .map(|s| {
+            let valid = file.digest == actual
+                && public_key(&s.key).is_ok_and(|key| signed_by(&key, &s.signature, &actual));
+            SignatureCheck {
+                signer: s.signer.clone(),
+                key: s.key.clone(),
+                valid,
+            }
+        })
+        .collect())
 }

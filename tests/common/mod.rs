@@ -162,18 +162,7 @@ pub async fn table_checksums(url: &str) -> BTreeMap<String, (i64, String)> {
 /// A free loopback TCP port, never the same one twice in a test process: tests run
 /// concurrently and bind their ports only later, so a port handed out once stays reserved.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
+    upshift_sim::ports::free_port().expect("free port")
 }
 
 /// A temporary directory holding a data dir and a fleet file; on drop, every process service

@@ -132,9 +132,7 @@ pub async fn prepare(
     session: &Session,
     instance: &Instance,
 ) -> Result<(LoadedAdapter, Arc<InstanceCaps>), OpError> {
-    let adapter = session
-        .load_adapter(&instance.adapter, instance.trust.as_ref())
-        .await?;
+    let adapter = session.load_adapter(instance).await?;
     let caps = session.caps_for(instance, &adapter)?;
     Ok((adapter, caps))
 }
@@ -246,20 +244,15 @@ pub async fn plan_instance(
     })
 }
 
-/// Evaluate a bundled adapter's rules for `from` → `to` with no live instance.
+/// Evaluate an adapter's rules (bundled or a file) for `from` → `to` with no live instance.
 pub async fn offline_plan(
     session: &Session,
-    product: &str,
+    adapter: &crate::fleet::AdapterRef,
     from: &str,
     to: &str,
 ) -> Result<PlanReport, OpError> {
-    let bundled = adapters::bundled(product).ok_or_else(|| {
-        OpError::Usage(format!(
-            "no bundled adapter for product `{product}` (bundled: {})",
-            adapters::bundled_names()
-        ))
-    })?;
-    let adapter = session.runtime.load(product, bundled.wasm).await?;
+    let (label, wasm) = adapters::resolve(adapter).map_err(OpError::Usage)?;
+    let adapter = session.runtime.load(&label, &wasm).await?;
     let detection = Detection {
         version: from.to_string(),
         facts: Vec::new(),
@@ -289,7 +282,7 @@ pub async fn offline_plan(
     }
     Ok(PlanReport {
         instance: String::new(),
-        product: product.to_string(),
+        product: adapter.manifest.product.clone(),
         adapter_digest: adapter.digest.clone(),
         detection,
         rollback: match &outcome {

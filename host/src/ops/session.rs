@@ -14,7 +14,7 @@ use crate::caps::{Caller, EventSink, InstanceCaps};
 use crate::fleet::{AdapterRef, Instance};
 use crate::grants::GrantSet;
 use crate::lease::{Held, default_ttl, holder_name};
-use crate::runtime::{LoadedAdapter, Runtime};
+use crate::runtime::{LoadedAdapter, Manifest, Runtime};
 use crate::state::StateStore;
 
 use super::OpError;
@@ -106,34 +106,23 @@ impl Session {
         self.data.join("backups")
     }
 
-    /// Load the adapter an instance names. Under a `[trust]` policy an adapter file must be
-    /// signed as it requires: checked before anything is compiled (bundled adapters are part
-    /// of this binary).
-    pub async fn load_adapter(
-        &self,
-        adapter: &AdapterRef,
-        trust: Option<&crate::signing::TrustPolicy>,
-    ) -> Result<LoadedAdapter, OpError> {
-        let (label, wasm) = match adapter {
-            AdapterRef::Bundled(product) => {
-                let b = adapters::bundled(product).ok_or_else(|| {
-                    OpError::Usage(format!(
-                        "no bundled adapter for product `{product}` (bundled: {}); use `adapter = \"path.wasm\"` for others",
-                        adapters::bundled_names()
-                    ))
-                })?;
-                (product.clone(), b.wasm.to_vec())
-            }
-            AdapterRef::File(path) => (
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| path.display().to_string()),
-                adapters::read_file(path).map_err(OpError::Usage)?,
-            ),
-        };
-        if let (AdapterRef::File(path), Some(policy)) = (adapter, trust) {
+    /// Load the adapter an instance names. Before anything is compiled: under a `[trust]`
+    /// policy an adapter file must be signed as it requires, and under a lock file the
+    /// adapter's bytes must be the approved ones (bundled adapters included, since a new
+    /// Upshift binary brings new ones).
+    pub async fn load_adapter(&self, instance: &Instance) -> Result<LoadedAdapter, OpError> {
+        let adapter = &instance.adapter;
+        let (label, wasm) = adapters::resolve(adapter).map_err(OpError::Usage)?;
+        if let (AdapterRef::File(path), Some(policy)) = (adapter, &instance.trust) {
             crate::signing::verify(path, &wasm, policy)
                 .map_err(|e| OpError::Usage(format!("not trusted: {e}")))?;
+        }
+        if let Some(lock) = &instance.lock {
+            // A component without a readable manifest is refused by `load` below.
+            if let Ok(manifest) = Manifest::from_component(&wasm) {
+                lock.admit(adapter, &crate::runtime::digest(&wasm), &manifest)
+                    .map_err(|e| OpError::Usage(format!("not approved: {e}")))?;
+            }
         }
         self.runtime
             .load(&label, &wasm)

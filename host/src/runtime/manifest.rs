@@ -14,7 +14,7 @@ use crate::grants::BindingRequest;
 /// Name of the custom section holding the manifest.
 pub const SECTION: &str = "upshift-manifest";
 
-/// The `upshift:adapter` API versions this host implements.
+/// The `upshift:adapter` version this host's WIT is (it serves [`super::world::SUPPORTED_API`]).
 pub const HOST_API: &str = "0.1.0";
 
 /// An adapter's declared identity and needs.
@@ -67,7 +67,7 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Check the manifest's own consistency and that this host supports its API version.
+    /// Check the manifest's own consistency.
     pub fn validate(&self) -> Result<(), String> {
         let ok_name = !self.product.is_empty()
             && self.product.len() <= 64
@@ -93,7 +93,10 @@ impl Manifest {
                 self.supported_versions
             )
         })?;
-        check_host_api(&self.host_api)?;
+        // Whether this host serves it is decided at load ([`super::world::World::check_api`]),
+        // so `inspect` can still show an adapter built for another host.
+        Version::parse(&self.host_api)
+            .map_err(|e| format!("host_api `{}` is not semver: {e}", self.host_api))?;
         if self.bindings.len() > 32 {
             return Err(format!(
                 "it declares {} bindings; at most 32 are allowed",
@@ -171,37 +174,4 @@ fn summary(bindings: &[BindingRequest]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Accept an adapter's `host_api` when this host implements it: same major, and for 0.x the
-/// same minor, with a minor no newer than ours.
-pub fn check_host_api(text: &str) -> Result<(), String> {
-    let theirs =
-        Version::parse(text).map_err(|e| format!("host_api `{text}` is not semver: {e}"))?;
-    let ours = Version::parse(HOST_API).map_err(|e| e.to_string())?;
-    let compatible = theirs.major == ours.major
-        && theirs.minor <= ours.minor
-        && (ours.major > 0 || theirs.minor == ours.minor);
-    if compatible {
-        Ok(())
-    } else {
-        Err(format!(
-            "it targets upshift:adapter {theirs}, but this host supports {}.{}.x; rebuild the adapter against upshift-adapter-sdk for {}",
-            ours.major, ours.minor, HOST_API
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_api_range() {
-        assert!(check_host_api("0.1.0").is_ok());
-        assert!(check_host_api("0.1.7").is_ok());
-        assert!(check_host_api("0.2.0").unwrap_err().contains("0.1.x"));
-        assert!(check_host_api("1.0.0").is_err());
-        assert!(check_host_api("soon").is_err());
-    }
 }

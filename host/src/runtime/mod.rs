@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod cache;
 mod host;
 pub mod manifest;
+pub mod world;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,8 +209,12 @@ impl Runtime {
     /// that `describe` tells the same story.
     pub async fn load(&self, label: &str, wasm: &[u8]) -> Result<LoadedAdapter, RuntimeError> {
         let digest = digest(wasm);
-        let manifest =
-            Manifest::from_component(wasm).map_err(|reason| RuntimeError::Component {
+        let manifest = Manifest::from_component(wasm)
+            .and_then(|m| {
+                world::World::read(wasm)?.check_api(&m.host_api)?;
+                Ok(m)
+            })
+            .map_err(|reason| RuntimeError::Component {
                 adapter: label.to_string(),
                 reason,
             })?;

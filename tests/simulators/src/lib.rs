@@ -12,3 +12,4 @@ pub mod kwdb;
 pub mod mariadb;
 pub mod openmetadata;
 pub mod pg;
+pub mod ports;

@@ -65,10 +65,8 @@ impl Server {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| PgError::Failed(format!("no free port: {e}")))?;
+        let port =
+            crate::ports::free_port().map_err(|e| PgError::Failed(format!("no free port: {e}")))?;
         let log = dir.join("server.log");
         let mut server = Command::new(daemon);
         server

@@ -55,10 +55,7 @@ pub fn find_bindir() -> Result<PathBuf, PgError> {
 }
 
 fn free_port() -> Result<u16, PgError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| PgError::Failed(format!("no free port: {e}")))
+    crate::ports::free_port().map_err(|e| PgError::Failed(format!("no free port: {e}")))
 }
 
 /// The uid/gid to run as: `postgres` when we are root, ourselves otherwise.

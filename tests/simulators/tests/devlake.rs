@@ -108,10 +108,7 @@ impl Drop for Sim {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    upshift_sim::ports::free_port().expect("port")
 }
 
 /// Start the simulator with a `.env` holding `env_lines`; wait for its port, or its exit

@@ -54,10 +54,7 @@ fn backing(c: &Cluster) -> String {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    upshift_sim::ports::free_port().expect("port")
 }
 
 struct Sim {

@@ -188,10 +188,7 @@ impl Running {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    upshift_sim::ports::free_port().expect("port")
 }
 
 /// Start the server; `Err(stderr)` if it exits instead.

@@ -262,10 +262,7 @@ async fn the_server_answers_health_and_actuator() {
     let Some((_c, url)) = fresh_db().await else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = crate::ports::free_port().expect("port");
     let opts = super::Options {
         version: "3.11.1".into(),
         port,
