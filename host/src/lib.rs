@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod signing;
 pub mod state;
 pub mod state_pg;
+pub mod tape;
