@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod record;
 mod ui;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -215,6 +216,11 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Simulate { .. } => Ok(0),
         Command::Demo(args) => demo::run(&data, args.json).await,
         Command::Adapter(AdapterCommand::Inspect { file, json }) => inspect(&file, json),
+        Command::Adapter(AdapterCommand::Test {
+            adapter,
+            replay,
+            json,
+        }) => record::test(&adapter, &replay, json).await,
         Command::Adapter(AdapterCommand::Keygen { out }) => {
             let (secret, public) = upshift::signing::keygen()?;
             let key = out.with_extension("key");
@@ -316,21 +322,28 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Plan(args) => {
             let (ui, sink) = ui::Ui::sink(true);
             drop(ui);
-            let session = Session::open_with(&data, sink, &stores)?;
-            let report = match (&args.instance, &args.product, &args.from) {
-                (None, Some(product), Some(from)) => {
-                    apply::offline_plan(&session, product, from, &args.to).await?
-                }
-                (Some(name), None, None) => {
-                    let fleet = load_fleet()?;
-                    apply::plan_instance(&session, fleet.instance(name)?, &args.to).await?
-                }
-                _ => {
-                    return Err(usage(
-                        "give an INSTANCE, or --product P --from V for an offline plan",
-                    ));
-                }
-            };
+            let mut session = Session::open_with(&data, sink, &stores)?;
+            let instance = args.instance.clone().unwrap_or_default();
+            let tape = record::start(&mut session, &args.tape, &instance)?;
+            let report = async {
+                Ok::<_, Exit>(match (&args.instance, &args.product, &args.from) {
+                    (None, Some(product), Some(from)) => {
+                        apply::offline_plan(&session, product, from, &args.to).await?
+                    }
+                    (Some(name), None, None) => {
+                        let fleet = load_fleet()?;
+                        apply::plan_instance(&session, fleet.instance(name)?, &args.to).await?
+                    }
+                    _ => {
+                        return Err(usage(
+                            "give an INSTANCE, or --product P --from V for an offline plan",
+                        ));
+                    }
+                })
+            }
+            .await;
+            record::finish(tape.as_ref(), &args.tape);
+            let report = report?;
             if args.json {
                 print_json(&report)?;
             } else {
@@ -349,10 +362,15 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let mut session = Session::open_with(&data, sink, &stores)?;
             let json = args.json;
             let yes = args.yes;
             if args.all || !args.select.is_empty() || args.instances.len() != 1 {
+                if args.tape.record.is_some() {
+                    return Err(usage(
+                        "--record records one instance's run; name one instance",
+                    ));
+                }
                 return rollout(&session, &fleet, &args, ui.as_deref()).await;
             }
             let instance = fleet.instance(&args.instances[0])?;
@@ -362,6 +380,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                     instance.name
                 )));
             };
+            let tape = record::start(&mut session, &args.tape, &instance.name)?;
             let report = apply::apply(&session, instance, &to, |plan| {
                 if !json {
                     eprint!("{}", ui::plan_text(plan));
@@ -369,7 +388,9 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 confirm(yes, "Proceed with this plan?").unwrap_or(false)
             })
             .await;
-            finish_run(ui.as_deref(), report, json)
+            let code = finish_run(ui.as_deref(), report, json);
+            record::finish(tape.as_ref(), &args.tape);
+            code
         }
         Command::Enqueue(args) => {
             let fleet = load_fleet()?;
