@@ -110,10 +110,14 @@ pub async fn replay(runtime: &Runtime, adapter: &LoadedAdapter, tape: &Tape) -> 
 impl std::fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (r, now) = (&self.recorded_with, &self.replayed_with);
+        let who = if self.instance.is_empty() {
+            "an offline plan".to_string()
+        } else {
+            format!("`{}`", self.instance)
+        };
         writeln!(
             f,
-            "tape of `{}` ({}), recorded with {} adapter {} (sha256 {})",
-            self.instance,
+            "tape of {who} ({}), recorded with {} adapter {} (sha256 {})",
             self.command,
             r.product,
             r.adapter_version,
