@@ -190,11 +190,29 @@ async fn a_recorded_run_replays_offline_and_differences_are_shown() {
         assert!(names.iter().any(|n| n == export), "{export} in {names:?}");
     }
 
-    // From here on nothing live exists: the service is killed and the cluster stopped.
+    // From here on nothing live exists: the cluster is stopped and the service killed. A run
+    // that fails (detection cannot read the database) still leaves its tape.
     let pg_port = cluster.port();
-    drop(env);
     cluster.stop().expect("stop the cluster");
     drop(cluster);
+    let failed_tape = tapes.path().join("failed.json");
+    let out = env.upshift(&[
+        "plan",
+        "bb",
+        "--to",
+        "3.11.1",
+        "--record",
+        &arg(&failed_tape),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let failed = read_tape(&failed_tape);
+    assert_eq!(export_names(&failed), ["detect"]);
+    assert!(
+        failed["exports"][0]["calls"][0]["result"]["err"]["Failed"].is_string(),
+        "{failed}"
+    );
+    assert!(failed["exports"][0]["result"]["Err"]["message"].is_string());
+    drop(env);
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", pg_port)).is_err(),
         "the cluster is gone"
@@ -202,7 +220,7 @@ async fn a_recorded_run_replays_offline_and_differences_are_shown() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let data = scratch.path().join("data");
 
-    for tape in [&plan_tape, &apply_tape, &refused_tape] {
+    for tape in [&plan_tape, &apply_tape, &refused_tape, &failed_tape] {
         let out = replay(&data, "bytebase", tape, false);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(stdout(&out).contains(": identical"), "{}", stdout(&out));

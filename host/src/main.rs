@@ -324,26 +324,21 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             drop(ui);
             let mut session = Session::open_with(&data, sink, &stores)?;
             let instance = args.instance.clone().unwrap_or_default();
-            let tape = record::start(&mut session, &args.tape, &instance)?;
-            let report = async {
-                Ok::<_, Exit>(match (&args.instance, &args.product, &args.from) {
-                    (None, Some(product), Some(from)) => {
-                        apply::offline_plan(&session, product, from, &args.to).await?
-                    }
-                    (Some(name), None, None) => {
-                        let fleet = load_fleet()?;
-                        apply::plan_instance(&session, fleet.instance(name)?, &args.to).await?
-                    }
-                    _ => {
-                        return Err(usage(
-                            "give an INSTANCE, or --product P --from V for an offline plan",
-                        ));
-                    }
-                })
-            }
-            .await;
-            record::finish(tape.as_ref(), &args.tape);
-            let report = report?;
+            let _tape = record::start(&mut session, &args.tape, &instance)?;
+            let report = match (&args.instance, &args.product, &args.from) {
+                (None, Some(product), Some(from)) => {
+                    apply::offline_plan(&session, product, from, &args.to).await?
+                }
+                (Some(name), None, None) => {
+                    let fleet = load_fleet()?;
+                    apply::plan_instance(&session, fleet.instance(name)?, &args.to).await?
+                }
+                _ => {
+                    return Err(usage(
+                        "give an INSTANCE, or --product P --from V for an offline plan",
+                    ));
+                }
+            };
             if args.json {
                 print_json(&report)?;
             } else {
@@ -367,9 +362,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             let yes = args.yes;
             if args.all || !args.select.is_empty() || args.instances.len() != 1 {
                 if args.tape.record.is_some() {
-                    return Err(usage(
-                        "--record records one instance's run; name one instance",
-                    ));
+                    return Err(usage("--record records one instance's run; name one"));
                 }
                 return rollout(&session, &fleet, &args, ui.as_deref()).await;
             }
@@ -380,7 +373,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                     instance.name
                 )));
             };
-            let tape = record::start(&mut session, &args.tape, &instance.name)?;
+            let _tape = record::start(&mut session, &args.tape, &instance.name)?;
             let report = apply::apply(&session, instance, &to, |plan| {
                 if !json {
                     eprint!("{}", ui::plan_text(plan));
@@ -388,9 +381,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 confirm(yes, "Proceed with this plan?").unwrap_or(false)
             })
             .await;
-            let code = finish_run(ui.as_deref(), report, json);
-            record::finish(tape.as_ref(), &args.tape);
-            code
+            finish_run(ui.as_deref(), report, json)
         }
         Command::Enqueue(args) => {
             let fleet = load_fleet()?;

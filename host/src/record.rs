@@ -1,6 +1,6 @@
 //! `--record FILE` on `plan` and `apply`, and `upshift adapter test ADAPTER --replay FILE`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use upshift::ops::{OpError, Session};
@@ -10,13 +10,21 @@ use upshift::tape::{Recorder, Tape};
 use crate::cli::RecordArgs;
 use crate::{Exit, print_json, usage};
 
+/// A recording in progress: the tape is written when this is dropped, so whatever the run's
+/// outcome — done, refused, rolled back or failed with an error — it is on disk.
+pub struct Recording {
+    recorder: Arc<Recorder>,
+    path: PathBuf,
+    overwrite: bool,
+}
+
 /// Check the tape file can be written and set a recorder on the session's runtime (nothing
 /// without `--record`).
 pub fn start(
     session: &mut Session,
     args: &RecordArgs,
     instance: &str,
-) -> Result<Option<Arc<Recorder>>, Exit> {
+) -> Result<Option<Recording>, Exit> {
     let Some(path) = &args.record else {
         return Ok(None);
     };
@@ -24,24 +32,27 @@ pub fn start(
     let command: Vec<String> = std::env::args().skip(1).collect();
     let recorder = Arc::new(Recorder::new(instance, &command.join(" ")));
     session.runtime.set_recorder(Some(recorder.clone()));
-    Ok(Some(recorder))
+    Ok(Some(Recording {
+        recorder,
+        path: path.clone(),
+        overwrite: args.record_overwrite,
+    }))
 }
 
-/// Write the tape, whatever the run's outcome. A tape that cannot be written is reported but
-/// does not change the run's exit code: the run happened.
-pub fn finish(recorder: Option<&Arc<Recorder>>, args: &RecordArgs) {
-    let (Some(recorder), Some(path)) = (recorder, &args.record) else {
-        return;
-    };
-    let tape = recorder.tape();
-    match tape.write(path, args.record_overwrite) {
-        Ok(()) => eprintln!(
-            "tape: {} export call(s) and {} capability call(s) recorded to {} (it holds what the adapter read: review it before sharing)",
-            tape.exports.len(),
-            tape.exports.iter().map(|e| e.calls.len()).sum::<usize>(),
-            path.display()
-        ),
-        Err(e) => eprintln!("error: the tape was not written: {e}"),
+impl Drop for Recording {
+    /// Write the tape. One that cannot be written is reported but does not change the run's
+    /// exit code: the run happened.
+    fn drop(&mut self) {
+        let tape = self.recorder.tape();
+        match tape.write(&self.path, self.overwrite) {
+            Ok(()) => eprintln!(
+                "tape: {} export call(s) and {} capability call(s) recorded to {} (it holds what the adapter read: review it before sharing)",
+                tape.exports.len(),
+                tape.exports.iter().map(|e| e.calls.len()).sum::<usize>(),
+                self.path.display()
+            ),
+            Err(e) => eprintln!("error: the tape was not written: {e}"),
+        }
     }
 }
 
