@@ -73,6 +73,13 @@ fn own_cluster(dir: &Path) -> Option<upshift_sim::pg::Cluster> {
     }
 }
 
+/// `upshift ARGS --record TAPE` in `env`.
+fn record(env: &Env, args: &[&str], tape: &Path) -> Output {
+    let mut args = args.to_vec();
+    args.extend(["--record", tape.to_str().expect("utf-8 path")]);
+    env.upshift(&args)
+}
+
 fn replay(data: &Path, adapter: &str, tape: &Path, json_out: bool) -> Output {
     let tape = tape.to_str().expect("utf-8 path");
     let mut args = vec!["adapter", "test", adapter, "--replay", tape];
@@ -109,17 +116,12 @@ async fn a_recorded_run_replays_offline_and_differences_are_shown() {
     let plan_tape = tapes.path().join("plan.json");
     let apply_tape = tapes.path().join("apply.json");
     let refused_tape = tapes.path().join("refused.json");
-    let arg = |p: &Path| p.to_str().expect("utf-8 path").to_string();
 
-    let out = env.upshift(&[
-        "plan",
-        "bb",
-        "--to",
-        "3.11.1",
-        "--json",
-        "--record",
-        &arg(&plan_tape),
-    ]);
+    let out = record(
+        &env,
+        &["plan", "bb", "--to", "3.11.1", "--json"],
+        &plan_tape,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(json(&out)["outcome"]["outcome"], "plan");
     let tape = read_tape(&plan_tape);
@@ -158,31 +160,19 @@ async fn a_recorded_run_replays_offline_and_differences_are_shown() {
     );
 
     // A refused run writes its tape too; an existing file is refused before anything runs.
-    let out = env.upshift(&[
-        "plan",
-        "bb",
-        "--to",
-        "3.9.0",
-        "--record",
-        &arg(&refused_tape),
-    ]);
+    let out = record(&env, &["plan", "bb", "--to", "3.9.0"], &refused_tape);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let refused = read_tape(&refused_tape);
     assert!(refused["exports"][1]["result"]["Err"]["rule"].is_string());
-    let out = env.upshift(&["plan", "bb", "--to", "3.11.1", "--record", &arg(&plan_tape)]);
+    let out = record(&env, &["plan", "bb", "--to", "3.11.1"], &plan_tape);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("exists already"), "{}", stderr(&out));
 
-    let out = env.upshift(&[
-        "apply",
-        "bb",
-        "--to",
-        "3.11.1",
-        "--yes",
-        "--json",
-        "--record",
-        &arg(&apply_tape),
-    ]);
+    let out = record(
+        &env,
+        &["apply", "bb", "--to", "3.11.1", "--yes", "--json"],
+        &apply_tape,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let applied = read_tape(&apply_tape);
     let names = export_names(&applied);
@@ -196,14 +186,7 @@ async fn a_recorded_run_replays_offline_and_differences_are_shown() {
     cluster.stop().expect("stop the cluster");
     drop(cluster);
     let failed_tape = tapes.path().join("failed.json");
-    let out = env.upshift(&[
-        "plan",
-        "bb",
-        "--to",
-        "3.11.1",
-        "--record",
-        &arg(&failed_tape),
-    ]);
+    let out = record(&env, &["plan", "bb", "--to", "3.11.1"], &failed_tape);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let failed = read_tape(&failed_tape);
     assert_eq!(export_names(&failed), ["detect"]);
