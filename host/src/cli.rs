@@ -138,6 +138,30 @@ pub enum AdapterCommand {
         #[arg(long = "key")]
         keys: Vec<PathBuf>,
     },
+    /// Replay a tape recorded with `plan|apply --record` against an adapter, offline: exit 0
+    /// when every export behaves as recorded, 1 when anything differs, 2 for a bad tape.
+    Test {
+        /// Component file, or the name of a bundled adapter.
+        adapter: String,
+        /// The tape to replay.
+        #[arg(long, value_name = "FILE")]
+        replay: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--record FILE`: keep every adapter call of the run, and what the host answered, on a tape.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Write a tape of every adapter call and its answer to FILE (see docs/record-replay.md);
+    /// written whatever the outcome. It holds what the adapter read: review it before sharing.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Replace the --record file if it exists (otherwise an existing file is refused).
+    #[arg(long, requires = "record")]
+    pub record_overwrite: bool,
 }
 
 /// `upshift audit …`
@@ -171,6 +195,9 @@ pub struct PlanArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// A tape of the run.
+    #[command(flatten)]
+    pub tape: RecordArgs,
 }
 
 /// `upshift apply`
@@ -203,6 +230,9 @@ pub struct ApplyArgs {
     /// Stream JSON events and print a JSON report.
     #[arg(long)]
     pub json: bool,
+    /// A tape of the run (one instance only).
+    #[command(flatten)]
+    pub tape: RecordArgs,
 }
 
 /// `upshift enqueue`

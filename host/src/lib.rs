@@ -16,3 +16,4 @@ pub mod scaffold;
 pub mod signing;
 pub mod state;
 pub mod state_pg;
+pub mod tape;

@@ -4,6 +4,7 @@
 mod adapter_cmd;
 mod cli;
 mod demo;
+mod record;
 mod ui;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -233,6 +234,11 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Lock { approve, json } => adapter_cmd::lock(&cli.fleet, approve, json),
         Command::Adapter(AdapterCommand::New { name, dir }) => adapter_cmd::new(&name, dir),
+        Command::Adapter(AdapterCommand::Test {
+            adapter,
+            replay,
+            json,
+        }) => record::test(&adapter, &replay, json).await,
         Command::Adapter(AdapterCommand::Keygen { out }) => {
             let (secret, public) = upshift::signing::keygen()?;
             let key = out.with_extension("key");
@@ -334,7 +340,9 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Plan(args) => {
             let (ui, sink) = ui::Ui::sink(true);
             drop(ui);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let mut session = Session::open_with(&data, sink, &stores)?;
+            let instance = args.instance.clone().unwrap_or_default();
+            let _tape = record::start(&mut session, &args.tape, &instance)?;
             let offline = match (&args.product, &args.adapter) {
                 (Some(product), _) => Some(upshift::fleet::AdapterRef::Bundled(product.clone())),
                 (None, Some(file)) => Some(upshift::fleet::AdapterRef::File(file.clone())),
@@ -372,10 +380,13 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let mut session = Session::open_with(&data, sink, &stores)?;
             let json = args.json;
             let yes = args.yes;
             if args.all || !args.select.is_empty() || args.instances.len() != 1 {
+                if args.tape.record.is_some() {
+                    return Err(usage("--record records one instance's run; name one"));
+                }
                 return rollout(&session, &fleet, &args, ui.as_deref()).await;
             }
             let instance = fleet.instance(&args.instances[0])?;
@@ -385,6 +396,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                     instance.name
                 )));
             };
+            let _tape = record::start(&mut session, &args.tape, &instance.name)?;
             let report = apply::apply(&session, instance, &to, |plan| {
                 if !json {
                     eprint!("{}", ui::plan_text(plan));

@@ -143,17 +143,7 @@ pub async fn detect(
     adapter: &LoadedAdapter,
     caps: &Arc<InstanceCaps>,
 ) -> Result<Detection, OpError> {
-    let deadline = session.runtime.deadlines().live;
-    let out = session
-        .runtime
-        .call(
-            adapter,
-            Some(caps.clone()),
-            "detect",
-            deadline,
-            async |a, s| a.call_detect(s).await,
-        )
-        .await?;
+    let out = session.runtime.detect(adapter, caps.clone()).await?;
     out.map_err(|e| {
         OpError::Host(format!(
             "instance `{}`: the {} adapter could not detect the running version: {}",
@@ -168,14 +158,7 @@ async fn call_plan(
     detection: &Detection,
     target: &str,
 ) -> Result<Result<Plan, Refusal>, OpError> {
-    let deadline = session.runtime.deadlines().pure;
-    let (d, t) = (detection.clone(), target.to_string());
-    Ok(session
-        .runtime
-        .call(adapter, None, "plan", deadline, async |a, s| {
-            a.call_plan(s, &d, &t).await
-        })
-        .await?)
+    Ok(session.runtime.plan(adapter, detection, target).await?)
 }
 
 fn fault(adapter: &LoadedAdapter, export: &str, reason: String) -> OpError {
@@ -494,19 +477,7 @@ pub(super) async fn conclude(
     } = forward;
     let mut checks = Vec::new();
     if failure.is_none() {
-        let deadline = session.runtime.deadlines().live;
-        let t = target.to_string();
-        match session
-            .runtime
-            .call(
-                adapter,
-                Some(caps.clone()),
-                "verify",
-                deadline,
-                async |a, s| a.call_verify(s, &t).await,
-            )
-            .await
-        {
+        match session.runtime.verify(adapter, caps.clone(), target).await {
             Ok(Ok(c)) => {
                 let bad: Vec<String> = c
                     .iter()
@@ -706,13 +677,7 @@ async fn plan_restore(
     adapter: &LoadedAdapter,
     request: &RestoreRequest,
 ) -> Result<Result<Plan, Refusal>, OpError> {
-    let deadline = session.runtime.deadlines().pure;
-    Ok(session
-        .runtime
-        .call(adapter, None, "plan-restore", deadline, async |a, s| {
-            a.call_plan_restore(s, request).await
-        })
-        .await?)
+    Ok(session.runtime.plan_restore(adapter, request).await?)
 }
 
 /// Back up every db binding the adapter may back up (`dump` unless `clone` is asked for).

@@ -121,19 +121,10 @@ impl RunContext<'_> {
     pub async fn perform(&self, action: &Action) -> Result<StepResult, String> {
         match action {
             Action::Custom(c) => {
-                let caps = self.caps.clone();
-                let deadline = self.session.runtime.deadlines().live;
-                let (name, payload) = (c.name.clone(), c.payload.clone());
                 let out = self
                     .session
                     .runtime
-                    .call(
-                        self.adapter,
-                        Some(caps),
-                        "run-step",
-                        deadline,
-                        async |a, s| a.call_run_step(s, &name, &payload).await,
-                    )
+                    .run_step(self.adapter, self.caps.clone(), &c.name, &c.payload)
                     .await
                     .map_err(|f| f.to_string())?;
                 match out {

@@ -1,11 +1,15 @@
-//! The host side of the WIT imports. Each function is the same shape: find the caps, run
-//! [`InstanceCaps::guarded`] (grant check → audit → backend), convert the answer.
+//! The host side of the WIT imports. Each function is the same shape: through the tap (see
+//! [`super::tap`]), find the caps, run [`InstanceCaps::guarded`] (grant check → audit →
+//! backend), convert the answer.
 
 use std::sync::Arc;
+
+use serde_json::json;
 
 use super::HostState;
 use super::bindings::upshift::adapter::{db, files, http, log, progress, service, types};
 use super::bindings::{CapError as WitCapError, Value};
+use super::tap::{ImportCall, Tap, Taped, bytes_to_tape, encode};
 use crate::audit::Decision;
 use crate::caps::db::Engine;
 use crate::caps::limits::{MAX_LOG_LINE, MAX_LOG_PER_CALL, MAX_SQL_BYTES, MAX_STATEMENTS};
@@ -25,17 +29,41 @@ impl From<CapError> for WitCapError {
     }
 }
 
-/// Run `f` with an instance's caps and convert its answer for the guest. Without caps
-/// (`describe`, offline planning) every call is denied.
-async fn with_caps<T>(
-    caps: Option<Arc<InstanceCaps>>,
-    f: impl AsyncFnOnce(Arc<InstanceCaps>) -> Result<T, CapError>,
-) -> CapResult<T> {
-    match caps {
-        Some(caps) => Ok(f(caps).await.map_err(WitCapError::from)),
-        None => Ok(Err(WitCapError::Denied(
-            "no capabilities are available during `describe` and offline planning".into(),
-        ))),
+impl HostState {
+    /// A call's arguments for the tap, built only when the tap is on.
+    fn tap_args(&self, args: impl FnOnce() -> serde_json::Value) -> Option<serde_json::Value> {
+        self.tap.active().then(args)
+    }
+
+    /// Make one import call. Replaying, the tape answers it and nothing else is reached.
+    /// Otherwise `f` runs with the instance's caps (grant check → audit → backend; without caps,
+    /// during `describe` and offline planning, every call is denied), and a recording tap keeps
+    /// the call and the answer the guest gets.
+    async fn taped<T: Taped>(
+        &mut self,
+        interface: &str,
+        function: &str,
+        args: Option<serde_json::Value>,
+        f: impl AsyncFnOnce(Arc<InstanceCaps>) -> Result<T, CapError>,
+    ) -> CapResult<T> {
+        if let Tap::Replay(cursor) = &mut self.tap {
+            return cursor.answer(interface, function, args.unwrap_or_default());
+        }
+        let answer = match self.caps.clone() {
+            Some(caps) => f(caps).await.map_err(WitCapError::from),
+            None => Err(WitCapError::Denied(
+                "no capabilities are available during `describe` and offline planning".into(),
+            )),
+        };
+        if let (Tap::Record(calls), Some(args)) = (&mut self.tap, args) {
+            calls.push(ImportCall {
+                interface: interface.into(),
+                function: function.into(),
+                args,
+                result: encode(&answer),
+            });
+        }
+        Ok(answer)
     }
 }
 
@@ -95,7 +123,9 @@ impl db::Host for HostState {
         sql_text: String,
         params: Vec<Value>,
     ) -> CapResult<db::Rows> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args =
+            self.tap_args(|| json!({ "binding": binding, "sql": sql_text, "params": params }));
+        self.taped("db", "query", args, async |caps| {
             let access = sql_access(&caps, &binding, "query", &sql_text)?;
             // KWDB's EXPORT / IMPORT answer with a job row, so they are run through `query`.
             let job = matches!(access, Access::Backup | Access::Restore);
@@ -135,7 +165,9 @@ impl db::Host for HostState {
         sql_text: String,
         params: Vec<Value>,
     ) -> CapResult<u64> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args =
+            self.tap_args(|| json!({ "binding": binding, "sql": sql_text, "params": params }));
+        self.taped("db", "execute", args, async |caps| {
             let access = sql_access(&caps, &binding, "execute", &sql_text)?;
             caps.guarded(
                 BindingKind::Db,
@@ -163,7 +195,8 @@ impl db::Host for HostState {
         binding: String,
         statements: Vec<db::Statement>,
     ) -> CapResult<Vec<u64>> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding, "statements": statements }));
+        self.taped("db", "transaction", args, async |caps| {
             if statements.len() > MAX_STATEMENTS {
                 return Err(CapError::Invalid(format!(
                     "{} statements exceed the limit of {MAX_STATEMENTS} per transaction",
@@ -205,7 +238,8 @@ impl db::Host for HostState {
     }
 
     async fn table_exists(&mut self, binding: String, table: String) -> CapResult<bool> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding, "table": table }));
+        self.taped("db", "table-exists", args, async |caps| {
             caps.guarded(
                 BindingKind::Db,
                 &binding,
@@ -222,7 +256,8 @@ impl db::Host for HostState {
 
 impl files::Host for HostState {
     async fn read(&mut self, binding: String, path: String) -> CapResult<Vec<u8>> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
+        self.taped("files", "read", args, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -237,7 +272,10 @@ impl files::Host for HostState {
     }
 
     async fn write(&mut self, binding: String, path: String, contents: Vec<u8>) -> CapResult<()> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(
+            || json!({ "binding": binding, "path": path, "contents": bytes_to_tape(&contents) }),
+        );
+        self.taped("files", "write", args, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -252,7 +290,8 @@ impl files::Host for HostState {
     }
 
     async fn list_dir(&mut self, binding: String, path: String) -> CapResult<Vec<files::DirEntry>> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
+        self.taped("files", "list-dir", args, async |caps| {
             let entries = caps
                 .guarded(
                     BindingKind::Files,
@@ -276,7 +315,8 @@ impl files::Host for HostState {
     }
 
     async fn exists(&mut self, binding: String, path: String) -> CapResult<bool> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
+        self.taped("files", "exists", args, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -293,7 +333,8 @@ impl files::Host for HostState {
 
 impl service::Host for HostState {
     async fn inspect(&mut self, binding: String) -> CapResult<service::ServiceStatus> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding }));
+        self.taped("service", "inspect", args, async |caps| {
             let s = caps
                 .guarded(
                     BindingKind::Service,
@@ -314,7 +355,8 @@ impl service::Host for HostState {
     }
 
     async fn healthy(&mut self, binding: String) -> CapResult<bool> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding }));
+        self.taped("service", "healthy", args, async |caps| {
             caps.guarded(
                 BindingKind::Service,
                 &binding,
@@ -329,7 +371,8 @@ impl service::Host for HostState {
     }
 
     async fn image_present(&mut self, binding: String, version: String) -> CapResult<bool> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding, "version": version }));
+        self.taped("service", "image-present", args, async |caps| {
             caps.guarded(
                 BindingKind::Service,
                 &binding,
@@ -356,7 +399,10 @@ impl service::Host for HostState {
         files_binding: String,
         path: String,
     ) -> CapResult<Vec<String>> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(
+            || json!({ "binding": binding, "files-binding": files_binding, "path": path }),
+        );
+        self.taped("service", "load-image", args, async |caps| {
             let file = caps
                 .guarded(
                     BindingKind::Files,
@@ -393,7 +439,8 @@ impl http::Host for HostState {
         path: String,
         body: Vec<u8>,
     ) -> CapResult<http::Response> {
-        with_caps(self.caps.clone(), async |caps| {
+        let args = self.tap_args(|| json!({ "binding": binding, "method": method, "path": path, "body": bytes_to_tape(&body) }));
+        self.taped("http", "request", args, async |caps| {
             let access = if crate::caps::http::is_read_method(&method) {
                 Access::Read
             } else {

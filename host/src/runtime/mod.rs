@@ -7,8 +7,10 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod exports;
 mod host;
 pub mod manifest;
+pub mod tap;
 pub mod world;
 
 use std::sync::Arc;
@@ -93,6 +95,7 @@ pub struct HostState {
     caps: Option<Arc<InstanceCaps>>,
     log_budget: u32,
     flood_reported: bool,
+    tap: tap::Tap,
 }
 
 impl WasiView for HostState {
@@ -111,6 +114,7 @@ pub struct Runtime {
     cache: Option<ArtifactCache>,
     deadlines: Deadlines,
     stop_ticker: Arc<AtomicBool>,
+    recorder: Option<Arc<crate::tape::Recorder>>,
 }
 
 impl Drop for Runtime {
@@ -192,6 +196,7 @@ impl Runtime {
             linker,
             deadlines: Deadlines::default(),
             stop_ticker,
+            recorder: None,
         })
     }
 
@@ -269,7 +274,16 @@ impl Runtime {
             .collect())
     }
 
-    fn store(&self, caps: Option<Arc<InstanceCaps>>) -> (Store<HostState>, MemoryOutputPipe) {
+    /// Record every later export call (its arguments, imports and result) on `recorder`.
+    pub fn set_recorder(&mut self, recorder: Option<Arc<crate::tape::Recorder>>) {
+        self.recorder = recorder;
+    }
+
+    fn store(
+        &self,
+        caps: Option<Arc<InstanceCaps>>,
+        tap: tap::Tap,
+    ) -> (Store<HostState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(64 << 10);
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
@@ -293,6 +307,7 @@ impl Runtime {
                 caps,
                 log_budget: crate::caps::limits::MAX_LOG_PER_CALL,
                 flood_reported: false,
+                tap,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -308,13 +323,29 @@ impl Runtime {
         deadline: Duration,
         call: impl AsyncFnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, AdapterFault> {
+        self.call_tapped(adapter, caps, tap::Tap::Off, export, deadline, call)
+            .await
+            .0
+    }
+
+    /// [`Runtime::call`] with `tap` on the store's imports; the tap is handed back with what
+    /// it recorded or answered.
+    pub async fn call_tapped<R>(
+        &self,
+        adapter: &LoadedAdapter,
+        caps: Option<Arc<InstanceCaps>>,
+        tap: tap::Tap,
+        export: &str,
+        deadline: Duration,
+        call: impl AsyncFnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> (Result<R, AdapterFault>, tap::Tap) {
         let fault = |reason: String| AdapterFault {
             adapter: adapter.label.clone(),
             short: adapter.short_digest().to_string(),
             export: export.to_string(),
             reason,
         };
-        let (mut store, stderr) = self.store(caps.clone());
+        let (mut store, stderr) = self.store(caps.clone(), tap);
         let ticks = (deadline.as_millis() / TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -336,7 +367,11 @@ impl Runtime {
                 });
             }
         }
-        outcome.map_err(|e| fault(describe_trap(&e, deadline, &guest_stderr)))
+        let tap = std::mem::take(&mut store.data_mut().tap);
+        (
+            outcome.map_err(|e| fault(describe_trap(&e, deadline, &guest_stderr))),
+            tap,
+        )
     }
 
     /// Call `describe`.
