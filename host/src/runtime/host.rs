@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::HostState;
 use super::bindings::upshift::adapter::{db, files, http, log, progress, service, types};
 use super::bindings::{CapError as WitCapError, Value};
+use super::{HostState, Witness};
 use crate::audit::Decision;
 use crate::caps::db::Engine;
 use crate::caps::limits::{MAX_LOG_LINE, MAX_LOG_PER_CALL, MAX_SQL_BYTES, MAX_STATEMENTS};
@@ -25,17 +25,34 @@ impl From<CapError> for WitCapError {
     }
 }
 
+/// What a call was lent: the instance's caps, or (without caps) where to audit the denial.
+type Lent = (Option<Arc<InstanceCaps>>, Option<Witness>);
+
+impl HostState {
+    fn lent(&self) -> Lent {
+        (self.caps.clone(), self.witness.clone())
+    }
+}
+
 /// Run `f` with an instance's caps and convert its answer for the guest. Without caps
-/// (`describe`, offline planning) every call is denied.
+/// (`describe`, `plan`, `plan-restore`) every call is denied, and audited as a denial.
 async fn with_caps<T>(
-    caps: Option<Arc<InstanceCaps>>,
+    (caps, witness): Lent,
+    capability: &str,
+    operation: &str,
+    binding: &str,
     f: impl AsyncFnOnce(Arc<InstanceCaps>) -> Result<T, CapError>,
 ) -> CapResult<T> {
     match caps {
         Some(caps) => Ok(f(caps).await.map_err(WitCapError::from)),
-        None => Ok(Err(WitCapError::Denied(
-            "no capabilities are available during `describe` and offline planning".into(),
-        ))),
+        None => {
+            let reason =
+                "no capabilities are available during `describe`, `plan` and `plan-restore`";
+            if let Some(witness) = &witness {
+                witness.deny(binding, capability, operation, reason);
+            }
+            Ok(Err(WitCapError::Denied(reason.into())))
+        }
     }
 }
 
@@ -95,14 +112,18 @@ impl db::Host for HostState {
         sql_text: String,
         params: Vec<Value>,
     ) -> CapResult<db::Rows> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "db", "query", &binding, async |caps| {
             let access = sql_access(&caps, &binding, "query", &sql_text)?;
             // KWDB's EXPORT / IMPORT answer with a job row, so they are run through `query`.
             let job = matches!(access, Access::Backup | Access::Restore);
             if access != Access::Read && !job {
-                return Err(CapError::Invalid(format!(
+                let reason = format!(
                     "`query` runs reads only; this statement needs `{access}`, use `execute`"
-                )));
+                );
+                return Err(match deny(&caps, &binding, "db", "query", reason) {
+                    CapError::Denied(reason) => CapError::Invalid(reason),
+                    audit_failed => audit_failed,
+                });
             }
             let rows = caps
                 .guarded(
@@ -135,7 +156,7 @@ impl db::Host for HostState {
         sql_text: String,
         params: Vec<Value>,
     ) -> CapResult<u64> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "db", "execute", &binding, async |caps| {
             let access = sql_access(&caps, &binding, "execute", &sql_text)?;
             caps.guarded(
                 BindingKind::Db,
@@ -163,7 +184,7 @@ impl db::Host for HostState {
         binding: String,
         statements: Vec<db::Statement>,
     ) -> CapResult<Vec<u64>> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "db", "transaction", &binding, async |caps| {
             if statements.len() > MAX_STATEMENTS {
                 return Err(CapError::Invalid(format!(
                     "{} statements exceed the limit of {MAX_STATEMENTS} per transaction",
@@ -205,7 +226,7 @@ impl db::Host for HostState {
     }
 
     async fn table_exists(&mut self, binding: String, table: String) -> CapResult<bool> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "db", "table-exists", &binding, async |caps| {
             caps.guarded(
                 BindingKind::Db,
                 &binding,
@@ -222,7 +243,7 @@ impl db::Host for HostState {
 
 impl files::Host for HostState {
     async fn read(&mut self, binding: String, path: String) -> CapResult<Vec<u8>> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "files", "read", &binding, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -237,7 +258,7 @@ impl files::Host for HostState {
     }
 
     async fn write(&mut self, binding: String, path: String, contents: Vec<u8>) -> CapResult<()> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "files", "write", &binding, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -252,7 +273,7 @@ impl files::Host for HostState {
     }
 
     async fn list_dir(&mut self, binding: String, path: String) -> CapResult<Vec<files::DirEntry>> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "files", "list", &binding, async |caps| {
             let entries = caps
                 .guarded(
                     BindingKind::Files,
@@ -276,7 +297,7 @@ impl files::Host for HostState {
     }
 
     async fn exists(&mut self, binding: String, path: String) -> CapResult<bool> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "files", "exists", &binding, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -293,7 +314,7 @@ impl files::Host for HostState {
 
 impl service::Host for HostState {
     async fn inspect(&mut self, binding: String) -> CapResult<service::ServiceStatus> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "service", "inspect", &binding, async |caps| {
             let s = caps
                 .guarded(
                     BindingKind::Service,
@@ -314,7 +335,7 @@ impl service::Host for HostState {
     }
 
     async fn healthy(&mut self, binding: String) -> CapResult<bool> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "service", "healthy", &binding, async |caps| {
             caps.guarded(
                 BindingKind::Service,
                 &binding,
@@ -329,24 +350,30 @@ impl service::Host for HostState {
     }
 
     async fn image_present(&mut self, binding: String, version: String) -> CapResult<bool> {
-        with_caps(self.caps.clone(), async |caps| {
-            caps.guarded(
-                BindingKind::Service,
-                &binding,
-                Access::Inspect,
-                "image-present",
-                Some(version.clone()),
-                || async {
-                    Ok((
-                        caps.service_backend(&binding)?
-                            .image_present(&version)
-                            .await?,
-                        1,
-                    ))
-                },
-            )
-            .await
-        })
+        with_caps(
+            self.lent(),
+            "service",
+            "image-present",
+            &binding,
+            async |caps| {
+                caps.guarded(
+                    BindingKind::Service,
+                    &binding,
+                    Access::Inspect,
+                    "image-present",
+                    Some(version.clone()),
+                    || async {
+                        Ok((
+                            caps.service_backend(&binding)?
+                                .image_present(&version)
+                                .await?,
+                            1,
+                        ))
+                    },
+                )
+                .await
+            },
+        )
         .await
     }
 
@@ -356,31 +383,37 @@ impl service::Host for HostState {
         files_binding: String,
         path: String,
     ) -> CapResult<Vec<String>> {
-        with_caps(self.caps.clone(), async |caps| {
-            let file = caps
-                .guarded(
-                    BindingKind::Files,
-                    &files_binding,
-                    Access::Read,
-                    "open",
+        with_caps(
+            self.lent(),
+            "service",
+            "load-image",
+            &binding,
+            async |caps| {
+                let file = caps
+                    .guarded(
+                        BindingKind::Files,
+                        &files_binding,
+                        Access::Read,
+                        "open",
+                        Some(path.clone()),
+                        || async { caps.files_backend(&files_binding)?.open(&path) },
+                    )
+                    .await?;
+                caps.guarded(
+                    BindingKind::Service,
+                    &binding,
+                    Access::Control,
+                    "load-image",
                     Some(path.clone()),
-                    || async { caps.files_backend(&files_binding)?.open(&path) },
+                    || async {
+                        let images = caps.service_backend(&binding)?.load_image(file).await?;
+                        let bytes = images.iter().map(|i| i.len() as u64).sum();
+                        Ok((images, bytes))
+                    },
                 )
-                .await?;
-            caps.guarded(
-                BindingKind::Service,
-                &binding,
-                Access::Control,
-                "load-image",
-                Some(path.clone()),
-                || async {
-                    let images = caps.service_backend(&binding)?.load_image(file).await?;
-                    let bytes = images.iter().map(|i| i.len() as u64).sum();
-                    Ok((images, bytes))
-                },
-            )
-            .await
-        })
+                .await
+            },
+        )
         .await
     }
 }
@@ -393,7 +426,7 @@ impl http::Host for HostState {
         path: String,
         body: Vec<u8>,
     ) -> CapResult<http::Response> {
-        with_caps(self.caps.clone(), async |caps| {
+        with_caps(self.lent(), "http", "request", &binding, async |caps| {
             let access = if crate::caps::http::is_read_method(&method) {
                 Access::Read
             } else {
