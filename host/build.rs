@@ -21,7 +21,7 @@ fn main() {
         .unwrap_or(Path::new(".."))
         .to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default());
-    for watched in ["wit", "adapters", "tests/adapters"] {
+    for watched in ["wit", "adapters", "tests/adapters/misbehaving"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=UPSHIFT_ADAPTER_TARGET_DIR");

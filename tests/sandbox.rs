@@ -103,7 +103,10 @@ async fn a_panic_is_reported_with_its_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_plan_is_rejected_before_anything_runs() {
-    let (runtime, adapter) = runtime_and_adapter().await;
+    let (mut runtime, adapter) = runtime_and_adapter().await;
+    // Building and lifting 100,000 steps is real work: give it the production deadline, so a
+    // loaded machine cannot turn the limit check into a timeout.
+    runtime.set_deadlines(Deadlines::default());
     let huge = plan_for(&runtime, &adapter, "huge")
         .await
         .expect("returns")

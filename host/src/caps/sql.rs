@@ -128,6 +128,26 @@ fn check_functions(statement: &Statement) -> Result<(), SqlRefusal> {
     }
 }
 
+/// Whether a query changes data: a data-modifying CTE (`WITH d AS (DELETE … RETURNING …)`),
+/// anywhere in it, makes a "read" a write.
+fn modifies(q: &sqlparser::ast::Query) -> bool {
+    use sqlparser::ast::SetExpr;
+    fn body(e: &SetExpr) -> bool {
+        match e {
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+                true
+            }
+            SetExpr::Query(q) => modifies(q),
+            SetExpr::SetOperation { left, right, .. } => body(left) || body(right),
+            _ => false,
+        }
+    }
+    q.with
+        .as_ref()
+        .is_some_and(|w| w.cte_tables.iter().any(|c| modifies(&c.query)))
+        || body(&q.body)
+}
+
 fn statement_access(statement: &Statement) -> Result<Access, SqlRefusal> {
     let kind = |s: &Statement| {
         let text = s.to_string();
@@ -152,7 +172,7 @@ fn statement_access(statement: &Statement) -> Result<Access, SqlRefusal> {
             Err(SqlRefusal::Forbidden("SELECT … INTO OUTFILE".into()))
         }
         Statement::Query(q) => {
-            if q.locks.is_empty() {
+            if q.locks.is_empty() && !modifies(q) {
                 Ok(Access::Read)
             } else {
                 Ok(Access::Write)

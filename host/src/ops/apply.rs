@@ -158,16 +158,46 @@ async fn call_plan(
     detection: &Detection,
     target: &str,
 ) -> Result<Result<Plan, Refusal>, OpError> {
-    Ok(session.runtime.plan(adapter, detection, target).await?)
+    let out = session.runtime.plan(adapter, detection, target).await?;
+    if let Err(r) = &out {
+        plan::validate_refusal(r).map_err(|why| fault(session, adapter, "plan", why))?;
+    }
+    Ok(out)
 }
 
-fn fault(adapter: &LoadedAdapter, export: &str, reason: String) -> OpError {
-    OpError::Adapter(crate::runtime::AdapterFault {
-        adapter: adapter.label.clone(),
-        short: adapter.short_digest().to_string(),
-        export: export.into(),
-        reason,
-    })
+/// A plan asks for an action that is not granted: refused before anything runs, and audited
+/// as a denial.
+fn ungranted(adapter: &LoadedAdapter, caps: &InstanceCaps, export: &str, why: String) -> OpError {
+    let why = format!("adapter {}'s plan was refused: {why}", adapter.label);
+    let recorded = caps.record(crate::caps::CallRecord {
+        binding: "",
+        capability: "plan",
+        operation: export,
+        decision: Decision::Denied,
+        reason: Some(why.clone()),
+        duration_us: 0,
+        result_bytes: 0,
+        error: None,
+        detail: None,
+    });
+    match recorded {
+        Ok(()) => OpError::Usage(why),
+        Err(e) => OpError::Host(e.to_string()),
+    }
+}
+
+/// The adapter broke the contract: blamed on it and audited.
+fn fault(session: &Session, adapter: &LoadedAdapter, export: &str, reason: String) -> OpError {
+    OpError::Adapter(session.runtime.audited(
+        adapter,
+        None,
+        crate::runtime::AdapterFault {
+            adapter: adapter.label.clone(),
+            short: adapter.short_digest().to_string(),
+            export: export.into(),
+            reason,
+        },
+    ))
 }
 
 async fn prior_of(plan: &Plan, caps: &InstanceCaps) -> Result<Prior, OpError> {
@@ -208,8 +238,9 @@ pub async fn plan_instance(
     let outcome = call_plan(session, &adapter, &detection, target).await?;
     let (outcome, prior, rollback) = match outcome {
         Ok(p) => {
-            plan::validate(&p).map_err(|r| fault(&adapter, "plan", r))?;
-            plan::check_grants(&p, &caps.grants, &instance.name).map_err(OpError::Usage)?;
+            plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
+            plan::check_grants(&p, &caps.grants, &instance.name)
+                .map_err(|why| ungranted(&adapter, &caps, "plan", why))?;
             let prior = prior_of(&p, &caps).await?;
             let rollback = plan::worst_case_rollback(&p, &prior);
             (PlanOutcome::Plan(p), prior, rollback)
@@ -242,7 +273,7 @@ pub async fn offline_plan(
     };
     let outcome = match call_plan(session, &adapter, &detection, to).await? {
         Ok(p) => {
-            plan::validate(&p).map_err(|r| fault(&adapter, "plan", r))?;
+            plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
             PlanOutcome::Plan(p)
         }
         Err(r) => PlanOutcome::Refused(r),
@@ -677,7 +708,11 @@ async fn plan_restore(
     adapter: &LoadedAdapter,
     request: &RestoreRequest,
 ) -> Result<Result<Plan, Refusal>, OpError> {
-    Ok(session.runtime.plan_restore(adapter, request).await?)
+    let out = session.runtime.plan_restore(adapter, request).await?;
+    if let Err(r) = &out {
+        plan::validate_refusal(r).map_err(|why| fault(session, adapter, "plan-restore", why))?;
+    }
+    Ok(out)
 }
 
 /// Back up every db binding the adapter may back up (`dump` unless `clone` is asked for).
@@ -825,8 +860,9 @@ pub async fn restore(
             });
         }
     };
-    plan::validate(&plan).map_err(|r| fault(&adapter, "plan-restore", r))?;
-    plan::check_grants(&plan, &caps.grants, &instance.name).map_err(OpError::Usage)?;
+    plan::validate(&plan).map_err(|r| fault(session, &adapter, "plan-restore", r))?;
+    plan::check_grants(&plan, &caps.grants, &instance.name)
+        .map_err(|why| ungranted(&adapter, &caps, "plan-restore", why))?;
     if !confirm(&plan) {
         return Err(OpError::Usage("not confirmed; nothing was changed".into()));
     }

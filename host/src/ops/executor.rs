@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::caps::db::BackupSource;
+use crate::caps::limits::MAX_TEXT;
 use crate::caps::pg_backup::Manifest;
 use crate::caps::{CapError, Event, InstanceCaps};
 use crate::grants::{Access, BindingKind};
@@ -127,6 +128,27 @@ impl RunContext<'_> {
                     .run_step(self.adapter, self.caps.clone(), &c.name, &c.payload)
                     .await
                     .map_err(|f| f.to_string())?;
+                let text = match &out {
+                    Ok(o) => &o.summary,
+                    Err(e) => &e.message,
+                };
+                if text.len() > MAX_TEXT {
+                    let fault = crate::runtime::AdapterFault {
+                        adapter: self.adapter.label.clone(),
+                        short: self.adapter.short_digest().to_string(),
+                        export: "run-step".into(),
+                        reason: format!(
+                            "step `{}` answered with {} bytes of text, over the limit of {MAX_TEXT}",
+                            c.name,
+                            text.len()
+                        ),
+                    };
+                    let fault = self
+                        .session
+                        .runtime
+                        .audited(self.adapter, Some(&self.caps), fault);
+                    return Err(fault.to_string());
+                }
                 match out {
                     Ok(o) => Ok(StepResult {
                         summary: o.summary,

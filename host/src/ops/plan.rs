@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::caps::limits::{MAX_PLAN_STEPS, MAX_TEXT};
 use crate::grants::{Access, BindingKind, GrantSet};
-use crate::runtime::bindings::{Action, BackupMethod, Plan, RestoreTarget, Step};
+use crate::runtime::bindings::{Action, BackupMethod, Plan, Refusal, RestoreTarget, Step};
 
 /// The grant a built-in action needs, if any (custom steps are checked call by call).
 pub fn action_grant(action: &Action) -> Option<(BindingKind, &str, Access)> {
@@ -69,6 +69,28 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
         if plan.steps[..i].iter().any(|s| s.id == step.id) {
             return Err(format!("step id `{}` is used twice", step.id));
         }
+    }
+    Ok(())
+}
+
+/// Check a refusal's text fields against the text limit (a refusal is printed and journaled).
+pub fn validate_refusal(refusal: &Refusal) -> Result<(), String> {
+    let texts = [&refusal.rule, &refusal.reason, &refusal.advice]
+        .into_iter()
+        .chain(&refusal.path);
+    for t in texts {
+        if t.len() > MAX_TEXT {
+            return Err(format!(
+                "a refusal text field is {} bytes, over the limit of {MAX_TEXT}",
+                t.len()
+            ));
+        }
+    }
+    if refusal.path.len() > MAX_PLAN_STEPS {
+        return Err(format!(
+            "the refusal's path has {} versions, more than the limit of {MAX_PLAN_STEPS}",
+            refusal.path.len()
+        ));
     }
     Ok(())
 }

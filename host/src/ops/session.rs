@@ -74,12 +74,14 @@ impl Session {
             None => StateStore::open(&data.join("state.db")),
         }
         .map_err(|e| OpError::Host(e.to_string()))?;
-        let runtime =
+        let mut runtime =
             Runtime::new(Some(&data.join("cache"))).map_err(|e| OpError::Host(e.to_string()))?;
+        let audit = Arc::new(audit);
+        runtime.set_audit(audit.clone());
         Ok(Session {
             data: data.to_path_buf(),
             runtime,
-            audit: Arc::new(audit),
+            audit,
             state: Arc::new(state),
             events,
             services: stores

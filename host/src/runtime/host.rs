@@ -43,6 +43,7 @@ impl HostState {
         &mut self,
         interface: &str,
         function: &str,
+        binding: &str,
         args: Option<serde_json::Value>,
         f: impl AsyncFnOnce(Arc<InstanceCaps>) -> Result<T, CapError>,
     ) -> CapResult<T> {
@@ -51,9 +52,14 @@ impl HostState {
         }
         let answer = match self.caps.clone() {
             Some(caps) => f(caps).await.map_err(WitCapError::from),
-            None => Err(WitCapError::Denied(
-                "no capabilities are available during `describe` and offline planning".into(),
-            )),
+            None => {
+                let reason =
+                    "no capabilities are available during `describe`, `plan` and `plan-restore`";
+                if let Some(witness) = &self.witness {
+                    witness.deny(binding, interface, function, reason);
+                }
+                Err(WitCapError::Denied(reason.into()))
+            }
         };
         if let (Tap::Record(calls), Some(args)) = (&mut self.tap, args) {
             calls.push(ImportCall {
@@ -125,14 +131,18 @@ impl db::Host for HostState {
     ) -> CapResult<db::Rows> {
         let args =
             self.tap_args(|| json!({ "binding": binding, "sql": sql_text, "params": params }));
-        self.taped("db", "query", args, async |caps| {
+        self.taped("db", "query", &binding, args, async |caps| {
             let access = sql_access(&caps, &binding, "query", &sql_text)?;
             // KWDB's EXPORT / IMPORT answer with a job row, so they are run through `query`.
             let job = matches!(access, Access::Backup | Access::Restore);
             if access != Access::Read && !job {
-                return Err(CapError::Invalid(format!(
+                let reason = format!(
                     "`query` runs reads only; this statement needs `{access}`, use `execute`"
-                )));
+                );
+                return Err(match deny(&caps, &binding, "db", "query", reason) {
+                    CapError::Denied(reason) => CapError::Invalid(reason),
+                    audit_failed => audit_failed,
+                });
             }
             let rows = caps
                 .guarded(
@@ -167,7 +177,7 @@ impl db::Host for HostState {
     ) -> CapResult<u64> {
         let args =
             self.tap_args(|| json!({ "binding": binding, "sql": sql_text, "params": params }));
-        self.taped("db", "execute", args, async |caps| {
+        self.taped("db", "execute", &binding, args, async |caps| {
             let access = sql_access(&caps, &binding, "execute", &sql_text)?;
             caps.guarded(
                 BindingKind::Db,
@@ -196,7 +206,7 @@ impl db::Host for HostState {
         statements: Vec<db::Statement>,
     ) -> CapResult<Vec<u64>> {
         let args = self.tap_args(|| json!({ "binding": binding, "statements": statements }));
-        self.taped("db", "transaction", args, async |caps| {
+        self.taped("db", "transaction", &binding, args, async |caps| {
             if statements.len() > MAX_STATEMENTS {
                 return Err(CapError::Invalid(format!(
                     "{} statements exceed the limit of {MAX_STATEMENTS} per transaction",
@@ -239,7 +249,7 @@ impl db::Host for HostState {
 
     async fn table_exists(&mut self, binding: String, table: String) -> CapResult<bool> {
         let args = self.tap_args(|| json!({ "binding": binding, "table": table }));
-        self.taped("db", "table-exists", args, async |caps| {
+        self.taped("db", "table-exists", &binding, args, async |caps| {
             caps.guarded(
                 BindingKind::Db,
                 &binding,
@@ -257,7 +267,7 @@ impl db::Host for HostState {
 impl files::Host for HostState {
     async fn read(&mut self, binding: String, path: String) -> CapResult<Vec<u8>> {
         let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
-        self.taped("files", "read", args, async |caps| {
+        self.taped("files", "read", &binding, args, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -275,7 +285,7 @@ impl files::Host for HostState {
         let args = self.tap_args(
             || json!({ "binding": binding, "path": path, "contents": bytes_to_tape(&contents) }),
         );
-        self.taped("files", "write", args, async |caps| {
+        self.taped("files", "write", &binding, args, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -291,7 +301,7 @@ impl files::Host for HostState {
 
     async fn list_dir(&mut self, binding: String, path: String) -> CapResult<Vec<files::DirEntry>> {
         let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
-        self.taped("files", "list-dir", args, async |caps| {
+        self.taped("files", "list-dir", &binding, args, async |caps| {
             let entries = caps
                 .guarded(
                     BindingKind::Files,
@@ -316,7 +326,7 @@ impl files::Host for HostState {
 
     async fn exists(&mut self, binding: String, path: String) -> CapResult<bool> {
         let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
-        self.taped("files", "exists", args, async |caps| {
+        self.taped("files", "exists", &binding, args, async |caps| {
             caps.guarded(
                 BindingKind::Files,
                 &binding,
@@ -334,7 +344,7 @@ impl files::Host for HostState {
 impl service::Host for HostState {
     async fn inspect(&mut self, binding: String) -> CapResult<service::ServiceStatus> {
         let args = self.tap_args(|| json!({ "binding": binding }));
-        self.taped("service", "inspect", args, async |caps| {
+        self.taped("service", "inspect", &binding, args, async |caps| {
             let s = caps
                 .guarded(
                     BindingKind::Service,
@@ -356,7 +366,7 @@ impl service::Host for HostState {
 
     async fn healthy(&mut self, binding: String) -> CapResult<bool> {
         let args = self.tap_args(|| json!({ "binding": binding }));
-        self.taped("service", "healthy", args, async |caps| {
+        self.taped("service", "healthy", &binding, args, async |caps| {
             caps.guarded(
                 BindingKind::Service,
                 &binding,
@@ -372,7 +382,7 @@ impl service::Host for HostState {
 
     async fn image_present(&mut self, binding: String, version: String) -> CapResult<bool> {
         let args = self.tap_args(|| json!({ "binding": binding, "version": version }));
-        self.taped("service", "image-present", args, async |caps| {
+        self.taped("service", "image-present", &binding, args, async |caps| {
             caps.guarded(
                 BindingKind::Service,
                 &binding,
@@ -402,7 +412,7 @@ impl service::Host for HostState {
         let args = self.tap_args(
             || json!({ "binding": binding, "files-binding": files_binding, "path": path }),
         );
-        self.taped("service", "load-image", args, async |caps| {
+        self.taped("service", "load-image", &binding, args, async |caps| {
             let file = caps
                 .guarded(
                     BindingKind::Files,
@@ -440,7 +450,7 @@ impl http::Host for HostState {
         body: Vec<u8>,
     ) -> CapResult<http::Response> {
         let args = self.tap_args(|| json!({ "binding": binding, "method": method, "path": path, "body": bytes_to_tape(&body) }));
-        self.taped("http", "request", args, async |caps| {
+        self.taped("http", "request", &binding, args, async |caps| {
             let access = if crate::caps::http::is_read_method(&method) {
                 Access::Read
             } else {

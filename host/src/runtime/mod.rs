@@ -26,6 +26,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::audit::{AuditEvent, AuditLog, Decision};
 use crate::caps::InstanceCaps;
 use crate::caps::limits::MEMORY_BYTES;
 use bindings::{Adapter, AdapterPre};
@@ -93,9 +94,38 @@ pub struct HostState {
     table: ResourceTable,
     limits: StoreLimits,
     caps: Option<Arc<InstanceCaps>>,
+    witness: Option<Witness>,
     log_budget: u32,
     flood_reported: bool,
     tap: tap::Tap,
+}
+
+/// Where a call made without capabilities (`describe`, `plan`, `plan-restore`) is audited.
+#[derive(Clone)]
+pub(crate) struct Witness {
+    audit: Arc<AuditLog>,
+    adapter_digest: String,
+    instance: String,
+}
+
+impl Witness {
+    /// Write one denied record; a log that cannot be written changes nothing (it is denied).
+    pub(crate) fn deny(&self, binding: &str, capability: &str, operation: &str, reason: &str) {
+        let _ = self.audit.append(AuditEvent {
+            adapter_digest: self.adapter_digest.clone(),
+            instance: self.instance.clone(),
+            run_id: None,
+            binding: binding.to_string(),
+            capability: capability.to_string(),
+            operation: operation.to_string(),
+            decision: Decision::Denied,
+            reason: Some(reason.to_string()),
+            duration_us: 0,
+            result_bytes: 0,
+            error: None,
+            detail: None,
+        });
+    }
 }
 
 impl WasiView for HostState {
@@ -115,6 +145,7 @@ pub struct Runtime {
     deadlines: Deadlines,
     stop_ticker: Arc<AtomicBool>,
     recorder: Option<Arc<crate::tape::Recorder>>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Drop for Runtime {
@@ -197,12 +228,63 @@ impl Runtime {
             deadlines: Deadlines::default(),
             stop_ticker,
             recorder: None,
+            audit: None,
         })
     }
 
     /// Replace the per-call deadlines.
     pub fn set_deadlines(&mut self, deadlines: Deadlines) {
         self.deadlines = deadlines;
+    }
+
+    /// Audit adapter faults, and capability calls made where none are lent, in `audit`.
+    pub fn set_audit(&mut self, audit: Arc<AuditLog>) {
+        self.audit = Some(audit);
+    }
+
+    /// Audit a fault of `adapter` (a trap, a deadline, a broken contract) as a denied record of
+    /// the `sandbox` capability, and hand it back. With `caps` it is tagged with the instance
+    /// and run; without, with the adapter's label.
+    pub fn audited(
+        &self,
+        adapter: &LoadedAdapter,
+        caps: Option<&InstanceCaps>,
+        fault: AdapterFault,
+    ) -> AdapterFault {
+        let call = crate::caps::CallRecord {
+            binding: "",
+            capability: "sandbox",
+            operation: &fault.export,
+            decision: Decision::Denied,
+            reason: Some(fault.reason.clone()),
+            duration_us: 0,
+            result_bytes: 0,
+            error: None,
+            detail: Some("adapter fault".into()),
+        };
+        match (caps, &self.audit) {
+            (Some(caps), _) => {
+                let _ = caps.record(call);
+            }
+            (None, Some(audit)) => {
+                let _ = audit.append(AuditEvent {
+                    adapter_digest: adapter.digest.clone(),
+                    instance: adapter.label.clone(),
+                    run_id: None,
+                    binding: String::new(),
+                    capability: call.capability.into(),
+                    operation: call.operation.into(),
+                    decision: call.decision,
+                    reason: call.reason,
+                    duration_us: 0,
+                    result_bytes: 0,
+                    error: None,
+                    detail: call.detail,
+                });
+            }
+            (None, None) => {}
+        }
+        fault
     }
 
     /// The wasmtime engine.
@@ -255,11 +337,17 @@ impl Runtime {
         loaded
             .manifest
             .check_matches(&described)
-            .map_err(|reason| AdapterFault {
-                adapter: loaded.label.clone(),
-                short: loaded.short_digest().to_string(),
-                export: "describe".into(),
-                reason,
+            .map_err(|reason| {
+                self.audited(
+                    &loaded,
+                    None,
+                    AdapterFault {
+                        adapter: loaded.label.clone(),
+                        short: loaded.short_digest().to_string(),
+                        export: "describe".into(),
+                        reason,
+                    },
+                )
             })?;
         Ok(loaded)
     }
@@ -281,9 +369,18 @@ impl Runtime {
 
     fn store(
         &self,
+        adapter: &LoadedAdapter,
         caps: Option<Arc<InstanceCaps>>,
         tap: tap::Tap,
     ) -> (Store<HostState>, MemoryOutputPipe) {
+        let witness = match (&caps, &self.audit) {
+            (None, Some(audit)) => Some(Witness {
+                audit: audit.clone(),
+                adapter_digest: adapter.digest.clone(),
+                instance: adapter.label.clone(),
+            }),
+            _ => None,
+        };
         let stderr = MemoryOutputPipe::new(64 << 10);
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
@@ -305,6 +402,7 @@ impl Runtime {
                 table: ResourceTable::new(),
                 limits,
                 caps,
+                witness,
                 log_budget: crate::caps::limits::MAX_LOG_PER_CALL,
                 flood_reported: false,
                 tap,
@@ -345,7 +443,7 @@ impl Runtime {
             export: export.to_string(),
             reason,
         };
-        let (mut store, stderr) = self.store(caps.clone(), tap);
+        let (mut store, stderr) = self.store(adapter, caps.clone(), tap);
         let ticks = (deadline.as_millis() / TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -369,7 +467,13 @@ impl Runtime {
         }
         let tap = std::mem::take(&mut store.data_mut().tap);
         (
-            outcome.map_err(|e| fault(describe_trap(&e, deadline, &guest_stderr))),
+            outcome.map_err(|e| {
+                self.audited(
+                    adapter,
+                    caps.as_deref(),
+                    fault(describe_trap(&e, deadline, &guest_stderr)),
+                )
+            }),
             tap,
         )
     }
@@ -420,6 +524,9 @@ fn describe_trap(e: &wasmtime::Error, deadline: Duration, stderr: &str) -> Strin
     }
     if stderr.contains("panicked") {
         return format!("it panicked: {}", first_panic_line(stderr));
+    }
+    if text.contains("cannot allocate another handle") {
+        return "it held more resource handles than an instance may and was stopped".into();
     }
     text
 }

@@ -1,0 +1,401 @@
+//! The attacks, one `impl Case` per cargo feature. Building with two features (or none) fails to
+//! compile, so every component is exactly one case.
+
+#![allow(unused_imports)]
+
+use upshift_adapter_sdk::{
+    AdapterError, AdapterInfo, CapError, Check, Detection, Plan, Refusal, RestoreRequest, Step, db,
+    error, files, http, log, progress, refuse, service, steps,
+};
+
+use crate::{Case, Hostile, manifest};
+
+/// A plan of `steps` from `current` to `target`.
+#[allow(dead_code)]
+fn plan_of(current: Detection, target: String, steps: Vec<Step>) -> Plan {
+    Plan {
+        from_version: current.version,
+        to_version: target,
+        steps,
+        notes: vec![],
+    }
+}
+
+/// A harmless custom step.
+#[allow(dead_code)]
+fn noop(id: &str) -> Step {
+    steps::custom(id, "noop", "", false, "a step")
+}
+
+#[cfg(feature = "benign")]
+impl Case for Hostile {}
+
+#[cfg(feature = "spin-loop")]
+impl Case for Hostile {
+    fn plan(_: Detection, _: String) -> Result<Plan, Refusal> {
+        let mut n: u64 = 0;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
+    }
+}
+
+#[cfg(feature = "memory-bomb")]
+impl Case for Hostile {
+    fn plan(_: Detection, _: String) -> Result<Plan, Refusal> {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            hoard.push(vec![1u8; 1 << 20]);
+            std::hint::black_box(&hoard);
+        }
+    }
+}
+
+#[cfg(feature = "deep-recursion")]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    std::hint::black_box(recurse(depth + 1)) + 1
+}
+
+#[cfg(feature = "deep-recursion")]
+impl Case for Hostile {
+    fn plan(_: Detection, _: String) -> Result<Plan, Refusal> {
+        Err(refuse("never", recurse(0).to_string(), &[], ""))
+    }
+}
+
+#[cfg(feature = "panic-describe")]
+impl Case for Hostile {
+    fn describe() -> AdapterInfo {
+        panic!("describe panicked on purpose")
+    }
+}
+
+#[cfg(feature = "trap-every-export")]
+impl Case for Hostile {
+    fn detect() -> Result<Detection, AdapterError> {
+        panic!("detect panicked on purpose")
+    }
+    fn plan(_: Detection, _: String) -> Result<Plan, Refusal> {
+        panic!("plan panicked on purpose")
+    }
+    fn attack(_: &str) -> Result<String, CapError> {
+        panic!("run-step panicked on purpose")
+    }
+    fn verify(_: String) -> Result<Vec<Check>, AdapterError> {
+        panic!("verify panicked on purpose")
+    }
+    fn plan_restore(_: RestoreRequest) -> Result<Plan, Refusal> {
+        // A trap that is not a panic: an out-of-bounds access the compiler cannot see through.
+        let v: Vec<u8> = Vec::new();
+        let i = std::hint::black_box(usize::MAX / 2);
+        let p = v.as_ptr().wrapping_add(i);
+        // SAFETY: deliberately invalid, to trap in the sandbox.
+        Err(refuse(
+            "never",
+            unsafe { p.read_volatile() }.to_string(),
+            &[],
+            "",
+        ))
+    }
+}
+
+#[cfg(feature = "lying-describe")]
+impl Case for Hostile {
+    fn describe() -> AdapterInfo {
+        let mut info = manifest();
+        if let Some(meta) = info.bindings.iter_mut().find(|b| b.name == "meta") {
+            meta.access.push(upshift_adapter_sdk::Access::Ddl);
+        }
+        info
+    }
+}
+
+#[cfg(feature = "plan-uses-caps")]
+impl Case for Hostile {
+    fn plan(_: Detection, _: String) -> Result<Plan, Refusal> {
+        let got = files::read("data", "secret.txt");
+        Err(refuse(
+            "caps-in-plan",
+            match got {
+                Ok(bytes) => format!("read {} bytes", bytes.len()),
+                Err(e) => upshift_adapter_sdk::describe_cap_error(&e),
+            },
+            &[],
+            "",
+        ))
+    }
+}
+
+#[cfg(feature = "plan-100k-steps")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let steps = (0..100_000).map(|i| noop(&format!("s{i}"))).collect();
+        Ok(plan_of(current, target, steps))
+    }
+}
+
+#[cfg(feature = "plan-cycle")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        Ok(plan_of(
+            current,
+            target,
+            vec![noop("a"), noop("b"), noop("a")],
+        ))
+    }
+}
+
+#[cfg(feature = "plan-bad-step-id")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        Ok(plan_of(current, target, vec![noop("../../etc/passwd")]))
+    }
+}
+
+#[cfg(feature = "plan-huge-text")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let step = steps::custom("big", "noop", "", false, "x".repeat(1 << 20));
+        Ok(plan_of(current, target, vec![step]))
+    }
+}
+
+#[cfg(feature = "plan-ungranted-backup")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let step = steps::db_backup(
+            "grab",
+            "meta",
+            upshift_adapter_sdk::BackupMethod::Dump,
+            "dump the database it may only read",
+        );
+        Ok(plan_of(current, target, vec![step]))
+    }
+}
+
+#[cfg(feature = "plan-wrong-kind")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let step = steps::service_stop("stop-db", "meta", "stop a database as if a service");
+        Ok(plan_of(current, target, vec![step]))
+    }
+}
+
+#[cfg(feature = "plan-switch-uninspected")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let step = steps::service_switch(
+            "switch",
+            "app",
+            "666",
+            "switch a service it may only inspect",
+        );
+        Ok(plan_of(current, target, vec![step]))
+    }
+}
+
+#[cfg(feature = "huge-summary")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        Ok("y".repeat(20 << 20))
+    }
+}
+
+#[cfg(feature = "huge-refusal")]
+impl Case for Hostile {
+    fn plan(_: Detection, _: String) -> Result<Plan, Refusal> {
+        Err(refuse("huge", "z".repeat(20 << 20), &[], ""))
+    }
+}
+
+#[cfg(feature = "log-flood")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        let line = "l".repeat(64 << 10);
+        for _ in 0..20_000 {
+            log::write(log::Level::Error, &line);
+        }
+        Ok("flooded the log".into())
+    }
+}
+
+#[cfg(feature = "progress-flood")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        let message = "p".repeat(64 << 10);
+        for i in 0..20_000 {
+            progress::report(i, 20_000, &message);
+        }
+        Ok("flooded the progress bar".into())
+    }
+}
+
+#[cfg(feature = "resource-hog")]
+#[link(wasm_import_module = "wasi:cli/stderr@0.2.6")]
+unsafe extern "C" {
+    /// Each call hands the guest a new `output-stream` resource.
+    #[link_name = "get-stderr"]
+    fn get_stderr() -> i32;
+}
+
+#[cfg(feature = "resource-hog")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        let mut last = 0;
+        for _ in 0..1_000_000 {
+            // SAFETY: a WASI import with no arguments; the handle is deliberately never dropped.
+            last = unsafe { get_stderr() };
+        }
+        Ok(format!("holding {last} handles"))
+    }
+}
+
+#[cfg(feature = "path-dotdot")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        files::read("data", "sub/../../secret.txt").map(|b| String::from_utf8_lossy(&b).into())
+    }
+}
+
+#[cfg(feature = "path-absolute")]
+impl Case for Hostile {
+    fn attack(payload: &str) -> Result<String, CapError> {
+        files::read("data", payload).map(|b| String::from_utf8_lossy(&b).into())
+    }
+}
+
+#[cfg(feature = "symlink-read")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        files::read("data", "link/secret.txt").map(|b| String::from_utf8_lossy(&b).into())
+    }
+}
+
+#[cfg(feature = "symlink-write")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        files::write("data", "link/planted.txt", b"planted").map(|()| "planted".into())
+    }
+}
+
+#[cfg(feature = "ungranted-binding")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        db::query("admin", "SELECT 1", &[]).map(|r| format!("{} rows", r.rows.len()))
+    }
+}
+
+#[cfg(feature = "unbound-binding")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        db::query("spare", "SELECT 1", &[]).map(|r| format!("{} rows", r.rows.len()))
+    }
+}
+
+/// Run `sql` on `meta` with `execute`.
+#[allow(dead_code)]
+fn execute(sql: &str) -> Result<String, CapError> {
+    db::execute("meta", sql, &[]).map(|n| format!("{n} rows affected"))
+}
+
+/// Run `sql` on `meta` with `query`.
+#[allow(dead_code)]
+fn query(sql: &str) -> Result<String, CapError> {
+    db::query("meta", sql, &[]).map(|r| format!("{:?}", r.rows))
+}
+
+#[cfg(feature = "ddl-on-read")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        execute("DROP TABLE victims")
+    }
+}
+
+#[cfg(feature = "write-in-cte")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        query("WITH gone AS (DELETE FROM victims RETURNING id) SELECT count(*) FROM gone")
+    }
+}
+
+#[cfg(feature = "dblink")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        query(
+            "SELECT * FROM dblink('dbname=postgres', 'SELECT rolname FROM pg_authid') AS t(r text)",
+        )
+    }
+}
+
+#[cfg(feature = "connect-trick")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        execute("\\connect postgres")
+    }
+}
+
+#[cfg(feature = "set-role")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        execute("SET ROLE postgres")
+    }
+}
+
+#[cfg(feature = "create-database")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        execute("CREATE DATABASE stolen")
+    }
+}
+
+#[cfg(feature = "set-config")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        query("SELECT set_config('default_transaction_read_only', 'off', false)")
+    }
+}
+
+#[cfg(feature = "nextval-read-only")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        query("SELECT nextval('victims_id_seq')")
+    }
+}
+
+/// GET `path` on `api`; the status and body as text.
+#[allow(dead_code)]
+fn get(path: &str) -> Result<http::Response, CapError> {
+    http::request("api", "GET", path, &[])
+}
+
+#[cfg(feature = "http-other-host")]
+impl Case for Hostile {
+    fn attack(payload: &str) -> Result<String, CapError> {
+        get(&format!("//127.0.0.1:{payload}/steal")).map(|r| r.status.to_string())
+    }
+}
+
+#[cfg(feature = "http-absolute-url")]
+impl Case for Hostile {
+    fn attack(payload: &str) -> Result<String, CapError> {
+        get(&format!("http://127.0.0.1:{payload}/steal")).map(|r| r.status.to_string())
+    }
+}
+
+#[cfg(feature = "http-redirect")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        // The host does not follow the redirect; the adapter tries to, by hand.
+        let first = get("/redirect")?;
+        let location = String::from_utf8_lossy(&first.body).into_owned();
+        get(&location).map(|r| r.status.to_string())
+    }
+}
+
+#[cfg(feature = "http-write-on-read")]
+impl Case for Hostile {
+    fn attack(_: &str) -> Result<String, CapError> {
+        http::request("api", "DELETE", "/everything", &[]).map(|r| r.status.to_string())
+    }
+}
