@@ -34,6 +34,7 @@ impl Server {
         std::fs::create_dir_all(&data)
             .map_err(|e| PgError::Failed(format!("cannot create {}: {e}", data.display())))?;
         let as_root = nix::unistd::geteuid().is_root();
+        let mut mysql_ids = None;
         if as_root {
             let user = nix::unistd::User::from_name("mysql")
                 .map_err(|e| PgError::Failed(format!("cannot look up user mysql: {e}")))?
@@ -44,6 +45,7 @@ impl Server {
                 std::os::unix::fs::chown(d, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
                     .map_err(|e| PgError::Failed(format!("cannot chown {}: {e}", d.display())))?;
             }
+            mysql_ids = Some((user.uid.as_raw(), user.gid.as_raw()));
         }
         let user_arg = if as_root { "--user=mysql" } else { "--user=" };
         let mut init = Command::new(install);
@@ -85,8 +87,11 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if as_root {
-            server.arg(user_arg);
+        // Start it as `mysql` rather than letting mariadbd switch users itself: a process that
+        // changes its own credentials loses PR_SET_PDEATHSIG and would outlive the tests.
+        if let Some((uid, gid)) = mysql_ids {
+            use std::os::unix::process::CommandExt;
+            server.uid(uid).gid(gid);
         }
         let child = spawn_supervised(server)?;
         let mut s = Server {
