@@ -22,8 +22,11 @@ use upshift::runtime::bindings as wit;
 use upshift::runtime::manifest::{self, Manifest};
 use upshift::signing::Require;
 
+/// A check: one fuzz input in, a panic out when an invariant breaks.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets by name, as `fuzz/corpus/<name>/` holds their corpora.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("fleet_file", fleet_file),
     ("adapter_manifest", adapter_manifest),
     ("plan", plan),
