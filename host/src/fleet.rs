@@ -690,10 +690,17 @@ impl Fleet {
                 let at = rb.span().start;
                 check_name(&bn, at, "http")?;
                 let rb = rb.into_inner();
-                if !(rb.url.starts_with("http://") || rb.url.starts_with("https://")) {
+                let url = rb.url.trim_end_matches('/');
+                let host = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                if host.is_none_or(str::is_empty) {
                     return Err(ctx.invalid(
                         at,
-                        format!("http binding `{bn}`: `{}` is not an http(s) URL", rb.url),
+                        format!(
+                            "http binding `{bn}`: `{}` is not an http(s) URL with a host",
+                            rb.url
+                        ),
                         "use a base URL such as http://127.0.0.1:8080",
                     ));
                 }
@@ -701,7 +708,7 @@ impl Fleet {
                 inst.http.insert(
                     bn,
                     HttpBinding {
-                        url: rb.url.trim_end_matches('/').to_string(),
+                        url: url.to_string(),
                         access,
                     },
                 );
@@ -822,5 +829,21 @@ url = "http://127.0.0.1:8080/"
             .expect_err("unset env")
             .to_string();
         assert!(msg.contains("UPSHIFT_TEST_SURELY_UNSET"), "{msg}");
+    }
+
+    /// Found by the fuzz target `fleet_file`: `url = "http://"` was accepted and trimmed to
+    /// `http:`, a base URL without a host.
+    #[test]
+    fn http_url_needs_a_host() {
+        for url in ["http://", "https:///", "http:"] {
+            let text = GOOD.replace("http://127.0.0.1:8080/", url);
+            let msg = Fleet::parse(Path::new("f.toml"), &text)
+                .expect_err(url)
+                .to_string();
+            assert!(
+                msg.contains("with a host") && msg.contains("line 15"),
+                "{msg}"
+            );
+        }
     }
 }

@@ -120,6 +120,11 @@ fn walk(dir: &Dir, rel: &Path, dest: &Path, out: &mut SnapshotManifest) -> Resul
     for name in names {
         let path = rel.join(&name);
         let shown = path.to_string_lossy().into_owned();
+        if name.to_str().is_none() {
+            return Err(CapError::Failed(format!(
+                "cannot snapshot `{shown}`: its name is not UTF-8, so the manifest cannot record it; rename it"
+            )));
+        }
         let meta = dir
             .symlink_metadata(&name)
             .map_err(|e| io(&format!("cannot stat {shown}"), e))?;
@@ -198,6 +203,52 @@ pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), 
     Ok((manifest, hex::encode(Sha256::digest(&text))))
 }
 
+/// A snapshot entry's path as a relative path of plain names (`conf/app.yml`): no `..`, `.`,
+/// empty or absolute parts and no NUL, so joined to any directory it stays inside it.
+pub fn entry_path(path: &str) -> Result<&Path, CapError> {
+    let plain = !path.is_empty()
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'));
+    if plain {
+        Ok(Path::new(path))
+    } else {
+        Err(CapError::Failed(format!(
+            "the snapshot entry `{}` is not a plain relative path; the snapshot is damaged and will not be restored",
+            path.escape_debug()
+        )))
+    }
+}
+
+/// Check a manifest's entries before a restore writes any of them: each is a plain relative
+/// path ([`entry_path`]), listed once, under directories listed before it, so no entry can be
+/// written through a symlink or outside the tree being built.
+pub fn check_entries(entries: &[Entry]) -> Result<(), CapError> {
+    let mut dirs: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for e in entries {
+        entry_path(&e.path)?;
+        if let Some((parent, _)) = e.path.rsplit_once('/')
+            && !dirs.contains(parent)
+        {
+            return Err(CapError::Failed(format!(
+                "the snapshot entry `{}` is not under a directory listed before it; the snapshot is damaged and will not be restored",
+                e.path.escape_debug()
+            )));
+        }
+        if !seen.insert(e.path.as_str()) {
+            return Err(CapError::Failed(format!(
+                "the snapshot lists `{}` twice; the snapshot is damaged and will not be restored",
+                e.path.escape_debug()
+            )));
+        }
+        if e.kind == EntryKind::Dir {
+            dirs.insert(e.path.as_str());
+        }
+    }
+    Ok(())
+}
+
 /// Read a snapshot's manifest, checking it against the recorded sha256.
 pub fn read_manifest(dest: &Path, recorded_sha256: &str) -> Result<SnapshotManifest, CapError> {
     let bytes = std::fs::read(dest.join(MANIFEST))
@@ -227,6 +278,7 @@ pub fn restore(
     tag: &str,
 ) -> Result<PathBuf, CapError> {
     let manifest = read_manifest(dest, recorded_sha256)?;
+    check_entries(&manifest.entries)?;
     let files = dest.join("files");
     for e in &manifest.entries {
         if let EntryKind::File { sha256, .. } = &e.kind {
@@ -379,5 +431,70 @@ mod tests {
         std::fs::write(dest.join("files/.env"), b"tampered").expect("tamper");
         let err = restore(&dest, &sha, &root, "t2").expect_err("damaged snapshot");
         assert!(err.to_string().contains(".env does not match"), "{err}");
+    }
+
+    /// Found while writing the fuzz target `snapshot_path`: a restore joined manifest paths to
+    /// the staging directory as they were, so `../x`, `/x` or an entry under a symlink entry
+    /// would be written outside the tree.
+    #[test]
+    fn restore_refuses_entries_that_leave_the_tree() {
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("data");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let dir = |path: &str| Entry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            mtime_ns: 0,
+        };
+        let link = Entry {
+            path: "link".into(),
+            kind: EntryKind::Symlink {
+                target: outer.path().display().to_string(),
+            },
+            mode: 0o777,
+            mtime_ns: 0,
+        };
+        let escape = outer.path().join("escape").display().to_string();
+        let cases = [
+            (vec![dir("../escape")], "not a plain relative path"),
+            (vec![dir(&escape)], "not a plain relative path"),
+            (vec![dir("a/./b")], "not a plain relative path"),
+            (vec![link, dir("link/escape")], "not under a directory"),
+            (vec![dir("a/b")], "not under a directory"),
+            (vec![dir("a"), dir("a")], "twice"),
+        ];
+        for (i, (entries, expected)) in cases.into_iter().enumerate() {
+            let dest = outer.path().join(format!("snap-{i}"));
+            std::fs::create_dir_all(dest.join("files")).expect("mkdir");
+            let manifest = SnapshotManifest {
+                source: root.display().to_string(),
+                entries,
+                cloned_files: 0,
+            };
+            let text = serde_json::to_vec(&manifest).expect("json");
+            std::fs::write(dest.join(MANIFEST), &text).expect("write");
+            let sha = hex::encode(Sha256::digest(&text));
+            let err = restore(&dest, &sha, &root, &format!("t{i}")).expect_err(expected);
+            assert!(err.to_string().contains(expected), "case {i}: {err}");
+            assert!(
+                !outer.path().join("escape").exists(),
+                "case {i} wrote outside"
+            );
+        }
+        assert!(check_entries(&[dir("a"), dir("a/b")]).is_ok());
+    }
+
+    /// Found with the same review: a name that is not UTF-8 was recorded lossily, so the
+    /// snapshot could never be restored; it is refused when it is taken instead.
+    #[test]
+    fn names_that_are_not_utf8_are_refused_at_snapshot_time() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("data");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").expect("write");
+        let err = snapshot(&root, &outer.path().join("snap")).expect_err("not UTF-8");
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }

@@ -30,6 +30,37 @@ pub fn action_grant(action: &Action) -> Option<(BindingKind, &str, Access)> {
     })
 }
 
+/// The text fields of an action (bindings, versions, paths, names, payloads).
+fn action_texts(action: &Action) -> Vec<&String> {
+    match action {
+        Action::DbBackup(a) => vec![&a.binding],
+        Action::DbRestore(a) => {
+            let mut out = vec![&a.binding];
+            if let RestoreTarget::NewDatabase(n) = &a.target {
+                out.push(n);
+            }
+            out.extend(
+                a.namespace_columns
+                    .iter()
+                    .flat_map(|c| [&c.table, &c.column]),
+            );
+            out
+        }
+        Action::FilesSnapshot(b)
+        | Action::FilesRestore(b)
+        | Action::ServiceStop(b)
+        | Action::ServiceStart(b) => vec![b],
+        Action::ServiceSwitch(a) => vec![&a.binding, &a.version],
+        Action::WaitHealthy(a) => vec![&a.binding],
+        Action::HttpCheck(a) => {
+            let mut out = vec![&a.binding, &a.path];
+            out.extend(&a.expect_body_contains);
+            out
+        }
+        Action::Custom(a) => vec![&a.name, &a.payload],
+    }
+}
+
 /// Check a plan's shape before anything runs: bounded and well-formed. The error is the
 /// adapter's fault.
 pub fn validate(plan: &Plan) -> Result<(), String> {
@@ -43,7 +74,8 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
         .notes
         .iter()
         .chain([&plan.from_version, &plan.to_version])
-        .chain(plan.steps.iter().flat_map(|s| [&s.id, &s.title]));
+        .chain(plan.steps.iter().flat_map(|s| [&s.id, &s.title]))
+        .chain(plan.steps.iter().flat_map(|s| action_texts(&s.action)));
     for t in texts {
         if t.len() > MAX_TEXT {
             return Err(format!(
@@ -529,5 +561,42 @@ mod tests {
             ..plan
         };
         assert!(validate(&plan).unwrap_err().contains("limit"));
+    }
+
+    /// Found by the fuzz target `plan`: only ids, titles, versions and notes were bounded, so a
+    /// custom step's payload (or any other action text) of any size was accepted.
+    #[test]
+    fn validation_bounds_every_text_field() {
+        let long = "x".repeat(MAX_TEXT + 1);
+        let plan = Plan {
+            from_version: "1".into(),
+            to_version: "2".into(),
+            steps: vec![step(
+                "custom",
+                Action::Custom(CustomAction {
+                    name: "c".into(),
+                    payload: long.clone(),
+                    mutates: false,
+                }),
+            )],
+            notes: vec![],
+        };
+        assert!(validate(&plan).unwrap_err().contains("over the limit"));
+        let plan = Plan {
+            steps: vec![step(
+                "switch",
+                Action::ServiceSwitch(SwitchAction {
+                    binding: "app".into(),
+                    version: long,
+                }),
+            )],
+            ..plan
+        };
+        assert!(validate(&plan).unwrap_err().contains("over the limit"));
+        let plan = Plan {
+            steps: upgrade(),
+            ..plan
+        };
+        assert!(validate(&plan).is_ok());
     }
 }
