@@ -252,7 +252,11 @@ fn manifest_outcome(wasm: &[u8]) {
     );
     assert!(semver::Version::parse(&m.adapter_version).is_ok());
     assert!(semver::VersionReq::parse(&m.supported_versions).is_ok());
-    assert!(semver::Version::parse(&m.host_api).is_ok(), "host_api `{}` accepted", m.host_api);
+    assert!(
+        semver::Version::parse(&m.host_api).is_ok(),
+        "host_api `{}` accepted",
+        m.host_api
+    );
     assert!(
         m.bindings.len() <= 32,
         "{} bindings accepted",
