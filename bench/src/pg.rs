@@ -10,24 +10,10 @@ use upshift::caps::db::{BackupSource, PgBackend, dump_jobs};
 
 use crate::Config;
 use crate::report::{Metric, Target, Unit};
-use crate::snapshot::sync;
+use crate::snapshot::{run_ok, sync};
 use crate::stats::Samples;
 
 const DB: &str = "bench";
-
-fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 struct Pg {
     bindir: PathBuf,

@@ -10,14 +10,23 @@ use crate::Config;
 use crate::report::{Metric, Target, Unit};
 use crate::stats::Samples;
 
-fn sh(cmd: &mut Command) -> Result<()> {
+/// Run `cmd`; its trimmed stdout, or an error with its stderr.
+pub fn run_ok(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    run_ok(cmd).map(drop)
 }
 
 /// Flush dirty pages so one run's writeback does not land in the next one's time.
