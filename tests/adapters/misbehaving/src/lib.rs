@@ -2,7 +2,8 @@
 //!
 //! `plan(target)` chooses a behaviour: `loop` spins forever, `bomb` allocates until the memory
 //! limit, `huge` returns a plan of 100,000 steps, `panic` panics, `recurse` recurses without
-//! end. `run-step(name)` makes one capability call (`db-read`, `db-write`, `db-ddl`,
+//! end, `calls:N` makes N `files::exists` calls (denied without capabilities; the benchmarks
+//! divide by N to get one guest → host round trip). `run-step(name)` makes one capability call (`db-read`, `db-write`, `db-ddl`,
 //! `files-read`, `files-write`, `service-inspect`, `image-present`, `service-load`, `http-get`,
 //! `http-post`, `undeclared`; the payload is the step's argument) and
 //! reports the host's answer in its summary, so tests can check grants and denials.
@@ -80,6 +81,18 @@ impl Guest for Misbehaving {
                     log::write(log::Level::Info, &format!("flood line {i}"));
                 }
                 Err(refuse("flood", "flooded", &[], ""))
+            }
+            calls if calls.starts_with("calls:") => {
+                let n: u64 = calls["calls:".len()..].parse().unwrap_or(0);
+                let denied = (0..n)
+                    .filter(|_| files::exists("data", "probe").is_err())
+                    .count();
+                Ok(Plan {
+                    from_version: current.version,
+                    to_version: target,
+                    steps: vec![],
+                    notes: vec![format!("{denied} of {n} calls denied")],
+                })
             }
             _ => Ok(Plan {
                 from_version: current.version,
