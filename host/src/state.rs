@@ -518,7 +518,8 @@ impl SqliteState {
     }
 }
 
-fn lease_store(e: StateError) -> LeaseError {
+/// A state store's failure under a lease operation (shared by the SQLite and PostgreSQL stores).
+pub(crate) fn lease_store(e: StateError) -> LeaseError {
     LeaseError::Store(e.to_string())
 }
 

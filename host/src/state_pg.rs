@@ -334,10 +334,6 @@ impl PgState {
     }
 }
 
-fn store_error(e: StateError) -> LeaseError {
-    LeaseError::Store(e.to_string())
-}
-
 impl LeaseRows for PgState {
     fn try_take(
         &self,
@@ -356,7 +352,7 @@ impl LeaseRows for PgState {
             )
             .map(|r| r.map(|r| r.get::<_, i64>(0)))
         })
-        .map_err(store_error)
+        .map_err(crate::state::lease_store)
     }
 
     fn try_extend(
@@ -373,7 +369,7 @@ impl LeaseRows for PgState {
             )
         })
         .map(|n| n == 1)
-        .map_err(store_error)
+        .map_err(crate::state::lease_store)
     }
 
     fn try_move(
@@ -390,7 +386,7 @@ impl LeaseRows for PgState {
             )
             .map(|r| r.map(|r| r.get::<_, i64>(0)))
         })
-        .map_err(store_error)
+        .map_err(crate::state::lease_store)
     }
 
     fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
@@ -401,7 +397,7 @@ impl LeaseRows for PgState {
             )
             .map(|r| r.map(|r| (r.get(0), r.get(1), r.get(2))))
         })
-        .map_err(store_error)
+        .map_err(crate::state::lease_store)
     }
 
     fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError> {
@@ -412,7 +408,7 @@ impl LeaseRows for PgState {
             )
         })
         .map(|_| ())
-        .map_err(store_error)
+        .map_err(crate::state::lease_store)
     }
 }
 
