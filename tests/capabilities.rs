@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use upshift::audit::{AuditRecord, Decision};
+use upshift::caps::db::DbBackend;
 use upshift::caps::{Event, EventSink, InstanceCaps};
 use upshift::fleet::Fleet;
 use upshift::ops::Session;
@@ -405,5 +406,68 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         records
             .iter()
             .any(|r| r.event.decision == Decision::Denied && r.event.operation == "snapshot")
+    );
+}
+
+/// A table's checksum does not depend on the order its rows are stored in, changes when one
+/// value changes, and an older manifest's sorted-md5 checksums are met with the same method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_checksums_ignore_row_order_and_read_old_manifests() {
+    let Some(pg) = common::pg() else { return };
+    let (name, url) = pg.fresh_db("checksum").await;
+    let client = common::connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, note text, at timestamptz);
+             CREATE TABLE b (id int PRIMARY KEY, note text, at timestamptz);
+             CREATE TABLE empty (id int);
+             INSERT INTO a SELECT i, 'row ' || i, '2026-01-01'::timestamptz + i * interval '1 min'
+               FROM generate_series(1, 5000) i;
+             INSERT INTO b SELECT i, 'row ' || i, '2026-01-01'::timestamptz + i * interval '1 min'
+               FROM generate_series(5000, 1, -1) i;",
+        )
+        .await
+        .expect("seed");
+    let db = DbBackend::new(&url).expect("backend");
+    let now = db.fingerprint_database(&name).await.expect("fingerprint");
+    let (a, b) = (&now["public.a"], &now["public.b"]);
+    assert_eq!((a.rows, b.rows), (5000, 5000));
+    assert!(a.checksum.starts_with("md5sum:"), "{}", a.checksum);
+    assert_eq!(a.checksum, b.checksum, "same rows stored in another order");
+    assert_eq!(now["public.empty"].checksum, "md5sum:0:0");
+
+    client
+        .batch_execute("UPDATE b SET note = 'row 2500!' WHERE id = 2500")
+        .await
+        .expect("change one value");
+    let changed = db.fingerprint_database(&name).await.expect("fingerprint");
+    assert_ne!(changed["public.b"].checksum, a.checksum);
+    assert_eq!(changed["public.a"].checksum, a.checksum);
+
+    // A manifest written before `md5sum:` holds plain md5s: fingerprint the same way.
+    let legacy: String = client
+        .query_one(
+            "SELECT md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))) FROM public.a t",
+            &[],
+        )
+        .await
+        .expect("legacy checksum")
+        .get(0);
+    let old_manifest: std::collections::BTreeMap<_, _> = [(
+        "public.a".to_string(),
+        upshift::caps::pg_backup::TableFingerprint {
+            rows: 5000,
+            checksum: legacy.clone(),
+        },
+    )]
+    .into();
+    let like_old = db
+        .fingerprint_like(&name, &old_manifest)
+        .await
+        .expect("fingerprint");
+    assert_eq!(like_old["public.a"].checksum, legacy);
+    assert_eq!(
+        like_old["public.empty"].checksum, "",
+        "old form of an empty table"
     );
 }

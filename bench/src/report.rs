@@ -100,9 +100,9 @@ pub fn fmt(unit: Unit, v: f64) -> String {
         return "—".into();
     }
     match unit {
-        Unit::Seconds if v < 1e-6 => format!("{:.0} ns", v * 1e9),
-        Unit::Seconds if v < 1e-3 => format!("{:.2} µs", v * 1e6),
-        Unit::Seconds if v < 1.0 => format!("{:.2} ms", v * 1e3),
+        Unit::Seconds if v.abs() < 1e-6 => format!("{:.0} ns", v * 1e9),
+        Unit::Seconds if v.abs() < 1e-3 => format!("{:.2} µs", v * 1e6),
+        Unit::Seconds if v.abs() < 1.0 => format!("{:.2} ms", v * 1e3),
         Unit::Seconds => format!("{v:.2} s"),
         Unit::Bytes if v < 1024.0 * 1024.0 => format!("{:.0} KiB", v / 1024.0),
         Unit::Bytes => format!("{:.2} MiB", v / (1024.0 * 1024.0)),
@@ -118,7 +118,8 @@ fn ratio_text(r: f64) -> String {
     }
 }
 
-fn triple(unit: Unit, s: &Samples) -> String {
+/// `min / median / max` of `s` in `unit` ("—" when empty).
+pub fn triple(unit: Unit, s: &Samples) -> String {
     if s.len() == 0 {
         return "—".into();
     }

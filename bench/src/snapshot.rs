@@ -58,8 +58,9 @@ pub async fn run(cfg: &Config) -> Result<Vec<Metric>> {
             crate::report::fmt(Unit::Bytes, bytes as f64)
         ),
         "`upshift::caps::snapshot::snapshot`: walk through cap-std, copy each file (a \
-         copy-on-write clone where the file system can) while hashing it with sha256, \
-         `fsync` each file, write the manifest, rename into place",
+         copy-on-write clone where the file system can) while hashing it with sha256 and \
+         start its writeback, one `syncfs` for all of them, write and sync the manifest, \
+         rename into place",
         Unit::Seconds,
         Target::RatioAtMost(1.0),
     );

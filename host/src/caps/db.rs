@@ -15,7 +15,9 @@ use tokio_postgres::{Client, GenericClient, NoTls, Row};
 use super::CapError;
 use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
 use super::mysql::MySqlBackend;
-use super::pg_backup::{DumpFacts, Manifest, TableFingerprint, fingerprints, seal, verify_files};
+use super::pg_backup::{
+    DumpFacts, Manifest, RowChecksum, TableFingerprint, fingerprints, seal, verify_files,
+};
 use crate::runtime::bindings::Value;
 
 /// Rows returned to an adapter.
@@ -339,8 +341,10 @@ impl PgBackend {
             .await
             .map_err(|e| failed("cannot read the server version", pg_message(&e)))?
             .get(0);
-        let tables = fingerprints(&tx).await?;
-        let out = tokio::process::Command::new(&bin)
+        // The fingerprints are taken in the exporting transaction while `pg_dump` reads the
+        // same snapshot from its own connections: both see exactly the same data, and the
+        // checksum pass costs no extra wall time where a core is free.
+        let dump = tokio::process::Command::new(&bin)
             .arg("--format=directory")
             .arg(format!("--jobs={jobs}"))
             .arg(format!("--snapshot={snapshot}"))
@@ -349,10 +353,22 @@ impl PgBackend {
             .arg(&partial)
             .arg("--dbname")
             .arg(&self.url)
-            .output()
-            .await
-            .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
+            .kill_on_drop(true)
+            .output();
+        let dump = async {
+            dump.await
+                .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))
+        };
+        // The first error drops the other side (a failed checksum kills `pg_dump`).
+        let both = tokio::try_join!(fingerprints(&tx, RowChecksum::Md5Sum), dump);
         let _ = tx.rollback().await;
+        let (tables, out) = match both {
+            Ok(both) => both,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&partial).await;
+                return Err(e);
+            }
+        };
         if !out.status.success() {
             let _ = tokio::fs::remove_dir_all(&partial).await;
             return Err(CapError::Failed(format!(
@@ -377,13 +393,15 @@ impl PgBackend {
         .await
     }
 
-    /// Row counts and checksums of every table of database `name` on the same server.
+    /// Row counts and checksums of every table of database `name` on the same server, with
+    /// checksum method `method`.
     pub async fn fingerprint_database(
         &self,
         name: &str,
+        method: RowChecksum,
     ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
         let client = self.connect_to(name).await?;
-        fingerprints(&client).await
+        fingerprints(&client, method).await
     }
 
     /// Drop database `name` (a scratch database of Upshift's own).
@@ -773,13 +791,26 @@ impl DbBackend {
         }
     }
 
-    /// Row counts and checksums of database `name`'s tables.
+    /// Row counts and checksums of database `name`'s tables, taken as this version takes them.
     pub async fn fingerprint_database(
         &self,
         name: &str,
     ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
+        self.fingerprint_like(name, &BTreeMap::new()).await
+    }
+
+    /// Row counts and checksums of database `name`'s tables, taken the way `expected` (a
+    /// manifest's tables, perhaps from an older version) was taken, so the two compare.
+    pub async fn fingerprint_like(
+        &self,
+        name: &str,
+        expected: &BTreeMap<String, TableFingerprint>,
+    ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
         match self {
-            DbBackend::Postgres(b) => b.fingerprint_database(name).await,
+            DbBackend::Postgres(b) => {
+                b.fingerprint_database(name, RowChecksum::of(expected))
+                    .await
+            }
             DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`fingerprint_database`")),
             DbBackend::MySql(b) => b.fingerprint_database(name).await,
         }

@@ -20,8 +20,55 @@ pub const MANIFEST: &str = "manifest.json";
 pub struct TableFingerprint {
     /// Rows.
     pub rows: i64,
-    /// md5 over the sorted md5s of every row's text.
+    /// A content checksum that does not depend on row order. PostgreSQL: `md5sum:HI:LO`, the
+    /// sums of the two 64-bit halves of every row text's md5 ([`RowChecksum::Md5Sum`]; backups
+    /// taken before it have a plain md5, [`RowChecksum::SortedMd5`]). MySQL: `crc32sum:N`.
     pub checksum: String,
+}
+
+/// How a PostgreSQL table's rows are checksummed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowChecksum {
+    /// Sums of both 64-bit halves of each row's md5: one streaming pass, no sort, no
+    /// intermediate text, so it works for tables of any size. Written by this version.
+    Md5Sum,
+    /// md5 over the sorted md5s of every row (manifests written before `Md5Sum`): a sort and
+    /// one text of 32 bytes per row, which fails beyond PostgreSQL's 1 GB text limit.
+    SortedMd5,
+}
+
+/// Prefix of [`RowChecksum::Md5Sum`] checksums.
+const MD5SUM_PREFIX: &str = "md5sum:";
+
+impl RowChecksum {
+    /// The method a manifest's fingerprints were taken with, so a restored copy is
+    /// fingerprinted the same way.
+    pub fn of(tables: &BTreeMap<String, TableFingerprint>) -> RowChecksum {
+        let legacy = tables.values().any(|t| {
+            !t.checksum.starts_with(MD5SUM_PREFIX) && !t.checksum.starts_with("crc32sum:")
+        });
+        if legacy {
+            RowChecksum::SortedMd5
+        } else {
+            RowChecksum::Md5Sum
+        }
+    }
+
+    /// The `SELECT` giving `(rows, checksum)` of table `schema.table`.
+    fn query(self, schema: &str, table: &str) -> String {
+        let from = format!("{}.{} t", quote_ident(schema), quote_ident(table));
+        match self {
+            RowChecksum::Md5Sum => format!(
+                "SELECT count(*)::bigint, '{MD5SUM_PREFIX}' \
+                 || coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)::text || ':' \
+                 || coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0)::text \
+                 FROM (SELECT md5(t::text) AS h FROM {from}) r"
+            ),
+            RowChecksum::SortedMd5 => format!(
+                "SELECT count(*)::bigint, coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM {from}"
+            ),
+        }
+    }
 }
 
 /// One file of a dump.
@@ -97,9 +144,10 @@ impl Manifest {
 }
 
 /// Row counts and checksums of every user table, read through `client` (inside whatever
-/// transaction or snapshot it is in).
+/// transaction or snapshot it is in), with checksum method `method`.
 pub async fn fingerprints(
     client: &impl GenericClient,
+    method: RowChecksum,
 ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
     let tables = client
         .query(
@@ -114,16 +162,14 @@ pub async fn fingerprints(
     for t in tables {
         let (schema, table): (String, String) = (t.get(0), t.get(1));
         let row = client
-            .query_one(
-                &format!(
-                    "SELECT count(*)::bigint, coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM {}.{} t",
-                    quote_ident(&schema),
-                    quote_ident(&table)
-                ),
-                &[],
-            )
+            .query_one(&method.query(&schema, &table), &[])
             .await
-            .map_err(|e| CapError::Failed(format!("cannot checksum {schema}.{table}: {}", pg_message(&e))))?;
+            .map_err(|e| {
+                CapError::Failed(format!(
+                    "cannot checksum {schema}.{table}: {}",
+                    pg_message(&e)
+                ))
+            })?;
         out.insert(
             format!("{schema}.{table}"),
             TableFingerprint {

@@ -85,31 +85,130 @@ fn system_time(ns: i128) -> std::time::SystemTime {
     }
 }
 
-/// Copy `from` into `to`, hashing it; a copy-on-write clone when the file system can.
-fn copy_hashing(mut from: std::fs::File, to: &Path) -> std::io::Result<(u64, String, bool)> {
-    let mut out = std::fs::File::create(to)?;
-    // SAFETY: FICLONE takes two open file descriptors and touches nothing else.
-    let cloned =
-        unsafe { nix::libc::ioctl(out.as_raw_fd(), nix::libc::FICLONE, from.as_raw_fd()) } == 0;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+/// The most file data in flight between the copying thread and the hashing thread.
+const CHUNK: u64 = 1 << 20;
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// sha256 of each file, computed on a thread of its own while the caller goes on copying, so
+/// hashing and writing overlap. Files are hashed in the order they are sent.
+struct BackgroundHasher {
+    chunks: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    worker: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl BackgroundHasher {
+    fn start() -> std::io::Result<BackgroundHasher> {
+        let (chunks, inbox) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+        let worker = std::thread::Builder::new()
+            .name("upshift-snapshot-hash".into())
+            .spawn(move || {
+                let mut digests = Vec::new();
+                let mut hasher = Sha256::new();
+                for chunk in inbox {
+                    match chunk {
+                        Some(bytes) => hasher.update(&bytes),
+                        None => digests.push(hex::encode(hasher.finalize_reset())),
+                    }
+                }
+                digests
+            })?;
+        Ok(BackgroundHasher { chunks, worker })
+    }
+
+    fn send(&self, chunk: Option<Vec<u8>>) -> std::io::Result<()> {
+        self.chunks
+            .send(chunk)
+            .map_err(|_| std::io::Error::other("the hashing thread stopped"))
+    }
+
+    /// Every file's sha256, in the order the files were sent.
+    fn finish(self) -> Result<Vec<String>, CapError> {
+        drop(self.chunks);
+        self.worker
+            .join()
+            .map_err(|_| CapError::Failed("the snapshot's hashing thread panicked".into()))
+    }
+}
+
+/// Copy `from` into `to`, handing its bytes to `hasher`; a copy-on-write clone when the file
+/// system can. The copy's writeback is started at once (`sync_file_range`), so the disk works
+/// while the next file is copied; [`snapshot`] waits for all of it with one `syncfs` before
+/// publishing. Returns the size and whether the file was cloned.
+fn copy_hashing(
+    from: std::fs::File,
+    to: &Path,
+    hasher: &BackgroundHasher,
+) -> std::io::Result<(u64, bool)> {
+    let (mut out, cloned) = create_clone(&from, to)?;
     let mut size = 0u64;
+    let mut from = from;
     loop {
-        let n = from.read(&mut buf)?;
+        let mut chunk = Vec::new();
+        let n = (&mut from).take(CHUNK).read_to_end(&mut chunk)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
         if !cloned {
-            out.write_all(&buf[..n])?;
+            out.write_all(&chunk)?;
         }
         size += n as u64;
+        hasher.send(Some(chunk))?;
     }
-    out.sync_all()?;
-    Ok((size, hex::encode(hasher.finalize()), cloned))
+    hasher.send(None)?;
+    if !cloned {
+        start_writeback(&out);
+    }
+    Ok((size, cloned))
 }
 
-fn walk(dir: &Dir, rel: &Path, dest: &Path, out: &mut SnapshotManifest) -> Result<(), CapError> {
+/// Create `to` as a copy-on-write clone of `from` where the file system can; returns the new
+/// file and whether it was cloned (if not, it is empty and the caller writes it).
+fn create_clone(from: &std::fs::File, to: &Path) -> std::io::Result<(std::fs::File, bool)> {
+    let out = std::fs::File::create(to)?;
+    // SAFETY: FICLONE takes two open file descriptors and touches nothing else.
+    let cloned =
+        unsafe { nix::libc::ioctl(out.as_raw_fd(), nix::libc::FICLONE, from.as_raw_fd()) } == 0;
+    Ok((out, cloned))
+}
+
+/// Start writing `file`'s dirty pages to disk without waiting for them.
+fn start_writeback(file: &std::fs::File) {
+    // SAFETY: sync_file_range takes an open descriptor and a byte range (0, 0 = all).
+    unsafe { nix::libc::sync_file_range(file.as_raw_fd(), 0, 0, nix::libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+/// Copy `from` into `to` (a clone where the file system can), starting its writeback.
+fn copy_file(mut from: std::fs::File, to: &Path) -> std::io::Result<()> {
+    let (mut out, cloned) = create_clone(&from, to)?;
+    if !cloned {
+        std::io::copy(&mut from, &mut out)?;
+        start_writeback(&out);
+    }
+    Ok(())
+}
+
+/// Flush the file system holding `dir` (every file and directory written under it).
+fn sync_tree(dir: &Path) -> Result<(), CapError> {
+    let handle =
+        std::fs::File::open(dir).map_err(|e| io(&format!("cannot open {}", dir.display()), e))?;
+    nix::unistd::syncfs(&handle)
+        .map_err(|e| io(&format!("cannot flush {} to disk", dir.display()), e.into()))
+}
+
+/// fsync directory `dir`, so a rename inside it is on disk.
+fn sync_dir(dir: &Path) -> Result<(), CapError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(&format!("cannot flush {} to disk", dir.display()), e))
+}
+
+fn walk(
+    dir: &Dir,
+    rel: &Path,
+    dest: &Path,
+    out: &mut SnapshotManifest,
+    hasher: &BackgroundHasher,
+) -> Result<(), CapError> {
     let mut names: Vec<_> = dir
         .entries()
         .map_err(|e| io(&format!("cannot list {}", rel.display()), e))?
@@ -154,18 +253,22 @@ fn walk(dir: &Dir, rel: &Path, dest: &Path, out: &mut SnapshotManifest) -> Resul
             let sub = dir
                 .open_dir(&name)
                 .map_err(|e| io(&format!("cannot open {}", rel.join(&name).display()), e))?;
-            walk(&sub, &path, dest, out)?;
+            walk(&sub, &path, dest, out, hasher)?;
         } else if meta.is_file() {
             let file = dir
                 .open(&name)
                 .map_err(|e| io(&format!("cannot open {shown}"), e))?
                 .into_std();
-            let (size, sha256, cloned) = copy_hashing(file, &dest.join(&path))
+            let (size, cloned) = copy_hashing(file, &dest.join(&path), hasher)
                 .map_err(|e| io(&format!("cannot copy {shown}"), e))?;
             out.cloned_files += u64::from(cloned);
             out.entries.push(Entry {
                 path: shown,
-                kind: EntryKind::File { size, sha256 },
+                // Filled in from the hashing thread once every file is copied.
+                kind: EntryKind::File {
+                    size,
+                    sha256: String::new(),
+                },
                 mode,
                 mtime_ns,
             });
@@ -194,12 +297,33 @@ pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), 
         entries: Vec::new(),
         cloned_files: 0,
     };
-    walk(&dir, Path::new(""), &files, &mut manifest)?;
+    let hasher = BackgroundHasher::start().map_err(|e| io("cannot start hashing", e))?;
+    let walked = walk(&dir, Path::new(""), &files, &mut manifest, &hasher);
+    let digests = hasher.finish()?;
+    walked?;
+    let mut digests = digests.into_iter();
+    for entry in &mut manifest.entries {
+        if let EntryKind::File { sha256, .. } = &mut entry.kind {
+            *sha256 = digests.next().ok_or_else(|| {
+                CapError::Failed(format!("no checksum was computed for {}", entry.path))
+            })?;
+        }
+    }
+    // Every copied file and directory reaches the disk (one file-system sync rather than an
+    // fsync per file), then the manifest, and only then does the snapshot get its name.
+    sync_tree(&partial)?;
     let text = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| CapError::Failed(format!("cannot encode the manifest: {e}")))?;
-    std::fs::write(partial.join(MANIFEST), &text)
+    let mut manifest_file = std::fs::File::create(partial.join(MANIFEST))
+        .map_err(|e| io("cannot write the manifest", e))?;
+    manifest_file
+        .write_all(&text)
+        .and_then(|()| manifest_file.sync_all())
         .map_err(|e| io("cannot write the manifest", e))?;
     std::fs::rename(&partial, dest).map_err(|e| io("cannot finish the snapshot", e))?;
+    if let Some(parent) = dest.parent() {
+        sync_dir(parent)?;
+    }
     Ok((manifest, hex::encode(Sha256::digest(&text))))
 }
 
@@ -311,7 +435,7 @@ pub fn restore(
             EntryKind::File { .. } => {
                 let from = std::fs::File::open(files.join(&e.path))
                     .map_err(|err| io(&format!("cannot read {}", e.path), err))?;
-                copy_hashing(from, &to)
+                copy_file(from, &to)
                     .map_err(|err| io(&format!("cannot restore {}", e.path), err))?;
             }
             EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &to)
@@ -331,6 +455,8 @@ pub fn restore(
         file.set_modified(system_time(e.mtime_ns))
             .map_err(|err| io(&format!("cannot set the time of {}", e.path), err))?;
     }
+    // The restored tree is on disk before it replaces anything.
+    sync_tree(&staging)?;
     if root.exists() {
         std::fs::rename(root, &kept)
             .map_err(|e| io(&format!("cannot move {} aside", root.display()), e))?;
@@ -342,6 +468,7 @@ pub fn restore(
             e,
         ));
     }
+    sync_dir(parent)?;
     Ok(kept)
 }
 

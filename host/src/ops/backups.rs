@@ -112,7 +112,9 @@ pub async fn verify(
         let intact = checks.iter().all(|c| c.passed);
         if backup.method == "clone" {
             let db = backend_for(fleet, &backup)?;
-            let found = db.fingerprint_database(&backup.location).await;
+            let found = db
+                .fingerprint_like(&backup.location, &manifest.tables)
+                .await;
             checks.push(match found {
                 Ok(found) => {
                     let diffs = compare_tables(&manifest.tables, &found);
@@ -172,7 +174,7 @@ async fn trial_restore(
         _ => BackupSource::Clone(backup.location.clone()),
     };
     let restored = match db.materialize(&scratch, &source).await {
-        Ok(()) => db.fingerprint_database(&scratch).await,
+        Ok(()) => db.fingerprint_like(&scratch, &manifest.tables).await,
         Err(e) => Err(e),
     };
     let dropped = db.drop_database(&scratch).await;

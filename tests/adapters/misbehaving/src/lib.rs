@@ -3,14 +3,16 @@
 //! `plan(target)` chooses a behaviour: `loop` spins forever, `bomb` allocates until the memory
 //! limit, `huge` returns a plan of 100,000 steps, `panic` panics, `recurse` recurses without
 //! end, `calls:N` makes N `files::exists` calls (denied without capabilities; the benchmarks
-//! divide by N to get one guest → host round trip). `run-step(name)` makes one capability call (`db-read`, `db-write`, `db-ddl`,
+//! divide by N to get one guest → host round trip), and a target `cheap-V` is a cheap upgrade of
+//! process service `app` to version `cheap-V` (snapshot `data`, stop, switch, start, wait
+//! healthy; `verify` inspects `app`), which the fleet-apply benchmark runs. `run-step(name)` makes one capability call (`db-read`, `db-write`, `db-ddl`,
 //! `files-read`, `files-write`, `service-inspect`, `image-present`, `service-load`, `http-get`,
 //! `http-post`, `undeclared`; the payload is the step's argument) and
 //! reports the host's answer in its summary, so tests can check grants and denials.
 
 use upshift_adapter_sdk::{
     AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput,
-    db, describe_cap_error, error, files, http, log, refuse, service, steps,
+    db, describe_cap_error, error, files, http, live::check, log, refuse, service, steps,
 };
 
 upshift_adapter_sdk::manifest! {
@@ -20,7 +22,7 @@ upshift_adapter_sdk::manifest! {
     bindings: [
         { name: "meta", kind: db, access: [read, write], purpose: "read and write test rows", optional: true },
         { name: "data", kind: files, access: [read, snapshot, restore], purpose: "read files; the host snapshots and restores them", optional: true },
-        { name: "app", kind: service, access: [inspect, control], purpose: "inspect the service and load its images", optional: true },
+        { name: "app", kind: service, access: [inspect, control, switch_version], purpose: "inspect, control and switch the service, and load its images", optional: true },
         { name: "api", kind: http, access: [read], purpose: "GET endpoints", optional: true },
     ],
 }
@@ -94,6 +96,18 @@ impl Guest for Misbehaving {
                     notes: vec![format!("{denied} of {n} calls denied")],
                 })
             }
+            cheap if cheap.starts_with("cheap-") => Ok(Plan {
+                from_version: current.version,
+                to_version: target.clone(),
+                steps: vec![
+                    steps::files_snapshot("snapshot", "data", "snapshot the data directory"),
+                    steps::service_stop("stop", "app", "stop the app"),
+                    steps::service_switch("switch", "app", &target, "switch the app"),
+                    steps::service_start("start", "app", "start the app"),
+                    steps::wait_healthy("healthy", "app", 10_000, "wait for the app"),
+                ],
+                notes: vec![],
+            }),
             _ => Ok(Plan {
                 from_version: current.version,
                 to_version: target,
@@ -125,8 +139,16 @@ impl Guest for Misbehaving {
         Ok(StepOutput { summary })
     }
 
-    fn verify(_expected: String) -> Result<Vec<Check>, AdapterError> {
-        Ok(vec![])
+    fn verify(expected: String) -> Result<Vec<Check>, AdapterError> {
+        if !expected.starts_with("cheap-") {
+            return Ok(vec![]);
+        }
+        let app = service::inspect("app").map_err(|e| error(describe_cap_error(&e)))?;
+        Ok(vec![check(
+            "app runs the target",
+            app.running && app.version == expected,
+            format!("running: {}, version {}", app.running, app.version),
+        )])
     }
 
     fn plan_restore(_request: RestoreRequest) -> Result<Plan, Refusal> {
