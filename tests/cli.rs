@@ -125,7 +125,7 @@ fn adapter_inspect_reads_the_manifest_without_running_it() {
         vec![
             "meta:db:[\"read\",\"write\"]",
             "data:files:[\"read\",\"snapshot\",\"restore\"]",
-            "app:service:[\"inspect\",\"control\"]",
+            "app:service:[\"inspect\",\"control\",\"switch-version\"]",
             "api:http:[\"read\"]"
         ]
     );
