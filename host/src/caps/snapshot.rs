@@ -85,8 +85,9 @@ fn system_time(ns: i128) -> std::time::SystemTime {
     }
 }
 
-/// The most file data in flight between the copying thread and the hashing thread.
+/// Bytes per chunk handed from the copying thread to the hashing thread.
 const CHUNK: u64 = 1 << 20;
+/// Chunks queued for hashing at most (so at most 16 MiB of file data is in flight).
 const CHUNKS_IN_FLIGHT: usize = 16;
 
 /// sha256 of each file, computed on a thread of its own while the caller goes on copying, so
