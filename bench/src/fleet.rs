@@ -165,7 +165,7 @@ fn upshift_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Make `count` instance directories under `dir`, each with its data files.
+/// Make the `INSTANCES` instance directories under `dir`, each with its data files.
 fn instances(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::with_capacity(INSTANCES);
     for i in 0..INSTANCES {
@@ -205,9 +205,8 @@ fn time_upshift(upshift: &Path, adapter: &Path, dir: &Path) -> Result<f64> {
     let fleet = dir.join("upshift.toml");
     std::fs::write(&fleet, fleet_file(adapter, &list))?;
     let apply = |to: &str| -> Result<f64> {
-        let t = Instant::now();
-        let out = Command::new(upshift)
-            .arg("--fleet")
+        let mut cmd = Command::new(upshift);
+        cmd.arg("--fleet")
             .arg(&fleet)
             .arg("--data")
             .arg(dir.join("data"))
@@ -215,19 +214,8 @@ fn time_upshift(upshift: &Path, adapter: &Path, dir: &Path) -> Result<f64> {
             .arg("--parallel")
             .arg(PARALLEL.to_string())
             .arg("--max-failures")
-            .arg(INSTANCES.to_string())
-            .output()
-            .context("cannot run upshift")?;
-        let elapsed = t.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "upshift apply --to {to} failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(elapsed)
+            .arg(INSTANCES.to_string());
+        timed(cmd, &format!("upshift apply --to {to}"))
     };
     let result = (|| {
         apply("cheap-1.0.0")?;
@@ -257,29 +245,34 @@ fn time_script(script: &Path, dir: &Path) -> Result<f64> {
     }
     settle();
     let result = (|| {
-        let t = Instant::now();
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "ls -d {}/* | xargs -P {PARALLEL} -I{{}} bash {} {{}} cheap-2.0.0",
-                dir.join("instances").display(),
-                script.display()
-            ))
-            .output()
-            .context("cannot run the script")?;
-        let elapsed = t.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "the script failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "ls -d {}/* | xargs -P {PARALLEL} -I{{}} bash {} {{}} cheap-2.0.0",
+            dir.join("instances").display(),
+            script.display()
+        ));
+        let elapsed = timed(cmd, "the script")?;
         check_running(&list, "cheap-2.0.0")?;
         Ok(elapsed)
     })();
     kill_under(dir);
     result
+}
+
+/// Run `cmd` to completion; its wall time, or an error with its output when it fails.
+fn timed(mut cmd: Command, what: &str) -> Result<f64> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    let elapsed = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(elapsed)
 }
 
 fn settle() {
