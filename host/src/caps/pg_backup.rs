@@ -41,13 +41,13 @@ pub enum RowChecksum {
 const MD5SUM_PREFIX: &str = "md5sum:";
 
 impl RowChecksum {
-    /// The method a manifest's fingerprints were taken with, so a restored copy is
-    /// fingerprinted the same way.
+    /// The method a PostgreSQL manifest's fingerprints were taken with, so a restored copy is
+    /// fingerprinted the same way (an empty manifest: this version's method).
     pub fn of(tables: &BTreeMap<String, TableFingerprint>) -> RowChecksum {
-        let legacy = tables.values().any(|t| {
-            !t.checksum.starts_with(MD5SUM_PREFIX) && !t.checksum.starts_with("crc32sum:")
-        });
-        if legacy {
+        if tables
+            .values()
+            .any(|t| !t.checksum.starts_with(MD5SUM_PREFIX))
+        {
             RowChecksum::SortedMd5
         } else {
             RowChecksum::Md5Sum
