@@ -410,7 +410,8 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
 }
 
 /// A table's checksum does not depend on the order its rows are stored in, changes when one
-/// value changes, and an older manifest's sorted-md5 checksums are met with the same method.
+/// value changes or moves to another row, falls back to md5 where a column type has no hash
+/// function, and an older manifest's checksums are met with the method that wrote them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_checksums_ignore_row_order_and_read_old_manifests() {
     let Some(pg) = common::pg() else { return };
@@ -420,11 +421,17 @@ async fn table_checksums_ignore_row_order_and_read_old_manifests() {
         .batch_execute(
             "CREATE TABLE a (id int PRIMARY KEY, note text, at timestamptz);
              CREATE TABLE b (id int PRIMARY KEY, note text, at timestamptz);
+             CREATE TABLE swapped (id int PRIMARY KEY, note text, at timestamptz);
              CREATE TABLE empty (id int);
+             CREATE TABLE docs (id int, doc json);
              INSERT INTO a SELECT i, 'row ' || i, '2026-01-01'::timestamptz + i * interval '1 min'
                FROM generate_series(1, 5000) i;
              INSERT INTO b SELECT i, 'row ' || i, '2026-01-01'::timestamptz + i * interval '1 min'
-               FROM generate_series(5000, 1, -1) i;",
+               FROM generate_series(5000, 1, -1) i;
+             INSERT INTO swapped SELECT * FROM a;
+             UPDATE swapped SET note = CASE id WHEN 1 THEN 'row 2' ELSE 'row 1' END
+               WHERE id IN (1, 2);
+             INSERT INTO docs SELECT i, json_build_object('n', i) FROM generate_series(1, 10) i;",
         )
         .await
         .expect("seed");
@@ -432,9 +439,18 @@ async fn table_checksums_ignore_row_order_and_read_old_manifests() {
     let now = db.fingerprint_database(&name).await.expect("fingerprint");
     let (a, b) = (&now["public.a"], &now["public.b"]);
     assert_eq!((a.rows, b.rows), (5000, 5000));
-    assert!(a.checksum.starts_with("md5sum:"), "{}", a.checksum);
+    assert!(a.checksum.starts_with("hashsum:"), "{}", a.checksum);
     assert_eq!(a.checksum, b.checksum, "same rows stored in another order");
-    assert_eq!(now["public.empty"].checksum, "md5sum:0:0");
+    assert_ne!(
+        now["public.swapped"].checksum, a.checksum,
+        "two values swapped between rows: every column holds the same values, the rows differ"
+    );
+    assert_eq!(now["public.empty"].checksum, "hashsum:0");
+    let docs = &now["public.docs"];
+    assert!(
+        docs.checksum.starts_with("md5sum:") && docs.rows == 10,
+        "json has no hash function, so md5 of the row text: {docs:?}"
+    );
 
     client
         .batch_execute("UPDATE b SET note = 'row 2500!' WHERE id = 2500")
@@ -443,6 +459,36 @@ async fn table_checksums_ignore_row_order_and_read_old_manifests() {
     let changed = db.fingerprint_database(&name).await.expect("fingerprint");
     assert_ne!(changed["public.b"].checksum, a.checksum);
     assert_eq!(changed["public.a"].checksum, a.checksum);
+    assert_eq!(changed["public.docs"].checksum, docs.checksum);
+
+    // A manifest of the version before `hashsum:` holds `md5sum:` for every table.
+    let md5sum: String = client
+        .query_one(
+            "SELECT 'md5sum:' || sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric) || ':' \
+             || sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric) \
+             FROM (SELECT md5(t::text) AS h FROM public.a t) r",
+            &[],
+        )
+        .await
+        .expect("md5sum checksum")
+        .get(0);
+    let md5sum_manifest: std::collections::BTreeMap<_, _> = [(
+        "public.a".to_string(),
+        upshift::caps::pg_backup::TableFingerprint {
+            rows: 5000,
+            checksum: md5sum.clone(),
+        },
+    )]
+    .into();
+    let like_md5sum = db
+        .fingerprint_like(&name, &md5sum_manifest)
+        .await
+        .expect("fingerprint");
+    assert_eq!(like_md5sum["public.a"].checksum, md5sum);
+    assert_eq!(
+        like_md5sum["public.b"].checksum, changed["public.b"].checksum,
+        "a table the manifest does not name is checksummed as this version does"
+    );
 
     // A manifest written before `md5sum:` holds plain md5s: fingerprint the same way.
     let legacy: String = client
@@ -453,13 +499,22 @@ async fn table_checksums_ignore_row_order_and_read_old_manifests() {
         .await
         .expect("legacy checksum")
         .get(0);
-    let old_manifest: std::collections::BTreeMap<_, _> = [(
-        "public.a".to_string(),
-        upshift::caps::pg_backup::TableFingerprint {
-            rows: 5000,
-            checksum: legacy.clone(),
-        },
-    )]
+    let old_manifest: std::collections::BTreeMap<_, _> = [
+        (
+            "public.a".to_string(),
+            upshift::caps::pg_backup::TableFingerprint {
+                rows: 5000,
+                checksum: legacy.clone(),
+            },
+        ),
+        (
+            "public.empty".to_string(),
+            upshift::caps::pg_backup::TableFingerprint {
+                rows: 0,
+                checksum: String::new(),
+            },
+        ),
+    ]
     .into();
     let like_old = db
         .fingerprint_like(&name, &old_manifest)

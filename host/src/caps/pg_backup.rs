@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio_postgres::GenericClient;
+use tokio_postgres::Transaction;
+use tokio_postgres::error::SqlState;
 
 use super::CapError;
 use super::db::{pg_message, quote_ident};
@@ -20,37 +21,47 @@ pub const MANIFEST: &str = "manifest.json";
 pub struct TableFingerprint {
     /// Rows.
     pub rows: i64,
-    /// A content checksum that does not depend on row order. PostgreSQL: `md5sum:HI:LO`, the
-    /// sums of the two 64-bit halves of every row text's md5 ([`RowChecksum::Md5Sum`]; backups
-    /// taken before it have a plain md5, [`RowChecksum::SortedMd5`]). MySQL: `crc32sum:N`.
+    /// A content checksum that does not depend on row order; its prefix names the method
+    /// ([`RowChecksum::of`]). PostgreSQL: `hashsum:N` ([`RowChecksum::HashSum`]), or
+    /// `md5sum:HI:LO` for a table PostgreSQL cannot hash ([`RowChecksum::Md5Sum`]); backups taken
+    /// before both have a plain md5 ([`RowChecksum::SortedMd5`]). MySQL: `crc32sum:N`.
     pub checksum: String,
 }
 
-/// How a PostgreSQL table's rows are checksummed.
+/// How a PostgreSQL table's rows are checksummed. Every method is one streaming pass whose
+/// result does not depend on the order rows are stored in, so a restored copy compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowChecksum {
-    /// Sums of both 64-bit halves of each row's md5: one streaming pass, no sort, no
-    /// intermediate text, so it works for tables of any size. Written by this version.
+    /// The sum of every row's 64-bit hash: `hash_record_extended` (the hash functions of the
+    /// columns' own types, which PostgreSQL keeps stable across versions for hash partitioning),
+    /// mixed once more with `hashint8extended` so that a value moved to another row changes the
+    /// sum. Written by this version for every table whose column types all have a hash
+    /// function; about ten times cheaper than [`RowChecksum::Md5Sum`]. Equal values under the
+    /// type's equality hash alike (`1.0` and `1.00` as `numeric`).
+    HashSum,
+    /// Sums of both 64-bit halves of each row text's md5. Written for tables with a column type
+    /// that has no hash function (`json`, `xml`, `point`, …), and by the previous version.
     Md5Sum,
     /// md5 over the sorted md5s of every row (manifests written before `Md5Sum`): a sort and
     /// one text of 32 bytes per row, which fails beyond PostgreSQL's 1 GB text limit.
     SortedMd5,
 }
 
+/// Prefix of [`RowChecksum::HashSum`] checksums.
+const HASHSUM_PREFIX: &str = "hashsum:";
 /// Prefix of [`RowChecksum::Md5Sum`] checksums.
 const MD5SUM_PREFIX: &str = "md5sum:";
 
 impl RowChecksum {
-    /// The method a PostgreSQL manifest's fingerprints were taken with, so a restored copy is
-    /// fingerprinted the same way (an empty manifest: this version's method).
-    pub fn of(tables: &BTreeMap<String, TableFingerprint>) -> RowChecksum {
-        if tables
-            .values()
-            .any(|t| !t.checksum.starts_with(MD5SUM_PREFIX))
-        {
-            RowChecksum::SortedMd5
-        } else {
+    /// The method a recorded PostgreSQL checksum was taken with, read from its prefix, so a
+    /// restored copy of the table is checksummed the same way.
+    pub fn of(checksum: &str) -> RowChecksum {
+        if checksum.starts_with(HASHSUM_PREFIX) {
+            RowChecksum::HashSum
+        } else if checksum.starts_with(MD5SUM_PREFIX) {
             RowChecksum::Md5Sum
+        } else {
+            RowChecksum::SortedMd5
         }
     }
 
@@ -58,6 +69,11 @@ impl RowChecksum {
     fn query(self, schema: &str, table: &str) -> String {
         let from = format!("{}.{} t", quote_ident(schema), quote_ident(table));
         match self {
+            RowChecksum::HashSum => format!(
+                "SELECT count(*)::bigint, '{HASHSUM_PREFIX}' \
+                 || coalesce(sum(hashint8extended(hash_record_extended(t, 0), 0)), 0)::text \
+                 FROM {from}"
+            ),
             RowChecksum::Md5Sum => format!(
                 "SELECT count(*)::bigint, '{MD5SUM_PREFIX}' \
                  || coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)::text || ':' \
@@ -143,13 +159,16 @@ impl Manifest {
     }
 }
 
-/// Row counts and checksums of every user table, read through `client` (inside whatever
-/// transaction or snapshot it is in), with checksum method `method`.
+/// Row counts and checksums of every user table, read inside transaction `tx` (so all of them
+/// describe one snapshot). A table named in `like` (a manifest's tables) is checksummed with the
+/// method its recorded checksum was taken with; any other table with [`RowChecksum::HashSum`],
+/// or [`RowChecksum::Md5Sum`] where PostgreSQL has no hash function for one of its column types
+/// (or, before version 14, no `hash_record_extended`).
 pub async fn fingerprints(
-    client: &impl GenericClient,
-    method: RowChecksum,
+    tx: &mut Transaction<'_>,
+    like: &BTreeMap<String, TableFingerprint>,
 ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
-    let tables = client
+    let tables = tx
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -161,17 +180,41 @@ pub async fn fingerprints(
     let mut out = BTreeMap::new();
     for t in tables {
         let (schema, table): (String, String) = (t.get(0), t.get(1));
-        let row = client
-            .query_one(&method.query(&schema, &table), &[])
-            .await
-            .map_err(|e| {
-                CapError::Failed(format!(
-                    "cannot checksum {schema}.{table}: {}",
-                    pg_message(&e)
-                ))
-            })?;
+        let name = format!("{schema}.{table}");
+        let cannot = |e: tokio_postgres::Error| {
+            CapError::Failed(format!("cannot checksum {name}: {}", pg_message(&e)))
+        };
+        let row = match like.get(&name) {
+            Some(recorded) => {
+                let method = RowChecksum::of(&recorded.checksum);
+                tx.query_one(&method.query(&schema, &table), &[])
+                    .await
+                    .map_err(cannot)?
+            }
+            None => {
+                // A type without a hash function fails on the first row; the savepoint keeps
+                // the snapshot's transaction usable for the fallback.
+                let attempt = tx.savepoint("upshift_checksum").await.map_err(cannot)?;
+                match attempt
+                    .query_one(&RowChecksum::HashSum.query(&schema, &table), &[])
+                    .await
+                {
+                    Ok(row) => {
+                        attempt.commit().await.map_err(cannot)?;
+                        row
+                    }
+                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+                        attempt.rollback().await.map_err(cannot)?;
+                        tx.query_one(&RowChecksum::Md5Sum.query(&schema, &table), &[])
+                            .await
+                            .map_err(cannot)?
+                    }
+                    Err(e) => return Err(cannot(e)),
+                }
+            }
+        };
         out.insert(
-            format!("{schema}.{table}"),
+            name,
             TableFingerprint {
                 rows: row.get(0),
                 checksum: row.get(1),
