@@ -107,9 +107,44 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// CPU time the whole machine (every process, the kernel included) has spent busy since boot,
+/// in seconds: the `cpu` line of /proc/stat without idle, iowait and steal. The difference over
+/// a run is the work that run cost, whoever did it (a database server's backends included).
+pub fn cpu_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    busy_ticks(stat.lines().next()?).map(|ticks| ticks as f64 / clock_ticks_per_second())
+}
+
+/// Busy ticks of a /proc/stat `cpu` line: user, nice, system, irq, softirq.
+fn busy_ticks(line: &str) -> Option<u64> {
+    let fields: Vec<u64> = line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal …
+    Some([0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    first_line("getconf", &["CLK_TCK"])
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_ticks_leave_out_idle_iowait_and_steal() {
+        assert_eq!(
+            busy_ticks("cpu  100 5 20 9000 70 3 2 40 0 0"),
+            Some(100 + 5 + 20 + 3 + 2)
+        );
+        assert_eq!(busy_ticks("cpu0 1 2 3 4"), None, "only the all-CPU line");
+        assert_eq!(busy_ticks("cpu  1 x 3"), None);
+    }
 
     #[test]
     fn reads_status_fields() {

@@ -6,9 +6,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use upshift::caps::db::{BackupSource, PgBackend, dump_jobs};
+use upshift::caps::db::{BackupSource, DUMP_COMPRESSION, PgBackend, dump_jobs};
 
 use crate::Config;
+use crate::machine::cpu_busy_seconds;
 use crate::report::{Metric, Target, Unit};
 use crate::snapshot::{run_ok, sync};
 use crate::stats::Samples;
@@ -83,6 +84,13 @@ fn generate(pg: &Pg, tables: usize, rows: u64) -> Result<()> {
     Ok(())
 }
 
+/// Record the machine's busy CPU-seconds since `before` (nothing where /proc/stat is unreadable).
+fn push_cpu(samples: &mut Samples, before: Option<f64>) {
+    if let (Some(before), Some(now)) = (before, cpu_busy_seconds()) {
+        samples.push(now - before);
+    }
+}
+
 fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
     let t = Instant::now();
     let v = f()?;
@@ -132,8 +140,8 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
         &format!(
             "`PgBackend::dump_to` (what `upshift backup` runs): a repeatable-read snapshot, \
              the row count and checksum of every table in it while `pg_dump \
-             --format=directory --jobs={}` reads the same snapshot, sha256 of every file, the \
-             manifest",
+             --format=directory --jobs={} --compress={DUMP_COMPRESSION}` reads the same \
+             snapshot, sha256 of every file, the manifest",
             dump_jobs()
         ),
         Unit::Seconds,
@@ -154,6 +162,12 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
     // The two halves of ours, each alone, to show which one bounds it.
     let mut checksums_alone = Samples::new();
     let mut dump_alone = Samples::new();
+    let mut restore_alone = Samples::new();
+    // Busy CPU-seconds of the whole machine during each restore: the work it cost.
+    let mut ours_restore_cpu = Samples::new();
+    let mut single_restore_cpu = Samples::new();
+    // `pg_dump -Fc` at our compression level: how much of the gain is the level.
+    let mut pg_dump_same_level = Samples::new();
     let mut sizes = (0u64, 0u64);
     for run in 0..runs {
         let ours_dir = dumps.join(format!("ours-{run}"));
@@ -180,7 +194,7 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
 
         let t = Instant::now();
         backend
-            .fingerprint_database(DB, upshift::caps::pg_backup::RowChecksum::Md5Sum)
+            .fingerprint_database(DB, &std::collections::BTreeMap::new())
             .await?;
         checksums_alone.push(t.elapsed().as_secs_f64());
         let plain = dumps.join(format!("plain-{run}"));
@@ -189,6 +203,7 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
                 Command::new(pg.bindir.join("pg_dump"))
                     .args(["-Fd", "--no-password"])
                     .arg(format!("--jobs={}", dump_jobs()))
+                    .arg(format!("--compress={DUMP_COMPRESSION}"))
                     .arg("-f")
                     .arg(&plain)
                     .arg("--dbname")
@@ -196,10 +211,41 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
             )
         })?;
         dump_alone.push(secs);
+        sync()?;
+        let target = format!("restored_plain_{run}");
+        pg.psql("postgres", &format!("CREATE DATABASE {target}"))?;
+        let (secs, _) = time(|| {
+            run_ok(
+                Command::new(pg.bindir.join("pg_restore"))
+                    .args(["--no-owner", "--exit-on-error", "--no-password"])
+                    .arg(format!("--jobs={}", dump_jobs()))
+                    .arg("--dbname")
+                    .arg(pg.cluster.url(&target))
+                    .arg(&plain),
+            )
+        })?;
+        restore_alone.push(secs);
+        pg.psql("postgres", &format!("DROP DATABASE {target}"))?;
         let _ = std::fs::remove_dir_all(&plain);
+        sync()?;
+        let same_level = dumps.join(format!("same-level-{run}.dump"));
+        let (secs, _) = time(|| {
+            run_ok(
+                Command::new(pg.bindir.join("pg_dump"))
+                    .args(["-Fc", "--no-password"])
+                    .arg(format!("--compress={DUMP_COMPRESSION}"))
+                    .arg("-f")
+                    .arg(&same_level)
+                    .arg("--dbname")
+                    .arg(&url),
+            )
+        })?;
+        pg_dump_same_level.push(secs);
+        let _ = std::fs::remove_file(&same_level);
         sync()?;
 
         let target = format!("restored_ours_{run}");
+        let cpu = cpu_busy_seconds();
         let t = Instant::now();
         backend
             .materialize(
@@ -211,11 +257,13 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
             )
             .await?;
         restore.ours.push(t.elapsed().as_secs_f64());
+        push_cpu(&mut ours_restore_cpu, cpu);
         pg.psql("postgres", &format!("DROP DATABASE {target}"))?;
         sync()?;
 
         let target = format!("restored_theirs_{run}");
         pg.psql("postgres", &format!("CREATE DATABASE {target}"))?;
+        let cpu = cpu_busy_seconds();
         let (secs, _) = time(|| {
             run_ok(
                 Command::new(pg.bindir.join("pg_restore"))
@@ -225,6 +273,7 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
             )
         })?;
         pg_restore.push(secs);
+        push_cpu(&mut single_restore_cpu, cpu);
         pg.psql("postgres", &format!("DROP DATABASE {target}"))?;
         let _ = std::fs::remove_dir_all(&ours_dir);
         let _ = std::fs::remove_file(&theirs);
@@ -234,6 +283,7 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
         "`pg_dump -Fc` alone (one job, default compression)".into(),
         pg_dump,
     ));
+    let single_job_median = pg_restore.median();
     restore.comparison = Some((
         "single-job `pg_restore --no-owner` of the `-Fc` archive into an existing empty \
          database"
@@ -255,16 +305,41 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
     ));
     backup.notes.push(format!(
         "its two halves, each alone (untimed for the figure): the checksum pass over every \
-         table {} and `pg_dump -Fd --jobs={}` {} (min / median / max); ours runs them at the \
-         same time, so with a free core per side it takes about the longer of the two, and \
-         when the cores are all busy about their sum over the cores",
+         table {} and `pg_dump -Fd --jobs={} --compress={DUMP_COMPRESSION}` {} (min / median / \
+         max); ours runs them at the same time, so with a free core per side it takes about the \
+         longer of the two, and when the cores are all busy about their sum over the cores",
         crate::report::triple(Unit::Seconds, &checksums_alone),
         dump_jobs(),
         crate::report::triple(Unit::Seconds, &dump_alone),
     ));
+    backup.notes.push(format!(
+        "the comparison at our gzip level, `pg_dump -Fc --compress={DUMP_COMPRESSION}` alone: \
+         {} (untimed for the figure): the rest of the gain is the parallel jobs",
+        crate::report::triple(Unit::Seconds, &pg_dump_same_level),
+    ));
+    restore.notes.push(format!(
+        "`pg_restore --jobs={}` alone of a plain `pg_dump -Fd` directory into an existing empty \
+         database: {} (untimed for the figure); ours adds the manifest and sha256 checks and \
+         `CREATE DATABASE`",
+        dump_jobs(),
+        crate::report::triple(Unit::Seconds, &restore_alone),
+    ));
     restore.notes.push(
         "each restored database is dropped and `sync` runs (untimed) before the next run".into(),
     );
+    if single_restore_cpu.len() > 0 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let floor = single_restore_cpu.median() / cores;
+        restore.notes.push(format!(
+            "the physical limit: the machine's busy CPU time (/proc/stat, summed over cores, its \
+             server backends included) was {} during the single-job restore and {} during ours \
+             (min / median / max). Doing that work on {cores} cores takes at least {floor:.2} s, {:.2}× of the \
+             single job's median, however it is split",
+            crate::report::triple(Unit::Seconds, &single_restore_cpu),
+            crate::report::triple(Unit::Seconds, &ours_restore_cpu),
+            floor / single_job_median,
+        ));
+    }
     Ok(vec![backup, restore])
 }
 
