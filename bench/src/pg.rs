@@ -307,7 +307,7 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
         "its two halves, each alone (untimed for the figure): the checksum pass over every \
          table {} and `pg_dump -Fd --jobs={} --compress={DUMP_COMPRESSION}` {} (min / median / \
          max); ours runs them at the same time, so with a free core per side it takes about the \
-         longer of the two, and when the cores are all busy about their sum over the cores",
+         longer of the two, and when the cores are all busy about the sum of the two",
         crate::report::triple(Unit::Seconds, &checksums_alone),
         dump_jobs(),
         crate::report::triple(Unit::Seconds, &dump_alone),
