@@ -333,8 +333,8 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
         restore.notes.push(format!(
             "the physical limit: the machine's busy CPU time (/proc/stat, summed over cores, its \
              server backends included) was {} during the single-job restore and {} during ours \
-             (min / median / max). Doing that work on {cores} cores takes at least {floor:.2} s, {:.2}× of the \
-             single job's median, however it is split",
+             (min / median / max). Doing that work on {cores} cores takes at least \
+             {floor:.2} s, {:.2}× of the single job's median, however it is split",
             crate::report::triple(Unit::Seconds, &single_restore_cpu),
             crate::report::triple(Unit::Seconds, &ours_restore_cpu),
             floor / single_job_median,

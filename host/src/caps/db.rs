@@ -306,7 +306,8 @@ impl PgBackend {
     /// Dump the bound database into directory `dir` with `pg_dump --format=directory --jobs N
     /// --compress 1` ([`DUMP_COMPRESSION`]; the `pg_dump` matching the server's major version),
     /// under a snapshot exported from a repeatable-read transaction that also fingerprints every
-    /// table, so the manifest describes exactly the data in the dump. The directory only gets its final name when complete.
+    /// table, so the manifest describes exactly the data in the dump. The directory only gets
+    /// its final name when complete.
     pub async fn dump_to(
         &self,
         dir: &Path,

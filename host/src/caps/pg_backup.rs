@@ -28,8 +28,8 @@ pub struct TableFingerprint {
     pub checksum: String,
 }
 
-/// How a PostgreSQL table's rows are checksummed. Every method is one streaming pass whose
-/// result does not depend on the order rows are stored in, so a restored copy compares.
+/// How a PostgreSQL table's rows are checksummed. No method's result depends on the order the
+/// rows are stored in, so a restored copy compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowChecksum {
     /// The sum of every row's 64-bit hash: `hash_record_extended` (the hash functions of the
