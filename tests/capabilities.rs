@@ -409,6 +409,24 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
     );
 }
 
+/// A manifest's tables: `(name, rows, checksum)` each.
+fn manifest_tables(
+    tables: &[(&str, i64, &str)],
+) -> std::collections::BTreeMap<String, upshift::caps::pg_backup::TableFingerprint> {
+    tables
+        .iter()
+        .map(|&(name, rows, checksum)| {
+            (
+                name.to_string(),
+                upshift::caps::pg_backup::TableFingerprint {
+                    rows,
+                    checksum: checksum.to_string(),
+                },
+            )
+        })
+        .collect()
+}
+
 /// A table's checksum does not depend on the order its rows are stored in, changes when one
 /// value changes or moves to another row, falls back to md5 where a column type has no hash
 /// function, and an older manifest's checksums are met with the method that wrote them.
@@ -472,14 +490,7 @@ async fn table_checksums_ignore_row_order_and_read_old_manifests() {
         .await
         .expect("md5sum checksum")
         .get(0);
-    let md5sum_manifest: std::collections::BTreeMap<_, _> = [(
-        "public.a".to_string(),
-        upshift::caps::pg_backup::TableFingerprint {
-            rows: 5000,
-            checksum: md5sum.clone(),
-        },
-    )]
-    .into();
+    let md5sum_manifest = manifest_tables(&[("public.a", 5000, &md5sum)]);
     let like_md5sum = db
         .fingerprint_like(&name, &md5sum_manifest)
         .await
@@ -499,23 +510,7 @@ async fn table_checksums_ignore_row_order_and_read_old_manifests() {
         .await
         .expect("legacy checksum")
         .get(0);
-    let old_manifest: std::collections::BTreeMap<_, _> = [
-        (
-            "public.a".to_string(),
-            upshift::caps::pg_backup::TableFingerprint {
-                rows: 5000,
-                checksum: legacy.clone(),
-            },
-        ),
-        (
-            "public.empty".to_string(),
-            upshift::caps::pg_backup::TableFingerprint {
-                rows: 0,
-                checksum: String::new(),
-            },
-        ),
-    ]
-    .into();
+    let old_manifest = manifest_tables(&[("public.a", 5000, &legacy), ("public.empty", 0, "")]);
     let like_old = db
         .fingerprint_like(&name, &old_manifest)
         .await
