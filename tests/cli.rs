@@ -332,7 +332,7 @@ fn the_demo_upgrades_a_mixed_fleet_rolls_one_back_and_leaves_nothing_running() {
 /// Run cargo on a scaffolded crate, with a target directory kept under the workspace's so
 /// reruns are incremental.
 fn cargo_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/scaffold");
     std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(dir)
         .args(args)
@@ -393,7 +393,7 @@ fn adapter_new_scaffolds_a_crate_that_builds_and_passes_its_own_tests() {
     assert!(build.status.success(), "{}", stderr(&build));
 
     let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/scaffold/wasm32-wasip2/release/acme_adapter.wasm")
+        .join("../../target/scaffold/wasm32-wasip2/release/acme_adapter.wasm")
         .display()
         .to_string();
     let inspect = common::json(&env.upshift(&["adapter", "inspect", &wasm, "--json"]));

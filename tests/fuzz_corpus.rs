@@ -13,7 +13,7 @@ fn run_corpus(target: &str) {
         .find(|(name, _)| *name == target)
         .unwrap_or_else(|| panic!("no check for target {target}"));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
+        .join("../../fuzz/corpus")
         .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
@@ -34,7 +34,7 @@ fn run_corpus(target: &str) {
 
 #[test]
 fn every_target_has_a_check_and_a_corpus() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     for (name, _) in checks::TARGETS {
         assert!(corpus.join(name).is_dir(), "fuzz/corpus/{name} is missing");
     }

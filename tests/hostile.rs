@@ -137,9 +137,11 @@ const CASES: &[Case] = &[
 fn components() -> &'static Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT.get_or_init(|| {
+        // host/cli → the repository root.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new(".."))
+            .ancestors()
+            .nth(2)
+            .unwrap_or(Path::new("../.."))
             .to_path_buf();
         let target = root.join("target").join("hostile");
         let out = target.join("components");

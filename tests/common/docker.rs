@@ -30,7 +30,7 @@ pub fn available() -> bool {
 }
 
 fn build_service() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
     let out = run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -178,7 +178,7 @@ pub fn run_kwdb_like(name: &str, port: u16, store: &std::path::Path, version: &s
 fn sim_binaries() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
         let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
         let out = run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)

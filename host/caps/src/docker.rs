@@ -1,0 +1,645 @@
+//! The `docker` service backend, through the Docker Engine API (bollard).
+//!
+//! Switching versions **recreates the container with the new image and everything else kept**:
+//! the new container is created beside the old one, the old one is renamed and kept (stopped)
+//! until the run is verified, and switching back renames it into place again, exactly as it was.
+//! Settings the old *image* supplied (its default env, cmd, entrypoint, working dir, labels,
+//! healthcheck…) are not copied as if they were the operator's, so the new image's defaults take
+//! effect; everything the operator set — and the whole host config (mounts, ports, ulimits, ipc,
+//! privileges, capabilities, network, restart policy, log config) — is carried over unchanged.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthStatusEnum, ImageConfig,
+    NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tokio::sync::OnceCell;
+
+use super::CapError;
+use upshift_model::binding::{DockerSpec, image_repository as repository};
+
+/// A container service.
+pub struct DockerBackend {
+    spec: DockerSpec,
+    client: OnceCell<Docker>,
+}
+
+fn failed(context: &str, e: impl std::fmt::Display) -> CapError {
+    CapError::Failed(format!("{context}: {e}"))
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Whether a version can be put into an image tag.
+fn valid_tag(version: &str) -> bool {
+    !version.is_empty()
+        && version.len() <= 128
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// Keep the items of `container` that the image did not supply.
+fn user_part(container: Option<Vec<String>>, image: Option<&Vec<String>>) -> Option<Vec<String>> {
+    let image = image.cloned().unwrap_or_default();
+    container.map(|items| items.into_iter().filter(|i| !image.contains(i)).collect())
+}
+
+/// `Some(value)` when it differs from the image's default, so the new image's default applies
+/// otherwise.
+fn unless_default<T: PartialEq>(container: Option<T>, image: Option<T>) -> Option<T> {
+    match (container, image) {
+        (Some(c), Some(i)) if c == i => None,
+        (c, _) => c,
+    }
+}
+
+/// The create body for `image` that keeps everything the operator set on `old`.
+pub fn recreate_body(
+    old: &ContainerInspectResponse,
+    old_image: &ImageConfig,
+    image: &str,
+) -> ContainerCreateBody {
+    let config = old.config.clone().unwrap_or_default();
+    let short_id: String = old
+        .id
+        .clone()
+        .unwrap_or_default()
+        .chars()
+        .take(12)
+        .collect();
+    let labels = config.labels.map(|labels| {
+        let defaults = old_image.labels.clone().unwrap_or_default();
+        labels
+            .into_iter()
+            .filter(|(k, v)| defaults.get(k) != Some(v))
+            .collect::<HashMap<_, _>>()
+    });
+    let host_config = old.host_config.clone();
+    let network_mode = host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let networking_config = if matches!(network_mode.as_str(), "host" | "none")
+        || network_mode.starts_with("container:")
+    {
+        None
+    } else {
+        old.network_settings
+            .as_ref()
+            .and_then(|n| n.networks.clone())
+            .map(|networks| NetworkingConfig {
+                endpoints_config: Some(
+                    networks
+                        .into_iter()
+                        .map(|(name, e)| {
+                            let aliases = e.aliases.map(|a| {
+                                a.into_iter().filter(|x| *x != short_id).collect::<Vec<_>>()
+                            });
+                            (
+                                name,
+                                EndpointSettings {
+                                    aliases,
+                                    links: e.links,
+                                    ipam_config: e.ipam_config,
+                                    driver_opts: e.driver_opts,
+                                    ..Default::default()
+                                },
+                            )
+                        })
+                        .collect(),
+                ),
+            })
+    };
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        hostname: config.hostname.filter(|h| *h != short_id),
+        domainname: config.domainname,
+        user: unless_default(config.user, old_image.user.clone()),
+        attach_stdin: config.attach_stdin,
+        attach_stdout: config.attach_stdout,
+        attach_stderr: config.attach_stderr,
+        exposed_ports: user_part(config.exposed_ports, old_image.exposed_ports.as_ref()),
+        tty: config.tty,
+        open_stdin: config.open_stdin,
+        stdin_once: config.stdin_once,
+        env: user_part(config.env, old_image.env.as_ref()),
+        cmd: unless_default(config.cmd, old_image.cmd.clone()),
+        healthcheck: unless_default(config.healthcheck, old_image.healthcheck.clone()),
+        volumes: user_part(config.volumes, old_image.volumes.as_ref()),
+        working_dir: unless_default(config.working_dir, old_image.working_dir.clone()),
+        entrypoint: unless_default(config.entrypoint, old_image.entrypoint.clone()),
+        labels,
+        stop_signal: unless_default(config.stop_signal, old_image.stop_signal.clone()),
+        stop_timeout: config.stop_timeout,
+        host_config,
+        networking_config,
+        ..Default::default()
+    }
+}
+
+impl DockerBackend {
+    /// A backend for the container named in `spec` (connects on first use).
+    pub fn new(spec: DockerSpec) -> DockerBackend {
+        DockerBackend {
+            spec,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn docker(&self) -> Result<&Docker, CapError> {
+        self.client
+            .get_or_try_init(|| async {
+                let docker = Docker::connect_with_local_defaults()
+                    .map_err(|e| failed("cannot reach the Docker engine (is it running, and may this user use /var/run/docker.sock?)", e))?;
+                docker
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| failed("cannot reach the Docker engine (is it running, and may this user use /var/run/docker.sock?)", e))
+            })
+            .await
+    }
+
+    fn kept_name(&self) -> String {
+        format!("{}-upshift-previous", self.spec.container)
+    }
+
+    fn next_name(&self) -> String {
+        format!("{}-upshift-next", self.spec.container)
+    }
+
+    async fn inspect_named(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, CapError> {
+        match self.docker().await?.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(failed(&format!("cannot inspect container `{name}`"), e)),
+        }
+    }
+
+    async fn container(&self) -> Result<ContainerInspectResponse, CapError> {
+        self.inspect_named(&self.spec.container).await?.ok_or_else(|| {
+            CapError::Failed(format!(
+                "no container named `{}` on this Docker engine; check [instance.service] container = …",
+                self.spec.container
+            ))
+        })
+    }
+
+    /// The image the container was created from, as written (`repo:tag`).
+    fn image_of(c: &ContainerInspectResponse) -> String {
+        c.config
+            .as_ref()
+            .and_then(|cfg| cfg.image.clone())
+            .unwrap_or_default()
+    }
+
+    /// The version part of an image reference made from the template.
+    pub fn version_of(&self, image: &str) -> String {
+        let (prefix, suffix) = self
+            .spec
+            .image
+            .split_once("{version}")
+            .unwrap_or((&self.spec.image, ""));
+        image
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .unwrap_or(image)
+            .to_string()
+    }
+
+    /// The image reference for `version`, refused unless its repository is granted.
+    pub fn image_for(&self, version: &str) -> Result<String, CapError> {
+        if !valid_tag(version) {
+            return Err(CapError::Denied(format!(
+                "`{version}` cannot be an image tag (letters, digits, `.`, `-`, `_`)"
+            )));
+        }
+        let image = self.spec.image.replace("{version}", version);
+        let repo = repository(&image);
+        if !self.spec.images.iter().any(|allowed| allowed == repo) {
+            return Err(CapError::Denied(format!(
+                "image repository `{repo}` is not granted for this service (granted: {})",
+                self.spec.images.join(", ")
+            )));
+        }
+        Ok(image)
+    }
+
+    /// Running?, version, and the image id (digest).
+    pub async fn inspect(&self) -> Result<(bool, String, String), CapError> {
+        let c = self.container().await?;
+        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        let image = Self::image_of(&c);
+        let detail = format!(
+            "container {} image {} ({})",
+            self.spec.container,
+            image,
+            c.image.clone().unwrap_or_default()
+        );
+        Ok((running, self.version_of(&image), detail))
+    }
+
+    /// Stop the container.
+    pub async fn stop(&self) -> Result<String, CapError> {
+        let c = self.container().await?;
+        let state = c.state.unwrap_or_default();
+        if !state.running.unwrap_or(false) && !state.restarting.unwrap_or(false) {
+            return Ok("not running".into());
+        }
+        let timeout = i32::try_from(self.spec.stop_timeout_secs).unwrap_or(30);
+        self.docker()
+            .await?
+            .stop_container(
+                &self.spec.container,
+                Some(StopContainerOptionsBuilder::default().t(timeout).build()),
+            )
+            .await
+            .map_err(|e| failed(&format!("cannot stop `{}`", self.spec.container), e))?;
+        Ok(format!("stopped container {}", self.spec.container))
+    }
+
+    async fn logs_tail(&self, name: &str) -> String {
+        let Ok(docker) = self.docker().await else {
+            return String::new();
+        };
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("20")
+            .build();
+        let mut out = String::new();
+        let mut stream = docker.logs(name, Some(options));
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&chunk.to_string());
+            if out.len() > 8192 {
+                break;
+            }
+        }
+        out.trim_end().to_string()
+    }
+
+    /// Start the container; fail with its last output if it exits at once.
+    pub async fn start(&self) -> Result<String, CapError> {
+        let docker = self.docker().await?;
+        let restarts_before = self.container().await?.restart_count.unwrap_or(0);
+        docker
+            .start_container(&self.spec.container, None)
+            .await
+            .map_err(|e| failed(&format!("cannot start `{}`", self.spec.container), e))?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let c = self.container().await?;
+        let state = c.state.clone().unwrap_or_default();
+        // With a restart policy a crashing container comes back at once: a restart counts as
+        // failing to start.
+        let restarted =
+            c.restart_count.unwrap_or(0) > restarts_before || state.restarting.unwrap_or(false);
+        if !state.running.unwrap_or(false) || restarted {
+            if restarted {
+                let _ = self.stop().await;
+            }
+            return Err(CapError::Failed(format!(
+                "container `{}` ({}) exited at once (exit code {}); last output:\n{}",
+                self.spec.container,
+                Self::image_of(&c),
+                state.exit_code.unwrap_or(-1),
+                self.logs_tail(&self.spec.container).await
+            )));
+        }
+        Ok(format!(
+            "started container {} ({})",
+            self.spec.container,
+            Self::image_of(&c)
+        ))
+    }
+
+    /// Switch to `version` (the container must be stopped): back to the kept container when it
+    /// has that version, else recreate beside with the new image and keep the old one.
+    pub async fn switch_version(&self, version: &str) -> Result<String, CapError> {
+        let image = self.image_for(version)?;
+        let docker = self.docker().await?;
+        let current = self.container().await?;
+        if current
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false)
+        {
+            return Err(CapError::Failed(format!(
+                "container `{}` is running; stop it before switching versions",
+                self.spec.container
+            )));
+        }
+        let current_image = Self::image_of(&current);
+        if current_image == image {
+            return Ok(format!("already at {image}"));
+        }
+        let rename = |from: String, to: String| async move {
+            docker
+                .rename_container(
+                    &from,
+                    RenameContainerOptionsBuilder::default().name(&to).build(),
+                )
+                .await
+                .map_err(|e| failed(&format!("cannot rename `{from}` to `{to}`"), e))
+        };
+        let remove = |name: String| async move {
+            docker
+                .remove_container(
+                    &name,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
+                .await
+                .map_err(|e| failed(&format!("cannot remove `{name}`"), e))
+        };
+        // Switching back: the kept container is exactly the old one.
+        if let Some(kept) = self.inspect_named(&self.kept_name()).await?
+            && Self::image_of(&kept) == image
+        {
+            remove(self.spec.container.clone()).await?;
+            rename(self.kept_name(), self.spec.container.clone()).await?;
+            return Ok(format!("put back the kept container ({image})"));
+        }
+        let old_image = docker
+            .inspect_image(current.image.as_deref().unwrap_or(&current_image))
+            .await
+            .map_err(|e| {
+                failed(
+                    &format!("cannot inspect the current image {current_image}"),
+                    e,
+                )
+            })?
+            .config
+            .unwrap_or_default();
+        if let Err(e) = docker.inspect_image(&image).await {
+            return Err(if is_not_found(&e) {
+                CapError::Failed(format!(
+                    "image {image} is not on this Docker engine; load it first (`docker load < image.tar`)"
+                ))
+            } else {
+                failed(&format!("cannot inspect image {image}"), e)
+            });
+        }
+        let body = recreate_body(&current, &old_image, &image);
+        if self.inspect_named(&self.next_name()).await?.is_some() {
+            remove(self.next_name()).await?;
+        }
+        docker
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::default()
+                        .name(&self.next_name())
+                        .build(),
+                ),
+                body,
+            )
+            .await
+            .map_err(|e| failed(&format!("cannot create the new container for {image}"), e))?;
+        if self.inspect_named(&self.kept_name()).await?.is_some() {
+            remove(self.kept_name()).await?;
+        }
+        rename(self.spec.container.clone(), self.kept_name()).await?;
+        if let Err(e) = rename(self.next_name(), self.spec.container.clone()).await {
+            let _ = rename(self.kept_name(), self.spec.container.clone()).await;
+            return Err(e);
+        }
+        Ok(format!(
+            "recreated `{}` with {image}; the previous container ({current_image}) is kept as `{}`",
+            self.spec.container,
+            self.kept_name()
+        ))
+    }
+
+    /// Healthy = running and, by priority: the container's healthcheck says healthy, or the
+    /// health URL answers 2xx, or (neither set) running.
+    pub async fn healthy(&self) -> Result<bool, CapError> {
+        let c = self.container().await?;
+        let state = c.state.unwrap_or_default();
+        if !state.running.unwrap_or(false) {
+            return Ok(false);
+        }
+        if let Some(status) = state.health.and_then(|h| h.status)
+            && !matches!(status, HealthStatusEnum::NONE | HealthStatusEnum::EMPTY)
+        {
+            return Ok(status == HealthStatusEnum::HEALTHY);
+        }
+        let Some(url) = &self.spec.health_url else {
+            return Ok(true);
+        };
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| failed("cannot build an HTTP client", e))?;
+        Ok(matches!(client.get(url).send().await, Ok(r) if r.status().is_success()))
+    }
+
+    /// Whether the container has restarted since it was created (a crash loop under a restart
+    /// policy).
+    pub async fn restarted_since_create(&self) -> Result<bool, CapError> {
+        let c = self.container().await?;
+        Ok(c.restart_count.unwrap_or(0) > 0 || c.state.and_then(|s| s.restarting).unwrap_or(false))
+    }
+
+    /// Whether the image for `version` is on the engine.
+    pub async fn image_present(&self, version: &str) -> Result<bool, CapError> {
+        let image = self.image_for(version)?;
+        match self.docker().await?.inspect_image(&image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(failed(&format!("cannot inspect image {image}"), e)),
+        }
+    }
+
+    /// `docker load` a tar file (opened by the caller through the files capability), streamed.
+    /// Every image it contains must be in a granted repository; anything else loaded is removed
+    /// again and the call is denied.
+    pub async fn load_image(&self, file: std::fs::File) -> Result<Vec<String>, CapError> {
+        let docker = self.docker().await?;
+        let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+        let mut progress = docker.import_image_stream(
+            bollard::query_parameters::ImportImageOptionsBuilder::default()
+                .quiet(true)
+                .build(),
+            stream,
+            None,
+        );
+        let mut loaded = Vec::new();
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(|e| failed("docker load failed", e))?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(CapError::Failed(format!("docker load failed: {err}")));
+            }
+            if let Some(line) = info.stream {
+                for l in line.lines() {
+                    if let Some(image) = l.trim().strip_prefix("Loaded image: ") {
+                        loaded.push(image.to_string());
+                    }
+                }
+            }
+        }
+        let ungranted: Vec<&String> = loaded
+            .iter()
+            .filter(|i| {
+                !self
+                    .spec
+                    .images
+                    .iter()
+                    .any(|allowed| allowed == repository(i))
+            })
+            .collect();
+        if !ungranted.is_empty() {
+            for image in &ungranted {
+                let _ = docker
+                    .remove_image(
+                        image,
+                        None::<bollard::query_parameters::RemoveImageOptions>,
+                        None,
+                    )
+                    .await;
+            }
+            return Err(CapError::Denied(format!(
+                "the tar holds images outside the granted repositories ({}); they were removed again (granted: {})",
+                ungranted
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.spec.images.join(", ")
+            )));
+        }
+        if loaded.is_empty() {
+            return Err(CapError::Failed("docker load reported no image".into()));
+        }
+        Ok(loaded)
+    }
+
+    /// After a verified run: remove the kept previous container.
+    pub async fn finalize(&self) -> Result<String, CapError> {
+        if self.inspect_named(&self.kept_name()).await?.is_none() {
+            return Ok(String::new());
+        }
+        self.docker()
+            .await?
+            .remove_container(
+                &self.kept_name(),
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await
+            .map_err(|e| failed(&format!("cannot remove `{}`", self.kept_name()), e))?;
+        Ok(format!("removed the kept container `{}`", self.kept_name()))
+    }
+
+    /// The last lines of the container's output.
+    pub async fn output_tail(&self) -> String {
+        self.logs_tail(&self.spec.container).await
+    }
+
+    /// Wait until healthy, failing early with its output if it stops.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<String, CapError> {
+        let started = Instant::now();
+        loop {
+            if self.healthy().await? {
+                return Ok(format!(
+                    "healthy after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            let (running, _, _) = self.inspect().await?;
+            if !running || started.elapsed() > timeout {
+                return Err(CapError::Failed(format!(
+                    "container `{}` {}; last output:\n{}",
+                    self.spec.container,
+                    if running {
+                        format!("not healthy after {} s", timeout.as_secs())
+                    } else {
+                        "stopped running while starting".into()
+                    },
+                    self.logs_tail(&self.spec.container).await
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_and_tags() {
+        assert_eq!(repository("kwdb/kwdb:3.0.0"), "kwdb/kwdb");
+        assert_eq!(
+            repository("registry:5000/kwdb/kwdb:3.0.0"),
+            "registry:5000/kwdb/kwdb"
+        );
+        assert_eq!(repository("kwdb/kwdb"), "kwdb/kwdb");
+        assert_eq!(repository("kwdb/kwdb:3@sha256:abc"), "kwdb/kwdb");
+        assert!(valid_tag("3.0.0-beta_1"));
+        assert!(!valid_tag("3.0/../x") && !valid_tag("") && !valid_tag("a:b"));
+        let b = DockerBackend::new(DockerSpec {
+            container: "kwdb".into(),
+            image: "kwdb/kwdb:{version}".into(),
+            images: vec!["kwdb/kwdb".into()],
+            health_url: None,
+            stop_timeout_secs: 10,
+        });
+        assert_eq!(b.image_for("3.0.0"), Ok("kwdb/kwdb:3.0.0".into()));
+        assert_eq!(b.version_of("kwdb/kwdb:2.2.0"), "2.2.0");
+        assert!(matches!(b.image_for("x@y"), Err(CapError::Denied(_))));
+    }
+
+    #[test]
+    fn image_defaults_are_not_carried_over() {
+        let old_image = ImageConfig {
+            env: Some(vec!["PATH=/bin".into(), "SVC_VERSION=1.0.0".into()]),
+            cmd: Some(vec!["serve".into()]),
+            working_dir: Some("/".into()),
+            ..Default::default()
+        };
+        let old = ContainerInspectResponse {
+            id: Some("0123456789abcdef".into()),
+            config: Some(bollard::models::ContainerConfig {
+                hostname: Some("0123456789ab".into()),
+                env: Some(vec![
+                    "PATH=/bin".into(),
+                    "SVC_VERSION=1.0.0".into(),
+                    "OPERATOR=set".into(),
+                ]),
+                cmd: Some(vec!["serve".into()]),
+                working_dir: Some("/kaiwudb/bin".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let body = recreate_body(&old, &old_image, "svc:2.0.0");
+        assert_eq!(body.image.as_deref(), Some("svc:2.0.0"));
+        assert_eq!(body.env, Some(vec!["OPERATOR=set".to_string()]));
+        assert_eq!(body.cmd, None, "the new image's default command applies");
+        assert_eq!(
+            body.working_dir.as_deref(),
+            Some("/kaiwudb/bin"),
+            "set by the operator"
+        );
+        assert_eq!(body.hostname, None, "the generated hostname is not pinned");
+    }
+}

@@ -1,0 +1,571 @@
+//! The db capability's MySQL / MariaDB backend (mysql_async), and its backups: a
+//! `mariadb-dump --single-transaction` (a plain dump hangs on DevLake's table lock), gzip-compressed
+//! and checksummed, with a manifest of every table's row count and checksum.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Params, Row, TxOpts};
+use tokio::sync::Mutex;
+
+use super::CapError;
+use super::db::Rows;
+use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
+use super::pg_backup::{DumpFacts, Manifest, TableFingerprint, seal, verify_files};
+use crate::bindings::Value;
+
+/// The dump file inside a MySQL backup directory.
+pub const DUMP_FILE: &str = "dump.sql.gz";
+
+/// One bound MySQL / MariaDB database.
+pub struct MySqlBackend {
+    opts: Opts,
+    database: String,
+    conn: Mutex<Option<Conn>>,
+}
+
+fn failed(context: &str, e: impl std::fmt::Display) -> CapError {
+    CapError::Failed(format!("{context}: {e}"))
+}
+
+/// Quote a MySQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+fn to_mysql(v: &Value) -> mysql_async::Value {
+    match v {
+        Value::Null => mysql_async::Value::NULL,
+        Value::Boolean(b) => mysql_async::Value::Int(i64::from(*b)),
+        Value::Int(i) => mysql_async::Value::Int(*i),
+        Value::Float(f) => mysql_async::Value::Double(*f),
+        Value::Text(s) => mysql_async::Value::Bytes(s.clone().into_bytes()),
+        Value::Bytes(b) => mysql_async::Value::Bytes(b.clone()),
+    }
+}
+
+fn from_mysql(v: mysql_async::Value) -> Value {
+    use mysql_async::Value as M;
+    match v {
+        M::NULL => Value::Null,
+        M::Bytes(b) => match String::from_utf8(b) {
+            Ok(s) => Value::Text(s),
+            Err(e) => Value::Bytes(e.into_bytes()),
+        },
+        M::Int(i) => Value::Int(i),
+        M::UInt(u) => i64::try_from(u)
+            .map(Value::Int)
+            .unwrap_or_else(|_| Value::Text(u.to_string())),
+        M::Float(f) => Value::Float(f.into()),
+        M::Double(f) => Value::Float(f),
+        M::Date(y, mo, d, h, mi, s, us) => Value::Text(format!(
+            "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}"
+        )),
+        M::Time(neg, d, h, mi, s, us) => Value::Text(format!(
+            "{}{}:{mi:02}:{s:02}.{us:06}",
+            if neg { "-" } else { "" },
+            u64::from(d) * 24 + u64::from(h)
+        )),
+    }
+}
+
+fn params(values: &[Value]) -> Params {
+    if values.is_empty() {
+        Params::Empty
+    } else {
+        Params::Positional(values.iter().map(to_mysql).collect())
+    }
+}
+
+fn convert(rows: Vec<Row>) -> Result<(Rows, u64), CapError> {
+    if rows.len() > MAX_ROWS {
+        return Err(CapError::Invalid(format!(
+            "the query returned {} rows, more than the limit of {MAX_ROWS}; add a LIMIT",
+            rows.len()
+        )));
+    }
+    let columns = rows
+        .first()
+        .map(|r| {
+            r.columns_ref()
+                .iter()
+                .map(|c| c.name_str().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut bytes = 0usize;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let values: Vec<Value> = row
+            .unwrap_raw()
+            .into_iter()
+            .map(|v| v.map(from_mysql).unwrap_or(Value::Null))
+            .collect();
+        bytes += values
+            .iter()
+            .map(|v| match v {
+                Value::Text(s) => s.len(),
+                Value::Bytes(b) => b.len(),
+                _ => 8,
+            })
+            .sum::<usize>();
+        if bytes > MAX_RESULT_BYTES {
+            return Err(CapError::Invalid(format!(
+                "the query result exceeds {MAX_RESULT_BYTES} bytes"
+            )));
+        }
+        out.push(values);
+    }
+    Ok((Rows { columns, rows: out }, bytes as u64))
+}
+
+fn tool(names: &[&str]) -> Result<PathBuf, CapError> {
+    for name in names {
+        for dir in ["/usr/bin", "/usr/local/bin"] {
+            let p = Path::new(dir).join(name);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(CapError::Failed(format!(
+        "{} not found; install the MariaDB/MySQL client tools (Debian: mariadb-client)",
+        names.join(" / ")
+    )))
+}
+
+impl MySqlBackend {
+    /// A backend for a `mysql://user[:password]@host:port/database` URL. Connects lazily.
+    pub fn new(url: &str) -> Result<MySqlBackend, CapError> {
+        let opts = Opts::from_url(url)
+            .map_err(|e| CapError::Invalid(format!("database URL does not parse: {e}")))?;
+        let database = opts
+            .db_name()
+            .ok_or_else(|| CapError::Invalid("database URL names no database".into()))?
+            .to_string();
+        Ok(MySqlBackend {
+            opts,
+            database,
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// The bound database's name.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    async fn connect_to(&self, database: Option<&str>) -> Result<Conn, CapError> {
+        let opts = OptsBuilder::from_opts(self.opts.clone())
+            .db_name(database)
+            .init(vec![
+                "SET SESSION max_statement_time = 120",
+                "SET SESSION lock_wait_timeout = 30",
+            ]);
+        Conn::new(opts).await.map_err(|e| {
+            failed(
+                &format!("cannot connect to database `{}`", database.unwrap_or("")),
+                e,
+            )
+        })
+    }
+
+    async fn with_conn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        let mut slot = self.conn.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.connect_to(Some(&self.database)).await?);
+        }
+        match slot.as_mut() {
+            Some(conn) => f(conn).await,
+            None => Err(CapError::Failed("no database connection".into())),
+        }
+    }
+
+    /// Run one read statement in a read-only transaction.
+    pub async fn query(&self, sql: &str, values: &[Value]) -> Result<(Rows, u64), CapError> {
+        self.with_conn(async |conn| {
+            let mut tx_opts = TxOpts::default();
+            tx_opts.with_readonly(Some(true));
+            let mut tx = conn
+                .start_transaction(tx_opts)
+                .await
+                .map_err(|e| failed("cannot start a read-only transaction", e))?;
+            let rows: Vec<Row> = tx
+                .exec(sql, params(values))
+                .await
+                .map_err(|e| failed("query failed", e))?;
+            let _ = tx.rollback().await;
+            convert(rows)
+        })
+        .await
+    }
+
+    /// Run one statement that changes data or schema.
+    pub async fn execute(&self, sql: &str, values: &[Value]) -> Result<(u64, u64), CapError> {
+        self.with_conn(async |conn| {
+            conn.exec_drop(sql, params(values))
+                .await
+                .map_err(|e| failed("statement failed", e))?;
+            Ok((conn.affected_rows(), 8))
+        })
+        .await
+    }
+
+    /// Run statements atomically.
+    pub async fn transaction(
+        &self,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<(Vec<u64>, u64), CapError> {
+        self.with_conn(async |conn| {
+            let mut tx = conn
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(|e| failed("cannot start a transaction", e))?;
+            let mut counts = Vec::new();
+            for (i, (sql, values)) in statements.iter().enumerate() {
+                tx.exec_drop(sql.as_str(), params(values))
+                    .await
+                    .map_err(|e| failed(&format!("statement {} failed", i + 1), e))?;
+                counts.push(tx.affected_rows());
+            }
+            tx.commit().await.map_err(|e| failed("commit failed", e))?;
+            let bytes = 8 * counts.len() as u64;
+            Ok((counts, bytes))
+        })
+        .await
+    }
+
+    /// Whether a table exists in the bound database.
+    pub async fn table_exists(&self, table: &str) -> Result<(bool, u64), CapError> {
+        let (rows, _) = self
+            .query(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+                &[Value::Text(table.to_string())],
+            )
+            .await?;
+        Ok((
+            matches!(rows.rows.first().and_then(|r| r.first()), Some(Value::Int(n)) if *n > 0),
+            1,
+        ))
+    }
+
+    /// The server's version string.
+    pub async fn server_version(&self) -> Result<String, CapError> {
+        let (rows, _) = self.query("SELECT VERSION()", &[]).await?;
+        Ok(match rows.rows.first().and_then(|r| r.first()) {
+            Some(Value::Text(v)) => v.clone(),
+            _ => "unknown".into(),
+        })
+    }
+
+    /// Row counts and checksums of every table of database `name`.
+    pub async fn fingerprint_database(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
+        let mut conn = self.connect_to(Some(name)).await?;
+        let columns: Vec<(String, String)> = conn
+            .exec(
+                "SELECT c.table_name, c.column_name FROM information_schema.columns c \
+                 JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+                 WHERE c.table_schema = ? AND t.table_type = 'BASE TABLE' ORDER BY c.table_name, c.ordinal_position",
+                (name,),
+            )
+            .await
+            .map_err(|e| failed("cannot list columns", e))?;
+        let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (t, c) in columns {
+            by_table.entry(t).or_default().push(c);
+        }
+        let mut out = BTreeMap::new();
+        for (table, cols) in by_table {
+            let row_text = cols
+                .iter()
+                .map(|c| format!("COALESCE(HEX({}), 'NULL')", quote(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS('|', {row_text}))), 0) FROM {}",
+                quote(&table)
+            );
+            let row: Option<(i64, String)> = conn
+                .query_first(sql)
+                .await
+                .map_err(|e| failed(&format!("cannot checksum {table}"), e))?;
+            let (rows, sum) = row.unwrap_or((0, "0".into()));
+            out.insert(
+                format!("{name}.{table}"),
+                TableFingerprint {
+                    rows,
+                    checksum: format!("crc32sum:{sum}"),
+                },
+            );
+        }
+        // Names are compared without the database, so a copy under another name compares equal.
+        Ok(out
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.split_once('.').map(|(_, t)| t.to_string()).unwrap_or(k),
+                    v,
+                )
+            })
+            .collect())
+    }
+
+    fn tool_env(&self, cmd: &mut tokio::process::Command, database: &str) {
+        cmd.arg(format!("--host={}", self.opts.ip_or_hostname()))
+            .arg(format!("--port={}", self.opts.tcp_port()))
+            .arg(format!("--user={}", self.opts.user().unwrap_or("root")))
+            .arg(database);
+        if let Some(pass) = self.opts.pass() {
+            cmd.env("MYSQL_PWD", pass);
+        }
+    }
+
+    /// Dump the bound database into `dir/dump.sql.gz` with `--single-transaction`, fingerprinting
+    /// its tables first; the directory gets its final name only when complete.
+    pub async fn dump_to(
+        &self,
+        dir: &Path,
+        product_version: &str,
+    ) -> Result<(Manifest, String), CapError> {
+        let bin = tool(&["mariadb-dump", "mysqldump"])?;
+        let partial = dir.with_extension("partial");
+        let _ = tokio::fs::remove_dir_all(&partial).await;
+        tokio::fs::create_dir_all(&partial)
+            .await
+            .map_err(|e| failed(&format!("cannot create {}", partial.display()), e))?;
+        let tables = self.fingerprint_database(&self.database).await?;
+        let server_version = self.server_version().await?;
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args([
+            "--single-transaction",
+            "--skip-lock-tables",
+            "--routines",
+            "--triggers",
+            "--hex-blob",
+            "--skip-comments",
+        ]);
+        self.tool_env(&mut cmd, &self.database);
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
+        if !out.status.success() {
+            let _ = tokio::fs::remove_dir_all(&partial).await;
+            return Err(CapError::Failed(format!(
+                "{} failed ({}): {}; nothing was recorded",
+                bin.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let file = partial.join(DUMP_FILE);
+        let sql = out.stdout;
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut gz = GzEncoder::new(std::fs::File::create(&file)?, Compression::default());
+            gz.write_all(&sql)?;
+            gz.finish()?.sync_all()
+        })
+        .await
+        .map_err(|e| failed("compressing the dump failed", e))?;
+        written.map_err(|e| failed("cannot write the dump", e))?;
+        seal(
+            &partial,
+            dir,
+            DumpFacts {
+                format: "mysql-dump-gz",
+                database: self.database.clone(),
+                product_version: product_version.to_string(),
+                server_version,
+                tool: bin,
+                jobs: 1,
+                tables,
+            },
+        )
+        .await
+    }
+
+    async fn admin_exec(&self, sql: &str) -> Result<(), CapError> {
+        let mut conn = self.connect_to(None).await?;
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| failed(&format!("`{sql}` failed"), e))
+    }
+
+    async fn database_exists(&self, name: &str) -> Result<bool, CapError> {
+        let mut conn = self.connect_to(None).await?;
+        let n: Option<i64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
+                (name,),
+            )
+            .await
+            .map_err(|e| failed("cannot look up databases", e))?;
+        Ok(n.unwrap_or(0) > 0)
+    }
+
+    /// Create database `target` from a dump directory (checked against its manifest first).
+    pub async fn materialize(
+        &self,
+        target: &str,
+        dir: &Path,
+        manifest_sha256: &str,
+    ) -> Result<(), CapError> {
+        if self.database_exists(target).await? {
+            return Err(CapError::Failed(format!(
+                "database `{target}` already exists; choose another name or drop it first"
+            )));
+        }
+        let manifest = Manifest::read(dir, manifest_sha256)
+            .map_err(|e| CapError::Failed(format!("{e}; the backup will not be restored")))?;
+        let checked = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || verify_files(&checked, &manifest))
+            .await
+            .map_err(|e| failed("checking the backup failed", e))?
+            .map_err(|e| {
+                CapError::Failed(format!(
+                    "backup {}: {e}; it is damaged and will not be restored",
+                    dir.display()
+                ))
+            })?;
+        let file = dir.join(DUMP_FILE);
+        let sql = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            GzDecoder::new(std::fs::File::open(&file)?).read_to_end(&mut out)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| failed("reading the dump failed", e))?
+        .map_err(|e| failed("cannot read the dump", e))?;
+        self.admin_exec(&format!("CREATE DATABASE {}", quote(target)))
+            .await?;
+        let bin = tool(&["mariadb", "mysql"])?;
+        let mut cmd = tokio::process::Command::new(&bin);
+        self.tool_env(&mut cmd, target);
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(&sql)
+                .await
+                .map_err(|e| failed("cannot feed the dump", e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| failed("the restore failed", e))?;
+        if !out.status.success() {
+            let _ = self
+                .admin_exec(&format!("DROP DATABASE IF EXISTS {}", quote(target)))
+                .await;
+            return Err(CapError::Failed(format!(
+                "restoring the dump failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Put `replacement`'s tables in place of the bound database's in one atomic
+    /// `RENAME TABLE` (MySQL cannot rename databases); the old tables move to `keep_as`.
+    pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
+        *self.conn.lock().await = None;
+        let mut conn = self.connect_to(None).await?;
+        let tables_of = async |conn: &mut Conn, db: &str| -> Result<Vec<String>, CapError> {
+            conn.exec(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE'",
+                (db,),
+            )
+            .await
+            .map_err(|e| failed("cannot list tables", e))
+        };
+        let current = tables_of(&mut conn, &self.database).await?;
+        let incoming = tables_of(&mut conn, replacement).await?;
+        conn.query_drop(format!("CREATE DATABASE {}", quote(keep_as)))
+            .await
+            .map_err(|e| failed(&format!("cannot create `{keep_as}`"), e))?;
+        let moves: Vec<String> = current
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}.{} TO {}.{}",
+                    quote(&self.database),
+                    quote(t),
+                    quote(keep_as),
+                    quote(t)
+                )
+            })
+            .chain(incoming.iter().map(|t| {
+                format!(
+                    "{}.{} TO {}.{}",
+                    quote(replacement),
+                    quote(t),
+                    quote(&self.database),
+                    quote(t)
+                )
+            }))
+            .collect();
+        if !moves.is_empty() {
+            conn.query_drop(format!("RENAME TABLE {}", moves.join(", ")))
+                .await
+                .map_err(|e| failed("cannot swap the tables in (nothing was moved)", e))?;
+        }
+        conn.query_drop(format!("DROP DATABASE {}", quote(replacement)))
+            .await
+            .map_err(|e| failed(&format!("cannot drop the emptied `{replacement}`"), e))
+    }
+
+    /// Rewrite a namespace column in database `target` from the bound database's name.
+    pub async fn rewrite_namespace(
+        &self,
+        target: &str,
+        table: &str,
+        column: &str,
+    ) -> Result<u64, CapError> {
+        let mut conn = self.connect_to(Some(target)).await?;
+        let present: Option<i64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? AND column_name = ?",
+                (target, table, column),
+            )
+            .await
+            .map_err(|e| failed("cannot look up the namespace column", e))?;
+        if present.unwrap_or(0) == 0 {
+            return Ok(0);
+        }
+        conn.exec_drop(
+            format!(
+                "UPDATE {} SET {} = ? WHERE {} = ?",
+                quote(table),
+                quote(column),
+                quote(column)
+            ),
+            (target, self.database.as_str()),
+        )
+        .await
+        .map_err(|e| failed("cannot rewrite the namespace", e))?;
+        Ok(conn.affected_rows())
+    }
+
+    /// Drop database `name` (a scratch database of Upshift's own).
+    pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
+        self.admin_exec(&format!("DROP DATABASE IF EXISTS {}", quote(name)))
+            .await
+    }
+}

@@ -1,0 +1,195 @@
+//! The service capability: one interface over service backends (a local process now; Docker
+//! and Compose arrive behind the same enum).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::CapError;
+use super::compose::ComposeBackend;
+use super::docker::DockerBackend;
+use super::process::ProcessBackend;
+use upshift_model::binding::{ServiceBackend as ServiceSpec, ServiceBinding};
+
+/// What the host knows of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Whether it runs.
+    pub running: bool,
+    /// The version it runs or will run.
+    pub version: String,
+    /// Backend detail.
+    pub detail: String,
+}
+
+/// A bound service.
+pub enum ServiceBackend {
+    /// A local process.
+    Process(ProcessBackend),
+    /// A Docker container.
+    Docker(DockerBackend),
+    /// A service of a Compose file.
+    Compose(ComposeBackend),
+}
+
+impl ServiceBackend {
+    /// The backend for a fleet binding; state lives under `state_dir`.
+    pub fn new(binding: &ServiceBinding, state_dir: &Path, name: &str) -> ServiceBackend {
+        match &binding.backend {
+            ServiceSpec::Process(spec) => {
+                ServiceBackend::Process(ProcessBackend::new(spec.clone(), state_dir, name))
+            }
+            ServiceSpec::Docker(spec) => ServiceBackend::Docker(DockerBackend::new(spec.clone())),
+            ServiceSpec::Compose(spec) => {
+                ServiceBackend::Compose(ComposeBackend::new(spec.clone()))
+            }
+        }
+    }
+
+    /// Whether it is a one-shot job (its start runs it to completion).
+    pub fn is_job(&self) -> bool {
+        matches!(self, ServiceBackend::Process(p) if p.is_job())
+    }
+
+    /// Current status.
+    pub async fn inspect(&self) -> Result<Status, CapError> {
+        match self {
+            ServiceBackend::Process(p) => {
+                let state = p.state()?;
+                let pid = p.running_pid().await?;
+                Ok(Status {
+                    running: pid.is_some(),
+                    version: state.version,
+                    detail: match pid {
+                        Some(pid) => format!("process pid {pid}"),
+                        None => "process not running".into(),
+                    },
+                })
+            }
+            ServiceBackend::Compose(c) => {
+                let (running, version, detail) = c.inspect().await?;
+                Ok(Status {
+                    running,
+                    version,
+                    detail,
+                })
+            }
+            ServiceBackend::Docker(d) => {
+                let (running, version, detail) = d.inspect().await?;
+                Ok(Status {
+                    running,
+                    version,
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// Stop it.
+    pub async fn stop(&self) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.stop().await,
+            ServiceBackend::Docker(d) => d.stop().await,
+            ServiceBackend::Compose(c) => c.stop().await,
+        }
+    }
+
+    /// Start it.
+    pub async fn start(&self) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.start().await,
+            ServiceBackend::Docker(d) => d.start().await,
+            ServiceBackend::Compose(c) => c.start().await,
+        }
+    }
+
+    /// Switch it (stopped) to another version.
+    pub async fn switch_version(&self, version: &str) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.switch_version(version).await,
+            ServiceBackend::Docker(d) => d.switch_version(version).await,
+            ServiceBackend::Compose(c) => c.switch_version(version).await,
+        }
+    }
+
+    /// Whether it answers its health check now.
+    pub async fn healthy(&self) -> Result<bool, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.healthy().await,
+            ServiceBackend::Docker(d) => d.healthy().await,
+            ServiceBackend::Compose(c) => c.healthy().await,
+        }
+    }
+
+    /// Wait until healthy; fail early, with its last output, if it stops running.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Docker(d) => return d.wait_healthy(timeout).await,
+            ServiceBackend::Compose(c) => return c.wait_healthy(timeout).await,
+            ServiceBackend::Process(_) => {}
+        }
+        let started = Instant::now();
+        loop {
+            if self.healthy().await? {
+                return Ok(format!(
+                    "healthy after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            let status = self.inspect().await?;
+            if !status.running {
+                return Err(CapError::Failed(format!(
+                    "the service stopped running while starting; last output:\n{}",
+                    self.output_tail().await
+                )));
+            }
+            if started.elapsed() > timeout {
+                return Err(CapError::Failed(format!(
+                    "not healthy after {} s; last output:\n{}",
+                    timeout.as_secs(),
+                    self.output_tail().await
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the image for `version` is on the engine (container services only).
+    pub async fn image_present(&self, version: &str) -> Result<bool, CapError> {
+        match self {
+            ServiceBackend::Docker(d) => d.image_present(version).await,
+            ServiceBackend::Compose(c) => c.image_present(version).await,
+            ServiceBackend::Process(_) => {
+                Err(CapError::Invalid("a process service has no images".into()))
+            }
+        }
+    }
+
+    /// Load images from a tar file (container services only).
+    pub async fn load_image(&self, file: std::fs::File) -> Result<Vec<String>, CapError> {
+        match self {
+            ServiceBackend::Docker(d) => d.load_image(file).await,
+            ServiceBackend::Compose(c) => c.load_image(file).await,
+            ServiceBackend::Process(_) => {
+                Err(CapError::Invalid("a process service has no images".into()))
+            }
+        }
+    }
+
+    /// After a verified run: drop what was kept for rolling back (the previous container).
+    pub async fn finalize(&self) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(_) => Ok(String::new()),
+            ServiceBackend::Docker(d) => d.finalize().await,
+            ServiceBackend::Compose(c) => c.finalize().await,
+        }
+    }
+
+    /// The last lines of the service's output.
+    pub async fn output_tail(&self) -> String {
+        match self {
+            ServiceBackend::Process(p) => p.log_tail(20),
+            ServiceBackend::Docker(d) => d.output_tail().await,
+            ServiceBackend::Compose(c) => c.output_tail().await,
+        }
+    }
+}

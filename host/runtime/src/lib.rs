@@ -1,0 +1,548 @@
+//! The sandbox: wasmtime's component model with a pooling allocator, one `InstancePre` per
+//! adapter, an epoch deadline on every call, a memory limit per instance, and WASI linked with
+//! an empty context (no preopens, env, args or sockets; guest stderr goes to the run log).
+//!
+//! Every export call gets a fresh instance: instantiation costs microseconds, a trapped
+//! instance can never be entered again, and no state leaks between calls.
+
+pub use upshift_caps::bindings;
+pub mod cache;
+pub mod exports;
+mod host;
+pub mod manifest;
+pub mod tap;
+pub mod tape;
+pub mod world;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use bindings::{Adapter, AdapterPre};
+pub use cache::{ArtifactCache, CacheOutcome};
+pub use manifest::Manifest;
+use upshift_caps::InstanceCaps;
+use upshift_caps::audit::{AuditEvent, AuditLog, Decision};
+use upshift_caps::limits::MEMORY_BYTES;
+
+/// One epoch tick.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// How long each export may run (wall time, checked while guest code runs).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// `describe`, `plan`, `plan-restore`: pure functions.
+    pub pure: Duration,
+    /// `detect`, `verify`, `run-step`: may wait on capabilities.
+    pub live: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            pure: Duration::from_secs(5),
+            live: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The adapter did something the sandbox stopped, or broke the contract. Always the adapter's
+/// fault, never the host's.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("adapter {adapter} (sha256 {short}) failed in `{export}`: {reason}")]
+pub struct AdapterFault {
+    /// Product or file name.
+    pub adapter: String,
+    /// Short digest.
+    pub short: String,
+    /// The export that was called.
+    pub export: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// The host could not set up the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be configured.
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The file is not a usable component.
+    #[error("adapter {adapter} is not a usable component: {reason}")]
+    Component {
+        /// Adapter label.
+        adapter: String,
+        /// Why.
+        reason: String,
+    },
+    /// The adapter misbehaved while being loaded.
+    #[error(transparent)]
+    Fault(#[from] AdapterFault),
+}
+
+/// Store data of one adapter instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    caps: Option<Arc<InstanceCaps>>,
+    witness: Option<Witness>,
+    log_budget: u32,
+    flood_reported: bool,
+    tap: tap::Tap,
+}
+
+/// Where a call made without capabilities (`describe`, `plan`, `plan-restore`) is audited.
+#[derive(Clone)]
+pub(crate) struct Witness {
+    audit: Arc<AuditLog>,
+    adapter_digest: String,
+    instance: String,
+}
+
+impl Witness {
+    /// Write one denied record; a log that cannot be written changes nothing (it is denied).
+    pub(crate) fn deny(&self, binding: &str, capability: &str, operation: &str, reason: &str) {
+        let _ = self.audit.append(AuditEvent {
+            adapter_digest: self.adapter_digest.clone(),
+            instance: self.instance.clone(),
+            run_id: None,
+            binding: binding.to_string(),
+            capability: capability.to_string(),
+            operation: operation.to_string(),
+            decision: Decision::Denied,
+            reason: Some(reason.to_string()),
+            duration_us: 0,
+            result_bytes: 0,
+            error: None,
+            detail: None,
+        });
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The engine, linker and epoch ticker; one per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<ArtifactCache>,
+    deadlines: Deadlines,
+    stop_ticker: Arc<AtomicBool>,
+    recorder: Option<Arc<crate::tape::Recorder>>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A compiled, linked adapter ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedAdapter {
+    /// Label for messages (product or file name).
+    pub label: String,
+    /// sha256 of the component bytes.
+    pub digest: String,
+    /// The manifest embedded in the component (checked against `describe`).
+    pub manifest: Manifest,
+    /// Whether the compiled code came from the cache.
+    pub cache: CacheOutcome,
+    pre: AdapterPre<HostState>,
+}
+
+impl LoadedAdapter {
+    /// The first 12 hex digits of the digest.
+    pub fn short_digest(&self) -> &str {
+        &self.digest[..12.min(self.digest.len())]
+    }
+}
+
+pub use upshift_model::digest;
+
+impl Runtime {
+    /// A runtime whose compiled components are cached in `cache_dir` (none: always compile).
+    pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Runtime, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(256)
+            .total_core_instances(2048)
+            .total_memories(512)
+            .total_tables(512)
+            .total_stacks(256)
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(32)
+            .max_memory_size(MEMORY_BYTES);
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            // Reset a slot for reuse by zeroing only the pages the last instance touched
+            // (found with the PAGEMAP_SCAN ioctl, Linux 6.7+) instead of returning the slot to
+            // the kernel and faulting it back in: a warm instantiation measured 14 µs → 9 µs
+            // (docs/BENCHMARKS.md). Without the ioctl, keeping memory resident would mean a
+            // memset of all of it, which is slower than `madvise`, so the default stays.
+            pool.linear_memory_keep_resident(1 << 20)
+                .table_keep_resident(64 << 10)
+                .pagemap_scan(wasmtime::Enabled::Yes);
+        }
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20)
+            .async_stack_size(2 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        Adapter::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("upshift-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Runtime {
+            cache: cache_dir.map(|d| ArtifactCache::new(d, &engine)),
+            engine,
+            linker,
+            deadlines: Deadlines::default(),
+            stop_ticker,
+            recorder: None,
+            audit: None,
+        })
+    }
+
+    /// Replace the per-call deadlines.
+    pub fn set_deadlines(&mut self, deadlines: Deadlines) {
+        self.deadlines = deadlines;
+    }
+
+    /// Audit adapter faults, and capability calls made where none are lent, in `audit`.
+    pub fn set_audit(&mut self, audit: Arc<AuditLog>) {
+        self.audit = Some(audit);
+    }
+
+    /// Audit a fault of `adapter` (a trap, a deadline, a broken contract) as a denied record of
+    /// the `sandbox` capability, and hand it back. With `caps` it is tagged with the instance
+    /// and run; without, with the adapter's label.
+    pub fn audited(
+        &self,
+        adapter: &LoadedAdapter,
+        caps: Option<&InstanceCaps>,
+        fault: AdapterFault,
+    ) -> AdapterFault {
+        let call = upshift_caps::CallRecord {
+            binding: "",
+            capability: "sandbox",
+            operation: &fault.export,
+            decision: Decision::Denied,
+            reason: Some(fault.reason.clone()),
+            duration_us: 0,
+            result_bytes: 0,
+            error: None,
+            detail: Some("adapter fault".into()),
+        };
+        match (caps, &self.audit) {
+            (Some(caps), _) => {
+                let _ = caps.record(call);
+            }
+            (None, Some(audit)) => {
+                let _ = audit.append(AuditEvent {
+                    adapter_digest: adapter.digest.clone(),
+                    instance: adapter.label.clone(),
+                    run_id: None,
+                    binding: String::new(),
+                    capability: call.capability.into(),
+                    operation: call.operation.into(),
+                    decision: call.decision,
+                    reason: call.reason,
+                    duration_us: 0,
+                    result_bytes: 0,
+                    error: None,
+                    detail: call.detail,
+                });
+            }
+            (None, None) => {}
+        }
+        fault
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile (or load from cache) and link an adapter, read its embedded manifest, and check
+    /// that `describe` tells the same story.
+    pub async fn load(&self, label: &str, wasm: &[u8]) -> Result<LoadedAdapter, RuntimeError> {
+        let digest = digest(wasm);
+        let manifest = Manifest::from_component(wasm)
+            .and_then(|m| {
+                world::World::read(wasm)?.check_api(&m.host_api)?;
+                Ok(m)
+            })
+            .map_err(|reason| RuntimeError::Component {
+                adapter: label.to_string(),
+                reason,
+            })?;
+        let component_err = |e: wasmtime::Error| RuntimeError::Component {
+            adapter: label.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let (component, outcome) = match &self.cache {
+            Some(cache) => cache
+                .load(&self.engine, &digest, wasm)
+                .map_err(component_err)?,
+            None => (
+                Component::new(&self.engine, wasm).map_err(component_err)?,
+                CacheOutcome::Compiled,
+            ),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Component {
+                adapter: label.to_string(),
+                reason: format!("it imports something the host does not provide: {e:#}"),
+            })?;
+        let pre = AdapterPre::new(pre).map_err(component_err)?;
+        let loaded = LoadedAdapter {
+            label: label.to_string(),
+            digest,
+            manifest,
+            cache: outcome,
+            pre,
+        };
+        let described = self.describe(&loaded).await?;
+        loaded
+            .manifest
+            .check_matches(&described)
+            .map_err(|reason| {
+                self.audited(
+                    &loaded,
+                    None,
+                    AdapterFault {
+                        adapter: loaded.label.clone(),
+                        short: loaded.short_digest().to_string(),
+                        export: "describe".into(),
+                        reason,
+                    },
+                )
+            })?;
+        Ok(loaded)
+    }
+
+    /// Compile an adapter without running it (for `adapter inspect`): its export names.
+    pub fn exports(&self, wasm: &[u8]) -> Result<Vec<String>, String> {
+        let component = Component::new(&self.engine, wasm).map_err(|e| format!("{e:#}"))?;
+        let ty = component.component_type();
+        Ok(ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect())
+    }
+
+    /// Record every later export call (its arguments, imports and result) on `recorder`.
+    pub fn set_recorder(&mut self, recorder: Option<Arc<crate::tape::Recorder>>) {
+        self.recorder = recorder;
+    }
+
+    fn store(
+        &self,
+        adapter: &LoadedAdapter,
+        caps: Option<Arc<InstanceCaps>>,
+        tap: tap::Tap,
+    ) -> (Store<HostState>, MemoryOutputPipe) {
+        let witness = match (&caps, &self.audit) {
+            (None, Some(audit)) => Some(Witness {
+                audit: audit.clone(),
+                adapter_digest: adapter.digest.clone(),
+                instance: adapter.label.clone(),
+            }),
+            _ => None,
+        };
+        let stderr = MemoryOutputPipe::new(64 << 10);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(MEMORY_BYTES)
+            .instances(64)
+            .tables(64)
+            .memories(8)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                caps,
+                witness,
+                log_budget: upshift_caps::limits::MAX_LOG_PER_CALL,
+                flood_reported: false,
+                tap,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        (store, stderr)
+    }
+
+    /// Instantiate `adapter` with `caps` and run `call` on it within `deadline`.
+    pub async fn call<R>(
+        &self,
+        adapter: &LoadedAdapter,
+        caps: Option<Arc<InstanceCaps>>,
+        export: &str,
+        deadline: Duration,
+        call: impl AsyncFnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, AdapterFault> {
+        self.call_tapped(adapter, caps, tap::Tap::Off, export, deadline, call)
+            .await
+            .0
+    }
+
+    /// [`Runtime::call`] with `tap` on the store's imports; the tap is handed back with what
+    /// it recorded or answered.
+    pub async fn call_tapped<R>(
+        &self,
+        adapter: &LoadedAdapter,
+        caps: Option<Arc<InstanceCaps>>,
+        tap: tap::Tap,
+        export: &str,
+        deadline: Duration,
+        call: impl AsyncFnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> (Result<R, AdapterFault>, tap::Tap) {
+        let fault = |reason: String| AdapterFault {
+            adapter: adapter.label.clone(),
+            short: adapter.short_digest().to_string(),
+            export: export.to_string(),
+            reason,
+        };
+        let (mut store, stderr) = self.store(adapter, caps.clone(), tap);
+        let ticks = (deadline.as_millis() / TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let outcome = match adapter.pre.instantiate_async(&mut store).await {
+            Ok(instance) => call(&instance, &mut store).await,
+            Err(e) => Err(e),
+        };
+        let guest_stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        if let Some(caps) = &caps {
+            for line in guest_stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(50)
+            {
+                caps.events.emit(upshift_caps::Event::Log {
+                    instance: caps.caller.instance.clone(),
+                    level: "warn".into(),
+                    message: format!("[adapter stderr] {line}"),
+                });
+            }
+        }
+        let tap = std::mem::take(&mut store.data_mut().tap);
+        (
+            outcome.map_err(|e| {
+                self.audited(
+                    adapter,
+                    caps.as_deref(),
+                    fault(describe_trap(&e, deadline, &guest_stderr)),
+                )
+            }),
+            tap,
+        )
+    }
+
+    /// Call `describe`.
+    pub async fn describe(
+        &self,
+        adapter: &LoadedAdapter,
+    ) -> Result<bindings::AdapterInfo, AdapterFault> {
+        self.call(
+            adapter,
+            None,
+            "describe",
+            self.deadlines.pure,
+            async |a, s| a.call_describe(s).await,
+        )
+        .await
+    }
+
+    /// The deadlines in force.
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
+    }
+}
+
+fn describe_trap(e: &wasmtime::Error, deadline: Duration, stderr: &str) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => format!(
+                "it ran longer than its deadline of {:.1} s and was stopped",
+                deadline.as_secs_f64()
+            ),
+            wasmtime::Trap::StackOverflow => {
+                "it overflowed its stack (runaway recursion) and was stopped".into()
+            }
+            wasmtime::Trap::UnreachableCodeReached if stderr.contains("panicked") => {
+                format!("it panicked: {}", first_panic_line(stderr))
+            }
+            other => format!("it trapped: {other}"),
+        };
+    }
+    let text = format!("{e:#}");
+    if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
+        return format!(
+            "it tried to use more than its memory limit of {} MiB and was stopped",
+            MEMORY_BYTES >> 20
+        );
+    }
+    if stderr.contains("panicked") {
+        return format!("it panicked: {}", first_panic_line(stderr));
+    }
+    if text.contains("cannot allocate another handle") {
+        return "it held more resource handles than an instance may and was stopped".into();
+    }
+    text
+}
+
+fn first_panic_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .skip_while(|l| !l.contains("panicked"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

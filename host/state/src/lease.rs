@@ -1,0 +1,303 @@
+//! One lease per instance: only its holder may act on the instance. A lease has an expiry (a
+//! holder that dies loses it after its time-to-live), a heartbeat that extends it while the
+//! holder works, and a fencing token that grows with every acquisition, so a holder whose lease
+//! moved to someone else is refused before it touches anything again.
+//!
+//! The store behind it is a small trait; [`crate::StateStore`] implements it in SQLite.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long a lease lasts without a heartbeat.
+pub fn default_ttl() -> Duration {
+    std::env::var("UPSHIFT_LEASE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+}
+
+/// A held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The instance it covers.
+    pub instance: String,
+    /// Who holds it (`host pid N, run R`).
+    pub holder: String,
+    /// The fencing token: larger than every earlier holder's.
+    pub token: i64,
+    /// When it runs out unless renewed (milliseconds since the epoch).
+    pub expires_ms: i64,
+}
+
+/// Why a lease could not be had or kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// Someone else holds it and it has not expired.
+    #[error(
+        "instance `{instance}` is being worked on by {holder} (lease token {token}, expires in {seconds} s); wait for it to finish, or for the lease to expire if that holder died"
+    )]
+    Held {
+        /// Instance.
+        instance: String,
+        /// The current holder.
+        holder: String,
+        /// Its token.
+        token: i64,
+        /// Seconds until it expires.
+        seconds: i64,
+    },
+    /// Our lease expired or was taken over: we must not act any more.
+    #[error(
+        "the lease on instance `{instance}` (token {token}) was lost{by}; this run stopped before touching anything else"
+    )]
+    Lost {
+        /// Instance.
+        instance: String,
+        /// Our token.
+        token: i64,
+        /// Who holds it now, if anyone (` to <holder>`).
+        by: String,
+    },
+    /// The store failed.
+    #[error("lease store: {0}")]
+    Store(String),
+}
+
+/// The rows behind leases: the few atomic statements an engine must provide. Every
+/// [`LeaseStore`] decision (what taking, renewing and checking mean, the errors) is made once,
+/// on top of these, for every engine.
+pub trait LeaseRows: Send + Sync {
+    /// Take the lease of `instance` if it is free, expired (`expires_ms < now`) or already
+    /// `holder`'s, incrementing its token, in one atomic statement; the new token, or `None`.
+    fn try_take(
+        &self,
+        instance: &str,
+        holder: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<Option<i64>, LeaseError>;
+    /// Extend the lease held under `token` if it has not expired; whether it was.
+    fn try_extend(
+        &self,
+        instance: &str,
+        token: i64,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, LeaseError>;
+    /// Move the lease held under `token` to `holder`, incrementing the token; the new token.
+    fn try_move(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        expires: i64,
+    ) -> Result<Option<i64>, LeaseError>;
+    /// The lease row: holder, token, expiry (ms).
+    fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError>;
+    /// Delete the lease held under `token`.
+    fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError>;
+}
+
+fn granted(instance: &str, holder: &str, token: i64, expires_ms: i64) -> Lease {
+    Lease {
+        instance: instance.to_string(),
+        holder: holder.to_string(),
+        token,
+        expires_ms,
+    }
+}
+
+/// Why `lease` is no longer ours, saying who has it now if anyone.
+fn lost(rows: &impl LeaseRows, lease: &Lease) -> LeaseError {
+    let by = match rows.row(&lease.instance) {
+        Ok(Some((holder, token, _))) if token != lease.token => format!(" to {holder}"),
+        Ok(_) => " (it expired)".to_string(),
+        Err(e) => format!(" (the store failed: {e})"),
+    };
+    LeaseError::Lost {
+        instance: lease.instance.clone(),
+        token: lease.token,
+        by,
+    }
+}
+
+impl<T: LeaseRows> LeaseStore for T {
+    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
+        let now = now_ms();
+        let expires = now + ttl.as_millis() as i64;
+        if let Some(token) = self.try_take(instance, holder, expires, now)? {
+            return Ok(granted(instance, holder, token, expires));
+        }
+        let (other, token, until) = self.row(instance)?.unwrap_or_default();
+        Err(LeaseError::Held {
+            instance: instance.to_string(),
+            holder: other,
+            token,
+            seconds: ((until - now) / 1000).max(0),
+        })
+    }
+
+    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
+        let now = now_ms();
+        let expires = now + ttl.as_millis() as i64;
+        if self.try_extend(&lease.instance, lease.token, expires, now)? {
+            return Ok(Lease {
+                expires_ms: expires,
+                ..lease.clone()
+            });
+        }
+        Err(lost(self, lease))
+    }
+
+    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
+        match self.row(&lease.instance)? {
+            Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
+            _ => Err(lost(self, lease)),
+        }
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+        self.delete(&lease.instance, lease.token)
+    }
+
+    fn take_over(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LeaseError> {
+        let expires = now_ms() + ttl.as_millis() as i64;
+        match self.try_move(instance, token, holder, expires)? {
+            Some(token) => Ok(granted(instance, holder, token, expires)),
+            // Someone else was quicker: acquire says who.
+            None => self.acquire(instance, holder, ttl),
+        }
+    }
+}
+
+/// Where leases live.
+pub trait LeaseStore: Send + Sync {
+    /// Take the lease of `instance` for `holder` unless someone else holds an unexpired one.
+    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError>;
+    /// Extend our lease; fails with `Lost` if it moved or expired.
+    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError>;
+    /// Whether we still hold it (same token, not expired).
+    fn check(&self, lease: &Lease) -> Result<(), LeaseError>;
+    /// Give it up (only if still ours).
+    fn release(&self, lease: &Lease) -> Result<(), LeaseError>;
+    /// Take over the lease held under `token` by a holder known to be dead.
+    fn take_over(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LeaseError>;
+}
+
+/// Whether `holder` names a process on this machine that no longer exists: its lease need not
+/// be waited out.
+pub fn holder_is_dead_here(holder: &str) -> bool {
+    let here = holder_name("");
+    let host_of = |h: &str| h.split(" pid ").next().map(str::to_string);
+    let Some(pid) = holder
+        .split(" pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    host_of(holder) == host_of(&here)
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Who this process is, for lease holders: host name, pid and a label.
+pub fn holder_name(label: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("upshift on {host} pid {} ({label})", std::process::id())
+}
+
+/// A lease held for the length of an operation, renewed by a heartbeat task until dropped.
+pub struct Held {
+    store: Arc<dyn LeaseStore>,
+    lease: Lease,
+    lost: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    /// Acquire the lease of `instance` and start its heartbeat (every third of the TTL).
+    pub fn acquire(
+        store: Arc<dyn LeaseStore>,
+        instance: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Held, LeaseError> {
+        let lease = match store.acquire(instance, holder, ttl) {
+            Err(LeaseError::Held {
+                holder: dead,
+                token,
+                ..
+            }) if holder_is_dead_here(&dead) => store.take_over(instance, token, holder, ttl)?,
+            other => other?,
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let (store, lost, mut current) = (store.clone(), lost.clone(), lease.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match store.renew(&current, ttl) {
+                        Ok(renewed) => current = renewed,
+                        Err(_) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Held {
+            store,
+            lease,
+            lost,
+            heartbeat,
+        })
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The fencing check made before every action: still ours, not expired.
+    pub fn check(&self) -> Result<(), LeaseError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(LeaseError::Lost {
+                instance: self.lease.instance.clone(),
+                token: self.lease.token,
+                by: String::new(),
+            });
+        }
+        self.store.check(&self.lease)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        let _ = self.store.release(&self.lease);
+    }
+}

@@ -1,0 +1,746 @@
+//! The fleet file (`upshift.toml`): instances, the adapter each runs, and the real resources its
+//! logical bindings name. Unknown keys and unbound names are errors that name the line and the fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::grants::{Access, BindingKind, BoundName};
+pub use upshift_model::binding::{
+    ComposeSpec, DbBinding, DockerSpec, FilesBinding, HttpBinding, ProcessSpec, ServiceBackend,
+    ServiceBinding, valid_binding_name,
+};
+
+/// A parsed, validated fleet file.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The `[trust]` policy for adapter files, if any.
+    pub trust: Option<crate::signing::TrustPolicy>,
+    /// `upshift.lock` beside the fleet file, if there is one (read by [`Fleet::load`]).
+    pub lock: Option<std::sync::Arc<crate::lockfile::LockFile>>,
+    /// Instances in file order.
+    pub instances: Vec<Instance>,
+}
+
+/// One product instance.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Unique name.
+    pub name: String,
+    /// The adapter it runs.
+    pub adapter: AdapterRef,
+    /// Free-form labels for selection.
+    pub labels: BTreeMap<String, String>,
+    /// The version this instance should be upgraded to by `apply --all`.
+    pub target: Option<String>,
+    /// The fleet's `[trust]` policy: an adapter file runs only when it is met.
+    pub trust: Option<crate::signing::TrustPolicy>,
+    /// The fleet's lock file: when present, only the approved adapter bytes run.
+    pub lock: Option<std::sync::Arc<crate::lockfile::LockFile>>,
+    /// Database bindings by name.
+    pub db: BTreeMap<String, DbBinding>,
+    /// Directory bindings by name.
+    pub files: BTreeMap<String, FilesBinding>,
+    /// Service bindings by name.
+    pub service: BTreeMap<String, ServiceBinding>,
+    /// HTTP bindings by name.
+    pub http: BTreeMap<String, HttpBinding>,
+}
+
+/// Which adapter an instance uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdapterRef {
+    /// A first-party adapter bundled in the binary, by product name.
+    Bundled(String),
+    /// A component file.
+    File(PathBuf),
+}
+
+impl Instance {
+    /// The bound names and their narrowing, for [`crate::grants::GrantSet::resolve`].
+    pub fn bound_names(&self) -> Vec<BoundName> {
+        let mut out = Vec::new();
+        for (n, b) in &self.db {
+            out.push(bound(n, BindingKind::Db, &b.access));
+        }
+        for (n, b) in &self.files {
+            out.push(bound(n, BindingKind::Files, &b.access));
+        }
+        for (n, b) in &self.service {
+            out.push(bound(n, BindingKind::Service, &b.access));
+        }
+        for (n, b) in &self.http {
+            out.push(bound(n, BindingKind::Http, &b.access));
+        }
+        out
+    }
+
+    /// The product name, when bundled; the file stem otherwise.
+    pub fn adapter_label(&self) -> String {
+        match &self.adapter {
+            AdapterRef::Bundled(p) => p.clone(),
+            AdapterRef::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+fn bound(name: &str, kind: BindingKind, access: &Option<Vec<Access>>) -> BoundName {
+    BoundName {
+        name: name.to_string(),
+        kind,
+        access: access.clone(),
+    }
+}
+
+/// A fleet file that cannot be used, with where and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The file could not be read.
+    #[error(
+        "cannot read fleet file {path}: {source}\nfix: create it (see docs/fleet-file.md) or pass --fleet FILE / set UPSHIFT_FLEET"
+    )]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown/mistyped key.
+    #[error(
+        "fleet file {path}: {message}\nfix: correct the key or value shown above; docs/fleet-file.md lists every key"
+    )]
+    Syntax {
+        /// The path.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A value that parses but is wrong.
+    #[error("fleet file {path}, line {line}: {message}\nfix: {fix}")]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        fix: String,
+    },
+    /// The lock file beside it cannot be used.
+    #[error(transparent)]
+    Lock(#[from] crate::lockfile::LockError),
+    /// No instance of that name.
+    #[error(
+        "no instance named `{name}` in {path} (instances: {known})\nfix: use one of the names listed, or add an [[instance]] with name = \"{name}\""
+    )]
+    UnknownInstance {
+        /// The path.
+        path: PathBuf,
+        /// Requested name.
+        name: String,
+        /// Known names.
+        known: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    #[serde(default)]
+    instance: Vec<RawInstance>,
+    trust: Option<Spanned<RawTrust>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    keys: BTreeMap<String, String>,
+    require: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    name: Spanned<String>,
+    product: Option<Spanned<String>>,
+    adapter: Option<Spanned<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    target: Option<Spanned<String>>,
+    #[serde(default)]
+    db: BTreeMap<String, Spanned<RawDb>>,
+    #[serde(default)]
+    files: BTreeMap<String, Spanned<RawFiles>>,
+    #[serde(default)]
+    service: BTreeMap<String, Spanned<RawService>>,
+    #[serde(default)]
+    http: BTreeMap<String, Spanned<RawHttp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDb {
+    url: Option<String>,
+    url_env: Option<String>,
+    access: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    path: String,
+    access: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    kind: Spanned<String>,
+    command: Option<String>,
+    version: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+    health_url: Option<String>,
+    stop_timeout_secs: Option<u64>,
+    container: Option<String>,
+    image: Option<String>,
+    images: Option<Vec<String>>,
+    file: Option<String>,
+    service: Option<String>,
+    oneshot: Option<bool>,
+    run_timeout_secs: Option<u64>,
+    access: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    url: String,
+    access: Option<Spanned<Vec<String>>>,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn invalid(&self, offset: usize, message: String, fix: impl Into<String>) -> FleetError {
+        FleetError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.line(offset),
+            message,
+            fix: fix.into(),
+        }
+    }
+
+    fn access(
+        &self,
+        raw: &Option<Spanned<Vec<String>>>,
+        kind: BindingKind,
+        binding: &str,
+    ) -> Result<Option<Vec<Access>>, FleetError> {
+        let Some(list) = raw else { return Ok(None) };
+        let mut out = Vec::new();
+        for text in list.get_ref() {
+            let valid = kind.valid_access();
+            match Access::parse(text) {
+                Some(a) if valid.contains(&a) => out.push(a),
+                _ => {
+                    let names = valid
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(self.invalid(
+                        list.span().start,
+                        format!(
+                            "binding `{binding}`: `{text}` is not an access for {kind} bindings"
+                        ),
+                        format!("use some of: {names}"),
+                    ));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+impl Fleet {
+    /// Read and validate a fleet file.
+    pub fn load(path: &Path) -> Result<Fleet, FleetError> {
+        let text = std::fs::read_to_string(path).map_err(|source| FleetError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut fleet = Fleet::parse(path, &text)?;
+        if let Some(lock) = crate::lockfile::LockFile::beside(path)? {
+            fleet.set_lock(lock);
+        }
+        Ok(fleet)
+    }
+
+    /// Pin the fleet's adapters to `lock`.
+    pub fn set_lock(&mut self, lock: crate::lockfile::LockFile) {
+        let lock = std::sync::Arc::new(lock);
+        for instance in &mut self.instances {
+            instance.lock = Some(lock.clone());
+        }
+        self.lock = Some(lock);
+    }
+
+    /// Parse and validate fleet text; `path` is used for messages and relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Fleet, FleetError> {
+        let raw: RawFleet = toml::from_str(text).map_err(|e| FleetError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let ctx = Ctx { path, text };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let trust = match raw.trust {
+            None => None,
+            Some(t) => {
+                let at = t.span().start;
+                let t = t.into_inner();
+                if t.keys.is_empty() {
+                    return Err(ctx.invalid(at, "[trust] lists no keys".into(), "add `keys = { vendor = \"<hex public key>\" }` (from `upshift adapter keygen`)"));
+                }
+                for (name, key) in &t.keys {
+                    if let Err(e) = crate::signing::public_key(key) {
+                        return Err(ctx.invalid(
+                            at,
+                            format!("[trust] key `{name}`: {e}"),
+                            "use the hex public key `upshift adapter keygen` wrote (the .pub file)",
+                        ));
+                    }
+                }
+                let require = match &t.require {
+                    None => crate::signing::Require::AtLeast(1),
+                    Some(toml::Value::String(s)) if s == "all" => crate::signing::Require::All,
+                    Some(toml::Value::String(s)) if s == "any" => {
+                        crate::signing::Require::AtLeast(1)
+                    }
+                    Some(toml::Value::Integer(n)) if *n >= 1 && (*n as usize) <= t.keys.len() => {
+                        crate::signing::Require::AtLeast(*n as usize)
+                    }
+                    Some(other) => {
+                        return Err(ctx.invalid(
+                            at,
+                            format!("[trust] require = {other} is not usable"),
+                            format!(
+                                "use \"any\", \"all\" or a number from 1 to {}",
+                                t.keys.len()
+                            ),
+                        ));
+                    }
+                };
+                Some(crate::signing::TrustPolicy {
+                    keys: t.keys,
+                    require,
+                })
+            }
+        };
+        let mut instances: Vec<Instance> = Vec::new();
+        for ri in raw.instance {
+            let name_at = ri.name.span().start;
+            let name = ri.name.into_inner();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return Err(ctx.invalid(
+                    name_at,
+                    format!("instance name `{name}` is not usable"),
+                    "use letters, digits, `-`, `_` or `.`",
+                ));
+            }
+            if instances.iter().any(|i| i.name == name) {
+                return Err(ctx.invalid(
+                    name_at,
+                    format!("instance name `{name}` is used twice"),
+                    "give every [[instance]] a unique name",
+                ));
+            }
+            let adapter = match (ri.product, ri.adapter) {
+                (Some(p), None) => AdapterRef::Bundled(p.into_inner()),
+                (None, Some(a)) => {
+                    let p = PathBuf::from(a.into_inner());
+                    AdapterRef::File(if p.is_absolute() { p } else { base.join(p) })
+                }
+                (Some(p), Some(_)) => {
+                    return Err(ctx.invalid(
+                        p.span().start,
+                        format!("instance `{name}` sets both `product` and `adapter`"),
+                        "keep `product` for a bundled adapter or `adapter` for a component file, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(ctx.invalid(
+                        name_at,
+                        format!("instance `{name}` names no adapter"),
+                        "add `product = \"bytebase\"` (bundled) or `adapter = \"path/to/adapter.wasm\"`",
+                    ));
+                }
+            };
+            let mut inst = Instance {
+                name: name.clone(),
+                adapter,
+                labels: ri.labels,
+                target: ri.target.map(Spanned::into_inner),
+                trust: trust.clone(),
+                lock: None,
+                db: BTreeMap::new(),
+                files: BTreeMap::new(),
+                service: BTreeMap::new(),
+                http: BTreeMap::new(),
+            };
+            let check_name = |n: &str, at: usize, kind: &str| {
+                if valid_binding_name(n) {
+                    Ok(())
+                } else {
+                    Err(ctx.invalid(
+                        at,
+                        format!("binding name `{n}` in [instance.{kind}.{n}] is not valid"),
+                        "binding names are lowercase letters, digits and `-`, starting with a letter",
+                    ))
+                }
+            };
+            for (bn, rb) in ri.db {
+                let at = rb.span().start;
+                check_name(&bn, at, "db")?;
+                let rb = rb.into_inner();
+                let url = match (rb.url, rb.url_env) {
+                    (Some(u), None) => u,
+                    (None, Some(var)) => std::env::var(&var).map_err(|_| {
+                        ctx.invalid(
+                            at,
+                            format!(
+                                "db binding `{bn}` reads its URL from ${var}, which is not set"
+                            ),
+                            format!("export {var}=postgres://… before running upshift"),
+                        )
+                    })?,
+                    _ => {
+                        return Err(ctx.invalid(
+                            at,
+                            format!("db binding `{bn}` needs exactly one of `url` or `url_env`"),
+                            "set `url = \"postgres://…\"` or `url_env = \"VAR\"`",
+                        ));
+                    }
+                };
+                if !["postgres://", "postgresql://", "mysql://", "kwdb://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
+                {
+                    return Err(ctx.invalid(
+                        at,
+                        format!("db binding `{bn}`: only postgres://, mysql:// and kwdb:// URLs are supported"),
+                        "use a postgres://, mysql:// or kwdb:// (KWDB) URL of the form scheme://user@host:port/database",
+                    ));
+                }
+                let access = ctx.access(&rb.access, BindingKind::Db, &bn)?;
+                inst.db.insert(bn, DbBinding { url, access });
+            }
+            for (bn, rb) in ri.files {
+                let at = rb.span().start;
+                check_name(&bn, at, "files")?;
+                let rb = rb.into_inner();
+                let p = PathBuf::from(&rb.path);
+                let access = ctx.access(&rb.access, BindingKind::Files, &bn)?;
+                inst.files.insert(
+                    bn,
+                    FilesBinding {
+                        path: if p.is_absolute() { p } else { base.join(p) },
+                        access,
+                    },
+                );
+            }
+            for (bn, rb) in ri.service {
+                let at = rb.span().start;
+                check_name(&bn, at, "service")?;
+                let rb = rb.into_inner();
+                let access = ctx.access(&rb.access, BindingKind::Service, &bn)?;
+                if rb.kind.get_ref() != "process"
+                    && (rb.oneshot.is_some() || rb.run_timeout_secs.is_some())
+                {
+                    return Err(ctx.invalid(
+                        at,
+                        format!("service `{bn}`: `oneshot` and `run_timeout_secs` apply to process services only"),
+                        "run the job as `kind = \"process\"` (e.g. `docker run --rm …` as its command), or remove the keys",
+                    ));
+                }
+                let backend = match rb.kind.get_ref().as_str() {
+                    "process" => {
+                        let (Some(command), Some(version)) = (rb.command, rb.version) else {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("process service `{bn}` needs `command` and `version`"),
+                                "set `command = \"/opt/product/{version}/bin --flags\"` and `version = \"<deployed version>\"`",
+                            ));
+                        };
+                        if !command.contains("{version}") {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("process service `{bn}`: command has no `{{version}}` placeholder, so switching versions could not change what runs"),
+                                "put {version} where the version appears in the binary path or arguments",
+                            ));
+                        }
+                        ServiceBackend::Process(ProcessSpec {
+                            command,
+                            version,
+                            env: rb.env,
+                            workdir: rb.workdir.map(PathBuf::from),
+                            health_url: rb.health_url,
+                            stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
+                            oneshot: rb.oneshot.unwrap_or(false),
+                            run_timeout_secs: rb.run_timeout_secs.unwrap_or(1800),
+                        })
+                    }
+                    "docker" => {
+                        let (Some(container), Some(image)) = (rb.container, rb.image) else {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("docker service `{bn}` needs `container` and `image`"),
+                                "set `container = \"<name>\"` and `image = \"repo/name:{version}\"`",
+                            ));
+                        };
+                        if !image.contains("{version}") {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("docker service `{bn}`: image has no `{{version}}` placeholder"),
+                                "write the image as a template, e.g. image = \"kwdb/kwdb:{version}\"",
+                            ));
+                        }
+                        let default_repo = upshift_model::binding::image_repository(
+                            &image.replace("{version}", "v"),
+                        )
+                        .to_string();
+                        ServiceBackend::Docker(DockerSpec {
+                            container,
+                            images: rb.images.unwrap_or_else(|| vec![default_repo]),
+                            image,
+                            health_url: rb.health_url,
+                            stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
+                        })
+                    }
+                    "compose" => {
+                        let (Some(file), Some(service), Some(image)) =
+                            (rb.file, rb.service, rb.image)
+                        else {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("compose service `{bn}` needs `file`, `service` and `image`"),
+                                "set `file = \"docker-compose.yml\"`, `service = \"<name>\"` and `image = \"repo/name:{version}\"`",
+                            ));
+                        };
+                        if !image.contains("{version}") {
+                            return Err(ctx.invalid(
+                                at,
+                                format!("compose service `{bn}`: image has no `{{version}}` placeholder"),
+                                "write the image as a template, e.g. image = \"apache/devlake:{version}\"",
+                            ));
+                        }
+                        let default_repo = upshift_model::binding::image_repository(
+                            &image.replace("{version}", "v"),
+                        )
+                        .to_string();
+                        let file = PathBuf::from(file);
+                        ServiceBackend::Compose(ComposeSpec {
+                            file: if file.is_absolute() {
+                                file
+                            } else {
+                                base.join(file)
+                            },
+                            service,
+                            images: rb.images.unwrap_or_else(|| vec![default_repo]),
+                            image,
+                            health_url: rb.health_url,
+                            stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
+                        })
+                    }
+                    other => {
+                        return Err(ctx.invalid(
+                            rb.kind.span().start,
+                            format!("service `{bn}`: unknown kind `{other}`"),
+                            "use kind = \"process\", \"docker\" or \"compose\"",
+                        ));
+                    }
+                };
+                inst.service.insert(bn, ServiceBinding { backend, access });
+            }
+            for (bn, rb) in ri.http {
+                let at = rb.span().start;
+                check_name(&bn, at, "http")?;
+                let rb = rb.into_inner();
+                let url = rb.url.trim_end_matches('/');
+                let host = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                if host.is_none_or(str::is_empty) {
+                    return Err(ctx.invalid(
+                        at,
+                        format!(
+                            "http binding `{bn}`: `{}` is not an http(s) URL with a host",
+                            rb.url
+                        ),
+                        "use a base URL such as http://127.0.0.1:8080",
+                    ));
+                }
+                let access = ctx.access(&rb.access, BindingKind::Http, &bn)?;
+                inst.http.insert(
+                    bn,
+                    HttpBinding {
+                        url: url.to_string(),
+                        access,
+                    },
+                );
+            }
+            instances.push(inst);
+        }
+        Ok(Fleet {
+            path: path.to_path_buf(),
+            trust,
+            lock: None,
+            instances,
+        })
+    }
+
+    /// The instance of that name.
+    pub fn instance(&self, name: &str) -> Result<&Instance, FleetError> {
+        self.instances
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| FleetError::UnknownInstance {
+                path: self.path.clone(),
+                name: name.to_string(),
+                known: self
+                    .instances
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[instance]]
+name = "bb"
+product = "bytebase"
+
+[instance.db.meta]
+url = "postgres://u@127.0.0.1:5432/metadb"
+access = ["read", "backup"]
+
+[instance.service.app]
+kind = "process"
+command = "/opt/bb/{version}/bytebase --port 8080"
+version = "3.10.0"
+
+[instance.http.api]
+url = "http://127.0.0.1:8080/"
+"#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let f = Fleet::parse(Path::new("/etc/upshift.toml"), GOOD).expect("parses");
+        let i = f.instance("bb").expect("instance");
+        assert_eq!(i.adapter, AdapterRef::Bundled("bytebase".into()));
+        assert_eq!(
+            i.db["meta"].access,
+            Some(vec![Access::Read, Access::Backup])
+        );
+        assert_eq!(i.http["api"].url, "http://127.0.0.1:8080");
+        assert!(f.instance("nope").is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let text = GOOD.replace(
+            "version = \"3.10.0\"",
+            "version = \"3.10.0\"\nflavour = \"x\"",
+        );
+        let err = Fleet::parse(Path::new("f.toml"), &text).expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("flavour"), "{msg}");
+        assert!(msg.contains("line 14"), "{msg}");
+        assert!(msg.contains("fix:"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_errors_name_line_and_fix() {
+        let text = GOOD.replace(
+            "access = [\"read\", \"backup\"]",
+            "access = [\"read\", \"fly\"]",
+        );
+        let msg = Fleet::parse(Path::new("f.toml"), &text)
+            .expect_err("bad access")
+            .to_string();
+        assert!(
+            msg.contains("line 8") && msg.contains("`fly`") && msg.contains("use some of"),
+            "{msg}"
+        );
+
+        let text = GOOD.replace("{version}/", "3.10.0/");
+        let msg = Fleet::parse(Path::new("f.toml"), &text)
+            .expect_err("no placeholder")
+            .to_string();
+        assert!(
+            msg.contains("{version}") && msg.contains("line 10"),
+            "{msg}"
+        );
+
+        let text = format!("{GOOD}\n[[instance]]\nname = \"bb\"\nproduct = \"bytebase\"\n");
+        let msg = Fleet::parse(Path::new("f.toml"), &text)
+            .expect_err("dup")
+            .to_string();
+        assert!(
+            msg.contains("used twice") && msg.contains("line 19"),
+            "{msg}"
+        );
+
+        let text = GOOD.replace(
+            "url = \"postgres://u@127.0.0.1:5432/metadb\"",
+            "url_env = \"UPSHIFT_TEST_SURELY_UNSET\"",
+        );
+        let msg = Fleet::parse(Path::new("f.toml"), &text)
+            .expect_err("unset env")
+            .to_string();
+        assert!(msg.contains("UPSHIFT_TEST_SURELY_UNSET"), "{msg}");
+    }
+
+    /// Found by the fuzz target `fleet_file`: `url = "http://"` was accepted and trimmed to
+    /// `http:`, a base URL without a host.
+    #[test]
+    fn http_url_needs_a_host() {
+        for url in ["http://", "https:///", "http:"] {
+            let text = GOOD.replace("http://127.0.0.1:8080/", url);
+            let msg = Fleet::parse(Path::new("f.toml"), &text)
+                .expect_err(url)
+                .to_string();
+            assert!(
+                msg.contains("with a host") && msg.contains("line 15"),
+                "{msg}"
+            );
+        }
+    }
+}
