@@ -10,7 +10,7 @@ use upshift::runtime::{CacheOutcome, LoadedAdapter, Runtime};
 use crate::Config;
 use crate::report::{Metric, Target, Unit};
 
-/// A component built by host/build.rs (bundled or test adapter).
+/// A component built by host/upshift/build.rs (bundled or test adapter).
 pub fn built(name: &str) -> Result<Vec<u8>> {
     let path = format!("{}/{name}.wasm", upshift::adapters::BUILT_DIR);
     std::fs::read(&path).with_context(|| format!("cannot read {path}"))

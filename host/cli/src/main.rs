@@ -5,6 +5,7 @@ mod adapter_cmd;
 mod cli;
 #[cfg(feature = "demo")]
 mod demo;
+mod exit;
 mod record;
 mod scaffold;
 mod ui;
@@ -38,11 +39,44 @@ impl<E: Into<anyhow::Error>> From<E> for Exit {
         let error = e.into();
         let code = match error.downcast_ref::<OpError>() {
             Some(OpError::Usage(_)) => 2,
+            Some(OpError::DataDirectory { .. }) => 2,
             Some(OpError::Busy(_)) => 6,
             _ if error.downcast_ref::<upshift::fleet::FleetError>().is_some() => 2,
             _ => 1,
         };
         Exit { code, error }
+    }
+}
+
+/// Open the session every command works in. In a build with test hooks (the integration
+/// tests' build), `UPSHIFT_CRASH_AT=<phase>:<seq>:<started|finished>` makes the host kill itself
+/// at that point of a run, as a machine dying there would; normal builds never read it.
+fn open_session(
+    data: &Path,
+    events: upshift::caps::EventSink,
+    stores: &upshift::ops::session::Stores,
+) -> Result<Session, Exit> {
+    #[allow(unused_mut)]
+    let mut session = Session::open_with(data, events, stores)?;
+    if upshift::ops::TEST_HOOKS
+        && let Ok(point) = std::env::var("UPSHIFT_CRASH_AT")
+    {
+        session.set_crash_point(point.parse().map_err(usage)?);
+    }
+    Ok(session)
+}
+
+/// The command-line way out of an error the library reports in its own terms.
+fn hint(error: &anyhow::Error) -> Option<&'static str> {
+    match (
+        error.downcast_ref::<OpError>(),
+        error.downcast_ref::<upshift::fleet::FleetError>(),
+    ) {
+        (Some(OpError::DataDirectory { .. }), _) => Some("pass --data DIR or set UPSHIFT_DATA"),
+        (_, Some(upshift::fleet::FleetError::Read { .. })) => {
+            Some("pass --fleet FILE or set UPSHIFT_FLEET")
+        }
+        _ => None,
     }
 }
 
@@ -131,6 +165,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(exit) => {
             eprintln!("error: {:#}", exit.error);
+            if let Some(hint) = hint(&exit.error) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(exit.code)
         }
     }
@@ -177,7 +214,7 @@ async fn rollout(
     } else {
         eprint!("{}", ui::rollout_text(&outcome, &md, &json_path));
     }
-    Ok(outcome.exit_code())
+    Ok(exit::rollout(&outcome))
 }
 
 async fn run(cli: Cli) -> Result<u8, Exit> {
@@ -307,7 +344,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Plan(args) => {
             let (ui, sink) = ui::Ui::sink(true);
             drop(ui);
-            let mut session = Session::open_with(&data, sink, &stores)?;
+            let mut session = open_session(&data, sink, &stores)?;
             let instance = args.instance.clone().unwrap_or_default();
             let _tape = record::start(&mut session, &args.tape, &instance)?;
             let offline = match (&args.product, &args.adapter) {
@@ -347,7 +384,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let mut session = Session::open_with(&data, sink, &stores)?;
+            let mut session = open_session(&data, sink, &stores)?;
             let json = args.json;
             let yes = args.yes;
             if args.all || !args.select.is_empty() || args.instances.len() != 1 {
@@ -375,7 +412,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Enqueue(args) => {
             let fleet = load_fleet()?;
-            let session = Session::open_with(&data, upshift::caps::EventSink::discard(), &stores)?;
+            let session = open_session(&data, upshift::caps::EventSink::discard(), &stores)?;
             let selection = upshift::ops::rollout::Selection {
                 all: args.all,
                 names: args.instances.clone(),
@@ -401,7 +438,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Agent(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let session = open_session(&data, sink, &stores)?;
             let name = args
                 .name
                 .clone()
@@ -432,7 +469,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Resume(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let session = open_session(&data, sink, &stores)?;
             let report = upshift::ops::resume::resume(
                 &session,
                 &fleet,
@@ -451,7 +488,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 }),
             ..
         }) => {
-            let session = Session::open_with(&data, upshift::caps::EventSink::discard(), &stores)?;
+            let session = open_session(&data, upshift::caps::EventSink::discard(), &stores)?;
             let fleet = if cli.fleet.exists() {
                 Some(load_fleet()?)
             } else {
@@ -494,7 +531,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 return Err(usage("give an INSTANCE to back up, or `backup verify ID`"));
             };
             let (_ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let session = open_session(&data, sink, &stores)?;
             let method = match args.method {
                 Method::Dump => BackupMethod::Dump,
                 Method::Clone => BackupMethod::Clone,
@@ -557,7 +594,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let session = open_session(&data, sink, &stores)?;
             let (json, yes) = (args.json, args.yes);
             let report = apply::restore(
                 &session,
@@ -661,5 +698,5 @@ fn finish_run(
     } else {
         print!("{}", ui::run_text(&report));
     }
-    Ok(report.outcome.exit_code() as u8)
+    Ok(exit::outcome(report.outcome))
 }

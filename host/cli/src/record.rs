@@ -28,7 +28,12 @@ pub fn start(
     let Some(path) = &args.record else {
         return Ok(None);
     };
-    upshift::tape::check_target(path, args.record_overwrite).map_err(|e| usage(e.to_string()))?;
+    upshift::tape::check_target(path, args.record_overwrite).map_err(|e| match e {
+        upshift::tape::TapeError::Exists { .. } => {
+            usage(format!("{e}, or pass --record-overwrite"))
+        }
+        _ => usage(e.to_string()),
+    })?;
     let command: Vec<String> = std::env::args().skip(1).collect();
     let recorder = Arc::new(Recorder::new(instance, &command.join(" ")));
     session.runtime.set_recorder(Some(recorder.clone()));
@@ -88,5 +93,5 @@ pub async fn test(adapter: &str, tape: &Path, json: bool) -> Result<u8, Exit> {
     } else {
         print!("{report}");
     }
-    Ok(report.exit_code())
+    Ok(crate::exit::replay(&report))
 }

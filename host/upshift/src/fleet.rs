@@ -101,7 +101,7 @@ fn bound(name: &str, kind: BindingKind, access: &Option<Vec<Access>>) -> BoundNa
 pub enum FleetError {
     /// The file could not be read.
     #[error(
-        "cannot read fleet file {path}: {source}\nfix: create it (see docs/fleet-file.md) or pass --fleet FILE / set UPSHIFT_FLEET"
+        "cannot read fleet file {path}: {source}\nfix: create it (see docs/fleet-file.md), or name the fleet file you meant"
     )]
     Read {
         /// The path.
@@ -225,9 +225,12 @@ struct RawHttp {
     access: Option<Spanned<Vec<String>>>,
 }
 
+/// Where fleet text came from: for line numbers in messages and for relative paths.
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// The fleet file's directory: relative paths in it are relative to this.
+    base: &'a Path,
 }
 
 impl Ctx<'_> {
@@ -280,6 +283,339 @@ impl Ctx<'_> {
     }
 }
 
+/// The section parsers: each turns one raw table into its checked form, or says what to fix.
+impl Ctx<'_> {
+    /// A path as written in the fleet file, relative to the fleet file's directory.
+    fn resolve(&self, path: impl Into<PathBuf>) -> PathBuf {
+        let path = path.into();
+        if path.is_absolute() {
+            path
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    /// `[trust]`: the keys adapter files must be signed with, and how many.
+    fn trust(&self, raw: Spanned<RawTrust>) -> Result<crate::signing::TrustPolicy, FleetError> {
+        use crate::signing::{Require, TrustPolicy};
+        let at = raw.span().start;
+        let raw = raw.into_inner();
+        if raw.keys.is_empty() {
+            return Err(self.invalid(
+                at,
+                "[trust] lists no keys".into(),
+                "add `keys = { vendor = \"<hex public key>\" }` (from `upshift adapter keygen`)",
+            ));
+        }
+        for (name, key) in &raw.keys {
+            if let Err(e) = crate::signing::public_key(key) {
+                return Err(self.invalid(
+                    at,
+                    format!("[trust] key `{name}`: {e}"),
+                    "use the hex public key `upshift adapter keygen` wrote (the .pub file)",
+                ));
+            }
+        }
+        let require = match &raw.require {
+            None => Require::AtLeast(1),
+            Some(toml::Value::String(s)) if s == "all" => Require::All,
+            Some(toml::Value::String(s)) if s == "any" => Require::AtLeast(1),
+            Some(toml::Value::Integer(n)) if *n >= 1 && (*n as usize) <= raw.keys.len() => {
+                Require::AtLeast(*n as usize)
+            }
+            Some(other) => {
+                return Err(self.invalid(
+                    at,
+                    format!("[trust] require = {other} is not usable"),
+                    format!(
+                        "use \"any\", \"all\" or a number from 1 to {}",
+                        raw.keys.len()
+                    ),
+                ));
+            }
+        };
+        Ok(TrustPolicy {
+            keys: raw.keys,
+            require,
+        })
+    }
+
+    /// One `[[instance]]`, given the instances before it (names are unique).
+    fn instance(
+        &self,
+        raw: RawInstance,
+        trust: &Option<crate::signing::TrustPolicy>,
+        earlier: &[Instance],
+    ) -> Result<Instance, FleetError> {
+        let name_at = raw.name.span().start;
+        let name = raw.name.into_inner();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(self.invalid(
+                name_at,
+                format!("instance name `{name}` is not usable"),
+                "use letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        if earlier.iter().any(|i| i.name == name) {
+            return Err(self.invalid(
+                name_at,
+                format!("instance name `{name}` is used twice"),
+                "give every [[instance]] a unique name",
+            ));
+        }
+        let adapter = match (raw.product, raw.adapter) {
+            (Some(p), None) => AdapterRef::Bundled(p.into_inner()),
+            (None, Some(a)) => AdapterRef::File(self.resolve(a.into_inner())),
+            (Some(p), Some(_)) => {
+                return Err(self.invalid(
+                    p.span().start,
+                    format!("instance `{name}` sets both `product` and `adapter`"),
+                    "keep `product` for a bundled adapter or `adapter` for a component file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.invalid(
+                    name_at,
+                    format!("instance `{name}` names no adapter"),
+                    "add `product = \"bytebase\"` (bundled) or `adapter = \"path/to/adapter.wasm\"`",
+                ));
+            }
+        };
+        Ok(Instance {
+            name,
+            adapter,
+            labels: raw.labels,
+            target: raw.target.map(Spanned::into_inner),
+            trust: trust.clone(),
+            lock: None,
+            db: self.bindings(raw.db, "db", Ctx::db)?,
+            files: self.bindings(raw.files, "files", Ctx::files)?,
+            service: self.bindings(raw.service, "service", Ctx::service)?,
+            http: self.bindings(raw.http, "http", Ctx::http)?,
+        })
+    }
+
+    /// One kind of binding tables (`[instance.<kind>.<name>]`): names checked, each parsed by
+    /// `parse(self, name, at, raw)`.
+    fn bindings<Raw, Binding>(
+        &self,
+        raw: BTreeMap<String, Spanned<Raw>>,
+        kind: &str,
+        parse: impl Fn(&Self, &str, usize, Raw) -> Result<Binding, FleetError>,
+    ) -> Result<BTreeMap<String, Binding>, FleetError> {
+        let mut out = BTreeMap::new();
+        for (name, table) in raw {
+            let at = table.span().start;
+            if !valid_binding_name(&name) {
+                return Err(self.invalid(
+                    at,
+                    format!("binding name `{name}` in [instance.{kind}.{name}] is not valid"),
+                    "binding names are lowercase letters, digits and `-`, starting with a letter",
+                ));
+            }
+            let binding = parse(self, &name, at, table.into_inner())?;
+            out.insert(name, binding);
+        }
+        Ok(out)
+    }
+
+    /// `[instance.db.<name>]`: a database URL (given, or read from an environment variable).
+    fn db(&self, name: &str, at: usize, raw: RawDb) -> Result<DbBinding, FleetError> {
+        let url = match (raw.url, raw.url_env) {
+            (Some(u), None) => u,
+            (None, Some(var)) => std::env::var(&var).map_err(|_| {
+                self.invalid(
+                    at,
+                    format!("db binding `{name}` reads its URL from ${var}, which is not set"),
+                    format!("export {var}=postgres://… before running upshift"),
+                )
+            })?,
+            _ => {
+                return Err(self.invalid(
+                    at,
+                    format!("db binding `{name}` needs exactly one of `url` or `url_env`"),
+                    "set `url = \"postgres://…\"` or `url_env = \"VAR\"`",
+                ));
+            }
+        };
+        if !["postgres://", "postgresql://", "mysql://", "kwdb://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(self.invalid(
+                at,
+                format!("db binding `{name}`: only postgres://, mysql:// and kwdb:// URLs are supported"),
+                "use a postgres://, mysql:// or kwdb:// (KWDB) URL of the form scheme://user@host:port/database",
+            ));
+        }
+        let access = self.access(&raw.access, BindingKind::Db, name)?;
+        Ok(DbBinding { url, access })
+    }
+
+    /// `[instance.files.<name>]`: a directory.
+    fn files(&self, name: &str, _at: usize, raw: RawFiles) -> Result<FilesBinding, FleetError> {
+        Ok(FilesBinding {
+            access: self.access(&raw.access, BindingKind::Files, name)?,
+            path: self.resolve(raw.path),
+        })
+    }
+
+    /// `[instance.service.<name>]`: a process, a container or a Compose service.
+    fn service(
+        &self,
+        name: &str,
+        at: usize,
+        raw: RawService,
+    ) -> Result<ServiceBinding, FleetError> {
+        let access = self.access(&raw.access, BindingKind::Service, name)?;
+        if raw.kind.get_ref() != "process"
+            && (raw.oneshot.is_some() || raw.run_timeout_secs.is_some())
+        {
+            return Err(self.invalid(
+                at,
+                format!("service `{name}`: `oneshot` and `run_timeout_secs` apply to process services only"),
+                "run the job as `kind = \"process\"` (e.g. `docker run --rm …` as its command), or remove the keys",
+            ));
+        }
+        let stop_timeout_secs = raw.stop_timeout_secs.unwrap_or(30);
+        let backend = match raw.kind.get_ref().as_str() {
+            "process" => {
+                let (Some(command), Some(version)) = (raw.command, raw.version) else {
+                    return Err(self.invalid(
+                        at,
+                        format!("process service `{name}` needs `command` and `version`"),
+                        "set `command = \"/opt/product/{version}/bin --flags\"` and `version = \"<deployed version>\"`",
+                    ));
+                };
+                if !command.contains("{version}") {
+                    return Err(self.invalid(
+                        at,
+                        format!("process service `{name}`: command has no `{{version}}` placeholder, so switching versions could not change what runs"),
+                        "put {version} where the version appears in the binary path or arguments",
+                    ));
+                }
+                ServiceBackend::Process(ProcessSpec {
+                    command,
+                    version,
+                    env: raw.env,
+                    workdir: raw.workdir.map(PathBuf::from),
+                    health_url: raw.health_url,
+                    stop_timeout_secs,
+                    oneshot: raw.oneshot.unwrap_or(false),
+                    run_timeout_secs: raw.run_timeout_secs.unwrap_or(1800),
+                })
+            }
+            "docker" => {
+                let (Some(container), Some(image)) = (raw.container, raw.image) else {
+                    return Err(self.invalid(
+                        at,
+                        format!("docker service `{name}` needs `container` and `image`"),
+                        "set `container = \"<name>\"` and `image = \"repo/name:{version}\"`",
+                    ));
+                };
+                let images = self.image_repositories(
+                    at,
+                    &format!("docker service `{name}`"),
+                    &image,
+                    raw.images,
+                    "kwdb/kwdb",
+                )?;
+                ServiceBackend::Docker(DockerSpec {
+                    container,
+                    images,
+                    image,
+                    health_url: raw.health_url,
+                    stop_timeout_secs,
+                })
+            }
+            "compose" => {
+                let (Some(file), Some(service), Some(image)) = (raw.file, raw.service, raw.image)
+                else {
+                    return Err(self.invalid(
+                        at,
+                        format!("compose service `{name}` needs `file`, `service` and `image`"),
+                        "set `file = \"docker-compose.yml\"`, `service = \"<name>\"` and `image = \"repo/name:{version}\"`",
+                    ));
+                };
+                let images = self.image_repositories(
+                    at,
+                    &format!("compose service `{name}`"),
+                    &image,
+                    raw.images,
+                    "apache/devlake",
+                )?;
+                ServiceBackend::Compose(ComposeSpec {
+                    file: self.resolve(file),
+                    service,
+                    images,
+                    image,
+                    health_url: raw.health_url,
+                    stop_timeout_secs,
+                })
+            }
+            other => {
+                return Err(self.invalid(
+                    raw.kind.span().start,
+                    format!("service `{name}`: unknown kind `{other}`"),
+                    "use kind = \"process\", \"docker\" or \"compose\"",
+                ));
+            }
+        };
+        Ok(ServiceBinding { backend, access })
+    }
+
+    /// An image template must place `{version}`; the repositories a service may be switched to
+    /// default to the template's own.
+    fn image_repositories(
+        &self,
+        at: usize,
+        what: &str,
+        template: &str,
+        listed: Option<Vec<String>>,
+        example: &str,
+    ) -> Result<Vec<String>, FleetError> {
+        if !template.contains("{version}") {
+            return Err(self.invalid(
+                at,
+                format!("{what}: image has no `{{version}}` placeholder"),
+                format!("write the image as a template, e.g. image = \"{example}:{{version}}\""),
+            ));
+        }
+        Ok(listed.unwrap_or_else(|| {
+            vec![
+                upshift_model::binding::image_repository(&template.replace("{version}", "v"))
+                    .to_string(),
+            ]
+        }))
+    }
+
+    /// `[instance.http.<name>]`: an http(s) base URL.
+    fn http(&self, name: &str, at: usize, raw: RawHttp) -> Result<HttpBinding, FleetError> {
+        let url = raw.url.trim_end_matches('/');
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if host.is_none_or(str::is_empty) {
+            return Err(self.invalid(
+                at,
+                format!(
+                    "http binding `{name}`: `{}` is not an http(s) URL with a host",
+                    raw.url
+                ),
+                "use a base URL such as http://127.0.0.1:8080",
+            ));
+        }
+        Ok(HttpBinding {
+            url: url.to_string(),
+            access: self.access(&raw.access, BindingKind::Http, name)?,
+        })
+    }
+}
+
 impl Fleet {
     /// Read and validate a fleet file.
     pub fn load(path: &Path) -> Result<Fleet, FleetError> {
@@ -309,308 +645,16 @@ impl Fleet {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let ctx = Ctx { path, text };
-        let base = path.parent().unwrap_or(Path::new("."));
-        let trust = match raw.trust {
-            None => None,
-            Some(t) => {
-                let at = t.span().start;
-                let t = t.into_inner();
-                if t.keys.is_empty() {
-                    return Err(ctx.invalid(at, "[trust] lists no keys".into(), "add `keys = { vendor = \"<hex public key>\" }` (from `upshift adapter keygen`)"));
-                }
-                for (name, key) in &t.keys {
-                    if let Err(e) = crate::signing::public_key(key) {
-                        return Err(ctx.invalid(
-                            at,
-                            format!("[trust] key `{name}`: {e}"),
-                            "use the hex public key `upshift adapter keygen` wrote (the .pub file)",
-                        ));
-                    }
-                }
-                let require = match &t.require {
-                    None => crate::signing::Require::AtLeast(1),
-                    Some(toml::Value::String(s)) if s == "all" => crate::signing::Require::All,
-                    Some(toml::Value::String(s)) if s == "any" => {
-                        crate::signing::Require::AtLeast(1)
-                    }
-                    Some(toml::Value::Integer(n)) if *n >= 1 && (*n as usize) <= t.keys.len() => {
-                        crate::signing::Require::AtLeast(*n as usize)
-                    }
-                    Some(other) => {
-                        return Err(ctx.invalid(
-                            at,
-                            format!("[trust] require = {other} is not usable"),
-                            format!(
-                                "use \"any\", \"all\" or a number from 1 to {}",
-                                t.keys.len()
-                            ),
-                        ));
-                    }
-                };
-                Some(crate::signing::TrustPolicy {
-                    keys: t.keys,
-                    require,
-                })
-            }
+        let ctx = Ctx {
+            path,
+            text,
+            base: path.parent().unwrap_or(Path::new(".")),
         };
+        let trust = raw.trust.map(|t| ctx.trust(t)).transpose()?;
         let mut instances: Vec<Instance> = Vec::new();
-        for ri in raw.instance {
-            let name_at = ri.name.span().start;
-            let name = ri.name.into_inner();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-            {
-                return Err(ctx.invalid(
-                    name_at,
-                    format!("instance name `{name}` is not usable"),
-                    "use letters, digits, `-`, `_` or `.`",
-                ));
-            }
-            if instances.iter().any(|i| i.name == name) {
-                return Err(ctx.invalid(
-                    name_at,
-                    format!("instance name `{name}` is used twice"),
-                    "give every [[instance]] a unique name",
-                ));
-            }
-            let adapter = match (ri.product, ri.adapter) {
-                (Some(p), None) => AdapterRef::Bundled(p.into_inner()),
-                (None, Some(a)) => {
-                    let p = PathBuf::from(a.into_inner());
-                    AdapterRef::File(if p.is_absolute() { p } else { base.join(p) })
-                }
-                (Some(p), Some(_)) => {
-                    return Err(ctx.invalid(
-                        p.span().start,
-                        format!("instance `{name}` sets both `product` and `adapter`"),
-                        "keep `product` for a bundled adapter or `adapter` for a component file, not both",
-                    ));
-                }
-                (None, None) => {
-                    return Err(ctx.invalid(
-                        name_at,
-                        format!("instance `{name}` names no adapter"),
-                        "add `product = \"bytebase\"` (bundled) or `adapter = \"path/to/adapter.wasm\"`",
-                    ));
-                }
-            };
-            let mut inst = Instance {
-                name: name.clone(),
-                adapter,
-                labels: ri.labels,
-                target: ri.target.map(Spanned::into_inner),
-                trust: trust.clone(),
-                lock: None,
-                db: BTreeMap::new(),
-                files: BTreeMap::new(),
-                service: BTreeMap::new(),
-                http: BTreeMap::new(),
-            };
-            let check_name = |n: &str, at: usize, kind: &str| {
-                if valid_binding_name(n) {
-                    Ok(())
-                } else {
-                    Err(ctx.invalid(
-                        at,
-                        format!("binding name `{n}` in [instance.{kind}.{n}] is not valid"),
-                        "binding names are lowercase letters, digits and `-`, starting with a letter",
-                    ))
-                }
-            };
-            for (bn, rb) in ri.db {
-                let at = rb.span().start;
-                check_name(&bn, at, "db")?;
-                let rb = rb.into_inner();
-                let url = match (rb.url, rb.url_env) {
-                    (Some(u), None) => u,
-                    (None, Some(var)) => std::env::var(&var).map_err(|_| {
-                        ctx.invalid(
-                            at,
-                            format!(
-                                "db binding `{bn}` reads its URL from ${var}, which is not set"
-                            ),
-                            format!("export {var}=postgres://… before running upshift"),
-                        )
-                    })?,
-                    _ => {
-                        return Err(ctx.invalid(
-                            at,
-                            format!("db binding `{bn}` needs exactly one of `url` or `url_env`"),
-                            "set `url = \"postgres://…\"` or `url_env = \"VAR\"`",
-                        ));
-                    }
-                };
-                if !["postgres://", "postgresql://", "mysql://", "kwdb://"]
-                    .iter()
-                    .any(|scheme| url.starts_with(scheme))
-                {
-                    return Err(ctx.invalid(
-                        at,
-                        format!("db binding `{bn}`: only postgres://, mysql:// and kwdb:// URLs are supported"),
-                        "use a postgres://, mysql:// or kwdb:// (KWDB) URL of the form scheme://user@host:port/database",
-                    ));
-                }
-                let access = ctx.access(&rb.access, BindingKind::Db, &bn)?;
-                inst.db.insert(bn, DbBinding { url, access });
-            }
-            for (bn, rb) in ri.files {
-                let at = rb.span().start;
-                check_name(&bn, at, "files")?;
-                let rb = rb.into_inner();
-                let p = PathBuf::from(&rb.path);
-                let access = ctx.access(&rb.access, BindingKind::Files, &bn)?;
-                inst.files.insert(
-                    bn,
-                    FilesBinding {
-                        path: if p.is_absolute() { p } else { base.join(p) },
-                        access,
-                    },
-                );
-            }
-            for (bn, rb) in ri.service {
-                let at = rb.span().start;
-                check_name(&bn, at, "service")?;
-                let rb = rb.into_inner();
-                let access = ctx.access(&rb.access, BindingKind::Service, &bn)?;
-                if rb.kind.get_ref() != "process"
-                    && (rb.oneshot.is_some() || rb.run_timeout_secs.is_some())
-                {
-                    return Err(ctx.invalid(
-                        at,
-                        format!("service `{bn}`: `oneshot` and `run_timeout_secs` apply to process services only"),
-                        "run the job as `kind = \"process\"` (e.g. `docker run --rm …` as its command), or remove the keys",
-                    ));
-                }
-                let backend = match rb.kind.get_ref().as_str() {
-                    "process" => {
-                        let (Some(command), Some(version)) = (rb.command, rb.version) else {
-                            return Err(ctx.invalid(
-                                at,
-                                format!("process service `{bn}` needs `command` and `version`"),
-                                "set `command = \"/opt/product/{version}/bin --flags\"` and `version = \"<deployed version>\"`",
-                            ));
-                        };
-                        if !command.contains("{version}") {
-                            return Err(ctx.invalid(
-                                at,
-                                format!("process service `{bn}`: command has no `{{version}}` placeholder, so switching versions could not change what runs"),
-                                "put {version} where the version appears in the binary path or arguments",
-                            ));
-                        }
-                        ServiceBackend::Process(ProcessSpec {
-                            command,
-                            version,
-                            env: rb.env,
-                            workdir: rb.workdir.map(PathBuf::from),
-                            health_url: rb.health_url,
-                            stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
-                            oneshot: rb.oneshot.unwrap_or(false),
-                            run_timeout_secs: rb.run_timeout_secs.unwrap_or(1800),
-                        })
-                    }
-                    "docker" => {
-                        let (Some(container), Some(image)) = (rb.container, rb.image) else {
-                            return Err(ctx.invalid(
-                                at,
-                                format!("docker service `{bn}` needs `container` and `image`"),
-                                "set `container = \"<name>\"` and `image = \"repo/name:{version}\"`",
-                            ));
-                        };
-                        if !image.contains("{version}") {
-                            return Err(ctx.invalid(
-                                at,
-                                format!("docker service `{bn}`: image has no `{{version}}` placeholder"),
-                                "write the image as a template, e.g. image = \"kwdb/kwdb:{version}\"",
-                            ));
-                        }
-                        let default_repo = upshift_model::binding::image_repository(
-                            &image.replace("{version}", "v"),
-                        )
-                        .to_string();
-                        ServiceBackend::Docker(DockerSpec {
-                            container,
-                            images: rb.images.unwrap_or_else(|| vec![default_repo]),
-                            image,
-                            health_url: rb.health_url,
-                            stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
-                        })
-                    }
-                    "compose" => {
-                        let (Some(file), Some(service), Some(image)) =
-                            (rb.file, rb.service, rb.image)
-                        else {
-                            return Err(ctx.invalid(
-                                at,
-                                format!("compose service `{bn}` needs `file`, `service` and `image`"),
-                                "set `file = \"docker-compose.yml\"`, `service = \"<name>\"` and `image = \"repo/name:{version}\"`",
-                            ));
-                        };
-                        if !image.contains("{version}") {
-                            return Err(ctx.invalid(
-                                at,
-                                format!("compose service `{bn}`: image has no `{{version}}` placeholder"),
-                                "write the image as a template, e.g. image = \"apache/devlake:{version}\"",
-                            ));
-                        }
-                        let default_repo = upshift_model::binding::image_repository(
-                            &image.replace("{version}", "v"),
-                        )
-                        .to_string();
-                        let file = PathBuf::from(file);
-                        ServiceBackend::Compose(ComposeSpec {
-                            file: if file.is_absolute() {
-                                file
-                            } else {
-                                base.join(file)
-                            },
-                            service,
-                            images: rb.images.unwrap_or_else(|| vec![default_repo]),
-                            image,
-                            health_url: rb.health_url,
-                            stop_timeout_secs: rb.stop_timeout_secs.unwrap_or(30),
-                        })
-                    }
-                    other => {
-                        return Err(ctx.invalid(
-                            rb.kind.span().start,
-                            format!("service `{bn}`: unknown kind `{other}`"),
-                            "use kind = \"process\", \"docker\" or \"compose\"",
-                        ));
-                    }
-                };
-                inst.service.insert(bn, ServiceBinding { backend, access });
-            }
-            for (bn, rb) in ri.http {
-                let at = rb.span().start;
-                check_name(&bn, at, "http")?;
-                let rb = rb.into_inner();
-                let url = rb.url.trim_end_matches('/');
-                let host = url
-                    .strip_prefix("http://")
-                    .or_else(|| url.strip_prefix("https://"));
-                if host.is_none_or(str::is_empty) {
-                    return Err(ctx.invalid(
-                        at,
-                        format!(
-                            "http binding `{bn}`: `{}` is not an http(s) URL with a host",
-                            rb.url
-                        ),
-                        "use a base URL such as http://127.0.0.1:8080",
-                    ));
-                }
-                let access = ctx.access(&rb.access, BindingKind::Http, &bn)?;
-                inst.http.insert(
-                    bn,
-                    HttpBinding {
-                        url: url.to_string(),
-                        access,
-                    },
-                );
-            }
-            instances.push(inst);
+        for raw_instance in raw.instance {
+            let instance = ctx.instance(raw_instance, &trust, &instances)?;
+            instances.push(instance);
         }
         Ok(Fleet {
             path: path.to_path_buf(),

@@ -34,6 +34,12 @@ pub enum TapeError {
         /// What went wrong.
         reason: String,
     },
+    /// The tape file is there already and overwriting it was not asked for.
+    #[error("{path} exists already; remove it or choose another file")]
+    Exists {
+        /// The tape file.
+        path: String,
+    },
     /// The file is not a tape this host understands.
     #[error("{path} is not a usable tape: {reason}")]
     Format {
@@ -154,10 +160,8 @@ impl Tape {
 /// `overwrite`), so a run is not done for nothing.
 pub fn check_target(path: &Path, overwrite: bool) -> Result<(), TapeError> {
     if path.exists() && !overwrite {
-        return Err(TapeError::Io {
+        return Err(TapeError::Exists {
             path: path.display().to_string(),
-            reason: "it exists already; remove it, choose another file, or pass --record-overwrite"
-                .into(),
         });
     }
     let dir = match path.parent() {

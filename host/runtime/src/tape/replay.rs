@@ -50,13 +50,6 @@ pub struct ReplayReport {
     pub identical: bool,
 }
 
-impl ReplayReport {
-    /// 0 when identical, 1 when anything differs.
-    pub fn exit_code(&self) -> u8 {
-        if self.identical { 0 } else { 1 }
-    }
-}
-
 fn outcome(result: Option<&Value>, fault: Option<&str>) -> Value {
     match fault {
         Some(f) => json!({ "fault": f }),

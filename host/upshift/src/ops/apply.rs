@@ -61,18 +61,6 @@ pub enum Outcome {
     NeedsOperator,
 }
 
-impl Outcome {
-    /// The CLI exit code: 0 done, 3 refused, 4 rolled back, 5 operator needed.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Outcome::Succeeded => 0,
-            Outcome::Refused => 3,
-            Outcome::RolledBack => 4,
-            Outcome::NeedsOperator => 5,
-        }
-    }
-}
-
 /// One step as reported.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepLine {

@@ -83,7 +83,8 @@ impl RunContext<'_> {
         self.state()
             .step_started(&self.run_id, seq, id, title, phase)
             .map_err(|e| format!("cannot journal step `{id}`: {e}"))?;
-        crash_point(phase, seq, "started");
+        self.session
+            .crash_if_at(phase, seq, super::session::StepMoment::Started);
         self.caps.events.emit(Event::StepStarted {
             instance: instance.clone(),
             phase: phase.into(),
@@ -114,7 +115,8 @@ impl RunContext<'_> {
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         });
         journaled?;
-        crash_point(phase, seq, "finished");
+        self.session
+            .crash_if_at(phase, seq, super::session::StepMoment::Finished);
         outcome
     }
 
@@ -563,15 +565,6 @@ fn taken_in<'a>(
         .find(|(s, _)| s == step)
         .map(|(_, b)| b)
         .ok_or_else(|| CapError::Failed(format!("no backup was taken in step `{step}`")))
-}
-
-/// Fault injection for the crash tests: with `UPSHIFT_CRASH_AT=<phase>:<seq>:<started|finished>`
-/// the host kills itself (SIGKILL, no cleanup) right after journaling that point, as a machine
-/// dying there would. Unset in normal use.
-fn crash_point(phase: &str, seq: u32, when: &str) {
-    if std::env::var("UPSHIFT_CRASH_AT").is_ok_and(|at| at == format!("{phase}:{seq}:{when}")) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
 }
 
 fn operation_name(action: &Action) -> &'static str {

@@ -11,7 +11,11 @@ pub mod resume;
 pub mod rollout;
 pub mod session;
 
-pub use session::Session;
+pub use session::{CrashPoint, Session};
+
+/// Whether this build honours test hooks such as [`Session::set_crash_point`] (the `test-hooks`
+/// feature, which the CLI's tests turn on; never in a normal build).
+pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
 
 use crate::runtime::{AdapterFault, RuntimeError};
 
@@ -28,6 +32,14 @@ pub enum OpError {
     /// The host or a resource failed (exit 1).
     #[error("{0}")]
     Host(String),
+    /// The data directory cannot be created (the operator chose a place the host cannot write).
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDirectory {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Another run holds the instance's lease (exit 6).
     #[error(transparent)]
     Busy(#[from] crate::lease::LeaseError),

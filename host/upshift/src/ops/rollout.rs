@@ -44,7 +44,7 @@ pub fn parse_waves(text: &str) -> Result<Vec<Wave>, String> {
                 Ok(n) if n > 0 => Wave::Count(n),
                 _ => {
                     return Err(format!(
-                        "wave `{part}` is not a count, a percentage or `rest` (e.g. --waves 1,10%,rest)"
+                        "wave `{part}` is not a count, a percentage or `rest` (e.g. `1,10%,rest`)"
                     ));
                 }
             }
@@ -123,7 +123,7 @@ pub fn select<'f>(fleet: &'f Fleet, selection: &Selection) -> Result<Vec<&'f Ins
     }
     if out.is_empty() {
         return Err(OpError::Usage(
-            "the selection matches no instance; use --all, instance names, or --select product=P / label:KEY=VALUE".into(),
+            "the selection matches no instance: select instances by name, by product (`product=P`) or by label (`label:KEY=VALUE`), or all of them".into(),
         ));
     }
     Ok(out)
@@ -216,28 +216,6 @@ pub struct RolloutReport {
     pub counts: BTreeMap<String, usize>,
     /// Every selected instance, in fleet order.
     pub instances: Vec<InstanceResult>,
-}
-
-impl RolloutReport {
-    /// The exit code: 0 when every instance is upgraded or already there, 5 if any needs an
-    /// operator, 4 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        if self
-            .instances
-            .iter()
-            .any(|i| i.status == Status::NeedsOperator)
-        {
-            5
-        } else if self
-            .instances
-            .iter()
-            .all(|i| matches!(i.status, Status::Upgraded | Status::AlreadyThere))
-        {
-            0
-        } else {
-            4
-        }
-    }
 }
 
 /// How a rollout runs.

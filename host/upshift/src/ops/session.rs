@@ -33,6 +33,8 @@ pub struct Session {
     pub events: EventSink,
     /// Where process services' state lives.
     pub services: PathBuf,
+    /// A test hook: where this process kills itself, as a machine dying there would.
+    crash_point: Option<CrashPoint>,
 }
 
 /// Where a session keeps what is not in the data directory's defaults.
@@ -54,11 +56,9 @@ impl Session {
 
     /// Open with the state and service state where `stores` says.
     pub fn open_with(data: &Path, events: EventSink, stores: &Stores) -> Result<Session, OpError> {
-        std::fs::create_dir_all(data).map_err(|e| {
-            OpError::Usage(format!(
-                "cannot create data directory {}: {e}; pass --data DIR or set UPSHIFT_DATA",
-                data.display()
-            ))
+        std::fs::create_dir_all(data).map_err(|source| OpError::DataDirectory {
+            path: data.to_path_buf(),
+            source,
         })?;
         let audit =
             AuditLog::open(&data.join("audit.jsonl")).map_err(|e| OpError::Host(e.to_string()))?;
@@ -88,7 +88,28 @@ impl Session {
                 .services
                 .clone()
                 .unwrap_or_else(|| data.join("services")),
+            crash_point: None,
         })
+    }
+
+    /// Test hook for crash tests: kill this process (SIGKILL, no cleanup) right after the
+    /// journal records `point`. Only builds with the `test-hooks` feature honour it
+    /// ([`super::TEST_HOOKS`]); elsewhere it is ignored.
+    pub fn set_crash_point(&mut self, point: CrashPoint) {
+        if super::TEST_HOOKS {
+            self.crash_point = Some(point);
+        }
+    }
+
+    /// Die here if this is the crash point (see [`Session::set_crash_point`]).
+    pub(crate) fn crash_if_at(&self, phase: &str, seq: u32, moment: StepMoment) {
+        if self
+            .crash_point
+            .as_ref()
+            .is_some_and(|p| p.phase == phase && p.seq == seq && p.moment == moment)
+        {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
     }
 
     /// Take the lease of `instance` for this process (`label` says what for), with its
@@ -182,5 +203,50 @@ impl Session {
             caps.http.insert(name.clone(), backend);
         }
         Ok(Arc::new(caps))
+    }
+}
+
+/// When, around a step, a crash point fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepMoment {
+    /// Right after the journal records that the step started.
+    Started,
+    /// Right after the journal records how the step ended.
+    Finished,
+}
+
+/// A point in a run where a crash test kills the host: `<phase>:<seq>:<started|finished>`,
+/// e.g. `forward:5:started`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// `forward` or `rollback`.
+    pub phase: String,
+    /// The step's position in its phase.
+    pub seq: u32,
+    /// Before or after the step's work.
+    pub moment: StepMoment,
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CrashPoint, String> {
+        let bad = || format!("crash point `{text}` is not `<phase>:<seq>:<started|finished>`");
+        let mut parts = text.split(':');
+        let (Some(phase), Some(seq), Some(moment), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let moment = match moment {
+            "started" => StepMoment::Started,
+            "finished" => StepMoment::Finished,
+            _ => return Err(bad()),
+        };
+        Ok(CrashPoint {
+            phase: phase.to_string(),
+            seq: seq.parse().map_err(|_| bad())?,
+            moment,
+        })
     }
 }

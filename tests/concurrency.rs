@@ -1,0 +1,160 @@
+//! A fleet rollout runs its instances at once: blocking work (file copies, checksums, the state
+//! store) must not hold the async executor, or `--parallel N` quietly becomes one at a time.
+//!
+//! Eight instances of the test adapter's cheap upgrade, each snapshotting a 50 MB data directory,
+//! through the real binary. The journal's step times show how many snapshots were under way at
+//! the same moment, and the rollout's wall time is compared with the sum of its snapshot steps.
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use common::{Env, json, stderr};
+
+const INSTANCES: usize = 8;
+const FILES_PER_INSTANCE: usize = 5;
+const FILE_BYTES: usize = 10 * 1024 * 1024;
+
+/// Fill `dir` with incompressible bytes (different per instance and file).
+fn fill(dir: &Path, seed: u64) {
+    std::fs::create_dir_all(dir).expect("data dir");
+    for f in 0..FILES_PER_INSTANCE {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (f as u64 + 1);
+        let mut bytes = Vec::with_capacity(FILE_BYTES);
+        while bytes.len() < FILE_BYTES {
+            // xorshift64: cheap, and no two files share content.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.extend_from_slice(&state.to_le_bytes());
+        }
+        std::fs::write(dir.join(format!("part-{f}.bin")), &bytes).expect("write data");
+    }
+}
+
+fn fleet_file(adapter: &str, root: &Path) -> String {
+    let mut text = String::new();
+    for i in 0..INSTANCES {
+        let inst = root.join(format!("app-{i}"));
+        fill(&inst.join("data"), i as u64 + 1);
+        text.push_str(&format!(
+            "[[instance]]\nname = \"app-{i}\"\nadapter = {adapter:?}\n\n\
+             [instance.files.data]\npath = {data:?}\n\n\
+             [instance.service.app]\nkind = \"process\"\n\
+             command = \"/usr/bin/env APP_VERSION={{version}} /bin/sleep infinity\"\n\
+             version = \"cheap-1.0.0\"\nworkdir = {inst:?}\nstop_timeout_secs = 10\n\n",
+            data = inst.join("data").display().to_string(),
+            inst = inst.display().to_string(),
+        ));
+    }
+    text
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time from the journal.
+fn millis(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("journal time {rfc3339:?}: {e}"))
+        .timestamp_millis()
+}
+
+/// The most intervals open at one moment.
+fn most_at_once(intervals: &[(i64, i64)]) -> usize {
+    let mut edges: Vec<(i64, i32)> = intervals
+        .iter()
+        .flat_map(|(start, end)| [(*start, 1), (*end, -1)])
+        .collect();
+    // At equal times, close before opening: touching intervals do not overlap.
+    edges.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        open += delta;
+        most = most.max(open);
+    }
+    most as usize
+}
+
+#[test]
+fn most_at_once_counts_overlap_not_touching() {
+    assert_eq!(most_at_once(&[(0, 10), (10, 20), (20, 30)]), 1);
+    assert_eq!(most_at_once(&[(0, 10), (5, 20), (6, 7)]), 3);
+    assert_eq!(most_at_once(&[]), 0);
+}
+
+#[test]
+fn a_rollout_of_eight_snapshotting_instances_runs_them_at_once() {
+    let env = Env::new();
+    let root = env.data().with_file_name("instances");
+    let adapter = format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR);
+    env.write_fleet(&fleet_file(&adapter, &root));
+
+    // Bring every service up at the old version (this also takes a first snapshot each).
+    let first = env.upshift(&[
+        "apply",
+        "--all",
+        "--to",
+        "cheap-1.0.0",
+        "--parallel",
+        "8",
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+
+    let started = Instant::now();
+    let out = env.upshift(&[
+        "apply",
+        "--all",
+        "--to",
+        "cheap-2.0.0",
+        "--parallel",
+        "8",
+        "--yes",
+        "--json",
+    ]);
+    let wall_ms = started.elapsed().as_millis() as i64;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    let instances = report["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), INSTANCES, "{report}");
+
+    // Each run's snapshot step, as the journal recorded it.
+    let mut snapshots = Vec::new();
+    for line in instances {
+        assert_eq!(line["status"], "upgraded", "{line}");
+        let run = line["run"]["run_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no run id in {line}"));
+        let history = env.upshift(&["history", "--run", run, "--json"]);
+        assert_eq!(history.status.code(), Some(0), "{}", stderr(&history));
+        let history = json(&history);
+        let step = history["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["step_id"] == "snapshot" && s["phase"] == "forward")
+            .unwrap_or_else(|| panic!("no snapshot step in {history}"))
+            .clone();
+        let start = millis(step["started_at"].as_str().expect("started_at"));
+        let end = millis(step["finished_at"].as_str().expect("finished_at"));
+        snapshots.push((start, end));
+    }
+
+    let serial_sum: i64 = snapshots.iter().map(|(s, e)| e - s).sum();
+    let at_once = most_at_once(&snapshots);
+    eprintln!(
+        "snapshots {snapshots:?}: at most {at_once} at once; their sum {serial_sum} ms, \
+         the rollout's wall time {wall_ms} ms"
+    );
+    // With `--parallel 8`, the snapshots overlap rather than queue behind one another.
+    assert!(
+        at_once >= INSTANCES / 2,
+        "only {at_once} of {INSTANCES} snapshots were under way at once: {snapshots:?}"
+    );
+    // And the whole rollout (snapshots plus every other step) takes well under what the
+    // snapshots alone would take one after another.
+    assert!(
+        wall_ms * 4 < serial_sum * 3,
+        "the rollout took {wall_ms} ms; its snapshots alone add up to {serial_sum} ms"
+    );
+}
