@@ -59,16 +59,6 @@ impl From<&WitBindingRequest> for BindingRequest {
     }
 }
 
-impl Detection {
-    /// The value of fact `key`, if present.
-    pub fn fact(&self, key: &str) -> Option<&str> {
-        self.facts
-            .iter()
-            .find(|f| f.key == key)
-            .map(|f| f.value.as_str())
-    }
-}
-
 impl From<crate::CapError> for CapError {
     fn from(e: crate::CapError) -> CapError {
         match e {
