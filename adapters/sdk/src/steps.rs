@@ -2,8 +2,22 @@
 
 use crate::{
     Action, BackupMethod, CustomAction, DbBackupAction, DbRestoreAction, HttpCheckAction,
-    NamespaceColumn, RestoreTarget, Step, SwitchAction, WaitAction,
+    NamespaceColumn, Plan, RestoreTarget, Step, SwitchAction, WaitAction,
 };
+
+/// The name (and id) of the step that judges the upgrade again on the live instance; the SDK
+/// runs it (see [`crate::exports::run_step`]).
+pub const PREFLIGHT: &str = "preflight";
+
+/// A plan from `from` to `to`: its steps in order and the notes printed with it.
+pub fn plan(from: &str, to: &str, steps: Vec<Step>, notes: Vec<String>) -> Plan {
+    Plan {
+        from_version: from.to_string(),
+        to_version: to.to_string(),
+        steps,
+        notes,
+    }
+}
 
 fn step(id: &str, title: impl Into<String>, action: Action) -> Step {
     Step {
@@ -128,4 +142,10 @@ pub fn custom(
             mutates,
         }),
     )
+}
+
+/// The `preflight` step: detect the instance again and judge the upgrade to `target` by the
+/// rules before anything changes.
+pub fn preflight(target: &str, title: impl Into<String>) -> Step {
+    custom(PREFLIGHT, PREFLIGHT, target, false, title)
 }
