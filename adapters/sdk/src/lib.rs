@@ -37,6 +37,7 @@ pub use bindings::upshift::adapter::{db, files, http, log, progress, service};
 pub use bindings::{Guest, export_adapter};
 
 use rules::{Jump, Rule, Stone};
+use steps::CustomStep;
 
 /// The `upshift:adapter` API version this SDK is generated from.
 pub const HOST_API: &str = __host_api_literal!();
@@ -61,6 +62,9 @@ pub trait Product: Sized + 'static {
     /// The note added to a plan made without a live instance (no facts): which checks the
     /// `preflight` step repeats. None by default.
     const OFFLINE_NOTE: Option<&'static str> = None;
+    /// The custom steps the adapter runs itself, besides `preflight` (which the SDK runs).
+    /// None by default.
+    const CUSTOM_STEPS: &'static [CustomStep] = &[];
 
     /// What the rules know of a live instance, read back from a detection's facts (declare it
     /// with [`facts!`]; `()` for a product whose rules read none).
@@ -88,11 +92,6 @@ pub trait Product: Sized + 'static {
     fn allowed(jump: &Jump<Self>, _live: &Detection) -> String {
         format!("{} → {} allowed", jump.from, jump.to)
     }
-
-    /// Run one of the plan's custom steps other than `preflight`.
-    fn run_step(name: &str, _payload: &str) -> Result<StepOutput, AdapterError> {
-        Err(error(format!("unknown step `{name}`")))
-    }
 }
 
 /// The exports every product shares, generic over the product; [`export_product!`] wires them
@@ -119,10 +118,14 @@ pub mod exports {
     }
 
     /// `run-step`: `preflight` detects the instance again and judges the upgrade to the
-    /// payload's version; any other step is the product's.
+    /// payload's version; the other steps are the product's [`Product::CUSTOM_STEPS`].
     pub fn run_step<P: Product>(name: &str, payload: &str) -> Result<StepOutput, AdapterError> {
         if name != steps::PREFLIGHT {
-            return P::run_step(name, payload);
+            let step = P::CUSTOM_STEPS.iter().find(|step| step.name == name);
+            return match step {
+                Some(step) => (step.run)(payload),
+                None => Err(error(format!("unknown step `{name}`"))),
+            };
         }
         let live = P::detect()?;
         let (from, to) = rules::parse_pair(P::NAME, &live.version, payload, P::EXAMPLE)

@@ -1,13 +1,23 @@
 //! Builders for plan steps, so adapters state *what* happens and not how records are spelled.
 
 use crate::{
-    Action, BackupMethod, CustomAction, DbBackupAction, DbRestoreAction, HttpCheckAction,
-    NamespaceColumn, Plan, RestoreTarget, Step, SwitchAction, WaitAction,
+    Action, AdapterError, BackupMethod, CustomAction, DbBackupAction, DbRestoreAction,
+    HttpCheckAction, NamespaceColumn, Plan, RestoreTarget, Step, StepOutput, SwitchAction,
+    WaitAction,
 };
 
 /// The name (and id) of the step that judges the upgrade again on the live instance; the SDK
 /// runs it (see [`crate::exports::run_step`]).
 pub const PREFLIGHT: &str = "preflight";
+
+/// How the adapter runs one of its custom steps (`run-step`): the step's name and the function
+/// given its payload. A product lists them in [`crate::Product::CUSTOM_STEPS`].
+pub struct CustomStep {
+    /// The name the plan's [`custom`] step gives.
+    pub name: &'static str,
+    /// Run it with the step's payload.
+    pub run: fn(&str) -> Result<StepOutput, AdapterError>,
+}
 
 /// A plan from `from` to `to`: its steps in order and the notes printed with it.
 pub fn plan(from: &str, to: &str, steps: Vec<Step>, notes: Vec<String>) -> Plan {
