@@ -4,7 +4,7 @@
 
 use semver::Version;
 use upshift_adapter_sdk::FactValue;
-use upshift_adapter_sdk::rules::{Jump, Rule, Stone};
+use upshift_adapter_sdk::rules::{Jump, Rule, Stone, restore_instead};
 
 use crate::Bytebase;
 
@@ -81,11 +81,7 @@ pub const REFUSALS: &[Rule<Bytebase>] = &[
                 "{to} is older than the running {from}; Bytebase does not refuse an old binary on a newer schema, it starts silently on it (§1.5)"
             )
         },
-        advice: |Jump { to, .. }| {
-            format!(
-                "to go back, restore a backup taken at {to} (`upshift backups`, then `upshift restore`)"
-            )
-        },
+        advice: |j| restore_instead(j.to),
         via: None,
     },
     Rule {

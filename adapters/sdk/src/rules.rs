@@ -189,6 +189,13 @@ pub struct Stone<P: Product> {
     pub why: Text<P>,
 }
 
+/// The advice for a downgrade the product cannot make: restore a backup taken at the target.
+pub fn restore_instead(target: &Version) -> String {
+    format!(
+        "to go back, restore a backup taken at {target} (`upshift backups`, then `upshift restore`)"
+    )
+}
+
 /// The backup's version, parsed, or the refusal that it is not one of the product's versions.
 pub fn backup_version<P: Product>(request: &RestoreRequest) -> Result<Version, Refusal> {
     let text = &request.backup.product_version;
