@@ -20,24 +20,6 @@ pub struct Refused {
     pub advice: String,
 }
 
-impl Refused {
-    /// A refusal with no way through.
-    pub fn new(rule: &'static str, reason: impl Into<String>, advice: impl Into<String>) -> Self {
-        Refused {
-            rule,
-            reason: reason.into(),
-            path: Vec::new(),
-            advice: advice.into(),
-        }
-    }
-
-    /// The same refusal with versions to upgrade through.
-    pub fn via(mut self, path: Vec<Version>) -> Self {
-        self.path = path;
-        self
-    }
-}
-
 impl From<Refused> for Refusal {
     fn from(r: Refused) -> Refusal {
         let path: Vec<String> = r.path.iter().map(ToString::to_string).collect();
@@ -201,32 +183,6 @@ pub fn backup_version<P: Product>(request: &RestoreRequest) -> Result<Version, R
     let text = &request.backup.product_version;
     versions::parse(text)
         .ok_or_else(|| unparseable(P::NAME, "the backup's version", text, P::EXAMPLE))
-}
-
-/// `already-at-target` when the versions are equal.
-pub fn not_already_there(current: &Version, target: &Version) -> Result<(), Refused> {
-    if current == target {
-        return Err(Refused::new(
-            "already-at-target",
-            format!("the instance already runs {current}"),
-            "nothing to do",
-        ));
-    }
-    Ok(())
-}
-
-/// `unknown-major` when the target's major is newer than the adapter knows.
-pub fn known_major(product: &str, target: &Version, newest: u64) -> Result<(), Refused> {
-    if target.major > newest {
-        return Err(Refused::new(
-            "unknown-major",
-            format!(
-                "this adapter knows {product} up to {newest}.x; {target} may need steps it does not encode"
-            ),
-            "use an adapter release that supports the new major",
-        ));
-    }
-    Ok(())
 }
 
 /// The numeric `major.minor[.patch]` of a version with a suffix (`2.0.0-baseline`,
