@@ -103,22 +103,26 @@ impl<'a, P: Product> Jump<'a, P> {
     }
 }
 
+/// Whether a rule applies to an upgrade.
+pub type When<P> = fn(&Jump<P>) -> bool;
 /// A piece of text a rule writes about an upgrade (a reason, advice).
 pub type Text<P> = fn(&Jump<P>) -> String;
+/// The versions a rule sends an upgrade through, ending with the target.
+pub type Via<P> = fn(&Jump<P>) -> Vec<Version>;
 
 /// One row of a refusal table: when `when` holds, the upgrade is refused.
 pub struct Rule<P: Product> {
     /// The rule's id in plans, reports and tests (`downgrade`, `via-2.1.0`).
     pub id: &'static str,
     /// Whether the rule refuses this upgrade.
-    pub when: fn(&Jump<P>) -> bool,
+    pub when: When<P>,
     /// Why, in the product's terms.
     pub reason: Text<P>,
     /// What the operator should do.
     pub advice: Text<P>,
     /// The versions to go through instead, ending with the target; `None` when there is no
     /// way through.
-    pub via: Option<fn(&Jump<P>) -> Vec<Version>>,
+    pub via: Option<Via<P>>,
 }
 
 impl<P: Product> Rule<P> {
@@ -166,7 +170,7 @@ pub struct Stone<P: Product> {
     /// The rule's id when this is the first stop.
     pub id: &'static str,
     /// Whether the upgrade must stop here.
-    pub when: fn(&Jump<P>) -> bool,
+    pub when: When<P>,
     /// Why, in the product's terms.
     pub why: Text<P>,
 }
