@@ -117,18 +117,23 @@ pub mod exports {
         Ok(plan)
     }
 
-    /// `run-step`: `preflight` detects the instance again and judges the upgrade to the
-    /// payload's version; the other steps are the product's [`Product::CUSTOM_STEPS`].
+    /// `run-step`: the SDK runs `preflight`; the other steps are the product's
+    /// [`Product::CUSTOM_STEPS`].
     pub fn run_step<P: Product>(name: &str, payload: &str) -> Result<StepOutput, AdapterError> {
-        if name != steps::PREFLIGHT {
-            let step = P::CUSTOM_STEPS.iter().find(|step| step.name == name);
-            return match step {
-                Some(step) => (step.run)(payload),
-                None => Err(error(format!("unknown step `{name}`"))),
-            };
+        if name == steps::PREFLIGHT {
+            return preflight::<P>(payload);
         }
+        match P::CUSTOM_STEPS.iter().find(|step| step.name == name) {
+            Some(step) => (step.run)(payload),
+            None => Err(error(format!("unknown step `{name}`"))),
+        }
+    }
+
+    /// The `preflight` step: detect the instance again and judge the upgrade to `target` by
+    /// the rules and the facts [`Product::recheck`] gives, before anything changes.
+    pub fn preflight<P: Product>(target: &str) -> Result<StepOutput, AdapterError> {
         let live = P::detect()?;
-        let (from, to) = rules::parse_pair(P::NAME, &live.version, payload, P::EXAMPLE)
+        let (from, to) = rules::parse_pair(P::NAME, &live.version, target, P::EXAMPLE)
             .map_err(|r| error(r.reason))?;
         let facts = P::recheck(&live, &to)?;
         let jump = Jump::<P>::new(&from, &to, &facts);
