@@ -1,16 +1,15 @@
 //! The Bytebase upgrade adapter: Bytebase with an external PostgreSQL metadata database, run as
-//! a plain binary. The rules live in [`rules`]; this file wires them to the contract.
+//! a plain binary. The rules are the tables in [`rules`]; [`detect`] reads the instance and
+//! [`steps`] holds the plans.
 
 pub mod detect;
 pub mod rules;
 pub mod steps;
 pub mod verify;
 
-use upshift_adapter_sdk::rules::{parse_pair, unparseable};
-use upshift_adapter_sdk::{
-    AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput,
-    error, versions,
-};
+use semver::Version;
+use upshift_adapter_sdk::rules::{Jump, Rule, Stone, backup_version};
+use upshift_adapter_sdk::{AdapterError, Check, Detection, Plan, Product, Refusal, RestoreRequest};
 
 upshift_adapter_sdk::manifest! {
     product: "bytebase",
@@ -24,86 +23,50 @@ upshift_adapter_sdk::manifest! {
     ],
 }
 
-const EXAMPLE: &str = "3.11.1";
+/// Bytebase, as the SDK's [`Product`].
+pub struct Bytebase;
 
-struct Bytebase;
-
-impl Guest for Bytebase {
-    fn describe() -> AdapterInfo {
-        manifest()
-    }
+impl Product for Bytebase {
+    const NAME: &'static str = "Bytebase";
+    const EXAMPLE: &'static str = "3.11.1";
+    const NEWEST_MAJOR: u64 = 3;
+    const REFUSALS: &'static [Rule<Self>] = rules::REFUSALS;
+    const STONES: &'static [Stone<Self>] = rules::STONES;
+    const OFFLINE_NOTE: Option<&'static str> = Some(
+        "Offline plan: the live checks (schema format, database_id rows, duplicate versions, embedded PostgreSQL 14) run again in `preflight` and may still refuse.",
+    );
+    type Facts = rules::Facts;
 
     fn detect() -> Result<Detection, AdapterError> {
         detect::detect()
     }
 
-    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
-        let (from, to) = parse_pair("Bytebase", &current.version, &target, EXAMPLE)?;
-        rules::check(&from, &to, &detect::facts_of(&current)).map_err(Refusal::from)?;
-        Ok(steps::upgrade(
-            &from.to_string(),
-            &to,
-            current.facts.is_empty(),
-        ))
+    fn upgrade(from: &Version, to: &Version) -> Plan {
+        steps::upgrade(from, to)
     }
 
-    fn run_step(name: String, payload: String) -> Result<StepOutput, AdapterError> {
-        match name.as_str() {
-            "preflight" => {
-                let target = versions::parse(&payload)
-                    .ok_or_else(|| error(format!("bad target `{payload}`")))?;
-                let live = detect::detect()?;
-                let from = versions::parse(&live.version)
-                    .ok_or_else(|| error(format!("bad live version `{}`", live.version)))?;
-                match rules::check(&from, &target, &detect::facts_of(&live)) {
-                    Ok(()) => Ok(StepOutput {
-                        summary: format!(
-                            "{from} → {target} allowed (schema {}, {} database_id row(s))",
-                            live.fact("schema-format").unwrap_or("unknown"),
-                            live.fact("database-id-rows").unwrap_or("?")
-                        ),
-                    }),
-                    Err(r) => Err(error(format!("refused by rule `{}`: {}", r.rule, r.reason))),
-                }
-            }
-            other => Err(error(format!("unknown step `{other}`"))),
-        }
+    fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
+        verify::verify(expected)
     }
 
-    fn verify(expected: String) -> Result<Vec<Check>, AdapterError> {
-        verify::verify(&expected)
-    }
-
-    fn plan_restore(request: RestoreRequest) -> Result<Plan, Refusal> {
-        let backup_version = versions::parse(&request.backup.product_version)
-            .ok_or_else(|| {
-                unparseable(
-                    "Bytebase",
-                    "the backup's version",
-                    &request.backup.product_version,
-                    EXAMPLE,
-                )
-            })?
-            .to_string();
-        let current = request.current_version.unwrap_or_else(|| "unknown".into());
+    fn restore(request: &RestoreRequest) -> Result<Plan, Refusal> {
+        let backup = backup_version::<Self>(request)?.to_string();
+        let current = request.current();
         Ok(match &request.into {
-            None => steps::restore_in_place(&current, &backup_version),
-            Some(name) => steps::restore_into(&current, &backup_version, name),
+            None => steps::restore_in_place(&current, &backup),
+            Some(name) => steps::restore_into(&current, &backup, name),
         })
     }
-}
 
-upshift_adapter_sdk::export_adapter!(Bytebase);
-
-#[cfg(test)]
-mod tests {
-    use super::detect::{actuator_replicas, actuator_version};
-
-    #[test]
-    fn actuator_fields() {
-        let body = br#"{"version":"3.11.1","gitCommit":"abc","replicaCount":1}"#;
-        assert_eq!(actuator_version(body).as_deref(), Some("3.11.1"));
-        assert_eq!(actuator_replicas(body), Some(1));
-        assert_eq!(actuator_version(b"not json"), None);
+    fn allowed(jump: &Jump<Self>, live: &Detection) -> String {
+        format!(
+            "{} → {} allowed (schema {}, {} database_id row(s))",
+            jump.from,
+            jump.to,
+            live.fact("schema-format").unwrap_or("unknown"),
+            live.fact("database-id-rows").unwrap_or("?")
+        )
     }
 }
+
+upshift_adapter_sdk::export_product!(Bytebase);

@@ -1,10 +1,12 @@
-//! Bytebase's upgrade rules as a table: which jumps are allowed, which stops are required, and
-//! why. Pure functions over versions and detected facts, so they are unit-tested natively and
-//! serve offline plans (no facts) and live ones alike. Sources: product-facts.md §1.
+//! Bytebase's upgrade rules as tables: what it refuses, and the versions an upgrade must stop
+//! at, with why. Read by the SDK for offline plans (no facts) and live ones alike, and unit-tested
+//! natively. Sources: product-facts.md §1.
 
 use semver::Version;
-pub use upshift_adapter_sdk::rules::Refused;
-use upshift_adapter_sdk::rules::{known_major, not_already_there};
+use upshift_adapter_sdk::FactValue;
+use upshift_adapter_sdk::rules::{Jump, Rule, Stone, restore_instead};
+
+use crate::Bytebase;
 
 /// How the metadata database records its schema version (product-facts §1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,9 +28,10 @@ impl SchemaFormat {
             SchemaFormat::Semver => "semver",
         }
     }
+}
 
-    /// Parse a fact value.
-    pub fn parse(text: &str) -> Option<SchemaFormat> {
+impl FactValue for SchemaFormat {
+    fn from_fact(text: &str) -> Option<SchemaFormat> {
         match text {
             "legacy-1x" => Some(SchemaFormat::Legacy1x),
             "padded" => Some(SchemaFormat::Padded),
@@ -38,189 +41,174 @@ impl SchemaFormat {
     }
 }
 
-/// Facts from the live instance; `None` when unknown (offline plans).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
-    /// How versions are recorded.
-    pub schema_format: Option<SchemaFormat>,
-    /// Rows of `instance_change_history` with `database_id IS NOT NULL`.
-    pub database_id_rows: Option<u64>,
-    /// Versions recorded more than once.
-    pub duplicate_versions: Option<u64>,
-    /// `pgdata/PG_VERSION` of an embedded metadata store.
-    pub embedded_pg: Option<u32>,
-}
-
-fn v(major: u64, minor: u64, patch: u64) -> Version {
-    Version::new(major, minor, patch)
+upshift_adapter_sdk::facts! {
+    /// Facts from the live instance; `None` when unknown (offline plans).
+    pub struct Facts {
+        /// How versions are recorded.
+        pub schema_format: Option<SchemaFormat> = "schema-format",
+        /// Rows of `instance_change_history` with `database_id IS NOT NULL`.
+        pub database_id_rows: Option<u64> = "database-id-rows",
+        /// Versions recorded more than once.
+        pub duplicate_versions: Option<u64> = "duplicate-versions",
+        /// `pgdata/PG_VERSION` of an embedded metadata store.
+        pub embedded_pg: Option<u32> = "embedded-pg-version",
+    }
 }
 
 /// The stop every 1.x / 2.0.x database must make: 2.1.0 still copies 1.x history (§1.4).
-pub fn stop_2_1_0() -> Version {
-    v(2, 1, 0)
-}
+pub const STOP_2_1_0: Version = Version::new(2, 1, 0);
 /// The stop that clears per-database change history before the 3.4.1 backfill (§1.4).
-pub fn stop_3_3_1() -> Version {
-    v(3, 3, 1)
-}
+pub const STOP_3_3_1: Version = Version::new(3, 3, 1);
 /// A release in 3.4.1–3.13.x, which still runs the legacy backfill removed in 3.14.0 (§1.4).
-pub fn stop_3_13_0() -> Version {
-    v(3, 13, 0)
-}
+pub const STOP_3_13_0: Version = Version::new(3, 13, 0);
+/// The first release with the legacy backfill and plain semver history (§1.4).
+const BACKFILL: Version = Version::new(3, 4, 1);
+/// The release that removed the legacy backfill (§1.4).
+const BACKFILL_REMOVED: Version = Version::new(3, 14, 0);
+/// The first release that dumps and reloads an embedded PostgreSQL 14 into 16 at start.
+const PG14_RELOAD: Version = Version::new(2, 10, 0);
+/// The release that removed that reload.
+const PG14_RELOAD_REMOVED: Version = Version::new(3, 5, 0);
 
-/// One required stop: the version and the rule that requires it.
-struct Stop {
-    at: Version,
-    rule: &'static str,
-    why: String,
-}
-
-/// The newest major this adapter knows.
-pub const KNOWN_MAJOR: u64 = 3;
-
-/// Decide whether `current → target` may run as one step.
-pub fn check(current: &Version, target: &Version, facts: &Facts) -> Result<(), Refused> {
-    let refuse = |rule, reason: String, path: Vec<Version>, advice: String| Refused {
-        rule,
-        reason,
-        path,
-        advice,
-    };
-    not_already_there(current, target)?;
-    if target < current {
-        return Err(refuse(
-            "downgrade",
+/// What Bytebase refuses, in order: the first rule that applies refuses the upgrade.
+pub const REFUSALS: &[Rule<Bytebase>] = &[
+    Rule::ALREADY_AT_TARGET,
+    Rule {
+        id: "downgrade",
+        when: |j| j.to < j.from,
+        reason: |Jump { from, to, .. }| {
             format!(
-                "{target} is older than the running {current}; Bytebase does not refuse an old binary on a newer schema, it starts silently on it (§1.5)"
-            ),
-            vec![],
+                "{to} is older than the running {from}; Bytebase does not refuse an old binary on a newer schema, it starts silently on it (§1.5)"
+            )
+        },
+        advice: |j| restore_instead(j.to),
+        via: None,
+    },
+    Rule {
+        id: "zero-x-with-data",
+        when: |j| j.from.major == 0,
+        reason: |Jump { from, .. }| {
             format!(
-                "to go back, restore a backup taken at {target} (`upshift backups`, then `upshift restore`)"
-            ),
-        ));
-    }
-    if current.major == 0 {
-        return Err(refuse(
-            "zero-x-with-data",
-            format!(
-                "{current} is a 0.x alpha: its SQLite metadata was changed in place without migrations and 1.0 has no converter (§1.1, §1.2)"
-            ),
-            vec![],
-            "install 1.x or later fresh and re-create the settings; there is no upgrade path for 0.x data".into(),
-        ));
-    }
-    known_major("Bytebase", target, KNOWN_MAJOR)?;
-    if facts.duplicate_versions.unwrap_or(0) > 0 && *current < v(3, 4, 1) && *target >= v(3, 4, 1) {
-        return Err(refuse(
-            "duplicate-versions",
+                "{from} is a 0.x alpha: its SQLite metadata was changed in place without migrations and 1.0 has no converter (§1.1, §1.2)"
+            )
+        },
+        advice: |_| {
+            "install 1.x or later fresh and re-create the settings; there is no upgrade path for 0.x data".into()
+        },
+        via: None,
+    },
+    Rule::UNKNOWN_MAJOR,
+    Rule {
+        id: "duplicate-versions",
+        when: |j| {
+            j.facts.duplicate_versions.unwrap_or(0) > 0 && *j.from < BACKFILL && *j.to >= BACKFILL
+        },
+        reason: |j| {
             format!(
                 "instance_change_history holds {} duplicated version(s); the 3.4.1+ backfill creates a unique index on version and fails with SQLSTATE 23505 (#16723)",
-                facts.duplicate_versions.unwrap_or(0)
-            ),
-            vec![],
+                j.facts.duplicate_versions.unwrap_or(0)
+            )
+        },
+        advice: |_| {
             "after a backup, delete the duplicated rows (keep one per version), then plan again"
-                .into(),
-        ));
-    }
-    let rows = facts.database_id_rows.unwrap_or(0);
-    if rows > 0
-        && *current >= stop_3_3_1()
-        && *current < v(3, 4, 1)
-        && *target >= v(3, 4, 1)
-        && *target < v(3, 14, 0)
-    {
-        return Err(refuse(
-            "via-3.3.1",
+                .into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "via-3.3.1",
+        when: |j| {
+            j.facts.database_id_rows.unwrap_or(0) > 0
+                && *j.from >= STOP_3_3_1
+                && *j.from < BACKFILL
+                && *j.to >= BACKFILL
+                && *j.to < BACKFILL_REMOVED
+        },
+        reason: |j| {
             format!(
-                "{rows} instance_change_history row(s) still have database_id set at {current}; 3.4.1–3.13.x refuse with \"Must upgrade to Bytebase 3.3.1 first\""
-            ),
-            vec![],
-            "after a backup, find out why 3.3.1 left these rows (they belong to managed databases) and remove them, then plan again".into(),
-        ));
-    }
-    if facts.embedded_pg == Some(14)
-        && *target >= v(3, 5, 0)
-        && *current >= v(2, 10, 0)
-        && *current >= stop_3_3_1()
-    {
-        return Err(refuse(
-            "embedded-pg14",
+                "{} instance_change_history row(s) still have database_id set at {}; 3.4.1–3.13.x refuse with \"Must upgrade to Bytebase 3.3.1 first\"",
+                j.facts.database_id_rows.unwrap_or(0),
+                j.from
+            )
+        },
+        advice: |_| {
+            "after a backup, find out why 3.3.1 left these rows (they belong to managed databases) and remove them, then plan again".into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "embedded-pg14",
+        when: |j| {
+            j.facts.embedded_pg == Some(14)
+                && *j.to >= PG14_RELOAD_REMOVED
+                && *j.from >= PG14_RELOAD
+                && *j.from >= STOP_3_3_1
+        },
+        reason: |Jump { from, .. }| {
             format!(
-                "the embedded metadata store is still PostgreSQL 14 at {current}; 3.5.0 and later cannot convert it"
-            ),
-            vec![],
+                "the embedded metadata store is still PostgreSQL 14 at {from}; 3.5.0 and later cannot convert it"
+            )
+        },
+        advice: |Jump { from, .. }| {
             format!(
-                "restart {current} once (2.10.0–3.4.x dump and reload PostgreSQL 14 into 16 at start), then plan again"
-            ),
-        ));
-    }
-    let stops = required_stops(current, target, facts);
-    if let Some(first) = stops.first() {
-        let mut path: Vec<Version> = stops.iter().map(|s| s.at.clone()).collect();
-        path.push(target.clone());
-        let reasons: Vec<String> = stops.iter().map(|s| s.why.clone()).collect();
-        return Err(refuse(
-            first.rule,
-            reasons.join("; "),
-            path,
-            format!(
-                "upgrade one stop at a time: `upshift apply <instance> --to {}`, then plan again",
-                first.at
-            ),
-        ));
-    }
-    Ok(())
-}
+                "restart {from} once (2.10.0–3.4.x dump and reload PostgreSQL 14 into 16 at start), then plan again"
+            )
+        },
+        via: None,
+    },
+];
 
-fn required_stops(current: &Version, target: &Version, facts: &Facts) -> Vec<Stop> {
-    let mut stops: Vec<Stop> = Vec::new();
-    let between = |stop: &Version| current < stop && stop < target;
-    if *current < stop_2_1_0() && between(&stop_2_1_0()) {
-        stops.push(Stop {
-            at: stop_2_1_0(),
-            rule: "via-2.1.0",
-            why: format!(
-                "{current} keeps its history in 1.x migration_history; only 2.0.0–2.2.x copy it into instance_change_history, so go through 2.1.0 first"
+/// The versions an upgrade must stop at, and why. Of two stones at one version the first is
+/// named.
+pub const STONES: &[Stone<Bytebase>] = &[
+    Stone {
+        at: STOP_2_1_0,
+        id: "via-2.1.0",
+        when: |j| *j.from < STOP_2_1_0 && j.passes(&STOP_2_1_0),
+        why: |Jump { from, .. }| {
+            format!(
+                "{from} keeps its history in 1.x migration_history; only 2.0.0–2.2.x copy it into instance_change_history, so go through 2.1.0 first"
+            )
+        },
+    },
+    Stone {
+        at: STOP_3_3_1,
+        id: "via-3.3.1",
+        when: |j| j.passes(&STOP_3_3_1),
+        why: |j| {
+            match j.facts.database_id_rows.unwrap_or(0) {
+            0 => "releases after 3.3.1 expect the history layout 3.3.1 leaves (\"Must upgrade to Bytebase 3.3.1 first\")".into(),
+            rows => format!(
+                "{rows} instance_change_history row(s) have database_id set; 3.4.1–3.13.x refuse with \"Must upgrade to Bytebase 3.3.1 first\""
             ),
-        });
-    }
-    if between(&stop_3_3_1()) {
-        let rows = facts.database_id_rows.unwrap_or(0);
-        stops.push(Stop {
-            at: stop_3_3_1(),
-            rule: "via-3.3.1",
-            why: if rows > 0 {
-                format!(
-                    "{rows} instance_change_history row(s) have database_id set; 3.4.1–3.13.x refuse with \"Must upgrade to Bytebase 3.3.1 first\""
-                )
-            } else {
-                "releases after 3.3.1 expect the history layout 3.3.1 leaves (\"Must upgrade to Bytebase 3.3.1 first\")".into()
-            },
-        });
-    }
-    if facts.embedded_pg == Some(14)
-        && *target >= v(3, 5, 0)
-        && !stops.iter().any(|s| s.at == stop_3_3_1())
-        && (between(&stop_3_3_1()) || *current < v(2, 10, 0))
-    {
-        stops.push(Stop {
-            at: stop_3_3_1(),
-            rule: "embedded-pg14",
-            why: "the embedded metadata store is PostgreSQL 14; only 2.10.0–3.4.x dump and reload it into 16, and 3.5.0 removed that".into(),
-        });
-    }
-    let old_format = *current < v(3, 4, 1) || facts.schema_format == Some(SchemaFormat::Padded);
-    if *target >= v(3, 14, 0) && old_format && between(&stop_3_13_0()) {
-        stops.push(Stop {
-            at: stop_3_13_0(),
-            rule: "via-3.4.1-3.13",
-            why: "the history still has padded versions; only 3.4.1–3.13.x rewrite them (3.14.0 fails with invalid version \"0003…\")".into(),
-        });
-    }
-    stops.sort_by(|a, b| a.at.cmp(&b.at));
-    stops.dedup_by(|a, b| a.at == b.at);
-    stops
-}
+        }
+        },
+    },
+    Stone {
+        at: STOP_3_3_1,
+        id: "embedded-pg14",
+        when: |j| {
+            j.facts.embedded_pg == Some(14)
+                && *j.to >= PG14_RELOAD_REMOVED
+                && (j.passes(&STOP_3_3_1) || *j.from < PG14_RELOAD)
+        },
+        why: |_| {
+            "the embedded metadata store is PostgreSQL 14; only 2.10.0–3.4.x dump and reload it into 16, and 3.5.0 removed that".into()
+        },
+    },
+    Stone {
+        at: STOP_3_13_0,
+        id: "via-3.4.1-3.13",
+        when: |j| {
+            let old_format =
+                *j.from < BACKFILL || j.facts.schema_format == Some(SchemaFormat::Padded);
+            *j.to >= BACKFILL_REMOVED && old_format && j.passes(&STOP_3_13_0)
+        },
+        why: |_| {
+            "the history still has padded versions; only 3.4.1–3.13.x rewrite them (3.14.0 fails with invalid version \"0003…\")".into()
+        },
+    },
+];
 
 /// Parse a padded history version (`0003.0003.0001-20240101000000`) or a plain one.
 pub fn parse_history_version(text: &str) -> Option<(Version, SchemaFormat)> {
@@ -237,7 +225,7 @@ pub fn parse_history_version(text: &str) -> Option<(Version, SchemaFormat)> {
         else {
             return None;
         };
-        return Some((v(a, b, c), SchemaFormat::Padded));
+        return Some((Version::new(a, b, c), SchemaFormat::Padded));
     }
     Version::parse(trimmed)
         .ok()
@@ -247,6 +235,11 @@ pub fn parse_history_version(text: &str) -> Option<(Version, SchemaFormat)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use upshift_adapter_sdk::rules::Refused;
+
+    fn check(from: &Version, to: &Version, facts: &Facts) -> Result<(), Refused> {
+        Jump::<Bytebase>::new(from, to, facts).check()
+    }
 
     fn ver(s: &str) -> Version {
         Version::parse(s).expect("version")

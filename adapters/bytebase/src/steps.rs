@@ -1,14 +1,15 @@
 //! The steps of a Bytebase upgrade and restore (product-facts §1.6 and "What an adapter must
 //! encode → Bytebase").
 
+use semver::Version;
 use upshift_adapter_sdk::steps::{
-    custom, db_backup, db_restore, http_check, service_start, service_stop, service_switch,
-    wait_healthy,
+    db_backup, db_restore, http_check, plan, preflight, service_start, service_stop,
+    service_switch, wait_healthy,
 };
-use upshift_adapter_sdk::{BackupMethod, NamespaceColumn, Plan, RestoreTarget, Step};
+use upshift_adapter_sdk::{BackupMethod, NamespaceColumn, Plan, RestoreTarget};
 
 /// The actuator path a version serves.
-pub fn actuator_path(version: &semver::Version) -> &'static str {
+pub fn actuator_path(version: &Version) -> &'static str {
     if version.major >= 2 {
         "/v1/actuator/info"
     } else {
@@ -17,14 +18,11 @@ pub fn actuator_path(version: &semver::Version) -> &'static str {
 }
 
 /// The upgrade plan for an allowed jump.
-pub fn upgrade(current: &str, target: &semver::Version, offline: bool) -> Plan {
-    let t = target.to_string();
-    let steps: Vec<Step> = vec![
-        custom(
-            "preflight",
-            "preflight",
+pub fn upgrade(from: &Version, to: &Version) -> Plan {
+    let (current, t) = (from.to_string(), to.to_string());
+    let steps = vec![
+        preflight(
             &t,
-            false,
             format!("re-check that the metadata allows {current} → {t}"),
         ),
         service_stop(
@@ -55,25 +53,17 @@ pub fn upgrade(current: &str, target: &semver::Version, offline: bool) -> Plan {
         http_check(
             "check-version",
             "api",
-            actuator_path(target),
+            actuator_path(to),
             200,
             Some(&t),
             format!("the API reports {t}"),
         ),
     ];
-    let mut notes = vec![
+    let notes = vec![
         "Bytebase migrates its metadata when the new version starts; a PATCH release may migrate too.".to_string(),
         format!("If anything fails, Upshift restores the backup and starts {current} again: an old binary must never run on the migrated schema (Bytebase would start silently on it)."),
     ];
-    if offline {
-        notes.push("Offline plan: the live checks (schema format, database_id rows, duplicate versions, embedded PostgreSQL 14) run again in `preflight` and may still refuse.".into());
-    }
-    Plan {
-        from_version: current.to_string(),
-        to_version: t,
-        steps,
-        notes,
-    }
+    plan(&current, &t, steps, notes)
 }
 
 fn namespace() -> Vec<NamespaceColumn> {
@@ -86,26 +76,26 @@ fn namespace() -> Vec<NamespaceColumn> {
 /// Restore option 1 of the backup runbook: into the same database, swapped in by rename, then
 /// the backup's version started.
 pub fn restore_in_place(current: &str, backup_version: &str) -> Plan {
-    Plan {
-        from_version: current.to_string(),
-        to_version: backup_version.to_string(),
-        steps: vec![
+    plan(
+        current,
+        backup_version,
+        vec![
             service_stop("stop", "app", "stop Bytebase: a running server keeps the database from being renamed"),
             db_restore("restore-meta", "meta", RestoreTarget::SameDatabase, namespace(), "restore the metadata beside the live one, then swap names"),
             service_switch("switch", "app", backup_version, format!("switch to {backup_version}, the version the backup was taken at")),
             service_start("start", "app", format!("start Bytebase {backup_version}")),
             wait_healthy("wait-healthy", "app", 180_000, "wait for /healthz"),
         ],
-        notes: vec!["The replaced metadata database is kept under a new name; drop it once you are satisfied.".into()],
-    }
+        vec!["The replaced metadata database is kept under a new name; drop it once you are satisfied.".into()],
+    )
 }
 
 /// Restore option 2: into a differently named database, with the `namespace` rewrite.
 pub fn restore_into(current: &str, backup_version: &str, name: &str) -> Plan {
-    Plan {
-        from_version: current.to_string(),
-        to_version: backup_version.to_string(),
-        steps: vec![db_restore(
+    plan(
+        current,
+        backup_version,
+        vec![db_restore(
             "restore-meta",
             "meta",
             RestoreTarget::NewDatabase(name.to_string()),
@@ -114,8 +104,8 @@ pub fn restore_into(current: &str, backup_version: &str, name: &str) -> Plan {
                 "restore the metadata into `{name}` and move its change history (migration_history.namespace) to it"
             ),
         )],
-        notes: vec![format!(
+        vec![format!(
             "The running instance is untouched. To use the copy, point PG_URL at `{name}` and start Bytebase {backup_version}."
         )],
-    }
+    )
 }

@@ -2,7 +2,7 @@
 //! Verification").
 
 use upshift_adapter_sdk::live::check;
-use upshift_adapter_sdk::{AdapterError, Check, http, versions};
+use upshift_adapter_sdk::{AdapterError, Check, describe_cap_error, http, versions};
 
 use crate::detect::{actuator, actuator_replicas, actuator_version, schema};
 use crate::rules::SchemaFormat;
@@ -21,11 +21,11 @@ pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
         Err(e) => check(
             "healthz",
             false,
-            format!("/healthz: {}", upshift_adapter_sdk::describe_cap_error(&e)),
+            format!("/healthz: {}", describe_cap_error(&e)),
         ),
     });
-    let body = actuator();
-    let api = body.as_deref().and_then(actuator_version);
+    let actuator = actuator();
+    let api = actuator.as_ref().and_then(actuator_version);
     out.push(check(
         "api-version",
         api.as_deref() == Some(expected),
@@ -51,7 +51,7 @@ pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
         ),
     };
     out.push(check("schema-version", passed, detail));
-    if let Some(n) = body.as_deref().and_then(actuator_replicas) {
+    if let Some(n) = actuator.as_ref().and_then(actuator_replicas) {
         out.push(check(
             "replica-count",
             n == 1,

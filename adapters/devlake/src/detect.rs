@@ -8,11 +8,15 @@ use upshift_adapter_sdk::{
     AdapterError, Detection, describe_cap_error, error, fact, live, service, value_text,
 };
 
-use crate::rules::{Facts, secret_rename};
+use crate::rules::SECRET_RENAME;
 use crate::secret;
 
 /// The database binding.
 pub const DB: &str = "lake";
+
+/// The `env-file` fact when no `.env` was found (the secret can only come from the
+/// environment).
+pub const NO_ENV_FILE: &str = "none found";
 
 /// DevLake writes its tags with a `v`: `v1.0.1`.
 pub fn tag(v: &Version) -> String {
@@ -105,22 +109,6 @@ pub fn connections() -> Result<Vec<(String, String)>, AdapterError> {
         .collect())
 }
 
-/// The facts of a detection, for the rules.
-pub fn facts_of(d: &Detection) -> Facts {
-    let flag = |k: &str| d.fact(k).map(|v| v == "true");
-    Facts {
-        has_encryption_secret: flag("has-encryption-secret"),
-        has_encode_key: flag("has-encode-key"),
-        secret_decrypts: d.fact("secret-decrypts").and_then(|v| match v {
-            "true" => Some(true),
-            "false" => Some(false),
-            _ => None,
-        }),
-        migration_confirmed: flag("migration-confirmed"),
-        last_migrated: d.fact("last-migrated").and_then(numeric),
-    }
-}
-
 /// Whether the secret `target` will read opens the stored tokens (`None`: nothing to test).
 pub fn secret_opens_tokens(
     env: &secret::EnvSecrets,
@@ -131,8 +119,7 @@ pub fn secret_opens_tokens(
         return Ok(None);
     };
     Ok(Some(
-        secret::secret_for(env, *target >= secret_rename())
-            .is_some_and(|s| secret::opens(s, token)),
+        secret::secret_for(env, *target >= SECRET_RENAME).is_some_and(|s| secret::opens(s, token)),
     ))
 }
 
@@ -168,7 +155,7 @@ pub fn detect() -> Result<Detection, AdapterError> {
         Some(version.clone())
     };
     let env = secret::read_env()?;
-    let reads_new = current.as_ref().is_none_or(|v| *v >= secret_rename());
+    let reads_new = current.as_ref().is_none_or(|v| *v >= SECRET_RENAME);
     let tokens = connections()?;
     let decrypts = tokens.first().map(|(_, token)| {
         secret::secret_for(&env, reads_new).is_some_and(|s| secret::opens(s, token))
@@ -194,7 +181,7 @@ pub fn detect() -> Result<Detection, AdapterError> {
         ),
         fact(
             "env-file",
-            env.file.clone().unwrap_or_else(|| "none found".into()),
+            env.file.clone().unwrap_or_else(|| NO_ENV_FILE.into()),
         ),
         fact(
             "has-encryption-secret",

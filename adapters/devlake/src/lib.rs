@@ -1,5 +1,7 @@
 //! The Apache DevLake upgrade adapter: DevLake on MySQL or PostgreSQL, its `.env`, and the
-//! migration gate. The rules live in [`rules`]; this file wires them to the contract.
+//! migration gate. The rules are the table in [`rules`]; [`detect`] reads the instance,
+//! [`secret`] the encryption secret, [`gate`] passes the migration gate and [`steps`] holds the
+//! plans.
 
 pub mod detect;
 pub mod gate;
@@ -8,11 +10,16 @@ pub mod secret;
 pub mod steps;
 pub mod verify;
 
-use upshift_adapter_sdk::rules::parse_pair;
+use semver::Version;
+use upshift_adapter_sdk::rules::{Jump, Rule};
+use upshift_adapter_sdk::steps::CustomStep;
 use upshift_adapter_sdk::{
-    AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput,
-    error, refuse, versions,
+    AdapterError, Check, Detection, FromFacts, Plan, Product, Refusal, RestoreRequest, refuse,
+    versions,
 };
+
+use detect::{NO_ENV_FILE, tag};
+use rules::Facts;
 
 upshift_adapter_sdk::manifest! {
     product: "devlake",
@@ -26,67 +33,36 @@ upshift_adapter_sdk::manifest! {
     ],
 }
 
-const EXAMPLE: &str = "v1.0.1";
+/// Apache DevLake, as the SDK's [`Product`].
+pub struct DevLake;
 
-struct DevLake;
-
-impl Guest for DevLake {
-    fn describe() -> AdapterInfo {
-        manifest()
-    }
+impl Product for DevLake {
+    const NAME: &'static str = "DevLake";
+    const EXAMPLE: &'static str = "v1.0.1";
+    const NEWEST_MAJOR: u64 = 1;
+    const REFUSALS: &'static [Rule<Self>] = rules::REFUSALS;
+    const OFFLINE_NOTE: Option<&'static str> = Some(
+        "Offline plan: the live checks (ENCRYPTION_SECRET present and able to decrypt the stored tokens, ENCODE_KEY carried over across v0.18) run again in `preflight` and may still refuse.",
+    );
+    const CUSTOM_STEPS: &'static [CustomStep] = &[CustomStep {
+        name: "pass-migration-gate",
+        run: |_| gate::pass(),
+    }];
+    type Facts = Facts;
 
     fn detect() -> Result<Detection, AdapterError> {
         detect::detect()
     }
 
-    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
-        let (from, to) = parse_pair("DevLake", &current.version, &target, EXAMPLE)?;
-        // Pure over the detection: the secret test against the target's rules runs again in
-        // `preflight`.
-        let facts = detect::facts_of(&current);
-        rules::check(&from, &to, &facts).map_err(Refusal::from)?;
-        Ok(steps::upgrade(
-            &detect::tag(&from),
-            &detect::tag(&to),
-            current.facts.is_empty(),
-        ))
+    fn upgrade(from: &Version, to: &Version) -> Plan {
+        steps::upgrade(&tag(from), &tag(to))
     }
 
-    fn run_step(name: String, payload: String) -> Result<StepOutput, AdapterError> {
-        match name.as_str() {
-            "preflight" => {
-                let live = detect::detect()?;
-                let (from, to) = parse_pair("DevLake", &live.version, &payload, EXAMPLE)
-                    .map_err(|r| error(r.reason))?;
-                let env = secret::read_env()?;
-                let mut facts = detect::facts_of(&live);
-                facts.has_encryption_secret = Some(env.encryption_secret.is_some());
-                facts.has_encode_key = Some(env.encode_key.is_some());
-                facts.secret_decrypts = detect::secret_opens_tokens(&env, &to)?;
-                rules::check(&from, &to, &facts)
-                    .map_err(|r| error(format!("refused by rule `{}`: {}", r.rule, r.reason)))?;
-                Ok(StepOutput {
-                    summary: format!(
-                        "{from} → {to} allowed (secret from {}, stored tokens {})",
-                        env.file.as_deref().unwrap_or("the environment"),
-                        match facts.secret_decrypts {
-                            Some(true) => "decrypt",
-                            Some(false) => "do NOT decrypt",
-                            None => "absent",
-                        }
-                    ),
-                })
-            }
-            "pass-migration-gate" => gate::pass(),
-            other => Err(error(format!("unknown step `{other}`"))),
-        }
+    fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
+        verify::verify(expected)
     }
 
-    fn verify(expected: String) -> Result<Vec<Check>, AdapterError> {
-        verify::verify(&expected)
-    }
-
-    fn plan_restore(request: RestoreRequest) -> Result<Plan, Refusal> {
+    fn restore(request: &RestoreRequest) -> Result<Plan, Refusal> {
         let Some(backup_version) = versions::parse(&request.backup.product_version) else {
             return Err(refuse(
                 "backup-version-unknown",
@@ -95,13 +71,41 @@ impl Guest for DevLake {
                 "restore it by hand and start the DevLake version it was taken at",
             ));
         };
-        let current = request.current_version.unwrap_or_else(|| "unknown".into());
         Ok(steps::restore(
-            &current,
-            &detect::tag(&backup_version),
+            &request.current(),
+            &tag(&backup_version),
             request.into.as_deref(),
         ))
     }
+
+    /// The detection judged the secret by the running version's rules; `preflight` reads the
+    /// `.env` again and tests the stored tokens with the secret the target will read.
+    fn recheck(live: &Detection, target: &Version) -> Result<Facts, AdapterError> {
+        let env = secret::read_env()?;
+        Ok(Facts {
+            has_encryption_secret: Some(env.encryption_secret.is_some()),
+            has_encode_key: Some(env.encode_key.is_some()),
+            secret_decrypts: detect::secret_opens_tokens(&env, target)?,
+            ..Facts::from_facts(live)
+        })
+    }
+
+    fn allowed(jump: &Jump<Self>, live: &Detection) -> String {
+        format!(
+            "{} → {} allowed (secret from {}, stored tokens {})",
+            jump.from,
+            jump.to,
+            match live.fact("env-file") {
+                Some(NO_ENV_FILE) | None => "the environment",
+                Some(file) => file,
+            },
+            match jump.facts.secret_decrypts {
+                Some(true) => "decrypt",
+                Some(false) => "do NOT decrypt",
+                None => "absent",
+            }
+        )
+    }
 }
 
-upshift_adapter_sdk::export_adapter!(DevLake);
+upshift_adapter_sdk::export_product!(DevLake);

@@ -1,89 +1,111 @@
 //! DevLake's upgrade rules as a table (product-facts §4 and "What an adapter must encode →
-//! Apache DevLake"). Pure functions over versions and detected facts.
+//! Apache DevLake"), read by the SDK for offline and live plans alike and unit-tested natively.
 
 use semver::Version;
-use upshift_adapter_sdk::rules::{Refused, known_major, not_already_there};
+use upshift_adapter_sdk::rules::{Jump, Rule, restore_instead};
 
-/// The newest major this adapter knows.
-pub const KNOWN_MAJOR: u64 = 1;
+use crate::DevLake;
 
 /// v0.18.0 renamed `ENCODE_KEY` to `ENCRYPTION_SECRET` and stopped generating one (§4.3).
-pub fn secret_rename() -> Version {
-    Version::new(0, 18, 0)
+pub const SECRET_RENAME: Version = Version::new(0, 18, 0);
+
+upshift_adapter_sdk::facts! {
+    /// Facts from the live instance; `None` when unknown (offline plans).
+    pub struct Facts {
+        /// The `.env` (or environment) has `ENCRYPTION_SECRET`.
+        pub has_encryption_secret: Option<bool> = "has-encryption-secret",
+        /// The `.env` has the pre-0.18 `ENCODE_KEY`.
+        pub has_encode_key: Option<bool> = "has-encode-key",
+        /// A stored connection token decrypts with the secret the new version will read
+        /// (`None` when there is no stored token to test with).
+        pub secret_decrypts: Option<bool> = "secret-decrypts",
+        /// The running version's migrations were confirmed (its `_devlake_locking_history` row
+        /// has `succeeded = 1`); `false` while the 428 gate is still waiting.
+        pub migration_confirmed: Option<bool> = "migration-confirmed",
+        /// The last version whose migrations completed, from `_devlake_locking_history`.
+        pub last_migrated: Option<Version> = "last-migrated",
+    }
 }
 
-/// Facts from the live instance; `None` when unknown (offline plans).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
-    /// The `.env` (or environment) has `ENCRYPTION_SECRET`.
-    pub has_encryption_secret: Option<bool>,
-    /// The `.env` has the pre-0.18 `ENCODE_KEY`.
-    pub has_encode_key: Option<bool>,
-    /// A stored connection token decrypts with the secret the new version will read
-    /// (`None` when there is no stored token to test with).
-    pub secret_decrypts: Option<bool>,
-    /// The running version's migrations were confirmed (its `_devlake_locking_history` row
-    /// has `succeeded = 1`); `false` while the 428 gate is still waiting.
-    pub migration_confirmed: Option<bool>,
-    /// The last version whose migrations completed, from `_devlake_locking_history`.
-    pub last_migrated: Option<Version>,
+/// Whether the target reads `ENCRYPTION_SECRET` (and no longer `ENCODE_KEY`).
+fn reads_encryption_secret(jump: &Jump<DevLake>) -> bool {
+    *jump.to >= SECRET_RENAME
 }
 
-/// Decide whether `current → target` may run.
-pub fn check(current: &Version, target: &Version, facts: &Facts) -> Result<(), Refused> {
-    not_already_there(current, target)?;
-    if target < current {
-        let back_before_confirming = facts.migration_confirmed == Some(false)
-            && facts.last_migrated.as_ref().is_some_and(|v| target >= v);
-        if !back_before_confirming {
-            return Err(Refused::new(
-                "downgrade-after-migration",
-                format!(
-                    "{target} is older than {current}, whose migrations already ran; DevLake's scripts have no `Down`, so an older version cannot run on this database (§4.4, §4.5)"
-                ),
-                format!(
-                    "to go back, restore a backup taken at {target} (`upshift backups`, then `upshift restore`)"
-                ),
-            ));
-        }
-    }
-    known_major("DevLake", target, KNOWN_MAJOR)?;
-    let needs_secret = *target >= secret_rename();
-    if needs_secret && facts.has_encryption_secret == Some(false) {
-        if facts.has_encode_key == Some(true) {
-            return Err(Refused::new(
-                "encode-key-not-carried-over",
-                format!(
-                    "{target} reads ENCRYPTION_SECRET (≥ v0.18) and the .env only has the old ENCODE_KEY; without it DevLake panics at start, and a new secret would make every stored token undecryptable (§4.3)"
-                ),
-                "add ENCRYPTION_SECRET=<the ENCODE_KEY value> to the .env (keep ENCODE_KEY), then plan again",
-            ));
-        }
-        return Err(Refused::new(
-            "secret-missing",
-            "no ENCRYPTION_SECRET (or ENCODE_KEY) in the .env: DevLake would refuse to start, and a generated secret cannot decrypt the stored tokens (§4.3)",
-            "find the secret the database was encrypted with (the old .env, or the Helm secret) and put it in the .env as ENCRYPTION_SECRET",
-        ));
-    }
-    if !needs_secret
-        && facts.has_encode_key == Some(false)
-        && facts.has_encryption_secret != Some(true)
-    {
-        return Err(Refused::new(
-            "secret-missing",
-            "no ENCODE_KEY in the .env: DevLake ≤ v0.17 would generate a new one and lose the stored tokens (#5235)",
-            "put the ENCODE_KEY the database was encrypted with into the .env",
-        ));
-    }
-    if facts.secret_decrypts == Some(false) {
-        return Err(Refused::new(
-            "secret-changed",
-            "a stored connection token does not decrypt with the secret in the .env (\"invalid encKey\"): the secret was changed or lost, and DevLake would fail on every encrypted field (#5051, #2647)",
-            "put back the secret the database was encrypted with; never upgrade with a new one",
-        ));
-    }
-    Ok(())
-}
+/// What DevLake refuses, in order: the first rule that applies refuses the upgrade.
+pub const REFUSALS: &[Rule<DevLake>] = &[
+    Rule::ALREADY_AT_TARGET,
+    Rule {
+        id: "downgrade-after-migration",
+        // Going back is fine while the gate still waits, to a version the database has reached.
+        when: |j| {
+            let back_before_confirming = j.facts.migration_confirmed == Some(false)
+                && j.facts.last_migrated.as_ref().is_some_and(|v| j.to >= v);
+            j.to < j.from && !back_before_confirming
+        },
+        reason: |Jump { from, to, .. }| {
+            format!(
+                "{to} is older than {from}, whose migrations already ran; DevLake's scripts have no `Down`, so an older version cannot run on this database (§4.4, §4.5)"
+            )
+        },
+        advice: |j| restore_instead(j.to),
+        via: None,
+    },
+    Rule::UNKNOWN_MAJOR,
+    Rule {
+        id: "encode-key-not-carried-over",
+        when: |j| {
+            reads_encryption_secret(j)
+                && j.facts.has_encryption_secret == Some(false)
+                && j.facts.has_encode_key == Some(true)
+        },
+        reason: |Jump { to, .. }| {
+            format!(
+                "{to} reads ENCRYPTION_SECRET (≥ v0.18) and the .env only has the old ENCODE_KEY; without it DevLake panics at start, and a new secret would make every stored token undecryptable (§4.3)"
+            )
+        },
+        advice: |_| {
+            "add ENCRYPTION_SECRET=<the ENCODE_KEY value> to the .env (keep ENCODE_KEY), then plan again".into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "secret-missing",
+        when: |j| reads_encryption_secret(j) && j.facts.has_encryption_secret == Some(false),
+        reason: |_| {
+            "no ENCRYPTION_SECRET (or ENCODE_KEY) in the .env: DevLake would refuse to start, and a generated secret cannot decrypt the stored tokens (§4.3)".into()
+        },
+        advice: |_| {
+            "find the secret the database was encrypted with (the old .env, or the Helm secret) and put it in the .env as ENCRYPTION_SECRET".into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "secret-missing",
+        when: |j| {
+            !reads_encryption_secret(j)
+                && j.facts.has_encode_key == Some(false)
+                && j.facts.has_encryption_secret != Some(true)
+        },
+        reason: |_| {
+            "no ENCODE_KEY in the .env: DevLake ≤ v0.17 would generate a new one and lose the stored tokens (#5235)".into()
+        },
+        advice: |_| "put the ENCODE_KEY the database was encrypted with into the .env".into(),
+        via: None,
+    },
+    Rule {
+        id: "secret-changed",
+        when: |j| j.facts.secret_decrypts == Some(false),
+        reason: |_| {
+            "a stored connection token does not decrypt with the secret in the .env (\"invalid encKey\"): the secret was changed or lost, and DevLake would fail on every encrypted field (#5051, #2647)".into()
+        },
+        advice: |_| {
+            "put back the secret the database was encrypted with; never upgrade with a new one"
+                .into()
+        },
+        via: None,
+    },
+];
 
 #[cfg(test)]
 mod tests {
@@ -104,7 +126,10 @@ mod tests {
     }
 
     fn rule(from: &str, to: &str, f: &Facts) -> Result<(), &'static str> {
-        check(&v(from), &v(to), f).map_err(|r| r.rule)
+        let (from, to) = (v(from), v(to));
+        Jump::<DevLake>::new(&from, &to, f)
+            .check()
+            .map_err(|r| r.rule)
     }
 
     #[test]

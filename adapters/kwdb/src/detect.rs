@@ -7,8 +7,6 @@ use upshift_adapter_sdk::{
     AdapterError, Detection, Value, describe_cap_error, error, fact, live, service, value_text,
 };
 
-use crate::rules::Facts;
-
 /// The running instance's SQL binding.
 pub const SQL: &str = "sql";
 /// The new instance's SQL binding (export/import upgrades).
@@ -83,18 +81,6 @@ pub fn running_jobs(binding: &str) -> Result<u64, AdapterError> {
                 .is_some_and(|s| s.eq_ignore_ascii_case("running"))
         })
         .count() as u64)
-}
-
-/// The facts of a detection, for the rules.
-pub fn facts_of(d: &Detection) -> Facts {
-    let num = |k: &str| d.fact(k).and_then(|v| v.parse().ok());
-    Facts {
-        unavailable_ranges: num("unavailable-ranges"),
-        underreplicated_ranges: num("underreplicated-ranges"),
-        running_jobs: num("running-jobs"),
-        next_bound: d.fact("next-bound").map(|v| v == "true"),
-        next_user_databases: num("next-user-databases"),
-    }
 }
 
 /// Detect the version and the facts.

@@ -1,6 +1,6 @@
 //! The KWDB (KaiwuDB) upgrade adapter: a standalone KWDB in a container (or as a binary), its
-//! data directory and its extern directory. The rules live in [`rules`]; this file wires them
-//! to the contract.
+//! data directory and its extern directory. The rules are the table in [`rules`]; [`detect`]
+//! reads the instance, [`steps`] holds the plans and [`export`] the export/import steps.
 
 pub mod detect;
 pub mod export;
@@ -8,12 +8,14 @@ pub mod rules;
 pub mod steps;
 pub mod verify;
 
-use upshift_adapter_sdk::rules::parse_pair;
-use upshift_adapter_sdk::rules::unparseable;
+use semver::Version;
+use upshift_adapter_sdk::rules::{Jump, Rule, backup_version};
+use upshift_adapter_sdk::steps::CustomStep;
 use upshift_adapter_sdk::{
-    AdapterError, AdapterInfo, BackupMethod, Check, Detection, Guest, Plan, Refusal,
-    RestoreRequest, StepOutput, error, refuse, versions,
+    AdapterError, BackupMethod, Check, Detection, Plan, Product, Refusal, RestoreRequest, refuse,
 };
+
+use rules::Method;
 
 upshift_adapter_sdk::manifest! {
     product: "kwdb",
@@ -29,66 +31,50 @@ upshift_adapter_sdk::manifest! {
     ],
 }
 
-const EXAMPLE: &str = "3.1.0";
+/// KWDB, as the SDK's [`Product`].
+pub struct Kwdb;
 
-struct Kwdb;
-
-impl Guest for Kwdb {
-    fn describe() -> AdapterInfo {
-        manifest()
-    }
+impl Product for Kwdb {
+    const NAME: &'static str = "KWDB";
+    const EXAMPLE: &'static str = "3.1.0";
+    const NEWEST_MAJOR: u64 = 3;
+    const REFUSALS: &'static [Rule<Self>] = rules::REFUSALS;
+    const OFFLINE_NOTE: Option<&'static str> = Some(
+        "Offline plan: range health, running jobs and (for export/import) the `next` instance are checked again in `preflight` and may still refuse.",
+    );
+    const CUSTOM_STEPS: &'static [CustomStep] = &[
+        CustomStep {
+            name: "export",
+            run: |_| export::export(),
+        },
+        CustomStep {
+            name: "prepare-meta",
+            run: |_| export::prepare_meta(),
+        },
+        CustomStep {
+            name: "import",
+            run: |_| export::import(),
+        },
+        CustomStep {
+            name: "compare-counts",
+            run: export::compare,
+        },
+    ];
+    type Facts = rules::Facts;
 
     fn detect() -> Result<Detection, AdapterError> {
         detect::detect()
     }
 
-    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
-        let (from, to) = parse_pair("KWDB", &current.version, &target, EXAMPLE)?;
-        let method =
-            rules::check(&from, &to, &detect::facts_of(&current)).map_err(Refusal::from)?;
-        Ok(steps::upgrade(
-            &from.to_string(),
-            &to.to_string(),
-            method,
-            rules::strips_partition_interval(&to),
-            current.facts.is_empty(),
-        ))
+    fn upgrade(from: &Version, to: &Version) -> Plan {
+        steps::upgrade(from, to)
     }
 
-    fn run_step(name: String, payload: String) -> Result<StepOutput, AdapterError> {
-        match name.as_str() {
-            "preflight" => {
-                let live = detect::detect()?;
-                let (from, to) = parse_pair("KWDB", &live.version, &payload, EXAMPLE)
-                    .map_err(|r| error(r.reason))?;
-                let method = rules::check(&from, &to, &detect::facts_of(&live))
-                    .map_err(|r| error(format!("refused by rule `{}`: {}", r.rule, r.reason)))?;
-                Ok(StepOutput {
-                    summary: format!(
-                        "{from} → {to} allowed ({}); databases: {}",
-                        match method {
-                            rules::Method::InPlace => "in place",
-                            rules::Method::ExportImport => "export/import into `next`",
-                        },
-                        live.fact("user-databases")
-                            .filter(|d| !d.is_empty())
-                            .unwrap_or("none")
-                    ),
-                })
-            }
-            "export" => export::export(),
-            "prepare-meta" => export::prepare_meta(),
-            "import" => export::import(),
-            "compare-counts" => export::compare(&payload),
-            other => Err(error(format!("unknown step `{other}`"))),
-        }
+    fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
+        verify::verify(expected)
     }
 
-    fn verify(expected: String) -> Result<Vec<Check>, AdapterError> {
-        verify::verify(&expected)
-    }
-
-    fn plan_restore(request: RestoreRequest) -> Result<Plan, Refusal> {
+    fn restore(request: &RestoreRequest) -> Result<Plan, Refusal> {
         let backup = &request.backup;
         if backup.binding != "store" || backup.method != BackupMethod::Snapshot {
             return Err(refuse(
@@ -101,20 +87,7 @@ impl Guest for Kwdb {
                 "deploy an empty instance of that version and IMPORT the export under the extern directory's upshift/",
             ));
         }
-        let version = versions::parse(&backup.product_version)
-            .ok_or_else(|| {
-                unparseable(
-                    "KWDB",
-                    "the backup's version",
-                    &backup.product_version,
-                    EXAMPLE,
-                )
-            })?
-            .to_string();
-        let current = request
-            .current_version
-            .clone()
-            .unwrap_or_else(|| "unknown".into());
+        let version = backup_version::<Self>(request)?.to_string();
         if request.into.is_some() {
             return Err(refuse(
                 "restore-into-unsupported",
@@ -123,8 +96,23 @@ impl Guest for Kwdb {
                 "drop --into",
             ));
         }
-        Ok(steps::restore_store(&current, &version))
+        Ok(steps::restore_store(&request.current(), &version))
+    }
+
+    fn allowed(jump: &Jump<Self>, live: &Detection) -> String {
+        format!(
+            "{} → {} allowed ({}); databases: {}",
+            jump.from,
+            jump.to,
+            match Method::of(jump.from, jump.to) {
+                Method::InPlace => "in place",
+                Method::ExportImport => "export/import into `next`",
+            },
+            live.fact("user-databases")
+                .filter(|d| !d.is_empty())
+                .unwrap_or("none")
+        )
     }
 }
 
-upshift_adapter_sdk::export_adapter!(Kwdb);
+upshift_adapter_sdk::export_product!(Kwdb);

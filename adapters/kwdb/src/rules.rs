@@ -1,12 +1,11 @@
-//! KWDB's upgrade paths and refusals as a table (product-facts §2.3, §2.4 and "What an adapter
-//! must encode → KWDB"). Pure functions over versions and facts: unit-tested natively, and the
-//! same for offline and live plans.
+//! KWDB's upgrade paths and refusals as tables (product-facts §2.3, §2.4 and "What an adapter
+//! must encode → KWDB"): the refusals, read by the SDK for offline and live plans alike, and the
+//! in-place column of §2.3's path table, which decides how an allowed upgrade runs.
 
 use semver::Version;
-use upshift_adapter_sdk::rules::{Refused, known_major, not_already_there};
+use upshift_adapter_sdk::rules::{Jump, Rule};
 
-/// The newest major this adapter knows.
-pub const KNOWN_MAJOR: u64 = 3;
+use crate::Kwdb;
 
 /// How an allowed upgrade runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +14,17 @@ pub enum Method {
     InPlace,
     /// Never in place: a new instance of the target, then EXPORT from the old and IMPORT.
     ExportImport,
+}
+
+impl Method {
+    /// How `from → to` runs once the rules allow it.
+    pub fn of(from: &Version, to: &Version) -> Method {
+        if in_place(from, to) {
+            Method::InPlace
+        } else {
+            Method::ExportImport
+        }
+    }
 }
 
 fn v(major: u64, minor: u64, patch: u64) -> Version {
@@ -51,94 +61,125 @@ pub fn strips_partition_interval(target: &Version) -> bool {
     *target >= v(3, 1, 0)
 }
 
-/// Facts from the live instance; `None` when unknown (offline plans).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
-    /// `ranges.unavailable` summed over stores.
-    pub unavailable_ranges: Option<u64>,
-    /// `ranges.underreplicated` summed over stores.
-    pub underreplicated_ranges: Option<u64>,
-    /// Jobs (`SHOW JOBS`) still running.
-    pub running_jobs: Option<u64>,
-    /// Whether a new instance is bound as `next` / `next-sql`.
-    pub next_bound: Option<bool>,
-    /// User databases already in the `next` instance.
-    pub next_user_databases: Option<u64>,
+upshift_adapter_sdk::facts! {
+    /// Facts from the live instance; `None` when unknown (offline plans).
+    pub struct Facts {
+        /// `ranges.unavailable` summed over stores.
+        pub unavailable_ranges: Option<u64> = "unavailable-ranges",
+        /// `ranges.underreplicated` summed over stores.
+        pub underreplicated_ranges: Option<u64> = "underreplicated-ranges",
+        /// Jobs (`SHOW JOBS`) still running.
+        pub running_jobs: Option<u64> = "running-jobs",
+        /// Whether a new instance is bound as `next` / `next-sql`.
+        pub next_bound: Option<bool> = "next-bound",
+        /// User databases already in the `next` instance.
+        pub next_user_databases: Option<u64> = "next-user-databases",
+    }
 }
 
-/// Decide whether and how `current → target` may run.
-pub fn check(current: &Version, target: &Version, facts: &Facts) -> Result<Method, Refused> {
-    not_already_there(current, target)?;
-    if target < current {
-        return Err(Refused::new(
-            "downgrade",
+/// A count fact that is known and not zero.
+fn some(count: Option<u64>) -> bool {
+    count.is_some_and(|n| n > 0)
+}
+
+/// What KWDB refuses, in order: the first rule that applies refuses the upgrade. The last two
+/// apply only to upgrades that are never in place.
+pub const REFUSALS: &[Rule<Kwdb>] = &[
+    Rule::ALREADY_AT_TARGET,
+    Rule {
+        id: "downgrade",
+        when: |j| j.to < j.from,
+        reason: |Jump { from, to, .. }| {
             format!(
-                "UPGRADE ERROR:The requested upgrade version is older than the current installed version.(current:{current} new_version:{target}); after an upgrade KWDB cannot simply be downgraded (§2.3, §2.4)"
-            ),
-            "to go back: reinstall the old version and restore the pre-upgrade data-directory copy or re-import the pre-upgrade export",
-        ));
-    }
-    if current.pre.is_empty() && !target.pre.is_empty() {
-        return Err(Refused::new(
-            "release-to-prerelease",
+                "UPGRADE ERROR:The requested upgrade version is older than the current installed version.(current:{from} new_version:{to}); after an upgrade KWDB cannot simply be downgraded (§2.3, §2.4)"
+            )
+        },
+        advice: |_| {
+            "to go back: reinstall the old version and restore the pre-upgrade data-directory copy or re-import the pre-upgrade export".into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "release-to-prerelease",
+        when: |j| j.from.pre.is_empty() && !j.to.pre.is_empty(),
+        reason: |Jump { from, to, .. }| {
             format!(
-                "UPGRADE ERROR:Official version can not upgrade to alpha/beta ({current} → {target}, §2.4)"
-            ),
-            "choose an official release",
-        ));
-    }
-    known_major("KWDB", target, KNOWN_MAJOR)?;
-    if let Some(n) = facts.unavailable_ranges.filter(|n| *n > 0) {
-        return Err(Refused::new(
-            "unavailable-ranges",
-            format!("{n} range(s) are unavailable (kwdb_internal.kv_store_status)"),
-            "bring every node back and wait until no range is unavailable, then plan again",
-        ));
-    }
-    if let Some(n) = facts.underreplicated_ranges.filter(|n| *n > 0) {
-        return Err(Refused::new(
-            "underreplicated-ranges",
-            format!("{n} range(s) are under-replicated (kwdb_internal.kv_store_status)"),
-            "wait until replication catches up, then plan again",
-        ));
-    }
-    if let Some(n) = facts.running_jobs.filter(|n| *n > 0) {
-        return Err(Refused::new(
-            "jobs-running",
+                "UPGRADE ERROR:Official version can not upgrade to alpha/beta ({from} → {to}, §2.4)"
+            )
+        },
+        advice: |_| "choose an official release".into(),
+        via: None,
+    },
+    Rule::UNKNOWN_MAJOR,
+    Rule {
+        id: "unavailable-ranges",
+        when: |j| some(j.facts.unavailable_ranges),
+        reason: |j| {
             format!(
-                "{n} job(s) are running (SHOW JOBS): schema changes or imports must finish first"
-            ),
-            "wait for them (or cancel them), then plan again",
-        ));
-    }
-    if in_place(current, target) {
-        return Ok(Method::InPlace);
-    }
-    if facts.next_bound == Some(false) {
-        return Err(Refused::new(
-            "needs-new-instance",
+                "{} range(s) are unavailable (kwdb_internal.kv_store_status)",
+                j.facts.unavailable_ranges.unwrap_or(0)
+            )
+        },
+        advice: |_| {
+            "bring every node back and wait until no range is unavailable, then plan again".into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "underreplicated-ranges",
+        when: |j| some(j.facts.underreplicated_ranges),
+        reason: |j| {
             format!(
-                "{current} → {target} is never done in place ({}); it needs a new {target} instance to import into (§2.2, §2.3)",
-                if current.major < target.major {
+                "{} range(s) are under-replicated (kwdb_internal.kv_store_status)",
+                j.facts.underreplicated_ranges.unwrap_or(0)
+            )
+        },
+        advice: |_| "wait until replication catches up, then plan again".into(),
+        via: None,
+    },
+    Rule {
+        id: "jobs-running",
+        when: |j| some(j.facts.running_jobs),
+        reason: |j| {
+            format!(
+                "{} job(s) are running (SHOW JOBS): schema changes or imports must finish first",
+                j.facts.running_jobs.unwrap_or(0)
+            )
+        },
+        advice: |_| "wait for them (or cancel them), then plan again".into(),
+        via: None,
+    },
+    Rule {
+        id: "needs-new-instance",
+        when: |j| !in_place(j.from, j.to) && j.facts.next_bound == Some(false),
+        reason: |Jump { from, to, .. }| {
+            format!(
+                "{from} → {to} is never done in place ({}); it needs a new {to} instance to import into (§2.2, §2.3)",
+                if from.major < to.major {
                     "the storage format changed in 3.0"
                 } else {
                     "the release notes list export/import for this path"
                 }
-            ),
-            "deploy an empty instance for the target (its own store, sharing the extern directory), bind it as `next` (service) and `next-sql` (db), then plan again",
-        ));
-    }
-    if let Some(n) = facts.next_user_databases.filter(|n| *n > 0) {
-        return Err(Refused::new(
-            "next-not-empty",
+            )
+        },
+        advice: |_| {
+            "deploy an empty instance for the target (its own store, sharing the extern directory), bind it as `next` (service) and `next-sql` (db), then plan again".into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "next-not-empty",
+        when: |j| !in_place(j.from, j.to) && some(j.facts.next_user_databases),
+        reason: |j| {
             format!(
-                "the `next` instance already holds {n} user database(s); importing could mix data"
-            ),
-            "bind an empty instance as `next`",
-        ));
-    }
-    Ok(Method::ExportImport)
-}
+                "the `next` instance already holds {} user database(s); importing could mix data",
+                j.facts.next_user_databases.unwrap_or(0)
+            )
+        },
+        advice: |_| "bind an empty instance as `next`".into(),
+        via: None,
+    },
+];
 
 /// `meta.sql` without `PARTITION INTERVAL <n>` clauses (the rest of each line kept).
 pub fn strip_partition_interval(meta: &str) -> (String, usize) {
@@ -176,7 +217,11 @@ mod tests {
     }
 
     fn method(from: &str, to: &str, f: &Facts) -> Result<Method, &'static str> {
-        check(&p(from), &p(to), f).map_err(|r| r.rule)
+        let (from, to) = (p(from), p(to));
+        Jump::<Kwdb>::new(&from, &to, f)
+            .check()
+            .map_err(|r| r.rule)?;
+        Ok(Method::of(&from, &to))
     }
 
     #[test]

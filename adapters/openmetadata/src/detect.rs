@@ -82,18 +82,6 @@ pub fn api_version() -> Option<String> {
         .and_then(|a| a.field("version"))
 }
 
-/// The facts of a detection, for the rules.
-pub fn facts_of(d: &Detection) -> Facts {
-    let num = |k: &str| d.fact(k).and_then(|v| v.parse().ok());
-    let flag = |k: &str| d.fact(k).map(|v| v == "true");
-    Facts {
-        db_version: d.fact("db-version").and_then(numeric),
-        legacy_flyway: flag("legacy-flyway"),
-        unfinished_migrations: num("unfinished-migrations"),
-        entities_without_history: flag("entities-without-history"),
-    }
-}
-
 /// Detect the running version and the database's migration state.
 pub fn detect() -> Result<Detection, AdapterError> {
     let deployed = service::inspect("server").map(|s| s.version).map_err(|e| {

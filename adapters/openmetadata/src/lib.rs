@@ -1,15 +1,16 @@
 //! The OpenMetadata upgrade adapter: the server and its one-shot migration job over MySQL or
-//! PostgreSQL. The rules live in [`rules`]; this file wires them to the contract.
+//! PostgreSQL. The rules are the table in [`rules`]; [`detect`] reads the instance and [`steps`]
+//! holds the plans.
 
 pub mod detect;
 pub mod rules;
 pub mod steps;
 pub mod verify;
 
-use upshift_adapter_sdk::rules::parse_pair;
+use semver::Version;
+use upshift_adapter_sdk::rules::{Jump, Rule};
 use upshift_adapter_sdk::{
-    AdapterError, AdapterInfo, Check, Detection, Guest, Plan, Refusal, RestoreRequest, StepOutput,
-    error, refuse, versions,
+    AdapterError, Check, Detection, Plan, Product, Refusal, RestoreRequest, refuse, versions,
 };
 
 upshift_adapter_sdk::manifest! {
@@ -25,56 +26,32 @@ upshift_adapter_sdk::manifest! {
     ],
 }
 
-const EXAMPLE: &str = "1.12.1";
+/// OpenMetadata, as the SDK's [`Product`].
+pub struct OpenMetadata;
 
-struct OpenMetadata;
-
-impl Guest for OpenMetadata {
-    fn describe() -> AdapterInfo {
-        manifest()
-    }
+impl Product for OpenMetadata {
+    const NAME: &'static str = "OpenMetadata";
+    const EXAMPLE: &'static str = "1.12.1";
+    const NEWEST_MAJOR: u64 = 2;
+    const REFUSALS: &'static [Rule<Self>] = rules::REFUSALS;
+    const OFFLINE_NOTE: Option<&'static str> = Some(
+        "Offline plan: the live checks (the database's own migration version, a leftover DATABASE_CHANGE_LOG, STARTED/FAILED rows) run again in `preflight` and may still refuse.",
+    );
+    type Facts = rules::Facts;
 
     fn detect() -> Result<Detection, AdapterError> {
         detect::detect()
     }
 
-    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
-        let (from, to) = parse_pair("OpenMetadata", &current.version, &target, EXAMPLE)?;
-        rules::check(&from, &to, &detect::facts_of(&current)).map_err(Refusal::from)?;
-        Ok(steps::upgrade(
-            &from.to_string(),
-            &to.to_string(),
-            current.facts.is_empty(),
-        ))
+    fn upgrade(from: &Version, to: &Version) -> Plan {
+        steps::upgrade(&from.to_string(), &to.to_string())
     }
 
-    fn run_step(name: String, payload: String) -> Result<StepOutput, AdapterError> {
-        match name.as_str() {
-            "preflight" => {
-                let live = detect::detect()?;
-                let (from, to) = parse_pair("OpenMetadata", &live.version, &payload, EXAMPLE)
-                    .map_err(|r| error(r.reason))?;
-                let facts = detect::facts_of(&live);
-                rules::check(&from, &to, &facts)
-                    .map_err(|r| error(format!("refused by rule `{}`: {}", r.rule, r.reason)))?;
-                Ok(StepOutput {
-                    summary: format!(
-                        "{from} → {to} allowed (database at {}, no unfinished migrations)",
-                        facts
-                            .db_version
-                            .map_or("no migrations yet".to_string(), |v| v.to_string())
-                    ),
-                })
-            }
-            other => Err(error(format!("unknown step `{other}`"))),
-        }
+    fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
+        verify::verify(expected)
     }
 
-    fn verify(expected: String) -> Result<Vec<Check>, AdapterError> {
-        verify::verify(&expected)
-    }
-
-    fn plan_restore(request: RestoreRequest) -> Result<Plan, Refusal> {
+    fn restore(request: &RestoreRequest) -> Result<Plan, Refusal> {
         let Some(backup_version) = versions::parse(&request.backup.product_version) else {
             return Err(refuse(
                 "backup-version-unknown",
@@ -86,13 +63,24 @@ impl Guest for OpenMetadata {
                 "restore it by hand into a clean database migrated to the version it was taken at",
             ));
         };
-        let current = request.current_version.unwrap_or_else(|| "unknown".into());
         Ok(steps::restore(
-            &current,
+            &request.current(),
             &backup_version.to_string(),
             request.into.as_deref(),
         ))
     }
+
+    fn allowed(jump: &Jump<Self>, _live: &Detection) -> String {
+        format!(
+            "{} → {} allowed (database at {}, no unfinished migrations)",
+            jump.from,
+            jump.to,
+            jump.facts
+                .db_version
+                .as_ref()
+                .map_or("no migrations yet".to_string(), ToString::to_string)
+        )
+    }
 }
 
-upshift_adapter_sdk::export_adapter!(OpenMetadata);
+upshift_adapter_sdk::export_product!(OpenMetadata);

@@ -1,102 +1,119 @@
 //! OpenMetadata's upgrade rules as a table (product-facts §3 and "What an adapter must encode →
-//! OpenMetadata"). Pure functions over versions and detected facts: unit-tested natively, and
-//! the same for offline and live plans.
+//! OpenMetadata"), read by the SDK for offline and live plans alike and unit-tested natively.
 
 use semver::Version;
-use upshift_adapter_sdk::rules::{Refused, known_major, not_already_there};
+use upshift_adapter_sdk::rules::{Jump, Rule, restore_instead};
 
-/// The newest major this adapter knows.
-pub const KNOWN_MAJOR: u64 = 2;
+use crate::OpenMetadata;
 
 /// The first release of the newest-code migration runner, which refuses databases that are not
 /// on 2.0 yet (`MINIMUM_SUPPORTED_MIGRATION_VERSION = "2.0.0"`, §3.2).
-pub fn baseline_runner() -> Version {
-    Version::new(2, 1, 0)
-}
+pub const BASELINE_RUNNER: Version = Version::new(2, 1, 0);
 
 /// The latest 2.0.x release this adapter knows: the required stop for 1.x databases (§3.2:
 /// "upgrade through the latest 2.0.x first").
-pub fn latest_2_0() -> Version {
-    Version::new(2, 0, 3)
-}
+pub const LATEST_2_0: Version = Version::new(2, 0, 3);
 
 /// The release that imported the Flyway history into `SERVER_CHANGE_LOG`; running
 /// `migrate --force` after crossing it loses roles, policies and bots (PR #24985).
-pub fn flyway_import() -> Version {
-    Version::new(1, 11, 0)
+pub const FLYWAY_IMPORT: Version = Version::new(1, 11, 0);
+
+upshift_adapter_sdk::facts! {
+    /// Facts read from the live database; `None` when unknown (offline plans).
+    pub struct Facts {
+        /// max(`SERVER_CHANGE_LOG.version`), numerically.
+        pub db_version: Option<Version> = "db-version",
+        /// Whether the Flyway table `DATABASE_CHANGE_LOG` still exists.
+        pub legacy_flyway: Option<bool> = "legacy-flyway",
+        /// `SERVER_CHANGE_LOG` rows whose `status` is `STARTED` or `FAILED`.
+        pub unfinished_migrations: Option<u64> = "unfinished-migrations",
+        /// Entity tables present but no migration history at all (the runner's `ABORT`).
+        pub entities_without_history: Option<bool> = "entities-without-history",
+    }
 }
 
-/// Facts read from the live database; `None` when unknown (offline plans).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
-    /// max(`SERVER_CHANGE_LOG.version`), numerically.
-    pub db_version: Option<Version>,
-    /// Whether the Flyway table `DATABASE_CHANGE_LOG` still exists.
-    pub legacy_flyway: Option<bool>,
-    /// `SERVER_CHANGE_LOG` rows whose `status` is `STARTED` or `FAILED`.
-    pub unfinished_migrations: Option<u64>,
-    /// Entity tables present but no migration history at all (the runner's `ABORT`).
-    pub entities_without_history: Option<bool>,
+/// The version the database's migrations reached: the detected one, or else the running
+/// version's.
+fn database_version<'a>(jump: &Jump<'a, OpenMetadata>) -> &'a Version {
+    jump.facts.db_version.as_ref().unwrap_or(jump.from)
 }
 
-/// Decide whether `current → target` may run as one upgrade.
-pub fn check(current: &Version, target: &Version, facts: &Facts) -> Result<(), Refused> {
-    not_already_there(current, target)?;
-    if target < current {
-        return Err(Refused::new(
-            "downgrade",
+/// What OpenMetadata refuses, in order: the first rule that applies refuses the upgrade.
+pub const REFUSALS: &[Rule<OpenMetadata>] = &[
+    Rule::ALREADY_AT_TARGET,
+    Rule {
+        id: "downgrade",
+        when: |j| j.to < j.from,
+        reason: |Jump { from, to, .. }| {
             format!(
-                "{target} is older than the running {current}; OpenMetadata migrations are one-way and a backup only restores into a database of its own version (§3.4)"
-            ),
+                "{to} is older than the running {from}; OpenMetadata migrations are one-way and a backup only restores into a database of its own version (§3.4)"
+            )
+        },
+        advice: |j| restore_instead(j.to),
+        via: None,
+    },
+    Rule::UNKNOWN_MAJOR,
+    Rule {
+        id: "abort-state",
+        when: |j| j.facts.entities_without_history == Some(true),
+        reason: |_| {
+            "the database has entity tables but no SERVER_CHANGE_LOG history; the migration runner stops with ABORT (§3.2)".into()
+        },
+        advice: |_| {
+            "restore a backup into a clean database, or drop-create it; do not migrate over it"
+                .into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "unfinished-migrations",
+        when: |j| j.facts.unfinished_migrations.is_some_and(|n| n > 0),
+        reason: |j| {
             format!(
-                "to go back, restore a backup taken at {target} (`upshift backups`, then `upshift restore`)"
-            ),
-        ));
-    }
-    known_major("OpenMetadata", target, KNOWN_MAJOR)?;
-    if facts.entities_without_history == Some(true) {
-        return Err(Refused::new(
-            "abort-state",
-            "the database has entity tables but no SERVER_CHANGE_LOG history; the migration runner stops with ABORT (§3.2)",
-            "restore a backup into a clean database, or drop-create it; do not migrate over it",
-        ));
-    }
-    if let Some(n) = facts.unfinished_migrations.filter(|n| *n > 0) {
-        return Err(Refused::new(
-            "unfinished-migrations",
+                "{} SERVER_CHANGE_LOG row(s) are STARTED or FAILED: an earlier migration did not finish",
+                j.facts.unfinished_migrations.unwrap_or(0)
+            )
+        },
+        advice: |_| {
+            "run `./bootstrap/openmetadata-ops.sh repair`, check the database, then plan again"
+                .into()
+        },
+        via: None,
+    },
+    Rule {
+        id: "via-latest-2.0",
+        when: |j| {
+            *j.to >= BASELINE_RUNNER
+                && (*database_version(j) < Version::new(2, 0, 0)
+                    || j.facts.legacy_flyway == Some(true))
+        },
+        reason: |j| {
             format!(
-                "{n} SERVER_CHANGE_LOG row(s) are STARTED or FAILED: an earlier migration did not finish"
-            ),
-            "run `./bootstrap/openmetadata-ops.sh repair`, check the database, then plan again",
-        ));
-    }
-    let db_version = facts.db_version.as_ref().unwrap_or(current);
-    let legacy = facts.legacy_flyway == Some(true);
-    if *target >= baseline_runner() && (*db_version < Version::new(2, 0, 0) || legacy) {
-        let stop = latest_2_0();
-        return Err(Refused::new(
-            "via-latest-2.0",
-            format!(
-                "{target} runs the 2.x baseline migrator, which refuses a database {} (\"upgrade through the latest 2.0.x first\"); `--force` cannot bypass it (§3.2)",
-                if legacy {
+                "{} runs the 2.x baseline migrator, which refuses a database {} (\"upgrade through the latest 2.0.x first\"); `--force` cannot bypass it (§3.2)",
+                j.to,
+                if j.facts.legacy_flyway == Some(true) {
                     "that still has the Flyway table DATABASE_CHANGE_LOG".to_string()
                 } else {
-                    format!("whose migrations stop at {db_version}")
+                    format!("whose migrations stop at {}", database_version(j))
                 }
-            ),
-            format!("upgrade to {stop} first, then to {target}"),
-        )
-        .via(vec![stop, target.clone()]));
-    }
-    Ok(())
-}
+            )
+        },
+        advice: |j| format!("upgrade to {LATEST_2_0} first, then to {}", j.to),
+        via: Some(|j| vec![LATEST_2_0, j.to.clone()]),
+    },
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use upshift_adapter_sdk::rules::Refused;
 
     fn v(s: &str) -> Version {
         Version::parse(s).expect("version")
+    }
+
+    fn check(from: &Version, to: &Version, facts: &Facts) -> Result<(), Refused> {
+        Jump::<OpenMetadata>::new(from, to, facts).check()
     }
 
     fn rule(from: &str, to: &str, facts: &Facts) -> Result<(), &'static str> {

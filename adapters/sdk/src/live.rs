@@ -50,11 +50,14 @@ pub fn read_text(binding: &str, path: &str) -> Result<Option<String>, AdapterErr
         Ok(true) => {}
         Err(e) => return Err(cap(binding, &format!("cannot look for `{path}`"), &e)),
     }
-    let bytes = files::read(binding, path)
-        .map_err(|e| cap(binding, &format!("cannot read `{path}`"), &e))?;
-    String::from_utf8(bytes)
+    String::from_utf8(read(binding, path)?)
         .map(Some)
         .map_err(|_| error(format!("`{path}` (binding `{binding}`) is not UTF-8 text")))
+}
+
+/// A file under a files binding, as bytes (an error when it does not exist).
+pub fn read(binding: &str, path: &str) -> Result<Vec<u8>, AdapterError> {
+    files::read(binding, path).map_err(|e| cap(binding, &format!("cannot read `{path}`"), &e))
 }
 
 /// Write a text file under a files binding.

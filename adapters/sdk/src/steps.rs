@@ -1,9 +1,33 @@
 //! Builders for plan steps, so adapters state *what* happens and not how records are spelled.
 
 use crate::{
-    Action, BackupMethod, CustomAction, DbBackupAction, DbRestoreAction, HttpCheckAction,
-    NamespaceColumn, RestoreTarget, Step, SwitchAction, WaitAction,
+    Action, AdapterError, BackupMethod, CustomAction, DbBackupAction, DbRestoreAction,
+    HttpCheckAction, NamespaceColumn, Plan, RestoreTarget, Step, StepOutput, SwitchAction,
+    WaitAction,
 };
+
+/// The name (and id) of the step that judges the upgrade again on the live instance; the SDK
+/// runs it (see [`crate::exports::run_step`]).
+pub const PREFLIGHT: &str = "preflight";
+
+/// How the adapter runs one of its custom steps (`run-step`): the step's name and the function
+/// given its payload. A product lists them in [`crate::Product::CUSTOM_STEPS`].
+pub struct CustomStep {
+    /// The name the plan's [`custom`] step gives.
+    pub name: &'static str,
+    /// Run it with the step's payload.
+    pub run: fn(&str) -> Result<StepOutput, AdapterError>,
+}
+
+/// A plan from `from` to `to`: its steps in order and the notes printed with it.
+pub fn plan(from: &str, to: &str, steps: Vec<Step>, notes: Vec<String>) -> Plan {
+    Plan {
+        from_version: from.to_string(),
+        to_version: to.to_string(),
+        steps,
+        notes,
+    }
+}
 
 fn step(id: &str, title: impl Into<String>, action: Action) -> Step {
     Step {
@@ -128,4 +152,10 @@ pub fn custom(
             mutates,
         }),
     )
+}
+
+/// The `preflight` step: detect the instance again and judge the upgrade to `target` by the
+/// rules before anything changes.
+pub fn preflight(target: &str, title: impl Into<String>) -> Step {
+    custom(PREFLIGHT, PREFLIGHT, target, false, title)
 }
