@@ -8,56 +8,70 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, connect, free_port, json, start_services, stderr};
-use upshift::lease::{LeaseError, LeaseStore};
+use std::sync::Arc;
+
+use upshift::lease::LeaseError;
 use upshift::state::StateStore;
 
 /// The two 30-instance tests take turns: together they would hold sixty simulated instances and
 /// their database sessions at once.
 static FLEET_SIZED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn store(env: &Env) -> StateStore {
+async fn store(env: &Env) -> Arc<dyn StateStore> {
     std::fs::create_dir_all(env.data()).expect("data dir");
-    StateStore::open(&env.data().join("state.db")).expect("state")
+    upshift::state::open(&env.data().join("state.db"))
+        .await
+        .expect("state")
 }
 
-#[test]
-fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out() {
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out() {
     let env = Env::new();
-    let leases = store(&env);
+    let leases = store(&env).await;
     let a = leases
         .acquire("kw", "holder A", Duration::from_millis(300))
+        .await
         .expect("A takes the lease");
-    match leases.acquire("kw", "holder B", Duration::from_secs(30)) {
+    match leases
+        .acquire("kw", "holder B", Duration::from_secs(30))
+        .await
+    {
         Err(LeaseError::Held { holder, token, .. }) => {
             assert_eq!((holder.as_str(), token), ("holder A", a.token));
         }
         other => panic!("B must be refused while A holds it: {other:?}"),
     }
     // A renews while alive...
-    let a = leases.renew(&a, Duration::from_millis(300)).expect("renew");
-    leases.check(&a).expect("A still holds it");
+    let a = leases
+        .renew(&a, Duration::from_millis(300))
+        .await
+        .expect("renew");
+    leases.check(&a).await.expect("A still holds it");
     // ...then dies: its lease runs out and B takes over with a larger token.
-    std::thread::sleep(Duration::from_millis(400));
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let b = leases
         .acquire("kw", "holder B", Duration::from_secs(30))
+        .await
         .expect("B takes the expired lease");
     assert_eq!(b.token, a.token + 1, "the fencing token grows");
     // A, back from the dead, can neither act nor renew, nor release B's lease.
-    match leases.check(&a) {
+    match leases.check(&a).await {
         Err(LeaseError::Lost { by, .. }) => assert!(by.contains("holder B"), "{by}"),
         other => panic!("A must be fenced out: {other:?}"),
     }
     assert!(matches!(
-        leases.renew(&a, Duration::from_secs(30)),
+        leases.renew(&a, Duration::from_secs(30)).await,
         Err(LeaseError::Lost { .. })
     ));
     leases
         .release(&a)
+        .await
         .expect("release is a no-op for a lost lease");
-    leases.check(&b).expect("B still holds it");
+    leases.check(&b).await.expect("B still holds it");
     // Other instances are independent.
     leases
         .acquire("om", "holder A", Duration::from_secs(30))
+        .await
         .expect("another instance");
 }
 
@@ -79,9 +93,11 @@ async fn a_second_apply_is_refused_naming_the_holder() {
     let Some(pg) = common::pg() else { return };
     let (env, port) = bytebase(pg).await;
     let session = upshift::ops::Session::open(&env.data(), upshift::caps::EventSink::discard())
+        .await
         .expect("session");
     let held = session
         .hold_lease("bb", "an apply elsewhere")
+        .await
         .expect("first holder");
 
     let out = env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
@@ -144,7 +160,7 @@ async fn a_run_whose_lease_moved_stops_before_its_next_step() {
         .spawn()
         .expect("spawn apply");
     // Wait until the migrate job runs, then move the lease as a holder elsewhere would.
-    let leases = store(&env);
+    let leases = store(&env).await;
     let mut stolen = false;
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(50));

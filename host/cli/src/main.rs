@@ -171,7 +171,7 @@ async fn rollout(
         ui.clear();
     }
     let outcome = outcome?;
-    let (md, json_path) = report::write(session, &outcome)?;
+    let (md, json_path) = report::write(session, &outcome).await?;
     if args.json {
         print_json(&outcome)?;
     } else {
@@ -307,7 +307,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Plan(args) => {
             let (ui, sink) = ui::Ui::sink(true);
             drop(ui);
-            let mut session = Session::open_with(&data, sink, &stores)?;
+            let mut session = Session::open_with(&data, sink, &stores).await?;
             let instance = args.instance.clone().unwrap_or_default();
             let _tape = record::start(&mut session, &args.tape, &instance)?;
             let offline = match (&args.product, &args.adapter) {
@@ -347,7 +347,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let mut session = Session::open_with(&data, sink, &stores)?;
+            let mut session = Session::open_with(&data, sink, &stores).await?;
             let json = args.json;
             let yes = args.yes;
             if args.all || !args.select.is_empty() || args.instances.len() != 1 {
@@ -375,7 +375,8 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Enqueue(args) => {
             let fleet = load_fleet()?;
-            let session = Session::open_with(&data, upshift::caps::EventSink::discard(), &stores)?;
+            let session =
+                Session::open_with(&data, upshift::caps::EventSink::discard(), &stores).await?;
             let selection = upshift::ops::rollout::Selection {
                 all: args.all,
                 names: args.instances.clone(),
@@ -394,14 +395,14 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                     target,
                 });
             }
-            let n = upshift::ops::agent::enqueue(&session, &items)?;
+            let n = upshift::ops::agent::enqueue(&session, &items).await?;
             println!("queued {n} of {} instance(s)", items.len());
             Ok(0)
         }
         Command::Agent(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let session = Session::open_with(&data, sink, &stores).await?;
             let name = args
                 .name
                 .clone()
@@ -432,7 +433,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Resume(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let session = Session::open_with(&data, sink, &stores).await?;
             let report = upshift::ops::resume::resume(
                 &session,
                 &fleet,
@@ -451,7 +452,8 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 }),
             ..
         }) => {
-            let session = Session::open_with(&data, upshift::caps::EventSink::discard(), &stores)?;
+            let session =
+                Session::open_with(&data, upshift::caps::EventSink::discard(), &stores).await?;
             let fleet = if cli.fleet.exists() {
                 Some(load_fleet()?)
             } else {
@@ -494,7 +496,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 return Err(usage("give an INSTANCE to back up, or `backup verify ID`"));
             };
             let (_ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let session = Session::open_with(&data, sink, &stores).await?;
             let method = match args.method {
                 Method::Dump => BackupMethod::Dump,
                 Method::Clone => BackupMethod::Clone,
@@ -522,8 +524,8 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             Ok(0)
         }
         Command::Backups(args) => {
-            let state = upshift::state::StateStore::open(&data.join("state.db"))?;
-            let backups = state.backups(args.instance.as_deref())?;
+            let state = upshift::state::open(&data.join("state.db")).await?;
+            let backups = state.backups(args.instance.as_deref()).await?;
             if args.json {
                 print_json(&backups)?;
             } else if backups.is_empty() {
@@ -557,7 +559,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = Session::open_with(&data, sink, &stores)?;
+            let session = Session::open_with(&data, sink, &stores).await?;
             let (json, yes) = (args.json, args.yes);
             let report = apply::restore(
                 &session,
@@ -581,12 +583,13 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             finish_run(ui.as_deref(), report, json)
         }
         Command::History(args) => {
-            let state = upshift::state::StateStore::open(&data.join("state.db"))?;
+            let state = upshift::state::open(&data.join("state.db")).await?;
             if let Some(run_id) = &args.run {
                 let run = state
-                    .run(run_id)?
+                    .run(run_id)
+                    .await?
                     .ok_or_else(|| usage(format!("no run `{run_id}`")))?;
-                let steps = state.steps(run_id)?;
+                let steps = state.steps(run_id).await?;
                 if args.json {
                     print_json(&serde_json::json!({ "run": run, "steps": steps }))?;
                 } else {
@@ -622,7 +625,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 }
                 return Ok(0);
             }
-            let runs = state.runs(args.instance.as_deref(), args.limit)?;
+            let runs = state.runs(args.instance.as_deref(), args.limit).await?;
             if args.json {
                 print_json(&runs)?;
             } else if runs.is_empty() {
