@@ -1015,3 +1015,86 @@ async fn two_concurrent_applies_on_one_instance_one_is_refused() {
     let history = json(&om.env.upshift(&["history", "om", "--json"]));
     assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
 }
+
+/// `upshift backups` and `upshift history` read the state `--state` names: an apply recorded in
+/// shared PostgreSQL state is listed with the same `--state`, and not from the data directory's
+/// SQLite state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_and_history_read_the_state_that_state_names() {
+    let Some(pg) = common::pg() else { return };
+    let (_, state_url) = pg.fresh_db("state").await;
+    let (env, _) = bytebase(pg).await;
+    let shared = |args: &[&str]| {
+        let mut all = vec!["--state", state_url.as_str()];
+        all.extend_from_slice(args);
+        env.upshift(&all)
+    };
+    let out = shared(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "succeeded");
+    let run_id = report["run_id"].as_str().expect("run id").to_string();
+    let taken: Vec<String> = report["backups"]
+        .as_array()
+        .expect("backups")
+        .iter()
+        .map(|b| b["id"].as_str().expect("backup id").to_string())
+        .collect();
+    assert!(!taken.is_empty(), "the apply took a backup: {report}");
+
+    // With the same --state, both list what the apply recorded.
+    let out = shared(&["history", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs = json(&out);
+    let runs = runs.as_array().expect("runs");
+    assert!(
+        runs.iter().any(|r| r["id"] == run_id.as_str()
+            && r["status"] == "succeeded"
+            && r["instance"] == "bb"),
+        "{runs:?}"
+    );
+    let out = shared(&["history", "--run", &run_id, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let one = json(&out);
+    assert_eq!(one["run"]["id"], run_id.as_str());
+    assert!(
+        !one["steps"].as_array().expect("steps").is_empty(),
+        "the journaled steps: {one}"
+    );
+    let out = shared(&["backups", "bb", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<String> = json(&out)
+        .as_array()
+        .expect("backups")
+        .iter()
+        .map(|b| b["id"].as_str().expect("backup id").to_string())
+        .collect();
+    for id in &taken {
+        assert!(listed.contains(id), "{id} listed in {listed:?}");
+    }
+
+    // The SQLite state in the data directory never saw them.
+    let out = env.upshift(&["history", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !json(&out)
+            .as_array()
+            .expect("runs")
+            .iter()
+            .any(|r| r["id"] == run_id.as_str()),
+        "not in SQLite"
+    );
+    let out = env.upshift(&["history", "--run", &run_id]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = env.upshift(&["backups", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let local = json(&out);
+    assert!(
+        !local
+            .as_array()
+            .expect("backups")
+            .iter()
+            .any(|b| taken.iter().any(|id| b["id"] == id.as_str())),
+        "not in SQLite: {local}"
+    );
+}

@@ -524,7 +524,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             Ok(0)
         }
         Command::Backups(args) => {
-            let state = upshift::state::open(&data.join("state.db")).await?;
+            let state = upshift::ops::session::open_state(&data, &stores).await?;
             let backups = state.backups(args.instance.as_deref()).await?;
             if args.json {
                 print_json(&backups)?;
@@ -583,7 +583,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             finish_run(ui.as_deref(), report, json)
         }
         Command::History(args) => {
-            let state = upshift::state::open(&data.join("state.db")).await?;
+            let state = upshift::ops::session::open_state(&data, &stores).await?;
             if let Some(run_id) = &args.run {
                 let run = state
                     .run(run_id)
