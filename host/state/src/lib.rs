@@ -434,17 +434,12 @@ mod tests {
         let conn = rusqlite::Connection::open(&path).expect("open");
         conn.execute("UPDATE runs SET status = 'paused' WHERE id = 'r1'", [])
             .expect("tamper");
-        let err = store.run("r1").await.err().expect("refused").to_string();
+        let err = store.run("r1").await.expect_err("refused").to_string();
         assert!(
             err.contains("`paused`") && err.contains("runs.status"),
             "{err}"
         );
-        let err = store
-            .runs(None, 5)
-            .await
-            .err()
-            .expect("refused")
-            .to_string();
+        let err = store.runs(None, 5).await.expect_err("refused").to_string();
         assert!(err.contains("`paused`"), "{err}");
     }
 
