@@ -136,7 +136,8 @@ async fn lost(rows: &impl LeaseRows, lease: &Lease) -> LeaseError {
     }
 }
 
-fn ttl_ms(ttl: Duration) -> i64 {
+/// `ttl` in milliseconds.
+pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 

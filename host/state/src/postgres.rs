@@ -222,7 +222,7 @@ impl WorkQueue for Pg {
             let now = now_ms();
             // A claim whose agent has held no lease on the instance for a whole lease period is
             // abandoned (the agent died); a fresh claim is given that long to take its lease.
-            let period = i64::try_from(crate::lease::default_ttl().as_millis()).unwrap_or(i64::MAX);
+            let period = crate::lease::ttl_ms(crate::lease::default_ttl());
             let stale = now.saturating_sub(period);
             // One statement: the row is locked from the choice to the update.
             let row = self
