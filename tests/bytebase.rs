@@ -64,7 +64,9 @@ async fn running(pg: &common::Pg, version: &str, fail_migration: Option<&str>) -
 
 async fn start_app(env: &Env) {
     let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let session = Session::open(&env.data(), EventSink::discard())
+        .await
+        .expect("session");
     let (_, caps) = apply::prepare(&session, fleet.instance("bb").expect("bb"))
         .await
         .expect("prepare");

@@ -107,7 +107,9 @@ async fn every_capability_is_checked_and_audited() {
     std::fs::write(env.dir.path().join("outside.txt"), b"secret").expect("write");
     env.write_fleet(&fleet_text(&db_url, &files, tiny_http_server()));
     let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let session = Session::open(&env.data(), EventSink::discard())
+        .await
+        .expect("session");
 
     let (adapter, caps) = apply::prepare(&session, fleet.instance("granted").expect("instance"))
         .await
@@ -255,7 +257,7 @@ async fn a_log_flood_is_capped_and_audited() {
             *n += 1;
         }
     });
-    let session = Session::open(&env.data(), sink).expect("session");
+    let session = Session::open(&env.data(), sink).await.expect("session");
     let fleet = Fleet::load(&env.fleet()).expect("fleet");
     let (adapter, caps) = apply::prepare(&session, fleet.instance("flood").expect("instance"))
         .await
@@ -323,7 +325,9 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
     };
     env.write_fleet(&fleet_text(""));
     let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let session = Session::open(&env.data(), EventSink::discard())
+        .await
+        .expect("session");
     let (adapter, caps) = apply::prepare(&session, fleet.instance("snap").expect("snap"))
         .await
         .expect("prepare");

@@ -180,7 +180,9 @@ async fn audited_calls(env: &common::Env) {
         files.display()
     ));
     let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let session = Session::open(&env.data(), EventSink::discard())
+        .await
+        .expect("session");
     let (adapter, caps) = apply::prepare(&session, fleet.instance("t").expect("t"))
         .await
         .expect("prepare");

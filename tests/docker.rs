@@ -137,7 +137,9 @@ async fn caps_for(
 ) {
     env.write_fleet(fleet_text);
     let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let session = Session::open(&env.data(), EventSink::discard())
+        .await
+        .expect("session");
     let (adapter, caps) = apply::prepare(&session, fleet.instance("kw").expect("kw"))
         .await
         .expect("prepare");

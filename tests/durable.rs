@@ -8,56 +8,70 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, connect, free_port, json, start_services, stderr};
-use upshift::lease::{LeaseError, LeaseStore};
+use std::sync::Arc;
+
+use upshift::lease::LeaseError;
 use upshift::state::StateStore;
 
 /// The two 30-instance tests take turns: together they would hold sixty simulated instances and
 /// their database sessions at once.
 static FLEET_SIZED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn store(env: &Env) -> StateStore {
+async fn store(env: &Env) -> Arc<dyn StateStore> {
     std::fs::create_dir_all(env.data()).expect("data dir");
-    StateStore::open(&env.data().join("state.db")).expect("state")
+    upshift::state::open(&env.data().join("state.db"))
+        .await
+        .expect("state")
 }
 
-#[test]
-fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out() {
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out() {
     let env = Env::new();
-    let leases = store(&env);
+    let leases = store(&env).await;
     let a = leases
         .acquire("kw", "holder A", Duration::from_millis(300))
+        .await
         .expect("A takes the lease");
-    match leases.acquire("kw", "holder B", Duration::from_secs(30)) {
+    match leases
+        .acquire("kw", "holder B", Duration::from_secs(30))
+        .await
+    {
         Err(LeaseError::Held { holder, token, .. }) => {
             assert_eq!((holder.as_str(), token), ("holder A", a.token));
         }
         other => panic!("B must be refused while A holds it: {other:?}"),
     }
     // A renews while alive...
-    let a = leases.renew(&a, Duration::from_millis(300)).expect("renew");
-    leases.check(&a).expect("A still holds it");
+    let a = leases
+        .renew(&a, Duration::from_millis(300))
+        .await
+        .expect("renew");
+    leases.check(&a).await.expect("A still holds it");
     // ...then dies: its lease runs out and B takes over with a larger token.
-    std::thread::sleep(Duration::from_millis(400));
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let b = leases
         .acquire("kw", "holder B", Duration::from_secs(30))
+        .await
         .expect("B takes the expired lease");
     assert_eq!(b.token, a.token + 1, "the fencing token grows");
     // A, back from the dead, can neither act nor renew, nor release B's lease.
-    match leases.check(&a) {
+    match leases.check(&a).await {
         Err(LeaseError::Lost { by, .. }) => assert!(by.contains("holder B"), "{by}"),
         other => panic!("A must be fenced out: {other:?}"),
     }
     assert!(matches!(
-        leases.renew(&a, Duration::from_secs(30)),
+        leases.renew(&a, Duration::from_secs(30)).await,
         Err(LeaseError::Lost { .. })
     ));
     leases
         .release(&a)
+        .await
         .expect("release is a no-op for a lost lease");
-    leases.check(&b).expect("B still holds it");
+    leases.check(&b).await.expect("B still holds it");
     // Other instances are independent.
     leases
         .acquire("om", "holder A", Duration::from_secs(30))
+        .await
         .expect("another instance");
 }
 
@@ -79,9 +93,11 @@ async fn a_second_apply_is_refused_naming_the_holder() {
     let Some(pg) = common::pg() else { return };
     let (env, port) = bytebase(pg).await;
     let session = upshift::ops::Session::open(&env.data(), upshift::caps::EventSink::discard())
+        .await
         .expect("session");
     let held = session
         .hold_lease("bb", "an apply elsewhere")
+        .await
         .expect("first holder");
 
     let out = env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
@@ -144,7 +160,7 @@ async fn a_run_whose_lease_moved_stops_before_its_next_step() {
         .spawn()
         .expect("spawn apply");
     // Wait until the migrate job runs, then move the lease as a holder elsewhere would.
-    let leases = store(&env);
+    let leases = store(&env).await;
     let mut stolen = false;
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(50));
@@ -998,4 +1014,87 @@ async fn two_concurrent_applies_on_one_instance_one_is_refused() {
     // One run, not two.
     let history = json(&om.env.upshift(&["history", "om", "--json"]));
     assert_eq!(history.as_array().map(Vec::len), Some(1), "{history}");
+}
+
+/// `upshift backups` and `upshift history` read the state `--state` names: an apply recorded in
+/// shared PostgreSQL state is listed with the same `--state`, and not from the data directory's
+/// SQLite state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_and_history_read_the_state_that_state_names() {
+    let Some(pg) = common::pg() else { return };
+    let (_, state_url) = pg.fresh_db("state").await;
+    let (env, _) = bytebase(pg).await;
+    let shared = |args: &[&str]| {
+        let mut all = vec!["--state", state_url.as_str()];
+        all.extend_from_slice(args);
+        env.upshift(&all)
+    };
+    let out = shared(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "succeeded");
+    let run_id = report["run_id"].as_str().expect("run id").to_string();
+    let taken: Vec<String> = report["backups"]
+        .as_array()
+        .expect("backups")
+        .iter()
+        .map(|b| b["id"].as_str().expect("backup id").to_string())
+        .collect();
+    assert!(!taken.is_empty(), "the apply took a backup: {report}");
+
+    // With the same --state, both list what the apply recorded.
+    let out = shared(&["history", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs = json(&out);
+    let runs = runs.as_array().expect("runs");
+    assert!(
+        runs.iter().any(|r| r["id"] == run_id.as_str()
+            && r["status"] == "succeeded"
+            && r["instance"] == "bb"),
+        "{runs:?}"
+    );
+    let out = shared(&["history", "--run", &run_id, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let one = json(&out);
+    assert_eq!(one["run"]["id"], run_id.as_str());
+    assert!(
+        !one["steps"].as_array().expect("steps").is_empty(),
+        "the journaled steps: {one}"
+    );
+    let out = shared(&["backups", "bb", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<String> = json(&out)
+        .as_array()
+        .expect("backups")
+        .iter()
+        .map(|b| b["id"].as_str().expect("backup id").to_string())
+        .collect();
+    for id in &taken {
+        assert!(listed.contains(id), "{id} listed in {listed:?}");
+    }
+
+    // The SQLite state in the data directory never saw them.
+    let out = env.upshift(&["history", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !json(&out)
+            .as_array()
+            .expect("runs")
+            .iter()
+            .any(|r| r["id"] == run_id.as_str()),
+        "not in SQLite"
+    );
+    let out = env.upshift(&["history", "--run", &run_id]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = env.upshift(&["backups", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let local = json(&out);
+    assert!(
+        !local
+            .as_array()
+            .expect("backups")
+            .iter()
+            .any(|b| taken.iter().any(|id| b["id"] == id.as_str())),
+        "not in SQLite: {local}"
+    );
 }

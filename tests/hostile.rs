@@ -462,7 +462,7 @@ async fn every_hostile_adapter_is_stopped_blamed_audited_and_the_host_serves_on(
             counter.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let mut session = Session::open(&w.env.data(), sink).expect("session");
+    let mut session = Session::open(&w.env.data(), sink).await.expect("session");
     session.runtime.set_deadlines(Deadlines {
         pure: Duration::from_secs(1),
         live: Duration::from_secs(10),

@@ -77,7 +77,9 @@ async fn mysql_statements_are_classified_and_granted() {
         upshift::adapters::BUILT_DIR
     ));
     let fleet = Fleet::load(&env.fleet()).expect("fleet");
-    let session = Session::open(&env.data(), EventSink::discard()).expect("session");
+    let session = Session::open(&env.data(), EventSink::discard())
+        .await
+        .expect("session");
     let (adapter, caps) = apply::prepare(&session, fleet.instance("m").expect("m"))
         .await
         .expect("prepare");

@@ -363,6 +363,7 @@ pub fn step_ids(report: &serde_json::Value, phase: &str) -> Vec<String> {
 pub async fn start_services(env: &Env, name: &str, bindings: &[&str]) {
     let fleet = upshift::fleet::Fleet::load(&env.fleet()).expect("fleet");
     let session = upshift::ops::Session::open(&env.data(), upshift::caps::EventSink::discard())
+        .await
         .expect("session");
     let (_, caps) = upshift::ops::apply::prepare(&session, fleet.instance(name).expect("instance"))
         .await

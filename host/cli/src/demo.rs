@@ -228,7 +228,7 @@ async fn stop_services(root: &Path) -> Result<(), Exit> {
     let Ok(fleet) = Fleet::load(&fleet_path) else {
         return Ok(());
     };
-    let session = Session::open(&root.join("data"), upshift::caps::EventSink::discard())?;
+    let session = Session::open(&root.join("data"), upshift::caps::EventSink::discard()).await?;
     for instance in &fleet.instances {
         if let Ok((_, caps)) = apply::prepare(&session, instance).await {
             for service in caps.services.values() {
@@ -311,7 +311,7 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
     std::fs::write(&fleet_path, text)?;
     let fleet = Fleet::load(&fleet_path)?;
     let (ui, sink) = ui::Ui::sink(json);
-    let session = Session::open(&root.join("data"), sink)?;
+    let session = Session::open(&root.join("data"), sink).await?;
 
     say(format!(
         "{} starting {} simulated instances (Bytebase ×2, OpenMetadata, DevLake, KWDB) and seeding data",

@@ -51,13 +51,13 @@ impl<E: Into<anyhow::Error>> From<E> for Exit {
 /// Open the session every command works in. In a build with test hooks (the integration
 /// tests' build), `UPSHIFT_CRASH_AT=<phase>:<seq>:<started|finished>` makes the host kill itself
 /// at that point of a run, as a machine dying there would; normal builds never read it.
-fn open_session(
+async fn open_session(
     data: &Path,
     events: upshift::caps::EventSink,
     stores: &upshift::ops::session::Stores,
 ) -> Result<Session, Exit> {
     #[allow(unused_mut)]
-    let mut session = Session::open_with(data, events, stores)?;
+    let mut session = Session::open_with(data, events, stores).await?;
     if upshift::ops::TEST_HOOKS
         && let Ok(point) = std::env::var("UPSHIFT_CRASH_AT")
     {
@@ -208,7 +208,7 @@ async fn rollout(
         ui.clear();
     }
     let outcome = outcome?;
-    let (md, json_path) = report::write(session, &outcome)?;
+    let (md, json_path) = report::write(session, &outcome).await?;
     if args.json {
         print_json(&outcome)?;
     } else {
@@ -344,7 +344,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Plan(args) => {
             let (ui, sink) = ui::Ui::sink(true);
             drop(ui);
-            let mut session = open_session(&data, sink, &stores)?;
+            let mut session = open_session(&data, sink, &stores).await?;
             let instance = args.instance.clone().unwrap_or_default();
             let _tape = record::start(&mut session, &args.tape, &instance)?;
             let offline = match (&args.product, &args.adapter) {
@@ -384,7 +384,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let mut session = open_session(&data, sink, &stores)?;
+            let mut session = open_session(&data, sink, &stores).await?;
             let json = args.json;
             let yes = args.yes;
             if args.all || !args.select.is_empty() || args.instances.len() != 1 {
@@ -412,7 +412,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Enqueue(args) => {
             let fleet = load_fleet()?;
-            let session = open_session(&data, upshift::caps::EventSink::discard(), &stores)?;
+            let session = open_session(&data, upshift::caps::EventSink::discard(), &stores).await?;
             let selection = upshift::ops::rollout::Selection {
                 all: args.all,
                 names: args.instances.clone(),
@@ -431,14 +431,14 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                     target,
                 });
             }
-            let n = upshift::ops::agent::enqueue(&session, &items)?;
+            let n = upshift::ops::agent::enqueue(&session, &items).await?;
             println!("queued {n} of {} instance(s)", items.len());
             Ok(0)
         }
         Command::Agent(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = open_session(&data, sink, &stores)?;
+            let session = open_session(&data, sink, &stores).await?;
             let name = args
                 .name
                 .clone()
@@ -469,7 +469,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Resume(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = open_session(&data, sink, &stores)?;
+            let session = open_session(&data, sink, &stores).await?;
             let report = upshift::ops::resume::resume(
                 &session,
                 &fleet,
@@ -488,7 +488,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 }),
             ..
         }) => {
-            let session = open_session(&data, upshift::caps::EventSink::discard(), &stores)?;
+            let session = open_session(&data, upshift::caps::EventSink::discard(), &stores).await?;
             let fleet = if cli.fleet.exists() {
                 Some(load_fleet()?)
             } else {
@@ -531,7 +531,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 return Err(usage("give an INSTANCE to back up, or `backup verify ID`"));
             };
             let (_ui, sink) = ui::Ui::sink(args.json);
-            let session = open_session(&data, sink, &stores)?;
+            let session = open_session(&data, sink, &stores).await?;
             let method = match args.method {
                 Method::Dump => BackupMethod::Dump,
                 Method::Clone => BackupMethod::Clone,
@@ -559,8 +559,8 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             Ok(0)
         }
         Command::Backups(args) => {
-            let state = upshift::state::StateStore::open(&data.join("state.db"))?;
-            let backups = state.backups(args.instance.as_deref())?;
+            let state = upshift::ops::session::open_state(&data, &stores).await?;
+            let backups = state.backups(args.instance.as_deref()).await?;
             if args.json {
                 print_json(&backups)?;
             } else if backups.is_empty() {
@@ -594,7 +594,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = open_session(&data, sink, &stores)?;
+            let session = open_session(&data, sink, &stores).await?;
             let (json, yes) = (args.json, args.yes);
             let report = apply::restore(
                 &session,
@@ -618,12 +618,13 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             finish_run(ui.as_deref(), report, json)
         }
         Command::History(args) => {
-            let state = upshift::state::StateStore::open(&data.join("state.db"))?;
+            let state = upshift::ops::session::open_state(&data, &stores).await?;
             if let Some(run_id) = &args.run {
                 let run = state
-                    .run(run_id)?
+                    .run(run_id)
+                    .await?
                     .ok_or_else(|| usage(format!("no run `{run_id}`")))?;
-                let steps = state.steps(run_id)?;
+                let steps = state.steps(run_id).await?;
                 if args.json {
                     print_json(&serde_json::json!({ "run": run, "steps": steps }))?;
                 } else {
@@ -659,7 +660,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 }
                 return Ok(0);
             }
-            let runs = state.runs(args.instance.as_deref(), args.limit)?;
+            let runs = state.runs(args.instance.as_deref(), args.limit).await?;
             if args.json {
                 print_json(&runs)?;
             } else if runs.is_empty() {

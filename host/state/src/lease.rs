@@ -3,8 +3,11 @@
 //! holder works, and a fencing token that grows with every acquisition, so a holder whose lease
 //! moved to someone else is refused before it touches anything again.
 //!
-//! The store behind it is a small trait; [`crate::StateStore`] implements it in SQLite.
+//! The rules are written here once; the store behind them is a small trait ([`LeaseRows`]) that
+//! [`crate::store::Store`] implements once for SQLite and PostgreSQL alike.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -65,9 +68,12 @@ pub enum LeaseError {
     Store(String),
 }
 
-/// The rows behind leases: the few atomic statements an engine must provide. Every
-/// [`LeaseStore`] decision (what taking, renewing and checking mean, the errors) is made once,
-/// on top of these, for every engine.
+/// A lease operation under way (boxed, so [`LeaseStore`] can be used as `Arc<dyn LeaseStore>`).
+pub type LeaseFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LeaseError>> + Send + 'a>>;
+
+/// The rows behind leases: the few atomic statements a store must provide (written once, for
+/// every engine, in [`crate::store`]). Every [`LeaseStore`] decision (what taking, renewing and
+/// checking mean, the errors) is made once, on top of these.
 pub trait LeaseRows: Send + Sync {
     /// Take the lease of `instance` if it is free, expired (`expires_ms < now`) or already
     /// `holder`'s, incrementing its token, in one atomic statement; the new token, or `None`.
@@ -77,7 +83,7 @@ pub trait LeaseRows: Send + Sync {
         holder: &str,
         expires: i64,
         now: i64,
-    ) -> Result<Option<i64>, LeaseError>;
+    ) -> impl Future<Output = Result<Option<i64>, LeaseError>> + Send;
     /// Extend the lease held under `token` if it has not expired; whether it was.
     fn try_extend(
         &self,
@@ -85,7 +91,7 @@ pub trait LeaseRows: Send + Sync {
         token: i64,
         expires: i64,
         now: i64,
-    ) -> Result<bool, LeaseError>;
+    ) -> impl Future<Output = Result<bool, LeaseError>> + Send;
     /// Move the lease held under `token` to `holder`, incrementing the token; the new token.
     fn try_move(
         &self,
@@ -93,11 +99,18 @@ pub trait LeaseRows: Send + Sync {
         token: i64,
         holder: &str,
         expires: i64,
-    ) -> Result<Option<i64>, LeaseError>;
+    ) -> impl Future<Output = Result<Option<i64>, LeaseError>> + Send;
     /// The lease row: holder, token, expiry (ms).
-    fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError>;
+    fn row(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = Result<Option<(String, i64, i64)>, LeaseError>> + Send;
     /// Delete the lease held under `token`.
-    fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError>;
+    fn delete(
+        &self,
+        instance: &str,
+        token: i64,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send;
 }
 
 fn granted(instance: &str, holder: &str, token: i64, expires_ms: i64) -> Lease {
@@ -110,8 +123,8 @@ fn granted(instance: &str, holder: &str, token: i64, expires_ms: i64) -> Lease {
 }
 
 /// Why `lease` is no longer ours, saying who has it now if anyone.
-fn lost(rows: &impl LeaseRows, lease: &Lease) -> LeaseError {
-    let by = match rows.row(&lease.instance) {
+async fn lost(rows: &impl LeaseRows, lease: &Lease) -> LeaseError {
+    let by = match rows.row(&lease.instance).await {
         Ok(Some((holder, token, _))) if token != lease.token => format!(" to {holder}"),
         Ok(_) => " (it expired)".to_string(),
         Err(e) => format!(" (the store failed: {e})"),
@@ -123,79 +136,105 @@ fn lost(rows: &impl LeaseRows, lease: &Lease) -> LeaseError {
     }
 }
 
+/// `ttl` in milliseconds.
+pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl<T: LeaseRows> LeaseStore for T {
-    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        if let Some(token) = self.try_take(instance, holder, expires, now)? {
-            return Ok(granted(instance, holder, token, expires));
-        }
-        let (other, token, until) = self.row(instance)?.unwrap_or_default();
-        Err(LeaseError::Held {
-            instance: instance.to_string(),
-            holder: other,
-            token,
-            seconds: ((until - now) / 1000).max(0),
+    fn acquire<'a>(
+        &'a self,
+        instance: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Lease> {
+        Box::pin(async move {
+            let now = now_ms();
+            let expires = now.saturating_add(ttl_ms(ttl));
+            if let Some(token) = self.try_take(instance, holder, expires, now).await? {
+                return Ok(granted(instance, holder, token, expires));
+            }
+            let (other, token, until) = self.row(instance).await?.unwrap_or_default();
+            Err(LeaseError::Held {
+                instance: instance.to_string(),
+                holder: other,
+                token,
+                seconds: ((until - now) / 1000).max(0),
+            })
         })
     }
 
-    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError> {
-        let now = now_ms();
-        let expires = now + ttl.as_millis() as i64;
-        if self.try_extend(&lease.instance, lease.token, expires, now)? {
-            return Ok(Lease {
-                expires_ms: expires,
-                ..lease.clone()
-            });
-        }
-        Err(lost(self, lease))
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> LeaseFuture<'a, Lease> {
+        Box::pin(async move {
+            let now = now_ms();
+            let expires = now.saturating_add(ttl_ms(ttl));
+            if self
+                .try_extend(&lease.instance, lease.token, expires, now)
+                .await?
+            {
+                return Ok(Lease {
+                    expires_ms: expires,
+                    ..lease.clone()
+                });
+            }
+            Err(lost(self, lease).await)
+        })
     }
 
-    fn check(&self, lease: &Lease) -> Result<(), LeaseError> {
-        match self.row(&lease.instance)? {
-            Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
-            _ => Err(lost(self, lease)),
-        }
+    fn check<'a>(&'a self, lease: &'a Lease) -> LeaseFuture<'a, ()> {
+        Box::pin(async move {
+            match self.row(&lease.instance).await? {
+                Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
+                _ => Err(lost(self, lease).await),
+            }
+        })
     }
 
-    fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
-        self.delete(&lease.instance, lease.token)
+    fn release<'a>(&'a self, lease: &'a Lease) -> LeaseFuture<'a, ()> {
+        Box::pin(self.delete(&lease.instance, lease.token))
     }
 
-    fn take_over(
-        &self,
-        instance: &str,
+    fn take_over<'a>(
+        &'a self,
+        instance: &'a str,
         token: i64,
-        holder: &str,
+        holder: &'a str,
         ttl: Duration,
-    ) -> Result<Lease, LeaseError> {
-        let expires = now_ms() + ttl.as_millis() as i64;
-        match self.try_move(instance, token, holder, expires)? {
-            Some(token) => Ok(granted(instance, holder, token, expires)),
-            // Someone else was quicker: acquire says who.
-            None => self.acquire(instance, holder, ttl),
-        }
+    ) -> LeaseFuture<'a, Lease> {
+        Box::pin(async move {
+            let expires = now_ms().saturating_add(ttl_ms(ttl));
+            match self.try_move(instance, token, holder, expires).await? {
+                Some(token) => Ok(granted(instance, holder, token, expires)),
+                // Someone else was quicker: acquire says who.
+                None => self.acquire(instance, holder, ttl).await,
+            }
+        })
     }
 }
 
 /// Where leases live.
 pub trait LeaseStore: Send + Sync {
     /// Take the lease of `instance` for `holder` unless someone else holds an unexpired one.
-    fn acquire(&self, instance: &str, holder: &str, ttl: Duration) -> Result<Lease, LeaseError>;
-    /// Extend our lease; fails with `Lost` if it moved or expired.
-    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, LeaseError>;
-    /// Whether we still hold it (same token, not expired).
-    fn check(&self, lease: &Lease) -> Result<(), LeaseError>;
-    /// Give it up (only if still ours).
-    fn release(&self, lease: &Lease) -> Result<(), LeaseError>;
-    /// Take over the lease held under `token` by a holder known to be dead.
-    fn take_over(
-        &self,
-        instance: &str,
-        token: i64,
-        holder: &str,
+    fn acquire<'a>(
+        &'a self,
+        instance: &'a str,
+        holder: &'a str,
         ttl: Duration,
-    ) -> Result<Lease, LeaseError>;
+    ) -> LeaseFuture<'a, Lease>;
+    /// Extend our lease; fails with `Lost` if it moved or expired.
+    fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> LeaseFuture<'a, Lease>;
+    /// Whether we still hold it (same token, not expired).
+    fn check<'a>(&'a self, lease: &'a Lease) -> LeaseFuture<'a, ()>;
+    /// Give it up (only if still ours).
+    fn release<'a>(&'a self, lease: &'a Lease) -> LeaseFuture<'a, ()>;
+    /// Take over the lease held under `token` by a holder known to be dead.
+    fn take_over<'a>(
+        &'a self,
+        instance: &'a str,
+        token: i64,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Lease>;
 }
 
 /// Whether `holder` names a process on this machine that no longer exists: its lease need not
@@ -229,28 +268,35 @@ pub fn holder_name(label: &str) -> String {
     format!("upshift on {host} pid {} ({label})", std::process::id())
 }
 
-/// A lease held for the length of an operation, renewed by a heartbeat task until dropped.
+/// A lease held for the length of an operation, renewed by a heartbeat task until released.
+///
+/// Give it up with [`Held::release`]. Dropping it releases it too, as a fallback for early
+/// returns: on the multi-threaded runtime under `block_in_place` (the worker hands its other
+/// tasks on while the short statement runs), elsewhere by a spawned task.
 pub struct Held {
     store: Arc<dyn LeaseStore>,
     lease: Lease,
     lost: Arc<AtomicBool>,
     heartbeat: tokio::task::JoinHandle<()>,
+    released: bool,
 }
 
 impl Held {
     /// Acquire the lease of `instance` and start its heartbeat (every third of the TTL).
-    pub fn acquire(
+    pub async fn acquire(
         store: Arc<dyn LeaseStore>,
         instance: &str,
         holder: &str,
         ttl: Duration,
     ) -> Result<Held, LeaseError> {
-        let lease = match store.acquire(instance, holder, ttl) {
+        let lease = match store.acquire(instance, holder, ttl).await {
             Err(LeaseError::Held {
                 holder: dead,
                 token,
                 ..
-            }) if holder_is_dead_here(&dead) => store.take_over(instance, token, holder, ttl)?,
+            }) if holder_is_dead_here(&dead) => {
+                store.take_over(instance, token, holder, ttl).await?
+            }
             other => other?,
         };
         let lost = Arc::new(AtomicBool::new(false));
@@ -259,7 +305,7 @@ impl Held {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
-                    match store.renew(&current, ttl) {
+                    match store.renew(&current, ttl).await {
                         Ok(renewed) => current = renewed,
                         Err(_) => {
                             lost.store(true, Ordering::SeqCst);
@@ -274,6 +320,7 @@ impl Held {
             lease,
             lost,
             heartbeat,
+            released: false,
         })
     }
 
@@ -283,7 +330,7 @@ impl Held {
     }
 
     /// The fencing check made before every action: still ours, not expired.
-    pub fn check(&self) -> Result<(), LeaseError> {
+    pub async fn check(&self) -> Result<(), LeaseError> {
         if self.lost.load(Ordering::SeqCst) {
             return Err(LeaseError::Lost {
                 instance: self.lease.instance.clone(),
@@ -291,13 +338,36 @@ impl Held {
                 by: String::new(),
             });
         }
-        self.store.check(&self.lease)
+        self.store.check(&self.lease).await
+    }
+
+    /// Stop the heartbeat and give the lease up (a no-op if it is no longer ours).
+    pub async fn release(mut self) -> Result<(), LeaseError> {
+        self.heartbeat.abort();
+        self.released = true;
+        self.store.release(&self.lease).await
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         self.heartbeat.abort();
-        let _ = self.store.release(&self.lease);
+        if self.released {
+            return;
+        }
+        let (store, lease) = (self.store.clone(), self.lease.clone());
+        let release = async move {
+            // Not ours any more, or the store failed: it expires by itself.
+            let _ = store.release(&lease).await;
+        };
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| handle.block_on(release));
+            }
+            Ok(handle) => drop(handle.spawn(release)),
+            // No runtime left to run it on: the lease expires by itself.
+            Err(_) => {}
+        }
     }
 }

@@ -2,16 +2,20 @@
 //! catalog and leases as the SQLite store, plus the work queue agents claim from, so several
 //! machines share one journal. Tables are prefixed `upshift_`.
 //!
-//! Calls are synchronous like the SQLite store's (the `postgres` client); inside the async
-//! runtime they run under `block_in_place`.
+//! Asynchronous through `tokio-postgres`: one connection, which callers share (statements are
+//! pipelined; nothing holds it between them). Every statement stands alone, the queue's
+//! included, so no transaction can take in someone else's statements.
 
-use std::sync::Mutex;
+use std::error::Error;
 
-use postgres::{Client, NoTls, Row};
+use bytes::BytesMut;
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls};
 
-use crate::lease::{LeaseError, LeaseRows, now_ms};
+use crate::lease::now_ms;
 use crate::queue::{Claim, QueueItem, WorkQueue};
-use crate::{BackupRecord, RunRecord, RunStatus, StateError, StepRecord, StepStatus};
+use crate::store::{Dialect, Engine, Store, Value};
+use crate::{StateError, StateFuture};
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS upshift_runs (
@@ -40,40 +44,15 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The PostgreSQL state store. Thread-safe.
-pub struct PgState {
+/// The PostgreSQL engine.
+pub struct Pg {
     /// The URL without its password, for messages.
-    shown: String,
-    client: Mutex<Option<Client>>,
+    at: String,
+    client: Client,
 }
 
-impl Drop for PgState {
-    /// The client closes its connection by blocking on its own runtime: do that off the async
-    /// runtime's threads too.
-    fn drop(&mut self) {
-        if let Some(client) = self
-            .client
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            std::thread::scope(|scope| {
-                let _ = scope.spawn(move || drop(client)).join();
-            });
-        }
-    }
-}
-
-/// Run the synchronous client on a thread of its own: it drives a runtime of its own, which
-/// cannot be started from a thread that belongs to (or blocks on) the async runtime.
-fn blocking<T: Send>(
-    f: impl FnOnce() -> Result<T, postgres::Error> + Send,
-) -> Result<T, postgres::Error> {
-    std::thread::scope(|scope| match scope.spawn(f).join() {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
-}
+/// The PostgreSQL state store.
+pub type PgState = Store<Pg>;
 
 /// `url` with any password replaced.
 fn redact(url: &str) -> String {
@@ -89,376 +68,185 @@ fn redact(url: &str) -> String {
     }
 }
 
-impl PgState {
-    /// Connect and create the tables (serialised by an advisory lock, so agents starting together
-    /// do not race).
-    pub fn open(url: &str) -> Result<PgState, StateError> {
-        let shown = redact(url);
-        let fail = |source: postgres::Error| StateError::Postgres {
-            url: shown.clone(),
-            source,
-        };
-        let mut client = blocking(|| Client::connect(url, NoTls)).map_err(fail)?;
-        blocking(|| -> Result<(), postgres::Error> {
-            let mut tx = client.transaction()?;
-            tx.execute("SELECT pg_advisory_xact_lock(775511)", &[])?;
-            tx.batch_execute(SCHEMA_SQL)?;
-            tx.commit()
-        })
+/// Connect and create the tables (serialised by an advisory lock, so agents starting together
+/// do not race).
+pub async fn open(url: &str) -> Result<PgState, StateError> {
+    let at = redact(url);
+    let fail = |source| StateError::Postgres {
+        at: at.clone(),
+        source,
+    };
+    let (mut client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(fail)?;
+    // The connection ends with an error the next statement reports too.
+    tokio::spawn(async move { drop(connection.await) });
+    let tx = client.transaction().await.map_err(fail)?;
+    tx.execute("SELECT pg_advisory_xact_lock(775511)", &[])
+        .await
         .map_err(fail)?;
-        Ok(PgState {
-            shown,
-            client: Mutex::new(Some(client)),
-        })
-    }
+    tx.batch_execute(SCHEMA_SQL).await.map_err(fail)?;
+    tx.commit().await.map_err(fail)?;
+    Ok(Store::new(Pg { at, client }))
+}
 
-    fn with<T: Send>(
-        &self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
-    ) -> Result<T, StateError> {
-        let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(client) = guard.as_mut() else {
-            return Err(StateError::Closed);
-        };
-        blocking(|| f(client)).map_err(|source| StateError::Postgres {
-            url: self.shown.clone(),
+impl Pg {
+    fn fail(&self) -> impl Fn(tokio_postgres::Error) -> StateError + '_ {
+        |source| StateError::Postgres {
+            at: self.at.clone(),
             source,
-        })
-    }
-
-    /// Record a new run.
-    pub fn insert_run(&self, r: &RunRecord) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO upshift_runs (id, instance, product, adapter_digest, kind, from_version, to_version, status, started_at, finished_at, plan_json, message)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                &[&r.id, &r.instance, &r.product, &r.adapter_digest, &r.kind, &r.from_version, &r.to_version, &r.status.as_str(), &r.started_at, &r.finished_at, &r.plan_json, &r.message],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// Record how a run ended.
-    pub fn finish_run(
-        &self,
-        run_id: &str,
-        status: RunStatus,
-        message: Option<&str>,
-    ) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE upshift_runs SET status = $2, message = $3, finished_at = $4 WHERE id = $1",
-                &[&run_id, &status.as_str(), &message, &now()],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// Journal a step before it runs.
-    pub fn step_started(
-        &self,
-        run_id: &str,
-        seq: u32,
-        step_id: &str,
-        title: &str,
-        phase: &str,
-    ) -> Result<(), StateError> {
-        let seq = i32::try_from(seq).unwrap_or(i32::MAX);
-        let ms = now_ms();
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO upshift_steps (run_id, seq, phase, step_id, title, status, started_at, started_ms)
-                 VALUES ($1, $2, $3, $4, $5, 'started', $6, $7)
-                 ON CONFLICT (run_id, phase, seq) DO UPDATE SET step_id = excluded.step_id, title = excluded.title,
-                   status = 'started', started_at = excluded.started_at, started_ms = excluded.started_ms,
-                   finished_at = NULL, duration_ms = NULL, output = NULL, error = NULL",
-                &[&run_id, &seq, &phase, &step_id, &title, &now(), &ms],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// Journal how a step ended.
-    pub fn step_finished(
-        &self,
-        run_id: &str,
-        seq: u32,
-        phase: &str,
-        status: StepStatus,
-        output: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<(), StateError> {
-        let seq = i32::try_from(seq).unwrap_or(i32::MAX);
-        let ms = now_ms();
-        self.with(|c| {
-            c.execute(
-                "UPDATE upshift_steps SET status = $4, output = $5, error = $6, finished_at = $7, duration_ms = GREATEST(0, $8 - started_ms)
-                 WHERE run_id = $1 AND seq = $2 AND phase = $3",
-                &[&run_id, &seq, &phase, &status.as_str(), &output, &error, &now(), &ms],
-            )
-            .map(|_| ())
-        })
-    }
-
-    fn run_from(row: &Row) -> RunRecord {
-        let status: String = row.get(7);
-        RunRecord {
-            id: row.get(0),
-            instance: row.get(1),
-            product: row.get(2),
-            adapter_digest: row.get(3),
-            kind: row.get(4),
-            from_version: row.get(5),
-            to_version: row.get(6),
-            status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
-            started_at: row.get(8),
-            finished_at: row.get(9),
-            plan_json: row.get(10),
-            message: row.get(11),
         }
-    }
-
-    /// One run.
-    pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StateError> {
-        self.with(|c| {
-            c.query_opt("SELECT * FROM upshift_runs WHERE id = $1", &[&run_id])
-                .map(|r| r.as_ref().map(Self::run_from))
-        })
-    }
-
-    /// Runs, newest first.
-    pub fn runs(&self, instance: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, StateError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(|c| {
-            c.query(
-                "SELECT * FROM upshift_runs WHERE instance = COALESCE($1, instance) ORDER BY started_at DESC, id DESC LIMIT $2",
-                &[&instance, &limit],
-            )
-            .map(|rows| rows.iter().map(Self::run_from).collect())
-        })
-    }
-
-    /// A run's steps: forward ones, then rollback ones, each in order.
-    pub fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StateError> {
-        self.with(|c| {
-            c.query(
-                "SELECT run_id, seq, step_id, title, phase, status, started_at, finished_at, duration_ms, output, error
-                 FROM upshift_steps WHERE run_id = $1 ORDER BY phase = 'rollback', seq",
-                &[&run_id],
-            )
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| {
-                        let status: String = r.get(5);
-                        let seq: i32 = r.get(1);
-                        let duration: Option<i64> = r.get(8);
-                        StepRecord {
-                            run_id: r.get(0),
-                            seq: u32::try_from(seq).unwrap_or(0),
-                            step_id: r.get(2),
-                            title: r.get(3),
-                            phase: r.get(4),
-                            status: StepStatus::parse(&status).unwrap_or(StepStatus::Failed),
-                            started_at: r.get(6),
-                            finished_at: r.get(7),
-                            duration_ms: duration.and_then(|d| u64::try_from(d).ok()),
-                            output: r.get(9),
-                            error: r.get(10),
-                        }
-                    })
-                    .collect()
-            })
-        })
-    }
-
-    /// Catalogue a backup.
-    pub fn insert_backup(&self, b: &BackupRecord) -> Result<(), StateError> {
-        let size = b.size_bytes.and_then(|s| i64::try_from(s).ok());
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO upshift_backups (id, instance, binding, run_id, method, location, source_database, product_version, created_at, size_bytes, sha256, valid, note)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                &[&b.id, &b.instance, &b.binding, &b.run_id, &b.method, &b.location, &b.source_database, &b.product_version, &b.created_at, &size, &b.sha256, &b.valid, &b.note],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// Mark a backup invalid with the reason.
-    pub fn mark_invalid(&self, id: &str, note: &str) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE upshift_backups SET valid = false, note = $2 WHERE id = $1",
-                &[&id, &note],
-            )
-            .map(|_| ())
-        })
-    }
-
-    fn backup_from(row: &Row) -> BackupRecord {
-        let size: Option<i64> = row.get(9);
-        BackupRecord {
-            id: row.get(0),
-            instance: row.get(1),
-            binding: row.get(2),
-            run_id: row.get(3),
-            method: row.get(4),
-            location: row.get(5),
-            source_database: row.get(6),
-            product_version: row.get(7),
-            created_at: row.get(8),
-            size_bytes: size.and_then(|s| u64::try_from(s).ok()),
-            sha256: row.get(10),
-            valid: row.get(11),
-            note: row.get(12),
-        }
-    }
-
-    /// One backup.
-    pub fn backup(&self, id: &str) -> Result<Option<BackupRecord>, StateError> {
-        self.with(|c| {
-            c.query_opt("SELECT * FROM upshift_backups WHERE id = $1", &[&id])
-                .map(|r| r.as_ref().map(Self::backup_from))
-        })
-    }
-
-    /// Backups, newest first.
-    pub fn backups(&self, instance: Option<&str>) -> Result<Vec<BackupRecord>, StateError> {
-        self.with(|c| {
-            c.query(
-                "SELECT * FROM upshift_backups WHERE instance = COALESCE($1, instance) ORDER BY created_at DESC, id DESC",
-                &[&instance],
-            )
-            .map(|rows| rows.iter().map(Self::backup_from).collect())
-        })
     }
 }
 
-impl LeaseRows for PgState {
-    fn try_take(
+fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+/// Integers go in at the width of the column (`INTEGER` or `BIGINT`).
+impl ToSql for Value {
+    fn to_sql(
         &self,
-        instance: &str,
-        holder: &str,
-        expires: i64,
-        now: i64,
-    ) -> Result<Option<i64>, LeaseError> {
-        self.with(|c| {
-            c.query_opt(
-                "INSERT INTO upshift_leases (instance, holder, token, expires_ms) VALUES ($1, $2, 1, $3)
-                 ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = upshift_leases.token + 1,
-                 expires_ms = excluded.expires_ms WHERE upshift_leases.expires_ms < $4 OR upshift_leases.holder = $2
-                 RETURNING token",
-                &[&instance, &holder, &expires, &now],
-            )
-            .map(|r| r.map(|r| r.get::<_, i64>(0)))
-        })
-        .map_err(crate::lease_store)
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(i) if *ty == Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+            Value::Int(i) if *ty == Type::INT8 => i.to_sql(ty, out),
+            Value::Bool(b) if *ty == Type::BOOL => b.to_sql(ty, out),
+            Value::Text(s) | Value::Other(s) if <&str as ToSql>::accepts(ty) => {
+                s.as_str().to_sql(ty, out)
+            }
+            other => Err(format!("cannot send {other:?} as a {ty} parameter").into()),
+        }
     }
 
-    fn try_extend(
-        &self,
-        instance: &str,
-        token: i64,
-        expires: i64,
-        now: i64,
-    ) -> Result<bool, LeaseError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE upshift_leases SET expires_ms = $1 WHERE instance = $2 AND token = $3 AND expires_ms >= $4",
-                &[&expires, &instance, &token, &now],
-            )
-        })
-        .map(|n| n == 1)
-        .map_err(crate::lease_store)
+    fn accepts(_: &Type) -> bool {
+        true
     }
 
-    fn try_move(
-        &self,
-        instance: &str,
-        token: i64,
-        holder: &str,
-        expires: i64,
-    ) -> Result<Option<i64>, LeaseError> {
-        self.with(|c| {
-            c.query_opt(
-                "UPDATE upshift_leases SET holder = $1, token = token + 1, expires_ms = $2 WHERE instance = $3 AND token = $4 RETURNING token",
-                &[&holder, &expires, &instance, &token],
-            )
-            .map(|r| r.map(|r| r.get::<_, i64>(0)))
+    to_sql_checked!();
+}
+
+impl<'a> FromSql<'a> for Value {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Value, Box<dyn Error + Sync + Send>> {
+        Ok(if *ty == Type::INT2 {
+            Value::Int(i16::from_sql(ty, raw)?.into())
+        } else if *ty == Type::INT4 {
+            Value::Int(i32::from_sql(ty, raw)?.into())
+        } else if *ty == Type::INT8 {
+            Value::Int(i64::from_sql(ty, raw)?)
+        } else if *ty == Type::BOOL {
+            Value::Bool(bool::from_sql(ty, raw)?)
+        } else if <&str as FromSql>::accepts(ty) {
+            Value::Text(<&str as FromSql>::from_sql(ty, raw)?.to_string())
+        } else {
+            Value::Other(format!("a value of type {ty}"))
         })
-        .map_err(crate::lease_store)
     }
 
-    fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
-        self.with(|c| {
-            c.query_opt(
-                "SELECT holder, token, expires_ms FROM upshift_leases WHERE instance = $1",
-                &[&instance],
-            )
-            .map(|r| r.map(|r| (r.get(0), r.get(1), r.get(2))))
-        })
-        .map_err(crate::lease_store)
+    fn from_sql_null(_: &Type) -> Result<Value, Box<dyn Error + Sync + Send>> {
+        Ok(Value::Null)
     }
 
-    fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM upshift_leases WHERE instance = $1 AND token = $2",
-                &[&instance, &token],
-            )
-        })
-        .map(|_| ())
-        .map_err(crate::lease_store)
+    fn accepts(_: &Type) -> bool {
+        true
     }
 }
 
-impl WorkQueue for PgState {
-    fn enqueue(&self, items: &[QueueItem]) -> Result<usize, StateError> {
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let mut n = 0;
+impl Engine for Pg {
+    const DIALECT: Dialect = Dialect {
+        tables: "upshift_",
+        param: '$',
+    };
+
+    fn at(&self) -> &str {
+        &self.at
+    }
+
+    async fn execute(&self, sql: String, params: Vec<Value>) -> Result<u64, StateError> {
+        self.client
+            .execute(sql.as_str(), &refs(&params))
+            .await
+            .map_err(self.fail())
+    }
+
+    async fn query(&self, sql: String, params: Vec<Value>) -> Result<Vec<Vec<Value>>, StateError> {
+        let rows = self
+            .client
+            .query(sql.as_str(), &refs(&params))
+            .await
+            .map_err(self.fail())?;
+        rows.iter()
+            .map(|row| (0..row.len()).map(|i| row.try_get::<_, Value>(i)).collect())
+            .collect::<Result<_, _>>()
+            .map_err(self.fail())
+    }
+
+    fn queue(&self) -> Option<&dyn WorkQueue> {
+        Some(self)
+    }
+}
+
+impl WorkQueue for Pg {
+    fn enqueue<'a>(&'a self, items: &'a [QueueItem]) -> StateFuture<'a, usize> {
+        Box::pin(async move {
+            // One statement, so all are queued or none; an instance named twice once.
+            let mut instances: Vec<&str> = Vec::new();
+            let mut targets: Vec<&str> = Vec::new();
             for item in items {
-                n += tx.execute(
-                    "INSERT INTO upshift_queue (instance, target, status, enqueued_at) VALUES ($1, $2, 'pending', $3)
+                if !instances.contains(&item.instance.as_str()) {
+                    instances.push(&item.instance);
+                    targets.push(&item.target);
+                }
+            }
+            // Second precision, as runs record their start.
+            let enqueued = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let n = self
+                .client
+                .execute(
+                    "INSERT INTO upshift_queue (instance, target, status, enqueued_at)
+                     SELECT instance, target, 'pending', $3::text FROM UNNEST($1::text[], $2::text[]) AS i (instance, target)
                      ON CONFLICT (instance) DO UPDATE SET target = excluded.target, status = 'pending', agent = NULL,
                        claims = 0, outcome = NULL, enqueued_at = excluded.enqueued_at, finished_at = NULL
                      WHERE upshift_queue.status = 'done'",
-                    // Second precision, as runs record their start.
-                    &[&item.instance, &item.target, &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)],
-                )?;
-            }
-            tx.commit()?;
-            Ok(n as usize)
+                    &[&instances, &targets, &enqueued],
+                )
+                .await
+                .map_err(self.fail())?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
     }
 
-    fn claim(&self, agent: &str) -> Result<Option<Claim>, StateError> {
-        let now = now_ms();
-        // A claim whose agent has held no lease on the instance for a whole lease period is
-        // abandoned (the agent died); a fresh claim is given that long to take its lease.
-        let stale = now - crate::lease::default_ttl().as_millis() as i64;
-        self.with(|c| {
-            let mut tx = c.transaction()?;
-            let row = tx.query_opt(
-                "SELECT q.instance, q.target, q.status, q.enqueued_at FROM upshift_queue q
-                 WHERE q.status = 'pending'
-                    OR (q.status = 'claimed' AND q.claimed_ms < $2 AND NOT EXISTS (
-                        SELECT 1 FROM upshift_leases l WHERE l.instance = q.instance AND l.expires_ms >= $1))
-                 ORDER BY q.enqueued_at, q.instance
-                 LIMIT 1 FOR UPDATE OF q SKIP LOCKED",
-                &[&now, &stale],
-            )?;
+    fn claim<'a>(&'a self, agent: &'a str) -> StateFuture<'a, Option<Claim>> {
+        Box::pin(async move {
+            let now = now_ms();
+            // A claim whose agent has held no lease on the instance for a whole lease period is
+            // abandoned (the agent died); a fresh claim is given that long to take its lease.
+            let period = crate::lease::ttl_ms(crate::lease::default_ttl());
+            let stale = now.saturating_sub(period);
+            // One statement: the row is locked from the choice to the update.
+            let row = self
+                .client
+                .query_opt(
+                    "WITH next AS (
+                       SELECT q.instance, q.status FROM upshift_queue q
+                       WHERE q.status = 'pending'
+                          OR (q.status = 'claimed' AND q.claimed_ms < $2 AND NOT EXISTS (
+                              SELECT 1 FROM upshift_leases l WHERE l.instance = q.instance AND l.expires_ms >= $1))
+                       ORDER BY q.enqueued_at, q.instance
+                       LIMIT 1 FOR UPDATE OF q SKIP LOCKED)
+                     UPDATE upshift_queue u SET status = 'claimed', agent = $3, claims = u.claims + 1, claimed_ms = $1
+                     FROM next WHERE u.instance = next.instance
+                     RETURNING u.instance, u.target, next.status, u.enqueued_at",
+                    &[&now, &stale, &agent],
+                )
+                .await
+                .map_err(self.fail())?;
             let Some(row) = row else {
-                tx.commit()?;
                 return Ok(None);
             };
-            let (instance, target, status, enqueued_at): (String, String, String, String) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            tx.execute(
-                "UPDATE upshift_queue SET status = 'claimed', agent = $2, claims = claims + 1, claimed_ms = $3 WHERE instance = $1",
-                &[&instance, &agent, &now],
-            )?;
-            tx.commit()?;
+            let get = |i| row.try_get::<_, String>(i).map_err(self.fail());
+            let (instance, target, status, enqueued_at) = (get(0)?, get(1)?, get(2)?, get(3)?);
             Ok(Some(Claim {
                 item: QueueItem { instance, target },
                 reclaimed: status == "claimed",
@@ -467,23 +255,35 @@ impl WorkQueue for PgState {
         })
     }
 
-    fn finish(&self, instance: &str, outcome: &str) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE upshift_queue SET status = 'done', outcome = $2, finished_at = $3 WHERE instance = $1",
-                &[&instance, &outcome, &now()],
-            )
-            .map(|_| ())
+    fn finish<'a>(&'a self, instance: &'a str, outcome: &'a str) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.client
+                .execute(
+                    "UPDATE upshift_queue SET status = 'done', outcome = $2, finished_at = $3 WHERE instance = $1",
+                    &[&instance, &outcome, &now()],
+                )
+                .await
+                .map(drop)
+                .map_err(self.fail())
         })
     }
 
-    fn remaining(&self) -> Result<usize, StateError> {
-        self.with(|c| {
-            c.query_one(
-                "SELECT count(*) FROM upshift_queue WHERE status <> 'done'",
-                &[],
-            )
-            .map(|r| usize::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+    fn remaining(&self) -> StateFuture<'_, usize> {
+        Box::pin(async move {
+            let row = self
+                .client
+                .query_one(
+                    "SELECT count(*) FROM upshift_queue WHERE status <> 'done'",
+                    &[],
+                )
+                .await
+                .map_err(self.fail())?;
+            let count: i64 = row.try_get(0).map_err(self.fail())?;
+            usize::try_from(count).map_err(|_| StateError::Value {
+                at: self.at.clone(),
+                column: "count(*) of upshift_queue",
+                value: count.to_string(),
+            })
         })
     }
 }

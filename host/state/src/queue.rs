@@ -1,7 +1,7 @@
 //! The work queue agents claim instance runs from. A small trait, so another engine than
 //! PostgreSQL (`FOR UPDATE SKIP LOCKED` in [`crate::postgres`]) could serve it.
 
-use crate::StateError;
+use crate::StateFuture;
 
 /// One instance to upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,15 +23,15 @@ pub struct Claim {
     pub enqueued_at: String,
 }
 
-/// Where agents find work.
+/// Where agents find work. Boxed futures, so it can be handed out as `&dyn WorkQueue`.
 pub trait WorkQueue: Send + Sync {
     /// Queue `items` (an instance already queued and not done keeps its place); returns how many
     /// were queued.
-    fn enqueue(&self, items: &[QueueItem]) -> Result<usize, StateError>;
+    fn enqueue<'a>(&'a self, items: &'a [QueueItem]) -> StateFuture<'a, usize>;
     /// Claim the next item: pending, or claimed by an agent whose lease expired.
-    fn claim(&self, agent: &str) -> Result<Option<Claim>, StateError>;
+    fn claim<'a>(&'a self, agent: &'a str) -> StateFuture<'a, Option<Claim>>;
     /// Mark an item done with its outcome.
-    fn finish(&self, instance: &str, outcome: &str) -> Result<(), StateError>;
+    fn finish<'a>(&'a self, instance: &'a str, outcome: &'a str) -> StateFuture<'a, ()>;
     /// Items not done yet (pending or claimed).
-    fn remaining(&self) -> Result<usize, StateError>;
+    fn remaining(&self) -> StateFuture<'_, usize>;
 }

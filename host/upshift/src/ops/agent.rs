@@ -66,6 +66,7 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Handled {
     let earlier = session
         .state
         .runs(Some(&instance.name), 20)
+        .await
         .unwrap_or_default()
         .into_iter()
         .find(|r| {
@@ -92,12 +93,13 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Handled {
 }
 
 /// Put instances on the queue for agents.
-pub fn enqueue(session: &Session, items: &[QueueItem]) -> Result<usize, OpError> {
+pub async fn enqueue(session: &Session, items: &[QueueItem]) -> Result<usize, OpError> {
     let queue = session.state.queue().ok_or_else(|| {
         OpError::Usage("the work queue lives in shared state: pass --state postgres://…".into())
     })?;
     queue
         .enqueue(items)
+        .await
         .map_err(|e| OpError::Host(e.to_string()))
 }
 
@@ -116,18 +118,21 @@ pub async fn run(
     loop {
         let claimed = queue
             .claim(name)
+            .await
             .map_err(|e| OpError::Host(e.to_string()))?;
         match claimed {
             Some(claim) => {
                 let handled = handle(session, fleet, &claim).await;
                 queue
                     .finish(&claim.item.instance, &handled.outcome)
+                    .await
                     .map_err(|e| OpError::Host(e.to_string()))?;
                 done.push(handled);
             }
             None => {
                 let left = queue
                     .remaining()
+                    .await
                     .map_err(|e| OpError::Host(e.to_string()))?;
                 if until_empty && left == 0 {
                     return Ok(done);

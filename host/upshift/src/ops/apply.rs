@@ -12,7 +12,7 @@ use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{
     Action, BackupInfo, BackupMethod, Check, Detection, Plan, Refusal, RestoreRequest,
 };
-use crate::state::{BackupRecord, RunRecord, RunStatus, StateStore};
+use crate::state::{BackupRecord, RunRecord, RunStatus};
 
 use super::executor::{RunContext, StepResult};
 use super::plan::{self, Prior, PriorService, Reached, RollbackAction};
@@ -305,7 +305,7 @@ fn new_run(
     plan_json: String,
 ) -> RunRecord {
     RunRecord {
-        id: StateStore::new_run_id(),
+        id: crate::state::new_run_id(),
         instance: instance.name.clone(),
         product: adapter.manifest.product.clone(),
         adapter_digest: adapter.digest.clone(),
@@ -411,18 +411,21 @@ pub async fn apply(
     target: &str,
     confirm: impl FnOnce(&PlanReport) -> bool,
 ) -> Result<RunReport, OpError> {
-    let held = session.hold_lease(&instance.name, &format!("apply --to {target}"))?;
+    let held = session
+        .hold_lease(&instance.name, &format!("apply --to {target}"))
+        .await?;
     let report = plan_instance(session, instance, target).await?;
     let (adapter, caps) = prepare(session, instance).await?;
     let from = report.detection.version.clone();
     let plan = match &report.outcome {
         PlanOutcome::Refused(r) => {
             let run = new_run(instance, &adapter, "upgrade", &from, target, "null".into());
-            session.state.insert_run(&run).map_err(host)?;
+            session.state.insert_run(&run).await.map_err(host)?;
             let msg = format!("refused by rule `{}`: {}", r.rule, r.reason);
             session
                 .state
                 .finish_run(&run.id, RunStatus::Refused, Some(&msg))
+                .await
                 .map_err(host)?;
             return Ok(RunReport {
                 run_id: run.id,
@@ -449,7 +452,7 @@ pub async fn apply(
         serde_json::json!({ "plan": plan, "prior": report.prior, "detection": report.detection })
             .to_string();
     let run = new_run(instance, &adapter, "upgrade", &from, target, plan_json);
-    session.state.insert_run(&run).map_err(host)?;
+    session.state.insert_run(&run).await.map_err(host)?;
     caps.set_run(Some(run.id.clone()));
     let ctx = RunContext {
         session,
@@ -550,6 +553,7 @@ pub(super) async fn conclude(
         session
             .state
             .finish_run(run_id, RunStatus::Succeeded, None)
+            .await
             .map_err(host)?;
         return Ok(RunReport {
             run_id: run_id.clone(),
@@ -611,6 +615,7 @@ pub(super) async fn conclude(
     session
         .state
         .finish_run(run_id, status, Some(&message))
+        .await
         .map_err(host)?;
     Ok(RunReport {
         run_id: run_id.clone(),
@@ -709,7 +714,7 @@ pub async fn backup(
     instance: &Instance,
     method: BackupMethod,
 ) -> Result<Vec<BackupRecord>, OpError> {
-    let held = session.hold_lease(&instance.name, "backup")?;
+    let held = session.hold_lease(&instance.name, "backup").await?;
     let (adapter, caps) = prepare(session, instance).await?;
     let version = match detect(session, &adapter, &caps).await {
         Ok(d) => d.version,
@@ -723,7 +728,7 @@ pub async fn backup(
         &version,
         "null".into(),
     );
-    session.state.insert_run(&run).map_err(host)?;
+    session.state.insert_run(&run).await.map_err(host)?;
     caps.set_run(Some(run.id.clone()));
     let ctx = RunContext {
         session,
@@ -777,6 +782,7 @@ pub async fn backup(
                 session
                     .state
                     .finish_run(&run.id, RunStatus::Failed, Some(&e))
+                    .await
                     .map_err(host)?;
                 return Err(OpError::Host(format!("backup of `{b}` failed: {e}")));
             }
@@ -785,6 +791,7 @@ pub async fn backup(
     session
         .state
         .finish_run(&run.id, RunStatus::Succeeded, None)
+        .await
         .map_err(host)?;
     Ok(out)
 }
@@ -798,10 +805,13 @@ pub async fn restore(
     into: Option<&str>,
     confirm: impl FnOnce(&Plan) -> bool,
 ) -> Result<RunReport, OpError> {
-    let held = session.hold_lease(&instance.name, &format!("restore {backup_id}"))?;
+    let held = session
+        .hold_lease(&instance.name, &format!("restore {backup_id}"))
+        .await?;
     let backup = session
         .state
         .backup(backup_id)
+        .await
         .map_err(host)?
         .ok_or_else(|| {
             OpError::Usage(format!(
@@ -862,7 +872,7 @@ pub async fn restore(
         &backup.product_version,
         serde_json::json!({ "plan": plan, "backup": backup.id }).to_string(),
     );
-    session.state.insert_run(&run).map_err(host)?;
+    session.state.insert_run(&run).await.map_err(host)?;
     caps.set_run(Some(run.id.clone()));
     let ctx = RunContext {
         session,
@@ -885,6 +895,7 @@ pub async fn restore(
     session
         .state
         .finish_run(&run.id, status, failure.as_deref())
+        .await
         .map_err(host)?;
     Ok(RunReport {
         run_id: run.id.clone(),

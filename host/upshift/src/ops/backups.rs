@@ -70,6 +70,7 @@ pub async fn verify(
     let backup = session
         .state
         .backup(id)
+        .await
         .map_err(|e| OpError::Host(e.to_string()))?
         .ok_or_else(|| OpError::Usage(format!("no backup `{id}`; `upshift backups` lists them")))?;
     let dir = session.backups_dir().join(&backup.id);
@@ -146,11 +147,13 @@ pub async fn verify(
         session
             .state
             .mark_invalid(&backup.id, &format!("verification failed: {why}"))
+            .await
             .map_err(|e| OpError::Host(e.to_string()))?;
     }
     let backup = session
         .state
         .backup(id)
+        .await
         .map_err(|e| OpError::Host(e.to_string()))?
         .unwrap_or(backup);
     Ok(BackupVerification { backup, checks, ok })

@@ -60,8 +60,8 @@ pub fn clone_name(database: &str, backup_id: &str) -> String {
 }
 
 impl RunContext<'_> {
-    fn state(&self) -> &StateStore {
-        &self.session.state
+    fn state(&self) -> &dyn StateStore {
+        self.session.state.as_ref()
     }
 
     /// Run one step with journaling and events. `Err` carries the error text.
@@ -78,10 +78,11 @@ impl RunContext<'_> {
     ) -> Result<StepResult, String> {
         let instance = self.caps.caller.instance.clone();
         if let Some(lease) = self.lease {
-            lease.check().map_err(|e| e.to_string())?;
+            lease.check().await.map_err(|e| e.to_string())?;
         }
         self.state()
             .step_started(&self.run_id, seq, id, title, phase)
+            .await
             .map_err(|e| format!("cannot journal step `{id}`: {e}"))?;
         self.session
             .crash_if_at(phase, seq, super::session::StepMoment::Started);
@@ -102,6 +103,7 @@ impl RunContext<'_> {
         let journaled = self
             .state()
             .step_finished(&self.run_id, seq, phase, status, output, error)
+            .await
             .map_err(|e| format!("cannot journal the end of step `{id}`: {e}"));
         self.caps.events.emit(Event::StepFinished {
             instance,
@@ -223,7 +225,7 @@ impl RunContext<'_> {
                 done(summary)
             }
             Action::FilesSnapshot(b) => {
-                let record = self.snapshot(b)?;
+                let record = self.snapshot(b).await?;
                 Ok(StepResult {
                     summary: format!(
                         "snapshot {} ({})",
@@ -293,7 +295,7 @@ impl RunContext<'_> {
         method: BackupMethod,
     ) -> Result<BackupRecord, CapError> {
         let db = self.caps.db_backend(binding)?;
-        let id = StateStore::new_backup_id();
+        let id = crate::state::new_backup_id();
         let dir = self.session.backups_dir().join(&id);
         let (method_name, location, size, sha) = match method {
             BackupMethod::Snapshot => {
@@ -344,7 +346,7 @@ impl RunContext<'_> {
             valid: true,
             note: None,
         };
-        self.state().insert_backup(&record).map_err(|e| {
+        self.state().insert_backup(&record).await.map_err(|e| {
             CapError::Failed(format!(
                 "the backup was taken but could not be catalogued: {e}"
             ))
@@ -380,7 +382,7 @@ impl RunContext<'_> {
         };
         match target {
             RestoreTarget::SameDatabase => {
-                let tag = StateStore::new_backup_id().replace("bk-", "");
+                let tag = crate::state::new_backup_id().replace("bk-", "");
                 let staging = clone_name(db.database(), &format!("restoring_{tag}"));
                 let keep = clone_name(db.database(), &format!("pre_restore_{tag}"));
                 db.materialize(&staging, &source).await?;
@@ -412,9 +414,9 @@ impl RunContext<'_> {
     }
 
     /// Snapshot a files binding into the data directory and record it in the catalog.
-    pub fn snapshot(&self, binding: &str) -> Result<BackupRecord, CapError> {
+    pub async fn snapshot(&self, binding: &str) -> Result<BackupRecord, CapError> {
         let root = self.caps.files_root(binding)?.to_path_buf();
-        let id = StateStore::new_backup_id();
+        let id = crate::state::new_backup_id();
         let dest = self.session.backups_dir().join(&id);
         let (manifest, sha) = crate::caps::snapshot::snapshot(&root, &dest)?;
         let size: u64 = manifest
@@ -444,7 +446,7 @@ impl RunContext<'_> {
                 manifest.cloned_files
             )),
         };
-        self.state().insert_backup(&record).map_err(|e| {
+        self.state().insert_backup(&record).await.map_err(|e| {
             CapError::Failed(format!(
                 "the snapshot was taken but could not be catalogued: {e}"
             ))
@@ -455,7 +457,7 @@ impl RunContext<'_> {
     /// Restore a directory snapshot over its binding (built beside, swapped in by rename).
     pub fn restore_files(&self, binding: &str, backup: &BackupRecord) -> Result<String, CapError> {
         let root = self.caps.files_root(binding)?.to_path_buf();
-        let tag = StateStore::new_backup_id().replace("bk-", "");
+        let tag = crate::state::new_backup_id().replace("bk-", "");
         let kept = crate::caps::snapshot::restore(
             std::path::Path::new(&backup.location),
             backup.sha256.as_deref().unwrap_or_default(),

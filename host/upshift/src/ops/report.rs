@@ -27,7 +27,7 @@ fn cell(text: &str) -> String {
 }
 
 /// The report as Markdown; step durations come from the session's journal.
-pub fn markdown(session: &Session, report: &RolloutReport) -> String {
+pub async fn markdown(session: &Session, report: &RolloutReport) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Upshift rollout {}\n", report.id);
     let _ = writeln!(
@@ -64,7 +64,7 @@ pub fn markdown(session: &Session, report: &RolloutReport) -> String {
             "\n{} → {}, run `{}`\n",
             run.from_version, run.to_version, run.run_id
         );
-        let steps = session.state.steps(&run.run_id).unwrap_or_default();
+        let steps = session.state.steps(&run.run_id).await.unwrap_or_default();
         if !steps.is_empty() {
             let _ = writeln!(md, "| phase | step | result | duration | detail |");
             let _ = writeln!(md, "|---|---|---|---|---|");
@@ -122,13 +122,16 @@ pub fn markdown(session: &Session, report: &RolloutReport) -> String {
 }
 
 /// Write the report as `<data>/reports/<id>.md` and `.json`; returns both paths.
-pub fn write(session: &Session, report: &RolloutReport) -> Result<(PathBuf, PathBuf), OpError> {
+pub async fn write(
+    session: &Session,
+    report: &RolloutReport,
+) -> Result<(PathBuf, PathBuf), OpError> {
     let dir = session.data.join("reports");
     std::fs::create_dir_all(&dir)
         .map_err(|e| OpError::Host(format!("cannot create {}: {e}", dir.display())))?;
     let md = dir.join(format!("{}.md", report.id));
     let json = dir.join(format!("{}.json", report.id));
-    std::fs::write(&md, markdown(session, report))
+    std::fs::write(&md, markdown(session, report).await)
         .map_err(|e| OpError::Host(format!("cannot write {}: {e}", md.display())))?;
     let text = serde_json::to_string_pretty(report)
         .map_err(|e| OpError::Host(format!("cannot encode the report: {e}")))?;

@@ -128,9 +128,14 @@ pub async fn resume(
     run_id: &str,
     step_done: Option<&str>,
 ) -> Result<RunReport, OpError> {
-    let run = session.state.run(run_id).map_err(host)?.ok_or_else(|| {
-        OpError::Usage(format!("no run `{run_id}`; `upshift history` lists them"))
-    })?;
+    let run = session
+        .state
+        .run(run_id)
+        .await
+        .map_err(host)?
+        .ok_or_else(|| {
+            OpError::Usage(format!("no run `{run_id}`; `upshift history` lists them"))
+        })?;
     // A run handed to the operator at a step whose outcome was unknown goes on once the
     // operator says that step completed.
     let reopened = run.status == RunStatus::Failed && step_done.is_some();
@@ -154,7 +159,9 @@ pub async fn resume(
     let instance = fleet
         .instance(&run.instance)
         .map_err(|e| OpError::Usage(e.to_string()))?;
-    let held = session.hold_lease(&instance.name, &format!("resume {run_id}"))?;
+    let held = session
+        .hold_lease(&instance.name, &format!("resume {run_id}"))
+        .await?;
     let (adapter, caps) = prepare(session, instance).await?;
     if adapter.digest != run.adapter_digest {
         return Err(OpError::Usage(format!(
@@ -176,10 +183,11 @@ pub async fn resume(
         restore_source: None,
         lease: Some(&held),
     };
-    let journal = session.state.steps(run_id).map_err(host)?;
+    let journal = session.state.steps(run_id).await.map_err(host)?;
     let taken: Vec<BackupRecord> = session
         .state
         .backups(Some(&instance.name))
+        .await
         .map_err(host)?
         .into_iter()
         .filter(|b| b.run_id.as_deref() == Some(run_id))
@@ -299,6 +307,7 @@ pub async fn resume(
                 session
                     .state
                     .finish_run(run_id, RunStatus::Failed, Some(&why))
+                    .await
                     .map_err(host)?;
                 return Ok(RunReport {
                     run_id: run.id.clone(),

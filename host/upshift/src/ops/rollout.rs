@@ -387,7 +387,7 @@ pub async fn rollout(
         *counts.entry(key).or_insert(0) += 1;
     }
     Ok(RolloutReport {
-        id: crate::state::StateStore::new_run_id(),
+        id: crate::state::new_run_id(),
         started_at,
         finished_at: now(),
         waves: sizes,

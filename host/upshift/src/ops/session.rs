@@ -28,7 +28,7 @@ pub struct Session {
     /// The audit log.
     pub audit: Arc<AuditLog>,
     /// Runs, steps, backups and leases.
-    pub state: Arc<StateStore>,
+    pub state: Arc<dyn StateStore>,
     /// Where progress goes.
     pub events: EventSink,
     /// Where process services' state lives.
@@ -48,32 +48,41 @@ pub struct Stores {
     pub services: Option<PathBuf>,
 }
 
+/// The state store `stores` names: PostgreSQL for a `postgres://` URL, else `<data>/state.db`.
+pub async fn open_state(data: &Path, stores: &Stores) -> Result<Arc<dyn StateStore>, OpError> {
+    match &stores.state_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            crate::state::open_postgres(url).await
+        }
+        Some(other) => {
+            return Err(OpError::Usage(format!(
+                "--state `{other}` is not a postgres:// URL (leave it out for the SQLite state in the data directory)"
+            )));
+        }
+        None => crate::state::open(&data.join("state.db")).await,
+    }
+    .map_err(|e| OpError::Host(e.to_string()))
+}
+
 impl Session {
     /// Open (creating) the data directory and everything in it.
-    pub fn open(data: &Path, events: EventSink) -> Result<Session, OpError> {
-        Session::open_with(data, events, &Stores::default())
+    pub async fn open(data: &Path, events: EventSink) -> Result<Session, OpError> {
+        Session::open_with(data, events, &Stores::default()).await
     }
 
     /// Open with the state and service state where `stores` says.
-    pub fn open_with(data: &Path, events: EventSink, stores: &Stores) -> Result<Session, OpError> {
+    pub async fn open_with(
+        data: &Path,
+        events: EventSink,
+        stores: &Stores,
+    ) -> Result<Session, OpError> {
         std::fs::create_dir_all(data).map_err(|source| OpError::DataDirectory {
             path: data.to_path_buf(),
             source,
         })?;
         let audit =
             AuditLog::open(&data.join("audit.jsonl")).map_err(|e| OpError::Host(e.to_string()))?;
-        let state = match &stores.state_url {
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                StateStore::open_postgres(url)
-            }
-            Some(other) => {
-                return Err(OpError::Usage(format!(
-                    "--state `{other}` is not a postgres:// URL (leave it out for the SQLite state in the data directory)"
-                )));
-            }
-            None => StateStore::open(&data.join("state.db")),
-        }
-        .map_err(|e| OpError::Host(e.to_string()))?;
+        let state = open_state(data, stores).await?;
         let mut runtime =
             Runtime::new(Some(&data.join("cache"))).map_err(|e| OpError::Host(e.to_string()))?;
         let audit = Arc::new(audit);
@@ -82,7 +91,7 @@ impl Session {
             data: data.to_path_buf(),
             runtime,
             audit,
-            state: Arc::new(state),
+            state,
             events,
             services: stores
                 .services
@@ -114,14 +123,9 @@ impl Session {
 
     /// Take the lease of `instance` for this process (`label` says what for), with its
     /// heartbeat; refused with the holder's name while someone else holds it.
-    pub fn hold_lease(&self, instance: &str, label: &str) -> Result<Held, OpError> {
+    pub async fn hold_lease(&self, instance: &str, label: &str) -> Result<Held, OpError> {
         let store: Arc<dyn crate::lease::LeaseStore> = self.state.clone();
-        Ok(Held::acquire(
-            store,
-            instance,
-            &holder_name(label),
-            default_ttl(),
-        )?)
+        Ok(Held::acquire(store, instance, &holder_name(label), default_ttl()).await?)
     }
 
     /// Where backups are written.

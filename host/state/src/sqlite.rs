@@ -1,0 +1,177 @@
+//! The state in SQLite (`<data>/state.db`, WAL mode): its schema and how statements run. The
+//! connection is only touched under `spawn_blocking`, never on an async worker thread.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ToSql, params_from_iter};
+
+use crate::queue::WorkQueue;
+use crate::store::{Dialect, Engine, Store, Value};
+use crate::{SCHEMA, StateError};
+
+/// The tables (schema [`SCHEMA`]; `PRAGMA user_version` says which a file has).
+const SCHEMA_SQL: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, instance TEXT NOT NULL, product TEXT NOT NULL, adapter_digest TEXT NOT NULL,
+    kind TEXT NOT NULL, from_version TEXT NOT NULL, to_version TEXT NOT NULL, status TEXT NOT NULL,
+    started_at TEXT NOT NULL, finished_at TEXT, plan_json TEXT NOT NULL, message TEXT);
+CREATE INDEX IF NOT EXISTS runs_instance ON runs (instance, started_at);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs (id), seq INTEGER NOT NULL, phase TEXT NOT NULL,
+    step_id TEXT NOT NULL, title TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL,
+    started_ms INTEGER NOT NULL, finished_at TEXT, duration_ms INTEGER, output TEXT, error TEXT,
+    PRIMARY KEY (run_id, phase, seq));
+CREATE TABLE IF NOT EXISTS backups (
+    id TEXT PRIMARY KEY, instance TEXT NOT NULL, binding TEXT NOT NULL, run_id TEXT, method TEXT NOT NULL,
+    location TEXT NOT NULL, source_database TEXT NOT NULL, product_version TEXT NOT NULL,
+    created_at TEXT NOT NULL, size_bytes INTEGER, sha256 TEXT, valid INTEGER NOT NULL, note TEXT);
+CREATE INDEX IF NOT EXISTS backups_instance ON backups (instance, created_at);
+CREATE TABLE IF NOT EXISTS leases (
+    instance TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+";
+
+/// The SQLite engine: one connection, used by one blocking task at a time.
+pub struct Sqlite {
+    at: String,
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// The SQLite state store.
+pub type SqliteState = Store<Sqlite>;
+
+/// Open (creating or migrating) the state database at `path`.
+pub async fn open(path: &Path) -> Result<SqliteState, StateError> {
+    let at = path.display().to_string();
+    let conn = blocking(&at, {
+        let (path, at) = (path.to_path_buf(), at.clone());
+        move || open_blocking(&path, &at)
+    })
+    .await??;
+    Ok(Store::new(Sqlite {
+        at,
+        conn: Arc::new(Mutex::new(conn)),
+    }))
+}
+
+fn open_blocking(path: &Path, at: &str) -> Result<Connection, StateError> {
+    let sql = |source| StateError::Sqlite {
+        at: at.to_string(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(sql)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sql)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    if version > SCHEMA {
+        return Err(StateError::Newer {
+            at: at.to_string(),
+            found: version,
+        });
+    }
+    if version < SCHEMA {
+        conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
+        conn.pragma_update(None, "user_version", SCHEMA)
+            .map_err(sql)?;
+    }
+    Ok(conn)
+}
+
+/// Run `work` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    at: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StateError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StateError::Worker {
+            at: at.to_string(),
+            why: e.to_string(),
+        })
+}
+
+impl Sqlite {
+    /// Run `f` on the connection, on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let conn = self.conn.clone();
+        blocking(&self.at, move || {
+            f(&conn.lock().unwrap_or_else(PoisonError::into_inner))
+        })
+        .await?
+        .map_err(|source| StateError::Sqlite {
+            at: self.at.clone(),
+            source,
+        })
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Null => ToSqlOutput::from(rusqlite::types::Null),
+            Value::Int(i) => ToSqlOutput::from(*i),
+            Value::Text(s) | Value::Other(s) => ToSqlOutput::from(s.as_str()),
+            Value::Bool(b) => ToSqlOutput::from(*b),
+        })
+    }
+}
+
+fn value(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => Value::Text(s.to_string()),
+            Err(_) => Value::Other(format!("{} bytes of text that is not UTF-8", t.len())),
+        },
+        ValueRef::Real(f) => Value::Other(format!("{f} (a real)")),
+        ValueRef::Blob(b) => Value::Other(format!("a blob of {} bytes", b.len())),
+    }
+}
+
+impl Engine for Sqlite {
+    const DIALECT: Dialect = Dialect {
+        tables: "",
+        param: '?',
+    };
+
+    fn at(&self) -> &str {
+        &self.at
+    }
+
+    async fn execute(&self, sql: String, params: Vec<Value>) -> Result<u64, StateError> {
+        self.with(move |c| {
+            let n = c.prepare_cached(&sql)?.execute(params_from_iter(&params))?;
+            Ok(u64::try_from(n).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
+    async fn query(&self, sql: String, params: Vec<Value>) -> Result<Vec<Vec<Value>>, StateError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let columns = stmt.column_count();
+            stmt.query_map(params_from_iter(&params), |row| {
+                (0..columns)
+                    .map(|i| row.get_ref(i).map(value))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    fn queue(&self) -> Option<&dyn WorkQueue> {
+        None
+    }
+}

@@ -1,0 +1,639 @@
+//! The state store, written once for every engine: the statements (in one SQL both SQLite and
+//! PostgreSQL accept, adjusted by the engine's [`Dialect`]), turning rows into records, and the
+//! lease rows. An [`Engine`] only runs a statement and hands back its rows as [`Value`]s.
+
+use std::fmt;
+use std::future::Future;
+
+use crate::lease::{LeaseError, LeaseRows};
+use crate::queue::WorkQueue;
+use crate::{
+    BackupRecord, RunRecord, RunStatus, StateError, StateFuture, StateStore, StepRecord, StepStatus,
+};
+
+/// How an engine's SQL differs from the one the statements are written in: tables are written
+/// `#name` and parameters `$n`.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialect {
+    /// What `#` becomes: the table name prefix.
+    pub tables: &'static str,
+    /// What `$` becomes: how parameters are written (`?n` in SQLite, `$n` in PostgreSQL).
+    pub param: char,
+}
+
+impl Dialect {
+    /// `template` in this dialect.
+    pub fn sql(&self, template: &str) -> String {
+        let mut out = String::with_capacity(template.len() + 64);
+        for c in template.chars() {
+            match c {
+                '#' => out.push_str(self.tables),
+                '$' => out.push(self.param),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+}
+
+/// A value going into or coming out of a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// An integer (whatever width the column has).
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// A boolean (SQLite stores it as an integer).
+    Bool(bool),
+    /// Something this build never writes, described for error messages.
+    Other(String),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("NULL"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Text(s) | Value::Other(s) => f.write_str(s),
+            Value::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::Text(s.to_string())
+    }
+}
+
+impl From<&String> for Value {
+    fn from(s: &String) -> Value {
+        Value::Text(s.clone())
+    }
+}
+
+impl From<i64> for Value {
+    fn from(i: i64) -> Value {
+        Value::Int(i)
+    }
+}
+
+impl From<u32> for Value {
+    fn from(i: u32) -> Value {
+        Value::Int(i.into())
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+impl<T> From<Option<T>> for Value
+where
+    T: Into<Value>,
+{
+    fn from(v: Option<T>) -> Value {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// The parameters of a statement.
+macro_rules! params {
+    ($($v:expr),* $(,)?) => { vec![$(Value::from($v)),*] };
+}
+
+/// What a database must provide: run one statement, or fetch the rows of one query. Every
+/// statement it gets is already in its [`Dialect`].
+pub trait Engine: Send + Sync + 'static {
+    /// How its SQL is written.
+    const DIALECT: Dialect;
+    /// The database, for messages (file, or URL without password).
+    fn at(&self) -> &str;
+    /// Run a statement; the number of rows it changed.
+    fn execute(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+    ) -> impl Future<Output = Result<u64, StateError>> + Send;
+    /// Run a query; its rows, each the selected columns in order.
+    fn query(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+    ) -> impl Future<Output = Result<Vec<Vec<Value>>, StateError>> + Send;
+    /// The work queue, where the engine has one.
+    fn queue(&self) -> Option<&dyn WorkQueue>;
+}
+
+/// The state store over an engine: [`StateStore`] and the lease rows, once for all engines.
+pub struct Store<E> {
+    engine: E,
+}
+
+impl<E: Engine> Store<E> {
+    /// The store over `engine` (whose schema is in place).
+    pub fn new(engine: E) -> Store<E> {
+        Store { engine }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    async fn execute(&self, template: &str, params: Vec<Value>) -> Result<u64, StateError> {
+        self.engine.execute(E::DIALECT.sql(template), params).await
+    }
+
+    async fn all(&self, template: &str, params: Vec<Value>) -> Result<Vec<Cells<'_>>, StateError> {
+        let rows = self.engine.query(E::DIALECT.sql(template), params).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Cells {
+                at: self.engine.at(),
+                values: row.into_iter(),
+            })
+            .collect())
+    }
+
+    async fn first(
+        &self,
+        template: &str,
+        params: Vec<Value>,
+    ) -> Result<Option<Cells<'_>>, StateError> {
+        Ok(self.all(template, params).await?.into_iter().next())
+    }
+}
+
+/// One row's values, read in the order they were selected.
+struct Cells<'a> {
+    at: &'a str,
+    values: std::vec::IntoIter<Value>,
+}
+
+impl Cells<'_> {
+    fn bad(&self, column: &'static str, value: &Value) -> StateError {
+        StateError::Value {
+            at: self.at.to_string(),
+            column,
+            value: value.to_string(),
+        }
+    }
+
+    fn next(&mut self, column: &'static str) -> Result<Value, StateError> {
+        self.values.next().ok_or_else(|| StateError::Value {
+            at: self.at.to_string(),
+            column,
+            value: "(missing)".into(),
+        })
+    }
+
+    /// The next value, `None` if NULL, else what `pick` takes from it (it hands back what it
+    /// does not take).
+    fn opt<T>(
+        &mut self,
+        column: &'static str,
+        pick: fn(Value) -> Result<T, Value>,
+    ) -> Result<Option<T>, StateError> {
+        match self.next(column)? {
+            Value::Null => Ok(None),
+            value => pick(value)
+                .map(Some)
+                .map_err(|other| self.bad(column, &other)),
+        }
+    }
+
+    /// The next value, which must not be NULL.
+    fn required<T>(
+        &mut self,
+        column: &'static str,
+        pick: fn(Value) -> Result<T, Value>,
+    ) -> Result<T, StateError> {
+        self.opt(column, pick)?
+            .ok_or_else(|| self.bad(column, &Value::Null))
+    }
+
+    fn opt_text(&mut self, column: &'static str) -> Result<Option<String>, StateError> {
+        self.opt(column, text)
+    }
+
+    fn text(&mut self, column: &'static str) -> Result<String, StateError> {
+        self.required(column, text)
+    }
+
+    fn opt_int(&mut self, column: &'static str) -> Result<Option<i64>, StateError> {
+        self.opt(column, int)
+    }
+
+    fn int(&mut self, column: &'static str) -> Result<i64, StateError> {
+        self.required(column, int)
+    }
+
+    /// A non-negative integer.
+    fn opt_u64(&mut self, column: &'static str) -> Result<Option<u64>, StateError> {
+        self.opt_int(column)?
+            .map(|i| u64::try_from(i).map_err(|_| self.bad(column, &Value::Int(i))))
+            .transpose()
+    }
+
+    fn u32(&mut self, column: &'static str) -> Result<u32, StateError> {
+        let i = self.int(column)?;
+        u32::try_from(i).map_err(|_| self.bad(column, &Value::Int(i)))
+    }
+
+    fn bool(&mut self, column: &'static str) -> Result<bool, StateError> {
+        self.required(column, |v| match v {
+            Value::Bool(b) => Ok(b),
+            Value::Int(0) => Ok(false),
+            Value::Int(1) => Ok(true),
+            other => Err(other),
+        })
+    }
+
+    fn parsed<T>(
+        &mut self,
+        column: &'static str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, StateError> {
+        let text = self.text(column)?;
+        parse(&text).ok_or_else(|| self.bad(column, &Value::Text(text)))
+    }
+}
+
+fn text(v: Value) -> Result<String, Value> {
+    match v {
+        Value::Text(s) => Ok(s),
+        other => Err(other),
+    }
+}
+
+fn int(v: Value) -> Result<i64, Value> {
+    match v {
+        Value::Int(i) => Ok(i),
+        other => Err(other),
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+const RUN_COLUMNS: &str = "SELECT id, instance, product, adapter_digest, kind, from_version, to_version, status, \
+     started_at, finished_at, plan_json, message FROM #runs";
+
+const BACKUP_COLUMNS: &str = "SELECT id, instance, binding, run_id, method, location, source_database, \
+     product_version, created_at, size_bytes, sha256, valid, note FROM #backups";
+
+fn run_from(mut r: Cells<'_>) -> Result<RunRecord, StateError> {
+    Ok(RunRecord {
+        id: r.text("runs.id")?,
+        instance: r.text("runs.instance")?,
+        product: r.text("runs.product")?,
+        adapter_digest: r.text("runs.adapter_digest")?,
+        kind: r.text("runs.kind")?,
+        from_version: r.text("runs.from_version")?,
+        to_version: r.text("runs.to_version")?,
+        status: r.parsed("runs.status", RunStatus::parse)?,
+        started_at: r.text("runs.started_at")?,
+        finished_at: r.opt_text("runs.finished_at")?,
+        plan_json: r.text("runs.plan_json")?,
+        message: r.opt_text("runs.message")?,
+    })
+}
+
+fn step_from(mut r: Cells<'_>) -> Result<StepRecord, StateError> {
+    Ok(StepRecord {
+        run_id: r.text("steps.run_id")?,
+        seq: r.u32("steps.seq")?,
+        step_id: r.text("steps.step_id")?,
+        title: r.text("steps.title")?,
+        phase: r.text("steps.phase")?,
+        status: r.parsed("steps.status", StepStatus::parse)?,
+        started_at: r.text("steps.started_at")?,
+        finished_at: r.opt_text("steps.finished_at")?,
+        duration_ms: r.opt_u64("steps.duration_ms")?,
+        output: r.opt_text("steps.output")?,
+        error: r.opt_text("steps.error")?,
+    })
+}
+
+fn backup_from(mut r: Cells<'_>) -> Result<BackupRecord, StateError> {
+    Ok(BackupRecord {
+        id: r.text("backups.id")?,
+        instance: r.text("backups.instance")?,
+        binding: r.text("backups.binding")?,
+        run_id: r.opt_text("backups.run_id")?,
+        method: r.text("backups.method")?,
+        location: r.text("backups.location")?,
+        source_database: r.text("backups.source_database")?,
+        product_version: r.text("backups.product_version")?,
+        created_at: r.text("backups.created_at")?,
+        size_bytes: r.opt_u64("backups.size_bytes")?,
+        sha256: r.opt_text("backups.sha256")?,
+        valid: r.bool("backups.valid")?,
+        note: r.opt_text("backups.note")?,
+    })
+}
+
+impl<E: Engine> StateStore for Store<E> {
+    fn insert_run<'a>(&'a self, r: &'a RunRecord) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute(
+                "INSERT INTO #runs (id, instance, product, adapter_digest, kind, from_version, to_version, status, started_at, finished_at, plan_json, message)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                params![&r.id, &r.instance, &r.product, &r.adapter_digest, &r.kind, &r.from_version, &r.to_version, r.status.as_str(), &r.started_at, r.finished_at.as_ref(), &r.plan_json, r.message.as_ref()],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn finish_run<'a>(
+        &'a self,
+        run_id: &'a str,
+        status: RunStatus,
+        message: Option<&'a str>,
+    ) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute(
+                "UPDATE #runs SET status = $2, message = $3, finished_at = $4 WHERE id = $1",
+                params![run_id, status.as_str(), message, &now()],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn step_started<'a>(
+        &'a self,
+        run_id: &'a str,
+        seq: u32,
+        step_id: &'a str,
+        title: &'a str,
+        phase: &'a str,
+    ) -> StateFuture<'a, ()> {
+        let ms = crate::lease::now_ms();
+        Box::pin(async move {
+            self.execute(
+                "INSERT INTO #steps (run_id, seq, phase, step_id, title, status, started_at, started_ms)
+                 VALUES ($1, $2, $3, $4, $5, 'started', $6, $7)
+                 ON CONFLICT (run_id, phase, seq) DO UPDATE SET step_id = excluded.step_id, title = excluded.title,
+                   status = 'started', started_at = excluded.started_at, started_ms = excluded.started_ms,
+                   finished_at = NULL, duration_ms = NULL, output = NULL, error = NULL",
+                params![run_id, seq, phase, step_id, title, &now(), ms],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn step_finished<'a>(
+        &'a self,
+        run_id: &'a str,
+        seq: u32,
+        phase: &'a str,
+        status: StepStatus,
+        output: Option<&'a str>,
+        error: Option<&'a str>,
+    ) -> StateFuture<'a, ()> {
+        let ms = crate::lease::now_ms();
+        Box::pin(async move {
+            self.execute(
+                "UPDATE #steps SET status = $4, output = $5, error = $6, finished_at = $7,
+                   duration_ms = CASE WHEN $8 > started_ms THEN $8 - started_ms ELSE 0 END
+                 WHERE run_id = $1 AND seq = $2 AND phase = $3",
+                params![
+                    run_id,
+                    seq,
+                    phase,
+                    status.as_str(),
+                    output,
+                    error,
+                    &now(),
+                    ms
+                ],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn run<'a>(&'a self, run_id: &'a str) -> StateFuture<'a, Option<RunRecord>> {
+        Box::pin(async move {
+            let sql = format!("{RUN_COLUMNS} WHERE id = $1");
+            self.first(&sql, params![run_id])
+                .await?
+                .map(run_from)
+                .transpose()
+        })
+    }
+
+    fn runs<'a>(
+        &'a self,
+        instance: Option<&'a str>,
+        limit: usize,
+    ) -> StateFuture<'a, Vec<RunRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(async move {
+            let sql = format!(
+                "{RUN_COLUMNS} WHERE instance = COALESCE($1, instance) ORDER BY started_at DESC, id DESC LIMIT $2"
+            );
+            self.all(&sql, params![instance, limit])
+                .await?
+                .into_iter()
+                .map(run_from)
+                .collect()
+        })
+    }
+
+    fn steps<'a>(&'a self, run_id: &'a str) -> StateFuture<'a, Vec<StepRecord>> {
+        Box::pin(async move {
+            self.all(
+                "SELECT run_id, seq, step_id, title, phase, status, started_at, finished_at, duration_ms, output, error
+                 FROM #steps WHERE run_id = $1 ORDER BY phase = 'rollback', seq",
+                params![run_id],
+            )
+            .await?
+            .into_iter()
+            .map(step_from)
+            .collect()
+        })
+    }
+
+    fn insert_backup<'a>(&'a self, b: &'a BackupRecord) -> StateFuture<'a, ()> {
+        let size = b.size_bytes.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+        Box::pin(async move {
+            self.execute(
+                "INSERT INTO #backups (id, instance, binding, run_id, method, location, source_database, product_version, created_at, size_bytes, sha256, valid, note)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                params![&b.id, &b.instance, &b.binding, b.run_id.as_ref(), &b.method, &b.location, &b.source_database, &b.product_version, &b.created_at, size, b.sha256.as_ref(), b.valid, b.note.as_ref()],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn mark_invalid<'a>(&'a self, id: &'a str, note: &'a str) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute(
+                "UPDATE #backups SET valid = $3, note = $2 WHERE id = $1",
+                params![id, note, false],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn backup<'a>(&'a self, id: &'a str) -> StateFuture<'a, Option<BackupRecord>> {
+        Box::pin(async move {
+            let sql = format!("{BACKUP_COLUMNS} WHERE id = $1");
+            self.first(&sql, params![id])
+                .await?
+                .map(backup_from)
+                .transpose()
+        })
+    }
+
+    fn backups<'a>(&'a self, instance: Option<&'a str>) -> StateFuture<'a, Vec<BackupRecord>> {
+        Box::pin(async move {
+            let sql = format!(
+                "{BACKUP_COLUMNS} WHERE instance = COALESCE($1, instance) ORDER BY created_at DESC, id DESC"
+            );
+            self.all(&sql, params![instance])
+                .await?
+                .into_iter()
+                .map(backup_from)
+                .collect()
+        })
+    }
+
+    fn queue(&self) -> Option<&dyn WorkQueue> {
+        self.engine.queue()
+    }
+}
+
+/// A state store's failure under a lease operation.
+fn lease_store(e: StateError) -> LeaseError {
+    LeaseError::Store(e.to_string())
+}
+
+impl<E: Engine> Store<E> {
+    /// The token a lease statement `RETURNING token` returned, if it changed a row.
+    async fn token(&self, template: &str, params: Vec<Value>) -> Result<Option<i64>, LeaseError> {
+        let row = self.first(template, params).await.map_err(lease_store)?;
+        row.map(|mut r| r.int("leases.token"))
+            .transpose()
+            .map_err(lease_store)
+    }
+}
+
+impl<E: Engine> LeaseRows for Store<E> {
+    async fn try_take(
+        &self,
+        instance: &str,
+        holder: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<Option<i64>, LeaseError> {
+        self.token(
+            "INSERT INTO #leases (instance, holder, token, expires_ms) VALUES ($1, $2, 1, $3)
+             ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = #leases.token + 1,
+               expires_ms = excluded.expires_ms
+             WHERE #leases.expires_ms < $4 OR #leases.holder = $2
+             RETURNING token",
+            params![instance, holder, expires, now],
+        )
+        .await
+    }
+
+    async fn try_extend(
+        &self,
+        instance: &str,
+        token: i64,
+        expires: i64,
+        now: i64,
+    ) -> Result<bool, LeaseError> {
+        self.execute(
+            "UPDATE #leases SET expires_ms = $1 WHERE instance = $2 AND token = $3 AND expires_ms >= $4",
+            params![expires, instance, token, now],
+        )
+        .await
+        .map(|n| n == 1)
+        .map_err(lease_store)
+    }
+
+    async fn try_move(
+        &self,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        expires: i64,
+    ) -> Result<Option<i64>, LeaseError> {
+        self.token(
+            "UPDATE #leases SET holder = $1, token = token + 1, expires_ms = $2
+             WHERE instance = $3 AND token = $4 RETURNING token",
+            params![holder, expires, instance, token],
+        )
+        .await
+    }
+
+    async fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
+        let row = self
+            .first(
+                "SELECT holder, token, expires_ms FROM #leases WHERE instance = $1",
+                params![instance],
+            )
+            .await
+            .map_err(lease_store)?;
+        row.map(|mut r| {
+            Ok((
+                r.text("leases.holder")?,
+                r.int("leases.token")?,
+                r.int("leases.expires_ms")?,
+            ))
+        })
+        .transpose()
+        .map_err(lease_store)
+    }
+
+    async fn delete(&self, instance: &str, token: i64) -> Result<(), LeaseError> {
+        self.execute(
+            "DELETE FROM #leases WHERE instance = $1 AND token = $2",
+            params![instance, token],
+        )
+        .await
+        .map(drop)
+        .map_err(lease_store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialects_rewrite_tables_and_parameters() {
+        let template =
+            "UPDATE #leases SET token = #leases.token + 1 WHERE instance = $1 AND token = $12";
+        let sqlite = Dialect {
+            tables: "",
+            param: '?',
+        };
+        let pg = Dialect {
+            tables: "upshift_",
+            param: '$',
+        };
+        assert_eq!(
+            sqlite.sql(template),
+            "UPDATE leases SET token = leases.token + 1 WHERE instance = ?1 AND token = ?12"
+        );
+        assert_eq!(
+            pg.sql(template),
+            "UPDATE upshift_leases SET token = upshift_leases.token + 1 WHERE instance = $1 AND token = $12"
+        );
+    }
+}
