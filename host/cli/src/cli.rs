@@ -27,6 +27,10 @@ pub struct Cli {
     /// agents on one machine.
     #[arg(long, global = true, env = "UPSHIFT_SERVICES", value_name = "DIR")]
     pub services: Option<PathBuf>,
+    /// How long an instance's lease lasts without a heartbeat, in seconds (default 30); agents
+    /// sharing a state must agree on it.
+    #[arg(long, global = true, env = "UPSHIFT_LEASE_SECS", value_name = "SECS")]
+    pub lease_secs: Option<f64>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

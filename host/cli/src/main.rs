@@ -20,7 +20,7 @@ use clap::Parser;
 use cli::{AdapterCommand, AuditCommand, BackupArgs, BackupCommand, Cli, Command, Method};
 use upshift::fleet::Fleet;
 use upshift::ops::apply::{self, PlanOutcome};
-use upshift::ops::{OpError, Session};
+use upshift::ops::{OpError, Session, SessionBuilder};
 use upshift::runtime::bindings::BackupMethod;
 
 /// What `demo` and `simulate` say in a build without the simulators.
@@ -48,22 +48,39 @@ impl<E: Into<anyhow::Error>> From<E> for Exit {
     }
 }
 
-/// Open the session every command works in. In a build with test hooks (the integration
-/// tests' build), `UPSHIFT_CRASH_AT=<phase>:<seq>:<started|finished>` makes the host kill itself
-/// at that point of a run, as a machine dying there would; normal builds never read it.
-async fn open_session(
-    data: &Path,
-    events: upshift::caps::EventSink,
-    stores: &upshift::ops::session::Stores,
-) -> Result<Session, Exit> {
-    #[allow(unused_mut)]
-    let mut session = Session::open_with(data, events, stores).await?;
+/// How every command opens its session: the global options. In a build with test hooks (the
+/// integration tests' build), `UPSHIFT_CRASH_AT=<phase>:<seq>:<started|finished>` makes the host
+/// kill itself at that point of a run, as a machine dying there would; normal builds never read
+/// it.
+fn session_builder(cli: &Cli, data: &Path) -> Result<SessionBuilder, Exit> {
+    let mut builder = Session::builder(data)
+        .state_url(cli.state.clone())
+        .services_dir(cli.services.clone());
+    if let Some(secs) = cli.lease_secs {
+        let ttl = std::time::Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|ttl| !ttl.is_zero())
+            .ok_or_else(|| {
+                usage(format!(
+                    "--lease-secs {secs}: give a number of seconds above 0"
+                ))
+            })?;
+        builder = builder.lease_ttl(ttl);
+    }
     if upshift::ops::TEST_HOOKS
         && let Ok(point) = std::env::var("UPSHIFT_CRASH_AT")
     {
-        session.set_crash_point(point.parse().map_err(usage)?);
+        builder = builder.crash_point(point.parse().map_err(usage)?);
     }
-    Ok(session)
+    Ok(builder)
+}
+
+/// Open the session a command works in, with its progress going to `events`.
+async fn open_session(
+    builder: &SessionBuilder,
+    events: upshift::caps::EventSink,
+) -> Result<Session, Exit> {
+    Ok(builder.clone().events(events).open().await?)
 }
 
 /// The command-line way out of an error the library reports in its own terms.
@@ -219,10 +236,7 @@ async fn rollout(
 
 async fn run(cli: Cli) -> Result<u8, Exit> {
     let data = cli.data.clone().unwrap_or_else(default_data_dir);
-    let stores = upshift::ops::session::Stores {
-        state_url: cli.state.clone(),
-        services: cli.services.clone(),
-    };
+    let builder = session_builder(&cli, &data)?;
     let load_fleet = || Fleet::load(&cli.fleet);
     match cli.command {
         Command::Simulate { .. } => Ok(0),
@@ -344,7 +358,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Plan(args) => {
             let (ui, sink) = ui::Ui::sink(true);
             drop(ui);
-            let mut session = open_session(&data, sink, &stores).await?;
+            let mut session = open_session(&builder, sink).await?;
             let instance = args.instance.clone().unwrap_or_default();
             let _tape = record::start(&mut session, &args.tape, &instance)?;
             let offline = match (&args.product, &args.adapter) {
@@ -384,7 +398,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let mut session = open_session(&data, sink, &stores).await?;
+            let mut session = open_session(&builder, sink).await?;
             let json = args.json;
             let yes = args.yes;
             if args.all || !args.select.is_empty() || args.instances.len() != 1 {
@@ -412,7 +426,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         }
         Command::Enqueue(args) => {
             let fleet = load_fleet()?;
-            let session = open_session(&data, upshift::caps::EventSink::discard(), &stores).await?;
+            let session = open_session(&builder, upshift::caps::EventSink::discard()).await?;
             let selection = upshift::ops::rollout::Selection {
                 all: args.all,
                 names: args.instances.clone(),
@@ -438,7 +452,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Agent(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = open_session(&data, sink, &stores).await?;
+            let session = open_session(&builder, sink).await?;
             let name = args
                 .name
                 .clone()
@@ -469,7 +483,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Resume(args) => {
             let fleet = load_fleet()?;
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = open_session(&data, sink, &stores).await?;
+            let session = open_session(&builder, sink).await?;
             let report = upshift::ops::resume::resume(
                 &session,
                 &fleet,
@@ -488,7 +502,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 }),
             ..
         }) => {
-            let session = open_session(&data, upshift::caps::EventSink::discard(), &stores).await?;
+            let session = open_session(&builder, upshift::caps::EventSink::discard()).await?;
             let fleet = if cli.fleet.exists() {
                 Some(load_fleet()?)
             } else {
@@ -531,7 +545,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 return Err(usage("give an INSTANCE to back up, or `backup verify ID`"));
             };
             let (_ui, sink) = ui::Ui::sink(args.json);
-            let session = open_session(&data, sink, &stores).await?;
+            let session = open_session(&builder, sink).await?;
             let method = match args.method {
                 Method::Dump => BackupMethod::Dump,
                 Method::Clone => BackupMethod::Clone,
@@ -559,7 +573,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             Ok(0)
         }
         Command::Backups(args) => {
-            let state = upshift::ops::session::open_state(&data, &stores).await?;
+            let state = builder.open_state().await?;
             let backups = state.backups(args.instance.as_deref()).await?;
             if args.json {
                 print_json(&backups)?;
@@ -594,7 +608,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
                 ));
             }
             let (ui, sink) = ui::Ui::sink(args.json);
-            let session = open_session(&data, sink, &stores).await?;
+            let session = open_session(&builder, sink).await?;
             let (json, yes) = (args.json, args.yes);
             let report = apply::restore(
                 &session,
@@ -618,7 +632,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             finish_run(ui.as_deref(), report, json)
         }
         Command::History(args) => {
-            let state = upshift::ops::session::open_state(&data, &stores).await?;
+            let state = builder.open_state().await?;
             if let Some(run_id) = &args.run {
                 let run = state
                     .run(run_id)

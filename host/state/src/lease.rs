@@ -12,14 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// How long a lease lasts without a heartbeat.
-pub fn default_ttl() -> Duration {
-    std::env::var("UPSHIFT_LEASE_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0)
-        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
-}
+/// How long a lease lasts without a heartbeat unless the host is told otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 /// A held lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -292,9 +292,13 @@ pub async fn open(path: &Path) -> Result<Arc<dyn StateStore>, StateError> {
     Ok(Arc::new(sqlite::open(path).await?))
 }
 
-/// Open (creating the tables in) the state in PostgreSQL.
-pub async fn open_postgres(url: &str) -> Result<Arc<dyn StateStore>, StateError> {
-    Ok(Arc::new(postgres::open(url).await?))
+/// Open (creating the tables in) the state in PostgreSQL; `lease_ttl` is the hosts' lease
+/// period (a queued claim whose agent holds no lease that long is given to another agent).
+pub async fn open_postgres(
+    url: &str,
+    lease_ttl: std::time::Duration,
+) -> Result<Arc<dyn StateStore>, StateError> {
+    Ok(Arc::new(postgres::open(url, lease_ttl).await?))
 }
 
 /// A new sortable run id.

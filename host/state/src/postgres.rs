@@ -7,6 +7,7 @@
 //! included, so no transaction can take in someone else's statements.
 
 use std::error::Error;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -49,6 +50,9 @@ pub struct Pg {
     /// The URL without its password, for messages.
     at: String,
     client: Client,
+    /// How long a lease lasts without a heartbeat: a claim whose agent holds no lease for that
+    /// long is abandoned.
+    lease_ttl: Duration,
 }
 
 /// The PostgreSQL state store.
@@ -69,8 +73,8 @@ fn redact(url: &str) -> String {
 }
 
 /// Connect and create the tables (serialised by an advisory lock, so agents starting together
-/// do not race).
-pub async fn open(url: &str) -> Result<PgState, StateError> {
+/// do not race). `lease_ttl` is the hosts' lease period.
+pub async fn open(url: &str, lease_ttl: Duration) -> Result<PgState, StateError> {
     let at = redact(url);
     let fail = |source| StateError::Postgres {
         at: at.clone(),
@@ -85,7 +89,11 @@ pub async fn open(url: &str) -> Result<PgState, StateError> {
         .map_err(fail)?;
     tx.batch_execute(SCHEMA_SQL).await.map_err(fail)?;
     tx.commit().await.map_err(fail)?;
-    Ok(Store::new(Pg { at, client }))
+    Ok(Store::new(Pg {
+        at,
+        client,
+        lease_ttl,
+    }))
 }
 
 impl Pg {
@@ -222,7 +230,7 @@ impl WorkQueue for Pg {
             let now = now_ms();
             // A claim whose agent has held no lease on the instance for a whole lease period is
             // abandoned (the agent died); a fresh claim is given that long to take its lease.
-            let period = crate::lease::ttl_ms(crate::lease::default_ttl());
+            let period = crate::lease::ttl_ms(self.lease_ttl);
             let stale = now.saturating_sub(period);
             // One statement: the row is locked from the choice to the update.
             let row = self

@@ -11,9 +11,9 @@ pub mod resume;
 pub mod rollout;
 pub mod session;
 
-pub use session::{CrashPoint, Session};
+pub use session::{CrashPoint, Session, SessionBuilder};
 
-/// Whether this build honours test hooks such as [`Session::set_crash_point`] (the `test-hooks`
+/// Whether this build honours test hooks such as [`SessionBuilder::crash_point`] (the `test-hooks`
 /// feature, which the CLI's tests turn on; never in a normal build).
 pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
 

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::adapters;
 use crate::audit::AuditLog;
@@ -13,7 +14,7 @@ use crate::caps::service::ServiceBackend;
 use crate::caps::{Caller, EventSink, InstanceCaps};
 use crate::fleet::{AdapterRef, Instance};
 use crate::grants::GrantSet;
-use crate::lease::{Held, default_ttl, holder_name};
+use crate::lease::{Held, holder_name};
 use crate::runtime::{LoadedAdapter, Manifest, Runtime};
 use crate::state::StateStore;
 
@@ -33,84 +34,149 @@ pub struct Session {
     pub events: EventSink,
     /// Where process services' state lives.
     pub services: PathBuf,
+    /// How long a lease lasts without a heartbeat.
+    lease_ttl: Duration,
     /// A test hook: where this process kills itself, as a machine dying there would.
     crash_point: Option<CrashPoint>,
 }
 
-/// Where a session keeps what is not in the data directory's defaults.
-#[derive(Debug, Clone, Default)]
-pub struct Stores {
-    /// `postgres://…`: runs, steps, backup catalog, leases and the work queue in PostgreSQL
-    /// (shared by agents on several machines) instead of `<data>/state.db`.
-    pub state_url: Option<String>,
+/// How to open a [`Session`]: the data directory, and where the state, the process services'
+/// state and the compiled-adapter cache live when not in their default places.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), upshift::ops::OpError> {
+/// use upshift::ops::Session;
+/// let session = Session::builder("/var/lib/upshift")
+///     .state_url(Some("postgres://upshift@db/upshift".into()))
+///     .lease_ttl(std::time::Duration::from_secs(60))
+///     .open()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SessionBuilder {
+    data: PathBuf,
+    events: EventSink,
+    state_url: Option<String>,
+    services: Option<PathBuf>,
+    cache: Option<PathBuf>,
+    lease_ttl: Duration,
+    crash_point: Option<CrashPoint>,
+}
+
+impl SessionBuilder {
+    /// Where progress and log lines go (default: nowhere).
+    pub fn events(mut self, events: EventSink) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// `postgres://…`: runs, steps, the backup catalog, leases and the work queue in PostgreSQL,
+    /// shared by agents on several machines; `None`: `<data>/state.db`.
+    pub fn state_url(mut self, url: Option<String>) -> Self {
+        self.state_url = url;
+        self
+    }
+
     /// Where process services' state lives (default `<data>/services`); agents on one machine
     /// share it.
-    pub services: Option<PathBuf>,
-}
-
-/// The state store `stores` names: PostgreSQL for a `postgres://` URL, else `<data>/state.db`.
-pub async fn open_state(data: &Path, stores: &Stores) -> Result<Arc<dyn StateStore>, OpError> {
-    match &stores.state_url {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            crate::state::open_postgres(url).await
-        }
-        Some(other) => {
-            return Err(OpError::Usage(format!(
-                "--state `{other}` is not a postgres:// URL (leave it out for the SQLite state in the data directory)"
-            )));
-        }
-        None => crate::state::open(&data.join("state.db")).await,
-    }
-    .map_err(|e| OpError::Host(e.to_string()))
-}
-
-impl Session {
-    /// Open (creating) the data directory and everything in it.
-    pub async fn open(data: &Path, events: EventSink) -> Result<Session, OpError> {
-        Session::open_with(data, events, &Stores::default()).await
+    pub fn services_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.services = dir;
+        self
     }
 
-    /// Open with the state and service state where `stores` says.
-    pub async fn open_with(
-        data: &Path,
-        events: EventSink,
-        stores: &Stores,
-    ) -> Result<Session, OpError> {
-        std::fs::create_dir_all(data).map_err(|source| OpError::DataDirectory {
-            path: data.to_path_buf(),
-            source,
-        })?;
-        let audit =
-            AuditLog::open(&data.join("audit.jsonl")).map_err(|e| OpError::Host(e.to_string()))?;
-        let state = open_state(data, stores).await?;
-        let mut runtime =
-            Runtime::new(Some(&data.join("cache"))).map_err(|e| OpError::Host(e.to_string()))?;
-        let audit = Arc::new(audit);
-        runtime.set_audit(audit.clone());
-        Ok(Session {
-            data: data.to_path_buf(),
-            runtime,
-            audit,
-            state,
-            events,
-            services: stores
-                .services
-                .clone()
-                .unwrap_or_else(|| data.join("services")),
-            crash_point: None,
-        })
+    /// Where compiled adapters are cached (default `<data>/cache`).
+    pub fn cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache = dir;
+        self
+    }
+
+    /// How long an instance's lease lasts without a heartbeat (default
+    /// [`DEFAULT_TTL`](crate::lease::DEFAULT_TTL)); agents sharing a state must agree on it.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
     }
 
     /// Test hook for crash tests: kill this process (SIGKILL, no cleanup) right after the
     /// journal records `point`. Only builds with the `test-hooks` feature honour it
     /// ([`super::TEST_HOOKS`]); elsewhere it is ignored.
-    pub fn set_crash_point(&mut self, point: CrashPoint) {
+    pub fn crash_point(mut self, point: CrashPoint) -> Self {
         if super::TEST_HOOKS {
             self.crash_point = Some(point);
         }
+        self
     }
 
-    /// Die here if this is the crash point (see [`Session::set_crash_point`]).
+    /// Only the state store (for reading the history and the backup catalog).
+    pub async fn open_state(&self) -> Result<Arc<dyn StateStore>, OpError> {
+        match &self.state_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                crate::state::open_postgres(url, self.lease_ttl).await
+            }
+            Some(other) => {
+                return Err(OpError::Usage(format!(
+                    "state `{other}` is not a postgres:// URL (leave it out for the SQLite state in the data directory)"
+                )));
+            }
+            None => {
+                self.create_data_dir()?;
+                crate::state::open(&self.data.join("state.db")).await
+            }
+        }
+        .map_err(|e| OpError::Host(e.to_string()))
+    }
+
+    fn create_data_dir(&self) -> Result<(), OpError> {
+        std::fs::create_dir_all(&self.data).map_err(|source| OpError::DataDirectory {
+            path: self.data.clone(),
+            source,
+        })
+    }
+
+    /// Open (creating) the data directory and everything in it.
+    pub async fn open(self) -> Result<Session, OpError> {
+        self.create_data_dir()?;
+        let audit = AuditLog::open(&self.data.join("audit.jsonl"))
+            .map_err(|e| OpError::Host(e.to_string()))?;
+        let state = self.open_state().await?;
+        let cache = self.cache.unwrap_or_else(|| self.data.join("cache"));
+        let mut runtime = Runtime::new(Some(&cache)).map_err(|e| OpError::Host(e.to_string()))?;
+        let audit = Arc::new(audit);
+        runtime.set_audit(audit.clone());
+        Ok(Session {
+            services: self.services.unwrap_or_else(|| self.data.join("services")),
+            data: self.data,
+            runtime,
+            audit,
+            state,
+            events: self.events,
+            lease_ttl: self.lease_ttl,
+            crash_point: self.crash_point,
+        })
+    }
+}
+
+impl Session {
+    /// How to open a session over the data directory `data`.
+    pub fn builder(data: impl Into<PathBuf>) -> SessionBuilder {
+        SessionBuilder {
+            data: data.into(),
+            events: EventSink::discard(),
+            state_url: None,
+            services: None,
+            cache: None,
+            lease_ttl: crate::lease::DEFAULT_TTL,
+            crash_point: None,
+        }
+    }
+
+    /// Open (creating) the data directory and everything in it, with the defaults.
+    pub async fn open(data: &Path, events: EventSink) -> Result<Session, OpError> {
+        Session::builder(data).events(events).open().await
+    }
+
+    /// Die here if this is the crash point (see [`SessionBuilder::crash_point`]).
     pub(crate) fn crash_if_at(&self, phase: &str, seq: u32, moment: StepMoment) {
         if self
             .crash_point
@@ -125,7 +191,7 @@ impl Session {
     /// heartbeat; refused with the holder's name while someone else holds it.
     pub async fn hold_lease(&self, instance: &str, label: &str) -> Result<Held, OpError> {
         let store: Arc<dyn crate::lease::LeaseStore> = self.state.clone();
-        Ok(Held::acquire(store, instance, &holder_name(label), default_ttl()).await?)
+        Ok(Held::acquire(store, instance, &holder_name(label), self.lease_ttl).await?)
     }
 
     /// Where backups are written.
