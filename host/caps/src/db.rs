@@ -12,11 +12,16 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
+use std::sync::Arc;
+
 use super::CapError;
-use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
+use super::guard::{Call, Guard};
+use super::limits::{MAX_RESULT_BYTES, MAX_ROWS, MAX_SQL_BYTES, MAX_STATEMENTS};
 use super::mysql::MySqlBackend;
+use super::operation::Operation;
 use super::pg_backup::{DumpFacts, Manifest, TableFingerprint, fingerprints, seal, verify_files};
 use crate::bindings::Value;
+use upshift_model::grants::{Access, BindingKind};
 
 /// Rows returned to an adapter.
 #[derive(Debug, Clone, Default)]
@@ -830,6 +835,203 @@ impl DbBackend {
 }
 
 /// Prepare `sql`, bind `params` to its parameter types, and return its rows.
+/// The db capability: the bound databases, reached only through the guard.
+pub struct Db {
+    guard: Arc<Guard>,
+    backends: BTreeMap<String, DbBackend>,
+}
+
+impl Db {
+    pub(crate) fn new(guard: Arc<Guard>) -> Db {
+        Db {
+            guard,
+            backends: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn bind(&mut self, name: &str, backend: DbBackend) {
+        self.backends.insert(name.to_string(), backend);
+    }
+
+    fn backend(&self, binding: &str) -> Result<&DbBackend, CapError> {
+        crate::backend(&self.backends, "db", binding)
+    }
+
+    /// The access one SQL statement needs; refusals are audited as denials.
+    fn sql_access(
+        &self,
+        binding: &str,
+        operation: Operation,
+        sql_text: &str,
+    ) -> Result<Access, CapError> {
+        if sql_text.len() > MAX_SQL_BYTES {
+            let reason = format!(
+                "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
+                sql_text.len()
+            );
+            return Err(self.guard.deny(binding, "db", operation, reason));
+        }
+        let engine = self
+            .backends
+            .get(binding)
+            .map_or(Engine::Postgres, DbBackend::engine);
+        crate::sql::classify_for(engine, sql_text)
+            .map_err(|e| self.guard.deny(binding, "db", operation, e.to_string()))
+    }
+
+    fn call<'a>(
+        binding: &'a str,
+        needs: &'a [Access],
+        operation: Operation,
+        detail: String,
+    ) -> Call<'a> {
+        Call {
+            kind: BindingKind::Db,
+            binding,
+            needs,
+            operation,
+            detail: Some(detail),
+        }
+    }
+
+    /// `db.query`: one read (or a KWDB `EXPORT` / `IMPORT`, which answer with a job row).
+    pub async fn query(
+        &self,
+        binding: &str,
+        sql_text: &str,
+        params: &[Value],
+    ) -> Result<Rows, CapError> {
+        let access = self.sql_access(binding, Operation::Query, sql_text)?;
+        let job = matches!(access, Access::Backup | Access::Restore);
+        if access != Access::Read && !job {
+            let reason =
+                format!("`query` runs reads only; this statement needs `{access}`, use `execute`");
+            return Err(
+                match self.guard.deny(binding, "db", Operation::Query, reason) {
+                    CapError::Denied(reason) => CapError::Invalid(reason),
+                    audit_failed => audit_failed,
+                },
+            );
+        }
+        let needs = [access];
+        let call = Self::call(binding, &needs, Operation::Query, access.name().into());
+        self.guard
+            .run(call, async || {
+                let backend = self.backend(binding)?;
+                if job {
+                    backend.query_job(sql_text, params).await
+                } else {
+                    backend.query(sql_text, params).await
+                }
+            })
+            .await
+    }
+
+    /// `db.execute`: one statement; returns the rows affected.
+    pub async fn execute(
+        &self,
+        binding: &str,
+        sql_text: &str,
+        params: &[Value],
+    ) -> Result<u64, CapError> {
+        let access = self.sql_access(binding, Operation::Execute, sql_text)?;
+        let needs = [access];
+        let call = Self::call(binding, &needs, Operation::Execute, access.name().into());
+        self.guard
+            .run(call, async || {
+                let backend = self.backend(binding)?;
+                if access == Access::Read {
+                    let (rows, bytes) = backend.query(sql_text, params).await?;
+                    Ok((rows.rows.len() as u64, bytes))
+                } else {
+                    backend.execute(sql_text, params).await
+                }
+            })
+            .await
+    }
+
+    /// `db.transaction`: statements run atomically; every access they need must be granted.
+    pub async fn transaction(
+        &self,
+        binding: &str,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<Vec<u64>, CapError> {
+        if statements.len() > MAX_STATEMENTS {
+            return Err(CapError::Invalid(format!(
+                "{} statements exceed the limit of {MAX_STATEMENTS} per transaction",
+                statements.len()
+            )));
+        }
+        let mut needed: Vec<Access> = Vec::new();
+        for (sql_text, _) in statements {
+            let a = self.sql_access(binding, Operation::Transaction, sql_text)?;
+            if !needed.contains(&a) {
+                needed.push(a);
+            }
+        }
+        let detail = needed
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join("+");
+        let call = Self::call(binding, &needed, Operation::Transaction, detail);
+        self.guard
+            .run(call, async || {
+                self.backend(binding)?.transaction(statements).await
+            })
+            .await
+    }
+
+    /// `db.table-exists`.
+    pub async fn table_exists(&self, binding: &str, table: &str) -> Result<bool, CapError> {
+        let call = Self::call(
+            binding,
+            &[Access::Read],
+            Operation::TableExists,
+            table.to_string(),
+        );
+        self.guard
+            .run(call, async || {
+                self.backend(binding)?.table_exists(table).await
+            })
+            .await
+    }
+
+    /// Host: back up the bound database with `f` (needs `backup`).
+    pub async fn backup<T>(
+        &self,
+        binding: &str,
+        detail: &str,
+        f: impl AsyncFnOnce(&DbBackend) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.host(binding, Operation::Backup, detail, f).await
+    }
+
+    /// Host: restore into the bound database's server with `f` (needs `restore`).
+    pub async fn restore<T>(
+        &self,
+        binding: &str,
+        detail: &str,
+        f: impl AsyncFnOnce(&DbBackend) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.host(binding, Operation::Restore, detail, f).await
+    }
+
+    async fn host<T>(
+        &self,
+        binding: &str,
+        operation: Operation,
+        detail: &str,
+        f: impl AsyncFnOnce(&DbBackend) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.guard
+            .host(BindingKind::Db, binding, operation, detail, async || {
+                f(self.backend(binding)?).await
+            })
+            .await
+    }
+}
+
 async fn rows_of(
     client: &impl GenericClient,
     sql: &str,

@@ -4,11 +4,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use super::CapError;
 use super::compose::ComposeBackend;
 use super::docker::DockerBackend;
+use super::files::Files;
+use super::guard::{Call, Guard};
+use super::operation::Operation;
 use super::process::ProcessBackend;
 use upshift_model::binding::{ServiceBackend as ServiceSpec, ServiceBinding};
+use upshift_model::grants::{Access, BindingKind};
 
 /// What the host knows of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +26,198 @@ pub struct Status {
     pub version: String,
     /// Backend detail.
     pub detail: String,
+}
+
+/// The service capability: the bound services, reached only through the guard.
+pub struct Services {
+    guard: Arc<Guard>,
+    backends: BTreeMap<String, ServiceBackend>,
+}
+
+impl Services {
+    pub(crate) fn new(guard: Arc<Guard>) -> Services {
+        Services {
+            guard,
+            backends: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn bind(&mut self, name: &str, backend: ServiceBackend) {
+        self.backends.insert(name.to_string(), backend);
+    }
+
+    fn backend(&self, binding: &str) -> Result<&ServiceBackend, CapError> {
+        crate::backend(&self.backends, "service", binding)
+    }
+
+    /// The bound services' names.
+    pub fn bindings(&self) -> impl Iterator<Item = &str> {
+        self.backends.keys().map(String::as_str)
+    }
+
+    /// Whether `binding` is a one-shot job (from the fleet file; nothing is reached).
+    pub fn is_job(&self, binding: &str) -> bool {
+        self.backends
+            .get(binding)
+            .is_some_and(ServiceBackend::is_job)
+    }
+
+    async fn guarded<T>(
+        &self,
+        binding: &str,
+        access: Access,
+        operation: Operation,
+        detail: Option<String>,
+        f: impl AsyncFnOnce(&ServiceBackend) -> Result<(T, u64), CapError>,
+    ) -> Result<T, CapError> {
+        let call = Call {
+            kind: BindingKind::Service,
+            binding,
+            needs: &[access],
+            operation,
+            detail,
+        };
+        self.guard
+            .run(call, async || f(self.backend(binding)?).await)
+            .await
+    }
+
+    /// `service.inspect`; the host's own inspections say why in `detail`.
+    pub async fn inspect(&self, binding: &str, detail: Option<&str>) -> Result<Status, CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::Inspect,
+            detail.map(String::from),
+            async |b| Ok((b.inspect().await?, 64)),
+        )
+        .await
+    }
+
+    /// `service.healthy`.
+    pub async fn healthy(&self, binding: &str, detail: Option<&str>) -> Result<bool, CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::Healthy,
+            detail.map(String::from),
+            async |b| Ok((b.healthy().await?, 1)),
+        )
+        .await
+    }
+
+    /// `service.image-present`.
+    pub async fn image_present(&self, binding: &str, version: &str) -> Result<bool, CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::ImagePresent,
+            Some(version.to_string()),
+            async |b| Ok((b.image_present(version).await?, 1)),
+        )
+        .await
+    }
+
+    /// `service.load-image`: needs `read` on the files binding and `control` on the service.
+    pub async fn load_image(
+        &self,
+        binding: &str,
+        files: &Files,
+        files_binding: &str,
+        path: &str,
+    ) -> Result<Vec<String>, CapError> {
+        let file = files.open_for_load_image(files_binding, path).await?;
+        self.guarded(
+            binding,
+            Access::Control,
+            Operation::LoadImage,
+            Some(path.to_string()),
+            async |b| {
+                let images = b.load_image(file).await?;
+                let bytes = images.iter().map(|i| i.len() as u64).sum();
+                Ok((images, bytes))
+            },
+        )
+        .await
+    }
+
+    async fn host(
+        &self,
+        binding: &str,
+        operation: Operation,
+        detail: &str,
+        f: impl AsyncFnOnce(&ServiceBackend) -> Result<String, CapError>,
+    ) -> Result<String, CapError> {
+        self.guard
+            .host(
+                BindingKind::Service,
+                binding,
+                operation,
+                detail,
+                async || f(self.backend(binding)?).await,
+            )
+            .await
+    }
+
+    /// Host: stop the service (needs `control`).
+    pub async fn stop(&self, binding: &str, detail: &str) -> Result<String, CapError> {
+        self.host(binding, Operation::Stop, detail, async |b| b.stop().await)
+            .await
+    }
+
+    /// Host: start the service (needs `control`).
+    pub async fn start(&self, binding: &str, detail: &str) -> Result<String, CapError> {
+        self.host(binding, Operation::Start, detail, async |b| b.start().await)
+            .await
+    }
+
+    /// Host: switch the (stopped) service to `version` (needs `switch-version`).
+    pub async fn switch_version(
+        &self,
+        binding: &str,
+        version: &str,
+        detail: &str,
+    ) -> Result<String, CapError> {
+        self.host(binding, Operation::SwitchVersion, detail, async |b| {
+            b.switch_version(version).await
+        })
+        .await
+    }
+
+    /// Host: wait until healthy (needs `inspect`).
+    pub async fn wait_healthy(
+        &self,
+        binding: &str,
+        timeout: Duration,
+        detail: &str,
+    ) -> Result<String, CapError> {
+        self.host(binding, Operation::WaitHealthy, detail, async |b| {
+            b.wait_healthy(timeout).await
+        })
+        .await
+    }
+
+    /// Host, after a verified run: remove what a switch kept for rolling back (needs
+    /// `switch-version`). A binding that keeps nothing (a process), or that may not switch
+    /// versions (so the host never switched it), is left alone and not recorded.
+    pub async fn finalize(&self, binding: &str) -> Result<String, CapError> {
+        let keeps = self
+            .backends
+            .get(binding)
+            .is_some_and(ServiceBackend::keeps_previous);
+        let may_switch = self
+            .guard
+            .grants()
+            .check(binding, BindingKind::Service, Access::SwitchVersion)
+            .is_ok();
+        if !keeps || !may_switch {
+            return Ok(String::new());
+        }
+        self.host(binding, Operation::Finalize, "host finalize", async |b| {
+            b.finalize().await
+        })
+        .await
+    }
 }
 
 /// A bound service.
@@ -173,6 +372,11 @@ impl ServiceBackend {
                 Err(CapError::Invalid("a process service has no images".into()))
             }
         }
+    }
+
+    /// Whether a switch keeps something for rolling back (a container, a Compose file).
+    pub fn keeps_previous(&self) -> bool {
+        !matches!(self, ServiceBackend::Process(_))
     }
 
     /// After a verified run: drop what was kept for rolling back (the previous container).
