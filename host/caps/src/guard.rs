@@ -1,8 +1,9 @@
 //! The one guard every capability call passes: grant check → audit → backend. It is also the
 //! only place an audit record is built.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::CapError;
 use crate::audit::{AuditEvent, AuditLog, Decision};
@@ -16,6 +17,24 @@ pub struct Caller {
     pub adapter_digest: String,
     /// Fleet instance name.
     pub instance: String,
+}
+
+tokio::task_local! {
+    /// When the adapter's current export must end.
+    static DEADLINE: Instant;
+}
+
+/// Run `fut` (an adapter's export) with every capability call in it bounded by `deadline`: a
+/// backend still busy then is abandoned, and the call is recorded as failed.
+pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
+    DEADLINE.scope(deadline, fut).await
+}
+
+/// Time left before the current export's deadline, if the call is made inside one.
+fn time_left() -> Option<Duration> {
+    DEADLINE
+        .try_with(|d| d.saturating_duration_since(Instant::now()))
+        .ok()
 }
 
 /// One call as the guard sees it.
@@ -227,7 +246,16 @@ impl Guard {
         }
         let started = Instant::now();
         // Boxed: it keeps the callers' futures shallow (the backends' futures are deep).
-        let outcome = Box::pin(backend()).await;
+        let work = Box::pin(backend());
+        let outcome = match time_left() {
+            Some(left) => tokio::time::timeout(left, work).await.unwrap_or_else(|_| {
+                Err(CapError::Failed(format!(
+                    "not finished within the adapter's deadline ({:.1} s were left)",
+                    left.as_secs_f64()
+                )))
+            }),
+            None => work.await,
+        };
         // A backend may refuse too (a path or URL that leaves the binding): that is a denial.
         let (decision, reason, result_bytes, error) = match &outcome {
             Ok((_, n)) => (Decision::Allowed, None, *n, None),

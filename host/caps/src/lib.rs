@@ -7,23 +7,15 @@
 //! the backend. Every audited operation is an [`Operation`].
 
 pub mod audit;
+pub mod backup;
 pub mod bindings;
-pub mod compose;
-pub mod compose_file;
 pub mod db;
-pub mod docker;
 pub mod events;
 pub mod files;
 mod guard;
 pub mod http;
-pub mod kwdb_sql;
-pub mod mysql;
 pub mod operation;
-pub mod pg_backup;
-pub mod process;
 pub mod service;
-pub mod snapshot;
-pub mod sql;
 
 use std::sync::Arc;
 
@@ -31,7 +23,7 @@ use crate::audit::AuditLog;
 use upshift_model::grants::GrantSet;
 
 pub use events::{Event, EventSink};
-pub use guard::{Caller, Witness};
+pub use guard::{Caller, Witness, with_deadline};
 pub use operation::Operation;
 
 /// Why a capability call failed (mirrors the WIT `cap-error`).
@@ -157,6 +149,15 @@ impl InstanceCaps {
         };
         self.guard.deny("", capability, operation, reason)
     }
+}
+
+/// Run blocking file-system work off the async executor.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CapError> + Send + 'static,
+) -> Result<T, CapError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CapError::Failed(format!("blocking work failed: {e}")))?
 }
 
 /// The backend of `binding` in one capability's map.

@@ -131,7 +131,7 @@ impl files::Host for HostState {
             || json!({ "binding": binding, "path": path, "contents": bytes_to_tape(&contents) }),
         );
         self.taped("files", Operation::Write, &binding, args, async |caps| {
-            caps.files().write(&binding, &path, &contents).await
+            caps.files().write(&binding, &path, contents).await
         })
         .await
     }

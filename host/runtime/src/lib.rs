@@ -409,10 +409,15 @@ impl Runtime {
         let ticks = (deadline.as_millis() / TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let outcome = match adapter.pre.instantiate_async(&mut store).await {
-            Ok(instance) => call(&instance, &mut store).await,
-            Err(e) => Err(e),
-        };
+        // Capability calls made during the export end with it (see `upshift_caps::with_deadline`).
+        let ends = std::time::Instant::now() + deadline;
+        let outcome = upshift_caps::with_deadline(ends, async {
+            match adapter.pre.instantiate_async(&mut store).await {
+                Ok(instance) => call(&instance, &mut store).await,
+                Err(e) => Err(e),
+            }
+        })
+        .await;
         let guest_stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
         if let Some(caps) = &caps {
             for line in guest_stderr

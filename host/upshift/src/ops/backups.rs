@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::caps::backup::manifest::{Manifest, compare_tables, verify_files};
 use crate::caps::db::{BackupSource, DbBackend};
-use crate::caps::pg_backup::{Manifest, compare_tables, verify_files};
 use crate::fleet::Fleet;
 use crate::state::BackupRecord;
 

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use std::path::Path;
 
+use crate::caps::backup::manifest::Manifest;
 use crate::caps::db::{BackupSource, DbBackend};
 use crate::caps::http::Expect;
 use crate::caps::limits::MAX_TEXT;
-use crate::caps::pg_backup::Manifest;
 use crate::caps::{CapError, Event, InstanceCaps};
 use crate::lease::Held;
 use crate::runtime::LoadedAdapter;
@@ -340,19 +340,21 @@ impl RunContext<'_> {
     async fn snapshot(&self, binding: &str, via: &str) -> Result<BackupRecord, CapError> {
         self.caps
             .files()
-            .snapshot(binding, via, async |root| self.snapshot_of(binding, root))
+            .snapshot(binding, via, async |root| {
+                self.snapshot_of(binding, root).await
+            })
             .await
     }
 
-    fn snapshot_of(&self, binding: &str, root: &Path) -> Result<BackupRecord, CapError> {
+    async fn snapshot_of(&self, binding: &str, root: &Path) -> Result<BackupRecord, CapError> {
         let id = StateStore::new_backup_id();
         let dest = self.session.backups_dir().join(&id);
-        let (manifest, sha) = crate::caps::snapshot::snapshot(root, &dest)?;
+        let (manifest, sha) = crate::caps::backup::snapshot::snapshot_blocking(root, &dest).await?;
         let size: u64 = manifest
             .entries
             .iter()
             .map(|e| match e.kind {
-                crate::caps::snapshot::EntryKind::File { size, .. } => size,
+                crate::caps::backup::snapshot::EntryKind::File { size, .. } => size,
                 _ => 0,
             })
             .sum();
@@ -401,7 +403,7 @@ impl RunContext<'_> {
                         source.id, source.method, source.binding
                     )));
                 }
-                restore_files_into(root, source)
+                restore_files_into(root, source).await
             })
             .await
     }
@@ -507,14 +509,15 @@ async fn restore_with(
 }
 
 /// Restore the snapshot `backup` over the directory `root`: built beside, swapped in by rename.
-fn restore_files_into(root: &Path, backup: &BackupRecord) -> Result<String, CapError> {
+async fn restore_files_into(root: &Path, backup: &BackupRecord) -> Result<String, CapError> {
     let tag = StateStore::new_backup_id().replace("bk-", "");
-    let kept = crate::caps::snapshot::restore(
+    let kept = crate::caps::backup::snapshot::restore_blocking(
         Path::new(&backup.location),
         backup.sha256.as_deref().unwrap_or_default(),
         root,
         &tag,
-    )?;
+    )
+    .await?;
     Ok(format!(
         "restored {} into {}; the replaced tree is kept at {}",
         backup.id,

@@ -7,14 +7,8 @@ use std::path::{Path, PathBuf};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use super::CapError;
-use super::guard::{Call, Guard};
-use super::limits::MAX_RESULT_BYTES;
-use super::operation::Operation;
-use upshift_model::grants::{Access, BindingKind};
+use crate::CapError;
+use crate::limits::MAX_RESULT_BYTES;
 
 /// An entry of a listed directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +22,7 @@ pub struct Entry {
 }
 
 /// One bound directory.
+#[derive(Debug, Clone)]
 pub struct FilesBackend {
     root: PathBuf,
 }
@@ -161,127 +156,6 @@ impl FilesBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((false, 1)),
             Err(e) => Err(io("cannot check", path, e)),
         }
-    }
-}
-
-/// The files capability: the bound directories, reached only through the guard.
-pub struct Files {
-    guard: Arc<Guard>,
-    backends: BTreeMap<String, FilesBackend>,
-}
-
-impl Files {
-    pub(crate) fn new(guard: Arc<Guard>) -> Files {
-        Files {
-            guard,
-            backends: BTreeMap::new(),
-        }
-    }
-
-    pub(crate) fn bind(&mut self, name: &str, backend: FilesBackend) {
-        self.backends.insert(name.to_string(), backend);
-    }
-
-    fn backend(&self, binding: &str) -> Result<&FilesBackend, CapError> {
-        crate::backend(&self.backends, "files", binding)
-    }
-
-    async fn guarded<T>(
-        &self,
-        binding: &str,
-        access: Access,
-        operation: Operation,
-        path: &str,
-        f: impl FnOnce(&FilesBackend) -> Result<(T, u64), CapError>,
-    ) -> Result<T, CapError> {
-        let call = Call {
-            kind: BindingKind::Files,
-            binding,
-            needs: &[access],
-            operation,
-            detail: Some(path.to_string()),
-        };
-        self.guard
-            .run(call, async || f(self.backend(binding)?))
-            .await
-    }
-
-    /// `files.read`.
-    pub async fn read(&self, binding: &str, path: &str) -> Result<Vec<u8>, CapError> {
-        self.guarded(binding, Access::Read, Operation::Read, path, |b| {
-            b.read(path)
-        })
-        .await
-    }
-
-    /// `files.write`.
-    pub async fn write(&self, binding: &str, path: &str, contents: &[u8]) -> Result<(), CapError> {
-        self.guarded(binding, Access::Write, Operation::Write, path, |b| {
-            b.write(path, contents)
-        })
-        .await
-    }
-
-    /// `files.list-dir`.
-    pub async fn list_dir(&self, binding: &str, path: &str) -> Result<Vec<Entry>, CapError> {
-        self.guarded(binding, Access::Read, Operation::ListDir, path, |b| {
-            b.list(path)
-        })
-        .await
-    }
-
-    /// `files.exists`.
-    pub async fn exists(&self, binding: &str, path: &str) -> Result<bool, CapError> {
-        self.guarded(binding, Access::Read, Operation::Exists, path, |b| {
-            b.exists(path)
-        })
-        .await
-    }
-
-    /// The file `service.load-image` streams (needs `read` on this binding).
-    pub(crate) async fn open_for_load_image(
-        &self,
-        binding: &str,
-        path: &str,
-    ) -> Result<std::fs::File, CapError> {
-        self.guarded(binding, Access::Read, Operation::LoadImage, path, |b| {
-            b.open(path)
-        })
-        .await
-    }
-
-    /// Host: snapshot the bound directory with `f`, given its path (needs `snapshot`).
-    pub async fn snapshot<T>(
-        &self,
-        binding: &str,
-        detail: &str,
-        f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
-    ) -> Result<T, CapError> {
-        self.host(binding, Operation::Snapshot, detail, f).await
-    }
-
-    /// Host: restore over the bound directory with `f`, given its path (needs `restore`).
-    pub async fn restore<T>(
-        &self,
-        binding: &str,
-        detail: &str,
-        f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
-    ) -> Result<T, CapError> {
-        self.host(binding, Operation::Restore, detail, f).await
-    }
-
-    async fn host<T>(
-        &self,
-        binding: &str,
-        operation: Operation,
-        detail: &str,
-        f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
-    ) -> Result<T, CapError> {
-        self.guard
-            .host(BindingKind::Files, binding, operation, detail, async || {
-                f(self.backend(binding)?.root()).await
-            })
-            .await
     }
 }
 

@@ -1,5 +1,12 @@
-//! The service capability: one interface over service backends (a local process now; Docker
-//! and Compose arrive behind the same enum).
+//! The service capability: [`Services`] owns the bound services and reaches them only through
+//! the guard. [`ServiceBackend`] dispatches to one engine per file: a local process
+//! ([`process`]), a Docker container ([`docker`]) or a Compose service ([`compose`], whose file
+//! edits are in [`compose_file`]).
+
+pub mod compose;
+pub mod compose_file;
+pub mod docker;
+pub mod process;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,13 +14,13 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::CapError;
-use super::compose::ComposeBackend;
-use super::docker::DockerBackend;
-use super::files::Files;
-use super::guard::{Call, Guard};
-use super::operation::Operation;
-use super::process::ProcessBackend;
+use crate::CapError;
+use crate::files::Files;
+use crate::guard::{Call, Guard};
+use crate::operation::Operation;
+use compose::ComposeBackend;
+use docker::DockerBackend;
+use process::ProcessBackend;
 use upshift_model::binding::{ServiceBackend as ServiceSpec, ServiceBinding};
 use upshift_model::grants::{Access, BindingKind};
 
@@ -322,33 +329,11 @@ impl ServiceBackend {
     /// Wait until healthy; fail early, with its last output, if it stops running.
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<String, CapError> {
         match self {
-            ServiceBackend::Docker(d) => return d.wait_healthy(timeout).await,
-            ServiceBackend::Compose(c) => return c.wait_healthy(timeout).await,
-            ServiceBackend::Process(_) => {}
-        }
-        let started = Instant::now();
-        loop {
-            if self.healthy().await? {
-                return Ok(format!(
-                    "healthy after {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ));
+            ServiceBackend::Process(p) => {
+                wait_until_healthy(p, timeout, Duration::from_millis(100)).await
             }
-            let status = self.inspect().await?;
-            if !status.running {
-                return Err(CapError::Failed(format!(
-                    "the service stopped running while starting; last output:\n{}",
-                    self.output_tail().await
-                )));
-            }
-            if started.elapsed() > timeout {
-                return Err(CapError::Failed(format!(
-                    "not healthy after {} s; last output:\n{}",
-                    timeout.as_secs(),
-                    self.output_tail().await
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            ServiceBackend::Docker(d) => d.wait_healthy(timeout).await,
+            ServiceBackend::Compose(c) => c.wait_healthy(timeout).await,
         }
     }
 
@@ -395,5 +380,49 @@ impl ServiceBackend {
             ServiceBackend::Docker(d) => d.output_tail().await,
             ServiceBackend::Compose(c) => c.output_tail().await,
         }
+    }
+}
+
+/// What an engine answers while the host waits for it to become healthy.
+pub(crate) trait Health {
+    /// Who, in messages: `the service`, ``container `x` ``.
+    fn label(&self) -> String;
+    /// Whether it answers its health check now.
+    async fn healthy(&self) -> Result<bool, CapError>;
+    /// Whether it runs.
+    async fn running(&self) -> Result<bool, CapError>;
+    /// Its last output.
+    async fn output_tail(&self) -> String;
+}
+
+/// The one health wait: poll every `poll` until healthy; fail early, with the last output, if it
+/// stops running, and at `timeout`.
+pub(crate) async fn wait_until_healthy(
+    engine: &impl Health,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<String, CapError> {
+    let started = Instant::now();
+    loop {
+        if engine.healthy().await? {
+            return Ok(format!(
+                "healthy after {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        let running = engine.running().await?;
+        if !running || started.elapsed() > timeout {
+            return Err(CapError::Failed(format!(
+                "{} {}; last output:\n{}",
+                engine.label(),
+                if running {
+                    format!("not healthy after {} s", timeout.as_secs())
+                } else {
+                    "stopped running while starting".into()
+                },
+                engine.output_tail().await
+            )));
+        }
+        tokio::time::sleep(poll).await;
     }
 }
