@@ -1,6 +1,7 @@
 //! The one guard every capability call passes: grant check → audit → backend. It is also the
 //! only place an audit record is built.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ fn time_left() -> Option<Duration> {
 }
 
 /// One call as the guard sees it.
-pub(crate) struct Call<'a> {
+struct Call<'a> {
     /// The capability the binding belongs to.
     pub kind: BindingKind,
     /// Binding name.
@@ -181,10 +182,6 @@ impl Guard {
         &self.grants
     }
 
-    pub(crate) fn audit(&self) -> &Arc<AuditLog> {
-        &self.audit
-    }
-
     pub(crate) fn set_run(&self, run_id: Option<String>) {
         if let Ok(mut slot) = self.run_id.lock() {
             *slot = run_id;
@@ -222,7 +219,7 @@ impl Guard {
 
     /// Check every access the call needs, audit the decision, and on success run `backend`,
     /// auditing its outcome. `backend` returns the value and its size in bytes.
-    pub(crate) async fn run<T>(
+    async fn run<T>(
         &self,
         call: Call<'_>,
         backend: impl AsyncFnOnce() -> Result<(T, u64), CapError>,
@@ -277,7 +274,7 @@ impl Guard {
     }
 
     /// Run a host operation on a binding: its access comes from the operation.
-    pub(crate) async fn host<T>(
+    async fn host<T>(
         &self,
         kind: BindingKind,
         binding: &str,
@@ -299,5 +296,94 @@ impl Guard {
             async || backend().await.map(|v| (v, 0)),
         )
         .await
+    }
+}
+
+/// One capability's backends by binding name, reached only through the guard.
+pub(crate) struct Bound<B> {
+    guard: Arc<Guard>,
+    kind: BindingKind,
+    backends: BTreeMap<String, B>,
+}
+
+impl<B> Bound<B> {
+    pub(crate) fn new(guard: Arc<Guard>, kind: BindingKind) -> Bound<B> {
+        Bound {
+            guard,
+            kind,
+            backends: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn bind(&mut self, name: &str, backend: B) {
+        self.backends.insert(name.to_string(), backend);
+    }
+
+    /// A binding's backend for reading its configuration (an engine, whether it is a job);
+    /// never for a call, which goes through [`Bound::call`] or [`Bound::host`].
+    pub(crate) fn config(&self, binding: &str) -> Option<&B> {
+        self.backends.get(binding)
+    }
+
+    /// The bound names.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.backends.keys().map(String::as_str)
+    }
+
+    /// The grants.
+    pub(crate) fn grants(&self) -> &GrantSet {
+        self.guard.grants()
+    }
+
+    /// Record a denial decided before the backend is reached.
+    pub(crate) fn deny(&self, binding: &str, operation: Operation, reason: String) -> CapError {
+        self.guard
+            .deny(binding, self.kind.name(), operation, reason)
+    }
+
+    fn backend(&self, binding: &str) -> Result<&B, CapError> {
+        self.backends.get(binding).ok_or_else(|| {
+            CapError::Failed(format!(
+                "{} binding `{binding}` has no backend",
+                self.kind.name()
+            ))
+        })
+    }
+
+    /// An adapter's call: every access in `needs` is checked, then `f` runs on the backend.
+    /// `f` returns the value and its size in bytes.
+    pub(crate) async fn call<T>(
+        &self,
+        binding: &str,
+        needs: &[Access],
+        operation: Operation,
+        detail: Option<String>,
+        f: impl AsyncFnOnce(&B) -> Result<(T, u64), CapError>,
+    ) -> Result<T, CapError> {
+        let call = Call {
+            kind: self.kind,
+            binding,
+            needs,
+            operation,
+            detail,
+        };
+        self.guard
+            .run(call, async || f(self.backend(binding)?).await)
+            .await
+    }
+
+    /// A host operation: its access comes from the operation.
+    pub(crate) async fn host<T>(
+        &self,
+        binding: &str,
+        operation: Operation,
+        detail: &str,
+        f: impl AsyncFnOnce(&B) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.guard
+            .host(self.kind, binding, operation, detail, async || {
+                f(self.backend(binding)?).await
+            })
+            .await
     }
 }

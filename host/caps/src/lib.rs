@@ -124,11 +124,6 @@ impl InstanceCaps {
         self.guard.set_run(run_id);
     }
 
-    /// The audit log these caps write to.
-    pub fn audit(&self) -> &Arc<AuditLog> {
-        self.guard.audit()
-    }
-
     /// Audit a fault of the adapter in `export` (capability `sandbox`).
     pub fn record_fault(&self, export: &str, reason: &str) -> Result<(), CapError> {
         self.guard.fault(export, reason)
@@ -158,16 +153,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| CapError::Failed(format!("blocking work failed: {e}")))?
-}
-
-/// The backend of `binding` in one capability's map.
-fn backend<'a, B>(
-    map: &'a std::collections::BTreeMap<String, B>,
-    kind: &str,
-    binding: &str,
-) -> Result<&'a B, CapError> {
-    map.get(binding)
-        .ok_or_else(|| CapError::Failed(format!("{kind} binding `{binding}` has no backend")))
 }
 
 /// Limits on what the host hands back to (or accepts from) an adapter.

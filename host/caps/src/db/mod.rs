@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::CapError;
 use crate::backup::manifest::{Manifest, TableFingerprint, verify_files};
 use crate::bindings::Value;
-use crate::guard::{Call, Guard};
+use crate::guard::{Bound, Guard};
 use crate::limits::{MAX_SQL_BYTES, MAX_STATEMENTS};
 use crate::operation::Operation;
 use upshift_model::grants::{Access, BindingKind};
@@ -297,6 +297,18 @@ async fn materialize(
     }
 }
 
+/// A restore tool's outcome: `what` with its exit status and stderr when it failed.
+fn tool_outcome(what: &str, out: &std::process::Output) -> Result<(), CapError> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(CapError::Failed(format!(
+        "{what} ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
 /// Check a dump directory against its manifest before it is restored.
 async fn check_dump(dir: &Path, manifest_sha256: &str) -> Result<(), CapError> {
     let manifest = Manifest::read(dir, manifest_sha256)
@@ -315,24 +327,18 @@ async fn check_dump(dir: &Path, manifest_sha256: &str) -> Result<(), CapError> {
 
 /// The db capability: the bound databases, reached only through the guard.
 pub struct Db {
-    guard: Arc<Guard>,
-    backends: BTreeMap<String, DbBackend>,
+    bound: Bound<DbBackend>,
 }
 
 impl Db {
     pub(crate) fn new(guard: Arc<Guard>) -> Db {
         Db {
-            guard,
-            backends: BTreeMap::new(),
+            bound: Bound::new(guard, BindingKind::Db),
         }
     }
 
     pub(crate) fn bind(&mut self, name: &str, backend: DbBackend) {
-        self.backends.insert(name.to_string(), backend);
-    }
-
-    fn backend(&self, binding: &str) -> Result<&DbBackend, CapError> {
-        crate::backend(&self.backends, "db", binding)
+        self.bound.bind(name, backend);
     }
 
     /// The access one SQL statement needs; refusals are audited as denials.
@@ -347,29 +353,14 @@ impl Db {
                 "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
                 sql_text.len()
             );
-            return Err(self.guard.deny(binding, "db", operation, reason));
+            return Err(self.bound.deny(binding, operation, reason));
         }
         let engine = self
-            .backends
-            .get(binding)
+            .bound
+            .config(binding)
             .map_or(Engine::Postgres, DbBackend::engine);
         sql::classify_for(engine, sql_text)
-            .map_err(|e| self.guard.deny(binding, "db", operation, e.to_string()))
-    }
-
-    fn call<'a>(
-        binding: &'a str,
-        needs: &'a [Access],
-        operation: Operation,
-        detail: String,
-    ) -> Call<'a> {
-        Call {
-            kind: BindingKind::Db,
-            binding,
-            needs,
-            operation,
-            detail: Some(detail),
-        }
+            .map_err(|e| self.bound.deny(binding, operation, e.to_string()))
     }
 
     /// `db.query`: one read (or a KWDB `EXPORT` / `IMPORT`, which answer with a job row).
@@ -384,22 +375,18 @@ impl Db {
         if access != Access::Read && !job {
             let reason =
                 format!("`query` runs reads only; this statement needs `{access}`, use `execute`");
-            return Err(
-                match self.guard.deny(binding, "db", Operation::Query, reason) {
-                    CapError::Denied(reason) => CapError::Invalid(reason),
-                    audit_failed => audit_failed,
-                },
-            );
+            return Err(match self.bound.deny(binding, Operation::Query, reason) {
+                CapError::Denied(reason) => CapError::Invalid(reason),
+                audit_failed => audit_failed,
+            });
         }
-        let needs = [access];
-        let call = Self::call(binding, &needs, Operation::Query, access.name().into());
-        self.guard
-            .run(call, async || {
-                let backend = self.backend(binding)?;
+        let detail = Some(access.name().to_string());
+        self.bound
+            .call(binding, &[access], Operation::Query, detail, async |b| {
                 if job {
-                    backend.query_job(sql_text, params).await
+                    b.query_job(sql_text, params).await
                 } else {
-                    backend.query(sql_text, params).await
+                    b.query(sql_text, params).await
                 }
             })
             .await
@@ -413,16 +400,14 @@ impl Db {
         params: &[Value],
     ) -> Result<u64, CapError> {
         let access = self.sql_access(binding, Operation::Execute, sql_text)?;
-        let needs = [access];
-        let call = Self::call(binding, &needs, Operation::Execute, access.name().into());
-        self.guard
-            .run(call, async || {
-                let backend = self.backend(binding)?;
+        let detail = Some(access.name().to_string());
+        self.bound
+            .call(binding, &[access], Operation::Execute, detail, async |b| {
                 if access == Access::Read {
-                    let (rows, bytes) = backend.query(sql_text, params).await?;
+                    let (rows, bytes) = b.query(sql_text, params).await?;
                     Ok((rows.rows.len() as u64, bytes))
                 } else {
-                    backend.execute(sql_text, params).await
+                    b.execute(sql_text, params).await
                 }
             })
             .await
@@ -452,26 +437,28 @@ impl Db {
             .map(|a| a.name())
             .collect::<Vec<_>>()
             .join("+");
-        let call = Self::call(binding, &needed, Operation::Transaction, detail);
-        self.guard
-            .run(call, async || {
-                self.backend(binding)?.transaction(statements).await
-            })
+        self.bound
+            .call(
+                binding,
+                &needed,
+                Operation::Transaction,
+                Some(detail),
+                async |b| b.transaction(statements).await,
+            )
             .await
     }
 
     /// `db.table-exists`.
     pub async fn table_exists(&self, binding: &str, table: &str) -> Result<bool, CapError> {
-        let call = Self::call(
-            binding,
-            &[Access::Read],
-            Operation::TableExists,
-            table.to_string(),
-        );
-        self.guard
-            .run(call, async || {
-                self.backend(binding)?.table_exists(table).await
-            })
+        let detail = Some(table.to_string());
+        self.bound
+            .call(
+                binding,
+                &[Access::Read],
+                Operation::TableExists,
+                detail,
+                async |b| b.table_exists(table).await,
+            )
             .await
     }
 
@@ -482,7 +469,7 @@ impl Db {
         detail: &str,
         f: impl AsyncFnOnce(&DbBackend) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
-        self.host(binding, Operation::Backup, detail, f).await
+        self.bound.host(binding, Operation::Backup, detail, f).await
     }
 
     /// Host: restore into the bound database's server with `f` (needs `restore`).
@@ -492,20 +479,8 @@ impl Db {
         detail: &str,
         f: impl AsyncFnOnce(&DbBackend) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
-        self.host(binding, Operation::Restore, detail, f).await
-    }
-
-    async fn host<T>(
-        &self,
-        binding: &str,
-        operation: Operation,
-        detail: &str,
-        f: impl AsyncFnOnce(&DbBackend) -> Result<T, CapError>,
-    ) -> Result<T, CapError> {
-        self.guard
-            .host(BindingKind::Db, binding, operation, detail, async || {
-                f(self.backend(binding)?).await
-            })
+        self.bound
+            .host(binding, Operation::Restore, detail, f)
             .await
     }
 }

@@ -548,14 +548,7 @@ impl RestoreEngine for MySqlBackend {
             .wait_with_output()
             .await
             .map_err(|e| failed("the restore failed", e))?;
-        if !out.status.success() {
-            return Err(CapError::Failed(format!(
-                "restoring the dump failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        super::tool_outcome("restoring the dump failed", &out)
     }
 
     async fn drop_database(&self, name: &str) -> Result<(), CapError> {

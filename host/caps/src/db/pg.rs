@@ -575,14 +575,7 @@ impl RestoreEngine for PgBackend {
             .output()
             .await
             .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
-        if !out.status.success() {
-            return Err(CapError::Failed(format!(
-                "pg_restore failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
+        super::tool_outcome("pg_restore failed", &out)
     }
 
     async fn drop_database(&self, name: &str) -> Result<(), CapError> {

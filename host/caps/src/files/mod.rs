@@ -3,12 +3,11 @@
 
 pub mod dir;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::CapError;
-use crate::guard::{Call, Guard};
+use crate::guard::{Bound, Guard};
 use crate::operation::Operation;
 use upshift_model::grants::{Access, BindingKind};
 
@@ -16,26 +15,21 @@ pub use dir::{Entry, FilesBackend};
 
 /// The files capability: the bound directories, reached only through the guard.
 pub struct Files {
-    guard: Arc<Guard>,
-    backends: BTreeMap<String, FilesBackend>,
+    bound: Bound<FilesBackend>,
 }
 
 impl Files {
     pub(crate) fn new(guard: Arc<Guard>) -> Files {
         Files {
-            guard,
-            backends: BTreeMap::new(),
+            bound: Bound::new(guard, BindingKind::Files),
         }
     }
 
     pub(crate) fn bind(&mut self, name: &str, backend: FilesBackend) {
-        self.backends.insert(name.to_string(), backend);
+        self.bound.bind(name, backend);
     }
 
-    fn backend(&self, binding: &str) -> Result<&FilesBackend, CapError> {
-        crate::backend(&self.backends, "files", binding)
-    }
-
+    /// A call on a bound directory; its file-system work runs on a blocking thread.
     async fn guarded<T>(
         &self,
         binding: &str,
@@ -47,16 +41,10 @@ impl Files {
     where
         T: Send + 'static,
     {
-        let call = Call {
-            kind: BindingKind::Files,
-            binding,
-            needs: &[access],
-            operation,
-            detail: Some(path.to_string()),
-        };
-        self.guard
-            .run(call, async || {
-                let backend = self.backend(binding)?.clone();
+        let detail = Some(path.to_string());
+        self.bound
+            .call(binding, &[access], operation, detail, async |b| {
+                let backend = b.clone();
                 crate::blocking(move || f(backend)).await
             })
             .await
@@ -127,7 +115,7 @@ impl Files {
         detail: &str,
         f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
-        self.host(binding, Operation::Snapshot, detail, f).await
+        self.on_root(binding, Operation::Snapshot, detail, f).await
     }
 
     /// Host: restore over the bound directory with `f`, given its path (needs `restore`).
@@ -137,20 +125,19 @@ impl Files {
         detail: &str,
         f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
-        self.host(binding, Operation::Restore, detail, f).await
+        self.on_root(binding, Operation::Restore, detail, f).await
     }
 
-    async fn host<T>(
+    /// A host operation on the bound directory's path.
+    async fn on_root<T>(
         &self,
         binding: &str,
         operation: Operation,
         detail: &str,
         f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
-        self.guard
-            .host(BindingKind::Files, binding, operation, detail, async || {
-                f(self.backend(binding)?.root()).await
-            })
+        self.bound
+            .host(binding, operation, detail, async |b| f(b.root()).await)
             .await
     }
 }

@@ -3,12 +3,11 @@
 
 pub mod client;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::CapError;
-use crate::guard::{Call, Guard};
+use crate::guard::{Bound, Guard};
 use crate::operation::Operation;
 use upshift_model::grants::{Access, BindingKind};
 
@@ -29,24 +28,18 @@ pub struct Expect<'a> {
 
 /// The http capability: the bound base URLs, reached only through the guard.
 pub struct Http {
-    guard: Arc<Guard>,
-    backends: BTreeMap<String, HttpBackend>,
+    bound: Bound<HttpBackend>,
 }
 
 impl Http {
     pub(crate) fn new(guard: Arc<Guard>) -> Http {
         Http {
-            guard,
-            backends: BTreeMap::new(),
+            bound: Bound::new(guard, BindingKind::Http),
         }
     }
 
     pub(crate) fn bind(&mut self, name: &str, backend: HttpBackend) {
-        self.backends.insert(name.to_string(), backend);
-    }
-
-    fn backend(&self, binding: &str) -> Result<&HttpBackend, CapError> {
-        crate::backend(&self.backends, "http", binding)
+        self.bound.bind(name, backend);
     }
 
     /// `http.request`: GET/HEAD/OPTIONS need `read`, other methods `write`.
@@ -67,17 +60,14 @@ impl Http {
             method.to_ascii_uppercase(),
             path.chars().take(200).collect::<String>()
         );
-        let call = Call {
-            kind: BindingKind::Http,
-            binding,
-            needs: &[access],
-            operation: Operation::Request,
-            detail: Some(detail),
-        };
-        self.guard
-            .run(call, async || {
-                self.backend(binding)?.request(method, path, body).await
-            })
+        self.bound
+            .call(
+                binding,
+                &[access],
+                Operation::Request,
+                Some(detail),
+                async |b| b.request(method, path, body).await,
+            )
             .await
     }
 
@@ -88,30 +78,23 @@ impl Http {
         detail: &str,
         expect: &Expect<'_>,
     ) -> Result<String, CapError> {
-        self.guard
-            .host(
-                BindingKind::Http,
-                binding,
-                Operation::HttpCheck,
-                detail,
-                async || {
-                    let backend = self.backend(binding)?;
-                    let deadline = std::time::Instant::now() + expect.timeout;
-                    loop {
-                        let last = match backend.request("GET", expect.path, Vec::new()).await {
-                            Ok((resp, _)) => match answered(binding, expect, &resp) {
-                                Ok(done) => return Ok(done),
-                                Err(why) => why,
-                            },
-                            Err(e) => e.to_string(),
-                        };
-                        if std::time::Instant::now() >= deadline {
-                            return Err(CapError::Failed(last));
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.bound
+            .host(binding, Operation::HttpCheck, detail, async |backend| {
+                let deadline = std::time::Instant::now() + expect.timeout;
+                loop {
+                    let last = match backend.request("GET", expect.path, Vec::new()).await {
+                        Ok((resp, _)) => match answered(binding, expect, &resp) {
+                            Ok(done) => return Ok(done),
+                            Err(why) => why,
+                        },
+                        Err(e) => e.to_string(),
+                    };
+                    if std::time::Instant::now() >= deadline {
+                        return Err(CapError::Failed(last));
                     }
-                },
-            )
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
             .await
     }
 }

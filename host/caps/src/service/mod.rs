@@ -11,12 +11,11 @@ pub mod process;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::CapError;
 use crate::files::Files;
-use crate::guard::{Call, Guard};
+use crate::guard::{Bound, Guard};
 use crate::operation::Operation;
 use compose::ComposeBackend;
 use docker::DockerBackend;
@@ -37,35 +36,29 @@ pub struct Status {
 
 /// The service capability: the bound services, reached only through the guard.
 pub struct Services {
-    guard: Arc<Guard>,
-    backends: BTreeMap<String, ServiceBackend>,
+    bound: Bound<ServiceBackend>,
 }
 
 impl Services {
     pub(crate) fn new(guard: Arc<Guard>) -> Services {
         Services {
-            guard,
-            backends: BTreeMap::new(),
+            bound: Bound::new(guard, BindingKind::Service),
         }
     }
 
     pub(crate) fn bind(&mut self, name: &str, backend: ServiceBackend) {
-        self.backends.insert(name.to_string(), backend);
-    }
-
-    fn backend(&self, binding: &str) -> Result<&ServiceBackend, CapError> {
-        crate::backend(&self.backends, "service", binding)
+        self.bound.bind(name, backend);
     }
 
     /// The bound services' names.
     pub fn bindings(&self) -> impl Iterator<Item = &str> {
-        self.backends.keys().map(String::as_str)
+        self.bound.names()
     }
 
     /// Whether `binding` is a one-shot job (from the fleet file; nothing is reached).
     pub fn is_job(&self, binding: &str) -> bool {
-        self.backends
-            .get(binding)
+        self.bound
+            .config(binding)
             .is_some_and(ServiceBackend::is_job)
     }
 
@@ -77,15 +70,8 @@ impl Services {
         detail: Option<String>,
         f: impl AsyncFnOnce(&ServiceBackend) -> Result<(T, u64), CapError>,
     ) -> Result<T, CapError> {
-        let call = Call {
-            kind: BindingKind::Service,
-            binding,
-            needs: &[access],
-            operation,
-            detail,
-        };
-        self.guard
-            .run(call, async || f(self.backend(binding)?).await)
+        self.bound
+            .call(binding, &[access], operation, detail, f)
             .await
     }
 
@@ -155,15 +141,7 @@ impl Services {
         detail: &str,
         f: impl AsyncFnOnce(&ServiceBackend) -> Result<String, CapError>,
     ) -> Result<String, CapError> {
-        self.guard
-            .host(
-                BindingKind::Service,
-                binding,
-                operation,
-                detail,
-                async || f(self.backend(binding)?).await,
-            )
-            .await
+        self.bound.host(binding, operation, detail, f).await
     }
 
     /// Host: stop the service (needs `control`).
@@ -209,11 +187,11 @@ impl Services {
     /// versions (so the host never switched it), is left alone and not recorded.
     pub async fn finalize(&self, binding: &str) -> Result<String, CapError> {
         let keeps = self
-            .backends
-            .get(binding)
+            .bound
+            .config(binding)
             .is_some_and(ServiceBackend::keeps_previous);
         let may_switch = self
-            .guard
+            .bound
             .grants()
             .check(binding, BindingKind::Service, Access::SwitchVersion)
             .is_ok();
