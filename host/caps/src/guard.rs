@@ -387,3 +387,95 @@ impl<B> Bound<B> {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upshift_model::grants::{BindingRequest, BoundName};
+
+    fn bound(dir: &std::path::Path) -> (Bound<()>, Arc<AuditLog>) {
+        let audit = Arc::new(AuditLog::open(&dir.join("audit.jsonl")).expect("audit"));
+        let grants = GrantSet::resolve(
+            "i",
+            &[BindingRequest {
+                name: "meta".into(),
+                kind: BindingKind::Db,
+                access: vec![Access::Read],
+                purpose: "test".into(),
+                optional: false,
+            }],
+            &[BoundName {
+                name: "meta".into(),
+                kind: BindingKind::Db,
+                access: None,
+            }],
+        )
+        .expect("grants");
+        let caller = Caller {
+            adapter_digest: "d".into(),
+            instance: "i".into(),
+        };
+        let guard = Arc::new(Guard::new(caller, grants, audit.clone()));
+        let mut bound = Bound::new(guard, BindingKind::Db);
+        bound.bind("meta", ());
+        (bound, audit)
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_exports_deadline_is_abandoned_and_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bound, audit) = bound(dir.path());
+        let slow = bound.call(
+            "meta",
+            &[Access::Read],
+            Operation::Query,
+            None,
+            async |_| {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(((), 0))
+            },
+        );
+        let started = Instant::now();
+        let err = with_deadline(started + Duration::from_millis(100), slow)
+            .await
+            .expect_err("abandoned at the deadline");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(err.to_string().contains("deadline"), "{err}");
+        let records = crate::audit::verify(audit.path()).expect("verify");
+        assert_eq!(records.records, 1, "the abandoned call is recorded once");
+
+        // Outside an export there is no deadline.
+        let quick = bound
+            .call(
+                "meta",
+                &[Access::Read],
+                Operation::Query,
+                None,
+                async |_| Ok((7, 1)),
+            )
+            .await;
+        assert_eq!(quick, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_denied_call_never_reaches_the_backend() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bound, _) = bound(dir.path());
+        let mut reached = false;
+        let err = bound
+            .call(
+                "meta",
+                &[Access::Write],
+                Operation::Execute,
+                None,
+                async |_| {
+                    reached = true;
+                    Ok(((), 0))
+                },
+            )
+            .await
+            .expect_err("write is not granted");
+        assert!(matches!(err, CapError::Denied(_)), "{err:?}");
+        assert!(!reached);
+    }
+}
