@@ -12,9 +12,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
+use upshift::caps::backup::snapshot;
 use upshift::caps::files::FilesBackend;
 use upshift::caps::limits::{MAX_PLAN_STEPS, MAX_TEXT};
-use upshift::caps::snapshot;
 use upshift::fleet::{AdapterRef, Fleet, FleetError, ServiceBackend, valid_binding_name};
 use upshift::grants::{Access, BindingKind, BindingRequest, BoundName, GrantSet};
 use upshift::ops::plan::{self, Prior, PriorService, RollbackAction};

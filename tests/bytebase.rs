@@ -70,9 +70,9 @@ async fn start_app(env: &Env) {
     let (_, caps) = apply::prepare(&session, fleet.instance("bb").expect("bb"))
         .await
         .expect("prepare");
-    let app = caps.services.get("app").expect("app");
-    app.start().await.expect("start");
-    app.wait_healthy(Duration::from_secs(60))
+    let app = caps.service();
+    app.start("app", "test").await.expect("start");
+    app.wait_healthy("app", Duration::from_secs(60), "test")
         .await
         .expect("healthy");
 }

@@ -416,13 +416,13 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
 /// A manifest's tables: `(name, rows, checksum)` each.
 fn manifest_tables(
     tables: &[(&str, i64, &str)],
-) -> std::collections::BTreeMap<String, upshift::caps::pg_backup::TableFingerprint> {
+) -> std::collections::BTreeMap<String, upshift::caps::backup::manifest::TableFingerprint> {
     tables
         .iter()
         .map(|&(name, rows, checksum)| {
             (
                 name.to_string(),
-                upshift::caps::pg_backup::TableFingerprint {
+                upshift::caps::backup::manifest::TableFingerprint {
                     rows,
                     checksum: checksum.to_string(),
                 },

@@ -146,6 +146,33 @@ async fn caps_for(
     (session, caps, adapter)
 }
 
+/// The `app` service, reached as the executor reaches it: through the guarded capability.
+struct App<'a>(&'a upshift::caps::InstanceCaps);
+
+impl App<'_> {
+    async fn inspect(&self) -> Result<upshift::caps::service::Status, upshift::caps::CapError> {
+        self.0.service().inspect("app", Some("test")).await
+    }
+    async fn stop(&self) -> Result<String, upshift::caps::CapError> {
+        self.0.service().stop("app", "test").await
+    }
+    async fn start(&self) -> Result<String, upshift::caps::CapError> {
+        self.0.service().start("app", "test").await
+    }
+    async fn switch_version(&self, version: &str) -> Result<String, upshift::caps::CapError> {
+        self.0
+            .service()
+            .switch_version("app", version, "test")
+            .await
+    }
+    async fn wait_healthy(&self, timeout: Duration) -> Result<String, upshift::caps::CapError> {
+        self.0.service().wait_healthy("app", timeout, "test").await
+    }
+    async fn finalize(&self) -> Result<String, upshift::caps::CapError> {
+        self.0.service().finalize("app").await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreating_with_a_new_image_keeps_every_other_parameter() {
     if !docker::available() {
@@ -157,7 +184,7 @@ async fn recreating_with_a_new_image_keeps_every_other_parameter() {
 
     let env = common::Env::new();
     let (_session, caps, _) = caps_for(&env, &fleet(&name, None, None)).await;
-    let app = caps.service_backend("app").expect("app");
+    let app = App(&caps);
     assert_eq!(app.inspect().await.expect("inspect").version, "2.2.0");
     app.stop().await.expect("stop");
     let switched = app.switch_version("3.0.0").await.expect("switch");
@@ -211,7 +238,7 @@ async fn an_image_that_fails_to_start_puts_the_old_container_back_unchanged() {
 
     let env = common::Env::new();
     let (_session, caps, _) = caps_for(&env, &fleet(&name, None, None)).await;
-    let app = caps.service_backend("app").expect("app");
+    let app = App(&caps);
     app.stop().await.expect("stop");
     app.switch_version("9.9.9")
         .await
@@ -362,7 +389,7 @@ stop_timeout_secs = 2
         file.display()
     );
     let (_session, caps, _) = caps_for(&env, &compose_fleet).await;
-    let app = caps.service_backend("app").expect("app");
+    let app = App(&caps);
     let status = app.inspect().await.expect("inspect");
     assert!(status.running && status.version == "2.2.0", "{status:?}");
 

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use upshift::caps::db::{BackupSource, DUMP_COMPRESSION, PgBackend, dump_jobs};
+use upshift::caps::db::{BackupSource, DUMP_COMPRESSION, DbBackend, dump_jobs};
 
 use crate::Config;
 use crate::machine::cpu_busy_seconds;
@@ -130,7 +130,7 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
     )?;
     sync()?;
     let url = pg.cluster.url(DB);
-    let backend = PgBackend::new(&url)?;
+    let backend = DbBackend::new(&url)?;
     let runs = cfg.runs.min(3);
     let dumps = root.join("dumps");
     std::fs::create_dir_all(&dumps)?;
@@ -194,7 +194,7 @@ async fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
 
         let t = Instant::now();
         backend
-            .fingerprint_database(DB, &std::collections::BTreeMap::new())
+            .fingerprint_like(DB, &std::collections::BTreeMap::new())
             .await?;
         checksums_alone.push(t.elapsed().as_secs_f64());
         let plain = dumps.join(format!("plain-{run}"));

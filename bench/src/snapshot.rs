@@ -57,7 +57,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Metric>> {
             "snapshot of a {} directory of {files} files with checksums",
             crate::report::fmt(Unit::Bytes, bytes as f64)
         ),
-        "`upshift::caps::snapshot::snapshot`: walk through cap-std, copy each file (a \
+        "`upshift::caps::backup::snapshot::snapshot`: walk through cap-std, copy each file (a \
          copy-on-write clone where the file system can) while hashing it with sha256 and \
          start its writeback, one `syncfs` for all of them, write and sync the manifest, \
          rename into place",
@@ -69,7 +69,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Metric>> {
     let (ours_dst, cp_dst) = (root.join("ours"), root.join("cp"));
     for run in 0..cfg.runs {
         let ours = || -> Result<()> {
-            upshift::caps::snapshot::snapshot(&src, &ours_dst)?;
+            upshift::caps::backup::snapshot::snapshot(&src, &ours_dst)?;
             Ok(())
         };
         let copy = || sh(Command::new("cp").arg("-a").arg(&src).arg(&cp_dst));

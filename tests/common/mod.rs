@@ -369,13 +369,13 @@ pub async fn start_services(env: &Env, name: &str, bindings: &[&str]) {
         .await
         .expect("prepare");
     for binding in bindings {
-        let service = caps.services.get(*binding).expect("bound service");
+        let service = caps.service();
         service
-            .start()
+            .start(binding, "test")
             .await
             .unwrap_or_else(|e| panic!("start {binding}: {e}"));
         service
-            .wait_healthy(std::time::Duration::from_secs(60))
+            .wait_healthy(binding, std::time::Duration::from_secs(60), "test")
             .await
             .unwrap_or_else(|e| panic!("{binding} healthy: {e}"));
     }

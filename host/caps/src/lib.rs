@@ -1,35 +1,30 @@
 //! Capabilities lent to adapters. Every call has the same shape: grant check → audit → backend.
 //!
-//! [`InstanceCaps`] holds one instance's grants and backends. The wasm host traits (in
-//! `runtime::host`) and the host's built-in plan actions (in `ops::executor`) both go through
-//! [`InstanceCaps::guarded`], so a call is checked and audited the same way whoever makes it.
+//! [`InstanceCaps`] holds one instance's capabilities (db, files, service, http). Each owns its
+//! backends privately and exposes only guarded methods, so the wasm host traits (in
+//! `runtime::host`) and the host's plan actions (in `ops::executor`) reach a backend the same
+//! way: through the one guard, which checks the grant, writes the audit record, then calls
+//! the backend. Every audited operation is an [`Operation`].
 
 pub mod audit;
+pub mod backup;
 pub mod bindings;
-pub mod compose;
-pub mod compose_file;
 pub mod db;
-pub mod docker;
 pub mod events;
 pub mod files;
+mod guard;
 pub mod http;
-pub mod kwdb_sql;
-pub mod mysql;
-pub mod pg_backup;
-pub mod process;
+pub mod operation;
 pub mod service;
-pub mod snapshot;
-pub mod sql;
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
-use crate::audit::{AuditEvent, AuditLog, Decision};
-use upshift_model::grants::{Access, BindingKind, GrantSet};
+use crate::audit::AuditLog;
+use upshift_model::grants::GrantSet;
 
 pub use events::{Event, EventSink};
+pub use guard::{Caller, Witness, with_deadline};
+pub use operation::Operation;
 
 /// Why a capability call failed (mirrors the WIT `cap-error`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,204 +43,116 @@ pub enum CapError {
     Failed(String),
 }
 
-/// Who is calling: recorded in every audit record.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// sha256 of the adapter component.
-    pub adapter_digest: String,
-    /// Fleet instance name.
-    pub instance: String,
-}
-
-/// One instance's grants and backends, shared by the sandbox and the plan executor.
+/// One instance's capabilities, shared by the sandbox and the plan executor. Each capability
+/// owns its backends privately and reaches them only through the guard.
 pub struct InstanceCaps {
-    /// Who is calling.
-    pub caller: Caller,
-    /// The effective grants.
-    pub grants: GrantSet,
-    /// Database backends by binding name.
-    pub db: BTreeMap<String, db::DbBackend>,
-    /// Directory backends by binding name.
-    pub files: BTreeMap<String, files::FilesBackend>,
-    /// Service backends by binding name.
-    pub services: BTreeMap<String, service::ServiceBackend>,
-    /// HTTP backends by binding name.
-    pub http: BTreeMap<String, http::HttpBackend>,
+    guard: Arc<guard::Guard>,
+    db: db::Db,
+    files: files::Files,
+    service: service::Services,
+    http: http::Http,
     /// Where log lines and progress go.
     pub events: EventSink,
-    audit: Arc<AuditLog>,
-    run_id: Mutex<Option<String>>,
 }
 
 impl InstanceCaps {
-    /// Caps with no backends yet; the `upshift` crate's session builds them from the fleet file.
+    /// Caps with no backends yet; the `upshift` crate's session binds them from the fleet file.
     pub fn new(caller: Caller, grants: GrantSet, audit: Arc<AuditLog>, events: EventSink) -> Self {
+        let guard = Arc::new(guard::Guard::new(caller, grants, audit));
         InstanceCaps {
-            caller,
-            grants,
-            db: BTreeMap::new(),
-            files: BTreeMap::new(),
-            services: BTreeMap::new(),
-            http: BTreeMap::new(),
+            db: db::Db::new(guard.clone()),
+            files: files::Files::new(guard.clone()),
+            service: service::Services::new(guard.clone()),
+            http: http::Http::new(guard.clone()),
+            guard,
             events,
-            audit,
-            run_id: Mutex::new(None),
         }
     }
 
-    /// The database backend of a binding.
-    pub fn db_backend(&self, binding: &str) -> Result<&db::DbBackend, CapError> {
-        self.db.get(binding).ok_or_else(|| unbound("db", binding))
+    /// Bind a database backend.
+    pub fn bind_db(&mut self, name: &str, backend: db::DbBackend) {
+        self.db.bind(name, backend);
     }
 
-    /// The directory a files binding names.
-    pub fn files_root(&self, binding: &str) -> Result<&std::path::Path, CapError> {
-        self.files_backend(binding).map(files::FilesBackend::root)
+    /// Bind a directory.
+    pub fn bind_files(&mut self, name: &str, backend: files::FilesBackend) {
+        self.files.bind(name, backend);
     }
 
-    /// The directory backend of a binding.
-    pub fn files_backend(&self, binding: &str) -> Result<&files::FilesBackend, CapError> {
-        self.files
-            .get(binding)
-            .ok_or_else(|| unbound("files", binding))
+    /// Bind a service.
+    pub fn bind_service(&mut self, name: &str, backend: service::ServiceBackend) {
+        self.service.bind(name, backend);
     }
 
-    /// The service backend of a binding.
-    pub fn service_backend(&self, binding: &str) -> Result<&service::ServiceBackend, CapError> {
-        self.services
-            .get(binding)
-            .ok_or_else(|| unbound("service", binding))
+    /// Bind an HTTP base URL.
+    pub fn bind_http(&mut self, name: &str, backend: http::HttpBackend) {
+        self.http.bind(name, backend);
     }
 
-    /// The HTTP backend of a binding.
-    pub fn http_backend(&self, binding: &str) -> Result<&http::HttpBackend, CapError> {
-        self.http
-            .get(binding)
-            .ok_or_else(|| unbound("http", binding))
+    /// The db capability.
+    pub fn db(&self) -> &db::Db {
+        &self.db
+    }
+
+    /// The files capability.
+    pub fn files(&self) -> &files::Files {
+        &self.files
+    }
+
+    /// The service capability.
+    pub fn service(&self) -> &service::Services {
+        &self.service
+    }
+
+    /// The http capability.
+    pub fn http(&self) -> &http::Http {
+        &self.http
+    }
+
+    /// Who is calling.
+    pub fn caller(&self) -> &Caller {
+        self.guard.caller()
+    }
+
+    /// The effective grants.
+    pub fn grants(&self) -> &GrantSet {
+        self.guard.grants()
     }
 
     /// Tag later audit records with this run.
     pub fn set_run(&self, run_id: Option<String>) {
-        if let Ok(mut slot) = self.run_id.lock() {
-            *slot = run_id;
-        }
+        self.guard.set_run(run_id);
     }
 
-    fn run(&self) -> Option<String> {
-        self.run_id.lock().ok().and_then(|r| r.clone())
+    /// Audit a fault of the adapter in `export` (capability `sandbox`).
+    pub fn record_fault(&self, export: &str, reason: &str) -> Result<(), CapError> {
+        self.guard.fault(export, reason)
     }
 
-    /// The audit log these caps write to.
-    pub fn audit(&self) -> &Arc<AuditLog> {
-        &self.audit
+    /// Audit a plan (from `export`) refused by the grant check (capability `plan`).
+    pub fn refuse_plan(&self, export: &str, why: String) -> CapError {
+        self.guard
+            .deny("", "plan", Operation::of_export(export), why)
     }
 
-    /// Record one call in the audit log. An audit log that cannot be written stops the call:
-    /// nothing happens unaudited.
-    pub fn record(&self, call: CallRecord<'_>) -> Result<(), CapError> {
-        self.audit
-            .append(AuditEvent {
-                adapter_digest: self.caller.adapter_digest.clone(),
-                instance: self.caller.instance.clone(),
-                run_id: self.run(),
-                binding: call.binding.to_string(),
-                capability: call.capability.to_string(),
-                operation: call.operation.to_string(),
-                decision: call.decision,
-                reason: call.reason,
-                duration_us: call.duration_us,
-                result_bytes: call.result_bytes,
-                error: call.error,
-                detail: call.detail,
-            })
-            .map(|_| ())
-            .map_err(|e| {
-                CapError::Failed(format!(
-                    "audit log could not be written, call not made: {e}"
-                ))
-            })
-    }
-
-    /// Check the grant, audit the decision, and on success run `backend`, auditing its outcome.
-    /// `backend` returns the value and its size in bytes.
-    pub async fn guarded<T, F, Fut>(
-        &self,
-        kind: BindingKind,
-        binding: &str,
-        access: Access,
-        operation: &str,
-        detail: Option<String>,
-        backend: F,
-    ) -> Result<T, CapError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(T, u64), CapError>>,
-    {
-        if let Err(denial) = self.grants.check(binding, kind, access) {
-            let reason = denial.to_string();
-            self.record(CallRecord {
-                binding,
-                capability: kind.name(),
-                operation,
-                decision: Decision::Denied,
-                reason: Some(reason.clone()),
-                duration_us: 0,
-                result_bytes: 0,
-                error: None,
-                detail,
-            })?;
-            return Err(match denial {
-                upshift_model::grants::Denial::Undeclared(_) => CapError::UnknownBinding(reason),
-                _ => CapError::Denied(reason),
-            });
-        }
-        let started = Instant::now();
-        let outcome = backend().await;
-        // A backend may refuse too (a path or URL that leaves the binding): that is a denial.
-        let (decision, reason, result_bytes, error) = match &outcome {
-            Ok((_, n)) => (Decision::Allowed, None, *n, None),
-            Err(CapError::Denied(why)) => (Decision::Denied, Some(why.clone()), 0, None),
-            Err(e) => (Decision::Allowed, None, 0, Some(e.to_string())),
+    /// Audit the first log or progress message over the per-call cap (`operation` is
+    /// [`Operation::LogWrite`] or [`Operation::ProgressReport`]).
+    pub fn deny_flood(&self, operation: Operation, reason: String) -> CapError {
+        let capability = match operation {
+            Operation::ProgressReport => "progress",
+            _ => "log",
         };
-        self.record(CallRecord {
-            binding,
-            capability: kind.name(),
-            operation,
-            decision,
-            reason,
-            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            result_bytes,
-            error,
-            detail,
-        })?;
-        outcome.map(|(v, _)| v)
+        self.guard.deny("", capability, operation, reason)
     }
 }
 
-fn unbound(kind: &str, binding: &str) -> CapError {
-    CapError::Failed(format!("{kind} binding `{binding}` has no backend"))
-}
-
-/// The fields of one audit record that vary per call.
-pub struct CallRecord<'a> {
-    /// Binding name.
-    pub binding: &'a str,
-    /// Capability name.
-    pub capability: &'a str,
-    /// Operation name.
-    pub operation: &'a str,
-    /// Allowed or denied.
-    pub decision: Decision,
-    /// Why denied.
-    pub reason: Option<String>,
-    /// How long the backend took.
-    pub duration_us: u64,
-    /// Size of the result.
-    pub result_bytes: u64,
-    /// The backend's error.
-    pub error: Option<String>,
-    /// Extra detail.
-    pub detail: Option<String>,
+/// Run blocking file-system work off the async executor.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CapError> + Send + 'static,
+) -> Result<T, CapError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CapError::Failed(format!("blocking work failed: {e}")))?
 }
 
 /// Limits on what the host hands back to (or accepts from) an adapter.

@@ -231,8 +231,11 @@ async fn stop_services(root: &Path) -> Result<(), Exit> {
     let session = Session::open(&root.join("data"), upshift::caps::EventSink::discard()).await?;
     for instance in &fleet.instances {
         if let Ok((_, caps)) = apply::prepare(&session, instance).await {
-            for service in caps.services.values() {
-                service.stop().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            for name in caps.service().bindings() {
+                caps.service()
+                    .stop(name, "demo")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
         }
     }
@@ -266,16 +269,13 @@ async fn start(
 ) -> Result<(), Exit> {
     let (_, caps) = apply::prepare(session, fleet.instance(name)?).await?;
     for binding in bindings {
-        let service = caps
-            .services
-            .get(*binding)
-            .ok_or_else(|| anyhow::anyhow!("{name} has no service `{binding}`"))?;
+        let service = caps.service();
         service
-            .start()
+            .start(binding, "demo")
             .await
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         service
-            .wait_healthy(std::time::Duration::from_secs(60))
+            .wait_healthy(binding, std::time::Duration::from_secs(60), "demo")
             .await
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     }
@@ -366,14 +366,12 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
             Outcome::NeedsOperator => style(format!("{:<14}", "NEEDS OPERATOR")).red(),
         };
         let (_, caps) = apply::prepare(&session, fleet.instance(m.name)?).await?;
-        let now = match caps.services.get(m.primary) {
-            Some(service) => service
-                .inspect()
-                .await
-                .map(|s| s.version)
-                .unwrap_or_default(),
-            None => String::new(),
-        };
+        let now = caps
+            .service()
+            .inspect(m.primary, Some("demo"))
+            .await
+            .map(|s| s.version)
+            .unwrap_or_default();
         let expected = if *outcome == m.expect {
             String::new()
         } else {

@@ -1,6 +1,6 @@
 //! The host side of the WIT imports. Each function is the same shape: through the tap (see
-//! [`super::tap`]), find the caps, run [`InstanceCaps::guarded`] (grant check → audit →
-//! backend), convert the answer.
+//! [`super::tap`]), find the caps, call the capability's guarded method (grant check → audit
+//! → backend, in `upshift_caps`), convert the answer.
 
 use std::sync::Arc;
 
@@ -10,11 +10,8 @@ use super::HostState;
 use super::bindings::upshift::adapter::{db, files, http, log, progress, service, types};
 use super::bindings::{CapError as WitCapError, Value};
 use super::tap::{ImportCall, Tap, Taped, bytes_to_tape, encode};
-use upshift_caps::audit::Decision;
-use upshift_caps::db::Engine;
-use upshift_caps::limits::{MAX_LOG_LINE, MAX_LOG_PER_CALL, MAX_SQL_BYTES, MAX_STATEMENTS};
-use upshift_caps::{CallRecord, CapError, Event, InstanceCaps, sql};
-use upshift_model::grants::{Access, BindingKind};
+use upshift_caps::limits::{MAX_LOG_LINE, MAX_LOG_PER_CALL};
+use upshift_caps::{CapError, Event, InstanceCaps, Operation};
 
 type CapResult<T> = wasmtime::Result<Result<T, WitCapError>>;
 
@@ -31,13 +28,13 @@ impl HostState {
     async fn taped<T: Taped>(
         &mut self,
         interface: &str,
-        function: &str,
+        operation: Operation,
         binding: &str,
         args: Option<serde_json::Value>,
         f: impl AsyncFnOnce(Arc<InstanceCaps>) -> Result<T, CapError>,
     ) -> CapResult<T> {
         if let Tap::Replay(cursor) = &mut self.tap {
-            return cursor.answer(interface, function, args.unwrap_or_default());
+            return cursor.answer(interface, operation.name(), args.unwrap_or_default());
         }
         let answer = match self.caps.clone() {
             Some(caps) => f(caps).await.map_err(WitCapError::from),
@@ -45,7 +42,7 @@ impl HostState {
                 let reason =
                     "no capabilities are available during `describe`, `plan` and `plan-restore`";
                 if let Some(witness) = &self.witness {
-                    witness.deny(binding, interface, function, reason);
+                    let _ = witness.deny(binding, interface, operation, reason);
                 }
                 Err(WitCapError::Denied(reason.into()))
             }
@@ -53,60 +50,13 @@ impl HostState {
         if let (Tap::Record(calls), Some(args)) = (&mut self.tap, args) {
             calls.push(ImportCall {
                 interface: interface.into(),
-                function: function.into(),
+                function: operation.name().into(),
                 args,
                 result: encode(&answer),
             });
         }
         Ok(answer)
     }
-}
-
-/// A denial decided before any backend runs, written to the audit log.
-fn deny(
-    caps: &InstanceCaps,
-    binding: &str,
-    capability: &str,
-    operation: &str,
-    reason: String,
-) -> CapError {
-    let recorded = caps.record(CallRecord {
-        binding,
-        capability,
-        operation,
-        decision: Decision::Denied,
-        reason: Some(reason.clone()),
-        duration_us: 0,
-        result_bytes: 0,
-        error: None,
-        detail: None,
-    });
-    match recorded {
-        Ok(()) => CapError::Denied(reason),
-        Err(e) => e,
-    }
-}
-
-/// The access one SQL statement needs; refusals are audited as denials.
-fn sql_access(
-    caps: &InstanceCaps,
-    binding: &str,
-    operation: &str,
-    sql_text: &str,
-) -> Result<Access, CapError> {
-    if sql_text.len() > MAX_SQL_BYTES {
-        let reason = format!(
-            "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
-            sql_text.len()
-        );
-        return Err(deny(caps, binding, "db", operation, reason));
-    }
-    let engine = caps
-        .db
-        .get(binding)
-        .map_or(Engine::Postgres, |b| b.engine());
-    sql::classify_for(engine, sql_text)
-        .map_err(|e| deny(caps, binding, "db", operation, e.to_string()))
 }
 
 impl types::Host for HostState {}
@@ -120,36 +70,8 @@ impl db::Host for HostState {
     ) -> CapResult<db::Rows> {
         let args =
             self.tap_args(|| json!({ "binding": binding, "sql": sql_text, "params": params }));
-        self.taped("db", "query", &binding, args, async |caps| {
-            let access = sql_access(&caps, &binding, "query", &sql_text)?;
-            // KWDB's EXPORT / IMPORT answer with a job row, so they are run through `query`.
-            let job = matches!(access, Access::Backup | Access::Restore);
-            if access != Access::Read && !job {
-                let reason = format!(
-                    "`query` runs reads only; this statement needs `{access}`, use `execute`"
-                );
-                return Err(match deny(&caps, &binding, "db", "query", reason) {
-                    CapError::Denied(reason) => CapError::Invalid(reason),
-                    audit_failed => audit_failed,
-                });
-            }
-            let rows = caps
-                .guarded(
-                    BindingKind::Db,
-                    &binding,
-                    access,
-                    "query",
-                    Some(access.name().into()),
-                    || async {
-                        let backend = caps.db_backend(&binding)?;
-                        if job {
-                            backend.query_job(&sql_text, &params).await
-                        } else {
-                            backend.query(&sql_text, &params).await
-                        }
-                    },
-                )
-                .await?;
+        self.taped("db", Operation::Query, &binding, args, async |caps| {
+            let rows = caps.db().query(&binding, &sql_text, &params).await?;
             Ok(db::Rows {
                 columns: rows.columns,
                 rows: rows.rows,
@@ -166,25 +88,8 @@ impl db::Host for HostState {
     ) -> CapResult<u64> {
         let args =
             self.tap_args(|| json!({ "binding": binding, "sql": sql_text, "params": params }));
-        self.taped("db", "execute", &binding, args, async |caps| {
-            let access = sql_access(&caps, &binding, "execute", &sql_text)?;
-            caps.guarded(
-                BindingKind::Db,
-                &binding,
-                access,
-                "execute",
-                Some(access.name().into()),
-                || async {
-                    let backend = caps.db_backend(&binding)?;
-                    if access == Access::Read {
-                        let (rows, bytes) = backend.query(&sql_text, &params).await?;
-                        Ok((rows.rows.len() as u64, bytes))
-                    } else {
-                        backend.execute(&sql_text, &params).await
-                    }
-                },
-            )
-            .await
+        self.taped("db", Operation::Execute, &binding, args, async |caps| {
+            caps.db().execute(&binding, &sql_text, &params).await
         })
         .await
     }
@@ -195,59 +100,18 @@ impl db::Host for HostState {
         statements: Vec<db::Statement>,
     ) -> CapResult<Vec<u64>> {
         let args = self.tap_args(|| json!({ "binding": binding, "statements": statements }));
-        self.taped("db", "transaction", &binding, args, async |caps| {
-            if statements.len() > MAX_STATEMENTS {
-                return Err(CapError::Invalid(format!(
-                    "{} statements exceed the limit of {MAX_STATEMENTS} per transaction",
-                    statements.len()
-                )));
-            }
-            let mut needed: Vec<Access> = Vec::new();
-            for s in &statements {
-                let a = sql_access(&caps, &binding, "transaction", &s.sql)?;
-                if !needed.contains(&a) {
-                    needed.push(a);
-                }
-            }
-            // Every access the batch needs must be granted; the widest one is audited with it.
-            for a in &needed {
-                if let Err(d) = caps.grants.check(&binding, BindingKind::Db, *a) {
-                    return Err(deny(&caps, &binding, "db", "transaction", d.to_string()));
-                }
-            }
-            let widest = needed.iter().copied().max().unwrap_or(Access::Read);
-            let detail = needed
-                .iter()
-                .map(|a| a.name())
-                .collect::<Vec<_>>()
-                .join("+");
+        self.taped("db", Operation::Transaction, &binding, args, async |caps| {
             let list: Vec<(String, Vec<Value>)> =
                 statements.into_iter().map(|s| (s.sql, s.params)).collect();
-            caps.guarded(
-                BindingKind::Db,
-                &binding,
-                widest,
-                "transaction",
-                Some(detail),
-                || async { caps.db_backend(&binding)?.transaction(&list).await },
-            )
-            .await
+            caps.db().transaction(&binding, &list).await
         })
         .await
     }
 
     async fn table_exists(&mut self, binding: String, table: String) -> CapResult<bool> {
         let args = self.tap_args(|| json!({ "binding": binding, "table": table }));
-        self.taped("db", "table-exists", &binding, args, async |caps| {
-            caps.guarded(
-                BindingKind::Db,
-                &binding,
-                Access::Read,
-                "table-exists",
-                Some(table.clone()),
-                || async { caps.db_backend(&binding)?.table_exists(&table).await },
-            )
-            .await
+        self.taped("db", Operation::TableExists, &binding, args, async |caps| {
+            caps.db().table_exists(&binding, &table).await
         })
         .await
     }
@@ -256,16 +120,8 @@ impl db::Host for HostState {
 impl files::Host for HostState {
     async fn read(&mut self, binding: String, path: String) -> CapResult<Vec<u8>> {
         let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
-        self.taped("files", "read", &binding, args, async |caps| {
-            caps.guarded(
-                BindingKind::Files,
-                &binding,
-                Access::Read,
-                "read",
-                Some(path.clone()),
-                || async { caps.files_backend(&binding)?.read(&path) },
-            )
-            .await
+        self.taped("files", Operation::Read, &binding, args, async |caps| {
+            caps.files().read(&binding, &path).await
         })
         .await
     }
@@ -274,33 +130,16 @@ impl files::Host for HostState {
         let args = self.tap_args(
             || json!({ "binding": binding, "path": path, "contents": bytes_to_tape(&contents) }),
         );
-        self.taped("files", "write", &binding, args, async |caps| {
-            caps.guarded(
-                BindingKind::Files,
-                &binding,
-                Access::Write,
-                "write",
-                Some(path.clone()),
-                || async { caps.files_backend(&binding)?.write(&path, &contents) },
-            )
-            .await
+        self.taped("files", Operation::Write, &binding, args, async |caps| {
+            caps.files().write(&binding, &path, contents).await
         })
         .await
     }
 
     async fn list_dir(&mut self, binding: String, path: String) -> CapResult<Vec<files::DirEntry>> {
         let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
-        self.taped("files", "list-dir", &binding, args, async |caps| {
-            let entries = caps
-                .guarded(
-                    BindingKind::Files,
-                    &binding,
-                    Access::Read,
-                    "list",
-                    Some(path.clone()),
-                    || async { caps.files_backend(&binding)?.list(&path) },
-                )
-                .await?;
+        self.taped("files", Operation::ListDir, &binding, args, async |caps| {
+            let entries = caps.files().list_dir(&binding, &path).await?;
             Ok(entries
                 .into_iter()
                 .map(|e| files::DirEntry {
@@ -315,16 +154,8 @@ impl files::Host for HostState {
 
     async fn exists(&mut self, binding: String, path: String) -> CapResult<bool> {
         let args = self.tap_args(|| json!({ "binding": binding, "path": path }));
-        self.taped("files", "exists", &binding, args, async |caps| {
-            caps.guarded(
-                BindingKind::Files,
-                &binding,
-                Access::Read,
-                "exists",
-                Some(path.clone()),
-                || async { caps.files_backend(&binding)?.exists(&path) },
-            )
-            .await
+        self.taped("files", Operation::Exists, &binding, args, async |caps| {
+            caps.files().exists(&binding, &path).await
         })
         .await
     }
@@ -333,62 +164,44 @@ impl files::Host for HostState {
 impl service::Host for HostState {
     async fn inspect(&mut self, binding: String) -> CapResult<service::ServiceStatus> {
         let args = self.tap_args(|| json!({ "binding": binding }));
-        self.taped("service", "inspect", &binding, args, async |caps| {
-            let s = caps
-                .guarded(
-                    BindingKind::Service,
-                    &binding,
-                    Access::Inspect,
-                    "inspect",
-                    None,
-                    || async { Ok((caps.service_backend(&binding)?.inspect().await?, 64)) },
-                )
-                .await?;
-            Ok(service::ServiceStatus {
-                running: s.running,
-                version: s.version,
-                detail: s.detail,
-            })
-        })
+        self.taped(
+            "service",
+            Operation::Inspect,
+            &binding,
+            args,
+            async |caps| {
+                let s = caps.service().inspect(&binding, None).await?;
+                Ok(service::ServiceStatus {
+                    running: s.running,
+                    version: s.version,
+                    detail: s.detail,
+                })
+            },
+        )
         .await
     }
 
     async fn healthy(&mut self, binding: String) -> CapResult<bool> {
         let args = self.tap_args(|| json!({ "binding": binding }));
-        self.taped("service", "healthy", &binding, args, async |caps| {
-            caps.guarded(
-                BindingKind::Service,
-                &binding,
-                Access::Inspect,
-                "healthy",
-                None,
-                || async { Ok((caps.service_backend(&binding)?.healthy().await?, 1)) },
-            )
-            .await
-        })
+        self.taped(
+            "service",
+            Operation::Healthy,
+            &binding,
+            args,
+            async |caps| caps.service().healthy(&binding, None).await,
+        )
         .await
     }
 
     async fn image_present(&mut self, binding: String, version: String) -> CapResult<bool> {
         let args = self.tap_args(|| json!({ "binding": binding, "version": version }));
-        self.taped("service", "image-present", &binding, args, async |caps| {
-            caps.guarded(
-                BindingKind::Service,
-                &binding,
-                Access::Inspect,
-                "image-present",
-                Some(version.clone()),
-                || async {
-                    Ok((
-                        caps.service_backend(&binding)?
-                            .image_present(&version)
-                            .await?,
-                        1,
-                    ))
-                },
-            )
-            .await
-        })
+        self.taped(
+            "service",
+            Operation::ImagePresent,
+            &binding,
+            args,
+            async |caps| caps.service().image_present(&binding, &version).await,
+        )
         .await
     }
 
@@ -401,31 +214,17 @@ impl service::Host for HostState {
         let args = self.tap_args(
             || json!({ "binding": binding, "files-binding": files_binding, "path": path }),
         );
-        self.taped("service", "load-image", &binding, args, async |caps| {
-            let file = caps
-                .guarded(
-                    BindingKind::Files,
-                    &files_binding,
-                    Access::Read,
-                    "open",
-                    Some(path.clone()),
-                    || async { caps.files_backend(&files_binding)?.open(&path) },
-                )
-                .await?;
-            caps.guarded(
-                BindingKind::Service,
-                &binding,
-                Access::Control,
-                "load-image",
-                Some(path.clone()),
-                || async {
-                    let images = caps.service_backend(&binding)?.load_image(file).await?;
-                    let bytes = images.iter().map(|i| i.len() as u64).sum();
-                    Ok((images, bytes))
-                },
-            )
-            .await
-        })
+        self.taped(
+            "service",
+            Operation::LoadImage,
+            &binding,
+            args,
+            async |caps| {
+                caps.service()
+                    .load_image(&binding, caps.files(), &files_binding, &path)
+                    .await
+            },
+        )
         .await
     }
 }
@@ -439,31 +238,8 @@ impl http::Host for HostState {
         body: Vec<u8>,
     ) -> CapResult<http::Response> {
         let args = self.tap_args(|| json!({ "binding": binding, "method": method, "path": path, "body": bytes_to_tape(&body) }));
-        self.taped("http", "request", &binding, args, async |caps| {
-            let access = if upshift_caps::http::is_read_method(&method) {
-                Access::Read
-            } else {
-                Access::Write
-            };
-            let detail = format!(
-                "{} {}",
-                method.to_ascii_uppercase(),
-                path.chars().take(200).collect::<String>()
-            );
-            let resp = caps
-                .guarded(
-                    BindingKind::Http,
-                    &binding,
-                    access,
-                    "request",
-                    Some(detail),
-                    || async {
-                        caps.http_backend(&binding)?
-                            .request(&method, &path, body)
-                            .await
-                    },
-                )
-                .await?;
+        self.taped("http", Operation::Request, &binding, args, async |caps| {
+            let resp = caps.http().request(&binding, &method, &path, body).await?;
             Ok(http::Response {
                 status: resp.status,
                 body: resp.body,
@@ -486,7 +262,7 @@ fn cut(text: &str) -> String {
 
 impl HostState {
     /// Spend one unit of the per-call log budget; the first message over it audits the flood.
-    fn spend_log_budget(&mut self, caps: &InstanceCaps, what: &str) -> bool {
+    fn spend_log_budget(&mut self, caps: &InstanceCaps, what: Operation) -> bool {
         if self.log_budget > 0 {
             self.log_budget -= 1;
             return true;
@@ -496,7 +272,7 @@ impl HostState {
             let reason = format!(
                 "more than {MAX_LOG_PER_CALL} log/progress messages in one call; the rest are dropped"
             );
-            let _ = deny(caps, "", what, "write", reason);
+            let _ = caps.deny_flood(what, reason);
         }
         false
     }
@@ -507,7 +283,7 @@ impl log::Host for HostState {
         let Some(caps) = self.caps.clone() else {
             return Ok(());
         };
-        if !self.spend_log_budget(&caps, "log") {
+        if !self.spend_log_budget(&caps, Operation::LogWrite) {
             return Ok(());
         }
         let level = match level {
@@ -517,7 +293,7 @@ impl log::Host for HostState {
             log::Level::Error => "error",
         };
         caps.events.emit(Event::Log {
-            instance: caps.caller.instance.clone(),
+            instance: caps.caller().instance.clone(),
             level: level.into(),
             message: cut(&message),
         });
@@ -530,11 +306,11 @@ impl progress::Host for HostState {
         let Some(caps) = self.caps.clone() else {
             return Ok(());
         };
-        if !self.spend_log_budget(&caps, "progress") {
+        if !self.spend_log_budget(&caps, Operation::ProgressReport) {
             return Ok(());
         }
         caps.events.emit(Event::Progress {
-            instance: caps.caller.instance.clone(),
+            instance: caps.caller().instance.clone(),
             done,
             total,
             message: cut(&message),

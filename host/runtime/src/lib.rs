@@ -30,7 +30,8 @@ use bindings::{Adapter, AdapterPre};
 pub use cache::{ArtifactCache, CacheOutcome};
 pub use manifest::Manifest;
 use upshift_caps::InstanceCaps;
-use upshift_caps::audit::{AuditEvent, AuditLog, Decision};
+use upshift_caps::Witness;
+use upshift_caps::audit::AuditLog;
 use upshift_caps::limits::MEMORY_BYTES;
 
 /// One epoch tick.
@@ -98,34 +99,6 @@ pub struct HostState {
     log_budget: u32,
     flood_reported: bool,
     tap: tap::Tap,
-}
-
-/// Where a call made without capabilities (`describe`, `plan`, `plan-restore`) is audited.
-#[derive(Clone)]
-pub(crate) struct Witness {
-    audit: Arc<AuditLog>,
-    adapter_digest: String,
-    instance: String,
-}
-
-impl Witness {
-    /// Write one denied record; a log that cannot be written changes nothing (it is denied).
-    pub(crate) fn deny(&self, binding: &str, capability: &str, operation: &str, reason: &str) {
-        let _ = self.audit.append(AuditEvent {
-            adapter_digest: self.adapter_digest.clone(),
-            instance: self.instance.clone(),
-            run_id: None,
-            binding: binding.to_string(),
-            capability: capability.to_string(),
-            operation: operation.to_string(),
-            decision: Decision::Denied,
-            reason: Some(reason.to_string()),
-            duration_us: 0,
-            result_bytes: 0,
-            error: None,
-            detail: None,
-        });
-    }
 }
 
 impl WasiView for HostState {
@@ -258,36 +231,16 @@ impl Runtime {
         caps: Option<&InstanceCaps>,
         fault: AdapterFault,
     ) -> AdapterFault {
-        let call = upshift_caps::CallRecord {
-            binding: "",
-            capability: "sandbox",
-            operation: &fault.export,
-            decision: Decision::Denied,
-            reason: Some(fault.reason.clone()),
-            duration_us: 0,
-            result_bytes: 0,
-            error: None,
-            detail: Some("adapter fault".into()),
-        };
         match (caps, &self.audit) {
             (Some(caps), _) => {
-                let _ = caps.record(call);
+                let _ = caps.record_fault(&fault.export, &fault.reason);
             }
             (None, Some(audit)) => {
-                let _ = audit.append(AuditEvent {
+                let caller = upshift_caps::Caller {
                     adapter_digest: adapter.digest.clone(),
                     instance: adapter.label.clone(),
-                    run_id: None,
-                    binding: String::new(),
-                    capability: call.capability.into(),
-                    operation: call.operation.into(),
-                    decision: call.decision,
-                    reason: call.reason,
-                    duration_us: 0,
-                    result_bytes: 0,
-                    error: None,
-                    detail: call.detail,
-                });
+                };
+                let _ = Witness::new(audit.clone(), caller).fault(&fault.export, &fault.reason);
             }
             (None, None) => {}
         }
@@ -381,11 +334,13 @@ impl Runtime {
         tap: tap::Tap,
     ) -> (Store<HostState>, MemoryOutputPipe) {
         let witness = match (&caps, &self.audit) {
-            (None, Some(audit)) => Some(Witness {
-                audit: audit.clone(),
-                adapter_digest: adapter.digest.clone(),
-                instance: adapter.label.clone(),
-            }),
+            (None, Some(audit)) => Some(Witness::new(
+                audit.clone(),
+                upshift_caps::Caller {
+                    adapter_digest: adapter.digest.clone(),
+                    instance: adapter.label.clone(),
+                },
+            )),
             _ => None,
         };
         let stderr = MemoryOutputPipe::new(64 << 10);
@@ -454,10 +409,15 @@ impl Runtime {
         let ticks = (deadline.as_millis() / TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let outcome = match adapter.pre.instantiate_async(&mut store).await {
-            Ok(instance) => call(&instance, &mut store).await,
-            Err(e) => Err(e),
-        };
+        // Capability calls made during the export end with it (see `upshift_caps::with_deadline`).
+        let ends = std::time::Instant::now() + deadline;
+        let outcome = upshift_caps::with_deadline(ends, async {
+            match adapter.pre.instantiate_async(&mut store).await {
+                Ok(instance) => call(&instance, &mut store).await,
+                Err(e) => Err(e),
+            }
+        })
+        .await;
         let guest_stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
         if let Some(caps) = &caps {
             for line in guest_stderr
@@ -466,7 +426,7 @@ impl Runtime {
                 .take(50)
             {
                 caps.events.emit(upshift_caps::Event::Log {
-                    instance: caps.caller.instance.clone(),
+                    instance: caps.caller().instance.clone(),
                     level: "warn".into(),
                     message: format!("[adapter stderr] {line}"),
                 });

@@ -135,7 +135,9 @@ pub async fn detect(
     out.map_err(|e| {
         OpError::Host(format!(
             "instance `{}`: the {} adapter could not detect the running version: {}",
-            caps.caller.instance, adapter.manifest.product, e.message
+            caps.caller().instance,
+            adapter.manifest.product,
+            e.message
         ))
     })
 }
@@ -157,20 +159,9 @@ async fn call_plan(
 /// as a denial.
 fn ungranted(adapter: &LoadedAdapter, caps: &InstanceCaps, export: &str, why: String) -> OpError {
     let why = format!("adapter {}'s plan was refused: {why}", adapter.label);
-    let recorded = caps.record(crate::caps::CallRecord {
-        binding: "",
-        capability: "plan",
-        operation: export,
-        decision: Decision::Denied,
-        reason: Some(why.clone()),
-        duration_us: 0,
-        result_bytes: 0,
-        error: None,
-        detail: None,
-    });
-    match recorded {
-        Ok(()) => OpError::Usage(why),
-        Err(e) => OpError::Host(e.to_string()),
+    match caps.refuse_plan(export, why.clone()) {
+        crate::caps::CapError::Denied(_) => OpError::Usage(why),
+        audit_failed => OpError::Host(audit_failed.to_string()),
     }
 }
 
@@ -199,10 +190,18 @@ async fn prior_of(plan: &Plan, caps: &InstanceCaps) -> Result<Prior, OpError> {
         if prior.services.contains_key(binding) {
             continue;
         }
-        let Some(service) = caps.services.get(binding) else {
-            continue;
+        let status = match caps
+            .service()
+            .inspect(binding, Some("host inspection"))
+            .await
+        {
+            Ok(status) => status,
+            // Unbound, or not granted `inspect`: no prior state is known.
+            Err(crate::caps::CapError::Denied(_) | crate::caps::CapError::UnknownBinding(_)) => {
+                continue;
+            }
+            Err(e) => return Err(host(e)),
         };
-        let status = service.inspect().await.map_err(host)?;
         prior.services.insert(
             binding.clone(),
             PriorService {
@@ -227,7 +226,7 @@ pub async fn plan_instance(
     let (outcome, prior, rollback) = match outcome {
         Ok(p) => {
             plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
-            plan::check_grants(&p, &caps.grants, &instance.name)
+            plan::check_grants(&p, caps.grants(), &instance.name)
                 .map_err(|why| ungranted(&adapter, &caps, "plan", why))?;
             let prior = prior_of(&p, &caps).await?;
             let rollback = plan::worst_case_rollback(&p, &prior);
@@ -522,8 +521,8 @@ pub(super) async fn conclude(
     let backup_records: Vec<BackupRecord> = backups.iter().map(|(_, b)| b.clone()).collect();
     let Some(failure) = failure else {
         // Verified: drop what was kept only for rolling back (e.g. the previous container).
-        for (name, service) in &caps.services {
-            match service.finalize().await {
+        for name in caps.service().bindings() {
+            match caps.service().finalize(name).await {
                 Ok(done) if !done.is_empty() => lines.push(StepLine {
                     phase: "finalize".into(),
                     id: format!("finalize-{name}"),
@@ -643,8 +642,8 @@ pub(super) async fn operator_help(
     let mut out = format!(
         "Instance `{instance}` could not be rolled back automatically ({why}).\nIts state now:\n"
     );
-    for (name, service) in &caps.services {
-        match service.inspect().await {
+    for name in caps.service().bindings() {
+        match caps.service().inspect(name, Some("operator help")).await {
             Ok(s) => out.push_str(&format!(
                 "  service `{name}`: {} version {} ({})\n",
                 if s.running { "running" } else { "stopped" },
@@ -740,7 +739,7 @@ pub async fn backup(
         lease: Some(&held),
     };
     let bindings: Vec<String> = caps
-        .grants
+        .grants()
         .grants()
         .iter()
         .filter(|(_, g)| {
@@ -859,7 +858,7 @@ pub async fn restore(
         }
     };
     plan::validate(&plan).map_err(|r| fault(session, &adapter, "plan-restore", r))?;
-    plan::check_grants(&plan, &caps.grants, &instance.name)
+    plan::check_grants(&plan, caps.grants(), &instance.name)
         .map_err(|why| ungranted(&adapter, &caps, "plan-restore", why))?;
     if !confirm(&plan) {
         return Err(OpError::Usage("not confirmed; nothing was changed".into()));

@@ -2,11 +2,13 @@
 //! to exactly the data it was taken from.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::caps::db::{BackupSource, DbBackend};
-use crate::caps::pg_backup::{Manifest, compare_tables, verify_files};
+use crate::caps::InstanceCaps;
+use crate::caps::backup::manifest::{Manifest, compare_tables, verify_files};
+use crate::caps::db::BackupSource;
 use crate::fleet::Fleet;
 use crate::state::BackupRecord;
 
@@ -42,20 +44,26 @@ fn check(name: &str, passed: bool, detail: impl Into<String>) -> BackupCheck {
     }
 }
 
-fn backend_for(fleet: Option<&Fleet>, backup: &BackupRecord) -> Result<DbBackend, OpError> {
+/// The caps of the backup's instance: its database is reached through the guard.
+async fn caps_for(
+    session: &Session,
+    fleet: Option<&Fleet>,
+    backup: &BackupRecord,
+) -> Result<Arc<InstanceCaps>, OpError> {
     let fleet = fleet.ok_or_else(|| {
         OpError::Usage("this check needs the database server: pass the fleet file (--fleet) that binds the backup's instance".into())
     })?;
     let instance = fleet
         .instance(&backup.instance)
         .map_err(|e| OpError::Usage(e.to_string()))?;
-    let binding = instance.db.get(&backup.binding).ok_or_else(|| {
-        OpError::Usage(format!(
+    if !instance.db.contains_key(&backup.binding) {
+        return Err(OpError::Usage(format!(
             "instance `{}` no longer binds db `{}` in the fleet file",
             backup.instance, backup.binding
-        ))
-    })?;
-    DbBackend::new(&binding.url).map_err(|e| OpError::Usage(e.to_string()))
+        )));
+    }
+    let (_, caps) = super::apply::prepare(session, instance).await?;
+    Ok(caps)
 }
 
 /// Verify backup `id`: its manifest, its files (dumps), its contents (clones), and with
@@ -112,9 +120,13 @@ pub async fn verify(
         }
         let intact = checks.iter().all(|c| c.passed);
         if backup.method == "clone" {
-            let db = backend_for(fleet, &backup)?;
-            let found = db
-                .fingerprint_like(&backup.location, &manifest.tables)
+            let caps = caps_for(session, fleet, &backup).await?;
+            let found = caps
+                .db()
+                .backup(&backup.binding, "host backup verify", async |db| {
+                    db.fingerprint_like(&backup.location, &manifest.tables)
+                        .await
+                })
                 .await;
             checks.push(match found {
                 Ok(found) => {
@@ -133,7 +145,7 @@ pub async fn verify(
             });
         }
         if restore_test && intact {
-            checks.push(trial_restore(fleet, &backup, manifest).await?);
+            checks.push(trial_restore(session, fleet, &backup, manifest).await?);
         }
     }
     let ok = checks.iter().all(|c| c.passed);
@@ -160,15 +172,13 @@ pub async fn verify(
 }
 
 async fn trial_restore(
+    session: &Session,
     fleet: Option<&Fleet>,
     backup: &BackupRecord,
     manifest: &Manifest,
 ) -> Result<BackupCheck, OpError> {
-    let db = backend_for(fleet, backup)?;
+    let caps = caps_for(session, fleet, backup).await?;
     let scratch = format!("upshift_verify_{}", backup.id.replace('-', "_"));
-    db.drop_database(&scratch)
-        .await
-        .map_err(|e| OpError::Host(e.to_string()))?;
     let source = match backup.method.as_str() {
         "dump" => BackupSource::Dump {
             dir: backup.location.clone().into(),
@@ -176,11 +186,18 @@ async fn trial_restore(
         },
         _ => BackupSource::Clone(backup.location.clone()),
     };
-    let restored = match db.materialize(&scratch, &source).await {
-        Ok(()) => db.fingerprint_like(&scratch, &manifest.tables).await,
-        Err(e) => Err(e),
-    };
-    let dropped = db.drop_database(&scratch).await;
+    let (restored, dropped) = caps
+        .db()
+        .restore(&backup.binding, "host restore test", async |db| {
+            db.drop_database(&scratch).await?;
+            let restored = match db.materialize(&scratch, &source).await {
+                Ok(()) => db.fingerprint_like(&scratch, &manifest.tables).await,
+                Err(e) => Err(e),
+            };
+            Ok((restored, db.drop_database(&scratch).await))
+        })
+        .await
+        .map_err(|e| OpError::Host(e.to_string()))?;
     Ok(match restored {
         Ok(found) => {
             let diffs = compare_tables(&manifest.tables, &found);

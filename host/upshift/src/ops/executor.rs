@@ -4,18 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::caps::db::BackupSource;
+use std::path::Path;
+
+use crate::caps::backup::manifest::Manifest;
+use crate::caps::db::{BackupSource, DbBackend};
+use crate::caps::http::Expect;
 use crate::caps::limits::MAX_TEXT;
-use crate::caps::pg_backup::Manifest;
 use crate::caps::{CapError, Event, InstanceCaps};
-use crate::grants::{Access, BindingKind};
 use crate::lease::Held;
 use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{Action, BackupMethod, HttpCheckAction, RestoreTarget};
 use crate::state::{BackupRecord, StateStore, StepStatus};
 
 use super::Session;
-use super::plan::{RollbackAction, action_grant};
+use super::plan::RollbackAction;
 
 /// What a run needs to carry out steps.
 pub struct RunContext<'a> {
@@ -43,6 +45,11 @@ pub struct StepResult {
     /// The backup a `db-backup` step took.
     pub backup: Option<BackupRecord>,
 }
+
+/// The audit detail of a plan step the host carries out.
+const HOST_ACTION: &str = "host action";
+/// The audit detail of a rollback step.
+const HOST_ROLLBACK: &str = "host rollback";
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -76,7 +83,7 @@ impl RunContext<'_> {
         title: &str,
         work: impl AsyncFnOnce() -> Result<StepResult, String>,
     ) -> Result<StepResult, String> {
-        let instance = self.caps.caller.instance.clone();
+        let instance = self.caps.caller().instance.clone();
         if let Some(lease) = self.lease {
             lease.check().await.map_err(|e| e.to_string())?;
         }
@@ -161,71 +168,51 @@ impl RunContext<'_> {
                     Err(e) => Err(format!("adapter step `{}` failed: {}", c.name, e.message)),
                 }
             }
-            other => {
-                let Some((kind, binding, access)) = action_grant(other) else {
-                    return Err("action has no grant".into());
-                };
-                let binding = binding.to_string();
-                let op = operation_name(other);
-                self.caps
-                    .guarded(
-                        kind,
-                        &binding,
-                        access,
-                        op,
-                        Some("host action".into()),
-                        || async {
-                            let r = self.builtin(other).await?;
-                            Ok((r, 0))
-                        },
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            other => self
+                .builtin(other, HOST_ACTION)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 
-    async fn builtin(&self, action: &Action) -> Result<StepResult, CapError> {
+    /// A built-in action, through the guarded method of its capability.
+    async fn builtin(&self, action: &Action, via: &str) -> Result<StepResult, CapError> {
         let done = |summary: String| {
             Ok(StepResult {
                 summary,
                 backup: None,
             })
         };
+        let services = self.caps.service();
         match action {
-            Action::ServiceStop(b) => done(self.caps.service_backend(b)?.stop().await?),
-            Action::ServiceStart(b) => done(self.caps.service_backend(b)?.start().await?),
-            Action::ServiceSwitch(a) => done(
-                self.caps
-                    .service_backend(&a.binding)?
-                    .switch_version(&a.version)
-                    .await?,
-            ),
-            Action::WaitHealthy(a) => done(
-                self.caps
-                    .service_backend(&a.binding)?
-                    .wait_healthy(Duration::from_millis(a.timeout_ms.into()))
-                    .await?,
-            ),
-            Action::HttpCheck(a) => done(self.http_check(a).await?),
+            Action::ServiceStop(b) => done(services.stop(b, via).await?),
+            Action::ServiceStart(b) => done(services.start(b, via).await?),
+            Action::ServiceSwitch(a) => {
+                done(services.switch_version(&a.binding, &a.version, via).await?)
+            }
+            Action::WaitHealthy(a) => {
+                let timeout = Duration::from_millis(a.timeout_ms.into());
+                done(services.wait_healthy(&a.binding, timeout, via).await?)
+            }
+            Action::HttpCheck(a) => done(self.http_check(a, via).await?),
             Action::DbBackup(a) => {
-                let record = self.backup(&a.binding, a.method).await?;
+                let record = self.backup(&a.binding, a.method, via).await?;
                 Ok(StepResult {
                     summary: format!("backup {} ({})", record.id, record.location),
                     backup: Some(record),
                 })
             }
             Action::DbRestore(a) => {
-                let source = self.restore_source.clone().ok_or_else(|| {
+                let source = self.restore_source.as_ref().ok_or_else(|| {
                     CapError::Failed("no backup was chosen for this restore".into())
-                })?;
+                });
                 let summary = self
-                    .restore(&a.binding, &source, &a.target, &a.namespace_columns)
+                    .restore(&a.binding, source, &a.target, &a.namespace_columns, via)
                     .await?;
                 done(summary)
             }
             Action::FilesSnapshot(b) => {
-                let record = self.snapshot(b).await?;
+                let record = self.snapshot(b, via).await?;
                 Ok(StepResult {
                     summary: format!(
                         "snapshot {} ({})",
@@ -236,16 +223,10 @@ impl RunContext<'_> {
                 })
             }
             Action::FilesRestore(b) => {
-                let source = self.restore_source.clone().ok_or_else(|| {
+                let source = self.restore_source.as_ref().ok_or_else(|| {
                     CapError::Failed("no snapshot was chosen for this restore".into())
-                })?;
-                if source.method != "snapshot" || source.binding != *b {
-                    return Err(CapError::Invalid(format!(
-                        "backup {} is a {} of `{}`, not a snapshot of `{b}`",
-                        source.id, source.method, source.binding
-                    )));
-                }
-                done(self.restore_files(b, &source)?)
+                });
+                done(self.restore_files(b, source, via).await?)
             }
             Action::Custom(_) => Err(CapError::Failed(
                 "custom steps are run by the adapter".into(),
@@ -253,48 +234,37 @@ impl RunContext<'_> {
         }
     }
 
-    async fn http_check(&self, a: &HttpCheckAction) -> Result<String, CapError> {
-        let backend = self.caps.http_backend(&a.binding)?;
-        let deadline = Instant::now() + Duration::from_millis(a.timeout_ms.into());
-        loop {
-            let last = match backend.request("GET", &a.path, Vec::new()).await {
-                Ok((resp, _)) => {
-                    let body = String::from_utf8_lossy(&resp.body).into_owned();
-                    let body_ok = a
-                        .expect_body_contains
-                        .as_ref()
-                        .is_none_or(|want| body.contains(want));
-                    if resp.status == a.expect_status && body_ok {
-                        return Ok(format!("{} {} answered {}", a.binding, a.path, resp.status));
-                    }
-                    format!(
-                        "{} answered {} with `{}`; expected {}{}",
-                        a.path,
-                        resp.status,
-                        body.chars().take(200).collect::<String>(),
-                        a.expect_status,
-                        a.expect_body_contains
-                            .as_ref()
-                            .map(|w| format!(" containing `{w}`"))
-                            .unwrap_or_default()
-                    )
-                }
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                return Err(CapError::Failed(last));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    async fn http_check(&self, a: &HttpCheckAction, via: &str) -> Result<String, CapError> {
+        let expect = Expect {
+            path: &a.path,
+            status: a.expect_status,
+            body_contains: a.expect_body_contains.as_deref(),
+            timeout: Duration::from_millis(a.timeout_ms.into()),
+        };
+        self.caps.http().check(&a.binding, via, &expect).await
     }
 
-    /// Take a backup of a db binding and record it in the catalog.
-    pub async fn backup(
+    /// Take a backup of a db binding and record it in the catalog (a host action).
+    async fn backup(
         &self,
         binding: &str,
         method: BackupMethod,
+        via: &str,
     ) -> Result<BackupRecord, CapError> {
-        let db = self.caps.db_backend(binding)?;
+        self.caps
+            .db()
+            .backup(binding, via, async |db| {
+                self.backup_with(db, binding, method).await
+            })
+            .await
+    }
+
+    async fn backup_with(
+        &self,
+        db: &DbBackend,
+        binding: &str,
+        method: BackupMethod,
+    ) -> Result<BackupRecord, CapError> {
         let id = crate::state::new_backup_id();
         let dir = self.session.backups_dir().join(&id);
         let (method_name, location, size, sha) = match method {
@@ -333,7 +303,7 @@ impl RunContext<'_> {
         };
         let record = BackupRecord {
             id,
-            instance: self.caps.caller.instance.clone(),
+            instance: self.caps.caller().instance.clone(),
             binding: binding.to_string(),
             run_id: Some(self.run_id.clone()),
             method: method_name.into(),
@@ -357,79 +327,44 @@ impl RunContext<'_> {
     async fn restore(
         &self,
         binding: &str,
-        backup: &BackupRecord,
+        backup: Result<&BackupRecord, CapError>,
         target: &RestoreTarget,
         namespace: &[crate::runtime::bindings::NamespaceColumn],
+        via: &str,
     ) -> Result<String, CapError> {
-        let db = self.caps.db_backend(binding)?;
-        if !backup.valid {
-            return Err(CapError::Failed(format!(
-                "backup {} is marked invalid",
-                backup.id
-            )));
-        }
-        let source = match backup.method.as_str() {
-            "clone" => BackupSource::Clone(backup.location.clone()),
-            "dump" => BackupSource::Dump {
-                dir: backup.location.clone().into(),
-                manifest_sha256: backup.sha256.clone().unwrap_or_default(),
-            },
-            other => {
-                return Err(CapError::Failed(format!(
-                    "backup method `{other}` cannot be restored"
-                )));
-            }
-        };
-        match target {
-            RestoreTarget::SameDatabase => {
-                let tag = crate::state::new_backup_id().replace("bk-", "");
-                let staging = clone_name(db.database(), &format!("restoring_{tag}"));
-                let keep = clone_name(db.database(), &format!("pre_restore_{tag}"));
-                db.materialize(&staging, &source).await?;
-                db.swap_in(&staging, &keep).await?;
-                Ok(format!(
-                    "restored {} into `{}`; the replaced database is kept as `{keep}`",
-                    backup.id,
-                    db.database()
-                ))
-            }
-            RestoreTarget::NewDatabase(name) => {
-                if !crate::caps::db::plain_ident(name) {
-                    return Err(CapError::Invalid(format!(
-                        "`{name}` is not a plain database name (lowercase letters, digits, `_`)"
-                    )));
-                }
-                db.materialize(name, &source).await?;
-                let mut rewritten = 0;
-                for col in namespace {
-                    rewritten += db.rewrite_namespace(name, &col.table, &col.column).await?;
-                }
-                Ok(format!(
-                    "restored {} into new database `{name}` ({rewritten} namespace row(s) rewritten from `{}`)",
-                    backup.id,
-                    db.database()
-                ))
-            }
-        }
+        self.caps
+            .db()
+            .restore(binding, via, async |db| {
+                restore_with(db, backup?, target, namespace).await
+            })
+            .await
     }
 
     /// Snapshot a files binding into the data directory and record it in the catalog.
-    pub async fn snapshot(&self, binding: &str) -> Result<BackupRecord, CapError> {
-        let root = self.caps.files_root(binding)?.to_path_buf();
+    async fn snapshot(&self, binding: &str, via: &str) -> Result<BackupRecord, CapError> {
+        self.caps
+            .files()
+            .snapshot(binding, via, async |root| {
+                self.snapshot_of(binding, root).await
+            })
+            .await
+    }
+
+    async fn snapshot_of(&self, binding: &str, root: &Path) -> Result<BackupRecord, CapError> {
         let id = crate::state::new_backup_id();
         let dest = self.session.backups_dir().join(&id);
-        let (manifest, sha) = crate::caps::snapshot::snapshot(&root, &dest)?;
+        let (manifest, sha) = crate::caps::backup::snapshot::snapshot_blocking(root, &dest).await?;
         let size: u64 = manifest
             .entries
             .iter()
             .map(|e| match e.kind {
-                crate::caps::snapshot::EntryKind::File { size, .. } => size,
+                crate::caps::backup::snapshot::EntryKind::File { size, .. } => size,
                 _ => 0,
             })
             .sum();
         let record = BackupRecord {
             id,
-            instance: self.caps.caller.instance.clone(),
+            instance: self.caps.caller().instance.clone(),
             binding: binding.to_string(),
             run_id: Some(self.run_id.clone()),
             method: "snapshot".into(),
@@ -454,22 +389,27 @@ impl RunContext<'_> {
         Ok(record)
     }
 
-    /// Restore a directory snapshot over its binding (built beside, swapped in by rename).
-    pub fn restore_files(&self, binding: &str, backup: &BackupRecord) -> Result<String, CapError> {
-        let root = self.caps.files_root(binding)?.to_path_buf();
-        let tag = crate::state::new_backup_id().replace("bk-", "");
-        let kept = crate::caps::snapshot::restore(
-            std::path::Path::new(&backup.location),
-            backup.sha256.as_deref().unwrap_or_default(),
-            &root,
-            &tag,
-        )?;
-        Ok(format!(
-            "restored {} into {}; the replaced tree is kept at {}",
-            backup.id,
-            root.display(),
-            kept.display()
-        ))
+    /// Restore the snapshot `backup` over its files binding (built beside, swapped in by
+    /// rename).
+    async fn restore_files(
+        &self,
+        binding: &str,
+        backup: Result<&BackupRecord, CapError>,
+        via: &str,
+    ) -> Result<String, CapError> {
+        self.caps
+            .files()
+            .restore(binding, via, async |root| {
+                let source = backup?;
+                if source.method != "snapshot" || source.binding != binding {
+                    return Err(CapError::Invalid(format!(
+                        "backup {} is a {} of `{}`, not a snapshot of `{binding}`",
+                        source.id, source.method, source.binding
+                    )));
+                }
+                restore_files_into(root, source).await
+            })
+            .await
     }
 
     /// Carry out one rollback action; `backups` are the run's backups by the step that took them.
@@ -478,83 +418,116 @@ impl RunContext<'_> {
         action: &RollbackAction,
         backups: &[(String, BackupRecord)],
     ) -> Result<StepResult, String> {
-        let (kind, binding, access, op) = match action {
-            RollbackAction::RestoreFiles { binding, .. } => {
-                (BindingKind::Files, binding, Access::Restore, "restore")
+        let services = self.caps.service();
+        let via = HOST_ROLLBACK;
+        let summary = match action {
+            RollbackAction::RestoreFiles {
+                binding, from_step, ..
+            } => {
+                self.restore_files(binding, taken_in(backups, from_step), via)
+                    .await
             }
-            RollbackAction::Stop { binding } => {
-                (BindingKind::Service, binding, Access::Control, "stop")
+            RollbackAction::Stop { binding } => services.stop(binding, via).await,
+            RollbackAction::Start { binding } => services.start(binding, via).await,
+            RollbackAction::Switch { binding, version } => {
+                services.switch_version(binding, version, via).await
             }
-            RollbackAction::Start { binding } => {
-                (BindingKind::Service, binding, Access::Control, "start")
+            RollbackAction::WaitHealthy { binding } => {
+                services
+                    .wait_healthy(binding, Duration::from_secs(180), via)
+                    .await
             }
-            RollbackAction::Switch { binding, .. } => (
-                BindingKind::Service,
-                binding,
-                Access::SwitchVersion,
-                "switch-version",
-            ),
-            RollbackAction::WaitHealthy { binding } => (
-                BindingKind::Service,
-                binding,
-                Access::Inspect,
-                "wait-healthy",
-            ),
-            RollbackAction::Restore { binding, .. } => {
-                (BindingKind::Db, binding, Access::Restore, "restore")
+            RollbackAction::Restore {
+                binding, from_step, ..
+            } => {
+                let backup = taken_in(backups, from_step);
+                self.restore(binding, backup, &RestoreTarget::SameDatabase, &[], via)
+                    .await
             }
         };
-        let binding = binding.clone();
-        self.caps
-            .guarded(
-                kind,
-                &binding,
-                access,
-                op,
-                Some("host rollback".into()),
-                || async {
-                    let summary = match action {
-                        RollbackAction::RestoreFiles {
-                            binding, from_step, ..
-                        } => self.restore_files(binding, taken_in(backups, from_step)?)?,
-                        RollbackAction::Stop { binding } => {
-                            self.caps.service_backend(binding)?.stop().await?
-                        }
-                        RollbackAction::Start { binding } => {
-                            self.caps.service_backend(binding)?.start().await?
-                        }
-                        RollbackAction::Switch { binding, version } => {
-                            self.caps
-                                .service_backend(binding)?
-                                .switch_version(version)
-                                .await?
-                        }
-                        RollbackAction::WaitHealthy { binding } => {
-                            self.caps
-                                .service_backend(binding)?
-                                .wait_healthy(Duration::from_secs(180))
-                                .await?
-                        }
-                        RollbackAction::Restore {
-                            binding, from_step, ..
-                        } => {
-                            let backup = taken_in(backups, from_step)?;
-                            self.restore(binding, backup, &RestoreTarget::SameDatabase, &[])
-                                .await?
-                        }
-                    };
-                    Ok((
-                        StepResult {
-                            summary,
-                            backup: None,
-                        },
-                        0,
-                    ))
-                },
-            )
-            .await
+        summary
+            .map(|summary| StepResult {
+                summary,
+                backup: None,
+            })
             .map_err(|e| e.to_string())
     }
+}
+
+/// Restore `backup` with the bound database's backend.
+async fn restore_with(
+    db: &DbBackend,
+    backup: &BackupRecord,
+    target: &RestoreTarget,
+    namespace: &[crate::runtime::bindings::NamespaceColumn],
+) -> Result<String, CapError> {
+    if !backup.valid {
+        return Err(CapError::Failed(format!(
+            "backup {} is marked invalid",
+            backup.id
+        )));
+    }
+    let source = match backup.method.as_str() {
+        "clone" => BackupSource::Clone(backup.location.clone()),
+        "dump" => BackupSource::Dump {
+            dir: backup.location.clone().into(),
+            manifest_sha256: backup.sha256.clone().unwrap_or_default(),
+        },
+        other => {
+            return Err(CapError::Failed(format!(
+                "backup method `{other}` cannot be restored"
+            )));
+        }
+    };
+    match target {
+        RestoreTarget::SameDatabase => {
+            let tag = crate::state::new_backup_id().replace("bk-", "");
+            let staging = clone_name(db.database(), &format!("restoring_{tag}"));
+            let keep = clone_name(db.database(), &format!("pre_restore_{tag}"));
+            db.materialize(&staging, &source).await?;
+            db.swap_in(&staging, &keep).await?;
+            Ok(format!(
+                "restored {} into `{}`; the replaced database is kept as `{keep}`",
+                backup.id,
+                db.database()
+            ))
+        }
+        RestoreTarget::NewDatabase(name) => {
+            if !crate::caps::db::plain_ident(name) {
+                return Err(CapError::Invalid(format!(
+                    "`{name}` is not a plain database name (lowercase letters, digits, `_`)"
+                )));
+            }
+            db.materialize(name, &source).await?;
+            let mut rewritten = 0;
+            for col in namespace {
+                rewritten += db.rewrite_namespace(name, &col.table, &col.column).await?;
+            }
+            Ok(format!(
+                "restored {} into new database `{name}` ({rewritten} namespace row(s) rewritten from `{}`)",
+                backup.id,
+                db.database()
+            ))
+        }
+    }
+}
+
+/// Restore the snapshot `backup` over the directory `root`: built beside, swapped in by rename.
+async fn restore_files_into(root: &Path, backup: &BackupRecord) -> Result<String, CapError> {
+    let tag = crate::state::new_backup_id().replace("bk-", "");
+    let kept = crate::caps::backup::snapshot::restore_blocking(
+        Path::new(&backup.location),
+        backup.sha256.as_deref().unwrap_or_default(),
+        root,
+        &tag,
+    )
+    .await?;
+    Ok(format!(
+        "restored {} into {}; the replaced tree is kept at {}",
+        backup.id,
+        root.display(),
+        kept.display()
+    ))
 }
 
 /// The backup or snapshot a run's step took.
@@ -567,21 +540,6 @@ fn taken_in<'a>(
         .find(|(s, _)| s == step)
         .map(|(_, b)| b)
         .ok_or_else(|| CapError::Failed(format!("no backup was taken in step `{step}`")))
-}
-
-fn operation_name(action: &Action) -> &'static str {
-    match action {
-        Action::DbBackup(_) => "backup",
-        Action::DbRestore(_) => "restore",
-        Action::FilesSnapshot(_) => "snapshot",
-        Action::FilesRestore(_) => "restore",
-        Action::ServiceStop(_) => "stop",
-        Action::ServiceStart(_) => "start",
-        Action::ServiceSwitch(_) => "switch-version",
-        Action::WaitHealthy(_) => "wait-healthy",
-        Action::HttpCheck(_) => "check",
-        Action::Custom(_) => "run-step",
-    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ enum Established {
     Unknown(String),
 }
 
+/// The audit detail of the inspections that establish an interrupted step.
+const RESUME: &str = "host resume";
+
 fn host(e: impl std::fmt::Display) -> OpError {
     OpError::Host(e.to_string())
 }
@@ -49,17 +52,17 @@ async fn establish(
     step: &Step,
     taken: &[BackupRecord],
 ) -> Result<Established, OpError> {
-    let service = |b: &str| ctx.caps.service_backend(b).map_err(host);
+    let services = ctx.caps.service();
+    let inspect = async |b: &str| services.inspect(b, Some(RESUME)).await.map_err(host);
     Ok(match &step.action {
-        Action::ServiceStop(b) => match service(b)?.inspect().await.map_err(host)? {
+        Action::ServiceStop(b) => match inspect(b).await? {
             s if !s.running => Established::Done(format!("`{b}` is stopped"), None),
             _ => Established::Again(format!("`{b}` still runs")),
         },
         Action::ServiceStart(b) => {
-            let svc = service(b)?;
-            let status = svc.inspect().await.map_err(host)?;
-            if svc.is_job() {
-                if svc.healthy().await.map_err(host)? {
+            let status = inspect(b).await?;
+            if services.is_job(b) {
+                if services.healthy(b, Some(RESUME)).await.map_err(host)? {
                     Established::Done(format!("job `{b}` completed"), None)
                 } else {
                     Established::Unknown(format!(
@@ -74,7 +77,7 @@ async fn establish(
             }
         }
         Action::ServiceSwitch(a) => {
-            let status = service(&a.binding)?.inspect().await.map_err(host)?;
+            let status = inspect(&a.binding).await?;
             if status.version == a.version {
                 Established::Done(format!("`{}` is set to {}", a.binding, a.version), None)
             } else {

@@ -256,21 +256,20 @@ impl Session {
             let backend = DbBackend::new(&b.url).map_err(|e| {
                 OpError::Usage(format!("instance `{}` db `{name}`: {e}", instance.name))
             })?;
-            caps.db.insert(name.clone(), backend);
+            caps.bind_db(name, backend);
         }
         for (name, b) in &instance.files {
-            caps.files.insert(name.clone(), FilesBackend::new(&b.path));
+            caps.bind_files(name, FilesBackend::new(&b.path));
         }
         let service_dir = self.services.join(&instance.name);
         for (name, b) in &instance.service {
-            caps.services
-                .insert(name.clone(), ServiceBackend::new(b, &service_dir, name));
+            caps.bind_service(name, ServiceBackend::new(b, &service_dir, name));
         }
         for (name, b) in &instance.http {
             let backend = HttpBackend::new(&b.url).map_err(|e| {
                 OpError::Usage(format!("instance `{}` http `{name}`: {e}", instance.name))
             })?;
-            caps.http.insert(name.clone(), backend);
+            caps.bind_http(name, backend);
         }
         Ok(Arc::new(caps))
     }

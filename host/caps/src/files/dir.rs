@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-use super::CapError;
-use super::limits::MAX_RESULT_BYTES;
+use crate::CapError;
+use crate::limits::MAX_RESULT_BYTES;
 
 /// An entry of a listed directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,7 @@ pub struct Entry {
 }
 
 /// One bound directory.
+#[derive(Debug, Clone)]
 pub struct FilesBackend {
     root: PathBuf,
 }

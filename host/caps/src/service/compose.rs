@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::CapError;
 use super::compose_file::{find_image, set_image};
 use super::docker::DockerBackend;
+use crate::CapError;
 use upshift_model::binding::{ComposeSpec, DockerSpec};
 
 /// A Compose service.

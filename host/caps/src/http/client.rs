@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::CapError;
-use super::limits::MAX_RESULT_BYTES;
+use crate::CapError;
+use crate::limits::MAX_RESULT_BYTES;
 
 /// An HTTP response.
 #[derive(Debug, Clone)]

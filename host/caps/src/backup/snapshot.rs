@@ -15,7 +15,7 @@ use cap_std::fs::{Dir, PermissionsExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::CapError;
+use crate::CapError;
 
 /// Name of the manifest inside a snapshot.
 pub const MANIFEST: &str = "snapshot.json";
@@ -471,6 +471,31 @@ pub fn restore(
     }
     sync_dir(parent)?;
     Ok(kept)
+}
+
+/// [`snapshot`] on a blocking thread, off the async executor.
+pub async fn snapshot_blocking(
+    root: &Path,
+    dest: &Path,
+) -> Result<(SnapshotManifest, String), CapError> {
+    let (root, dest) = (root.to_path_buf(), dest.to_path_buf());
+    crate::blocking(move || snapshot(&root, &dest)).await
+}
+
+/// [`restore`] on a blocking thread, off the async executor.
+pub async fn restore_blocking(
+    dest: &Path,
+    recorded_sha256: &str,
+    root: &Path,
+    tag: &str,
+) -> Result<PathBuf, CapError> {
+    let (dest, sha, root, tag) = (
+        dest.to_path_buf(),
+        recorded_sha256.to_string(),
+        root.to_path_buf(),
+        tag.to_string(),
+    );
+    crate::blocking(move || restore(&dest, &sha, &root, &tag)).await
 }
 
 #[cfg(test)]

@@ -1,17 +1,13 @@
-//! Verifiable PostgreSQL backups: a manifest that says what was backed up, from which version,
+//! Verifiable database backups (PostgreSQL and MySQL alike): a manifest that says what was backed up, from which version,
 //! with which tools, every file's size and sha256, and every table's row count and checksum —
 //! taken from the same snapshot as the dump, so a trial restore can be compared table by table.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::CapError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio_postgres::Transaction;
-use tokio_postgres::error::SqlState;
-
-use super::CapError;
-use super::db::{pg_message, quote_ident};
 
 /// Name of the manifest file in a backup's directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -22,69 +18,10 @@ pub struct TableFingerprint {
     /// Rows.
     pub rows: i64,
     /// A content checksum that does not depend on row order; its prefix names the method
-    /// ([`RowChecksum::of`]). PostgreSQL: `hashsum:N` ([`RowChecksum::HashSum`]), or
-    /// `md5sum:HI:LO` for a table PostgreSQL cannot hash ([`RowChecksum::Md5Sum`]); backups taken
-    /// before both have a plain md5 ([`RowChecksum::SortedMd5`]). MySQL: `crc32sum:N`.
+    /// (`db::pg::RowChecksum::of`). PostgreSQL: `hashsum:N` (`RowChecksum::HashSum`), or
+    /// `md5sum:HI:LO` for a table PostgreSQL cannot hash (`RowChecksum::Md5Sum`); backups taken
+    /// before both have a plain md5 (`RowChecksum::SortedMd5`). MySQL: `crc32sum:N`.
     pub checksum: String,
-}
-
-/// How a PostgreSQL table's rows are checksummed. No method's result depends on the order the
-/// rows are stored in, so a restored copy compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RowChecksum {
-    /// The sum of every row's 64-bit hash: `hash_record_extended` (the hash functions of the
-    /// columns' own types, which PostgreSQL keeps stable across versions for hash partitioning),
-    /// mixed once more with `hashint8extended` so that a value moved to another row changes the
-    /// sum. Written by this version for every table whose column types all have a hash
-    /// function; about ten times cheaper than [`RowChecksum::Md5Sum`]. Equal values under the
-    /// type's equality hash alike (`1.0` and `1.00` as `numeric`).
-    HashSum,
-    /// Sums of both 64-bit halves of each row text's md5. Written for tables with a column type
-    /// that has no hash function (`json`, `xml`, `point`, …), and by the previous version.
-    Md5Sum,
-    /// md5 over the sorted md5s of every row (manifests written before `Md5Sum`): a sort and
-    /// one text of 32 bytes per row, which fails beyond PostgreSQL's 1 GB text limit.
-    SortedMd5,
-}
-
-/// Prefix of [`RowChecksum::HashSum`] checksums.
-const HASHSUM_PREFIX: &str = "hashsum:";
-/// Prefix of [`RowChecksum::Md5Sum`] checksums.
-const MD5SUM_PREFIX: &str = "md5sum:";
-
-impl RowChecksum {
-    /// The method a recorded PostgreSQL checksum was taken with, read from its prefix, so a
-    /// restored copy of the table is checksummed the same way.
-    pub fn of(checksum: &str) -> RowChecksum {
-        if checksum.starts_with(HASHSUM_PREFIX) {
-            RowChecksum::HashSum
-        } else if checksum.starts_with(MD5SUM_PREFIX) {
-            RowChecksum::Md5Sum
-        } else {
-            RowChecksum::SortedMd5
-        }
-    }
-
-    /// The `SELECT` giving `(rows, checksum)` of table `schema.table`.
-    fn query(self, schema: &str, table: &str) -> String {
-        let from = format!("{}.{} t", quote_ident(schema), quote_ident(table));
-        match self {
-            RowChecksum::HashSum => format!(
-                "SELECT count(*)::bigint, '{HASHSUM_PREFIX}' \
-                 || coalesce(sum(hashint8extended(hash_record_extended(t, 0), 0)), 0)::text \
-                 FROM {from}"
-            ),
-            RowChecksum::Md5Sum => format!(
-                "SELECT count(*)::bigint, '{MD5SUM_PREFIX}' \
-                 || coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)::text || ':' \
-                 || coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0)::text \
-                 FROM (SELECT md5(t::text) AS h FROM {from}) r"
-            ),
-            RowChecksum::SortedMd5 => format!(
-                "SELECT count(*)::bigint, coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM {from}"
-            ),
-        }
-    }
 }
 
 /// One file of a dump.
@@ -157,71 +94,6 @@ impl Manifest {
         serde_json::from_slice(&bytes)
             .map_err(|e| format!("{} does not parse: {e}", path.display()))
     }
-}
-
-/// Row counts and checksums of every user table, read inside transaction `tx` (so all of them
-/// describe one snapshot). A table named in `like` (a manifest's tables) is checksummed with the
-/// method its recorded checksum was taken with; any other table with [`RowChecksum::HashSum`],
-/// or [`RowChecksum::Md5Sum`] where PostgreSQL has no hash function for one of its column types
-/// (or, before version 14, no `hash_record_extended`).
-pub async fn fingerprints(
-    tx: &mut Transaction<'_>,
-    like: &BTreeMap<String, TableFingerprint>,
-) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
-    let tables = tx
-        .query(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-             AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .map_err(|e| CapError::Failed(format!("cannot list tables: {}", pg_message(&e))))?;
-    let mut out = BTreeMap::new();
-    for t in tables {
-        let (schema, table): (String, String) = (t.get(0), t.get(1));
-        let name = format!("{schema}.{table}");
-        let cannot = |e: tokio_postgres::Error| {
-            CapError::Failed(format!("cannot checksum {name}: {}", pg_message(&e)))
-        };
-        let row = match like.get(&name) {
-            Some(recorded) => {
-                let method = RowChecksum::of(&recorded.checksum);
-                tx.query_one(&method.query(&schema, &table), &[])
-                    .await
-                    .map_err(cannot)?
-            }
-            None => {
-                // A type without a hash function fails on the first row; the savepoint keeps
-                // the snapshot's transaction usable for the fallback.
-                let attempt = tx.savepoint("upshift_checksum").await.map_err(cannot)?;
-                match attempt
-                    .query_one(&RowChecksum::HashSum.query(&schema, &table), &[])
-                    .await
-                {
-                    Ok(row) => {
-                        attempt.commit().await.map_err(cannot)?;
-                        row
-                    }
-                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
-                        attempt.rollback().await.map_err(cannot)?;
-                        tx.query_one(&RowChecksum::Md5Sum.query(&schema, &table), &[])
-                            .await
-                            .map_err(cannot)?
-                    }
-                    Err(e) => return Err(cannot(e)),
-                }
-            }
-        };
-        out.insert(
-            name,
-            TableFingerprint {
-                rows: row.get(0),
-                checksum: row.get(1),
-            },
-        );
-    }
-    Ok(out)
 }
 
 /// Every file under `dir` (except the manifest) with its size and sha256, sorted by path.

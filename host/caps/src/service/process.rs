@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::CapError;
+use crate::CapError;
 use upshift_model::binding::ProcessSpec;
 
 /// What is recorded about a process service between runs.
@@ -352,5 +352,23 @@ impl ProcessBackend {
             .build()
             .map_err(|e| failed("cannot build an HTTP client", e))?;
         Ok(matches!(client.get(url).send().await, Ok(r) if r.status().is_success()))
+    }
+}
+
+impl super::Health for ProcessBackend {
+    fn label(&self) -> String {
+        "the service".into()
+    }
+
+    async fn healthy(&self) -> Result<bool, CapError> {
+        ProcessBackend::healthy(self).await
+    }
+
+    async fn running(&self) -> Result<bool, CapError> {
+        Ok(self.running_pid().await?.is_some())
+    }
+
+    async fn output_tail(&self) -> String {
+        self.log_tail(20)
     }
 }

@@ -1,4 +1,4 @@
-//! The db capability's backend: PostgreSQL through tokio-postgres, plus the host actions that
+//! The db capability's PostgreSQL engine, through tokio-postgres, plus the host actions that
 //! back up and restore the bound database (clone by template, or a `pg_dump` archive).
 //!
 //! The adapter never sees the URL. Reads run in a `READ ONLY` transaction as a second line of
@@ -9,23 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
-use super::CapError;
-use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
-use super::mysql::MySqlBackend;
-use super::pg_backup::{DumpFacts, Manifest, TableFingerprint, fingerprints, seal, verify_files};
+use super::{RestoreEngine, Rows};
+use crate::CapError;
+use crate::backup::manifest::{DumpFacts, Manifest, TableFingerprint, seal};
 use crate::bindings::Value;
-
-/// Rows returned to an adapter.
-#[derive(Debug, Clone, Default)]
-pub struct Rows {
-    /// Column names.
-    pub columns: Vec<String>,
-    /// Values, row by row.
-    pub rows: Vec<Vec<Value>>,
-}
+use crate::limits::{MAX_RESULT_BYTES, MAX_ROWS};
 
 /// One bound PostgreSQL database.
 pub struct PgBackend {
@@ -444,86 +436,6 @@ impl PgBackend {
         )))
     }
 
-    /// Create `target` from a backup: a clone (`from_clone` names the backup database) or a dump
-    /// archive. `target` must not exist.
-    pub async fn materialize(&self, target: &str, source: &BackupSource) -> Result<(), CapError> {
-        let admin = self.admin().await?;
-        if Self::database_exists(&admin, target).await? {
-            return Err(CapError::Failed(format!(
-                "database `{target}` already exists; choose another name or drop it first"
-            )));
-        }
-        match source {
-            BackupSource::Clone(db) => {
-                if !Self::database_exists(&admin, db).await? {
-                    return Err(CapError::Failed(format!(
-                        "backup database `{db}` no longer exists"
-                    )));
-                }
-                self.ensure_no_sessions(&admin, db).await?;
-                admin
-                    .batch_execute(&format!(
-                        "CREATE DATABASE {} TEMPLATE {}",
-                        quote_ident(target),
-                        quote_ident(db)
-                    ))
-                    .await
-                    .map_err(|e| {
-                        failed(
-                            &format!("cannot create `{target}` from `{db}`"),
-                            pg_message(&e),
-                        )
-                    })?;
-            }
-            BackupSource::Dump {
-                dir,
-                manifest_sha256,
-            } => {
-                let manifest = Manifest::read(dir, manifest_sha256).map_err(|e| {
-                    CapError::Failed(format!("{e}; the backup will not be restored"))
-                })?;
-                let checked = dir.clone();
-                tokio::task::spawn_blocking(move || verify_files(&checked, &manifest))
-                    .await
-                    .map_err(|e| failed("checking the backup failed", e))?
-                    .map_err(|e| {
-                        CapError::Failed(format!(
-                            "backup {}: {e}; it is damaged and will not be restored",
-                            dir.display()
-                        ))
-                    })?;
-                admin
-                    .batch_execute(&format!("CREATE DATABASE {}", quote_ident(target)))
-                    .await
-                    .map_err(|e| failed(&format!("cannot create `{target}`"), pg_message(&e)))?;
-                let bin = self.tool("pg_restore").await?;
-                let target_url = rewrite_dbname(&self.url, target);
-                let out = tokio::process::Command::new(&bin)
-                    .arg("--no-owner")
-                    .arg("--exit-on-error")
-                    .arg("--no-password")
-                    .arg(format!("--jobs={}", dump_jobs()))
-                    .arg("--dbname")
-                    .arg(&target_url)
-                    .arg(dir)
-                    .output()
-                    .await
-                    .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
-                if !out.status.success() {
-                    let _ = admin
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(target)))
-                        .await;
-                    return Err(CapError::Failed(format!(
-                        "pg_restore failed ({}): {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Swap `replacement` in under the bound database's name; the current database is renamed
     /// to `keep_as` (kept for the operator, never dropped by Upshift).
     pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
@@ -613,219 +525,61 @@ impl PgBackend {
     }
 }
 
-/// The database engine behind a binding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL or MariaDB.
-    MySql,
-    /// KWDB (KaiwuDB): the PostgreSQL wire protocol with KWDB's own `EXPORT` / `IMPORT`.
-    Kwdb,
-}
-
-/// One bound database, by engine.
-pub enum DbBackend {
-    /// PostgreSQL.
-    Postgres(PgBackend),
-    /// MySQL or MariaDB.
-    MySql(MySqlBackend),
-    /// KWDB, spoken to over the PostgreSQL wire protocol.
-    Kwdb(PgBackend),
-}
-
-/// Why a host backup action cannot run on KWDB.
-fn kwdb_no_host_backup(what: &str) -> CapError {
-    CapError::Failed(format!(
-        "{what} is not available on KWDB (it has no pg_dump or template clones); KWDB is backed up with EXPORT by the adapter, and the export directory is snapshotted"
-    ))
-}
-
-impl DbBackend {
-    /// A backend for `url`: `postgres://`, `mysql://` or `kwdb://` (KWDB over the PostgreSQL
-    /// wire protocol).
-    pub fn new(url: &str) -> Result<DbBackend, CapError> {
-        if url.starts_with("mysql://") {
-            Ok(DbBackend::MySql(MySqlBackend::new(url)?))
-        } else if let Some(rest) = url.strip_prefix("kwdb://") {
-            Ok(DbBackend::Kwdb(PgBackend::new(&format!(
-                "postgresql://{rest}"
-            ))?))
-        } else {
-            Ok(DbBackend::Postgres(PgBackend::new(url)?))
-        }
+impl RestoreEngine for PgBackend {
+    async fn database_exists(&self, name: &str) -> Result<bool, CapError> {
+        Self::database_exists(&self.admin().await?, name).await
     }
 
-    /// The engine, for SQL classification.
-    pub fn engine(&self) -> Engine {
-        match self {
-            DbBackend::Postgres(_) => Engine::Postgres,
-            DbBackend::MySql(_) => Engine::MySql,
-            DbBackend::Kwdb(_) => Engine::Kwdb,
-        }
-    }
-
-    /// The bound database's name.
-    pub fn database(&self) -> &str {
-        match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.database(),
-            DbBackend::MySql(b) => b.database(),
-        }
-    }
-
-    /// Run one read statement in a read-only transaction.
-    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
-        match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.query(sql, params).await,
-            DbBackend::MySql(b) => b.query(sql, params).await,
-        }
-    }
-
-    /// Run a KWDB `EXPORT` / `IMPORT`, which answers with a job row (KWDB only).
-    pub async fn query_job(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
-        match self {
-            DbBackend::Kwdb(b) => b.query_job(sql, params).await,
-            _ => Err(CapError::Invalid(
-                "only KWDB bindings run EXPORT / IMPORT statements".into(),
-            )),
-        }
-    }
-
-    /// Run one statement that changes data or schema.
-    pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<(u64, u64), CapError> {
-        match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.execute(sql, params).await,
-            DbBackend::MySql(b) => b.execute(sql, params).await,
-        }
-    }
-
-    /// Run statements atomically.
-    pub async fn transaction(
-        &self,
-        statements: &[(String, Vec<Value>)],
-    ) -> Result<(Vec<u64>, u64), CapError> {
-        match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.transaction(statements).await,
-            DbBackend::MySql(b) => b.transaction(statements).await,
-        }
-    }
-
-    /// Whether a table exists.
-    pub async fn table_exists(&self, table: &str) -> Result<(bool, u64), CapError> {
-        match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.table_exists(table).await,
-            DbBackend::MySql(b) => b.table_exists(table).await,
-        }
-    }
-
-    /// Clone by template (PostgreSQL only).
-    pub async fn clone_to(&self, copy: &str) -> Result<u64, CapError> {
-        match self {
-            DbBackend::Postgres(b) => b.clone_to(copy).await,
-            DbBackend::MySql(_) => Err(CapError::Failed(
-                "template clones are PostgreSQL-only; on MySQL/MariaDB back up with method `dump`"
-                    .into(),
-            )),
-            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("a template clone")),
-        }
-    }
-
-    /// Dump into `dir` with a manifest; returns it and its sha256.
-    pub async fn dump_to(
-        &self,
-        dir: &Path,
-        product_version: &str,
-    ) -> Result<(Manifest, String), CapError> {
-        match self {
-            DbBackend::Postgres(b) => b.dump_to(dir, product_version).await,
-            DbBackend::MySql(b) => b.dump_to(dir, product_version).await,
-            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("a dump")),
-        }
-    }
-
-    /// Create `target` from a backup.
-    pub async fn materialize(&self, target: &str, source: &BackupSource) -> Result<(), CapError> {
-        match (self, source) {
-            (DbBackend::Kwdb(_), _) => Err(kwdb_no_host_backup("a database restore")),
-            (DbBackend::Postgres(b), _) => b.materialize(target, source).await,
-            (
-                DbBackend::MySql(b),
-                BackupSource::Dump {
-                    dir,
-                    manifest_sha256,
-                },
-            ) => b.materialize(target, dir, manifest_sha256).await,
-            (DbBackend::MySql(_), BackupSource::Clone(_)) => Err(CapError::Failed(
-                "clone backups cannot be restored into MySQL/MariaDB".into(),
-            )),
-        }
-    }
-
-    /// Swap `replacement` in under the bound name, keeping the current data as `keep_as`.
-    pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
-        match self {
-            DbBackend::Postgres(b) => b.swap_in(replacement, keep_as).await,
-            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`swap_in`")),
-            DbBackend::MySql(b) => b.swap_in(replacement, keep_as).await,
-        }
-    }
-
-    /// Rewrite a namespace column in `target`.
-    pub async fn rewrite_namespace(
-        &self,
-        target: &str,
-        table: &str,
-        column: &str,
-    ) -> Result<u64, CapError> {
-        if !plain_ident(table) || !plain_ident(column) {
-            return Err(CapError::Invalid(format!(
-                "namespace column `{table}.{column}` is not a plain identifier"
+    async fn create_from_clone(&self, target: &str, db: &str) -> Result<(), CapError> {
+        let admin = self.admin().await?;
+        if !Self::database_exists(&admin, db).await? {
+            return Err(CapError::Failed(format!(
+                "backup database `{db}` no longer exists"
             )));
         }
-        match self {
-            DbBackend::Postgres(b) => b.rewrite_namespace(target, table, column).await,
-            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`rewrite_namespace`")),
-            DbBackend::MySql(b) => b.rewrite_namespace(target, table, column).await,
-        }
+        self.ensure_no_sessions(&admin, db).await?;
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                quote_ident(target),
+                quote_ident(db)
+            ))
+            .await
+            .map_err(|e| {
+                failed(
+                    &format!("cannot create `{target}` from `{db}`"),
+                    pg_message(&e),
+                )
+            })
     }
 
-    /// Row counts and checksums of database `name`'s tables, taken as this version takes them.
-    pub async fn fingerprint_database(
-        &self,
-        name: &str,
-    ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
-        self.fingerprint_like(name, &BTreeMap::new()).await
+    async fn create_database(&self, target: &str) -> Result<(), CapError> {
+        self.admin()
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(target)))
+            .await
+            .map_err(|e| failed(&format!("cannot create `{target}`"), pg_message(&e)))
     }
 
-    /// Row counts and checksums of database `name`'s tables, taken the way `expected` (a
-    /// manifest's tables, perhaps from an older version) was taken, so the two compare.
-    pub async fn fingerprint_like(
-        &self,
-        name: &str,
-        expected: &BTreeMap<String, TableFingerprint>,
-    ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
-        match self {
-            DbBackend::Postgres(b) => b.fingerprint_database(name, expected).await,
-            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`fingerprint_database`")),
-            DbBackend::MySql(b) => b.fingerprint_database(name).await,
-        }
+    async fn load_dump(&self, target: &str, dir: &Path) -> Result<(), CapError> {
+        let bin = self.tool("pg_restore").await?;
+        let target_url = rewrite_dbname(&self.url, target);
+        let out = tokio::process::Command::new(&bin)
+            .arg("--no-owner")
+            .arg("--exit-on-error")
+            .arg("--no-password")
+            .arg(format!("--jobs={}", dump_jobs()))
+            .arg("--dbname")
+            .arg(&target_url)
+            .arg(dir)
+            .output()
+            .await
+            .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
+        super::tool_outcome("pg_restore failed", &out)
     }
 
-    /// Drop a scratch database.
-    pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
-        match self {
-            DbBackend::Postgres(b) => b.drop_database(name).await,
-            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`drop_database`")),
-            DbBackend::MySql(b) => b.drop_database(name).await,
-        }
-    }
-
-    /// The server's version string.
-    pub async fn server_version(&self) -> Result<String, CapError> {
-        match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.server_version().await,
-            DbBackend::MySql(b) => b.server_version().await,
-        }
+    async fn drop_database(&self, name: &str) -> Result<(), CapError> {
+        PgBackend::drop_database(self, name).await
     }
 }
 
@@ -852,20 +606,6 @@ async fn rows_of(
         .map(|c| c.name().to_string())
         .collect();
     convert_rows(columns, &rows)
-}
-
-/// Where a restore takes its data from.
-#[derive(Debug, Clone)]
-pub enum BackupSource {
-    /// A database cloned by template.
-    Clone(String),
-    /// A `pg_dump` directory with its manifest's recorded sha256.
-    Dump {
-        /// The dump directory.
-        dir: PathBuf,
-        /// sha256 of its manifest, as catalogued.
-        manifest_sha256: String,
-    },
 }
 
 /// A read-only repeatable-read transaction on `client`: one snapshot for everything read in it.
@@ -1041,6 +781,130 @@ fn column_value(row: &Row, i: usize, ty: &Type, name: &str) -> Result<Value, Cap
         }
     };
     Ok(v.unwrap_or(Value::Null))
+}
+
+/// How a PostgreSQL table's rows are checksummed. No method's result depends on the order the
+/// rows are stored in, so a restored copy compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowChecksum {
+    /// The sum of every row's 64-bit hash: `hash_record_extended` (the hash functions of the
+    /// columns' own types, which PostgreSQL keeps stable across versions for hash partitioning),
+    /// mixed once more with `hashint8extended` so that a value moved to another row changes the
+    /// sum. Written by this version for every table whose column types all have a hash
+    /// function; about ten times cheaper than [`RowChecksum::Md5Sum`]. Equal values under the
+    /// type's equality hash alike (`1.0` and `1.00` as `numeric`).
+    HashSum,
+    /// Sums of both 64-bit halves of each row text's md5. Written for tables with a column type
+    /// that has no hash function (`json`, `xml`, `point`, …), and by the previous version.
+    Md5Sum,
+    /// md5 over the sorted md5s of every row (manifests written before `Md5Sum`): a sort and
+    /// one text of 32 bytes per row, which fails beyond PostgreSQL's 1 GB text limit.
+    SortedMd5,
+}
+
+/// Prefix of [`RowChecksum::HashSum`] checksums.
+const HASHSUM_PREFIX: &str = "hashsum:";
+/// Prefix of [`RowChecksum::Md5Sum`] checksums.
+const MD5SUM_PREFIX: &str = "md5sum:";
+
+impl RowChecksum {
+    /// The method a recorded PostgreSQL checksum was taken with, read from its prefix, so a
+    /// restored copy of the table is checksummed the same way.
+    pub fn of(checksum: &str) -> RowChecksum {
+        if checksum.starts_with(HASHSUM_PREFIX) {
+            RowChecksum::HashSum
+        } else if checksum.starts_with(MD5SUM_PREFIX) {
+            RowChecksum::Md5Sum
+        } else {
+            RowChecksum::SortedMd5
+        }
+    }
+
+    /// The `SELECT` giving `(rows, checksum)` of table `schema.table`.
+    fn query(self, schema: &str, table: &str) -> String {
+        let from = format!("{}.{} t", quote_ident(schema), quote_ident(table));
+        match self {
+            RowChecksum::HashSum => format!(
+                "SELECT count(*)::bigint, '{HASHSUM_PREFIX}' \
+                 || coalesce(sum(hashint8extended(hash_record_extended(t, 0), 0)), 0)::text \
+                 FROM {from}"
+            ),
+            RowChecksum::Md5Sum => format!(
+                "SELECT count(*)::bigint, '{MD5SUM_PREFIX}' \
+                 || coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0)::text || ':' \
+                 || coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint::numeric), 0)::text \
+                 FROM (SELECT md5(t::text) AS h FROM {from}) r"
+            ),
+            RowChecksum::SortedMd5 => format!(
+                "SELECT count(*)::bigint, coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM {from}"
+            ),
+        }
+    }
+}
+
+/// Row counts and checksums of every user table, read inside transaction `tx` (so all of them
+/// describe one snapshot). A table named in `like` (a manifest's tables) is checksummed with the
+/// method its recorded checksum was taken with; any other table with [`RowChecksum::HashSum`],
+/// or [`RowChecksum::Md5Sum`] where PostgreSQL has no hash function for one of its column types
+/// (or, before version 14, no `hash_record_extended`).
+pub async fn fingerprints(
+    tx: &mut Transaction<'_>,
+    like: &BTreeMap<String, TableFingerprint>,
+) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
+    let tables = tx
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| CapError::Failed(format!("cannot list tables: {}", pg_message(&e))))?;
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let (schema, table): (String, String) = (t.get(0), t.get(1));
+        let name = format!("{schema}.{table}");
+        let cannot = |e: tokio_postgres::Error| {
+            CapError::Failed(format!("cannot checksum {name}: {}", pg_message(&e)))
+        };
+        let row = match like.get(&name) {
+            Some(recorded) => {
+                let method = RowChecksum::of(&recorded.checksum);
+                tx.query_one(&method.query(&schema, &table), &[])
+                    .await
+                    .map_err(cannot)?
+            }
+            None => {
+                // A type without a hash function fails on the first row; the savepoint keeps
+                // the snapshot's transaction usable for the fallback.
+                let attempt = tx.savepoint("upshift_checksum").await.map_err(cannot)?;
+                match attempt
+                    .query_one(&RowChecksum::HashSum.query(&schema, &table), &[])
+                    .await
+                {
+                    Ok(row) => {
+                        attempt.commit().await.map_err(cannot)?;
+                        row
+                    }
+                    Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => {
+                        attempt.rollback().await.map_err(cannot)?;
+                        tx.query_one(&RowChecksum::Md5Sum.query(&schema, &table), &[])
+                            .await
+                            .map_err(cannot)?
+                    }
+                    Err(e) => return Err(cannot(e)),
+                }
+            }
+        };
+        out.insert(
+            name,
+            TableFingerprint {
+                rows: row.get(0),
+                checksum: row.get(1),
+            },
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! privileges, capabilities, network, restart policy, log config) — is carried over unchanged.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
@@ -23,7 +23,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
-use super::CapError;
+use crate::CapError;
 use upshift_model::binding::{DockerSpec, image_repository as repository};
 
 /// A container service.
@@ -555,29 +555,25 @@ impl DockerBackend {
 
     /// Wait until healthy, failing early with its output if it stops.
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<String, CapError> {
-        let started = Instant::now();
-        loop {
-            if self.healthy().await? {
-                return Ok(format!(
-                    "healthy after {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ));
-            }
-            let (running, _, _) = self.inspect().await?;
-            if !running || started.elapsed() > timeout {
-                return Err(CapError::Failed(format!(
-                    "container `{}` {}; last output:\n{}",
-                    self.spec.container,
-                    if running {
-                        format!("not healthy after {} s", timeout.as_secs())
-                    } else {
-                        "stopped running while starting".into()
-                    },
-                    self.logs_tail(&self.spec.container).await
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        super::wait_until_healthy(self, timeout, Duration::from_millis(200)).await
+    }
+}
+
+impl super::Health for DockerBackend {
+    fn label(&self) -> String {
+        format!("container `{}`", self.spec.container)
+    }
+
+    async fn healthy(&self) -> Result<bool, CapError> {
+        DockerBackend::healthy(self).await
+    }
+
+    async fn running(&self) -> Result<bool, CapError> {
+        Ok(self.inspect().await?.0)
+    }
+
+    async fn output_tail(&self) -> String {
+        DockerBackend::output_tail(self).await
     }
 }
 

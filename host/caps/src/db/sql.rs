@@ -8,7 +8,7 @@ use sqlparser::ast::{ObjectType, Statement, visit_expressions, visit_relations};
 use sqlparser::dialect::{MySqlDialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
 
-use super::db::Engine;
+use super::Engine;
 use upshift_model::grants::Access;
 
 /// Functions that reach outside the bound database or the server's normal data path.
@@ -72,7 +72,7 @@ pub fn classify(sql: &str) -> Result<Access, SqlRefusal> {
 /// The access one statement needs, parsed in the engine's dialect.
 pub fn classify_for(engine: Engine, sql: &str) -> Result<Access, SqlRefusal> {
     if engine == Engine::Kwdb
-        && let Some(kwdb_only) = super::kwdb_sql::classify(sql)
+        && let Some(kwdb_only) = super::kwdb::classify(sql)
     {
         return kwdb_only;
     }

@@ -13,11 +13,11 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Row, TxOpts};
 use tokio::sync::Mutex;
 
-use super::CapError;
-use super::db::Rows;
-use super::limits::{MAX_RESULT_BYTES, MAX_ROWS};
-use super::pg_backup::{DumpFacts, Manifest, TableFingerprint, seal, verify_files};
+use super::{RestoreEngine, Rows};
+use crate::CapError;
+use crate::backup::manifest::{DumpFacts, Manifest, TableFingerprint, seal};
 use crate::bindings::Value;
+use crate::limits::{MAX_RESULT_BYTES, MAX_ROWS};
 
 /// The dump file inside a MySQL backup directory.
 pub const DUMP_FILE: &str = "dump.sql.gz";
@@ -414,74 +414,6 @@ impl MySqlBackend {
         Ok(n.unwrap_or(0) > 0)
     }
 
-    /// Create database `target` from a dump directory (checked against its manifest first).
-    pub async fn materialize(
-        &self,
-        target: &str,
-        dir: &Path,
-        manifest_sha256: &str,
-    ) -> Result<(), CapError> {
-        if self.database_exists(target).await? {
-            return Err(CapError::Failed(format!(
-                "database `{target}` already exists; choose another name or drop it first"
-            )));
-        }
-        let manifest = Manifest::read(dir, manifest_sha256)
-            .map_err(|e| CapError::Failed(format!("{e}; the backup will not be restored")))?;
-        let checked = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || verify_files(&checked, &manifest))
-            .await
-            .map_err(|e| failed("checking the backup failed", e))?
-            .map_err(|e| {
-                CapError::Failed(format!(
-                    "backup {}: {e}; it is damaged and will not be restored",
-                    dir.display()
-                ))
-            })?;
-        let file = dir.join(DUMP_FILE);
-        let sql = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut out = Vec::new();
-            GzDecoder::new(std::fs::File::open(&file)?).read_to_end(&mut out)?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| failed("reading the dump failed", e))?
-        .map_err(|e| failed("cannot read the dump", e))?;
-        self.admin_exec(&format!("CREATE DATABASE {}", quote(target)))
-            .await?;
-        let bin = tool(&["mariadb", "mysql"])?;
-        let mut cmd = tokio::process::Command::new(&bin);
-        self.tool_env(&mut cmd, target);
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            use tokio::io::AsyncWriteExt;
-            stdin
-                .write_all(&sql)
-                .await
-                .map_err(|e| failed("cannot feed the dump", e))?;
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| failed("the restore failed", e))?;
-        if !out.status.success() {
-            let _ = self
-                .admin_exec(&format!("DROP DATABASE IF EXISTS {}", quote(target)))
-                .await;
-            return Err(CapError::Failed(format!(
-                "restoring the dump failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
-    }
-
     /// Put `replacement`'s tables in place of the bound database's in one atomic
     /// `RENAME TABLE` (MySQL cannot rename databases); the old tables move to `keep_as`.
     pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
@@ -567,5 +499,59 @@ impl MySqlBackend {
     pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
         self.admin_exec(&format!("DROP DATABASE IF EXISTS {}", quote(name)))
             .await
+    }
+}
+
+impl RestoreEngine for MySqlBackend {
+    async fn database_exists(&self, name: &str) -> Result<bool, CapError> {
+        MySqlBackend::database_exists(self, name).await
+    }
+
+    async fn create_from_clone(&self, _target: &str, _db: &str) -> Result<(), CapError> {
+        Err(CapError::Failed(
+            "clone backups cannot be restored into MySQL/MariaDB".into(),
+        ))
+    }
+
+    async fn create_database(&self, target: &str) -> Result<(), CapError> {
+        self.admin_exec(&format!("CREATE DATABASE {}", quote(target)))
+            .await
+    }
+
+    async fn load_dump(&self, target: &str, dir: &Path) -> Result<(), CapError> {
+        let file = dir.join(DUMP_FILE);
+        let sql = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            GzDecoder::new(std::fs::File::open(&file)?).read_to_end(&mut out)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| failed("reading the dump failed", e))?
+        .map_err(|e| failed("cannot read the dump", e))?;
+        let bin = tool(&["mariadb", "mysql"])?;
+        let mut cmd = tokio::process::Command::new(&bin);
+        self.tool_env(&mut cmd, target);
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(&sql)
+                .await
+                .map_err(|e| failed("cannot feed the dump", e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| failed("the restore failed", e))?;
+        super::tool_outcome("restoring the dump failed", &out)
+    }
+
+    async fn drop_database(&self, name: &str) -> Result<(), CapError> {
+        MySqlBackend::drop_database(self, name).await
     }
 }

@@ -1,0 +1,486 @@
+//! The db capability: [`Db`] owns the bound databases and reaches them only through the guard.
+//! [`DbBackend`] dispatches to one engine per file: PostgreSQL ([`pg`]), MySQL / MariaDB
+//! ([`mysql`]) and KWDB (PostgreSQL's wire protocol plus the statements in [`kwdb`]);
+//! [`sql`] classifies statements by the access they need.
+
+pub mod kwdb;
+pub mod mysql;
+pub mod pg;
+pub mod sql;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::CapError;
+use crate::backup::manifest::{Manifest, TableFingerprint, verify_files};
+use crate::bindings::Value;
+use crate::guard::{Bound, Guard};
+use crate::limits::{MAX_SQL_BYTES, MAX_STATEMENTS};
+use crate::operation::Operation;
+use upshift_model::grants::{Access, BindingKind};
+
+pub use mysql::MySqlBackend;
+pub use pg::{DUMP_COMPRESSION, PgBackend, dump_jobs, plain_ident, rewrite_dbname};
+
+/// Rows returned to an adapter.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Values, row by row.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// Where a restore takes its data from.
+#[derive(Debug, Clone)]
+pub enum BackupSource {
+    /// A database cloned by template.
+    Clone(String),
+    /// A `pg_dump` directory with its manifest's recorded sha256.
+    Dump {
+        /// The dump directory.
+        dir: PathBuf,
+        /// sha256 of its manifest, as catalogued.
+        manifest_sha256: String,
+    },
+}
+
+/// The database engine behind a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// KWDB (KaiwuDB): the PostgreSQL wire protocol with KWDB's own `EXPORT` / `IMPORT`.
+    Kwdb,
+}
+
+/// One bound database, by engine.
+pub enum DbBackend {
+    /// PostgreSQL.
+    Postgres(PgBackend),
+    /// MySQL or MariaDB.
+    MySql(MySqlBackend),
+    /// KWDB, spoken to over the PostgreSQL wire protocol.
+    Kwdb(PgBackend),
+}
+
+/// Why a host backup action cannot run on KWDB.
+fn kwdb_no_host_backup(what: &str) -> CapError {
+    CapError::Failed(format!(
+        "{what} is not available on KWDB (it has no pg_dump or template clones); KWDB is backed up with EXPORT by the adapter, and the export directory is snapshotted"
+    ))
+}
+
+impl DbBackend {
+    /// A backend for `url`: `postgres://`, `mysql://` or `kwdb://` (KWDB over the PostgreSQL
+    /// wire protocol).
+    pub fn new(url: &str) -> Result<DbBackend, CapError> {
+        if url.starts_with("mysql://") {
+            Ok(DbBackend::MySql(MySqlBackend::new(url)?))
+        } else if let Some(rest) = url.strip_prefix("kwdb://") {
+            Ok(DbBackend::Kwdb(PgBackend::new(&format!(
+                "postgresql://{rest}"
+            ))?))
+        } else {
+            Ok(DbBackend::Postgres(PgBackend::new(url)?))
+        }
+    }
+
+    /// The engine, for SQL classification.
+    pub fn engine(&self) -> Engine {
+        match self {
+            DbBackend::Postgres(_) => Engine::Postgres,
+            DbBackend::MySql(_) => Engine::MySql,
+            DbBackend::Kwdb(_) => Engine::Kwdb,
+        }
+    }
+
+    /// The bound database's name.
+    pub fn database(&self) -> &str {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.database(),
+            DbBackend::MySql(b) => b.database(),
+        }
+    }
+
+    /// Run one read statement in a read-only transaction.
+    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.query(sql, params).await,
+            DbBackend::MySql(b) => b.query(sql, params).await,
+        }
+    }
+
+    /// Run a KWDB `EXPORT` / `IMPORT`, which answers with a job row (KWDB only).
+    pub async fn query_job(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
+        match self {
+            DbBackend::Kwdb(b) => b.query_job(sql, params).await,
+            _ => Err(CapError::Invalid(
+                "only KWDB bindings run EXPORT / IMPORT statements".into(),
+            )),
+        }
+    }
+
+    /// Run one statement that changes data or schema.
+    pub async fn execute(&self, sql: &str, params: &[Value]) -> Result<(u64, u64), CapError> {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.execute(sql, params).await,
+            DbBackend::MySql(b) => b.execute(sql, params).await,
+        }
+    }
+
+    /// Run statements atomically.
+    pub async fn transaction(
+        &self,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<(Vec<u64>, u64), CapError> {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.transaction(statements).await,
+            DbBackend::MySql(b) => b.transaction(statements).await,
+        }
+    }
+
+    /// Whether a table exists.
+    pub async fn table_exists(&self, table: &str) -> Result<(bool, u64), CapError> {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.table_exists(table).await,
+            DbBackend::MySql(b) => b.table_exists(table).await,
+        }
+    }
+
+    /// Clone by template (PostgreSQL only).
+    pub async fn clone_to(&self, copy: &str) -> Result<u64, CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.clone_to(copy).await,
+            DbBackend::MySql(_) => Err(CapError::Failed(
+                "template clones are PostgreSQL-only; on MySQL/MariaDB back up with method `dump`"
+                    .into(),
+            )),
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("a template clone")),
+        }
+    }
+
+    /// Dump into `dir` with a manifest; returns it and its sha256.
+    pub async fn dump_to(
+        &self,
+        dir: &Path,
+        product_version: &str,
+    ) -> Result<(Manifest, String), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.dump_to(dir, product_version).await,
+            DbBackend::MySql(b) => b.dump_to(dir, product_version).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("a dump")),
+        }
+    }
+
+    /// Create `target` from a backup: one flow for every engine (the engine's part is its
+    /// [`RestoreEngine`]).
+    pub async fn materialize(&self, target: &str, source: &BackupSource) -> Result<(), CapError> {
+        match self {
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("a database restore")),
+            DbBackend::Postgres(b) => materialize(b, target, source).await,
+            DbBackend::MySql(b) => materialize(b, target, source).await,
+        }
+    }
+
+    /// Swap `replacement` in under the bound name, keeping the current data as `keep_as`.
+    pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.swap_in(replacement, keep_as).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`swap_in`")),
+            DbBackend::MySql(b) => b.swap_in(replacement, keep_as).await,
+        }
+    }
+
+    /// Rewrite a namespace column in `target`.
+    pub async fn rewrite_namespace(
+        &self,
+        target: &str,
+        table: &str,
+        column: &str,
+    ) -> Result<u64, CapError> {
+        if !plain_ident(table) || !plain_ident(column) {
+            return Err(CapError::Invalid(format!(
+                "namespace column `{table}.{column}` is not a plain identifier"
+            )));
+        }
+        match self {
+            DbBackend::Postgres(b) => b.rewrite_namespace(target, table, column).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`rewrite_namespace`")),
+            DbBackend::MySql(b) => b.rewrite_namespace(target, table, column).await,
+        }
+    }
+
+    /// Row counts and checksums of database `name`'s tables, taken as this version takes them.
+    pub async fn fingerprint_database(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
+        self.fingerprint_like(name, &BTreeMap::new()).await
+    }
+
+    /// Row counts and checksums of database `name`'s tables, taken the way `expected` (a
+    /// manifest's tables, perhaps from an older version) was taken, so the two compare.
+    pub async fn fingerprint_like(
+        &self,
+        name: &str,
+        expected: &BTreeMap<String, TableFingerprint>,
+    ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.fingerprint_database(name, expected).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`fingerprint_database`")),
+            DbBackend::MySql(b) => b.fingerprint_database(name).await,
+        }
+    }
+
+    /// Drop a scratch database.
+    pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.drop_database(name).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`drop_database`")),
+            DbBackend::MySql(b) => b.drop_database(name).await,
+        }
+    }
+
+    /// The server's version string.
+    pub async fn server_version(&self) -> Result<String, CapError> {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.server_version().await,
+            DbBackend::MySql(b) => b.server_version().await,
+        }
+    }
+}
+
+/// What one engine does for a restore; the flow around it is [`materialize`], shared.
+pub(crate) trait RestoreEngine {
+    /// Whether database `name` exists.
+    async fn database_exists(&self, name: &str) -> Result<bool, CapError>;
+    /// Create `target` as a copy of the clone backup `db`.
+    async fn create_from_clone(&self, target: &str, db: &str) -> Result<(), CapError>;
+    /// Create the empty database `target`.
+    async fn create_database(&self, target: &str) -> Result<(), CapError>;
+    /// Load the (checked) dump in `dir` into `target`.
+    async fn load_dump(&self, target: &str, dir: &Path) -> Result<(), CapError>;
+    /// Drop database `name`.
+    async fn drop_database(&self, name: &str) -> Result<(), CapError>;
+}
+
+/// Create `target` from a backup: refused if it exists; a dump is checked against its manifest
+/// (every file's sha256) before anything is created, and a failed load drops what it created.
+async fn materialize(
+    engine: &impl RestoreEngine,
+    target: &str,
+    source: &BackupSource,
+) -> Result<(), CapError> {
+    if engine.database_exists(target).await? {
+        return Err(CapError::Failed(format!(
+            "database `{target}` already exists; choose another name or drop it first"
+        )));
+    }
+    match source {
+        BackupSource::Clone(db) => engine.create_from_clone(target, db).await,
+        BackupSource::Dump {
+            dir,
+            manifest_sha256,
+        } => {
+            check_dump(dir, manifest_sha256).await?;
+            engine.create_database(target).await?;
+            if let Err(e) = engine.load_dump(target, dir).await {
+                let _ = engine.drop_database(target).await;
+                return Err(e);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A restore tool's outcome: `what` with its exit status and stderr when it failed.
+fn tool_outcome(what: &str, out: &std::process::Output) -> Result<(), CapError> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(CapError::Failed(format!(
+        "{what} ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Check a dump directory against its manifest before it is restored.
+async fn check_dump(dir: &Path, manifest_sha256: &str) -> Result<(), CapError> {
+    let manifest = Manifest::read(dir, manifest_sha256)
+        .map_err(|e| CapError::Failed(format!("{e}; the backup will not be restored")))?;
+    let checked = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || verify_files(&checked, &manifest))
+        .await
+        .map_err(|e| CapError::Failed(format!("checking the backup failed: {e}")))?
+        .map_err(|e| {
+            CapError::Failed(format!(
+                "backup {}: {e}; it is damaged and will not be restored",
+                dir.display()
+            ))
+        })
+}
+
+/// The db capability: the bound databases, reached only through the guard.
+pub struct Db {
+    bound: Bound<DbBackend>,
+}
+
+impl Db {
+    pub(crate) fn new(guard: Arc<Guard>) -> Db {
+        Db {
+            bound: Bound::new(guard, BindingKind::Db),
+        }
+    }
+
+    pub(crate) fn bind(&mut self, name: &str, backend: DbBackend) {
+        self.bound.bind(name, backend);
+    }
+
+    /// The access one SQL statement needs; refusals are audited as denials.
+    fn sql_access(
+        &self,
+        binding: &str,
+        operation: Operation,
+        sql_text: &str,
+    ) -> Result<Access, CapError> {
+        if sql_text.len() > MAX_SQL_BYTES {
+            let reason = format!(
+                "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
+                sql_text.len()
+            );
+            return Err(self.bound.deny(binding, operation, reason));
+        }
+        let engine = self
+            .bound
+            .config(binding)
+            .map_or(Engine::Postgres, DbBackend::engine);
+        sql::classify_for(engine, sql_text)
+            .map_err(|e| self.bound.deny(binding, operation, e.to_string()))
+    }
+
+    /// `db.query`: one read (or a KWDB `EXPORT` / `IMPORT`, which answer with a job row).
+    pub async fn query(
+        &self,
+        binding: &str,
+        sql_text: &str,
+        params: &[Value],
+    ) -> Result<Rows, CapError> {
+        let access = self.sql_access(binding, Operation::Query, sql_text)?;
+        let job = matches!(access, Access::Backup | Access::Restore);
+        if access != Access::Read && !job {
+            let reason =
+                format!("`query` runs reads only; this statement needs `{access}`, use `execute`");
+            return Err(match self.bound.deny(binding, Operation::Query, reason) {
+                CapError::Denied(reason) => CapError::Invalid(reason),
+                audit_failed => audit_failed,
+            });
+        }
+        let detail = Some(access.name().to_string());
+        self.bound
+            .call(binding, &[access], Operation::Query, detail, async |b| {
+                if job {
+                    b.query_job(sql_text, params).await
+                } else {
+                    b.query(sql_text, params).await
+                }
+            })
+            .await
+    }
+
+    /// `db.execute`: one statement; returns the rows affected.
+    pub async fn execute(
+        &self,
+        binding: &str,
+        sql_text: &str,
+        params: &[Value],
+    ) -> Result<u64, CapError> {
+        let access = self.sql_access(binding, Operation::Execute, sql_text)?;
+        let detail = Some(access.name().to_string());
+        self.bound
+            .call(binding, &[access], Operation::Execute, detail, async |b| {
+                if access == Access::Read {
+                    let (rows, bytes) = b.query(sql_text, params).await?;
+                    Ok((rows.rows.len() as u64, bytes))
+                } else {
+                    b.execute(sql_text, params).await
+                }
+            })
+            .await
+    }
+
+    /// `db.transaction`: statements run atomically; every access they need must be granted.
+    pub async fn transaction(
+        &self,
+        binding: &str,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<Vec<u64>, CapError> {
+        if statements.len() > MAX_STATEMENTS {
+            return Err(CapError::Invalid(format!(
+                "{} statements exceed the limit of {MAX_STATEMENTS} per transaction",
+                statements.len()
+            )));
+        }
+        let mut needed: Vec<Access> = Vec::new();
+        for (sql_text, _) in statements {
+            let a = self.sql_access(binding, Operation::Transaction, sql_text)?;
+            if !needed.contains(&a) {
+                needed.push(a);
+            }
+        }
+        let detail = needed
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join("+");
+        self.bound
+            .call(
+                binding,
+                &needed,
+                Operation::Transaction,
+                Some(detail),
+                async |b| b.transaction(statements).await,
+            )
+            .await
+    }
+
+    /// `db.table-exists`.
+    pub async fn table_exists(&self, binding: &str, table: &str) -> Result<bool, CapError> {
+        let detail = Some(table.to_string());
+        self.bound
+            .call(
+                binding,
+                &[Access::Read],
+                Operation::TableExists,
+                detail,
+                async |b| b.table_exists(table).await,
+            )
+            .await
+    }
+
+    /// Host: back up the bound database with `f` (needs `backup`).
+    pub async fn backup<T>(
+        &self,
+        binding: &str,
+        detail: &str,
+        f: impl AsyncFnOnce(&DbBackend) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.bound.host(binding, Operation::Backup, detail, f).await
+    }
+
+    /// Host: restore into the bound database's server with `f` (needs `restore`).
+    pub async fn restore<T>(
+        &self,
+        binding: &str,
+        detail: &str,
+        f: impl AsyncFnOnce(&DbBackend) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.bound
+            .host(binding, Operation::Restore, detail, f)
+            .await
+    }
+}

@@ -1,0 +1,143 @@
+//! The files capability: [`Files`] owns the bound directories and reaches them only through the
+//! guard. The directory backend (cap-std) is in [`dir`].
+
+pub mod dir;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::CapError;
+use crate::guard::{Bound, Guard};
+use crate::operation::Operation;
+use upshift_model::grants::{Access, BindingKind};
+
+pub use dir::{Entry, FilesBackend};
+
+/// The files capability: the bound directories, reached only through the guard.
+pub struct Files {
+    bound: Bound<FilesBackend>,
+}
+
+impl Files {
+    pub(crate) fn new(guard: Arc<Guard>) -> Files {
+        Files {
+            bound: Bound::new(guard, BindingKind::Files),
+        }
+    }
+
+    pub(crate) fn bind(&mut self, name: &str, backend: FilesBackend) {
+        self.bound.bind(name, backend);
+    }
+
+    /// A call on a bound directory; its file-system work runs on a blocking thread.
+    async fn guarded<T>(
+        &self,
+        binding: &str,
+        access: Access,
+        operation: Operation,
+        path: &str,
+        f: impl FnOnce(FilesBackend) -> Result<(T, u64), CapError> + Send + 'static,
+    ) -> Result<T, CapError>
+    where
+        T: Send + 'static,
+    {
+        let detail = Some(path.to_string());
+        self.bound
+            .call(binding, &[access], operation, detail, async |b| {
+                let backend = b.clone();
+                crate::blocking(move || f(backend)).await
+            })
+            .await
+    }
+
+    /// `files.read`.
+    pub async fn read(&self, binding: &str, path: &str) -> Result<Vec<u8>, CapError> {
+        let owned = path.to_string();
+        self.guarded(binding, Access::Read, Operation::Read, path, move |b| {
+            b.read(&owned)
+        })
+        .await
+    }
+
+    /// `files.write`.
+    pub async fn write(
+        &self,
+        binding: &str,
+        path: &str,
+        contents: Vec<u8>,
+    ) -> Result<(), CapError> {
+        let owned = path.to_string();
+        self.guarded(binding, Access::Write, Operation::Write, path, move |b| {
+            b.write(&owned, &contents)
+        })
+        .await
+    }
+
+    /// `files.list-dir`.
+    pub async fn list_dir(&self, binding: &str, path: &str) -> Result<Vec<Entry>, CapError> {
+        let owned = path.to_string();
+        self.guarded(binding, Access::Read, Operation::ListDir, path, move |b| {
+            b.list(&owned)
+        })
+        .await
+    }
+
+    /// `files.exists`.
+    pub async fn exists(&self, binding: &str, path: &str) -> Result<bool, CapError> {
+        let owned = path.to_string();
+        self.guarded(binding, Access::Read, Operation::Exists, path, move |b| {
+            b.exists(&owned)
+        })
+        .await
+    }
+
+    /// The file `service.load-image` streams (needs `read` on this binding).
+    pub(crate) async fn open_for_load_image(
+        &self,
+        binding: &str,
+        path: &str,
+    ) -> Result<std::fs::File, CapError> {
+        let owned = path.to_string();
+        self.guarded(
+            binding,
+            Access::Read,
+            Operation::LoadImage,
+            path,
+            move |b| b.open(&owned),
+        )
+        .await
+    }
+
+    /// Host: snapshot the bound directory with `f`, given its path (needs `snapshot`).
+    pub async fn snapshot<T>(
+        &self,
+        binding: &str,
+        detail: &str,
+        f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.on_root(binding, Operation::Snapshot, detail, f).await
+    }
+
+    /// Host: restore over the bound directory with `f`, given its path (needs `restore`).
+    pub async fn restore<T>(
+        &self,
+        binding: &str,
+        detail: &str,
+        f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.on_root(binding, Operation::Restore, detail, f).await
+    }
+
+    /// A host operation on the bound directory's path.
+    async fn on_root<T>(
+        &self,
+        binding: &str,
+        operation: Operation,
+        detail: &str,
+        f: impl AsyncFnOnce(&Path) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.bound
+            .host(binding, operation, detail, async |b| f(b.root()).await)
+            .await
+    }
+}

@@ -1,0 +1,481 @@
+//! The one guard every capability call passes: grant check → audit → backend. It is also the
+//! only place an audit record is built.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::CapError;
+use crate::audit::{AuditEvent, AuditLog, Decision};
+use crate::operation::Operation;
+use upshift_model::grants::{Access, BindingKind, Denial, GrantSet};
+
+/// Who is calling: recorded in every audit record.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// sha256 of the adapter component.
+    pub adapter_digest: String,
+    /// Fleet instance name.
+    pub instance: String,
+}
+
+tokio::task_local! {
+    /// When the adapter's current export must end.
+    static DEADLINE: Instant;
+}
+
+/// Run `fut` (an adapter's export) with every capability call in it bounded by `deadline`: a
+/// backend still busy then is abandoned, and the call is recorded as failed.
+pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
+    DEADLINE.scope(deadline, fut).await
+}
+
+/// Time left before the current export's deadline, if the call is made inside one.
+fn time_left() -> Option<Duration> {
+    DEADLINE
+        .try_with(|d| d.saturating_duration_since(Instant::now()))
+        .ok()
+}
+
+/// One call as the guard sees it.
+struct Call<'a> {
+    /// The capability the binding belongs to.
+    pub kind: BindingKind,
+    /// Binding name.
+    pub binding: &'a str,
+    /// Every access the call needs (a transaction may need several).
+    pub needs: &'a [Access],
+    /// What is done.
+    pub operation: Operation,
+    /// Short context for the record.
+    pub detail: Option<String>,
+}
+
+/// The fields of one audit record that vary per call.
+struct Record<'a> {
+    binding: &'a str,
+    capability: &'a str,
+    operation: Operation,
+    decision: Decision,
+    reason: Option<String>,
+    duration_us: u64,
+    result_bytes: u64,
+    error: Option<String>,
+    detail: Option<String>,
+}
+
+/// Build the record of one call: the only place an [`AuditEvent`] is made.
+fn event(caller: &Caller, run_id: Option<String>, r: Record<'_>) -> AuditEvent {
+    AuditEvent {
+        adapter_digest: caller.adapter_digest.clone(),
+        instance: caller.instance.clone(),
+        run_id,
+        binding: r.binding.to_string(),
+        capability: r.capability.to_string(),
+        operation: r.operation.name().to_string(),
+        decision: r.decision,
+        reason: r.reason,
+        duration_us: r.duration_us,
+        result_bytes: r.result_bytes,
+        error: r.error,
+        detail: r.detail,
+    }
+}
+
+fn denied<'a>(
+    binding: &'a str,
+    capability: &'a str,
+    operation: Operation,
+    reason: String,
+    detail: Option<String>,
+) -> Record<'a> {
+    Record {
+        binding,
+        capability,
+        operation,
+        decision: Decision::Denied,
+        reason: Some(reason),
+        duration_us: 0,
+        result_bytes: 0,
+        error: None,
+        detail,
+    }
+}
+
+/// The audit of an adapter that holds no caps (during `describe`, offline `plan`,
+/// `plan-restore`): its denied calls and its faults, tagged with the adapter's label.
+#[derive(Clone)]
+pub struct Witness {
+    audit: Arc<AuditLog>,
+    caller: Caller,
+}
+
+impl Witness {
+    /// A witness writing to `audit` for `caller`.
+    pub fn new(audit: Arc<AuditLog>, caller: Caller) -> Witness {
+        Witness { audit, caller }
+    }
+
+    /// Record a call denied because no caps are lent.
+    pub fn deny(
+        &self,
+        binding: &str,
+        capability: &str,
+        operation: Operation,
+        reason: &str,
+    ) -> Result<(), CapError> {
+        let r = denied(binding, capability, operation, reason.to_string(), None);
+        append(&self.audit, event(&self.caller, None, r))
+    }
+
+    /// Record an adapter fault (capability `sandbox`, operation = the export).
+    pub fn fault(&self, export: &str, reason: &str) -> Result<(), CapError> {
+        append(
+            &self.audit,
+            event(&self.caller, None, fault_record(export, reason)),
+        )
+    }
+}
+
+fn fault_record<'a>(export: &str, reason: &str) -> Record<'a> {
+    denied(
+        "",
+        "sandbox",
+        Operation::of_export(export),
+        reason.to_string(),
+        Some("adapter fault".into()),
+    )
+}
+
+fn append(audit: &AuditLog, event: AuditEvent) -> Result<(), CapError> {
+    audit.append(event).map(|_| ()).map_err(|e| {
+        CapError::Failed(format!(
+            "audit log could not be written, call not made: {e}"
+        ))
+    })
+}
+
+/// Grants, audit log and caller of one instance: checks and records every call.
+pub(crate) struct Guard {
+    caller: Caller,
+    grants: GrantSet,
+    audit: Arc<AuditLog>,
+    run_id: Mutex<Option<String>>,
+}
+
+impl Guard {
+    pub(crate) fn new(caller: Caller, grants: GrantSet, audit: Arc<AuditLog>) -> Guard {
+        Guard {
+            caller,
+            grants,
+            audit,
+            run_id: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    pub(crate) fn grants(&self) -> &GrantSet {
+        &self.grants
+    }
+
+    pub(crate) fn set_run(&self, run_id: Option<String>) {
+        if let Ok(mut slot) = self.run_id.lock() {
+            *slot = run_id;
+        }
+    }
+
+    fn run_id(&self) -> Option<String> {
+        self.run_id.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Write one record. An audit log that cannot be written stops the call.
+    fn record(&self, r: Record<'_>) -> Result<(), CapError> {
+        append(&self.audit, event(&self.caller, self.run_id(), r))
+    }
+
+    /// Record a denial decided before any backend runs (a refused statement, a flood, a plan
+    /// asking for what is not granted) and return it as [`CapError::Denied`].
+    pub(crate) fn deny(
+        &self,
+        binding: &str,
+        capability: &str,
+        operation: Operation,
+        reason: String,
+    ) -> CapError {
+        match self.record(denied(binding, capability, operation, reason.clone(), None)) {
+            Ok(()) => CapError::Denied(reason),
+            Err(e) => e,
+        }
+    }
+
+    /// Record an adapter fault.
+    pub(crate) fn fault(&self, export: &str, reason: &str) -> Result<(), CapError> {
+        self.record(fault_record(export, reason))
+    }
+
+    /// Check every access the call needs, audit the decision, and on success run `backend`,
+    /// auditing its outcome. `backend` returns the value and its size in bytes.
+    async fn run<T>(
+        &self,
+        call: Call<'_>,
+        backend: impl AsyncFnOnce() -> Result<(T, u64), CapError>,
+    ) -> Result<T, CapError> {
+        let capability = call.kind.name();
+        for access in call.needs {
+            if let Err(denial) = self.grants.check(call.binding, call.kind, *access) {
+                let reason = denial.to_string();
+                self.record(denied(
+                    call.binding,
+                    capability,
+                    call.operation,
+                    reason.clone(),
+                    call.detail,
+                ))?;
+                return Err(match denial {
+                    Denial::Undeclared(_) => CapError::UnknownBinding(reason),
+                    _ => CapError::Denied(reason),
+                });
+            }
+        }
+        let started = Instant::now();
+        // Boxed: it keeps the callers' futures shallow (the backends' futures are deep).
+        let work = Box::pin(backend());
+        let outcome = match time_left() {
+            Some(left) => tokio::time::timeout(left, work).await.unwrap_or_else(|_| {
+                Err(CapError::Failed(format!(
+                    "not finished within the adapter's deadline ({:.1} s were left)",
+                    left.as_secs_f64()
+                )))
+            }),
+            None => work.await,
+        };
+        // A backend may refuse too (a path or URL that leaves the binding): that is a denial.
+        let (decision, reason, result_bytes, error) = match &outcome {
+            Ok((_, n)) => (Decision::Allowed, None, *n, None),
+            Err(CapError::Denied(why)) => (Decision::Denied, Some(why.clone()), 0, None),
+            Err(e) => (Decision::Allowed, None, 0, Some(e.to_string())),
+        };
+        self.record(Record {
+            binding: call.binding,
+            capability,
+            operation: call.operation,
+            decision,
+            reason,
+            duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            result_bytes,
+            error,
+            detail: call.detail,
+        })?;
+        outcome.map(|(v, _)| v)
+    }
+
+    /// Run a host operation on a binding: its access comes from the operation.
+    async fn host<T>(
+        &self,
+        kind: BindingKind,
+        binding: &str,
+        operation: Operation,
+        detail: &str,
+        backend: impl AsyncFnOnce() -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        let access = operation
+            .host_access()
+            .ok_or_else(|| CapError::Invalid(format!("`{operation}` is not a host operation")))?;
+        self.run(
+            Call {
+                kind,
+                binding,
+                needs: &[access],
+                operation,
+                detail: Some(detail.to_string()),
+            },
+            async || backend().await.map(|v| (v, 0)),
+        )
+        .await
+    }
+}
+
+/// One capability's backends by binding name, reached only through the guard.
+pub(crate) struct Bound<B> {
+    guard: Arc<Guard>,
+    kind: BindingKind,
+    backends: BTreeMap<String, B>,
+}
+
+impl<B> Bound<B> {
+    pub(crate) fn new(guard: Arc<Guard>, kind: BindingKind) -> Bound<B> {
+        Bound {
+            guard,
+            kind,
+            backends: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn bind(&mut self, name: &str, backend: B) {
+        self.backends.insert(name.to_string(), backend);
+    }
+
+    /// A binding's backend for reading its configuration (an engine, whether it is a job);
+    /// never for a call, which goes through [`Bound::call`] or [`Bound::host`].
+    pub(crate) fn config(&self, binding: &str) -> Option<&B> {
+        self.backends.get(binding)
+    }
+
+    /// The bound names.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.backends.keys().map(String::as_str)
+    }
+
+    /// The grants.
+    pub(crate) fn grants(&self) -> &GrantSet {
+        self.guard.grants()
+    }
+
+    /// Record a denial decided before the backend is reached.
+    pub(crate) fn deny(&self, binding: &str, operation: Operation, reason: String) -> CapError {
+        self.guard
+            .deny(binding, self.kind.name(), operation, reason)
+    }
+
+    fn backend(&self, binding: &str) -> Result<&B, CapError> {
+        self.backends.get(binding).ok_or_else(|| {
+            CapError::Failed(format!(
+                "{} binding `{binding}` has no backend",
+                self.kind.name()
+            ))
+        })
+    }
+
+    /// An adapter's call: every access in `needs` is checked, then `f` runs on the backend.
+    /// `f` returns the value and its size in bytes.
+    pub(crate) async fn call<T>(
+        &self,
+        binding: &str,
+        needs: &[Access],
+        operation: Operation,
+        detail: Option<String>,
+        f: impl AsyncFnOnce(&B) -> Result<(T, u64), CapError>,
+    ) -> Result<T, CapError> {
+        let call = Call {
+            kind: self.kind,
+            binding,
+            needs,
+            operation,
+            detail,
+        };
+        self.guard
+            .run(call, async || f(self.backend(binding)?).await)
+            .await
+    }
+
+    /// A host operation: its access comes from the operation.
+    pub(crate) async fn host<T>(
+        &self,
+        binding: &str,
+        operation: Operation,
+        detail: &str,
+        f: impl AsyncFnOnce(&B) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        self.guard
+            .host(self.kind, binding, operation, detail, async || {
+                f(self.backend(binding)?).await
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upshift_model::grants::{BindingRequest, BoundName};
+
+    fn bound(dir: &std::path::Path) -> (Bound<()>, Arc<AuditLog>) {
+        let audit = Arc::new(AuditLog::open(&dir.join("audit.jsonl")).expect("audit"));
+        let grants = GrantSet::resolve(
+            "i",
+            &[BindingRequest {
+                name: "meta".into(),
+                kind: BindingKind::Db,
+                access: vec![Access::Read],
+                purpose: "test".into(),
+                optional: false,
+            }],
+            &[BoundName {
+                name: "meta".into(),
+                kind: BindingKind::Db,
+                access: None,
+            }],
+        )
+        .expect("grants");
+        let caller = Caller {
+            adapter_digest: "d".into(),
+            instance: "i".into(),
+        };
+        let guard = Arc::new(Guard::new(caller, grants, audit.clone()));
+        let mut bound = Bound::new(guard, BindingKind::Db);
+        bound.bind("meta", ());
+        (bound, audit)
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_exports_deadline_is_abandoned_and_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bound, audit) = bound(dir.path());
+        let slow = bound.call(
+            "meta",
+            &[Access::Read],
+            Operation::Query,
+            None,
+            async |_| {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(((), 0))
+            },
+        );
+        let started = Instant::now();
+        let err = with_deadline(started + Duration::from_millis(100), slow)
+            .await
+            .expect_err("abandoned at the deadline");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(err.to_string().contains("deadline"), "{err}");
+        let records = crate::audit::verify(audit.path()).expect("verify");
+        assert_eq!(records.records, 1, "the abandoned call is recorded once");
+
+        // Outside an export there is no deadline.
+        let quick = bound
+            .call(
+                "meta",
+                &[Access::Read],
+                Operation::Query,
+                None,
+                async |_| Ok((7, 1)),
+            )
+            .await;
+        assert_eq!(quick, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_denied_call_never_reaches_the_backend() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bound, _) = bound(dir.path());
+        let mut reached = false;
+        let err = bound
+            .call(
+                "meta",
+                &[Access::Write],
+                Operation::Execute,
+                None,
+                async |_| {
+                    reached = true;
+                    Ok(((), 0))
+                },
+            )
+            .await
+            .expect_err("write is not granted");
+        assert!(matches!(err, CapError::Denied(_)), "{err:?}");
+        assert!(!reached);
+    }
+}

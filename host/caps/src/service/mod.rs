@@ -1,0 +1,406 @@
+//! The service capability: [`Services`] owns the bound services and reaches them only through
+//! the guard. [`ServiceBackend`] dispatches to one engine per file: a local process
+//! ([`process`]), a Docker container ([`docker`]) or a Compose service ([`compose`], whose file
+//! edits are in [`compose_file`]).
+
+pub mod compose;
+pub mod compose_file;
+pub mod docker;
+pub mod process;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use crate::CapError;
+use crate::files::Files;
+use crate::guard::{Bound, Guard};
+use crate::operation::Operation;
+use compose::ComposeBackend;
+use docker::DockerBackend;
+use process::ProcessBackend;
+use upshift_model::binding::{ServiceBackend as ServiceSpec, ServiceBinding};
+use upshift_model::grants::{Access, BindingKind};
+
+/// What the host knows of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Whether it runs.
+    pub running: bool,
+    /// The version it runs or will run.
+    pub version: String,
+    /// Backend detail.
+    pub detail: String,
+}
+
+/// The service capability: the bound services, reached only through the guard.
+pub struct Services {
+    bound: Bound<ServiceBackend>,
+}
+
+impl Services {
+    pub(crate) fn new(guard: Arc<Guard>) -> Services {
+        Services {
+            bound: Bound::new(guard, BindingKind::Service),
+        }
+    }
+
+    pub(crate) fn bind(&mut self, name: &str, backend: ServiceBackend) {
+        self.bound.bind(name, backend);
+    }
+
+    /// The bound services' names.
+    pub fn bindings(&self) -> impl Iterator<Item = &str> {
+        self.bound.names()
+    }
+
+    /// Whether `binding` is a one-shot job (from the fleet file; nothing is reached).
+    pub fn is_job(&self, binding: &str) -> bool {
+        self.bound
+            .config(binding)
+            .is_some_and(ServiceBackend::is_job)
+    }
+
+    async fn guarded<T>(
+        &self,
+        binding: &str,
+        access: Access,
+        operation: Operation,
+        detail: Option<String>,
+        f: impl AsyncFnOnce(&ServiceBackend) -> Result<(T, u64), CapError>,
+    ) -> Result<T, CapError> {
+        self.bound
+            .call(binding, &[access], operation, detail, f)
+            .await
+    }
+
+    /// `service.inspect`; the host's own inspections say why in `detail`.
+    pub async fn inspect(&self, binding: &str, detail: Option<&str>) -> Result<Status, CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::Inspect,
+            detail.map(String::from),
+            async |b| Ok((b.inspect().await?, 64)),
+        )
+        .await
+    }
+
+    /// `service.healthy`.
+    pub async fn healthy(&self, binding: &str, detail: Option<&str>) -> Result<bool, CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::Healthy,
+            detail.map(String::from),
+            async |b| Ok((b.healthy().await?, 1)),
+        )
+        .await
+    }
+
+    /// `service.image-present`.
+    pub async fn image_present(&self, binding: &str, version: &str) -> Result<bool, CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::ImagePresent,
+            Some(version.to_string()),
+            async |b| Ok((b.image_present(version).await?, 1)),
+        )
+        .await
+    }
+
+    /// `service.load-image`: needs `read` on the files binding and `control` on the service.
+    pub async fn load_image(
+        &self,
+        binding: &str,
+        files: &Files,
+        files_binding: &str,
+        path: &str,
+    ) -> Result<Vec<String>, CapError> {
+        let file = files.open_for_load_image(files_binding, path).await?;
+        self.guarded(
+            binding,
+            Access::Control,
+            Operation::LoadImage,
+            Some(path.to_string()),
+            async |b| {
+                let images = b.load_image(file).await?;
+                let bytes = images.iter().map(|i| i.len() as u64).sum();
+                Ok((images, bytes))
+            },
+        )
+        .await
+    }
+
+    async fn host(
+        &self,
+        binding: &str,
+        operation: Operation,
+        detail: &str,
+        f: impl AsyncFnOnce(&ServiceBackend) -> Result<String, CapError>,
+    ) -> Result<String, CapError> {
+        self.bound.host(binding, operation, detail, f).await
+    }
+
+    /// Host: stop the service (needs `control`).
+    pub async fn stop(&self, binding: &str, detail: &str) -> Result<String, CapError> {
+        self.host(binding, Operation::Stop, detail, async |b| b.stop().await)
+            .await
+    }
+
+    /// Host: start the service (needs `control`).
+    pub async fn start(&self, binding: &str, detail: &str) -> Result<String, CapError> {
+        self.host(binding, Operation::Start, detail, async |b| b.start().await)
+            .await
+    }
+
+    /// Host: switch the (stopped) service to `version` (needs `switch-version`).
+    pub async fn switch_version(
+        &self,
+        binding: &str,
+        version: &str,
+        detail: &str,
+    ) -> Result<String, CapError> {
+        self.host(binding, Operation::SwitchVersion, detail, async |b| {
+            b.switch_version(version).await
+        })
+        .await
+    }
+
+    /// Host: wait until healthy (needs `inspect`).
+    pub async fn wait_healthy(
+        &self,
+        binding: &str,
+        timeout: Duration,
+        detail: &str,
+    ) -> Result<String, CapError> {
+        self.host(binding, Operation::WaitHealthy, detail, async |b| {
+            b.wait_healthy(timeout).await
+        })
+        .await
+    }
+
+    /// Host, after a verified run: remove what a switch kept for rolling back (needs
+    /// `switch-version`). A binding that keeps nothing (a process), or that may not switch
+    /// versions (so the host never switched it), is left alone and not recorded.
+    pub async fn finalize(&self, binding: &str) -> Result<String, CapError> {
+        let keeps = self
+            .bound
+            .config(binding)
+            .is_some_and(ServiceBackend::keeps_previous);
+        let may_switch = self
+            .bound
+            .grants()
+            .check(binding, BindingKind::Service, Access::SwitchVersion)
+            .is_ok();
+        if !keeps || !may_switch {
+            return Ok(String::new());
+        }
+        self.host(binding, Operation::Finalize, "host finalize", async |b| {
+            b.finalize().await
+        })
+        .await
+    }
+}
+
+/// A bound service.
+pub enum ServiceBackend {
+    /// A local process.
+    Process(ProcessBackend),
+    /// A Docker container.
+    Docker(DockerBackend),
+    /// A service of a Compose file.
+    Compose(ComposeBackend),
+}
+
+impl ServiceBackend {
+    /// The backend for a fleet binding; state lives under `state_dir`.
+    pub fn new(binding: &ServiceBinding, state_dir: &Path, name: &str) -> ServiceBackend {
+        match &binding.backend {
+            ServiceSpec::Process(spec) => {
+                ServiceBackend::Process(ProcessBackend::new(spec.clone(), state_dir, name))
+            }
+            ServiceSpec::Docker(spec) => ServiceBackend::Docker(DockerBackend::new(spec.clone())),
+            ServiceSpec::Compose(spec) => {
+                ServiceBackend::Compose(ComposeBackend::new(spec.clone()))
+            }
+        }
+    }
+
+    /// Whether it is a one-shot job (its start runs it to completion).
+    pub fn is_job(&self) -> bool {
+        matches!(self, ServiceBackend::Process(p) if p.is_job())
+    }
+
+    /// Current status.
+    pub async fn inspect(&self) -> Result<Status, CapError> {
+        match self {
+            ServiceBackend::Process(p) => {
+                let state = p.state()?;
+                let pid = p.running_pid().await?;
+                Ok(Status {
+                    running: pid.is_some(),
+                    version: state.version,
+                    detail: match pid {
+                        Some(pid) => format!("process pid {pid}"),
+                        None => "process not running".into(),
+                    },
+                })
+            }
+            ServiceBackend::Compose(c) => {
+                let (running, version, detail) = c.inspect().await?;
+                Ok(Status {
+                    running,
+                    version,
+                    detail,
+                })
+            }
+            ServiceBackend::Docker(d) => {
+                let (running, version, detail) = d.inspect().await?;
+                Ok(Status {
+                    running,
+                    version,
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// Stop it.
+    pub async fn stop(&self) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.stop().await,
+            ServiceBackend::Docker(d) => d.stop().await,
+            ServiceBackend::Compose(c) => c.stop().await,
+        }
+    }
+
+    /// Start it.
+    pub async fn start(&self) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.start().await,
+            ServiceBackend::Docker(d) => d.start().await,
+            ServiceBackend::Compose(c) => c.start().await,
+        }
+    }
+
+    /// Switch it (stopped) to another version.
+    pub async fn switch_version(&self, version: &str) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.switch_version(version).await,
+            ServiceBackend::Docker(d) => d.switch_version(version).await,
+            ServiceBackend::Compose(c) => c.switch_version(version).await,
+        }
+    }
+
+    /// Whether it answers its health check now.
+    pub async fn healthy(&self) -> Result<bool, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.healthy().await,
+            ServiceBackend::Docker(d) => d.healthy().await,
+            ServiceBackend::Compose(c) => c.healthy().await,
+        }
+    }
+
+    /// Wait until healthy; fail early, with its last output, if it stops running.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => {
+                wait_until_healthy(p, timeout, Duration::from_millis(100)).await
+            }
+            ServiceBackend::Docker(d) => d.wait_healthy(timeout).await,
+            ServiceBackend::Compose(c) => c.wait_healthy(timeout).await,
+        }
+    }
+
+    /// Whether the image for `version` is on the engine (container services only).
+    pub async fn image_present(&self, version: &str) -> Result<bool, CapError> {
+        match self {
+            ServiceBackend::Docker(d) => d.image_present(version).await,
+            ServiceBackend::Compose(c) => c.image_present(version).await,
+            ServiceBackend::Process(_) => {
+                Err(CapError::Invalid("a process service has no images".into()))
+            }
+        }
+    }
+
+    /// Load images from a tar file (container services only).
+    pub async fn load_image(&self, file: std::fs::File) -> Result<Vec<String>, CapError> {
+        match self {
+            ServiceBackend::Docker(d) => d.load_image(file).await,
+            ServiceBackend::Compose(c) => c.load_image(file).await,
+            ServiceBackend::Process(_) => {
+                Err(CapError::Invalid("a process service has no images".into()))
+            }
+        }
+    }
+
+    /// Whether a switch keeps something for rolling back (a container, a Compose file).
+    pub fn keeps_previous(&self) -> bool {
+        !matches!(self, ServiceBackend::Process(_))
+    }
+
+    /// After a verified run: drop what was kept for rolling back (the previous container).
+    pub async fn finalize(&self) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(_) => Ok(String::new()),
+            ServiceBackend::Docker(d) => d.finalize().await,
+            ServiceBackend::Compose(c) => c.finalize().await,
+        }
+    }
+
+    /// The last lines of the service's output.
+    pub async fn output_tail(&self) -> String {
+        match self {
+            ServiceBackend::Process(p) => p.log_tail(20),
+            ServiceBackend::Docker(d) => d.output_tail().await,
+            ServiceBackend::Compose(c) => c.output_tail().await,
+        }
+    }
+}
+
+/// What an engine answers while the host waits for it to become healthy.
+pub(crate) trait Health {
+    /// Who, in messages: `the service`, ``container `x` ``.
+    fn label(&self) -> String;
+    /// Whether it answers its health check now.
+    async fn healthy(&self) -> Result<bool, CapError>;
+    /// Whether it runs.
+    async fn running(&self) -> Result<bool, CapError>;
+    /// Its last output.
+    async fn output_tail(&self) -> String;
+}
+
+/// The one health wait: poll every `poll` until healthy; fail early, with the last output, if it
+/// stops running, and at `timeout`.
+pub(crate) async fn wait_until_healthy(
+    engine: &impl Health,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<String, CapError> {
+    let started = Instant::now();
+    loop {
+        if engine.healthy().await? {
+            return Ok(format!(
+                "healthy after {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        let running = engine.running().await?;
+        if !running || started.elapsed() > timeout {
+            return Err(CapError::Failed(format!(
+                "{} {}; last output:\n{}",
+                engine.label(),
+                if running {
+                    format!("not healthy after {} s", timeout.as_secs())
+                } else {
+                    "stopped running while starting".into()
+                },
+                engine.output_tail().await
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
