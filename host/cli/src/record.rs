@@ -36,7 +36,7 @@ pub fn start(
     })?;
     let command: Vec<String> = std::env::args().skip(1).collect();
     let recorder = Arc::new(Recorder::new(instance, &command.join(" ")));
-    session.runtime.set_recorder(Some(recorder.clone()));
+    session.runtime.set_observer(Some(recorder.clone()));
     Ok(Some(Recording {
         recorder,
         path: path.clone(),

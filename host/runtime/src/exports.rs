@@ -1,5 +1,5 @@
-//! The adapter's exports as typed calls, each with its deadline. With a recorder set (see
-//! [`Runtime::set_recorder`]) every call goes on the tape: its arguments, the imports it made
+//! The adapter's exports as typed calls, each with its deadline. With an observer set (see
+//! [`Runtime::set_observer`]) every call is shown to it: its arguments, the imports it made
 //! and their answers, and its result.
 
 use std::sync::Arc;
@@ -11,10 +11,34 @@ use wasmtime::Store;
 use super::bindings::{
     Adapter, AdapterError, Check, Detection, Plan, Refusal, RestoreRequest, StepOutput,
 };
-use super::tap::{Cursor, Tap};
+use super::tap::{Cursor, ImportCall, Tap};
 use super::{AdapterFault, Deadlines, HostState, LoadedAdapter, Runtime};
-use crate::tape::ExportRecord;
 use upshift_caps::InstanceCaps;
+
+/// One export call as it happened: its arguments, the imports it made with the host's answers,
+/// and its result or fault (what a tape stores).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportRecord {
+    /// The export and its arguments (`"export"`, `"args"`).
+    #[serde(flatten)]
+    pub call: ExportCall,
+    /// The imports it made, in order, with the host's answers.
+    #[serde(default)]
+    pub calls: Vec<ImportCall>,
+    /// What it returned (`{"Ok": …}` / `{"Err": …}`), unless it faulted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why the sandbox stopped it, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+}
+
+/// Sees every export call the runtime makes, once it has returned. The runtime owns this seam;
+/// recording a tape (`--record`) is one observer.
+pub trait ExportObserver: Send + Sync {
+    /// `record` was just made on `adapter`.
+    fn export_finished(&self, adapter: &LoadedAdapter, record: ExportRecord);
+}
 
 /// One export call with its arguments, as it goes on the tape.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,7 +181,7 @@ impl Runtime {
         .await
     }
 
-    /// Run an export, on the tape when a recorder is set.
+    /// Run an export, seen by the observer when one is set.
     async fn export<R: Serialize>(
         &self,
         adapter: &LoadedAdapter,
@@ -167,7 +191,7 @@ impl Runtime {
     ) -> Result<R, AdapterFault> {
         let export = record();
         let deadline = export.deadline(self.deadlines);
-        let Some(recorder) = &self.recorder else {
+        let Some(observer) = &self.observer else {
             return self
                 .call(adapter, caps, export.name(), deadline, call)
                 .await;
@@ -190,7 +214,7 @@ impl Runtime {
             Ok(r) => (Some(to_json(r)), None),
             Err(f) => (None, Some(f.reason.clone())),
         };
-        recorder.push(
+        observer.export_finished(
             adapter,
             ExportRecord {
                 call: export,

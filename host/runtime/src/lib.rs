@@ -11,7 +11,6 @@ pub mod exports;
 mod host;
 pub mod manifest;
 pub mod tap;
-pub mod tape;
 pub mod world;
 
 use std::sync::Arc;
@@ -117,7 +116,7 @@ pub struct Runtime {
     cache: Option<ArtifactCache>,
     deadlines: Deadlines,
     stop_ticker: Arc<AtomicBool>,
-    recorder: Option<Arc<crate::tape::Recorder>>,
+    observer: Option<Arc<dyn exports::ExportObserver>>,
     audit: Option<Arc<AuditLog>>,
 }
 
@@ -207,7 +206,7 @@ impl Runtime {
             linker,
             deadlines: Deadlines::default(),
             stop_ticker,
-            recorder: None,
+            observer: None,
             audit: None,
         })
     }
@@ -322,9 +321,9 @@ impl Runtime {
             .collect())
     }
 
-    /// Record every later export call (its arguments, imports and result) on `recorder`.
-    pub fn set_recorder(&mut self, recorder: Option<Arc<crate::tape::Recorder>>) {
-        self.recorder = recorder;
+    /// Show every later export call (its arguments, imports and result) to `observer`.
+    pub fn set_observer(&mut self, observer: Option<Arc<dyn exports::ExportObserver>>) {
+        self.observer = observer;
     }
 
     fn store(

@@ -11,12 +11,12 @@ pub mod fleet;
 pub mod lockfile;
 pub mod ops;
 pub mod signing;
+pub mod tape;
 
 pub use upshift_caps as caps;
 pub use upshift_caps::audit;
 pub use upshift_model as model;
 pub use upshift_model::{capdiff, grants};
 pub use upshift_runtime as runtime;
-pub use upshift_runtime::tape;
 pub use upshift_state as state;
 pub use upshift_state::{lease, queue};

@@ -451,17 +451,7 @@ pub async fn apply(
         serde_json::json!({ "plan": plan, "prior": report.prior, "detection": report.detection })
             .to_string();
     let run = new_run(instance, &adapter, "upgrade", &from, target, plan_json);
-    session.state.insert_run(&run).await.map_err(host)?;
-    caps.set_run(Some(run.id.clone()));
-    let ctx = RunContext {
-        session,
-        adapter: &adapter,
-        caps: caps.clone(),
-        run_id: run.id.clone(),
-        data_version: from.clone(),
-        restore_source: None,
-        lease: Some(&held),
-    };
+    let ctx = RunContext::begin(session, &adapter, &caps, &held, &run, None).await?;
     let forward = run_forward(&ctx, &plan.steps).await;
     conclude(
         &ctx,
@@ -727,17 +717,7 @@ pub async fn backup(
         &version,
         "null".into(),
     );
-    session.state.insert_run(&run).await.map_err(host)?;
-    caps.set_run(Some(run.id.clone()));
-    let ctx = RunContext {
-        session,
-        adapter: &adapter,
-        caps: caps.clone(),
-        run_id: run.id.clone(),
-        data_version: version,
-        restore_source: None,
-        lease: Some(&held),
-    };
+    let ctx = RunContext::begin(session, &adapter, &caps, &held, &run, None).await?;
     let bindings: Vec<String> = caps
         .grants()
         .grants()
@@ -871,17 +851,8 @@ pub async fn restore(
         &backup.product_version,
         serde_json::json!({ "plan": plan, "backup": backup.id }).to_string(),
     );
-    session.state.insert_run(&run).await.map_err(host)?;
-    caps.set_run(Some(run.id.clone()));
-    let ctx = RunContext {
-        session,
-        adapter: &adapter,
-        caps: caps.clone(),
-        run_id: run.id.clone(),
-        data_version: backup.product_version.clone(),
-        restore_source: Some(backup.clone()),
-        lease: Some(&held),
-    };
+    let ctx =
+        RunContext::begin(session, &adapter, &caps, &held, &run, Some(backup.clone())).await?;
     let Forward { lines, failure, .. } = run_forward(&ctx, &plan.steps).await;
     let (outcome, status, help) = match &failure {
         None => (Outcome::Succeeded, RunStatus::Succeeded, None),

@@ -14,7 +14,7 @@ use crate::caps::{CapError, Event, InstanceCaps};
 use crate::lease::Held;
 use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{Action, BackupMethod, HttpCheckAction, RestoreTarget};
-use crate::state::{BackupRecord, StateStore, StepStatus};
+use crate::state::{BackupRecord, RunRecord, StateStore, StepStatus};
 
 use super::Session;
 use super::plan::RollbackAction;
@@ -35,6 +35,57 @@ pub struct RunContext<'a> {
     pub restore_source: Option<BackupRecord>,
     /// The instance's lease: checked (fencing) before every step.
     pub lease: Option<&'a Held>,
+}
+
+impl<'a> RunContext<'a> {
+    /// Journal `run` as started and give the context its steps run in, under `lease`.
+    pub async fn begin(
+        session: &'a Session,
+        adapter: &'a LoadedAdapter,
+        caps: &Arc<InstanceCaps>,
+        lease: &'a Held,
+        run: &RunRecord,
+        restore_source: Option<BackupRecord>,
+    ) -> Result<RunContext<'a>, super::OpError> {
+        session
+            .state
+            .insert_run(run)
+            .await
+            .map_err(|e| super::OpError::Host(e.to_string()))?;
+        Ok(RunContext::attach(
+            session,
+            adapter,
+            caps,
+            lease,
+            run,
+            restore_source,
+        ))
+    }
+
+    /// The context of a run already journaled (one being resumed): its capability calls are
+    /// audited under the run, and a backup records the version the run started from (or, for
+    /// a restore, the backup's).
+    pub fn attach(
+        session: &'a Session,
+        adapter: &'a LoadedAdapter,
+        caps: &Arc<InstanceCaps>,
+        lease: &'a Held,
+        run: &RunRecord,
+        restore_source: Option<BackupRecord>,
+    ) -> RunContext<'a> {
+        caps.set_run(Some(run.id.clone()));
+        RunContext {
+            session,
+            adapter,
+            caps: caps.clone(),
+            run_id: run.id.clone(),
+            data_version: restore_source
+                .as_ref()
+                .map_or_else(|| run.from_version.clone(), |b| b.product_version.clone()),
+            restore_source,
+            lease: Some(lease),
+        }
+    }
 }
 
 /// The result of one finished step.

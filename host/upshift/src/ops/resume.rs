@@ -176,16 +176,7 @@ pub async fn resume(
     }
     let saved: Saved = serde_json::from_str(&run.plan_json)
         .map_err(|e| OpError::Host(format!("run {run_id} has no usable journaled plan: {e}")))?;
-    caps.set_run(Some(run.id.clone()));
-    let ctx = RunContext {
-        session,
-        adapter: &adapter,
-        caps: caps.clone(),
-        run_id: run.id.clone(),
-        data_version: run.from_version.clone(),
-        restore_source: None,
-        lease: Some(&held),
-    };
+    let ctx = RunContext::attach(session, &adapter, &caps, &held, &run, None);
     let journal = session.state.steps(run_id).await.map_err(host)?;
     let taken: Vec<BackupRecord> = session
         .state

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use super::diff::{Difference, differences};
 use super::{Tape, TapeAdapter};
-use crate::tap::Cursor;
-use crate::{LoadedAdapter, Runtime};
+use upshift_runtime::tap::Cursor;
+use upshift_runtime::{LoadedAdapter, Runtime};
 
 /// How many differences are shown per export.
 const SHOWN: usize = 10;

@@ -16,9 +16,9 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::LoadedAdapter;
-use crate::exports::ExportCall;
-use crate::tap::ImportCall;
+use upshift_runtime::LoadedAdapter;
+use upshift_runtime::exports::ExportObserver;
+pub use upshift_runtime::exports::ExportRecord;
 
 /// The format this host writes and reads.
 pub const FORMAT: &str = "upshift-tape/1";
@@ -59,23 +59,6 @@ pub struct TapeAdapter {
     pub adapter_version: String,
     /// sha256 of the component.
     pub sha256: String,
-}
-
-/// One export call on a tape.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExportRecord {
-    /// The export and its arguments (`"export"`, `"args"`).
-    #[serde(flatten)]
-    pub call: ExportCall,
-    /// The imports it made, in order, with the host's answers.
-    #[serde(default)]
-    pub calls: Vec<ImportCall>,
-    /// What it returned (`{"Ok": …}` / `{"Err": …}`), unless it faulted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    /// Why the sandbox stopped it, if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fault: Option<String>,
 }
 
 /// A recorded run.
@@ -177,7 +160,7 @@ pub fn check_target(path: &Path, overwrite: bool) -> Result<(), TapeError> {
     Ok(())
 }
 
-/// Collects export calls during a run.
+/// Collects export calls during a run: the runtime's [`ExportObserver`] behind `--record`.
 pub struct Recorder {
     instance: String,
     command: String,
@@ -193,18 +176,6 @@ impl Recorder {
             command: command.to_string(),
             recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             inner: Mutex::new((None, Vec::new())),
-        }
-    }
-
-    /// Keep one export call made on `adapter`.
-    pub fn push(&self, adapter: &LoadedAdapter, record: ExportRecord) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.0.get_or_insert_with(|| TapeAdapter {
-                product: adapter.manifest.product.clone(),
-                adapter_version: adapter.manifest.adapter_version.clone(),
-                sha256: adapter.digest.clone(),
-            });
-            inner.1.push(record);
         }
     }
 
@@ -226,9 +197,23 @@ impl Recorder {
     }
 }
 
+impl ExportObserver for Recorder {
+    fn export_finished(&self, adapter: &LoadedAdapter, record: ExportRecord) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.0.get_or_insert_with(|| TapeAdapter {
+                product: adapter.manifest.product.clone(),
+                adapter_version: adapter.manifest.adapter_version.clone(),
+                sha256: adapter.digest.clone(),
+            });
+            inner.1.push(record);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use upshift_runtime::exports::ExportCall;
 
     #[test]
     fn a_tape_round_trips_and_bad_ones_say_why() {
