@@ -1,7 +1,7 @@
 //! `upshift adapter inspect|diff` and `upshift lock`: what an adapter is and may do, read from
 //! its bytes without running it, and the fleet's approvals of it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use upshift::capdiff::{self, Change};
@@ -386,4 +386,88 @@ pub fn new(name: &str, dir: Option<std::path::PathBuf>) -> Result<u8, Exit> {
     );
     println!("docs/writing-adapters.md walks through the rest.");
     Ok(0)
+}
+
+/// `upshift adapter keygen`: an Ed25519 key pair.
+pub fn keygen(out: PathBuf) -> Result<u8, Exit> {
+    let (secret, public) = upshift::signing::keygen()?;
+    let key = out.with_extension("key");
+    let pubf = out.with_extension("pub");
+    write_secret(&key, &secret)?;
+    std::fs::write(&pubf, format!("{public}\n"))
+        .with_context(|| format!("cannot write {}", pubf.display()))?;
+    println!(
+        "secret key: {} (keep it private)\npublic key: {} {public}",
+        key.display(),
+        pubf.display()
+    );
+    Ok(0)
+}
+
+/// `upshift adapter sign`: sign an adapter file.
+pub fn sign(file: PathBuf, key: PathBuf, signer: String) -> Result<u8, Exit> {
+    let wasm = upshift::adapters::read_file(&file).map_err(usage)?;
+    let secret = std::fs::read_to_string(&key)
+        .with_context(|| format!("cannot read the secret key {}", key.display()))?;
+    let signed = upshift::signing::sign(&file, &wasm, &secret, &signer)?;
+    println!(
+        "signed {} (sha256 {}) as {signer}; {} signature(s) in {}",
+        file.display(),
+        signed.digest,
+        signed.signatures.len(),
+        upshift::signing::signature_path(&file).display()
+    );
+    Ok(0)
+}
+
+/// `upshift adapter verify`: check an adapter file's signatures.
+pub fn verify(ctx: &crate::commands::Ctx, file: PathBuf, keys: Vec<PathBuf>) -> Result<u8, Exit> {
+    let wasm = upshift::adapters::read_file(&file).map_err(usage)?;
+    let policy = if keys.is_empty() {
+        ctx.load_fleet()?.trust.ok_or_else(|| {
+            usage(
+                "no [trust] policy in the fleet file and no --key given: nothing to verify against",
+            )
+        })?
+    } else {
+        let mut named = std::collections::BTreeMap::new();
+        for k in &keys {
+            let text = std::fs::read_to_string(k)
+                .with_context(|| format!("cannot read the public key {}", k.display()))?;
+            named.insert(k.display().to_string(), text.trim().to_string());
+        }
+        upshift::signing::TrustPolicy {
+            keys: named,
+            require: upshift::signing::Require::AtLeast(1),
+        }
+    };
+    match upshift::signing::verify(&file, &wasm, &policy) {
+        Ok(signers) => {
+            println!(
+                "trusted: {} signed by {}",
+                file.display(),
+                signers.join(", ")
+            );
+            Ok(0)
+        }
+        Err(e) => Err(Exit {
+            code: 1,
+            error: anyhow::anyhow!("not trusted: {e}"),
+        }),
+    }
+}
+
+/// Write a secret key readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<(), Exit> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(format!("{secret}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -1,0 +1,150 @@
+//! Backups: take, verify, list and restore.
+
+use std::io::IsTerminal;
+
+use upshift::ops::apply;
+use upshift::runtime::bindings::BackupMethod;
+
+use super::Ctx;
+use super::runs::finish_run;
+use crate::cli::{BackupArgs, ListArgs, Method, RestoreArgs};
+use crate::{Exit, confirm, print_json, ui, usage};
+
+/// `upshift backup INSTANCE`: back up its databases now.
+pub async fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8, Exit> {
+    let fleet = ctx.load_fleet()?;
+    let Some(instance_name) = args.instance.clone() else {
+        return Err(usage("give an INSTANCE to back up, or `backup verify ID`"));
+    };
+    let (_ui, sink) = ui::Ui::sink(args.json);
+    let session = ctx.open_session(sink).await?;
+    let method = match args.method {
+        Method::Dump => BackupMethod::Dump,
+        Method::Clone => BackupMethod::Clone,
+    };
+    let backups = apply::backup(&session, fleet.instance(&instance_name)?, method).await?;
+    if args.json {
+        print_json(&backups)?;
+    } else {
+        for b in &backups {
+            println!(
+                "backup {} of `{}` at {} ({} {}, {} bytes{})",
+                b.id,
+                b.binding,
+                b.product_version,
+                b.method,
+                b.location,
+                b.size_bytes.unwrap_or(0),
+                b.sha256
+                    .as_ref()
+                    .map(|s| format!(", sha256 {}", &s[..12.min(s.len())]))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `upshift backup verify ID`: checksums, and with `--restore-test` a trial restore.
+pub async fn backup_verify(
+    ctx: &Ctx,
+    id: String,
+    restore_test: bool,
+    json: bool,
+) -> Result<u8, Exit> {
+    let session = ctx
+        .open_session(upshift::caps::EventSink::discard())
+        .await?;
+    let fleet = if ctx.fleet.exists() {
+        Some(ctx.load_fleet()?)
+    } else {
+        None
+    };
+    let outcome =
+        upshift::ops::backups::verify(&session, fleet.as_ref(), &id, restore_test).await?;
+    if json {
+        print_json(&outcome)?;
+    } else {
+        println!(
+            "backup {} of `{}` ({} {})",
+            outcome.backup.id,
+            outcome.backup.instance,
+            outcome.backup.method,
+            outcome.backup.location
+        );
+        for c in &outcome.checks {
+            println!(
+                "  {} {}: {}",
+                if c.passed { "✔" } else { "✘" },
+                c.name,
+                c.detail
+            );
+        }
+        println!(
+            "{}",
+            if outcome.ok {
+                "backup is good"
+            } else {
+                "backup is NOT good: marked invalid, it will not be restored"
+            }
+        );
+    }
+    Ok(if outcome.ok { 0 } else { 1 })
+}
+
+/// `upshift backups`: the catalog.
+pub async fn backups(ctx: &Ctx, args: ListArgs) -> Result<u8, Exit> {
+    let state = ctx.builder.open_state().await?;
+    let backups = state.backups(args.instance.as_deref()).await?;
+    if args.json {
+        print_json(&backups)?;
+    } else if backups.is_empty() {
+        println!("no backups");
+    } else {
+        println!(
+            "{:<16} {:<14} {:<8} {:<10} {:<6} {:<22} location",
+            "id", "instance", "binding", "version", "method", "taken"
+        );
+        for b in &backups {
+            println!(
+                "{:<16} {:<14} {:<8} {:<10} {:<6} {:<22} {}",
+                b.id, b.instance, b.binding, b.product_version, b.method, b.created_at, b.location
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `upshift restore`: a backup back in place, or into a new database.
+pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8, Exit> {
+    let fleet = ctx.load_fleet()?;
+    let instance = fleet.instance(&args.instance)?;
+    if !args.yes && !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "no terminal to confirm on; pass --yes to run without a prompt",
+        ));
+    }
+    let (ui, sink) = ui::Ui::sink(args.json);
+    let session = ctx.open_session(sink).await?;
+    let (json, yes) = (args.json, args.yes);
+    let report = apply::restore(
+        &session,
+        instance,
+        &args.backup_id,
+        args.into.as_deref(),
+        |plan| {
+            if !json {
+                eprintln!("Restore plan for {}:", instance.name);
+                for (i, s) in plan.steps.iter().enumerate() {
+                    eprintln!("  {:>2}. {:<16} {}", i + 1, s.id, s.title);
+                }
+                for n in &plan.notes {
+                    eprintln!("  note: {n}");
+                }
+            }
+            confirm(yes, "Proceed with this restore?").unwrap_or(false)
+        },
+    )
+    .await;
+    finish_run(ui.as_deref(), report, json)
+}

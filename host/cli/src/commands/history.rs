@@ -1,0 +1,104 @@
+//! What happened: the runs' journal and the audit log.
+
+use super::Ctx;
+use crate::cli::HistoryArgs;
+use crate::{Exit, print_json, usage};
+
+/// `upshift history`: runs, or one run's journaled steps.
+pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
+    let state = ctx.builder.open_state().await?;
+    if let Some(run_id) = &args.run {
+        let run = state
+            .run(run_id)
+            .await?
+            .ok_or_else(|| usage(format!("no run `{run_id}`")))?;
+        let steps = state.steps(run_id).await?;
+        if args.json {
+            print_json(&serde_json::json!({ "run": run, "steps": steps }))?;
+        } else {
+            println!(
+                "run {} {} {} {} → {}: {}{}",
+                run.id,
+                run.kind,
+                run.instance,
+                run.from_version,
+                run.to_version,
+                run.status,
+                run.message
+                    .as_ref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
+            );
+            for s in &steps {
+                println!(
+                    "  {:<8} {:<24} {:<10} {:>7} ms  {}",
+                    s.phase,
+                    s.step_id,
+                    s.status.to_string(),
+                    s.duration_ms.unwrap_or(0),
+                    s.error
+                        .clone()
+                        .or(s.output.clone())
+                        .unwrap_or_default()
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                );
+            }
+        }
+        return Ok(0);
+    }
+    let runs = state.runs(args.instance.as_deref(), args.limit).await?;
+    if args.json {
+        print_json(&runs)?;
+    } else if runs.is_empty() {
+        println!("no runs");
+    } else {
+        for r in &runs {
+            println!(
+                "{}  {:<20} {:<8} {:<14} {:>8} → {:<8} {}",
+                r.started_at, r.id, r.kind, r.instance, r.from_version, r.to_version, r.status
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `upshift audit verify`: check the hash-chained audit log.
+pub fn audit_verify(ctx: &Ctx, json: bool) -> Result<u8, Exit> {
+    let path = ctx.data.join("audit.jsonl");
+    if !path.exists() {
+        return Err(usage(format!(
+            "no audit log at {}; pass --data DIR",
+            path.display()
+        )));
+    }
+    let report = upshift::audit::verify(&path)?;
+    if json {
+        print_json(&serde_json::json!({
+            "records": report.records,
+            "ok": report.first_problem.is_none(),
+            "problem": report.first_problem.as_ref().map(|p| serde_json::json!({
+                "line": p.line, "seq": p.seq, "kind": format!("{:?}", p.kind).to_lowercase(), "message": p.message,
+            })),
+        }))?;
+    }
+    match report.first_problem {
+        None => {
+            if !json {
+                println!(
+                    "audit log {}: {} records, chain intact",
+                    path.display(),
+                    report.records
+                );
+            }
+            Ok(0)
+        }
+        Some(p) => {
+            if !json {
+                println!("audit log {}: TAMPERED — {}", path.display(), p.message);
+            }
+            Ok(1)
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Upgrades: plan, apply (one instance or a rollout), resume, and the agents' queue.
+
+use std::io::IsTerminal;
+
+use upshift::ops::apply::{self, PlanOutcome};
+use upshift::ops::{OpError, Session};
+
+use super::Ctx;
+use crate::cli::{AgentArgs, ApplyArgs, EnqueueArgs, PlanArgs, ResumeArgs};
+use crate::{Exit, confirm, exit, print_json, record, ui, usage};
+
+/// `upshift plan`: detect and plan, or plan offline; touches nothing.
+pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
+    let (ui, sink) = ui::Ui::sink(true);
+    drop(ui);
+    let mut session = ctx.open_session(sink).await?;
+    let instance = args.instance.clone().unwrap_or_default();
+    let _tape = record::start(&mut session, &args.tape, &instance)?;
+    let offline = match (&args.product, &args.adapter) {
+        (Some(product), _) => Some(upshift::fleet::AdapterRef::Bundled(product.clone())),
+        (None, Some(file)) => Some(upshift::fleet::AdapterRef::File(file.clone())),
+        (None, None) => None,
+    };
+    let report = match (&args.instance, &offline, &args.from) {
+        (None, Some(adapter), Some(from)) => {
+            apply::offline_plan(&session, adapter, from, &args.to).await?
+        }
+        (Some(name), None, None) => {
+            let fleet = ctx.load_fleet()?;
+            apply::plan_instance(&session, fleet.instance(name)?, &args.to).await?
+        }
+        _ => {
+            return Err(usage(
+                "give an INSTANCE, or --product P (or --adapter FILE) --from V for an offline plan",
+            ));
+        }
+    };
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", ui::plan_text(&report));
+    }
+    Ok(match report.outcome {
+        PlanOutcome::Plan(_) => 0,
+        PlanOutcome::Refused(_) => 3,
+    })
+}
+
+/// `upshift apply`: one instance, or a rollout over several.
+pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<u8, Exit> {
+    let fleet = ctx.load_fleet()?;
+    if !args.yes && !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "no terminal to confirm on; pass --yes to run without a prompt",
+        ));
+    }
+    let (ui, sink) = ui::Ui::sink(args.json);
+    let mut session = ctx.open_session(sink).await?;
+    let json = args.json;
+    let yes = args.yes;
+    if args.all || !args.select.is_empty() || args.instances.len() != 1 {
+        if args.tape.record.is_some() {
+            return Err(usage("--record records one instance's run; name one"));
+        }
+        return rollout(&session, &fleet, &args, ui.as_deref()).await;
+    }
+    let instance = fleet.instance(&args.instances[0])?;
+    let Some(to) = args.to.clone().or_else(|| instance.target.clone()) else {
+        return Err(usage(format!(
+            "instance `{}` has no `target` in the fleet file; pass --to VERSION",
+            instance.name
+        )));
+    };
+    let _tape = record::start(&mut session, &args.tape, &instance.name)?;
+    let report = apply::apply(&session, instance, &to, |plan| {
+        if !json {
+            eprint!("{}", ui::plan_text(plan));
+        }
+        confirm(yes, "Proceed with this plan?").unwrap_or(false)
+    })
+    .await;
+    finish_run(ui.as_deref(), report, json)
+}
+
+/// `apply` over several instances: waves, parallelism, a failure budget and a report.
+pub async fn rollout(
+    session: &Session,
+    fleet: &upshift::fleet::Fleet,
+    args: &ApplyArgs,
+    ui: Option<&ui::Ui>,
+) -> Result<u8, Exit> {
+    use upshift::ops::{report, rollout};
+    let selection = rollout::Selection {
+        all: args.all,
+        names: args.instances.clone(),
+        filters: args.select.clone(),
+    };
+    let instances = rollout::select(fleet, &selection)?;
+    let waves = match &args.waves {
+        Some(text) => rollout::parse_waves(text).map_err(usage)?,
+        None => Vec::new(),
+    };
+    let options = rollout::Options {
+        to: args.to.clone(),
+        parallel: args.parallel,
+        waves,
+        max_failures: args.max_failures,
+    };
+    if !args.json {
+        eprint!("{}", ui::rollout_plan_text(&instances, &options));
+    }
+    if !confirm(args.yes, "Start this rollout?")? {
+        return Err(usage("not confirmed; nothing was changed"));
+    }
+    let outcome = rollout::rollout(session, &instances, &options).await;
+    if let Some(ui) = ui {
+        ui.clear();
+    }
+    let outcome = outcome?;
+    let (md, json_path) = report::write(session, &outcome).await?;
+    if args.json {
+        print_json(&outcome)?;
+    } else {
+        eprint!("{}", ui::rollout_text(&outcome, &md, &json_path));
+    }
+    Ok(exit::rollout(&outcome))
+}
+
+/// `upshift enqueue`: queue upgrades for agents.
+pub async fn enqueue(ctx: &Ctx, args: EnqueueArgs) -> Result<u8, Exit> {
+    let fleet = ctx.load_fleet()?;
+    let session = ctx
+        .open_session(upshift::caps::EventSink::discard())
+        .await?;
+    let selection = upshift::ops::rollout::Selection {
+        all: args.all,
+        names: args.instances.clone(),
+        filters: args.select.clone(),
+    };
+    let mut items = Vec::new();
+    for instance in upshift::ops::rollout::select(&fleet, &selection)? {
+        let Some(target) = args.to.clone().or_else(|| instance.target.clone()) else {
+            return Err(usage(format!(
+                "instance `{}` has no `target` in the fleet file; pass --to VERSION",
+                instance.name
+            )));
+        };
+        items.push(upshift::queue::QueueItem {
+            instance: instance.name.clone(),
+            target,
+        });
+    }
+    let n = upshift::ops::agent::enqueue(&session, &items).await?;
+    println!("queued {n} of {} instance(s)", items.len());
+    Ok(0)
+}
+
+/// `upshift agent`: claim queued upgrades and carry them out.
+pub async fn agent(ctx: &Ctx, args: AgentArgs) -> Result<u8, Exit> {
+    let fleet = ctx.load_fleet()?;
+    let (ui, sink) = ui::Ui::sink(args.json);
+    let session = ctx.open_session(sink).await?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| upshift::lease::holder_name("agent"));
+    let done = upshift::ops::agent::run(&session, &fleet, &name, args.until_empty).await;
+    if let Some(ui) = ui.as_deref() {
+        ui.clear();
+    }
+    let done = done?;
+    if args.json {
+        print_json(&done)?;
+    } else {
+        for h in &done {
+            eprintln!(
+                "  {:<20} {}{}",
+                h.instance,
+                h.outcome,
+                if h.resumed {
+                    " (resumed an interrupted run)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `upshift resume`: continue a run after the host died.
+pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> Result<u8, Exit> {
+    let fleet = ctx.load_fleet()?;
+    let (ui, sink) = ui::Ui::sink(args.json);
+    let session = ctx.open_session(sink).await?;
+    let report =
+        upshift::ops::resume::resume(&session, &fleet, &args.run, args.step_done.as_deref()).await;
+    finish_run(ui.as_deref(), report, args.json)
+}
+
+/// Clear the bars, print a run report (text or JSON) and map its outcome to the exit code.
+pub fn finish_run(
+    ui: Option<&ui::Ui>,
+    report: Result<apply::RunReport, OpError>,
+    json: bool,
+) -> Result<u8, Exit> {
+    if let Some(ui) = ui {
+        ui.clear();
+    }
+    let report = report?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print!("{}", ui::run_text(&report));
+    }
+    Ok(exit::outcome(report.outcome))
+}
