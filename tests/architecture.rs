@@ -147,3 +147,54 @@ fn one_postgresql_client_in_the_workspace() {
         "these crates link the synchronous `postgres` client beside tokio-postgres: {users:?}"
     );
 }
+
+#[test]
+fn cargo_run_at_the_root_finds_the_one_binary() {
+    // The README's first command is `cargo run -- demo`: cargo runs the one binary of the
+    // workspace's default members, and refuses when there are several.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        // From the repository root, as the README's reader runs it: inside a member's folder
+        // cargo takes that member as the default instead.
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let defaults: Vec<&str> = meta["workspace_default_members"]
+        .as_array()
+        .expect("workspace_default_members")
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    let mut binaries = Vec::new();
+    for package in meta["packages"].as_array().expect("packages") {
+        if !defaults.contains(&package["id"].as_str().unwrap_or_default()) {
+            continue;
+        }
+        for target in package["targets"].as_array().expect("targets") {
+            if target["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+            {
+                binaries.push(target["name"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    assert_eq!(
+        binaries,
+        ["upshift"],
+        "`cargo run` at the root must find exactly the `upshift` binary among the default members"
+    );
+}

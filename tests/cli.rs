@@ -89,13 +89,45 @@ fn bad_fleet_files_are_refused_with_line_and_fix() {
             assert!(err.contains(needle), "{what}: `{needle}` not in:\n{err}");
         }
     }
+    // A missing fleet file: the library says what is wrong, the CLI how to point at another.
     let out = common::Env::new().upshift(&["plan", "bb", "--to", "3.11.1"]);
     assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("cannot read fleet file"), "{err}");
     assert!(
-        stderr(&out).contains("cannot read fleet file"),
-        "{}",
-        stderr(&out)
+        err.contains("hint: pass --fleet FILE or set UPSHIFT_FLEET"),
+        "{err}"
     );
+    // A data directory that cannot be made: exit 2, and the flag that moves it.
+    let env = common::Env::new();
+    env.write_fleet(&common::bytebase_instance(
+        "bb",
+        "postgres://u@127.0.0.1:1/db",
+        1,
+        "3.10.0",
+        None,
+    ));
+    let blocker = env.data().with_file_name("not-a-directory");
+    std::fs::write(&blocker, "a file where the data directory should go").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+        .arg("--fleet")
+        .arg(env.fleet())
+        .arg("--data")
+        .arg(blocker.join("data"))
+        .args(["history"])
+        .output()
+        .expect("run upshift");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot create data directory"), "{err}");
+    assert!(
+        err.contains("hint: pass --data DIR or set UPSHIFT_DATA"),
+        "{err}"
+    );
+    // A lease period that is no period.
+    let out = env.upshift(&["--lease-secs", "0", "history"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--lease-secs 0"), "{}", stderr(&out));
 }
 
 #[test]

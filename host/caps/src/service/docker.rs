@@ -444,12 +444,7 @@ impl DockerBackend {
         let Some(url) = &self.spec.health_url else {
             return Ok(true);
         };
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| failed("cannot build an HTTP client", e))?;
-        Ok(matches!(client.get(url).send().await, Ok(r) if r.status().is_success()))
+        super::health_url_answers(url).await
     }
 
     /// Whether the container has restarted since it was created (a crash loop under a restart

@@ -404,3 +404,13 @@ pub(crate) async fn wait_until_healthy(
         tokio::time::sleep(poll).await;
     }
 }
+
+/// An operator-given health URL answers 2xx now (no redirects followed, 5 s at most).
+pub(crate) async fn health_url_answers(url: &str) -> Result<bool, CapError> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| CapError::Failed(format!("cannot build an HTTP client: {e}")))?;
+    Ok(matches!(client.get(url).send().await, Ok(r) if r.status().is_success()))
+}

@@ -122,6 +122,16 @@ impl RunContext<'_> {
         self.session.state.as_ref()
     }
 
+    /// Record a `what` (backup, snapshot) just taken in the backup catalog.
+    async fn catalogue(&self, record: BackupRecord, what: &str) -> Result<BackupRecord, CapError> {
+        self.state().insert_backup(&record).await.map_err(|e| {
+            CapError::Failed(format!(
+                "the {what} was taken but could not be catalogued: {e}"
+            ))
+        })?;
+        Ok(record)
+    }
+
     /// Run one step with journaling and events. `Err` carries the error text.
     #[allow(clippy::too_many_arguments)]
     pub async fn step(
@@ -367,12 +377,7 @@ impl RunContext<'_> {
             valid: true,
             note: None,
         };
-        self.state().insert_backup(&record).await.map_err(|e| {
-            CapError::Failed(format!(
-                "the backup was taken but could not be catalogued: {e}"
-            ))
-        })?;
-        Ok(record)
+        self.catalogue(record, "backup").await
     }
 
     async fn restore(
@@ -432,12 +437,7 @@ impl RunContext<'_> {
                 manifest.cloned_files
             )),
         };
-        self.state().insert_backup(&record).await.map_err(|e| {
-            CapError::Failed(format!(
-                "the snapshot was taken but could not be catalogued: {e}"
-            ))
-        })?;
-        Ok(record)
+        self.catalogue(record, "snapshot").await
     }
 
     /// Restore the snapshot `backup` over its files binding (built beside, swapped in by
