@@ -210,7 +210,15 @@ pub async fn run(data: &Path, json: bool) -> Result<u8, Exit> {
         root.display()
     ));
     let mut cluster = upshift_sim::pg::Cluster::start(&root.join("pg"))
-        .map_err(|e| anyhow::anyhow!("the demo needs PostgreSQL's server binaries: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot start the demo's throwaway PostgreSQL: {e}"))?;
+    if !cluster.dir().starts_with(&root) {
+        // As root, with a data directory the `postgres` user cannot reach (root's home).
+        say(format!(
+            "  (in {}: the user postgres cannot reach {})",
+            cluster.dir().display(),
+            root.display()
+        ));
+    }
     let outcome = tour(&root, &cluster, json).await;
     say(format!(
         "{} stopping the demo's processes",

@@ -29,6 +29,27 @@ pub struct Cluster {
     port: u16,
     bindir: PathBuf,
     child: Option<Child>,
+    /// A directory made for the cluster outside the one asked for (see [`Cluster::start`]),
+    /// removed when the cluster stops.
+    made: Option<PathBuf>,
+}
+
+/// Whether user `uid` (group `gid`) can pass through every existing directory above and at
+/// `dir` (the execute bit that applies to it).
+fn traversable_by(dir: &Path, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors()
+        .filter_map(|a| std::fs::metadata(a).ok())
+        .all(|m| {
+            let mode = m.mode();
+            if m.uid() == uid {
+                mode & 0o100 != 0
+            } else if m.gid() == gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            }
+        })
 }
 
 /// The directory holding `initdb` and `postgres`.
@@ -130,9 +151,36 @@ pub(crate) fn spawn_supervised(mut cmd: Command) -> Result<Child, PgError> {
 
 impl Cluster {
     /// Create and start a cluster in `dir` (created; must be empty or absent).
+    ///
+    /// As root the server runs as `postgres`, which must be able to reach the cluster: when a
+    /// directory above `dir` shuts it out (root's home is 0700), the cluster goes in a fresh
+    /// directory under the system's temporary directory instead ([`Cluster::dir`] says where),
+    /// removed again when the cluster stops.
     pub fn start(dir: &Path) -> Result<Cluster, PgError> {
         let bindir = find_bindir()?;
         let owner = run_as()?;
+        let asked = dir;
+        let made = match owner {
+            Some((uid, gid)) if !traversable_by(asked, uid, gid) => {
+                let place = std::env::temp_dir().join(format!(
+                    "upshift-pg-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                ));
+                if !traversable_by(&std::env::temp_dir(), uid, gid) {
+                    return Err(PgError::Failed(format!(
+                        "the user postgres can reach neither {} nor {}; run as another user or make one of them traversable (chmod o+x)",
+                        asked.display(),
+                        std::env::temp_dir().display()
+                    )));
+                }
+                Some(place)
+            }
+            _ => None,
+        };
+        let dir: &Path = made.as_deref().unwrap_or(asked);
         if dir.exists()
             && std::fs::read_dir(dir)
                 .map(|mut d| d.next().is_some())
@@ -225,6 +273,7 @@ impl Cluster {
         let child = spawn_supervised(server)?;
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
+            made,
             port,
             bindir,
             child: Some(child),
@@ -343,6 +392,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.stop();
+        if let Some(made) = self.made.take() {
+            let _ = std::fs::remove_dir_all(made);
+        }
     }
 }
 
@@ -385,5 +437,37 @@ mod tests {
             "stopped"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn as_root_a_cluster_under_a_closed_directory_runs_elsewhere_and_is_removed() {
+        // Root's home is 0700: the `postgres` user the server runs as cannot reach it.
+        let closed =
+            std::env::temp_dir().join(format!("upshift-sim-closed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&closed);
+        std::fs::create_dir_all(&closed).expect("dir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let asked = closed.join("pg");
+        let mut cluster = match Cluster::start(&asked) {
+            Ok(c) => c,
+            Err(PgError::Missing) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("SKIPPED: {}", PgError::Missing);
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let root = nix::unistd::geteuid().is_root();
+        // Not root: the server runs as us and the cluster is where it was asked to be.
+        assert_eq!(cluster.dir() == asked, !root, "{}", cluster.dir().display());
+        cluster
+            .create_database("probe")
+            .expect("the server answers");
+        let place = cluster.dir().to_path_buf();
+        drop(cluster);
+        if root {
+            assert!(!place.exists(), "{} was left behind", place.display());
+        }
+        let _ = std::fs::remove_dir_all(&closed);
     }
 }
