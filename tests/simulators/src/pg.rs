@@ -449,7 +449,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         let asked = closed.join("pg");
-        let mut cluster = match Cluster::start(&asked) {
+        let cluster = match Cluster::start(&asked) {
             Ok(c) => c,
             Err(PgError::Missing) if std::env::var("CI").as_deref() != Ok("true") => {
                 eprintln!("SKIPPED: {}", PgError::Missing);
