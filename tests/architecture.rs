@@ -25,14 +25,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// The simulators' crate: a dependency only of tests, benchmarks and the CLI's `demo` feature.
 const SIMULATORS: &str = "upshift-sim";
 
-/// A workspace package's name, features and dependencies as `cargo metadata` lists them.
-struct Package {
-    features: BTreeMap<String, Vec<String>>,
-    /// (name, kind: "normal" | "build" | "dev", optional)
-    dependencies: Vec<(String, String, bool)>,
-}
-
-fn workspace() -> BTreeMap<String, Package> {
+/// `cargo metadata` (workspace members only), run in `dir`.
+fn metadata(dir: &std::path::Path) -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
         .args([
@@ -42,7 +36,7 @@ fn workspace() -> BTreeMap<String, Package> {
             "--no-deps",
             "--offline",
         ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(dir)
         .output()
         .expect("run cargo metadata");
     assert!(
@@ -50,7 +44,18 @@ fn workspace() -> BTreeMap<String, Package> {
         "cargo metadata failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    serde_json::from_slice(&out.stdout).expect("metadata JSON")
+}
+
+/// A workspace package's name, features and dependencies as `cargo metadata` lists them.
+struct Package {
+    features: BTreeMap<String, Vec<String>>,
+    /// (name, kind: "normal" | "build" | "dev", optional)
+    dependencies: Vec<(String, String, bool)>,
+}
+
+fn workspace() -> BTreeMap<String, Package> {
+    let meta = metadata(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
     let mut packages = BTreeMap::new();
     for p in meta["packages"].as_array().expect("packages") {
         let name = p["name"].as_str().expect("name").to_string();
@@ -151,27 +156,10 @@ fn one_postgresql_client_in_the_workspace() {
 #[test]
 fn cargo_run_at_the_root_finds_the_one_binary() {
     // The README's first command is `cargo run -- demo`: cargo runs the one binary of the
-    // workspace's default members, and refuses when there are several.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--offline",
-        ])
-        // From the repository root, as the README's reader runs it: inside a member's folder
-        // cargo takes that member as the default instead.
-        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .output()
-        .expect("run cargo metadata");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    // workspace's default members, and refuses when there are several. Asked from the
+    // repository root, as the README's reader runs it: inside a member's folder cargo takes
+    // that member as the default instead.
+    let meta = metadata(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
     let defaults: Vec<&str> = meta["workspace_default_members"]
         .as_array()
         .expect("workspace_default_members")

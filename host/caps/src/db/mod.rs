@@ -195,7 +195,7 @@ impl DbBackend {
         }
     }
 
-    /// Rewrite a namespace column in `target`.
+    /// Rewrite a namespace column in `target`; the names are checked here for every engine.
     pub async fn rewrite_namespace(
         &self,
         target: &str,

@@ -464,7 +464,7 @@ impl MySqlBackend {
     }
 
     /// Rewrite a namespace column in database `target` from the bound database's name.
-    pub async fn rewrite_namespace(
+    pub(super) async fn rewrite_namespace(
         &self,
         target: &str,
         table: &str,

@@ -487,17 +487,12 @@ impl PgBackend {
     /// In database `target`, rewrite `column` of `table` from the bound database's name to
     /// `target` (Bytebase's `migration_history.namespace`). Returns rows changed; 0 when the
     /// table or column does not exist.
-    pub async fn rewrite_namespace(
+    pub(super) async fn rewrite_namespace(
         &self,
         target: &str,
         table: &str,
         column: &str,
     ) -> Result<u64, CapError> {
-        if !plain_ident(table) || !plain_ident(column) {
-            return Err(CapError::Invalid(format!(
-                "namespace column `{table}.{column}` is not a plain identifier"
-            )));
-        }
         let client = self.connect_to(target).await?;
         let present = client
             .query_one(

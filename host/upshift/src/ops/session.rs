@@ -110,6 +110,14 @@ impl SessionBuilder {
 
     /// Only the state store (for reading the history and the backup catalog).
     pub async fn open_state(&self) -> Result<Arc<dyn StateStore>, OpError> {
+        if self.state_url.is_none() {
+            self.create_data_dir()?;
+        }
+        self.state_store().await
+    }
+
+    /// The state store, once the data directory is there.
+    async fn state_store(&self) -> Result<Arc<dyn StateStore>, OpError> {
         match &self.state_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 crate::state::open_postgres(url, self.lease_ttl).await
@@ -119,10 +127,7 @@ impl SessionBuilder {
                     "state `{other}` is not a postgres:// URL (leave it out for the SQLite state in the data directory)"
                 )));
             }
-            None => {
-                self.create_data_dir()?;
-                crate::state::open(&self.data.join("state.db")).await
-            }
+            None => crate::state::open(&self.data.join("state.db")).await,
         }
         .map_err(|e| OpError::Host(e.to_string()))
     }
@@ -139,7 +144,7 @@ impl SessionBuilder {
         self.create_data_dir()?;
         let audit = AuditLog::open(&self.data.join("audit.jsonl"))
             .map_err(|e| OpError::Host(e.to_string()))?;
-        let state = self.open_state().await?;
+        let state = self.state_store().await?;
         let cache = self.cache.unwrap_or_else(|| self.data.join("cache"));
         let mut runtime = Runtime::new(Some(&cache)).map_err(|e| OpError::Host(e.to_string()))?;
         let audit = Arc::new(audit);
