@@ -50,6 +50,24 @@ pub struct AuditEvent {
     pub error: Option<String>,
     /// Short extra detail (never secrets).
     pub detail: Option<String>,
+    /// The SQL statements of a db call, classified and fingerprinted (absent from other
+    /// records, and from records written before it existed, which still verify).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sql: Vec<SqlAudit>,
+}
+
+/// One SQL statement of a db call as the host saw it: never its literals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlAudit {
+    /// The access it needs (`read`, `write`, `ddl`, …), or `refused` when it was refused
+    /// before its access was known.
+    pub class: String,
+    /// The normalised text: literals replaced by `?`, comments dropped, whitespace collapsed,
+    /// unquoted words lowercased (cut at 1 KiB; the hash covers all of it).
+    pub fingerprint: String,
+    /// sha256 (hex) of the whole normalised text: equal for statements that differ only in
+    /// their literals.
+    pub sha256: String,
 }
 
 /// A record as written.
@@ -406,6 +424,7 @@ mod tests {
             result_bytes: i * 10,
             error: None,
             detail: None,
+            sql: vec![],
         }
     }
 
@@ -427,6 +446,32 @@ mod tests {
             .collect();
         f(&mut lines);
         std::fs::write(path, lines.join("\n") + "\n").expect("write");
+    }
+
+    #[test]
+    fn sql_fingerprints_are_chained_and_records_without_them_keep_their_old_form() {
+        let (_dir, path) = log_with(2);
+        let log = AuditLog::open(&path).expect("reopen");
+        let mut with_sql = event(2);
+        with_sql.sql = vec![SqlAudit {
+            class: "read".into(),
+            fingerprint: "select * from t where id = ?".into(),
+            sha256: "cd".repeat(32),
+        }];
+        log.append(with_sql).expect("append");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        // A record without statements is written exactly as before the field existed, so logs
+        // written then still verify.
+        assert!(!lines[0].contains("\"sql\""), "{}", lines[0]);
+        assert!(lines[2].contains("\"class\":\"read\""), "{}", lines[2]);
+        assert_eq!(verify(&path).expect("verify").first_problem, None);
+        rewrite(&path, |l| l[2] = l[2].replace("id = ?", "id = 7"));
+        let p = verify(&path)
+            .expect("verify")
+            .first_problem
+            .expect("problem");
+        assert_eq!((p.line, p.kind), (3, ProblemKind::Edited));
     }
 
     #[test]

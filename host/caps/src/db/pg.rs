@@ -13,6 +13,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
+use super::functions::refuse_volatile;
+use super::sql::FunctionRef;
 use super::{RestoreEngine, Rows};
 use crate::CapError;
 use crate::backup::manifest::{DumpFacts, Manifest, TableFingerprint, seal};
@@ -116,8 +118,14 @@ impl PgBackend {
         *self.client.lock().await = None;
     }
 
-    /// Run one read statement in a read-only transaction.
-    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
+    /// Run one read statement in a read-only transaction; refused first if any of `functions`
+    /// (on a read grant: the ones it calls) is volatile.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[Value],
+        functions: &[FunctionRef],
+    ) -> Result<(Rows, u64), CapError> {
         self.with_client(async |client| {
             let tx = client
                 .build_transaction()
@@ -125,6 +133,7 @@ impl PgBackend {
                 .start()
                 .await
                 .map_err(|e| failed("cannot start a read-only transaction", pg_message(&e)))?;
+            refuse_volatile(&tx, functions).await?;
             let rows = rows_of(&tx, sql, params, "query failed").await;
             let _ = tx.rollback().await;
             rows
@@ -157,16 +166,19 @@ impl PgBackend {
         .await
     }
 
-    /// Run statements atomically.
+    /// Run statements atomically; refused first if any of `functions` (on a read grant: the ones
+    /// they call) is volatile.
     pub async fn transaction(
         &self,
         statements: &[(String, Vec<Value>)],
+        functions: &[FunctionRef],
     ) -> Result<(Vec<u64>, u64), CapError> {
         self.with_client(async |client| {
             let tx = client
                 .transaction()
                 .await
                 .map_err(|e| failed("cannot start a transaction", pg_message(&e)))?;
+            refuse_volatile(&tx, functions).await?;
             let mut counts = Vec::with_capacity(statements.len());
             for (i, (sql, params)) in statements.iter().enumerate() {
                 let stmt = tx
@@ -197,6 +209,7 @@ impl PgBackend {
                 "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
                  WHERE table_schema = ANY (current_schemas(false)) AND table_name = $1)",
                 &[Value::Text(table.to_string())],
+                &[],
             )
             .await?;
         let exists = matches!(

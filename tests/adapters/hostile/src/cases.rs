@@ -399,3 +399,31 @@ impl Case for Hostile {
         http::request("api", "DELETE", "/everything", &[]).map(|r| r.status.to_string())
     }
 }
+
+/// `db-probe`: runs what its payload says. The first line is `query|execute|transaction
+/// BINDING`; the rest is the SQL (for `transaction`, one statement per line).
+#[cfg(feature = "db-probe")]
+impl Case for Hostile {
+    fn attack(payload: &str) -> Result<String, CapError> {
+        let (head, sql) = payload.split_once('\n').unwrap_or((payload, ""));
+        let mut words = head.split_whitespace();
+        let op = words.next().unwrap_or_default();
+        let binding = words.next().unwrap_or("meta");
+        match op {
+            "query" => db::query(binding, sql, &[]).map(|r| format!("{:?}", r.rows)),
+            "execute" => db::execute(binding, sql, &[]).map(|n| format!("{n} rows affected")),
+            "transaction" => {
+                let statements: Vec<db::Statement> = sql
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| db::Statement {
+                        sql: l.to_string(),
+                        params: vec![],
+                    })
+                    .collect();
+                db::transaction(binding, &statements).map(|counts| format!("{counts:?}"))
+            }
+            other => Ok(format!("unknown operation `{other}`")),
+        }
+    }
+}
