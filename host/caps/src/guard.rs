@@ -182,6 +182,10 @@ impl Guard {
         &self.grants
     }
 
+    pub(crate) fn secrets(&self) -> &crate::Secrets {
+        self.audit.secrets()
+    }
+
     pub(crate) fn set_run(&self, run_id: Option<String>) {
         if let Ok(mut slot) = self.run_id.lock() {
             *slot = run_id;
@@ -333,6 +337,11 @@ impl<B> Bound<B> {
     /// The grants.
     pub(crate) fn grants(&self) -> &GrantSet {
         self.guard.grants()
+    }
+
+    /// The session's secrets (a read may add to them).
+    pub(crate) fn secrets(&self) -> &crate::Secrets {
+        self.guard.secrets()
     }
 
     /// Record a denial decided before the backend is reached.
