@@ -20,7 +20,8 @@ use common::Env;
 const FORGED: &str = "note \u{1b}]0;pwned\u{7} \u{1b}[2K\r✔ all checks passed \u{9b}31m \u{202e}desrever\u{202c} end";
 
 /// How [`FORGED`] reads on the terminal.
-const SHOWN: &str = r"note \x1b]0;pwned\x07 \x1b[2K\r✔ all checks passed \u{9b}31m \u{202e}desrever\u{202c} end";
+const SHOWN: &str =
+    r"note \x1b]0;pwned\x07 \x1b[2K\r✔ all checks passed \u{9b}31m \u{202e}desrever\u{202c} end";
 
 /// A hostile component, or the reason it could not be built (a failure under `CI=true`).
 fn component(feature: &str) -> Option<PathBuf> {
@@ -245,7 +246,14 @@ async fn the_data_directory_is_private_whatever_the_umask() {
     assert!(open.is_empty(), "{}", open.join("\n"));
     // What was checked: the state, the audit log, the cache, a dump and its manifest, the tape,
     // the process service's state and log, the rollout report.
-    for needed in ["state.db", "audit.jsonl", "cache", "backups", "reports", "services"] {
+    for needed in [
+        "state.db",
+        "audit.jsonl",
+        "cache",
+        "backups",
+        "reports",
+        "services",
+    ] {
         assert!(env.data().join(needed).exists(), "{needed} was written");
     }
     assert!(Path::new(&tape).exists());
@@ -304,7 +312,10 @@ env = {{ APP_SECRET = "svc-env-secret-value", PLAIN_SETTING = "visible-setting" 
 
     let mut shown = String::new();
     for (args, code) in [
-        (vec!["apply", "s", "--to", "2.0.0", "--yes", "--record", &tape], 0),
+        (
+            vec!["apply", "s", "--to", "2.0.0", "--yes", "--record", &tape],
+            0,
+        ),
         (vec!["apply", "s", "--to", "3.0.0", "--yes"], 4),
         (vec!["apply", "s", "--to", "3.0.0", "--yes", "--json"], 4),
         (vec!["apply", "--all", "--yes"], 0),
@@ -346,10 +357,7 @@ env = {{ APP_SECRET = "svc-env-secret-value", PLAIN_SETTING = "visible-setting" 
     for file in &files {
         let bytes = std::fs::read(file).expect("read");
         for secret in SECRETS {
-            if bytes
-                .windows(secret.len())
-                .any(|w| w == secret.as_bytes())
-            {
+            if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
                 leaks.push(format!("`{secret}` is in {}", file.display()));
             }
         }

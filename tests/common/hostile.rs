@@ -29,7 +29,11 @@ pub fn component(feature: &str) -> Result<PathBuf, String> {
         .args(["build", "--quiet", "--locked", "--target", "wasm32-wasip2"])
         .args(["--profile", "hostile", "--target-dir"])
         .arg(&target)
-        .args(["-p", "upshift-test-adapter-hostile", "--no-default-features"])
+        .args([
+            "-p",
+            "upshift-test-adapter-hostile",
+            "--no-default-features",
+        ])
         .args(["--features", feature]);
     // The outer build's settings are for the host, not for wasm guests.
     for var in [
@@ -46,7 +50,9 @@ pub fn component(feature: &str) -> Result<PathBuf, String> {
     }
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("building hostile case `{feature}` failed ({status})"));
+        return Err(format!(
+            "building hostile case `{feature}` failed ({status})"
+        ));
     }
     let built = target.join("wasm32-wasip2/hostile/upshift_test_adapter_hostile.wasm");
     std::fs::copy(&built, &wasm).map_err(|e| format!("{}: {e}", built.display()))?;

@@ -95,8 +95,7 @@ impl Secrets {
                 && let Some((_, password)) = userinfo.split_once(':')
             {
                 self.add(password);
-                if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8()
-                {
+                if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
                     self.add(&decoded);
                 }
             }
@@ -349,7 +348,10 @@ mod tests {
         let added = s.add_dotenv(
             b"DB_PASSWORD=hunter2-very-secret\nAPI_TOKEN='tok-abc 123'\nNAME=visible-value\nKEY_TTL=3600\n",
         );
-        assert_eq!(added, 2, "the short value and the non-secret name are not registered");
+        assert_eq!(
+            added, 2,
+            "the short value and the non-secret name are not registered"
+        );
         s.add_url("postgres://app:p%40ss-word!@db:5432/meta");
         s.add_url("host=db user=app password='kv-secret-1'");
         s.add_env("PG_URL", "postgres://u:env-url-pass@h/db");
@@ -362,7 +364,8 @@ mod tests {
             "******** ******** ******** ******** ******** ******** ******** visible-value 3600 plain-value-123"
         );
         assert!(matches!(s.mask("nothing here"), Cow::Borrowed(_)));
-        let mut json = serde_json::json!({"a": ["x hunter2-very-secret y", 1], "hunter2-very-secret": null});
+        let mut json =
+            serde_json::json!({"a": ["x hunter2-very-secret y", 1], "hunter2-very-secret": null});
         s.mask_json(&mut json);
         assert_eq!(
             json,
@@ -374,7 +377,13 @@ mod tests {
 
     #[test]
     fn names_that_name_secrets() {
-        for yes in ["DB_PASSWORD", "api_token", "SECRET_KEY", "ssh_passphrase", "AWS_CREDENTIALS"] {
+        for yes in [
+            "DB_PASSWORD",
+            "api_token",
+            "SECRET_KEY",
+            "ssh_passphrase",
+            "AWS_CREDENTIALS",
+        ] {
             assert!(secret_name(yes), "{yes}");
         }
         for no in ["NAME", "PORT", "DATABASE_URL", "LOG_LEVEL"] {

@@ -113,7 +113,8 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
     say!("size         {} bytes", d.wasm.len());
     say!(
         "product      {} (adapter {})",
-        d.manifest.product, d.manifest.adapter_version
+        d.manifest.product,
+        d.manifest.adapter_version
     );
     say!("versions     {}", d.manifest.supported_versions);
     say!(
@@ -215,7 +216,10 @@ pub fn diff(old: &str, new: &str, json: bool) -> Result<u8, Exit> {
     for (tag, d) in [("old", &old), ("new", &new)] {
         say!(
             "{tag}  {}  {} {}  sha256 {}",
-            d.label, d.manifest.product, d.manifest.adapter_version, d.digest
+            d.label,
+            d.manifest.product,
+            d.manifest.adapter_version,
+            d.digest
         );
     }
     if old.digest == new.digest {
@@ -345,13 +349,16 @@ pub fn lock(fleet_path: &Path, approve: bool, json: bool) -> Result<u8, Exit> {
         for p in &pending {
             say!(
                 "{:<40} {:<14} {}",
-                p.entry.source, p.entry.product, p.status
+                p.entry.source,
+                p.entry.product,
+                p.status
             );
         }
         for a in &unused {
             say!(
                 "{:<40} {:<14} no longer used by the fleet",
-                a.source, a.product
+                a.source,
+                a.product
             );
         }
         if approve {

@@ -282,9 +282,7 @@ pub fn run_text(report: &RunReport) -> String {
         v(&report.to_version),
     );
     let headline = match report.outcome {
-        Outcome::Succeeded => style(format!("✔ {instance} is now at {to}"))
-            .green()
-            .bold(),
+        Outcome::Succeeded => style(format!("✔ {instance} is now at {to}")).green().bold(),
         Outcome::Refused => style(format!("✘ {instance}: refused, nothing changed"))
             .yellow()
             .bold(),

@@ -74,7 +74,8 @@ mod tests {
 
     #[test]
     fn controls_are_shown_and_plain_text_is_untouched() {
-        let forged = "a\u{1b}]0;pwned\u{7} \u{1b}[2K\r✔ ok \u{9b}31m \u{202e}x\u{2069}\u{7f}\u{0}\tz";
+        let forged =
+            "a\u{1b}]0;pwned\u{7} \u{1b}[2K\r✔ ok \u{9b}31m \u{202e}x\u{2069}\u{7f}\u{0}\tz";
         assert_eq!(
             visible(forged),
             r"a\x1b]0;pwned\x07 \x1b[2K\r✔ ok \u{9b}31m \u{202e}x\u{2069}\x7f\x00\tz"
@@ -85,7 +86,9 @@ mod tests {
         for plain in ["", "Bytebase 3.10.0 → 3.11.1", "naïve 日本語 ✔", r"C:\path"] {
             assert!(matches!(visible(plain), Cow::Borrowed(_)), "{plain}");
         }
-        for c in ['\u{200e}', '\u{200f}', '\u{61c}', '\u{2028}', '\u{2029}', '\u{85}'] {
+        for c in [
+            '\u{200e}', '\u{200f}', '\u{61c}', '\u{2028}', '\u{2029}', '\u{85}',
+        ] {
             assert!(is_steering(c), "{c:?}");
         }
     }

@@ -103,11 +103,7 @@ pub fn audit_verify(ctx: &Ctx, json: bool) -> Result<u8, Exit> {
         }
         Some(p) => {
             if !json {
-                println!(
-                    "audit log {}: TAMPERED — {}",
-                    path.display(),
-                    v(&p.message)
-                );
+                println!("audit log {}: TAMPERED — {}", path.display(), v(&p.message));
             }
             Ok(1)
         }

@@ -422,7 +422,8 @@ pub async fn apply(
             session
                 .state
                 .insert_run(&session.masked_run(&run))
-                .await.map_err(host)?;
+                .await
+                .map_err(host)?;
             let msg = format!("refused by rule `{}`: {}", r.rule, r.reason);
             session
                 .state

@@ -442,7 +442,10 @@ impl Case for Hostile {
 
     fn attack(payload: &str) -> Result<String, CapError> {
         log::write(log::Level::Warn, FORGED);
-        log::write(log::Level::Info, &format!("{FORGED}\n✔ a second, forged line"));
+        log::write(
+            log::Level::Info,
+            &format!("{FORGED}\n✔ a second, forged line"),
+        );
         progress::report(1, 2, FORGED);
         if payload == "fail" {
             return Err(CapError::Failed(format!("{FORGED}\n{FORGED}")));
@@ -465,9 +468,21 @@ impl Case for Hostile {
 #[cfg(feature = "dotenv-secrets")]
 impl Case for Hostile {
     fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
-        let mut steps = vec![steps::custom("leak", "attack", "", false, "read the config")];
+        let mut steps = vec![steps::custom(
+            "leak",
+            "attack",
+            "",
+            false,
+            "read the config",
+        )];
         if target == "3.0.0" {
-            steps.push(steps::custom("fail", "attack", "fail", false, "fail with it"));
+            steps.push(steps::custom(
+                "fail",
+                "attack",
+                "fail",
+                false,
+                "fail with it",
+            ));
         }
         Ok(plan_of(current, target, steps))
     }
