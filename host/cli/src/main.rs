@@ -182,9 +182,17 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(exit) => {
-            // An error may quote an adapter or a product: made visible, secrets masked.
+            // An error may quote an adapter or a product: made visible, secrets masked. Only
+            // the host's own usage and fleet-file errors (exit 2) keep their lines
+            // (`…\nfix: …`); any other error is one line, so quoted text cannot start a
+            // forged line.
             let text = format!("{:#}", exit.error);
-            err_out(&format!("error: {}\n", ui::lines(&text)));
+            let shown = if exit.code == 2 {
+                ui::lines(&text)
+            } else {
+                ui::v(&text)
+            };
+            err_out(&format!("error: {shown}\n"));
             if let Some(hint) = hint(&exit.error) {
                 eprintln!("hint: {hint}");
             }
