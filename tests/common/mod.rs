@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod hostile;
 pub mod kwdb;
 pub mod mysql;
 

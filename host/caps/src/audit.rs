@@ -5,13 +5,15 @@
 //! `prev + "\n" + canonical JSON of the record without its hash`. `verify` reports the first
 //! record that was edited, removed or reordered.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::secrets::Secrets;
 
 /// Whether a call was allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +157,7 @@ struct Tail {
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
+    secrets: Secrets,
 }
 
 impl AuditLog {
@@ -165,7 +168,7 @@ impl AuditLog {
             source,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            crate::private::create_dir_all(dir).map_err(io)?;
         }
         let mut next_seq = 0;
         let mut last_hash = GENESIS.to_string();
@@ -189,11 +192,7 @@ impl AuditLog {
                 last_hash = record.hash;
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+        let file = crate::private::append(path).map_err(io)?;
         Ok(AuditLog {
             path: path.to_path_buf(),
             tail: Mutex::new(Tail {
@@ -201,7 +200,19 @@ impl AuditLog {
                 next_seq,
                 last_hash,
             }),
+            secrets: Secrets::new(),
         })
+    }
+
+    /// Mask every record with `secrets` (the session's registry) before it is written.
+    pub fn with_secrets(mut self, secrets: Secrets) -> AuditLog {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The secrets records are masked with.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// The file.
@@ -210,7 +221,10 @@ impl AuditLog {
     }
 
     /// Append one record; returns its sequence number.
-    pub fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+    pub fn append(&self, mut event: AuditEvent) -> Result<u64, AuditError> {
+        for text in [&mut event.reason, &mut event.error, &mut event.detail] {
+            self.secrets.mask_option(text);
+        }
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         let seq = tail.next_seq;
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);

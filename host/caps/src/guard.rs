@@ -187,6 +187,10 @@ impl Guard {
         &self.grants
     }
 
+    pub(crate) fn secrets(&self) -> &crate::Secrets {
+        self.audit.secrets()
+    }
+
     pub(crate) fn set_run(&self, run_id: Option<String>) {
         if let Ok(mut slot) = self.run_id.lock() {
             *slot = run_id;
@@ -356,6 +360,11 @@ impl<B> Bound<B> {
     /// The grants.
     pub(crate) fn grants(&self) -> &GrantSet {
         self.guard.grants()
+    }
+
+    /// The session's secrets (a read may add to them).
+    pub(crate) fn secrets(&self) -> &crate::Secrets {
+        self.guard.secrets()
     }
 
     /// Record a denial of a db call decided before the backend is reached, with its statements'

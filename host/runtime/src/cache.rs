@@ -75,10 +75,11 @@ impl ArtifactCache {
     }
 
     fn store(&self, artifact: &Path, checksum: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        // Readable by the owner only, like everything in the data directory.
+        upshift_caps::private::create_dir_all(&self.dir)?;
         let tmp = artifact.with_extension("cwasm.tmp");
-        std::fs::write(&tmp, bytes)?;
+        upshift_caps::private::write(&tmp, bytes)?;
         std::fs::rename(&tmp, artifact)?;
-        std::fs::write(checksum, hex::encode(Sha256::digest(bytes)))
+        upshift_caps::private::write(checksum, hex::encode(Sha256::digest(bytes)))
     }
 }

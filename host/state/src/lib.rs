@@ -213,6 +213,14 @@ pub enum StateError {
         /// Value.
         value: String,
     },
+    /// The state file could not be made readable by its owner only.
+    #[error("state database {at}: cannot make it private (mode 0600): {source}")]
+    Private {
+        /// The file.
+        at: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The thread running SQLite statements was lost (a bug in upshift, or shutdown).
     #[error("state database {at}: the thread running its statements stopped: {why}")]
     Worker {

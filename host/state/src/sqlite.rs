@@ -60,6 +60,10 @@ fn open_blocking(path: &Path, at: &str) -> Result<Connection, StateError> {
         at: at.to_string(),
         source,
     };
+    private(path).map_err(|source| StateError::Private {
+        at: at.to_string(),
+        source,
+    })?;
     let conn = Connection::open(path).map_err(sql)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql)?;
@@ -82,6 +86,30 @@ fn open_blocking(path: &Path, at: &str) -> Result<Connection, StateError> {
             .map_err(sql)?;
     }
     Ok(conn)
+}
+
+/// Create the database file 0600 (or make an existing one and its `-wal`/`-shm` 0600) before
+/// SQLite opens it, whatever the umask: SQLite creates the `-wal` and `-shm` files with the
+/// database file's own mode.
+fn private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = std::path::PathBuf::from(side);
+        if side.exists() {
+            std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Run `work` on the blocking pool.

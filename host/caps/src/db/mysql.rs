@@ -341,8 +341,7 @@ impl MySqlBackend {
         let bin = tool(&["mariadb-dump", "mysqldump"])?;
         let partial = dir.with_extension("partial");
         let _ = tokio::fs::remove_dir_all(&partial).await;
-        tokio::fs::create_dir_all(&partial)
-            .await
+        crate::private::create_dir_all(&partial)
             .map_err(|e| failed(&format!("cannot create {}", partial.display()), e))?;
         let tables = self.fingerprint_database(&self.database).await?;
         let server_version = self.server_version().await?;
@@ -372,7 +371,7 @@ impl MySqlBackend {
         let file = partial.join(DUMP_FILE);
         let sql = out.stdout;
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut gz = GzEncoder::new(std::fs::File::create(&file)?, Compression::default());
+            let mut gz = GzEncoder::new(crate::private::create(&file)?, Compression::default());
             gz.write_all(&sql)?;
             gz.finish()?.sync_all()
         })

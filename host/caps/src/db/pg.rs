@@ -322,8 +322,7 @@ impl PgBackend {
         let partial = dir.with_extension("partial");
         let _ = tokio::fs::remove_dir_all(&partial).await;
         if let Some(parent) = partial.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
+            crate::private::create_dir_all(parent)
                 .map_err(|e| failed(&format!("cannot create {}", parent.display()), e))?;
         }
         let jobs = dump_jobs();

@@ -2,7 +2,8 @@
 
 use super::Ctx;
 use crate::cli::HistoryArgs;
-use crate::{Exit, print_json, usage};
+use crate::ui::v;
+use crate::{Exit, out, print_json, usage};
 
 /// `upshift history`: runs, or one run's journaled steps.
 pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
@@ -16,34 +17,34 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
         if args.json {
             print_json(&serde_json::json!({ "run": run, "steps": steps }))?;
         } else {
-            println!(
-                "run {} {} {} {} → {}: {}{}",
-                run.id,
-                run.kind,
-                run.instance,
-                run.from_version,
-                run.to_version,
+            out(&format!(
+                "run {} {} {} {} → {}: {}{}\n",
+                v(&run.id),
+                v(&run.kind),
+                v(&run.instance),
+                v(&run.from_version),
+                v(&run.to_version),
                 run.status,
                 run.message
                     .as_ref()
-                    .map(|m| format!(" ({m})"))
+                    .map(|m| format!(" ({})", v(m)))
                     .unwrap_or_default()
-            );
+            ));
             for s in &steps {
-                println!(
-                    "  {:<8} {:<24} {:<10} {:>7} ms  {}",
-                    s.phase,
-                    s.step_id,
+                out(&format!(
+                    "  {:<8} {:<24} {:<10} {:>7} ms  {}\n",
+                    v(&s.phase),
+                    v(&s.step_id),
                     s.status.to_string(),
                     s.duration_ms.unwrap_or(0),
-                    s.error
-                        .clone()
-                        .or(s.output.clone())
+                    v(s.error
+                        .as_deref()
+                        .or(s.output.as_deref())
                         .unwrap_or_default()
                         .lines()
                         .next()
-                        .unwrap_or("")
-                );
+                        .unwrap_or(""))
+                ));
             }
         }
         return Ok(0);
@@ -55,10 +56,16 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
         println!("no runs");
     } else {
         for r in &runs {
-            println!(
-                "{}  {:<20} {:<8} {:<14} {:>8} → {:<8} {}",
-                r.started_at, r.id, r.kind, r.instance, r.from_version, r.to_version, r.status
-            );
+            out(&format!(
+                "{}  {:<20} {:<8} {:<14} {:>8} → {:<8} {}\n",
+                v(&r.started_at),
+                v(&r.id),
+                v(&r.kind),
+                v(&r.instance),
+                v(&r.from_version),
+                v(&r.to_version),
+                r.status
+            ));
         }
     }
     Ok(0)
@@ -96,7 +103,7 @@ pub fn audit_verify(ctx: &Ctx, json: bool) -> Result<u8, Exit> {
         }
         Some(p) => {
             if !json {
-                println!("audit log {}: TAMPERED — {}", path.display(), p.message);
+                println!("audit log {}: TAMPERED — {}", path.display(), v(&p.message));
             }
             Ok(1)
         }

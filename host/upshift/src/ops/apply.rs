@@ -419,11 +419,15 @@ pub async fn apply(
     let plan = match &report.outcome {
         PlanOutcome::Refused(r) => {
             let run = new_run(instance, &adapter, "upgrade", &from, target, "null".into());
-            session.state.insert_run(&run).await.map_err(host)?;
+            session
+                .state
+                .insert_run(&session.masked_run(&run))
+                .await
+                .map_err(host)?;
             let msg = format!("refused by rule `{}`: {}", r.rule, r.reason);
             session
                 .state
-                .finish_run(&run.id, RunStatus::Refused, Some(&msg))
+                .finish_run(&run.id, RunStatus::Refused, Some(&session.mask(&msg)))
                 .await
                 .map_err(host)?;
             return Ok(RunReport {
@@ -603,7 +607,7 @@ pub(super) async fn conclude(
     };
     session
         .state
-        .finish_run(run_id, status, Some(&message))
+        .finish_run(run_id, status, Some(&session.mask(&message)))
         .await
         .map_err(host)?;
     Ok(RunReport {
@@ -760,7 +764,7 @@ pub async fn backup(
             Err(e) => {
                 session
                     .state
-                    .finish_run(&run.id, RunStatus::Failed, Some(&e))
+                    .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&e)))
                     .await
                     .map_err(host)?;
                 return Err(OpError::Host(format!("backup of `{b}` failed: {e}")));
@@ -864,7 +868,11 @@ pub async fn restore(
     };
     session
         .state
-        .finish_run(&run.id, status, failure.as_deref())
+        .finish_run(
+            &run.id,
+            status,
+            failure.as_deref().map(|f| session.mask(f)).as_deref(),
+        )
         .await
         .map_err(host)?;
     Ok(RunReport {

@@ -11,7 +11,7 @@ use crate::caps::db::DbBackend;
 use crate::caps::files::FilesBackend;
 use crate::caps::http::HttpBackend;
 use crate::caps::service::ServiceBackend;
-use crate::caps::{Caller, EventSink, InstanceCaps};
+use crate::caps::{Caller, Event, EventSink, InstanceCaps, Secrets};
 use crate::fleet::{AdapterRef, Instance};
 use crate::grants::GrantSet;
 use crate::lease::{Held, holder_name};
@@ -30,8 +30,11 @@ pub struct Session {
     pub audit: Arc<AuditLog>,
     /// Runs, steps, backups and leases.
     pub state: Arc<dyn StateStore>,
-    /// Where progress goes.
+    /// Where progress goes (masked with [`Session::secrets`]).
     pub events: EventSink,
+    /// The secrets masked in everything the session writes: the audit log, events, the
+    /// journal, tapes and reports (`upshift_caps::secrets`).
+    pub secrets: Secrets,
     /// Where process services' state lives.
     pub services: PathBuf,
     /// How long a lease lasts without a heartbeat.
@@ -62,9 +65,17 @@ pub struct SessionBuilder {
     cache: Option<PathBuf>,
     lease_ttl: Duration,
     crash_point: Option<CrashPoint>,
+    secrets: Secrets,
 }
 
 impl SessionBuilder {
+    /// The registry of secrets to mask with (default: a new one); a caller that prints what
+    /// the session returns masks it with the same registry.
+    pub fn secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
     /// Where progress and log lines go (default: nowhere).
     pub fn events(mut self, events: EventSink) -> Self {
         self.events = events;
@@ -132,18 +143,37 @@ impl SessionBuilder {
         .map_err(|e| OpError::Host(e.to_string()))
     }
 
+    /// Create the data directory 0700, or make an existing one 0700 (saying so: it held the
+    /// state, audit log and backups open to other users).
     fn create_data_dir(&self) -> Result<(), OpError> {
-        std::fs::create_dir_all(&self.data).map_err(|source| OpError::DataDirectory {
-            path: self.data.clone(),
-            source,
-        })
+        let was = crate::caps::private::private_dir(&self.data).map_err(|source| {
+            OpError::DataDirectory {
+                path: self.data.clone(),
+                source,
+            }
+        })?;
+        if let Some(mode) = was {
+            self.events.emit(Event::Log {
+                instance: String::new(),
+                level: "warn".into(),
+                message: format!(
+                    "data directory {} was open to other users (mode {mode:o}); it is now 0700",
+                    self.data.display()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Open (creating) the data directory and everything in it.
     pub async fn open(self) -> Result<Session, OpError> {
         self.create_data_dir()?;
+        if let Some(url) = &self.state_url {
+            self.secrets.add_url(url);
+        }
         let audit = AuditLog::open(&self.data.join("audit.jsonl"))
-            .map_err(|e| OpError::Host(e.to_string()))?;
+            .map_err(|e| OpError::Host(e.to_string()))?
+            .with_secrets(self.secrets.clone());
         let state = self.state_store().await?;
         let cache = self.cache.unwrap_or_else(|| self.data.join("cache"));
         let mut runtime = Runtime::new(Some(&cache)).map_err(|e| OpError::Host(e.to_string()))?;
@@ -155,7 +185,8 @@ impl SessionBuilder {
             runtime,
             audit,
             state,
-            events: self.events,
+            events: self.events.masked(self.secrets.clone()),
+            secrets: self.secrets,
             lease_ttl: self.lease_ttl,
             crash_point: self.crash_point,
         })
@@ -173,6 +204,7 @@ impl Session {
             cache: None,
             lease_ttl: crate::lease::DEFAULT_TTL,
             crash_point: None,
+            secrets: Secrets::new(),
         }
     }
 
@@ -197,6 +229,24 @@ impl Session {
     pub async fn hold_lease(&self, instance: &str, label: &str) -> Result<Held, OpError> {
         let store: Arc<dyn crate::lease::LeaseStore> = self.state.clone();
         Ok(Held::acquire(store, instance, &holder_name(label), self.lease_ttl).await?)
+    }
+
+    /// `text` with the session's secrets masked: what the journal and reports store.
+    pub fn mask<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        self.secrets.mask(text)
+    }
+
+    /// A run record as the journal stores it: its plan and message masked.
+    pub fn masked_run(&self, run: &crate::state::RunRecord) -> crate::state::RunRecord {
+        let mut run = run.clone();
+        if let Ok(mut plan) = serde_json::from_str::<serde_json::Value>(&run.plan_json) {
+            self.secrets.mask_json(&mut plan);
+            run.plan_json = plan.to_string();
+        } else {
+            self.secrets.mask_string(&mut run.plan_json);
+        }
+        self.secrets.mask_option(&mut run.message);
+        run
     }
 
     /// Where backups are written.
@@ -228,12 +278,35 @@ impl Session {
             .map_err(OpError::from)
     }
 
+    /// Register what the instance's bindings hold that is secret: URL passwords of its
+    /// databases, HTTP bases and health URLs, and its services' secret-named `env` values.
+    pub fn register_secrets(&self, instance: &Instance) {
+        let s = &self.secrets;
+        instance.db.values().for_each(|b| s.add_url(&b.url));
+        instance.http.values().for_each(|b| s.add_url(&b.url));
+        for b in instance.service.values() {
+            use crate::fleet::ServiceBackend as Spec;
+            let health = match &b.backend {
+                Spec::Process(p) => {
+                    p.env.iter().for_each(|(k, v)| s.add_env(k, v));
+                    &p.health_url
+                }
+                Spec::Docker(d) => &d.health_url,
+                Spec::Compose(c) => &c.health_url,
+            };
+            if let Some(url) = health {
+                s.add_url(url);
+            }
+        }
+    }
+
     /// Join the adapter's requests with the instance's bindings and build the backends.
     pub fn caps_for(
         &self,
         instance: &Instance,
         adapter: &LoadedAdapter,
     ) -> Result<Arc<InstanceCaps>, OpError> {
+        self.register_secrets(instance);
         let grants = GrantSet::resolve(
             &instance.name,
             &adapter.manifest.bindings,

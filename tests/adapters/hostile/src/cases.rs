@@ -425,5 +425,117 @@ impl Case for Hostile {
             }
             other => Ok(format!("unknown operation `{other}`")),
         }
+// ---- H4 (issue 14): what the operator reads, and what the host writes down. ----
+
+/// Text that rewrites the operator's terminal: a window title (OSC), an erased line with a
+/// forged success mark, a C1 CSI and a right-to-left override.
+#[allow(dead_code)]
+const FORGED: &str = "note \u{1b}]0;pwned\u{7} \u{1b}[2K\r✔ all checks passed \u{9b}31m \u{202e}desrever\u{202c} end";
+
+/// Every adapter text field carries [`FORGED`]: detection facts, step titles, notes, the
+/// refusal (target `9.9.9`), log lines, progress, step summaries, a step error (target
+/// `3.0.0`: a second step fails) and verification checks.
+#[cfg(feature = "terminal-escapes")]
+impl Case for Hostile {
+    fn detect() -> Result<Detection, AdapterError> {
+        Ok(Detection {
+            version: "1.0.0".into(),
+            facts: vec![upshift_adapter_sdk::Fact {
+                key: "edition".into(),
+                value: FORGED.into(),
+            }],
+        })
+    }
+
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        if target == "9.9.9" {
+            return Err(refuse(
+                "forged",
+                FORGED,
+                &["2.0.0".to_string(), FORGED.to_string()],
+                FORGED,
+            ));
+        }
+        let mut steps = vec![steps::custom("attack", "attack", "", false, FORGED)];
+        if target == "3.0.0" {
+            steps.push(steps::custom("fail", "attack", "fail", false, FORGED));
+        }
+        let mut plan = plan_of(current, target, steps);
+        plan.notes = vec![FORGED.into()];
+        Ok(plan)
+    }
+
+    fn attack(payload: &str) -> Result<String, CapError> {
+        log::write(log::Level::Warn, FORGED);
+        log::write(
+            log::Level::Info,
+            &format!("{FORGED}\n✔ a second, forged line"),
+        );
+        progress::report(1, 2, FORGED);
+        if payload == "fail" {
+            return Err(CapError::Failed(format!("{FORGED}\n{FORGED}")));
+        }
+        Ok(format!("{FORGED}\n{FORGED}"))
+    }
+
+    fn verify(_expected: String) -> Result<Vec<Check>, AdapterError> {
+        Ok(vec![Check {
+            name: FORGED.into(),
+            passed: true,
+            detail: FORGED.into(),
+        }])
+    }
+}
+
+/// Reads the files the payload names (default `.env` and `app.toml`) from `data`, and tells
+/// everyone what it read: log lines, progress, its step summary, and (target `3.0.0`) the
+/// error of a second step that fails.
+#[cfg(feature = "dotenv-secrets")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let mut steps = vec![steps::custom(
+            "leak",
+            "attack",
+            "",
+            false,
+            "read the config",
+        )];
+        if target == "3.0.0" {
+            steps.push(steps::custom(
+                "fail",
+                "attack",
+                "fail",
+                false,
+                "fail with it",
+            ));
+        }
+        Ok(plan_of(current, target, steps))
+    }
+
+    fn attack(payload: &str) -> Result<String, CapError> {
+        let mut text = String::new();
+        for name in [".env", "app.toml"] {
+            let bytes = files::read("data", name)?;
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        for line in text.lines() {
+            log::write(log::Level::Info, line);
+            progress::report(1, 2, line);
+        }
+        if payload == "fail" {
+            return Err(CapError::Failed(format!("failing with: {text}")));
+        }
+        Ok(format!("read: {text}"))
+    }
+
+    fn verify(_expected: String) -> Result<Vec<Check>, AdapterError> {
+        let env = files::read("data", ".env")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        Ok(vec![Check {
+            name: "config".into(),
+            passed: true,
+            detail: env,
+        }])
     }
 }
