@@ -4,6 +4,12 @@
 //! Each record carries its sequence number, the previous record's hash and its own hash over
 //! `prev + "\n" + canonical JSON of the record without its hash`. `verify` reports the first
 //! record that was edited, removed or reordered.
+//!
+//! A chain alone cannot show that its *last* records were removed, or that its tail was rewritten
+//! with a recomputed chain. So the chain's head (record count and last hash) is handed to a
+//! [`ChainAnchor`] after every append — `upshift` keeps it in the state store, which this crate
+//! does not know — and [`verify_anchored`] checks the file against it. A log that does not
+//! reach its anchored head is not appended to ([`AuditLog::open_anchored`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -78,7 +84,8 @@ struct Hashed<'a> {
     prev: &'a str,
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The hash before the first record (64 zeros).
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn hash_of(
     seq: u64,
@@ -125,12 +132,40 @@ pub enum AuditError {
     /// Encoding a record failed.
     #[error("audit record could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The file does not reach the head anchored for it: records were removed or replaced.
+    #[error(
+        "audit log {path}: {problem}; nothing more is appended to it\nfix: run `upshift audit verify` to see what is missing and keep a copy of the file; then `upshift audit verify --reanchor` anchors the log as it is now"
+    )]
+    Unanchored {
+        /// The file.
+        path: PathBuf,
+        /// What does not match.
+        problem: String,
+    },
+}
+
+/// The head of a hash chain: how many records it has, and the last one's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Records in the chain.
+    pub records: u64,
+    /// The last record's hash ([`GENESIS`] when there are none).
+    pub hash: String,
+}
+
+/// Keeps an audit log's head where the log's file cannot vouch for it (in `upshift`, the state
+/// store), so that removing or rewriting the last records shows.
+pub trait ChainAnchor: Send + Sync {
+    /// The chain now ends at `head`. Called after every append, in order, while the log is
+    /// locked, so it must return at once (hand the head to a writer; keep only the newest).
+    fn advance(&self, head: &ChainHead);
 }
 
 struct Tail {
     file: File,
     next_seq: u64,
     last_hash: String,
+    anchor: Option<std::sync::Arc<dyn ChainAnchor>>,
 }
 
 /// An append-only, hash-chained audit log. Thread-safe.
@@ -142,6 +177,13 @@ pub struct AuditLog {
 impl AuditLog {
     /// Open (creating) the log and continue its chain.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open_anchored(path, None)
+    }
+
+    /// Open (creating) the log and continue its chain, but only if it reaches `anchor`, the head
+    /// anchored for it: at least that many records, the anchored one with the anchored hash
+    /// (more records than anchored are fine: the host stopped before anchoring them).
+    pub fn open_anchored(path: &Path, anchor: Option<&ChainHead>) -> Result<AuditLog, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
             source,
@@ -151,24 +193,51 @@ impl AuditLog {
         }
         let mut next_seq = 0;
         let mut last_hash = GENESIS.to_string();
-        if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(io)?;
-            if !text.is_empty() && !text.ends_with('\n') {
-                return Err(AuditError::Damaged {
-                    path: path.to_path_buf(),
-                    line: text.lines().count() as u64,
-                    reason: "it has no line end (a write was cut short)".into(),
-                });
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(e)),
+        };
+        if !text.is_empty() && !text.ends_with('\n') {
+            return Err(AuditError::Damaged {
+                path: path.to_path_buf(),
+                line: text.lines().count() as u64,
+                reason: "it has no line end (a write was cut short)".into(),
+            });
+        }
+        let damaged = |n: usize, e: serde_json::Error| AuditError::Damaged {
+            path: path.to_path_buf(),
+            line: n as u64 + 1,
+            reason: e.to_string(),
+        };
+        let mut lines = 0u64;
+        let mut anchored_hash = None;
+        let wanted = anchor.and_then(|a| a.records.checked_sub(1));
+        for (n, line) in text.lines().enumerate() {
+            if Some(n as u64) == wanted {
+                let record: AuditRecord = serde_json::from_str(line).map_err(|e| damaged(n, e))?;
+                anchored_hash = Some(record.hash);
             }
-            if let Some((n, last)) = text.lines().enumerate().last() {
-                let record: AuditRecord =
-                    serde_json::from_str(last).map_err(|e| AuditError::Damaged {
-                        path: path.to_path_buf(),
-                        line: n as u64 + 1,
-                        reason: e.to_string(),
-                    })?;
-                next_seq = record.seq + 1;
-                last_hash = record.hash;
+            lines += 1;
+        }
+        if let Some((n, last)) = text.lines().enumerate().last() {
+            let record: AuditRecord = serde_json::from_str(last).map_err(|e| damaged(n, e))?;
+            next_seq = record.seq + 1;
+            last_hash = record.hash;
+        }
+        if let Some(anchor) = anchor {
+            let problem = if lines < anchor.records {
+                Some(removed_tail(anchor.records, lines))
+            } else if anchor.records > 0 && anchored_hash.as_deref() != Some(anchor.hash.as_str()) {
+                Some(replaced_tail(anchor.records))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(AuditError::Unanchored {
+                    path: path.to_path_buf(),
+                    problem,
+                });
             }
         }
         let file = OpenOptions::new()
@@ -182,8 +251,28 @@ impl AuditLog {
                 file,
                 next_seq,
                 last_hash,
+                anchor: None,
             }),
         })
+    }
+
+    /// Hand the chain's head to `anchor` now and after every append.
+    pub fn set_anchor(&self, anchor: std::sync::Arc<dyn ChainAnchor>) {
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        anchor.advance(&ChainHead {
+            records: tail.next_seq,
+            hash: tail.last_hash.clone(),
+        });
+        tail.anchor = Some(anchor);
+    }
+
+    /// The chain's head as this log has written it.
+    pub fn head(&self) -> ChainHead {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        ChainHead {
+            records: tail.next_seq,
+            hash: tail.last_hash.clone(),
+        }
     }
 
     /// The file.
@@ -214,6 +303,12 @@ impl AuditLog {
             })?;
         tail.next_seq = seq + 1;
         tail.last_hash = hash;
+        if let Some(anchor) = &tail.anchor {
+            anchor.advance(&ChainHead {
+                records: tail.next_seq,
+                hash: tail.last_hash.clone(),
+            });
+        }
         Ok(seq)
     }
 
@@ -260,6 +355,27 @@ pub enum ProblemKind {
     Reordered,
     /// A line is not a record.
     Malformed,
+    /// The chain's tail is not the one anchored: rewritten with a recomputed chain.
+    Replaced,
+}
+
+fn removed_tail(anchored: u64, found: u64) -> String {
+    let gone = anchored - found;
+    format!(
+        "{anchored} records anchored, {found} found; the last {} removed",
+        if gone == 1 {
+            "record was".to_string()
+        } else {
+            format!("{gone} were")
+        }
+    )
+}
+
+fn replaced_tail(anchored: u64) -> String {
+    format!(
+        "the tail was replaced: record seq {} is not the record anchored as the chain's head (its hash differs), so records up to it were rewritten with a recomputed chain",
+        anchored - 1
+    )
 }
 
 /// The first problem in the chain.
@@ -286,10 +402,65 @@ pub struct VerifyReport {
 
 /// Walk the log and check the chain; report the first edited, removed or reordered record.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AuditError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    verify_anchored(path, None)
+}
+
+/// [`verify`], and check the log against `anchor`, its head as anchored: a log with fewer
+/// records than anchored lost its tail; one whose anchored record has another hash had its tail
+/// rewritten. A missing file is an empty log when there is an anchor.
+pub fn verify_anchored(
+    path: &Path,
+    anchor: Option<&ChainHead>,
+) -> Result<VerifyReport, AuditError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && anchor.is_some() => String::new(),
+        Err(source) => {
+            return Err(AuditError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let wanted = anchor.and_then(|a| a.records.checked_sub(1));
+    let (mut report, anchored_hash) = walk(&text, wanted)?;
+    let Some(anchor) = anchor else {
+        return Ok(report);
+    };
+    let lines = text.lines().count() as u64;
+    let (kind, message, line) = match &mut report.first_problem {
+        Some(p) => {
+            // Say how far the anchor reaches, so a cut-short or removed tail is seen as such.
+            p.message = format!(
+                "{}; {} records anchored, {} intact before it",
+                p.message, anchor.records, report.records
+            );
+            return Ok(report);
+        }
+        None if lines < anchor.records => (
+            ProblemKind::Removed,
+            removed_tail(anchor.records, lines),
+            lines + 1,
+        ),
+        None if anchor.records > 0 && anchored_hash.as_deref() != Some(anchor.hash.as_str()) => (
+            ProblemKind::Replaced,
+            replaced_tail(anchor.records),
+            anchor.records,
+        ),
+        None => return Ok(report),
+    };
+    report.first_problem = Some(ChainProblem {
+        line,
+        seq: Some(line - 1),
+        kind,
+        message,
+    });
+    Ok(report)
+}
+
+/// Check the chain in `text`; also the hash of record `wanted` (0-based), if it is intact.
+fn walk(text: &str, wanted: Option<u64>) -> Result<(VerifyReport, Option<String>), AuditError> {
+    let mut wanted_hash = None;
     let mut prev = GENESIS.to_string();
     let mut records = 0u64;
     let lines: Vec<&str> = text.lines().collect();
@@ -310,29 +481,35 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
         let record: AuditRecord = match serde_json::from_str(raw) {
             Ok(r) if !truncated => r,
             Ok(_) | Err(_) => {
-                return Ok(VerifyReport {
-                    records,
-                    first_problem: Some(problem(
-                        i,
-                        None,
-                        ProblemKind::Malformed,
-                        "is not a complete audit record".into(),
-                    )),
-                });
+                return Ok((
+                    VerifyReport {
+                        records,
+                        first_problem: Some(problem(
+                            i,
+                            None,
+                            ProblemKind::Malformed,
+                            "is not a complete audit record".into(),
+                        )),
+                    },
+                    wanted_hash,
+                ));
             }
         };
         let own = hash_of(record.seq, &record.time, &record.event, &record.prev)?;
         if own != record.hash {
-            return Ok(VerifyReport {
-                records,
-                first_problem: Some(problem(
-                    i,
-                    Some(record.seq),
-                    ProblemKind::Edited,
-                    "record was edited after it was written (its hash does not match its contents)"
-                        .into(),
-                )),
-            });
+            return Ok((
+                VerifyReport {
+                    records,
+                    first_problem: Some(problem(
+                        i,
+                        Some(record.seq),
+                        ProblemKind::Edited,
+                        "record was edited after it was written (its hash does not match its contents)"
+                            .into(),
+                    )),
+                },
+                wanted_hash,
+            ));
         }
         if record.seq != expected_seq || record.prev != prev {
             let (kind, message) = if record.seq > expected_seq {
@@ -370,18 +547,32 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
             } else {
                 (kind, message)
             };
-            return Ok(VerifyReport {
-                records,
-                first_problem: Some(problem(i, Some(record.seq), kind_message.0, kind_message.1)),
-            });
+            return Ok((
+                VerifyReport {
+                    records,
+                    first_problem: Some(problem(
+                        i,
+                        Some(record.seq),
+                        kind_message.0,
+                        kind_message.1,
+                    )),
+                },
+                wanted_hash,
+            ));
+        }
+        if Some(expected_seq) == wanted {
+            wanted_hash = Some(record.hash.clone());
         }
         prev = record.hash;
         records += 1;
     }
-    Ok(VerifyReport {
-        records,
-        first_problem: None,
-    })
+    Ok((
+        VerifyReport {
+            records,
+            first_problem: None,
+        },
+        wanted_hash,
+    ))
 }
 
 #[cfg(test)]
@@ -514,5 +705,107 @@ mod tests {
                 first_problem: None
             }
         );
+    }
+
+    /// Records every head it is given.
+    #[derive(Default)]
+    struct Heads(Mutex<Vec<ChainHead>>);
+
+    impl ChainAnchor for Heads {
+        fn advance(&self, head: &ChainHead) {
+            self.0.lock().expect("heads").push(head.clone());
+        }
+    }
+
+    #[test]
+    fn the_anchor_sees_every_head_and_finds_a_removed_or_replaced_tail() {
+        let (_dir, path) = log_with(3);
+        let log = AuditLog::open(&path).expect("open");
+        let heads = std::sync::Arc::new(Heads::default());
+        log.set_anchor(heads.clone());
+        for i in 3..6 {
+            log.append(event(i)).expect("append");
+        }
+        let seen = heads.0.lock().expect("heads").clone();
+        assert_eq!(
+            seen.iter().map(|h| h.records).collect::<Vec<_>>(),
+            [3, 4, 5, 6]
+        );
+        let head = log.head();
+        assert_eq!(seen.last(), Some(&head));
+        drop(log);
+        let original = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            verify_anchored(&path, Some(&head))
+                .expect("verify")
+                .first_problem,
+            None
+        );
+        assert!(AuditLog::open_anchored(&path, Some(&head)).is_ok());
+
+        // The last line, then the last three, removed: the chain alone is intact.
+        for removed in [1usize, 3] {
+            let lines: Vec<&str> = original.lines().collect();
+            let kept = &lines[..lines.len() - removed];
+            std::fs::write(&path, kept.join("\n") + "\n").expect("write");
+            assert_eq!(verify(&path).expect("verify").first_problem, None);
+            let p = verify_anchored(&path, Some(&head))
+                .expect("verify")
+                .first_problem
+                .expect("problem");
+            assert_eq!(p.kind, ProblemKind::Removed);
+            assert!(
+                p.message
+                    .contains(&format!("6 records anchored, {} found", 6 - removed)),
+                "{}",
+                p.message
+            );
+            let err = AuditLog::open_anchored(&path, Some(&head))
+                .err()
+                .expect("not appended to");
+            assert!(err.to_string().contains("--reanchor"), "{err}");
+        }
+
+        // The last two rewritten with a recomputed chain (and one more): replaced.
+        let lines: Vec<&str> = original.lines().collect();
+        std::fs::write(&path, lines[..4].join("\n") + "\n").expect("write");
+        let forger = AuditLog::open(&path).expect("open");
+        for i in 0..3 {
+            forger.append(event(100 + i)).expect("append");
+        }
+        drop(forger);
+        assert_eq!(verify(&path).expect("verify").first_problem, None);
+        let p = verify_anchored(&path, Some(&head))
+            .expect("verify")
+            .first_problem
+            .expect("problem");
+        assert_eq!((p.kind, p.seq), (ProblemKind::Replaced, Some(5)));
+        assert!(AuditLog::open_anchored(&path, Some(&head)).is_err());
+
+        // The last line cut short: malformed, and the anchor is named.
+        std::fs::write(&path, &original[..original.len() - 30]).expect("write");
+        let p = verify_anchored(&path, Some(&head))
+            .expect("verify")
+            .first_problem
+            .expect("problem");
+        assert_eq!(p.kind, ProblemKind::Malformed);
+        assert!(
+            p.message.contains("6 records anchored, 5 intact"),
+            "{}",
+            p.message
+        );
+
+        // The whole file removed.
+        std::fs::remove_file(&path).expect("remove");
+        let p = verify_anchored(&path, Some(&head))
+            .expect("verify")
+            .first_problem
+            .expect("problem");
+        assert!(
+            p.message.contains("6 records anchored, 0 found"),
+            "{}",
+            p.message
+        );
+        assert!(AuditLog::open_anchored(&path, Some(&head)).is_err());
     }
 }
