@@ -181,6 +181,9 @@ fn edit_lock(env: &Env, edit: impl FnOnce(&mut toml_edit::Table)) {
     std::fs::write(&path, doc.to_string()).expect("write lock");
 }
 
+/// An edit of a lock entry.
+type LockEdit = fn(&mut toml_edit::Table);
+
 /// The approved access of `binding` in a lock entry, to edit.
 fn access(entry: &mut toml_edit::Table, binding: &str) -> toml_edit::Array {
     entry["bindings"][binding]["access"]
@@ -326,7 +329,7 @@ async fn the_lock_files_approval_is_the_ceiling_of_the_grant() {
 
     // Widened by hand: more than the adapter asks for is refused at load, naming the file, the
     // entry and the fix; nothing runs.
-    let widenings: [(&str, fn(&mut toml_edit::Table)); 3] = [
+    let widenings: [(&str, LockEdit); 3] = [
         ("+ data (files): adds write", |entry| {
             let mut list = access(entry, "data");
             list.push("write");
@@ -378,12 +381,39 @@ async fn the_lock_files_approval_is_the_ceiling_of_the_grant() {
     assert!(
         err.contains("grants access `read` on [instance.files.data]")
             && err.contains("does not approve (it approves: restore, snapshot)")
-            && err.contains("remove `read` from `access` in [instance.files.data]"),
+            && err
+                .contains("remove `read` from `access` in [instance.files.data] of the fleet file"),
         "{err}"
     );
-    // Approving again records what the adapter asks for, and it runs.
+    // Approving again keeps the narrowing (`lock` shows it) and still refuses the fleet's grant.
     let out = env.upshift(&["lock", "--approve"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.upshift(&["lock"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("approved, narrowed in the lock file: - data (files): drops read"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.upshift(&["plan", "m", "--to", "2.0.0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A widened entry is shown as such and replaced by what the adapter asks for on approval.
+    std::fs::write(&lock, &approved).expect("restore lock");
+    edit_lock(&env, |entry| {
+        let mut list = access(entry, "data");
+        list.push("write");
+        set_access(entry, "data", list);
+    });
+    let out = env.upshift(&["lock"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("approves more than it asks for (+ data (files): adds write)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.upshift(&["lock", "--approve"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&lock).expect("lock"), approved);
     let out = env.upshift(&["plan", "m", "--to", "2.0.0"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }

@@ -166,6 +166,9 @@ struct Tail {
     next_seq: u64,
     last_hash: String,
     anchor: Option<std::sync::Arc<dyn ChainAnchor>>,
+    /// The file's length after this log's last write: more means another process appended
+    /// (the chain continues from its record), less means the file was cut short.
+    end: u64,
 }
 
 /// An append-only, hash-chained audit log. Thread-safe.
@@ -252,6 +255,7 @@ impl AuditLog {
                 next_seq,
                 last_hash,
                 anchor: None,
+                end: text.len() as u64,
             }),
         })
     }
@@ -280,9 +284,42 @@ impl AuditLog {
         &self.path
     }
 
-    /// Append one record; returns its sequence number.
+    /// Append one record; returns its sequence number. Other processes appending to the same
+    /// file (two commands on one data directory) are serialised by a lock on the file, and the
+    /// chain continues from their last record.
     pub fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let locked = nix::fcntl::Flock::lock(
+            tail.file.try_clone().map_err(io)?,
+            nix::fcntl::FlockArg::LockExclusive,
+        )
+        .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+        let len = locked.metadata().map_err(io)?.len();
+        if len < tail.end {
+            return Err(AuditError::Unanchored {
+                path: self.path.clone(),
+                problem: format!(
+                    "it was cut short while this host was writing it ({} bytes written, {len} there now)",
+                    tail.end
+                ),
+            });
+        }
+        if len > tail.end {
+            let text = std::fs::read_to_string(&self.path).map_err(io)?;
+            let last = text.lines().last().unwrap_or_default();
+            let record: AuditRecord =
+                serde_json::from_str(last).map_err(|e| AuditError::Damaged {
+                    path: self.path.clone(),
+                    line: text.lines().count() as u64,
+                    reason: e.to_string(),
+                })?;
+            tail.next_seq = record.seq + 1;
+            tail.last_hash = record.hash;
+        }
         let seq = tail.next_seq;
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let hash = hash_of(seq, &time, &event, &tail.last_hash)?;
@@ -295,12 +332,9 @@ impl AuditLog {
         };
         let mut line = serde_json::to_string(&record)?;
         line.push('\n');
-        tail.file
-            .write_all(line.as_bytes())
-            .map_err(|source| AuditError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        tail.file.write_all(line.as_bytes()).map_err(io)?;
+        tail.end = len + line.len() as u64;
+        drop(locked);
         tail.next_seq = seq + 1;
         tail.last_hash = hash;
         if let Some(anchor) = &tail.anchor {
@@ -807,5 +841,27 @@ mod tests {
             p.message
         );
         assert!(AuditLog::open_anchored(&path, Some(&head)).is_err());
+    }
+
+    #[test]
+    fn two_writers_of_one_file_keep_one_chain_and_a_cut_is_refused() {
+        let (_dir, path) = log_with(2);
+        let a = AuditLog::open(&path).expect("a");
+        let b = AuditLog::open(&path).expect("b");
+        for i in 0..10 {
+            a.append(event(i)).expect("a appends");
+            b.append(event(i)).expect("b appends");
+        }
+        assert_eq!(
+            verify(&path).expect("verify"),
+            VerifyReport {
+                records: 22,
+                first_problem: None
+            }
+        );
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, &text[..text.len() / 2]).expect("cut");
+        let err = a.append(event(0)).expect_err("refused");
+        assert!(err.to_string().contains("cut short"), "{err}");
     }
 }

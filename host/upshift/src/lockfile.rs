@@ -340,7 +340,7 @@ impl LockFile {
                         name = b.name
                     ),
                     format!(
-                        "remove `{extra}` from `access` in [instance.{kind}.{name}], or approve it: `upshift lock --approve` records what the adapter asks for",
+                        "remove `{extra}` from `access` in [instance.{kind}.{name}] of the fleet file, or approve it: add it to the entry's access (or delete the entry and run `upshift lock --approve`, which records what the adapter asks for)",
                         kind = b.kind,
                         name = b.name
                     ),

@@ -135,7 +135,7 @@ pub fn check_grants(plan: &Plan, grants: &GrantSet, instance: &str) -> Result<()
             grants.check(binding, kind, access).map_err(|d| {
                 if let crate::grants::Denial::NotApproved { lock, .. } = &d {
                     return format!(
-                        "the plan's step `{}` needs `{access}` on {kind} binding `{binding}`, but {d}; approve it in {lock} with `upshift lock --approve` (it records what the adapter asks for), or change the plan",
+                        "the plan's step `{}` needs `{access}` on {kind} binding `{binding}`, but {d}; add it to the adapter's entry in {lock} (or delete the entry and approve it anew with `upshift lock --approve`)",
                         step.id
                     );
                 }
