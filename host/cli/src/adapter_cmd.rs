@@ -295,10 +295,36 @@ pub fn lock(fleet_path: &Path, approve: bool, json: bool) -> Result<u8, Exit> {
         }
         let manifest = Manifest::from_component(&wasm)
             .map_err(|reason| usage(format!("{label} is not a usable adapter: {reason}")))?;
-        let entry = LockedAdapter::approving(source, &upshift::runtime::digest(&wasm), &manifest);
+        let mut entry =
+            LockedAdapter::approving(source, &upshift::runtime::digest(&wasm), &manifest);
         let (status, settled) = match existing.and_then(|l| l.entry(&instance.adapter)) {
             None => ("new: not approved yet".to_string(), false),
-            Some(old) if old.sha256 == entry.sha256 => ("approved".to_string(), true),
+            Some(old) if old.sha256 == entry.sha256 => {
+                // The same bytes: an approval narrowed by hand is kept (it is the ceiling of
+                // the grant); one wider than the request is replaced by the request.
+                let edits = capdiff::diff(&entry.bindings, &old.bindings);
+                let shown = edits
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if edits.is_empty() {
+                    ("approved".to_string(), true)
+                } else if edits.iter().any(capdiff::Change::widens) {
+                    (
+                        format!(
+                            "approved, but the lock file approves more than it asks for ({shown}): refused until approved again"
+                        ),
+                        false,
+                    )
+                } else {
+                    entry.bindings = old.bindings.clone();
+                    (
+                        format!("approved, narrowed in the lock file: {shown}"),
+                        true,
+                    )
+                }
+            }
             Some(old) => {
                 let changes = capdiff::diff(&old.bindings, &entry.bindings);
                 let summary = if changes.is_empty() {

@@ -234,8 +234,8 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Adapter(AdapterCommand::Verify { file, keys }) => {
             adapter_cmd::verify(&ctx, file, keys)
         }
-        Command::Audit(AuditCommand::Verify { json }) => {
-            commands::history::audit_verify(&ctx, json)
+        Command::Audit(AuditCommand::Verify { json, reanchor }) => {
+            commands::history::audit_verify(&ctx, json, reanchor).await
         }
         Command::Plan(args) => commands::runs::plan(&ctx, args).await,
         Command::Apply(args) => commands::runs::apply(&ctx, args).await,

@@ -26,7 +26,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use bindings::{Adapter, AdapterPre};
-pub use cache::{ArtifactCache, CacheOutcome};
+pub use cache::{ArtifactCache, ArtifactLedger, CacheOutcome, MemoryLedger};
 pub use manifest::Manifest;
 use upshift_caps::InstanceCaps;
 use upshift_caps::Witness;
@@ -137,6 +137,8 @@ pub struct LoadedAdapter {
     pub manifest: Manifest,
     /// Whether the compiled code came from the cache.
     pub cache: CacheOutcome,
+    /// Why a cache entry was not trusted (it was compiled again), for the operator.
+    pub cache_note: Option<String>,
     pre: AdapterPre<HostState>,
 }
 
@@ -151,6 +153,8 @@ pub use upshift_model::digest;
 
 impl Runtime {
     /// A runtime whose compiled components are cached in `cache_dir` (none: always compile).
+    /// Until [`Runtime::set_artifact_ledger`] names another, only artifacts this process wrote
+    /// are loaded from it.
     pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Runtime, RuntimeError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(256)
@@ -201,7 +205,8 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Runtime {
-            cache: cache_dir.map(|d| ArtifactCache::new(d, &engine)),
+            cache: cache_dir
+                .map(|d| ArtifactCache::new(d, &engine, Arc::new(MemoryLedger::default()))),
             engine,
             linker,
             deadlines: Deadlines::default(),
@@ -209,6 +214,19 @@ impl Runtime {
             observer: None,
             audit: None,
         })
+    }
+
+    /// Trust cached artifacts whose digests `ledger` recorded (a session's state store), and
+    /// record there the digest of every artifact compiled from now on.
+    pub fn set_artifact_ledger(&mut self, ledger: Arc<dyn ArtifactLedger>) {
+        if let Some(cache) = &mut self.cache {
+            cache.set_ledger(ledger);
+        }
+    }
+
+    /// The compiled-component cache, if there is one.
+    pub fn artifact_cache(&self) -> Option<&ArtifactCache> {
+        self.cache.as_ref()
     }
 
     /// Replace the per-call deadlines.
@@ -268,13 +286,18 @@ impl Runtime {
             adapter: label.to_string(),
             reason: format!("{e:#}"),
         };
-        let (component, outcome) = match &self.cache {
-            Some(cache) => cache
-                .load(&self.engine, &digest, wasm)
-                .map_err(component_err)?,
+        let (component, outcome, cache_note) = match &self.cache {
+            Some(cache) => {
+                let cached = cache
+                    .load(&self.engine, &digest, wasm)
+                    .await
+                    .map_err(component_err)?;
+                (cached.component, cached.outcome, cached.note)
+            }
             None => (
                 Component::new(&self.engine, wasm).map_err(component_err)?,
                 CacheOutcome::Compiled,
+                None,
             ),
         };
         let pre = self
@@ -290,6 +313,7 @@ impl Runtime {
             digest,
             manifest,
             cache: outcome,
+            cache_note,
             pre,
         };
         let described = self.describe(&loaded).await?;

@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS backups (
 CREATE INDEX IF NOT EXISTS backups_instance ON backups (instance, created_at);
 CREATE TABLE IF NOT EXISTS leases (
     instance TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS artifacts (
+    adapter_digest TEXT NOT NULL, engine TEXT NOT NULL, sha256 TEXT NOT NULL, recorded_at TEXT NOT NULL,
+    PRIMARY KEY (adapter_digest, engine));
+CREATE TABLE IF NOT EXISTS audit_anchors (
+    log TEXT PRIMARY KEY, records INTEGER NOT NULL, head TEXT NOT NULL, anchored_at TEXT NOT NULL);
 ";
 
 /// The SQLite engine: one connection, used by one blocking task at a time.

@@ -253,7 +253,7 @@ pub async fn offline_plan(
     to: &str,
 ) -> Result<PlanReport, OpError> {
     let (label, wasm) = adapters::resolve(adapter).map_err(OpError::Usage)?;
-    let adapter = session.runtime.load(&label, &wasm).await?;
+    let adapter = session.load_component(&label, &label, &wasm).await?;
     let detection = Detection {
         version: from.to_string(),
         facts: Vec::new(),

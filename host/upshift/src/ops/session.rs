@@ -14,6 +14,7 @@ use crate::caps::service::ServiceBackend;
 use crate::caps::{Caller, Event, EventSink, InstanceCaps, Secrets};
 use crate::fleet::{AdapterRef, Instance};
 use crate::grants::GrantSet;
+use crate::integrity::{StateAnchor, StateLedger, audit_log_key};
 use crate::lease::{Held, holder_name};
 use crate::runtime::{LoadedAdapter, Manifest, Runtime};
 use crate::state::StateStore;
@@ -41,6 +42,36 @@ pub struct Session {
     lease_ttl: Duration,
     /// A test hook: where this process kills itself, as a machine dying there would.
     crash_point: Option<CrashPoint>,
+    /// Keeps the audit log's head in the state store; flushed when the session ends.
+    anchor: Option<Arc<StateAnchor>>,
+}
+
+/// How long a session's end waits for the audit log's head to reach the state store.
+const ANCHOR_FLUSH: Duration = Duration::from_secs(10);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(anchor) = &self.anchor else { return };
+        let flush = || anchor.flush(ANCHOR_FLUSH);
+        // On a multi-threaded runtime the worker hands its other tasks on while it waits (the
+        // store's connection may be one of them).
+        let flushed = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(flush)
+            }
+            _ => flush(),
+        };
+        if !flushed {
+            self.events.emit(crate::caps::Event::Log {
+                instance: "upshift".into(),
+                level: "warn".into(),
+                message: format!(
+                    "the audit log's head was not anchored in the state store within {} s; `upshift audit verify` cannot vouch for its last records",
+                    ANCHOR_FLUSH.as_secs()
+                ),
+            });
+        }
+    }
 }
 
 /// How to open a [`Session`]: the data directory, and where the state, the process services'
@@ -165,18 +196,36 @@ impl SessionBuilder {
         Ok(())
     }
 
-    /// Open (creating) the data directory and everything in it.
+    /// Open (creating) the data directory and everything in it. The audit log is opened only
+    /// if it reaches the head the state store anchored for it (a log whose anchored records
+    /// were removed or rewritten stops the session), and its head is anchored after every
+    /// append from then on.
+    /// Cached compiled adapters are trusted only if the state store recorded their digests.
     pub async fn open(self) -> Result<Session, OpError> {
         self.create_data_dir()?;
         if let Some(url) = &self.state_url {
             self.secrets.add_url(url);
         }
-        let audit = AuditLog::open(&self.data.join("audit.jsonl"))
+        let state = self.state_store().await?;
+        let audit_path = self.data.join("audit.jsonl");
+        let key = audit_log_key(&audit_path);
+        let anchored = state
+            .audit_anchor(&key)
+            .await
+            .map_err(|e| OpError::Host(e.to_string()))?
+            .map(|a| crate::audit::ChainHead {
+                records: a.records,
+                hash: a.head,
+            });
+        let audit = AuditLog::open_anchored(&audit_path, anchored.as_ref())
             .map_err(|e| OpError::Host(e.to_string()))?
             .with_secrets(self.secrets.clone());
-        let state = self.state_store().await?;
+        let anchor = StateAnchor::start(state.clone(), key, self.events.clone())
+            .map_err(|e| OpError::Host(format!("cannot start the audit anchor: {e}")))?;
+        audit.set_anchor(anchor.clone());
         let cache = self.cache.unwrap_or_else(|| self.data.join("cache"));
         let mut runtime = Runtime::new(Some(&cache)).map_err(|e| OpError::Host(e.to_string()))?;
+        runtime.set_artifact_ledger(Arc::new(StateLedger(state.clone())));
         let audit = Arc::new(audit);
         runtime.set_audit(audit.clone());
         Ok(Session {
@@ -189,6 +238,7 @@ impl SessionBuilder {
             secrets: self.secrets,
             lease_ttl: self.lease_ttl,
             crash_point: self.crash_point,
+            anchor: Some(anchor),
         })
     }
 }
@@ -257,7 +307,9 @@ impl Session {
     /// Load the adapter an instance names. Before anything is compiled: under a `[trust]`
     /// policy an adapter file must be signed as it requires, and under a lock file the
     /// adapter's bytes must be the approved ones (bundled adapters included, since a new
-    /// Upshift binary brings new ones).
+    /// Upshift binary brings new ones) and the approval no wider than what the adapter asks
+    /// for and the fleet file grants no more than it (see [`crate::lockfile::LockFile::ceiling`]).
+    /// A cache entry that was not trusted (and so compiled again) is reported as a warning.
     pub async fn load_adapter(&self, instance: &Instance) -> Result<LoadedAdapter, OpError> {
         let adapter = &instance.adapter;
         let (label, wasm) = adapters::resolve(adapter).map_err(OpError::Usage)?;
@@ -270,12 +322,11 @@ impl Session {
             if let Ok(manifest) = Manifest::from_component(&wasm) {
                 lock.admit(adapter, &crate::runtime::digest(&wasm), &manifest)
                     .map_err(|e| OpError::Usage(format!("not approved: {e}")))?;
+                lock.ceiling(adapter, &manifest, &instance.name, &instance.bound_names())
+                    .map_err(|e| OpError::Usage(format!("not approved: {e}")))?;
             }
         }
-        self.runtime
-            .load(&label, &wasm)
-            .await
-            .map_err(OpError::from)
+        self.load_component(&instance.name, &label, &wasm).await
     }
 
     /// Register what the instance's bindings hold that is secret: URL passwords of its
@@ -300,14 +351,36 @@ impl Session {
         }
     }
 
-    /// Join the adapter's requests with the instance's bindings and build the backends.
+
+    /// Compile (or load from the cache) and link a component whose trust was already checked,
+    /// reporting to `events` (as `instance`) why a cache entry was not trusted.
+    pub async fn load_component(
+        &self,
+        instance: &str,
+        label: &str,
+        wasm: &[u8],
+    ) -> Result<LoadedAdapter, OpError> {
+        let loaded = self.runtime.load(label, wasm).await?;
+        if let Some(note) = &loaded.cache_note {
+            self.events.emit(crate::caps::Event::Log {
+                instance: instance.to_string(),
+                level: "warn".into(),
+                message: note.clone(),
+            });
+        }
+        Ok(loaded)
+    }
+
+    /// Join the adapter's requests with the instance's bindings and build the backends. Under
+    /// a lock file the grants are narrowed to what it approves for these bytes (nothing, if it
+    /// approves none).
     pub fn caps_for(
         &self,
         instance: &Instance,
         adapter: &LoadedAdapter,
     ) -> Result<Arc<InstanceCaps>, OpError> {
         self.register_secrets(instance);
-        let grants = GrantSet::resolve(
+        let mut grants = GrantSet::resolve(
             &instance.name,
             &adapter.manifest.bindings,
             &instance.bound_names(),
@@ -321,6 +394,14 @@ impl Session {
                     .join("\n"),
             )
         })?;
+        if let Some(lock) = &instance.lock {
+            let approved = lock
+                .entry(&instance.adapter)
+                .filter(|e| e.sha256 == adapter.digest)
+                .map(|e| e.bindings.clone())
+                .unwrap_or_default();
+            grants.limit_to(&approved, &lock.path.display().to_string());
+        }
         let mut caps = InstanceCaps::new(
             Caller {
                 adapter_digest: adapter.digest.clone(),

@@ -425,6 +425,9 @@ impl Case for Hostile {
             }
             other => Ok(format!("unknown operation `{other}`")),
         }
+    }
+}
+
 // ---- H4 (issue 14): what the operator reads, and what the host writes down. ----
 
 /// Text that rewrites the operator's terminal: a window title (OSC), an erased line with a
