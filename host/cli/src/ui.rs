@@ -205,6 +205,9 @@ pub fn plan_text(report: &PlanReport) -> String {
         style("Plan").bold(),
         &report.adapter_digest[..12.min(report.adapter_digest.len())]
     ));
+    for p in &report.privileged {
+        out.push_str(&format!("  {} {p}\n", style("privileged:").yellow()));
+    }
     match &report.outcome {
         PlanOutcome::Refused(r) => {
             out.push_str(&format!(

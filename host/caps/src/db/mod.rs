@@ -21,7 +21,10 @@ use crate::operation::Operation;
 use upshift_model::grants::{Access, BindingKind};
 
 pub use mysql::MySqlBackend;
-pub use pg::{DUMP_COMPRESSION, PgBackend, dump_jobs, plain_ident, rewrite_dbname};
+pub use pg::{
+    DUMP_COMPRESSION, Flavour, PgBackend, RoleFacts, RolePolicy, dump_jobs, plain_ident,
+    rewrite_dbname,
+};
 
 /// Rows returned to an adapter.
 #[derive(Debug, Clone, Default)]
@@ -78,14 +81,35 @@ impl DbBackend {
     /// A backend for `url`: `postgres://`, `mysql://` or `kwdb://` (KWDB over the PostgreSQL
     /// wire protocol).
     pub fn new(url: &str) -> Result<DbBackend, CapError> {
+        DbBackend::bound(url, None)
+    }
+
+    /// The backend of a fleet binding: on PostgreSQL the URL's role is checked against
+    /// `policy` before the first statement (see [`RolePolicy::judge`]).
+    pub fn bound(url: &str, policy: Option<RolePolicy>) -> Result<DbBackend, CapError> {
         if url.starts_with("mysql://") {
             Ok(DbBackend::MySql(MySqlBackend::new(url)?))
         } else if let Some(rest) = url.strip_prefix("kwdb://") {
-            Ok(DbBackend::Kwdb(PgBackend::new(&format!(
-                "postgresql://{rest}"
-            ))?))
+            Ok(DbBackend::Kwdb(PgBackend::bound(
+                &format!("postgresql://{rest}"),
+                Flavour::Kwdb,
+                policy,
+            )?))
         } else {
-            Ok(DbBackend::Postgres(PgBackend::new(url)?))
+            Ok(DbBackend::Postgres(PgBackend::bound(
+                url,
+                Flavour::Postgres,
+                policy,
+            )?))
+        }
+    }
+
+    /// Check the binding's role (PostgreSQL): the notice for an accepted privileged role, or
+    /// the denial of one the operator did not accept.
+    pub async fn check_role(&self) -> Result<Option<String>, CapError> {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.check_role().await,
+            DbBackend::MySql(_) => Ok(None),
         }
     }
 
@@ -132,14 +156,17 @@ impl DbBackend {
         }
     }
 
-    /// Run statements atomically.
+    /// Run statements atomically; with `read_only` the server itself refuses any write.
     pub async fn transaction(
         &self,
         statements: &[(String, Vec<Value>)],
+        read_only: bool,
     ) -> Result<(Vec<u64>, u64), CapError> {
         match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.transaction(statements).await,
-            DbBackend::MySql(b) => b.transaction(statements).await,
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => {
+                b.transaction(statements, read_only).await
+            }
+            DbBackend::MySql(b) => b.transaction(statements, read_only).await,
         }
     }
 
@@ -437,15 +464,47 @@ impl Db {
             .map(|a| a.name())
             .collect::<Vec<_>>()
             .join("+");
+        // Read-write only when the binding may write: on a read grant the server enforces
+        // READ ONLY whatever the statements were classified as.
+        let read_only = !self.may_write(binding);
         self.bound
             .call(
                 binding,
                 &needed,
                 Operation::Transaction,
                 Some(detail),
-                async |b| b.transaction(statements).await,
+                async |b| b.transaction(statements, read_only).await,
             )
             .await
+    }
+
+    /// Whether `binding` is granted `write` or `ddl`.
+    fn may_write(&self, binding: &str) -> bool {
+        let grants = self.bound.grants();
+        [Access::Write, Access::Ddl]
+            .into_iter()
+            .any(|a| grants.check(binding, BindingKind::Db, a).is_ok())
+    }
+
+    /// Host: check the role of every bound database against its policy before a plan (audited
+    /// as `check-role`); the notices of privileged roles the operator accepted.
+    pub async fn check_roles(&self) -> Result<Vec<String>, CapError> {
+        let names: Vec<String> = self.bound.names().map(str::to_string).collect();
+        let mut notices = Vec::new();
+        for name in names {
+            let notice = self
+                .bound
+                .call(
+                    &name,
+                    &[],
+                    Operation::CheckRole,
+                    Some("host inspection".into()),
+                    async |b| b.check_role().await.map(|n| (n, 0)),
+                )
+                .await?;
+            notices.extend(notice);
+        }
+        Ok(notices)
     }
 
     /// `db.table-exists`.

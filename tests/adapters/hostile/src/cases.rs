@@ -399,3 +399,44 @@ impl Case for Hostile {
         http::request("api", "DELETE", "/everything", &[]).map(|r| r.status.to_string())
     }
 }
+
+/// `db-probe`: runs whatever database call its payload names, so one component drives a table
+/// of variations. Payload: a first line `<query|execute|transaction> <binding>`, then the SQL;
+/// a transaction's statements are separated by lines holding only `--next--`. The answer is
+/// the rows (query), the count (execute) or the counts (transaction).
+#[cfg(feature = "db-probe")]
+impl Case for Hostile {
+    fn attack(payload: &str) -> Result<String, CapError> {
+        let (head, sql) = payload.split_once('\n').unwrap_or((payload, ""));
+        let mut words = head.split_whitespace();
+        let (op, binding) = (words.next().unwrap_or(""), words.next().unwrap_or("meta"));
+        match op {
+            "query" => db::query(binding, sql, &[]).map(|r| {
+                let rows: Vec<Vec<String>> = r
+                    .rows
+                    .iter()
+                    .map(|row| {
+                        row.iter()
+                            .map(|v| {
+                                upshift_adapter_sdk::value_text(v).unwrap_or_else(|| "NULL".into())
+                            })
+                            .collect()
+                    })
+                    .collect();
+                format!("{rows:?}")
+            }),
+            "execute" => db::execute(binding, sql, &[]).map(|n| format!("{n} rows affected")),
+            "transaction" => {
+                let statements: Vec<db::Statement> = sql
+                    .split("\n--next--\n")
+                    .map(|s| db::Statement {
+                        sql: s.to_string(),
+                        params: vec![],
+                    })
+                    .collect();
+                db::transaction(binding, &statements).map(|n| format!("{n:?} rows affected"))
+            }
+            other => Ok(format!("unknown probe `{other}`")),
+        }
+    }
+}
