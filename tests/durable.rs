@@ -128,7 +128,7 @@ async fn a_run_whose_lease_moved_stops_before_its_next_step() {
         url: &url,
         scheme: "postgresql",
         port: common::url_port(&url),
-        user: "postgres",
+        user: &name,
         name: &name,
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_upshift"));
@@ -515,7 +515,7 @@ async fn om_subject(pg: &common::Pg) -> Subject {
         url: &url,
         scheme: "postgresql",
         port: common::url_port(&url),
-        user: "postgres",
+        user: &name,
         name: &name,
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_upshift"));
