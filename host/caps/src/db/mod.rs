@@ -487,12 +487,14 @@ impl Db {
     }
 
     /// Host: check the role of every bound database against its policy before a plan (audited
-    /// as `check-role`); the notices of privileged roles the operator accepted.
+    /// as `check-role`); the notices of privileged roles the operator accepted, or the first
+    /// denial. A database that cannot be reached is left to the adapter's own first call, which
+    /// checks the role again before anything runs.
     pub async fn check_roles(&self) -> Result<Vec<String>, CapError> {
         let names: Vec<String> = self.bound.names().map(str::to_string).collect();
         let mut notices = Vec::new();
         for name in names {
-            let notice = self
+            let checked = self
                 .bound
                 .call(
                     &name,
@@ -501,8 +503,12 @@ impl Db {
                     Some("host inspection".into()),
                     async |b| b.check_role().await.map(|n| (n, 0)),
                 )
-                .await?;
-            notices.extend(notice);
+                .await;
+            match checked {
+                Ok(notice) => notices.extend(notice),
+                Err(denied @ CapError::Denied(_)) => return Err(denied),
+                Err(_) => {}
+            }
         }
         Ok(notices)
     }
