@@ -491,6 +491,19 @@ async fn privileged_roles_need_the_operators_consent() {
         report["privileged"][0],
         "binding `meta` connects as role `postgres`, a superuser (privileged = true)"
     );
+    // `adapter inspect` names the bindings of its instances that accept a privileged role.
+    let out = w
+        .env
+        .upshift(&["adapter", "inspect", &wasm.display().to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "instance `su-accepted`: binding `meta` may connect as a privileged role (privileged = true)"
+        ),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(!text.contains("instance `probe`"), "{text}");
     // An ordinary owner role is not named.
     let out = w.env.upshift(&["plan", "probe", "--to", "2.0.0", "--json"]);
     assert_eq!(common::json(&out)["privileged"], serde_json::json!([]));

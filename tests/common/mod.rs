@@ -129,6 +129,23 @@ impl Pg {
         (name, url)
     }
 
+    /// A new, empty database of the base (superuser) role, for storage that is not a binding
+    /// (the KWDB simulator's backing database).
+    pub async fn fresh_storage_db(&self, prefix: &str) -> (String, String) {
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        connect(&self.base_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        let url = self.url(&name);
+        (name, url)
+    }
+
     /// A URL for database `db` connecting as `role` (trust authentication: no password).
     pub fn url_as(&self, role: &str, db: &str) -> String {
         let url = self.url(db);
