@@ -1138,6 +1138,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn privileged_roles_are_refused_unless_accepted() {
+        let policy = |privileged, creates_databases| RolePolicy {
+            binding: "meta".into(),
+            privileged,
+            creates_databases,
+        };
+        let role = |f: &dyn Fn(&mut RoleFacts)| {
+            let mut facts = RoleFacts {
+                name: "app".into(),
+                ..RoleFacts::default()
+            };
+            f(&mut facts);
+            facts
+        };
+        let plain = role(&|_| {});
+        assert_eq!(policy(false, false).judge(&plain), Ok(None));
+        let su = role(&|r| r.superuser = true);
+        let denied = policy(false, true).judge(&su).expect_err("superuser");
+        assert!(
+            denied
+                .to_string()
+                .contains("connects as role `app`, a superuser; use a role"),
+            "{denied}"
+        );
+        assert!(denied.to_string().contains("[instance.db.meta]"));
+        assert_eq!(
+            policy(true, false).judge(&su),
+            Ok(Some(
+                "binding `meta` connects as role `app`, a superuser (privileged = true)".into()
+            ))
+        );
+        // CREATEDB is expected where the host creates databases (backup / restore grants).
+        let creator = role(&|r| r.createdb = true);
+        assert_eq!(policy(false, true).judge(&creator), Ok(None));
+        assert!(policy(false, false).judge(&creator).is_err());
+        let signal = role(&|r| r.members_of = vec!["pg_signal_backend".into()]);
+        let denied = policy(false, true).judge(&signal).expect_err("member");
+        assert!(
+            denied
+                .to_string()
+                .contains("which is a member of pg_signal_backend"),
+            "{denied}"
+        );
+        let both = role(&|r| {
+            r.createrole = true;
+            r.members_of = vec!["pg_read_server_files".into()];
+        });
+        let denied = policy(false, true).judge(&both).expect_err("both");
+        assert!(
+            denied
+                .to_string()
+                .contains("which has CREATEROLE and is a member of pg_read_server_files"),
+            "{denied}"
+        );
+    }
+
+    #[test]
     fn rewrites_database_names_in_urls() {
         assert_eq!(
             rewrite_dbname("postgres://u@h:5/meta", "meta2"),
