@@ -238,7 +238,7 @@ struct World {
 }
 
 async fn world(pg: &common::Pg, built: &Path) -> World {
-    let (_, db_url) = pg.fresh_db("hostile").await;
+    let (_, db_url) = pg.fresh_db_as("hostile", "").await;
     common::connect(&db_url)
         .await
         .batch_execute(

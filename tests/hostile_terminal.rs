@@ -25,7 +25,7 @@ const SHOWN: &str =
 
 /// A hostile component, or the reason it could not be built (a failure under `CI=true`).
 fn component(feature: &str) -> Option<PathBuf> {
-    match common::hostile::component(feature) {
+    match common::hostile::component("hostile-cli", feature) {
         Ok(path) => Some(path),
         Err(why) => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {

@@ -1,16 +1,16 @@
-//! Hostile test adapters built one component per cargo feature (see tests/adapters/hostile),
-//! for tests that run them through the real `upshift` binary.
+//! Hostile test components (tests/adapters/hostile), built one per cargo feature into a target
+//! directory of the test's own, so suites building different features do not race.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-/// One build at a time in this process: every feature is built into the same target directory.
+/// One build at a time in this process: features share their suite's target directory.
 static BUILDING: Mutex<()> = Mutex::new(());
 
-/// The component of hostile case `feature`, built (once per test process) into
-/// `target/hostile-cli/components/<feature>.wasm`; an error says why it could not be built.
-pub fn component(feature: &str) -> Result<PathBuf, String> {
+/// Build the hostile adapter with `feature` into `target/<dir>` (under the repository root);
+/// the component's path.
+pub fn component(dir: &str, feature: &str) -> Result<PathBuf, String> {
     let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     // host/cli → the repository root.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,10 +18,8 @@ pub fn component(feature: &str) -> Result<PathBuf, String> {
         .nth(2)
         .unwrap_or(Path::new("../.."))
         .to_path_buf();
-    // Apart from tests/hostile.rs's target directory: both may build at the same time.
-    let target = root.join("target").join("hostile-cli");
+    let target = root.join("target").join(dir);
     let out = target.join("components");
-    let wasm = out.join(format!("{feature}.wasm"));
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
     let mut cmd = Command::new(&cargo);
@@ -55,6 +53,7 @@ pub fn component(feature: &str) -> Result<PathBuf, String> {
         ));
     }
     let built = target.join("wasm32-wasip2/hostile/upshift_test_adapter_hostile.wasm");
-    std::fs::copy(&built, &wasm).map_err(|e| format!("{}: {e}", built.display()))?;
-    Ok(wasm)
+    let copy = out.join(format!("{feature}.wasm"));
+    std::fs::copy(&built, &copy).map_err(|e| format!("{}: {e}", built.display()))?;
+    Ok(copy)
 }

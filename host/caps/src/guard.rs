@@ -32,7 +32,7 @@ pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
 }
 
 /// Time left before the current export's deadline, if the call is made inside one.
-fn time_left() -> Option<Duration> {
+pub(crate) fn time_left() -> Option<Duration> {
     DEADLINE
         .try_with(|d| d.saturating_duration_since(Instant::now()))
         .ok()
@@ -272,7 +272,7 @@ impl Guard {
         let outcome = match time_left() {
             Some(left) => tokio::time::timeout(left, work).await.unwrap_or_else(|_| {
                 Err(CapError::Failed(format!(
-                    "not finished within the adapter's deadline ({:.1} s were left)",
+                    "the adapter's export reached its deadline during this call ({:.1} s were left when it started); the call was cancelled",
                     left.as_secs_f64()
                 )))
             }),

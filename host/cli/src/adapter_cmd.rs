@@ -83,6 +83,31 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
             .find(|(_, k)| k.trim().eq_ignore_ascii_case(key))
             .map(|(name, _)| name.clone())
     };
+    // Database bindings of this adapter's instances that accept a privileged role.
+    let privileged: Vec<String> = fleet
+        .as_ref()
+        .map(|f| {
+            f.instances
+                .iter()
+                .filter(|i| match &i.adapter {
+                    upshift::fleet::AdapterRef::File(p) => d.path.as_deref().is_some_and(|dp| {
+                        std::fs::canonicalize(dp).ok() == std::fs::canonicalize(p).ok()
+                    }),
+                    upshift::fleet::AdapterRef::Bundled(name) => {
+                        d.path.is_none() && d.label == format!("bundled:{name}")
+                    }
+                })
+                .flat_map(|i| {
+                    i.db.iter().filter(|(_, b)| b.privileged).map(|(name, _)| {
+                        format!(
+                            "instance `{}`: binding `{name}` may connect as a privileged role (privileged = true)",
+                            i.name
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     if json {
         let sigs: Vec<serde_json::Value> = signatures
             .iter()
@@ -105,6 +130,7 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
                 "compatible": api_check.is_ok(),
             },
             "signatures": sigs,
+            "privileged": privileged,
         }))?;
         return Ok(0);
     }
@@ -153,6 +179,9 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
             b.purpose,
             if b.optional { " (optional)" } else { "" }
         );
+    }
+    for p in &privileged {
+        println!("privileged   {p}");
     }
     match (&d.path, signatures.is_empty()) {
         (None, _) => say!("signatures   none needed (bundled in this upshift binary)"),

@@ -220,6 +220,9 @@ pub fn plan_text(report: &PlanReport) -> String {
             .get(..12)
             .unwrap_or(&report.adapter_digest))
     ));
+    for p in &report.privileged {
+        out.push_str(&format!("  {} {p}\n", style("privileged:").yellow()));
+    }
     match &report.outcome {
         PlanOutcome::Refused(r) => {
             out.push_str(&format!(

@@ -434,13 +434,21 @@ impl Runtime {
         store.epoch_deadline_trap();
         // Capability calls made during the export end with it (see `upshift_caps::with_deadline`).
         let ends = std::time::Instant::now() + deadline;
-        let outcome = upshift_caps::with_deadline(ends, async {
+        let bounded = upshift_caps::with_deadline(ends, async {
             match adapter.pre.instantiate_async(&mut store).await {
                 Ok(instance) => call(&instance, &mut store).await,
                 Err(e) => Err(e),
             }
-        })
-        .await;
+        });
+        // The epoch deadline interrupts guest code only; a guest parked in any host import
+        // (a capability, a WASI clock or stream) is stopped here, shortly after the deadline.
+        let outcome = match tokio::time::timeout(deadline + HOST_GRACE, bounded).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(wasmtime::Error::msg(format!(
+                "it ran longer than its deadline of {:.1} s (waiting in a host call) and was stopped",
+                deadline.as_secs_f64()
+            ))),
+        };
         let guest_stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
         if let Some(caps) = &caps {
             for line in guest_stderr
@@ -488,6 +496,10 @@ impl Runtime {
         self.deadlines
     }
 }
+
+/// How long past its deadline an export parked in a host call is given before it is dropped
+/// (capability calls end at the deadline themselves).
+const HOST_GRACE: Duration = Duration::from_secs(2);
 
 fn describe_trap(e: &wasmtime::Error, deadline: Duration, stderr: &str) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {

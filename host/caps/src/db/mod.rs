@@ -24,7 +24,10 @@ use crate::operation::Operation;
 use upshift_model::grants::{Access, BindingKind};
 
 pub use mysql::MySqlBackend;
-pub use pg::{DUMP_COMPRESSION, PgBackend, dump_jobs, plain_ident, rewrite_dbname};
+pub use pg::{
+    DUMP_COMPRESSION, Flavour, PgBackend, RoleFacts, RolePolicy, dump_jobs, plain_ident,
+    rewrite_dbname,
+};
 
 /// Rows returned to an adapter.
 #[derive(Debug, Clone, Default)]
@@ -81,14 +84,35 @@ impl DbBackend {
     /// A backend for `url`: `postgres://`, `mysql://` or `kwdb://` (KWDB over the PostgreSQL
     /// wire protocol).
     pub fn new(url: &str) -> Result<DbBackend, CapError> {
+        DbBackend::bound(url, None)
+    }
+
+    /// The backend of a fleet binding: on PostgreSQL the URL's role is checked against
+    /// `policy` before the first statement (see [`RolePolicy::judge`]).
+    pub fn bound(url: &str, policy: Option<RolePolicy>) -> Result<DbBackend, CapError> {
         if url.starts_with("mysql://") {
             Ok(DbBackend::MySql(MySqlBackend::new(url)?))
         } else if let Some(rest) = url.strip_prefix("kwdb://") {
-            Ok(DbBackend::Kwdb(PgBackend::new(&format!(
-                "postgresql://{rest}"
-            ))?))
+            Ok(DbBackend::Kwdb(PgBackend::bound(
+                &format!("postgresql://{rest}"),
+                Flavour::Kwdb,
+                policy,
+            )?))
         } else {
-            Ok(DbBackend::Postgres(PgBackend::new(url)?))
+            Ok(DbBackend::Postgres(PgBackend::bound(
+                url,
+                Flavour::Postgres,
+                policy,
+            )?))
+        }
+    }
+
+    /// Check the binding's role (PostgreSQL): the notice for an accepted privileged role, or
+    /// the denial of one the operator did not accept.
+    pub async fn check_role(&self) -> Result<Option<String>, CapError> {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.check_role().await,
+            DbBackend::MySql(_) => Ok(None),
         }
     }
 
@@ -141,18 +165,19 @@ impl DbBackend {
         }
     }
 
-    /// Run statements atomically, refused if any of `functions` is volatile (PostgreSQL and
-    /// KWDB).
+    /// Run statements atomically; with `read_only` the server itself refuses any write, and the
+    /// call is refused first if any of `functions` is volatile (PostgreSQL and KWDB).
     pub async fn transaction(
         &self,
         statements: &[(String, Vec<Value>)],
+        read_only: bool,
         functions: &[sql::FunctionRef],
     ) -> Result<(Vec<u64>, u64), CapError> {
         match self {
             DbBackend::Postgres(b) | DbBackend::Kwdb(b) => {
-                b.transaction(statements, functions).await
+                b.transaction(statements, read_only, functions).await
             }
-            DbBackend::MySql(b) => b.transaction(statements).await,
+            DbBackend::MySql(b) => b.transaction(statements, read_only).await,
         }
     }
 
@@ -515,6 +540,9 @@ impl Db {
             .map(|a| a.name())
             .collect::<Vec<_>>()
             .join("+");
+        // Read-write only when the binding may write: on a read grant the server enforces
+        // READ ONLY whatever the statements were classified as.
+        let read_only = !self.may_write(binding);
         self.bound
             .call_sql(
                 binding,
@@ -522,9 +550,44 @@ impl Db {
                 Operation::Transaction,
                 Some(detail),
                 audit,
-                async |b| b.transaction(statements, &functions).await,
+                async |b| b.transaction(statements, read_only, &functions).await,
             )
             .await
+    }
+
+    /// Whether `binding` is granted `write` or `ddl`.
+    fn may_write(&self, binding: &str) -> bool {
+        let grants = self.bound.grants();
+        [Access::Write, Access::Ddl]
+            .into_iter()
+            .any(|a| grants.check(binding, BindingKind::Db, a).is_ok())
+    }
+
+    /// Host: check the role of every bound database against its policy before a plan (audited
+    /// as `check-role`); the notices of privileged roles the operator accepted, or the first
+    /// denial. A database that cannot be reached is left to the adapter's own first call, which
+    /// checks the role again before anything runs.
+    pub async fn check_roles(&self) -> Result<Vec<String>, CapError> {
+        let names: Vec<String> = self.bound.names().map(str::to_string).collect();
+        let mut notices = Vec::new();
+        for name in names {
+            let checked = self
+                .bound
+                .call(
+                    &name,
+                    &[],
+                    Operation::CheckRole,
+                    Some("host inspection".into()),
+                    async |b| b.check_role().await.map(|n| (n, 0)),
+                )
+                .await;
+            match checked {
+                Ok(notice) => notices.extend(notice),
+                Err(denied @ CapError::Denied(_)) => return Err(denied),
+                Err(_) => {}
+            }
+        }
+        Ok(notices)
     }
 
     /// `db.table-exists`.

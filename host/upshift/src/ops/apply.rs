@@ -45,6 +45,9 @@ pub struct PlanReport {
     pub prior: Prior,
     /// What the host will do if the run fails after its last step.
     pub rollback: Vec<RollbackAction>,
+    /// Database bindings whose role is privileged, accepted with `privileged = true` (e.g.
+    /// "binding `meta` connects as role `postgres`, a superuser (privileged = true)").
+    pub privileged: Vec<String>,
 }
 
 /// How a run ended.
@@ -221,6 +224,13 @@ pub async fn plan_instance(
     target: &str,
 ) -> Result<PlanReport, OpError> {
     let (adapter, caps) = prepare(session, instance).await?;
+    // Every database binding's role, before any adapter SQL: a privileged role the operator
+    // did not accept stops the plan here (audited); an accepted one is named in the plan.
+    let privileged = caps
+        .db()
+        .check_roles()
+        .await
+        .map_err(|e| OpError::Usage(format!("instance `{}`: {e}", instance.name)))?;
     let detection = detect(session, &adapter, &caps).await?;
     let outcome = call_plan(session, &adapter, &detection, target).await?;
     let (outcome, prior, rollback) = match outcome {
@@ -242,6 +252,7 @@ pub async fn plan_instance(
         outcome,
         prior,
         rollback,
+        privileged,
     })
 }
 
@@ -292,6 +303,7 @@ pub async fn offline_plan(
         },
         outcome,
         prior,
+        privileged: Vec::new(),
     })
 }
 

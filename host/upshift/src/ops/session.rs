@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use crate::adapters;
 use crate::audit::AuditLog;
-use crate::caps::db::DbBackend;
+use crate::caps::db::{DbBackend, RolePolicy};
 use crate::caps::files::FilesBackend;
 use crate::caps::http::HttpBackend;
 use crate::caps::service::ServiceBackend;
 use crate::caps::{Caller, Event, EventSink, InstanceCaps, Secrets};
 use crate::fleet::{AdapterRef, Instance};
-use crate::grants::GrantSet;
+use crate::grants::{Access, GrantSet};
 use crate::integrity::{StateAnchor, StateLedger, audit_log_key};
 use crate::lease::{Held, holder_name};
 use crate::runtime::{LoadedAdapter, Manifest, Runtime};
@@ -412,7 +412,19 @@ impl Session {
             self.events.clone(),
         );
         for (name, b) in &instance.db {
-            let backend = DbBackend::new(&b.url).map_err(|e| {
+            // The host creates databases for a binding it may back up or restore (clones,
+            // restores beside), so CREATEDB alone is expected there.
+            let creates_databases = caps.grants().grants().get(name).is_some_and(|g| {
+                g.access
+                    .iter()
+                    .any(|a| matches!(a, Access::Backup | Access::Restore))
+            });
+            let policy = RolePolicy {
+                binding: name.clone(),
+                privileged: b.privileged,
+                creates_databases,
+            };
+            let backend = DbBackend::bound(&b.url, Some(policy)).map_err(|e| {
                 OpError::Usage(format!("instance `{}` db `{name}`: {e}", instance.name))
             })?;
             caps.bind_db(name, backend);

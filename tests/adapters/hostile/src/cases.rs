@@ -400,30 +400,50 @@ impl Case for Hostile {
     }
 }
 
-/// `db-probe`: runs what its payload says. The first line is `query|execute|transaction
-/// BINDING`; the rest is the SQL (for `transaction`, one statement per line).
+/// `db-probe`: runs whatever database call its payload names, so one component drives a table
+/// of variations. Payload: a first line `<query|execute|transaction> <binding>`, then the SQL;
+/// a transaction's statements are separated by lines holding only `--next--` when there is
+/// one, otherwise one statement per line. The answer is the rows (query), the count (execute)
+/// or the counts (transaction).
 #[cfg(feature = "db-probe")]
 impl Case for Hostile {
     fn attack(payload: &str) -> Result<String, CapError> {
         let (head, sql) = payload.split_once('\n').unwrap_or((payload, ""));
         let mut words = head.split_whitespace();
-        let op = words.next().unwrap_or_default();
-        let binding = words.next().unwrap_or("meta");
+        let (op, binding) = (words.next().unwrap_or(""), words.next().unwrap_or("meta"));
         match op {
-            "query" => db::query(binding, sql, &[]).map(|r| format!("{:?}", r.rows)),
+            "query" => db::query(binding, sql, &[]).map(|r| {
+                let rows: Vec<Vec<String>> = r
+                    .rows
+                    .iter()
+                    .map(|row| {
+                        row.iter()
+                            .map(|v| {
+                                upshift_adapter_sdk::value_text(v).unwrap_or_else(|| "NULL".into())
+                            })
+                            .collect()
+                    })
+                    .collect();
+                format!("{rows:?}")
+            }),
             "execute" => db::execute(binding, sql, &[]).map(|n| format!("{n} rows affected")),
             "transaction" => {
-                let statements: Vec<db::Statement> = sql
-                    .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(|l| db::Statement {
-                        sql: l.to_string(),
+                let separated = sql.lines().any(|l| l.trim() == "--next--");
+                let parts: Vec<&str> = if separated {
+                    sql.split("\n--next--\n").collect()
+                } else {
+                    sql.lines().filter(|l| !l.trim().is_empty()).collect()
+                };
+                let statements: Vec<db::Statement> = parts
+                    .into_iter()
+                    .map(|s| db::Statement {
+                        sql: s.to_string(),
                         params: vec![],
                     })
                     .collect();
-                db::transaction(binding, &statements).map(|counts| format!("{counts:?}"))
+                db::transaction(binding, &statements).map(|n| format!("{n:?} rows affected"))
             }
-            other => Ok(format!("unknown operation `{other}`")),
+            other => Ok(format!("unknown probe `{other}`")),
         }
     }
 }
