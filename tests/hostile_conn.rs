@@ -509,3 +509,79 @@ async fn privileged_roles_need_the_operators_consent() {
     assert_eq!(common::json(&out)["privileged"], serde_json::json!([]));
     assert_eq!(victims(&w).await, 3);
 }
+
+/// The PostgreSQL recipes in docs/least-privilege.md, run as written (names made unique, the
+/// elided password filled in), give roles the role check accepts on a binding Upshift backs up
+/// and restores, and refuses on a read-only one (their `CREATEDB`): the page cannot drift from
+/// the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_least_privilege_recipes_pass_the_role_check() {
+    use upshift::caps::db::{DbBackend, RolePolicy};
+    let Some(pg) = common::pg() else { return };
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/least-privilege.md");
+    let text = std::fs::read_to_string(&doc).expect("docs/least-privilege.md");
+    let recipes: Vec<&str> = text
+        .split("```sql\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .filter(|sql| sql.contains("CREATE ROLE"))
+        .collect();
+    assert!(recipes.len() >= 3, "{} PostgreSQL recipes", recipes.len());
+    let admin = common::connect(&pg.admin_url("postgres")).await;
+    for (n, recipe) in recipes.iter().enumerate() {
+        // The role and database each recipe creates, renamed so runs never collide.
+        let word_after = |marker: &str| {
+            recipe
+                .split(marker)
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|w| w.trim_end_matches(';').to_string())
+                .unwrap_or_else(|| panic!("recipe {n} has no `{marker}`: {recipe}"))
+        };
+        let (role, database) = (word_after("CREATE ROLE "), word_after("CREATE DATABASE "));
+        let unique = |name: &str| format!("{name}_{}_{n}", std::process::id());
+        let sql = recipe
+            .replace('…', "recipe-password")
+            .split_whitespace()
+            .map(|w| {
+                let bare = w.trim_end_matches(';');
+                let renamed = if bare == role || bare == database {
+                    unique(bare)
+                } else {
+                    bare.to_string()
+                };
+                if w.ends_with(';') {
+                    format!("{renamed};")
+                } else {
+                    renamed
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        // CREATE DATABASE cannot run inside the implicit transaction of a multi-statement batch.
+        for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+            admin
+                .batch_execute(statement)
+                .await
+                .unwrap_or_else(|e| panic!("recipe {n} `{statement}`: {e}"));
+        }
+        let url = pg.url_as(&unique(&role), &unique(&database));
+        let policy = |creates_databases| RolePolicy {
+            binding: "meta".into(),
+            privileged: false,
+            creates_databases,
+        };
+        let backed_up = DbBackend::bound(&url, Some(policy(true))).expect("backend");
+        assert_eq!(
+            backed_up.check_role().await.map_err(|e| e.to_string()),
+            Ok(None),
+            "recipe {n} on a binding granted backup and restore: {recipe}"
+        );
+        let read_only = DbBackend::bound(&url, Some(policy(false))).expect("backend");
+        let refused = read_only.check_role().await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.to_string().contains("CREATEDB")),
+            "recipe {n} on a read-only binding: {refused:?}"
+        );
+    }
+}
