@@ -1,10 +1,13 @@
 //! Upshift's vocabulary, with no I/O: what an adapter may ask for and what the operator grants
 //! ([`grants`]), what bindings point at ([`binding`]), how capability sets compare
-//! ([`capdiff`]), and content digests ([`digest`]). Every other host crate depends on this one.
+//! ([`capdiff`]), content digests ([`digest`]), the product version grammar ([`version`]) and
+//! how a URL is shown ([`redact`]). Every other host crate depends on this one.
 
 pub mod binding;
 pub mod capdiff;
 pub mod digest;
 pub mod grants;
+pub mod redact;
+pub mod version;
 
 pub use digest::digest;
