@@ -68,22 +68,37 @@ mod tests {
                 "postgres://admin:s3cretpw@db.example:5432/meta",
                 "postgres://***@db.example:5432/meta",
             ),
-            ("postgres://admin@db:5432/meta", "postgres://***@db:5432/meta"),
-            ("http://u:p@127.0.0.1:8080/api", "http://***@127.0.0.1:8080/api"),
+            (
+                "postgres://admin@db:5432/meta",
+                "postgres://***@db:5432/meta",
+            ),
+            (
+                "http://u:p@127.0.0.1:8080/api",
+                "http://***@127.0.0.1:8080/api",
+            ),
             ("http://127.0.0.1:8080/api", "http://127.0.0.1:8080/api"),
             (
                 "postgres://db/meta?user=admin&password=s3cretpw&sslmode=require",
                 "postgres://db/meta?user=***&password=***&sslmode=require",
             ),
-            ("mysql://root:pw@127.0.0.1:3306/lake", "mysql://***@127.0.0.1:3306/lake"),
-            ("kwdb://root@127.0.0.1:26257/defaultdb", "kwdb://***@127.0.0.1:26257/defaultdb"),
+            (
+                "mysql://root:pw@127.0.0.1:3306/lake",
+                "mysql://***@127.0.0.1:3306/lake",
+            ),
+            (
+                "kwdb://root@127.0.0.1:26257/defaultdb",
+                "kwdb://***@127.0.0.1:26257/defaultdb",
+            ),
         ];
         for (url, want) in cases {
             assert_eq!(url_for_display(url), want, "{url}");
         }
         for broken in ["postgres://admin:s3cretpw@[bad/db", "admin:s3cretpw@host"] {
             let shown = url_for_display(broken);
-            assert!(!shown.contains("s3cretpw") && !shown.contains("admin"), "{shown}");
+            assert!(
+                !shown.contains("s3cretpw") && !shown.contains("admin"),
+                "{shown}"
+            );
         }
     }
 }

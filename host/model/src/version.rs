@@ -48,7 +48,14 @@ mod tests {
 
     #[test]
     fn semver_with_an_optional_v_only() {
-        for good in ["1.2.3", "v1.2.3", "1.2.3-rc.1", "0.0.0", "3.11.1+build.7", "2.0.0-cheap"] {
+        for good in [
+            "1.2.3",
+            "v1.2.3",
+            "1.2.3-rc.1",
+            "0.0.0",
+            "3.11.1+build.7",
+            "2.0.0-cheap",
+        ] {
             assert!(is_valid(good), "{good}");
         }
         for bad in [

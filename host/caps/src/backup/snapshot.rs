@@ -672,7 +672,13 @@ mod tests {
         let _socket = std::os::unix::net::UnixListener::bind(root.join("socket")).expect("bind");
         // A character device (/dev/zero's numbers) needs CAP_MKNOD; without it, the FIFO and
         // the socket are still checked.
-        let device = mknod(&root.join("zero"), SFlag::S_IFCHR, Mode::S_IRWXU, makedev(1, 5)).is_ok();
+        let device = mknod(
+            &root.join("zero"),
+            SFlag::S_IFCHR,
+            Mode::S_IRWXU,
+            makedev(1, 5),
+        )
+        .is_ok();
         let started = std::time::Instant::now();
         let (manifest, _) = snapshot(&root, &outer.path().join("snap")).expect("snapshot");
         assert!(started.elapsed() < std::time::Duration::from_secs(5));

@@ -330,7 +330,10 @@ mod tests {
         let files = FilesBackend::new(outer.path());
         let at = vec![7u8; MAX_RESULT_BYTES];
         std::fs::write(outer.path().join("at"), &at).expect("write");
-        assert_eq!(files.read("at").expect("at the limit").1, MAX_RESULT_BYTES as u64);
+        assert_eq!(
+            files.read("at").expect("at the limit").1,
+            MAX_RESULT_BYTES as u64
+        );
         let over = std::fs::OpenOptions::new()
             .append(true)
             .open(outer.path().join("at"))

@@ -43,7 +43,11 @@ fn check_segment(path: &str, raw: &str) -> Result<Dot, CapError> {
         let name = text.split(';').next().unwrap_or("");
         if matches!(name, "." | "..") {
             if round == 0 && name == text {
-                return Ok(if name == "." { Dot::Current } else { Dot::Parent });
+                return Ok(if name == "." {
+                    Dot::Current
+                } else {
+                    Dot::Parent
+                });
             }
             return Err(leaves(path, "an encoded or parameterised dot segment"));
         }
@@ -237,7 +241,11 @@ mod tests {
             "\\..\\x",
             "//x",
         ] {
-            assert!(matches!(h.resolve(bad), Err(CapError::Denied(_))), "{bad}: {:?}", h.resolve(bad));
+            assert!(
+                matches!(h.resolve(bad), Err(CapError::Denied(_))),
+                "{bad}: {:?}",
+                h.resolve(bad)
+            );
         }
         for (good, want) in [
             ("/healthz", "http://127.0.0.1:8080/api/healthz"),
@@ -245,8 +253,14 @@ mod tests {
             ("/a/../b", "http://127.0.0.1:8080/api/b"),
             ("/a/./b/", "http://127.0.0.1:8080/api/a/b/"),
             ("/a/..", "http://127.0.0.1:8080/api/"),
-            ("/v1/items?q=a/../b", "http://127.0.0.1:8080/api/v1/items?q=a/../b"),
-            ("/name%20with%20space", "http://127.0.0.1:8080/api/name%20with%20space"),
+            (
+                "/v1/items?q=a/../b",
+                "http://127.0.0.1:8080/api/v1/items?q=a/../b",
+            ),
+            (
+                "/name%20with%20space",
+                "http://127.0.0.1:8080/api/name%20with%20space",
+            ),
             ("/a;v=1/b", "http://127.0.0.1:8080/api/a;v=1/b"),
         ] {
             assert_eq!(h.resolve(good).expect(good).as_str(), want, "{good}");
@@ -263,7 +277,9 @@ mod tests {
     fn urls_are_shown_without_userinfo() {
         let h = HttpBackend::new("http://admin:s3cretpw@127.0.0.1:8080/api").expect("backend");
         assert_eq!(h.shown(), "http://***@127.0.0.1:8080/api");
-        let err = HttpBackend::new("http://admin:s3cretpw@[::1").err().expect("bad");
+        let err = HttpBackend::new("http://admin:s3cretpw@[::1")
+            .err()
+            .expect("bad");
         assert!(!err.to_string().contains("s3cretpw"), "{err}");
     }
 }

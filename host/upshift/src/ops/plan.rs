@@ -640,8 +640,17 @@ mod tests {
             from_version: "unknown".into(),
             ..good.clone()
         };
-        assert!(validate(&unknown).is_ok(), "a restore onto an undetected version");
-        for bad in ["../../bin/sh -c 'touch x' x", "1.0.0 ; touch x", "1.0.0\n", "$(touch x)", "1.0.0/../.."] {
+        assert!(
+            validate(&unknown).is_ok(),
+            "a restore onto an undetected version"
+        );
+        for bad in [
+            "../../bin/sh -c 'touch x' x",
+            "1.0.0 ; touch x",
+            "1.0.0\n",
+            "$(touch x)",
+            "1.0.0/../..",
+        ] {
             let to = Plan {
                 to_version: bad.into(),
                 ..good.clone()
@@ -651,15 +660,25 @@ mod tests {
                 from_version: bad.into(),
                 ..good.clone()
             };
-            assert!(validate(&from).unwrap_err().contains("`from-version`"), "{bad}");
+            assert!(
+                validate(&from).unwrap_err().contains("`from-version`"),
+                "{bad}"
+            );
             let mut steps = upgrade();
             for s in &mut steps {
                 if let Action::ServiceSwitch(a) = &mut s.action {
                     a.version = bad.into();
                 }
             }
-            let err = validate(&Plan { steps, ..good.clone() }).unwrap_err();
-            assert!(err.contains("(`switch`)") && err.contains("is not a product version"), "{err}");
+            let err = validate(&Plan {
+                steps,
+                ..good.clone()
+            })
+            .unwrap_err();
+            assert!(
+                err.contains("(`switch`)") && err.contains("is not a product version"),
+                "{err}"
+            );
         }
     }
 }

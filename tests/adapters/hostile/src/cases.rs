@@ -407,7 +407,11 @@ impl Case for Hostile {
 #[cfg(feature = "edge-versions")]
 fn carried(target: &str) -> (u64, String) {
     let (head, hex) = target.split_once("-h").unwrap_or((target, ""));
-    let role = head.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let role = head
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     let bytes: Vec<u8> = (0..hex.len() / 2)
         .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
         .collect();
@@ -423,13 +427,25 @@ impl Case for Hostile {
         let (role, version) = carried(&target);
         Ok(match role {
             3 => plan_of(current, version, vec![]),
-            4 => plan_of(Detection { version, facts: vec![] }, target, vec![]),
+            4 => plan_of(
+                Detection {
+                    version,
+                    facts: vec![],
+                },
+                target,
+                vec![],
+            ),
             _ => plan_of(
                 current,
                 target,
                 vec![
                     steps::service_stop("stop", "proc", "stop the service"),
-                    steps::service_switch("switch", "proc", &version, "switch to the carried version"),
+                    steps::service_switch(
+                        "switch",
+                        "proc",
+                        &version,
+                        "switch to the carried version",
+                    ),
                     steps::service_start("start", "proc", "start the carried version"),
                 ],
             ),
@@ -474,13 +490,22 @@ impl Case for Hostile {
         Ok(plan_of(
             current,
             target,
-            vec![steps::custom("leak", "attack", "", false, "call the dead bindings")],
+            vec![steps::custom(
+                "leak",
+                "attack",
+                "",
+                false,
+                "call the dead bindings",
+            )],
         ))
     }
 
     fn attack(_: &str) -> Result<String, CapError> {
         if let Err(e) = db::query("meta", "SELECT 1", &[]) {
-            log::write(log::Level::Error, &format!("db said: {}", upshift_adapter_sdk::describe_cap_error(&e)));
+            log::write(
+                log::Level::Error,
+                &format!("db said: {}", upshift_adapter_sdk::describe_cap_error(&e)),
+            );
         }
         get("/status").map(|r| r.status.to_string())
     }
