@@ -188,7 +188,7 @@ impl Case for Hostile {
         let step = steps::service_switch(
             "switch",
             "app",
-            "666",
+            "6.6.6",
             "switch a service it may only inspect",
         );
         Ok(plan_of(current, target, vec![step]))
