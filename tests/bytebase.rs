@@ -197,6 +197,13 @@ async fn a_failing_migration_is_rolled_back_to_identical_data() {
 async fn a_narrowed_grant_stops_the_plan_before_anything_changes() {
     let Some(pg) = common::pg() else { return };
     let bb = running(pg, "3.10.0", None).await;
+    // Narrowed to `read`, the binding is not backed up: its role must not create databases
+    // either (a role with CREATEDB would be refused before the plan, for that reason).
+    connect(&pg.url("postgres"))
+        .await
+        .batch_execute(&format!("ALTER ROLE \"{}\" NOCREATEDB", bb.db_name))
+        .await
+        .expect("alter role");
     let text = std::fs::read_to_string(bb.env.fleet()).expect("fleet");
     bb.env.write_fleet(&text.replace(
         "[instance.db.meta]\n",

@@ -99,7 +99,7 @@ fn find<'a>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_capability_is_checked_and_audited() {
     let Some(pg) = common::pg() else { return };
-    let (_, db_url) = pg.fresh_db("caps").await;
+    let (_, db_url) = pg.fresh_db_as("caps", "").await;
     let env = common::Env::new();
     let files = env.dir.path().join("files");
     std::fs::create_dir_all(&files).expect("mkdir");

@@ -128,7 +128,7 @@ async fn a_run_whose_lease_moved_stops_before_its_next_step() {
         url: &url,
         scheme: "postgresql",
         port: common::url_port(&url),
-        user: "postgres",
+        user: &name,
         name: &name,
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_upshift"));
@@ -515,7 +515,7 @@ async fn om_subject(pg: &common::Pg) -> Subject {
         url: &url,
         scheme: "postgresql",
         port: common::url_port(&url),
-        user: "postgres",
+        user: &name,
         name: &name,
     };
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_upshift"));
@@ -840,7 +840,7 @@ async fn kwdb_in_containers_survives_a_kill_at_every_step_boundary() {
         for when in ["started", "finished"] {
             let point = format!("forward:{seq}:{when}");
             let env = Env::new();
-            let (_, backing) = pg.fresh_db("kwc").await;
+            let (_, backing) = pg.fresh_storage_db("kwc").await;
             let kw = node(env.dir.path(), "3.0.0", &backing, None, &[], true);
             let _cleanup = Containers(vec![
                 kw.name.clone(),

@@ -18,7 +18,7 @@ use common::{Env, json, stderr, step_ids};
 async fn a_same_major_upgrade_recreates_the_container_and_keeps_every_row() {
     let Some(pg) = ready() else { return };
     let env = Env::new();
-    let (_, backing) = pg.fresh_db("kwb").await;
+    let (_, backing) = pg.fresh_storage_db("kwb").await;
     let old = node(env.dir.path(), "3.0.0", &backing, None, &[], true);
     let _cleanup = Containers(vec![
         old.name.clone(),
@@ -120,7 +120,7 @@ async fn a_same_major_upgrade_recreates_the_container_and_keeps_every_row() {
 async fn a_crashing_upgrade_is_rolled_back_to_the_same_container_and_store() {
     let Some(pg) = ready() else { return };
     let env = Env::new();
-    let (_, backing) = pg.fresh_db("kwb").await;
+    let (_, backing) = pg.fresh_storage_db("kwb").await;
     let old = node(
         env.dir.path(),
         "3.0.0",
@@ -175,8 +175,8 @@ async fn a_2x_instance_moves_to_3x_by_export_and_import() {
     let env = Env::new();
     let external = env.dir.path().join("extern");
     std::fs::create_dir_all(&external).expect("extern");
-    let (_, backing_old) = pg.fresh_db("kwb").await;
-    let (_, backing_new) = pg.fresh_db("kwb").await;
+    let (_, backing_old) = pg.fresh_storage_db("kwb").await;
+    let (_, backing_new) = pg.fresh_storage_db("kwb").await;
     let old = node(
         env.dir.path(),
         "2.2.2",
@@ -327,7 +327,7 @@ fn offline_plans_follow_the_path_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_without_the_backup_grant_is_denied_and_audited() {
     let Some(pg) = common::pg() else { return };
-    let (_, backing) = pg.fresh_db("kwdeny").await;
+    let (_, backing) = pg.fresh_storage_db("kwdeny").await;
     let env = Env::new();
     let (sql, http) = (common::free_port(), common::free_port());
     let store = env.dir.path().join("store");

@@ -16,17 +16,17 @@ struct Db {
     url: String,
     scheme: &'static str,
     port: u16,
-    user: &'static str,
+    user: String,
     name: String,
 }
 
-fn db_on(url: &str, scheme: &'static str, user: &'static str, name: &str) -> Db {
+fn db_on(url: &str, scheme: &'static str, user: &str, name: &str) -> Db {
     let port = common::url_port(url);
     Db {
         url: url.to_string(),
         scheme,
         port,
-        user,
+        user: user.to_string(),
         name: name.to_string(),
     }
 }
@@ -42,7 +42,7 @@ fn fleet(db: &Db, version: &str, port: u16, admin: u16, extra_env: &str) -> Stri
         url: &db.url,
         scheme: db.scheme,
         port: db.port,
-        user: db.user,
+        user: &db.user,
         name: &db.name,
     };
     upshift_sim::fleet::openmetadata(
@@ -79,7 +79,7 @@ async fn installed(db: &Db, version: &str, extra_env: &str) -> Om {
 
 async fn pg_om(pg: &common::Pg, version: &str, extra_env: &str) -> (Om, Db) {
     let (name, url) = pg.fresh_db("om").await;
-    let db = db_on(&url, "postgresql", "postgres", &name);
+    let db = db_on(&url, "postgresql", &name, &name);
     (installed(&db, version, extra_env).await, db)
 }
 
@@ -295,7 +295,7 @@ async fn entity_tables_without_history_are_refused_as_abort() {
         .await
         .expect("entity table");
     let env = Env::new();
-    let db = db_on(&url, "postgresql", "postgres", &name);
+    let db = db_on(&url, "postgresql", &name, &name);
     env.write_fleet(&fleet(&db, "1.9.0", free_port(), free_port(), ""));
     let out = env.upshift(&["plan", "om", "--to", "1.12.1", "--json"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

@@ -98,8 +98,9 @@ async fn a_recorded_run_replays_offline_and_differences_are_shown() {
     let Some(mut cluster) = own_cluster(&pg_dir) else {
         return;
     };
-    cluster.create_database("bb").expect("create database");
-    let db_url = cluster.url("bb");
+    let db_url = cluster
+        .create_owned_database("bb")
+        .expect("create database");
     let env = Env::new();
     let port = common::free_port();
     env.write_fleet(&common::bytebase_instance(

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod hostile;
 pub mod kwdb;
 pub mod mysql;
 
@@ -92,20 +93,74 @@ impl Pg {
         with_db(&self.base_url, db)
     }
 
-    /// A new, empty database with a unique name starting with `prefix`.
+    /// A new, empty database with a unique name starting with `prefix`, owned by a role of the
+    /// same name (LOGIN CREATEDB: what an operator gives a product whose binding Upshift backs
+    /// up and restores); the URL connects as that role.
     pub async fn fresh_db(&self, prefix: &str) -> (String, String) {
+        self.fresh_db_as(prefix, "CREATEDB").await
+    }
+
+    /// A new, empty database owned by a new role with `attributes` (e.g. `""`, `"CREATEDB"`);
+    /// the URL connects as that role. On a server where the tests may not create roles
+    /// (`UPSHIFT_TEST_PG_URL` naming an ordinary role), the database is the base role's.
+    pub async fn fresh_db_as(&self, prefix: &str, attributes: &str) -> (String, String) {
         let name = format!(
             "{prefix}_{}_{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let admin = connect(&self.base_url).await;
+        if admin
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN {attributes}"))
+            .await
+            .is_err()
+        {
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("create database");
+            return (name.clone(), self.url(&name));
+        }
         admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\" OWNER \"{name}\""))
+            .await
+            .expect("create database");
+        let url = self.url_as(&name, &name);
+        (name, url)
+    }
+
+    /// A new, empty database of the base (superuser) role, for storage that is not a binding
+    /// (the KWDB simulator's backing database).
+    pub async fn fresh_storage_db(&self, prefix: &str) -> (String, String) {
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        connect(&self.base_url)
+            .await
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
             .expect("create database");
         let url = self.url(&name);
         (name, url)
+    }
+
+    /// A URL for database `db` connecting as `role` (trust authentication: no password).
+    pub fn url_as(&self, role: &str, db: &str) -> String {
+        let url = self.url(db);
+        match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+                format!("{scheme}://{role}@{host}")
+            }
+            None => url,
+        }
+    }
+
+    /// A superuser (or the base role's) URL for database `db`.
+    pub fn admin_url(&self, db: &str) -> String {
+        self.url(db)
     }
 
     /// Whether a database exists.

@@ -71,6 +71,23 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event with the secrets in its text masked.
+    pub fn masked(mut self, secrets: &crate::Secrets) -> Event {
+        let texts: Vec<&mut String> = match &mut self {
+            Event::Log { message, .. }
+            | Event::Progress { message, .. }
+            | Event::Fleet { message, .. } => vec![message],
+            Event::StepStarted { title, .. } => vec![title],
+            Event::StepFinished { message, .. } => vec![message],
+        };
+        for text in texts {
+            secrets.mask_string(text);
+        }
+        self
+    }
+}
+
 /// A shared sink for [`Event`]s.
 #[derive(Clone)]
 pub struct EventSink(Arc<dyn Fn(Event) + Send + Sync>);
@@ -89,6 +106,11 @@ impl EventSink {
     /// Deliver one event.
     pub fn emit(&self, event: Event) {
         (self.0)(event)
+    }
+
+    /// This sink with every event's text masked by `secrets` first.
+    pub fn masked(self, secrets: crate::Secrets) -> EventSink {
+        EventSink::new(move |event| self.emit(event.masked(&secrets)))
     }
 }
 

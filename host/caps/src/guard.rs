@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::CapError;
-use crate::audit::{AuditEvent, AuditLog, Decision};
+use crate::audit::{AuditEvent, AuditLog, Decision, SqlAudit};
 use crate::operation::Operation;
 use upshift_model::grants::{Access, BindingKind, Denial, GrantSet};
 
@@ -32,7 +32,7 @@ pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
 }
 
 /// Time left before the current export's deadline, if the call is made inside one.
-fn time_left() -> Option<Duration> {
+pub(crate) fn time_left() -> Option<Duration> {
     DEADLINE
         .try_with(|d| d.saturating_duration_since(Instant::now()))
         .ok()
@@ -50,6 +50,8 @@ struct Call<'a> {
     pub operation: Operation,
     /// Short context for the record.
     pub detail: Option<String>,
+    /// A db call's statements, classified and fingerprinted.
+    pub sql: Vec<SqlAudit>,
 }
 
 /// The fields of one audit record that vary per call.
@@ -63,6 +65,7 @@ struct Record<'a> {
     result_bytes: u64,
     error: Option<String>,
     detail: Option<String>,
+    sql: Vec<SqlAudit>,
 }
 
 /// Build the record of one call: the only place an [`AuditEvent`] is made.
@@ -80,6 +83,7 @@ fn event(caller: &Caller, run_id: Option<String>, r: Record<'_>) -> AuditEvent {
         result_bytes: r.result_bytes,
         error: r.error,
         detail: r.detail,
+        sql: r.sql,
     }
 }
 
@@ -100,6 +104,7 @@ fn denied<'a>(
         result_bytes: 0,
         error: None,
         detail,
+        sql: Vec::new(),
     }
 }
 
@@ -182,6 +187,10 @@ impl Guard {
         &self.grants
     }
 
+    pub(crate) fn secrets(&self) -> &crate::Secrets {
+        self.audit.secrets()
+    }
+
     pub(crate) fn set_run(&self, run_id: Option<String>) {
         if let Ok(mut slot) = self.run_id.lock() {
             *slot = run_id;
@@ -206,7 +215,21 @@ impl Guard {
         operation: Operation,
         reason: String,
     ) -> CapError {
-        match self.record(denied(binding, capability, operation, reason.clone(), None)) {
+        self.deny_sql(binding, capability, operation, reason, Vec::new())
+    }
+
+    /// [`Guard::deny`] for a db call, recording its statements' classes and fingerprints.
+    pub(crate) fn deny_sql(
+        &self,
+        binding: &str,
+        capability: &str,
+        operation: Operation,
+        reason: String,
+        sql: Vec<SqlAudit>,
+    ) -> CapError {
+        let mut record = denied(binding, capability, operation, reason.clone(), None);
+        record.sql = sql;
+        match self.record(record) {
             Ok(()) => CapError::Denied(reason),
             Err(e) => e,
         }
@@ -228,13 +251,15 @@ impl Guard {
         for access in call.needs {
             if let Err(denial) = self.grants.check(call.binding, call.kind, *access) {
                 let reason = denial.to_string();
-                self.record(denied(
+                let mut record = denied(
                     call.binding,
                     capability,
                     call.operation,
                     reason.clone(),
                     call.detail,
-                ))?;
+                );
+                record.sql = call.sql;
+                self.record(record)?;
                 return Err(match denial {
                     Denial::Undeclared(_) => CapError::UnknownBinding(reason),
                     _ => CapError::Denied(reason),
@@ -247,7 +272,7 @@ impl Guard {
         let outcome = match time_left() {
             Some(left) => tokio::time::timeout(left, work).await.unwrap_or_else(|_| {
                 Err(CapError::Failed(format!(
-                    "not finished within the adapter's deadline ({:.1} s were left)",
+                    "the adapter's export reached its deadline during this call ({:.1} s were left when it started); the call was cancelled",
                     left.as_secs_f64()
                 )))
             }),
@@ -269,6 +294,7 @@ impl Guard {
             result_bytes,
             error,
             detail: call.detail,
+            sql: call.sql,
         })?;
         outcome.map(|(v, _)| v)
     }
@@ -292,6 +318,7 @@ impl Guard {
                 needs: &[access],
                 operation,
                 detail: Some(detail.to_string()),
+                sql: Vec::new(),
             },
             async || backend().await.map(|v| (v, 0)),
         )
@@ -335,10 +362,22 @@ impl<B> Bound<B> {
         self.guard.grants()
     }
 
-    /// Record a denial decided before the backend is reached.
-    pub(crate) fn deny(&self, binding: &str, operation: Operation, reason: String) -> CapError {
+    /// The session's secrets (a read may add to them).
+    pub(crate) fn secrets(&self) -> &crate::Secrets {
+        self.guard.secrets()
+    }
+
+    /// Record a denial of a db call decided before the backend is reached, with its statements'
+    /// classes and fingerprints.
+    pub(crate) fn deny_sql(
+        &self,
+        binding: &str,
+        operation: Operation,
+        reason: String,
+        sql: Vec<SqlAudit>,
+    ) -> CapError {
         self.guard
-            .deny(binding, self.kind.name(), operation, reason)
+            .deny_sql(binding, self.kind.name(), operation, reason, sql)
     }
 
     fn backend(&self, binding: &str) -> Result<&B, CapError> {
@@ -360,12 +399,28 @@ impl<B> Bound<B> {
         detail: Option<String>,
         f: impl AsyncFnOnce(&B) -> Result<(T, u64), CapError>,
     ) -> Result<T, CapError> {
+        self.call_sql(binding, needs, operation, detail, Vec::new(), f)
+            .await
+    }
+
+    /// [`Bound::call`] for a db call: its record carries the statements' classes and
+    /// fingerprints.
+    pub(crate) async fn call_sql<T>(
+        &self,
+        binding: &str,
+        needs: &[Access],
+        operation: Operation,
+        detail: Option<String>,
+        sql: Vec<SqlAudit>,
+        f: impl AsyncFnOnce(&B) -> Result<(T, u64), CapError>,
+    ) -> Result<T, CapError> {
         let call = Call {
             kind: self.kind,
             binding,
             needs,
             operation,
             detail,
+            sql,
         };
         self.guard
             .run(call, async || f(self.backend(binding)?).await)

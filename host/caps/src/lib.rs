@@ -15,6 +15,8 @@ pub mod files;
 mod guard;
 pub mod http;
 pub mod operation;
+pub mod private;
+pub mod secrets;
 pub mod service;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use upshift_model::grants::GrantSet;
 pub use events::{Event, EventSink};
 pub use guard::{Caller, Witness, with_deadline};
 pub use operation::Operation;
+pub use secrets::Secrets;
 
 /// Why a capability call failed (mirrors the WIT `cap-error`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +110,11 @@ impl InstanceCaps {
     /// The http capability.
     pub fn http(&self) -> &http::Http {
         &self.http
+    }
+
+    /// The session's secrets: what every record and event is masked with.
+    pub fn secrets(&self) -> &Secrets {
+        self.guard.secrets()
     }
 
     /// Who is calling.

@@ -76,11 +76,14 @@ pub enum Operation {
     Finalize,
     /// Host: an adapter fault in an export the host does not know by name.
     AdapterFault,
+    /// Host: look at a database binding's role before a plan (a privileged role is refused
+    /// unless the operator set `privileged = true`).
+    CheckRole,
 }
 
 impl Operation {
     /// Every operation, WIT ones first.
-    pub const ALL: [Operation; 31] = [
+    pub const ALL: [Operation; 32] = [
         Operation::Query,
         Operation::Execute,
         Operation::Transaction,
@@ -112,6 +115,7 @@ impl Operation {
         Operation::HttpCheck,
         Operation::Finalize,
         Operation::AdapterFault,
+        Operation::CheckRole,
     ];
 
     /// The name written to the audit log.
@@ -147,6 +151,7 @@ impl Operation {
             Operation::HttpCheck => "http-check",
             Operation::Finalize => "finalize",
             Operation::AdapterFault => "adapter-fault",
+            Operation::CheckRole => "check-role",
         }
     }
 

@@ -12,6 +12,14 @@ use upshift::runtime::world::{self, World};
 
 use crate::{Exit, print_json, usage};
 
+/// One line on stdout: what it quotes from a component, its manifest, a signature file or the
+/// fleet file has its control characters made visible (`ui::v`), and secrets are masked.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::out(&format!("{}\n", crate::ui::v(&format!($($arg)*))))
+    };
+}
+
 /// An adapter named on the command line, read and described without compiling it.
 struct Described {
     label: String,
@@ -75,6 +83,31 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
             .find(|(_, k)| k.trim().eq_ignore_ascii_case(key))
             .map(|(name, _)| name.clone())
     };
+    // Database bindings of this adapter's instances that accept a privileged role.
+    let privileged: Vec<String> = fleet
+        .as_ref()
+        .map(|f| {
+            f.instances
+                .iter()
+                .filter(|i| match &i.adapter {
+                    upshift::fleet::AdapterRef::File(p) => d.path.as_deref().is_some_and(|dp| {
+                        std::fs::canonicalize(dp).ok() == std::fs::canonicalize(p).ok()
+                    }),
+                    upshift::fleet::AdapterRef::Bundled(name) => {
+                        d.path.is_none() && d.label == format!("bundled:{name}")
+                    }
+                })
+                .flat_map(|i| {
+                    i.db.iter().filter(|(_, b)| b.privileged).map(|(name, _)| {
+                        format!(
+                            "instance `{}`: binding `{name}` may connect as a privileged role (privileged = true)",
+                            i.name
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     if json {
         let sigs: Vec<serde_json::Value> = signatures
             .iter()
@@ -97,18 +130,20 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
                 "compatible": api_check.is_ok(),
             },
             "signatures": sigs,
+            "privileged": privileged,
         }))?;
         return Ok(0);
     }
-    println!("adapter      {}", d.label);
-    println!("sha256       {}", d.digest);
-    println!("size         {} bytes", d.wasm.len());
-    println!(
+    say!("adapter      {}", d.label);
+    say!("sha256       {}", d.digest);
+    say!("size         {} bytes", d.wasm.len());
+    say!(
         "product      {} (adapter {})",
-        d.manifest.product, d.manifest.adapter_version
+        d.manifest.product,
+        d.manifest.adapter_version
     );
-    println!("versions     {}", d.manifest.supported_versions);
-    println!(
+    say!("versions     {}", d.manifest.supported_versions);
+    say!(
         "host API     {} ({}; this host supports {})",
         d.manifest.host_api,
         match &api_check {
@@ -117,26 +152,26 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
         },
         world::SUPPORTED_API
     );
-    println!("world");
+    say!("world");
     let (wasi, own): (Vec<&String>, Vec<&String>) =
         d.world.imports.iter().partition(|i| i.starts_with("wasi:"));
     for import in own {
-        println!("  import   {import}");
+        say!("  import   {import}");
     }
     if !wasi.is_empty() {
         let names: Vec<&str> = wasi.iter().map(|i| i.trim_start_matches("wasi:")).collect();
-        println!(
+        say!(
             "  import   wasi: {} (WASI plumbing only: the sandbox gives it no files, environment variables or network)",
             names.join(", ")
         );
     }
     for export in &d.world.exports {
-        println!("  export   {export}");
+        say!("  export   {export}");
     }
-    println!("bindings");
+    say!("bindings");
     for b in &d.manifest.bindings {
         let access: Vec<&str> = b.access.iter().map(|a| a.name()).collect();
-        println!(
+        say!(
             "  {:<8} {:<8} {:<32} {}{}",
             b.name,
             b.kind.name(),
@@ -145,16 +180,19 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
             if b.optional { " (optional)" } else { "" }
         );
     }
+    for p in &privileged {
+        println!("privileged   {p}");
+    }
     match (&d.path, signatures.is_empty()) {
-        (None, _) => println!("signatures   none needed (bundled in this upshift binary)"),
-        (Some(p), true) => println!(
+        (None, _) => say!("signatures   none needed (bundled in this upshift binary)"),
+        (Some(p), true) => say!(
             "signatures   none ({} not found)",
             upshift::signing::signature_path(p).display()
         ),
         (Some(_), false) => {
-            println!("signatures");
+            say!("signatures");
             for s in &signatures {
-                println!(
+                say!(
                     "  {:<16} key {}…  {}{}",
                     s.signer,
                     s.key.get(..16).unwrap_or(&s.key),
@@ -205,13 +243,16 @@ pub fn diff(old: &str, new: &str, json: bool) -> Result<u8, Exit> {
         return Ok(code);
     }
     for (tag, d) in [("old", &old), ("new", &new)] {
-        println!(
+        say!(
             "{tag}  {}  {} {}  sha256 {}",
-            d.label, d.manifest.product, d.manifest.adapter_version, d.digest
+            d.label,
+            d.manifest.product,
+            d.manifest.adapter_version,
+            d.digest
         );
     }
     if old.digest == new.digest {
-        println!("identical components");
+        say!("identical components");
         return Ok(0);
     }
     let (om, nm) = (&old.manifest, &new.manifest);
@@ -225,29 +266,29 @@ pub fn diff(old: &str, new: &str, json: bool) -> Result<u8, Exit> {
         ("host API", &om.host_api, &nm.host_api),
     ] {
         if a != b {
-            println!("{what}: {a} → {b}");
+            say!("{what}: {a} → {b}");
         }
     }
     if changes.is_empty() {
-        println!("capabilities: unchanged");
+        say!("capabilities: unchanged");
     } else {
-        println!("capabilities:");
+        say!("capabilities:");
         for c in &changes {
-            println!("  {c}");
+            say!("  {c}");
         }
     }
     for i in &added_imports {
-        println!("import added:   {i}");
+        say!("import added:   {i}");
     }
     for i in &removed_imports {
-        println!("import removed: {i}");
+        say!("import removed: {i}");
     }
     if widens {
-        println!(
+        say!(
             "verdict: NEW asks for more than OLD; a fleet whose upshift.lock approved OLD refuses NEW until `upshift lock --approve`"
         );
     } else {
-        println!("verdict: NEW asks for nothing OLD did not");
+        say!("verdict: NEW asks for nothing OLD did not");
     }
     Ok(code)
 }
@@ -283,10 +324,36 @@ pub fn lock(fleet_path: &Path, approve: bool, json: bool) -> Result<u8, Exit> {
         }
         let manifest = Manifest::from_component(&wasm)
             .map_err(|reason| usage(format!("{label} is not a usable adapter: {reason}")))?;
-        let entry = LockedAdapter::approving(source, &upshift::runtime::digest(&wasm), &manifest);
+        let mut entry =
+            LockedAdapter::approving(source, &upshift::runtime::digest(&wasm), &manifest);
         let (status, settled) = match existing.and_then(|l| l.entry(&instance.adapter)) {
             None => ("new: not approved yet".to_string(), false),
-            Some(old) if old.sha256 == entry.sha256 => ("approved".to_string(), true),
+            Some(old) if old.sha256 == entry.sha256 => {
+                // The same bytes: an approval narrowed by hand is kept (it is the ceiling of
+                // the grant); one wider than the request is replaced by the request.
+                let edits = capdiff::diff(&entry.bindings, &old.bindings);
+                let shown = edits
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if edits.is_empty() {
+                    ("approved".to_string(), true)
+                } else if edits.iter().any(capdiff::Change::widens) {
+                    (
+                        format!(
+                            "approved, but the lock file approves more than it asks for ({shown}): refused until approved again"
+                        ),
+                        false,
+                    )
+                } else {
+                    entry.bindings = old.bindings.clone();
+                    (
+                        format!("approved, narrowed in the lock file: {shown}"),
+                        true,
+                    )
+                }
+            }
             Some(old) => {
                 let changes = capdiff::diff(&old.bindings, &entry.bindings);
                 let summary = if changes.is_empty() {
@@ -335,25 +402,28 @@ pub fn lock(fleet_path: &Path, approve: bool, json: bool) -> Result<u8, Exit> {
         }))?;
     } else {
         for p in &pending {
-            println!(
+            say!(
                 "{:<40} {:<14} {}",
-                p.entry.source, p.entry.product, p.status
+                p.entry.source,
+                p.entry.product,
+                p.status
             );
         }
         for a in &unused {
-            println!(
+            say!(
                 "{:<40} {:<14} no longer used by the fleet",
-                a.source, a.product
+                a.source,
+                a.product
             );
         }
         if approve {
-            println!(
+            say!(
                 "approved {} adapter(s) in {}",
                 pending.len(),
                 lock_path.display()
             );
         } else if !settled {
-            println!(
+            say!(
                 "{} needs approval: review the changes above, then run `upshift lock --approve`",
                 lock_path.display()
             );
@@ -367,24 +437,24 @@ pub fn new(name: &str, dir: Option<std::path::PathBuf>) -> Result<u8, Exit> {
     let dir = dir.unwrap_or_else(|| std::path::PathBuf::from(name));
     let made = crate::scaffold::write(&dir, name).map_err(|e| usage(e.to_string()))?;
     let shown = made.dir.display();
-    println!(
+    say!(
         "created {shown}: adapter crate `{}` for product `{name}` ({} files)",
         made.package,
         made.files.len()
     );
-    println!("next:");
-    println!("  cd {shown}");
-    println!("  cargo test                                    # its rule and plan tests");
-    println!("  cargo build --release --target wasm32-wasip2  # the component");
-    println!(
+    say!("next:");
+    say!("  cd {shown}");
+    say!("  cargo test                                    # its rule and plan tests");
+    say!("  cargo build --release --target wasm32-wasip2  # the component");
+    say!(
         "  upshift adapter inspect target/wasm32-wasip2/release/{}",
         made.component
     );
-    println!(
+    say!(
         "  upshift plan --adapter target/wasm32-wasip2/release/{} --from 1.0.0 --to 2.0.0",
         made.component
     );
-    println!("docs/writing-adapters.md walks through the rest.");
+    say!("docs/writing-adapters.md walks through the rest.");
     Ok(0)
 }
 
@@ -396,7 +466,7 @@ pub fn keygen(out: PathBuf) -> Result<u8, Exit> {
     write_secret(&key, &secret)?;
     std::fs::write(&pubf, format!("{public}\n"))
         .with_context(|| format!("cannot write {}", pubf.display()))?;
-    println!(
+    say!(
         "secret key: {} (keep it private)\npublic key: {} {public}",
         key.display(),
         pubf.display()
@@ -410,7 +480,7 @@ pub fn sign(file: PathBuf, key: PathBuf, signer: String) -> Result<u8, Exit> {
     let secret = std::fs::read_to_string(&key)
         .with_context(|| format!("cannot read the secret key {}", key.display()))?;
     let signed = upshift::signing::sign(&file, &wasm, &secret, &signer)?;
-    println!(
+    say!(
         "signed {} (sha256 {}) as {signer}; {} signature(s) in {}",
         file.display(),
         signed.digest,
@@ -443,7 +513,7 @@ pub fn verify(ctx: &crate::commands::Ctx, file: PathBuf, keys: Vec<PathBuf>) -> 
     };
     match upshift::signing::verify(&file, &wasm, &policy) {
         Ok(signers) => {
-            println!(
+            say!(
                 "trusted: {} signed by {}",
                 file.display(),
                 signers.join(", ")

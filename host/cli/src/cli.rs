@@ -171,11 +171,17 @@ pub struct RecordArgs {
 /// `upshift audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Report the first edited, removed or reordered record.
+    /// Report the first edited, removed or reordered record, and records missing or replaced
+    /// at the end (against the head anchored in the state store).
     Verify {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// After reporting, anchor the log's head as it is now (its own chain must be intact):
+        /// accept a log whose tail was lost, once a copy is kept, so the host appends to it
+        /// again.
+        #[arg(long)]
+        reanchor: bool,
     },
 }
 

@@ -100,7 +100,7 @@ fn openmetadata(exe: &Path, url: &str, pg_port: u16, db: &str) -> Result<Member,
         url,
         scheme: "postgresql",
         port: pg_port,
-        user: "postgres",
+        user: db,
         name: db,
     };
     Ok(Member {
@@ -301,17 +301,29 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
             eprintln!("{text}");
         }
     };
-    for db in ["bb_alpha", "bb_beta", "om", "lake", "kw_backing"] {
+    // Each product's database is owned by a least-privilege role of its own, as an operator
+    // would set it up (docs/least-privilege.md); only the KWDB simulator's storage is the
+    // cluster's own.
+    let owned = |db: &str| {
         cluster
-            .create_database(db)
-            .map_err(|e| anyhow::anyhow!("cannot create database {db}: {e}"))?;
-    }
+            .create_owned_database(db)
+            .map_err(|e| anyhow::anyhow!("cannot create database {db}: {e}"))
+    };
+    let (alpha, beta, om, lake) = (
+        owned("bb_alpha")?,
+        owned("bb_beta")?,
+        owned("om")?,
+        owned("lake")?,
+    );
+    cluster
+        .create_database("kw_backing")
+        .map_err(|e| anyhow::anyhow!("cannot create database kw_backing: {e}"))?;
     let exe = std::env::current_exe()?;
     let members = vec![
-        bytebase(&exe, &cluster.url("bb_alpha"), "bb-alpha", false)?,
-        bytebase(&exe, &cluster.url("bb_beta"), "bb-beta", true)?,
-        openmetadata(&exe, &cluster.url("om"), cluster.port(), "om")?,
-        devlake(&exe, root, &cluster.url("lake"))?,
+        bytebase(&exe, &alpha, "bb-alpha", false)?,
+        bytebase(&exe, &beta, "bb-beta", true)?,
+        openmetadata(&exe, &om, cluster.port(), "om")?,
+        devlake(&exe, root, &lake)?,
         kwdb(&exe, root, &cluster.url("kw_backing"))?,
     ];
     let fleet_path = root.join("upshift.toml");

@@ -14,11 +14,13 @@ mod ui;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use clap::Parser;
 
 use cli::{AdapterCommand, AuditCommand, BackupArgs, BackupCommand, Cli, Command};
 use commands::Ctx;
+use upshift::caps::Secrets;
 use upshift::ops::{OpError, Session, SessionBuilder};
 
 /// What `demo` and `simulate` say in a build without the simulators.
@@ -52,6 +54,7 @@ impl<E: Into<anyhow::Error>> From<E> for Exit {
 /// it.
 fn session_builder(cli: &Cli, data: &Path) -> Result<SessionBuilder, Exit> {
     let mut builder = Session::builder(data)
+        .secrets(secrets().clone())
         .state_url(cli.state.clone())
         .services_dir(cli.services.clone());
     if let Some(secs) = cli.lease_secs {
@@ -117,9 +120,31 @@ fn confirm(yes: bool, question: &str) -> Result<bool, Exit> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// The secrets of this process's session: everything the command prints is masked with them
+/// (the session masks what it writes with the same registry).
+fn secrets() -> &'static Secrets {
+    static SECRETS: OnceLock<Secrets> = OnceLock::new();
+    SECRETS.get_or_init(Secrets::new)
+}
+
+/// Print JSON on stdout, secrets masked (the text otherwise exact).
 fn print_json(value: &impl serde::Serialize) -> Result<(), Exit> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&secrets().masked_json(value)?)?
+    );
     Ok(())
+}
+
+/// Print rendered text on stdout, secrets masked. Adapter text in it has been made visible
+/// by the renderer (`ui::v`).
+fn out(text: &str) {
+    print!("{}", secrets().mask(text));
+}
+
+/// [`out`] on stderr.
+fn err_out(text: &str) {
+    eprint!("{}", secrets().mask(text));
 }
 
 /// Die quietly on a closed pipe (`upshift … | head`), as command-line tools do, instead of
@@ -157,7 +182,17 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(exit) => {
-            eprintln!("error: {:#}", exit.error);
+            // An error may quote an adapter or a product: made visible, secrets masked. Only
+            // the host's own usage and fleet-file errors (exit 2) keep their lines
+            // (`…\nfix: …`); any other error is one line, so quoted text cannot start a
+            // forged line.
+            let text = format!("{:#}", exit.error);
+            let shown = if exit.code == 2 {
+                ui::lines(&text)
+            } else {
+                ui::v(&text)
+            };
+            err_out(&format!("error: {shown}\n"));
             if let Some(hint) = hint(&exit.error) {
                 eprintln!("hint: {hint}");
             }
@@ -199,8 +234,8 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Adapter(AdapterCommand::Verify { file, keys }) => {
             adapter_cmd::verify(&ctx, file, keys)
         }
-        Command::Audit(AuditCommand::Verify { json }) => {
-            commands::history::audit_verify(&ctx, json)
+        Command::Audit(AuditCommand::Verify { json, reanchor }) => {
+            commands::history::audit_verify(&ctx, json, reanchor).await
         }
         Command::Plan(args) => commands::runs::plan(&ctx, args).await,
         Command::Apply(args) => commands::runs::apply(&ctx, args).await,

@@ -35,7 +35,8 @@ pub fn start(
         _ => usage(e.to_string()),
     })?;
     let command: Vec<String> = std::env::args().skip(1).collect();
-    let recorder = Arc::new(Recorder::new(instance, &command.join(" ")));
+    let recorder =
+        Arc::new(Recorder::new(instance, &command.join(" ")).masking(session.secrets.clone()));
     session.runtime.set_observer(Some(recorder.clone()));
     Ok(Some(Recording {
         recorder,
@@ -91,7 +92,7 @@ pub async fn test(adapter: &str, tape: &Path, json: bool) -> Result<u8, Exit> {
     if json {
         print_json(&report)?;
     } else {
-        print!("{report}");
+        crate::out(&crate::ui::lines(&report.to_string()));
     }
     Ok(crate::exit::replay(&report))
 }

@@ -1,4 +1,9 @@
 //! Terminal output: progress bars for steps, plans and reports as text, or JSON.
+//!
+//! Every text an adapter, a product or a fleet file supplied goes through [`v`] (one line) or
+//! [`lines`] (a block) before it is styled and shown, so its control characters are shown as
+//! `\x1b`, `\r`, `\u{202e}`… and never reach the terminal as commands. JSON output is left
+//! exact.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +14,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use upshift::caps::{Event, EventSink};
 use upshift::ops::apply::{Outcome, PlanOutcome, PlanReport, RunReport};
 use upshift::ops::plan::describe_action;
+
+pub use upshift::model::text::{visible as v, visible_lines as lines};
 
 /// Live output for a command.
 pub struct Ui {
@@ -69,8 +76,9 @@ impl Ui {
                     other => style(other).dim().to_string(),
                 };
                 self.line(format!(
-                    "  {} {tag} {message}",
-                    style(format!("[{instance}]")).dim()
+                    "  {} {tag} {}",
+                    style(format!("[{}]", v(&instance))).dim(),
+                    v(&message)
                 ));
             }
             Event::Progress {
@@ -82,7 +90,7 @@ impl Ui {
                 if let Ok(bars) = self.bars.lock()
                     && let Some(bar) = bars.values().find(|b| b.prefix().contains(&instance))
                 {
-                    bar.set_message(format!("{message} ({done}/{total})"));
+                    bar.set_message(format!("{} ({done}/{total})", v(&message)));
                 }
             }
             Event::Fleet {
@@ -105,6 +113,7 @@ impl Ui {
                     bar
                 });
                 bar.set_position(done as u64);
+                let message = v(&message);
                 bar.set_message(format!("{failures} failure(s) · {message}"));
                 if !self.fancy && done > 0 {
                     eprintln!("  fleet {done}/{total}: {message} ({failures} failure(s))");
@@ -133,11 +142,11 @@ impl Ui {
                         if let Ok(s) = ProgressStyle::with_template(template) {
                             bar.set_style(s.progress_chars("=> "));
                         }
-                        bar.set_prefix(format!("{instance} {phase}"));
+                        bar.set_prefix(format!("{} {}", v(&instance), v(&phase)));
                         bar
                     });
                 bar.set_position(index.saturating_sub(1) as u64);
-                bar.set_message(title);
+                bar.set_message(v(&title).into_owned());
             }
             Event::StepFinished {
                 instance,
@@ -152,18 +161,20 @@ impl Ui {
                 } else {
                     style("✘").red()
                 };
-                let first = message.lines().next().unwrap_or("").to_string();
+                let first = v(message.lines().next().unwrap_or(""));
                 self.line(format!(
-                    "  {mark} {} {step:<18} {first} {}",
+                    "  {mark} {} {:<18} {first} {}",
                     style(format!(
-                        "[{instance}{}]",
+                        "[{}{}]",
+                        v(&instance),
                         if phase == "rollback" { " rollback" } else { "" }
                     ))
                     .dim(),
+                    v(&step),
                     style(format!("({:.1} s)", duration_ms as f64 / 1000.0)).dim()
                 ));
                 for extra in message.lines().skip(1).take(20) {
-                    self.line(format!("      {}", style(extra).dim()));
+                    self.line(format!("      {}", style(v(extra)).dim()));
                 }
                 if let Ok(bars) = self.bars.lock()
                     && let Some(bar) = bars.get(&(instance, phase))
@@ -196,43 +207,49 @@ impl Ui {
 pub fn plan_text(report: &PlanReport) -> String {
     let mut out = String::new();
     let who = if report.instance.is_empty() {
-        format!("{} (offline)", report.product)
+        format!("{} (offline)", v(&report.product))
     } else {
-        format!("{} ({})", report.instance, report.product)
+        format!("{} ({})", v(&report.instance), v(&report.product))
     };
+    let from = v(&report.detection.version);
     out.push_str(&format!(
         "{} {who}: adapter sha256 {}\n",
         style("Plan").bold(),
-        &report.adapter_digest[..12.min(report.adapter_digest.len())]
+        v(report
+            .adapter_digest
+            .get(..12)
+            .unwrap_or(&report.adapter_digest))
     ));
+    for p in &report.privileged {
+        out.push_str(&format!("  {} {p}\n", style("privileged:").yellow()));
+    }
     match &report.outcome {
         PlanOutcome::Refused(r) => {
             out.push_str(&format!(
-                "{} {} → refused by rule `{}`\n  {}\n",
+                "{} {from} → refused by rule `{}`\n  {}\n",
                 style("✘").red(),
-                report.detection.version,
-                r.rule,
-                r.reason
+                v(&r.rule),
+                v(&r.reason)
             ));
             if !r.path.is_empty() {
-                out.push_str(&format!(
-                    "  path: {} → {}\n",
-                    report.detection.version,
-                    r.path.join(" → ")
-                ));
+                out.push_str(&format!("  path: {from} → {}\n", v(&r.path.join(" → "))));
             }
             if !r.advice.is_empty() {
-                out.push_str(&format!("  what to do: {}\n", r.advice));
+                out.push_str(&format!("  what to do: {}\n", v(&r.advice)));
             }
         }
         PlanOutcome::Plan(p) => {
-            out.push_str(&format!("  {} → {}\n", p.from_version, p.to_version));
+            out.push_str(&format!(
+                "  {} → {}\n",
+                v(&p.from_version),
+                v(&p.to_version)
+            ));
             if !report.detection.facts.is_empty() {
                 let facts: Vec<String> = report
                     .detection
                     .facts
                     .iter()
-                    .map(|f| format!("{}={}", f.key, f.value))
+                    .map(|f| format!("{}={}", v(&f.key), v(&f.value)))
                     .collect();
                 out.push_str(&format!("  detected: {}\n", style(facts.join(", ")).dim()));
             }
@@ -240,18 +257,18 @@ pub fn plan_text(report: &PlanReport) -> String {
                 out.push_str(&format!(
                     "  {:>2}. {:<16} {}  {}\n",
                     i + 1,
-                    s.id,
-                    s.title,
-                    style(format!("[{}]", describe_action(&s.action))).dim()
+                    v(&s.id),
+                    v(&s.title),
+                    style(format!("[{}]", v(&describe_action(&s.action)))).dim()
                 ));
             }
             for n in &p.notes {
-                out.push_str(&format!("  note: {n}\n"));
+                out.push_str(&format!("  note: {}\n", v(n)));
             }
             if !report.rollback.is_empty() {
                 out.push_str("  if it fails, Upshift rolls back by itself:\n");
                 for a in &report.rollback {
-                    out.push_str(&format!("      - {}\n", a.describe()));
+                    out.push_str(&format!("      - {}\n", v(&a.describe())));
                 }
             }
         }
@@ -262,48 +279,42 @@ pub fn plan_text(report: &PlanReport) -> String {
 /// A run report as text.
 pub fn run_text(report: &RunReport) -> String {
     let mut out = String::new();
+    let (instance, from, to) = (
+        v(&report.instance),
+        v(&report.from_version),
+        v(&report.to_version),
+    );
     let headline = match report.outcome {
-        Outcome::Succeeded => style(format!(
-            "✔ {} is now at {}",
-            report.instance, report.to_version
-        ))
-        .green()
-        .bold(),
-        Outcome::Refused => style(format!("✘ {}: refused, nothing changed", report.instance))
+        Outcome::Succeeded => style(format!("✔ {instance} is now at {to}")).green().bold(),
+        Outcome::Refused => style(format!("✘ {instance}: refused, nothing changed"))
             .yellow()
             .bold(),
         Outcome::RolledBack => style(format!(
-            "↺ {}: upgrade to {} failed and was rolled back to {}",
-            report.instance, report.to_version, report.from_version
+            "↺ {instance}: upgrade to {to} failed and was rolled back to {from}"
         ))
         .yellow()
         .bold(),
         Outcome::NeedsOperator => style(format!(
-            "✘ {}: failed and NOT rolled back — operator needed",
-            report.instance
+            "✘ {instance}: failed and NOT rolled back — operator needed"
         ))
         .red()
         .bold(),
     };
     out.push_str(&format!("{headline}\n"));
     if let Some(r) = &report.refusal {
-        out.push_str(&format!("  rule `{}`: {}\n", r.rule, r.reason));
+        out.push_str(&format!("  rule `{}`: {}\n", v(&r.rule), v(&r.reason)));
         if !r.path.is_empty() {
-            out.push_str(&format!(
-                "  path: {} → {}\n",
-                report.from_version,
-                r.path.join(" → ")
-            ));
+            out.push_str(&format!("  path: {from} → {}\n", v(&r.path.join(" → "))));
         }
         if !r.advice.is_empty() {
-            out.push_str(&format!("  what to do: {}\n", r.advice));
+            out.push_str(&format!("  what to do: {}\n", v(&r.advice)));
         }
     }
     if let Some(f) = &report.failure {
-        let mut lines = f.lines().filter(|l| !l.trim().is_empty());
-        out.push_str(&format!("  why: {}\n", lines.next().unwrap_or("")));
-        if let Some(last) = lines.next_back() {
-            out.push_str(&format!("       {}\n", last.trim()));
+        let mut failure = f.lines().filter(|l| !l.trim().is_empty());
+        out.push_str(&format!("  why: {}\n", v(failure.next().unwrap_or(""))));
+        if let Some(last) = failure.next_back() {
+            out.push_str(&format!("       {}\n", v(last.trim())));
         }
     }
     for c in &report.checks {
@@ -314,39 +325,38 @@ pub fn run_text(report: &RunReport) -> String {
             } else {
                 style("✘").red()
             },
-            c.name,
-            c.detail
+            v(&c.name),
+            v(&c.detail)
         ));
     }
     for b in &report.backups {
         out.push_str(&format!(
             "  backup {} of `{}` at {} ({}: {})\n",
-            b.id, b.binding, b.product_version, b.method, b.location
+            v(&b.id),
+            v(&b.binding),
+            v(&b.product_version),
+            v(&b.method),
+            v(&b.location)
         ));
     }
     if let Some(cmd) = &report.rollback_command {
-        out.push_str(&format!(
-            "  to return to {} later: {cmd}\n",
-            report.from_version
-        ));
+        out.push_str(&format!("  to return to {from} later: {}\n", v(cmd)));
     }
     for d in &report.denials {
         out.push_str(&format!(
             "  denied: {} {} on `{}`: {}\n",
-            d.event.capability,
-            d.event.operation,
-            d.event.binding,
-            d.event.reason.clone().unwrap_or_default()
+            v(&d.event.capability),
+            v(&d.event.operation),
+            v(&d.event.binding),
+            v(d.event.reason.as_deref().unwrap_or_default())
         ));
     }
     if let Some(help) = &report.operator_help {
-        out.push_str(help);
+        out.push_str(&lines(help));
     }
     if !report.run_id.is_empty() {
-        out.push_str(&format!(
-            "  run {} (upshift history --run {})\n",
-            report.run_id, report.run_id
-        ));
+        let run = v(&report.run_id);
+        out.push_str(&format!("  run {run} (upshift history --run {run})\n"));
     }
     out
 }
@@ -375,10 +385,11 @@ pub fn rollout_plan_text(
                 .or_else(|| instance.target.clone())
                 .unwrap_or_else(|| "(no target)".into());
             out.push_str(&format!(
-                "  wave {}  {:<20} {:<13} → {target}\n",
+                "  wave {}  {:<20} {:<13} → {}\n",
                 w + 1,
-                instance.name,
-                instance.adapter_label()
+                v(&instance.name),
+                v(&instance.adapter_label()),
+                v(&target)
             ));
         }
         at += size;
@@ -406,24 +417,24 @@ pub fn rollout_text(
         };
         out.push_str(&format!(
             "  {mark} {:<20} → {}{}\n",
-            i.instance,
-            i.target,
+            v(&i.instance),
+            v(&i.target),
             i.message
                 .as_deref()
-                .map(|m| format!("  ({})", m.lines().next().unwrap_or_default()))
+                .map(|m| format!("  ({})", v(m.lines().next().unwrap_or_default())))
                 .unwrap_or_default()
         ));
     }
     if let Some(h) = &report.halted {
         out.push_str(&format!(
             "{}\n",
-            style(format!("halted: {h}")).yellow().bold()
+            style(format!("halted: {}", v(h))).yellow().bold()
         ));
     }
     out.push_str(&format!(
         "  report: {} (JSON: {})\n",
-        markdown.display(),
-        json.display()
+        v(&markdown.display().to_string()),
+        v(&json.display().to_string())
     ));
     out
 }

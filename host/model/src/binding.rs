@@ -14,6 +14,11 @@ pub struct DbBinding {
     pub url: String,
     /// Operator narrowing of the adapter's requested access.
     pub access: Option<Vec<Access>>,
+    /// The operator accepts that the URL's role is privileged (a superuser, `CREATEROLE`,
+    /// `CREATEDB` beyond backups, or a member of `pg_read_server_files`,
+    /// `pg_write_server_files`, `pg_execute_server_program`, `pg_signal_backend`); without it
+    /// such a binding is refused before any SQL runs.
+    pub privileged: bool,
 }
 
 /// A directory binding.

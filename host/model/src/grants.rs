@@ -180,6 +180,41 @@ pub enum Denial {
         /// What is granted, comma-separated.
         granted: String,
     },
+    /// Requested and bound, but the lock file's approval does not reach it (see
+    /// [`GrantSet::limit_to`]).
+    #[error(
+        "binding `{name}` is not granted `{access}` (the lock file {lock} approves {})",
+        approves(.approved)
+    )]
+    NotApproved {
+        /// Binding name.
+        name: String,
+        /// The access the call needs.
+        access: Access,
+        /// What the lock file approves on the binding, comma-separated (`nothing`).
+        approved: String,
+        /// The lock file.
+        lock: String,
+    },
+}
+
+fn approves(approved: &str) -> String {
+    if approved == "nothing" {
+        "nothing on it".to_string()
+    } else {
+        format!("only {approved}")
+    }
+}
+
+/// The lock file's approval of one binding, where it narrowed the grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ceiling {
+    /// What it approves.
+    approved: Vec<Access>,
+    /// The requested and bound access it took away.
+    cut: Vec<Access>,
+    /// The lock file.
+    lock: String,
 }
 
 /// The grants of one adapter on one instance.
@@ -187,6 +222,7 @@ pub enum Denial {
 pub struct GrantSet {
     declared: BTreeMap<String, BindingKind>,
     grants: BTreeMap<String, Grant>,
+    ceilings: BTreeMap<String, Ceiling>,
 }
 
 /// A problem joining an adapter's requests with a fleet instance's bindings.
@@ -368,12 +404,53 @@ impl GrantSet {
         };
         if grant.access.contains(&access) {
             Ok(())
+        } else if let Some(c) = self.ceilings.get(name)
+            && c.cut.contains(&access)
+        {
+            Err(Denial::NotApproved {
+                name: name.to_string(),
+                access,
+                approved: join(&c.approved),
+                lock: c.lock.clone(),
+            })
         } else {
             Err(Denial::NotGranted {
                 name: name.to_string(),
                 access,
                 granted: join(&grant.access),
             })
+        }
+    }
+
+    /// Narrow every grant to what `approved` (the lock file's approval of this adapter) allows:
+    /// a binding it does not list keeps nothing. `lock` names the file in denials. The caller
+    /// has refused approvals wider than the request ([`crate::capdiff`]); here only narrowing
+    /// has an effect.
+    pub fn limit_to(&mut self, approved: &crate::capdiff::CapabilitySet, lock: &str) {
+        for (name, grant) in &mut self.grants {
+            let allowed: Vec<Access> = approved
+                .get(name)
+                .filter(|c| c.kind == grant.kind)
+                .map(|c| c.access.iter().copied().collect())
+                .unwrap_or_default();
+            let cut: Vec<Access> = grant
+                .access
+                .iter()
+                .copied()
+                .filter(|a| !allowed.contains(a))
+                .collect();
+            if cut.is_empty() {
+                continue;
+            }
+            grant.access.retain(|a| allowed.contains(a));
+            self.ceilings.insert(
+                name.clone(),
+                Ceiling {
+                    approved: allowed,
+                    cut,
+                    lock: lock.to_string(),
+                },
+            );
         }
     }
 
@@ -485,5 +562,57 @@ mod tests {
             set.check("data", BindingKind::Files, Access::Read),
             Err(Denial::Unbound("data".into()))
         );
+    }
+
+    #[test]
+    fn the_lock_files_approval_narrows_and_names_itself_in_denials() {
+        use crate::capdiff::{Capability, CapabilitySet};
+        let requests = [
+            req(
+                "data",
+                BindingKind::Files,
+                &[Access::Read, Access::Write],
+                false,
+            ),
+            req("meta", BindingKind::Db, &[Access::Read], false),
+        ];
+        let mut set = GrantSet::resolve(
+            "i1",
+            &requests,
+            &[
+                bound("data", BindingKind::Files, None),
+                bound("meta", BindingKind::Db, None),
+            ],
+        )
+        .expect("resolves");
+        let approved: CapabilitySet = [(
+            "data".to_string(),
+            Capability {
+                kind: BindingKind::Files,
+                access: [Access::Read].into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect();
+        set.limit_to(&approved, "/f/upshift.lock");
+        assert!(set.check("data", BindingKind::Files, Access::Read).is_ok());
+        let denied = set
+            .check("data", BindingKind::Files, Access::Write)
+            .expect_err("narrowed");
+        assert_eq!(
+            denied.to_string(),
+            "binding `data` is not granted `write` (the lock file /f/upshift.lock approves only read)"
+        );
+        let denied = set
+            .check("meta", BindingKind::Db, Access::Read)
+            .expect_err("not approved at all");
+        assert!(
+            denied.to_string().contains("approves nothing on it"),
+            "{denied}"
+        );
+        assert!(matches!(
+            set.check("meta", BindingKind::Db, Access::Ddl),
+            Err(Denial::NotGranted { .. })
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! Upshift's vocabulary, with no I/O: what an adapter may ask for and what the operator grants
 //! ([`grants`]), what bindings point at ([`binding`]), how capability sets compare
-//! ([`capdiff`]), content digests ([`digest`]), the product version grammar ([`version`]) and
-//! how a URL is shown ([`redact`]). Every other host crate depends on this one.
+//! ([`capdiff`]), content digests ([`digest`]), the product version grammar ([`version`]),
+//! how a URL is shown ([`redact`]) and adapter text made safe for a terminal ([`text`]). Every
+//! other host crate depends on this one.
 
 pub mod binding;
 pub mod capdiff;
@@ -9,5 +10,6 @@ pub mod digest;
 pub mod grants;
 pub mod redact;
 pub mod version;
+pub mod text;
 
 pub use digest::digest;

@@ -26,7 +26,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use bindings::{Adapter, AdapterPre};
-pub use cache::{ArtifactCache, CacheOutcome};
+pub use cache::{ArtifactCache, ArtifactLedger, CacheOutcome, MemoryLedger};
 pub use manifest::Manifest;
 use upshift_caps::InstanceCaps;
 use upshift_caps::Witness;
@@ -137,6 +137,8 @@ pub struct LoadedAdapter {
     pub manifest: Manifest,
     /// Whether the compiled code came from the cache.
     pub cache: CacheOutcome,
+    /// Why a cache entry was not trusted (it was compiled again), for the operator.
+    pub cache_note: Option<String>,
     pre: AdapterPre<HostState>,
 }
 
@@ -151,6 +153,8 @@ pub use upshift_model::digest;
 
 impl Runtime {
     /// A runtime whose compiled components are cached in `cache_dir` (none: always compile).
+    /// Until [`Runtime::set_artifact_ledger`] names another, only artifacts this process wrote
+    /// are loaded from it.
     pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Runtime, RuntimeError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(256)
@@ -201,7 +205,8 @@ impl Runtime {
             })
             .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Runtime {
-            cache: cache_dir.map(|d| ArtifactCache::new(d, &engine)),
+            cache: cache_dir
+                .map(|d| ArtifactCache::new(d, &engine, Arc::new(MemoryLedger::default()))),
             engine,
             linker,
             deadlines: Deadlines::default(),
@@ -209,6 +214,19 @@ impl Runtime {
             observer: None,
             audit: None,
         })
+    }
+
+    /// Trust cached artifacts whose digests `ledger` recorded (a session's state store), and
+    /// record there the digest of every artifact compiled from now on.
+    pub fn set_artifact_ledger(&mut self, ledger: Arc<dyn ArtifactLedger>) {
+        if let Some(cache) = &mut self.cache {
+            cache.set_ledger(ledger);
+        }
+    }
+
+    /// The compiled-component cache, if there is one.
+    pub fn artifact_cache(&self) -> Option<&ArtifactCache> {
+        self.cache.as_ref()
     }
 
     /// Replace the per-call deadlines.
@@ -268,13 +286,18 @@ impl Runtime {
             adapter: label.to_string(),
             reason: format!("{e:#}"),
         };
-        let (component, outcome) = match &self.cache {
-            Some(cache) => cache
-                .load(&self.engine, &digest, wasm)
-                .map_err(component_err)?,
+        let (component, outcome, cache_note) = match &self.cache {
+            Some(cache) => {
+                let cached = cache
+                    .load(&self.engine, &digest, wasm)
+                    .await
+                    .map_err(component_err)?;
+                (cached.component, cached.outcome, cached.note)
+            }
             None => (
                 Component::new(&self.engine, wasm).map_err(component_err)?,
                 CacheOutcome::Compiled,
+                None,
             ),
         };
         let pre = self
@@ -290,6 +313,7 @@ impl Runtime {
             digest,
             manifest,
             cache: outcome,
+            cache_note,
             pre,
         };
         let described = self.describe(&loaded).await?;
@@ -410,13 +434,21 @@ impl Runtime {
         store.epoch_deadline_trap();
         // Capability calls made during the export end with it (see `upshift_caps::with_deadline`).
         let ends = std::time::Instant::now() + deadline;
-        let outcome = upshift_caps::with_deadline(ends, async {
+        let bounded = upshift_caps::with_deadline(ends, async {
             match adapter.pre.instantiate_async(&mut store).await {
                 Ok(instance) => call(&instance, &mut store).await,
                 Err(e) => Err(e),
             }
-        })
-        .await;
+        });
+        // The epoch deadline interrupts guest code only; a guest parked in any host import
+        // (a capability, a WASI clock or stream) is stopped here, shortly after the deadline.
+        let outcome = match tokio::time::timeout(deadline + HOST_GRACE, bounded).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(wasmtime::Error::msg(format!(
+                "it ran longer than its deadline of {:.1} s (waiting in a host call) and was stopped",
+                deadline.as_secs_f64()
+            ))),
+        };
         let guest_stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
         if let Some(caps) = &caps {
             for line in guest_stderr
@@ -464,6 +496,10 @@ impl Runtime {
         self.deadlines
     }
 }
+
+/// How long past its deadline an export parked in a host call is given before it is dropped
+/// (capability calls end at the deadline themselves).
+const HOST_GRACE: Duration = Duration::from_secs(2);
 
 fn describe_trap(e: &wasmtime::Error, deadline: Duration, stderr: &str) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {

@@ -27,7 +27,7 @@ use crate::lease::LeaseStore;
 use crate::queue::WorkQueue;
 
 /// The schema version this build writes.
-const SCHEMA: i64 = 2;
+const SCHEMA: i64 = 3;
 
 /// How a run ended (or that it is still running).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +172,18 @@ pub struct BackupRecord {
     pub note: Option<String>,
 }
 
+/// The head of an audit log's hash chain as last anchored: how many records it had and the
+/// hash of the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// Records in the chain.
+    pub records: u64,
+    /// The last record's hash (64 zeros for an empty chain).
+    pub head: String,
+    /// RFC 3339, when it was anchored.
+    pub anchored_at: String,
+}
+
 /// The state database could not be used, saying whose fault it is.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -212,6 +224,14 @@ pub enum StateError {
         column: &'static str,
         /// Value.
         value: String,
+    },
+    /// The state file could not be made readable by its owner only.
+    #[error("state database {at}: cannot make it private (mode 0600): {source}")]
+    Private {
+        /// The file.
+        at: String,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// The thread running SQLite statements was lost (a bug in upshift, or shutdown).
     #[error("state database {at}: the thread running its statements stopped: {why}")]
@@ -285,6 +305,26 @@ pub trait StateStore: LeaseStore {
     fn backups<'a>(&'a self, instance: Option<&'a str>) -> StateFuture<'a, Vec<BackupRecord>>;
     /// The work queue agents claim from (shared PostgreSQL state only).
     fn queue(&self) -> Option<&dyn WorkQueue>;
+    /// The sha256 recorded for the compiled artifact of adapter `adapter_digest` under the
+    /// engine whose compatibility key is `engine`.
+    fn artifact_digest<'a>(
+        &'a self,
+        adapter_digest: &'a str,
+        engine: &'a str,
+    ) -> StateFuture<'a, Option<String>>;
+    /// Record `sha256` as the trusted compiled artifact of `adapter_digest` under `engine`
+    /// (replacing an earlier one).
+    fn record_artifact<'a>(
+        &'a self,
+        adapter_digest: &'a str,
+        engine: &'a str,
+        sha256: &'a str,
+    ) -> StateFuture<'a, ()>;
+    /// The anchored head of the audit log named `log`.
+    fn audit_anchor<'a>(&'a self, log: &'a str) -> StateFuture<'a, Option<AuditAnchor>>;
+    /// Anchor the head of the audit log named `log`: `records` records, the last one `head`.
+    fn anchor_audit<'a>(&'a self, log: &'a str, records: u64, head: &'a str)
+    -> StateFuture<'a, ()>;
 }
 
 /// Open (creating or migrating) the SQLite state database, `<data>/state.db`.
@@ -412,6 +452,46 @@ mod tests {
         assert_eq!(store.backup(&b.id).await.expect("get"), Some(b.clone()));
         assert_eq!(store.backups(Some("b")).await.expect("list"), vec![]);
         assert_ne!(new_backup_id(), new_backup_id());
+    }
+
+    #[tokio::test]
+    async fn artifacts_and_audit_anchors_round_trip_and_older_databases_gain_their_tables() {
+        let (_dir, path, store) = fresh().await;
+        assert_eq!(store.artifact_digest("ad", "e1").await.expect("get"), None);
+        store
+            .record_artifact("ad", "e1", "aa")
+            .await
+            .expect("record");
+        store
+            .record_artifact("ad", "e1", "bb")
+            .await
+            .expect("replace");
+        store
+            .record_artifact("ad", "e2", "cc")
+            .await
+            .expect("other engine");
+        assert_eq!(
+            store.artifact_digest("ad", "e1").await.expect("get"),
+            Some("bb".into())
+        );
+        assert_eq!(store.audit_anchor("log").await.expect("get"), None);
+        store.anchor_audit("log", 3, "h3").await.expect("anchor");
+        store.anchor_audit("log", 5, "h5").await.expect("anchor");
+        let anchor = store.audit_anchor("log").await.expect("get").expect("some");
+        assert_eq!((anchor.records, anchor.head.as_str()), (5, "h5"));
+        drop(store);
+
+        // A database written by the previous schema (no such tables) gains them on open.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "DROP TABLE artifacts; DROP TABLE audit_anchors; PRAGMA user_version = 2;",
+        )
+        .expect("downgrade");
+        drop(conn);
+        let store = open(&path).await.expect("migrates");
+        assert_eq!(store.artifact_digest("ad", "e1").await.expect("get"), None);
+        store.anchor_audit("log", 1, "h1").await.expect("anchor");
+        assert!(store.audit_anchor("log").await.expect("get").is_some());
     }
 
     #[tokio::test]

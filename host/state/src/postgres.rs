@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS upshift_backups (
     created_at TEXT NOT NULL, size_bytes BIGINT, sha256 TEXT, valid BOOLEAN NOT NULL, note TEXT);
 CREATE TABLE IF NOT EXISTS upshift_leases (
     instance TEXT PRIMARY KEY, holder TEXT NOT NULL, token BIGINT NOT NULL, expires_ms BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS upshift_artifacts (
+    adapter_digest TEXT NOT NULL, engine TEXT NOT NULL, sha256 TEXT NOT NULL, recorded_at TEXT NOT NULL,
+    PRIMARY KEY (adapter_digest, engine));
+CREATE TABLE IF NOT EXISTS upshift_audit_anchors (
+    log TEXT PRIMARY KEY, records BIGINT NOT NULL, head TEXT NOT NULL, anchored_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS upshift_queue (
     instance TEXT PRIMARY KEY, target TEXT NOT NULL, status TEXT NOT NULL, agent TEXT,
     claims INTEGER NOT NULL DEFAULT 0, claimed_ms BIGINT, outcome TEXT, enqueued_at TEXT NOT NULL,

@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS backups (
 CREATE INDEX IF NOT EXISTS backups_instance ON backups (instance, created_at);
 CREATE TABLE IF NOT EXISTS leases (
     instance TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS artifacts (
+    adapter_digest TEXT NOT NULL, engine TEXT NOT NULL, sha256 TEXT NOT NULL, recorded_at TEXT NOT NULL,
+    PRIMARY KEY (adapter_digest, engine));
+CREATE TABLE IF NOT EXISTS audit_anchors (
+    log TEXT PRIMARY KEY, records INTEGER NOT NULL, head TEXT NOT NULL, anchored_at TEXT NOT NULL);
 ";
 
 /// The SQLite engine: one connection, used by one blocking task at a time.
@@ -60,6 +65,10 @@ fn open_blocking(path: &Path, at: &str) -> Result<Connection, StateError> {
         at: at.to_string(),
         source,
     };
+    private(path).map_err(|source| StateError::Private {
+        at: at.to_string(),
+        source,
+    })?;
     let conn = Connection::open(path).map_err(sql)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql)?;
@@ -82,6 +91,30 @@ fn open_blocking(path: &Path, at: &str) -> Result<Connection, StateError> {
             .map_err(sql)?;
     }
     Ok(conn)
+}
+
+/// Create the database file 0600 (or make an existing one and its `-wal`/`-shm` 0600) before
+/// SQLite opens it, whatever the umask: SQLite creates the `-wal` and `-shm` files with the
+/// database file's own mode.
+fn private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = std::path::PathBuf::from(side);
+        if side.exists() {
+            std::fs::set_permissions(&side, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Run `work` on the blocking pool.

@@ -8,7 +8,8 @@ use std::future::Future;
 use crate::lease::{LeaseError, LeaseRows};
 use crate::queue::WorkQueue;
 use crate::{
-    BackupRecord, RunRecord, RunStatus, StateError, StateFuture, StateStore, StepRecord, StepStatus,
+    AuditAnchor, BackupRecord, RunRecord, RunStatus, StateError, StateFuture, StateStore,
+    StepRecord, StepStatus,
 };
 
 /// How an engine's SQL differs from the one the statements are written in: tables are written
@@ -513,6 +514,79 @@ impl<E: Engine> StateStore for Store<E> {
 
     fn queue(&self) -> Option<&dyn WorkQueue> {
         self.engine.queue()
+    }
+
+    fn artifact_digest<'a>(
+        &'a self,
+        adapter_digest: &'a str,
+        engine: &'a str,
+    ) -> StateFuture<'a, Option<String>> {
+        Box::pin(async move {
+            self.first(
+                "SELECT sha256 FROM #artifacts WHERE adapter_digest = $1 AND engine = $2",
+                params![adapter_digest, engine],
+            )
+            .await?
+            .map(|mut r| r.text("artifacts.sha256"))
+            .transpose()
+        })
+    }
+
+    fn record_artifact<'a>(
+        &'a self,
+        adapter_digest: &'a str,
+        engine: &'a str,
+        sha256: &'a str,
+    ) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute(
+                "INSERT INTO #artifacts (adapter_digest, engine, sha256, recorded_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (adapter_digest, engine) DO UPDATE SET sha256 = excluded.sha256,
+                   recorded_at = excluded.recorded_at",
+                params![adapter_digest, engine, sha256, &now()],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn audit_anchor<'a>(&'a self, log: &'a str) -> StateFuture<'a, Option<AuditAnchor>> {
+        Box::pin(async move {
+            self.first(
+                "SELECT records, head, anchored_at FROM #audit_anchors WHERE log = $1",
+                params![log],
+            )
+            .await?
+            .map(|mut r| {
+                Ok(AuditAnchor {
+                    records: r
+                        .opt_u64("audit_anchors.records")?
+                        .ok_or_else(|| r.bad("audit_anchors.records", &Value::Null))?,
+                    head: r.text("audit_anchors.head")?,
+                    anchored_at: r.text("audit_anchors.anchored_at")?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn anchor_audit<'a>(
+        &'a self,
+        log: &'a str,
+        records: u64,
+        head: &'a str,
+    ) -> StateFuture<'a, ()> {
+        let records = i64::try_from(records).unwrap_or(i64::MAX);
+        Box::pin(async move {
+            self.execute(
+                "INSERT INTO #audit_anchors (log, records, head, anchored_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (log) DO UPDATE SET records = excluded.records, head = excluded.head,
+                   anchored_at = excluded.anchored_at",
+                params![log, records, head, &now()],
+            )
+            .await
+            .map(drop)
+        })
     }
 }
 

@@ -188,6 +188,8 @@ struct RawDb {
     url: Option<String>,
     url_env: Option<String>,
     access: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    privileged: bool,
 }
 
 #[derive(Deserialize)]
@@ -453,7 +455,11 @@ impl Ctx<'_> {
             ));
         }
         let access = self.access(&raw.access, BindingKind::Db, name)?;
-        Ok(DbBinding { url, access })
+        Ok(DbBinding {
+            url,
+            access,
+            privileged: raw.privileged,
+        })
     }
 
     /// `[instance.files.<name>]`: a directory.

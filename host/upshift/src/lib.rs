@@ -8,6 +8,7 @@
 
 pub mod adapters;
 pub mod fleet;
+pub mod integrity;
 pub mod lockfile;
 pub mod ops;
 pub mod signing;

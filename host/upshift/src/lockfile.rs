@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capdiff::{self, CapabilitySet, Change};
 use crate::fleet::AdapterRef;
+use crate::grants::BoundName;
 use crate::runtime::Manifest;
 
 /// The lock file's name; it lives in the fleet file's directory.
@@ -92,6 +93,20 @@ pub enum LockError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// The approval is wider than it can be: the entry approves more than the adapter asks for
+    /// (approvals only ever record the request, so the file was edited), or the fleet file
+    /// grants a binding access the entry does not approve.
+    #[error("lock file {}, entry `{adapter}`: {problem}\nfix: {fix}", .lock.display())]
+    Wider {
+        /// The adapter's source key.
+        adapter: String,
+        /// What is wider than approved.
+        problem: String,
+        /// What to do.
+        fix: String,
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// The adapter's bytes are not the approved ones.
     #[error("{}", changed_message(.adapter, .approved, .actual, .changes, .lock))]
     Changed {
@@ -109,9 +124,11 @@ pub enum LockError {
 }
 
 impl LockError {
-    /// Whether the refused adapter asks for more than was approved.
+    /// Whether the refused adapter asks for more than was approved (or the lock file or fleet
+    /// file grants more than the approval).
     pub fn widens(&self) -> bool {
         matches!(self, LockError::Changed { changes, .. } if changes.iter().any(Change::widens))
+            || matches!(self, LockError::Wider { .. })
     }
 }
 
@@ -256,6 +273,81 @@ impl LockFile {
             changes: capdiff::diff(&entry.bindings, &capdiff::capabilities(&manifest.bindings)),
             lock: self.path.clone(),
         })
+    }
+
+    /// The capabilities approved for `adapter` (whose bytes [`LockFile::admit`] accepted): the
+    /// ceiling of its grants, so an entry narrowed by hand narrows what the adapter may do.
+    /// Refused when the entry approves more than `manifest` asks for, or when the fleet file's
+    /// `access` of a binding in `bound` lists access the entry does not approve.
+    pub fn ceiling(
+        &self,
+        adapter: &AdapterRef,
+        manifest: &Manifest,
+        instance: &str,
+        bound: &[BoundName],
+    ) -> Result<&CapabilitySet, LockError> {
+        let source = source_key(adapter, self.dir());
+        let Some(entry) = self.adapters.iter().find(|a| a.source == source) else {
+            return Err(LockError::NotApproved {
+                adapter: source,
+                product: manifest.product.clone(),
+                lock: self.path.clone(),
+            });
+        };
+        let wider = |problem: String, fix: String| LockError::Wider {
+            adapter: source.clone(),
+            problem,
+            fix,
+            lock: self.path.clone(),
+        };
+        let requested = capdiff::capabilities(&manifest.bindings);
+        let beyond: Vec<String> = capdiff::diff(&requested, &entry.bindings)
+            .iter()
+            .filter(|c| c.widens())
+            .map(|c| format!("  {c}"))
+            .collect();
+        if !beyond.is_empty() {
+            return Err(wider(
+                format!(
+                    "it approves more than the adapter asks for (an approval records only what the adapter asks for, so the file was edited):\n{}",
+                    beyond.join("\n")
+                ),
+                "review the adapter with `upshift adapter inspect`, then run `upshift lock --approve` to record what it asks for (or restore the lock file from version control)".into(),
+            ));
+        }
+        for b in bound {
+            let Some(listed) = &b.access else { continue };
+            let approved = entry
+                .bindings
+                .get(&b.name)
+                .filter(|c| c.kind == b.kind)
+                .map(|c| c.access.clone())
+                .unwrap_or_default();
+            if let Some(extra) = listed.iter().find(|a| !approved.contains(a)) {
+                let approved = if approved.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    approved
+                        .iter()
+                        .map(|a| a.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(wider(
+                    format!(
+                        "instance `{instance}` grants access `{extra}` on [instance.{kind}.{name}] in the fleet file, which the lock file does not approve (it approves: {approved})",
+                        kind = b.kind,
+                        name = b.name
+                    ),
+                    format!(
+                        "remove `{extra}` from `access` in [instance.{kind}.{name}] of the fleet file, or approve it: add it to the entry's access (or delete the entry and run `upshift lock --approve`, which records what the adapter asks for)",
+                        kind = b.kind,
+                        name = b.name
+                    ),
+                ));
+            }
+        }
+        Ok(&entry.bindings)
     }
 
     /// Approve `entry`, replacing any earlier approval of the same source.

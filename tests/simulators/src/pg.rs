@@ -363,6 +363,40 @@ impl Cluster {
         }
     }
 
+    /// Create database `name` owned by a new role of the same name (LOGIN CREATEDB, nothing
+    /// more: what an operator gives a product whose database Upshift backs up and restores);
+    /// the URL connecting as that role.
+    pub fn create_owned_database(&self, name: &str) -> Result<String, PgError> {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        for sql in [
+            format!("CREATE ROLE {quoted} LOGIN CREATEDB"),
+            format!("CREATE DATABASE {quoted} OWNER {quoted}"),
+        ] {
+            let out = Command::new(self.bindir.join("psql"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args([
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-q",
+                    "-c",
+                ])
+                .arg(&sql)
+                .output()
+                .map_err(|e| PgError::Failed(format!("cannot run psql: {e}")))?;
+            if !out.status.success() {
+                return Err(PgError::Failed(format!(
+                    "{sql} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        Ok(format!("postgres://{name}@127.0.0.1:{}/{name}", self.port))
+    }
+
     /// Fast shutdown, and wait for it.
     pub fn stop(&mut self) -> Result<(), PgError> {
         let Some(mut child) = self.child.take() else {

@@ -68,9 +68,9 @@ impl Manifest {
     pub fn write(&self, dir: &Path) -> Result<String, CapError> {
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| CapError::Failed(format!("cannot encode the manifest: {e}")))?;
-        std::fs::create_dir_all(dir)
+        crate::private::create_dir_all(dir)
             .map_err(|e| CapError::Failed(format!("cannot create {}: {e}", dir.display())))?;
-        std::fs::write(dir.join(MANIFEST), &text).map_err(|e| {
+        crate::private::write(&dir.join(MANIFEST), &text).map_err(|e| {
             CapError::Failed(format!(
                 "cannot write the manifest in {}: {e}",
                 dir.display()
@@ -230,6 +230,13 @@ pub async fn seal(
         tables: facts.tables,
     };
     let sha = manifest.write(partial)?;
+    // The dump tool wrote under the process umask: owner only, like the rest of the data
+    // directory.
+    let tightened = partial.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::private::tighten(&tightened))
+        .await
+        .map_err(|e| CapError::Failed(format!("protecting the dump failed: {e}")))?
+        .map_err(|e| CapError::Failed(format!("cannot make the dump private: {e}")))?;
     tokio::fs::rename(partial, dir)
         .await
         .map_err(|e| CapError::Failed(format!("cannot finish the dump directory: {e}")))?;

@@ -166,7 +166,7 @@ fn copy_hashing(
 /// Create `to` as a copy-on-write clone of `from` where the file system can; returns the new
 /// file and whether it was cloned (if not, it is empty and the caller writes it).
 fn create_clone(from: &std::fs::File, to: &Path) -> std::io::Result<(std::fs::File, bool)> {
-    let out = std::fs::File::create(to)?;
+    let out = crate::private::create(to)?;
     // SAFETY: FICLONE takes two open file descriptors and touches nothing else.
     let cloned =
         unsafe { nix::libc::ioctl(out.as_raw_fd(), nix::libc::FICLONE, from.as_raw_fd()) } == 0;
@@ -244,7 +244,7 @@ fn walk(
                 mtime_ns,
             });
         } else if meta.is_dir() {
-            std::fs::create_dir_all(dest.join(&path))
+            crate::private::create_dir_all(&dest.join(&path))
                 .map_err(|e| io(&format!("cannot create {shown}"), e))?;
             out.entries.push(Entry {
                 path: shown,
@@ -299,7 +299,7 @@ pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), 
     let partial = dest.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     let files = partial.join("files");
-    std::fs::create_dir_all(&files)
+    crate::private::create_dir_all(&files)
         .map_err(|e| io(&format!("cannot create {}", files.display()), e))?;
     let mut manifest = SnapshotManifest {
         source: root.display().to_string(),
@@ -323,7 +323,7 @@ pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), 
     sync_tree(&partial)?;
     let text = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| CapError::Failed(format!("cannot encode the manifest: {e}")))?;
-    let mut manifest_file = std::fs::File::create(partial.join(MANIFEST))
+    let mut manifest_file = crate::private::create(&partial.join(MANIFEST))
         .map_err(|e| io("cannot write the manifest", e))?;
     manifest_file
         .write_all(&text)

@@ -1,8 +1,10 @@
 //! The db capability: [`Db`] owns the bound databases and reaches them only through the guard.
 //! [`DbBackend`] dispatches to one engine per file: PostgreSQL ([`pg`]), MySQL / MariaDB
 //! ([`mysql`]) and KWDB (PostgreSQL's wire protocol plus the statements in [`kwdb`]);
-//! [`sql`] classifies statements by the access they need.
+//! [`sql`] classifies statements by the access they need and checks the functions they name;
+//! [`functions`] refuses, on read grants, functions the server marks volatile.
 
+pub mod functions;
 pub mod kwdb;
 pub mod mysql;
 pub mod pg;
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::CapError;
+use crate::audit::SqlAudit;
 use crate::backup::manifest::{Manifest, TableFingerprint, verify_files};
 use crate::bindings::Value;
 use crate::guard::{Bound, Guard};
@@ -21,7 +24,10 @@ use crate::operation::Operation;
 use upshift_model::grants::{Access, BindingKind};
 
 pub use mysql::MySqlBackend;
-pub use pg::{DUMP_COMPRESSION, PgBackend, dump_jobs, plain_ident, rewrite_dbname};
+pub use pg::{
+    DUMP_COMPRESSION, Flavour, PgBackend, RoleFacts, RolePolicy, dump_jobs, plain_ident,
+    rewrite_dbname,
+};
 
 /// Rows returned to an adapter.
 #[derive(Debug, Clone, Default)]
@@ -78,14 +84,35 @@ impl DbBackend {
     /// A backend for `url`: `postgres://`, `mysql://` or `kwdb://` (KWDB over the PostgreSQL
     /// wire protocol).
     pub fn new(url: &str) -> Result<DbBackend, CapError> {
+        DbBackend::bound(url, None)
+    }
+
+    /// The backend of a fleet binding: on PostgreSQL the URL's role is checked against
+    /// `policy` before the first statement (see [`RolePolicy::judge`]).
+    pub fn bound(url: &str, policy: Option<RolePolicy>) -> Result<DbBackend, CapError> {
         if url.starts_with("mysql://") {
             Ok(DbBackend::MySql(MySqlBackend::new(url)?))
         } else if let Some(rest) = url.strip_prefix("kwdb://") {
-            Ok(DbBackend::Kwdb(PgBackend::new(&format!(
-                "postgresql://{rest}"
-            ))?))
+            Ok(DbBackend::Kwdb(PgBackend::bound(
+                &format!("postgresql://{rest}"),
+                Flavour::Kwdb,
+                policy,
+            )?))
         } else {
-            Ok(DbBackend::Postgres(PgBackend::new(url)?))
+            Ok(DbBackend::Postgres(PgBackend::bound(
+                url,
+                Flavour::Postgres,
+                policy,
+            )?))
+        }
+    }
+
+    /// Check the binding's role (PostgreSQL): the notice for an accepted privileged role, or
+    /// the denial of one the operator did not accept.
+    pub async fn check_role(&self) -> Result<Option<String>, CapError> {
+        match self {
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.check_role().await,
+            DbBackend::MySql(_) => Ok(None),
         }
     }
 
@@ -106,10 +133,16 @@ impl DbBackend {
         }
     }
 
-    /// Run one read statement in a read-only transaction.
-    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
+    /// Run one read statement in a read-only transaction, refused if any of `functions` is
+    /// volatile (PostgreSQL and KWDB; MySQL has no such marking).
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[Value],
+        functions: &[sql::FunctionRef],
+    ) -> Result<(Rows, u64), CapError> {
         match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.query(sql, params).await,
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.query(sql, params, functions).await,
             DbBackend::MySql(b) => b.query(sql, params).await,
         }
     }
@@ -132,14 +165,19 @@ impl DbBackend {
         }
     }
 
-    /// Run statements atomically.
+    /// Run statements atomically; with `read_only` the server itself refuses any write, and the
+    /// call is refused first if any of `functions` is volatile (PostgreSQL and KWDB).
     pub async fn transaction(
         &self,
         statements: &[(String, Vec<Value>)],
+        read_only: bool,
+        functions: &[sql::FunctionRef],
     ) -> Result<(Vec<u64>, u64), CapError> {
         match self {
-            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.transaction(statements).await,
-            DbBackend::MySql(b) => b.transaction(statements).await,
+            DbBackend::Postgres(b) | DbBackend::Kwdb(b) => {
+                b.transaction(statements, read_only, functions).await
+            }
+            DbBackend::MySql(b) => b.transaction(statements, read_only).await,
         }
     }
 
@@ -341,26 +379,59 @@ impl Db {
         self.bound.bind(name, backend);
     }
 
-    /// The access one SQL statement needs; refusals are audited as denials.
-    fn sql_access(
+    /// Analyse one SQL statement: its access and functions, and its audit entry. A refusal is
+    /// audited as a denial carrying the statements seen so far (`seen`) and this one.
+    fn analyze(
         &self,
         binding: &str,
         operation: Operation,
         sql_text: &str,
-    ) -> Result<Access, CapError> {
-        if sql_text.len() > MAX_SQL_BYTES {
-            let reason = format!(
-                "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
-                sql_text.len()
-            );
-            return Err(self.bound.deny(binding, operation, reason));
-        }
+        seen: &mut Vec<SqlAudit>,
+    ) -> Result<sql::Analysis, CapError> {
         let engine = self
             .bound
             .config(binding)
             .map_or(Engine::Postgres, DbBackend::engine);
-        sql::classify_for(engine, sql_text)
-            .map_err(|e| self.bound.deny(binding, operation, e.to_string()))
+        let analysis = if sql_text.len() > MAX_SQL_BYTES {
+            Err(format!(
+                "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
+                sql_text.len()
+            ))
+        } else {
+            sql::analyze_for(engine, sql_text).map_err(|e| e.to_string())
+        };
+        let print = if sql_text.len() > MAX_SQL_BYTES {
+            sql::fingerprint(engine, "")
+        } else {
+            sql::fingerprint(engine, sql_text)
+        };
+        match analysis {
+            Ok(a) => {
+                seen.push(print.audit(a.access.name()));
+                Ok(a)
+            }
+            Err(reason) => {
+                seen.push(print.audit("refused"));
+                Err(self
+                    .bound
+                    .deny_sql(binding, operation, reason, std::mem::take(seen)))
+            }
+        }
+    }
+
+    /// Whether `binding` is a read grant (no `write`): then the server is asked to refuse
+    /// volatile functions, and these are the ones to ask about.
+    fn volatility_check(
+        &self,
+        binding: &str,
+        functions: Vec<sql::FunctionRef>,
+    ) -> Vec<sql::FunctionRef> {
+        let read_grant = self
+            .bound
+            .grants()
+            .check(binding, BindingKind::Db, Access::Write)
+            .is_err();
+        if read_grant { functions } else { Vec::new() }
     }
 
     /// `db.query`: one read (or a KWDB `EXPORT` / `IMPORT`, which answer with a job row).
@@ -370,25 +441,40 @@ impl Db {
         sql_text: &str,
         params: &[Value],
     ) -> Result<Rows, CapError> {
-        let access = self.sql_access(binding, Operation::Query, sql_text)?;
+        let mut audit = Vec::new();
+        let analysis = self.analyze(binding, Operation::Query, sql_text, &mut audit)?;
+        let access = analysis.access;
         let job = matches!(access, Access::Backup | Access::Restore);
         if access != Access::Read && !job {
             let reason =
                 format!("`query` runs reads only; this statement needs `{access}`, use `execute`");
-            return Err(match self.bound.deny(binding, Operation::Query, reason) {
-                CapError::Denied(reason) => CapError::Invalid(reason),
-                audit_failed => audit_failed,
-            });
+            return Err(
+                match self
+                    .bound
+                    .deny_sql(binding, Operation::Query, reason, audit)
+                {
+                    CapError::Denied(reason) => CapError::Invalid(reason),
+                    audit_failed => audit_failed,
+                },
+            );
         }
+        let functions = self.volatility_check(binding, analysis.functions);
         let detail = Some(access.name().to_string());
         self.bound
-            .call(binding, &[access], Operation::Query, detail, async |b| {
-                if job {
-                    b.query_job(sql_text, params).await
-                } else {
-                    b.query(sql_text, params).await
-                }
-            })
+            .call_sql(
+                binding,
+                &[access],
+                Operation::Query,
+                detail,
+                audit,
+                async |b| {
+                    if job {
+                        b.query_job(sql_text, params).await
+                    } else {
+                        b.query(sql_text, params, &functions).await
+                    }
+                },
+            )
             .await
     }
 
@@ -399,21 +485,32 @@ impl Db {
         sql_text: &str,
         params: &[Value],
     ) -> Result<u64, CapError> {
-        let access = self.sql_access(binding, Operation::Execute, sql_text)?;
+        let mut audit = Vec::new();
+        let analysis = self.analyze(binding, Operation::Execute, sql_text, &mut audit)?;
+        let access = analysis.access;
+        let functions = self.volatility_check(binding, analysis.functions);
         let detail = Some(access.name().to_string());
         self.bound
-            .call(binding, &[access], Operation::Execute, detail, async |b| {
-                if access == Access::Read {
-                    let (rows, bytes) = b.query(sql_text, params).await?;
-                    Ok((rows.rows.len() as u64, bytes))
-                } else {
-                    b.execute(sql_text, params).await
-                }
-            })
+            .call_sql(
+                binding,
+                &[access],
+                Operation::Execute,
+                detail,
+                audit,
+                async |b| {
+                    if access == Access::Read {
+                        let (rows, bytes) = b.query(sql_text, params, &functions).await?;
+                        Ok((rows.rows.len() as u64, bytes))
+                    } else {
+                        b.execute(sql_text, params).await
+                    }
+                },
+            )
             .await
     }
 
-    /// `db.transaction`: statements run atomically; every access they need must be granted.
+    /// `db.transaction`: statements run atomically; each is classified, and every access they
+    /// need must be granted.
     pub async fn transaction(
         &self,
         binding: &str,
@@ -426,26 +523,71 @@ impl Db {
             )));
         }
         let mut needed: Vec<Access> = Vec::new();
+        let mut functions = Vec::new();
+        let mut audit = Vec::new();
         for (sql_text, _) in statements {
-            let a = self.sql_access(binding, Operation::Transaction, sql_text)?;
-            if !needed.contains(&a) {
-                needed.push(a);
+            let a = self.analyze(binding, Operation::Transaction, sql_text, &mut audit)?;
+            if !needed.contains(&a.access) {
+                needed.push(a.access);
             }
+            functions.extend(a.functions);
         }
+        functions.sort();
+        functions.dedup();
+        let functions = self.volatility_check(binding, functions);
         let detail = needed
             .iter()
             .map(|a| a.name())
             .collect::<Vec<_>>()
             .join("+");
+        // Read-write only when the binding may write: on a read grant the server enforces
+        // READ ONLY whatever the statements were classified as.
+        let read_only = !self.may_write(binding);
         self.bound
-            .call(
+            .call_sql(
                 binding,
                 &needed,
                 Operation::Transaction,
                 Some(detail),
-                async |b| b.transaction(statements).await,
+                audit,
+                async |b| b.transaction(statements, read_only, &functions).await,
             )
             .await
+    }
+
+    /// Whether `binding` is granted `write` or `ddl`.
+    fn may_write(&self, binding: &str) -> bool {
+        let grants = self.bound.grants();
+        [Access::Write, Access::Ddl]
+            .into_iter()
+            .any(|a| grants.check(binding, BindingKind::Db, a).is_ok())
+    }
+
+    /// Host: check the role of every bound database against its policy before a plan (audited
+    /// as `check-role`); the notices of privileged roles the operator accepted, or the first
+    /// denial. A database that cannot be reached is left to the adapter's own first call, which
+    /// checks the role again before anything runs.
+    pub async fn check_roles(&self) -> Result<Vec<String>, CapError> {
+        let names: Vec<String> = self.bound.names().map(str::to_string).collect();
+        let mut notices = Vec::new();
+        for name in names {
+            let checked = self
+                .bound
+                .call(
+                    &name,
+                    &[],
+                    Operation::CheckRole,
+                    Some("host inspection".into()),
+                    async |b| b.check_role().await.map(|n| (n, 0)),
+                )
+                .await;
+            match checked {
+                Ok(notice) => notices.extend(notice),
+                Err(denied @ CapError::Denied(_)) => return Err(denied),
+                Err(_) => {}
+            }
+        }
+        Ok(notices)
     }
 
     /// `db.table-exists`.

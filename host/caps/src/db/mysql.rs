@@ -11,7 +11,6 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Row, TxOpts};
-use tokio::sync::Mutex;
 
 use super::{RestoreEngine, Rows};
 use crate::CapError;
@@ -22,11 +21,49 @@ use crate::limits::{MAX_RESULT_BYTES, MAX_ROWS};
 /// The dump file inside a MySQL backup directory.
 pub const DUMP_FILE: &str = "dump.sql.gz";
 
-/// One bound MySQL / MariaDB database.
+/// One bound MySQL / MariaDB database. Every call opens its own connection and closes it
+/// afterwards, so no session state outlives a call; a call that does not finish (the export's
+/// deadline) has its query killed on the server.
 pub struct MySqlBackend {
     opts: Opts,
     database: String,
-    conn: Mutex<Option<Conn>>,
+}
+
+/// A connection opened for one call; dropped before [`CallConn::finish`], its running query is
+/// killed (`KILL QUERY` from a second connection) and the connection closed.
+struct CallConn {
+    conn: Option<Conn>,
+    opts: Opts,
+}
+
+impl CallConn {
+    /// The call completed: close the connection normally.
+    async fn finish(mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.disconnect().await;
+        }
+    }
+}
+
+impl Drop for CallConn {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let id = conn.id();
+        let opts = self.opts.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let kill = async {
+                    let mut killer = Conn::new(opts).await?;
+                    killer.query_drop(format!("KILL QUERY {id}")).await?;
+                    killer.disconnect().await
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), kill).await;
+                drop(conn);
+            });
+        }
+    }
 }
 
 fn failed(context: &str, e: impl std::fmt::Display) -> CapError {
@@ -148,11 +185,7 @@ impl MySqlBackend {
             .db_name()
             .ok_or_else(|| CapError::Invalid("database URL names no database".into()))?
             .to_string();
-        Ok(MySqlBackend {
-            opts,
-            database,
-            conn: Mutex::new(None),
-        })
+        Ok(MySqlBackend { opts, database })
     }
 
     /// The bound database's name.
@@ -161,11 +194,16 @@ impl MySqlBackend {
     }
 
     async fn connect_to(&self, database: Option<&str>) -> Result<Conn, CapError> {
+        // Both limits are cut to the time left before the export's deadline.
+        let secs = |limit: u64| match crate::guard::time_left() {
+            Some(left) => left.as_secs().clamp(1, limit),
+            None => limit,
+        };
         let opts = OptsBuilder::from_opts(self.opts.clone())
             .db_name(database)
             .init(vec![
-                "SET SESSION max_statement_time = 120",
-                "SET SESSION lock_wait_timeout = 30",
+                format!("SET SESSION max_statement_time = {}", secs(120)),
+                format!("SET SESSION lock_wait_timeout = {}", secs(30)),
             ]);
         Conn::new(opts).await.map_err(|e| {
             failed(
@@ -179,14 +217,16 @@ impl MySqlBackend {
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
-        let mut slot = self.conn.lock().await;
-        if slot.is_none() {
-            *slot = Some(self.connect_to(Some(&self.database)).await?);
-        }
-        match slot.as_mut() {
+        let mut call = CallConn {
+            conn: Some(self.connect_to(Some(&self.database)).await?),
+            opts: self.opts.clone(),
+        };
+        let out = match call.conn.as_mut() {
             Some(conn) => f(conn).await,
             None => Err(CapError::Failed("no database connection".into())),
-        }
+        };
+        call.finish().await;
+        out
     }
 
     /// Run one read statement in a read-only transaction.
@@ -219,14 +259,18 @@ impl MySqlBackend {
         .await
     }
 
-    /// Run statements atomically.
+    /// Run statements atomically; with `read_only` the server refuses any write
+    /// (`START TRANSACTION READ ONLY`).
     pub async fn transaction(
         &self,
         statements: &[(String, Vec<Value>)],
+        read_only: bool,
     ) -> Result<(Vec<u64>, u64), CapError> {
         self.with_conn(async |conn| {
+            let mut tx_opts = TxOpts::default();
+            tx_opts.with_readonly(Some(read_only));
             let mut tx = conn
-                .start_transaction(TxOpts::default())
+                .start_transaction(tx_opts)
                 .await
                 .map_err(|e| failed("cannot start a transaction", e))?;
             let mut counts = Vec::new();
@@ -341,8 +385,7 @@ impl MySqlBackend {
         let bin = tool(&["mariadb-dump", "mysqldump"])?;
         let partial = dir.with_extension("partial");
         let _ = tokio::fs::remove_dir_all(&partial).await;
-        tokio::fs::create_dir_all(&partial)
-            .await
+        crate::private::create_dir_all(&partial)
             .map_err(|e| failed(&format!("cannot create {}", partial.display()), e))?;
         let tables = self.fingerprint_database(&self.database).await?;
         let server_version = self.server_version().await?;
@@ -372,7 +415,7 @@ impl MySqlBackend {
         let file = partial.join(DUMP_FILE);
         let sql = out.stdout;
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut gz = GzEncoder::new(std::fs::File::create(&file)?, Compression::default());
+            let mut gz = GzEncoder::new(crate::private::create(&file)?, Compression::default());
             gz.write_all(&sql)?;
             gz.finish()?.sync_all()
         })
@@ -417,7 +460,6 @@ impl MySqlBackend {
     /// Put `replacement`'s tables in place of the bound database's in one atomic
     /// `RENAME TABLE` (MySQL cannot rename databases); the old tables move to `keep_as`.
     pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
-        *self.conn.lock().await = None;
         let mut conn = self.connect_to(None).await?;
         let tables_of = async |conn: &mut Conn, db: &str| -> Result<Vec<String>, CapError> {
             conn.exec(

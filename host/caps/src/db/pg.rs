@@ -8,22 +8,186 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use tokio_postgres::{CancelToken, Client, GenericClient, NoTls, Row, Transaction};
 
+use super::functions::refuse_volatile;
+use super::sql::FunctionRef;
 use super::{RestoreEngine, Rows};
 use crate::CapError;
 use crate::backup::manifest::{DumpFacts, Manifest, TableFingerprint, seal};
 use crate::bindings::Value;
 use crate::limits::{MAX_RESULT_BYTES, MAX_ROWS};
 
-/// One bound PostgreSQL database.
+/// One bound PostgreSQL (or KWDB) database.
+///
+/// Every call opens its own connection and closes it afterwards, so nothing a call leaves in
+/// its session (settings, temporary tables, prepared statements, advisory locks, `LISTEN`)
+/// reaches the next call. A call that does not finish (the export's deadline, a cancelled
+/// export) cancels its query on the server and closes the connection.
 pub struct PgBackend {
     url: String,
     database: String,
-    client: Mutex<Option<Client>>,
+    flavour: Flavour,
+    policy: RolePolicy,
+    /// The URL's role, looked up on the first connection.
+    role: tokio::sync::OnceCell<RoleFacts>,
+}
+
+/// Which server speaks the PostgreSQL protocol behind a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// PostgreSQL itself.
+    Postgres,
+    /// KWDB: no role check (its roles are not PostgreSQL's) and no PostgreSQL-only settings.
+    Kwdb,
+}
+
+/// What the operator accepts of a binding's role (see [`RolePolicy::judge`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolePolicy {
+    /// The binding's name, for messages.
+    pub binding: String,
+    /// `privileged = true` in the fleet file: any role is accepted (and reported).
+    pub privileged: bool,
+    /// The binding is granted `backup` or `restore`: the host creates databases for it (clone,
+    /// restore beside), so `CREATEDB` alone is expected and accepted.
+    pub creates_databases: bool,
+}
+
+/// The powers of a connection's role that reach beyond its database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoleFacts {
+    /// The role's name.
+    pub name: String,
+    /// `rolsuper`.
+    pub superuser: bool,
+    /// `rolcreaterole`.
+    pub createrole: bool,
+    /// `rolcreatedb`.
+    pub createdb: bool,
+    /// Privileged built-in roles it is a member of, directly or through other roles.
+    pub members_of: Vec<String>,
+}
+
+/// Built-in roles whose members reach the server's files, programs or other sessions.
+pub const PRIVILEGED_ROLES: [&str; 4] = [
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+    "pg_signal_backend",
+];
+
+/// The role of the session and its powers; membership is through any chain of roles.
+const ROLE_QUERY: &str = "SELECT r.rolname::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb, \
+     coalesce((SELECT array_agg(b.rolname::text ORDER BY b.rolname) FROM pg_roles b \
+       WHERE b.rolname = ANY ($1) AND pg_has_role(r.oid, b.oid, 'MEMBER')), '{}'::text[]) \
+     FROM pg_roles r WHERE r.rolname = current_user";
+
+impl RolePolicy {
+    /// Whether a role with `facts` may be used: `Ok(None)` for an ordinary role, `Ok(Some(notice))`
+    /// for a privileged one the operator accepted, and a denial naming the powers and the fix
+    /// otherwise.
+    pub fn judge(&self, facts: &RoleFacts) -> Result<Option<String>, CapError> {
+        let mut powers = Vec::new();
+        if facts.createrole {
+            powers.push("has CREATEROLE".to_string());
+        }
+        if facts.createdb && (!self.creates_databases || self.privileged) {
+            powers.push("has CREATEDB".to_string());
+        }
+        for role in &facts.members_of {
+            powers.push(format!("is a member of {role}"));
+        }
+        let what = if facts.superuser {
+            format!("role `{}`, a superuser", facts.name)
+        } else if powers.is_empty() {
+            return Ok(None);
+        } else {
+            format!("role `{}`, which {}", facts.name, powers.join(" and "))
+        };
+        if self.privileged {
+            return Ok(Some(format!(
+                "binding `{}` connects as {what} (privileged = true)",
+                self.binding
+            )));
+        }
+        Err(CapError::Denied(format!(
+            "binding `{b}` connects as {what}; use a role with only the privileges the adapter needs (docs/least-privilege.md), or set privileged = true on [instance.db.{b}]",
+            b = self.binding
+        )))
+    }
+}
+
+/// A connection opened for one call. Dropped before [`CallConn::finish`] (the call did not
+/// complete: a deadline, a cancelled export), it asks the server to cancel the running query
+/// and closes the socket.
+struct CallConn {
+    client: Client,
+    cancel: Option<CancelToken>,
+    task: tokio::task::AbortHandle,
+}
+
+impl CallConn {
+    /// The call completed: close the connection normally.
+    fn finish(mut self) {
+        self.cancel = None;
+    }
+}
+
+impl std::ops::Deref for CallConn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for CallConn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Drop for CallConn {
+    fn drop(&mut self) {
+        let Some(token) = self.cancel.take() else {
+            return;
+        };
+        let task = self.task.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout(CANCEL_WITHIN, token.cancel_query(NoTls)).await;
+                    task.abort();
+                });
+            }
+            Err(_) => task.abort(),
+        }
+    }
+}
+
+/// How long a cancel request may take before the connection is just closed.
+const CANCEL_WITHIN: Duration = Duration::from_secs(5);
+/// A statement's longest run, when the call's deadline does not end it earlier.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest wait for a lock, when the call's deadline does not end it earlier.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long after the export's deadline the server ends a statement by itself, should the
+/// host's own cancel not reach it (the host gives up at the deadline).
+const SERVER_BACKSTOP: Duration = Duration::from_millis(500);
+
+/// Milliseconds of `limit`, cut to the time left before the current export's deadline (plus
+/// [`SERVER_BACKSTOP`], so the host's clearer deadline error comes first).
+fn bounded_ms(limit: Duration) -> Result<u128, CapError> {
+    match crate::guard::time_left() {
+        Some(left) if left.is_zero() => Err(CapError::Failed(
+            "the adapter's export has reached its deadline; the call was not made".into(),
+        )),
+        Some(left) => Ok((left + SERVER_BACKSTOP).min(limit).as_millis().max(1)),
+        None => Ok(limit.as_millis()),
+    }
 }
 
 fn failed(context: &str, e: impl std::fmt::Display) -> CapError {
@@ -52,8 +216,19 @@ pub fn plain_ident(name: &str) -> bool {
 }
 
 impl PgBackend {
-    /// A backend for `url` (a `postgres://` URL naming a database). Connects lazily.
+    /// A backend for `url` (a `postgres://` URL naming a database), with no binding policy
+    /// (any role accepted: for host-side tools and tests). Connects per call.
     pub fn new(url: &str) -> Result<PgBackend, CapError> {
+        PgBackend::bound(url, Flavour::Postgres, None)
+    }
+
+    /// A backend for binding `url` of `flavour`; with a `policy`, the URL's role is checked
+    /// against it before the first statement.
+    pub fn bound(
+        url: &str,
+        flavour: Flavour,
+        policy: Option<RolePolicy>,
+    ) -> Result<PgBackend, CapError> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| CapError::Invalid(format!("database URL does not parse: {e}")))?;
@@ -61,10 +236,16 @@ impl PgBackend {
             .get_dbname()
             .ok_or_else(|| CapError::Invalid("database URL names no database".into()))?
             .to_string();
+        let policy = policy.unwrap_or(RolePolicy {
+            privileged: true,
+            ..RolePolicy::default()
+        });
         Ok(PgBackend {
             url: url.to_string(),
             database,
-            client: Mutex::new(None),
+            flavour,
+            policy,
+            role: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -73,7 +254,11 @@ impl PgBackend {
         &self.database
     }
 
-    async fn connect_to(&self, database: &str) -> Result<Client, CapError> {
+    /// Open a connection to `database` for one call: the role is checked (once per backend)
+    /// before anything else runs, then the session's timeouts are cut to the call's deadline.
+    async fn connect_to(&self, database: &str) -> Result<CallConn, CapError> {
+        let statement_ms = bounded_ms(STATEMENT_TIMEOUT)?;
+        let lock_ms = bounded_ms(LOCK_TIMEOUT)?;
         let mut config: tokio_postgres::Config = self
             .url
             .parse()
@@ -87,37 +272,68 @@ impl PgBackend {
                 pg_message(&e),
             )
         })?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _ = connection.await;
-        });
-        client
-            .batch_execute("SET statement_timeout = '120s'; SET lock_timeout = '30s'")
+        })
+        .abort_handle();
+        let conn = CallConn {
+            cancel: Some(client.cancel_token()),
+            client,
+            task,
+        };
+        if self.flavour == Flavour::Postgres {
+            let facts = self.role.get_or_try_init(|| role_facts(&conn)).await?;
+            self.policy.judge(facts)?;
+        }
+        let mut settings =
+            format!("SET statement_timeout = {statement_ms}; SET lock_timeout = {lock_ms};");
+        if self.flavour == Flavour::Postgres {
+            // PostgreSQL 14+ notices a client gone mid-query (the host gave up) within a second.
+            settings.push_str(
+                " SELECT set_config('client_connection_check_interval', '1000', false) \
+                 WHERE current_setting('server_version_num')::int >= 140000;",
+            );
+        }
+        conn.batch_execute(&settings)
             .await
             .map_err(|e| failed("cannot configure the session", pg_message(&e)))?;
-        Ok(client)
+        Ok(conn)
     }
 
+    /// The binding's role checked against its policy: the notice to show when it is a
+    /// privileged role the operator accepted (`privileged = true`).
+    pub async fn check_role(&self) -> Result<Option<String>, CapError> {
+        if self.flavour != Flavour::Postgres {
+            return Ok(None);
+        }
+        if self.role.get().is_none() {
+            self.connect_to(&self.database).await?.finish();
+        }
+        match self.role.get() {
+            Some(facts) => self.policy.judge(facts),
+            None => Ok(None),
+        }
+    }
+
+    /// Run `f` on a connection of its own, closed afterwards (cancelled if `f` never ends).
     async fn with_client<T>(
         &self,
         f: impl AsyncFnOnce(&mut Client) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
-        let mut slot = self.client.lock().await;
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.connect_to(&self.database).await?);
-        }
-        match slot.as_mut() {
-            Some(client) => f(client).await,
-            None => Err(CapError::Failed("no database connection".into())),
-        }
+        let mut conn = self.connect_to(&self.database).await?;
+        let out = f(&mut conn.client).await;
+        conn.finish();
+        out
     }
 
-    /// Close this backend's own session (needed before cloning or renaming the database).
-    pub async fn disconnect(&self) {
-        *self.client.lock().await = None;
-    }
-
-    /// Run one read statement in a read-only transaction.
-    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<(Rows, u64), CapError> {
+    /// Run one read statement in a read-only transaction; refused first if any of `functions`
+    /// (on a read grant: the ones it calls) is volatile.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[Value],
+        functions: &[FunctionRef],
+    ) -> Result<(Rows, u64), CapError> {
         self.with_client(async |client| {
             let tx = client
                 .build_transaction()
@@ -125,6 +341,7 @@ impl PgBackend {
                 .start()
                 .await
                 .map_err(|e| failed("cannot start a read-only transaction", pg_message(&e)))?;
+            refuse_volatile(&tx, functions).await?;
             let rows = rows_of(&tx, sql, params, "query failed").await;
             let _ = tx.rollback().await;
             rows
@@ -157,16 +374,23 @@ impl PgBackend {
         .await
     }
 
-    /// Run statements atomically.
+    /// Run statements atomically; with `read_only` the server refuses any write in them, and
+    /// the call is refused first if any of `functions` (on a read grant: the ones they call) is
+    /// volatile.
     pub async fn transaction(
         &self,
         statements: &[(String, Vec<Value>)],
+        read_only: bool,
+        functions: &[FunctionRef],
     ) -> Result<(Vec<u64>, u64), CapError> {
         self.with_client(async |client| {
             let tx = client
-                .transaction()
+                .build_transaction()
+                .read_only(read_only)
+                .start()
                 .await
                 .map_err(|e| failed("cannot start a transaction", pg_message(&e)))?;
+            refuse_volatile(&tx, functions).await?;
             let mut counts = Vec::with_capacity(statements.len());
             for (i, (sql, params)) in statements.iter().enumerate() {
                 let stmt = tx
@@ -197,6 +421,7 @@ impl PgBackend {
                 "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
                  WHERE table_schema = ANY (current_schemas(false)) AND table_name = $1)",
                 &[Value::Text(table.to_string())],
+                &[],
             )
             .await?;
         let exists = matches!(
@@ -207,7 +432,7 @@ impl PgBackend {
     }
 
     /// A session on the server's maintenance database, for CREATE/ALTER DATABASE.
-    async fn admin(&self) -> Result<Client, CapError> {
+    async fn admin(&self) -> Result<CallConn, CapError> {
         self.connect_to("postgres").await
     }
 
@@ -267,7 +492,6 @@ impl PgBackend {
 
     /// Clone the bound database into `copy` with `CREATE DATABASE … TEMPLATE`. Returns its size.
     pub async fn clone_to(&self, copy: &str) -> Result<u64, CapError> {
-        self.disconnect().await;
         let admin = self.admin().await?;
         self.ensure_no_sessions(&admin, &self.database).await?;
         if Self::database_exists(&admin, copy).await? {
@@ -309,8 +533,7 @@ impl PgBackend {
         let partial = dir.with_extension("partial");
         let _ = tokio::fs::remove_dir_all(&partial).await;
         if let Some(parent) = partial.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
+            crate::private::create_dir_all(parent)
                 .map_err(|e| failed(&format!("cannot create {}", parent.display()), e))?;
         }
         let jobs = dump_jobs();
@@ -439,7 +662,6 @@ impl PgBackend {
     /// Swap `replacement` in under the bound database's name; the current database is renamed
     /// to `keep_as` (kept for the operator, never dropped by Upshift).
     pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
-        self.disconnect().await;
         let admin = self.admin().await?;
         self.ensure_no_sessions(&admin, &self.database).await?;
         admin
@@ -522,7 +744,10 @@ impl PgBackend {
 
 impl RestoreEngine for PgBackend {
     async fn database_exists(&self, name: &str) -> Result<bool, CapError> {
-        Self::database_exists(&self.admin().await?, name).await
+        let admin = self.admin().await?;
+        let exists = Self::database_exists(&admin, name).await;
+        admin.finish();
+        exists
     }
 
     async fn create_from_clone(&self, target: &str, db: &str) -> Result<(), CapError> {
@@ -576,6 +801,25 @@ impl RestoreEngine for PgBackend {
     async fn drop_database(&self, name: &str) -> Result<(), CapError> {
         PgBackend::drop_database(self, name).await
     }
+}
+
+/// The session role's powers beyond its database.
+async fn role_facts(client: &Client) -> Result<RoleFacts, CapError> {
+    let roles: Vec<String> = PRIVILEGED_ROLES.iter().map(|r| r.to_string()).collect();
+    let row = client
+        .query_one(ROLE_QUERY, &[&roles])
+        .await
+        .map_err(|e| failed("cannot look up the connection's role", pg_message(&e)))?;
+    let facts = (|| {
+        Ok::<_, tokio_postgres::Error>(RoleFacts {
+            name: row.try_get(0)?,
+            superuser: row.try_get(1)?,
+            createrole: row.try_get(2)?,
+            createdb: row.try_get(3)?,
+            members_of: row.try_get(4)?,
+        })
+    })();
+    facts.map_err(|e| failed("cannot read the connection's role", e))
 }
 
 /// Prepare `sql`, bind `params` to its parameter types, and return its rows.
@@ -905,6 +1149,63 @@ pub async fn fingerprints(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn privileged_roles_are_refused_unless_accepted() {
+        let policy = |privileged, creates_databases| RolePolicy {
+            binding: "meta".into(),
+            privileged,
+            creates_databases,
+        };
+        let role = |f: &dyn Fn(&mut RoleFacts)| {
+            let mut facts = RoleFacts {
+                name: "app".into(),
+                ..RoleFacts::default()
+            };
+            f(&mut facts);
+            facts
+        };
+        let plain = role(&|_| {});
+        assert_eq!(policy(false, false).judge(&plain), Ok(None));
+        let su = role(&|r| r.superuser = true);
+        let denied = policy(false, true).judge(&su).expect_err("superuser");
+        assert!(
+            denied
+                .to_string()
+                .contains("connects as role `app`, a superuser; use a role"),
+            "{denied}"
+        );
+        assert!(denied.to_string().contains("[instance.db.meta]"));
+        assert_eq!(
+            policy(true, false).judge(&su),
+            Ok(Some(
+                "binding `meta` connects as role `app`, a superuser (privileged = true)".into()
+            ))
+        );
+        // CREATEDB is expected where the host creates databases (backup / restore grants).
+        let creator = role(&|r| r.createdb = true);
+        assert_eq!(policy(false, true).judge(&creator), Ok(None));
+        assert!(policy(false, false).judge(&creator).is_err());
+        let signal = role(&|r| r.members_of = vec!["pg_signal_backend".into()]);
+        let denied = policy(false, true).judge(&signal).expect_err("member");
+        assert!(
+            denied
+                .to_string()
+                .contains("which is a member of pg_signal_backend"),
+            "{denied}"
+        );
+        let both = role(&|r| {
+            r.createrole = true;
+            r.members_of = vec!["pg_read_server_files".into()];
+        });
+        let denied = policy(false, true).judge(&both).expect_err("both");
+        assert!(
+            denied
+                .to_string()
+                .contains("which has CREATEROLE and is a member of pg_read_server_files"),
+            "{denied}"
+        );
+    }
 
     #[test]
     fn rewrites_database_names_in_urls() {

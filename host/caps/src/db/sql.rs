@@ -1,18 +1,36 @@
-//! Classifies one SQL statement as read, write or DDL so the db capability can check it against
-//! the grant. Anything that is none of these (roles, databases, COPY, settings, procedural code)
-//! is refused: database-level work is done by host actions, not adapter SQL.
+//! Analyses one SQL statement before it reaches the database: the access it needs (read, write
+//! or DDL) to check against the grant, the functions it names (resolved as the server resolves
+//! them) and its fingerprint for the audit record. Anything that is none of read, write or DDL
+//! (roles, databases, COPY, settings, procedural code) is refused: database-level work is done
+//! by host actions, not adapter SQL.
+//!
+//! Function names are taken from the tokens (any name followed by `(`, wherever it stands,
+//! including stored expressions sqlparser keeps as raw tokens) and from the parsed statement, after
+//! `U&"…"` identifiers are decoded ([`decode_unicode_ident`]) and unquoted names folded to lower
+//! case. Three rules apply to them: functions that reach outside the bound database
+//! ([`FORBIDDEN_FUNCTIONS`]) and functions that run SQL given as text ([`SQL_TEXT_FUNCTIONS`]) are
+//! refused on every grant; on a read grant the backend refuses any the server marks volatile
+//! (`super::functions`).
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{ObjectType, Statement, visit_expressions, visit_relations};
-use sqlparser::dialect::{MySqlDialect, PostgreSqlDialect};
+use sha2::{Digest, Sha256};
+use sqlparser::ast::{
+    Expr, ObjectName, ObjectNamePart, ObjectType, Query, SetExpr, Statement, TableFactor, Visit,
+    Visitor,
+};
+use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use super::Engine;
+use crate::audit::SqlAudit;
 use upshift_model::grants::Access;
 
-/// Functions that reach outside the bound database or the server's normal data path.
-const FORBIDDEN_FUNCTIONS: &[&str] = &[
+/// Functions that reach outside the bound database or the server's normal data path: refused on
+/// every grant, by resolved name.
+pub const FORBIDDEN_FUNCTIONS: &[&str] = &[
     "dblink",
     "dblink_exec",
     "dblink_connect",
@@ -21,6 +39,13 @@ const FORBIDDEN_FUNCTIONS: &[&str] = &[
     "pg_read_file",
     "pg_read_binary_file",
     "pg_ls_dir",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_ls_logicalmapdir",
+    "pg_ls_logicalsnapdir",
+    "pg_ls_replslotdir",
     "pg_stat_file",
     "lo_import",
     "lo_export",
@@ -28,15 +53,67 @@ const FORBIDDEN_FUNCTIONS: &[&str] = &[
     "pg_cancel_backend",
     "pg_reload_conf",
     "pg_rotate_logfile",
+    "pg_log_backend_memory_contexts",
     "set_config",
     "pg_promote",
     "pg_switch_wal",
     "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_replication_slot_advance",
+    "pg_logical_slot_get_changes",
+    "pg_logical_slot_get_binary_changes",
+    "pg_logical_slot_peek_changes",
+    "pg_logical_slot_peek_binary_changes",
     "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+    "pg_logdir_ls",
     "load_file",
     "sys_exec",
     "sys_eval",
 ];
+
+/// Functions that run SQL given to them as text (which the host never sees as a statement):
+/// refused on every grant, by resolved name. Every name starting with `dblink` is refused too.
+pub const SQL_TEXT_FUNCTIONS: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    "pg_background_launch",
+];
+
+/// MySQL / MariaDB functions that stall the server or read its files: refused on MySQL bindings.
+const MYSQL_FORBIDDEN_FUNCTIONS: &[&str] = &["sleep", "benchmark", "load_file", "get_lock"];
+
+/// PostgreSQL's identifier length: longer names are cut to this many bytes.
+const NAMEDATALEN: usize = 63;
+
+/// How much of a normalised statement the audit record keeps.
+const FINGERPRINT_TEXT_BYTES: usize = 1024;
 
 /// Why a statement is refused before it reaches the database.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,9 +136,78 @@ pub enum SqlRefusal {
         "function `{0}` is not allowed through the db capability (it reaches outside the bound database)"
     )]
     ForbiddenFunction(String),
+    /// A function that runs SQL given as text.
+    #[error(
+        "function `{0}` runs SQL given as text, which the host cannot check; it is not allowed through the db capability"
+    )]
+    SqlTextFunction(String),
+    /// A `U&"…"` identifier the server would reject or that cannot be decoded.
+    #[error("invalid U&\"…\" identifier: {0}")]
+    UnicodeIdent(String),
     /// A KWDB `EXPORT` / `IMPORT` whose path leaves the node's extern directory.
     #[error("{0}")]
     KwdbPath(String),
+}
+
+/// A function a statement names, resolved as the server resolves names: `U&` escapes decoded,
+/// quotes removed, unquoted names in lower case, cut to 63 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FunctionRef {
+    /// The schema it is qualified with, if any (else the search path decides).
+    pub schema: Option<String>,
+    /// The function's name.
+    pub name: String,
+    /// Named in attribute notation (`row.f`, a field of a row that PostgreSQL also reads as
+    /// `f(row)`): only one-argument functions can match.
+    pub attribute: bool,
+}
+
+impl std::fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// What the host learnt about one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// The access it needs.
+    pub access: Access,
+    /// Every function it may call (for the server-side volatility check on read grants).
+    pub functions: Vec<FunctionRef>,
+}
+
+/// A statement without its literals, for the audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Literals as `?`, comments dropped, tokens separated by one space, unquoted words in lower
+    /// case.
+    pub text: String,
+    /// sha256 (hex) of `text`.
+    pub sha256: String,
+}
+
+impl Fingerprint {
+    /// The audit record's entry for this statement, with its class (`read`, …, or `refused`).
+    pub fn audit(&self, class: &str) -> SqlAudit {
+        let mut text = self.text.clone();
+        if text.len() > FINGERPRINT_TEXT_BYTES {
+            let mut cut = FINGERPRINT_TEXT_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
+        SqlAudit {
+            class: class.to_string(),
+            fingerprint: text,
+            sha256: self.sha256.clone(),
+        }
+    }
 }
 
 /// The access one PostgreSQL statement needs.
@@ -71,67 +217,440 @@ pub fn classify(sql: &str) -> Result<Access, SqlRefusal> {
 
 /// The access one statement needs, parsed in the engine's dialect.
 pub fn classify_for(engine: Engine, sql: &str) -> Result<Access, SqlRefusal> {
+    analyze_for(engine, sql).map(|a| a.access)
+}
+
+fn dialect(engine: Engine) -> &'static dyn Dialect {
+    match engine {
+        Engine::Postgres | Engine::Kwdb => &PostgreSqlDialect {},
+        Engine::MySql => &MySqlDialect {},
+    }
+}
+
+/// Analyse one statement in the engine's dialect: its access, and the functions it names (each
+/// already checked against [`FORBIDDEN_FUNCTIONS`] and [`SQL_TEXT_FUNCTIONS`]).
+pub fn analyze_for(engine: Engine, sql: &str) -> Result<Analysis, SqlRefusal> {
     if engine == Engine::Kwdb
         && let Some(kwdb_only) = super::kwdb::classify(sql)
     {
-        return kwdb_only;
+        return kwdb_only.map(|access| Analysis {
+            access,
+            functions: Vec::new(),
+        });
     }
-    let parsed = match engine {
-        Engine::Postgres | Engine::Kwdb => Parser::parse_sql(&PostgreSqlDialect {}, sql),
-        Engine::MySql => Parser::parse_sql(&MySqlDialect {}, sql),
-    };
-    let statements = parsed.map_err(|e| SqlRefusal::Unparseable(e.to_string()))?;
+    let (text, tokens) = resolved_tokens(engine, sql)?;
+    // Names first, from the tokens: a refused function is named even where the parser fails.
+    let mut functions = token_functions(&tokens);
+    for f in &functions {
+        check_name(engine, &f.name)?;
+    }
+    let statements = Parser::parse_sql(dialect(engine), &text)
+        .map_err(|e| SqlRefusal::Unparseable(e.to_string()))?;
     let [statement] = statements.as_slice() else {
         return Err(SqlRefusal::NotOneStatement(statements.len()));
     };
-    check_functions(statement)?;
-    statement_access(statement)
+    for f in ast_functions(statement) {
+        check_name(engine, &f.name)?;
+        functions.push(f);
+    }
+    functions.sort();
+    functions.dedup();
+    let access = statement_access(statement)?;
+    Ok(Analysis { access, functions })
 }
 
-fn last_part(name: &str) -> String {
-    name.rsplit('.')
-        .next()
-        .unwrap_or(name)
-        .trim_matches('"')
-        .to_ascii_lowercase()
-}
-
-fn check_functions(statement: &Statement) -> Result<(), SqlRefusal> {
-    let forbidden = |name: String| {
-        let short = last_part(&name);
-        FORBIDDEN_FUNCTIONS
-            .contains(&short.as_str())
-            .then_some(short)
+/// The statement's fingerprint: literals removed, so `WHERE id = 1` and `WHERE id = 2` share
+/// one. A statement that does not tokenize gets one fingerprint for all such statements.
+pub fn fingerprint(engine: Engine, sql: &str) -> Fingerprint {
+    let text = match resolved_tokens(engine, sql) {
+        Ok((_, tokens)) => normalise(&tokens),
+        Err(_) => "(not tokenizable)".to_string(),
     };
-    let mut found = None;
-    let _ = visit_expressions(statement, |expr| {
-        if let sqlparser::ast::Expr::Function(f) = expr
-            && let Some(name) = forbidden(f.name.to_string())
+    let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+    Fingerprint { text, sha256 }
+}
+
+/// Refuse `name` if it reaches outside the database or runs SQL text.
+fn check_name(engine: Engine, name: &str) -> Result<(), SqlRefusal> {
+    if FORBIDDEN_FUNCTIONS.contains(&name)
+        || (engine == Engine::MySql && MYSQL_FORBIDDEN_FUNCTIONS.contains(&name))
+    {
+        return Err(SqlRefusal::ForbiddenFunction(name.to_string()));
+    }
+    if SQL_TEXT_FUNCTIONS.contains(&name) || name.starts_with("dblink") {
+        return Err(SqlRefusal::SqlTextFunction(name.to_string()));
+    }
+    Ok(())
+}
+
+/// The text to parse and its tokens (whitespace included), with every `U&"…"` identifier of a
+/// PostgreSQL-dialect statement replaced by the plain quoted identifier it stands for.
+fn resolved_tokens(engine: Engine, sql: &str) -> Result<(String, Vec<TokenWithSpan>), SqlRefusal> {
+    let tokenize = |text: &str| {
+        Tokenizer::new(dialect(engine), text)
+            .tokenize_with_location()
+            .map_err(|e| SqlRefusal::Unparseable(e.to_string()))
+    };
+    let tokens = tokenize(sql)?;
+    if engine == Engine::MySql {
+        return Ok((sql.to_string(), tokens));
+    }
+    match rewrite_unicode_idents(sql, &tokens)? {
+        Some(text) => {
+            let tokens = tokenize(&text)?;
+            Ok((text, tokens))
+        }
+        None => Ok((sql.to_string(), tokens)),
+    }
+}
+
+/// Byte offsets of (line, column) locations in `text`, counted as the tokenizer counts them.
+struct Offsets {
+    line_starts: Vec<usize>,
+}
+
+impl Offsets {
+    fn new(text: &str) -> Offsets {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Offsets { line_starts }
+    }
+
+    fn of(&self, text: &str, at: Location) -> Option<usize> {
+        let line = usize::try_from(at.line).ok()?.checked_sub(1)?;
+        let column = usize::try_from(at.column).ok()?.checked_sub(1)?;
+        let start = *self.line_starts.get(line)?;
+        let rest = text.get(start..)?;
+        match rest.char_indices().nth(column) {
+            Some((i, _)) => Some(start + i),
+            None if rest.chars().count() == column => Some(text.len()),
+            None => None,
+        }
+    }
+}
+
+fn is_space(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+/// `text` with each `U&"…"` identifier (and its `UESCAPE '…'`) replaced by the quoted identifier
+/// it decodes to; `None` when there is none. `U`, `&` and the quoted identifier must touch, as
+/// the server requires (`U & "x"` is a bitwise and).
+fn rewrite_unicode_idents(
+    text: &str,
+    tokens: &[TokenWithSpan],
+) -> Result<Option<String>, SqlRefusal> {
+    let offsets = Offsets::new(text);
+    let offset = |at: Location| {
+        offsets
+            .of(text, at)
+            .ok_or_else(|| SqlRefusal::Unparseable("a token has no position".into()))
+    };
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut found = false;
+    let mut i = 0;
+    while i + 2 < tokens.len() {
+        let (Token::Word(u), Token::Ampersand, Token::Word(body)) =
+            (&tokens[i].token, &tokens[i + 1].token, &tokens[i + 2].token)
+        else {
+            i += 1;
+            continue;
+        };
+        if !u.value.eq_ignore_ascii_case("u")
+            || u.quote_style.is_some()
+            || body.quote_style != Some('"')
         {
-            found = Some(name);
-            return ControlFlow::Break(());
+            i += 1;
+            continue;
+        }
+        let start = offset(tokens[i].span.start)?;
+        let mut end = offset(tokens[i + 2].span.end)?;
+        let mut next = i + 3;
+        // An optional `UESCAPE 'c'`, with whitespace or comments around it.
+        let mut escape = '\\';
+        let mut j = next;
+        while j < tokens.len() && is_space(&tokens[j].token) {
+            j += 1;
+        }
+        if let Some(Token::Word(w)) = tokens.get(j).map(|t| &t.token)
+            && w.quote_style.is_none()
+            && w.value.eq_ignore_ascii_case("uescape")
+        {
+            let mut k = j + 1;
+            while k < tokens.len() && is_space(&tokens[k].token) {
+                k += 1;
+            }
+            let Some(Token::SingleQuotedString(c)) = tokens.get(k).map(|t| &t.token) else {
+                return Err(SqlRefusal::UnicodeIdent(
+                    "UESCAPE must be followed by a one-character string literal".into(),
+                ));
+            };
+            escape = uescape_char(c)?;
+            end = offset(tokens[k].span.end)?;
+            next = k + 1;
+        }
+        let decoded = decode_unicode_ident(&body.value, escape)?;
+        out.push_str(text.get(copied..start).unwrap_or_default());
+        out.push('"');
+        out.push_str(&decoded.replace('"', "\"\""));
+        out.push('"');
+        copied = end;
+        found = true;
+        i = next;
+    }
+    if !found {
+        return Ok(None);
+    }
+    out.push_str(text.get(copied..).unwrap_or_default());
+    Ok(Some(out))
+}
+
+/// The escape character a `UESCAPE '…'` names, checked as the server checks it.
+fn uescape_char(literal: &str) -> Result<char, SqlRefusal> {
+    let mut chars = literal.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None)
+            if !c.is_ascii_hexdigit() && !matches!(c, '+' | '\'' | '"') && !c.is_whitespace() =>
+        {
+            Ok(c)
+        }
+        _ => Err(SqlRefusal::UnicodeIdent(format!(
+            "invalid UESCAPE character `{literal}`"
+        ))),
+    }
+}
+
+/// Decode the body of a `U&"…"` identifier (quotes already undoubled) with escape character
+/// `escape`: `<e>XXXX` (4 hex digits), `<e>+XXXXXX` (6), `<e><e>` for the escape itself, and
+/// UTF-16 surrogate pairs, as PostgreSQL does. Anything else is an error, as on the server.
+pub fn decode_unicode_ident(body: &str, escape: char) -> Result<String, SqlRefusal> {
+    let bad = |why: &str| SqlRefusal::UnicodeIdent(format!("{why} in U&\"{body}\""));
+    let mut out = String::new();
+    let mut chars = body.chars().peekable();
+    let mut high: Option<u32> = None;
+    let hex = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>, n: usize| {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let d = chars.next().and_then(|c| c.to_digit(16))?;
+            v = v * 16 + d;
+        }
+        Some(v)
+    };
+    while let Some(c) = chars.next() {
+        if c != escape {
+            if high.is_some() {
+                return Err(bad("a lone UTF-16 high surrogate"));
+            }
+            out.push(c);
+            continue;
+        }
+        let code = match chars.peek() {
+            Some(&e) if e == escape => {
+                chars.next();
+                if high.is_some() {
+                    return Err(bad("a lone UTF-16 high surrogate"));
+                }
+                out.push(escape);
+                continue;
+            }
+            Some('+') => {
+                chars.next();
+                hex(&mut chars, 6).ok_or_else(|| bad("an invalid Unicode escape"))?
+            }
+            _ => hex(&mut chars, 4).ok_or_else(|| bad("an invalid Unicode escape"))?,
+        };
+        let code = match (high.take(), code) {
+            (None, 0xD800..=0xDBFF) => {
+                high = Some(code);
+                continue;
+            }
+            (Some(h), 0xDC00..=0xDFFF) => 0x10000 + ((h - 0xD800) << 10) + (code - 0xDC00),
+            (Some(_), _) => return Err(bad("a lone UTF-16 high surrogate")),
+            (None, 0xDC00..=0xDFFF) => return Err(bad("a lone UTF-16 low surrogate")),
+            (None, code) => code,
+        };
+        match char::from_u32(code) {
+            Some(ch) if ch != '\0' => out.push(ch),
+            _ => return Err(bad("an invalid Unicode code point")),
+        }
+    }
+    if high.is_some() {
+        return Err(bad("a lone UTF-16 high surrogate"));
+    }
+    Ok(out)
+}
+
+/// An identifier as the server resolves it: quoted as written, unquoted in (ASCII) lower case,
+/// both cut to 63 bytes.
+fn resolve(value: &str, quoted: bool) -> String {
+    let mut name = if quoted {
+        value.to_string()
+    } else {
+        value.to_ascii_lowercase()
+    };
+    if name.len() > NAMEDATALEN {
+        let mut cut = NAMEDATALEN;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    name
+}
+
+/// A function reference from the resolved parts of a (possibly qualified) name.
+fn function_ref(parts: Vec<String>, attribute: bool) -> Option<FunctionRef> {
+    let mut parts = parts;
+    let name = parts.pop()?;
+    Some(FunctionRef {
+        schema: parts.pop(),
+        name,
+        attribute,
+    })
+}
+
+/// Every function call in the tokens — a name (`a.b.c`) followed by `(` — and every word after
+/// a `.` that is not a call (attribute notation). Whitespace and comments between the parts
+/// are skipped, as the server skips them. A word after `TABLESAMPLE` names a sampling method.
+fn token_functions(tokens: &[TokenWithSpan]) -> Vec<FunctionRef> {
+    let sig: Vec<&Token> = tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !is_space(t))
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < sig.len() {
+        let Token::Word(first) = sig[i] else {
+            i += 1;
+            continue;
+        };
+        let after_dot = i > 0 && matches!(sig[i - 1], Token::Period);
+        let after_tablesample =
+            i > 0 && matches!(sig[i - 1], Token::Word(w) if w.keyword == Keyword::TABLESAMPLE);
+        let mut parts = vec![resolve(&first.value, first.quote_style.is_some())];
+        let mut j = i + 1;
+        while j + 1 < sig.len()
+            && matches!(sig[j], Token::Period)
+            && let Token::Word(w) = sig[j + 1]
+        {
+            parts.push(resolve(&w.value, w.quote_style.is_some()));
+            j += 2;
+        }
+        let call = matches!(sig.get(j), Some(Token::LParen));
+        if call && !after_tablesample {
+            if after_dot {
+                // `(row).f(…)` is not valid SQL; still, check the name.
+                parts.drain(..parts.len().saturating_sub(1));
+            }
+            out.extend(function_ref(parts, false));
+        } else {
+            let skip = usize::from(!after_dot);
+            for p in parts.into_iter().skip(skip) {
+                out.push(FunctionRef {
+                    schema: None,
+                    name: p,
+                    attribute: true,
+                });
+            }
+        }
+        i = j.max(i + 1);
+    }
+    out
+}
+
+fn name_parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(id) => resolve(&id.value, id.quote_style.is_some()),
+            ObjectNamePart::Function(f) => resolve(&f.name.value, f.name.quote_style.is_some()),
+        })
+        .collect()
+}
+
+/// Collects the functions the parsed statement calls: expressions anywhere in it (subqueries,
+/// CTEs, DEFAULT / CHECK / GENERATED, index expressions, view bodies) and FROM-clause functions.
+#[derive(Default)]
+struct Functions(Vec<FunctionRef>);
+
+impl Visitor for Functions {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = expr {
+            self.0.extend(function_ref(name_parts(&f.name), false));
         }
         ControlFlow::Continue(())
-    });
-    if found.is_none() {
-        let _ = visit_relations(statement, |relation| {
-            if let Some(name) = forbidden(relation.to_string()) {
-                found = Some(name);
-                return ControlFlow::Break(());
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
             }
-            ControlFlow::Continue(())
-        });
+            | TableFactor::Function { name, .. } => {
+                self.0.extend(function_ref(name_parts(name), false));
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
     }
-    match found {
-        Some(name) => Err(SqlRefusal::ForbiddenFunction(name)),
-        None => Ok(()),
+}
+
+fn ast_functions(statement: &Statement) -> Vec<FunctionRef> {
+    let mut found = Functions::default();
+    let _ = statement.visit(&mut found);
+    found.0
+}
+
+/// The tokens without literals or comments, one space apart, unquoted words in lower case.
+fn normalise(tokens: &[TokenWithSpan]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for t in tokens {
+        let piece = match &t.token {
+            Token::Whitespace(_) | Token::EOF => continue,
+            Token::Word(w) => match w.quote_style {
+                None => w.value.to_ascii_lowercase(),
+                Some(q) => {
+                    let close = if q == '[' { ']' } else { q };
+                    format!(
+                        "{q}{}{close}",
+                        w.value.replace(close, &format!("{close}{close}"))
+                    )
+                }
+            },
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_) => "?".to_string(),
+            other => other.to_string(),
+        };
+        out.push(piece);
     }
+    out.join(" ")
 }
 
 /// Whether a query changes data: a data-modifying CTE (`WITH d AS (DELETE … RETURNING …)`),
 /// anywhere in it, makes a "read" a write.
-fn modifies(q: &sqlparser::ast::Query) -> bool {
-    use sqlparser::ast::SetExpr;
+fn modifies(q: &Query) -> bool {
     fn body(e: &SetExpr) -> bool {
         match e {
             SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
@@ -148,6 +667,34 @@ fn modifies(q: &sqlparser::ast::Query) -> bool {
         || body(&q.body)
 }
 
+/// Whether a query creates a table (`SELECT … INTO t`), anywhere in it.
+fn creates_table(q: &Query) -> bool {
+    fn body(e: &SetExpr) -> bool {
+        match e {
+            SetExpr::Select(s) => s.into.is_some(),
+            SetExpr::Query(q) => creates_table(q),
+            SetExpr::SetOperation { left, right, .. } => body(left) || body(right),
+            _ => false,
+        }
+    }
+    q.with
+        .as_ref()
+        .is_some_and(|w| w.cte_tables.iter().any(|c| creates_table(&c.query)))
+        || body(&q.body)
+}
+
+/// Whether an `EXPLAIN` runs its statement: `ANALYZE` (or `ANALYSE`) in any form, with any
+/// value (`ANALYZE false` is counted too: the host does not evaluate option values).
+fn explain_runs(analyze: bool, options: Option<&[sqlparser::ast::UtilityOption]>) -> bool {
+    analyze
+        || options.is_some_and(|options| {
+            options.iter().any(|o| {
+                let name = o.name.value.to_ascii_lowercase();
+                name == "analyze" || name == "analyse"
+            })
+        })
+}
+
 fn statement_access(statement: &Statement) -> Result<Access, SqlRefusal> {
     let kind = |s: &Statement| {
         let text = s.to_string();
@@ -158,7 +705,7 @@ fn statement_access(statement: &Statement) -> Result<Access, SqlRefusal> {
             .to_uppercase()
     };
     match statement {
-        Statement::Query(q)
+        Statement::Query(_)
             if statement
                 .to_string()
                 .to_ascii_uppercase()
@@ -168,21 +715,27 @@ fn statement_access(statement: &Statement) -> Result<Access, SqlRefusal> {
                     .to_ascii_uppercase()
                     .contains(" INTO DUMPFILE ") =>
         {
-            let _ = q;
             Err(SqlRefusal::Forbidden("SELECT … INTO OUTFILE".into()))
         }
         Statement::Query(q) => {
-            if q.locks.is_empty() && !modifies(q) {
+            if creates_table(q) {
+                Ok(Access::Ddl)
+            } else if q.locks.is_empty() && !modifies(q) {
                 Ok(Access::Read)
             } else {
                 Ok(Access::Write)
             }
         }
         Statement::Explain {
-            statement, analyze, ..
+            statement,
+            analyze,
+            options,
+            ..
         } => {
-            if *analyze {
-                statement_access(statement)
+            // The explained statement must be one the capability runs at all.
+            let inner = statement_access(statement)?;
+            if explain_runs(*analyze, options.as_deref()) {
+                Ok(inner)
             } else {
                 Ok(Access::Read)
             }
@@ -218,6 +771,12 @@ fn statement_access(statement: &Statement) -> Result<Access, SqlRefusal> {
 mod tests {
     use super::*;
 
+    fn functions(sql: &str) -> Vec<String> {
+        analyze_for(Engine::Postgres, sql)
+            .map(|a| a.functions.iter().map(ToString::to_string).collect())
+            .unwrap_or_else(|e| vec![format!("refused: {e}")])
+    }
+
     #[test]
     fn classifies_reads_writes_and_ddl() {
         assert_eq!(
@@ -245,6 +804,145 @@ mod tests {
         assert_eq!(
             classify("CREATE INDEX i ON principal (id)"),
             Ok(Access::Ddl)
+        );
+    }
+
+    #[test]
+    fn explain_analyze_in_any_spelling_needs_what_its_statement_needs() {
+        // sqlparser does not know the `ANALYSE` keyword spelling: refused as unparseable.
+        assert!(matches!(
+            classify("EXPLAIN ANALYSE DELETE FROM victims"),
+            Err(SqlRefusal::Unparseable(_))
+        ));
+        for sql in [
+            "EXPLAIN ANALYZE DELETE FROM victims",
+            "EXPLAIN ANALYZE VERBOSE DELETE FROM victims",
+            "EXPLAIN (ANALYZE) DELETE FROM victims",
+            "EXPLAIN (ANALYSE) DELETE FROM victims",
+            "EXPLAIN (ANALYZE true, BUFFERS) DELETE FROM victims",
+            "EXPLAIN (FORMAT JSON, ANALYZE on) DELETE FROM victims",
+            "explain (verbose, analyze 1) update victims set name = 'x'",
+            "EXPLAIN (\"analyze\") DELETE FROM victims",
+            "EXPLAIN (ANALYZE) WITH d AS (DELETE FROM victims RETURNING id) SELECT * FROM d",
+        ] {
+            assert_eq!(classify(sql), Ok(Access::Write), "{sql}");
+        }
+        assert_eq!(
+            classify("EXPLAIN (ANALYZE) SELECT * INTO t FROM victims"),
+            Ok(Access::Ddl)
+        );
+        assert_eq!(
+            classify("EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1"),
+            Ok(Access::Ddl)
+        );
+        assert_eq!(classify("EXPLAIN DELETE FROM victims"), Ok(Access::Read));
+        assert_eq!(
+            classify("EXPLAIN (ANALYZE) SELECT count(*) FROM victims"),
+            Ok(Access::Read)
+        );
+        assert!(matches!(
+            classify("EXPLAIN ANALYZE DROP DATABASE x"),
+            Err(SqlRefusal::Unparseable(_) | SqlRefusal::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn select_into_and_create_table_as_create_a_table() {
+        for sql in [
+            "SELECT * INTO t FROM victims",
+            "SELECT id INTO TEMP t FROM victims",
+            "SELECT id INTO UNLOGGED TABLE t FROM victims",
+            "WITH x AS (SELECT 1 AS a) SELECT a INTO t FROM x",
+            "CREATE TABLE t AS SELECT * FROM victims",
+            "CREATE MATERIALIZED VIEW t AS SELECT 1",
+        ] {
+            assert_eq!(classify(sql), Ok(Access::Ddl), "{sql}");
+        }
+    }
+
+    #[test]
+    fn decodes_unicode_identifiers_as_the_server_does() {
+        assert_eq!(
+            decode_unicode_ident("pg_terminat\\0065_backend", '\\'),
+            Ok("pg_terminate_backend".into())
+        );
+        assert_eq!(
+            decode_unicode_ident("d\\+000061t\\0061", '\\'),
+            Ok("data".into())
+        );
+        assert_eq!(decode_unicode_ident("a!!b!0063", '!'), Ok("a!bc".into()));
+        assert_eq!(decode_unicode_ident("a\\\\b", '\\'), Ok("a\\b".into()));
+        assert_eq!(decode_unicode_ident("\\D83D\\DE00", '\\'), Ok("😀".into()));
+        assert_eq!(decode_unicode_ident("plain", '\\'), Ok("plain".into()));
+        for bad in [
+            "\\00g1", "\\12", "\\+12", "\\D83Dx", "\\DE00", "\\0000", "a\\",
+        ] {
+            assert!(
+                matches!(
+                    decode_unicode_ident(bad, '\\'),
+                    Err(SqlRefusal::UnicodeIdent(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(uescape_char("!").is_ok());
+        for bad in ["a", "+", "'", "\"", " ", "!!", ""] {
+            assert!(uescape_char(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn resolves_function_names_as_the_server_does() {
+        let refused = |sql: &str| analyze_for(Engine::Postgres, sql).err();
+        let terminate = Some(SqlRefusal::ForbiddenFunction("pg_terminate_backend".into()));
+        for sql in [
+            r#"SELECT U&"pg_terminat\0065_backend"(pid) FROM pg_stat_activity"#,
+            r#"SELECT u&"pg_terminate_backen\+000064"(1)"#,
+            r#"SELECT U&"pg_terminat!0065_backend" UESCAPE '!'(1)"#,
+            r#"SELECT U&"pg_terminat!0065_backend" /* c */ uescape '!' (1)"#,
+            r#"SELECT U&"pg_catalog".U&"pg_terminate_backen\0064"(1)"#,
+            r#"SELECT "pg_catalog"."pg_terminate_backend"(1)"#,
+            r#"SELECT PG_TERMINATE_BACKEND(1)"#,
+            r#"SELECT pg_catalog . pg_terminate_backend /* x */ (1)"#,
+            r#"SELECT * FROM pg_terminate_backend(1)"#,
+            r#"SELECT * FROM victims, LATERAL pg_terminate_backend(1) AS x"#,
+            r#"WITH x AS (SELECT pg_terminate_backend(1)) SELECT * FROM x"#,
+            r#"SELECT (SELECT pg_terminate_backend(1))"#,
+        ] {
+            assert_eq!(refused(sql), terminate, "{sql}");
+        }
+        // Quoted names keep their case: "PG_TERMINATE_BACKEND" is another (missing) function.
+        assert_eq!(
+            functions(r#"SELECT "PG_TERMINATE_BACKEND"(1)"#),
+            ["PG_TERMINATE_BACKEND"]
+        );
+        // `U & "x"` with spaces is a bitwise and, not a U& identifier.
+        assert_eq!(functions(r#"SELECT u & "lower"('a') FROM t"#), ["lower"]);
+        assert_eq!(
+            functions(r#"SELECT Pg_Catalog.Pg_Sleep(1), "public"."F"(2), now()"#),
+            ["now", "pg_catalog.pg_sleep", "public.F"]
+        );
+        assert_eq!(functions("SELECT * FROM pg_sleep(1)"), ["pg_sleep"]);
+        // Attribute notation: `v.f` may call `f(v)`.
+        let attrs: Vec<_> = analyze_for(Engine::Postgres, "SELECT v.name FROM victims v")
+            .map(|a| a.functions)
+            .unwrap_or_default();
+        assert!(
+            attrs.iter().any(|f| f.name == "name" && f.attribute),
+            "{attrs:?}"
+        );
+        // Table sampling methods are not calls.
+        assert!(
+            !functions("SELECT * FROM victims TABLESAMPLE SYSTEM (10)").contains(&"system".into())
+        );
+        // A string that ends at a backslash (standard strings) does not hide what follows.
+        assert_eq!(
+            refused("SELECT 'a\\', pg_terminate_backend(1) --'"),
+            terminate
+        );
+        assert_eq!(
+            functions("SELECT 'pg_terminate_backend(1)', $$pg_sleep(1)$$, 'pg_sleep'::regproc"),
+            Vec::<String>::new()
         );
     }
 
@@ -282,9 +980,95 @@ mod tests {
             classify("SELECT public.dblink_exec('x', 'y')"),
             Err(SqlRefusal::ForbiddenFunction("dblink_exec".into()))
         );
+        assert_eq!(
+            classify("SELECT dblink_open('c', 'select 1')"),
+            Err(SqlRefusal::SqlTextFunction("dblink_open".into()))
+        );
         assert!(matches!(
             classify("SELEC nonsense"),
             Err(SqlRefusal::Unparseable(_))
         ));
+        assert_eq!(
+            classify_for(Engine::MySql, "SELECT SLEEP(10)"),
+            Err(SqlRefusal::ForbiddenFunction("sleep".into()))
+        );
+        assert_eq!(
+            classify_for(Engine::MySql, "SELECT BENCHMARK(1000000, md5('x'))"),
+            Err(SqlRefusal::ForbiddenFunction("benchmark".into()))
+        );
+    }
+
+    #[test]
+    fn functions_that_run_sql_text_are_refused_everywhere_stored_expressions_included() {
+        let xml = Some(SqlRefusal::SqlTextFunction("query_to_xml".into()));
+        for sql in [
+            "SELECT query_to_xml('select 1', true, true, '')",
+            r#"SELECT U&"query_to_xm\006c"('select 1', true, true, '')"#,
+            "INSERT INTO t (a) SELECT query_to_xml('select 1', true, true, '')::text",
+            "CREATE TABLE t (a text DEFAULT (query_to_xml('select 1', true, true, ''))::text)",
+            "CREATE TABLE t (a text CHECK (query_to_xml('select 1', true, true, '') IS NOT NULL))",
+            "CREATE TABLE t (a text, b text GENERATED ALWAYS AS (query_to_xml('x', true, true, '')::text) STORED)",
+            "CREATE INDEX i ON t ((query_to_xml('select 1', true, true, '')::text))",
+            "CREATE INDEX i ON t (a) WHERE query_to_xml('select 1', true, true, '') IS NOT NULL",
+            "CREATE VIEW v AS SELECT query_to_xml('select 1', true, true, '')",
+            "ALTER TABLE t ALTER COLUMN a SET DEFAULT query_to_xml('select 1', true, true, '')::text",
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (query_to_xml('select 1', true, true, '') IS NOT NULL)",
+            "ALTER TABLE t ADD COLUMN b text DEFAULT query_to_xml('select 1', true, true, '')::text",
+            "ALTER TABLE t ALTER COLUMN a TYPE text USING query_to_xml('select 1', true, true, '')::text",
+        ] {
+            assert_eq!(analyze_for(Engine::Postgres, sql).err(), xml, "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM ts_stat('select v from t')",
+            "SELECT cursor_to_xml('c', 1, true, true, '')",
+            "SELECT pg_catalog.database_to_xml(true, true, '')",
+            "SELECT table_to_xmlschema('t', true, true, '')",
+        ] {
+            assert!(
+                matches!(classify(sql), Err(SqlRefusal::SqlTextFunction(_))),
+                "{sql}"
+            );
+        }
+        for sql in [
+            "CREATE POLICY p ON t USING (true)",
+            "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
+            "CREATE DOMAIN d AS text",
+            "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+        ] {
+            assert!(classify(sql).is_err(), "{sql}");
+        }
+        // Volatile functions are normal in stored expressions on a ddl grant.
+        assert_eq!(
+            classify("ALTER TABLE t ALTER COLUMN id SET DEFAULT nextval('t_id_seq')"),
+            Ok(Access::Ddl)
+        );
+    }
+
+    #[test]
+    fn fingerprints_drop_literals_and_comments() {
+        let a = fingerprint(Engine::Postgres, "SELECT * FROM t WHERE id = 1");
+        let b = fingerprint(Engine::Postgres, "select *  from T where id=2 -- two");
+        let c = fingerprint(Engine::Postgres, "SELECT * FROM t WHERE name = 'secret'");
+        assert_eq!(a, b);
+        assert_eq!(a.text, "select * from t where id = ?");
+        assert_eq!(a.sha256.len(), 64);
+        assert_ne!(a.sha256, c.sha256);
+        assert!(!c.text.contains("secret"), "{}", c.text);
+        assert_eq!(
+            fingerprint(Engine::Postgres, "SELECT $$x$$, E'y', U&'z', x'ff', $1").text,
+            "select ? , ? , ? , ? , $1"
+        );
+        assert_eq!(
+            fingerprint(Engine::Postgres, r#"SELECT U&"pg_slee\0070"(1)"#).text,
+            r#"select "pg_sleep" ( ? )"#
+        );
+        let long = format!("SELECT {}", "a, ".repeat(1000) + "b");
+        let audit = fingerprint(Engine::Postgres, &long).audit("read");
+        assert!(audit.fingerprint.len() <= FINGERPRINT_TEXT_BYTES + 3);
+        assert_eq!(audit.class, "read");
+        assert_eq!(
+            fingerprint(Engine::Postgres, "SELECT 'unterminated").text,
+            "(not tokenizable)"
+        );
     }
 }

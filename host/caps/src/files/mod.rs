@@ -51,12 +51,17 @@ impl Files {
     }
 
     /// `files.read`.
+    /// Values the file assigns in dotenv syntax under secret names are registered as secrets
+    /// as it is read, so everything written after is masked (`crate::secrets`).
     pub async fn read(&self, binding: &str, path: &str) -> Result<Vec<u8>, CapError> {
         let owned = path.to_string();
-        self.guarded(binding, Access::Read, Operation::Read, path, move |b| {
-            b.read(&owned)
-        })
-        .await
+        let bytes = self
+            .guarded(binding, Access::Read, Operation::Read, path, move |b| {
+                b.read(&owned)
+            })
+            .await?;
+        self.bound.secrets().add_dotenv(&bytes);
+        Ok(bytes)
     }
 
     /// `files.write`.

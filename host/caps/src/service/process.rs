@@ -102,13 +102,13 @@ impl ProcessBackend {
 
     fn save(&self, state: &ProcessState) -> Result<(), CapError> {
         if let Some(dir) = self.state_file.parent() {
-            std::fs::create_dir_all(dir)
+            crate::private::create_dir_all(dir)
                 .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
         }
         let tmp = self.state_file.with_extension("json.tmp");
         let text =
             serde_json::to_string_pretty(state).map_err(|e| failed("cannot encode state", e))?;
-        std::fs::write(&tmp, text)
+        crate::private::write(&tmp, text)
             .map_err(|e| failed(&format!("cannot write {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &self.state_file)
             .map_err(|e| failed(&format!("cannot write {}", self.state_file.display()), e))
@@ -253,13 +253,10 @@ impl ProcessBackend {
     /// The command for `words`, with the spec's environment, working directory and output file.
     fn command(&self, words: &[String]) -> Result<tokio::process::Command, CapError> {
         if let Some(dir) = self.log_file.parent() {
-            std::fs::create_dir_all(dir)
+            crate::private::create_dir_all(dir)
                 .map_err(|e| failed(&format!("cannot create {}", dir.display()), e))?;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_file)
+        let log = crate::private::append(&self.log_file)
             .map_err(|e| failed(&format!("cannot open {}", self.log_file.display()), e))?;
         let log2 = log
             .try_clone()

@@ -8,7 +8,8 @@ use upshift::runtime::bindings::BackupMethod;
 use super::Ctx;
 use super::runs::finish_run;
 use crate::cli::{BackupArgs, ListArgs, Method, RestoreArgs};
-use crate::{Exit, confirm, print_json, ui, usage};
+use crate::ui::v;
+use crate::{Exit, confirm, err_out, out, print_json, ui, usage};
 
 /// `upshift backup INSTANCE`: back up its databases now.
 pub async fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8, Exit> {
@@ -27,19 +28,19 @@ pub async fn backup(ctx: &Ctx, args: BackupArgs) -> Result<u8, Exit> {
         print_json(&backups)?;
     } else {
         for b in &backups {
-            println!(
-                "backup {} of `{}` at {} ({} {}, {} bytes{})",
-                b.id,
-                b.binding,
-                b.product_version,
-                b.method,
-                b.location,
+            out(&format!(
+                "backup {} of `{}` at {} ({} {}, {} bytes{})\n",
+                v(&b.id),
+                v(&b.binding),
+                v(&b.product_version),
+                v(&b.method),
+                v(&b.location),
                 b.size_bytes.unwrap_or(0),
                 b.sha256
                     .as_ref()
-                    .map(|s| format!(", sha256 {}", &s[..12.min(s.len())]))
+                    .map(|s| format!(", sha256 {}", v(s.get(..12).unwrap_or(s))))
                     .unwrap_or_default()
-            );
+            ));
         }
     }
     Ok(0)
@@ -65,20 +66,20 @@ pub async fn backup_verify(
     if json {
         print_json(&outcome)?;
     } else {
-        println!(
-            "backup {} of `{}` ({} {})",
-            outcome.backup.id,
-            outcome.backup.instance,
-            outcome.backup.method,
-            outcome.backup.location
-        );
+        out(&format!(
+            "backup {} of `{}` ({} {})\n",
+            v(&outcome.backup.id),
+            v(&outcome.backup.instance),
+            v(&outcome.backup.method),
+            v(&outcome.backup.location)
+        ));
         for c in &outcome.checks {
-            println!(
-                "  {} {}: {}",
+            out(&format!(
+                "  {} {}: {}\n",
                 if c.passed { "✔" } else { "✘" },
-                c.name,
-                c.detail
-            );
+                v(&c.name),
+                v(&c.detail)
+            ));
         }
         println!(
             "{}",
@@ -106,10 +107,16 @@ pub async fn backups(ctx: &Ctx, args: ListArgs) -> Result<u8, Exit> {
             "id", "instance", "binding", "version", "method", "taken"
         );
         for b in &backups {
-            println!(
-                "{:<16} {:<14} {:<8} {:<10} {:<6} {:<22} {}",
-                b.id, b.instance, b.binding, b.product_version, b.method, b.created_at, b.location
-            );
+            out(&format!(
+                "{:<16} {:<14} {:<8} {:<10} {:<6} {:<22} {}\n",
+                v(&b.id),
+                v(&b.instance),
+                v(&b.binding),
+                v(&b.product_version),
+                v(&b.method),
+                v(&b.created_at),
+                v(&b.location)
+            ));
         }
     }
     Ok(0)
@@ -134,12 +141,17 @@ pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8, Exit> {
         args.into.as_deref(),
         |plan| {
             if !json {
-                eprintln!("Restore plan for {}:", instance.name);
+                err_out(&format!("Restore plan for {}:\n", v(&instance.name)));
                 for (i, s) in plan.steps.iter().enumerate() {
-                    eprintln!("  {:>2}. {:<16} {}", i + 1, s.id, s.title);
+                    err_out(&format!(
+                        "  {:>2}. {:<16} {}\n",
+                        i + 1,
+                        v(&s.id),
+                        v(&s.title)
+                    ));
                 }
                 for n in &plan.notes {
-                    eprintln!("  note: {n}");
+                    err_out(&format!("  note: {}\n", v(n)));
                 }
             }
             confirm(yes, "Proceed with this restore?").unwrap_or(false)

@@ -2,7 +2,8 @@
 
 use super::Ctx;
 use crate::cli::HistoryArgs;
-use crate::{Exit, print_json, usage};
+use crate::ui::v;
+use crate::{Exit, out, print_json, usage};
 
 /// `upshift history`: runs, or one run's journaled steps.
 pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
@@ -16,34 +17,34 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
         if args.json {
             print_json(&serde_json::json!({ "run": run, "steps": steps }))?;
         } else {
-            println!(
-                "run {} {} {} {} → {}: {}{}",
-                run.id,
-                run.kind,
-                run.instance,
-                run.from_version,
-                run.to_version,
+            out(&format!(
+                "run {} {} {} {} → {}: {}{}\n",
+                v(&run.id),
+                v(&run.kind),
+                v(&run.instance),
+                v(&run.from_version),
+                v(&run.to_version),
                 run.status,
                 run.message
                     .as_ref()
-                    .map(|m| format!(" ({m})"))
+                    .map(|m| format!(" ({})", v(m)))
                     .unwrap_or_default()
-            );
+            ));
             for s in &steps {
-                println!(
-                    "  {:<8} {:<24} {:<10} {:>7} ms  {}",
-                    s.phase,
-                    s.step_id,
+                out(&format!(
+                    "  {:<8} {:<24} {:<10} {:>7} ms  {}\n",
+                    v(&s.phase),
+                    v(&s.step_id),
                     s.status.to_string(),
                     s.duration_ms.unwrap_or(0),
-                    s.error
-                        .clone()
-                        .or(s.output.clone())
+                    v(s.error
+                        .as_deref()
+                        .or(s.output.as_deref())
                         .unwrap_or_default()
                         .lines()
                         .next()
-                        .unwrap_or("")
-                );
+                        .unwrap_or(""))
+                ));
             }
         }
         return Ok(0);
@@ -55,50 +56,91 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
         println!("no runs");
     } else {
         for r in &runs {
-            println!(
-                "{}  {:<20} {:<8} {:<14} {:>8} → {:<8} {}",
-                r.started_at, r.id, r.kind, r.instance, r.from_version, r.to_version, r.status
-            );
+            out(&format!(
+                "{}  {:<20} {:<8} {:<14} {:>8} → {:<8} {}\n",
+                v(&r.started_at),
+                v(&r.id),
+                v(&r.kind),
+                v(&r.instance),
+                v(&r.from_version),
+                v(&r.to_version),
+                r.status
+            ));
         }
     }
     Ok(0)
 }
 
-/// `upshift audit verify`: check the hash-chained audit log.
-pub fn audit_verify(ctx: &Ctx, json: bool) -> Result<u8, Exit> {
+/// `upshift audit verify`: check the hash-chained audit log, and its end against the head
+/// anchored in the state store; with `reanchor`, anchor the head as it is now.
+pub async fn audit_verify(ctx: &Ctx, json: bool, reanchor: bool) -> Result<u8, Exit> {
     let path = ctx.data.join("audit.jsonl");
-    if !path.exists() {
+    let state = ctx.builder.open_state().await?;
+    let key = upshift::integrity::audit_log_key(&path);
+    let anchor = state
+        .audit_anchor(&key)
+        .await?
+        .map(|a| upshift::audit::ChainHead {
+            records: a.records,
+            hash: a.head,
+        });
+    if !path.exists() && anchor.is_none() {
         return Err(usage(format!(
             "no audit log at {}; pass --data DIR",
             path.display()
         )));
     }
-    let report = upshift::audit::verify(&path)?;
+    let report = upshift::audit::verify_anchored(&path, anchor.as_ref())?;
+    let anchored = anchor.as_ref().map(|a| a.records);
     if json {
         print_json(&serde_json::json!({
             "records": report.records,
+            "anchored": anchored,
             "ok": report.first_problem.is_none(),
             "problem": report.first_problem.as_ref().map(|p| serde_json::json!({
                 "line": p.line, "seq": p.seq, "kind": format!("{:?}", p.kind).to_lowercase(), "message": p.message,
             })),
         }))?;
     }
-    match report.first_problem {
+    let code = match &report.first_problem {
         None => {
             if !json {
+                let anchor_note = match anchored {
+                    Some(n) => format!("; head anchored in the state store at {n} records"),
+                    None => "; not anchored in the state store yet".to_string(),
+                };
                 println!(
-                    "audit log {}: {} records, chain intact",
+                    "audit log {}: {} records, chain intact{anchor_note}",
                     path.display(),
-                    report.records
+                    report.records,
                 );
             }
-            Ok(0)
+            0
         }
         Some(p) => {
             if !json {
-                println!("audit log {}: TAMPERED — {}", path.display(), p.message);
+                println!("audit log {}: TAMPERED — {}", path.display(), v(&p.message));
             }
-            Ok(1)
+            1
+        }
+    };
+    if reanchor {
+        // The file's own chain must hold; its head is what it ends with now.
+        let head = upshift::audit::AuditLog::open(&path)?.head();
+        let own = upshift::audit::verify(&path)?;
+        if let Some(p) = own.first_problem {
+            return Err(usage(format!(
+                "not re-anchored: the log's own chain is broken ({}); keep a copy and move it aside to start a new log",
+                p.message
+            )));
+        }
+        state.anchor_audit(&key, head.records, &head.hash).await?;
+        if !json {
+            println!(
+                "re-anchored the audit log at {} records; the host appends to it again",
+                head.records
+            );
         }
     }
+    Ok(code)
 }

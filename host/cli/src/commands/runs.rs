@@ -7,7 +7,7 @@ use upshift::ops::{OpError, Session};
 
 use super::Ctx;
 use crate::cli::{AgentArgs, ApplyArgs, EnqueueArgs, PlanArgs, ResumeArgs};
-use crate::{Exit, confirm, exit, print_json, record, ui, usage};
+use crate::{Exit, confirm, err_out, exit, out, print_json, record, ui, usage};
 
 /// `upshift plan`: detect and plan, or plan offline; touches nothing.
 pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
@@ -38,7 +38,7 @@ pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
     if args.json {
         print_json(&report)?;
     } else {
-        print!("{}", ui::plan_text(&report));
+        out(&ui::plan_text(&report));
     }
     Ok(match report.outcome {
         PlanOutcome::Plan(_) => 0,
@@ -74,7 +74,7 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<u8, Exit> {
     let _tape = record::start(&mut session, &args.tape, &instance.name)?;
     let report = apply::apply(&session, instance, &to, |plan| {
         if !json {
-            eprint!("{}", ui::plan_text(plan));
+            err_out(&ui::plan_text(plan));
         }
         confirm(yes, "Proceed with this plan?").unwrap_or(false)
     })
@@ -107,7 +107,7 @@ pub async fn rollout(
         max_failures: args.max_failures,
     };
     if !args.json {
-        eprint!("{}", ui::rollout_plan_text(&instances, &options));
+        err_out(&ui::rollout_plan_text(&instances, &options));
     }
     if !confirm(args.yes, "Start this rollout?")? {
         return Err(usage("not confirmed; nothing was changed"));
@@ -121,7 +121,7 @@ pub async fn rollout(
     if args.json {
         print_json(&outcome)?;
     } else {
-        eprint!("{}", ui::rollout_text(&outcome, &md, &json_path));
+        err_out(&ui::rollout_text(&outcome, &md, &json_path));
     }
     Ok(exit::rollout(&outcome))
 }
@@ -173,16 +173,16 @@ pub async fn agent(ctx: &Ctx, args: AgentArgs) -> Result<u8, Exit> {
         print_json(&done)?;
     } else {
         for h in &done {
-            eprintln!(
-                "  {:<20} {}{}",
-                h.instance,
-                h.outcome,
+            err_out(&format!(
+                "  {:<20} {}{}\n",
+                ui::v(&h.instance),
+                ui::v(&h.outcome),
                 if h.resumed {
                     " (resumed an interrupted run)"
                 } else {
                     ""
                 }
-            );
+            ));
         }
     }
     Ok(0)
@@ -211,7 +211,7 @@ pub fn finish_run(
     if json {
         print_json(&report)?;
     } else {
-        print!("{}", ui::run_text(&report));
+        out(&ui::run_text(&report));
     }
     Ok(exit::outcome(report.outcome))
 }

@@ -45,6 +45,9 @@ pub struct PlanReport {
     pub prior: Prior,
     /// What the host will do if the run fails after its last step.
     pub rollback: Vec<RollbackAction>,
+    /// Database bindings whose role is privileged, accepted with `privileged = true` (e.g.
+    /// "binding `meta` connects as role `postgres`, a superuser (privileged = true)").
+    pub privileged: Vec<String>,
 }
 
 /// How a run ended.
@@ -223,6 +226,13 @@ pub async fn plan_instance(
     target: &str,
 ) -> Result<PlanReport, OpError> {
     let (adapter, caps) = prepare(session, instance).await?;
+    // Every database binding's role, before any adapter SQL: a privileged role the operator
+    // did not accept stops the plan here (audited); an accepted one is named in the plan.
+    let privileged = caps
+        .db()
+        .check_roles()
+        .await
+        .map_err(|e| OpError::Usage(format!("instance `{}`: {e}", instance.name)))?;
     let detection = detect(session, &adapter, &caps).await?;
     let outcome = call_plan(session, &adapter, &detection, target).await?;
     let (outcome, prior, rollback) = match outcome {
@@ -244,6 +254,7 @@ pub async fn plan_instance(
         outcome,
         prior,
         rollback,
+        privileged,
     })
 }
 
@@ -257,7 +268,7 @@ pub async fn offline_plan(
     upshift_model::version::check(from)
         .map_err(|e| OpError::Usage(format!("the version planned from: {e}")))?;
     let (label, wasm) = adapters::resolve(adapter).map_err(OpError::Usage)?;
-    let adapter = session.runtime.load(&label, &wasm).await?;
+    let adapter = session.load_component(&label, &label, &wasm).await?;
     let detection = Detection {
         version: from.to_string(),
         facts: Vec::new(),
@@ -296,6 +307,7 @@ pub async fn offline_plan(
         },
         outcome,
         prior,
+        privileged: Vec::new(),
     })
 }
 
@@ -423,11 +435,15 @@ pub async fn apply(
     let plan = match &report.outcome {
         PlanOutcome::Refused(r) => {
             let run = new_run(instance, &adapter, "upgrade", &from, target, "null".into());
-            session.state.insert_run(&run).await.map_err(host)?;
+            session
+                .state
+                .insert_run(&session.masked_run(&run))
+                .await
+                .map_err(host)?;
             let msg = format!("refused by rule `{}`: {}", r.rule, r.reason);
             session
                 .state
-                .finish_run(&run.id, RunStatus::Refused, Some(&msg))
+                .finish_run(&run.id, RunStatus::Refused, Some(&session.mask(&msg)))
                 .await
                 .map_err(host)?;
             return Ok(RunReport {
@@ -607,7 +623,7 @@ pub(super) async fn conclude(
     };
     session
         .state
-        .finish_run(run_id, status, Some(&message))
+        .finish_run(run_id, status, Some(&session.mask(&message)))
         .await
         .map_err(host)?;
     Ok(RunReport {
@@ -764,7 +780,7 @@ pub async fn backup(
             Err(e) => {
                 session
                     .state
-                    .finish_run(&run.id, RunStatus::Failed, Some(&e))
+                    .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&e)))
                     .await
                     .map_err(host)?;
                 return Err(OpError::Host(format!("backup of `{b}` failed: {e}")));
@@ -868,7 +884,11 @@ pub async fn restore(
     };
     session
         .state
-        .finish_run(&run.id, status, failure.as_deref())
+        .finish_run(
+            &run.id,
+            status,
+            failure.as_deref().map(|f| session.mask(f)).as_deref(),
+        )
         .await
         .map_err(host)?;
     Ok(RunReport {

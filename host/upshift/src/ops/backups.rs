@@ -158,7 +158,10 @@ pub async fn verify(
             .join("; ");
         session
             .state
-            .mark_invalid(&backup.id, &format!("verification failed: {why}"))
+            .mark_invalid(
+                &backup.id,
+                &session.mask(&format!("verification failed: {why}")),
+            )
             .await
             .map_err(|e| OpError::Host(e.to_string()))?;
     }

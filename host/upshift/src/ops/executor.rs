@@ -49,7 +49,7 @@ impl<'a> RunContext<'a> {
     ) -> Result<RunContext<'a>, super::OpError> {
         session
             .state
-            .insert_run(run)
+            .insert_run(&session.masked_run(run))
             .await
             .map_err(|e| super::OpError::Host(e.to_string()))?;
         Ok(RunContext::attach(
@@ -149,7 +149,7 @@ impl RunContext<'_> {
             lease.check().await.map_err(|e| e.to_string())?;
         }
         self.state()
-            .step_started(&self.run_id, seq, id, title, phase)
+            .step_started(&self.run_id, seq, id, &self.session.mask(title), phase)
             .await
             .map_err(|e| format!("cannot journal step `{id}`: {e}"))?;
         self.session
@@ -168,9 +168,20 @@ impl RunContext<'_> {
             Ok(r) => (StepStatus::Succeeded, Some(r.summary.as_str()), None),
             Err(e) => (StepStatus::Failed, None, Some(e.as_str())),
         };
+        let (output, error) = (
+            output.map(|o| self.session.mask(o)),
+            error.map(|e| self.session.mask(e)),
+        );
         let journaled = self
             .state()
-            .step_finished(&self.run_id, seq, phase, status, output, error)
+            .step_finished(
+                &self.run_id,
+                seq,
+                phase,
+                status,
+                output.as_deref(),
+                error.as_deref(),
+            )
             .await
             .map_err(|e| format!("cannot journal the end of step `{id}`: {e}"));
         self.caps.events.emit(Event::StepFinished {

@@ -160,6 +160,12 @@ pub fn check_grants(plan: &Plan, grants: &GrantSet, instance: &str) -> Result<()
     for step in &plan.steps {
         if let Some((kind, binding, access)) = action_grant(&step.action) {
             grants.check(binding, kind, access).map_err(|d| {
+                if let crate::grants::Denial::NotApproved { lock, .. } = &d {
+                    return format!(
+                        "the plan's step `{}` needs `{access}` on {kind} binding `{binding}`, but {d}; add it to the adapter's entry in {lock} (or delete the entry and approve it anew with `upshift lock --approve`)",
+                        step.id
+                    );
+                }
                 format!(
                     "the plan's step `{}` needs `{access}` on {kind} binding `{binding}`, but {d}; add \"{access}\" to `access` in [instance.{kind}.{binding}] of instance `{instance}` (or remove the narrowing)",
                     step.id

@@ -121,21 +121,29 @@ pub async fn markdown(session: &Session, report: &RolloutReport) -> String {
     md
 }
 
-/// Write the report as `<data>/reports/<id>.md` and `.json`; returns both paths.
+/// Write the report as `<data>/reports/<id>.md` and `.json` (0600, secrets masked; the
+/// Markdown, read with `cat`, with adapter text's control characters made visible); returns
+/// both paths.
 pub async fn write(
     session: &Session,
     report: &RolloutReport,
 ) -> Result<(PathBuf, PathBuf), OpError> {
+    use crate::caps::private;
     let dir = session.data.join("reports");
-    std::fs::create_dir_all(&dir)
+    private::create_dir_all(&dir)
         .map_err(|e| OpError::Host(format!("cannot create {}: {e}", dir.display())))?;
     let md = dir.join(format!("{}.md", report.id));
     let json = dir.join(format!("{}.json", report.id));
-    std::fs::write(&md, markdown(session, report).await)
+    let text = markdown(session, report).await;
+    let text = crate::model::text::visible_lines(&text);
+    private::write(&md, session.mask(&text).as_bytes())
         .map_err(|e| OpError::Host(format!("cannot write {}: {e}", md.display())))?;
-    let text = serde_json::to_string_pretty(report)
+    let text = session
+        .secrets
+        .masked_json(report)
+        .and_then(|v| serde_json::to_string_pretty(&v))
         .map_err(|e| OpError::Host(format!("cannot encode the report: {e}")))?;
-    std::fs::write(&json, text)
+    private::write(&json, text)
         .map_err(|e| OpError::Host(format!("cannot write {}: {e}", json.display())))?;
     Ok((md, json))
 }

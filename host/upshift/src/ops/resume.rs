@@ -300,7 +300,7 @@ pub async fn resume(
                 ));
                 session
                     .state
-                    .finish_run(run_id, RunStatus::Failed, Some(&why))
+                    .finish_run(run_id, RunStatus::Failed, Some(&session.mask(&why)))
                     .await
                     .map_err(host)?;
                 return Ok(RunReport {

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use crate::adapters;
 use crate::audit::AuditLog;
-use crate::caps::db::DbBackend;
+use crate::caps::db::{DbBackend, RolePolicy};
 use crate::caps::files::FilesBackend;
 use crate::caps::http::HttpBackend;
 use crate::caps::service::ServiceBackend;
-use crate::caps::{Caller, EventSink, InstanceCaps};
+use crate::caps::{Caller, Event, EventSink, InstanceCaps, Secrets};
 use crate::fleet::{AdapterRef, Instance};
-use crate::grants::GrantSet;
+use crate::grants::{Access, GrantSet};
+use crate::integrity::{StateAnchor, StateLedger, audit_log_key};
 use crate::lease::{Held, holder_name};
 use crate::runtime::{LoadedAdapter, Manifest, Runtime};
 use crate::state::StateStore;
@@ -30,14 +31,47 @@ pub struct Session {
     pub audit: Arc<AuditLog>,
     /// Runs, steps, backups and leases.
     pub state: Arc<dyn StateStore>,
-    /// Where progress goes.
+    /// Where progress goes (masked with [`Session::secrets`]).
     pub events: EventSink,
+    /// The secrets masked in everything the session writes: the audit log, events, the
+    /// journal, tapes and reports (`upshift_caps::secrets`).
+    pub secrets: Secrets,
     /// Where process services' state lives.
     pub services: PathBuf,
     /// How long a lease lasts without a heartbeat.
     lease_ttl: Duration,
     /// A test hook: where this process kills itself, as a machine dying there would.
     crash_point: Option<CrashPoint>,
+    /// Keeps the audit log's head in the state store; flushed when the session ends.
+    anchor: Option<Arc<StateAnchor>>,
+}
+
+/// How long a session's end waits for the audit log's head to reach the state store.
+const ANCHOR_FLUSH: Duration = Duration::from_secs(10);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(anchor) = &self.anchor else { return };
+        let flush = || anchor.flush(ANCHOR_FLUSH);
+        // On a multi-threaded runtime the worker hands its other tasks on while it waits (the
+        // store's connection may be one of them).
+        let flushed = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(flush)
+            }
+            _ => flush(),
+        };
+        if !flushed {
+            self.events.emit(crate::caps::Event::Log {
+                instance: "upshift".into(),
+                level: "warn".into(),
+                message: format!(
+                    "the audit log's head was not anchored in the state store within {} s; `upshift audit verify` cannot vouch for its last records",
+                    ANCHOR_FLUSH.as_secs()
+                ),
+            });
+        }
+    }
 }
 
 /// How to open a [`Session`]: the data directory, and where the state, the process services'
@@ -62,9 +96,17 @@ pub struct SessionBuilder {
     cache: Option<PathBuf>,
     lease_ttl: Duration,
     crash_point: Option<CrashPoint>,
+    secrets: Secrets,
 }
 
 impl SessionBuilder {
+    /// The registry of secrets to mask with (default: a new one); a caller that prints what
+    /// the session returns masks it with the same registry.
+    pub fn secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
     /// Where progress and log lines go (default: nowhere).
     pub fn events(mut self, events: EventSink) -> Self {
         self.events = events;
@@ -132,21 +174,58 @@ impl SessionBuilder {
         .map_err(|e| OpError::Host(e.to_string()))
     }
 
+    /// Create the data directory 0700, or make an existing one 0700 (saying so: it held the
+    /// state, audit log and backups open to other users).
     fn create_data_dir(&self) -> Result<(), OpError> {
-        std::fs::create_dir_all(&self.data).map_err(|source| OpError::DataDirectory {
-            path: self.data.clone(),
-            source,
-        })
+        let was = crate::caps::private::private_dir(&self.data).map_err(|source| {
+            OpError::DataDirectory {
+                path: self.data.clone(),
+                source,
+            }
+        })?;
+        if let Some(mode) = was {
+            self.events.emit(Event::Log {
+                instance: String::new(),
+                level: "warn".into(),
+                message: format!(
+                    "data directory {} was open to other users (mode {mode:o}); it is now 0700",
+                    self.data.display()
+                ),
+            });
+        }
+        Ok(())
     }
 
-    /// Open (creating) the data directory and everything in it.
+    /// Open (creating) the data directory and everything in it. The audit log is opened only
+    /// if it reaches the head the state store anchored for it (a log whose anchored records
+    /// were removed or rewritten stops the session), and its head is anchored after every
+    /// append from then on.
+    /// Cached compiled adapters are trusted only if the state store recorded their digests.
     pub async fn open(self) -> Result<Session, OpError> {
         self.create_data_dir()?;
-        let audit = AuditLog::open(&self.data.join("audit.jsonl"))
-            .map_err(|e| OpError::Host(e.to_string()))?;
+        if let Some(url) = &self.state_url {
+            self.secrets.add_url(url);
+        }
         let state = self.state_store().await?;
+        let audit_path = self.data.join("audit.jsonl");
+        let key = audit_log_key(&audit_path);
+        let anchored = state
+            .audit_anchor(&key)
+            .await
+            .map_err(|e| OpError::Host(e.to_string()))?
+            .map(|a| crate::audit::ChainHead {
+                records: a.records,
+                hash: a.head,
+            });
+        let audit = AuditLog::open_anchored(&audit_path, anchored.as_ref())
+            .map_err(|e| OpError::Host(e.to_string()))?
+            .with_secrets(self.secrets.clone());
+        let anchor = StateAnchor::start(state.clone(), key, self.events.clone())
+            .map_err(|e| OpError::Host(format!("cannot start the audit anchor: {e}")))?;
+        audit.set_anchor(anchor.clone());
         let cache = self.cache.unwrap_or_else(|| self.data.join("cache"));
         let mut runtime = Runtime::new(Some(&cache)).map_err(|e| OpError::Host(e.to_string()))?;
+        runtime.set_artifact_ledger(Arc::new(StateLedger(state.clone())));
         let audit = Arc::new(audit);
         runtime.set_audit(audit.clone());
         Ok(Session {
@@ -155,9 +234,11 @@ impl SessionBuilder {
             runtime,
             audit,
             state,
-            events: self.events,
+            events: self.events.masked(self.secrets.clone()),
+            secrets: self.secrets,
             lease_ttl: self.lease_ttl,
             crash_point: self.crash_point,
+            anchor: Some(anchor),
         })
     }
 }
@@ -173,6 +254,7 @@ impl Session {
             cache: None,
             lease_ttl: crate::lease::DEFAULT_TTL,
             crash_point: None,
+            secrets: Secrets::new(),
         }
     }
 
@@ -199,6 +281,24 @@ impl Session {
         Ok(Held::acquire(store, instance, &holder_name(label), self.lease_ttl).await?)
     }
 
+    /// `text` with the session's secrets masked: what the journal and reports store.
+    pub fn mask<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        self.secrets.mask(text)
+    }
+
+    /// A run record as the journal stores it: its plan and message masked.
+    pub fn masked_run(&self, run: &crate::state::RunRecord) -> crate::state::RunRecord {
+        let mut run = run.clone();
+        if let Ok(mut plan) = serde_json::from_str::<serde_json::Value>(&run.plan_json) {
+            self.secrets.mask_json(&mut plan);
+            run.plan_json = plan.to_string();
+        } else {
+            self.secrets.mask_string(&mut run.plan_json);
+        }
+        self.secrets.mask_option(&mut run.message);
+        run
+    }
+
     /// Where backups are written.
     pub fn backups_dir(&self) -> PathBuf {
         self.data.join("backups")
@@ -207,7 +307,9 @@ impl Session {
     /// Load the adapter an instance names. Before anything is compiled: under a `[trust]`
     /// policy an adapter file must be signed as it requires, and under a lock file the
     /// adapter's bytes must be the approved ones (bundled adapters included, since a new
-    /// Upshift binary brings new ones).
+    /// Upshift binary brings new ones) and the approval no wider than what the adapter asks
+    /// for and the fleet file grants no more than it (see [`crate::lockfile::LockFile::ceiling`]).
+    /// A cache entry that was not trusted (and so compiled again) is reported as a warning.
     pub async fn load_adapter(&self, instance: &Instance) -> Result<LoadedAdapter, OpError> {
         let adapter = &instance.adapter;
         let (label, wasm) = adapters::resolve(adapter).map_err(OpError::Usage)?;
@@ -220,21 +322,65 @@ impl Session {
             if let Ok(manifest) = Manifest::from_component(&wasm) {
                 lock.admit(adapter, &crate::runtime::digest(&wasm), &manifest)
                     .map_err(|e| OpError::Usage(format!("not approved: {e}")))?;
+                lock.ceiling(adapter, &manifest, &instance.name, &instance.bound_names())
+                    .map_err(|e| OpError::Usage(format!("not approved: {e}")))?;
             }
         }
-        self.runtime
-            .load(&label, &wasm)
-            .await
-            .map_err(OpError::from)
+        self.load_component(&instance.name, &label, &wasm).await
     }
 
-    /// Join the adapter's requests with the instance's bindings and build the backends.
+    /// Register what the instance's bindings hold that is secret: URL passwords of its
+    /// databases, HTTP bases and health URLs, and its services' secret-named `env` values.
+    pub fn register_secrets(&self, instance: &Instance) {
+        let s = &self.secrets;
+        instance.db.values().for_each(|b| s.add_url(&b.url));
+        instance.http.values().for_each(|b| s.add_url(&b.url));
+        for b in instance.service.values() {
+            use crate::fleet::ServiceBackend as Spec;
+            let health = match &b.backend {
+                Spec::Process(p) => {
+                    p.env.iter().for_each(|(k, v)| s.add_env(k, v));
+                    &p.health_url
+                }
+                Spec::Docker(d) => &d.health_url,
+                Spec::Compose(c) => &c.health_url,
+            };
+            if let Some(url) = health {
+                s.add_url(url);
+            }
+        }
+    }
+
+
+    /// Compile (or load from the cache) and link a component whose trust was already checked,
+    /// reporting to `events` (as `instance`) why a cache entry was not trusted.
+    pub async fn load_component(
+        &self,
+        instance: &str,
+        label: &str,
+        wasm: &[u8],
+    ) -> Result<LoadedAdapter, OpError> {
+        let loaded = self.runtime.load(label, wasm).await?;
+        if let Some(note) = &loaded.cache_note {
+            self.events.emit(crate::caps::Event::Log {
+                instance: instance.to_string(),
+                level: "warn".into(),
+                message: note.clone(),
+            });
+        }
+        Ok(loaded)
+    }
+
+    /// Join the adapter's requests with the instance's bindings and build the backends. Under
+    /// a lock file the grants are narrowed to what it approves for these bytes (nothing, if it
+    /// approves none).
     pub fn caps_for(
         &self,
         instance: &Instance,
         adapter: &LoadedAdapter,
     ) -> Result<Arc<InstanceCaps>, OpError> {
-        let grants = GrantSet::resolve(
+        self.register_secrets(instance);
+        let mut grants = GrantSet::resolve(
             &instance.name,
             &adapter.manifest.bindings,
             &instance.bound_names(),
@@ -248,6 +394,14 @@ impl Session {
                     .join("\n"),
             )
         })?;
+        if let Some(lock) = &instance.lock {
+            let approved = lock
+                .entry(&instance.adapter)
+                .filter(|e| e.sha256 == adapter.digest)
+                .map(|e| e.bindings.clone())
+                .unwrap_or_default();
+            grants.limit_to(&approved, &lock.path.display().to_string());
+        }
         let mut caps = InstanceCaps::new(
             Caller {
                 adapter_digest: adapter.digest.clone(),
@@ -258,7 +412,19 @@ impl Session {
             self.events.clone(),
         );
         for (name, b) in &instance.db {
-            let backend = DbBackend::new(&b.url).map_err(|e| {
+            // The host creates databases for a binding it may back up or restore (clones,
+            // restores beside), so CREATEDB alone is expected there.
+            let creates_databases = caps.grants().grants().get(name).is_some_and(|g| {
+                g.access
+                    .iter()
+                    .any(|a| matches!(a, Access::Backup | Access::Restore))
+            });
+            let policy = RolePolicy {
+                binding: name.clone(),
+                privileged: b.privileged,
+                creates_databases,
+            };
+            let backend = DbBackend::bound(&b.url, Some(policy)).map_err(|e| {
                 OpError::Usage(format!("instance `{}` db `{name}`: {e}", instance.name))
             })?;
             caps.bind_db(name, backend);

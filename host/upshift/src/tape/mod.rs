@@ -133,6 +133,8 @@ impl Tape {
             options.create_new(true);
         }
         let mut file = options.open(path).map_err(io)?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
         file.write_all(b"\n").map_err(io)?;
         file.sync_all().map_err(io)
@@ -166,6 +168,7 @@ pub struct Recorder {
     command: String,
     recorded_at: String,
     inner: Mutex<(Option<TapeAdapter>, Vec<ExportRecord>)>,
+    secrets: upshift_caps::Secrets,
 }
 
 impl Recorder {
@@ -176,13 +179,37 @@ impl Recorder {
             command: command.to_string(),
             recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             inner: Mutex::new((None, Vec::new())),
+            secrets: upshift_caps::Secrets::new(),
         }
+    }
+
+    /// Mask the tape with `secrets` (the session's): what the adapter read under a secret name,
+    /// and the fleet's passwords, are written as `********`.
+    pub fn masking(mut self, secrets: upshift_caps::Secrets) -> Recorder {
+        self.secrets = secrets;
+        self
+    }
+
+    /// One export record with the secrets masked (dropped if it cannot be re-read).
+    fn masked(&self, record: ExportRecord) -> Option<ExportRecord> {
+        if self.secrets.is_empty() {
+            return Some(record);
+        }
+        let value = self.secrets.masked_json(&record).ok()?;
+        serde_json::from_value(value).ok()
     }
 
     /// The tape so far.
     pub fn tape(&self) -> Tape {
         let (adapter, exports) = match self.inner.lock() {
-            Ok(inner) => (inner.0.clone().unwrap_or_default(), inner.1.clone()),
+            Ok(inner) => (
+                inner.0.clone().unwrap_or_default(),
+                inner
+                    .1
+                    .iter()
+                    .filter_map(|r| self.masked(r.clone()))
+                    .collect(),
+            ),
             Err(_) => (TapeAdapter::default(), Vec::new()),
         };
         Tape {

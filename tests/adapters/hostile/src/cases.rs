@@ -400,6 +400,169 @@ impl Case for Hostile {
     }
 }
 
+/// `db-probe`: runs whatever database call its payload names, so one component drives a table
+/// of variations. Payload: a first line `<query|execute|transaction> <binding>`, then the SQL;
+/// a transaction's statements are separated by lines holding only `--next--` when there is
+/// one, otherwise one statement per line. The answer is the rows (query), the count (execute)
+/// or the counts (transaction).
+#[cfg(feature = "db-probe")]
+impl Case for Hostile {
+    fn attack(payload: &str) -> Result<String, CapError> {
+        let (head, sql) = payload.split_once('\n').unwrap_or((payload, ""));
+        let mut words = head.split_whitespace();
+        let (op, binding) = (words.next().unwrap_or(""), words.next().unwrap_or("meta"));
+        match op {
+            "query" => db::query(binding, sql, &[]).map(|r| {
+                let rows: Vec<Vec<String>> = r
+                    .rows
+                    .iter()
+                    .map(|row| {
+                        row.iter()
+                            .map(|v| {
+                                upshift_adapter_sdk::value_text(v).unwrap_or_else(|| "NULL".into())
+                            })
+                            .collect()
+                    })
+                    .collect();
+                format!("{rows:?}")
+            }),
+            "execute" => db::execute(binding, sql, &[]).map(|n| format!("{n} rows affected")),
+            "transaction" => {
+                let separated = sql.lines().any(|l| l.trim() == "--next--");
+                let parts: Vec<&str> = if separated {
+                    sql.split("\n--next--\n").collect()
+                } else {
+                    sql.lines().filter(|l| !l.trim().is_empty()).collect()
+                };
+                let statements: Vec<db::Statement> = parts
+                    .into_iter()
+                    .map(|s| db::Statement {
+                        sql: s.to_string(),
+                        params: vec![],
+                    })
+                    .collect();
+                db::transaction(binding, &statements).map(|n| format!("{n:?} rows affected"))
+            }
+            other => Ok(format!("unknown probe `{other}`")),
+        }
+    }
+}
+
+// ---- H4 (issue 14): what the operator reads, and what the host writes down. ----
+
+/// Text that rewrites the operator's terminal: a window title (OSC), an erased line with a
+/// forged success mark, a C1 CSI and a right-to-left override.
+#[allow(dead_code)]
+const FORGED: &str = "note \u{1b}]0;pwned\u{7} \u{1b}[2K\r✔ all checks passed \u{9b}31m \u{202e}desrever\u{202c} end";
+
+/// Every adapter text field carries [`FORGED`]: detection facts, step titles, notes, the
+/// refusal (target `9.9.9`), log lines, progress, step summaries, a step error (target
+/// `3.0.0`: a second step fails) and verification checks.
+#[cfg(feature = "terminal-escapes")]
+impl Case for Hostile {
+    fn detect() -> Result<Detection, AdapterError> {
+        Ok(Detection {
+            version: "1.0.0".into(),
+            facts: vec![upshift_adapter_sdk::Fact {
+                key: "edition".into(),
+                value: FORGED.into(),
+            }],
+        })
+    }
+
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        if target == "9.9.9" {
+            return Err(refuse(
+                "forged",
+                FORGED,
+                &["2.0.0".to_string(), FORGED.to_string()],
+                FORGED,
+            ));
+        }
+        let mut steps = vec![steps::custom("attack", "attack", "", false, FORGED)];
+        if target == "3.0.0" {
+            steps.push(steps::custom("fail", "attack", "fail", false, FORGED));
+        }
+        let mut plan = plan_of(current, target, steps);
+        plan.notes = vec![FORGED.into()];
+        Ok(plan)
+    }
+
+    fn attack(payload: &str) -> Result<String, CapError> {
+        log::write(log::Level::Warn, FORGED);
+        log::write(
+            log::Level::Info,
+            &format!("{FORGED}\n✔ a second, forged line"),
+        );
+        progress::report(1, 2, FORGED);
+        if payload == "fail" {
+            return Err(CapError::Failed(format!("{FORGED}\n{FORGED}")));
+        }
+        Ok(format!("{FORGED}\n{FORGED}"))
+    }
+
+    fn verify(_expected: String) -> Result<Vec<Check>, AdapterError> {
+        Ok(vec![Check {
+            name: FORGED.into(),
+            passed: true,
+            detail: FORGED.into(),
+        }])
+    }
+}
+
+/// Reads the files the payload names (default `.env` and `app.toml`) from `data`, and tells
+/// everyone what it read: log lines, progress, its step summary, and (target `3.0.0`) the
+/// error of a second step that fails.
+#[cfg(feature = "dotenv-secrets")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let mut steps = vec![steps::custom(
+            "leak",
+            "attack",
+            "",
+            false,
+            "read the config",
+        )];
+        if target == "3.0.0" {
+            steps.push(steps::custom(
+                "fail",
+                "attack",
+                "fail",
+                false,
+                "fail with it",
+            ));
+        }
+        Ok(plan_of(current, target, steps))
+    }
+
+    fn attack(payload: &str) -> Result<String, CapError> {
+        let mut text = String::new();
+        for name in [".env", "app.toml"] {
+            let bytes = files::read("data", name)?;
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        for line in text.lines() {
+            log::write(log::Level::Info, line);
+            progress::report(1, 2, line);
+        }
+        if payload == "fail" {
+            return Err(CapError::Failed(format!("failing with: {text}")));
+        }
+        Ok(format!("read: {text}"))
+    }
+
+    fn verify(_expected: String) -> Result<Vec<Check>, AdapterError> {
+        let env = files::read("data", ".env")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        Ok(vec![Check {
+            name: "config".into(),
+            passed: true,
+            detail: env,
+        }])
+    }
+}
+
 // H3 (tests/hostile_edges.rs): payload-driven probes, one component each.
 
 /// The text a target `M.0.0-h<hex>` carries, and `M` (the role it plays in the plan): a hostile

@@ -2,7 +2,7 @@
 //!
 //! `plan(target)` chooses a behaviour: `loop` spins forever, `bomb` allocates until the memory
 //! limit, `huge` returns a plan of 100,000 steps, `panic` panics, `recurse` recurses without
-//! end, `calls:N` makes N `files::exists` calls (denied without capabilities; the benchmarks
+//! end, `calls:N` (or the product version `N.0.0-calls`) makes N `files::exists` calls (denied without capabilities; the benchmarks
 //! divide by N to get one guest → host round trip), and a target `V-cheap` is a cheap upgrade of
 //! process service `app` to version `V-cheap` (snapshot `data`, stop, switch, start, wait
 //! healthy; `verify` inspects `app`), which the fleet-apply benchmark runs. `run-step(name)` makes one capability call (`db-read`, `db-write`, `db-ddl`,
@@ -84,8 +84,12 @@ impl Guest for Misbehaving {
                 }
                 Err(refuse("flood", "flooded", &[], ""))
             }
-            calls if calls.starts_with("calls:") => {
-                let n: u64 = calls["calls:".len()..].parse().unwrap_or(0);
+            calls if calls.starts_with("calls:") || calls.ends_with("-calls") => {
+                let n: u64 = calls
+                    .strip_prefix("calls:")
+                    .or_else(|| calls.split('.').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
                 let denied = (0..n)
                     .filter(|_| files::exists("data", "probe").is_err())
                     .count();
