@@ -687,6 +687,20 @@ pub fn plan(data: &[u8]) {
             s.id
         );
     }
+    for s in &p.steps {
+        if let wit::Action::ServiceSwitch(a) = &s.action {
+            assert!(
+                upshift::model::version::is_valid(&a.version),
+                "switch to `{}` accepted: not a product version",
+                a.version.escape_debug()
+            );
+        }
+    }
+    assert!(
+        upshift::model::version::is_valid(&p.to_version),
+        "to-version `{}` accepted",
+        p.to_version.escape_debug()
+    );
     for t in plan_texts(&p) {
         assert!(
             t.len() <= MAX_TEXT,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("upshift-model", &[]),
     ("upshift-caps", &["upshift-model"]),
-    ("upshift-state", &[]),
+    ("upshift-state", &["upshift-model"]),
     ("upshift-runtime", &["upshift-model", "upshift-caps"]),
     (
         "upshift",

@@ -49,8 +49,8 @@ path = "{files}"
 
 [instance.service.app]
 kind = "process"
-command = "sleep {{version}}"
-version = "30"
+command = "/usr/bin/env APP_VERSION={{version}} sleep 30"
+version = "1.0.0"
 
 [instance.http.api]
 url = "http://127.0.0.1:{http_port}"

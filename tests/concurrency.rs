@@ -45,7 +45,7 @@ fn fleet_file(adapter: &str, root: &Path) -> String {
              [instance.files.data]\npath = {data:?}\n\n\
              [instance.service.app]\nkind = \"process\"\n\
              command = \"/usr/bin/env APP_VERSION={{version}} /bin/sleep infinity\"\n\
-             version = \"cheap-1.0.0\"\nworkdir = {inst:?}\nstop_timeout_secs = 10\n\n",
+             version = \"1.0.0-cheap\"\nworkdir = {inst:?}\nstop_timeout_secs = 10\n\n",
             data = inst.join("data").display().to_string(),
             inst = inst.display().to_string(),
         ));
@@ -121,7 +121,7 @@ fn a_rollout_of_eight_snapshotting_instances_runs_them_at_once() {
         "apply",
         "--all",
         "--to",
-        "cheap-1.0.0",
+        "1.0.0-cheap",
         "--parallel",
         "8",
         "--yes",
@@ -134,7 +134,7 @@ fn a_rollout_of_eight_snapshotting_instances_runs_them_at_once() {
         "apply",
         "--all",
         "--to",
-        "cheap-2.0.0",
+        "2.0.0-cheap",
         "--parallel",
         "8",
         "--yes",

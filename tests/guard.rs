@@ -94,8 +94,8 @@ path = "{files}"
 
 [instance.service.app]
 kind = "process"
-command = "sleep {{version}}"
-version = "30"
+command = "/usr/bin/env APP_VERSION={{version}} sleep 30"
+version = "1.0.0"
 "#,
         files = files.display(),
         compose = compose_file.display(),

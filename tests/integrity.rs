@@ -431,7 +431,7 @@ fn the_audit_logs_head_is_anchored_so_a_lost_or_rewritten_tail_shows() {
     misbehaving_fleet(&env, "");
     // Records written by real runs: each plan's capability calls are denied and audited.
     for _ in 0..3 {
-        let out = env.upshift(&["plan", "m", "--to", "calls:4", "--json"]);
+        let out = env.upshift(&["plan", "m", "--to", "4.0.0-calls", "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     }
     let log = env.data().join("audit.jsonl");
@@ -543,7 +543,7 @@ fn the_audit_logs_head_is_anchored_so_a_lost_or_rewritten_tail_shows() {
     write(original.clone());
     let (code, text, _) = verify(&env);
     assert_eq!(code, Some(0), "{text}");
-    let out = env.upshift(&["plan", "m", "--to", "calls:1", "--json"]);
+    let out = env.upshift(&["plan", "m", "--to", "1.0.0-calls", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (code, text, json) = verify(&env);
     assert_eq!(code, Some(0), "{text}");

@@ -3,7 +3,7 @@
 //!
 //! Each instance is a process service (`env APP_VERSION=V sleep infinity`, started detached in
 //! its own process group) with a small data directory. The cheap upgrade is the test adapter's
-//! plan for a target `cheap-V`: snapshot the data directory with checksums, stop the service,
+//! plan for a target `V-cheap`: snapshot the data directory with checksums, stop the service,
 //! switch it to `V`, start it, wait until it is healthy (running), verify it runs `V`. The
 //! script does the same with `cp -a`, `sha256sum`, `sync`, `kill`, `setsid` and the same 300 ms
 //! "did it exit at once" wait the process backend has.
@@ -72,7 +72,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Metric>> {
              {PARALLEL} in parallel)"
         ),
         &format!(
-            "(wall time of `upshift apply --all --to cheap-2.0.0 --parallel {PARALLEL} --yes` − \
+            "(wall time of `upshift apply --all --to 2.0.0-cheap --parallel {PARALLEL} --yes` − \
              wall time of the script) / {INSTANCES}"
         ),
         Unit::Seconds,
@@ -100,7 +100,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Metric>> {
     m.notes.push(format!(
         "{INSTANCES} instances, each a process service (`env APP_VERSION={{version}} sleep \
          infinity`) and a data directory of {DATA_FILES} files of {} KiB; the cheap upgrade is \
-         the test adapter's plan for target `cheap-2.0.0`: snapshot the data directory \
+         the test adapter's plan for target `2.0.0-cheap`: snapshot the data directory \
          (sha256, synced to disk, manifest), stop the service, switch it, start it (the process backend \
          waits 300 ms to see that it did not exit at once), wait healthy, verify",
         DATA_FILE_BYTES / 1024
@@ -109,7 +109,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Metric>> {
         "the script (`bench/src/fleet.rs`, `SCRIPT`) does the same steps per instance with \
          `cp -a`, `sha256sum`, `sync`, `kill`, `setsid` and the same 300 ms wait, run by \
          `xargs -P 32`; before each timed run both sides bring all instances up at \
-         `cheap-1.0.0` (untimed; for upshift an `apply --to cheap-1.0.0`, which also fills \
+         `1.0.0-cheap` (untimed; for upshift an `apply --to 1.0.0-cheap`, which also fills \
          the compiled-adapter cache)"
             .into(),
     );
@@ -191,7 +191,7 @@ fn fleet_file(adapter: &Path, instances: &[PathBuf]) -> String {
              [instance.files.data]\npath = {data:?}\n\n\
              [instance.service.app]\nkind = \"process\"\n\
              command = \"/usr/bin/env APP_VERSION={{version}} /bin/sleep infinity\"\n\
-             version = \"cheap-1.0.0\"\nworkdir = {inst:?}\nstop_timeout_secs = 10\n\n",
+             version = \"1.0.0-cheap\"\nworkdir = {inst:?}\nstop_timeout_secs = 10\n\n",
             adapter = adapter.display().to_string(),
             data = inst.join("data").display().to_string(),
             inst = inst.display().to_string(),
@@ -218,10 +218,10 @@ fn time_upshift(upshift: &Path, adapter: &Path, dir: &Path) -> Result<f64> {
         timed(cmd, &format!("upshift apply --to {to}"))
     };
     let result = (|| {
-        apply("cheap-1.0.0")?;
+        apply("1.0.0-cheap")?;
         settle();
-        let t = apply("cheap-2.0.0")?;
-        check_running(&list, "cheap-2.0.0")?;
+        let t = apply("2.0.0-cheap")?;
+        check_running(&list, "2.0.0-cheap")?;
         Ok(t)
     })();
     kill_under(dir);
@@ -232,9 +232,9 @@ fn time_script(script: &Path, dir: &Path) -> Result<f64> {
     let list = instances(&dir.join("instances"))?;
     // Bring every instance up at the old version (untimed).
     for inst in &list {
-        std::fs::write(inst.join("version"), "cheap-1.0.0\n")?;
+        std::fs::write(inst.join("version"), "1.0.0-cheap\n")?;
         let child = Command::new("setsid")
-            .args(["env", "APP_VERSION=cheap-1.0.0", "sleep", "infinity"])
+            .args(["env", "APP_VERSION=1.0.0-cheap", "sleep", "infinity"])
             .current_dir(inst)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -247,12 +247,12 @@ fn time_script(script: &Path, dir: &Path) -> Result<f64> {
     let result = (|| {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(format!(
-            "ls -d {}/* | xargs -P {PARALLEL} -I{{}} bash {} {{}} cheap-2.0.0",
+            "ls -d {}/* | xargs -P {PARALLEL} -I{{}} bash {} {{}} 2.0.0-cheap",
             dir.join("instances").display(),
             script.display()
         ));
         let elapsed = timed(cmd, "the script")?;
-        check_running(&list, "cheap-2.0.0")?;
+        check_running(&list, "2.0.0-cheap")?;
         Ok(elapsed)
     })();
     kill_under(dir);

@@ -253,7 +253,12 @@ async fn stop_services(root: &Path) -> Result<(), Exit> {
 async fn pg_client(url: &str) -> Result<tokio_postgres::Client, Exit> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to {}: {e}",
+                upshift::model::redact::url_for_display(url)
+            )
+        })?;
     tokio::spawn(connection);
     Ok(client)
 }

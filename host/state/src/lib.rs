@@ -198,7 +198,7 @@ pub enum StateError {
     /// PostgreSQL refused or failed a statement, or the connection failed.
     #[error("state database {at}: PostgreSQL said: {source}")]
     Postgres {
-        /// The URL, password hidden.
+        /// The URL as shown by `upshift_model::redact::url_for_display` (no userinfo).
         at: String,
         /// What PostgreSQL (or the connection to it) said.
         source: tokio_postgres::Error,

@@ -52,7 +52,7 @@ fn now() -> String {
 
 /// The PostgreSQL engine.
 pub struct Pg {
-    /// The URL without its password, for messages.
+    /// The URL without its userinfo, for messages.
     at: String,
     client: Client,
     /// How long a lease lasts without a heartbeat: a claim whose agent holds no lease for that
@@ -63,24 +63,10 @@ pub struct Pg {
 /// The PostgreSQL state store.
 pub type PgState = Store<Pg>;
 
-/// `url` with any password replaced.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Connect and create the tables (serialised by an advisory lock, so agents starting together
 /// do not race). `lease_ttl` is the hosts' lease period.
 pub async fn open(url: &str, lease_ttl: Duration) -> Result<PgState, StateError> {
-    let at = redact(url);
+    let at = upshift_model::redact::url_for_display(url);
     let fail = |source| StateError::Postgres {
         at: at.clone(),
         source,

@@ -504,6 +504,13 @@ impl Ctx<'_> {
                         "put {version} where the version appears in the binary path or arguments",
                     ));
                 }
+                if let Err(e) = upshift_model::version::check(&version) {
+                    return Err(self.invalid(
+                        at,
+                        format!("process service `{name}`: {e}"),
+                        "set `version` to the deployed product version, e.g. `version = \"3.10.0\"`",
+                    ));
+                }
                 ServiceBackend::Process(ProcessSpec {
                     command,
                     version,
@@ -610,7 +617,7 @@ impl Ctx<'_> {
                 at,
                 format!(
                     "http binding `{name}`: `{}` is not an http(s) URL with a host",
-                    raw.url
+                    upshift_model::redact::url_for_display(&raw.url)
                 ),
                 "use a base URL such as http://127.0.0.1:8080",
             ));

@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use cap_fs_ext::DirExt;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, PermissionsExt};
 use serde::{Deserialize, Serialize};
@@ -252,14 +253,20 @@ fn walk(
                 mtime_ns,
             });
             let sub = dir
-                .open_dir(&name)
+                .open_dir_nofollow(&name)
                 .map_err(|e| io(&format!("cannot open {}", rel.join(&name).display()), e))?;
             walk(&sub, &path, dest, out, hasher)?;
         } else if meta.is_file() {
+            let mut options = crate::files::dir::no_follow_no_block();
+            options.read(true);
             let file = dir
-                .open(&name)
+                .open_with(&name, &options)
                 .map_err(|e| io(&format!("cannot open {shown}"), e))?
                 .into_std();
+            // Swapped for a FIFO, socket or device since it was looked at: not data either.
+            if !file.metadata().is_ok_and(|m| m.is_file()) {
+                continue;
+            }
             let (size, cloned) = copy_hashing(file, &dest.join(&path), hasher)
                 .map_err(|e| io(&format!("cannot copy {shown}"), e))?;
             out.cloned_files += u64::from(cloned);
@@ -274,7 +281,8 @@ fn walk(
                 mtime_ns,
             });
         }
-        // Sockets, fifos and devices are not data; they are left out.
+        // Sockets, FIFOs and devices are not data: they are left out, never opened (opening a
+        // FIFO would block the snapshot; reading a device would copy it as if a file).
     }
     Ok(())
 }
@@ -649,5 +657,35 @@ mod tests {
         std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").expect("write");
         let err = snapshot(&root, &outer.path().join("snap")).expect_err("not UTF-8");
         assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    /// A FIFO, a socket or a device in a snapshotted directory is left out, never opened: the
+    /// snapshot neither hangs on the FIFO nor copies the device as if a file.
+    #[test]
+    fn fifos_sockets_and_devices_are_left_out_promptly() {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("data");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        std::fs::write(root.join("kept"), b"data").expect("write");
+        nix::unistd::mkfifo(&root.join("fifo"), Mode::S_IRWXU).expect("mkfifo");
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("socket")).expect("bind");
+        // A character device (/dev/zero's numbers) needs CAP_MKNOD; without it, the FIFO and
+        // the socket are still checked.
+        let device = mknod(
+            &root.join("zero"),
+            SFlag::S_IFCHR,
+            Mode::S_IRWXU,
+            makedev(1, 5),
+        )
+        .is_ok();
+        let started = std::time::Instant::now();
+        let (manifest, _) = snapshot(&root, &outer.path().join("snap")).expect("snapshot");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let paths: Vec<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["kept"], "device made: {device}");
+        for left_out in ["fifo", "socket", "zero"] {
+            assert!(!outer.path().join("snap/files").join(left_out).exists());
+        }
     }
 }

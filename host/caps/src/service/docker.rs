@@ -228,6 +228,7 @@ impl DockerBackend {
 
     /// The image reference for `version`, refused unless its repository is granted.
     pub fn image_for(&self, version: &str) -> Result<String, CapError> {
+        super::checked_version(version)?;
         if !valid_tag(version) {
             return Err(CapError::Denied(format!(
                 "`{version}` cannot be an image tag (letters, digits, `.`, `-`, `_`)"

@@ -99,14 +99,18 @@ impl Services {
         .await
     }
 
-    /// `service.image-present`.
+    /// `service.image-present`: a version that is not a product version is denied before any
+    /// backend sees it.
     pub async fn image_present(&self, binding: &str, version: &str) -> Result<bool, CapError> {
         self.guarded(
             binding,
             Access::Inspect,
             Operation::ImagePresent,
-            Some(version.to_string()),
-            async |b| Ok((b.image_present(version).await?, 1)),
+            Some(version.escape_debug().take(200).collect()),
+            async |b| {
+                checked_version(version)?;
+                Ok((b.image_present(version).await?, 1))
+            },
         )
         .await
     }
@@ -156,7 +160,8 @@ impl Services {
             .await
     }
 
-    /// Host: switch the (stopped) service to `version` (needs `switch-version`).
+    /// Host: switch the (stopped) service to `version` (needs `switch-version`). A version that
+    /// is not a product version is denied (and audited) before any backend sees it.
     pub async fn switch_version(
         &self,
         binding: &str,
@@ -164,6 +169,7 @@ impl Services {
         detail: &str,
     ) -> Result<String, CapError> {
         self.host(binding, Operation::SwitchVersion, detail, async |b| {
+            checked_version(version)?;
             b.switch_version(version).await
         })
         .await
@@ -203,6 +209,14 @@ impl Services {
         })
         .await
     }
+}
+
+/// `version` if it is a product version (semver, optionally with a leading `v`); otherwise the
+/// call is denied: it never reaches a command line, an image tag or a Compose file.
+pub(crate) fn checked_version(version: &str) -> Result<(), CapError> {
+    upshift_model::version::check(version)
+        .map(|_| ())
+        .map_err(|e| CapError::Denied(e.to_string()))
 }
 
 /// A bound service.

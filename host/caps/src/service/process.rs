@@ -140,16 +140,22 @@ impl ProcessBackend {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// The command line for `version`.
+    /// The command line for `version`: the operator's template is split shell-style first, then
+    /// `{version}` is replaced inside each word, and only by a checked product version, so a
+    /// version can never add words, change the program or leave a path.
     pub fn command_for(&self, version: &str) -> Result<Vec<String>, CapError> {
-        let rendered = self.spec.command.replace("{version}", version);
-        let words = shell_words::split(&rendered).map_err(|e| {
-            CapError::Invalid(format!("service command `{rendered}` does not split: {e}"))
+        super::checked_version(version)?;
+        let template = &self.spec.command;
+        let words = shell_words::split(template).map_err(|e| {
+            CapError::Invalid(format!("service command `{template}` does not split: {e}"))
         })?;
         if words.is_empty() {
             return Err(CapError::Invalid("service command is empty".into()));
         }
-        Ok(words)
+        Ok(words
+            .into_iter()
+            .map(|w| w.replace("{version}", version))
+            .collect())
     }
 
     /// Start the recorded version (nothing to do if it already runs). Fails if the process

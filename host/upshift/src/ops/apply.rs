@@ -151,6 +151,8 @@ async fn call_plan(
     detection: &Detection,
     target: &str,
 ) -> Result<Result<Plan, Refusal>, OpError> {
+    upshift_model::version::check(target)
+        .map_err(|e| OpError::Usage(format!("the target version: {e}")))?;
     let out = session.runtime.plan(adapter, detection, target).await?;
     if let Err(r) = &out {
         plan::validate_refusal(r).map_err(|why| fault(session, adapter, "plan", why))?;
@@ -263,6 +265,8 @@ pub async fn offline_plan(
     from: &str,
     to: &str,
 ) -> Result<PlanReport, OpError> {
+    upshift_model::version::check(from)
+        .map_err(|e| OpError::Usage(format!("the version planned from: {e}")))?;
     let (label, wasm) = adapters::resolve(adapter).map_err(OpError::Usage)?;
     let adapter = session.load_component(&label, &label, &wasm).await?;
     let detection = Detection {

@@ -102,6 +102,33 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
             return Err(format!("step id `{}` is used twice", step.id));
         }
     }
+    check_versions(plan)
+}
+
+/// What a restore plan's `from-version` says when the live version could not be detected.
+const UNKNOWN_VERSION: &str = "unknown";
+
+/// Every version a plan carries (its `from` and `to`, each `service-switch`) is a product
+/// version (semver, optionally with a leading `v`; `from` may also be `unknown`, for a restore
+/// onto an instance whose version could not be detected); the error names the field or the step.
+fn check_versions(plan: &Plan) -> Result<(), String> {
+    use upshift_model::version::check;
+    if plan.from_version != UNKNOWN_VERSION {
+        check(&plan.from_version).map_err(|e| format!("the plan's `from-version`: {e}"))?;
+    }
+    check(&plan.to_version).map_err(|e| format!("the plan's `to-version`: {e}"))?;
+    for (i, step) in plan.steps.iter().enumerate() {
+        if let Action::ServiceSwitch(a) = &step.action {
+            check(&a.version).map_err(|e| {
+                format!(
+                    "step {} (`{}`) switches service `{}` to a version that is not one: {e}",
+                    i + 1,
+                    step.id,
+                    a.binding
+                )
+            })?;
+        }
+    }
     Ok(())
 }
 
@@ -551,8 +578,8 @@ mod tests {
     #[test]
     fn validation_rejects_bad_plans() {
         let plan = Plan {
-            from_version: "1".into(),
-            to_version: "2".into(),
+            from_version: "1.0.0".into(),
+            to_version: "2.0.0".into(),
             steps: vec![
                 step("a", Action::ServiceStop("app".into())),
                 step("a", Action::ServiceStop("app".into())),
@@ -575,8 +602,8 @@ mod tests {
     fn validation_bounds_every_text_field() {
         let long = "x".repeat(MAX_TEXT + 1);
         let plan = Plan {
-            from_version: "1".into(),
-            to_version: "2".into(),
+            from_version: "1.0.0".into(),
+            to_version: "2.0.0".into(),
             steps: vec![step(
                 "custom",
                 Action::Custom(CustomAction {
@@ -604,5 +631,60 @@ mod tests {
             ..plan
         };
         assert!(validate(&plan).is_ok());
+    }
+
+    #[test]
+    fn validation_names_the_step_or_field_with_a_bad_version() {
+        let good = Plan {
+            from_version: "v1.0.0".into(),
+            to_version: "1.2.3-rc.1".into(),
+            steps: upgrade(),
+            notes: vec![],
+        };
+        assert!(validate(&good).is_ok());
+        let unknown = Plan {
+            from_version: "unknown".into(),
+            ..good.clone()
+        };
+        assert!(
+            validate(&unknown).is_ok(),
+            "a restore onto an undetected version"
+        );
+        for bad in [
+            "../../bin/sh -c 'touch x' x",
+            "1.0.0 ; touch x",
+            "1.0.0\n",
+            "$(touch x)",
+            "1.0.0/../..",
+        ] {
+            let to = Plan {
+                to_version: bad.into(),
+                ..good.clone()
+            };
+            assert!(validate(&to).unwrap_err().contains("`to-version`"), "{bad}");
+            let from = Plan {
+                from_version: bad.into(),
+                ..good.clone()
+            };
+            assert!(
+                validate(&from).unwrap_err().contains("`from-version`"),
+                "{bad}"
+            );
+            let mut steps = upgrade();
+            for s in &mut steps {
+                if let Action::ServiceSwitch(a) = &mut s.action {
+                    a.version = bad.into();
+                }
+            }
+            let err = validate(&Plan {
+                steps,
+                ..good.clone()
+            })
+            .unwrap_err();
+            assert!(
+                err.contains("(`switch`)") && err.contains("is not a product version"),
+                "{err}"
+            );
+        }
     }
 }

@@ -188,7 +188,7 @@ impl Case for Hostile {
         let step = steps::service_switch(
             "switch",
             "app",
-            "666",
+            "6.6.6",
             "switch a service it may only inspect",
         );
         Ok(plan_of(current, target, vec![step]))
@@ -560,5 +560,116 @@ impl Case for Hostile {
             passed: true,
             detail: env,
         }])
+    }
+}
+
+// H3 (tests/hostile_edges.rs): payload-driven probes, one component each.
+
+/// The text a target `M.0.0-h<hex>` carries, and `M` (the role it plays in the plan): a hostile
+/// version travels through the operator's `--to` as a valid semver pre-release.
+#[cfg(feature = "edge-versions")]
+fn carried(target: &str) -> (u64, String) {
+    let (head, hex) = target.split_once("-h").unwrap_or((target, ""));
+    let role = head
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    (role, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Plans carry the version it is handed: role 2 switches service `proc` to it (stop, switch,
+/// start), 3 makes it the plan's `to-version`, 4 its `from-version`. `attack(v)` asks
+/// `image-present(proc, v)`.
+#[cfg(feature = "edge-versions")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let (role, version) = carried(&target);
+        Ok(match role {
+            3 => plan_of(current, version, vec![]),
+            4 => plan_of(
+                Detection {
+                    version,
+                    facts: vec![],
+                },
+                target,
+                vec![],
+            ),
+            _ => plan_of(
+                current,
+                target,
+                vec![
+                    steps::service_stop("stop", "proc", "stop the service"),
+                    steps::service_switch(
+                        "switch",
+                        "proc",
+                        &version,
+                        "switch to the carried version",
+                    ),
+                    steps::service_start("start", "proc", "start the carried version"),
+                ],
+            ),
+        })
+    }
+
+    fn attack(payload: &str) -> Result<String, CapError> {
+        service::image_present("proc", payload).map(|p| p.to_string())
+    }
+}
+
+/// `attack("OP:PATH")` runs one file operation on `data`: `read`, `write`, `list`, `exists`,
+/// or `load` (a `load-image` of PATH onto `proc`).
+#[cfg(feature = "edge-files")]
+impl Case for Hostile {
+    fn attack(payload: &str) -> Result<String, CapError> {
+        let (op, path) = payload.split_once(':').unwrap_or((payload, ""));
+        match op {
+            "read" => files::read("data", path).map(|b| format!("{} bytes", b.len())),
+            "write" => files::write("data", path, b"planted").map(|()| "written".into()),
+            "list" => files::list_dir("data", path).map(|e| format!("{} entries", e.len())),
+            "exists" => files::exists("data", path).map(|e| e.to_string()),
+            "load" => service::load_image("proc", "data", path).map(|i| i.join(",")),
+            other => Ok(format!("no operation {other}")),
+        }
+    }
+}
+
+/// `attack(path)` GETs `path` on `api`.
+#[cfg(feature = "edge-http")]
+impl Case for Hostile {
+    fn attack(payload: &str) -> Result<String, CapError> {
+        get(payload).map(|r| format!("{} {}", r.status, String::from_utf8_lossy(&r.body)))
+    }
+}
+
+/// A plan whose one step calls `meta` and `api` (both bound to dead addresses with credentials
+/// in their URLs), logs what the host answered, and fails with it.
+#[cfg(feature = "edge-leak")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        Ok(plan_of(
+            current,
+            target,
+            vec![steps::custom(
+                "leak",
+                "attack",
+                "",
+                false,
+                "call the dead bindings",
+            )],
+        ))
+    }
+
+    fn attack(_: &str) -> Result<String, CapError> {
+        if let Err(e) = db::query("meta", "SELECT 1", &[]) {
+            log::write(
+                log::Level::Error,
+                &format!("db said: {}", upshift_adapter_sdk::describe_cap_error(&e)),
+            );
+        }
+        get("/status").map(|r| r.status.to_string())
     }
 }

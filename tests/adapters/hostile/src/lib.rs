@@ -23,6 +23,7 @@ upshift_adapter_sdk::manifest! {
         { name: "app", kind: service, access: [inspect], purpose: "inspect the service", optional: true },
         { name: "api", kind: http, access: [read], purpose: "GET endpoints", optional: true },
         { name: "rw", kind: db, access: [read, write, ddl], purpose: "write and change schema (bound only for db-probe)", optional: true },
+        { name: "proc", kind: service, access: [inspect, control, switch_version], purpose: "stop, switch and start a service (tests/hostile_edges.rs)", optional: true },
     ],
 }
 

@@ -2,9 +2,9 @@
 //!
 //! `plan(target)` chooses a behaviour: `loop` spins forever, `bomb` allocates until the memory
 //! limit, `huge` returns a plan of 100,000 steps, `panic` panics, `recurse` recurses without
-//! end, `calls:N` makes N `files::exists` calls (denied without capabilities; the benchmarks
-//! divide by N to get one guest → host round trip), and a target `cheap-V` is a cheap upgrade of
-//! process service `app` to version `cheap-V` (snapshot `data`, stop, switch, start, wait
+//! end, `calls:N` (or the product version `N.0.0-calls`) makes N `files::exists` calls (denied without capabilities; the benchmarks
+//! divide by N to get one guest → host round trip), and a target `V-cheap` is a cheap upgrade of
+//! process service `app` to version `V-cheap` (snapshot `data`, stop, switch, start, wait
 //! healthy; `verify` inspects `app`), which the fleet-apply benchmark runs. `run-step(name)` makes one capability call (`db-read`, `db-write`, `db-ddl`,
 //! `files-read`, `files-write`, `service-inspect`, `image-present`, `service-load`, `http-get`,
 //! `http-post`, `undeclared`; the payload is the step's argument) and
@@ -84,8 +84,12 @@ impl Guest for Misbehaving {
                 }
                 Err(refuse("flood", "flooded", &[], ""))
             }
-            calls if calls.starts_with("calls:") => {
-                let n: u64 = calls["calls:".len()..].parse().unwrap_or(0);
+            calls if calls.starts_with("calls:") || calls.ends_with("-calls") => {
+                let n: u64 = calls
+                    .strip_prefix("calls:")
+                    .or_else(|| calls.split('.').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
                 let denied = (0..n)
                     .filter(|_| files::exists("data", "probe").is_err())
                     .count();
@@ -96,7 +100,7 @@ impl Guest for Misbehaving {
                     notes: vec![format!("{denied} of {n} calls denied")],
                 })
             }
-            cheap if cheap.starts_with("cheap-") => Ok(Plan {
+            cheap if cheap.ends_with("-cheap") => Ok(Plan {
                 from_version: current.version,
                 to_version: target.clone(),
                 steps: vec![
@@ -140,7 +144,7 @@ impl Guest for Misbehaving {
     }
 
     fn verify(expected: String) -> Result<Vec<Check>, AdapterError> {
-        if !expected.starts_with("cheap-") {
+        if !expected.ends_with("-cheap") {
             return Ok(vec![]);
         }
         let app = service::inspect("app").map_err(|e| error(describe_cap_error(&e)))?;
