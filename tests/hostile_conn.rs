@@ -580,7 +580,9 @@ async fn the_documented_least_privilege_recipes_pass_the_role_check() {
         let read_only = DbBackend::bound(&url, Some(policy(false))).expect("backend");
         let refused = read_only.check_role().await;
         assert!(
-            refused.as_ref().is_err_and(|e| e.to_string().contains("CREATEDB")),
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("CREATEDB")),
             "recipe {n} on a read-only binding: {refused:?}"
         );
     }

@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,41 +137,9 @@ const PROBES: &[Probe] = &[
     probe("execute rw", "ALTER TABLE victims ALTER COLUMN id SET DEFAULT nextval('victims_id_seq')", Allowed),
 ];
 
-/// The `db-probe` component, built once.
+/// The `db-probe` component, built into the suite's own target directory.
 fn component() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap_or(Path::new("../.."))
-        .to_path_buf();
-    let target = root.join("target").join("hostile-db");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&root)
-        .args(["build", "--quiet", "--locked", "--target", "wasm32-wasip2"])
-        .args(["--profile", "hostile", "--target-dir"])
-        .arg(&target)
-        .args([
-            "-p",
-            "upshift-test-adapter-hostile",
-            "--no-default-features",
-        ])
-        .args(["--features", "db-probe"]);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_LLVM_COV",
-        "LLVM_PROFILE_FILE",
-    ] {
-        cmd.env_remove(var);
-    }
-    let status = cmd.status().expect("run cargo");
-    assert!(status.success(), "building db-probe failed ({status})");
-    target.join("wasm32-wasip2/hostile/upshift_test_adapter_hostile.wasm")
+    common::hostile::component("hostile-db", "db-probe").unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Run the plan step `custom(name, payload)` as the executor does; the error or `ok: summary`.
@@ -244,7 +211,10 @@ async fn untouched(db: &tokio_postgres::Client, bystander: &tokio_postgres::Clie
 async fn every_sql_escape_is_denied_audited_and_the_database_untouched() {
     let Some(pg) = common::pg() else { return };
     let wasm = component();
-    let (_, db_url) = pg.fresh_db("hostile_db").await;
+    // The worst case the operator can consent to: a superuser URL, marked `privileged`. The
+    // SQL rules must hold even there (a superuser could read server files).
+    let (name, _) = pg.fresh_db_as("hostile_db", "").await;
+    let db_url = pg.admin_url(&name);
     let db = common::connect(&db_url).await;
     db.batch_execute(
         "CREATE TABLE victims (id serial PRIMARY KEY, name text);
@@ -265,10 +235,12 @@ adapter = "{adapter}"
 [instance.db.meta]
 url = "{db_url}"
 access = ["read"]
+privileged = true
 
 [instance.db.rw]
 url = "{db_url}"
 access = ["read", "write", "ddl"]
+privileged = true
 "#,
         adapter = wasm.display(),
     ));

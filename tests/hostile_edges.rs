@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,49 +28,13 @@ const FEATURES: &[&str] = &["edge-versions", "edge-files", "edge-http", "edge-le
 fn components() -> &'static Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .nth(2)
-            .unwrap_or(Path::new("../.."))
-            .to_path_buf();
         // Its own target directory: tests/hostile.rs may build the same crate at the same time.
-        let target = root.join("target").join("hostile-edges");
-        let out = target.join("components");
-        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+        let mut dir = None;
         for feature in FEATURES {
-            let mut cmd = Command::new(&cargo);
-            cmd.current_dir(&root)
-                .args(["build", "--quiet", "--locked", "--target", "wasm32-wasip2"])
-                .args(["--profile", "hostile", "--target-dir"])
-                .arg(&target)
-                .args([
-                    "-p",
-                    "upshift-test-adapter-hostile",
-                    "--no-default-features",
-                ])
-                .args(["--features", feature]);
-            for var in [
-                "RUSTFLAGS",
-                "CARGO_ENCODED_RUSTFLAGS",
-                "CARGO_TARGET_DIR",
-                "CARGO_BUILD_TARGET",
-                "RUSTC_WRAPPER",
-                "RUSTC_WORKSPACE_WRAPPER",
-                "CARGO_LLVM_COV",
-                "LLVM_PROFILE_FILE",
-            ] {
-                cmd.env_remove(var);
-            }
-            let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-            if !status.success() {
-                return Err(format!("building `{feature}` failed ({status})"));
-            }
-            let built = target.join("wasm32-wasip2/hostile/upshift_test_adapter_hostile.wasm");
-            std::fs::copy(&built, out.join(format!("{feature}.wasm")))
-                .map_err(|e| format!("{}: {e}", built.display()))?;
+            let built = common::hostile::component("hostile-edges", feature)?;
+            dir = built.parent().map(Path::to_path_buf);
         }
-        Ok(out)
+        dir.ok_or_else(|| "no edge components".to_string())
     })
 }
 

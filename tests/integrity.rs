@@ -239,7 +239,7 @@ async fn the_lock_files_approval_is_the_ceiling_of_the_grant() {
     let pg = common::pg();
     let db = match pg {
         Some(pg) => {
-            let (_, url) = pg.fresh_db("lockceil").await;
+            let (_, url) = pg.fresh_db_as("lockceil", "").await;
             common::connect(&url)
                 .await
                 .batch_execute(

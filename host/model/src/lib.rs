@@ -9,7 +9,7 @@ pub mod capdiff;
 pub mod digest;
 pub mod grants;
 pub mod redact;
-pub mod version;
 pub mod text;
+pub mod version;
 
 pub use digest::digest;

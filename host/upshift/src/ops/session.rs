@@ -351,7 +351,6 @@ impl Session {
         }
     }
 
-
     /// Compile (or load from the cache) and link a component whose trust was already checked,
     /// reporting to `events` (as `instance`) why a cache entry was not trusted.
     pub async fn load_component(
