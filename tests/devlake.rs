@@ -355,10 +355,22 @@ fn offline_plans_for_the_version_paths() {
         (code, v["outcome"]["rule"].as_str()),
         (Some(3), Some("unknown-major"))
     );
-    let (code, v) = plan("v1.0.1", "latest");
-    assert_eq!(
-        (code, v["outcome"]["rule"].as_str()),
-        (Some(3), Some("unparseable-version"))
+    // Not a product version: the host refuses it before the adapter sees it (exit 2, usage).
+    let out = env.upshift(&[
+        "plan",
+        "--product",
+        "devlake",
+        "--from",
+        "v1.0.1",
+        "--to",
+        "latest",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("`latest` is not a product version"),
+        "{}",
+        common::stderr(&out)
     );
 }
 
