@@ -294,7 +294,12 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
             "3.0.0",
             "is not granted `switch-version`",
         ),
-        (None, None, "3.0.0;rm", "cannot be an image tag"),
+        (
+            None,
+            None,
+            "3.0.0;rm",
+            "`3.0.0;rm` is not a product version",
+        ),
     ] {
         let env = common::Env::new();
         let (session, caps, adapter) = caps_for(&env, &fleet(&name, images, access)).await;
