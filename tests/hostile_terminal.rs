@@ -296,8 +296,8 @@ access = ["read"]
 
 [instance.service.app]
 kind = "process"
-command = "sleep {{version}}"
-version = "30"
+command = "/usr/bin/env APP_VERSION={{version}} sleep 30"
+version = "1.0.0"
 env = {{ APP_SECRET = "svc-env-secret-value", PLAIN_SETTING = "visible-setting" }}
 "#,
         wasm = wasm.display(),
