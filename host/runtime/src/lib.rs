@@ -294,11 +294,20 @@ impl Runtime {
                     .map_err(component_err)?;
                 (cached.component, cached.outcome, cached.note)
             }
-            None => (
-                Component::new(&self.engine, wasm).map_err(component_err)?,
-                CacheOutcome::Compiled,
-                None,
-            ),
+            None => {
+                // Compiling takes seconds of CPU: off the async threads, as the cache does.
+                let engine = self.engine.clone();
+                let bytes = wasm.to_vec();
+                let component =
+                    tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+                        .await
+                        .map_err(|e| RuntimeError::Component {
+                            adapter: label.to_string(),
+                            reason: format!("compiling stopped: {e}"),
+                        })?
+                        .map_err(component_err)?;
+                (component, CacheOutcome::Compiled, None)
+            }
         };
         let pre = self
             .linker
