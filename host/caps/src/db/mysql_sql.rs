@@ -507,7 +507,8 @@ struct Names {
 }
 
 impl Names {
-    fn object(&mut self, name: &ObjectName) {
+    /// Record the qualifiers of `name`; the parts, as written.
+    fn qualify(&mut self, name: &ObjectName) -> Vec<String> {
         let parts: Vec<String> = name
             .0
             .iter()
@@ -516,13 +517,18 @@ impl Names {
                 ObjectNamePart::Function(f) => f.name.value.clone(),
             })
             .collect();
-        if let Some(last) = parts.last() {
-            self.declared.insert(last.to_lowercase());
-        }
         if parts.len() >= 2 {
             for q in &parts[..parts.len() - 1] {
                 self.qualified.push((q.clone(), parts.join(".")));
             }
+        }
+        parts
+    }
+
+    /// A table in a FROM clause: its qualifiers, and its name as one `x.y` may refer to.
+    fn object(&mut self, name: &ObjectName) {
+        if let Some(last) = self.qualify(name).last() {
+            self.declared.insert(last.to_lowercase());
         }
     }
 }
@@ -531,7 +537,10 @@ impl Visitor for Names {
     type Break = ();
 
     fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
-        self.object(relation);
+        // A relation outside a FROM clause (`CREATE TABLE x`, `ALTER TABLE x`) declares no
+        // name that `x.y` elsewhere could mean: `ALTER TABLE other RENAME TO other.t` names
+        // schema `other`.
+        self.qualify(relation);
         ControlFlow::Continue(())
     }
 
@@ -583,6 +592,27 @@ pub fn check_scope(
 ) -> Result<(), SqlRefusal> {
     let mut names = Names::default();
     let _ = statement.visit(&mut names);
+    // Object names the parser's visitor does not report as relations.
+    match statement {
+        Statement::CreateView { name, .. } | Statement::CreateSequence { name, .. } => {
+            names.qualify(name);
+        }
+        Statement::Drop { names: dropped, .. } => {
+            for name in dropped {
+                names.qualify(name);
+            }
+        }
+        Statement::CreateTable(create) => {
+            if let Some(
+                sqlparser::ast::CreateTableLikeKind::Parenthesized(like)
+                | sqlparser::ast::CreateTableLikeKind::Plain(like),
+            ) = &create.like
+            {
+                names.qualify(&like.name);
+            }
+        }
+        _ => {}
+    }
     let mut seen: Vec<(String, String)> = names.qualified;
     for q in &tokens.qualifiers {
         if q.maybe_column && names.declared.contains(&q.qualifier.to_lowercase()) {
@@ -595,6 +625,13 @@ pub fn check_scope(
             continue;
         }
         let information = schema.eq_ignore_ascii_case(INFORMATION_SCHEMA);
+        if information && shown.to_ascii_lowercase().contains("processlist") {
+            return Err(refused(
+                format!("`{shown}`"),
+                "it lists other sessions' statements, which can carry secrets",
+                "read the bound database's own tables",
+            ));
+        }
         if information && access == Access::Read {
             continue;
         }

@@ -1338,6 +1338,17 @@ mod tests {
             "GRANT ALL ON *.* TO 'u'@'%'",
             "CREATE USER 'u'@'%'",
             "INSTALL SONAME 'ha_connect'",
+            "BEGIN NOT ATOMIC SELECT 1; END",
+            "BEGIN",
+            "COMMIT",
+            "XA START 'x'",
+            "SAVEPOINT s",
+            "SELECT * FROM information_schema.processlist",
+            "SELECT info FROM INFORMATION_SCHEMA.`PROCESSLIST`",
+            "CREATE TABLE x (a INT) ENGINE=MRG_MyISAM UNION=(t)",
+            "DESCRIBE t",
+            "ANALYZE SELECT * FROM t",
+            "SHOW PROCESSLIST",
         ] {
             assert!(refused_on_every_grant(sql), "{sql}: {:?}", mysql(sql));
         }
@@ -1445,6 +1456,29 @@ mod tests {
                 "information_schema",
             ),
             ("SELECT * FROM App.t", "App"),
+            // A table or alias named like the schema does not make `other.x` a column.
+            ("CREATE TABLE other LIKE other.secret", "other"),
+            ("ALTER TABLE other RENAME TO other.t", "other"),
+            ("INSERT INTO other.secret SELECT * FROM t AS other", "other"),
+            ("CREATE TABLE other.x AS SELECT * FROM t AS other", "other"),
+            ("CREATE VIEW other.v AS SELECT * FROM t AS other", "other"),
+            ("CREATE INDEX i ON other.secret (a)", "other"),
+            (
+                "DELETE FROM other.secret USING other.secret, t AS other",
+                "other",
+            ),
+            (
+                "UPDATE other.secret AS s JOIN t AS other ON s.id = other.id SET s.a = 1",
+                "other",
+            ),
+            (
+                "SELECT * FROM t AS other WHERE a IN (SELECT a FROM other.secret)",
+                "other",
+            ),
+            ("SELECT other.f(1) FROM t AS other", "other"),
+            ("SELECT NEXTVAL(other.s) FROM t AS other", "other"),
+            ("SELECT * FROM `1other`.secret", "1other"),
+            ("SELECT * FROM 1other.secret", "1other"),
         ] {
             assert_eq!(
                 outside(sql).as_deref(),
@@ -1476,6 +1510,8 @@ mod tests {
         ] {
             assert_eq!(mysql(sql), Ok(Access::Read), "{sql}");
         }
+        // The parser does not know multi-table UPDATE lists: refused.
+        assert!(mysql("UPDATE other.secret, t AS other SET other.a = 1").is_err());
         // Without a bound database, nothing but information_schema may be named.
         assert!(matches!(
             analyze_for(Engine::MySql, "SELECT * FROM app.t"),
