@@ -112,6 +112,10 @@ const PROBES: &[(&str, &str, Expect)] = &[
     ("query meta", "SELECT * FROM performance_schema.threads", Denied(OUTSIDE)),
     ("execute rw", "INSERT INTO {other}.secret (id, secret) VALUES (2, 'x')", Denied(OUTSIDE)),
     ("execute rw", "CREATE TABLE t2 AS SELECT * FROM {other}.secret", Denied(OUTSIDE)),
+    ("query meta", "SELECT * FROM \"{other}\".\"secret\"", Denied(OUTSIDE)),
+    ("execute rw", "ALTER TABLE victim RENAME TO {other}.victim", Denied(OUTSIDE)),
+    ("execute rw", "CREATE TABLE {other} LIKE {other}.secret", Denied(OUTSIDE)),
+    ("query meta", "SELECT info FROM information_schema.processlist", Denied("other sessions' statements")),
     ("query meta", "USE {other}", Denied("`USE` is refused")),
     // Session state that would outlive the statement.
     ("query meta", "SELECT GET_LOCK('upshift', 0)", Denied(GET_LOCK)),
