@@ -362,6 +362,12 @@ privileged = true
         failures.len(),
         failures.join("\n\n")
     );
+    // The audit shows that a statement carried an executable comment (not what it held).
+    let marked = audit_records(session.audit.path())
+        .iter()
+        .flat_map(|r| r.event.sql.iter())
+        .any(|s| s.fingerprint.starts_with("/*!…*/ select"));
+    assert!(marked, "an executable comment is marked in the fingerprint");
     let report = upshift::audit::verify(session.audit.path()).expect("verify");
     assert!(report.first_problem.is_none(), "the audit chain is intact");
 }

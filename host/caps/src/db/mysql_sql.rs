@@ -251,10 +251,12 @@ pub fn check_tokens(tokens: &[TokenWithSpan]) -> Result<TokenFacts, SqlRefusal> 
     for (i, t) in sig.iter().enumerate() {
         match t {
             Token::AtSign | Token::AtAt => return Err(user_variable("@")),
-            Token::Word(w) if w.quote_style.is_none() && w.value.starts_with('@') => {
-                if !w.value.starts_with("@@") {
-                    return Err(user_variable(&w.value));
-                }
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && w.value.starts_with('@')
+                    && !w.value.starts_with("@@") =>
+            {
+                return Err(user_variable(&w.value));
             }
             _ => {}
         }

@@ -22,7 +22,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
 use super::{Engine, mysql_sql};
 use crate::audit::SqlAudit;
@@ -349,7 +349,7 @@ fn analyze_mysql(database: Option<&str>, sql: &str) -> Result<Analysis, SqlRefus
 /// one. A statement that does not tokenize gets one fingerprint for all such statements.
 pub fn fingerprint(engine: Engine, sql: &str) -> Fingerprint {
     let text = match resolved_tokens(engine, sql) {
-        Ok((_, tokens)) => normalise(&tokens),
+        Ok((_, tokens)) => normalise(engine, &tokens),
         Err(_) => "(not tokenizable)".to_string(),
     };
     let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
@@ -709,10 +709,21 @@ fn ast_functions(engine: Engine, statement: &Statement) -> Vec<FunctionRef> {
 }
 
 /// The tokens without literals or comments, one space apart, unquoted words in lower case.
-fn normalise(tokens: &[TokenWithSpan]) -> String {
+/// On MySQL an executable comment or hint stays in the fingerprint as `/*!…*/` (its content
+/// may hold literals), so the audit shows what the server would have run something hidden.
+fn normalise(engine: Engine, tokens: &[TokenWithSpan]) -> String {
     let mut out: Vec<String> = Vec::new();
     for t in tokens {
         let piece = match &t.token {
+            Token::Whitespace(Whitespace::MultiLineComment(c))
+                if engine == Engine::MySql
+                    && (c.starts_with('!')
+                        || c.starts_with("M!")
+                        || c.starts_with("m!")
+                        || c.starts_with('+')) =>
+            {
+                "/*!…*/".to_string()
+            }
             Token::Whitespace(_) | Token::EOF => continue,
             Token::Word(w) => match w.quote_style {
                 None => w.value.to_ascii_lowercase(),
@@ -1648,6 +1659,11 @@ mod tests {
         assert_eq!(
             fingerprint(Engine::Postgres, r#"SELECT U&"pg_slee\0070"(1)"#).text,
             r#"select "pg_sleep" ( ? )"#
+        );
+        // MySQL: an executable comment is marked, its content not kept.
+        assert_eq!(
+            fingerprint(Engine::MySql, "/*!DROP TABLE victim*/ SELECT 1 /* plain */").text,
+            "/*!…*/ select ?"
         );
         let long = format!("SELECT {}", "a, ".repeat(1000) + "b");
         let audit = fingerprint(Engine::Postgres, &long).audit("read");
