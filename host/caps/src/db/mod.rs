@@ -7,6 +7,7 @@
 pub mod functions;
 pub mod kwdb;
 pub mod mysql;
+pub mod mysql_sql;
 pub mod pg;
 pub mod sql;
 
@@ -388,17 +389,19 @@ impl Db {
         sql_text: &str,
         seen: &mut Vec<SqlAudit>,
     ) -> Result<sql::Analysis, CapError> {
-        let engine = self
+        let (engine, database) = self
             .bound
             .config(binding)
-            .map_or(Engine::Postgres, DbBackend::engine);
+            .map_or((Engine::Postgres, None), |b| {
+                (b.engine(), Some(b.database().to_string()))
+            });
         let analysis = if sql_text.len() > MAX_SQL_BYTES {
             Err(format!(
                 "SQL text of {} bytes exceeds the limit of {MAX_SQL_BYTES}",
                 sql_text.len()
             ))
         } else {
-            sql::analyze_for(engine, sql_text).map_err(|e| e.to_string())
+            sql::analyze_bound(engine, database.as_deref(), sql_text).map_err(|e| e.to_string())
         };
         let print = if sql_text.len() > MAX_SQL_BYTES {
             sql::fingerprint(engine, "")

