@@ -112,7 +112,9 @@ fn bounded(limit: Duration) -> Result<Duration, CapError> {
 /// anything else the host sets up, so nothing set before it can change it. MariaDB limits every
 /// statement (`max_statement_time`, seconds); MySQL only `SELECT`s (`max_execution_time`, ms).
 fn session_setup(mariadb: bool) -> Result<Vec<String>, CapError> {
-    let lock_secs = bounded(LOCK_TIMEOUT)?.as_secs().max(1);
+    // Whole seconds, rounded up: the server's lock wait must not end before the deadline.
+    let lock = bounded(LOCK_TIMEOUT)?;
+    let lock_secs = (lock.as_secs() + u64::from(lock.subsec_nanos() > 0)).max(1);
     let statement = bounded(STATEMENT_TIMEOUT)?;
     let limit = if mariadb {
         format!(
@@ -736,5 +738,46 @@ impl RestoreEngine for MySqlBackend {
 
     async fn drop_database(&self, name: &str) -> Result<(), CapError> {
         MySqlBackend::drop_database(self, name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn the_statement_limit_is_set_last_and_cut_to_the_deadline() {
+        assert_eq!(
+            session_setup(true).expect("no deadline"),
+            [
+                "SET SESSION lock_wait_timeout = 30, SESSION innodb_lock_wait_timeout = 30",
+                "SET SESSION max_statement_time = 120.000",
+            ]
+        );
+        assert_eq!(
+            session_setup(false).expect("no deadline")[1],
+            "SET SESSION max_execution_time = 120000"
+        );
+        // 4.2 s left: the server's limits end half a second after the deadline, lock waits
+        // rounded up to whole seconds, never before it.
+        let setup =
+            crate::guard::with_deadline(Instant::now() + Duration::from_millis(4200), async {
+                session_setup(true)
+            })
+            .await
+            .expect("before the deadline");
+        assert_eq!(
+            setup[0],
+            "SET SESSION lock_wait_timeout = 5, SESSION innodb_lock_wait_timeout = 5"
+        );
+        let secs: f64 = setup[1]
+            .trim_start_matches("SET SESSION max_statement_time = ")
+            .parse()
+            .expect("seconds");
+        assert!((4.6..=4.7).contains(&secs), "{secs}");
+        // At the deadline the call is not made.
+        let late = crate::guard::with_deadline(Instant::now(), async { session_setup(true) }).await;
+        assert!(late.is_err_and(|e| e.to_string().contains("deadline")));
     }
 }
