@@ -570,6 +570,7 @@ async fn the_documented_least_privilege_recipes_pass_the_role_check() {
             binding: "meta".into(),
             privileged: false,
             creates_databases,
+            ..RolePolicy::default()
         };
         let backed_up = DbBackend::bound(&url, Some(policy(true))).expect("backend");
         assert_eq!(

@@ -261,7 +261,8 @@ async fn an_upgrade_on_mariadb_crosses_into_2_0() {
         return;
     };
     let (name, url) = my.fresh_db("om").await;
-    let db = db_on(&url, "mysql", "root", &name);
+    // The product and the binding share a least-privilege account named after the database.
+    let db = db_on(&url, "mysql", &name, &name);
     let om = installed(&db, "1.12.1", "").await;
     let out = om
         .env

@@ -54,19 +54,50 @@ impl MySql {
         format!("{}{db}", self.base_url.trim_end_matches(|c| c != '/'))
     }
 
-    /// A new database with a unique name starting with `prefix`, and its URL.
+    /// The URL of `user` (no password: the server listens on loopback only) for database `db`.
+    pub fn url_as(&self, user: &str, db: &str) -> String {
+        let url = self.url(db);
+        match url.split_once('@') {
+            Some((_, server)) => format!("mysql://{user}@{server}"),
+            None => url,
+        }
+    }
+
+    /// A new database with a unique name starting with `prefix`, and the URL of a
+    /// least-privilege account of the same name that the product and a binding granted `read`,
+    /// `backup` and `restore` (or `ddl`) share: [`restore_grants`].
     pub async fn fresh_db(&self, prefix: &str) -> (String, String) {
-        let name = format!(
-            "{prefix}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = self.fresh_name(prefix);
         let mut conn = self.conn("").await;
         conn.query_drop(format!("CREATE DATABASE `{name}`"))
             .await
             .expect("create database");
-        let url = self.url(&name);
+        let url = self.account(&name, &name, &restore_grants(&name)).await;
         (name, url)
+    }
+
+    /// A unique name starting with `prefix`.
+    pub fn fresh_name(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Create account `user`@`%` (no password), run each of `grants` (`GRANT … ON …`
+    /// without the `TO` clause) for it; its URL for database `db`.
+    pub async fn account(&self, user: &str, db: &str, grants: &[String]) -> String {
+        let mut conn = self.conn("").await;
+        conn.query_drop(format!("CREATE USER '{user}'@'%'"))
+            .await
+            .unwrap_or_else(|e| panic!("create user {user}: {e}"));
+        for grant in grants {
+            conn.query_drop(format!("{grant} TO '{user}'@'%'"))
+                .await
+                .unwrap_or_else(|e| panic!("{grant}: {e}"));
+        }
+        self.url_as(user, db)
     }
 
     /// A connection to database `db` ("" for none).
@@ -74,6 +105,40 @@ impl MySql {
         let opts = mysql_async::Opts::from_url(&self.url(db)).expect("url");
         mysql_async::Conn::new(opts).await.expect("connect")
     }
+}
+
+/// `name` escaped for a database-level grant (`_` and `%` are wildcards there).
+pub fn escaped(name: &str) -> String {
+    name.replace('_', "\\_").replace('%', "\\%")
+}
+
+/// What a binding granted only `read` needs: reads of its schema.
+pub fn read_grants(db: &str) -> Vec<String> {
+    vec![format!("GRANT SELECT, SHOW VIEW ON `{}`.*", escaped(db))]
+}
+
+/// What a binding granted `write` and `ddl` needs on its schema.
+pub fn schema_grants(db: &str) -> Vec<String> {
+    vec![format!(
+        "GRANT SELECT, SHOW VIEW, INSERT, UPDATE, DELETE, LOCK TABLES, CREATE TEMPORARY TABLES, CREATE, DROP, ALTER, INDEX, REFERENCES, CREATE VIEW ON `{}`.*",
+        escaped(db)
+    )]
+}
+
+/// What a binding granted `backup` and `restore` needs (docs/least-privilege.md): its schema,
+/// and the databases a restore creates beside it.
+pub fn restore_grants(db: &str) -> Vec<String> {
+    let mut grants = schema_grants(db);
+    for sibling in [
+        format!("{}\\_restoring\\_%", escaped(db)),
+        format!("{}\\_pre\\_restore\\_%", escaped(db)),
+        "upshift\\_verify\\_%".to_string(),
+    ] {
+        grants.push(format!(
+            "GRANT SELECT, SHOW VIEW, INSERT, UPDATE, DELETE, LOCK TABLES, CREATE, DROP, ALTER, INDEX, REFERENCES, CREATE VIEW ON `{sibling}`.*"
+        ));
+    }
+    grants
 }
 
 /// Row count and `CHECKSUM TABLE` of each of `tables` in database `db`.

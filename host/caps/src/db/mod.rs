@@ -88,11 +88,12 @@ impl DbBackend {
         DbBackend::bound(url, None)
     }
 
-    /// The backend of a fleet binding: on PostgreSQL the URL's role is checked against
-    /// `policy` before the first statement (see [`RolePolicy::judge`]).
+    /// The backend of a fleet binding: the URL's role (PostgreSQL, see [`RolePolicy::judge`])
+    /// or account (MySQL / MariaDB, see [`RolePolicy::judge_mysql`]) is checked against
+    /// `policy` before the first statement.
     pub fn bound(url: &str, policy: Option<RolePolicy>) -> Result<DbBackend, CapError> {
         if url.starts_with("mysql://") {
-            Ok(DbBackend::MySql(MySqlBackend::new(url)?))
+            Ok(DbBackend::MySql(MySqlBackend::bound(url, policy)?))
         } else if let Some(rest) = url.strip_prefix("kwdb://") {
             Ok(DbBackend::Kwdb(PgBackend::bound(
                 &format!("postgresql://{rest}"),
@@ -108,12 +109,12 @@ impl DbBackend {
         }
     }
 
-    /// Check the binding's role (PostgreSQL): the notice for an accepted privileged role, or
-    /// the denial of one the operator did not accept.
+    /// Check the binding's role (PostgreSQL) or account's grants (MySQL / MariaDB): the
+    /// notice for an accepted privileged one, or the denial of one the operator did not accept.
     pub async fn check_role(&self) -> Result<Option<String>, CapError> {
         match self {
             DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.check_role().await,
-            DbBackend::MySql(_) => Ok(None),
+            DbBackend::MySql(b) => b.check_role().await,
         }
     }
 

@@ -1,10 +1,16 @@
 //! The db capability's MySQL / MariaDB backend (mysql_async), and its backups: a
 //! `mariadb-dump --single-transaction` (a plain dump hangs on DevLake's table lock), gzip-compressed
 //! and checksummed, with a manifest of every table's row count and checksum.
+//!
+//! Before the first statement of a fleet binding the account's grants are checked against
+//! what the binding needs ([`grants`]).
+
+pub mod grants;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -12,6 +18,7 @@ use flate2::write::GzEncoder;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Row, TxOpts};
 
+use super::pg::RolePolicy;
 use super::{RestoreEngine, Rows};
 use crate::CapError;
 use crate::backup::manifest::{DumpFacts, Manifest, TableFingerprint, seal};
@@ -22,15 +29,21 @@ use crate::limits::{MAX_RESULT_BYTES, MAX_ROWS};
 pub const DUMP_FILE: &str = "dump.sql.gz";
 
 /// One bound MySQL / MariaDB database. Every call opens its own connection and closes it
-/// afterwards, so no session state outlives a call; a call that does not finish (the export's
+/// afterwards, so no session state (user variables, `GET_LOCK` locks, `SET SESSION`, temporary
+/// tables, prepared statements) outlives a call; a call that does not finish (the export's
 /// deadline) has its query killed on the server.
 pub struct MySqlBackend {
     opts: Opts,
     database: String,
+    /// The binding's policy; `None` for host tools and tests (no account check).
+    policy: Option<RolePolicy>,
+    /// The URL's account and its grants, read on the first connection.
+    account: tokio::sync::OnceCell<grants::Account>,
 }
 
-/// A connection opened for one call; dropped before [`CallConn::finish`], its running query is
-/// killed (`KILL QUERY` from a second connection) and the connection closed.
+/// A connection opened for one call; dropped before [`CallConn::finish`] (the call's deadline
+/// passed, the export was cancelled), its running query is killed (`KILL QUERY` from a second
+/// connection) and the connection closed.
 struct CallConn {
     conn: Option<Conn>,
     opts: Opts,
@@ -42,6 +55,13 @@ impl CallConn {
         if let Some(conn) = self.conn.take() {
             let _ = conn.disconnect().await;
         }
+    }
+
+    /// The connection (present until finished or dropped).
+    fn conn(&mut self) -> Result<&mut Conn, CapError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| CapError::Failed("no database connection".into()))
     }
 }
 
@@ -59,11 +79,60 @@ impl Drop for CallConn {
                     killer.query_drop(format!("KILL QUERY {id}")).await?;
                     killer.disconnect().await
                 };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), kill).await;
+                let _ = tokio::time::timeout(KILL_WITHIN, kill).await;
                 drop(conn);
             });
         }
     }
+}
+
+/// How long the `KILL QUERY` of an abandoned call may take.
+const KILL_WITHIN: Duration = Duration::from_secs(5);
+/// A statement's longest run, when the call's deadline does not end it earlier.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest wait for a lock, when the call's deadline does not end it earlier.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after the export's deadline the server ends a statement by itself, should the
+/// host's `KILL QUERY` not reach it (the host gives up at the deadline).
+const SERVER_BACKSTOP: Duration = Duration::from_millis(500);
+
+/// `limit`, cut to the time left before the current export's deadline (plus
+/// [`SERVER_BACKSTOP`], so the host's clearer deadline error comes first).
+fn bounded(limit: Duration) -> Result<Duration, CapError> {
+    match crate::guard::time_left() {
+        Some(left) if left.is_zero() => Err(CapError::Failed(
+            "the adapter's export has reached its deadline; the call was not made".into(),
+        )),
+        Some(left) => Ok((left + SERVER_BACKSTOP).min(limit)),
+        None => Ok(limit),
+    }
+}
+
+/// The session settings of one call, in order; the statement limit comes last, after
+/// anything else the host sets up, so nothing set before it can change it. MariaDB limits every
+/// statement (`max_statement_time`, seconds); MySQL only `SELECT`s (`max_execution_time`, ms).
+fn session_setup(mariadb: bool) -> Result<Vec<String>, CapError> {
+    // Whole seconds, rounded up: the server's lock wait must not end before the deadline.
+    let lock = bounded(LOCK_TIMEOUT)?;
+    let lock_secs = (lock.as_secs() + u64::from(lock.subsec_nanos() > 0)).max(1);
+    let statement = bounded(STATEMENT_TIMEOUT)?;
+    let limit = if mariadb {
+        format!(
+            "SET SESSION max_statement_time = {:.3}",
+            statement.as_secs_f64().max(0.001)
+        )
+    } else {
+        format!(
+            "SET SESSION max_execution_time = {}",
+            statement.as_millis().max(1)
+        )
+    };
+    Ok(vec![
+        format!(
+            "SET SESSION lock_wait_timeout = {lock_secs}, SESSION innodb_lock_wait_timeout = {lock_secs}"
+        ),
+        limit,
+    ])
 }
 
 fn failed(context: &str, e: impl std::fmt::Display) -> CapError {
@@ -177,15 +246,27 @@ fn tool(names: &[&str]) -> Result<PathBuf, CapError> {
 }
 
 impl MySqlBackend {
-    /// A backend for a `mysql://user[:password]@host:port/database` URL. Connects lazily.
+    /// A backend for a `mysql://user[:password]@host:port/database` URL, with no binding
+    /// policy (no account check: host tools and tests). Connects per call.
     pub fn new(url: &str) -> Result<MySqlBackend, CapError> {
+        MySqlBackend::bound(url, None)
+    }
+
+    /// A backend for a binding's URL; with a `policy`, the URL's account is checked against it
+    /// before the first statement (see [`RolePolicy::judge_mysql`]).
+    pub fn bound(url: &str, policy: Option<RolePolicy>) -> Result<MySqlBackend, CapError> {
         let opts = Opts::from_url(url)
             .map_err(|e| CapError::Invalid(format!("database URL does not parse: {e}")))?;
         let database = opts
             .db_name()
             .ok_or_else(|| CapError::Invalid("database URL names no database".into()))?
             .to_string();
-        Ok(MySqlBackend { opts, database })
+        Ok(MySqlBackend {
+            opts,
+            database,
+            policy,
+            account: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// The bound database's name.
@@ -193,38 +274,89 @@ impl MySqlBackend {
         &self.database
     }
 
-    async fn connect_to(&self, database: Option<&str>) -> Result<Conn, CapError> {
-        // Both limits are cut to the time left before the export's deadline.
-        let secs = |limit: u64| match crate::guard::time_left() {
-            Some(left) => left.as_secs().clamp(1, limit),
-            None => limit,
-        };
-        let opts = OptsBuilder::from_opts(self.opts.clone())
-            .db_name(database)
-            .init(vec![
-                format!("SET SESSION max_statement_time = {}", secs(120)),
-                format!("SET SESSION lock_wait_timeout = {}", secs(30)),
-            ]);
-        Conn::new(opts).await.map_err(|e| {
+    /// Open a connection to `database` (or none) for one call: the account is checked (read
+    /// once per backend) before anything else runs, then the session's limits are cut to the
+    /// call's deadline, the statement limit last.
+    async fn connect_to(&self, database: Option<&str>) -> Result<CallConn, CapError> {
+        // A call made at the deadline is not made at all.
+        bounded(STATEMENT_TIMEOUT)?;
+        let opts = OptsBuilder::from_opts(self.opts.clone()).db_name(database);
+        let conn = Conn::new(opts).await.map_err(|e| {
             failed(
                 &format!("cannot connect to database `{}`", database.unwrap_or("")),
                 e,
             )
-        })
+        })?;
+        let mut call = CallConn {
+            conn: Some(conn),
+            opts: self.opts.clone(),
+        };
+        let prepared = self.prepare(call.conn()?).await;
+        match prepared {
+            Ok(()) => Ok(call),
+            Err(e) => {
+                call.finish().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The URL's account and its grants, read once per backend on a connection of its own
+    /// (reading them enables each granted role in turn).
+    async fn account(&self) -> Result<&grants::Account, CapError> {
+        self.account
+            .get_or_try_init(|| async {
+                let opts = OptsBuilder::from_opts(self.opts.clone()).db_name(None::<String>);
+                let mut conn = Conn::new(opts)
+                    .await
+                    .map_err(|e| failed("cannot connect to check the account", e))?;
+                let mariadb = conn.server_version().0 >= 10;
+                let read = grants::read_account(&mut conn, mariadb).await;
+                let _ = conn.disconnect().await;
+                read
+            })
+            .await
+    }
+
+    /// Check the account (before anything else runs), then set the session's limits.
+    async fn prepare(&self, conn: &mut Conn) -> Result<(), CapError> {
+        if let Some(policy) = &self.policy {
+            policy.judge_mysql(&self.database, self.account().await?)?;
+        }
+        let mariadb = conn.server_version().0 >= 10;
+        for statement in session_setup(mariadb)? {
+            conn.query_drop(&statement)
+                .await
+                .map_err(|e| failed("cannot configure the session", e))?;
+        }
+        Ok(())
+    }
+
+    /// The binding's account checked against its policy: the notice to show when it holds
+    /// more than the binding needs and the operator accepted it (`privileged = true`).
+    pub async fn check_role(&self) -> Result<Option<String>, CapError> {
+        let Some(policy) = &self.policy else {
+            return Ok(None);
+        };
+        policy.judge_mysql(&self.database, self.account().await?)
     }
 
     async fn with_conn<T>(
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> Result<T, CapError>,
     ) -> Result<T, CapError> {
-        let mut call = CallConn {
-            conn: Some(self.connect_to(Some(&self.database)).await?),
-            opts: self.opts.clone(),
-        };
-        let out = match call.conn.as_mut() {
-            Some(conn) => f(conn).await,
-            None => Err(CapError::Failed("no database connection".into())),
-        };
+        self.with_conn_to(Some(&self.database), f).await
+    }
+
+    /// Run `f` on a connection of its own to `database`, closed afterwards (its query killed
+    /// if `f` never ends).
+    async fn with_conn_to<T>(
+        &self,
+        database: Option<&str>,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, CapError>,
+    ) -> Result<T, CapError> {
+        let mut call = self.connect_to(database).await?;
+        let out = f(call.conn()?).await;
         call.finish().await;
         out
     }
@@ -315,44 +447,47 @@ impl MySqlBackend {
         &self,
         name: &str,
     ) -> Result<BTreeMap<String, TableFingerprint>, CapError> {
-        let mut conn = self.connect_to(Some(name)).await?;
-        let columns: Vec<(String, String)> = conn
-            .exec(
-                "SELECT c.table_name, c.column_name FROM information_schema.columns c \
-                 JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
-                 WHERE c.table_schema = ? AND t.table_type = 'BASE TABLE' ORDER BY c.table_name, c.ordinal_position",
-                (name,),
-            )
-            .await
-            .map_err(|e| failed("cannot list columns", e))?;
-        let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (t, c) in columns {
-            by_table.entry(t).or_default().push(c);
-        }
-        let mut out = BTreeMap::new();
-        for (table, cols) in by_table {
-            let row_text = cols
-                .iter()
-                .map(|c| format!("COALESCE(HEX({}), 'NULL')", quote(c)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS('|', {row_text}))), 0) FROM {}",
-                quote(&table)
-            );
-            let row: Option<(i64, String)> = conn
-                .query_first(sql)
+        let out = self
+            .with_conn_to(Some(name), async |conn| {
+            let columns: Vec<(String, String)> = conn.exec(
+                    "SELECT c.table_name, c.column_name FROM information_schema.columns c \
+                     JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+                     WHERE c.table_schema = ? AND t.table_type = 'BASE TABLE' ORDER BY c.table_name, c.ordinal_position",
+                    (name,),
+                )
                 .await
-                .map_err(|e| failed(&format!("cannot checksum {table}"), e))?;
-            let (rows, sum) = row.unwrap_or((0, "0".into()));
-            out.insert(
-                format!("{name}.{table}"),
-                TableFingerprint {
-                    rows,
-                    checksum: format!("crc32sum:{sum}"),
-                },
-            );
-        }
+                .map_err(|e| failed("cannot list columns", e))?;
+            let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (t, c) in columns {
+                by_table.entry(t).or_default().push(c);
+            }
+            let mut out = BTreeMap::new();
+            for (table, cols) in by_table {
+                let row_text = cols
+                    .iter()
+                    .map(|c| format!("COALESCE(HEX({}), 'NULL')", quote(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS('|', {row_text}))), 0) FROM {}",
+                    quote(&table)
+                );
+                let row: Option<(i64, String)> = conn
+                    .query_first(sql)
+                    .await
+                    .map_err(|e| failed(&format!("cannot checksum {table}"), e))?;
+                let (rows, sum) = row.unwrap_or((0, "0".into()));
+                out.insert(
+                    format!("{name}.{table}"),
+                    TableFingerprint {
+                        rows,
+                        checksum: format!("crc32sum:{sum}"),
+                    },
+                );
+            }
+                Ok(out)
+            })
+            .await?;
         // Names are compared without the database, so a copy under another name compares equal.
         Ok(out
             .into_iter()
@@ -439,70 +574,76 @@ impl MySqlBackend {
     }
 
     async fn admin_exec(&self, sql: &str) -> Result<(), CapError> {
-        let mut conn = self.connect_to(None).await?;
-        conn.query_drop(sql)
-            .await
-            .map_err(|e| failed(&format!("`{sql}` failed"), e))
+        self.with_conn_to(None, async |conn| {
+            conn.query_drop(sql)
+                .await
+                .map_err(|e| failed(&format!("`{sql}` failed"), e))
+        })
+        .await
     }
 
     async fn database_exists(&self, name: &str) -> Result<bool, CapError> {
-        let mut conn = self.connect_to(None).await?;
-        let n: Option<i64> = conn
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
-                (name,),
-            )
-            .await
-            .map_err(|e| failed("cannot look up databases", e))?;
-        Ok(n.unwrap_or(0) > 0)
+        self.with_conn_to(None, async |conn| {
+            let n: Option<i64> = conn
+                .exec_first(
+                    "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ?",
+                    (name,),
+                )
+                .await
+                .map_err(|e| failed("cannot look up databases", e))?;
+            Ok(n.unwrap_or(0) > 0)
+        })
+        .await
     }
 
     /// Put `replacement`'s tables in place of the bound database's in one atomic
     /// `RENAME TABLE` (MySQL cannot rename databases); the old tables move to `keep_as`.
     pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
-        let mut conn = self.connect_to(None).await?;
-        let tables_of = async |conn: &mut Conn, db: &str| -> Result<Vec<String>, CapError> {
-            conn.exec(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE'",
-                (db,),
-            )
-            .await
-            .map_err(|e| failed("cannot list tables", e))
-        };
-        let current = tables_of(&mut conn, &self.database).await?;
-        let incoming = tables_of(&mut conn, replacement).await?;
-        conn.query_drop(format!("CREATE DATABASE {}", quote(keep_as)))
-            .await
-            .map_err(|e| failed(&format!("cannot create `{keep_as}`"), e))?;
-        let moves: Vec<String> = current
-            .iter()
-            .map(|t| {
-                format!(
-                    "{}.{} TO {}.{}",
-                    quote(&self.database),
-                    quote(t),
-                    quote(keep_as),
-                    quote(t)
+        self.with_conn_to(None, async |conn| {
+            let tables_of = async |conn: &mut Conn, db: &str| -> Result<Vec<String>, CapError> {
+                conn.exec(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND table_type = 'BASE TABLE'",
+                    (db,),
                 )
-            })
-            .chain(incoming.iter().map(|t| {
-                format!(
-                    "{}.{} TO {}.{}",
-                    quote(replacement),
-                    quote(t),
-                    quote(&self.database),
-                    quote(t)
-                )
-            }))
-            .collect();
-        if !moves.is_empty() {
-            conn.query_drop(format!("RENAME TABLE {}", moves.join(", ")))
                 .await
-                .map_err(|e| failed("cannot swap the tables in (nothing was moved)", e))?;
-        }
-        conn.query_drop(format!("DROP DATABASE {}", quote(replacement)))
-            .await
-            .map_err(|e| failed(&format!("cannot drop the emptied `{replacement}`"), e))
+                .map_err(|e| failed("cannot list tables", e))
+            };
+            let current = tables_of(conn, &self.database).await?;
+            let incoming = tables_of(conn, replacement).await?;
+            conn.query_drop(format!("CREATE DATABASE {}", quote(keep_as)))
+                .await
+                .map_err(|e| failed(&format!("cannot create `{keep_as}`"), e))?;
+            let moves: Vec<String> = current
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}.{} TO {}.{}",
+                        quote(&self.database),
+                        quote(t),
+                        quote(keep_as),
+                        quote(t)
+                    )
+                })
+                .chain(incoming.iter().map(|t| {
+                    format!(
+                        "{}.{} TO {}.{}",
+                        quote(replacement),
+                        quote(t),
+                        quote(&self.database),
+                        quote(t)
+                    )
+                }))
+                .collect();
+            if !moves.is_empty() {
+                conn.query_drop(format!("RENAME TABLE {}", moves.join(", ")))
+                    .await
+                    .map_err(|e| failed("cannot swap the tables in (nothing was moved)", e))?;
+            }
+            conn.query_drop(format!("DROP DATABASE {}", quote(replacement)))
+                .await
+                .map_err(|e| failed(&format!("cannot drop the emptied `{replacement}`"), e))
+        })
+        .await
     }
 
     /// Rewrite a namespace column in database `target` from the bound database's name.
@@ -512,29 +653,31 @@ impl MySqlBackend {
         table: &str,
         column: &str,
     ) -> Result<u64, CapError> {
-        let mut conn = self.connect_to(Some(target)).await?;
-        let present: Option<i64> = conn
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? AND column_name = ?",
-                (target, table, column),
+        self.with_conn_to(Some(target), async |conn| {
+            let present: Option<i64> = conn
+                .exec_first(
+                    "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? AND column_name = ?",
+                    (target, table, column),
+                )
+                .await
+                .map_err(|e| failed("cannot look up the namespace column", e))?;
+            if present.unwrap_or(0) == 0 {
+                return Ok(0);
+            }
+            conn.exec_drop(
+                format!(
+                    "UPDATE {} SET {} = ? WHERE {} = ?",
+                    quote(table),
+                    quote(column),
+                    quote(column)
+                ),
+                (target, self.database.as_str()),
             )
             .await
-            .map_err(|e| failed("cannot look up the namespace column", e))?;
-        if present.unwrap_or(0) == 0 {
-            return Ok(0);
-        }
-        conn.exec_drop(
-            format!(
-                "UPDATE {} SET {} = ? WHERE {} = ?",
-                quote(table),
-                quote(column),
-                quote(column)
-            ),
-            (target, self.database.as_str()),
-        )
+            .map_err(|e| failed("cannot rewrite the namespace", e))?;
+            Ok(conn.affected_rows())
+        })
         .await
-        .map_err(|e| failed("cannot rewrite the namespace", e))?;
-        Ok(conn.affected_rows())
     }
 
     /// Drop database `name` (a scratch database of Upshift's own).
@@ -595,5 +738,46 @@ impl RestoreEngine for MySqlBackend {
 
     async fn drop_database(&self, name: &str) -> Result<(), CapError> {
         MySqlBackend::drop_database(self, name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn the_statement_limit_is_set_last_and_cut_to_the_deadline() {
+        assert_eq!(
+            session_setup(true).expect("no deadline"),
+            [
+                "SET SESSION lock_wait_timeout = 30, SESSION innodb_lock_wait_timeout = 30",
+                "SET SESSION max_statement_time = 120.000",
+            ]
+        );
+        assert_eq!(
+            session_setup(false).expect("no deadline")[1],
+            "SET SESSION max_execution_time = 120000"
+        );
+        // 4.2 s left: the server's limits end half a second after the deadline, lock waits
+        // rounded up to whole seconds, never before it.
+        let setup =
+            crate::guard::with_deadline(Instant::now() + Duration::from_millis(4200), async {
+                session_setup(true)
+            })
+            .await
+            .expect("before the deadline");
+        assert_eq!(
+            setup[0],
+            "SET SESSION lock_wait_timeout = 5, SESSION innodb_lock_wait_timeout = 5"
+        );
+        let secs: f64 = setup[1]
+            .trim_start_matches("SET SESSION max_statement_time = ")
+            .parse()
+            .expect("seconds");
+        assert!((4.6..=4.7).contains(&secs), "{secs}");
+        // At the deadline the call is not made.
+        let late = crate::guard::with_deadline(Instant::now(), async { session_setup(true) }).await;
+        assert!(late.is_err_and(|e| e.to_string().contains("deadline")));
     }
 }

@@ -54,6 +54,9 @@ pub struct RolePolicy {
     /// The binding is granted `backup` or `restore`: the host creates databases for it (clone,
     /// restore beside), so `CREATEDB` alone is expected and accepted.
     pub creates_databases: bool,
+    /// The access the binding is granted: on MySQL / MariaDB it decides which privileges on
+    /// the bound schema the account may hold (see [`RolePolicy::judge_mysql`]).
+    pub access: Vec<upshift_model::grants::Access>,
 }
 
 /// The powers of a connection's role that reach beyond its database.
@@ -1156,6 +1159,7 @@ mod tests {
             binding: "meta".into(),
             privileged,
             creates_databases,
+            ..RolePolicy::default()
         };
         let role = |f: &dyn Fn(&mut RoleFacts)| {
             let mut facts = RoleFacts {

@@ -413,15 +413,20 @@ impl Session {
         for (name, b) in &instance.db {
             // The host creates databases for a binding it may back up or restore (clones,
             // restores beside), so CREATEDB alone is expected there.
-            let creates_databases = caps.grants().grants().get(name).is_some_and(|g| {
-                g.access
-                    .iter()
-                    .any(|a| matches!(a, Access::Backup | Access::Restore))
-            });
+            let access: Vec<Access> = caps
+                .grants()
+                .grants()
+                .get(name)
+                .map(|g| g.access.clone())
+                .unwrap_or_default();
+            let creates_databases = access
+                .iter()
+                .any(|a| matches!(a, Access::Backup | Access::Restore));
             let policy = RolePolicy {
                 binding: name.clone(),
                 privileged: b.privileged,
                 creates_databases,
+                access,
             };
             let backend = DbBackend::bound(&b.url, Some(policy)).map_err(|e| {
                 OpError::Usage(format!("instance `{}` db `{name}`: {e}", instance.name))
