@@ -471,3 +471,77 @@ fn adapter_new_scaffolds_a_crate_that_builds_and_passes_its_own_tests() {
         stdout(&refused)
     );
 }
+
+/// Every path in a fleet file is resolved against the fleet file's absolute directory when it
+/// is loaded: `--fleet fleet.toml` from its own directory, or `--fleet site/fleet.toml` from
+/// above it, finds the adapter, the files binding and the Compose file, and docker-compose runs
+/// in the Compose file's directory (a relative `--fleet` once gave it an empty one).
+#[test]
+fn a_relative_fleet_path_resolves_every_path_against_the_fleet_files_directory() {
+    if !common::docker::available() {
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let site = root.path().join("site");
+    for dir in ["data", "adapters", "compose"] {
+        std::fs::create_dir_all(site.join(dir)).expect("mkdir");
+    }
+    std::fs::copy(
+        format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR),
+        site.join("adapters/misbehaving.wasm"),
+    )
+    .expect("copy adapter");
+    std::fs::write(
+        site.join("compose/docker-compose.yml"),
+        format!(
+            "services:\n  kwdb:\n    image: {}:2.2.0\n    network_mode: host\n",
+            common::docker::REPO
+        ),
+    )
+    .expect("compose file");
+    std::fs::write(
+        site.join("fleet.toml"),
+        format!(
+            "[[instance]]\nname = \"kw\"\nadapter = \"adapters/misbehaving.wasm\"\n\n\
+             [instance.files.data]\npath = \"data\"\n\n\
+             [instance.service.app]\nkind = \"compose\"\nfile = \"compose/docker-compose.yml\"\n\
+             service = \"kwdb\"\nimage = \"{}:{{version}}\"\n",
+            common::docker::REPO
+        ),
+    )
+    .expect("fleet");
+    let data = root.path().join("state");
+    let compose = site.join("compose/docker-compose.yml");
+    for (cwd, fleet) in [
+        (site.clone(), "fleet.toml"),
+        (root.path().to_path_buf(), "site/fleet.toml"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+            .current_dir(&cwd)
+            .arg("--fleet")
+            .arg(fleet)
+            .arg("--data")
+            .arg(&data)
+            .args(["plan", "kw", "--to", "3.0.0-cheap", "--json"])
+            .env_remove("UPSHIFT_FLEET")
+            .env_remove("UPSHIFT_DATA")
+            .output()
+            .expect("run upshift");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "--fleet {fleet} from {}: {}",
+            cwd.display(),
+            stderr(&out)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let app = &report["prior"]["services"]["app"];
+        assert_eq!(app["version"], "2.2.0", "{report}");
+        assert!(
+            app["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&compose.display().to_string())),
+            "the Compose file by its absolute path: {report}"
+        );
+    }
+}

@@ -82,6 +82,7 @@ fn operator_view(c: &Value) -> Value {
     let mut labels = c["Config"]["Labels"].clone();
     if let Some(map) = labels.as_object_mut() {
         map.remove("org.opencontainers.image.version");
+        map.retain(|k, _| !k.starts_with("io.upshift."));
     }
     serde_json::json!({
         "HostConfig": c["HostConfig"],
@@ -146,30 +147,78 @@ async fn caps_for(
     (session, caps, adapter)
 }
 
-/// The `app` service, reached as the executor reaches it: through the guarded capability.
-struct App<'a>(&'a upshift::caps::InstanceCaps);
+/// The `app` service, reached as the executor reaches it: through the guarded capability, and
+/// switched and finalized as a run step is (the run journals the container a switch keeps).
+struct App<'a>(RunContext<'a>);
 
-impl App<'_> {
+impl<'a> App<'a> {
+    fn new(
+        session: &'a Session,
+        caps: &std::sync::Arc<upshift::caps::InstanceCaps>,
+        adapter: &'a upshift::runtime::LoadedAdapter,
+    ) -> App<'a> {
+        let run_id = unique("run");
+        caps.set_run(Some(run_id.clone()));
+        App(RunContext {
+            session,
+            adapter,
+            caps: caps.clone(),
+            run_id,
+            data_version: String::new(),
+            restore_source: None,
+            lease: None,
+        })
+    }
     async fn inspect(&self) -> Result<upshift::caps::service::Status, upshift::caps::CapError> {
-        self.0.service().inspect("app", Some("test")).await
+        self.0.caps.service().inspect("app", Some("test")).await
     }
     async fn stop(&self) -> Result<String, upshift::caps::CapError> {
-        self.0.service().stop("app", "test").await
+        self.0.caps.service().stop("app", "test").await
     }
     async fn start(&self) -> Result<String, upshift::caps::CapError> {
-        self.0.service().start("app", "test").await
+        self.0.caps.service().start("app", "test").await
     }
-    async fn switch_version(&self, version: &str) -> Result<String, upshift::caps::CapError> {
+    /// A plan's `service-switch` step.
+    async fn switch_version(&self, version: &str) -> Result<String, String> {
         self.0
-            .service()
-            .switch_version("app", version, "test")
+            .perform(&Action::ServiceSwitch(SwitchAction {
+                binding: "app".into(),
+                version: version.into(),
+            }))
             .await
+            .map(|r| r.summary)
+    }
+    /// The host's rollback switch.
+    async fn roll_back_to(&self, version: &str) -> Result<String, String> {
+        self.0
+            .perform_rollback(
+                &upshift::ops::plan::RollbackAction::Switch {
+                    binding: "app".into(),
+                    version: version.into(),
+                },
+                &[],
+            )
+            .await
+            .map(|r| r.summary)
     }
     async fn wait_healthy(&self, timeout: Duration) -> Result<String, upshift::caps::CapError> {
-        self.0.service().wait_healthy("app", timeout, "test").await
+        self.0
+            .caps
+            .service()
+            .wait_healthy("app", timeout, "test")
+            .await
     }
     async fn finalize(&self) -> Result<String, upshift::caps::CapError> {
-        self.0.service().finalize("app").await
+        self.0.finalize("app").await
+    }
+    /// What the run journaled as kept.
+    async fn journaled(&self) -> Vec<upshift::state::KeptRecord> {
+        self.0
+            .session
+            .state
+            .kept(&self.0.run_id)
+            .await
+            .expect("journal")
     }
 }
 
@@ -183,8 +232,8 @@ async fn recreating_with_a_new_image_keeps_every_other_parameter() {
     let before = docker::inspect(&name);
 
     let env = common::Env::new();
-    let (_session, caps, _) = caps_for(&env, &fleet(&name, None, None)).await;
-    let app = App(&caps);
+    let (session, caps, adapter) = caps_for(&env, &fleet(&name, None, None)).await;
+    let app = App::new(&session, &caps, &adapter);
     assert_eq!(app.inspect().await.expect("inspect").version, "2.2.0");
     app.stop().await.expect("stop");
     let switched = app.switch_version("3.0.0").await.expect("switch");
@@ -221,6 +270,19 @@ async fn recreating_with_a_new_image_keeps_every_other_parameter() {
         "the old container is kept until verification"
     );
     assert_eq!(kept["State"]["Running"], false);
+    // The run journaled the kept container by id; the new one carries Upshift's labels.
+    let journaled = app.journaled().await;
+    assert_eq!(journaled.len(), 1, "{journaled:?}");
+    assert_eq!(Value::from(journaled[0].container_id.clone()), before["Id"]);
+    assert_eq!(Value::from(journaled[0].replaced_by.clone()), after["Id"]);
+    assert_eq!(
+        after["Config"]["Labels"]["io.upshift.replaces"],
+        before["Id"]
+    );
+    assert_eq!(
+        after["Config"]["Labels"]["io.upshift.run"],
+        Value::from(app.0.run_id.clone())
+    );
 
     let done = app.finalize().await.expect("finalize");
     assert!(done.contains("removed"), "{done}");
@@ -237,8 +299,8 @@ async fn an_image_that_fails_to_start_puts_the_old_container_back_unchanged() {
     let before = docker::inspect(&name);
 
     let env = common::Env::new();
-    let (_session, caps, _) = caps_for(&env, &fleet(&name, None, None)).await;
-    let app = App(&caps);
+    let (session, caps, adapter) = caps_for(&env, &fleet(&name, None, None)).await;
+    let app = App::new(&session, &caps, &adapter);
     app.stop().await.expect("stop");
     app.switch_version("9.9.9")
         .await
@@ -393,8 +455,8 @@ stop_timeout_secs = 2
 "#,
         file.display()
     );
-    let (_session, caps, _) = caps_for(&env, &compose_fleet).await;
-    let app = App(&caps);
+    let (session, caps, adapter) = caps_for(&env, &compose_fleet).await;
+    let app = App::new(&session, &caps, &adapter);
     let status = app.inspect().await.expect("inspect");
     assert!(status.running && status.version == "2.2.0", "{status:?}");
 
@@ -556,4 +618,463 @@ async fn images_load_from_a_tar_in_a_bound_directory_only_when_granted() {
         !gone.status.success(),
         "the ungranted image was removed again"
     );
+}
+
+/// `docker …`, asserting success; its standard output.
+fn sh(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A container someone else plants under `name`: the old version's image, with their own env,
+/// mount and label.
+fn plant(name: &str, mount: &std::path::Path) -> String {
+    sh(&[
+        "create",
+        "--name",
+        name,
+        "-e",
+        "PLANTED=yes",
+        "--label",
+        "planted=yes",
+        "-v",
+        &format!("{}:/planted", mount.display()),
+        &format!("{REPO}:2.2.0"),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_or_renamed_kept_container_is_reported_and_never_adopted() {
+    if !docker::available() {
+        return;
+    }
+    let mount = tempfile::tempdir().expect("mount");
+    // How someone with Docker access tampers between the switch and the switch back.
+    #[derive(Debug, Clone, Copy)]
+    enum Tamper {
+        /// The kept container removed, another planted under its name.
+        ReplacedByAPlant,
+        /// The kept container renamed away, another planted under its name.
+        RenamedAndPlanted,
+        /// The kept container renamed away, nothing planted.
+        Renamed,
+        /// The bound container (the one Upshift created) replaced by a plant.
+        BoundReplaced,
+    }
+    for tamper in [
+        Tamper::ReplacedByAPlant,
+        Tamper::RenamedAndPlanted,
+        Tamper::Renamed,
+        Tamper::BoundReplaced,
+    ] {
+        let deployed = deploy("2.2.0").await;
+        let name = deployed.name.clone();
+        let kept_name = format!("{name}-upshift-previous");
+        let moved = format!("{name}-moved");
+        let _more = Containers(vec![moved.clone()]);
+        let original = docker::inspect(&name)["Id"].clone();
+
+        let env = common::Env::new();
+        let (session, caps, adapter) = caps_for(&env, &fleet(&name, None, None)).await;
+        let app = App::new(&session, &caps, &adapter);
+        app.stop().await.expect("stop");
+        app.switch_version("3.0.0").await.expect("switch");
+        let created = docker::inspect(&name)["Id"].clone();
+        assert_eq!(docker::inspect(&kept_name)["Id"], original);
+
+        let planted = match tamper {
+            Tamper::ReplacedByAPlant => {
+                sh(&["rm", "-f", &kept_name]);
+                Some(plant(&kept_name, mount.path()))
+            }
+            Tamper::RenamedAndPlanted => {
+                sh(&["rename", &kept_name, &moved]);
+                Some(plant(&kept_name, mount.path()))
+            }
+            Tamper::Renamed => {
+                sh(&["rename", &kept_name, &moved]);
+                None
+            }
+            Tamper::BoundReplaced => {
+                sh(&["rename", &name, &moved]);
+                Some(plant(&name, mount.path()))
+            }
+        };
+        let bound_before = docker::inspect(&name)["Id"].clone();
+
+        // A forward switch back and the host's rollback both refuse, naming what was found.
+        for err in [
+            app.switch_version("2.2.0").await.expect_err("refused"),
+            app.roll_back_to("2.2.0").await.expect_err("refused"),
+        ] {
+            assert!(
+                err.contains("switching") && err.contains("refused"),
+                "{tamper:?}: {err}"
+            );
+            let original_short = &original.as_str().expect("id")[..12];
+            assert!(
+                err.contains(original_short),
+                "{tamper:?}: names the kept id: {err}"
+            );
+            if let Some(p) = &planted {
+                assert!(err.contains(&p[..12]), "{tamper:?}: names the plant: {err}");
+            }
+            match tamper {
+                Tamper::ReplacedByAPlant => assert!(err.contains("is gone"), "{err}"),
+                Tamper::RenamedAndPlanted | Tamper::Renamed => {
+                    assert!(err.contains(&moved), "{tamper:?}: {err}")
+                }
+                Tamper::BoundReplaced => {
+                    assert!(err.contains("not the container Upshift created"), "{err}")
+                }
+            }
+        }
+        // Nothing moved: the bound container is what it was, the plant was not used or removed.
+        let bound = docker::inspect(&name);
+        assert_eq!(bound["Id"], bound_before, "{tamper:?}");
+        if let Some(p) = &planted {
+            assert_eq!(
+                docker::inspect(p)["Id"],
+                Value::from(p.clone()),
+                "{tamper:?}: the plant is left alone"
+            );
+        }
+        if !matches!(tamper, Tamper::BoundReplaced) {
+            assert_eq!(bound["Id"], created, "{tamper:?}");
+            assert!(
+                !bound["Config"]["Env"].to_string().contains("PLANTED"),
+                "{tamper:?}: {}",
+                bound["Config"]["Env"]
+            );
+        }
+        // Finalizing removes only the journaled id, and only under the kept name.
+        let finalized = app.finalize().await;
+        match tamper {
+            Tamper::ReplacedByAPlant => {
+                assert!(
+                    finalized
+                        .expect("nothing to remove")
+                        .contains("already gone")
+                );
+            }
+            Tamper::RenamedAndPlanted | Tamper::Renamed => {
+                let err = finalized.expect_err("renamed: left alone").to_string();
+                assert!(err.contains(&moved), "{err}");
+                assert_eq!(docker::inspect(&moved)["Id"], original, "not removed");
+            }
+            Tamper::BoundReplaced => {
+                assert!(
+                    finalized
+                        .expect("removed")
+                        .contains("removed the kept container")
+                );
+                assert!(!docker::exists(&kept_name));
+            }
+        }
+        if let Some(p) = &planted {
+            assert!(docker::exists(p), "{tamper:?}: the plant was not removed");
+            sh(&["rm", "-f", p]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_under_the_kept_name_that_no_run_kept_is_never_adopted() {
+    if !docker::available() {
+        return;
+    }
+    // The issue's reproduction: the bound container runs 3.0.0, and someone plants a 2.2.0
+    // container named `<bound>-upshift-previous` before a switch to 2.2.0.
+    let deployed = deploy("3.0.0").await;
+    let name = deployed.name.clone();
+    let mount = tempfile::tempdir().expect("mount");
+    let planted = plant(&format!("{name}-upshift-previous"), mount.path());
+    let before = docker::inspect(&name);
+
+    let env = common::Env::new();
+    let (session, caps, adapter) = caps_for(&env, &fleet(&name, None, None)).await;
+    let app = App::new(&session, &caps, &adapter);
+    app.stop().await.expect("stop");
+    let err = app.switch_version("2.2.0").await.expect_err("refused");
+    assert!(
+        err.contains("this run did not keep") && err.contains(&planted[..12]),
+        "{err}"
+    );
+    let after = docker::inspect(&name);
+    assert_eq!(
+        after["Id"], before["Id"],
+        "the bound container was not replaced"
+    );
+    assert_eq!(after["Config"], before["Config"]);
+    assert_eq!(
+        docker::inspect(&planted)["Id"],
+        Value::from(planted.clone())
+    );
+    assert_eq!(
+        app.finalize().await.expect("finalize"),
+        "",
+        "nothing journaled, nothing removed"
+    );
+    assert!(docker::exists(&planted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_file_where_compose_could_see_another_image_is_refused() {
+    if !docker::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("docker-compose.yml");
+    let env = common::Env::new();
+    let compose_fleet = format!(
+        "[[instance]]\nname = \"kw\"\nproduct = \"bytebase\"\n[instance.db.meta]\nurl = \"postgres://postgres@127.0.0.1:1/unused\"\n\
+         [instance.http.api]\nurl = \"http://127.0.0.1:1\"\n[instance.service.app]\nkind = \"compose\"\nfile = \"{}\"\n\
+         service = \"kwdb\"\nimage = \"{REPO}:{{version}}\"\n",
+        file.display()
+    );
+    let good = format!("services:\n  kwdb:\n    image: {REPO}:2.2.0\n    network_mode: host\n");
+    for (text, expected) in [
+        (
+            // The reproduction: the host edited the first, docker-compose used the last.
+            format!("{good}    image: upshift-test/other:2.2.0\n"),
+            "line 5: the key `image` is written twice",
+        ),
+        (
+            good.replace(":2.2.0", ":${KW_TAG}"),
+            "which docker-compose interpolates",
+        ),
+        (
+            format!(
+                "x-base: &base\n  image: upshift-test/other:2.2.0\n{}",
+                good.replace("    network_mode", "    <<: *base\n    network_mode")
+            ),
+            "a merge key (`<<`)",
+        ),
+        (
+            good.replace(
+                "    network_mode: host\n",
+                "    extends: { file: other.yml, service: x }\n",
+            ),
+            "uses `extends`",
+        ),
+    ] {
+        std::fs::write(&file, &text).expect("compose file");
+        let (session, caps, adapter) = caps_for(&env, &compose_fleet).await;
+        let app = App::new(&session, &caps, &adapter);
+        let err = app.switch_version("3.0.0").await.expect_err("refused");
+        assert!(
+            err.contains(&file.display().to_string())
+                && err.contains(expected)
+                && err.contains("Fix"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            text,
+            "untouched"
+        );
+        assert!(
+            !file
+                .with_file_name("docker-compose.yml.upshift-previous")
+                .exists()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_would_move_a_tag_or_name_an_ungranted_image_is_refused_before_loading() {
+    if !docker::available() {
+        return;
+    }
+    let deployed = deploy("2.2.0").await;
+    let tag = format!("1.{}", std::process::id() % 100_000);
+    // An image the service may not touch, and the granted repository's existing tag.
+    let other = format!("upshift-test/other:{tag}");
+    sh(&["tag", &format!("{REPO}:2.2.0"), &other]);
+    let other_id = docker::inspect(&other)["Id"].clone();
+    let existing_id = docker::inspect(&format!("{REPO}:2.2.0"))["Id"].clone();
+    let loaded_id = docker::inspect(&format!("{REPO}:3.0.0"))["Id"].clone();
+
+    // The 3.0.0 image saved, unpacked, and packed again with the names each case writes.
+    let files = tempfile::tempdir().expect("files");
+    let unpacked = tempfile::tempdir().expect("unpacked");
+    let saved = unpacked.path().join("saved.tar");
+    sh(&[
+        "save",
+        "-o",
+        &saved.display().to_string(),
+        &format!("{REPO}:3.0.0"),
+    ]);
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("tar");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let layout = unpacked.path().join("layout");
+    std::fs::create_dir(&layout).expect("layout");
+    run(std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&saved)
+        .arg("-C")
+        .arg(&layout));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    let pack = |file: &str, repo_tags: Value, index: Option<Value>| {
+        let mut m = manifest.clone();
+        m[0]["RepoTags"] = repo_tags;
+        std::fs::write(layout.join("manifest.json"), m.to_string()).expect("manifest");
+        let _ = std::fs::remove_file(layout.join("index.json"));
+        let _ = std::fs::remove_file(layout.join("repositories"));
+        if let Some(index) = index {
+            std::fs::write(layout.join("index.json"), index.to_string()).expect("index");
+        }
+        run(std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(files.path().join(file))
+            .arg("-C")
+            .arg(&layout)
+            .arg("."));
+    };
+    let zero_digest = format!("sha256:{}", "0".repeat(64));
+    let cases: Vec<(&str, Value, Option<Value>, &str)> = vec![
+        (
+            "other.tar",
+            serde_json::json!([other]),
+            None,
+            "outside the granted repositories",
+        ),
+        (
+            "prefixed.tar",
+            serde_json::json!([format!("docker.io/{other}")]),
+            None,
+            "outside the granted repositories",
+        ),
+        (
+            "library.tar",
+            serde_json::json!([format!("docker.io/library/other:{tag}")]),
+            None,
+            "outside the granted repositories",
+        ),
+        (
+            "upper.tar",
+            serde_json::json!([other.to_uppercase()]),
+            None,
+            "not a valid image reference",
+        ),
+        (
+            "digest.tar",
+            serde_json::json!([format!("{other}@{zero_digest}")]),
+            None,
+            "outside the granted repositories",
+        ),
+        (
+            "index-only.tar",
+            Value::Null,
+            Some(serde_json::json!({"schemaVersion": 2, "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": zero_digest, "size": 1,
+                "annotations": {"org.opencontainers.image.ref.name": other}
+            }]})),
+            "outside the granted repositories",
+        ),
+        ("untagged.tar", Value::Null, None, "names no image"),
+        (
+            "moves.tar",
+            serde_json::json!([format!("{REPO}:2.2.0")]),
+            None,
+            "already exists on this engine",
+        ),
+    ];
+    for (file, repo_tags, index, _) in &cases {
+        pack(file, repo_tags.clone(), index.clone());
+    }
+    std::fs::write(files.path().join("not-a-tar.tar"), b"hello").expect("write");
+
+    let adapter = format!("{}/test-misbehaving.wasm", upshift::adapters::BUILT_DIR);
+    let env = common::Env::new();
+    let (session, caps, adapter) = caps_for(
+        &env,
+        &format!(
+            "[[instance]]\nname = \"kw\"\nadapter = \"{adapter}\"\n[instance.files.data]\npath = \"{}\"\n\
+             [instance.service.app]\nkind = \"docker\"\ncontainer = \"{}\"\nimage = \"{REPO}:{{version}}\"\n",
+            files.path().display(),
+            deployed.name
+        ),
+    )
+    .await;
+    caps.set_run(Some("loads".into()));
+    let load = |file: String| {
+        let (session, caps, adapter) = (&session, caps.clone(), &adapter);
+        async move {
+            session
+                .runtime
+                .call(
+                    adapter,
+                    Some(caps),
+                    "run-step",
+                    session.runtime.deadlines().live,
+                    async |a, s| a.call_run_step(s, "service-load", &file).await,
+                )
+                .await
+                .expect("no trap")
+                .expect("answers")
+                .summary
+        }
+    };
+    let mut expected: Vec<(String, &str)> = cases
+        .iter()
+        .map(|(file, _, _, why)| (file.to_string(), *why))
+        .collect();
+    expected.push(("not-a-tar.tar".into(), "not"));
+    for (file, why) in &expected {
+        let answer = load(file.clone()).await;
+        assert!(
+            answer.contains("denied") && answer.contains(why),
+            "{file}: {answer}"
+        );
+        assert_eq!(
+            docker::inspect(&other)["Id"],
+            other_id,
+            "{file}: `{other}` survives"
+        );
+        assert_eq!(
+            docker::inspect(&format!("{REPO}:2.2.0"))["Id"],
+            existing_id,
+            "{file}: the granted tag did not move"
+        );
+    }
+    let denials = session
+        .audit
+        .records_for_run("loads")
+        .expect("audit")
+        .into_iter()
+        .filter(|r| r.event.decision == Decision::Denied)
+        .count();
+    assert_eq!(denials, expected.len(), "each denial is audited");
+
+    // A granted name, however written, loads; reloading the same image under an existing tag
+    // moves nothing and is allowed.
+    let new_tag = format!("{REPO}:8.{}", std::process::id() % 100_000);
+    pack(
+        "granted.tar",
+        serde_json::json!([format!("docker.io/{new_tag}"), format!("{REPO}:3.0.0")]),
+        None,
+    );
+    let answer = load("granted.tar".into()).await;
+    assert!(answer.starts_with("ok:"), "{answer}");
+    assert_eq!(docker::inspect(&new_tag)["Id"], loaded_id);
+    sh(&["rmi", &new_tag]);
+    sh(&["rmi", &other]);
 }

@@ -134,7 +134,11 @@ async fn removing_what_a_switch_kept_is_audited() {
     env.write_fleet(&fleet_text(&files, &compose));
     let (session, caps) = prepare(&env, "kept", "finalize").await;
 
-    let done = caps.service().finalize("app").await.expect("finalize");
+    let done = caps
+        .service()
+        .finalize("app", None)
+        .await
+        .expect("finalize");
     assert!(done.contains("removed"), "{done}");
     assert!(!kept.exists(), "the kept file is removed");
     let records = audited(&session, "finalize");
@@ -152,7 +156,13 @@ async fn removing_what_a_switch_kept_is_audited() {
 
     // A process keeps nothing: nothing is reached and nothing recorded.
     let (session, caps) = prepare(&env, "plain", "finalize-plain").await;
-    assert_eq!(caps.service().finalize("app").await.expect("finalize"), "");
+    assert_eq!(
+        caps.service()
+            .finalize("app", None)
+            .await
+            .expect("finalize"),
+        ""
+    );
     assert!(audited(&session, "finalize-plain").is_empty());
 }
 

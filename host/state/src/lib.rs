@@ -27,7 +27,7 @@ use crate::lease::LeaseStore;
 use crate::queue::WorkQueue;
 
 /// The schema version this build writes.
-const SCHEMA: i64 = 3;
+const SCHEMA: i64 = 4;
 
 /// How a run ended (or that it is still running).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +172,28 @@ pub struct BackupRecord {
     pub note: Option<String>,
 }
 
+/// A container a run's switch kept for switching back, journaled by id: switching back and
+/// finalizing use this record only, never a container found by name or image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptRecord {
+    /// The run whose switch kept it.
+    pub run_id: String,
+    /// Instance.
+    pub instance: String,
+    /// The service binding.
+    pub binding: String,
+    /// The kept container's full id.
+    pub container_id: String,
+    /// The id of the container created in its place (under the bound name).
+    pub replaced_by: String,
+    /// The image the kept container was created from (`repo:tag`).
+    pub image: String,
+    /// RFC 3339, when it was kept.
+    pub kept_at: String,
+    /// RFC 3339, when it was put back or removed; `None` while it is kept.
+    pub released_at: Option<String>,
+}
+
 /// The head of an audit log's hash chain as last anchored: how many records it had and the
 /// hash of the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +325,12 @@ pub trait StateStore: LeaseStore {
     fn backup<'a>(&'a self, id: &'a str) -> StateFuture<'a, Option<BackupRecord>>;
     /// Backups, newest first.
     fn backups<'a>(&'a self, instance: Option<&'a str>) -> StateFuture<'a, Vec<BackupRecord>>;
+    /// Journal a container a switch kept for switching back.
+    fn record_kept<'a>(&'a self, kept: &'a KeptRecord) -> StateFuture<'a, ()>;
+    /// The containers run `run_id` kept, in the order they were kept.
+    fn kept<'a>(&'a self, run_id: &'a str) -> StateFuture<'a, Vec<KeptRecord>>;
+    /// Record that the kept container `container_id` of run `run_id` was put back or removed.
+    fn release_kept<'a>(&'a self, run_id: &'a str, container_id: &'a str) -> StateFuture<'a, ()>;
     /// The work queue agents claim from (shared PostgreSQL state only).
     fn queue(&self) -> Option<&dyn WorkQueue>;
     /// The sha256 recorded for the compiled artifact of adapter `adapter_digest` under the
@@ -492,6 +520,41 @@ mod tests {
         assert_eq!(store.artifact_digest("ad", "e1").await.expect("get"), None);
         store.anchor_audit("log", 1, "h1").await.expect("anchor");
         assert!(store.audit_anchor("log").await.expect("get").is_some());
+    }
+
+    #[tokio::test]
+    async fn kept_containers_round_trip_and_are_released() {
+        let (_dir, path, store) = fresh().await;
+        let kept = KeptRecord {
+            run_id: "r1".into(),
+            instance: "kw".into(),
+            binding: "app".into(),
+            container_id: "a".repeat(64),
+            replaced_by: "b".repeat(64),
+            image: "kwdb/kwdb:2.2.0".into(),
+            kept_at: "2026-01-01T00:00:00Z".into(),
+            released_at: None,
+        };
+        store.record_kept(&kept).await.expect("record");
+        assert_eq!(store.kept("r1").await.expect("kept"), vec![kept.clone()]);
+        assert_eq!(store.kept("r2").await.expect("kept"), vec![]);
+        store
+            .release_kept("r1", &kept.container_id)
+            .await
+            .expect("release");
+        drop(store);
+        let store = open(&path).await.expect("reopen");
+        let back = store.kept("r1").await.expect("kept");
+        assert!(back[0].released_at.is_some(), "{back:?}");
+
+        // A database of the previous schema gains the table on open.
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch("DROP TABLE kept; PRAGMA user_version = 3;")
+            .expect("downgrade");
+        drop(conn);
+        let store = open(&path).await.expect("migrates");
+        assert_eq!(store.kept("r1").await.expect("kept"), vec![]);
     }
 
     #[tokio::test]

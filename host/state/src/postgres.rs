@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS upshift_artifacts (
     PRIMARY KEY (adapter_digest, engine));
 CREATE TABLE IF NOT EXISTS upshift_audit_anchors (
     log TEXT PRIMARY KEY, records BIGINT NOT NULL, head TEXT NOT NULL, anchored_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS upshift_kept (
+    run_id TEXT NOT NULL, instance TEXT NOT NULL, binding TEXT NOT NULL, container_id TEXT NOT NULL,
+    replaced_by TEXT NOT NULL, image TEXT NOT NULL, kept_at TEXT NOT NULL, released_at TEXT,
+    PRIMARY KEY (run_id, container_id));
 CREATE TABLE IF NOT EXISTS upshift_queue (
     instance TEXT PRIMARY KEY, target TEXT NOT NULL, status TEXT NOT NULL, agent TEXT,
     claims INTEGER NOT NULL DEFAULT 0, claimed_ms BIGINT, outcome TEXT, enqueued_at TEXT NOT NULL,

@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (adapter_digest, engine));
 CREATE TABLE IF NOT EXISTS audit_anchors (
     log TEXT PRIMARY KEY, records INTEGER NOT NULL, head TEXT NOT NULL, anchored_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kept (
+    run_id TEXT NOT NULL, instance TEXT NOT NULL, binding TEXT NOT NULL, container_id TEXT NOT NULL,
+    replaced_by TEXT NOT NULL, image TEXT NOT NULL, kept_at TEXT NOT NULL, released_at TEXT,
+    PRIMARY KEY (run_id, container_id));
 ";
 
 /// The SQLite engine: one connection, used by one blocking task at a time.

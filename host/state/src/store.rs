@@ -8,8 +8,8 @@ use std::future::Future;
 use crate::lease::{LeaseError, LeaseRows};
 use crate::queue::WorkQueue;
 use crate::{
-    AuditAnchor, BackupRecord, RunRecord, RunStatus, StateError, StateFuture, StateStore,
-    StepRecord, StepStatus,
+    AuditAnchor, BackupRecord, KeptRecord, RunRecord, RunStatus, StateError, StateFuture,
+    StateStore, StepRecord, StepStatus,
 };
 
 /// How an engine's SQL differs from the one the statements are written in: tables are written
@@ -340,6 +340,19 @@ fn backup_from(mut r: Cells<'_>) -> Result<BackupRecord, StateError> {
     })
 }
 
+fn kept_from(mut r: Cells<'_>) -> Result<KeptRecord, StateError> {
+    Ok(KeptRecord {
+        run_id: r.text("kept.run_id")?,
+        instance: r.text("kept.instance")?,
+        binding: r.text("kept.binding")?,
+        container_id: r.text("kept.container_id")?,
+        replaced_by: r.text("kept.replaced_by")?,
+        image: r.text("kept.image")?,
+        kept_at: r.text("kept.kept_at")?,
+        released_at: r.opt_text("kept.released_at")?,
+    })
+}
+
 impl<E: Engine> StateStore for Store<E> {
     fn insert_run<'a>(&'a self, r: &'a RunRecord) -> StateFuture<'a, ()> {
         Box::pin(async move {
@@ -509,6 +522,45 @@ impl<E: Engine> StateStore for Store<E> {
                 .into_iter()
                 .map(backup_from)
                 .collect()
+        })
+    }
+
+    fn record_kept<'a>(&'a self, k: &'a KeptRecord) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute(
+                "INSERT INTO #kept (run_id, instance, binding, container_id, replaced_by, image, kept_at, released_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (run_id, container_id) DO UPDATE SET replaced_by = excluded.replaced_by,
+                   image = excluded.image, kept_at = excluded.kept_at, released_at = excluded.released_at",
+                params![&k.run_id, &k.instance, &k.binding, &k.container_id, &k.replaced_by, &k.image, &k.kept_at, k.released_at.as_ref()],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn kept<'a>(&'a self, run_id: &'a str) -> StateFuture<'a, Vec<KeptRecord>> {
+        Box::pin(async move {
+            self.all(
+                "SELECT run_id, instance, binding, container_id, replaced_by, image, kept_at, released_at
+                 FROM #kept WHERE run_id = $1 ORDER BY kept_at, container_id",
+                params![run_id],
+            )
+            .await?
+            .into_iter()
+            .map(kept_from)
+            .collect()
+        })
+    }
+
+    fn release_kept<'a>(&'a self, run_id: &'a str, container_id: &'a str) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute(
+                "UPDATE #kept SET released_at = $3 WHERE run_id = $1 AND container_id = $2",
+                params![run_id, container_id, &now()],
+            )
+            .await
+            .map(drop)
         })
     }
 

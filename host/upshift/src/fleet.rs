@@ -287,7 +287,8 @@ impl Ctx<'_> {
 
 /// The section parsers: each turns one raw table into its checked form, or says what to fix.
 impl Ctx<'_> {
-    /// A path as written in the fleet file, relative to the fleet file's directory.
+    /// A path as written in the fleet file: an absolute one as is, a relative one against the
+    /// fleet file's absolute directory.
     fn resolve(&self, path: impl Into<PathBuf>) -> PathBuf {
         let path = path.into();
         if path.is_absolute() {
@@ -515,7 +516,7 @@ impl Ctx<'_> {
                     command,
                     version,
                     env: raw.env,
-                    workdir: raw.workdir.map(PathBuf::from),
+                    workdir: raw.workdir.map(|w| self.resolve(w)),
                     health_url: raw.health_url,
                     stop_timeout_secs,
                     oneshot: raw.oneshot.unwrap_or(false),
@@ -658,10 +659,17 @@ impl Fleet {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        // Relative paths in the file are relative to the file's directory, made absolute now:
+        // a relative `--fleet fleet.toml` has the empty path as its parent, which no tool can
+        // be started in.
+        let absolute = std::path::absolute(path).map_err(|source| FleetError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let ctx = Ctx {
             path,
             text,
-            base: path.parent().unwrap_or(Path::new(".")),
+            base: absolute.parent().unwrap_or(Path::new("/")),
         };
         let trust = raw.trust.map(|t| ctx.trust(t)).transpose()?;
         let mut instances: Vec<Instance> = Vec::new();
@@ -716,6 +724,47 @@ version = "3.10.0"
 [instance.http.api]
 url = "http://127.0.0.1:8080/"
 "#;
+
+    #[test]
+    fn relative_paths_resolve_against_the_fleet_files_absolute_directory() {
+        let text = "[[instance]]\nname = \"x\"\nadapter = \"adapters/x.wasm\"\n\
+            [instance.files.data]\npath = \"data\"\n\
+            [instance.service.app]\nkind = \"process\"\ncommand = \"/opt/{version}/x\"\nversion = \"1.0.0\"\nworkdir = \"work\"\n\
+            [instance.service.web]\nkind = \"compose\"\nfile = \"compose/dc.yml\"\nservice = \"s\"\nimage = \"r/x:{version}\"\n";
+        let cwd = std::env::current_dir().expect("cwd");
+        for (fleet, dir) in [
+            ("fleet.toml", cwd.clone()),
+            ("site/fleet.toml", cwd.join("site")),
+            ("/srv/site/fleet.toml", PathBuf::from("/srv/site")),
+        ] {
+            let f = Fleet::parse(Path::new(fleet), text).expect("parses");
+            let i = f.instance("x").expect("instance");
+            assert_eq!(i.adapter, AdapterRef::File(dir.join("adapters/x.wasm")));
+            assert_eq!(i.files["data"].path, dir.join("data"));
+            match (&i.service["app"].backend, &i.service["web"].backend) {
+                (ServiceBackend::Process(p), ServiceBackend::Compose(c)) => {
+                    assert_eq!(p.workdir, Some(dir.join("work")), "{fleet}");
+                    assert_eq!(c.file, dir.join("compose/dc.yml"), "{fleet}");
+                    assert!(c.file.is_absolute());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// Every fleet-file example in docs/fleet-file.md parses.
+    #[test]
+    fn the_documented_examples_parse() {
+        let doc = include_str!("../../../docs/fleet-file.md");
+        let mut examples = 0;
+        for block in doc.split("```toml\n").skip(1) {
+            let text = block.split("```").next().unwrap_or_default();
+            Fleet::parse(Path::new("/etc/upshift/upshift.toml"), text)
+                .unwrap_or_else(|e| panic!("docs/fleet-file.md example does not parse: {e}\n{text}"));
+            examples += 1;
+        }
+        assert!(examples > 0, "docs/fleet-file.md has examples");
+    }
 
     #[test]
     fn parses_a_good_file() {

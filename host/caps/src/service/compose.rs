@@ -33,6 +33,14 @@ impl ComposeBackend {
         ComposeBackend { spec, images }
     }
 
+    /// A problem with the Compose file, naming it.
+    fn file_error(&self, problem: String) -> CapError {
+        CapError::Failed(format!(
+            "Compose file {}: {problem}",
+            self.spec.file.display()
+        ))
+    }
+
     fn previous_file(&self) -> PathBuf {
         let mut name = self.spec.file.as_os_str().to_owned();
         name.push(".upshift-previous");
@@ -40,7 +48,13 @@ impl ComposeBackend {
     }
 
     async fn compose(&self, args: &[&str]) -> Result<String, CapError> {
-        let dir = self.spec.file.parent().unwrap_or(Path::new("."));
+        // The fleet file resolves `file` to an absolute path; a bare name still runs in `.`.
+        let dir = self
+            .spec
+            .file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let out = tokio::process::Command::new("docker-compose")
             .current_dir(dir)
             .arg("-f")
@@ -89,7 +103,7 @@ impl ComposeBackend {
     pub async fn inspect(&self) -> Result<(bool, String, String), CapError> {
         let text = self.read()?;
         let image = find_image(&text, &self.spec.service)
-            .map_err(CapError::Failed)?
+            .map_err(|e| self.file_error(e))?
             .value;
         let running = match self.container().await? {
             Some(c) => c.inspect().await?.0,
@@ -151,7 +165,7 @@ impl ComposeBackend {
         let image = self.images.image_for(version)?;
         let text = self.read()?;
         let current = find_image(&text, &self.spec.service)
-            .map_err(CapError::Failed)?
+            .map_err(|e| self.file_error(e))?
             .value;
         if current == image {
             return Ok(format!("already at {image}"));
@@ -167,7 +181,8 @@ impl ComposeBackend {
                 self.spec.file.display()
             ));
         }
-        let edited = set_image(&text, &self.spec.service, &image).map_err(CapError::Failed)?;
+        let edited =
+            set_image(&text, &self.spec.service, &image).map_err(|e| self.file_error(e))?;
         std::fs::write(&previous, &text)
             .map_err(|e| failed(&format!("cannot keep {}", previous.display()), e))?;
         let staging = previous.with_extension("upshift-next");

@@ -23,8 +23,35 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
+use super::image_archive::TarName;
+use super::{KeptContainer, Switched};
 use crate::CapError;
 use upshift_model::binding::{DockerSpec, image_repository as repository};
+
+/// Labels Upshift sets (and owns) start with this; they are never carried to a new container.
+pub const LABEL_PREFIX: &str = "io.upshift.";
+/// On a container Upshift created by switching: the id of the container it kept in its place.
+pub const LABEL_REPLACES: &str = "io.upshift.replaces";
+/// On a container Upshift created by switching: the run that created it.
+pub const LABEL_RUN: &str = "io.upshift.run";
+
+/// The first 12 characters of a container id, for messages.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// `name (id …, image …)`, or that there is none, for messages.
+fn describe(c: Option<&ContainerInspectResponse>) -> String {
+    match c {
+        None => "nothing".into(),
+        Some(c) => format!(
+            "`{}` (id {}, image {})",
+            c.name.as_deref().unwrap_or("").trim_start_matches('/'),
+            short(c.id.as_deref().unwrap_or("")),
+            DockerBackend::image_of(c)
+        ),
+    }
+}
 
 /// A container service.
 pub struct DockerBackend {
@@ -88,7 +115,7 @@ pub fn recreate_body(
         let defaults = old_image.labels.clone().unwrap_or_default();
         labels
             .into_iter()
-            .filter(|(k, v)| defaults.get(k) != Some(v))
+            .filter(|(k, v)| defaults.get(k) != Some(v) && !k.starts_with(LABEL_PREFIX))
             .collect::<HashMap<_, _>>()
     });
     let host_config = old.host_config.clone();
@@ -193,6 +220,15 @@ impl DockerBackend {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(failed(&format!("cannot inspect container `{name}`"), e)),
         }
+    }
+
+    /// The container with exactly this full id (an engine also resolves names and id
+    /// prefixes; those do not count).
+    async fn inspect_id(&self, id: &str) -> Result<Option<ContainerInspectResponse>, CapError> {
+        Ok(self
+            .inspect_named(id)
+            .await?
+            .filter(|c| c.id.as_deref() == Some(id)))
     }
 
     async fn container(&self) -> Result<ContainerInspectResponse, CapError> {
@@ -332,9 +368,83 @@ impl DockerBackend {
         ))
     }
 
-    /// Switch to `version` (the container must be stopped): back to the kept container when it
-    /// has that version, else recreate beside with the new image and keep the old one.
-    pub async fn switch_version(&self, version: &str) -> Result<String, CapError> {
+    /// Check that `kept`, as the run journaled it, is still exactly what Upshift left: the
+    /// container with that id exists under the kept name and runs the journaled image. Anything
+    /// else is refused, naming what was found instead.
+    async fn verify_kept(&self, kept: &KeptContainer) -> Result<(), CapError> {
+        let kept_name = self.kept_name();
+        let refuse = |what: String| {
+            CapError::Failed(format!(
+                "switching `{}` back refused: {what}. Nothing was changed; Upshift uses only the container it kept (id {}) and never one found by name or image. Fix: inspect the containers shown (`docker inspect`), put the kept one back by hand if it still exists, or restore from the run's backup",
+                self.spec.container,
+                short(&kept.id)
+            ))
+        };
+        let by_name = self.inspect_named(&kept_name).await?;
+        let Some(found) = self.inspect_id(&kept.id).await? else {
+            return Err(refuse(format!(
+                "the container Upshift kept (id {}) is gone; under `{kept_name}` there is {}",
+                short(&kept.id),
+                describe(by_name.as_ref())
+            )));
+        };
+        let name = found.name.as_deref().unwrap_or("").trim_start_matches('/');
+        if name != kept_name {
+            return Err(refuse(format!(
+                "the container Upshift kept (id {}) is now {}, not `{kept_name}`; under `{kept_name}` there is {}",
+                short(&kept.id),
+                describe(Some(&found)),
+                describe(by_name.as_ref())
+            )));
+        }
+        if Self::image_of(&found) != kept.image {
+            return Err(refuse(format!(
+                "the container Upshift kept (id {}) runs {}, not {} as journaled",
+                short(&kept.id),
+                Self::image_of(&found),
+                kept.image
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check that the bound container is the one Upshift created in `kept`'s place (by id, and
+    /// carrying the label naming the kept id): a container someone else put under the bound
+    /// name is reported, and no switch starts from it.
+    fn verify_bound(
+        &self,
+        kept: &KeptContainer,
+        current: &ContainerInspectResponse,
+    ) -> Result<(), CapError> {
+        let current_id = current.id.as_deref().unwrap_or("");
+        let label = current
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_REPLACES));
+        if current_id != kept.replaced_by || label != Some(&kept.id) {
+            return Err(CapError::Failed(format!(
+                "switching `{}` refused: it is now {}, not the container Upshift created in place of the kept one (id {}, labelled {LABEL_REPLACES}={}). Nothing was changed. Fix: inspect the containers shown (`docker inspect`) and find out who replaced it; restore from the run's backup if needed",
+                self.spec.container,
+                describe(Some(current)),
+                short(&kept.replaced_by),
+                short(&kept.id)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Switch to `version` (the container must be stopped). Back to the version of `kept` (the
+    /// container the run journaled as kept) puts that very container back, after checking it is
+    /// still exactly what Upshift left; otherwise the container is recreated beside with the
+    /// new image and the old one kept (returned, for the run to journal). A container under the
+    /// kept name that the run did not journal is reported and neither used nor removed.
+    pub async fn switch_version(
+        &self,
+        version: &str,
+        kept: Option<&KeptContainer>,
+        run: Option<&str>,
+    ) -> Result<Switched, CapError> {
         let image = self.image_for(version)?;
         let docker = self.docker().await?;
         let current = self.container().await?;
@@ -349,10 +459,14 @@ impl DockerBackend {
                 self.spec.container
             )));
         }
+        if let Some(kept) = kept {
+            self.verify_bound(kept, &current)?;
+        }
         let current_image = Self::image_of(&current);
         if current_image == image {
-            return Ok(format!("already at {image}"));
+            return Ok(Switched::said(format!("already at {image}")));
         }
+        let current_id = current.id.clone().unwrap_or_default();
         let rename = |from: String, to: String| async move {
             docker
                 .rename_container(
@@ -371,14 +485,42 @@ impl DockerBackend {
                 .await
                 .map_err(|e| failed(&format!("cannot remove `{name}`"), e))
         };
-        // Switching back: the kept container is exactly the old one.
-        if let Some(kept) = self.inspect_named(&self.kept_name()).await?
-            && Self::image_of(&kept) == image
+        // Switching back: the journaled kept container, and only that one.
+        if let Some(kept) = kept
+            && kept.image == image
         {
-            remove(self.spec.container.clone()).await?;
-            rename(self.kept_name(), self.spec.container.clone()).await?;
-            return Ok(format!("put back the kept container ({image})"));
+            self.verify_kept(kept).await?;
+            remove(current_id.clone()).await?;
+            rename(kept.id.clone(), self.spec.container.clone()).await?;
+            return Ok(Switched {
+                summary: format!(
+                    "put back the kept container (id {}, {image})",
+                    short(&kept.id)
+                ),
+                kept: None,
+                released: Some(kept.id.clone()),
+            });
         }
+        // Recreating: the kept name must be free, or hold the container this run kept.
+        let occupant = self.inspect_named(&self.kept_name()).await?;
+        let replaces_kept = match &occupant {
+            None => None,
+            Some(o) if kept.is_some_and(|k| Some(k.id.as_str()) == o.id.as_deref()) => o.id.clone(),
+            Some(o) => {
+                return Err(CapError::Failed(format!(
+                    "switching `{}` to {image} refused: `{}` is taken by {}, which {}. Upshift neither uses nor removes a container it did not journal. Fix: inspect it (`docker inspect {}`), then remove or rename it and retry",
+                    self.spec.container,
+                    self.kept_name(),
+                    describe(Some(o)),
+                    match kept {
+                        Some(k) =>
+                            format!("is not the container this run kept (id {})", short(&k.id)),
+                        None => "this run did not keep".into(),
+                    },
+                    short(o.id.as_deref().unwrap_or(""))
+                )));
+            }
+        };
         let old_image = docker
             .inspect_image(current.image.as_deref().unwrap_or(&current_image))
             .await
@@ -399,11 +541,16 @@ impl DockerBackend {
                 failed(&format!("cannot inspect image {image}"), e)
             });
         }
-        let body = recreate_body(&current, &old_image, &image);
+        let mut body = recreate_body(&current, &old_image, &image);
+        let labels = body.labels.get_or_insert_with(HashMap::new);
+        labels.insert(LABEL_REPLACES.to_string(), current_id.clone());
+        if let Some(run) = run {
+            labels.insert(LABEL_RUN.to_string(), run.to_string());
+        }
         if self.inspect_named(&self.next_name()).await?.is_some() {
             remove(self.next_name()).await?;
         }
-        docker
+        let created = docker
             .create_container(
                 Some(
                     CreateContainerOptionsBuilder::default()
@@ -414,19 +561,28 @@ impl DockerBackend {
             )
             .await
             .map_err(|e| failed(&format!("cannot create the new container for {image}"), e))?;
-        if self.inspect_named(&self.kept_name()).await?.is_some() {
-            remove(self.kept_name()).await?;
+        if let Some(id) = &replaces_kept {
+            remove(id.clone()).await?;
         }
-        rename(self.spec.container.clone(), self.kept_name()).await?;
-        if let Err(e) = rename(self.next_name(), self.spec.container.clone()).await {
-            let _ = rename(self.kept_name(), self.spec.container.clone()).await;
+        rename(current_id.clone(), self.kept_name()).await?;
+        if let Err(e) = rename(created.id.clone(), self.spec.container.clone()).await {
+            let _ = rename(current_id.clone(), self.spec.container.clone()).await;
             return Err(e);
         }
-        Ok(format!(
-            "recreated `{}` with {image}; the previous container ({current_image}) is kept as `{}`",
-            self.spec.container,
-            self.kept_name()
-        ))
+        Ok(Switched {
+            summary: format!(
+                "recreated `{}` with {image}; the previous container ({current_image}, id {}) is kept as `{}`",
+                self.spec.container,
+                short(&current_id),
+                self.kept_name()
+            ),
+            kept: Some(KeptContainer {
+                id: current_id,
+                replaced_by: created.id,
+                image: current_image,
+            }),
+            released: replaces_kept,
+        })
     }
 
     /// Healthy = running and, by priority: the container's healthcheck says healthy, or the
@@ -465,11 +621,65 @@ impl DockerBackend {
         }
     }
 
+    /// Whether `repository` (normalised) is one of the granted repositories.
+    fn granted_repository(&self, repository: &str) -> bool {
+        self.spec.images.iter().any(|allowed| {
+            super::image_archive::normalize(allowed).is_ok_and(|a| a.repository == repository)
+        })
+    }
+
     /// `docker load` a tar file (opened by the caller through the files capability), streamed.
-    /// Every image it contains must be in a granted repository; anything else loaded is removed
-    /// again and the call is denied.
+    ///
+    /// Before anything is loaded the tar's own index (`manifest.json`, `index.json`,
+    /// `repositories`) is read: the load is denied, with nothing loaded, when the tar is not an
+    /// image archive, names no image, names one outside the granted repositories, or names a
+    /// tag that exists on the engine for another image (loading would move it).
     pub async fn load_image(&self, file: std::fs::File) -> Result<Vec<String>, CapError> {
+        use std::io::{Seek, SeekFrom};
         let docker = self.docker().await?;
+        let (file, names) = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let names = super::image_archive::read_names(std::io::BufReader::new(&mut file));
+            let rewound = file.seek(SeekFrom::Start(0));
+            (file, names, rewound)
+        })
+        .await
+        .map_err(|e| failed("reading the image tar stopped", e))
+        .and_then(|(file, names, rewound)| {
+            rewound.map_err(|e| failed("cannot rewind the image tar", e))?;
+            Ok((file, names))
+        })?;
+        let names = names.map_err(|e| CapError::Denied(format!("the tar is not loaded: {e}")))?;
+        let ungranted: Vec<&str> = names
+            .names
+            .values()
+            .filter(|n| !self.granted_repository(&n.named.repository))
+            .map(|n| n.named.written.as_str())
+            .collect();
+        if !ungranted.is_empty() {
+            return Err(CapError::Denied(format!(
+                "the tar names images outside the granted repositories ({}); nothing was loaded (granted: {})",
+                ungranted.join(", "),
+                self.spec.images.join(", ")
+            )));
+        }
+        for TarName { named: name, ids } in names.names.values() {
+            match docker.inspect_image(&name.tagged).await {
+                Ok(existing) => {
+                    let existing = existing.id.unwrap_or_default();
+                    if !ids.contains(&existing) {
+                        return Err(CapError::Denied(format!(
+                            "the tar names `{}`, which already exists on this engine as image {existing}; loading would move that tag to another image, so nothing was loaded (remove or retag the existing image first if that is intended)",
+                            name.written
+                        )));
+                    }
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    return Err(failed(&format!("cannot inspect image {}", name.tagged), e));
+                }
+            }
+        }
         let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
         let mut progress = docker.import_image_stream(
             bollard::query_parameters::ImportImageOptionsBuilder::default()
@@ -492,34 +702,24 @@ impl DockerBackend {
                 }
             }
         }
-        let ungranted: Vec<&String> = loaded
+        // The engine loaded what the tar said (the file may have changed since it was read):
+        // anything else is reported, and left for the operator to look at, never removed by
+        // name (that could remove an image someone else relies on).
+        let unexpected: Vec<&String> = loaded
             .iter()
-            .filter(|i| {
-                !self
-                    .spec
-                    .images
-                    .iter()
-                    .any(|allowed| allowed == repository(i))
+            .filter(|l| {
+                super::image_archive::normalize(l)
+                    .map_or(true, |n| !names.names.contains_key(&n.tagged))
             })
             .collect();
-        if !ungranted.is_empty() {
-            for image in &ungranted {
-                let _ = docker
-                    .remove_image(
-                        image,
-                        None::<bollard::query_parameters::RemoveImageOptions>,
-                        None,
-                    )
-                    .await;
-            }
+        if !unexpected.is_empty() {
             return Err(CapError::Denied(format!(
-                "the tar holds images outside the granted repositories ({}); they were removed again (granted: {})",
-                ungranted
+                "docker loaded images the tar's index did not name ({}); the file changed while it was loaded? They were left in place for the operator to inspect",
+                unexpected
                     .iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
-                    .join(", "),
-                self.spec.images.join(", ")
+                    .join(", ")
             )));
         }
         if loaded.is_empty() {
@@ -528,20 +728,40 @@ impl DockerBackend {
         Ok(loaded)
     }
 
-    /// After a verified run: remove the kept previous container.
-    pub async fn finalize(&self) -> Result<String, CapError> {
-        if self.inspect_named(&self.kept_name()).await?.is_none() {
+    /// After a verified run: remove the container the run journaled as kept, by id, if it is
+    /// still under the kept name. Nothing journaled, nothing removed (never by name).
+    pub async fn finalize(&self, kept: Option<&KeptContainer>) -> Result<String, CapError> {
+        let Some(kept) = kept else {
             return Ok(String::new());
+        };
+        let Some(found) = self.inspect_id(&kept.id).await? else {
+            return Ok(format!(
+                "the kept container (id {}) is already gone",
+                short(&kept.id)
+            ));
+        };
+        let name = found.name.as_deref().unwrap_or("").trim_start_matches('/');
+        if name != self.kept_name() {
+            return Err(CapError::Failed(format!(
+                "the kept container (id {}) is now {}, not `{}`; it was left alone. Fix: remove it by hand once you know who renamed it",
+                short(&kept.id),
+                describe(Some(&found)),
+                self.kept_name()
+            )));
         }
         self.docker()
             .await?
             .remove_container(
-                &self.kept_name(),
+                &kept.id,
                 Some(RemoveContainerOptionsBuilder::default().force(true).build()),
             )
             .await
             .map_err(|e| failed(&format!("cannot remove `{}`", self.kept_name()), e))?;
-        Ok(format!("removed the kept container `{}`", self.kept_name()))
+        Ok(format!(
+            "removed the kept container `{}` (id {})",
+            self.kept_name(),
+            short(&kept.id)
+        ))
     }
 
     /// The last lines of the container's output.

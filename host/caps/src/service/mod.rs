@@ -6,6 +6,7 @@
 pub mod compose;
 pub mod compose_file;
 pub mod docker;
+pub mod image_archive;
 pub mod process;
 
 use std::path::Path;
@@ -32,6 +33,38 @@ pub struct Status {
     pub version: String,
     /// Backend detail.
     pub detail: String,
+}
+
+/// A container a switch kept for switching back, as the run journaled it: switching back and
+/// finalizing use exactly this, never a container found by name or image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptContainer {
+    /// The kept container's full id.
+    pub id: String,
+    /// The id of the container created in its place (under the bound name).
+    pub replaced_by: String,
+    /// The image the kept container was created from (`repo:tag`).
+    pub image: String,
+}
+
+/// What a switch did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Switched {
+    /// Summary for the report.
+    pub summary: String,
+    /// The container it kept for switching back: the run journals it.
+    pub kept: Option<KeptContainer>,
+    /// The id of the journaled kept container it put back or removed (no longer kept).
+    pub released: Option<String>,
+}
+
+impl Switched {
+    fn said(summary: String) -> Switched {
+        Switched {
+            summary,
+            ..Switched::default()
+        }
+    }
 }
 
 /// The service capability: the bound services, reached only through the guard.
@@ -161,18 +194,23 @@ impl Services {
     }
 
     /// Host: switch the (stopped) service to `version` (needs `switch-version`). A version that
-    /// is not a product version is denied (and audited) before any backend sees it.
+    /// is not a product version is denied (and audited) before any backend sees it. `kept` is
+    /// the container the run journaled as kept for this binding (switching back uses it and
+    /// nothing else); `run` labels a container the switch creates.
     pub async fn switch_version(
         &self,
         binding: &str,
         version: &str,
         detail: &str,
-    ) -> Result<String, CapError> {
-        self.host(binding, Operation::SwitchVersion, detail, async |b| {
-            checked_version(version)?;
-            b.switch_version(version).await
-        })
-        .await
+        kept: Option<&KeptContainer>,
+        run: Option<&str>,
+    ) -> Result<Switched, CapError> {
+        self.bound
+            .host(binding, Operation::SwitchVersion, detail, async |b| {
+                checked_version(version)?;
+                b.switch_version(version, kept, run).await
+            })
+            .await
     }
 
     /// Host: wait until healthy (needs `inspect`).
@@ -191,7 +229,12 @@ impl Services {
     /// Host, after a verified run: remove what a switch kept for rolling back (needs
     /// `switch-version`). A binding that keeps nothing (a process), or that may not switch
     /// versions (so the host never switched it), is left alone and not recorded.
-    pub async fn finalize(&self, binding: &str) -> Result<String, CapError> {
+    /// A container is removed only when the run journaled it as `kept`.
+    pub async fn finalize(
+        &self,
+        binding: &str,
+        kept: Option<&KeptContainer>,
+    ) -> Result<String, CapError> {
         let keeps = self
             .bound
             .config(binding)
@@ -205,7 +248,7 @@ impl Services {
             return Ok(String::new());
         }
         self.host(binding, Operation::Finalize, "host finalize", async |b| {
-            b.finalize().await
+            b.finalize(kept).await
         })
         .await
     }
@@ -300,12 +343,18 @@ impl ServiceBackend {
         }
     }
 
-    /// Switch it (stopped) to another version.
-    pub async fn switch_version(&self, version: &str) -> Result<String, CapError> {
+    /// Switch it (stopped) to another version; `kept` is the container the run journaled as
+    /// kept (containers only), `run` labels a container the switch creates.
+    pub async fn switch_version(
+        &self,
+        version: &str,
+        kept: Option<&KeptContainer>,
+        run: Option<&str>,
+    ) -> Result<Switched, CapError> {
         match self {
-            ServiceBackend::Process(p) => p.switch_version(version).await,
-            ServiceBackend::Docker(d) => d.switch_version(version).await,
-            ServiceBackend::Compose(c) => c.switch_version(version).await,
+            ServiceBackend::Process(p) => p.switch_version(version).await.map(Switched::said),
+            ServiceBackend::Docker(d) => d.switch_version(version, kept, run).await,
+            ServiceBackend::Compose(c) => c.switch_version(version).await.map(Switched::said),
         }
     }
 
@@ -357,10 +406,10 @@ impl ServiceBackend {
     }
 
     /// After a verified run: drop what was kept for rolling back (the previous container).
-    pub async fn finalize(&self) -> Result<String, CapError> {
+    pub async fn finalize(&self, kept: Option<&KeptContainer>) -> Result<String, CapError> {
         match self {
             ServiceBackend::Process(_) => Ok(String::new()),
-            ServiceBackend::Docker(d) => d.finalize().await,
+            ServiceBackend::Docker(d) => d.finalize(kept).await,
             ServiceBackend::Compose(c) => c.finalize().await,
         }
     }

@@ -532,7 +532,7 @@ pub(super) async fn conclude(
     let Some(failure) = failure else {
         // Verified: drop what was kept only for rolling back (e.g. the previous container).
         for name in caps.service().bindings() {
-            match caps.service().finalize(name).await {
+            match ctx.finalize(name).await {
                 Ok(done) if !done.is_empty() => lines.push(StepLine {
                     phase: "finalize".into(),
                     id: format!("finalize-{name}"),

@@ -10,11 +10,12 @@ use crate::caps::backup::manifest::Manifest;
 use crate::caps::db::{BackupSource, DbBackend};
 use crate::caps::http::Expect;
 use crate::caps::limits::MAX_TEXT;
+use crate::caps::service::KeptContainer;
 use crate::caps::{CapError, Event, InstanceCaps};
 use crate::lease::Held;
 use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{Action, BackupMethod, HttpCheckAction, RestoreTarget};
-use crate::state::{BackupRecord, RunRecord, StateStore, StepStatus};
+use crate::state::{BackupRecord, KeptRecord, RunRecord, StateStore, StepStatus};
 
 use super::Session;
 use super::plan::RollbackAction;
@@ -130,6 +131,81 @@ impl RunContext<'_> {
             ))
         })?;
         Ok(record)
+    }
+
+    /// The container this run journaled as kept for `binding`, not yet put back or removed.
+    async fn kept_for(&self, binding: &str) -> Result<Option<KeptContainer>, CapError> {
+        let kept = self.state().kept(&self.run_id).await.map_err(|e| {
+            CapError::Failed(format!(
+                "cannot read which container run {} kept: {e}",
+                self.run_id
+            ))
+        })?;
+        Ok(kept
+            .into_iter()
+            .rfind(|k| k.binding == binding && k.released_at.is_none())
+            .map(|k| KeptContainer {
+                id: k.container_id,
+                replaced_by: k.replaced_by,
+                image: k.image,
+            }))
+    }
+
+    /// Switch `binding` to `version` with the container this run journaled as kept (switching
+    /// back uses that one only), and journal what the switch kept or released.
+    async fn switch(&self, binding: &str, version: &str, via: &str) -> Result<String, CapError> {
+        let kept = self.kept_for(binding).await?;
+        let switched = self
+            .caps
+            .service()
+            .switch_version(binding, version, via, kept.as_ref(), Some(&self.run_id))
+            .await?;
+        if let Some(id) = &switched.released {
+            self.state()
+                .release_kept(&self.run_id, id)
+                .await
+                .map_err(|e| {
+                    CapError::Failed(format!(
+                        "{}; but journaling that the kept container {id} is no longer kept failed: {e}",
+                        switched.summary
+                    ))
+                })?;
+        }
+        if let Some(k) = &switched.kept {
+            let record = KeptRecord {
+                run_id: self.run_id.clone(),
+                instance: self.caps.caller().instance.clone(),
+                binding: binding.to_string(),
+                container_id: k.id.clone(),
+                replaced_by: k.replaced_by.clone(),
+                image: k.image.clone(),
+                kept_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                released_at: None,
+            };
+            self.state().record_kept(&record).await.map_err(|e| {
+                CapError::Failed(format!(
+                    "{}; but the kept container's id {} could not be journaled ({e}), so switching back will refuse: put it back by hand if needed",
+                    switched.summary, k.id
+                ))
+            })?;
+        }
+        Ok(switched.summary)
+    }
+
+    /// After a verified run: drop what `binding` kept for rolling back — for a container, only
+    /// the one this run journaled, by id.
+    pub async fn finalize(&self, binding: &str) -> Result<String, CapError> {
+        let kept = self.kept_for(binding).await?;
+        let done = self.caps.service().finalize(binding, kept.as_ref()).await?;
+        if let Some(k) = &kept
+            && !done.is_empty()
+        {
+            self.state()
+                .release_kept(&self.run_id, &k.id)
+                .await
+                .map_err(|e| CapError::Failed(format!("{done}; but journaling it failed: {e}")))?;
+        }
+        Ok(done)
     }
 
     /// Run one step with journaling and events. `Err` carries the error text.
@@ -259,9 +335,7 @@ impl RunContext<'_> {
         match action {
             Action::ServiceStop(b) => done(services.stop(b, via).await?),
             Action::ServiceStart(b) => done(services.start(b, via).await?),
-            Action::ServiceSwitch(a) => {
-                done(services.switch_version(&a.binding, &a.version, via).await?)
-            }
+            Action::ServiceSwitch(a) => done(self.switch(&a.binding, &a.version, via).await?),
             Action::WaitHealthy(a) => {
                 let timeout = Duration::from_millis(a.timeout_ms.into());
                 done(services.wait_healthy(&a.binding, timeout, via).await?)
@@ -491,9 +565,7 @@ impl RunContext<'_> {
             }
             RollbackAction::Stop { binding } => services.stop(binding, via).await,
             RollbackAction::Start { binding } => services.start(binding, via).await,
-            RollbackAction::Switch { binding, version } => {
-                services.switch_version(binding, version, via).await
-            }
+            RollbackAction::Switch { binding, version } => self.switch(binding, version, via).await,
             RollbackAction::WaitHealthy { binding } => {
                 services
                     .wait_healthy(binding, Duration::from_secs(180), via)
