@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS upshift_artifacts (
     PRIMARY KEY (adapter_digest, engine));
 CREATE TABLE IF NOT EXISTS upshift_audit_anchors (
     log TEXT PRIMARY KEY, records BIGINT NOT NULL, head TEXT NOT NULL, anchored_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS upshift_audit_index (
+    log TEXT NOT NULL, seq BIGINT NOT NULL, segment BIGINT NOT NULL, byte_offset BIGINT NOT NULL,
+    run_id TEXT, denied BOOLEAN NOT NULL, PRIMARY KEY (log, seq));
+CREATE INDEX IF NOT EXISTS upshift_audit_index_run ON upshift_audit_index (log, run_id, seq);
 CREATE TABLE IF NOT EXISTS upshift_queue (
     instance TEXT PRIMARY KEY, target TEXT NOT NULL, status TEXT NOT NULL, agent TEXT,
     claims INTEGER NOT NULL DEFAULT 0, claimed_ms BIGINT, outcome TEXT, enqueued_at TEXT NOT NULL,

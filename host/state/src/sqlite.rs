@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (adapter_digest, engine));
 CREATE TABLE IF NOT EXISTS audit_anchors (
     log TEXT PRIMARY KEY, records INTEGER NOT NULL, head TEXT NOT NULL, anchored_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_index (
+    log TEXT NOT NULL, seq INTEGER NOT NULL, segment INTEGER NOT NULL, byte_offset INTEGER NOT NULL,
+    run_id TEXT, denied INTEGER NOT NULL, PRIMARY KEY (log, seq));
+CREATE INDEX IF NOT EXISTS audit_index_run ON audit_index (log, run_id, seq);
 ";
 
 /// The SQLite engine: one connection, used by one blocking task at a time.
