@@ -653,36 +653,26 @@ impl<E: Engine> StateStore for Store<E> {
                 )
                 .await?
             };
-            rows.into_iter().map(index_row_from).collect()
+            rows.into_iter()
+                .map(|mut row| index_row_from(&mut row))
+                .collect()
         })
     }
 
     fn audit_index_end<'a>(&'a self, log: &'a str) -> StateFuture<'a, Option<AuditIndexEnd>> {
         Box::pin(async move {
-            let Some(mut count) = self
-                .first(
-                    "SELECT COUNT(*) FROM #audit_index WHERE log = $1",
-                    params![log],
-                )
-                .await?
-            else {
-                return Ok(None);
-            };
-            let rows = count.opt_u64("audit_index.count")?.unwrap_or(0);
-            if rows == 0 {
-                return Ok(None);
-            }
+            // One statement, so the count and the last row are of the same moment.
             self.first(
-                "SELECT seq, segment, byte_offset, run_id, denied FROM #audit_index
-                 WHERE log = $1 ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, segment, byte_offset, run_id, denied,
+                   (SELECT COUNT(*) FROM #audit_index WHERE log = $1)
+                 FROM #audit_index WHERE log = $1 ORDER BY seq DESC LIMIT 1",
                 params![log],
             )
             .await?
-            .map(|row| {
-                Ok(AuditIndexEnd {
-                    rows,
-                    last: index_row_from(row)?,
-                })
+            .map(|mut row| {
+                let last = index_row_from(&mut row)?;
+                let rows = row.opt_u64("audit_index.count")?.unwrap_or(0);
+                Ok(AuditIndexEnd { rows, last })
             })
             .transpose()
         })
@@ -706,7 +696,7 @@ fn wide(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn index_row_from(mut r: Cells<'_>) -> Result<AuditIndexRow, StateError> {
+fn index_row_from(r: &mut Cells<'_>) -> Result<AuditIndexRow, StateError> {
     Ok(AuditIndexRow {
         seq: r
             .opt_u64("audit_index.seq")?

@@ -586,6 +586,152 @@ mod tests {
         );
     }
 
+    /// A kilobyte record of run `run-<i % 1000>`.
+    fn big_event(i: u64) -> AuditEvent {
+        AuditEvent {
+            run_id: Some(format!("run-{}", i % 1000)),
+            detail: Some(format!("{i:>8} {}", "d".repeat(900))),
+            ..run_event(i)
+        }
+    }
+
+    /// Kibibytes of this process's resident memory now (`VmRSS`) or at its peak (`VmHWM`).
+    fn memory_kib(field: &str) -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("field")
+    }
+
+    /// How many records the big log has: 300,000 (about 415 MB) in an optimised build, 60,000
+    /// (about 83 MB, still more than the bound) in a debug build, where hashing is slow;
+    /// `UPSHIFT_BIG_AUDIT_RECORDS` overrides.
+    fn big_records() -> u64 {
+        std::env::var("UPSHIFT_BIG_AUDIT_RECORDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(if cfg!(debug_assertions) {
+                60_000
+            } else {
+                300_000
+            })
+    }
+
+    /// Growth of the peak resident memory past this bound means something loaded the log.
+    const BIG_LOG_GROWTH_KIB: u64 = 64 * 1024;
+
+    /// A large log (300,000 records of 1.4 KB, rotated into 64 MiB segments, with no index
+    /// yet: a data directory from before the index) is opened, indexed, appended to, searched
+    /// for one run's records and verified by a fresh process, whose peak memory grows by less
+    /// than 64 MiB over its start: the log is never loaded whole (opening it used to read it
+    /// into one string).
+    #[test]
+    fn a_large_log_is_opened_indexed_searched_and_verified_in_bounded_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).expect("log");
+        let n = big_records();
+        let started = Instant::now();
+        for i in 0..n {
+            log.append(big_event(i)).expect("append");
+        }
+        let written = started.elapsed();
+        drop(log);
+        let size: u64 = crate::audit::segments::all_segments(&path)
+            .expect("segments")
+            .iter()
+            .map(|s| std::fs::metadata(&s.path).expect("size").len())
+            .sum();
+        let child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--exact",
+                "integrity::tests::big_log_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("UPSHIFT_BIG_AUDIT_LOG", &path)
+            .output()
+            .expect("child");
+        let out = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success(),
+            "{out}\n{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let growth: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("peak growth KiB: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the child reports its growth");
+        println!(
+            "{n} records, {size} bytes written in {:.2} s; peak memory grew {growth} KiB\n{out}{}",
+            written.as_secs_f64(),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        assert!(growth < BIG_LOG_GROWTH_KIB, "{out}");
+    }
+
+    /// The child of the test above (does nothing unless it sets `UPSHIFT_BIG_AUDIT_LOG`).
+    #[test]
+    #[ignore = "run by a_large_log_is_opened_indexed_searched_and_verified_in_bounded_memory"]
+    fn big_log_child() {
+        let Some(path) = std::env::var_os("UPSHIFT_BIG_AUDIT_LOG") else {
+            return;
+        };
+        let path = std::path::PathBuf::from(path);
+        let n = big_records();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let state = crate::state::open(&path.with_file_name("state.db"))
+                .await
+                .expect("state");
+            let key = audit_log_key(&path);
+            let start = memory_kib("VmRSS:");
+            let mut timings = Vec::new();
+            let mut time = |what: &str, since: Instant| {
+                timings.push(format!("{what}: {:.2} s", since.elapsed().as_secs_f64()));
+            };
+            let t = Instant::now();
+            let log = Arc::new(AuditLog::open(&path).expect("open"));
+            time("open", t);
+            assert_eq!(log.head().records, n);
+            let t = Instant::now();
+            assert_eq!(catch_up_index(&state, &key, &log).await, Ok(n));
+            time("index from the log", t);
+            let anchor = StateAnchor::start(state.clone(), key.clone(), EventSink::discard())
+                .expect("anchor");
+            log.set_anchor(anchor.clone());
+            let t = Instant::now();
+            log.append(big_event(n)).expect("append");
+            time("append", t);
+            let t = Instant::now();
+            let records = records_for_run(&state, &key, &log, "run-7", false)
+                .await
+                .expect("records");
+            time("one run's records", t);
+            assert_eq!(records.len() as u64, n / 1000);
+            let t = Instant::now();
+            let report = crate::audit::verify(&path).expect("verify");
+            time("verify", t);
+            assert_eq!(report.records, n + 1);
+            assert_eq!(report.first_problem, None);
+            assert!(tokio::task::block_in_place(
+                || anchor.flush(Duration::from_secs(30))
+            ));
+            let peak = memory_kib("VmHWM:");
+            println!("{}", timings.join(", "));
+            println!("start KiB: {start}, peak KiB: {peak}");
+            println!("peak growth KiB: {}", peak.saturating_sub(start));
+        });
+    }
+
     /// `cargo test -p upshift --release --lib append_cost -- --ignored --nocapture`: the cost of
     /// one audit append without and with the state-store anchor.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
