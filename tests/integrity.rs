@@ -684,3 +684,57 @@ fn the_audit_log_rotates_into_chained_segments_that_verify_and_its_index_catches
     std::fs::write(segment(2), &kept).expect("restore");
     assert_eq!(verify(&env).0, Some(0));
 }
+
+/// The same index in shared PostgreSQL state (`upshift_audit_index`): written by every
+/// command, caught up when rows are lost, and the chain across segments verifies there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_index_lives_in_postgresql_state_too() {
+    let Some(pg) = common::pg() else { return };
+    let (_, state_url) = pg.fresh_db("auditindex").await;
+    let env = Env::new();
+    misbehaving_fleet(&env, "");
+    let data = env.data();
+    let shared = |args: &[&str]| {
+        let mut all = vec![
+            "--state",
+            state_url.as_str(),
+            "--audit-segment-bytes",
+            "4096",
+        ];
+        all.extend_from_slice(args);
+        env.upshift(&all)
+    };
+    for _ in 0..4 {
+        let out = shared(&["plan", "m", "--to", "4.0.0-calls", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    assert!(audit_files(&data).len() >= 2);
+    let n = audit_lines(&data);
+    let out = shared(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "{n} records, chain intact; head anchored in the state store at {n} records"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let client = common::connect(&state_url).await;
+    async fn count(c: &tokio_postgres::Client) -> u64 {
+        c.query_one("SELECT COUNT(*) FROM upshift_audit_index", &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0) as u64
+    }
+    assert_eq!(count(&client).await, n);
+    client
+        .execute(
+            "DELETE FROM upshift_audit_index WHERE seq >= $1",
+            &[&(n as i64 - 4)],
+        )
+        .await
+        .expect("delete");
+    let out = shared(&["plan", "m", "--to", "4.0.0-calls", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count(&client).await, audit_lines(&data));
+}
