@@ -565,3 +565,176 @@ fn the_audit_logs_head_is_anchored_so_a_lost_or_rewritten_tail_shows() {
     let out = env.upshift(&["plan", "m", "--to", "2.0.0"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// The audit log's files, closed segments first.
+fn audit_files(data: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data)
+        .expect("data dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("audit") && n.ends_with(".jsonl"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Records in every segment.
+fn audit_lines(data: &Path) -> u64 {
+    audit_files(data)
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(data.join(n))
+                .expect("segment")
+                .lines()
+                .count() as u64
+        })
+        .sum()
+}
+
+fn index_rows(data: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(data.join("state.db")).expect("state.db");
+    conn.query_row("SELECT COUNT(*) FROM audit_index", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[test]
+fn the_audit_log_rotates_into_chained_segments_that_verify_and_its_index_catches_up() {
+    let env = Env::new();
+    misbehaving_fleet(&env, "");
+    let data = env.data();
+    let plan = || {
+        let out = env.upshift(&[
+            "--audit-segment-bytes",
+            "4096",
+            "plan",
+            "m",
+            "--to",
+            "4.0.0-calls",
+            "--json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    };
+    for _ in 0..6 {
+        plan();
+    }
+    let files = audit_files(&data);
+    assert!(files.len() >= 3, "rotated: {files:?}");
+    assert_eq!(files[0], "audit-000001.jsonl");
+    assert_eq!(files.last().map(String::as_str), Some("audit.jsonl"));
+    let n = audit_lines(&data);
+    let (code, text, json) = verify(&env);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{n} records, chain intact; head anchored in the state store at {n} records"
+        )),
+        "{text}"
+    );
+    assert_eq!(json["records"], n, "{json}");
+    // Every record is indexed in the state store.
+    assert_eq!(index_rows(&data), n);
+
+    // Index rows lost (the last ones, as in a crash between the log and the index, and one in
+    // the middle): the next command indexes them from the log.
+    let conn = rusqlite::Connection::open(data.join("state.db")).expect("state.db");
+    conn.execute(
+        "DELETE FROM audit_index WHERE seq >= ?1 OR seq = 3",
+        [n as i64 - 5],
+    )
+    .expect("delete");
+    drop(conn);
+    assert_eq!(index_rows(&data), n - 6);
+    plan();
+    let now = audit_lines(&data);
+    assert!(now > n);
+    assert_eq!(index_rows(&data), now);
+
+    // A closed segment removed, edited, or two swapped: reported by file, and the chain's end
+    // still checks against the anchor.
+    let segment = |k: u64| data.join(format!("audit-{k:06}.jsonl"));
+    let kept = std::fs::read_to_string(segment(2)).expect("segment 2");
+    std::fs::remove_file(segment(2)).expect("remove");
+    let (code, text, json) = verify(&env);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("TAMPERED") && text.contains("segment audit-000002.jsonl is missing"),
+        "{text}"
+    );
+    assert_eq!(json["problem"]["kind"], "removed", "{json}");
+    assert_eq!(json["problem"]["file"], "audit-000003.jsonl", "{json}");
+    std::fs::write(segment(2), &kept).expect("restore");
+    assert_eq!(verify(&env).0, Some(0));
+
+    let edited = kept.replacen("\"duration_us\":0", "\"duration_us\":1", 1);
+    assert_ne!(edited, kept);
+    std::fs::write(segment(2), &edited).expect("edit");
+    let (code, text, json) = verify(&env);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("audit-000002.jsonl line 1"), "{text}");
+    assert_eq!(json["problem"]["kind"], "edited", "{json}");
+    std::fs::write(segment(2), &kept).expect("restore");
+
+    let first = std::fs::read_to_string(segment(1)).expect("segment 1");
+    std::fs::write(segment(1), &kept).expect("swap");
+    std::fs::write(segment(2), &first).expect("swap");
+    let (code, text, _) = verify(&env);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("audit-000001.jsonl line 1"), "{text}");
+    std::fs::write(segment(1), &first).expect("restore");
+    std::fs::write(segment(2), &kept).expect("restore");
+    assert_eq!(verify(&env).0, Some(0));
+}
+
+/// The same index in shared PostgreSQL state (`upshift_audit_index`): written by every
+/// command, caught up when rows are lost, and the chain across segments verifies there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_index_lives_in_postgresql_state_too() {
+    let Some(pg) = common::pg() else { return };
+    let (_, state_url) = pg.fresh_db("auditindex").await;
+    let env = Env::new();
+    misbehaving_fleet(&env, "");
+    let data = env.data();
+    let shared = |args: &[&str]| {
+        let mut all = vec![
+            "--state",
+            state_url.as_str(),
+            "--audit-segment-bytes",
+            "4096",
+        ];
+        all.extend_from_slice(args);
+        env.upshift(&all)
+    };
+    for _ in 0..4 {
+        let out = shared(&["plan", "m", "--to", "4.0.0-calls", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    assert!(audit_files(&data).len() >= 2);
+    let n = audit_lines(&data);
+    let out = shared(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "{n} records, chain intact; head anchored in the state store at {n} records"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let client = common::connect(&state_url).await;
+    async fn count(c: &tokio_postgres::Client) -> u64 {
+        c.query_one("SELECT COUNT(*) FROM upshift_audit_index", &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0) as u64
+    }
+    assert_eq!(count(&client).await, n);
+    client
+        .execute(
+            "DELETE FROM upshift_audit_index WHERE seq >= $1",
+            &[&(n as i64 - 4)],
+        )
+        .await
+        .expect("delete");
+    let out = shared(&["plan", "m", "--to", "4.0.0-calls", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count(&client).await, audit_lines(&data));
+}

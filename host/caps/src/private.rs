@@ -42,6 +42,18 @@ pub fn append(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Open `path` for reading and appending, created 0600 (an existing file is made 0600).
+pub fn append_read(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    own(&file)?;
+    Ok(file)
+}
+
 /// Write `bytes` to `path`, created 0600.
 pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
     create(path)?.write_all(bytes.as_ref())

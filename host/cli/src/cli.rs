@@ -31,6 +31,15 @@ pub struct Cli {
     /// sharing a state must agree on it.
     #[arg(long, global = true, env = "UPSHIFT_LEASE_SECS", value_name = "SECS")]
     pub lease_secs: Option<f64>,
+    /// Size at which the audit log's active file is closed as a numbered segment
+    /// (`audit-000001.jsonl`, …) and a new one begins (default 64 MiB).
+    #[arg(
+        long,
+        global = true,
+        env = "UPSHIFT_AUDIT_SEGMENT_BYTES",
+        value_name = "BYTES"
+    )]
+    pub audit_segment_bytes: Option<u64>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

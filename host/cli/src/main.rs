@@ -68,6 +68,14 @@ fn session_builder(cli: &Cli, data: &Path) -> Result<SessionBuilder, Exit> {
             })?;
         builder = builder.lease_ttl(ttl);
     }
+    if let Some(bytes) = cli.audit_segment_bytes {
+        if bytes < 4096 {
+            return Err(usage(format!(
+                "--audit-segment-bytes {bytes}: give at least 4096 bytes"
+            )));
+        }
+        builder = builder.audit_segment_bytes(bytes);
+    }
     if upshift::ops::TEST_HOOKS
         && let Ok(point) = std::env::var("UPSHIFT_CRASH_AT")
     {

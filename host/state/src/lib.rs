@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::lease::LeaseStore;
 use crate::queue::WorkQueue;
 
-/// The schema version this build writes.
+/// The schema version this build writes (4 added `audit_index` and `kept`; 3 added `artifacts`
+/// and `audit_anchors`).
 const SCHEMA: i64 = 4;
 
 /// How a run ended (or that it is still running).
@@ -206,6 +207,31 @@ pub struct AuditAnchor {
     pub anchored_at: String,
 }
 
+/// One audit record as the audit index keeps it: where its line is, so a run's records (or
+/// its denials) are read by offset instead of by scanning the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditIndexRow {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The log segment it is in (from 1).
+    pub segment: u64,
+    /// Byte offset of its line in that segment.
+    pub offset: u64,
+    /// Its run, if any.
+    pub run_id: Option<String>,
+    /// Whether the call was denied.
+    pub denied: bool,
+}
+
+/// How far the audit index of one log reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditIndexEnd {
+    /// Rows indexed.
+    pub rows: u64,
+    /// The row of the highest sequence number.
+    pub last: AuditIndexRow,
+}
+
 /// The state database could not be used, saying whose fault it is.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -353,6 +379,22 @@ pub trait StateStore: LeaseStore {
     /// Anchor the head of the audit log named `log`: `records` records, the last one `head`.
     fn anchor_audit<'a>(&'a self, log: &'a str, records: u64, head: &'a str)
     -> StateFuture<'a, ()>;
+    /// Index `rows` of the audit log named `log` (a row for a sequence number already there is
+    /// replaced).
+    fn index_audit<'a>(&'a self, log: &'a str, rows: &'a [AuditIndexRow]) -> StateFuture<'a, ()>;
+    /// The indexed records of run `run_id` in the audit log named `log` (only the denied
+    /// ones when `denied_only`), by sequence number, up to sequence number `up_to`.
+    fn audit_index_for_run<'a>(
+        &'a self,
+        log: &'a str,
+        run_id: &'a str,
+        denied_only: bool,
+        up_to: u64,
+    ) -> StateFuture<'a, Vec<AuditIndexRow>>;
+    /// How far the index of the audit log named `log` reaches (`None`: nothing indexed).
+    fn audit_index_end<'a>(&'a self, log: &'a str) -> StateFuture<'a, Option<AuditIndexEnd>>;
+    /// Forget the index of the audit log named `log` (it is rebuilt from the log).
+    fn clear_audit_index<'a>(&'a self, log: &'a str) -> StateFuture<'a, ()>;
 }
 
 /// Open (creating or migrating) the SQLite state database, `<data>/state.db`.
@@ -555,6 +597,73 @@ mod tests {
         drop(conn);
         let store = open(&path).await.expect("migrates");
         assert_eq!(store.kept("r1").await.expect("kept"), vec![]);
+    }
+
+    #[tokio::test]
+    async fn the_audit_index_round_trips_and_older_databases_gain_it() {
+        let (_dir, path, store) = fresh().await;
+        assert_eq!(store.audit_index_end("log").await.expect("end"), None);
+        let rows: Vec<AuditIndexRow> = (0..1200u64)
+            .map(|seq| AuditIndexRow {
+                seq,
+                segment: 1 + seq / 500,
+                offset: seq * 100,
+                run_id: (seq % 4 != 3).then(|| format!("run-{}", seq % 4)),
+                denied: seq % 2 == 1,
+            })
+            .collect();
+        store.index_audit("log", &rows).await.expect("index");
+        store.index_audit("other", &rows[..3]).await.expect("index");
+        // Written again (a catch-up overlapping the writer): replaced, not doubled.
+        store
+            .index_audit("log", &rows[1100..])
+            .await
+            .expect("index");
+        let end = store
+            .audit_index_end("log")
+            .await
+            .expect("end")
+            .expect("some");
+        assert_eq!((end.rows, &end.last), (1200, &rows[1199]));
+        let run_1 = store
+            .audit_index_for_run("log", "run-1", false, u64::MAX)
+            .await
+            .expect("run");
+        assert_eq!(run_1.len(), 300);
+        assert!(run_1.iter().all(|r| r.run_id.as_deref() == Some("run-1")));
+        let denied = store
+            .audit_index_for_run("log", "run-1", true, 100)
+            .await
+            .expect("run");
+        assert_eq!(denied.len(), 25);
+        assert!(denied.iter().all(|r| r.denied && r.seq <= 100));
+        assert!(
+            store
+                .audit_index_for_run("log", "run-0", true, u64::MAX)
+                .await
+                .expect("run")
+                .is_empty()
+        );
+        store.clear_audit_index("log").await.expect("clear");
+        assert_eq!(store.audit_index_end("log").await.expect("end"), None);
+        assert!(store.audit_index_end("other").await.expect("end").is_some());
+        drop(store);
+
+        // A database of schema 3 (no index table) gains it on open.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch("DROP TABLE audit_index; PRAGMA user_version = 3;")
+            .expect("downgrade");
+        drop(conn);
+        let store = open(&path).await.expect("migrates");
+        store.index_audit("log", &rows[..2]).await.expect("index");
+        assert_eq!(
+            store
+                .audit_index_end("log")
+                .await
+                .expect("end")
+                .map(|e| e.rows),
+            Some(2)
+        );
     }
 
     #[tokio::test]

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS upshift_kept (
     run_id TEXT NOT NULL, instance TEXT NOT NULL, binding TEXT NOT NULL, container_id TEXT NOT NULL,
     replaced_by TEXT NOT NULL, image TEXT NOT NULL, kept_at TEXT NOT NULL, released_at TEXT,
     PRIMARY KEY (run_id, container_id));
+CREATE TABLE IF NOT EXISTS upshift_audit_index (
+    log TEXT NOT NULL, seq BIGINT NOT NULL, segment BIGINT NOT NULL, byte_offset BIGINT NOT NULL,
+    run_id TEXT, denied BOOLEAN NOT NULL, PRIMARY KEY (log, seq));
+CREATE INDEX IF NOT EXISTS upshift_audit_index_run ON upshift_audit_index (log, run_id, seq);
 CREATE TABLE IF NOT EXISTS upshift_queue (
     instance TEXT PRIMARY KEY, target TEXT NOT NULL, status TEXT NOT NULL, agent TEXT,
     claims INTEGER NOT NULL DEFAULT 0, claimed_ms BIGINT, outcome TEXT, enqueued_at TEXT NOT NULL,

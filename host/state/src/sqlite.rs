@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS kept (
     run_id TEXT NOT NULL, instance TEXT NOT NULL, binding TEXT NOT NULL, container_id TEXT NOT NULL,
     replaced_by TEXT NOT NULL, image TEXT NOT NULL, kept_at TEXT NOT NULL, released_at TEXT,
     PRIMARY KEY (run_id, container_id));
+CREATE TABLE IF NOT EXISTS audit_index (
+    log TEXT NOT NULL, seq INTEGER NOT NULL, segment INTEGER NOT NULL, byte_offset INTEGER NOT NULL,
+    run_id TEXT, denied INTEGER NOT NULL, PRIMARY KEY (log, seq));
+CREATE INDEX IF NOT EXISTS audit_index_run ON audit_index (log, run_id, seq);
 ";
 
 /// The SQLite engine: one connection, used by one blocking task at a time.

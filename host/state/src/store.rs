@@ -8,8 +8,8 @@ use std::future::Future;
 use crate::lease::{LeaseError, LeaseRows};
 use crate::queue::WorkQueue;
 use crate::{
-    AuditAnchor, BackupRecord, KeptRecord, RunRecord, RunStatus, StateError, StateFuture,
-    StateStore, StepRecord, StepStatus,
+    AuditAnchor, AuditIndexEnd, AuditIndexRow, BackupRecord, KeptRecord, RunRecord, RunStatus,
+    StateError, StateFuture, StateStore, StepRecord, StepStatus,
 };
 
 /// How an engine's SQL differs from the one the statements are written in: tables are written
@@ -640,6 +640,128 @@ impl<E: Engine> StateStore for Store<E> {
             .map(drop)
         })
     }
+
+    fn index_audit<'a>(&'a self, log: &'a str, rows: &'a [AuditIndexRow]) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            for chunk in rows.chunks(INDEX_BATCH) {
+                let mut sql = String::from(
+                    "INSERT INTO #audit_index (log, seq, segment, byte_offset, run_id, denied) VALUES ",
+                );
+                let mut params = Vec::with_capacity(chunk.len() * 6);
+                for (i, row) in chunk.iter().enumerate() {
+                    let n = i * 6;
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5,
+                        n + 6
+                    ));
+                    params.extend(params![
+                        log,
+                        wide(row.seq),
+                        wide(row.segment),
+                        wide(row.offset),
+                        row.run_id.as_ref(),
+                        row.denied,
+                    ]);
+                }
+                sql.push_str(
+                    " ON CONFLICT (log, seq) DO UPDATE SET segment = excluded.segment,
+                      byte_offset = excluded.byte_offset, run_id = excluded.run_id,
+                      denied = excluded.denied",
+                );
+                self.execute(&sql, params).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn audit_index_for_run<'a>(
+        &'a self,
+        log: &'a str,
+        run_id: &'a str,
+        denied_only: bool,
+        up_to: u64,
+    ) -> StateFuture<'a, Vec<AuditIndexRow>> {
+        Box::pin(async move {
+            let rows = if denied_only {
+                self.all(
+                    "SELECT seq, segment, byte_offset, run_id, denied FROM #audit_index
+                     WHERE log = $1 AND run_id = $2 AND seq <= $3 AND denied = $4 ORDER BY seq",
+                    params![log, run_id, wide(up_to), true],
+                )
+                .await?
+            } else {
+                self.all(
+                    "SELECT seq, segment, byte_offset, run_id, denied FROM #audit_index
+                     WHERE log = $1 AND run_id = $2 AND seq <= $3 ORDER BY seq",
+                    params![log, run_id, wide(up_to)],
+                )
+                .await?
+            };
+            rows.into_iter()
+                .map(|mut row| index_row_from(&mut row))
+                .collect()
+        })
+    }
+
+    fn audit_index_end<'a>(&'a self, log: &'a str) -> StateFuture<'a, Option<AuditIndexEnd>> {
+        Box::pin(async move {
+            // One statement, so the count and the last row are of the same moment.
+            self.first(
+                "SELECT seq, segment, byte_offset, run_id, denied,
+                   (SELECT COUNT(*) FROM #audit_index WHERE log = $1)
+                 FROM #audit_index WHERE log = $1 ORDER BY seq DESC LIMIT 1",
+                params![log],
+            )
+            .await?
+            .map(|mut row| {
+                let last = index_row_from(&mut row)?;
+                let rows = row.opt_u64("audit_index.count")?.unwrap_or(0);
+                Ok(AuditIndexEnd { rows, last })
+            })
+            .transpose()
+        })
+    }
+
+    fn clear_audit_index<'a>(&'a self, log: &'a str) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute("DELETE FROM #audit_index WHERE log = $1", params![log])
+                .await
+                .map(drop)
+        })
+    }
+}
+
+/// Audit index rows written per statement (six parameters each, well under both engines'
+/// parameter limits).
+const INDEX_BATCH: usize = 500;
+
+/// An unsigned count as the signed integer the columns hold.
+fn wide(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn index_row_from(r: &mut Cells<'_>) -> Result<AuditIndexRow, StateError> {
+    Ok(AuditIndexRow {
+        seq: r
+            .opt_u64("audit_index.seq")?
+            .ok_or_else(|| r.bad("audit_index.seq", &Value::Null))?,
+        segment: r
+            .opt_u64("audit_index.segment")?
+            .ok_or_else(|| r.bad("audit_index.segment", &Value::Null))?,
+        offset: r
+            .opt_u64("audit_index.byte_offset")?
+            .ok_or_else(|| r.bad("audit_index.byte_offset", &Value::Null))?,
+        run_id: r.opt_text("audit_index.run_id")?,
+        denied: r.bool("audit_index.denied")?,
+    })
 }
 
 /// A state store's failure under a lease operation.

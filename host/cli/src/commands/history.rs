@@ -71,8 +71,9 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
     Ok(0)
 }
 
-/// `upshift audit verify`: check the hash-chained audit log, and its end against the head
-/// anchored in the state store; with `reanchor`, anchor the head as it is now.
+/// `upshift audit verify`: check the hash-chained audit log (every segment, in order, line by
+/// line), and its end against the head anchored in the state store; with `reanchor`, anchor
+/// the head as it is now.
 pub async fn audit_verify(ctx: &Ctx, json: bool, reanchor: bool) -> Result<u8, Exit> {
     let path = ctx.data.join("audit.jsonl");
     let state = ctx.builder.open_state().await?;
@@ -98,7 +99,7 @@ pub async fn audit_verify(ctx: &Ctx, json: bool, reanchor: bool) -> Result<u8, E
             "anchored": anchored,
             "ok": report.first_problem.is_none(),
             "problem": report.first_problem.as_ref().map(|p| serde_json::json!({
-                "line": p.line, "seq": p.seq, "kind": format!("{:?}", p.kind).to_lowercase(), "message": p.message,
+                "file": p.file, "line": p.line, "seq": p.seq, "kind": format!("{:?}", p.kind).to_lowercase(), "message": p.message,
             })),
         }))?;
     }
@@ -135,6 +136,8 @@ pub async fn audit_verify(ctx: &Ctx, json: bool, reanchor: bool) -> Result<u8, E
             )));
         }
         state.anchor_audit(&key, head.records, &head.hash).await?;
+        // The index named records of the log as it was; the next session rebuilds it.
+        state.clear_audit_index(&key).await?;
         if !json {
             println!(
                 "re-anchored the audit log at {} records; the host appends to it again",

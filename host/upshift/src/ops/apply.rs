@@ -337,10 +337,10 @@ fn new_run(
 
 /// Denied calls of a run, for the report. Calls to optional bindings the operator left unbound
 /// are expected (the adapter cannot know) and stay in the audit log only.
-pub(super) fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
+pub(super) async fn denials(session: &Session, run_id: &str) -> Vec<AuditRecord> {
     session
-        .audit
-        .records_for_run(run_id)
+        .audit_records(run_id, true)
+        .await
         .map(|records| {
             records
                 .into_iter()
@@ -577,7 +577,7 @@ pub(super) async fn conclude(
             failure: None,
             rollback_command,
             operator_help: None,
-            denials: denials(session, run_id),
+            denials: denials(session, run_id).await,
         });
     };
     // Roll back: the host's own plan, never the adapter's.
@@ -639,7 +639,7 @@ pub(super) async fn conclude(
         failure: Some(failure),
         rollback_command: None,
         operator_help: help,
-        denials: denials(session, run_id),
+        denials: denials(session, run_id).await,
     })
 }
 
@@ -904,6 +904,6 @@ pub async fn restore(
         failure,
         rollback_command: None,
         operator_help: help,
-        denials: denials(session, &run.id),
+        denials: denials(session, &run.id).await,
     })
 }

@@ -316,7 +316,7 @@ pub async fn resume(
                     failure: Some(why),
                     rollback_command: None,
                     operator_help: Some(help),
-                    denials: denials(session, run_id),
+                    denials: denials(session, run_id).await,
                 });
             }
         }

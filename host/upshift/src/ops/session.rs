@@ -44,6 +44,8 @@ pub struct Session {
     crash_point: Option<CrashPoint>,
     /// Keeps the audit log's head in the state store; flushed when the session ends.
     anchor: Option<Arc<StateAnchor>>,
+    /// The audit log's name in the state store (its anchor and index).
+    audit_key: String,
 }
 
 /// How long a session's end waits for the audit log's head to reach the state store.
@@ -97,9 +99,17 @@ pub struct SessionBuilder {
     lease_ttl: Duration,
     crash_point: Option<CrashPoint>,
     secrets: Secrets,
+    audit_segment_bytes: u64,
 }
 
 impl SessionBuilder {
+    /// Close the audit log's active segment at this size and begin a new one (default
+    /// [`DEFAULT_SEGMENT_BYTES`](crate::audit::DEFAULT_SEGMENT_BYTES), 64 MiB).
+    pub fn audit_segment_bytes(mut self, bytes: u64) -> Self {
+        self.audit_segment_bytes = bytes.max(1);
+        self
+    }
+
     /// The registry of secrets to mask with (default: a new one); a caller that prints what
     /// the session returns masks it with the same registry.
     pub fn secrets(mut self, secrets: Secrets) -> Self {
@@ -217,16 +227,28 @@ impl SessionBuilder {
                 records: a.records,
                 hash: a.head,
             });
-        let audit = AuditLog::open_anchored(&audit_path, anchored.as_ref())
-            .map_err(|e| OpError::Host(e.to_string()))?
-            .with_secrets(self.secrets.clone());
-        let anchor = StateAnchor::start(state.clone(), key, self.events.clone())
+        let audit = Arc::new(
+            AuditLog::open_anchored(&audit_path, anchored.as_ref())
+                .map_err(|e| OpError::Host(e.to_string()))?
+                .with_secrets(self.secrets.clone())
+                .with_segment_bytes(self.audit_segment_bytes),
+        );
+        // Before this session's writer starts: records the index lacks are read from the log.
+        if let Err(e) = crate::integrity::catch_up_index(&state, &key, &audit).await {
+            self.events.emit(Event::Log {
+                instance: "upshift".into(),
+                level: "warn".into(),
+                message: format!(
+                    "the audit index could not be brought up to the log ({e}); a run's records are found by reading the whole log"
+                ),
+            });
+        }
+        let anchor = StateAnchor::start(state.clone(), key.clone(), self.events.clone())
             .map_err(|e| OpError::Host(format!("cannot start the audit anchor: {e}")))?;
         audit.set_anchor(anchor.clone());
         let cache = self.cache.unwrap_or_else(|| self.data.join("cache"));
         let mut runtime = Runtime::new(Some(&cache)).map_err(|e| OpError::Host(e.to_string()))?;
         runtime.set_artifact_ledger(Arc::new(StateLedger(state.clone())));
-        let audit = Arc::new(audit);
         runtime.set_audit(audit.clone());
         Ok(Session {
             services: self.services.unwrap_or_else(|| self.data.join("services")),
@@ -239,6 +261,7 @@ impl SessionBuilder {
             lease_ttl: self.lease_ttl,
             crash_point: self.crash_point,
             anchor: Some(anchor),
+            audit_key: key,
         })
     }
 }
@@ -255,7 +278,26 @@ impl Session {
             lease_ttl: crate::lease::DEFAULT_TTL,
             crash_point: None,
             secrets: Secrets::new(),
+            audit_segment_bytes: crate::audit::DEFAULT_SEGMENT_BYTES,
         }
+    }
+
+    /// The audit records of run `run_id` (only its denials when `denied_only`), read by offset
+    /// through the index in the state store; see [`crate::integrity::records_for_run`].
+    pub async fn audit_records(
+        &self,
+        run_id: &str,
+        denied_only: bool,
+    ) -> Result<Vec<crate::audit::AuditRecord>, OpError> {
+        crate::integrity::records_for_run(
+            &self.state,
+            &self.audit_key,
+            &self.audit,
+            run_id,
+            denied_only,
+        )
+        .await
+        .map_err(|e| OpError::Host(format!("audit log {}: {e}", self.audit.path().display())))
     }
 
     /// Open (creating) the data directory and everything in it, with the defaults.
