@@ -759,8 +759,9 @@ url = "http://127.0.0.1:8080/"
         let mut examples = 0;
         for block in doc.split("```toml\n").skip(1) {
             let text = block.split("```").next().unwrap_or_default();
-            Fleet::parse(Path::new("/etc/upshift/upshift.toml"), text)
-                .unwrap_or_else(|e| panic!("docs/fleet-file.md example does not parse: {e}\n{text}"));
+            Fleet::parse(Path::new("/etc/upshift/upshift.toml"), text).unwrap_or_else(|e| {
+                panic!("docs/fleet-file.md example does not parse: {e}\n{text}")
+            });
             examples += 1;
         }
         assert!(examples > 0, "docs/fleet-file.md has examples");
