@@ -447,7 +447,7 @@ mod tests {
     fn run_event(i: u64) -> AuditEvent {
         AuditEvent {
             run_id: Some(format!("run-{}", i % 5)),
-            decision: if i % 3 == 0 {
+            decision: if i.is_multiple_of(3) {
                 Decision::Denied
             } else {
                 Decision::Allowed
