@@ -108,6 +108,8 @@ const CASES: &[Case] = &[
     // Floods: the step goes on; the operator gets the first 1,000 messages, the audit one denial.
     case("log-flood", "writes 20,000 log lines of 64 KiB", Step(NoPayload), "ok: flooded the log", FLOOD),
     case("progress-flood", "reports progress 20,000 times with 64 KiB messages", Step(NoPayload), "ok: flooded the progress bar", FLOOD),
+    // Volume: a million host calls in one step are stopped by the step's budget, audited once.
+    case("call-flood", "checks that a file exists a million times in one step", Step(NoPayload), "more than 10000 host calls in step `attack`", "more than 10000 host calls in step `attack`"),
     // Files.
     case("path-dotdot", "reads `sub/../../secret.txt`", Step(NoPayload), "the path leaves the bound directory", "leaves the bound directory"),
     case("path-absolute", "reads an absolute path", Step(OutsideFile), "is absolute; paths are relative to the bound directory", "is absolute"),
@@ -511,4 +513,221 @@ async fn every_hostile_adapter_is_stopped_blamed_audited_and_the_host_serves_on(
     assert_eq!(rows.get::<_, i64>(0), 3, "no row deleted");
     let report = upshift::audit::verify(session.audit.path()).expect("verify");
     assert!(report.first_problem.is_none(), "the audit chain is intact");
+}
+
+/// The records appended to the audit log since it had `before` records.
+fn audit_since(env: &common::Env, before: usize) -> Vec<(AuditRecord, usize)> {
+    let text = std::fs::read_to_string(env.data().join("audit.jsonl")).unwrap_or_default();
+    text.lines()
+        .skip(before)
+        .map(|l| {
+            let record = serde_json::from_str(l).expect("audit record");
+            (record, l.len() + 1)
+        })
+        .collect()
+}
+
+fn audit_len(env: &common::Env) -> usize {
+    std::fs::read_to_string(env.data().join("audit.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Run `upshift` under `/usr/bin/time -v`: the output and the peak RSS in KiB, or `None` when
+/// the tool is missing (a failure under `CI=true`).
+fn upshift_peak_rss(env: &common::Env, args: &[&str]) -> (std::process::Output, Option<u64>) {
+    let time = Path::new("/usr/bin/time");
+    if !time.exists() {
+        let why = "/usr/bin/time (GNU time, `apt-get install time`) is needed to measure peak RSS";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED the memory bound: {why}");
+        return (env.upshift(args), None);
+    }
+    let out = std::process::Command::new(time)
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_upshift"))
+        .arg("--fleet")
+        .arg(env.fleet())
+        .arg("--data")
+        .arg(env.data())
+        .args(args)
+        .env_remove("UPSHIFT_FLEET")
+        .env_remove("UPSHIFT_DATA")
+        .output()
+        .expect("run upshift under /usr/bin/time");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let peak = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+        .and_then(|v| v.trim().parse().ok());
+    assert!(
+        peak.is_some(),
+        "no peak RSS from /usr/bin/time -v:\n{stderr}"
+    );
+    (out, peak)
+}
+
+/// Issue 20, "volume": one step making a million host calls wrote a million audit records
+/// (half a gigabyte), and every later command loaded them. Through the real CLI: the step is
+/// stopped by its budget — of host calls (capability calls, and log lines and progress
+/// reports), or of audit bytes (big denied paths) — with a fault naming the budget and the
+/// fleet-file key, audited once; the run rolls back like for any adapter fault; and `plan`,
+/// `history` and `audit verify` on that data directory stay within a few tens of MB.
+#[test]
+fn a_million_host_calls_in_one_step_are_stopped_by_the_steps_budget() {
+    let wasm =
+        common::hostile::component("hostile", "call-flood").unwrap_or_else(|e| panic!("{e}"));
+    let env = common::Env::new();
+    let files = env.dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("mkdir");
+    env.write_fleet(&format!(
+        r#"
+[[instance]]
+name = "flood"
+adapter = "{wasm}"
+
+[instance.files.data]
+path = "{files}"
+access = ["read"]
+
+[[instance]]
+name = "tight"
+adapter = "{wasm}"
+
+[instance.budget]
+host_calls_per_step = 300
+audit_bytes_per_step = 1048576
+
+[instance.files.data]
+path = "{files}"
+access = ["read"]
+"#,
+        wasm = wasm.display(),
+        files = files.display(),
+    ));
+
+    const CALLS: &str = "host calls in step `attack`";
+    const BYTES: &str = "bytes of audit records, reaching the budget of";
+    // instance, target, what the fault says, the host-call budget, the byte budget, and how
+    // many allowed `exists` calls were made before the budget stopped the step (the log lines
+    // and progress reports delivered count too: 1,000 of them, the per-call cap).
+    #[rustfmt::skip]
+    let runs: &[(&str, &str, String, usize, usize, Option<usize>)] = &[
+        ("flood", "2.0.0-calls", format!("more than 10000 {CALLS}"), 10_000, 16 << 20, Some(10_000)),
+        ("flood", "2.0.0-logs", format!("more than 10000 {CALLS}"), 10_000, 16 << 20, Some(9_000)),
+        ("flood", "2.0.0-big", format!("{BYTES} 16777216 bytes"), 10_000, 16 << 20, Some(0)),
+        ("tight", "2.0.0-calls", format!("more than 300 {CALLS}"), 300, 1 << 20, Some(300)),
+        ("tight", "2.0.0-big", format!("{BYTES} 1048576 bytes"), 300, 1 << 20, Some(0)),
+    ];
+    let mut failures = Vec::new();
+    for (instance, target, says, calls, bytes, exists) in runs {
+        let before = audit_len(&env);
+        let started = std::time::Instant::now();
+        let out = env.upshift(&["apply", instance, "--to", target, "--yes"]);
+        let took = started.elapsed();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let what = format!("apply {instance} --to {target}");
+        let records = audit_since(&env, before);
+        let step: Vec<_> = records
+            .iter()
+            .filter(|(r, _)| r.event.instance == *instance)
+            .collect();
+        let written: usize = step.iter().map(|(_, n)| n).sum();
+        let faults: Vec<_> = step
+            .iter()
+            .filter(|(r, _)| r.event.capability == "sandbox")
+            .collect();
+        let biggest = step.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        eprintln!(
+            "{what}: exit {:?} in {took:.1?}, {} records, {written} bytes (largest {biggest})",
+            out.status.code(),
+            step.len()
+        );
+        if out.status.code() != Some(4) {
+            failures.push(format!(
+                "{what}: exit {:?}, not 4 (failed, rolled back):\n{text:.3000}",
+                out.status.code()
+            ));
+        }
+        let denied = step
+            .iter()
+            .filter(|(r, _)| r.event.operation == "read" && r.event.decision == Decision::Denied)
+            .count();
+        if target.ends_with("-big") && denied < 100 {
+            failures.push(format!(
+                "{what}: {denied} denied reads before the byte budget"
+            ));
+        }
+        if !text.contains(says.as_str()) || !text.contains("fleet file") {
+            failures.push(format!(
+                "{what}: no `{says}` and fleet-file hint in:\n{text:.3000}"
+            ));
+        }
+        let allowed = step
+            .iter()
+            .filter(|(r, _)| r.event.operation == "exists" && r.event.decision == Decision::Allowed)
+            .count();
+        if Some(allowed) != *exists {
+            failures.push(format!(
+                "{what}: {allowed} allowed `exists` calls, not {exists:?}"
+            ));
+        }
+        if step.len() > calls + 5 {
+            failures.push(format!(
+                "{what}: {} audit records for a budget of {calls} calls",
+                step.len()
+            ));
+        }
+        // At most one call's records go past the byte budget; no record is over ~13 KiB.
+        if written > bytes + (16 << 10) || biggest > 16 << 10 {
+            failures.push(format!(
+                "{what}: {written} audit bytes (largest record {biggest}) for a budget of {bytes}"
+            ));
+        }
+        let over: Vec<_> = faults
+            .iter()
+            .filter(|(r, _)| {
+                r.event.decision == Decision::Denied
+                    && r.event
+                        .reason
+                        .as_deref()
+                        .is_some_and(|t| t.contains(says.as_str()))
+            })
+            .collect();
+        if over.len() != 1 || faults.len() != 1 {
+            failures.push(format!(
+                "{what}: the budget fault is audited {} times ({} sandbox records), not once",
+                over.len(),
+                faults.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // The log is small, and the commands that read it stay small.
+    let report = upshift::audit::verify(&env.data().join("audit.jsonl")).expect("verify");
+    assert!(report.first_problem.is_none(), "the audit chain is intact");
+    for args in [
+        &["plan", "flood", "--to", "2.0.0-calls"][..],
+        &["history"],
+        &["audit", "verify"],
+    ] {
+        let (out, peak) = upshift_peak_rss(&env, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}:\n{}",
+            common::stderr(&out)
+        );
+        if let Some(kib) = peak {
+            eprintln!("upshift {}: peak RSS {} KiB", args.join(" "), kib);
+            assert!(kib < 80 << 10, "upshift {args:?} peaked at {kib} KiB");
+        }
+    }
 }

@@ -534,7 +534,13 @@ impl AuditLog {
     /// Append one record; returns its sequence number. Other processes appending to the same
     /// file (two commands on one data directory) are serialised by a lock on the file, and the
     /// chain continues from their last record.
-    pub fn append(&self, mut event: AuditEvent) -> Result<u64, AuditError> {
+    pub fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.append_sized(event).map(|(seq, _)| seq)
+    }
+
+    /// [`AuditLog::append`], also returning how many bytes the record took in the file (the
+    /// guard charges them to the export call's budget).
+    pub fn append_sized(&self, mut event: AuditEvent) -> Result<(u64, u64), AuditError> {
         for text in [&mut event.reason, &mut event.error, &mut event.detail] {
             self.secrets.mask_option(text);
         }
@@ -632,7 +638,7 @@ impl AuditLog {
                 hash: tail.last_hash.clone(),
             });
         }
-        Ok(seq)
+        Ok((seq, line.len() as u64))
     }
 
     /// Flush the file to disk.

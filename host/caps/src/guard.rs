@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,22 +21,165 @@ pub struct Caller {
     pub instance: String,
 }
 
+/// How much one export call (a plan step, `detect`, `verify`, …) may make the host do. Over
+/// either limit the call that crosses it is refused and the export is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepBudget {
+    /// Host calls: every capability call and every log or progress message the adapter makes.
+    pub host_calls: u64,
+    /// Bytes of audit records written for its calls.
+    pub audit_bytes: u64,
+}
+
+impl StepBudget {
+    /// Default host calls per export call (the bundled adapters make at most a few dozen).
+    pub const DEFAULT_HOST_CALLS: u64 = 10_000;
+    /// Default audit bytes per export call (the bundled adapters write at most a few KiB).
+    pub const DEFAULT_AUDIT_BYTES: u64 = 16 << 20;
+    /// No limit (benchmarks that make a million calls on purpose).
+    pub const UNLIMITED: StepBudget = StepBudget {
+        host_calls: u64::MAX,
+        audit_bytes: u64::MAX,
+    };
+}
+
+impl Default for StepBudget {
+    fn default() -> Self {
+        StepBudget {
+            host_calls: StepBudget::DEFAULT_HOST_CALLS,
+            audit_bytes: StepBudget::DEFAULT_AUDIT_BYTES,
+        }
+    }
+}
+
+/// An export call went over its [`StepBudget`]: the adapter's fault. The export is stopped with
+/// this as its reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverBudget {
+    /// Too many host calls.
+    #[error(
+        "it made more than {limit} host calls in {subject}, so that call was refused and the adapter stopped; the budget per export call is {limit} host calls and {bytes} bytes of audit records; raise `host_calls_per_step` in the fleet file's [budget] (or [instance.budget]) if this is expected"
+    )]
+    HostCalls {
+        /// The export (and step) that made them.
+        subject: String,
+        /// The budget's host calls.
+        limit: u64,
+        /// The budget's audit bytes.
+        bytes: u64,
+    },
+    /// Too many bytes of audit records.
+    #[error(
+        "its {calls} host calls in {subject} wrote {written} bytes of audit records, reaching the budget of {limit} bytes, so the next call was refused and the adapter stopped; raise `audit_bytes_per_step` in the fleet file's [budget] (or [instance.budget]) if this is expected"
+    )]
+    AuditBytes {
+        /// The export (and step) that made them.
+        subject: String,
+        /// Calls made before the refused one.
+        calls: u64,
+        /// Bytes written.
+        written: u64,
+        /// The budget's audit bytes.
+        limit: u64,
+    },
+}
+
+/// What one export call has spent of its [`StepBudget`]: the runtime charges each host call,
+/// the guard each audit record written while the export runs (see [`within_export`]).
+#[derive(Debug)]
+pub struct Spend {
+    budget: StepBudget,
+    subject: String,
+    calls: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Spend {
+    /// Nothing spent yet of `budget`, by `subject` (e.g. "step `migrate`", for the message).
+    pub fn new(budget: StepBudget, subject: impl Into<String>) -> Spend {
+        Spend {
+            budget,
+            subject: subject.into(),
+            calls: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one host call before it is made. Refused once the call budget is used up, or
+    /// once the records already written reached the byte budget (so at most one call's
+    /// records go past it).
+    pub fn charge_call(&self) -> Result<(), OverBudget> {
+        let calls = self.calls.fetch_add(1, Ordering::Relaxed);
+        if calls >= self.budget.host_calls {
+            return Err(OverBudget::HostCalls {
+                subject: self.subject.clone(),
+                limit: self.budget.host_calls,
+                bytes: self.budget.audit_bytes,
+            });
+        }
+        let written = self.bytes.load(Ordering::Relaxed);
+        if written >= self.budget.audit_bytes {
+            return Err(OverBudget::AuditBytes {
+                subject: self.subject.clone(),
+                calls,
+                written,
+                limit: self.budget.audit_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Host calls counted so far (the refused one included).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of audit records written so far.
+    pub fn audit_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The export call that is running: when it must end, and its budget.
+struct Export {
+    deadline: Instant,
+    spend: Option<Arc<Spend>>,
+}
+
 tokio::task_local! {
-    /// When the adapter's current export must end.
-    static DEADLINE: Instant;
+    /// The adapter's current export.
+    static EXPORT: Export;
 }
 
 /// Run `fut` (an adapter's export) with every capability call in it bounded by `deadline`: a
 /// backend still busy then is abandoned, and the call is recorded as failed.
 pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
-    DEADLINE.scope(deadline, fut).await
+    within_export(deadline, None, fut).await
+}
+
+/// [`with_deadline`], and every audit record written while `fut` runs is charged to `spend`.
+pub async fn within_export<F: Future>(
+    deadline: Instant,
+    spend: Option<Arc<Spend>>,
+    fut: F,
+) -> F::Output {
+    EXPORT.scope(Export { deadline, spend }, fut).await
 }
 
 /// Time left before the current export's deadline, if the call is made inside one.
 pub(crate) fn time_left() -> Option<Duration> {
-    DEADLINE
-        .try_with(|d| d.saturating_duration_since(Instant::now()))
+    EXPORT
+        .try_with(|e| e.deadline.saturating_duration_since(Instant::now()))
         .ok()
+}
+
+/// Charge `bytes` of audit records to the current export's budget, if any.
+fn charge_bytes(bytes: u64) {
+    let _ = EXPORT.try_with(|e| {
+        if let Some(spend) = &e.spend {
+            spend.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    });
 }
 
 /// One call as the guard sees it.
@@ -153,12 +297,49 @@ fn fault_record<'a>(export: &str, reason: &str) -> Record<'a> {
     )
 }
 
-fn append(audit: &AuditLog, event: AuditEvent) -> Result<(), CapError> {
-    audit.append(event).map(|_| ()).map_err(|e| {
+/// Write one record, its adapter-supplied text masked and cut to
+/// [`MAX_AUDIT_TEXT`](crate::limits::MAX_AUDIT_TEXT), and charge its bytes to the export's
+/// budget.
+fn append(audit: &AuditLog, mut event: AuditEvent) -> Result<(), CapError> {
+    for text in [&mut event.reason, &mut event.error, &mut event.detail]
+        .into_iter()
+        .flatten()
+    {
+        audit.secrets().mask_string(text);
+        cut(text);
+    }
+    cut(&mut event.binding);
+    let (_, bytes) = audit.append_sized(event).map_err(|e| {
         CapError::Failed(format!(
             "audit log could not be written, call not made: {e}"
         ))
-    })
+    })?;
+    charge_bytes(bytes);
+    Ok(())
+}
+
+/// Cut `text` to about [`MAX_AUDIT_TEXT`](crate::limits::MAX_AUDIT_TEXT) bytes, keeping its
+/// head and its tail (where a denial says why) and saying how much was cut: an adapter's 10 MiB
+/// path makes a record of a few KiB.
+fn cut(text: &mut String) {
+    let max = crate::limits::MAX_AUDIT_TEXT;
+    if text.len() <= max {
+        return;
+    }
+    let mut head = max * 3 / 4;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - max / 4;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    *text = format!(
+        "{} … ({} bytes cut) … {}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    );
 }
 
 /// Grants, audit log and caller of one instance: checks and records every call.
@@ -510,6 +691,94 @@ mod tests {
             )
             .await;
         assert_eq!(quick, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn records_written_in_an_export_are_charged_to_its_budget_and_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bound, audit) = bound(dir.path());
+        let budget = StepBudget {
+            host_calls: 3,
+            audit_bytes: 1 << 20,
+        };
+        let spend = Arc::new(Spend::new(budget, "step `s`"));
+        let long = format!("{}tail-that-says-why", "p".repeat(1 << 20));
+        let denied = within_export(
+            Instant::now() + Duration::from_secs(10),
+            Some(spend.clone()),
+            bound.call(
+                "meta",
+                &[Access::Write],
+                Operation::Execute,
+                Some(long.clone()),
+                async |_| Ok(((), 0)),
+            ),
+        )
+        .await;
+        assert!(denied.is_err());
+        let written = std::fs::metadata(audit.path()).expect("log").len();
+        assert_eq!(
+            spend.audit_bytes(),
+            written,
+            "the record's bytes are charged"
+        );
+        assert!(written < 8 << 10, "a 1 MiB detail is cut: {written} bytes");
+        let records = crate::audit::verify(audit.path()).expect("verify");
+        assert_eq!(records.records, 1);
+        let text = std::fs::read_to_string(audit.path()).expect("log");
+        assert!(text.contains("bytes cut) … ") && text.contains("tail-that-says-why"));
+
+        // Outside an export nothing is charged.
+        let _ = bound
+            .call(
+                "meta",
+                &[Access::Read],
+                Operation::Query,
+                None,
+                async |_| Ok(((), 0)),
+            )
+            .await;
+        assert_eq!(spend.audit_bytes(), written);
+
+        // The calls: three are allowed, the fourth is refused, and so is every later one.
+        for _ in 0..3 {
+            assert_eq!(spend.charge_call(), Ok(()));
+        }
+        for _ in 0..2 {
+            let over = spend.charge_call().expect_err("over");
+            assert!(
+                over.to_string()
+                    .contains("more than 3 host calls in step `s`")
+                    && over.to_string().contains("host_calls_per_step"),
+                "{over}"
+            );
+        }
+        // The bytes: refused once the records written reach the budget.
+        let small = Spend::new(
+            StepBudget {
+                host_calls: 100,
+                audit_bytes: 10,
+            },
+            "`verify`",
+        );
+        small.bytes.store(10, Ordering::Relaxed);
+        let over = small.charge_call().expect_err("over");
+        assert!(over.to_string().contains("audit_bytes_per_step"), "{over}");
+    }
+
+    #[test]
+    fn cut_keeps_head_and_tail_on_char_boundaries() {
+        let mut short = "é".repeat(10);
+        cut(&mut short);
+        assert_eq!(short, "é".repeat(10));
+        let mut long = "é".repeat(10_000);
+        cut(&mut long);
+        assert!(
+            long.len() < crate::limits::MAX_AUDIT_TEXT + 64,
+            "{}",
+            long.len()
+        );
+        assert!(long.starts_with("éé") && long.ends_with("éé") && long.contains("bytes cut"));
     }
 
     #[tokio::test]

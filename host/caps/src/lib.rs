@@ -25,7 +25,7 @@ use crate::audit::AuditLog;
 use upshift_model::grants::GrantSet;
 
 pub use events::{Event, EventSink};
-pub use guard::{Caller, Witness, with_deadline};
+pub use guard::{Caller, OverBudget, Spend, StepBudget, Witness, with_deadline, within_export};
 pub use operation::Operation;
 pub use secrets::Secrets;
 
@@ -56,6 +56,7 @@ pub struct InstanceCaps {
     http: http::Http,
     /// Where log lines and progress go.
     pub events: EventSink,
+    budget: StepBudget,
 }
 
 impl InstanceCaps {
@@ -69,7 +70,18 @@ impl InstanceCaps {
             http: http::Http::new(guard.clone()),
             guard,
             events,
+            budget: StepBudget::default(),
         }
+    }
+
+    /// What each export call with these caps may make the host do (from the fleet file).
+    pub fn set_budget(&mut self, budget: StepBudget) {
+        self.budget = budget;
+    }
+
+    /// The budget of each export call with these caps.
+    pub fn budget(&self) -> StepBudget {
+        self.budget
     }
 
     /// Bind a database backend.
@@ -173,6 +185,9 @@ pub mod limits {
     pub const MAX_SQL_BYTES: usize = 1 << 20;
     /// Longest log line kept; longer lines are cut.
     pub const MAX_LOG_LINE: usize = 8 << 10;
+    /// Longest adapter-supplied text (a path, a reason, an error, a binding name) kept in an
+    /// audit record; longer text is cut, saying how much.
+    pub const MAX_AUDIT_TEXT: usize = 4 << 10;
     /// Log lines and progress reports accepted per export call.
     pub const MAX_LOG_PER_CALL: u32 = 1_000;
     /// Statements per `transaction` call.

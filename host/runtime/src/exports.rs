@@ -92,6 +92,15 @@ impl ExportCall {
         )
     }
 
+    /// The call as a budget fault names it: "step `migrate`" for a custom step, else the
+    /// export.
+    fn subject(&self) -> String {
+        match self {
+            ExportCall::RunStep { name, .. } => format!("step `{name}`"),
+            other => format!("`{}`", other.name()),
+        }
+    }
+
     fn deadline(&self, d: Deadlines) -> std::time::Duration {
         if self.is_live() { d.live } else { d.pure }
     }
@@ -191,17 +200,28 @@ impl Runtime {
     ) -> Result<R, AdapterFault> {
         let export = record();
         let deadline = export.deadline(self.deadlines);
+        let subject = export.subject();
         let Some(observer) = &self.observer else {
             return self
-                .call(adapter, caps, export.name(), deadline, call)
-                .await;
+                .call_as(
+                    adapter,
+                    caps,
+                    Tap::Off,
+                    export.name(),
+                    &subject,
+                    deadline,
+                    call,
+                )
+                .await
+                .0;
         };
         let (outcome, tap) = self
-            .call_tapped(
+            .call_as(
                 adapter,
                 caps,
                 Tap::Record(Vec::new()),
                 export.name(),
+                &subject,
                 deadline,
                 call,
             )

@@ -29,9 +29,9 @@ use bindings::{Adapter, AdapterPre};
 pub use cache::{ArtifactCache, ArtifactLedger, CacheOutcome, MemoryLedger};
 pub use manifest::Manifest;
 use upshift_caps::InstanceCaps;
-use upshift_caps::Witness;
 use upshift_caps::audit::AuditLog;
 use upshift_caps::limits::MEMORY_BYTES;
+use upshift_caps::{OverBudget, Spend, StepBudget, Witness};
 
 /// One epoch tick.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -97,6 +97,8 @@ pub struct HostState {
     witness: Option<Witness>,
     log_budget: u32,
     flood_reported: bool,
+    /// This export call's host calls and audit bytes, against its budget.
+    spend: Arc<Spend>,
     tap: tap::Tap,
 }
 
@@ -118,6 +120,7 @@ pub struct Runtime {
     stop_ticker: Arc<AtomicBool>,
     observer: Option<Arc<dyn exports::ExportObserver>>,
     audit: Option<Arc<AuditLog>>,
+    budget: StepBudget,
 }
 
 impl Drop for Runtime {
@@ -213,6 +216,7 @@ impl Runtime {
             stop_ticker,
             observer: None,
             audit: None,
+            budget: StepBudget::default(),
         })
     }
 
@@ -232,6 +236,13 @@ impl Runtime {
     /// Replace the per-call deadlines.
     pub fn set_deadlines(&mut self, deadlines: Deadlines) {
         self.deadlines = deadlines;
+    }
+
+    /// The budget of export calls made without capabilities (`describe`, `plan`,
+    /// `plan-restore`, replays); with capabilities, each call has the caps' own
+    /// ([`InstanceCaps::budget`]).
+    pub fn set_budget(&mut self, budget: StepBudget) {
+        self.budget = budget;
     }
 
     /// Audit adapter faults, and capability calls made where none are lent, in `audit`.
@@ -364,6 +375,7 @@ impl Runtime {
         adapter: &LoadedAdapter,
         caps: Option<Arc<InstanceCaps>>,
         tap: tap::Tap,
+        spend: Arc<Spend>,
     ) -> (Store<HostState>, MemoryOutputPipe) {
         let witness = match (&caps, &self.audit) {
             (None, Some(audit)) => Some(Witness::new(
@@ -399,6 +411,7 @@ impl Runtime {
                 witness,
                 log_budget: upshift_caps::limits::MAX_LOG_PER_CALL,
                 flood_reported: false,
+                spend,
                 tap,
             },
         );
@@ -431,19 +444,40 @@ impl Runtime {
         deadline: Duration,
         call: impl AsyncFnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> (Result<R, AdapterFault>, tap::Tap) {
+        let subject = format!("`{export}`");
+        self.call_as(adapter, caps, tap, export, &subject, deadline, call)
+            .await
+    }
+
+    /// [`Runtime::call_tapped`], naming the export call `subject` (e.g. "step `migrate`") when
+    /// it goes over its budget.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_as<R>(
+        &self,
+        adapter: &LoadedAdapter,
+        caps: Option<Arc<InstanceCaps>>,
+        tap: tap::Tap,
+        export: &str,
+        subject: &str,
+        deadline: Duration,
+        call: impl AsyncFnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> (Result<R, AdapterFault>, tap::Tap) {
         let fault = |reason: String| AdapterFault {
             adapter: adapter.label.clone(),
             short: adapter.short_digest().to_string(),
             export: export.to_string(),
             reason,
         };
-        let (mut store, stderr) = self.store(adapter, caps.clone(), tap);
+        let budget = caps.as_ref().map_or(self.budget, |c| c.budget());
+        let spend = Arc::new(Spend::new(budget, subject));
+        let (mut store, stderr) = self.store(adapter, caps.clone(), tap, spend.clone());
         let ticks = (deadline.as_millis() / TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        // Capability calls made during the export end with it (see `upshift_caps::with_deadline`).
+        // Capability calls made during the export end with it (see `upshift_caps::with_deadline`),
+        // and the audit records they write are charged to its budget.
         let ends = std::time::Instant::now() + deadline;
-        let bounded = upshift_caps::with_deadline(ends, async {
+        let bounded = upshift_caps::within_export(ends, Some(spend), async {
             match adapter.pre.instantiate_async(&mut store).await {
                 Ok(instance) => call(&instance, &mut store).await,
                 Err(e) => Err(e),
@@ -511,6 +545,9 @@ impl Runtime {
 const HOST_GRACE: Duration = Duration::from_secs(2);
 
 fn describe_trap(e: &wasmtime::Error, deadline: Duration, stderr: &str) -> String {
+    if let Some(over) = e.downcast_ref::<OverBudget>() {
+        return over.to_string();
+    }
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         return match trap {
             wasmtime::Trap::Interrupt => format!(

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::grants::{Access, BindingKind, BoundName};
+use upshift_caps::StepBudget;
 pub use upshift_model::binding::{
     ComposeSpec, DbBinding, DockerSpec, FilesBinding, HttpBinding, ProcessSpec, ServiceBackend,
     ServiceBinding, valid_binding_name,
@@ -20,6 +21,8 @@ pub struct Fleet {
     pub path: PathBuf,
     /// The `[trust]` policy for adapter files, if any.
     pub trust: Option<crate::signing::TrustPolicy>,
+    /// The `[budget]` of every export call, unless an instance sets its own.
+    pub budget: StepBudget,
     /// `upshift.lock` beside the fleet file, if there is one (read by [`Fleet::load`]).
     pub lock: Option<std::sync::Arc<crate::lockfile::LockFile>>,
     /// Instances in file order.
@@ -41,6 +44,9 @@ pub struct Instance {
     pub trust: Option<crate::signing::TrustPolicy>,
     /// The fleet's lock file: when present, only the approved adapter bytes run.
     pub lock: Option<std::sync::Arc<crate::lockfile::LockFile>>,
+    /// What each export call of its adapter may make the host do: `[instance.budget]`, else
+    /// the fleet's `[budget]`, else the defaults.
+    pub budget: StepBudget,
     /// Database bindings by name.
     pub db: BTreeMap<String, DbBinding>,
     /// Directory bindings by name.
@@ -154,7 +160,19 @@ struct RawFleet {
     #[serde(default)]
     instance: Vec<RawInstance>,
     trust: Option<Spanned<RawTrust>>,
+    budget: Option<Spanned<RawBudget>>,
 }
+
+/// `[budget]` or `[instance.budget]`: limits per export call (a step, `detect`, `verify`…).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    host_calls_per_step: Option<Spanned<i64>>,
+    audit_bytes_per_step: Option<Spanned<i64>>,
+}
+
+/// The least `audit_bytes_per_step`: room for a few records of the largest size.
+const MIN_AUDIT_BYTES: i64 = 64 << 10;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +190,7 @@ struct RawInstance {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     target: Option<Spanned<String>>,
+    budget: Option<Spanned<RawBudget>>,
     #[serde(default)]
     db: BTreeMap<String, Spanned<RawDb>>,
     #[serde(default)]
@@ -343,11 +362,54 @@ impl Ctx<'_> {
         })
     }
 
+    /// `[budget]` (`table` names it in messages) over `base`: each key it sets replaces
+    /// base's.
+    fn budget(
+        &self,
+        raw: Option<Spanned<RawBudget>>,
+        table: &str,
+        base: StepBudget,
+    ) -> Result<StepBudget, FleetError> {
+        let Some(raw) = raw else { return Ok(base) };
+        let raw = raw.into_inner();
+        let limit = |value: Option<Spanned<i64>>, key: &str, least: i64, default: u64| {
+            let Some(value) = value else { return Ok(None) };
+            let n = *value.get_ref();
+            if n < least {
+                return Err(self.invalid(
+                    value.span().start,
+                    format!("{table} {key} = {n} is below the least usable value, {least}"),
+                    format!(
+                        "leave it out for the default ({default}), or set a number of at least {least}"
+                    ),
+                ));
+            }
+            Ok(Some(n as u64))
+        };
+        Ok(StepBudget {
+            host_calls: limit(
+                raw.host_calls_per_step,
+                "host_calls_per_step",
+                1,
+                StepBudget::DEFAULT_HOST_CALLS,
+            )?
+            .unwrap_or(base.host_calls),
+            audit_bytes: limit(
+                raw.audit_bytes_per_step,
+                "audit_bytes_per_step",
+                MIN_AUDIT_BYTES,
+                StepBudget::DEFAULT_AUDIT_BYTES,
+            )?
+            .unwrap_or(base.audit_bytes),
+        })
+    }
+
     /// One `[[instance]]`, given the instances before it (names are unique).
     fn instance(
         &self,
         raw: RawInstance,
         trust: &Option<crate::signing::TrustPolicy>,
+        budget: StepBudget,
         earlier: &[Instance],
     ) -> Result<Instance, FleetError> {
         let name_at = raw.name.span().start;
@@ -388,6 +450,7 @@ impl Ctx<'_> {
                 ));
             }
         };
+        let budget = self.budget(raw.budget, "[instance.budget]", budget)?;
         Ok(Instance {
             name,
             adapter,
@@ -395,6 +458,7 @@ impl Ctx<'_> {
             target: raw.target.map(Spanned::into_inner),
             trust: trust.clone(),
             lock: None,
+            budget,
             db: self.bindings(raw.db, "db", Ctx::db)?,
             files: self.bindings(raw.files, "files", Ctx::files)?,
             service: self.bindings(raw.service, "service", Ctx::service)?,
@@ -672,14 +736,16 @@ impl Fleet {
             base: absolute.parent().unwrap_or(Path::new("/")),
         };
         let trust = raw.trust.map(|t| ctx.trust(t)).transpose()?;
+        let budget = ctx.budget(raw.budget, "[budget]", StepBudget::default())?;
         let mut instances: Vec<Instance> = Vec::new();
         for raw_instance in raw.instance {
-            let instance = ctx.instance(raw_instance, &trust, &instances)?;
+            let instance = ctx.instance(raw_instance, &trust, budget, &instances)?;
             instances.push(instance);
         }
         Ok(Fleet {
             path: path.to_path_buf(),
             trust,
+            budget,
             lock: None,
             instances,
         })
@@ -833,6 +899,81 @@ url = "http://127.0.0.1:8080/"
             .expect_err("unset env")
             .to_string();
         assert!(msg.contains("UPSHIFT_TEST_SURELY_UNSET"), "{msg}");
+    }
+
+    #[test]
+    fn budgets_default_come_from_budget_and_are_narrowed_per_instance() {
+        let f = Fleet::parse(Path::new("f.toml"), GOOD).expect("parses");
+        assert_eq!(f.instance("bb").expect("bb").budget, StepBudget::default());
+
+        let text = format!(
+            "[budget]\nhost_calls_per_step = 50000\naudit_bytes_per_step = 1048576\n{GOOD}\n[[instance]]\nname = \"own\"\nproduct = \"kwdb\"\n\n[instance.budget]\nhost_calls_per_step = 200\n"
+        );
+        let f = Fleet::parse(Path::new("f.toml"), &text).expect("parses");
+        assert_eq!(
+            f.instance("bb").expect("bb").budget,
+            StepBudget {
+                host_calls: 50_000,
+                audit_bytes: 1 << 20
+            }
+        );
+        assert_eq!(
+            f.instance("own").expect("own").budget,
+            StepBudget {
+                host_calls: 200,
+                audit_bytes: 1 << 20
+            },
+            "a key the instance leaves out comes from [budget]"
+        );
+    }
+
+    #[test]
+    fn unusable_budgets_name_the_key_line_and_fix() {
+        for (table, value, line) in [
+            ("host_calls_per_step", "0", 2),
+            ("host_calls_per_step", "-5", 2),
+            ("audit_bytes_per_step", "100", 2),
+        ] {
+            let text = format!("[budget]\n{table} = {value}\n{GOOD}");
+            let msg = Fleet::parse(Path::new("f.toml"), &text)
+                .expect_err(table)
+                .to_string();
+            assert!(
+                msg.contains(table)
+                    && msg.contains(&format!("line {line}"))
+                    && msg.contains("fix:"),
+                "{msg}"
+            );
+        }
+        let text = format!("{GOOD}\n[instance.budget]\nhost_calls = 5\n");
+        let msg = Fleet::parse(Path::new("f.toml"), &text)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(msg.contains("host_calls") && msg.contains("fix:"), "{msg}");
+        let text = format!("{GOOD}\n[instance.budget]\nhost_calls_per_step = \"many\"\n");
+        assert!(Fleet::parse(Path::new("f.toml"), &text).is_err());
+    }
+
+    /// Every TOML example in docs/fleet-file.md that sets a budget parses to what it says.
+    #[test]
+    fn the_documented_budget_examples_parse() {
+        let doc = include_str!("../../../docs/fleet-file.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.contains("budget]"))
+            .collect();
+        assert!(!blocks.is_empty(), "docs/fleet-file.md shows a [budget]");
+        for block in blocks {
+            let f = Fleet::parse(Path::new("/etc/upshift/upshift.toml"), block)
+                .unwrap_or_else(|e| panic!("{e}\n{block}"));
+            assert_ne!(
+                f.budget,
+                StepBudget::default(),
+                "the example changes something: {block}"
+            );
+        }
     }
 
     /// Found by the fuzz target `fleet_file`: `url = "http://"` was accepted and trimmed to

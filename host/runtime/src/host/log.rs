@@ -42,6 +42,9 @@ impl log::Host for HostState {
         if !self.spend_log_budget(&caps, Operation::LogWrite) {
             return Ok(());
         }
+        // Only a delivered message is a host call of the export's budget; one dropped over
+        // the per-call cap costs nothing more.
+        self.charge_call()?;
         let level = match level {
             log::Level::Debug => "debug",
             log::Level::Info => "info",
@@ -65,6 +68,7 @@ impl progress::Host for HostState {
         if !self.spend_log_budget(&caps, Operation::ProgressReport) {
             return Ok(());
         }
+        self.charge_call()?;
         caps.events.emit(Event::Progress {
             instance: caps.caller().instance.clone(),
             done,

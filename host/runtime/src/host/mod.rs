@@ -37,6 +37,7 @@ impl HostState {
         args: Option<serde_json::Value>,
         f: impl AsyncFnOnce(Arc<InstanceCaps>) -> Result<T, CapError>,
     ) -> CapResult<T> {
+        self.charge_call()?;
         if let Tap::Replay(cursor) = &mut self.tap {
             return cursor.answer(interface, operation.name(), args.unwrap_or_default());
         }
@@ -60,6 +61,14 @@ impl HostState {
             });
         }
         Ok(answer)
+    }
+}
+
+impl HostState {
+    /// Count one host call against the export call's budget: over it, the call is refused and
+    /// the export stopped (a trap, audited once as the adapter's fault).
+    fn charge_call(&self) -> wasmtime::Result<()> {
+        self.spend.charge_call().map_err(wasmtime::Error::new)
     }
 }
 

@@ -452,6 +452,7 @@ impl Session {
             self.audit.clone(),
             self.events.clone(),
         );
+        caps.set_budget(instance.budget);
         for (name, b) in &instance.db {
             // The host creates databases for a binding it may back up or restore (clones,
             // restores beside), so CREATEDB alone is expected there.

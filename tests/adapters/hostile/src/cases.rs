@@ -231,6 +231,51 @@ impl Case for Hostile {
     }
 }
 
+/// A million host calls in one step. `apply --to 2.0.0-<kind>` plans the step `flood` with
+/// `<kind>` as its payload: `calls` (the default) checks that a file exists, allowed and
+/// audited each time; `logs` writes a log line, reports progress and checks that a file exists,
+/// in turn; `big` reads a 64 KiB absolute path, denied each time with the path in the denial's
+/// reason and detail, so each would make a big audit record.
+#[cfg(feature = "call-flood")]
+impl Case for Hostile {
+    fn plan(current: Detection, target: String) -> Result<Plan, Refusal> {
+        let kind = target
+            .split_once('-')
+            .map_or("", |(_, kind)| kind)
+            .to_string();
+        let flood = steps::custom("flood", "attack", &kind, false, "a million host calls");
+        Ok(plan_of(current, target, vec![flood]))
+    }
+
+    fn attack(kind: &str) -> Result<String, CapError> {
+        const CALLS: u32 = 1_000_000;
+        let mut denied = 0u32;
+        match kind {
+            "logs" => {
+                for i in 0..CALLS {
+                    match i % 3 {
+                        0 => log::write(log::Level::Info, "tick"),
+                        1 => progress::report(u64::from(i), u64::from(CALLS), "tick"),
+                        _ => denied += u32::from(files::exists("data", "x").is_err()),
+                    }
+                }
+            }
+            "big" => {
+                let path = format!("/{}", "a".repeat(64 << 10));
+                for _ in 0..CALLS {
+                    denied += u32::from(files::read("data", &path).is_err());
+                }
+            }
+            _ => {
+                for _ in 0..CALLS {
+                    denied += u32::from(files::exists("data", "x").is_err());
+                }
+            }
+        }
+        Ok(format!("made {CALLS} host calls ({denied} refused)"))
+    }
+}
+
 #[cfg(feature = "resource-hog")]
 #[link(wasm_import_module = "wasi:cli/stderr@0.2.6")]
 unsafe extern "C" {
