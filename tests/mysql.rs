@@ -570,6 +570,10 @@ async fn a_query_past_the_deadline_is_killed_on_the_server() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             left = host_queries(my, &w).await;
         }
+        eprintln!(
+            "  gone from PROCESSLIST {:?} after the call began",
+            started.elapsed()
+        );
         if !left.is_empty() {
             failures.push(format!(
                 "{payload:?}: still running on the server {:?} after the deadline: {left:?}",
@@ -614,6 +618,10 @@ async fn a_query_past_the_deadline_is_killed_on_the_server() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             left = host_queries(my, &w).await;
         }
+        eprintln!(
+            "{sql}: gone {:?} after the call was dropped",
+            dropped.elapsed()
+        );
         assert!(
             left.is_empty(),
             "{sql}: not killed 3 s after the call was dropped: {left:?}"
