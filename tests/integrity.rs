@@ -614,6 +614,13 @@ fn the_audit_log_rotates_into_chained_segments_that_verify_and_its_index_catches
         ]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     };
+    let out = env.upshift(&["--audit-segment-bytes", "100", "history"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--audit-segment-bytes 100: give at least 4096 bytes"),
+        "{}",
+        stderr(&out)
+    );
     for _ in 0..6 {
         plan();
     }

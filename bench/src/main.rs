@@ -2,9 +2,10 @@
 //! in the same run, generating its data first (untimed), and writes `docs/BENCHMARKS.md`.
 //!
 //! Flags: `--quick` (smaller data, fewer iterations), `--only NAME[,NAME]` (groups: `sandbox`,
-//! `plan`, `snapshot`, `pg`, `fleet`, `limits`), `--runs N`, `--data DIR` (where data is
+//! `plan`, `snapshot`, `pg`, `fleet`, `audit`, `limits`), `--runs N`, `--data DIR` (where data is
 //! generated; default `target/bench-data`), `--out FILE` (default `docs/BENCHMARKS.md`).
 
+mod audit;
 mod data;
 mod fleet;
 mod limits;
@@ -24,7 +25,9 @@ use anyhow::{Context, Result, bail};
 use report::{Metric, Report};
 
 /// The groups, in the order.
-const GROUPS: &[&str] = &["sandbox", "plan", "snapshot", "pg", "fleet", "limits"];
+const GROUPS: &[&str] = &[
+    "sandbox", "plan", "snapshot", "pg", "fleet", "audit", "limits",
+];
 
 /// What the run was asked to do.
 #[derive(Debug, Clone)]
@@ -146,6 +149,10 @@ fn main() -> Result<()> {
     if cfg.wants("fleet") {
         eprintln!("== fleet");
         metrics.extend(rt.block_on(fleet::run(&cfg))?);
+    }
+    if cfg.wants("audit") {
+        eprintln!("== audit");
+        metrics.extend(rt.block_on(audit::run(&cfg))?);
     }
     if cfg.wants("limits") {
         eprintln!("== limits");

@@ -163,7 +163,7 @@ impl Report {
             md,
             "Written by `{}` (the `upshift-bench` crate, `bench/`); do not edit by hand. \
              Regenerate with `cargo run --release -p upshift-bench` (`--quick` for smaller data, \
-             `--only NAME` for one group: `sandbox`, `plan`, `snapshot`, `pg`, `fleet`, `limits`).\n",
+             `--only NAME` for one group: `sandbox`, `plan`, `snapshot`, `pg`, `fleet`, `audit`, `limits`).\n",
             self.command
         );
         let _ = writeln!(md, "## Machine\n");
