@@ -120,15 +120,13 @@ pub fn find_image(text: &str, service: &str) -> Result<ImageScalar, String> {
         ) {
             node_path.push(value_key.clone().unwrap_or_default());
         }
-        if in_service(&node_path) {
-            if anchored || matches!(event, Event::Alias(_)) {
-                return Err(format!(
-                    "line {line}: services.{service} uses a YAML anchor or alias (`&`/`*`), so \
-                     the image docker-compose sees may not be the one Upshift edits, or the edit \
-                     may change another service. Fix: write the service out in full, without \
-                     anchors or aliases"
-                ));
-            }
+        if in_service(&node_path) && (anchored || matches!(event, Event::Alias(_))) {
+            return Err(format!(
+                "line {line}: services.{service} uses a YAML anchor or alias (`&`/`*`), so \
+                 the image docker-compose sees may not be the one Upshift edits, or the edit \
+                 may change another service. Fix: write the service out in full, without \
+                 anchors or aliases"
+            ));
         }
         match event {
             Event::DocumentStart(_) => {
