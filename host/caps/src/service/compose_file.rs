@@ -123,9 +123,9 @@ pub fn find_image(text: &str, service: &str) -> Result<ImageScalar, String> {
         if in_service(&node_path) && (anchored || matches!(event, Event::Alias(_))) {
             return Err(format!(
                 "line {line}: services.{service} uses a YAML anchor or alias (`&`/`*`), so \
-                     the image docker-compose sees may not be the one Upshift edits, or the edit \
-                     may change another service. Fix: write the service out in full, without \
-                     anchors or aliases"
+                 the image docker-compose sees may not be the one Upshift edits, or the edit \
+                 may change another service. Fix: write the service out in full, without \
+                 anchors or aliases"
             ));
         }
         match event {
