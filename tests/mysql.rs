@@ -687,6 +687,12 @@ async fn no_session_state_outlives_a_mysql_call() {
     let mut failures = Vec::new();
     for (change, probe, fresh) in variations {
         let changed = attack(&session, &adapter, &caps, "attack", change).await;
+        if changed.contains("denied: ") {
+            // The SQL analysis refuses it before any session exists: nothing to leave behind
+            // (the connection layer's own answer is checked below the guard, further down).
+            eprintln!("{change:?} -> {changed}");
+            continue;
+        }
         let mut seen = String::new();
         for _ in 0..20 {
             seen = attack(&session, &adapter, &caps, "attack", probe).await;
