@@ -14,11 +14,8 @@ use std::time::Duration;
 use upshift::audit::{AuditRecord, Decision};
 use upshift::caps::{Event, EventSink, InstanceCaps};
 use upshift::fleet::Fleet;
-use upshift::ops::executor::RunContext;
 use upshift::ops::{OpError, Session, apply};
-use upshift::runtime::bindings::{
-    Action, BackupInfo, BackupMethod, CustomAction, Detection, RestoreRequest,
-};
+use upshift::runtime::bindings::{BackupInfo, BackupMethod, Detection, RestoreRequest};
 use upshift::runtime::{Deadlines, LoadedAdapter};
 
 /// How a case is driven.
@@ -318,7 +315,8 @@ async fn export(
     }
 }
 
-/// Run the plan step `custom(name, payload)` as the executor does; the error or `ok: summary`.
+/// The custom step `name` with `payload` in run `run_id`, as a run performs it: the error or
+/// `ok: …`.
 async fn step(
     session: &Session,
     adapter: &LoadedAdapter,
@@ -327,24 +325,7 @@ async fn step(
     name: &str,
     payload: String,
 ) -> String {
-    let ctx = RunContext {
-        session,
-        adapter,
-        caps: caps.clone(),
-        run_id: run_id.into(),
-        data_version: "1.0.0".into(),
-        restore_source: None,
-        lease: None,
-    };
-    let action = Action::Custom(CustomAction {
-        name: name.into(),
-        payload,
-        mutates: false,
-    });
-    match ctx.perform(&action).await {
-        Ok(r) => format!("ok: {}", r.summary),
-        Err(e) => e,
-    }
+    common::hostile::custom_step(session, adapter, caps, run_id, name, &payload).await
 }
 
 /// Drive one case; the outcome as text (an error, or `ok: …` when the host let it through).
@@ -376,15 +357,6 @@ async fn attack(session: &Session, w: &World, case: &Case) -> (String, Option<Lo
         }
     };
     (text, Some(adapter))
-}
-
-/// Every record of the audit log.
-fn audit_records(path: &Path) -> Vec<AuditRecord> {
-    std::fs::read_to_string(path)
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit record"))
-        .collect()
 }
 
 /// The host still serves: the bundled Bytebase adapter plans offline, and the hostile component
@@ -436,7 +408,7 @@ async fn every_hostile_adapter_is_stopped_blamed_audited_and_the_host_serves_on(
         let digest = upshift::runtime::digest(&wasm);
         digests.insert(digest.clone());
         messages.store(0, Ordering::Relaxed);
-        let audited_before = audit_records(session.audit.path()).len();
+        let audited_before = common::audit_records(session.audit.path()).len();
 
         let (outcome, loaded) = attack(&session, &w, case).await;
         eprintln!(
@@ -446,7 +418,7 @@ async fn every_hostile_adapter_is_stopped_blamed_audited_and_the_host_serves_on(
             outcome.chars().take(300).collect::<String>()
         );
 
-        let records = audit_records(session.audit.path());
+        let records = common::audit_records(session.audit.path());
         let denied = records[audited_before..].iter().any(|r| {
             // A denial, or (what only the database's READ ONLY transaction stops) the
             // backend's refusal recorded with the call.

@@ -11,12 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use upshift::audit::{AuditRecord, Decision};
+use upshift::audit::Decision;
 use upshift::caps::{EventSink, InstanceCaps};
 use upshift::fleet::Fleet;
-use upshift::ops::executor::RunContext;
 use upshift::ops::{Session, apply};
-use upshift::runtime::bindings::{Action, CustomAction};
 use upshift::runtime::{Deadlines, LoadedAdapter};
 
 /// The fixture: a database owned by a least-privilege role, the probe component bound to it
@@ -113,7 +111,7 @@ async fn world(pg: &common::Pg, wasm: &Path) -> World {
     }
 }
 
-/// Run the plan step `custom(attack, payload)` as the executor does: the error or `ok: …`.
+/// The custom step `name` with `payload`, as a run performs it: the error or `ok: …`.
 async fn step(
     session: &Session,
     adapter: &LoadedAdapter,
@@ -121,24 +119,7 @@ async fn step(
     name: &str,
     payload: &str,
 ) -> String {
-    let ctx = RunContext {
-        session,
-        adapter,
-        caps: caps.clone(),
-        run_id: "hostile-conn".into(),
-        data_version: "1.0.0".into(),
-        restore_source: None,
-        lease: None,
-    };
-    let action = Action::Custom(CustomAction {
-        name: name.into(),
-        payload: payload.into(),
-        mutates: false,
-    });
-    match ctx.perform(&action).await {
-        Ok(r) => format!("ok: {}", r.summary),
-        Err(e) => e,
-    }
+    common::hostile::custom_step(session, adapter, caps, "hostile-conn", name, payload).await
 }
 
 /// The loaded probe and its caps for `instance`.
@@ -149,22 +130,6 @@ async fn prepare(
 ) -> (LoadedAdapter, Arc<InstanceCaps>) {
     let instance = w.fleet.instance(instance).expect("instance");
     apply::prepare(session, instance).await.expect("prepare")
-}
-
-fn audit_records(path: &Path) -> Vec<AuditRecord> {
-    std::fs::read_to_string(path)
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit record"))
-        .collect()
-}
-
-/// Whether a record after `from` refuses (a denial) or fails with `fragment` in it.
-fn audited(session: &Session, from: usize, fragment: &str) -> bool {
-    audit_records(session.audit.path())[from..].iter().any(|r| {
-        let has = |t: &Option<String>| t.as_deref().unwrap_or("").contains(fragment);
-        (r.event.decision == Decision::Denied && has(&r.event.reason)) || has(&r.event.error)
-    })
 }
 
 async fn victims(w: &World) -> i64 {
@@ -226,14 +191,14 @@ async fn a_read_grant_never_writes_even_past_the_classifier() {
     ];
     let mut failures = Vec::new();
     for payload in variations {
-        let before = audit_records(session.audit.path()).len();
+        let before = common::audit_records(session.audit.path()).len();
         let outcome = step(&session, &adapter, &caps, "attack", payload).await;
         eprintln!("{payload:?} -> {outcome}");
         if outcome.starts_with("ok: ") || !outcome.contains("adapter") {
             failures.push(format!("{payload:?}: not refused and blamed: {outcome}"));
         }
         // The server's refusal (or, where the classifier already knows, a denial).
-        let refused = audit_records(session.audit.path())[before..]
+        let refused = common::audit_records(session.audit.path())[before..]
             .iter()
             .any(|r| {
                 r.event.decision == Decision::Denied
@@ -378,7 +343,7 @@ async fn a_call_past_the_deadline_is_cancelled_on_the_server() {
         lock.batch_execute("LOCK TABLE victims IN ACCESS EXCLUSIVE MODE")
             .await
             .expect("lock");
-        let before = audit_records(session.audit.path()).len();
+        let before = common::audit_records(session.audit.path()).len();
         let started = Instant::now();
         let outcome = step(&session, &adapter, &caps, "attack", payload).await;
         let took = started.elapsed();
@@ -389,7 +354,7 @@ async fn a_call_past_the_deadline_is_cancelled_on_the_server() {
         if outcome.starts_with("ok: ") || !outcome.contains("deadline") {
             failures.push(format!("{payload:?}: no deadline error: {outcome}"));
         }
-        if !audited(&session, before, "deadline") {
+        if !common::hostile::audited(&session, before, "deadline") {
             failures.push(format!("{payload:?}: the deadline is not in the audit log"));
         }
         // The server's query is gone shortly after, while the test still holds the lock.
@@ -442,13 +407,13 @@ async fn privileged_roles_need_the_operators_consent() {
     let mut failures = Vec::new();
     for (instance, why) in refused {
         let (adapter, caps) = prepare(&session, &w, instance).await;
-        let before = audit_records(session.audit.path()).len();
+        let before = common::audit_records(session.audit.path()).len();
         let outcome = step(&session, &adapter, &caps, "attack", read).await;
         eprintln!("{instance} -> {outcome}");
         if !outcome.contains(why) || !outcome.contains("privileged = true on [instance.db.meta]") {
             failures.push(format!("{instance}: expected `{why}` in: {outcome}"));
         }
-        let denied = audit_records(session.audit.path())[before..]
+        let denied = common::audit_records(session.audit.path())[before..]
             .iter()
             .any(|r| {
                 r.event.decision == Decision::Denied

@@ -8,16 +8,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use upshift::audit::{AuditRecord, Decision};
+use upshift::audit::Decision;
 use upshift::caps::{EventSink, InstanceCaps};
 use upshift::fleet::Fleet;
-use upshift::ops::executor::RunContext;
 use upshift::ops::{Session, apply};
-use upshift::runtime::bindings::{Action, CustomAction};
 use upshift::runtime::{Deadlines, LoadedAdapter};
 
 /// What a probe must end in.
@@ -142,7 +140,7 @@ fn component() -> PathBuf {
     common::hostile::component("hostile-db", "db-probe").unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Run the plan step `custom(name, payload)` as the executor does; the error or `ok: summary`.
+/// The custom step `name` with `payload`, as a run performs it: the error or `ok: …`.
 async fn step(
     session: &Session,
     adapter: &LoadedAdapter,
@@ -150,32 +148,7 @@ async fn step(
     name: &str,
     payload: String,
 ) -> String {
-    let ctx = RunContext {
-        session,
-        adapter,
-        caps: caps.clone(),
-        run_id: "hostile-db".into(),
-        data_version: "1.0.0".into(),
-        restore_source: None,
-        lease: None,
-    };
-    let action = Action::Custom(CustomAction {
-        name: name.into(),
-        payload,
-        mutates: false,
-    });
-    match ctx.perform(&action).await {
-        Ok(r) => format!("ok: {}", r.summary),
-        Err(e) => e,
-    }
-}
-
-fn audit_records(path: &Path) -> Vec<AuditRecord> {
-    std::fs::read_to_string(path)
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit record"))
-        .collect()
+    common::hostile::custom_step(session, adapter, caps, "hostile-db", name, &payload).await
 }
 
 /// What no probe may change: the victims' rows, the sequence, tables, large objects, locks.
@@ -263,7 +236,7 @@ privileged = true
 
     let mut failures = Vec::new();
     for p in PROBES {
-        let before = audit_records(session.audit.path()).len();
+        let before = common::audit_records(session.audit.path()).len();
         let payload = format!("{}\n{}", p.call, p.sql);
         let outcome = step(&session, &adapter, &caps, "attack", payload).await;
         eprintln!(
@@ -272,7 +245,7 @@ privileged = true
             p.sql.replace('\n', " | "),
             outcome.chars().take(200).collect::<String>()
         );
-        let records = audit_records(session.audit.path());
+        let records = common::audit_records(session.audit.path());
         let new = &records[before..];
         let row = format!("`{}` `{}`", p.call, p.sql);
         // Every db call's record carries the statements' classes and fingerprints.
@@ -332,7 +305,7 @@ privileged = true
     );
 
     // The same statement with other literals shares a fingerprint.
-    let records = audit_records(session.audit.path());
+    let records = common::audit_records(session.audit.path());
     let print = |needle: &str| {
         records
             .iter()

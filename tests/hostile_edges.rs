@@ -45,12 +45,9 @@ fn wasm(feature: &str) -> String {
     }
 }
 
+/// Every record of the data directory's audit log.
 fn audit_records(data: &Path) -> Vec<AuditRecord> {
-    std::fs::read_to_string(data.join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit record"))
-        .collect()
+    common::audit_records(&data.join("audit.jsonl"))
 }
 
 /// Whether a record after `from` is a denial whose reason contains `fragment`.

@@ -14,12 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use upshift::audit::{AuditRecord, Decision};
+use upshift::audit::Decision;
 use upshift::caps::{EventSink, InstanceCaps};
 use upshift::fleet::Fleet;
-use upshift::ops::executor::RunContext;
 use upshift::ops::{Session, apply};
-use upshift::runtime::bindings::{Action, CustomAction};
 use upshift::runtime::{Deadlines, LoadedAdapter};
 
 /// What a probe must end in.
@@ -144,7 +142,7 @@ fn component() -> PathBuf {
     common::hostile::component("hostile-mysql", "db-probe").unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Run the plan step `custom(name, payload)` as the executor does; the error or `ok: summary`.
+/// The custom step `name` with `payload`, as a run performs it: the error or `ok: …`.
 async fn step(
     session: &Session,
     adapter: &LoadedAdapter,
@@ -152,32 +150,7 @@ async fn step(
     name: &str,
     payload: String,
 ) -> String {
-    let ctx = RunContext {
-        session,
-        adapter,
-        caps: caps.clone(),
-        run_id: "hostile-mysql".into(),
-        data_version: "1.0.0".into(),
-        restore_source: None,
-        lease: None,
-    };
-    let action = Action::Custom(CustomAction {
-        name: name.into(),
-        payload,
-        mutates: false,
-    });
-    match ctx.perform(&action).await {
-        Ok(r) => format!("ok: {}", r.summary),
-        Err(e) => e,
-    }
-}
-
-fn audit_records(path: &Path) -> Vec<AuditRecord> {
-    std::fs::read_to_string(path)
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit record"))
-        .collect()
+    common::hostile::custom_step(session, adapter, caps, "hostile-mysql", name, &payload).await
 }
 
 /// What no probe may change: the victim's rows, the bound database's tables, stored programs
@@ -295,7 +268,7 @@ privileged = true
             .replace("{db}", &db)
             .replace("{other}", &other)
             .replace("{file}", &file.display().to_string());
-        let before = audit_records(session.audit.path()).len();
+        let before = common::audit_records(session.audit.path()).len();
         let started = Instant::now();
         let outcome = step(
             &session,
@@ -312,7 +285,7 @@ privileged = true
             sql.replace('\n', " | "),
             outcome.chars().take(200).collect::<String>()
         );
-        let records = audit_records(session.audit.path());
+        let records = common::audit_records(session.audit.path());
         let new = &records[before..];
         let row = format!("`{call}` `{sql}`");
         match expect {
@@ -363,7 +336,7 @@ privileged = true
         failures.join("\n\n")
     );
     // The audit shows that a statement carried an executable comment (not what it held).
-    let marked = audit_records(session.audit.path())
+    let marked = common::audit_records(session.audit.path())
         .iter()
         .flat_map(|r| r.event.sql.iter())
         .any(|s| s.fingerprint.starts_with("/*!…*/ select"));

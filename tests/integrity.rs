@@ -196,12 +196,9 @@ fn set_access(entry: &mut toml_edit::Table, binding: &str, list: toml_edit::Arra
     entry["bindings"][binding]["access"] = toml_edit::value(list);
 }
 
+/// Every record of the data directory's audit log.
 fn audit_records(data: &Path) -> Vec<AuditRecord> {
-    std::fs::read_to_string(data.join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect()
+    common::audit_records(&data.join("audit.jsonl"))
 }
 
 /// Run `step` (a capability call of the misbehaving adapter) in instance `m` through a

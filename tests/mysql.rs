@@ -13,15 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::mysql::{MySql, read_grants, schema_grants};
 use mysql_async::prelude::Queryable;
-use upshift::audit::{AuditRecord, Decision};
+use upshift::audit::Decision;
 use upshift::caps::db::{BackupSource, DbBackend, RolePolicy};
 use upshift::caps::{EventSink, InstanceCaps};
 use upshift::fleet::Fleet;
 use upshift::model::grants::Access;
 use upshift::ops::Session;
 use upshift::ops::apply;
-use upshift::ops::executor::RunContext;
-use upshift::runtime::bindings::{Action, CustomAction};
 use upshift::runtime::{Deadlines, LoadedAdapter};
 
 async fn seed(conn: &mut mysql_async::Conn) {
@@ -369,7 +367,7 @@ async fn probe_session(w: &World, live: Duration) -> Session {
     session
 }
 
-/// Run the plan step `custom(attack, payload)` as the executor does: the error or `ok: …`.
+/// The custom step `name` with `payload`, as a run performs it: the error or `ok: …`.
 async fn attack(
     session: &Session,
     adapter: &LoadedAdapter,
@@ -377,24 +375,7 @@ async fn attack(
     name: &str,
     payload: &str,
 ) -> String {
-    let ctx = RunContext {
-        session,
-        adapter,
-        caps: caps.clone(),
-        run_id: "mysql-conn".into(),
-        data_version: "1.0.0".into(),
-        restore_source: None,
-        lease: None,
-    };
-    let action = Action::Custom(CustomAction {
-        name: name.into(),
-        payload: payload.into(),
-        mutates: false,
-    });
-    match ctx.perform(&action).await {
-        Ok(r) => format!("ok: {}", r.summary),
-        Err(e) => e,
-    }
+    common::hostile::custom_step(session, adapter, caps, "mysql-conn", name, payload).await
 }
 
 async fn prepare(
@@ -404,22 +385,6 @@ async fn prepare(
 ) -> (LoadedAdapter, Arc<InstanceCaps>) {
     let instance = w.fleet.instance(instance).expect("instance");
     apply::prepare(session, instance).await.expect("prepare")
-}
-
-fn audit_records(path: &Path) -> Vec<AuditRecord> {
-    std::fs::read_to_string(path)
-        .expect("audit log")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit record"))
-        .collect()
-}
-
-/// Whether a record after `from` refuses (a denial) or fails with `fragment` in it.
-fn audited(session: &Session, from: usize, fragment: &str) -> bool {
-    audit_records(session.audit.path())[from..].iter().any(|r| {
-        let has = |t: &Option<String>| t.as_deref().unwrap_or("").contains(fragment);
-        (r.event.decision == Decision::Denied && has(&r.event.reason)) || has(&r.event.error)
-    })
 }
 
 async fn victims(my: &MySql, w: &World) -> Option<i64> {
@@ -446,13 +411,13 @@ async fn accounts_reaching_beyond_the_schema_are_refused_at_bind_time() {
     let mut failures = Vec::new();
     for (instance, why) in REFUSED {
         let (adapter, caps) = prepare(&session, &w, instance).await;
-        let before = audit_records(session.audit.path()).len();
+        let before = common::audit_records(session.audit.path()).len();
         let outcome = attack(&session, &adapter, &caps, "attack", read).await;
         eprintln!("{instance} -> {outcome}");
         if !outcome.contains(why) || !outcome.contains("privileged = true on [instance.db.meta]") {
             failures.push(format!("{instance}: expected `{why}` in: {outcome}"));
         }
-        let denied = audit_records(session.audit.path())[before..]
+        let denied = common::audit_records(session.audit.path())[before..]
             .iter()
             .any(|r| {
                 r.event.decision == Decision::Denied
@@ -549,7 +514,7 @@ async fn a_query_past_the_deadline_is_killed_on_the_server() {
             .query_drop("START TRANSACTION; SELECT * FROM victims FOR UPDATE")
             .await
             .expect("lock the rows");
-        let before = audit_records(session.audit.path()).len();
+        let before = common::audit_records(session.audit.path()).len();
         let started = Instant::now();
         let outcome = attack(&session, &adapter, &caps, "attack", payload).await;
         let took = started.elapsed();
@@ -560,7 +525,7 @@ async fn a_query_past_the_deadline_is_killed_on_the_server() {
         if outcome.starts_with("ok: ") || !outcome.contains("deadline") {
             failures.push(format!("{payload:?}: no deadline error: {outcome}"));
         }
-        if !audited(&session, before, "deadline") {
+        if !common::hostile::audited(&session, before, "deadline") {
             failures.push(format!("{payload:?}: the deadline is not in the audit log"));
         }
         // The server's query is gone shortly after, while the test still holds the lock.

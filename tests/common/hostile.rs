@@ -57,3 +57,45 @@ pub fn component(dir: &str, feature: &str) -> Result<PathBuf, String> {
     std::fs::copy(&built, &copy).map_err(|e| format!("{}: {e}", built.display()))?;
     Ok(copy)
 }
+
+/// Run the custom step `name` with `payload` as a run performs it (through `RunContext`, so
+/// the guard, the audit and the run's deadline apply): `ok: <summary>`, or the error the run saw.
+pub async fn custom_step(
+    session: &upshift::ops::Session,
+    adapter: &upshift::runtime::LoadedAdapter,
+    caps: &std::sync::Arc<upshift::caps::InstanceCaps>,
+    run_id: &str,
+    name: &str,
+    payload: &str,
+) -> String {
+    use upshift::runtime::bindings::{Action, CustomAction};
+    let ctx = upshift::ops::executor::RunContext {
+        session,
+        adapter,
+        caps: caps.clone(),
+        run_id: run_id.into(),
+        data_version: "1.0.0".into(),
+        restore_source: None,
+        lease: None,
+    };
+    let action = Action::Custom(CustomAction {
+        name: name.into(),
+        payload: payload.into(),
+        mutates: false,
+    });
+    match ctx.perform(&action).await {
+        Ok(r) => format!("ok: {}", r.summary),
+        Err(e) => e,
+    }
+}
+
+/// Whether a record of `session`'s audit log after the first `from` refuses (a denial) or
+/// fails with `fragment` in its reason or error.
+pub fn audited(session: &upshift::ops::Session, from: usize, fragment: &str) -> bool {
+    let records = super::audit_records(session.audit.path());
+    records[from.min(records.len())..].iter().any(|r| {
+        let has = |t: &Option<String>| t.as_deref().unwrap_or("").contains(fragment);
+        (r.event.decision == upshift::audit::Decision::Denied && has(&r.event.reason))
+            || has(&r.event.error)
+    })
+}

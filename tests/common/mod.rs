@@ -19,6 +19,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio_postgres::NoTls;
 
+/// Every record of the audit log file `log` (the active segment; none when it does not exist yet).
+pub fn audit_records(log: &Path) -> Vec<upshift::audit::AuditRecord> {
+    let text = match std::fs::read_to_string(log) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("audit log {}: {e}", log.display()),
+    };
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit record {l}: {e}")))
+        .collect()
+}
+
 /// Where the tests' PostgreSQL is.
 pub struct Pg {
     base_url: String,
