@@ -540,10 +540,16 @@ impl AuditLog {
 
     /// [`AuditLog::append`], also returning how many bytes the record took in the file (the
     /// guard charges them to the export call's budget).
+    /// Secrets are masked first, then long text is cut to `MAX_AUDIT_TEXT` (head and tail kept).
     pub fn append_sized(&self, mut event: AuditEvent) -> Result<(u64, u64), AuditError> {
-        for text in [&mut event.reason, &mut event.error, &mut event.detail] {
-            self.secrets.mask_option(text);
+        for text in [&mut event.reason, &mut event.error, &mut event.detail]
+            .into_iter()
+            .flatten()
+        {
+            self.secrets.mask_string(text);
+            cut(text);
         }
+        cut(&mut event.binding);
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         let io = io_at(&self.path);
         let (locked, len) = loop {
@@ -784,6 +790,30 @@ fn read_line_at(file: &File, offset: u64, line: &mut Vec<u8>) -> std::io::Result
         }
         at += n as u64;
     }
+}
+
+/// Cut `text` to about [`MAX_AUDIT_TEXT`](crate::limits::MAX_AUDIT_TEXT) bytes, keeping its
+/// head and its tail (where a denial says why) and saying how much was cut: an adapter's 10 MiB
+/// path makes a record of a few KiB.
+fn cut(text: &mut String) {
+    let max = crate::limits::MAX_AUDIT_TEXT;
+    if text.len() <= max {
+        return;
+    }
+    let mut head = max * 3 / 4;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - max / 4;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    *text = format!(
+        "{} … ({} bytes cut) … {}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    );
 }
 
 /// What kind of damage `verify` found.
@@ -1150,6 +1180,21 @@ mod tests {
             .collect();
         f(&mut lines);
         std::fs::write(path, lines.join("\n") + "\n").expect("write");
+    }
+
+    #[test]
+    fn cut_keeps_head_and_tail_on_char_boundaries() {
+        let mut short = "é".repeat(10);
+        cut(&mut short);
+        assert_eq!(short, "é".repeat(10));
+        let mut long = "é".repeat(10_000);
+        cut(&mut long);
+        assert!(
+            long.len() < crate::limits::MAX_AUDIT_TEXT + 64,
+            "{}",
+            long.len()
+        );
+        assert!(long.starts_with("éé") && long.ends_with("éé") && long.contains("bytes cut"));
     }
 
     #[test]

@@ -297,18 +297,9 @@ fn fault_record<'a>(export: &str, reason: &str) -> Record<'a> {
     )
 }
 
-/// Write one record, its adapter-supplied text masked and cut to
-/// [`MAX_AUDIT_TEXT`](crate::limits::MAX_AUDIT_TEXT), and charge its bytes to the export's
-/// budget.
-fn append(audit: &AuditLog, mut event: AuditEvent) -> Result<(), CapError> {
-    for text in [&mut event.reason, &mut event.error, &mut event.detail]
-        .into_iter()
-        .flatten()
-    {
-        audit.secrets().mask_string(text);
-        cut(text);
-    }
-    cut(&mut event.binding);
+/// Write one record (the log masks secrets and cuts long text) and charge its bytes to the
+/// export's budget.
+fn append(audit: &AuditLog, event: AuditEvent) -> Result<(), CapError> {
     let (_, bytes) = audit.append_sized(event).map_err(|e| {
         CapError::Failed(format!(
             "audit log could not be written, call not made: {e}"
@@ -316,30 +307,6 @@ fn append(audit: &AuditLog, mut event: AuditEvent) -> Result<(), CapError> {
     })?;
     charge_bytes(bytes);
     Ok(())
-}
-
-/// Cut `text` to about [`MAX_AUDIT_TEXT`](crate::limits::MAX_AUDIT_TEXT) bytes, keeping its
-/// head and its tail (where a denial says why) and saying how much was cut: an adapter's 10 MiB
-/// path makes a record of a few KiB.
-fn cut(text: &mut String) {
-    let max = crate::limits::MAX_AUDIT_TEXT;
-    if text.len() <= max {
-        return;
-    }
-    let mut head = max * 3 / 4;
-    while !text.is_char_boundary(head) {
-        head -= 1;
-    }
-    let mut tail = text.len() - max / 4;
-    while !text.is_char_boundary(tail) {
-        tail += 1;
-    }
-    *text = format!(
-        "{} … ({} bytes cut) … {}",
-        &text[..head],
-        tail - head,
-        &text[tail..]
-    );
 }
 
 /// Grants, audit log and caller of one instance: checks and records every call.
@@ -764,21 +731,6 @@ mod tests {
         small.bytes.store(10, Ordering::Relaxed);
         let over = small.charge_call().expect_err("over");
         assert!(over.to_string().contains("audit_bytes_per_step"), "{over}");
-    }
-
-    #[test]
-    fn cut_keeps_head_and_tail_on_char_boundaries() {
-        let mut short = "é".repeat(10);
-        cut(&mut short);
-        assert_eq!(short, "é".repeat(10));
-        let mut long = "é".repeat(10_000);
-        cut(&mut long);
-        assert!(
-            long.len() < crate::limits::MAX_AUDIT_TEXT + 64,
-            "{}",
-            long.len()
-        );
-        assert!(long.starts_with("éé") && long.ends_with("éé") && long.contains("bytes cut"));
     }
 
     #[tokio::test]
