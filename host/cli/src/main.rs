@@ -6,6 +6,8 @@ mod cli;
 mod commands;
 #[cfg(feature = "demo")]
 mod demo;
+#[cfg(test)]
+mod doc_examples;
 mod exit;
 mod record;
 mod scaffold;
