@@ -187,7 +187,7 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
         }
         // Its holder is named dead while its lease lasts; after that the run is still there.
         assert!(
-            err.contains("is gone") || err.contains("stopped without ending it"),
+            err.contains("is gone") || err.contains("its host stopped without ending it"),
             "{args:?}: {err}"
         );
     }
@@ -215,7 +215,10 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     let out = env.upshift(&["abandon", &run_id, "--why", why, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let done = json(&out);
-    assert_eq!((done["was"].as_str(), done["why"].as_str()), (Some("running"), Some(why)));
+    assert_eq!(
+        (done["was"].as_str(), done["why"].as_str()),
+        (Some("running"), Some(why))
+    );
 
     // In history: status, message and the journaled operator step.
     let out = env.upshift(&["history", "--run", &run_id, "--json"]);
@@ -223,7 +226,9 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     assert_eq!(one["run"]["status"], "abandoned", "{one}");
     assert!(one["run"]["finished_at"].is_string(), "{one}");
     assert!(
-        one["run"]["message"].as_str().is_some_and(|m| m.contains(why)),
+        one["run"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(why)),
         "{one}"
     );
     let step = one["steps"]
@@ -233,7 +238,11 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
         .find(|s| s["phase"] == "operator")
         .cloned()
         .unwrap_or_default();
-    assert_eq!((step["step_id"].as_str(), step["output"].as_str()), (Some("abandon"), Some(why)), "{one}");
+    assert_eq!(
+        (step["step_id"].as_str(), step["output"].as_str()),
+        (Some("abandon"), Some(why)),
+        "{one}"
+    );
     let out = env.upshift(&["history"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("abandoned"),
@@ -256,7 +265,11 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     // An ended run is neither abandoned again nor resumed.
     let out = env.upshift(&["abandon", &run_id, "--why", "again"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("already ended (abandoned"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already ended (abandoned"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.upshift(&["resume", &run_id, "--json"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(
@@ -423,10 +436,15 @@ async fn simultaneous_applies_on_a_new_data_dir_one_runs_and_the_rest_exit_6() {
         let results = simultaneous_applies(&env, &data, n);
         let ran: Vec<_> = results.iter().filter(|(c, _)| *c == Some(0)).collect();
         let refused: Vec<_> = results.iter().filter(|(c, _)| *c == Some(6)).collect();
-        assert_eq!((ran.len(), refused.len()), (1, n - 1), "{n} at once: {results:#?}");
+        assert_eq!(
+            (ran.len(), refused.len()),
+            (1, n - 1),
+            "{n} at once: {results:#?}"
+        );
         for (_, err) in &refused {
             assert!(
-                err.contains("being worked on by upshift on") && err.contains("(apply --to 3.11.1)"),
+                err.contains("being worked on by upshift on")
+                    && err.contains("(apply --to 3.11.1)"),
                 "names the holder: {err}"
             );
             assert!(!err.contains("locked"), "{err}");

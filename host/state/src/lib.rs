@@ -827,7 +827,11 @@ mod tests {
                         rt.block_on(async {
                             let store = open(&path).await.map_err(|e| e.to_string())?;
                             store
-                                .acquire("kw", &format!("opener {i}"), std::time::Duration::from_secs(30))
+                                .acquire(
+                                    "kw",
+                                    &format!("opener {i}"),
+                                    std::time::Duration::from_secs(30),
+                                )
                                 .await
                                 .map(|_| true)
                                 .or_else(|e| match e {

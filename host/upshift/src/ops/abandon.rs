@@ -92,7 +92,11 @@ pub async fn abandon(session: &Session, run_id: &str, why: &str) -> Result<Aband
     let audit_seq = tokio::task::spawn_blocking(move || audit.append(event))
         .await
         .map_err(host)?
-        .map_err(|e| OpError::Host(format!("the abandon was not recorded in the audit log, and the run was left as it was: {e}")))?;
+        .map_err(|e| {
+            OpError::Host(format!(
+                "the abandon was not recorded in the audit log, and the run was left as it was: {e}"
+            ))
+        })?;
     let ended = session
         .state
         .abandon_run(&run.id, run.status, &why_masked)

@@ -440,14 +440,11 @@ impl Session {
                 format!("status running; its process ({holder}) is gone")
             }
             (RunStatus::Running, None) => {
-                "status running; the process that ran it stopped without ending it".to_string()
+                "status running, and no process holds the instance's lease: its host stopped without ending it".to_string()
             }
             (status, _) => format!("status {status}: it stopped for an operator"),
         };
-        let abandon = format!(
-            "`upshift abandon {} --why \"what you did\"`",
-            run.id
-        );
+        let abandon = format!("`upshift abandon {} --why \"what you did\"`", run.id);
         let next = if let Some(l) = later.first() {
             format!(
                 "It cannot be resumed: the later run {} ({}) superseded it. Once the instance is right, mark it ended with {abandon}.",
