@@ -57,6 +57,9 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Continue an upgrade after the host died in the middle of it.
     Resume(ResumeArgs),
+    /// End an unfinished run you have put right by hand, touching nothing (recorded in its
+    /// journal and the audit log).
+    Abandon(AbandonArgs),
     /// Queue instance upgrades for agents (needs --state postgres://…).
     Enqueue(EnqueueArgs),
     /// Claim queued upgrades and carry them out (needs --state postgres://…).
@@ -294,6 +297,19 @@ pub struct ResumeArgs {
     #[arg(long, value_name = "STEP")]
     pub step_done: Option<String>,
     /// Stream JSON events and print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift abandon`
+#[derive(Debug, Args)]
+pub struct AbandonArgs {
+    /// The unfinished run (`upshift history` lists runs).
+    pub run: String,
+    /// What you did by hand to the instance, and why the run is ended (required).
+    #[arg(long, required = true)]
+    pub why: String,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }

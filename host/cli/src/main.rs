@@ -252,6 +252,7 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Enqueue(args) => commands::runs::enqueue(&ctx, args).await,
         Command::Agent(args) => commands::runs::agent(&ctx, args).await,
         Command::Resume(args) => commands::runs::resume(&ctx, args).await,
+        Command::Abandon(args) => commands::runs::abandon(&ctx, args).await,
         Command::Backup(BackupArgs {
             action:
                 Some(BackupCommand::Verify {

@@ -57,6 +57,27 @@ pub enum LeaseError {
         /// Who holds it now, if anyone (` to <holder>`).
         by: String,
     },
+    /// The instance has an unfinished run: nothing new starts on it until that run is resumed
+    /// or abandoned.
+    #[error(
+        "instance `{instance}` has an unfinished run {run} ({kind}, started {started_at}, {state}); its last journaled step: {last_step}. Nothing was changed. {next}"
+    )]
+    Unfinished {
+        /// Instance.
+        instance: String,
+        /// The unfinished run's id.
+        run: String,
+        /// Its kind (`upgrade`, `restore`, `backup`).
+        kind: String,
+        /// When it started (RFC 3339).
+        started_at: String,
+        /// Its status and, if known, that its process is gone.
+        state: String,
+        /// Its last journaled step: phase, id, status, when it started and finished.
+        last_step: String,
+        /// The exact commands that finish it.
+        next: String,
+    },
     /// The store failed.
     #[error("lease store: {0}")]
     Store(String),
@@ -277,22 +298,34 @@ pub struct Held {
 
 impl Held {
     /// Acquire the lease of `instance` and start its heartbeat (every third of the TTL).
+    /// A lease held by anyone else, even a holder known to be dead, is refused ([`LeaseError::Held`]):
+    /// whether a dead holder's lease may be taken over depends on the run it left, which the
+    /// caller decides ([`Held::take_over`]).
     pub async fn acquire(
         store: Arc<dyn LeaseStore>,
         instance: &str,
         holder: &str,
         ttl: Duration,
     ) -> Result<Held, LeaseError> {
-        let lease = match store.acquire(instance, holder, ttl).await {
-            Err(LeaseError::Held {
-                holder: dead,
-                token,
-                ..
-            }) if holder_is_dead_here(&dead) => {
-                store.take_over(instance, token, holder, ttl).await?
-            }
-            other => other?,
-        };
+        let lease = store.acquire(instance, holder, ttl).await?;
+        Ok(Held::beat(store, lease, ttl))
+    }
+
+    /// Take over the lease held under `token` by a holder known to be dead, and start its
+    /// heartbeat.
+    pub async fn take_over(
+        store: Arc<dyn LeaseStore>,
+        instance: &str,
+        token: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Held, LeaseError> {
+        let lease = store.take_over(instance, token, holder, ttl).await?;
+        Ok(Held::beat(store, lease, ttl))
+    }
+
+    /// Hold `lease`, renewing it every third of the TTL.
+    fn beat(store: Arc<dyn LeaseStore>, lease: Lease, ttl: Duration) -> Held {
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = {
             let (store, lost, mut current) = (store.clone(), lost.clone(), lease.clone());
@@ -309,13 +342,13 @@ impl Held {
                 }
             })
         };
-        Ok(Held {
+        Held {
             store,
             lease,
             lost,
             heartbeat,
             released: false,
-        })
+        }
     }
 
     /// The lease.

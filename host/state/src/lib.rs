@@ -44,6 +44,9 @@ pub enum RunStatus {
     RolledBack,
     /// Failed and not rolled back: an operator is needed.
     Failed,
+    /// Ended by the operator (`upshift abandon`), who put the instance right by hand; the
+    /// host touched nothing when it was marked so.
+    Abandoned,
 }
 
 /// How a step ended.
@@ -83,7 +86,7 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(RunStatus { Running => "running", Succeeded => "succeeded", Refused => "refused", RolledBack => "rolled_back", Failed => "failed" });
+text_enum!(RunStatus { Running => "running", Succeeded => "succeeded", Refused => "refused", RolledBack => "rolled_back", Failed => "failed", Abandoned => "abandoned" });
 text_enum!(StepStatus { Started => "started", Succeeded => "succeeded", Failed => "failed", Skipped => "skipped", RolledBack => "rolled_back" });
 
 /// A run.
@@ -341,8 +344,26 @@ pub trait StateStore: LeaseStore {
         instance: Option<&'a str>,
         limit: usize,
     ) -> StateFuture<'a, Vec<RunRecord>>;
-    /// A run's steps: forward ones, then rollback ones, each in order.
+    /// A run's steps: forward ones, then rollback ones, each in order, then the operator's
+    /// (`abandon`).
     fn steps<'a>(&'a self, run_id: &'a str) -> StateFuture<'a, Vec<StepRecord>>;
+    /// The unfinished runs of `instance`, newest first (see [`store::UNFINISHED`]): runs
+    /// still `running` (under way, or their host died), and upgrades that stopped for an
+    /// operator at a forward step whose outcome is unknown (`failed`, a forward step journaled
+    /// as started and never as finished, no rollback begun) that no later run superseded, which
+    /// `upshift resume RUN --step-done STEP` can still finish.
+    fn unfinished_runs<'a>(&'a self, instance: &'a str) -> StateFuture<'a, Vec<RunRecord>>;
+    /// The runs of `run`'s instance that started after it (they supersede it), oldest first.
+    fn runs_after<'a>(&'a self, run: &'a RunRecord) -> StateFuture<'a, Vec<RunRecord>>;
+    /// Mark run `run_id` abandoned by the operator, if its status is still `expected`:
+    /// journal a step (phase `operator`, id `abandon`) holding `why`, and end the run with
+    /// status `abandoned`. Whether it was (false: its status changed meanwhile).
+    fn abandon_run<'a>(
+        &'a self,
+        run_id: &'a str,
+        expected: RunStatus,
+        why: &'a str,
+    ) -> StateFuture<'a, bool>;
     /// Catalogue a backup.
     fn insert_backup<'a>(&'a self, backup: &'a BackupRecord) -> StateFuture<'a, ()>;
     /// Mark a backup invalid (it failed verification) with the reason.
@@ -697,6 +718,144 @@ mod tests {
         );
         let err = store.runs(None, 5).await.expect_err("refused").to_string();
         assert!(err.contains("`paused`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unfinished_runs_are_running_ones_and_those_stopped_at_an_unknown_step() {
+        let (_dir, path, store) = fresh().await;
+        let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        // r1 ended; r2 stopped for an operator at a step whose outcome is unknown.
+        store
+            .insert_run(&run("r1", "a", "2026-01-01T00:00:00Z"))
+            .await
+            .expect("insert");
+        store
+            .finish_run("r1", RunStatus::Succeeded, None)
+            .await
+            .expect("finish");
+        store
+            .insert_run(&run("r2", "a", "2026-01-02T00:00:00Z"))
+            .await
+            .expect("insert");
+        store
+            .step_started("r2", 0, "stop", "stop it", "forward")
+            .await
+            .expect("step");
+        store
+            .step_finished("r2", 0, "forward", StepStatus::Succeeded, None, None)
+            .await
+            .expect("step");
+        store
+            .step_started("r2", 1, "migrate", "migrate", "forward")
+            .await
+            .expect("step");
+        store
+            .finish_run("r2", RunStatus::Failed, Some("unknown outcome"))
+            .await
+            .expect("finish");
+        assert_eq!(
+            ids(store.unfinished_runs("a").await.expect("q")),
+            ["r2"],
+            "stopped at an unknown step"
+        );
+        assert!(store.unfinished_runs("b").await.expect("q").is_empty());
+        // A failed run whose rollback ran is finished.
+        store
+            .step_started("r2", 0, "rollback-start", "start", "rollback")
+            .await
+            .expect("step");
+        assert!(store.unfinished_runs("a").await.expect("q").is_empty());
+        rusqlite::Connection::open(&path)
+            .expect("open")
+            .execute("DELETE FROM steps WHERE phase = 'rollback'", [])
+            .expect("undo");
+        // A later run supersedes it (same second: the later id wins), and is itself unfinished.
+        let r2 = store.run("r2").await.expect("get").expect("r2");
+        store
+            .insert_run(&run("r3", "a", "2026-01-02T00:00:00Z"))
+            .await
+            .expect("insert");
+        assert_eq!(ids(store.runs_after(&r2).await.expect("q")), ["r3"]);
+        assert_eq!(ids(store.unfinished_runs("a").await.expect("q")), ["r3"]);
+        let r3 = store.run("r3").await.expect("get").expect("r3");
+        assert!(store.runs_after(&r3).await.expect("q").is_empty());
+
+        // Abandoned: only from the status it had, with the reason journaled.
+        assert!(
+            !store
+                .abandon_run("r3", RunStatus::Failed, "x")
+                .await
+                .expect("cas")
+        );
+        assert!(
+            store
+                .abandon_run("r3", RunStatus::Running, "fixed by hand")
+                .await
+                .expect("abandon")
+        );
+        let r3 = store.run("r3").await.expect("get").expect("r3");
+        assert_eq!(r3.status, RunStatus::Abandoned);
+        assert!(r3.finished_at.is_some());
+        assert_eq!(
+            r3.message.as_deref(),
+            Some("abandoned by the operator: fixed by hand")
+        );
+        let steps = store.steps("r3").await.expect("steps");
+        assert_eq!(
+            (steps[0].phase.as_str(), steps[0].step_id.as_str()),
+            ("operator", "abandon")
+        );
+        assert_eq!(steps[0].output.as_deref(), Some("fixed by hand"));
+        assert!(store.unfinished_runs("a").await.expect("q").is_empty());
+    }
+
+    /// Case 6: many processes opening a brand-new state file at once all get it, schema
+    /// and all, and none reports "database is locked".
+    #[test]
+    fn many_openers_of_a_new_file_all_succeed() {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("state.db");
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let path = path.clone();
+                    std::thread::spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("runtime");
+                        rt.block_on(async {
+                            let store = open(&path).await.map_err(|e| e.to_string())?;
+                            store
+                                .acquire(
+                                    "kw",
+                                    &format!("opener {i}"),
+                                    std::time::Duration::from_secs(30),
+                                )
+                                .await
+                                .map(|_| true)
+                                .or_else(|e| match e {
+                                    crate::lease::LeaseError::Held { .. } => Ok(false),
+                                    other => Err(other.to_string()),
+                                })
+                        })
+                    })
+                })
+                .collect();
+            let results: Vec<Result<bool, String>> = threads
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .collect();
+            assert!(
+                results.iter().all(Result::is_ok),
+                "round {round}: {results:?}"
+            );
+            assert_eq!(
+                results.iter().filter(|r| matches!(r, Ok(true))).count(),
+                1,
+                "round {round}: exactly one holds the lease: {results:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -68,35 +68,94 @@ pub async fn open(path: &Path) -> Result<SqliteState, StateError> {
     }))
 }
 
+/// How long a statement waits for another process's write to the state database before
+/// SQLite reports it busy (several commands started at once on one data directory wait their
+/// turn instead of failing with "database is locked").
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn open_blocking(path: &Path, at: &str) -> Result<Connection, StateError> {
-    let sql = |source| StateError::Sqlite {
-        at: at.to_string(),
-        source,
-    };
     private(path).map_err(|source| StateError::Private {
         at: at.to_string(),
         source,
     })?;
-    let conn = Connection::open(path).map_err(sql)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(sql)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(sql)?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(sql)?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(sql)?;
+    // Setting up a brand-new file takes locks SQLite does not always wait for through its busy
+    // handler (switching to WAL, the first writer of the WAL index): those few steps are
+    // retried until BUSY_TIMEOUT has passed.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match set_up(path) {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            Err(Setup::Sqlite(source)) => {
+                return Err(StateError::Sqlite {
+                    at: at.to_string(),
+                    source,
+                });
+            }
+            Err(Setup::Newer(found)) => {
+                return Err(StateError::Newer {
+                    at: at.to_string(),
+                    found,
+                });
+            }
+            Ok(conn) => return Ok(conn),
+        }
+    }
+}
+
+/// Why setting up the connection failed.
+enum Setup {
+    Sqlite(rusqlite::Error),
+    Newer(i64),
+}
+
+impl From<rusqlite::Error> for Setup {
+    fn from(e: rusqlite::Error) -> Setup {
+        Setup::Sqlite(e)
+    }
+}
+
+fn is_busy(e: &Setup) -> bool {
+    matches!(
+        e,
+        Setup::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Open the connection, switch to WAL and create or migrate the schema: under one
+/// `BEGIN IMMEDIATE` transaction, so two processes opening a new file at once never both
+/// create it, and the second finds the first's schema.
+fn set_up(path: &Path) -> Result<Connection, Setup> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Another connection held the file in a mode that cannot change now: try again.
+        return Err(Setup::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some(format!("journal mode is {mode}, not wal")),
+        )));
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > SCHEMA {
-        return Err(StateError::Newer {
-            at: at.to_string(),
-            found: version,
-        });
+        return Err(Setup::Newer(version));
     }
     if version < SCHEMA {
-        conn.execute_batch(SCHEMA_SQL).map_err(sql)?;
-        conn.pragma_update(None, "user_version", SCHEMA)
-            .map_err(sql)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA {
+            return Err(Setup::Newer(version));
+        }
+        if version < SCHEMA {
+            tx.execute_batch(SCHEMA_SQL)?;
+            tx.pragma_update(None, "user_version", SCHEMA)?;
+        }
+        tx.commit()?;
     }
     Ok(conn)
 }

@@ -286,6 +286,22 @@ fn now() -> String {
 const RUN_COLUMNS: &str = "SELECT id, instance, product, adapter_digest, kind, from_version, to_version, status, \
      started_at, finished_at, plan_json, message FROM #runs";
 
+/// The runs' columns as [`RUN_COLUMNS`], from `#runs` named `r`.
+const RUN_COLUMNS_R: &str = "SELECT r.id, r.instance, r.product, r.adapter_digest, r.kind, r.from_version, r.to_version, \
+     r.status, r.started_at, r.finished_at, r.plan_json, r.message FROM #runs r";
+
+/// Whether run `r` is unfinished, in SQL: still `running`, or an upgrade that stopped for an
+/// operator at a forward step whose outcome is unknown (a forward step journaled as started
+/// and never as finished, no rollback begun) and that no later run of its instance superseded
+/// (`upshift resume RUN --step-done STEP` can still finish it). Abandoned, refused, rolled-back
+/// and succeeded runs are finished, and so is a failed run whose rollback failed (its steps all
+/// ended; the operator restores a backup).
+pub const UNFINISHED: &str = "(r.status = 'running' OR (r.status = 'failed' AND r.kind = 'upgrade' \
+     AND EXISTS (SELECT 1 FROM #steps s WHERE s.run_id = r.id AND s.phase = 'forward' AND s.status = 'started') \
+     AND NOT EXISTS (SELECT 1 FROM #steps s WHERE s.run_id = r.id AND s.phase = 'rollback') \
+     AND NOT EXISTS (SELECT 1 FROM #runs l WHERE l.instance = r.instance \
+       AND (l.started_at > r.started_at OR (l.started_at = r.started_at AND l.id > r.id)))))";
+
 const BACKUP_COLUMNS: &str = "SELECT id, instance, binding, run_id, method, location, source_database, \
      product_version, created_at, size_bytes, sha256, valid, note FROM #backups";
 
@@ -468,13 +484,71 @@ impl<E: Engine> StateStore for Store<E> {
         Box::pin(async move {
             self.all(
                 "SELECT run_id, seq, step_id, title, phase, status, started_at, finished_at, duration_ms, output, error
-                 FROM #steps WHERE run_id = $1 ORDER BY phase = 'rollback', seq",
+                 FROM #steps WHERE run_id = $1
+                 ORDER BY CASE phase WHEN 'forward' THEN 0 WHEN 'rollback' THEN 1 ELSE 2 END, seq",
                 params![run_id],
             )
             .await?
             .into_iter()
             .map(step_from)
             .collect()
+        })
+    }
+
+    fn unfinished_runs<'a>(&'a self, instance: &'a str) -> StateFuture<'a, Vec<RunRecord>> {
+        Box::pin(async move {
+            let sql = format!(
+                "{RUN_COLUMNS_R} WHERE r.instance = $1 AND {UNFINISHED} ORDER BY r.started_at DESC, r.id DESC"
+            );
+            self.all(&sql, params![instance])
+                .await?
+                .into_iter()
+                .map(run_from)
+                .collect()
+        })
+    }
+
+    fn runs_after<'a>(&'a self, run: &'a RunRecord) -> StateFuture<'a, Vec<RunRecord>> {
+        Box::pin(async move {
+            let sql = format!(
+                "{RUN_COLUMNS} WHERE instance = $1 AND id <> $2 AND (started_at > $3 OR (started_at = $3 AND id > $2))
+                 ORDER BY started_at, id"
+            );
+            self.all(&sql, params![&run.instance, &run.id, &run.started_at])
+                .await?
+                .into_iter()
+                .map(run_from)
+                .collect()
+        })
+    }
+
+    fn abandon_run<'a>(
+        &'a self,
+        run_id: &'a str,
+        expected: RunStatus,
+        why: &'a str,
+    ) -> StateFuture<'a, bool> {
+        let ms = crate::lease::now_ms();
+        Box::pin(async move {
+            let message = format!("abandoned by the operator: {why}");
+            let ended = self
+                .execute(
+                    "UPDATE #runs SET status = $2, message = $3, finished_at = $4 WHERE id = $1 AND status = $5",
+                    params![run_id, RunStatus::Abandoned.as_str(), &message, &now(), expected.as_str()],
+                )
+                .await?;
+            if ended != 1 {
+                return Ok(false);
+            }
+            self.execute(
+                "INSERT INTO #steps (run_id, seq, phase, step_id, title, status, started_at, started_ms, finished_at, duration_ms, output)
+                 VALUES ($1, 0, 'operator', 'abandon', 'abandoned by the operator', 'succeeded', $2, $3, $2, 0, $4)
+                 ON CONFLICT (run_id, phase, seq) DO UPDATE SET output = excluded.output,
+                   started_at = excluded.started_at, finished_at = excluded.finished_at",
+                params![run_id, &now(), ms, why],
+            )
+            .await?;
+            Ok(true)
         })
     }
 

@@ -6,7 +6,7 @@ use upshift::ops::apply::{self, PlanOutcome};
 use upshift::ops::{OpError, Session};
 
 use super::Ctx;
-use crate::cli::{AgentArgs, ApplyArgs, EnqueueArgs, PlanArgs, ResumeArgs};
+use crate::cli::{AbandonArgs, AgentArgs, ApplyArgs, EnqueueArgs, PlanArgs, ResumeArgs};
 use crate::{Exit, confirm, err_out, exit, out, print_json, record, ui, usage};
 
 /// `upshift plan`: detect and plan, or plan offline; touches nothing.
@@ -196,6 +196,28 @@ pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> Result<u8, Exit> {
     let report =
         upshift::ops::resume::resume(&session, &fleet, &args.run, args.step_done.as_deref()).await;
     finish_run(ui.as_deref(), report, args.json)
+}
+
+/// `upshift abandon`: end an unfinished run the operator put right by hand.
+pub async fn abandon(ctx: &Ctx, args: AbandonArgs) -> Result<u8, Exit> {
+    let session = ctx
+        .open_session(upshift::caps::EventSink::discard())
+        .await?;
+    let done = upshift::ops::abandon::abandon(&session, &args.run, &args.why).await?;
+    if args.json {
+        print_json(&done)?;
+    } else {
+        out(&format!(
+            "run {} ({} of `{}`, was {}) is abandoned: {}\nrecorded in its journal and as audit record {}; nothing on the instance was touched\n",
+            ui::v(&done.run_id),
+            ui::v(&done.kind),
+            ui::v(&done.instance),
+            done.was,
+            ui::v(&done.why),
+            done.audit_seq
+        ));
+    }
+    Ok(0)
 }
 
 /// Clear the bars, print a run report (text or JSON) and map its outcome to the exit code.

@@ -43,6 +43,7 @@ fn status_name(s: RunStatus) -> &'static str {
         RunStatus::Refused => "refused",
         RunStatus::RolledBack => "rolled-back",
         RunStatus::Failed => "needs-operator",
+        RunStatus::Abandoned => "abandoned",
     }
 }
 

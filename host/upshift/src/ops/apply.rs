@@ -804,9 +804,6 @@ pub async fn restore(
     into: Option<&str>,
     confirm: impl FnOnce(&Plan) -> bool,
 ) -> Result<RunReport, OpError> {
-    let held = session
-        .hold_lease(&instance.name, &format!("restore {backup_id}"))
-        .await?;
     let backup = session
         .state
         .backup(backup_id)
@@ -817,6 +814,15 @@ pub async fn restore(
                 "no backup `{backup_id}`; `upshift backups` lists them"
             ))
         })?;
+    // Restoring a backup the instance's stopped run took is the recovery that run's operator
+    // help names; any other unfinished run refuses the restore.
+    let held = session
+        .hold_lease_to_start(
+            &instance.name,
+            &format!("restore {backup_id}"),
+            backup.run_id.as_deref(),
+        )
+        .await?;
     if !backup.valid {
         return Err(OpError::Usage(format!(
             "backup `{backup_id}` is marked invalid ({}); choose another backup (`upshift backups`)",

@@ -1,6 +1,7 @@
 //! Operations on instances: plan, apply (with automatic rollback), backup, restore, and the
 //! offline planner. The CLI is a thin layer over these.
 
+pub mod abandon;
 pub mod agent;
 pub mod apply;
 pub mod backups;

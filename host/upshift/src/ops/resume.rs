@@ -159,11 +159,26 @@ pub async fn resume(
             run.kind, run.kind
         )));
     }
+    // A later run of the instance acted on what this one left: going on from this run's
+    // journal would undo or repeat over that run's work.
+    if let Some(later) = session.state.runs_after(&run).await.map_err(host)?.first() {
+        return Err(OpError::Usage(format!(
+            "run `{run_id}` cannot be resumed: the later run {} ({} {} → {}, started {}, {}) superseded it; once instance `{}` is right, mark it ended with `upshift abandon {run_id} --why \"…\"`",
+            later.id,
+            later.kind,
+            later.from_version,
+            later.to_version,
+            later.started_at,
+            later.status,
+            run.instance
+        )));
+    }
     let instance = fleet
         .instance(&run.instance)
         .map_err(|e| OpError::Usage(e.to_string()))?;
+    // Only the resume of a run takes over the lease its dead holder left.
     let held = session
-        .hold_lease(&instance.name, &format!("resume {run_id}"))
+        .hold_lease_for_run(&instance.name, &format!("resume {run_id}"))
         .await?;
     let (adapter, caps) = prepare(session, instance).await?;
     if adapter.digest != run.adapter_digest {

@@ -15,7 +15,7 @@ use crate::caps::{Caller, Event, EventSink, InstanceCaps, Secrets};
 use crate::fleet::{AdapterRef, Instance};
 use crate::grants::{Access, GrantSet};
 use crate::integrity::{StateAnchor, StateLedger, audit_log_key};
-use crate::lease::{Held, holder_name};
+use crate::lease::{Held, LeaseError, LeaseStore, holder_is_dead_here, holder_name};
 use crate::runtime::{LoadedAdapter, Manifest, Runtime};
 use crate::state::StateStore;
 
@@ -317,10 +317,174 @@ impl Session {
     }
 
     /// Take the lease of `instance` for this process (`label` says what for), with its
-    /// heartbeat; refused with the holder's name while someone else holds it.
+    /// heartbeat, to start a new run: refused with the holder's name while someone else holds
+    /// it, and with [`LeaseError::Unfinished`] (exit 6, naming the run, its last journaled
+    /// step and the commands that finish it) while the instance has an unfinished run
+    /// ([`crate::state::StateStore::unfinished_runs`]).
     pub async fn hold_lease(&self, instance: &str, label: &str) -> Result<Held, OpError> {
-        let store: Arc<dyn crate::lease::LeaseStore> = self.state.clone();
-        Ok(Held::acquire(store, instance, &holder_name(label), self.lease_ttl).await?)
+        self.hold_lease_to_start(instance, label, None).await
+    }
+
+    /// [`Session::hold_lease`], except that the run `exempt`, if it stopped for an operator
+    /// (status `failed`), does not stand in the way: a restore of a backup that run took is
+    /// the recovery its operator help names.
+    pub async fn hold_lease_to_start(
+        &self,
+        instance: &str,
+        label: &str,
+        exempt: Option<&str>,
+    ) -> Result<Held, OpError> {
+        let store: Arc<dyn LeaseStore> = self.state.clone();
+        let holder = holder_name(label);
+        let held = match Held::acquire(store.clone(), instance, &holder, self.lease_ttl).await {
+            Ok(held) => held,
+            Err(LeaseError::Held {
+                holder: dead,
+                token,
+                ..
+            }) if holder_is_dead_here(&dead) => {
+                // A holder that died after journaling its run left that run unfinished: only
+                // its resume (or abandon) takes the lease over. One that died before (while
+                // loading or planning) left nothing to finish.
+                self.refuse_unfinished(instance, exempt, Some(&dead))
+                    .await?;
+                Held::take_over(store, instance, token, &holder, self.lease_ttl).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Under the lease nobody else starts a run here: an unfinished one is there or not.
+        if let Err(e) = self.refuse_unfinished(instance, exempt, None).await {
+            let _ = held.release().await;
+            return Err(e);
+        }
+        Ok(held)
+    }
+
+    /// Take the lease of `instance` to go on with (or end) one of its runs: a holder known to
+    /// be dead here is taken over at once (it can only have been running that run, the
+    /// instance's one unfinished run); a live holder's lease is refused.
+    pub async fn hold_lease_for_run(&self, instance: &str, label: &str) -> Result<Held, OpError> {
+        let store: Arc<dyn LeaseStore> = self.state.clone();
+        let holder = holder_name(label);
+        match Held::acquire(store.clone(), instance, &holder, self.lease_ttl).await {
+            Ok(held) => Ok(held),
+            Err(LeaseError::Held {
+                holder: dead,
+                token,
+                ..
+            }) if holder_is_dead_here(&dead) => {
+                Ok(Held::take_over(store, instance, token, &holder, self.lease_ttl).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Refuse to start a run on `instance` while it has an unfinished run (other than a
+    /// stopped `exempt` one); `dead` names its holder if it is known to have died.
+    async fn refuse_unfinished(
+        &self,
+        instance: &str,
+        exempt: Option<&str>,
+        dead: Option<&str>,
+    ) -> Result<(), OpError> {
+        let host = |e: crate::state::StateError| OpError::Host(e.to_string());
+        let unfinished = self.state.unfinished_runs(instance).await.map_err(host)?;
+        let blocking = unfinished.into_iter().find(|r| {
+            !(Some(r.id.as_str()) == exempt && r.status == crate::state::RunStatus::Failed)
+        });
+        match blocking {
+            None => Ok(()),
+            Some(run) => Err(OpError::Busy(self.unfinished(&run, dead).await?)),
+        }
+    }
+
+    /// Why nothing new starts while `run` is unfinished: the run, its last journaled step and
+    /// the exact commands that finish it. `dead` names its holder if it is known to have died.
+    pub async fn unfinished(
+        &self,
+        run: &crate::state::RunRecord,
+        dead: Option<&str>,
+    ) -> Result<LeaseError, OpError> {
+        use crate::state::{RunStatus, StepStatus};
+        let host = |e: crate::state::StateError| OpError::Host(e.to_string());
+        let steps = self.state.steps(&run.id).await.map_err(host)?;
+        let later = self.state.runs_after(run).await.map_err(host)?;
+        let last_step = steps
+            .iter()
+            .filter(|s| s.phase != "operator")
+            .max_by(|a, b| a.started_at.cmp(&b.started_at))
+            .map_or_else(
+                || "none (it stopped before its first step)".to_string(),
+                |s| {
+                    format!(
+                        "{} step {} `{}` ({}), {} at {}{}",
+                        s.phase,
+                        s.seq + 1,
+                        s.step_id,
+                        s.title,
+                        if s.status == StepStatus::Started {
+                            "started"
+                        } else {
+                            s.status.as_str()
+                        },
+                        s.started_at,
+                        match &s.finished_at {
+                            Some(at) => format!(", finished at {at}"),
+                            None => ", never finished".to_string(),
+                        }
+                    )
+                },
+            );
+        let state = match (run.status, dead) {
+            (RunStatus::Running, Some(holder)) => {
+                format!("status running; its process ({holder}) is gone")
+            }
+            (RunStatus::Running, None) => {
+                "status running, and no process holds the instance's lease: its host stopped without ending it".to_string()
+            }
+            (status, _) => format!("status {status}: it stopped for an operator"),
+        };
+        let abandon = format!("`upshift abandon {} --why \"what you did\"`", run.id);
+        let next = if let Some(l) = later.first() {
+            format!(
+                "It cannot be resumed: the later run {} ({}) superseded it. Once the instance is right, mark it ended with {abandon}.",
+                l.id, l.kind
+            )
+        } else if run.status == RunStatus::Running {
+            format!(
+                "Finish it with `upshift resume {}` (it checks the instance and goes forward or rolls back), or, if you have put the instance right by hand, mark it ended with {abandon}.",
+                run.id
+            )
+        } else {
+            let unknown = steps
+                .iter()
+                .find(|s| s.phase == "forward" && s.status == StepStatus::Started)
+                .map_or("STEP", |s| s.step_id.as_str());
+            let backup = self
+                .state
+                .backups(Some(&run.instance))
+                .await
+                .map_err(host)?
+                .into_iter()
+                .find(|b| b.run_id.as_deref() == Some(run.id.as_str()));
+            format!(
+                "Its step `{unknown}` had an unknown outcome: once you have established that it completed, run `upshift resume {} --step-done {unknown}`; {}or, if you have put the instance right by hand, mark it ended with {abandon}.",
+                run.id,
+                backup.map_or_else(String::new, |b| format!(
+                    "to put the data and version back, run `upshift restore {} {}`; ",
+                    run.instance, b.id
+                ))
+            )
+        };
+        Ok(LeaseError::Unfinished {
+            instance: run.instance.clone(),
+            run: run.id.clone(),
+            kind: run.kind.clone(),
+            started_at: run.started_at.clone(),
+            state,
+            last_step: self.mask(&last_step).into_owned(),
+            next,
+        })
     }
 
     /// `text` with the session's secrets masked: what the journal and reports store.
