@@ -209,8 +209,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The data directory as an absolute path, resolved once against the working directory, so
+/// every location recorded under it (backups, snapshots) is absolute and means the same from
+/// any directory a later command runs in.
+fn absolute_data_dir(data: &Path) -> Result<PathBuf, Exit> {
+    std::path::absolute(data).map_err(|e| Exit {
+        code: 2,
+        error: anyhow::anyhow!(
+            "--data {}: cannot make it an absolute path ({e}); give an absolute path",
+            data.display()
+        ),
+    })
+}
+
 async fn run(cli: Cli) -> Result<u8, Exit> {
-    let data = cli.data.clone().unwrap_or_else(default_data_dir);
+    let data = absolute_data_dir(&cli.data.clone().unwrap_or_else(default_data_dir))?;
     let ctx = Ctx {
         builder: session_builder(&cli, &data)?,
         fleet: cli.fleet.clone(),
