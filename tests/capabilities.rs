@@ -340,6 +340,7 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         data_version: "1.0.0".into(),
         restore_source: None,
         lease: None,
+        swap_began: Default::default(),
     };
     let taken = ctx
         .perform(&Action::FilesSnapshot("data".into()))
@@ -399,6 +400,7 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         data_version: "1.0.0".into(),
         restore_source: None,
         lease: None,
+        swap_began: Default::default(),
     };
     let err = ctx
         .perform(&Action::FilesSnapshot("data".into()))

@@ -167,6 +167,7 @@ impl<'a> App<'a> {
             data_version: String::new(),
             restore_source: None,
             lease: None,
+            swap_began: Default::default(),
         })
     }
     async fn inspect(&self) -> Result<upshift::caps::service::Status, upshift::caps::CapError> {
@@ -374,6 +375,7 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
             data_version: "2.2.0".into(),
             restore_source: None,
             lease: None,
+            swap_began: Default::default(),
         };
         let err = ctx.perform(&switch(version)).await.expect_err("denied");
         assert!(err.contains(reason), "{err}");

@@ -109,6 +109,7 @@ async fn perform(
         data_version: "1.0.0".into(),
         restore_source: None,
         lease: None,
+        swap_began: Default::default(),
     };
     match ctx.perform(action).await {
         Ok(r) => format!("ok: {}", r.summary),

@@ -77,6 +77,7 @@ pub async fn custom_step(
         data_version: "1.0.0".into(),
         restore_source: None,
         lease: None,
+        swap_began: Default::default(),
     };
     let action = Action::Custom(CustomAction {
         name: name.into(),

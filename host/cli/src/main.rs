@@ -211,8 +211,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// The data directory as an absolute path, resolved once against the working directory, so
+/// every location recorded under it (backups, snapshots) is absolute and means the same from
+/// any directory a later command runs in. Its deepest existing ancestor is canonicalized, so
+/// `../` and symbolic links are resolved as the operating system resolves them.
+fn absolute_data_dir(data: &Path) -> Result<PathBuf, Exit> {
+    let absolute = std::path::absolute(data).map_err(|e| Exit {
+        code: 2,
+        error: anyhow::anyhow!(
+            "--data {}: cannot make it an absolute path ({e}); give an absolute path",
+            data.display()
+        ),
+    })?;
+    let mut rest = Vec::new();
+    let mut existing = absolute.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return Ok(rest.iter().rev().fold(real, |path, part| path.join(part)));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return Ok(absolute),
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<u8, Exit> {
-    let data = cli.data.clone().unwrap_or_else(default_data_dir);
+    let data = absolute_data_dir(&cli.data.clone().unwrap_or_else(default_data_dir))?;
     let ctx = Ctx {
         builder: session_builder(&cli, &data)?,
         fleet: cli.fleet.clone(),

@@ -368,6 +368,8 @@ pub trait StateStore: LeaseStore {
     fn insert_backup<'a>(&'a self, backup: &'a BackupRecord) -> StateFuture<'a, ()>;
     /// Mark a backup invalid (it failed verification) with the reason.
     fn mark_invalid<'a>(&'a self, id: &'a str, note: &'a str) -> StateFuture<'a, ()>;
+    /// Mark a backup valid again (a later verification passed) and clear the failure note.
+    fn mark_valid<'a>(&'a self, id: &'a str) -> StateFuture<'a, ()>;
     /// One backup.
     fn backup<'a>(&'a self, id: &'a str) -> StateFuture<'a, Option<BackupRecord>>;
     /// Backups, newest first.

@@ -576,6 +576,17 @@ impl<E: Engine> StateStore for Store<E> {
         })
     }
 
+    fn mark_valid<'a>(&'a self, id: &'a str) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute(
+                "UPDATE #backups SET valid = $2, note = NULL WHERE id = $1",
+                params![id, true],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
     fn backup<'a>(&'a self, id: &'a str) -> StateFuture<'a, Option<BackupRecord>> {
         Box::pin(async move {
             let sql = format!("{BACKUP_COLUMNS} WHERE id = $1");

@@ -80,29 +80,59 @@ impl Manifest {
     }
 
     /// Read `dir/manifest.json`, checking it against the sha256 recorded in the catalog.
-    pub fn read(dir: &Path, recorded_sha256: &str) -> Result<Manifest, String> {
+    pub fn read(dir: &Path, recorded_sha256: &str) -> Result<Manifest, BackupCheckError> {
         let path = dir.join(MANIFEST);
-        let bytes =
-            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes = std::fs::read(&path).map_err(|source| BackupCheckError::Unreadable {
+            path: path.clone(),
+            source,
+        })?;
         let sha = hex::encode(Sha256::digest(&bytes));
         if sha != recorded_sha256 {
-            return Err(format!(
+            return Err(BackupCheckError::Damaged(format!(
                 "{} does not match the sha256 recorded when the backup was taken",
                 path.display()
-            ));
+            )));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} does not parse: {e}", path.display()))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            BackupCheckError::Damaged(format!("{} does not parse: {e}", path.display()))
+        })
     }
+}
+
+/// Why a backup's files could not be confirmed: either they were read and differ from what was
+/// recorded (the backup is damaged), or a path could not be read at all (a missing or unmounted
+/// directory, a permission or I/O error), which says nothing about the backup itself.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupCheckError {
+    /// The bytes were read and do not match the catalog or the manifest.
+    #[error("{0}")]
+    Damaged(String),
+    /// A path could not be read; the backup may well be intact where it really is.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Every file under `dir` (except the manifest) with its size and sha256, sorted by path.
 pub fn hash_files(dir: &Path) -> Result<Vec<FileEntry>, CapError> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
+    hash_tree(dir).map_err(|e| CapError::Failed(format!("cannot hash {e}")))
+}
+
+/// [`hash_files`], naming the path that could not be read.
+fn hash_tree(dir: &Path) -> Result<Vec<FileEntry>, BackupCheckError> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> Result<(), BackupCheckError> {
+        let unreadable = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BackupCheckError::Unreadable { path, source }
+        };
+        for entry in std::fs::read_dir(dir).map_err(unreadable(dir))? {
+            let entry = entry.map_err(unreadable(dir))?;
             let path = entry.path();
-            if entry.file_type()?.is_dir() {
+            if entry.file_type().map_err(unreadable(&path))?.is_dir() {
                 walk(root, &path, out)?;
                 continue;
             }
@@ -115,8 +145,8 @@ pub fn hash_files(dir: &Path) -> Result<Vec<FileEntry>, CapError> {
                 continue;
             }
             let mut hasher = Sha256::new();
-            let mut file = std::fs::File::open(&path)?;
-            let size = std::io::copy(&mut file, &mut hasher)?;
+            let mut file = std::fs::File::open(&path).map_err(unreadable(&path))?;
+            let size = std::io::copy(&mut file, &mut hasher).map_err(unreadable(&path))?;
             out.push(FileEntry {
                 path: rel,
                 size,
@@ -126,25 +156,31 @@ pub fn hash_files(dir: &Path) -> Result<Vec<FileEntry>, CapError> {
         Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out)
-        .map_err(|e| CapError::Failed(format!("cannot hash {}: {e}", dir.display())))?;
+    walk(dir, dir, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
 /// Compare the files under `dir` with the manifest: the first missing, changed or extra file.
-pub fn verify_files(dir: &Path, manifest: &Manifest) -> Result<(), String> {
-    let found = hash_files(dir).map_err(|e| e.to_string())?;
+/// A file the manifest lists that is not there is unreadable, not damaged: the directory may be
+/// a wrong or half-mounted path, so only bytes that were read and differ condemn a backup.
+pub fn verify_files(dir: &Path, manifest: &Manifest) -> Result<(), BackupCheckError> {
+    let found = hash_tree(dir)?;
     for want in &manifest.files {
         match found.iter().find(|f| f.path == want.path) {
-            None => return Err(format!("{} is missing", want.path)),
+            None => {
+                return Err(BackupCheckError::Unreadable {
+                    path: dir.join(&want.path),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
             Some(f) if f.size != want.size || f.sha256 != want.sha256 => {
-                return Err(format!(
+                return Err(BackupCheckError::Damaged(format!(
                     "{} has changed since the backup was taken (sha256 {} ≠ recorded {})",
                     want.path,
-                    &f.sha256[..12],
-                    &want.sha256[..12]
-                ));
+                    f.sha256.get(..12).unwrap_or(&f.sha256),
+                    want.sha256.get(..12).unwrap_or(&want.sha256)
+                )));
             }
             Some(_) => {}
         }
@@ -153,7 +189,10 @@ pub fn verify_files(dir: &Path, manifest: &Manifest) -> Result<(), String> {
         .iter()
         .find(|f| !manifest.files.iter().any(|w| w.path == f.path))
     {
-        return Err(format!("{} is not part of the backup", extra.path));
+        return Err(BackupCheckError::Damaged(format!(
+            "{} is not part of the backup",
+            extra.path
+        )));
     }
     Ok(())
 }
@@ -272,17 +311,28 @@ mod tests {
         assert_eq!(Manifest::read(dir.path(), &sha).expect("read"), manifest);
         assert!(verify_files(dir.path(), &manifest).is_ok());
         std::fs::write(dir.path().join("3001.dat.gz"), b"rowz").expect("corrupt");
-        assert!(
-            verify_files(dir.path(), &manifest)
-                .unwrap_err()
-                .contains("3001.dat.gz has changed")
-        );
+        match verify_files(dir.path(), &manifest) {
+            Err(BackupCheckError::Damaged(why)) => assert!(why.contains("3001.dat.gz has changed")),
+            other => panic!("a changed file is damage: {other:?}"),
+        }
         std::fs::remove_file(dir.path().join("3001.dat.gz")).expect("remove");
-        assert!(
-            verify_files(dir.path(), &manifest)
-                .unwrap_err()
-                .contains("missing")
-        );
+        match verify_files(dir.path(), &manifest) {
+            Err(BackupCheckError::Unreadable { path, .. }) => {
+                assert!(path.ends_with("3001.dat.gz"), "{}", path.display())
+            }
+            other => panic!("a missing file is unreadable, not damage: {other:?}"),
+        }
+        std::fs::write(dir.path().join("3001.dat.gz"), b"rows").expect("repair");
+        std::fs::write(dir.path().join("extra"), b"x").expect("extra");
+        assert!(matches!(
+            verify_files(dir.path(), &manifest),
+            Err(BackupCheckError::Damaged(_))
+        ));
+        std::fs::remove_file(dir.path().join("extra")).expect("remove");
+        assert!(matches!(
+            Manifest::read(&dir.path().join("gone"), &sha),
+            Err(BackupCheckError::Unreadable { .. })
+        ));
         assert!(Manifest::read(dir.path(), "0".repeat(64).as_str()).is_err());
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::CapError;
 use crate::audit::SqlAudit;
-use crate::backup::manifest::{Manifest, TableFingerprint, verify_files};
+use crate::backup::manifest::{BackupCheckError, Manifest, TableFingerprint, verify_files};
 use crate::bindings::Value;
 use crate::guard::{Bound, Guard};
 use crate::limits::{MAX_SQL_BYTES, MAX_STATEMENTS};
@@ -226,6 +226,15 @@ impl DbBackend {
         }
     }
 
+    /// Whether database `name` exists on the bound server.
+    pub async fn database_exists(&self, name: &str) -> Result<bool, CapError> {
+        match self {
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`database_exists`")),
+            DbBackend::Postgres(b) => RestoreEngine::database_exists(b, name).await,
+            DbBackend::MySql(b) => RestoreEngine::database_exists(b, name).await,
+        }
+    }
+
     /// Swap `replacement` in under the bound name, keeping the current data as `keep_as`.
     pub async fn swap_in(&self, replacement: &str, keep_as: &str) -> Result<(), CapError> {
         match self {
@@ -358,10 +367,16 @@ async fn check_dump(dir: &Path, manifest_sha256: &str) -> Result<(), CapError> {
         .await
         .map_err(|e| CapError::Failed(format!("checking the backup failed: {e}")))?
         .map_err(|e| {
-            CapError::Failed(format!(
-                "backup {}: {e}; it is damaged and will not be restored",
-                dir.display()
-            ))
+            CapError::Failed(match e {
+                BackupCheckError::Damaged(_) => format!(
+                    "backup {}: {e}; it is damaged and will not be restored",
+                    dir.display()
+                ),
+                BackupCheckError::Unreadable { .. } => format!(
+                    "backup {}: {e}; it was not restored (make the path readable and run the command again)",
+                    dir.display()
+                ),
+            })
         })
 }
 

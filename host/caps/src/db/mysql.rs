@@ -634,10 +634,16 @@ impl MySqlBackend {
                     )
                 }))
                 .collect();
-            if !moves.is_empty() {
-                conn.query_drop(format!("RENAME TABLE {}", moves.join(", ")))
+            if !moves.is_empty()
+                && let Err(e) = conn
+                    .query_drop(format!("RENAME TABLE {}", moves.join(", ")))
                     .await
-                    .map_err(|e| failed("cannot swap the tables in (nothing was moved)", e))?;
+            {
+                // `RENAME TABLE` is atomic: nothing moved, so the empty `keep_as` goes too.
+                let _ = conn
+                    .query_drop(format!("DROP DATABASE {}", quote(keep_as)))
+                    .await;
+                return Err(failed("cannot swap the tables in (nothing was moved)", e));
             }
             conn.query_drop(format!("DROP DATABASE {}", quote(replacement)))
                 .await

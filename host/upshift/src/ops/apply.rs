@@ -866,35 +866,87 @@ pub async fn restore(
     plan::validate(&plan).map_err(|r| fault(session, &adapter, "plan-restore", r))?;
     plan::check_grants(&plan, caps.grants(), &instance.name)
         .map_err(|why| ungranted(&adapter, &caps, "plan-restore", why))?;
+    refuse_existing_targets(&instance.name, &caps, &plan).await?;
     if !confirm(&plan) {
         return Err(OpError::Usage("not confirmed; nothing was changed".into()));
     }
+    // What the services were before anything is touched: a restore that fails before its swap
+    // puts exactly this back.
+    let prior = prior_of(&plan, &caps).await?;
     let run = new_run(
         instance,
         &adapter,
         "restore",
         &from,
         &backup.product_version,
-        serde_json::json!({ "plan": plan, "backup": backup.id }).to_string(),
+        serde_json::json!({ "plan": plan, "backup": backup.id, "prior": prior }).to_string(),
     );
     let ctx =
         RunContext::begin(session, &adapter, &caps, &held, &run, Some(backup.clone())).await?;
-    let Forward { lines, failure, .. } = run_forward(&ctx, &plan.steps).await;
-    let (outcome, status, help) = match &failure {
-        None => (Outcome::Succeeded, RunStatus::Succeeded, None),
-        Some(why) => (
-            Outcome::NeedsOperator,
-            RunStatus::Failed,
-            Some(operator_help(&instance.name, &caps, std::slice::from_ref(&backup), why).await),
-        ),
+    let forward = run_forward(&ctx, &plan.steps).await;
+    let Some(failure) = forward.failure.clone() else {
+        session
+            .state
+            .finish_run(&run.id, RunStatus::Succeeded, None)
+            .await
+            .map_err(host)?;
+        return Ok(RunReport {
+            run_id: run.id.clone(),
+            instance: instance.name.clone(),
+            from_version: from,
+            to_version: backup.product_version.clone(),
+            outcome: Outcome::Succeeded,
+            steps: forward.lines,
+            checks: Vec::new(),
+            backups: vec![backup],
+            refusal: None,
+            failure: None,
+            rollback_command: None,
+            operator_help: None,
+            denials: denials(session, &run.id).await,
+        });
     };
+    if !replaced_data(&ctx, &plan.steps, &forward.reached) {
+        // Nothing was replaced: undo what the run did to the services (stop, switch) with the
+        // host's own rollback, as a failed upgrade is undone.
+        let undo = plan::rollback(
+            &plan.steps[..forward.reached.len()],
+            &forward.reached,
+            &prior,
+        );
+        if undo.is_empty() {
+            let message = format!("{failure}; nothing was changed");
+            session
+                .state
+                .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&message)))
+                .await
+                .map_err(host)?;
+            return Err(OpError::Host(format!(
+                "restore of backup `{}` failed (run {}): {message}",
+                backup.id, run.id
+            )));
+        }
+        let mut report = conclude(
+            &ctx,
+            instance,
+            &plan,
+            &prior,
+            &from,
+            &from,
+            forward,
+            0,
+        )
+        .await?;
+        report.to_version = backup.product_version.clone();
+        report.backups = vec![backup];
+        return Ok(report);
+    }
+    // Live data was (perhaps partly) replaced: an operator decides; the help says exactly
+    // what was done and what is left.
+    let help = restore_help(&instance.name, &caps, &backup, &forward.lines, &failure).await;
     session
         .state
-        .finish_run(
-            &run.id,
-            status,
-            failure.as_deref().map(|f| session.mask(f)).as_deref(),
-        )
+        .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&failure)))
         .await
         .map_err(host)?;
     Ok(RunReport {
@@ -902,14 +954,107 @@ pub async fn restore(
         instance: instance.name.clone(),
         from_version: from,
         to_version: backup.product_version.clone(),
-        outcome,
-        steps: lines,
+        outcome: Outcome::NeedsOperator,
+        steps: forward.lines,
         checks: Vec::new(),
         backups: vec![backup],
         refusal: None,
-        failure,
+        failure: Some(failure),
         rollback_command: None,
-        operator_help: help,
+        operator_help: Some(help),
         denials: denials(session, &run.id).await,
     })
+}
+
+/// Whether a failed restore run replaced any live data: its swap began, or a step that changes
+/// data (a start, a mutating adapter step, a restore) finished before the failure.
+fn replaced_data(
+    ctx: &RunContext<'_>,
+    steps: &[crate::runtime::bindings::Step],
+    reached: &[Reached],
+) -> bool {
+    ctx.swap_began.load(std::sync::atomic::Ordering::SeqCst)
+        || steps
+            .iter()
+            .zip(reached)
+            .any(|(step, how)| matches!(how, Reached::Done(_)) && plan::changes_data(&step.action))
+}
+
+/// Refuse a restore into a new database that already exists, before anything is stopped.
+async fn refuse_existing_targets(
+    instance: &str,
+    caps: &InstanceCaps,
+    plan: &Plan,
+) -> Result<(), OpError> {
+    for step in &plan.steps {
+        let Action::DbRestore(a) = &step.action else {
+            continue;
+        };
+        let crate::runtime::bindings::RestoreTarget::NewDatabase(name) = &a.target else {
+            continue;
+        };
+        if !crate::caps::db::plain_ident(name) {
+            return Err(OpError::Usage(format!(
+                "`{name}` is not a plain database name (lowercase letters, digits, `_`); give another name with --into; nothing was changed"
+            )));
+        }
+        let exists = caps
+            .db()
+            .restore(&a.binding, "host restore preflight", async |db| {
+                db.database_exists(name).await
+            })
+            .await
+            .map_err(|e| {
+                OpError::Host(format!(
+                    "instance `{instance}`: cannot check whether database `{name}` exists: {e}; nothing was changed"
+                ))
+            })?;
+        if exists {
+            return Err(OpError::Usage(format!(
+                "database `{name}` already exists on the server of instance `{instance}`'s binding `{}`; restore into a name that does not exist yet (--into NEW_NAME), or drop `{name}` first if it is no longer needed; nothing was stopped or changed",
+                a.binding
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What an operator needs after a restore failed once it had begun replacing live data: what
+/// each step did, the services' state now, and how to finish.
+async fn restore_help(
+    instance: &str,
+    caps: &InstanceCaps,
+    backup: &BackupRecord,
+    lines: &[StepLine],
+    failure: &str,
+) -> String {
+    let mut out = format!(
+        "The restore of backup {} into instance `{instance}` failed after it began replacing live data ({failure}).\nWhat it did:\n",
+        backup.id
+    );
+    for l in lines {
+        out.push_str(&format!(
+            "  {} {}: {}\n",
+            if l.ok { "done" } else { "FAILED" },
+            l.id,
+            l.message
+        ));
+    }
+    out.push_str("Its state now:\n");
+    for name in caps.service().bindings() {
+        match caps.service().inspect(name, Some("operator help")).await {
+            Ok(s) => out.push_str(&format!(
+                "  service `{name}`: {} version {} ({})\n",
+                if s.running { "running" } else { "stopped" },
+                s.version,
+                s.detail
+            )),
+            Err(e) => out.push_str(&format!("  service `{name}`: cannot inspect: {e}\n")),
+        }
+    }
+    out.push_str(&format!(
+        "The data replaced by the restore is kept as the step above says (never dropped by Upshift). Fix what the failed step reports, then either finish the remaining steps by hand or run the restore again — it rebuilds the database from backup {} once more:\n  upshift restore {instance} {}\n",
+        backup.id, backup.id
+    ));
+    out
 }

@@ -1,13 +1,13 @@
 //! `upshift backup verify`: prove a backup is intact and, with a trial restore, that it restores
 //! to exactly the data it was taken from.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::caps::InstanceCaps;
-use crate::caps::backup::manifest::{Manifest, compare_tables, verify_files};
+use crate::caps::backup::manifest::{BackupCheckError, Manifest, compare_tables, verify_files};
 use crate::caps::db::BackupSource;
 use crate::fleet::Fleet;
 use crate::state::BackupRecord;
@@ -66,9 +66,38 @@ async fn caps_for(
     Ok(caps)
 }
 
+/// Where a dump's or snapshot's files are. Locations are catalogued as absolute paths; a
+/// catalog written before that may hold a relative one — the data directory as it was given,
+/// joined with `backups/<id>` — which is read as this data directory's own `backups/<id>`. Any
+/// other relative location cannot be placed and is refused with what to do.
+pub fn backup_path(session: &Session, backup: &BackupRecord) -> Result<PathBuf, OpError> {
+    let recorded = Path::new(&backup.location);
+    if recorded.is_absolute() {
+        return Ok(recorded.to_path_buf());
+    }
+    let mut tail = recorded.components().rev();
+    let made_in_data_dir = tail
+        .next()
+        .is_some_and(|c| c.as_os_str() == backup.id.as_str())
+        && tail.next().is_some_and(|c| c.as_os_str() == "backups");
+    let own = session.backups_dir().join(&backup.id);
+    let own = std::path::absolute(&own).unwrap_or(own);
+    if made_in_data_dir {
+        return Ok(own);
+    }
+    Err(OpError::Host(format!(
+        "backup `{}` is catalogued at the relative location `{}`, which names no place under the data directory; move its files to {} and run the command again",
+        backup.id,
+        backup.location,
+        own.display()
+    )))
+}
+
 /// Verify backup `id`: its manifest, its files (dumps), its contents (clones), and with
-/// `restore_test` a restore into a scratch database compared table by table. A backup that
-/// fails is marked invalid, so it is never restored.
+/// `restore_test` a restore into a scratch database compared table by table. A backup whose
+/// bytes were read and differ from what was recorded is marked invalid, so it is never
+/// restored; a later verification that passes marks it valid again. A path that cannot be
+/// read (missing, unmounted, unreadable) is an error naming it: the catalog is left as it was.
 pub async fn verify(
     session: &Session,
     fleet: Option<&Fleet>,
@@ -81,6 +110,11 @@ pub async fn verify(
         .await
         .map_err(|e| OpError::Host(e.to_string()))?
         .ok_or_else(|| OpError::Usage(format!("no backup `{id}`; `upshift backups` lists them")))?;
+    let unreadable = |e: BackupCheckError| {
+        OpError::Host(format!(
+            "backup `{id}` could not be checked: {e}; nothing was marked (bring the path back or make it readable, then verify again)"
+        ))
+    };
     let dir = session.backups_dir().join(&backup.id);
     let mut checks = Vec::new();
     let manifest = match Manifest::read(&dir, backup.sha256.as_deref().unwrap_or_default()) {
@@ -97,14 +131,19 @@ pub async fn verify(
             ));
             Some(m)
         }
-        Err(e) => {
-            checks.push(check("manifest", false, e));
+        Err(e @ BackupCheckError::Unreadable { .. }) => return Err(unreadable(e)),
+        Err(e @ BackupCheckError::Damaged(_)) => {
+            checks.push(check("manifest", false, e.to_string()));
             None
         }
     };
     if let Some(manifest) = &manifest {
         if backup.method == "dump" {
-            let files = verify_files(Path::new(&backup.location), manifest);
+            let location = backup_path(session, &backup)?;
+            let checked = manifest.clone();
+            let files = tokio::task::spawn_blocking(move || verify_files(&location, &checked))
+                .await
+                .map_err(|e| OpError::Host(format!("checking the backup's files failed: {e}")))?;
             checks.push(match files {
                 Ok(()) => check(
                     "files",
@@ -115,7 +154,8 @@ pub async fn verify(
                         manifest.size()
                     ),
                 ),
-                Err(e) => check("files", false, e),
+                Err(e @ BackupCheckError::Unreadable { .. }) => return Err(unreadable(e)),
+                Err(e @ BackupCheckError::Damaged(_)) => check("files", false, e.to_string()),
             });
         }
         let intact = checks.iter().all(|c| c.passed);
@@ -127,29 +167,37 @@ pub async fn verify(
                     db.fingerprint_like(&backup.location, &manifest.tables)
                         .await
                 })
-                .await;
-            checks.push(match found {
-                Ok(found) => {
-                    let diffs = compare_tables(&manifest.tables, &found);
-                    check(
-                        "contents",
-                        diffs.is_empty(),
-                        if diffs.is_empty() {
-                            "every table matches".to_string()
-                        } else {
-                            diffs.join("; ")
-                        },
-                    )
-                }
-                Err(e) => check("contents", false, e.to_string()),
-            });
+                .await
+                .map_err(|e| {
+                    OpError::Host(format!(
+                        "backup `{id}` could not be checked: clone database `{}`: {e}; nothing was marked",
+                        backup.location
+                    ))
+                })?;
+            let diffs = compare_tables(&manifest.tables, &found);
+            checks.push(check(
+                "contents",
+                diffs.is_empty(),
+                if diffs.is_empty() {
+                    "every table matches".to_string()
+                } else {
+                    diffs.join("; ")
+                },
+            ));
         }
         if restore_test && intact {
             checks.push(trial_restore(session, fleet, &backup, manifest).await?);
         }
     }
     let ok = checks.iter().all(|c| c.passed);
-    if !ok {
+    let marked = if ok {
+        // Damage recorded by an earlier verification is gone (the bytes were put back).
+        if backup.valid {
+            Ok(())
+        } else {
+            session.state.mark_valid(&backup.id).await
+        }
+    } else {
         let why = checks
             .iter()
             .filter(|c| !c.passed)
@@ -163,8 +211,8 @@ pub async fn verify(
                 &session.mask(&format!("verification failed: {why}")),
             )
             .await
-            .map_err(|e| OpError::Host(e.to_string()))?;
-    }
+    };
+    marked.map_err(|e| OpError::Host(e.to_string()))?;
     let backup = session
         .state
         .backup(id)
@@ -184,7 +232,7 @@ async fn trial_restore(
     let scratch = format!("upshift_verify_{}", backup.id.replace('-', "_"));
     let source = match backup.method.as_str() {
         "dump" => BackupSource::Dump {
-            dir: backup.location.clone().into(),
+            dir: backup_path(session, backup)?,
             manifest_sha256: backup.sha256.clone().unwrap_or_default(),
         },
         _ => BackupSource::Clone(backup.location.clone()),
@@ -201,27 +249,26 @@ async fn trial_restore(
         })
         .await
         .map_err(|e| OpError::Host(e.to_string()))?;
-    Ok(match restored {
-        Ok(found) => {
-            let diffs = compare_tables(&manifest.tables, &found);
-            let rows: i64 = found.values().map(|t| t.rows).sum();
-            let mut detail = if diffs.is_empty() {
-                format!(
-                    "restored into `{scratch}`: {} tables, {rows} rows, every table matches",
-                    found.len()
-                )
-            } else {
-                diffs.join("; ")
-            };
-            if let Err(e) = dropped {
-                detail.push_str(&format!(" (the scratch database was not dropped: {e})"));
-            }
-            check("restore-test", diffs.is_empty(), detail)
-        }
-        Err(e) => check(
-            "restore-test",
-            false,
-            format!("the trial restore failed: {e}"),
-        ),
-    })
+    // A trial restore that could not run (the server's disk, a missing tool) proves nothing
+    // about the backup: an error, and the catalog is left alone.
+    let found = restored.map_err(|e| {
+        OpError::Host(format!(
+            "backup `{}` could not be restore-tested: the trial restore failed: {e}; nothing was marked",
+            backup.id
+        ))
+    })?;
+    let diffs = compare_tables(&manifest.tables, &found);
+    let rows: i64 = found.values().map(|t| t.rows).sum();
+    let mut detail = if diffs.is_empty() {
+        format!(
+            "restored into `{scratch}`: {} tables, {rows} rows, every table matches",
+            found.len()
+        )
+    } else {
+        diffs.join("; ")
+    };
+    if let Err(e) = dropped {
+        detail.push_str(&format!(" (the scratch database was not dropped: {e})"));
+    }
+    Ok(check("restore-test", diffs.is_empty(), detail))
 }

@@ -2,6 +2,7 @@
 //! custom steps through the adapter's `run-step`, each journaled before and after it runs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use std::path::Path;
@@ -36,6 +37,10 @@ pub struct RunContext<'a> {
     pub restore_source: Option<BackupRecord>,
     /// The instance's lease: checked (fencing) before every step.
     pub lease: Option<&'a Held>,
+    /// Set once a restore step began replacing live data (the swap by rename started, or
+    /// finished); a restore that fails while it is unset changed no data and can be undone by
+    /// starting the services again.
+    pub swap_began: AtomicBool,
 }
 
 impl<'a> RunContext<'a> {
@@ -85,6 +90,7 @@ impl<'a> RunContext<'a> {
                 .map_or_else(|| run.from_version.clone(), |b| b.product_version.clone()),
             restore_source,
             lease: Some(lease),
+            swap_began: AtomicBool::new(false),
         }
     }
 }
@@ -412,7 +418,7 @@ impl RunContext<'_> {
         method: BackupMethod,
     ) -> Result<BackupRecord, CapError> {
         let id = crate::state::new_backup_id();
-        let dir = self.session.backups_dir().join(&id);
+        let dir = absolute(&self.session.backups_dir().join(&id));
         let (method_name, location, size, sha) = match method {
             BackupMethod::Snapshot => {
                 return Err(CapError::Invalid(
@@ -473,12 +479,26 @@ impl RunContext<'_> {
         namespace: &[crate::runtime::bindings::NamespaceColumn],
         via: &str,
     ) -> Result<String, CapError> {
+        let backup = backup.and_then(|b| self.located(b));
         self.caps
             .db()
             .restore(binding, via, async |db| {
-                restore_with(db, backup?, target, namespace).await
+                restore_with(db, &backup?, target, namespace, &self.swap_began).await
             })
             .await
+    }
+
+    /// `backup` with its files' location made absolute (an old catalog's relative one is read
+    /// under this data directory, see [`super::backups::backup_path`]); a clone's location is a
+    /// database name and stays as it is.
+    fn located(&self, backup: &BackupRecord) -> Result<BackupRecord, CapError> {
+        let mut backup = backup.clone();
+        if backup.method != "clone" {
+            let path = super::backups::backup_path(self.session, &backup)
+                .map_err(|e| CapError::Failed(e.to_string()))?;
+            backup.location = path.display().to_string();
+        }
+        Ok(backup)
     }
 
     /// Snapshot a files binding into the data directory and record it in the catalog.
@@ -493,7 +513,7 @@ impl RunContext<'_> {
 
     async fn snapshot_of(&self, binding: &str, root: &Path) -> Result<BackupRecord, CapError> {
         let id = crate::state::new_backup_id();
-        let dest = self.session.backups_dir().join(&id);
+        let dest = absolute(&self.session.backups_dir().join(&id));
         let (manifest, sha) = crate::caps::backup::snapshot::snapshot_blocking(root, &dest).await?;
         let size: u64 = manifest
             .entries
@@ -536,14 +556,14 @@ impl RunContext<'_> {
         self.caps
             .files()
             .restore(binding, via, async |root| {
-                let source = backup?;
+                let source = self.located(backup?)?;
                 if source.method != "snapshot" || source.binding != binding {
                     return Err(CapError::Invalid(format!(
                         "backup {} is a {} of `{}`, not a snapshot of `{binding}`",
                         source.id, source.method, source.binding
                     )));
                 }
-                restore_files_into(root, source).await
+                restore_files_into(root, &source, &self.swap_began).await
             })
             .await
     }
@@ -594,6 +614,7 @@ async fn restore_with(
     backup: &BackupRecord,
     target: &RestoreTarget,
     namespace: &[crate::runtime::bindings::NamespaceColumn],
+    swap_began: &AtomicBool,
 ) -> Result<String, CapError> {
     if !backup.valid {
         return Err(CapError::Failed(format!(
@@ -619,7 +640,25 @@ async fn restore_with(
             let staging = clone_name(db.database(), &format!("restoring_{tag}"));
             let keep = clone_name(db.database(), &format!("pre_restore_{tag}"));
             db.materialize(&staging, &source).await?;
-            db.swap_in(&staging, &keep).await?;
+            swap_began.store(true, Ordering::SeqCst);
+            if let Err(e) = db.swap_in(&staging, &keep).await {
+                // The swap undoes itself where it can: with the bound database still in
+                // place and nothing kept, no data changed, and the copy is dropped.
+                let untouched = matches!(db.database_exists(db.database()).await, Ok(true))
+                    && matches!(db.database_exists(&keep).await, Ok(false));
+                if !untouched {
+                    return Err(e);
+                }
+                swap_began.store(false, Ordering::SeqCst);
+                return Err(match db.drop_database(&staging).await {
+                    Ok(()) => CapError::Failed(format!(
+                        "{e}; the live database was left as it was and the restored copy `{staging}` was dropped"
+                    )),
+                    Err(d) => CapError::Failed(format!(
+                        "{e}; the live database was left as it was, but the restored copy `{staging}` could not be dropped ({d}): drop it by hand"
+                    )),
+                });
+            }
             Ok(format!(
                 "restored {} into `{}`; the replaced database is kept as `{keep}`",
                 backup.id,
@@ -635,7 +674,14 @@ async fn restore_with(
             db.materialize(name, &source).await?;
             let mut rewritten = 0;
             for col in namespace {
-                rewritten += db.rewrite_namespace(name, &col.table, &col.column).await?;
+                match db.rewrite_namespace(name, &col.table, &col.column).await {
+                    Ok(n) => rewritten += n,
+                    Err(e) => {
+                        // The new database is this restore's own: a half-made one goes.
+                        let _ = db.drop_database(name).await;
+                        return Err(e);
+                    }
+                }
             }
             Ok(format!(
                 "restored {} into new database `{name}` ({rewritten} namespace row(s) rewritten from `{}`)",
@@ -647,21 +693,41 @@ async fn restore_with(
 }
 
 /// Restore the snapshot `backup` over the directory `root`: built beside, swapped in by rename.
-async fn restore_files_into(root: &Path, backup: &BackupRecord) -> Result<String, CapError> {
+/// `swap_began` is set unless it failed with `root` untouched (nothing moved aside).
+async fn restore_files_into(
+    root: &Path,
+    backup: &BackupRecord,
+    swap_began: &AtomicBool,
+) -> Result<String, CapError> {
     let tag = crate::state::new_backup_id().replace("bk-", "");
-    let kept = crate::caps::backup::snapshot::restore_blocking(
+    let restored = crate::caps::backup::snapshot::restore_blocking(
         Path::new(&backup.location),
         backup.sha256.as_deref().unwrap_or_default(),
         root,
         &tag,
     )
-    .await?;
+    .await;
+    let moved_aside = root.file_name().is_some_and(|name| {
+        let mut aside = name.to_os_string();
+        aside.push(format!(".upshift-replaced-{tag}"));
+        root.with_file_name(aside).exists()
+    });
+    if restored.is_ok() || moved_aside || !root.exists() {
+        swap_began.store(true, Ordering::SeqCst);
+    }
+    let kept = restored?;
     Ok(format!(
         "restored {} into {}; the replaced tree is kept at {}",
         backup.id,
         root.display(),
         kept.display()
     ))
+}
+
+/// `path` made absolute against the working directory (as it is if that cannot be read), so a
+/// catalogued location means the same from anywhere.
+fn absolute(path: &Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The backup or snapshot a run's step took.

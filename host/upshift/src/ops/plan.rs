@@ -348,7 +348,7 @@ pub enum Reached {
     Started,
 }
 
-fn changes_data(action: &Action) -> bool {
+pub(super) fn changes_data(action: &Action) -> bool {
     match action {
         Action::ServiceStart(_) | Action::DbRestore(_) | Action::FilesRestore(_) => true,
         Action::Custom(c) => c.mutates,
