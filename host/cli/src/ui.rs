@@ -301,6 +301,12 @@ pub fn run_text(report: &RunReport) -> String {
         .bold(),
     };
     out.push_str(&format!("{headline}\n"));
+    // What resume found (the operator help repeats it when resume stopped before acting).
+    if report.operator_help.is_none() {
+        for f in &report.found {
+            out.push_str(&format!("  found: {}\n", v(f)));
+        }
+    }
     if let Some(r) = &report.refusal {
         out.push_str(&format!("  rule `{}`: {}\n", v(&r.rule), v(&r.reason)));
         if !r.path.is_empty() {

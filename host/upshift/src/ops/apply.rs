@@ -108,6 +108,9 @@ pub struct RunReport {
     pub operator_help: Option<String>,
     /// Denied capability calls during this run.
     pub denials: Vec<AuditRecord>,
+    /// What `resume` found when it compared the instance with the run's journal, one line each
+    /// (empty for runs that were not resumed).
+    pub found: Vec<String>,
 }
 
 fn now() -> String {
@@ -363,6 +366,9 @@ pub(super) struct Forward {
     pub(super) reached: Vec<Reached>,
     pub(super) backups: Vec<(String, BackupRecord)>,
     pub(super) failure: Option<String>,
+    /// A resumed run: its rollback checks each action's effect before doing it, and the data's
+    /// version before it starts a service.
+    pub(super) resumed: bool,
 }
 
 /// Run `steps` in order, journaled, stopping at the first failure.
@@ -460,6 +466,7 @@ pub async fn apply(
                 rollback_command: None,
                 operator_help: None,
                 denials: Vec::new(),
+                found: Vec::new(),
             });
         }
         PlanOutcome::Plan(p) => p.clone(),
@@ -505,6 +512,7 @@ pub(super) async fn conclude(
         reached,
         backups,
         mut failure,
+        resumed,
     } = forward;
     let mut checks = Vec::new();
     if failure.is_none() {
@@ -578,6 +586,7 @@ pub(super) async fn conclude(
             rollback_command,
             operator_help: None,
             denials: denials(session, run_id).await,
+            found: Vec::new(),
         });
     };
     // Roll back: the host's own plan, never the adapter's.
@@ -589,6 +598,17 @@ pub(super) async fn conclude(
         let title = action.describe();
         let r = ctx
             .step("rollback", i as u32, i + 1, n, &id, &title, async || {
+                if resumed {
+                    if let Some(done) = super::resume::already_done(ctx, action).await? {
+                        return Ok(StepResult {
+                            summary: done,
+                            backup: None,
+                        });
+                    }
+                    if let RollbackAction::Start { binding } = action {
+                        super::resume::safe_to_start(ctx, binding).await?;
+                    }
+                }
                 ctx.perform_rollback(action, &backups).await
             })
             .await;
@@ -640,6 +660,7 @@ pub(super) async fn conclude(
         rollback_command: None,
         operator_help: help,
         denials: denials(session, run_id).await,
+        found: Vec::new(),
     })
 }
 
@@ -860,6 +881,7 @@ pub async fn restore(
                 rollback_command: None,
                 operator_help: None,
                 denials: Vec::new(),
+                found: Vec::new(),
             });
         }
     };
@@ -963,6 +985,7 @@ pub async fn restore(
         rollback_command: None,
         operator_help: Some(help),
         denials: denials(session, &run.id).await,
+        found: Vec::new(),
     })
 }
 

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::caps::limits::{MAX_PLAN_STEPS, MAX_TEXT};
 use crate::grants::{Access, BindingKind, GrantSet};
-use crate::runtime::bindings::{Action, BackupMethod, Plan, Refusal, RestoreTarget, Step};
+use crate::runtime::bindings::{
+    Action, BackupMethod, Detection, Plan, Refusal, RestoreTarget, Step,
+};
 
 /// The grant a built-in action needs, if any (custom steps are checked call by call).
 pub fn action_grant(action: &Action) -> Option<(BindingKind, &str, Access)> {
@@ -422,6 +424,455 @@ pub fn rollback(steps: &[Step], reached: &[Reached], prior: &Prior) -> Vec<Rollb
 pub fn worst_case_rollback(plan: &Plan, prior: &Prior) -> Vec<RollbackAction> {
     let reached: Vec<Reached> = plan.steps.iter().map(|_| Reached::Done(None)).collect();
     rollback(&plan.steps, &reached, prior)
+}
+
+/// Detection facts that carry the version the product's data (its schema) is at, in the order
+/// the host looks for them: `schema-version` (Bytebase: the newest migration recorded in
+/// `instance_change_history`) and `db-version` (OpenMetadata: the newest completed native
+/// migration). A product without such a fact is judged by its detected version.
+pub const DATA_VERSION_FACTS: &[&str] = &["schema-version", "db-version"];
+
+/// The text of `detection`'s fact `key`.
+fn fact<'a>(detection: &'a Detection, key: &str) -> Option<&'a str> {
+    detection
+        .facts
+        .iter()
+        .find(|f| f.key == key)
+        .map(|f| f.value.as_str())
+}
+
+/// The version the data of `detection` is at, and where it was read: the first
+/// [`DATA_VERSION_FACTS`] fact that is a product version, else the detected version.
+pub fn data_version(detection: &Detection) -> Option<(String, semver::Version)> {
+    DATA_VERSION_FACTS
+        .iter()
+        .filter_map(|key| {
+            let value = fact(detection, key)?;
+            let parsed = upshift_model::version::check(value).ok()?;
+            Some((format!("fact `{key}` = {value}"), parsed))
+        })
+        .next()
+        .or_else(|| {
+            let parsed = upshift_model::version::check(&detection.version).ok()?;
+            Some((format!("detected version {}", detection.version), parsed))
+        })
+}
+
+/// How far a journaled step got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journaled {
+    /// Journaled as finished.
+    Done,
+    /// Journaled as started (or failed): its effect may or may not be there.
+    Unfinished,
+}
+
+/// What the journal implies about one service now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedService {
+    /// Whether it runs (`None`: an unfinished step leaves both possible).
+    pub running: Option<bool>,
+    /// The versions it may be set to.
+    pub versions: Vec<String>,
+    /// The journaled step that last changed it, if any.
+    pub by: Option<String>,
+}
+
+/// What the journal implies about the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedData {
+    /// As it was when the run started: no step that changes data ran, or a restore put it back.
+    AsBefore,
+    /// Anywhere from where it was up to the run's target: a step that changes data ran.
+    Changing,
+}
+
+/// The instance as the journal implies it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// Services by binding.
+    pub services: BTreeMap<String, ExpectedService>,
+    /// The data.
+    pub data: ExpectedData,
+}
+
+/// What a step does to services and data.
+enum Effect<'a> {
+    Running(&'a str, bool),
+    Version(&'a str, &'a str),
+    Restored,
+    Nothing,
+}
+
+fn forward_effect(action: &Action) -> Effect<'_> {
+    match action {
+        Action::ServiceStop(b) => Effect::Running(b, false),
+        Action::ServiceSwitch(a) => Effect::Version(&a.binding, &a.version),
+        Action::ServiceStart(b) => Effect::Running(b, true),
+        _ => Effect::Nothing,
+    }
+}
+
+fn rollback_effect(action: &RollbackAction) -> Effect<'_> {
+    match action {
+        RollbackAction::Stop { binding } => Effect::Running(binding, false),
+        RollbackAction::Start { binding } => Effect::Running(binding, true),
+        RollbackAction::Switch { binding, version } => Effect::Version(binding, version),
+        RollbackAction::Restore { .. } | RollbackAction::RestoreFiles { .. } => Effect::Restored,
+        RollbackAction::WaitHealthy { .. } => Effect::Nothing,
+    }
+}
+
+/// The state the journal implies: from `prior`, each journaled forward step (`forward[i]` for
+/// `steps[i]`) and then each journaled rollback action, in order. A finished step's effect is
+/// there; an unfinished one's may or may not be.
+pub fn expected(
+    steps: &[Step],
+    forward: &[Journaled],
+    rollback: &[RollbackAction],
+    rolled: &[Journaled],
+    prior: &Prior,
+) -> Expected {
+    // Per binding, every (running, version) the service may be in.
+    let mut states: BTreeMap<String, (Vec<(bool, String)>, Option<String>)> = prior
+        .services
+        .iter()
+        .map(|(b, p)| (b.clone(), (vec![(p.running, p.version.clone())], None)))
+        .collect();
+    let mut data = ExpectedData::AsBefore;
+    let effects = steps
+        .iter()
+        .zip(forward)
+        .map(|(s, j)| {
+            (
+                s.id.clone(),
+                forward_effect(&s.action),
+                changes_data(&s.action),
+                *j,
+            )
+        })
+        .chain(
+            rollback
+                .iter()
+                .zip(rolled)
+                .map(|(a, j)| (a.id(), rollback_effect(a), false, *j)),
+        );
+    for (id, effect, changes, journaled) in effects {
+        // A step that may change data (a start migrates, a mutating custom step) started.
+        if changes {
+            data = ExpectedData::Changing;
+        }
+        let (binding, apply): (&str, Box<dyn Fn(&(bool, String)) -> (bool, String)>) = match effect
+        {
+            Effect::Running(b, r) => (b, Box::new(move |(_, v)| (r, v.clone()))),
+            Effect::Version(b, v) => {
+                let v = v.to_string();
+                (b, Box::new(move |(r, _)| (*r, v.clone())))
+            }
+            Effect::Restored => {
+                if journaled == Journaled::Done {
+                    data = ExpectedData::AsBefore;
+                }
+                continue;
+            }
+            Effect::Nothing => continue,
+        };
+        let Some((possible, by)) = states.get_mut(binding) else {
+            continue;
+        };
+        let after: Vec<(bool, String)> = possible.iter().map(|s| apply(s)).collect();
+        match journaled {
+            Journaled::Done => *possible = after,
+            Journaled::Unfinished => possible.extend(after),
+        }
+        possible.sort();
+        possible.dedup();
+        *by = Some(id);
+    }
+    let services = states
+        .into_iter()
+        .map(|(b, (possible, by))| {
+            let running = match possible.iter().map(|(r, _)| *r).collect::<Vec<_>>() {
+                all if all.iter().all(|r| *r) => Some(true),
+                all if all.iter().all(|r| !*r) => Some(false),
+                _ => None,
+            };
+            let mut versions: Vec<String> = possible.into_iter().map(|(_, v)| v).collect();
+            versions.sort();
+            versions.dedup();
+            (
+                b,
+                ExpectedService {
+                    running,
+                    versions,
+                    by,
+                },
+            )
+        })
+        .collect();
+    Expected { services, data }
+}
+
+/// A service as inspected now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveService {
+    /// Whether it runs.
+    pub running: bool,
+    /// The version it is set to.
+    pub version: String,
+    /// Whether it is a one-shot job (never "running" between runs).
+    pub job: bool,
+}
+
+/// Which way a resumed run goes on from here.
+#[derive(Debug, Clone, Copy)]
+pub enum Onward<'a> {
+    /// The forward steps not yet done (the first may be the one whose outcome is unknown).
+    Forward(&'a [Step]),
+    /// The rollback actions not yet done.
+    Rollback(&'a [RollbackAction]),
+}
+
+/// A service put back where the journal left it before the run goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fix {
+    /// It runs, but the journal has it stopped.
+    Stop(String),
+    /// It is stopped, but the journal has it running.
+    Start(String),
+}
+
+/// What resume found when it compared the live instance with the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// What it found, one line each, for the report and the journal.
+    pub found: Vec<String>,
+    /// Where the instance disagrees with the journal so that going on would act blindly: any
+    /// one stops the run for an operator, touching nothing.
+    pub disagreements: Vec<String>,
+    /// Services to put back first.
+    pub fixes: Vec<Fix>,
+}
+
+fn described(running: bool, version: &str) -> String {
+    format!(
+        "{} at {version}",
+        if running { "running" } else { "stopped" }
+    )
+}
+
+fn expectation(e: &ExpectedService) -> String {
+    let running = match e.running {
+        Some(true) => "running",
+        Some(false) => "stopped",
+        None => "running or stopped",
+    };
+    let by = e.by.as_ref().map_or_else(
+        || "as before the run".to_string(),
+        |s| format!("after step `{s}`"),
+    );
+    format!("{running} at {} ({by})", e.versions.join(" or "))
+}
+
+/// Compare the live instance (`live` services, `now` = the adapter's detection, `None` when it
+/// failed) with what the journal implies (`expected`, from `before` = the detection journaled
+/// with the run and `prior`), for a run that goes on `onward` to `target`. Versions are
+/// compared as product versions, never as text.
+#[allow(clippy::too_many_arguments)]
+pub fn reconcile(
+    expected: &Expected,
+    live: &BTreeMap<String, LiveService>,
+    before: &Detection,
+    now: Option<&Detection>,
+    prior: &Prior,
+    target: &str,
+    onward: Onward<'_>,
+) -> Reconciled {
+    use upshift_model::version::check;
+    let mut out = Reconciled::default();
+    let data = now.and_then(data_version);
+    let restores_first = |upto: usize, rest: &[RollbackAction]| {
+        rest[..upto].iter().any(|a| {
+            matches!(
+                a,
+                RollbackAction::Restore { .. } | RollbackAction::RestoreFiles { .. }
+            )
+        })
+    };
+    // Starting `version` on the data as it is now: never an older binary on newer data.
+    let newer_than = |version: &str| -> Option<String> {
+        let (source, at) = data.as_ref()?;
+        let v = check(version).ok()?;
+        (*at > v).then(|| source.clone())
+    };
+    for (binding, e) in &expected.services {
+        let Some(l) = live.get(binding) else {
+            out.found.push(format!(
+                "service `{binding}` could not be inspected; the journal has it {}",
+                expectation(e)
+            ));
+            continue;
+        };
+        let now_text = described(l.running, &l.version);
+        out.found.push(format!(
+            "service `{binding}` is {now_text}; the journal has it {}",
+            expectation(e)
+        ));
+        let known = e.versions.contains(&l.version);
+        let back_by_hand = match onward {
+            Onward::Rollback(rest) => {
+                prior
+                    .services
+                    .get(binding)
+                    .is_some_and(|p| p.version == l.version)
+                    && !restores_first(rest.len(), rest)
+            }
+            Onward::Forward(_) => false,
+        };
+        let ahead_by_hand = match onward {
+            Onward::Forward(rest) => {
+                !l.running
+                    && rest.iter().any(|s| {
+                        matches!(&s.action, Action::ServiceSwitch(a)
+                            if a.binding == *binding && a.version == l.version)
+                    })
+            }
+            Onward::Rollback(_) => false,
+        };
+        if !known && !back_by_hand && !ahead_by_hand {
+            out.disagreements.push(format!(
+                "service `{binding}` is {now_text}, a version no journaled step of this run set (the journal has it {})",
+                expectation(e)
+            ));
+            continue;
+        }
+        if !known {
+            out.found.push(format!(
+                "service `{binding}` was already switched to {} by hand, as the {} would have done",
+                l.version,
+                if back_by_hand { "rollback" } else { "upgrade" }
+            ));
+        }
+        if l.job {
+            continue;
+        }
+        match (e.running, l.running) {
+            (Some(false), true) if back_by_hand => {
+                if let Some(source) = newer_than(&l.version) {
+                    out.disagreements.push(format!(
+                        "service `{binding}` runs {} on data that is newer ({source})",
+                        l.version
+                    ));
+                } else {
+                    out.found.push(format!(
+                        "service `{binding}` already runs {} again (started by hand); it is not started a second time",
+                        l.version
+                    ));
+                }
+            }
+            (Some(false), true) => {
+                out.found.push(format!(
+                    "service `{binding}` runs although the journal has it stopped (started by hand?); it is stopped again before the run goes on"
+                ));
+                out.fixes.push(Fix::Stop(binding.clone()));
+            }
+            (Some(true), false) => {
+                if let Some(source) = newer_than(&l.version) {
+                    out.disagreements.push(format!(
+                        "service `{binding}` is stopped and would be started at {} on data that is newer ({source})",
+                        l.version
+                    ));
+                } else {
+                    out.found.push(format!(
+                        "service `{binding}` is stopped although the journal has it running (stopped by hand?); it is started again before the run goes on"
+                    ));
+                    out.fixes.push(Fix::Start(binding.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(now) = now else {
+        out.found
+            .push("the adapter's detect failed, so the data's version is not known".into());
+        if let Onward::Rollback(rest) = onward
+            && expected.data == ExpectedData::Changing
+            && let Some(i) = rest
+                .iter()
+                .position(|a| matches!(a, RollbackAction::Start { .. }))
+            && !restores_first(i, rest)
+        {
+            out.disagreements.push(
+                "the rollback would start the previous version without restoring data first, and the data's version cannot be read".into(),
+            );
+        }
+        return out;
+    };
+    out.found.push(format!(
+        "the adapter detects version {}{}",
+        now.version,
+        data.as_ref()
+            .map(|(source, _)| format!(" (data: {source})"))
+            .unwrap_or_default()
+    ));
+    match expected.data {
+        ExpectedData::AsBefore => {
+            for key in DATA_VERSION_FACTS {
+                if let (Some(was), Some(is)) = (fact(before, key), fact(now, key))
+                    && was != is
+                {
+                    out.disagreements.push(format!(
+                        "the data is at `{key}` = {is}, but it was {was} when the run started and no journaled step of this run changed it since"
+                    ));
+                }
+            }
+        }
+        ExpectedData::Changing => {
+            if let Some((source, at)) = &data {
+                if check(target).is_ok_and(|t| *at > t) {
+                    out.disagreements.push(format!(
+                        "the data ({source}) is newer than this run's target {target}"
+                    ));
+                }
+                if let Some((was, then)) = data_version(before)
+                    && *at < then
+                {
+                    out.disagreements.push(format!(
+                        "the data ({source}) is older than when the run started ({was})"
+                    ));
+                }
+            }
+        }
+    }
+    if let Onward::Rollback(rest) = onward {
+        for (i, action) in rest.iter().enumerate() {
+            let RollbackAction::Start { binding } = action else {
+                continue;
+            };
+            if restores_first(i, rest) {
+                break;
+            }
+            let version = rest[..i]
+                .iter()
+                .rev()
+                .find_map(|a| match a {
+                    RollbackAction::Switch {
+                        binding: b,
+                        version,
+                    } if b == binding => Some(version.clone()),
+                    _ => None,
+                })
+                .or_else(|| live.get(binding).map(|l| l.version.clone()));
+            if let Some(version) = version
+                && let Some(source) = newer_than(&version)
+            {
+                out.disagreements.push(format!(
+                    "the rollback would start `{binding}` at {version} on data that is newer ({source}), and no backup of this run is restored before that"
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

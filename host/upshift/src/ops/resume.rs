@@ -7,18 +7,30 @@
 //! effect cannot be established (a mutating adapter step, a restore, a one-shot job) is never
 //! repeated: the run stops with exit 5, the instance's exact state and the commands to run. A
 //! run that was rolling back finishes its rollback.
+//!
+//! Before any of that, resume reconciles: it re-reads every service the run touches (running or
+//! not, its version) and the adapter's `detect`, and compares them with what the journal implies
+//! (the state `apply` recorded before the run, changed by each journaled step). Where they
+//! disagree so that going on would act blindly — a service set to a version no journaled step
+//! set, data newer than the run's target or changed although no step of the run changed it, an
+//! older binary about to start on newer data with no backup of the run restored first — it stops
+//! with exit 5, touching nothing, and leaves the run unfinished for `abandon` or a restore. A
+//! service merely stopped or started by hand is put back where the journal left it. What it
+//! found is reported and journaled (phase `reconcile`).
 
 use serde::Deserialize;
 
 use crate::fleet::Fleet;
+use std::collections::BTreeMap;
+
 use crate::runtime::bindings::{Action, Detection, Plan, Step};
-use crate::state::{BackupRecord, RunStatus, StepStatus};
+use crate::state::{BackupRecord, RunRecord, RunStatus, StepRecord, StepStatus};
 
 use super::apply::{
-    Forward, Outcome, RunReport, StepLine, conclude, denials, operator_help, prepare,
+    Forward, Outcome, RunReport, StepLine, conclude, denials, detect, operator_help, prepare,
 };
-use super::executor::RunContext;
-use super::plan::{Prior, Reached};
+use super::executor::{RunContext, StepResult};
+use super::plan::{self, Fix, Journaled, LiveService, Onward, Prior, Reached, RollbackAction};
 use super::{OpError, Session};
 
 /// What `apply` journaled with the run.
@@ -26,7 +38,6 @@ use super::{OpError, Session};
 struct Saved {
     plan: Plan,
     prior: Prior,
-    #[allow(dead_code)]
     detection: Detection,
 }
 
@@ -202,7 +213,10 @@ pub async fn resume(
         .filter(|b| b.run_id.as_deref() == Some(run_id))
         .collect();
     let steps = &saved.plan.steps;
-    let mut forward = Forward::default();
+    let mut forward = Forward {
+        resumed: true,
+        ..Forward::default()
+    };
     let mut unknown = None;
     for (i, step) in steps.iter().enumerate() {
         let Some(j) = journal
@@ -248,22 +262,66 @@ pub async fn resume(
         }
     }
     let rolling_back = journal.iter().any(|j| j.phase == "rollback");
-    if rolling_back || forward.failure.is_some() {
-        // It was failing: finish the host's rollback (the steps that already succeeded stay done).
-        if unknown.is_some() {
-            forward.reached.push(Reached::Started);
+    let failing = rolling_back || forward.failure.is_some();
+    if failing && unknown.is_some() {
+        forward.reached.push(Reached::Started);
+    }
+    // The host's rollback for where the run got (what `conclude` derives), and how far it ran.
+    let actions = plan::rollback(
+        &steps[..forward.reached.len()],
+        &forward.reached,
+        &saved.prior,
+    );
+    let rolled = journaled(&journal, "rollback", actions.len());
+    let done = rolled.iter().take_while(|j| **j == Journaled::Done).count();
+    let mut forward_journal = journaled(&journal, "forward", steps.len());
+    forward_journal.truncate(forward.reached.len() + usize::from(unknown.is_some() && !failing));
+    let onward = if failing {
+        Onward::Rollback(&actions[done..])
+    } else {
+        Onward::Forward(&steps[forward.reached.len()..])
+    };
+    let found = match reconcile(
+        &ctx,
+        &run,
+        &saved,
+        &forward_journal,
+        &actions,
+        &rolled,
+        onward,
+    )
+    .await?
+    {
+        Reconciliation::Agrees(found) => found,
+        Reconciliation::Disagrees { found, why } => {
+            let backups: Vec<BackupRecord> =
+                forward.backups.iter().map(|(_, b)| b.clone()).collect();
+            let help = disagreement_help(session, instance, &run, &backups, &found, &why).await;
+            return Ok(RunReport {
+                run_id: run.id.clone(),
+                instance: instance.name.clone(),
+                from_version: run.from_version.clone(),
+                to_version: run.to_version.clone(),
+                outcome: Outcome::NeedsOperator,
+                steps: forward.lines,
+                checks: Vec::new(),
+                backups,
+                refusal: None,
+                failure: Some(why),
+                rollback_command: None,
+                operator_help: Some(help),
+                denials: denials(session, run_id).await,
+                found,
+            });
         }
+    };
+    let mut found = found;
+    if failing {
+        // It was failing: finish the host's rollback (the steps that already succeeded stay done).
         forward
             .failure
             .get_or_insert_with(|| "the run was rolling back when the host stopped".into());
-        let done = (0..)
-            .take_while(|seq| {
-                journal.iter().any(|j| {
-                    j.phase == "rollback" && j.seq == *seq && j.status == StepStatus::Succeeded
-                })
-            })
-            .count();
-        return conclude(
+        let report = conclude(
             &ctx,
             instance,
             &saved.plan,
@@ -273,7 +331,8 @@ pub async fn resume(
             forward,
             done,
         )
-        .await;
+        .await?;
+        return Ok(RunReport { found, ..report });
     }
     if let Some(i) = unknown {
         let step = &steps[i];
@@ -284,6 +343,10 @@ pub async fn resume(
         };
         match established {
             Established::Done(why, backup) => {
+                found.push(format!(
+                    "step `{}` had not finished when the host stopped: {why}; it counts as done",
+                    step.id
+                ));
                 forward
                     .reached
                     .push(Reached::Done(backup.as_ref().map(|b| b.id.clone())));
@@ -295,6 +358,10 @@ pub async fn resume(
                     .push(line(step, format!("outcome re-checked: {why}")));
             }
             Established::Again(why) => {
+                found.push(format!(
+                    "step `{}` had not finished when the host stopped: {why}; it runs again",
+                    step.id
+                ));
                 caps.events.emit(crate::caps::Event::Log {
                     instance: instance.name.clone(),
                     level: "info".into(),
@@ -306,6 +373,7 @@ pub async fn resume(
                     "step `{}` had not finished when the host stopped, and {why}",
                     step.id
                 );
+                found.push(why.clone());
                 let backups: Vec<BackupRecord> =
                     forward.backups.iter().map(|(_, b)| b.clone()).collect();
                 let mut help = operator_help(&instance.name, &caps, &backups, &why).await;
@@ -332,12 +400,13 @@ pub async fn resume(
                     rollback_command: None,
                     operator_help: Some(help),
                     denials: denials(session, run_id).await,
+                    found,
                 });
             }
         }
     }
     let forward = super::apply::run_forward_from(&ctx, steps, forward).await;
-    conclude(
+    let report = conclude(
         &ctx,
         instance,
         &saved.plan,
@@ -347,5 +416,276 @@ pub async fn resume(
         forward,
         0,
     )
-    .await
+    .await?;
+    Ok(RunReport { found, ..report })
+}
+
+/// How far each of the first `count` steps of `phase` got, as journaled (up to the first
+/// step never journaled).
+fn journaled(journal: &[StepRecord], phase: &str, count: usize) -> Vec<Journaled> {
+    (0..count)
+        .map_while(|seq| {
+            journal
+                .iter()
+                .find(|j| j.phase == phase && j.seq as usize == seq)
+                .map(|j| match j.status {
+                    StepStatus::Succeeded => Journaled::Done,
+                    _ => Journaled::Unfinished,
+                })
+        })
+        .collect()
+}
+
+/// The outcome of comparing the live instance with the journal.
+enum Reconciliation {
+    /// Nothing stops the run (services found moved by hand were put back): what was found.
+    Agrees(Vec<String>),
+    /// Going on would act blindly: what was found, and why not.
+    Disagrees { found: Vec<String>, why: String },
+}
+
+/// Re-read the live state (every service the run touches, the adapter's `detect`), compare it
+/// with what the journal implies, journal what was found (phase `reconcile`) and put back
+/// services found stopped or started by hand.
+async fn reconcile(
+    ctx: &RunContext<'_>,
+    run: &RunRecord,
+    saved: &Saved,
+    forward: &[Journaled],
+    actions: &[RollbackAction],
+    rolled: &[Journaled],
+    onward: Onward<'_>,
+) -> Result<Reconciliation, OpError> {
+    let expected = plan::expected(&saved.plan.steps, forward, actions, rolled, &saved.prior);
+    let services = ctx.caps.service();
+    let mut live = BTreeMap::new();
+    for binding in expected.services.keys() {
+        match services.inspect(binding, Some(RESUME)).await {
+            Ok(s) => {
+                live.insert(
+                    binding.clone(),
+                    LiveService {
+                        running: s.running,
+                        version: s.version,
+                        job: services.is_job(binding),
+                    },
+                );
+            }
+            // Unbound, or not granted `inspect`: nothing to compare.
+            Err(crate::caps::CapError::Denied(_) | crate::caps::CapError::UnknownBinding(_)) => {}
+            Err(e) => return Err(host(e)),
+        }
+    }
+    let (now, detect_failed) = match detect(ctx.session, ctx.adapter, &ctx.caps).await {
+        Ok(d) => (Some(d), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let mut result = plan::reconcile(
+        &expected,
+        &live,
+        &saved.detection,
+        now.as_ref(),
+        &saved.prior,
+        &run.to_version,
+        onward,
+    );
+    if let Some(e) = detect_failed {
+        result.found.push(format!("detect: {e}"));
+    }
+    let session = ctx.session;
+    let journal = session.state.steps(&run.id).await.map_err(host)?;
+    let mut seq = journal.iter().filter(|j| j.phase == "reconcile").count() as u32;
+    let fixes = result.fixes.len();
+    let found = result.found.clone();
+    let disagreements = result.disagreements.clone();
+    let checked = ctx
+        .step(
+            "reconcile",
+            seq,
+            1,
+            1 + fixes,
+            "reconcile",
+            "compare the instance with the journal",
+            async || {
+                if disagreements.is_empty() {
+                    Ok(StepResult {
+                        summary: found.join("\n"),
+                        backup: None,
+                    })
+                } else {
+                    Err(disagreements
+                        .iter()
+                        .chain(&found)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n"))
+                }
+            },
+        )
+        .await;
+    let mut found = result.found;
+    if !result.disagreements.is_empty() {
+        let why = format!(
+            "the instance is not where run {}'s journal left it, so resume did not act: {}",
+            run.id,
+            result.disagreements.join("; ")
+        );
+        found.splice(0..0, result.disagreements);
+        return Ok(Reconciliation::Disagrees { found, why });
+    }
+    if let Err(e) = checked {
+        return Err(OpError::Host(format!(
+            "cannot journal what resume found: {e}"
+        )));
+    }
+    for (k, fix) in result.fixes.iter().enumerate() {
+        seq += 1;
+        let (id, title) = match fix {
+            Fix::Stop(b) => (
+                format!("reconcile-stop-{b}"),
+                format!("stop service `{b}` again"),
+            ),
+            Fix::Start(b) => (
+                format!("reconcile-start-{b}"),
+                format!("start service `{b}` again"),
+            ),
+        };
+        let r = ctx
+            .step(
+                "reconcile",
+                seq,
+                k + 2,
+                1 + fixes,
+                &id,
+                &title,
+                async || {
+                    match fix {
+                        Fix::Stop(b) => services.stop(b, RESUME).await,
+                        Fix::Start(b) => services.start(b, RESUME).await,
+                    }
+                    .map(|summary| StepResult {
+                        summary,
+                        backup: None,
+                    })
+                    .map_err(|e| e.to_string())
+                },
+            )
+            .await;
+        match r {
+            Ok(done) => found.push(format!("{title}: {}", done.summary)),
+            Err(e) => {
+                found.push(format!("{title}: failed: {e}"));
+                return Ok(Reconciliation::Disagrees {
+                    why: format!(
+                        "resume could not put the instance back where run {}'s journal left it ({title}: {e})",
+                        run.id
+                    ),
+                    found,
+                });
+            }
+        }
+    }
+    Ok(Reconciliation::Agrees(found))
+}
+
+/// What an operator reads when resume stops before acting: what it found, and the commands
+/// (the run stays unfinished until it is abandoned).
+async fn disagreement_help(
+    session: &Session,
+    instance: &crate::fleet::Instance,
+    run: &RunRecord,
+    taken: &[BackupRecord],
+    found: &[String],
+    why: &str,
+) -> String {
+    let name = &instance.name;
+    let id = &run.id;
+    let mut out =
+        format!("Run {id} was not resumed: {why}.\nNothing was touched. What resume found:\n");
+    for f in found {
+        out.push_str(&format!("  - {f}\n"));
+    }
+    out.push_str(&format!(
+        "The run stays unfinished. Once you have decided what instance `{name}` should be:\n  - if it is right as it is now, end the run without touching anything:\n    upshift abandon {id} --why \"WHAT YOU FOUND\"\n"
+    ));
+    // A backup of this run, else the newest valid one of the instance at the run's from-version.
+    let earlier = session
+        .state
+        .backups(Some(name))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| b.valid && b.product_version == run.from_version)
+        .max_by(|a, b| a.created_at.cmp(&b.created_at));
+    match taken.first().cloned().or(earlier) {
+        Some(b) => out.push_str(&format!(
+            "  - to put back the data and version {} from before the run, end it and restore backup {} (taken {}{}):\n    upshift abandon {id} --why \"WHAT YOU FOUND\"\n    upshift restore {name} {}\n",
+            run.from_version,
+            b.id,
+            b.created_at,
+            b.run_id
+                .as_deref()
+                .filter(|r| *r != id.as_str())
+                .map(|r| format!(" by run {r}"))
+                .unwrap_or_default(),
+            b.id
+        )),
+        None => out.push_str(&format!(
+            "  - no backup of `{name}` at {} is catalogued (`upshift backups {name}`), so the data from before the run cannot be put back by Upshift\n",
+            run.from_version
+        )),
+    }
+    out
+}
+
+/// In a resumed rollback, whether `action`'s effect is already there (a service switched back
+/// or started by hand): then it is not done again. `None`: do it.
+pub(super) async fn already_done(
+    ctx: &RunContext<'_>,
+    action: &RollbackAction,
+) -> Result<Option<String>, String> {
+    let services = ctx.caps.service();
+    let inspect = async |b: &str| {
+        services
+            .inspect(b, Some(RESUME))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    Ok(match action {
+        RollbackAction::Switch { binding, version } => {
+            let s = inspect(binding).await?;
+            (s.version == *version).then(|| format!("`{binding}` is already at {version}"))
+        }
+        RollbackAction::Start { binding } if !services.is_job(binding) => {
+            let s = inspect(binding).await?;
+            s.running
+                .then(|| format!("`{binding}` already runs {} ({})", s.version, s.detail))
+        }
+        _ => None,
+    })
+}
+
+/// In a resumed rollback, right before `binding` starts: never an older binary on newer data.
+pub(super) async fn safe_to_start(ctx: &RunContext<'_>, binding: &str) -> Result<(), String> {
+    let services = ctx.caps.service();
+    let status = services
+        .inspect(binding, Some(RESUME))
+        .await
+        .map_err(|e| e.to_string())?;
+    let Ok(detection) = detect(ctx.session, ctx.adapter, &ctx.caps).await else {
+        return Ok(());
+    };
+    let (Some((source, at)), Ok(version)) = (
+        plan::data_version(&detection),
+        upshift_model::version::check(&status.version),
+    ) else {
+        return Ok(());
+    };
+    if at > version {
+        return Err(format!(
+            "not starting `{binding}` at {}: the data is newer ({source}); restore a backup taken at {} first",
+            status.version, status.version
+        ));
+    }
+    Ok(())
 }
