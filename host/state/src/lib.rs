@@ -44,6 +44,8 @@ pub enum RunStatus {
     RolledBack,
     /// Failed and not rolled back: an operator is needed.
     Failed,
+    /// Failed before any step with an effect completed: nothing was changed.
+    NothingChanged,
 }
 
 /// How a step ended.
@@ -83,7 +85,7 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(RunStatus { Running => "running", Succeeded => "succeeded", Refused => "refused", RolledBack => "rolled_back", Failed => "failed" });
+text_enum!(RunStatus { Running => "running", Succeeded => "succeeded", Refused => "refused", RolledBack => "rolled_back", Failed => "failed", NothingChanged => "nothing_changed" });
 text_enum!(StepStatus { Started => "started", Succeeded => "succeeded", Failed => "failed", Skipped => "skipped", RolledBack => "rolled_back" });
 
 /// A run.
