@@ -79,11 +79,17 @@ pub enum Operation {
     /// Host: look at a database binding's role before a plan (a privileged role is refused
     /// unless the operator set `privileged = true`).
     CheckRole,
+    /// Host: record a service started by hand so Upshift can stop and start it
+    /// (`upshift adopt`).
+    Adopt,
+    /// Host: before a plan that backs a database up, list its sessions and estimate its size
+    /// (the preflight).
+    Preflight,
 }
 
 impl Operation {
     /// Every operation, WIT ones first.
-    pub const ALL: [Operation; 32] = [
+    pub const ALL: [Operation; 34] = [
         Operation::Query,
         Operation::Execute,
         Operation::Transaction,
@@ -116,6 +122,8 @@ impl Operation {
         Operation::Finalize,
         Operation::AdapterFault,
         Operation::CheckRole,
+        Operation::Adopt,
+        Operation::Preflight,
     ];
 
     /// The name written to the audit log.
@@ -152,6 +160,8 @@ impl Operation {
             Operation::Finalize => "finalize",
             Operation::AdapterFault => "adapter-fault",
             Operation::CheckRole => "check-role",
+            Operation::Adopt => "adopt",
+            Operation::Preflight => "preflight",
         }
     }
 
@@ -179,7 +189,8 @@ impl Operation {
             Operation::Backup => Access::Backup,
             Operation::Restore => Access::Restore,
             Operation::Snapshot => Access::Snapshot,
-            Operation::Stop | Operation::Start => Access::Control,
+            Operation::Stop | Operation::Start | Operation::Adopt => Access::Control,
+            Operation::Preflight => Access::Backup,
             Operation::SwitchVersion | Operation::Finalize => Access::SwitchVersion,
             Operation::WaitHealthy => Access::Inspect,
             Operation::HttpCheck => Access::Read,

@@ -72,6 +72,14 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show past runs and their steps.
     History(HistoryArgs),
+    /// Record a service that already runs (started by hand) so Upshift can stop and start it:
+    /// a process's pid, or a container under its bound name.
+    Adopt(AdoptArgs),
+    /// Start an instance's services (or one) and wait until healthy; audited, under the
+    /// instance's lease.
+    Start(ServiceArgs),
+    /// Stop an instance's services (or one); audited, under the instance's lease.
+    Stop(ServiceArgs),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -384,6 +392,30 @@ pub struct RestoreArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `upshift start` / `upshift stop`
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// Instance from the fleet file.
+    pub instance: String,
+    /// One service binding (default: every service that is not a one-shot job).
+    pub binding: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift adopt`
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// The instance and, optionally, the binding.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The process to adopt (process bindings; default: the one process found by its command
+    /// line or its listener on the health URL's port).
+    #[arg(long)]
+    pub pid: Option<u32>,
 }
 
 /// `upshift history`

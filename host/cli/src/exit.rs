@@ -1,4 +1,5 @@
-//! Exit codes: the CLI's reading of the library's outcomes. 0 done · 1 error · 2 bad usage or
+//! Exit codes: the CLI's reading of the library's outcomes. 0 done · 1 error (also: a run that
+//! failed before changing anything) · 2 bad usage or
 //! input · 3 refused by the product's rules · 4 failed and rolled back · 5 failed and not rolled
 //! back (an operator is needed) · 6 another run holds the instance's lease.
 
@@ -13,6 +14,7 @@ pub fn outcome(outcome: Outcome) -> u8 {
         Outcome::Refused => 3,
         Outcome::RolledBack => 4,
         Outcome::NeedsOperator => 5,
+        Outcome::NothingChanged => 1,
     }
 }
 

@@ -294,5 +294,17 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Backups(args) => commands::backups::backups(&ctx, args).await,
         Command::Restore(args) => commands::backups::restore(&ctx, args).await,
         Command::History(args) => commands::history::history(&ctx, args).await,
+        Command::Adopt(args) => {
+            let command = upshift::ops::preflight::ServiceCommand::Adopt(args.pid);
+            commands::services::control(&ctx, args.service, command).await
+        }
+        Command::Start(args) => {
+            let command = upshift::ops::preflight::ServiceCommand::Start;
+            commands::services::control(&ctx, args, command).await
+        }
+        Command::Stop(args) => {
+            let command = upshift::ops::preflight::ServiceCommand::Stop;
+            commands::services::control(&ctx, args, command).await
+        }
     }
 }

@@ -223,6 +223,19 @@ pub fn plan_text(report: &PlanReport) -> String {
     for p in &report.privileged {
         out.push_str(&format!("  {} {p}\n", style("privileged:").yellow()));
     }
+    for c in &report.preflight {
+        out.push_str(&format!(
+            "  {} preflight {} `{}`: {}\n",
+            if c.passed {
+                style("✔").green()
+            } else {
+                style("✘").red()
+            },
+            v(&c.check),
+            v(&c.subject),
+            v(&c.detail)
+        ));
+    }
     match &report.outcome {
         PlanOutcome::Refused(r) => {
             out.push_str(&format!(
@@ -296,6 +309,11 @@ pub fn run_text(report: &RunReport) -> String {
         .bold(),
         Outcome::NeedsOperator => style(format!(
             "✘ {instance}: failed and NOT rolled back — operator needed"
+        ))
+        .red()
+        .bold(),
+        Outcome::NothingChanged => style(format!(
+            "✘ {instance}: upgrade to {to} failed before changing anything — nothing was changed, still at {from}"
         ))
         .red()
         .bold(),

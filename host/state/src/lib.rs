@@ -47,6 +47,8 @@ pub enum RunStatus {
     /// Ended by the operator (`upshift abandon`), who put the instance right by hand; the
     /// host touched nothing when it was marked so.
     Abandoned,
+    /// Failed before any step with an effect completed: nothing was changed.
+    NothingChanged,
 }
 
 /// How a step ended.
@@ -86,7 +88,7 @@ macro_rules! text_enum {
     };
 }
 
-text_enum!(RunStatus { Running => "running", Succeeded => "succeeded", Refused => "refused", RolledBack => "rolled_back", Failed => "failed", Abandoned => "abandoned" });
+text_enum!(RunStatus { Running => "running", Succeeded => "succeeded", Refused => "refused", RolledBack => "rolled_back", Failed => "failed", Abandoned => "abandoned", NothingChanged => "nothing_changed" });
 text_enum!(StepStatus { Started => "started", Succeeded => "succeeded", Failed => "failed", Skipped => "skipped", RolledBack => "rolled_back" });
 
 /// A run.

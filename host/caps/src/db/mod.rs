@@ -53,6 +53,52 @@ pub enum BackupSource {
     },
 }
 
+/// A session on a bound database, as its server lists it (the host's preflight).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbSession {
+    /// The server's id for it (PostgreSQL backend pid, MySQL connection id).
+    pub pid: i64,
+    /// The role or account it connected as.
+    pub user: String,
+    /// Its `application_name` (empty when unset; MySQL has none).
+    pub application: String,
+    /// Its client's TCP address and port (`None`: a local socket, or not shown to this role).
+    pub client: Option<(std::net::IpAddr, u16)>,
+}
+
+impl DbSession {
+    /// `pid 4242, user bb, application_name "psql", client 127.0.0.1:50112`.
+    pub fn describe(&self) -> String {
+        format!(
+            "pid {}, user {}, application_name {:?}, client {}",
+            self.pid,
+            self.user,
+            self.application,
+            match self.client {
+                Some((ip, port)) => std::net::SocketAddr::new(ip, port).to_string(),
+                None => "local socket (or not shown)".into(),
+            }
+        )
+    }
+
+    /// One of Upshift's own sessions (every connection Upshift opens names itself `upshift`).
+    pub fn is_upshift(&self) -> bool {
+        self.application == "upshift"
+    }
+}
+
+/// The sizes a backup of a bound database is estimated from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SizeEstimate {
+    /// The whole database on the server (what a template clone copies).
+    pub database_bytes: u64,
+    /// Its tables' data without indexes (what a dump writes, before compression).
+    pub data_bytes: u64,
+    /// The server's data directory when this role may read it and the server is on this
+    /// machine (where a clone is written).
+    pub server_dir: Option<PathBuf>,
+}
+
 /// The database engine behind a binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -299,6 +345,24 @@ impl DbBackend {
         match self {
             DbBackend::Postgres(b) | DbBackend::Kwdb(b) => b.server_version().await,
             DbBackend::MySql(b) => b.server_version().await,
+        }
+    }
+
+    /// The other sessions on the bound database (`None`: the engine cannot list them).
+    pub async fn sessions(&self) -> Result<Option<Vec<DbSession>>, CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.sessions().await.map(Some),
+            DbBackend::MySql(b) => b.sessions().await.map(Some),
+            DbBackend::Kwdb(_) => Ok(None),
+        }
+    }
+
+    /// The sizes a backup is estimated from (`None`: the engine cannot tell).
+    pub async fn size_estimate(&self) -> Result<Option<SizeEstimate>, CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.size_estimate().await.map(Some),
+            DbBackend::MySql(b) => b.size_estimate().await.map(Some),
+            DbBackend::Kwdb(_) => Ok(None),
         }
     }
 }
@@ -607,6 +671,42 @@ impl Db {
             }
         }
         Ok(notices)
+    }
+
+    /// Host preflight: the other sessions on the bound database (needs `backup`; audited as
+    /// `preflight`). `None` when the engine cannot list them.
+    pub async fn sessions(
+        &self,
+        binding: &str,
+        detail: &str,
+    ) -> Result<Option<Vec<DbSession>>, CapError> {
+        self.bound
+            .call(
+                binding,
+                &[Access::Backup],
+                Operation::Preflight,
+                Some(detail.to_string()),
+                async |b| b.sessions().await.map(|s| (s, 64)),
+            )
+            .await
+    }
+
+    /// Host preflight: the sizes a backup of the bound database is estimated from (needs
+    /// `backup`; audited as `preflight`). `None` when the engine cannot tell.
+    pub async fn size_estimate(
+        &self,
+        binding: &str,
+        detail: &str,
+    ) -> Result<Option<SizeEstimate>, CapError> {
+        self.bound
+            .call(
+                binding,
+                &[Access::Backup],
+                Operation::Preflight,
+                Some(detail.to_string()),
+                async |b| b.size_estimate().await.map(|s| (s, 24)),
+            )
+            .await
     }
 
     /// `db.table-exists`.

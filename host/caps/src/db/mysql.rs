@@ -433,6 +433,64 @@ impl MySqlBackend {
         ))
     }
 
+    /// The other sessions on the bound database (`information_schema.PROCESSLIST`; an account
+    /// without `PROCESS` sees only its own).
+    pub async fn sessions(&self) -> Result<Vec<super::DbSession>, CapError> {
+        let (rows, _) = self
+            .query(
+                "SELECT ID, USER, HOST FROM information_schema.PROCESSLIST \
+                 WHERE DB = DATABASE() AND ID <> CONNECTION_ID() ORDER BY ID",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .rows
+            .iter()
+            .map(|r| {
+                let text = |i: usize| match r.get(i) {
+                    Some(Value::Text(t)) => t.clone(),
+                    Some(Value::Int(n)) => n.to_string(),
+                    _ => String::new(),
+                };
+                let client = text(2)
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+                    .map(|a| (a.ip(), a.port()));
+                super::DbSession {
+                    pid: match r.first() {
+                        Some(Value::Int(n)) => *n,
+                        _ => 0,
+                    },
+                    user: text(1),
+                    application: String::new(),
+                    client,
+                }
+            })
+            .collect())
+    }
+
+    /// The bound database's data and index size (`information_schema.tables`).
+    pub async fn size_estimate(&self) -> Result<super::SizeEstimate, CapError> {
+        let (rows, _) = self
+            .query(
+                "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS SIGNED), \
+                 CAST(COALESCE(SUM(data_length), 0) AS SIGNED) \
+                 FROM information_schema.tables WHERE table_schema = DATABASE()",
+                &[],
+            )
+            .await?;
+        let number = |i: usize| match rows.rows.first().and_then(|r| r.get(i)) {
+            Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(Value::Text(t)) => t.parse().unwrap_or(0),
+            _ => 0,
+        };
+        Ok(super::SizeEstimate {
+            database_bytes: number(0),
+            data_bytes: number(1),
+            server_dir: None,
+        })
+    }
+
     /// The server's version string.
     pub async fn server_version(&self) -> Result<String, CapError> {
         let (rows, _) = self.query("SELECT VERSION()", &[]).await?;

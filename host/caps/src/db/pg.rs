@@ -434,6 +434,82 @@ impl PgBackend {
         Ok((exists, 1))
     }
 
+    /// The other client sessions on the bound database.
+    pub async fn sessions(&self) -> Result<Vec<super::DbSession>, CapError> {
+        self.with_client(async |client| {
+            let rows = client
+                .query(
+                    "SELECT pid::bigint, coalesce(usename::text, ''), coalesce(application_name, ''), \
+                     host(client_addr), coalesce(client_port, -1)::int \
+                     FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                     AND backend_type = 'client backend' ORDER BY pid",
+                    &[],
+                )
+                .await
+                .map_err(|e| failed("cannot list sessions", pg_message(&e)))?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let addr: Option<String> = r.get(3);
+                    let port: i32 = r.get(4);
+                    super::DbSession {
+                        pid: r.get(0),
+                        user: r.get(1),
+                        application: r.get(2),
+                        client: addr
+                            .and_then(|a| a.parse().ok())
+                            .zip(u16::try_from(port).ok()),
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// The bound database's size, its tables' data size, and the server's data directory
+    /// when this role may read it and the server is on this machine.
+    pub async fn size_estimate(&self) -> Result<super::SizeEstimate, CapError> {
+        let local = self
+            .url
+            .parse::<tokio_postgres::Config>()
+            .map(|c| {
+                c.get_hosts().iter().all(|h| match h {
+                    tokio_postgres::config::Host::Tcp(name) => {
+                        name == "localhost"
+                            || name
+                                .parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_loopback())
+                    }
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(_) => true,
+                })
+            })
+            .unwrap_or(false);
+        self.with_client(async |client| {
+            let row = client
+                .query_one(
+                    "SELECT pg_database_size(current_database())::bigint, \
+                     (SELECT coalesce(sum(pg_table_size(c.oid)), 0)::bigint FROM pg_class c \
+                      JOIN pg_namespace n ON n.oid = c.relnamespace \
+                      WHERE c.relkind IN ('r', 'm') \
+                      AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                      AND n.nspname NOT LIKE 'pg_toast%'), \
+                     (SELECT setting FROM pg_settings WHERE name = 'data_directory')",
+                    &[],
+                )
+                .await
+                .map_err(|e| failed("cannot size the database", pg_message(&e)))?;
+            let dir: Option<String> = row.get(2);
+            Ok(super::SizeEstimate {
+                database_bytes: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                data_bytes: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                server_dir: dir.filter(|_| local).map(PathBuf::from),
+            })
+        })
+        .await
+    }
+
     /// A session on the server's maintenance database, for CREATE/ALTER DATABASE.
     async fn admin(&self) -> Result<CallConn, CapError> {
         self.connect_to("postgres").await

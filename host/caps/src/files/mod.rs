@@ -133,6 +133,29 @@ impl Files {
         self.on_root(binding, Operation::Restore, detail, f).await
     }
 
+    /// Host preflight: the bytes of the bound directory's files, what a snapshot copies (needs
+    /// `snapshot`; audited as `preflight`). Symbolic links are not followed.
+    pub async fn size(&self, binding: &str, detail: &str) -> Result<u64, CapError> {
+        self.bound
+            .call(
+                binding,
+                &[Access::Snapshot],
+                Operation::Preflight,
+                Some(detail.to_string()),
+                async |b| {
+                    let root = b.root().to_path_buf();
+                    let bytes = crate::blocking(move || {
+                        tree_size(&root).map_err(|e| {
+                            CapError::Failed(format!("cannot size {}: {e}", root.display()))
+                        })
+                    })
+                    .await?;
+                    Ok((bytes, 8))
+                },
+            )
+            .await
+    }
+
     /// A host operation on the bound directory's path.
     async fn on_root<T>(
         &self,
@@ -145,4 +168,28 @@ impl Files {
             .host(binding, operation, detail, async |b| f(b.root()).await)
             .await
     }
+}
+
+/// The bytes of the regular files under `path` (symbolic links not followed).
+fn tree_size(path: &Path) -> std::io::Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(if meta.is_file() { meta.len() } else { 0 });
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        total += tree_size(&entry?.path())?;
+    }
+    Ok(total)
+}
+
+/// The bytes free to this user on the file system holding `path` (or the nearest existing
+/// directory above it).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    let stat = nix::sys::statvfs::statvfs(existing).map_err(std::io::Error::from)?;
+    Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
 }

@@ -79,7 +79,7 @@ impl ComposeBackend {
     }
 
     /// The container running the service now, if any.
-    async fn container(&self) -> Result<Option<DockerBackend>, CapError> {
+    pub(crate) async fn container(&self) -> Result<Option<DockerBackend>, CapError> {
         let id = self.compose(&["ps", "-q", &self.spec.service]).await?;
         let id = id.lines().next().unwrap_or("").trim().to_string();
         if id.is_empty() {

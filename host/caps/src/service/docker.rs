@@ -604,6 +604,67 @@ impl DockerBackend {
         super::health_url_answers(url).await
     }
 
+    /// The health check with what it saw: `(healthy, detail)`.
+    pub async fn health_check(&self) -> Result<(bool, String), CapError> {
+        let c = self.container().await?;
+        let state = c.state.unwrap_or_default();
+        let name = &self.spec.container;
+        if !state.running.unwrap_or(false) {
+            return Ok((false, format!("container `{name}` is not running")));
+        }
+        if let Some(status) = state.health.and_then(|h| h.status)
+            && !matches!(status, HealthStatusEnum::NONE | HealthStatusEnum::EMPTY)
+        {
+            return Ok((
+                status == HealthStatusEnum::HEALTHY,
+                format!("container `{name}`'s healthcheck says {status}"),
+            ));
+        }
+        match &self.spec.health_url {
+            None => Ok((true, format!("container `{name}` runs (no health check set)"))),
+            Some(url) => super::health_url_status(url).await,
+        }
+    }
+
+    /// The container's processes as this machine sees them (none when it is not running).
+    pub async fn processes(&self) -> Result<std::collections::BTreeSet<u32>, CapError> {
+        let Some(c) = self.inspect_named(&self.spec.container).await? else {
+            return Ok(Default::default());
+        };
+        let pid = c
+            .state
+            .filter(|s| s.running == Some(true))
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
+        Ok(pid.map(super::local::family).unwrap_or_default())
+    }
+
+    /// A container is known by its bound name: adopting one checks that it runs under that
+    /// name and records nothing else (a pid is not how containers are stopped).
+    pub async fn adopt(&self, pid: Option<u32>) -> Result<String, CapError> {
+        if pid.is_some() {
+            return Err(CapError::Invalid(
+                "a container service is adopted by its name, not a pid; drop --pid".into(),
+            ));
+        }
+        let c = self.container().await?;
+        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        let id = c.id.clone().unwrap_or_default();
+        let short = id.get(..12).unwrap_or(&id);
+        if !running {
+            return Err(CapError::Failed(format!(
+                "container `{}` ({short}) is not running; start it with `upshift start`",
+                self.spec.container
+            )));
+        }
+        Ok(format!(
+            "container `{}` ({short}, image {}) runs under the bound name: Upshift stops and starts it by that name",
+            self.spec.container,
+            Self::image_of(&c)
+        ))
+    }
+
     /// Whether the container has restarted since it was created (a crash loop under a restart
     /// policy).
     pub async fn restarted_since_create(&self) -> Result<bool, CapError> {

@@ -7,6 +7,7 @@ pub mod compose;
 pub mod compose_file;
 pub mod docker;
 pub mod image_archive;
+pub(crate) mod local;
 pub mod process;
 
 use std::path::Path;
@@ -130,6 +131,66 @@ impl Services {
             async |b| Ok((b.healthy().await?, 1)),
         )
         .await
+    }
+
+    /// `service.healthy` with what the check saw (the host's preflight): `(healthy, detail)`,
+    /// the detail naming the health URL and its answer, e.g. a 404.
+    pub async fn check_health(
+        &self,
+        binding: &str,
+        detail: &str,
+    ) -> Result<(bool, String), CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::Healthy,
+            Some(detail.to_string()),
+            async |b| Ok((b.health_check().await?, 1)),
+        )
+        .await
+    }
+
+    /// `service.inspect` for the host's preflight: processes that look like this service but
+    /// that Upshift neither started nor adopted (process services only).
+    pub async fn strays(&self, binding: &str, detail: &str) -> Result<Vec<u32>, CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::Inspect,
+            Some(detail.to_string()),
+            async |b| Ok((b.strays().await?, 8)),
+        )
+        .await
+    }
+
+    /// `service.inspect` for the host's preflight: the processes on this machine that stopping
+    /// the service ends (its process group and descendants; a container's processes).
+    pub async fn processes(
+        &self,
+        binding: &str,
+        detail: &str,
+    ) -> Result<std::collections::BTreeSet<u32>, CapError> {
+        self.guarded(
+            binding,
+            Access::Inspect,
+            Operation::Inspect,
+            Some(detail.to_string()),
+            async |b| Ok((b.processes().await?, 8)),
+        )
+        .await
+    }
+
+    /// Host: record a service that runs already (started by hand) so that Upshift can stop
+    /// and start it (needs `control`): a process by `pid`, or the one found; a container is
+    /// known by its bound name.
+    pub async fn adopt(
+        &self,
+        binding: &str,
+        pid: Option<u32>,
+        detail: &str,
+    ) -> Result<String, CapError> {
+        self.host(binding, Operation::Adopt, detail, async |b| b.adopt(pid).await)
+            .await
     }
 
     /// `service.image-present`: a version that is not a product version is denied before any
@@ -358,6 +419,54 @@ impl ServiceBackend {
         }
     }
 
+    /// The health check with what it saw: `(healthy, detail)`.
+    pub async fn health_check(&self) -> Result<(bool, String), CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.health_check().await,
+            ServiceBackend::Docker(d) => d.health_check().await,
+            ServiceBackend::Compose(c) => match c.container().await? {
+                Some(d) => d.health_check().await,
+                None => Ok((false, "the compose service has no container".into())),
+            },
+        }
+    }
+
+    /// Processes that look like the service but that Upshift neither started nor adopted.
+    pub async fn strays(&self) -> Result<Vec<u32>, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.strays().await,
+            // A container is known by its name: there is no other to find.
+            ServiceBackend::Docker(_) | ServiceBackend::Compose(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The processes on this machine that stopping the service ends.
+    pub async fn processes(&self) -> Result<std::collections::BTreeSet<u32>, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.processes().await,
+            ServiceBackend::Docker(d) => d.processes().await,
+            ServiceBackend::Compose(c) => match c.container().await? {
+                Some(d) => d.processes().await,
+                None => Ok(Default::default()),
+            },
+        }
+    }
+
+    /// Record a service started by hand so Upshift can stop and start it.
+    pub async fn adopt(&self, pid: Option<u32>) -> Result<String, CapError> {
+        match self {
+            ServiceBackend::Process(p) => p.adopt(pid).await,
+            ServiceBackend::Docker(d) => d.adopt(pid).await,
+            ServiceBackend::Compose(c) => match c.container().await? {
+                Some(d) => d.adopt(pid).await,
+                None => Err(CapError::Failed(
+                    "the compose service has no container to adopt; start it with `upshift start`"
+                        .into(),
+                )),
+            },
+        }
+    }
+
     /// Whether it answers its health check now.
     pub async fn healthy(&self) -> Result<bool, CapError> {
         match self {
@@ -466,6 +575,58 @@ pub(crate) async fn wait_until_healthy(
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// Whether one of `processes` (from [`Services::processes`]) holds the client end of a
+/// database session whose client address and port are `client`.
+pub fn holds_client(
+    processes: &std::collections::BTreeSet<u32>,
+    client: (std::net::IpAddr, u16),
+) -> bool {
+    local::holds_client(processes, client)
+}
+
+/// `pid`, the rest of its process group when it leads one, and its descendants.
+pub fn process_family(pid: u32) -> std::collections::BTreeSet<u32> {
+    local::family(pid)
+}
+
+/// `pid 4242 (`/usr/bin/bytebase --port 8080`)`, for messages.
+pub fn describe_process(pid: u32) -> String {
+    match local::cmdline(pid) {
+        Some(words) => {
+            let line: String = words.join(" ").chars().take(200).collect();
+            format!("pid {pid} (`{line}`)")
+        }
+        None => format!("pid {pid}"),
+    }
+}
+
+/// The processes of this machine whose TCP socket is the client end `client` of a database
+/// session (none when the client is elsewhere or in another network namespace).
+pub fn holders_of(client: (std::net::IpAddr, u16)) -> Vec<u32> {
+    local::holders_of(client)
+}
+
+/// An operator-given health URL's answer now: `(2xx, what it saw)`, e.g.
+/// `GET http://127.0.0.1:8080/healthz answered 404 Not Found` (no redirects followed, 5 s at
+/// most).
+pub(crate) async fn health_url_status(url: &str) -> Result<(bool, String), CapError> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| CapError::Failed(format!("cannot build an HTTP client: {e}")))?;
+    let shown = upshift_model::redact::url_for_display(url);
+    Ok(match client.get(url).send().await {
+        Ok(r) => (
+            r.status().is_success(),
+            format!("GET {shown} answered {}", r.status()),
+        ),
+        Err(e) if e.is_timeout() => (false, format!("GET {shown} did not answer within 5 s")),
+        Err(e) if e.is_connect() => (false, format!("GET {shown}: nothing accepts connections")),
+        Err(e) => (false, format!("GET {shown} failed: {e}")),
+    })
 }
 
 /// An operator-given health URL answers 2xx now (no redirects followed, 5 s at most).

@@ -29,6 +29,9 @@ pub struct ProcessState {
     /// For a one-shot job: the exit code of its last run (`None`: never ran, or killed).
     #[serde(default)]
     pub last_exit: Option<i32>,
+    /// The pid was adopted (`upshift adopt`): started by hand, recorded so Upshift can stop it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 /// A process service.
@@ -47,12 +50,18 @@ fn failed(context: &str, e: impl std::fmt::Display) -> CapError {
 
 /// The start time of `pid` in clock ticks, and whether it is alive (not a zombie).
 fn proc_stat(pid: u32) -> Option<(u64, bool)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let state = fields.first()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((start, *state != "Z" && *state != "X"))
+    super::local::stat(pid).map(|s| (s.start_ticks, s.alive))
+}
+
+/// Signal the service: its process group when it leads one (started by Upshift), or only the
+/// process (adopted: started by hand inside someone else's group).
+fn signal_service(pid: u32, signal: Signal) {
+    let target = Pid::from_raw(pid as i32);
+    if super::local::stat(pid).is_some_and(|s| s.group == pid) {
+        let _ = killpg(target, signal);
+    } else {
+        let _ = nix::sys::signal::kill(target, signal);
+    }
 }
 
 impl ProcessBackend {
@@ -179,6 +188,7 @@ impl ProcessBackend {
         let start_ticks = proc_stat(pid).map(|(t, _)| t);
         state.pid = Some(pid);
         state.start_ticks = start_ticks;
+        state.adopted = false;
         self.save(&state)?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         if let Ok(Some(status)) = child.try_wait() {
@@ -291,13 +301,12 @@ impl ProcessBackend {
             self.save(&state)?;
             return Ok("not running".into());
         };
-        let group = Pid::from_raw(pid as i32);
-        let _ = killpg(group, Signal::SIGTERM);
+        signal_service(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(self.spec.stop_timeout_secs);
         let mut killed = false;
         while self.running_pid().await?.is_some() {
             if Instant::now() > deadline && !killed {
-                let _ = killpg(group, Signal::SIGKILL);
+                signal_service(pid, Signal::SIGKILL);
                 killed = true;
             }
             if Instant::now() > deadline + Duration::from_secs(10) {
@@ -313,6 +322,7 @@ impl ProcessBackend {
         let mut state = self.state()?;
         state.pid = None;
         state.start_ticks = None;
+        state.adopted = false;
         self.save(&state)?;
         Ok(if killed {
             format!("killed pid {pid} after {} s", self.spec.stop_timeout_secs)
@@ -351,6 +361,122 @@ impl ProcessBackend {
         };
         super::health_url_answers(url).await
     }
+}
+
+impl ProcessBackend {
+    /// The health check with what it saw: `(healthy, detail)`, the detail naming the health
+    /// URL and its answer (e.g. `GET http://…/healthz answered 404 Not Found`).
+    pub async fn health_check(&self) -> Result<(bool, String), CapError> {
+        if self.spec.oneshot {
+            let last = self.state()?.last_exit;
+            return Ok((
+                last == Some(0),
+                match last {
+                    Some(code) => format!("its last run exited {code}"),
+                    None => "it has not run to completion".into(),
+                },
+            ));
+        }
+        let Some(pid) = self.running_pid().await? else {
+            return Ok((false, "not running".into()));
+        };
+        match &self.spec.health_url {
+            None => Ok((true, format!("pid {pid} runs (no health URL set)"))),
+            Some(url) => super::health_url_status(url).await,
+        }
+    }
+
+    /// Processes that look like this service but were not started (or adopted) by Upshift:
+    /// the exact command line of the recorded version, or the listener on the health URL's
+    /// loopback port.
+    pub async fn strays(&self) -> Result<Vec<u32>, CapError> {
+        if self.spec.oneshot {
+            return Ok(Vec::new());
+        }
+        let known = self.running_pid().await?;
+        let state = self.state()?;
+        let mut found = super::local::with_cmdline(&self.command_for(&state.version)?);
+        if let Some(port) = self.spec.health_url.as_deref().and_then(loopback_port) {
+            found.extend(super::local::listening_on(port));
+        }
+        let ours = known.map(super::local::family).unwrap_or_default();
+        found.retain(|p| !ours.contains(p) && *p != std::process::id());
+        // A listener's parent that is itself a candidate names the same service once.
+        let mut roots: Vec<u32> = found
+            .iter()
+            .copied()
+            .filter(|p| {
+                super::local::stat(*p).is_none_or(|s| !found.contains(&s.parent))
+            })
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        Ok(roots)
+    }
+
+    /// Record a running process started by hand as this service, so Upshift can stop and start
+    /// it: `pid` when given (it must be alive), otherwise the one process found by
+    /// [`ProcessBackend::strays`].
+    pub async fn adopt(&self, pid: Option<u32>) -> Result<String, CapError> {
+        if let Some(known) = self.running_pid().await? {
+            return match pid {
+                Some(p) if p != known => Err(CapError::Failed(format!(
+                    "Upshift already runs this service as pid {known}; stop it first (`upshift stop`) to adopt pid {p}"
+                ))),
+                _ => Ok(format!("already known as pid {known}; nothing to adopt")),
+            };
+        }
+        let pid = match pid {
+            Some(p) => p,
+            None => match self.strays().await?.as_slice() {
+                [one] => *one,
+                [] => {
+                    return Err(CapError::Failed(
+                        "no running process of this service was found (neither its command line nor a listener on its health URL's port); start it with `upshift start`, or pass --pid".into(),
+                    ));
+                }
+                many => {
+                    return Err(CapError::Failed(format!(
+                        "several processes look like this service ({}); pass --pid to choose one",
+                        many.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            },
+        };
+        let stat = super::local::stat(pid)
+            .filter(|s| s.alive)
+            .ok_or_else(|| CapError::Failed(format!("no live process {pid} on this machine")))?;
+        let mut state = self.state()?;
+        state.pid = Some(pid);
+        state.start_ticks = Some(stat.start_ticks);
+        state.adopted = true;
+        self.save(&state)?;
+        let command = super::local::cmdline(pid).unwrap_or_default().join(" ");
+        Ok(format!(
+            "adopted pid {pid} (`{command}`) as version {}",
+            state.version
+        ))
+    }
+
+    /// The processes stopping the service ends (none when it is not running).
+    pub async fn processes(&self) -> Result<std::collections::BTreeSet<u32>, CapError> {
+        Ok(self
+            .running_pid()
+            .await?
+            .map(super::local::family)
+            .unwrap_or_default())
+    }
+}
+
+/// The port of an `http://127.0.0.1:PORT/…` or `http://localhost:PORT/…` URL.
+fn loopback_port(url: &str) -> Option<u16> {
+    let url = reqwest::Url::parse(url).ok()?;
+    let local = match url.host()? {
+        url::Host::Domain(d) => d == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    if local { url.port_or_known_default() } else { None }
 }
 
 impl super::Health for ProcessBackend {

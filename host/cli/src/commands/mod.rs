@@ -3,6 +3,7 @@
 pub mod backups;
 pub mod history;
 pub mod runs;
+pub mod services;
 
 use std::path::PathBuf;
 

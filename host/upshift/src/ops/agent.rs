@@ -19,7 +19,8 @@ use super::{OpError, Session, resume};
 pub struct Handled {
     /// Instance.
     pub instance: String,
-    /// How it ended (`succeeded`, `rolled-back`, `refused`, `needs-operator`, `error: …`).
+    /// How it ended (`succeeded`, `rolled-back`, `refused`, `needs-operator`, `nothing-changed`,
+    /// `error: …`).
     pub outcome: String,
     /// Whether the item had been abandoned by a dead agent.
     pub reclaimed: bool,
@@ -33,6 +34,7 @@ fn outcome_name(o: Outcome) -> &'static str {
         Outcome::Refused => "refused",
         Outcome::RolledBack => "rolled-back",
         Outcome::NeedsOperator => "needs-operator",
+        Outcome::NothingChanged => "nothing-changed",
     }
 }
 
@@ -44,6 +46,7 @@ fn status_name(s: RunStatus) -> &'static str {
         RunStatus::RolledBack => "rolled-back",
         RunStatus::Failed => "needs-operator",
         RunStatus::Abandoned => "abandoned",
+        RunStatus::NothingChanged => "nothing-changed",
     }
 }
 

@@ -48,6 +48,8 @@ pub struct PlanReport {
     /// Database bindings whose role is privileged, accepted with `privileged = true` (e.g.
     /// "binding `meta` connects as role `postgres`, a superuser (privileged = true)").
     pub privileged: Vec<String>,
+    /// The preflight's checks (live plans): health, sessions, disk.
+    pub preflight: Vec<super::preflight::PreflightCheck>,
 }
 
 /// How a run ended.
@@ -62,6 +64,9 @@ pub enum Outcome {
     RolledBack,
     /// It failed and could not be put back: an operator is needed.
     NeedsOperator,
+    /// It failed before any step with an effect completed: nothing was changed, so nothing
+    /// was rolled back.
+    NothingChanged,
 }
 
 /// One step as reported.
@@ -238,14 +243,23 @@ pub async fn plan_instance(
         .map_err(|e| OpError::Usage(format!("instance `{}`: {e}", instance.name)))?;
     let detection = detect(session, &adapter, &caps).await?;
     let outcome = call_plan(session, &adapter, &detection, target).await?;
+    let mut preflight = Vec::new();
     let (outcome, prior, rollback) = match outcome {
         Ok(p) => {
             plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
             plan::check_grants(&p, caps.grants(), &instance.name)
                 .map_err(|why| ungranted(&adapter, &caps, "plan", why))?;
             let prior = prior_of(&p, &caps).await?;
-            let rollback = plan::worst_case_rollback(&p, &prior);
-            (PlanOutcome::Plan(p), prior, rollback)
+            // Before anything is stopped: the world must be as the plan assumes.
+            let checked = super::preflight::run(session, instance, &caps, &p, &prior).await?;
+            preflight = checked.checks;
+            match checked.refusal {
+                Some(r) => (PlanOutcome::Refused(r), prior, Vec::new()),
+                None => {
+                    let rollback = plan::worst_case_rollback(&p, &prior);
+                    (PlanOutcome::Plan(p), prior, rollback)
+                }
+            }
         }
         Err(r) => (PlanOutcome::Refused(r), Prior::default(), Vec::new()),
     };
@@ -258,6 +272,7 @@ pub async fn plan_instance(
         prior,
         rollback,
         privileged,
+        preflight,
     })
 }
 
@@ -311,6 +326,7 @@ pub async fn offline_plan(
         outcome,
         prior,
         privileged: Vec::new(),
+        preflight: Vec::new(),
     })
 }
 
@@ -589,6 +605,32 @@ pub(super) async fn conclude(
             found: Vec::new(),
         });
     };
+    // Nothing with an effect completed: there is nothing to roll back, and the report says so.
+    if rollback_done == 0 && !changed_anything(&plan.steps[..reached.len()], prior) {
+        let message = format!(
+            "{failure}; nothing was changed (no step with an effect had run), so nothing was rolled back"
+        );
+        session
+            .state
+            .finish_run(run_id, RunStatus::NothingChanged, Some(&session.mask(&message)))
+            .await
+            .map_err(host)?;
+        return Ok(RunReport {
+            run_id: run_id.clone(),
+            instance: instance.name.clone(),
+            from_version: from.to_string(),
+            to_version: target.to_string(),
+            outcome: Outcome::NothingChanged,
+            steps: lines,
+            checks,
+            backups: backup_records,
+            refusal: None,
+            failure: Some(message),
+            rollback_command: None,
+            operator_help: None,
+            denials: denials(session, run_id).await,
+        });
+    }
     // Roll back: the host's own plan, never the adapter's.
     let actions = plan::rollback(&plan.steps[..reached.len()], &reached, prior);
     let mut rollback_failed = None;
@@ -661,6 +703,24 @@ pub(super) async fn conclude(
         operator_help: help,
         denials: denials(session, run_id).await,
         found: Vec::new(),
+    })
+}
+
+/// Whether any step that ran (completed, or started and failed) may have changed the instance:
+/// stopping a service that was running, starting or switching one, a restore, or an adapter step
+/// that says it mutates. Backups, snapshots, waits and checks change nothing.
+fn changed_anything(steps: &[crate::runtime::bindings::Step], prior: &Prior) -> bool {
+    steps.iter().any(|step| match &step.action {
+        Action::ServiceStop(b) => prior.services.get(b).is_none_or(|p| p.running),
+        Action::ServiceStart(_)
+        | Action::ServiceSwitch(_)
+        | Action::DbRestore(_)
+        | Action::FilesRestore(_) => true,
+        Action::Custom(c) => c.mutates,
+        Action::DbBackup(_)
+        | Action::FilesSnapshot(_)
+        | Action::WaitHealthy(_)
+        | Action::HttpCheck(_) => false,
     })
 }
 

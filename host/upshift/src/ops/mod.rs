@@ -7,6 +7,7 @@ pub mod apply;
 pub mod backups;
 pub mod executor;
 pub mod plan;
+pub mod preflight;
 pub mod report;
 pub mod resume;
 pub mod rollout;

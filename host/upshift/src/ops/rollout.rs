@@ -267,6 +267,8 @@ async fn upgrade_one(
                 Outcome::Refused => Status::Refused,
                 Outcome::RolledBack => Status::RolledBack,
                 Outcome::NeedsOperator => Status::NeedsOperator,
+                // Failed before changing anything: not rolled back, and no operator needed.
+                Outcome::NothingChanged => Status::Error,
             };
             line.message = match (&report.refusal, &report.failure) {
                 (Some(r), _) => Some(format!("refused by rule `{}`: {}", r.rule, r.reason)),

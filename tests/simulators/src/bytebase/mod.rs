@@ -7,7 +7,9 @@
 //! the real releases do, refuses where they refuse, starts silently on a newer schema (no
 //! downgrade check), and then serves `/healthz` and the actuator. `BB_SIM_FAIL_MIGRATION=<v>`
 //! makes migration `<v>` fail after earlier files have committed; `BB_SIM_FAIL_START_IF_EXISTS=<file>`
-//! makes every start fail while that file exists (a broken host, for rollback-failure tests).
+//! makes every start fail while that file exists (a broken host, for rollback-failure tests);
+//! `BB_SIM_HEALTH_404_IF_EXISTS=<file>` makes `/healthz` answer 404 while that file exists (an
+//! unhealthy service, for preflight tests).
 
 pub mod catalog;
 mod migrate;
@@ -156,8 +158,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     } else {
         "/api/actuator/info"
     };
+    let unhealthy_marker = std::env::var_os("BB_SIM_HEALTH_404_IF_EXISTS");
+    let healthz = get(move || {
+        let marker = unhealthy_marker.clone();
+        async move {
+            match marker {
+                Some(m) if std::path::Path::new(&m).exists() => {
+                    (axum::http::StatusCode::NOT_FOUND, "404 page not found")
+                }
+                _ => (axum::http::StatusCode::OK, "OK"),
+            }
+        }
+    });
     let app = Router::new()
-        .route("/healthz", get(|| async { "OK" }))
+        .route("/healthz", healthz)
         .route(actuator, get(actuator_info))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
