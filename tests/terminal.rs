@@ -17,6 +17,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -445,4 +446,95 @@ async fn a_signal_before_anything_changed_ends_the_command_at_once() {
     assert_eq!(leases, 0, "the lease was given back");
     drop(silent);
     s.assert_at("3.10.0", "after SIGINT while planning").await;
+}
+
+/// The pids of the `pg_dump` processes whose parent is `parent`.
+fn pg_dumps_of(parent: u32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(p.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .map(str::to_string)
+            };
+            (field("Name:")? == "pg_dump" && field("PPid:")? == parent.to_string()).then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_to_the_whole_process_group_does_not_cut_a_dump() {
+    let Some(pg) = common::pg() else { return };
+    let s = bytebase(pg, false).await;
+    // Enough data that `pg_dump` works for a while.
+    connect(&s.url)
+        .await
+        .batch_execute(
+            "CREATE TABLE bulk (id int, body text);
+             INSERT INTO bulk SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text)
+             FROM generate_series(1, 400000) g;",
+        )
+        .await
+        .expect("bulk rows");
+    // A terminal's Ctrl-C goes to the foreground process group: upshift and its children.
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upshift"))
+        .arg("--fleet")
+        .arg(s.env.fleet())
+        .arg("--data")
+        .arg(s.env.data())
+        .args(["backup", "bb", "--json"])
+        .env_remove("UPSHIFT_FLEET")
+        .env_remove("UPSHIFT_DATA")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn upshift backup");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dump = loop {
+        if let Some(pid) = pg_dumps_of(child.id()).first() {
+            break *pid;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("upshift ended ({status}) before pg_dump ran");
+        }
+        assert!(Instant::now() < deadline, "pg_dump never ran");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), Signal::SIGINT)
+        .expect("Ctrl-C to the group");
+    let out = child.wait_with_output().expect("upshift ends");
+    let err = stderr(&out);
+    assert!(
+        err.contains("SIGINT: the run stops after the step in progress"),
+        "{err}"
+    );
+    // The one step (the dump) ran to its end: nothing was cut, the backup is whole.
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !Path::new(&format!("/proc/{dump}")).exists(),
+        "pg_dump {dump} ended"
+    );
+    let backups = json(&s.env.upshift(&["backups", "--json"]));
+    let taken = &backups[0];
+    assert_eq!(
+        (&taken["method"], &taken["valid"]),
+        (&serde_json::json!("dump"), &serde_json::json!(true)),
+        "{backups}"
+    );
+    let id = taken["id"].as_str().expect("backup id");
+    let verify = s.env.upshift(&["backup", "verify", id, "--json"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
+    assert_eq!(s.newest_run()["status"], "succeeded");
+    assert_eq!(s.serving().await.as_deref(), Some("3.10.0"));
 }
