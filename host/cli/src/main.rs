@@ -1,5 +1,13 @@
 //! The `upshift` command. Errors become exit codes here: 0 done, 1 error, 2 bad usage or input,
 //! 3 refused by the product's rules, 4 failed and rolled back, 5 failed and not rolled back.
+//!
+//! Signals: SIGHUP is ignored (a closed terminal does not stop a run); SIGINT and SIGTERM stop
+//! a run at its next step boundary and roll it back, or end a command that has changed nothing
+//! at once (exit 1, saying so). A closed stdout or stderr is written no more (see [`output`]).
+
+// First: its print macros replace the standard ones in every module below.
+#[macro_use]
+mod output;
 
 mod adapter_cmd;
 mod cli;
@@ -13,7 +21,7 @@ mod record;
 mod scaffold;
 mod ui;
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -23,7 +31,7 @@ use clap::Parser;
 use cli::{AdapterCommand, AuditCommand, BackupArgs, BackupCommand, Cli, Command};
 use commands::Ctx;
 use upshift::caps::Secrets;
-use upshift::ops::{OpError, Session, SessionBuilder};
+use upshift::ops::{OpError, Session, SessionBuilder, StopFlag, StopReply};
 
 /// What `demo` and `simulate` say in a build without the simulators.
 #[cfg(not(feature = "demo"))]
@@ -58,7 +66,8 @@ fn session_builder(cli: &Cli, data: &Path) -> Result<SessionBuilder, Exit> {
     let mut builder = Session::builder(data)
         .secrets(secrets().clone())
         .state_url(cli.state.clone())
-        .services_dir(cli.services.clone());
+        .services_dir(cli.services.clone())
+        .stop_flag(stop_flag().clone());
     if let Some(secs) = cli.lease_secs {
         let ttl = std::time::Duration::try_from_secs_f64(secs)
             .ok()
@@ -124,7 +133,6 @@ fn confirm(yes: bool, question: &str) -> Result<bool, Exit> {
         ));
     }
     eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
@@ -135,6 +143,13 @@ fn confirm(yes: bool, question: &str) -> Result<bool, Exit> {
 fn secrets() -> &'static Secrets {
     static SECRETS: OnceLock<Secrets> = OnceLock::new();
     SECRETS.get_or_init(Secrets::new)
+}
+
+/// The flag SIGINT and SIGTERM set: every session of this process stops its runs at their
+/// next step boundary.
+fn stop_flag() -> &'static StopFlag {
+    static STOP: OnceLock<StopFlag> = OnceLock::new();
+    STOP.get_or_init(StopFlag::default)
 }
 
 /// Print JSON on stdout, secrets masked (the text otherwise exact).
@@ -149,25 +164,83 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Exit> {
 /// Print rendered text on stdout, secrets masked. Adapter text in it has been made visible
 /// by the renderer (`ui::v`).
 fn out(text: &str) {
-    print!("{}", secrets().mask(text));
+    output::STDOUT.write(&secrets().mask(text));
 }
 
 /// [`out`] on stderr.
 fn err_out(text: &str) {
-    eprint!("{}", secrets().mask(text));
+    output::STDERR.write(&secrets().mask(text));
 }
 
-/// Die quietly on a closed pipe (`upshift … | head`), as command-line tools do, instead of
-/// panicking in `println!`.
-fn default_sigpipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: restoring the default disposition installs no handler code; it runs before any
-    // other thread exists.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+/// How long a command that changed nothing gets to end by itself after SIGINT or SIGTERM
+/// (releasing its lease) before the process ends anyway: a confirmation prompt blocks it.
+const IDLE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Take over SIGHUP, SIGINT and SIGTERM for the life of the process (children start with the
+/// default dispositions again). SIGHUP is ignored. The first SIGINT or SIGTERM sets
+/// [`stop_flag`]: a run under way stops at its next step boundary and rolls back; if nothing
+/// has been changed, the returned receiver gets the signal's name and the command ends there.
+/// Later ones are noted and change nothing: a rollback is never interrupted.
+fn watch_signals() -> tokio::sync::oneshot::Receiver<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (idle_tx, idle_rx) = tokio::sync::oneshot::channel();
+    let streams = (|| {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::hangup())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })();
+    let (mut hup, mut int, mut term) = match streams {
+        Ok(streams) => streams,
+        Err(e) => {
+            eprintln!(
+                "warn: cannot take over SIGHUP, SIGINT and SIGTERM ({e}): they end this process at once, mid-step"
+            );
+            return idle_rx;
+        }
+    };
+    let mut idle_tx = Some(idle_tx);
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                Some(()) = hup.recv() => {
+                    eprintln!("upshift: SIGHUP ignored (the terminal closed?); the command goes on, `upshift history` shows how a run ended");
+                    continue;
+                }
+                Some(()) = int.recv() => "SIGINT",
+                Some(()) = term.recv() => "SIGTERM",
+                else => return,
+            };
+            match stop_flag().request(name) {
+                StopReply::NothingChanged => {
+                    if let Some(tx) = idle_tx.take() {
+                        let _ = tx.send(name);
+                    }
+                    tokio::spawn(async move {
+                        tokio::time::sleep(IDLE_STOP_GRACE).await;
+                        err_out(&format!("error: {}\n", nothing_changed(name)));
+                        std::process::exit(1);
+                    });
+                }
+                StopReply::AtNextBoundary => eprintln!(
+                    "upshift: {name}: the run stops after the step in progress and rolls back (a rollback under way runs to its end); nothing is cut mid-step"
+                ),
+                StopReply::AlreadyStopping => eprintln!(
+                    "upshift: {name} again: already stopping at the next step boundary; a rollback is not interrupted"
+                ),
+            }
+        }
+    });
+    idle_rx
+}
+
+/// What a command stopped before it changed anything says.
+fn nothing_changed(signal: &str) -> String {
+    format!("stopped by {signal} before anything was changed; nothing was changed")
 }
 
 fn main() -> ExitCode {
-    default_sigpipe();
     let cli = Cli::parse();
     if let Command::Simulate { product, args } = &cli.command {
         #[cfg(feature = "demo")]
@@ -189,7 +262,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(async {
+        let idle_stop = watch_signals();
+        tokio::select! {
+            result = run(cli) => result,
+            Ok(signal) = idle_stop => Err(Exit {
+                code: 1,
+                error: anyhow::anyhow!(nothing_changed(signal)),
+            }),
+        }
+    });
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(exit) => {
             // An error may quote an adapter or a product: made visible, secrets masked. Only

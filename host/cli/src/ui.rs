@@ -55,11 +55,14 @@ impl Ui {
         (Some(ui), EventSink::new(move |e| inner.on(e)))
     }
 
+    /// A line above the bars (or on stderr). A terminal that went away is drawn on no more;
+    /// the run goes on.
     fn line(&self, text: String) {
-        if self.fancy {
-            let _ = self.multi.println(text);
-        } else {
+        if !self.fancy {
             eprintln!("{text}");
+        } else if !crate::output::STDERR.is_broken() && self.multi.println(text).is_err() {
+            crate::output::STDERR.mark_broken();
+            self.multi.set_draw_target(ProgressDrawTarget::hidden());
         }
     }
 

@@ -592,7 +592,9 @@ impl MySqlBackend {
             "--skip-comments",
         ]);
         self.tool_env(&mut cmd, &self.database);
+        // Its own process group: a Ctrl-C at the terminal does not cut the dump.
         let out = cmd
+            .process_group(0)
             .output()
             .await
             .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;
@@ -781,6 +783,7 @@ impl RestoreEngine for MySqlBackend {
         let mut cmd = tokio::process::Command::new(&bin);
         self.tool_env(&mut cmd, target);
         let mut child = cmd
+            .process_group(0)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

@@ -642,6 +642,9 @@ impl PgBackend {
             .arg("--dbname")
             .arg(&self.url)
             .kill_on_drop(true)
+            // Its own process group: a Ctrl-C at the terminal stops the run at a step
+            // boundary (the host's handler) and does not cut the dump.
+            .process_group(0)
             .output();
         let dump = async {
             dump.await
@@ -871,6 +874,8 @@ impl RestoreEngine for PgBackend {
             .arg("--dbname")
             .arg(&target_url)
             .arg(dir)
+            // Not cut by a Ctrl-C at the terminal (see the dump).
+            .process_group(0)
             .output()
             .await
             .map_err(|e| failed(&format!("cannot run {}", bin.display()), e))?;

@@ -60,6 +60,8 @@ impl ComposeBackend {
             .arg("-f")
             .arg(&self.spec.file)
             .args(args)
+            // Not cut by a Ctrl-C at the terminal: the host stops at a step boundary.
+            .process_group(0)
             .output()
             .await
             .map_err(|e| {

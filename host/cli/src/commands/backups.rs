@@ -158,5 +158,5 @@ pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<u8, Exit> {
         },
     )
     .await;
-    finish_run(ui.as_deref(), report, json)
+    finish_run(&session, ui.as_deref(), report, json)
 }

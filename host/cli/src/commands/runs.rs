@@ -79,7 +79,7 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<u8, Exit> {
         confirm(yes, "Proceed with this plan?").unwrap_or(false)
     })
     .await;
-    finish_run(ui.as_deref(), report, json)
+    finish_run(&session, ui.as_deref(), report, json)
 }
 
 /// `apply` over several instances: waves, parallelism, a failure budget and a report.
@@ -164,6 +164,8 @@ pub async fn agent(ctx: &Ctx, args: AgentArgs) -> Result<u8, Exit> {
         .name
         .clone()
         .unwrap_or_else(|| upshift::lease::holder_name("agent"));
+    // SIGINT/SIGTERM let the item in hand finish (or roll back); the agent then claims no more.
+    session.stop().begin_changes()?;
     let done = upshift::ops::agent::run(&session, &fleet, &name, args.until_empty).await;
     if let Some(ui) = ui.as_deref() {
         ui.clear();
@@ -193,9 +195,11 @@ pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> Result<u8, Exit> {
     let fleet = ctx.load_fleet()?;
     let (ui, sink) = ui::Ui::sink(args.json);
     let session = ctx.open_session(sink).await?;
+    // Resuming may change the instance from its first step: SIGINT/SIGTERM wait for a boundary.
+    session.stop().begin_changes()?;
     let report =
         upshift::ops::resume::resume(&session, &fleet, &args.run, args.step_done.as_deref()).await;
-    finish_run(ui.as_deref(), report, args.json)
+    finish_run(&session, ui.as_deref(), report, args.json)
 }
 
 /// `upshift abandon`: end an unfinished run the operator put right by hand.
@@ -220,8 +224,11 @@ pub async fn abandon(ctx: &Ctx, args: AbandonArgs) -> Result<u8, Exit> {
     Ok(0)
 }
 
-/// Clear the bars, print a run report (text or JSON) and map its outcome to the exit code.
+
+/// Clear the bars, keep the run's report in the reports directory, print it (text or JSON)
+/// and map its outcome to the exit code.
 pub fn finish_run(
+    session: &Session,
     ui: Option<&ui::Ui>,
     report: Result<apply::RunReport, OpError>,
     json: bool,
@@ -230,6 +237,11 @@ pub fn finish_run(
         ui.clear();
     }
     let report = report?;
+    if !report.run_id.is_empty()
+        && let Err(e) = upshift::ops::report::write_run(session, &report)
+    {
+        eprintln!("warn: the run's report was not kept: {e}");
+    }
     if json {
         print_json(&report)?;
     } else {

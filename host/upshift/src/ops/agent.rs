@@ -120,6 +120,10 @@ pub async fn run(
     })?;
     let mut done = Vec::new();
     loop {
+        // SIGINT/SIGTERM: the item in hand was finished (or rolled back); claim no more.
+        if session.stop().requested().is_some() {
+            return Ok(done);
+        }
         let claimed = queue
             .claim(name)
             .await

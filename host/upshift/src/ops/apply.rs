@@ -401,6 +401,11 @@ pub(super) async fn run_forward_from(
 ) -> Forward {
     let start = out.reached.len();
     for (i, step) in steps.iter().enumerate().skip(start) {
+        // SIGINT/SIGTERM: the step before finished; no new one starts, the host rolls back.
+        if let Some(why) = ctx.session.stop().at_boundary(&format!("step `{}`", step.id)) {
+            out.failure = Some(why);
+            break;
+        }
         out.reached.push(Reached::Started);
         let r = ctx
             .step(
@@ -494,6 +499,7 @@ pub async fn apply(
         serde_json::json!({ "plan": plan, "prior": report.prior, "detection": report.detection })
             .to_string();
     let run = new_run(instance, &adapter, "upgrade", &from, target, plan_json);
+    session.stop().begin_changes()?;
     let ctx = RunContext::begin(session, &adapter, &caps, &held, &run, None).await?;
     let forward = run_forward(&ctx, &plan.steps).await;
     conclude(
@@ -531,6 +537,9 @@ pub(super) async fn conclude(
         resumed,
     } = forward;
     let mut checks = Vec::new();
+    if failure.is_none() {
+        failure = session.stop().at_boundary("verification");
+    }
     if failure.is_none() {
         match session.runtime.verify(adapter, caps.clone(), target).await {
             Ok(Ok(c)) => {
@@ -818,6 +827,7 @@ pub async fn backup(
         &version,
         "null".into(),
     );
+    session.stop().begin_changes()?;
     let ctx = RunContext::begin(session, &adapter, &caps, &held, &run, None).await?;
     let bindings: Vec<String> = caps
         .grants()
@@ -837,6 +847,20 @@ pub async fn backup(
     }
     let mut out = Vec::new();
     for (i, b) in bindings.iter().enumerate() {
+        if let Some(why) = session.stop().at_boundary(&format!("backing up `{b}`")) {
+            let taken: Vec<&str> = out.iter().map(|r: &BackupRecord| r.id.as_str()).collect();
+            let why = if taken.is_empty() {
+                format!("{why}; no backup was taken")
+            } else {
+                format!("{why}; the backups taken are kept: {}", taken.join(", "))
+            };
+            session
+                .state
+                .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&why)))
+                .await
+                .map_err(host)?;
+            return Err(OpError::Host(why));
+        }
         let action = Action::DbBackup(crate::runtime::bindings::DbBackupAction {
             binding: b.clone(),
             method,
@@ -963,6 +987,7 @@ pub async fn restore(
         &backup.product_version,
         serde_json::json!({ "plan": plan, "backup": backup.id, "prior": prior }).to_string(),
     );
+    session.stop().begin_changes()?;
     let ctx =
         RunContext::begin(session, &adapter, &caps, &held, &run, Some(backup.clone())).await?;
     let forward = run_forward(&ctx, &plan.steps).await;

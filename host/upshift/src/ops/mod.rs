@@ -13,7 +13,7 @@ pub mod resume;
 pub mod rollout;
 pub mod session;
 
-pub use session::{CrashPoint, Session, SessionBuilder};
+pub use session::{CrashPoint, Session, SessionBuilder, StopFlag, StopReply};
 
 /// Whether this build honours test hooks such as [`SessionBuilder::crash_point`] (the `test-hooks`
 /// feature, which the CLI's tests turn on; never in a normal build).

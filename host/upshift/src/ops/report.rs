@@ -147,3 +147,24 @@ pub async fn write(
         .map_err(|e| OpError::Host(format!("cannot write {}: {e}", json.display())))?;
     Ok((md, json))
 }
+
+/// Write one run's report (`apply`, `restore`, `resume`) as `<data>/reports/<run id>.json`
+/// (0600, secrets masked), so it is there whatever happened to the terminal that ran it.
+pub fn write_run(
+    session: &Session,
+    report: &super::apply::RunReport,
+) -> Result<PathBuf, OpError> {
+    use crate::caps::private;
+    let dir = session.data.join("reports");
+    private::create_dir_all(&dir)
+        .map_err(|e| OpError::Host(format!("cannot create {}: {e}", dir.display())))?;
+    let json = dir.join(format!("{}.json", report.run_id));
+    let text = session
+        .secrets
+        .masked_json(report)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .map_err(|e| OpError::Host(format!("cannot encode the report: {e}")))?;
+    private::write(&json, text)
+        .map_err(|e| OpError::Host(format!("cannot write {}: {e}", json.display())))?;
+    Ok(json)
+}

@@ -2,7 +2,7 @@
 //! how an instance's adapter and capabilities are put together.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::adapters;
@@ -42,6 +42,8 @@ pub struct Session {
     lease_ttl: Duration,
     /// A test hook: where this process kills itself, as a machine dying there would.
     crash_point: Option<CrashPoint>,
+    /// Whether runs are asked to stop at their next step boundary (SIGINT, SIGTERM).
+    stop: StopFlag,
     /// Keeps the audit log's head in the state store; flushed when the session ends.
     anchor: Option<Arc<StateAnchor>>,
     /// The audit log's name in the state store (its anchor and index).
@@ -100,6 +102,7 @@ pub struct SessionBuilder {
     crash_point: Option<CrashPoint>,
     secrets: Secrets,
     audit_segment_bytes: u64,
+    stop: StopFlag,
 }
 
 impl SessionBuilder {
@@ -157,6 +160,13 @@ impl SessionBuilder {
         if super::TEST_HOOKS {
             self.crash_point = Some(point);
         }
+        self
+    }
+
+    /// The flag that asks this session's runs to stop at their next step boundary and roll
+    /// back (default: a flag nobody else holds). The CLI sets it on SIGINT and SIGTERM.
+    pub fn stop_flag(mut self, stop: StopFlag) -> Self {
+        self.stop = stop;
         self
     }
 
@@ -260,6 +270,7 @@ impl SessionBuilder {
             secrets: self.secrets,
             lease_ttl: self.lease_ttl,
             crash_point: self.crash_point,
+            stop: self.stop,
             anchor: Some(anchor),
             audit_key: key,
         })
@@ -279,7 +290,13 @@ impl Session {
             crash_point: None,
             secrets: Secrets::new(),
             audit_segment_bytes: crate::audit::DEFAULT_SEGMENT_BYTES,
+            stop: StopFlag::default(),
         }
+    }
+
+    /// The flag that asks this session's runs to stop at their next step boundary.
+    pub fn stop(&self) -> &StopFlag {
+        &self.stop
     }
 
     /// The audit records of run `run_id` (only its denials when `denied_only`), read by offset
@@ -657,6 +674,78 @@ impl Session {
     }
 }
 
+/// A request that runs stop at their next step boundary and roll back, never mid-step (the CLI
+/// sets it on SIGINT and SIGTERM). Clones share one flag. Runs pass [`StopFlag::begin_changes`]
+/// before they change anything, so whoever requests a stop learns whether anything may have
+/// been changed yet.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<Mutex<StopState>>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    /// Who asked, e.g. `SIGTERM`.
+    why: Option<String>,
+    /// A run of this process has begun changing an instance.
+    changing: bool,
+}
+
+/// What a stop request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReply {
+    /// No run had begun changing anything, and none will now: the caller may simply end.
+    NothingChanged,
+    /// A run is changing an instance: it stops at its next step boundary and rolls back (a
+    /// rollback under way runs to its end).
+    AtNextBoundary,
+    /// A stop had already been asked for; this one changes nothing.
+    AlreadyStopping,
+}
+
+impl StopFlag {
+    fn state(&self) -> std::sync::MutexGuard<'_, StopState> {
+        // The state is two plain fields: a panic elsewhere cannot leave it inconsistent.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ask runs to stop, saying who asks (`SIGTERM`).
+    pub fn request(&self, why: &str) -> StopReply {
+        let mut state = self.state();
+        if state.why.is_some() {
+            return StopReply::AlreadyStopping;
+        }
+        state.why = Some(why.to_string());
+        if state.changing {
+            StopReply::AtNextBoundary
+        } else {
+            StopReply::NothingChanged
+        }
+    }
+
+    /// Who asked runs to stop, if anyone has.
+    pub fn requested(&self) -> Option<String> {
+        self.state().why.clone()
+    }
+
+    /// Called before a run changes anything: refused (naming who asked) once a stop was asked
+    /// for; from then on a stop request waits for a step boundary.
+    pub fn begin_changes(&self) -> Result<(), OpError> {
+        let mut state = self.state();
+        if let Some(why) = &state.why {
+            return Err(OpError::Host(format!(
+                "stopped by {why} before anything was changed; nothing was changed"
+            )));
+        }
+        state.changing = true;
+        Ok(())
+    }
+
+    /// Why a run stops before `next` ("step `backup`"), if a stop was asked for.
+    pub fn at_boundary(&self, next: &str) -> Option<String> {
+        self.requested()
+            .map(|why| format!("stopped by {why} at step boundary (before {next})"))
+    }
+}
+
 /// When, around a step, a crash point fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepMoment {
@@ -699,5 +788,37 @@ impl std::str::FromStr for CrashPoint {
             seq: seq.parse().map_err(|_| bad())?,
             moment,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StopFlag, StopReply};
+
+    #[test]
+    fn a_stop_before_any_change_closes_the_gate_to_changes() {
+        let stop = StopFlag::default();
+        assert_eq!(stop.request("SIGINT"), StopReply::NothingChanged);
+        let refused = stop.begin_changes().expect_err("no run may begin after a stop");
+        assert!(
+            refused.to_string().contains("stopped by SIGINT before anything was changed"),
+            "{refused}"
+        );
+        assert_eq!(stop.request("SIGTERM"), StopReply::AlreadyStopping);
+        assert_eq!(stop.requested().as_deref(), Some("SIGINT"));
+    }
+
+    #[test]
+    fn a_stop_during_a_run_waits_for_the_step_boundary() {
+        let stop = StopFlag::default();
+        let shared = stop.clone();
+        assert_eq!(stop.at_boundary("step `stop`"), None);
+        stop.begin_changes().expect("no stop asked for yet");
+        assert_eq!(shared.request("SIGTERM"), StopReply::AtNextBoundary);
+        assert_eq!(
+            stop.at_boundary("step `backup`").as_deref(),
+            Some("stopped by SIGTERM at step boundary (before step `backup`)")
+        );
+        assert_eq!(shared.request("SIGINT"), StopReply::AlreadyStopping);
     }
 }
