@@ -638,6 +638,7 @@ pub(super) async fn conclude(
             rollback_command: None,
             operator_help: None,
             denials: denials(session, run_id).await,
+            found: Vec::new(),
         });
     }
     // Roll back: the host's own plan, never the adapter's.
@@ -1011,6 +1012,7 @@ pub async fn restore(
             rollback_command: None,
             operator_help: None,
             denials: denials(session, &run.id).await,
+            found: Vec::new(),
         });
     };
     if !replaced_data(&ctx, &plan.steps, &forward.reached) {
