@@ -438,7 +438,12 @@ async fn a_signal_before_anything_changed_ends_the_command_at_once() {
     );
     // No run was journaled; the lease is free for the next command.
     let history = s.env.upshift(&["history", "--json"]);
-    assert_eq!(json(&history), serde_json::json!([]), "{}", stderr(&history));
+    assert_eq!(
+        json(&history),
+        serde_json::json!([]),
+        "{}",
+        stderr(&history)
+    );
     let db = rusqlite::Connection::open(s.env.data().join("state.db")).expect("state");
     let leases: i64 = db
         .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
