@@ -196,7 +196,7 @@ fn service_processes(port: u16) -> usize {
         .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
         .filter(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let has = |word: &str| args.iter().any(|a| *a == word.as_bytes());
+            let has = |word: &str| args.contains(&word.as_bytes());
             has("simulate") && has("bytebase") && has(&port)
         })
         .count()
