@@ -196,7 +196,7 @@ fn service_processes(port: u16) -> usize {
         .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
         .filter(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let has = |word: &str| args.iter().any(|a| *a == word.as_bytes());
+            let has = |word: &str| args.contains(&word.as_bytes());
             has("simulate") && has("bytebase") && has(&port)
         })
         .count()
@@ -438,7 +438,12 @@ async fn a_signal_before_anything_changed_ends_the_command_at_once() {
     );
     // No run was journaled; the lease is free for the next command.
     let history = s.env.upshift(&["history", "--json"]);
-    assert_eq!(json(&history), serde_json::json!([]), "{}", stderr(&history));
+    assert_eq!(
+        json(&history),
+        serde_json::json!([]),
+        "{}",
+        stderr(&history)
+    );
     let db = rusqlite::Connection::open(s.env.data().join("state.db")).expect("state");
     let leases: i64 = db
         .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
@@ -537,4 +542,103 @@ async fn ctrl_c_to_the_whole_process_group_does_not_cut_a_dump() {
     assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
     assert_eq!(s.newest_run()["status"], "succeeded");
     assert_eq!(s.serving().await.as_deref(), Some("3.10.0"));
+}
+
+/// The pid of the `upshift` process working in data directory `data`.
+fn upshift_working_in(data: &Path) -> Option<u32> {
+    let data = data.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let exe = Path::new(std::str::from_utf8(args.first()?).ok()?);
+            (exe.file_name()? == "upshift"
+                && args.contains(&data.as_bytes())
+                && args.contains(&b"apply".as_slice()))
+            .then_some(pid)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_at_the_confirmation_prompt_ends_the_command_at_once() {
+    let Some(pg) = common::pg() else { return };
+    let s = bytebase(pg, false).await;
+    // The prompt needs a terminal: `script` (util-linux) runs upshift on a pseudo-terminal.
+    let command = format!(
+        "exec '{}' --fleet '{}' --data '{}' apply bb --to 3.11.1",
+        env!("CARGO_BIN_EXE_upshift"),
+        s.env.fleet().display(),
+        s.env.data().display()
+    );
+    let mut script = match Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            let why = format!("`script` (util-linux) is needed for a pseudo-terminal: {e}");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let shown = shown.clone();
+        let mut terminal = script.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut terminal, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut text) = shown.lock() {
+                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !shown
+        .lock()
+        .is_ok_and(|t| t.contains("Proceed with this plan? [y/N]"))
+    {
+        if let Ok(Some(status)) = script.try_wait() {
+            panic!("upshift ended ({status}) before its prompt: {shown:?}");
+        }
+        assert!(Instant::now() < deadline, "no prompt: {shown:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = upshift_working_in(&s.env.data()).expect("the upshift process");
+    let sent = Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).expect("SIGINT");
+    let status = script.wait().expect("script ends");
+    let took = sent.elapsed();
+    let _ = reader.join();
+    let shown = shown.lock().map(|t| t.clone()).unwrap_or_default();
+    assert!(took < Duration::from_secs(2), "ended at once: {took:?}");
+    assert_eq!(status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("stopped by SIGINT before anything was changed; nothing was changed"),
+        "{shown}"
+    );
+    let history = s.env.upshift(&["history", "--json"]);
+    assert_eq!(
+        json(&history),
+        serde_json::json!([]),
+        "{}",
+        stderr(&history)
+    );
+    let db = rusqlite::Connection::open(s.env.data().join("state.db")).expect("state");
+    let leases: i64 = db
+        .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
+        .expect("leases");
+    assert_eq!(leases, 0, "the lease was given back");
+    s.assert_at("3.10.0", "after SIGINT at the prompt").await;
 }

@@ -25,6 +25,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 
@@ -133,9 +134,24 @@ fn confirm(yes: bool, question: &str) -> Result<bool, Exit> {
         ));
     }
     eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    // Read on a thread of its own so that SIGINT or SIGTERM at the prompt is answered at once
+    // (as "not confirmed": nothing was changed) rather than after the next key.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let read = std::io::stdin().lock().read_line(&mut answer);
+        let _ = tx.send(read.map(|_| answer));
+    });
+    loop {
+        if stop_flag().requested().is_some() {
+            return Ok(false);
+        }
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(answer) => return Ok(matches!(answer?.trim(), "y" | "Y" | "yes")),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(false),
+        }
+    }
 }
 
 /// The secrets of this process's session: everything the command prints is masked with them
@@ -173,8 +189,12 @@ fn err_out(text: &str) {
 }
 
 /// How long a command that changed nothing gets to end by itself after SIGINT or SIGTERM
-/// (releasing its lease) before the process ends anyway: a confirmation prompt blocks it.
-const IDLE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// (releasing its lease) before the process ends anyway.
+const IDLE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Set when SIGINT or SIGTERM came before anything was changed: whatever error the command
+/// then ends with (a prompt not confirmed, say), the stop is what it reports.
+static STOPPED_IDLE: AtomicBool = AtomicBool::new(false);
 
 /// Take over SIGHUP, SIGINT and SIGTERM for the life of the process (children start with the
 /// default dispositions again). SIGHUP is ignored. The first SIGINT or SIGTERM sets
@@ -214,6 +234,7 @@ fn watch_signals() -> tokio::sync::oneshot::Receiver<&'static str> {
             };
             match stop_flag().request(name) {
                 StopReply::NothingChanged => {
+                    STOPPED_IDLE.store(true, Ordering::SeqCst);
                     if let Some(tx) = idle_tx.take() {
                         let _ = tx.send(name);
                     }
@@ -272,6 +293,13 @@ fn main() -> ExitCode {
             }),
         }
     });
+    let result = match (result, stop_flag().requested()) {
+        (Err(_), Some(signal)) if STOPPED_IDLE.load(Ordering::SeqCst) => Err(Exit {
+            code: 1,
+            error: anyhow::anyhow!(nothing_changed(&signal)),
+        }),
+        (result, _) => result,
+    };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(exit) => {

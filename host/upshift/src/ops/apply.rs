@@ -402,7 +402,11 @@ pub(super) async fn run_forward_from(
     let start = out.reached.len();
     for (i, step) in steps.iter().enumerate().skip(start) {
         // SIGINT/SIGTERM: the step before finished; no new one starts, the host rolls back.
-        if let Some(why) = ctx.session.stop().at_boundary(&format!("step `{}`", step.id)) {
+        if let Some(why) = ctx
+            .session
+            .stop()
+            .at_boundary(&format!("step `{}`", step.id))
+        {
             out.failure = Some(why);
             break;
         }

@@ -150,10 +150,7 @@ pub async fn write(
 
 /// Write one run's report (`apply`, `restore`, `resume`) as `<data>/reports/<run id>.json`
 /// (0600, secrets masked), so it is there whatever happened to the terminal that ran it.
-pub fn write_run(
-    session: &Session,
-    report: &super::apply::RunReport,
-) -> Result<PathBuf, OpError> {
+pub fn write_run(session: &Session, report: &super::apply::RunReport) -> Result<PathBuf, OpError> {
     use crate::caps::private;
     let dir = session.data.join("reports");
     private::create_dir_all(&dir)

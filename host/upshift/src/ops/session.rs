@@ -704,7 +704,9 @@ pub enum StopReply {
 impl StopFlag {
     fn state(&self) -> std::sync::MutexGuard<'_, StopState> {
         // The state is two plain fields: a panic elsewhere cannot leave it inconsistent.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Ask runs to stop, saying who asks (`SIGTERM`).
@@ -799,9 +801,13 @@ mod tests {
     fn a_stop_before_any_change_closes_the_gate_to_changes() {
         let stop = StopFlag::default();
         assert_eq!(stop.request("SIGINT"), StopReply::NothingChanged);
-        let refused = stop.begin_changes().expect_err("no run may begin after a stop");
+        let refused = stop
+            .begin_changes()
+            .expect_err("no run may begin after a stop");
         assert!(
-            refused.to_string().contains("stopped by SIGINT before anything was changed"),
+            refused
+                .to_string()
+                .contains("stopped by SIGINT before anything was changed"),
             "{refused}"
         );
         assert_eq!(stop.request("SIGTERM"), StopReply::AlreadyStopping);
