@@ -364,3 +364,78 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
     drop(cluster);
     drop(tiny);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_fails_after_its_swap_says_exactly_what_it_did() {
+    let Some(pg) = common::pg() else { return };
+    let (_, url) = pg.fresh_db("after").await;
+    let env = Env::new();
+    let port = free_port();
+    let marker = env.dir.path().join("broken-host");
+    env.write_fleet(&common::bytebase_instance_with_env(
+        "bb",
+        &url,
+        port,
+        "3.10.0",
+        None,
+        &format!(", BB_SIM_FAIL_START_IF_EXISTS = \"{}\"", marker.display()),
+    ));
+    start_services(&env, "bb", &["app"]).await;
+    upshift_sim::bytebase::seed_user_rows(&connect(&url).await, 10)
+        .await
+        .expect("seed");
+    let id = backup(&env);
+    let at_backup = common::table_checksums(&url).await;
+    connect(&url)
+        .await
+        .execute(
+            "INSERT INTO project (resource_id, name, key) VALUES ('later', 'Later', 'LATER')",
+            &[],
+        )
+        .await
+        .expect("a row written after the backup");
+    assert_ne!(common::table_checksums(&url).await, at_backup);
+    // From now on the service cannot start: the restore fails after its swap, at `start`.
+    std::fs::write(&marker, b"").expect("marker");
+
+    let out = env.upshift(&["restore", "bb", &id, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "needs-operator", "{report}");
+    assert_eq!(
+        common::step_ids(&report, "forward"),
+        ["stop", "restore-meta", "switch", "start"]
+    );
+    assert!(
+        common::step_ids(&report, "rollback").is_empty(),
+        "nothing is undone once the data was replaced"
+    );
+    let help = report["operator_help"].as_str().expect("operator help");
+    assert!(
+        help.contains("after it began replacing live data")
+            && help.contains("done restore-meta: restored")
+            && help.contains("kept as")
+            && help.contains("FAILED start")
+            && help.contains("service `app`: stopped"),
+        "says what was done and the state now: {help}"
+    );
+    let command = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("upshift restore"))
+        .expect("a command to finish");
+    // The database holds the backup's data, as the help says.
+    assert_eq!(common::table_checksums(&url).await, at_backup);
+    let runs = json(&env.upshift(&["history", "--json"]));
+    assert_eq!(runs[0]["status"], "failed", "{runs}");
+
+    // Once the host is fixed, the command the help gives finishes the restore.
+    std::fs::remove_file(&marker).expect("fix the host");
+    let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    args.extend(["--yes", "--json"]);
+    let out = env.upshift(&args);
+    assert_eq!(out.status.code(), Some(0), "{command}: {}", stderr(&out));
+    let (status, body) = common::http_get(port, "/v1/actuator/info").await;
+    assert!(status == 200 && body.contains("\"3.10.0\""), "serves {body}");
+    assert_eq!(service_processes(port), 1, "exactly one service process");
+    assert_eq!(common::table_checksums(&url).await, at_backup, "the backup's rows");
+}

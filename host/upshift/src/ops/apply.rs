@@ -908,6 +908,10 @@ pub async fn restore(
             &forward.reached,
             &prior,
         );
+        let mut forward = forward;
+        forward.failure = Some(format!(
+            "{failure} (before the swap: the live data was not replaced)"
+        ));
         if undo.is_empty() {
             let message = format!("{failure}; nothing was changed");
             session
