@@ -98,9 +98,16 @@ async fn restore_into_an_existing_database_is_refused_before_anything_stops() {
     );
     assert!(err.contains("nothing was stopped"), "{err}");
     // Nothing was stopped: the same process serves, the same version, and no run was recorded.
-    assert_eq!(service_pid(&env.data()), pid, "the service was not restarted");
+    assert_eq!(
+        service_pid(&env.data()),
+        pid,
+        "the service was not restarted"
+    );
     let (status, body) = common::http_get(port, "/v1/actuator/info").await;
-    assert!(status == 200 && body.contains("3.10.0"), "still serving: {body}");
+    assert!(
+        status == 200 && body.contains("3.10.0"),
+        "still serving: {body}"
+    );
     assert_eq!(service_processes(port), 1, "exactly one service process");
     assert_eq!(
         json(&env.upshift(&["history", "--json"])),
@@ -205,8 +212,17 @@ async fn a_relative_data_dir_keeps_backups_valid_and_verify_condemns_only_damage
             .is_some_and(|n| n.contains("toc.dat has changed")),
         "{record}"
     );
-    let out = upshift_in(&elsewhere, &fleet, "../../work/d", &["restore", "bb", &id, "--yes"]);
-    assert_eq!(out.status.code(), Some(2), "an invalid backup is not restored");
+    let out = upshift_in(
+        &elsewhere,
+        &fleet,
+        "../../work/d",
+        &["restore", "bb", &id, "--yes"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an invalid backup is not restored"
+    );
 
     // Repaired: a good verification marks it valid again and clears the note.
     std::fs::write(&toc, &bytes).expect("repair");
@@ -249,9 +265,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(&self.dir)
-            .output();
+        let _ = std::process::Command::new("umount").arg(&self.dir).output();
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
@@ -286,8 +300,8 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
     // A second throwaway cluster: every new database it creates (the restore's copy among
     // them) lands on the tmpfs, because template1 lives there; the live database and the
     // write-ahead log stay on the real disk, so only the copy runs out of room.
-    let cluster_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pg-full-{}", std::process::id()));
+    let cluster_dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-full-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cluster_dir);
     let cluster = upshift_sim::pg::Cluster::start(&cluster_dir).expect("a second cluster");
     let url = cluster
@@ -342,10 +356,21 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
 
     // The service runs again at the version it had, once, on the original rows.
     let (status, body) = common::http_get(port, "/v1/actuator/info").await;
-    assert!(status == 200 && body.contains("\"3.10.0\""), "serves {body}");
+    assert!(
+        status == 200 && body.contains("\"3.10.0\""),
+        "serves {body}"
+    );
     assert_eq!(service_processes(port), 1, "exactly one service process");
-    assert_ne!(service_pid(&env.data()), pid, "it was stopped and started again");
-    assert_eq!(common::table_checksums(&url).await, before, "every row intact");
+    assert_ne!(
+        service_pid(&env.data()),
+        pid,
+        "it was stopped and started again"
+    );
+    assert_eq!(
+        common::table_checksums(&url).await,
+        before,
+        "every row intact"
+    );
     let leftovers = admin
         .query(
             "SELECT datname::text FROM pg_database WHERE datname LIKE '%restoring%'",
@@ -435,7 +460,14 @@ async fn a_restore_that_fails_after_its_swap_says_exactly_what_it_did() {
     let out = env.upshift(&args);
     assert_eq!(out.status.code(), Some(0), "{command}: {}", stderr(&out));
     let (status, body) = common::http_get(port, "/v1/actuator/info").await;
-    assert!(status == 200 && body.contains("\"3.10.0\""), "serves {body}");
+    assert!(
+        status == 200 && body.contains("\"3.10.0\""),
+        "serves {body}"
+    );
     assert_eq!(service_processes(port), 1, "exactly one service process");
-    assert_eq!(common::table_checksums(&url).await, at_backup, "the backup's rows");
+    assert_eq!(
+        common::table_checksums(&url).await,
+        at_backup,
+        "the backup's rows"
+    );
 }

@@ -924,17 +924,7 @@ pub async fn restore(
                 backup.id, run.id
             )));
         }
-        let mut report = conclude(
-            &ctx,
-            instance,
-            &plan,
-            &prior,
-            &from,
-            &from,
-            forward,
-            0,
-        )
-        .await?;
+        let mut report = conclude(&ctx, instance, &plan, &prior, &from, &from, forward, 0).await?;
         report.to_version = backup.product_version.clone();
         report.backups = vec![backup];
         return Ok(report);
