@@ -121,6 +121,29 @@ async fn restore_into_an_existing_database_is_refused_before_anything_stops() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(pg.database_exists(&fresh).await);
     assert_eq!(service_pid(&env.data()), pid);
+
+    // A restore into a new database that fails (the dump was damaged after it was catalogued)
+    // had nothing to undo: exit 1, saying so, and no half-made database.
+    let toc = env.data().join("backups").join(&id).join("toc.dat");
+    let mut bytes = std::fs::read(&toc).expect("toc.dat");
+    bytes[0] ^= 0xff;
+    std::fs::write(&toc, &bytes).expect("damage");
+    let broken = format!("{taken}_broken");
+    let out = env.upshift(&["restore", "bb", &id, "--into", &broken, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("damaged") && err.contains("were not changed"),
+        "{err}"
+    );
+    assert!(!pg.database_exists(&broken).await);
+    assert_eq!(service_pid(&env.data()), pid);
+    let runs = json(&env.upshift(&["history", "--json"]));
+    assert_eq!(
+        (&runs[0]["kind"], &runs[0]["status"]),
+        (&"restore".into(), &"failed".into()),
+        "{runs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
