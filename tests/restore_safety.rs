@@ -98,9 +98,16 @@ async fn restore_into_an_existing_database_is_refused_before_anything_stops() {
     );
     assert!(err.contains("nothing was stopped"), "{err}");
     // Nothing was stopped: the same process serves, the same version, and no run was recorded.
-    assert_eq!(service_pid(&env.data()), pid, "the service was not restarted");
+    assert_eq!(
+        service_pid(&env.data()),
+        pid,
+        "the service was not restarted"
+    );
     let (status, body) = common::http_get(port, "/v1/actuator/info").await;
-    assert!(status == 200 && body.contains("3.10.0"), "still serving: {body}");
+    assert!(
+        status == 200 && body.contains("3.10.0"),
+        "still serving: {body}"
+    );
     assert_eq!(service_processes(port), 1, "exactly one service process");
     assert_eq!(
         json(&env.upshift(&["history", "--json"])),
@@ -114,6 +121,29 @@ async fn restore_into_an_existing_database_is_refused_before_anything_stops() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(pg.database_exists(&fresh).await);
     assert_eq!(service_pid(&env.data()), pid);
+
+    // A restore into a new database that fails (the dump was damaged after it was catalogued)
+    // had nothing to undo: exit 1, saying so, and no half-made database.
+    let toc = env.data().join("backups").join(&id).join("toc.dat");
+    let mut bytes = std::fs::read(&toc).expect("toc.dat");
+    bytes[0] ^= 0xff;
+    std::fs::write(&toc, &bytes).expect("damage");
+    let broken = format!("{taken}_broken");
+    let out = env.upshift(&["restore", "bb", &id, "--into", &broken, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("damaged") && err.contains("were not changed"),
+        "{err}"
+    );
+    assert!(!pg.database_exists(&broken).await);
+    assert_eq!(service_pid(&env.data()), pid);
+    let runs = json(&env.upshift(&["history", "--json"]));
+    assert_eq!(
+        (&runs[0]["kind"], &runs[0]["status"]),
+        (&"restore".into(), &"failed".into()),
+        "{runs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,8 +235,17 @@ async fn a_relative_data_dir_keeps_backups_valid_and_verify_condemns_only_damage
             .is_some_and(|n| n.contains("toc.dat has changed")),
         "{record}"
     );
-    let out = upshift_in(&elsewhere, &fleet, "../../work/d", &["restore", "bb", &id, "--yes"]);
-    assert_eq!(out.status.code(), Some(2), "an invalid backup is not restored");
+    let out = upshift_in(
+        &elsewhere,
+        &fleet,
+        "../../work/d",
+        &["restore", "bb", &id, "--yes"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an invalid backup is not restored"
+    );
 
     // Repaired: a good verification marks it valid again and clears the note.
     std::fs::write(&toc, &bytes).expect("repair");
@@ -249,9 +288,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(&self.dir)
-            .output();
+        let _ = std::process::Command::new("umount").arg(&self.dir).output();
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
@@ -286,8 +323,8 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
     // A second throwaway cluster: every new database it creates (the restore's copy among
     // them) lands on the tmpfs, because template1 lives there; the live database and the
     // write-ahead log stay on the real disk, so only the copy runs out of room.
-    let cluster_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pg-full-{}", std::process::id()));
+    let cluster_dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-full-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cluster_dir);
     let cluster = upshift_sim::pg::Cluster::start(&cluster_dir).expect("a second cluster");
     let url = cluster
@@ -342,10 +379,21 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
 
     // The service runs again at the version it had, once, on the original rows.
     let (status, body) = common::http_get(port, "/v1/actuator/info").await;
-    assert!(status == 200 && body.contains("\"3.10.0\""), "serves {body}");
+    assert!(
+        status == 200 && body.contains("\"3.10.0\""),
+        "serves {body}"
+    );
     assert_eq!(service_processes(port), 1, "exactly one service process");
-    assert_ne!(service_pid(&env.data()), pid, "it was stopped and started again");
-    assert_eq!(common::table_checksums(&url).await, before, "every row intact");
+    assert_ne!(
+        service_pid(&env.data()),
+        pid,
+        "it was stopped and started again"
+    );
+    assert_eq!(
+        common::table_checksums(&url).await,
+        before,
+        "every row intact"
+    );
     let leftovers = admin
         .query(
             "SELECT datname::text FROM pg_database WHERE datname LIKE '%restoring%'",
@@ -363,4 +411,86 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
     drop(env);
     drop(cluster);
     drop(tiny);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_fails_after_its_swap_says_exactly_what_it_did() {
+    let Some(pg) = common::pg() else { return };
+    let (_, url) = pg.fresh_db("after").await;
+    let env = Env::new();
+    let port = free_port();
+    let marker = env.dir.path().join("broken-host");
+    env.write_fleet(&common::bytebase_instance_with_env(
+        "bb",
+        &url,
+        port,
+        "3.10.0",
+        None,
+        &format!(", BB_SIM_FAIL_START_IF_EXISTS = \"{}\"", marker.display()),
+    ));
+    start_services(&env, "bb", &["app"]).await;
+    upshift_sim::bytebase::seed_user_rows(&connect(&url).await, 10)
+        .await
+        .expect("seed");
+    let id = backup(&env);
+    let at_backup = common::table_checksums(&url).await;
+    connect(&url)
+        .await
+        .execute(
+            "INSERT INTO project (resource_id, name, key) VALUES ('later', 'Later', 'LATER')",
+            &[],
+        )
+        .await
+        .expect("a row written after the backup");
+    assert_ne!(common::table_checksums(&url).await, at_backup);
+    // From now on the service cannot start: the restore fails after its swap, at `start`.
+    std::fs::write(&marker, b"").expect("marker");
+
+    let out = env.upshift(&["restore", "bb", &id, "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "needs-operator", "{report}");
+    assert_eq!(
+        common::step_ids(&report, "forward"),
+        ["stop", "restore-meta", "switch", "start"]
+    );
+    assert!(
+        common::step_ids(&report, "rollback").is_empty(),
+        "nothing is undone once the data was replaced"
+    );
+    let help = report["operator_help"].as_str().expect("operator help");
+    assert!(
+        help.contains("after it began replacing live data")
+            && help.contains("done restore-meta: restored")
+            && help.contains("kept as")
+            && help.contains("FAILED start")
+            && help.contains("service `app`: stopped"),
+        "says what was done and the state now: {help}"
+    );
+    let command = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("upshift restore"))
+        .expect("a command to finish");
+    // The database holds the backup's data, as the help says.
+    assert_eq!(common::table_checksums(&url).await, at_backup);
+    let runs = json(&env.upshift(&["history", "--json"]));
+    assert_eq!(runs[0]["status"], "failed", "{runs}");
+
+    // Once the host is fixed, the command the help gives finishes the restore.
+    std::fs::remove_file(&marker).expect("fix the host");
+    let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    args.extend(["--yes", "--json"]);
+    let out = env.upshift(&args);
+    assert_eq!(out.status.code(), Some(0), "{command}: {}", stderr(&out));
+    let (status, body) = common::http_get(port, "/v1/actuator/info").await;
+    assert!(
+        status == 200 && body.contains("\"3.10.0\""),
+        "serves {body}"
+    );
+    assert_eq!(service_processes(port), 1, "exactly one service process");
+    assert_eq!(
+        common::table_checksums(&url).await,
+        at_backup,
+        "the backup's rows"
+    );
 }

@@ -16,7 +16,8 @@ pub struct Cli {
         default_value = "upshift.toml"
     )]
     pub fleet: PathBuf,
-    /// Data directory (state, backups, audit log, cache). Default: ~/.local/share/upshift.
+    /// Data directory (state, backups, audit log, cache); a relative path is resolved once
+    /// against the working directory. Default: ~/.local/share/upshift.
     #[arg(long, global = true, env = "UPSHIFT_DATA")]
     pub data: Option<PathBuf>,
     /// Keep runs, steps, the backup catalog, leases and the work queue in PostgreSQL

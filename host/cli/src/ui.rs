@@ -293,6 +293,16 @@ pub fn plan_text(report: &PlanReport) -> String {
 }
 
 /// A run report as text.
+/// The backup a restore run restored: a restore's report carries it, and it was taken by
+/// another run (an upgrade's report carries only the backups it took itself).
+fn restored_backup(report: &RunReport) -> Option<&str> {
+    report
+        .backups
+        .iter()
+        .find(|b| b.run_id.as_deref() != Some(report.run_id.as_str()))
+        .map(|b| b.id.as_str())
+}
+
 pub fn run_text(report: &RunReport) -> String {
     let mut out = String::new();
     let (instance, from, to) = (
@@ -305,9 +315,15 @@ pub fn run_text(report: &RunReport) -> String {
         Outcome::Refused => style(format!("✘ {instance}: refused, nothing changed"))
             .yellow()
             .bold(),
-        Outcome::RolledBack => style(format!(
-            "↺ {instance}: upgrade to {to} failed and was rolled back to {from}"
-        ))
+        Outcome::RolledBack => match restored_backup(report) {
+            Some(id) => style(format!(
+                "↺ {instance}: restore of backup {} failed before it replaced any data and was rolled back: {from} runs as before",
+                v(id)
+            )),
+            None => style(format!(
+                "↺ {instance}: upgrade to {to} failed and was rolled back to {from}"
+            )),
+        }
         .yellow()
         .bold(),
         Outcome::NeedsOperator => style(format!(

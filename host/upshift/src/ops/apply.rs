@@ -1027,8 +1027,12 @@ pub async fn restore(
             &forward.reached,
             &prior,
         );
+        let mut forward = forward;
+        forward.failure = Some(format!(
+            "{failure} (before the swap: the live data was not replaced)"
+        ));
         if undo.is_empty() {
-            let message = format!("{failure}; nothing was changed");
+            let message = format!("{failure}; the live data and services were not changed");
             session
                 .state
                 .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&message)))
@@ -1039,17 +1043,7 @@ pub async fn restore(
                 backup.id, run.id
             )));
         }
-        let mut report = conclude(
-            &ctx,
-            instance,
-            &plan,
-            &prior,
-            &from,
-            &from,
-            forward,
-            0,
-        )
-        .await?;
+        let mut report = conclude(&ctx, instance, &plan, &prior, &from, &from, forward, 0).await?;
         report.to_version = backup.product_version.clone();
         report.backups = vec![backup];
         return Ok(report);
@@ -1081,17 +1075,25 @@ pub async fn restore(
 }
 
 /// Whether a failed restore run replaced any live data: its swap began, or a step that changes
-/// data (a start, a mutating adapter step, a restore) finished before the failure.
+/// live data (a start, a mutating adapter step, a restore in place) finished before the
+/// failure. A restore into a new database leaves the live one alone.
 fn replaced_data(
     ctx: &RunContext<'_>,
     steps: &[crate::runtime::bindings::Step],
     reached: &[Reached],
 ) -> bool {
+    let changes_live_data = |action: &Action| match action {
+        Action::DbRestore(a) => matches!(
+            a.target,
+            crate::runtime::bindings::RestoreTarget::SameDatabase
+        ),
+        other => plan::changes_data(other),
+    };
     ctx.swap_began.load(std::sync::atomic::Ordering::SeqCst)
         || steps
             .iter()
             .zip(reached)
-            .any(|(step, how)| matches!(how, Reached::Done(_)) && plan::changes_data(&step.action))
+            .any(|(step, how)| matches!(how, Reached::Done(_)) && changes_live_data(&step.action))
 }
 
 /// Refuse a restore into a new database that already exists, before anything is stopped.
