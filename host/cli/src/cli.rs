@@ -69,6 +69,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show past runs and their steps.
     History(HistoryArgs),
+    /// Find and remove what faults left half-done (orphaned clones, restore targets, partial
+    /// backups) and backups past the fleet's [retention].
+    Gc(GcArgs),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -347,6 +350,17 @@ pub enum BackupCommand {
 pub struct ListArgs {
     /// Only this instance.
     pub instance: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift gc`
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -263,5 +263,6 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Backups(args) => commands::backups::backups(&ctx, args).await,
         Command::Restore(args) => commands::backups::restore(&ctx, args).await,
         Command::History(args) => commands::history::history(&ctx, args).await,
+        Command::Gc(args) => commands::gc::gc(&ctx, args).await,
     }
 }
