@@ -209,14 +209,17 @@ async fn a_snapshot_that_fills_the_state_stores_disk_still_records_the_end_of_th
 }
 
 /// A Bytebase instance `bb` at 3.10.0 with seeded rows and a 300,000-row ballast table (so a
-/// backup and a restore take long enough to be caught in the act from outside).
+/// backup and a restore take long enough to be caught in the act from outside); its service
+/// left running only with `start`.
 async fn bytebase(pg: &common::Pg, start: bool) -> (Env, u16, String, String) {
     let (name, url) = pg.fresh_db("bbleft").await;
     let env = Env::new();
     let port = free_port();
     env.write_fleet(&common::bytebase_instance("bb", &url, port, "3.10.0", None));
-    if start {
-        start_services(&env, "bb", &["app"]).await;
+    // The simulator creates its schema when it first starts.
+    start_services(&env, "bb", &["app"]).await;
+    if !start {
+        stop_app(&env).await;
     }
     let client = connect(&url).await;
     upshift_sim::bytebase::seed_user_rows(&client, 5)
@@ -229,6 +232,18 @@ async fn bytebase(pg: &common::Pg, start: bool) -> (Env, u16, String, String) {
         .await
         .expect("ballast");
     (env, port, url, name)
+}
+
+/// Stop `bb`'s service (a clone backup or a restore needs its database to itself).
+async fn stop_app(env: &Env) {
+    let fleet = upshift::fleet::Fleet::load(&env.fleet()).expect("fleet");
+    let session = upshift::ops::Session::open(&env.data(), upshift::caps::EventSink::discard())
+        .await
+        .expect("session");
+    let (_, caps) = upshift::ops::apply::prepare(&session, fleet.instance("bb").expect("bb"))
+        .await
+        .expect("prepare");
+    caps.service().stop("app", "test").await.expect("stop");
 }
 
 /// Databases whose names start with `prefix`.
