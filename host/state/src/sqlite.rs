@@ -83,7 +83,7 @@ impl Reserve {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let room = nix::sys::statvfs::statvfs(dir)
-            .map(|s| u64::from(s.blocks_available()).saturating_mul(s.fragment_size() as u64))
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
             .unwrap_or(0);
         if room < 2 * RESERVE_BYTES {
             return false;
