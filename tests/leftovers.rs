@@ -345,10 +345,8 @@ async fn a_clone_left_by_a_killed_backup_is_listed_with_its_size_and_dropped_by_
     );
     assert!(pg.database_exists(&clone).await);
 
-    // The run is finished by resume (it takes a backup of its own again).
-    let out = env.upshift(&["resume", &run_id, "--json"]);
-    assert!(matches!(out.status.code(), Some(0 | 4)), "{}", stderr(&out));
-    assert_ne!(newest_run(&env)["status"], "running");
+    // The operator ends the run (what `upshift abandon` records).
+    end_run(&env, &run_id);
 
     // Now it is an orphan: listed with its size, removed by nothing in a dry run…
     let out = env.upshift(&["gc", "--dry-run", "--json"]);
@@ -392,7 +390,30 @@ async fn a_clone_left_by_a_killed_backup_is_listed_with_its_size_and_dropped_by_
     assert!(!pg.database_exists(&clone).await, "dropped");
     let out = env.upshift(&["gc", "--json"]);
     assert_eq!(json(&out)["items"], serde_json::json!([]), "nothing left");
-    // The instance: one version, every row, the catalogued backup untouched.
+    // The run was killed before anything changed the data: every row, identical.
+    assert_eq!(common::table_checksums(&url).await, before);
+
+    // Killed again while cloning, the run is resumed instead: resume removes the clone its
+    // killed host left before it goes on, and the run ends.
+    start_services(&env, "bb", &["app"]).await;
+    let clone = kill_when_database_appears(
+        &env,
+        pg,
+        &["apply", "bb", "--to", "3.11.1", "--yes", "--json"],
+        &format!("{db}_bk_"),
+    )
+    .await;
+    let run_id = newest_run(&env)["id"].as_str().expect("id").to_string();
+    let out = env.upshift(&["resume", &run_id, "--json"]);
+    assert!(matches!(out.status.code(), Some(0 | 4)), "{}", stderr(&out));
+    assert_ne!(newest_run(&env)["status"], "running");
+    assert!(!pg.database_exists(&clone).await, "resume removed {clone}");
+    let out = env.upshift(&["gc", "--dry-run", "--json"]);
+    assert_eq!(
+        json(&out)["items"],
+        serde_json::json!([]),
+        "nothing left for gc"
+    );
     let (_, body) = common::http_get(port, "/v1/actuator/info").await;
     assert!(
         body.contains("\"3.11.1\"") || body.contains("\"3.10.0\""),
@@ -401,11 +422,24 @@ async fn a_clone_left_by_a_killed_backup_is_listed_with_its_size_and_dropped_by_
     let after = common::table_checksums(&url).await;
     assert_eq!(after["ballast"], before["ballast"], "every row");
     assert_eq!(after["project"].0, before["project"].0, "every row");
+    // Every catalogued clone backup is still there.
     let backups = json(&env.upshift(&["backups", "--json"]));
     for b in backups.as_array().expect("backups") {
         let location = b["location"].as_str().expect("location");
         assert!(pg.database_exists(location).await, "{location} is kept");
     }
+}
+
+/// End run `run_id` as the operator does after fixing things by hand (what `upshift abandon`
+/// records): restore runs and backup runs are not resumed.
+fn end_run(env: &Env, run_id: &str) {
+    let state = rusqlite::Connection::open(env.data().join("state.db")).expect("state");
+    state
+        .execute(
+            "UPDATE runs SET status = 'failed', message = 'abandoned by the operator' WHERE id = ?1",
+            [run_id],
+        )
+        .expect("end the run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,14 +479,7 @@ async fn a_restore_target_left_by_a_killed_restore_is_dropped_by_gc() {
     );
     // The operator ends the run (what `upshift abandon` records; a restore run is not
     // resumed).
-    let state = rusqlite::Connection::open(env.data().join("state.db")).expect("state");
-    state
-        .execute(
-            "UPDATE runs SET status = 'failed', message = 'abandoned by the operator' WHERE id = ?1",
-            [&run_id],
-        )
-        .expect("end the run");
-    drop(state);
+    end_run(&env, &run_id);
     // The killed host's pg_restore goes on by itself; wait until it is done with the target.
     let admin = connect(&pg.admin_url("postgres")).await;
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -549,6 +549,73 @@ impl Gc<'_> {
     }
 }
 
+/// Before run `run_id` is resumed: remove what its killed host left half-made (recorded as
+/// pending by that run and never catalogued), so it takes no space and no name the resumed run
+/// needs. Databases are dropped through `caps`' guarded db capability with the audit detail
+/// `via`. Returns one line per artifact, saying what was done; what cannot be removed stays
+/// recorded for `upshift gc`.
+pub async fn clear_run(
+    session: &Session,
+    caps: &InstanceCaps,
+    run_id: &str,
+    via: &str,
+) -> Vec<String> {
+    let Ok(pending) = session.state.pending(Some(&caps.caller().instance)).await else {
+        return Vec::new();
+    };
+    let mut done = Vec::new();
+    for p in pending
+        .iter()
+        .filter(|p| p.run_id.as_deref() == Some(run_id))
+    {
+        if matches!(p.kind.as_str(), "clone" | "dump" | "snapshot")
+            && session.state.backup(&p.id).await.ok().flatten().is_some()
+        {
+            let _ = session.state.forget_pending(&p.id).await;
+            continue;
+        }
+        let name = p.location.clone();
+        let removed = match p.kind.as_str() {
+            "clone" => caps
+                .db()
+                .backup(&p.binding, via, async |db| db.drop_database(&name).await)
+                .await
+                .map_err(|e| e.to_string()),
+            "restore-target" => caps
+                .db()
+                .restore(&p.binding, via, async |db| db.drop_database(&name).await)
+                .await
+                .map_err(|e| e.to_string()),
+            "dump" | "snapshot" | "restore-dir" => remove_dir_and_partial(Path::new(&p.location))
+                .await
+                .map_err(|e| e.to_string()),
+            _ => continue,
+        };
+        let removed = match (removed, p.kind.as_str()) {
+            (Ok(()), "clone" | "dump" | "snapshot") => {
+                remove_dir_and_partial(&session.backups_dir().join(&p.id))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            (other, _) => other,
+        };
+        match removed {
+            Ok(()) => {
+                let _ = session.state.forget_pending(&p.id).await;
+                done.push(format!(
+                    "removed the unfinished {} `{}` the interrupted run left",
+                    p.kind, p.location
+                ));
+            }
+            Err(e) => done.push(format!(
+                "the unfinished {} `{}` could not be removed ({e}); `upshift gc` removes it once the run has ended",
+                p.kind, p.location
+            )),
+        }
+    }
+    done
+}
+
 /// Names in the backups directory that look like Upshift's own (`bk-<12 hex>`, perhaps with
 /// `.partial`); anything else there is not gc's to judge.
 async fn list_backups_dir(dir: &Path) -> Result<Vec<String>, OpError> {
