@@ -81,6 +81,9 @@ pub enum Command {
     Start(ServiceArgs),
     /// Stop an instance's services (or one); audited, under the instance's lease.
     Stop(ServiceArgs),
+    /// Find and remove what faults left half-done (orphaned clones, restore targets, partial
+    /// backups) and backups past the fleet's [retention].
+    Gc(GcArgs),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -372,6 +375,17 @@ pub enum BackupCommand {
 pub struct ListArgs {
     /// Only this instance.
     pub instance: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift gc`
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -417,5 +417,6 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
             let command = upshift::ops::preflight::ServiceCommand::Stop;
             commands::services::control(&ctx, args, command).await
         }
+        Command::Gc(args) => commands::gc::gc(&ctx, args).await,
     }
 }

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::lease::LeaseStore;
 use crate::queue::WorkQueue;
 
-/// The schema version this build writes (4 added `audit_index` and `kept`; 3 added `artifacts`
-/// and `audit_anchors`).
-const SCHEMA: i64 = 4;
+/// The schema version this build writes (5 added `pending`; 4 added `audit_index` and `kept`;
+/// 3 added `artifacts` and `audit_anchors`).
+const SCHEMA: i64 = 5;
 
 /// How a run ended (or that it is still running).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +198,28 @@ pub struct KeptRecord {
     pub kept_at: String,
     /// RFC 3339, when it was put back or removed; `None` while it is kept.
     pub released_at: Option<String>,
+}
+
+/// A backup artifact being made (or removed): recorded before it is created, forgotten once it
+/// is catalogued or removed, so one a killed host left behind is found by `upshift gc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingArtifact {
+    /// Unique id (the backup id it was made for, or a fresh one).
+    pub id: String,
+    /// What it is: `clone` or `restore-target` (databases), `dump` or `snapshot` (directories,
+    /// whose unfinished form is `<location>.partial`), `restore-dir` (a directory built beside
+    /// a files binding).
+    pub kind: String,
+    /// The database name or the absolute path.
+    pub location: String,
+    /// Instance.
+    pub instance: String,
+    /// The binding it belongs to.
+    pub binding: String,
+    /// The run making it (`None`: `upshift gc` removing a backup).
+    pub run_id: Option<String>,
+    /// RFC 3339, when it was recorded.
+    pub recorded_at: String,
 }
 
 /// The head of an audit log's hash chain as last anchored: how many records it had and the
@@ -376,6 +398,14 @@ pub trait StateStore: LeaseStore {
     fn backup<'a>(&'a self, id: &'a str) -> StateFuture<'a, Option<BackupRecord>>;
     /// Backups, newest first.
     fn backups<'a>(&'a self, instance: Option<&'a str>) -> StateFuture<'a, Vec<BackupRecord>>;
+    /// Remove a backup from the catalog (its files or database are already gone).
+    fn delete_backup<'a>(&'a self, id: &'a str) -> StateFuture<'a, ()>;
+    /// Record an artifact about to be created (or removed), before it is touched.
+    fn record_pending<'a>(&'a self, artifact: &'a PendingArtifact) -> StateFuture<'a, ()>;
+    /// Forget a pending artifact: it was catalogued or removed.
+    fn forget_pending<'a>(&'a self, id: &'a str) -> StateFuture<'a, ()>;
+    /// The pending artifacts (of one instance, or all), oldest first.
+    fn pending<'a>(&'a self, instance: Option<&'a str>) -> StateFuture<'a, Vec<PendingArtifact>>;
     /// Journal a container a switch kept for switching back.
     fn record_kept<'a>(&'a self, kept: &'a KeptRecord) -> StateFuture<'a, ()>;
     /// The containers run `run_id` kept, in the order they were kept.
@@ -689,6 +719,150 @@ mod tests {
                 .map(|e| e.rows),
             Some(2)
         );
+    }
+
+    #[tokio::test]
+    async fn pending_artifacts_round_trip_and_older_databases_gain_their_table() {
+        let (_dir, path, store) = fresh().await;
+        let artifact = |id: &str, instance: &str| PendingArtifact {
+            id: id.into(),
+            kind: "clone".into(),
+            location: format!("metadb_{id}"),
+            instance: instance.into(),
+            binding: "meta".into(),
+            run_id: Some("r1".into()),
+            recorded_at: format!("2026-01-01T00:00:0{}Z", id.len()),
+        };
+        store
+            .record_pending(&artifact("a", "bb"))
+            .await
+            .expect("record");
+        store
+            .record_pending(&artifact("bb", "om"))
+            .await
+            .expect("record");
+        assert_eq!(
+            store.pending(None).await.expect("all"),
+            vec![artifact("a", "bb"), artifact("bb", "om")]
+        );
+        assert_eq!(
+            store.pending(Some("om")).await.expect("om"),
+            vec![artifact("bb", "om")]
+        );
+        store.forget_pending("a").await.expect("forget");
+        store
+            .forget_pending("a")
+            .await
+            .expect("forgetting twice is fine");
+        assert_eq!(store.pending(Some("bb")).await.expect("bb"), vec![]);
+        drop(store);
+
+        // A database of schema 4 (no `pending` table) gains it on open.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch("DROP TABLE pending; PRAGMA user_version = 4;")
+            .expect("downgrade");
+        drop(conn);
+        let store = open(&path).await.expect("migrates");
+        assert_eq!(store.pending(None).await.expect("empty"), vec![]);
+        store
+            .record_pending(&artifact("c", "bb"))
+            .await
+            .expect("record");
+    }
+
+    #[tokio::test]
+    async fn backups_are_deleted_from_the_catalog() {
+        let (_dir, _, store) = fresh().await;
+        let b = BackupRecord {
+            id: "bk-1".into(),
+            instance: "a".into(),
+            binding: "meta".into(),
+            run_id: None,
+            method: "dump".into(),
+            location: "/x".into(),
+            source_database: "metadb".into(),
+            product_version: "3.10.0".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            size_bytes: None,
+            sha256: None,
+            valid: true,
+            note: None,
+        };
+        store.insert_backup(&b).await.expect("insert");
+        store.delete_backup("bk-1").await.expect("delete");
+        assert_eq!(store.backup("bk-1").await.expect("get"), None);
+    }
+
+    /// A real full disk (a 16 MiB tmpfs): the journal still records a run because the reserve
+    /// beside the state database is released, and the reserve is made again once there is
+    /// room.
+    #[tokio::test]
+    async fn a_full_disk_releases_the_reserve_so_the_journal_still_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            let message = "this test needs `mount -t tmpfs` (root, or CAP_SYS_ADMIN) for a real full disk, and it was refused";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{message}");
+            }
+            eprintln!("SKIPPED: {message}");
+            return;
+        }
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let path = dir.path().join("state.db");
+        let store = open(&path).await.expect("open");
+        let reserve = dir.path().join(sqlite::RESERVE_FILE);
+        assert_eq!(
+            std::fs::metadata(&reserve).expect("reserve").len(),
+            sqlite::RESERVE_BYTES
+        );
+        // Something else fills the disk to the last byte.
+        let filler = dir.path().join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).expect("filler");
+            let chunk = vec![7u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+            while f.write_all(&[7u8]).is_ok() {}
+            let _ = f.sync_all();
+        }
+        let mut runs = 0;
+        // Enough rows to need new pages (about 16 KiB of WAL each, so a run's journal fits
+        // the reserve many times): without the reserve these fail with SQLITE_FULL.
+        for i in 0..100 {
+            let mut r = run(&format!("r{i}"), "a", "2026-01-01T00:00:00Z");
+            r.plan_json = "x".repeat(4000);
+            store
+                .insert_run(&r)
+                .await
+                .unwrap_or_else(|e| panic!("run {i} journaled despite the full disk: {e}"));
+            runs += 1;
+        }
+        assert_eq!(runs, 100);
+        assert!(!reserve.exists(), "the reserve was released");
+        // Room again: the next write makes the reserve again.
+        std::fs::remove_file(&filler).expect("remove filler");
+        store
+            .finish_run("r0", RunStatus::RolledBack, Some("disk full"))
+            .await
+            .expect("finish");
+        assert_eq!(
+            std::fs::metadata(&reserve)
+                .expect("reserve made again")
+                .len(),
+            sqlite::RESERVE_BYTES
+        );
+        drop(store);
     }
 
     #[tokio::test]

@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS upshift_kept (
     run_id TEXT NOT NULL, instance TEXT NOT NULL, binding TEXT NOT NULL, container_id TEXT NOT NULL,
     replaced_by TEXT NOT NULL, image TEXT NOT NULL, kept_at TEXT NOT NULL, released_at TEXT,
     PRIMARY KEY (run_id, container_id));
+CREATE TABLE IF NOT EXISTS upshift_pending (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, location TEXT NOT NULL, instance TEXT NOT NULL,
+    binding TEXT NOT NULL, run_id TEXT, recorded_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS upshift_audit_index (
     log TEXT NOT NULL, seq BIGINT NOT NULL, segment BIGINT NOT NULL, byte_offset BIGINT NOT NULL,
     run_id TEXT, denied BOOLEAN NOT NULL, PRIMARY KEY (log, seq));

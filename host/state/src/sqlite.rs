@@ -1,7 +1,13 @@
 //! The state in SQLite (`<data>/state.db`, WAL mode): its schema and how statements run. The
 //! connection is only touched under `spawn_blocking`, never on an async worker thread.
+//!
+//! A full disk must not stop the journal from recording a failure: beside the database a
+//! reserve file ([`RESERVE_FILE`], [`RESERVE_BYTES`]) holds space that is released when a
+//! statement fails with "disk full" (the statement is then tried once more), and made again
+//! once there is room.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -39,16 +45,104 @@ CREATE TABLE IF NOT EXISTS kept (
     run_id TEXT NOT NULL, instance TEXT NOT NULL, binding TEXT NOT NULL, container_id TEXT NOT NULL,
     replaced_by TEXT NOT NULL, image TEXT NOT NULL, kept_at TEXT NOT NULL, released_at TEXT,
     PRIMARY KEY (run_id, container_id));
+CREATE TABLE IF NOT EXISTS pending (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, location TEXT NOT NULL, instance TEXT NOT NULL,
+    binding TEXT NOT NULL, run_id TEXT, recorded_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_index (
     log TEXT NOT NULL, seq INTEGER NOT NULL, segment INTEGER NOT NULL, byte_offset INTEGER NOT NULL,
     run_id TEXT, denied INTEGER NOT NULL, PRIMARY KEY (log, seq));
 CREATE INDEX IF NOT EXISTS audit_index_run ON audit_index (log, run_id, seq);
 ";
 
+/// The reserve file's name, beside the state database (in the data directory).
+pub const RESERVE_FILE: &str = "state.db.reserve";
+/// How much space the reserve holds: enough for a run's remaining journal writes.
+pub const RESERVE_BYTES: u64 = 4 << 20;
+
+/// Space held for the journal on the disk of the state database.
+#[derive(Debug)]
+struct Reserve {
+    path: PathBuf,
+    /// Whether it was released (and so is to be made again once there is room).
+    released: AtomicBool,
+}
+
+impl Reserve {
+    fn beside(database: &Path) -> Reserve {
+        Reserve {
+            path: database.with_file_name(RESERVE_FILE),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// Make the reserve file unless it is there; only when the disk has room for it and as
+    /// much again, so making it never fills the disk. Best effort: returns whether it is there.
+    fn ensure(&self) -> bool {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() >= RESERVE_BYTES) {
+            return true;
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let room = nix::sys::statvfs::statvfs(dir)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+            .unwrap_or(0);
+        if room < 2 * RESERVE_BYTES {
+            return false;
+        }
+        let made = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&self.path)?;
+            // Written, not sparse: the blocks must really be held.
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..(RESERVE_BYTES >> 20) {
+                file.write_all(&zeros)?;
+            }
+            file.sync_all()
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_file(&self.path);
+            return false;
+        }
+        self.released.store(false, Ordering::Relaxed);
+        true
+    }
+
+    /// Give the reserved space back to the file system; whether anything was freed.
+    fn release(&self) -> bool {
+        let freed = std::fs::remove_file(&self.path).is_ok();
+        self.released.store(true, Ordering::Relaxed);
+        freed
+    }
+}
+
+/// Whether SQLite failed because the disk (or the file system) is full.
+fn disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+/// Run `f`; when it fails because the disk is full, release the reserve and run it once more.
+/// After a success, a released reserve is made again if there is room.
+fn with_reserve<T>(reserve: &Reserve, f: impl Fn() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let out = match f() {
+        Err(e) if disk_full(&e) && reserve.release() => f(),
+        other => other,
+    };
+    if out.is_ok() && reserve.released.load(Ordering::Relaxed) {
+        reserve.ensure();
+    }
+    out
+}
+
 /// The SQLite engine: one connection, used by one blocking task at a time.
 pub struct Sqlite {
     at: String,
     conn: Arc<Mutex<Connection>>,
+    reserve: Arc<Reserve>,
 }
 
 /// The SQLite state store.
@@ -57,14 +151,20 @@ pub type SqliteState = Store<Sqlite>;
 /// Open (creating or migrating) the state database at `path`.
 pub async fn open(path: &Path) -> Result<SqliteState, StateError> {
     let at = path.display().to_string();
+    let reserve = Arc::new(Reserve::beside(path));
     let conn = blocking(&at, {
-        let (path, at) = (path.to_path_buf(), at.clone());
-        move || open_blocking(&path, &at)
+        let (path, at, reserve) = (path.to_path_buf(), at.clone(), reserve.clone());
+        move || {
+            let conn = open_blocking(&path, &at)?;
+            reserve.ensure();
+            Ok::<_, StateError>(conn)
+        }
     })
     .await??;
     Ok(Store::new(Sqlite {
         at,
         conn: Arc::new(Mutex::new(conn)),
+        reserve,
     }))
 }
 
@@ -199,13 +299,16 @@ async fn blocking<T: Send + 'static>(
 
 impl Sqlite {
     /// Run `f` on the connection, on the blocking pool.
+    /// A statement that fails because the disk is full is tried once more after the reserve
+    /// is released (see [`Reserve`]).
     async fn with<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StateError> {
-        let conn = self.conn.clone();
+        let (conn, reserve) = (self.conn.clone(), self.reserve.clone());
         blocking(&self.at, move || {
-            f(&conn.lock().unwrap_or_else(PoisonError::into_inner))
+            let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            with_reserve(&reserve, || f(&conn))
         })
         .await?
         .map_err(|source| StateError::Sqlite {

@@ -8,8 +8,8 @@ use std::future::Future;
 use crate::lease::{LeaseError, LeaseRows};
 use crate::queue::WorkQueue;
 use crate::{
-    AuditAnchor, AuditIndexEnd, AuditIndexRow, BackupRecord, KeptRecord, RunRecord, RunStatus,
-    StateError, StateFuture, StateStore, StepRecord, StepStatus,
+    AuditAnchor, AuditIndexEnd, AuditIndexRow, BackupRecord, KeptRecord, PendingArtifact,
+    RunRecord, RunStatus, StateError, StateFuture, StateStore, StepRecord, StepStatus,
 };
 
 /// How an engine's SQL differs from the one the statements are written in: tables are written
@@ -369,6 +369,18 @@ fn kept_from(mut r: Cells<'_>) -> Result<KeptRecord, StateError> {
     })
 }
 
+fn pending_from(mut r: Cells<'_>) -> Result<PendingArtifact, StateError> {
+    Ok(PendingArtifact {
+        id: r.text("pending.id")?,
+        kind: r.text("pending.kind")?,
+        location: r.text("pending.location")?,
+        instance: r.text("pending.instance")?,
+        binding: r.text("pending.binding")?,
+        run_id: r.opt_text("pending.run_id")?,
+        recorded_at: r.text("pending.recorded_at")?,
+    })
+}
+
 impl<E: Engine> StateStore for Store<E> {
     fn insert_run<'a>(&'a self, r: &'a RunRecord) -> StateFuture<'a, ()> {
         Box::pin(async move {
@@ -607,6 +619,51 @@ impl<E: Engine> StateStore for Store<E> {
                 .into_iter()
                 .map(backup_from)
                 .collect()
+        })
+    }
+
+    fn delete_backup<'a>(&'a self, id: &'a str) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute("DELETE FROM #backups WHERE id = $1", params![id])
+                .await
+                .map(drop)
+        })
+    }
+
+    fn record_pending<'a>(&'a self, a: &'a PendingArtifact) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute(
+                "INSERT INTO #pending (id, kind, location, instance, binding, run_id, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, location = excluded.location,
+                   instance = excluded.instance, binding = excluded.binding, run_id = excluded.run_id,
+                   recorded_at = excluded.recorded_at",
+                params![&a.id, &a.kind, &a.location, &a.instance, &a.binding, a.run_id.as_ref(), &a.recorded_at],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn forget_pending<'a>(&'a self, id: &'a str) -> StateFuture<'a, ()> {
+        Box::pin(async move {
+            self.execute("DELETE FROM #pending WHERE id = $1", params![id])
+                .await
+                .map(drop)
+        })
+    }
+
+    fn pending<'a>(&'a self, instance: Option<&'a str>) -> StateFuture<'a, Vec<PendingArtifact>> {
+        Box::pin(async move {
+            self.all(
+                "SELECT id, kind, location, instance, binding, run_id, recorded_at FROM #pending
+                 WHERE instance = COALESCE($1, instance) ORDER BY recorded_at, id",
+                params![instance],
+            )
+            .await?
+            .into_iter()
+            .map(pending_from)
+            .collect()
         })
     }
 

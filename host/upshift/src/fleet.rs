@@ -47,6 +47,9 @@ pub struct Instance {
     /// What each export call of its adapter may make the host do: `[instance.budget]`, else
     /// the fleet's `[budget]`, else the defaults.
     pub budget: StepBudget,
+    /// How many backups `upshift gc` keeps: `[instance.retention]`, else the fleet's
+    /// `[retention]`, else every backup.
+    pub retention: Retention,
     /// Database bindings by name.
     pub db: BTreeMap<String, DbBinding>,
     /// Directory bindings by name.
@@ -55,6 +58,14 @@ pub struct Instance {
     pub service: BTreeMap<String, ServiceBinding>,
     /// HTTP bindings by name.
     pub http: BTreeMap<String, HttpBinding>,
+}
+
+/// Which backups `upshift gc` keeps (`[retention]`, `[instance.retention]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the newest `keep` valid backups of each binding of the instance; `None` (the
+    /// default): keep every backup.
+    pub keep: Option<u32>,
 }
 
 /// Which adapter an instance uses.
@@ -161,6 +172,14 @@ struct RawFleet {
     instance: Vec<RawInstance>,
     trust: Option<Spanned<RawTrust>>,
     budget: Option<Spanned<RawBudget>>,
+    retention: Option<Spanned<RawRetention>>,
+}
+
+/// `[retention]` or `[instance.retention]`: how many backups `upshift gc` keeps.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep: Spanned<i64>,
 }
 
 /// `[budget]` or `[instance.budget]`: limits per export call (a step, `detect`, `verify`…).
@@ -191,6 +210,7 @@ struct RawInstance {
     labels: BTreeMap<String, String>,
     target: Option<Spanned<String>>,
     budget: Option<Spanned<RawBudget>>,
+    retention: Option<Spanned<RawRetention>>,
     #[serde(default)]
     db: BTreeMap<String, Spanned<RawDb>>,
     #[serde(default)]
@@ -404,12 +424,32 @@ impl Ctx<'_> {
         })
     }
 
+    /// `[retention]` (`table`) or `[instance.retention]`, over `base`.
+    fn retention(
+        &self,
+        raw: Option<Spanned<RawRetention>>,
+        table: &str,
+        base: Retention,
+    ) -> Result<Retention, FleetError> {
+        let Some(raw) = raw else { return Ok(base) };
+        let keep = raw.into_inner().keep;
+        let n = *keep.get_ref();
+        match u32::try_from(n) {
+            Ok(n) if n >= 1 => Ok(Retention { keep: Some(n) }),
+            _ => Err(self.invalid(
+                keep.span().start,
+                format!("{table} keep = {n} would keep no backup to restore"),
+                "set keep to 1 or more (the newest backups kept per binding), or leave [retention] out to keep every backup",
+            )),
+        }
+    }
+
     /// One `[[instance]]`, given the instances before it (names are unique).
     fn instance(
         &self,
         raw: RawInstance,
         trust: &Option<crate::signing::TrustPolicy>,
-        budget: StepBudget,
+        (budget, retention): (StepBudget, Retention),
         earlier: &[Instance],
     ) -> Result<Instance, FleetError> {
         let name_at = raw.name.span().start;
@@ -451,6 +491,7 @@ impl Ctx<'_> {
             }
         };
         let budget = self.budget(raw.budget, "[instance.budget]", budget)?;
+        let retention = self.retention(raw.retention, "[instance.retention]", retention)?;
         Ok(Instance {
             name,
             adapter,
@@ -459,6 +500,7 @@ impl Ctx<'_> {
             trust: trust.clone(),
             lock: None,
             budget,
+            retention,
             db: self.bindings(raw.db, "db", Ctx::db)?,
             files: self.bindings(raw.files, "files", Ctx::files)?,
             service: self.bindings(raw.service, "service", Ctx::service)?,
@@ -737,9 +779,10 @@ impl Fleet {
         };
         let trust = raw.trust.map(|t| ctx.trust(t)).transpose()?;
         let budget = ctx.budget(raw.budget, "[budget]", StepBudget::default())?;
+        let retention = ctx.retention(raw.retention, "[retention]", Retention::default())?;
         let mut instances: Vec<Instance> = Vec::new();
         for raw_instance in raw.instance {
-            let instance = ctx.instance(raw_instance, &trust, budget, &instances)?;
+            let instance = ctx.instance(raw_instance, &trust, (budget, retention), &instances)?;
             instances.push(instance);
         }
         Ok(Fleet {
@@ -930,6 +973,37 @@ url = "http://127.0.0.1:8080/"
             },
             "a key the instance leaves out comes from [budget]"
         );
+    }
+
+    #[test]
+    fn retention_defaults_to_every_backup_and_is_set_per_fleet_or_instance() {
+        let f = Fleet::parse(Path::new("f.toml"), GOOD).expect("parses");
+        assert_eq!(f.instance("bb").expect("bb").retention.keep, None);
+        let text = format!(
+            "[retention]\nkeep = 5\n{GOOD}\n[[instance]]\nname = \"own\"\nproduct = \"kwdb\"\n\n[instance.retention]\nkeep = 2\n"
+        );
+        let f = Fleet::parse(Path::new("f.toml"), &text).expect("parses");
+        assert_eq!(f.instance("bb").expect("bb").retention.keep, Some(5));
+        assert_eq!(f.instance("own").expect("own").retention.keep, Some(2));
+        for bad in ["keep = 0", "keep = -3"] {
+            let text = format!("[retention]\n{bad}\n{GOOD}");
+            let err = Fleet::parse(Path::new("f.toml"), &text)
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains("line 2")
+                    && err.contains("would keep no backup")
+                    && err.contains("fix: set keep to 1"),
+                "{bad}: {err}"
+            );
+        }
+        let err = Fleet::parse(
+            Path::new("f.toml"),
+            &format!("[retention]\nkeep_days = 3\n{GOOD}"),
+        )
+        .expect_err("unknown key")
+        .to_string();
+        assert!(err.contains("keep_days"), "{err}");
     }
 
     #[test]

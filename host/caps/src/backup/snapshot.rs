@@ -298,6 +298,21 @@ pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), 
     })?;
     let partial = dest.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
+    // Whatever fails (a full disk, an unreadable file), nothing half-made is left behind.
+    let made = snapshot_into(&dir, root, dest, &partial);
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    made
+}
+
+/// [`snapshot`]'s work: build the snapshot in `partial`, then rename it to `dest`.
+fn snapshot_into(
+    dir: &Dir,
+    root: &Path,
+    dest: &Path,
+    partial: &Path,
+) -> Result<(SnapshotManifest, String), CapError> {
     let files = partial.join("files");
     crate::private::create_dir_all(&files)
         .map_err(|e| io(&format!("cannot create {}", files.display()), e))?;
@@ -307,7 +322,7 @@ pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), 
         cloned_files: 0,
     };
     let hasher = BackgroundHasher::start().map_err(|e| io("cannot start hashing", e))?;
-    let walked = walk(&dir, Path::new(""), &files, &mut manifest, &hasher);
+    let walked = walk(dir, Path::new(""), &files, &mut manifest, &hasher);
     let digests = hasher.finish()?;
     walked?;
     let mut digests = digests.into_iter();
@@ -320,7 +335,7 @@ pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), 
     }
     // Every copied file and directory reaches the disk (one file-system sync rather than an
     // fsync per file), then the manifest, and only then does the snapshot get its name.
-    sync_tree(&partial)?;
+    sync_tree(partial)?;
     let text = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| CapError::Failed(format!("cannot encode the manifest: {e}")))?;
     let mut manifest_file = crate::private::create(&partial.join(MANIFEST))
@@ -329,7 +344,7 @@ pub fn snapshot(root: &Path, dest: &Path) -> Result<(SnapshotManifest, String), 
         .write_all(&text)
         .and_then(|()| manifest_file.sync_all())
         .map_err(|e| io("cannot write the manifest", e))?;
-    std::fs::rename(&partial, dest).map_err(|e| io("cannot finish the snapshot", e))?;
+    std::fs::rename(partial, dest).map_err(|e| io("cannot finish the snapshot", e))?;
     if let Some(parent) = dest.parent() {
         sync_dir(parent)?;
     }
@@ -431,10 +446,45 @@ pub fn restore(
         .to_string_lossy()
         .into_owned();
     let parent = root.parent().unwrap_or(Path::new("/"));
-    let staging = parent.join(format!("{name}.upshift-restoring-{tag}"));
+    let staging = restore_staging(root, tag)?;
     let kept = parent.join(format!("{name}.upshift-replaced-{tag}"));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)
+    // Whatever fails before the swap, the half-built tree is removed.
+    let built = build_tree(&manifest, &files, &staging);
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    built?;
+    if root.exists() {
+        std::fs::rename(root, &kept)
+            .map_err(|e| io(&format!("cannot move {} aside", root.display()), e))?;
+    }
+    if let Err(e) = std::fs::rename(&staging, root) {
+        let _ = std::fs::rename(&kept, root);
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(io(
+            &format!("cannot move the restored tree into {}", root.display()),
+            e,
+        ));
+    }
+    sync_dir(parent)?;
+    Ok(kept)
+}
+
+/// Where [`restore`] builds the tree for `root` before swapping it in (tag `tag`).
+pub fn restore_staging(root: &Path, tag: &str) -> Result<PathBuf, CapError> {
+    let name = root
+        .file_name()
+        .ok_or_else(|| CapError::Failed(format!("{} has no name", root.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    Ok(parent.join(format!("{name}.upshift-restoring-{tag}")))
+}
+
+/// Build the tree of `manifest` from `files` in `staging`, modes and times included, on disk.
+fn build_tree(manifest: &SnapshotManifest, files: &Path, staging: &Path) -> Result<(), CapError> {
+    std::fs::create_dir_all(staging)
         .map_err(|e| io(&format!("cannot create {}", staging.display()), e))?;
     for e in &manifest.entries {
         let to = staging.join(&e.path);
@@ -465,20 +515,7 @@ pub fn restore(
             .map_err(|err| io(&format!("cannot set the time of {}", e.path), err))?;
     }
     // The restored tree is on disk before it replaces anything.
-    sync_tree(&staging)?;
-    if root.exists() {
-        std::fs::rename(root, &kept)
-            .map_err(|e| io(&format!("cannot move {} aside", root.display()), e))?;
-    }
-    if let Err(e) = std::fs::rename(&staging, root) {
-        let _ = std::fs::rename(&kept, root);
-        return Err(io(
-            &format!("cannot move the restored tree into {}", root.display()),
-            e,
-        ));
-    }
-    sync_dir(parent)?;
-    Ok(kept)
+    sync_tree(staging)
 }
 
 /// [`snapshot`] on a blocking thread, off the async executor.
@@ -657,6 +694,9 @@ mod tests {
         std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").expect("write");
         let err = snapshot(&root, &outer.path().join("snap")).expect_err("not UTF-8");
         assert!(err.to_string().contains("not UTF-8"), "{err}");
+        // The failed snapshot leaves nothing behind: neither the snapshot nor its `.partial`.
+        assert!(!outer.path().join("snap").exists());
+        assert!(!outer.path().join("snap.partial").exists());
     }
 
     /// A FIFO, a socket or a device in a snapshotted directory is left out, never opened: the

@@ -249,16 +249,31 @@ impl DbBackend {
         }
     }
 
-    /// Dump into `dir` with a manifest; returns it and its sha256.
+    /// Dump into `dir` with a manifest; returns it and its sha256. A dump that fails leaves
+    /// nothing behind (neither `dir` nor its `.partial`).
     pub async fn dump_to(
         &self,
         dir: &Path,
         product_version: &str,
     ) -> Result<(Manifest, String), CapError> {
-        match self {
+        let dumped = match self {
             DbBackend::Postgres(b) => b.dump_to(dir, product_version).await,
             DbBackend::MySql(b) => b.dump_to(dir, product_version).await,
             DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("a dump")),
+        };
+        if dumped.is_err() {
+            let _ = tokio::fs::remove_dir_all(dir.with_extension("partial")).await;
+        }
+        dumped
+    }
+
+    /// The size of database `name` on the bound server, or `None` when there is no such
+    /// database.
+    pub async fn database_size(&self, name: &str) -> Result<Option<u64>, CapError> {
+        match self {
+            DbBackend::Postgres(b) => b.database_size(name).await,
+            DbBackend::Kwdb(_) => Err(kwdb_no_host_backup("`database_size`")),
+            DbBackend::MySql(b) => b.database_size(name).await,
         }
     }
 

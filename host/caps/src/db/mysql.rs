@@ -746,6 +746,25 @@ impl MySqlBackend {
         .await
     }
 
+    /// The size of database `name` (its tables' data and indexes), or `None` when it does not
+    /// exist.
+    pub async fn database_size(&self, name: &str) -> Result<Option<u64>, CapError> {
+        if !MySqlBackend::database_exists(self, name).await? {
+            return Ok(None);
+        }
+        self.with_conn_to(None, async |conn| {
+            let size: Option<Option<u64>> = conn
+                .exec_first(
+                    "SELECT CAST(SUM(data_length + index_length) AS UNSIGNED) FROM information_schema.tables WHERE table_schema = ?",
+                    (name,),
+                )
+                .await
+                .map_err(|e| failed(&format!("cannot size `{name}`"), e))?;
+            Ok(Some(size.flatten().unwrap_or(0)))
+        })
+        .await
+    }
+
     /// Drop database `name` (a scratch database of Upshift's own).
     pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
         self.admin_exec(&format!("DROP DATABASE IF EXISTS {}", quote(name)))

@@ -699,6 +699,19 @@ impl PgBackend {
         found
     }
 
+    /// The size of database `name` on this server, or `None` when it does not exist.
+    pub async fn database_size(&self, name: &str) -> Result<Option<u64>, CapError> {
+        let admin = self.admin().await?;
+        let row = admin
+            .query_opt(
+                "SELECT pg_database_size(oid) FROM pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| failed(&format!("cannot size `{name}`"), pg_message(&e)))?;
+        Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+    }
+
     /// Drop database `name` (a scratch database of Upshift's own).
     pub async fn drop_database(&self, name: &str) -> Result<(), CapError> {
         let admin = self.admin().await?;

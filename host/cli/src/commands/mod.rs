@@ -1,6 +1,7 @@
 //! The commands, by area; `main` parses the arguments and dispatches here.
 
 pub mod backups;
+pub mod gc;
 pub mod history;
 pub mod runs;
 pub mod services;

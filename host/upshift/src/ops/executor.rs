@@ -16,7 +16,7 @@ use crate::caps::{CapError, Event, InstanceCaps};
 use crate::lease::Held;
 use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{Action, BackupMethod, HttpCheckAction, RestoreTarget};
-use crate::state::{BackupRecord, KeptRecord, RunRecord, StateStore, StepStatus};
+use crate::state::{BackupRecord, KeptRecord, PendingArtifact, RunRecord, StateStore, StepStatus};
 
 use super::Session;
 use super::plan::RollbackAction;
@@ -129,14 +129,72 @@ impl RunContext<'_> {
         self.session.state.as_ref()
     }
 
-    /// Record a `what` (backup, snapshot) just taken in the backup catalog.
-    async fn catalogue(&self, record: BackupRecord, what: &str) -> Result<BackupRecord, CapError> {
-        self.state().insert_backup(&record).await.map_err(|e| {
-            CapError::Failed(format!(
-                "the {what} was taken but could not be catalogued: {e}"
-            ))
-        })?;
+    /// Record a `what` (backup, snapshot) just taken in the backup catalog; the artifact is
+    /// then no longer pending. If it cannot be catalogued it is removed (nothing could restore
+    /// it), or left recorded for `upshift gc`.
+    async fn catalogue(
+        &self,
+        db: Option<&DbBackend>,
+        record: BackupRecord,
+        what: &str,
+    ) -> Result<BackupRecord, CapError> {
+        if let Err(e) = self.state().insert_backup(&record).await {
+            let removed = match db {
+                Some(db) if record.method == "clone" => {
+                    let dropped = db.drop_database(&record.location).await;
+                    let dir = self.session.backups_dir().join(&record.id);
+                    dropped.is_ok() && remove_dir_and_partial(&dir).await.is_ok()
+                }
+                _ => remove_dir_and_partial(Path::new(&record.location))
+                    .await
+                    .is_ok(),
+            };
+            if removed {
+                self.unpend(&record.id).await;
+            }
+            return Err(CapError::Failed(format!(
+                "the {what} was taken but could not be catalogued ({e}); {}",
+                if removed {
+                    "it was removed"
+                } else {
+                    "it is left for `upshift gc` to remove"
+                }
+            )));
+        }
+        self.unpend(&record.id).await;
         Ok(record)
+    }
+
+    /// Record, before it is made, an artifact (`kind`, at `location`) of `binding` that a
+    /// killed host would leave behind, so `upshift gc` can find it. Nothing is made when this
+    /// cannot be recorded.
+    async fn pend(
+        &self,
+        id: &str,
+        kind: &str,
+        binding: &str,
+        location: &str,
+    ) -> Result<(), CapError> {
+        let artifact = PendingArtifact {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            location: location.to_string(),
+            instance: self.caps.caller().instance.clone(),
+            binding: binding.to_string(),
+            run_id: Some(self.run_id.clone()),
+            recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        self.state().record_pending(&artifact).await.map_err(|e| {
+            CapError::Failed(format!(
+                "cannot record the {kind} `{location}` before making it ({e}); nothing was made"
+            ))
+        })
+    }
+
+    /// The pending artifact `id` was catalogued or removed. Best effort: a record left behind
+    /// is cleared by `upshift gc`, which finds the artifact catalogued or gone.
+    async fn unpend(&self, id: &str) {
+        let _ = self.state().forget_pending(id).await;
     }
 
     /// The container this run journaled as kept for `binding`, not yet put back or removed.
@@ -427,24 +485,34 @@ impl RunContext<'_> {
             }
             BackupMethod::Clone => {
                 let name = clone_name(db.database(), &id);
-                let size = db.clone_to(&name).await?;
-                // The clone's own fingerprint is its manifest: `backup verify` compares with it.
-                let manifest = Manifest {
-                    format: "pg-clone".into(),
-                    database: db.database().to_string(),
-                    product_version: self.data_version.clone(),
-                    server_version: db.server_version().await?,
-                    tool_version: None,
-                    jobs: 1,
-                    created_at: now(),
-                    files: Vec::new(),
-                    tables: db.fingerprint_database(&name).await?,
+                self.pend(&id, "clone", binding, &name).await?;
+                let made = self.clone_backup(db, &name, &dir).await;
+                let (size, sha) = match made {
+                    Ok(made) => made,
+                    Err(e) => {
+                        // The name is this backup's own: whatever exists under it is ours.
+                        let dropped = db.drop_database(&name).await;
+                        let removed = remove_dir_and_partial(&dir).await;
+                        if dropped.is_ok() && removed.is_ok() {
+                            self.unpend(&id).await;
+                        }
+                        return Err(e);
+                    }
                 };
-                let sha = manifest.write(&dir)?;
                 ("clone", name, Some(size), Some(sha))
             }
             BackupMethod::Dump => {
-                let (manifest, sha) = db.dump_to(&dir, &self.data_version).await?;
+                self.pend(&id, "dump", binding, &dir.display().to_string())
+                    .await?;
+                let (manifest, sha) = match db.dump_to(&dir, &self.data_version).await {
+                    Ok(made) => made,
+                    Err(e) => {
+                        if remove_dir_and_partial(&dir).await.is_ok() {
+                            self.unpend(&id).await;
+                        }
+                        return Err(e);
+                    }
+                };
                 (
                     "dump",
                     dir.display().to_string(),
@@ -468,7 +536,32 @@ impl RunContext<'_> {
             valid: true,
             note: None,
         };
-        self.catalogue(record, "backup").await
+        self.catalogue(Some(db), record, "backup").await
+    }
+
+    /// Clone the bound database into `name` and write its manifest (its fingerprint) into
+    /// `dir`; returns the clone's size and the manifest's sha256.
+    async fn clone_backup(
+        &self,
+        db: &DbBackend,
+        name: &str,
+        dir: &Path,
+    ) -> Result<(u64, String), CapError> {
+        let size = db.clone_to(name).await?;
+        // The clone's own fingerprint is its manifest: `backup verify` compares with it.
+        let manifest = Manifest {
+            format: "pg-clone".into(),
+            database: db.database().to_string(),
+            product_version: self.data_version.clone(),
+            server_version: db.server_version().await?,
+            tool_version: None,
+            jobs: 1,
+            created_at: now(),
+            files: Vec::new(),
+            tables: db.fingerprint_database(name).await?,
+        };
+        let sha = manifest.write(dir)?;
+        Ok((size, sha))
     }
 
     async fn restore(
@@ -483,7 +576,8 @@ impl RunContext<'_> {
         self.caps
             .db()
             .restore(binding, via, async |db| {
-                restore_with(db, &backup?, target, namespace, &self.swap_began).await
+                self.restore_with(db, binding, &backup?, target, namespace)
+                    .await
             })
             .await
     }
@@ -501,6 +595,120 @@ impl RunContext<'_> {
         Ok(backup)
     }
 
+    /// Restore `backup` with the bound database's backend. The database it creates (the
+    /// staging copy, or the new database) is recorded before it is made and removed if the
+    /// restore fails before it is in place; `swap_began` is set once the live database may have
+    /// been renamed.
+    async fn restore_with(
+        &self,
+        db: &DbBackend,
+        binding: &str,
+        backup: &BackupRecord,
+        target: &RestoreTarget,
+        namespace: &[crate::runtime::bindings::NamespaceColumn],
+    ) -> Result<String, CapError> {
+        if !backup.valid {
+            return Err(CapError::Failed(format!(
+                "backup {} is marked invalid",
+                backup.id
+            )));
+        }
+        let source = match backup.method.as_str() {
+            "clone" => BackupSource::Clone(backup.location.clone()),
+            "dump" => BackupSource::Dump {
+                dir: backup.location.clone().into(),
+                manifest_sha256: backup.sha256.clone().unwrap_or_default(),
+            },
+            other => {
+                return Err(CapError::Failed(format!(
+                    "backup method `{other}` cannot be restored"
+                )));
+            }
+        };
+        let tag = crate::state::new_backup_id().replace("bk-", "");
+        let pending = format!("rt-{tag}");
+        match target {
+            RestoreTarget::SameDatabase => {
+                let staging = clone_name(db.database(), &format!("restoring_{tag}"));
+                let keep = clone_name(db.database(), &format!("pre_restore_{tag}"));
+                self.pend(&pending, "restore-target", binding, &staging)
+                    .await?;
+                if let Err(e) = db.materialize(&staging, &source).await {
+                    if db.drop_database(&staging).await.is_ok() {
+                        self.unpend(&pending).await;
+                    }
+                    return Err(e);
+                }
+                self.swap_began.store(true, Ordering::SeqCst);
+                if let Err(e) = db.swap_in(&staging, &keep).await {
+                    // The swap undoes itself where it can: with the bound database still in
+                    // place and nothing kept, no data changed, and the copy is dropped.
+                    let untouched = matches!(db.database_exists(db.database()).await, Ok(true))
+                        && matches!(db.database_exists(&keep).await, Ok(false));
+                    if !untouched {
+                        return Err(e);
+                    }
+                    self.swap_began.store(false, Ordering::SeqCst);
+                    return Err(match db.drop_database(&staging).await {
+                        Ok(()) => {
+                            self.unpend(&pending).await;
+                            CapError::Failed(format!(
+                                "{e}; the live database was left as it was and the restored copy `{staging}` was dropped"
+                            ))
+                        }
+                        Err(d) => CapError::Failed(format!(
+                            "{e}; the live database was left as it was, but the restored copy `{staging}` could not be dropped ({d}): `upshift gc` removes it"
+                        )),
+                    });
+                }
+                // Swapped in: the staging name is gone.
+                self.unpend(&pending).await;
+                Ok(format!(
+                    "restored {} into `{}`; the replaced database is kept as `{keep}`",
+                    backup.id,
+                    db.database()
+                ))
+            }
+            RestoreTarget::NewDatabase(name) => {
+                if !crate::caps::db::plain_ident(name) {
+                    return Err(CapError::Invalid(format!(
+                        "`{name}` is not a plain database name (lowercase letters, digits, `_`)"
+                    )));
+                }
+                // A database that is already there is not this restore's to remove.
+                if db.database_exists(name).await? {
+                    return Err(CapError::Failed(format!(
+                        "database `{name}` already exists; choose another name or drop it first"
+                    )));
+                }
+                self.pend(&pending, "restore-target", binding, name).await?;
+                let made = async {
+                    db.materialize(name, &source).await?;
+                    let mut rewritten = 0;
+                    for col in namespace {
+                        rewritten += db.rewrite_namespace(name, &col.table, &col.column).await?;
+                    }
+                    Ok::<_, CapError>(rewritten)
+                }
+                .await;
+                // The new database is this restore's own: a half-made one goes.
+                let cleared = match &made {
+                    Ok(_) => true,
+                    Err(_) => db.drop_database(name).await.is_ok(),
+                };
+                if cleared {
+                    self.unpend(&pending).await;
+                }
+                Ok(format!(
+                    "restored {} into new database `{name}` ({} namespace row(s) rewritten from `{}`)",
+                    backup.id,
+                    made?,
+                    db.database()
+                ))
+            }
+        }
+    }
+
     /// Snapshot a files binding into the data directory and record it in the catalog.
     async fn snapshot(&self, binding: &str, via: &str) -> Result<BackupRecord, CapError> {
         self.caps
@@ -514,7 +722,18 @@ impl RunContext<'_> {
     async fn snapshot_of(&self, binding: &str, root: &Path) -> Result<BackupRecord, CapError> {
         let id = crate::state::new_backup_id();
         let dest = absolute(&self.session.backups_dir().join(&id));
-        let (manifest, sha) = crate::caps::backup::snapshot::snapshot_blocking(root, &dest).await?;
+        self.pend(&id, "snapshot", binding, &dest.display().to_string())
+            .await?;
+        let (manifest, sha) =
+            match crate::caps::backup::snapshot::snapshot_blocking(root, &dest).await {
+                Ok(made) => made,
+                Err(e) => {
+                    if remove_dir_and_partial(&dest).await.is_ok() {
+                        self.unpend(&id).await;
+                    }
+                    return Err(e);
+                }
+            };
         let size: u64 = manifest
             .entries
             .iter()
@@ -542,7 +761,7 @@ impl RunContext<'_> {
                 manifest.cloned_files
             )),
         };
-        self.catalogue(record, "snapshot").await
+        self.catalogue(None, record, "snapshot").await
     }
 
     /// Restore the snapshot `backup` over its files binding (built beside, swapped in by
@@ -563,7 +782,22 @@ impl RunContext<'_> {
                         source.id, source.method, source.binding
                     )));
                 }
-                restore_files_into(root, &source, &self.swap_began).await
+                let tag = crate::state::new_backup_id().replace("bk-", "");
+                let staging = crate::caps::backup::snapshot::restore_staging(root, &tag)?;
+                let pending = format!("rt-{tag}");
+                self.pend(
+                    &pending,
+                    "restore-dir",
+                    binding,
+                    &staging.display().to_string(),
+                )
+                .await?;
+                let restored = restore_files_into(root, &source, &tag, &self.swap_began).await;
+                // Swapped in or removed on failure by the restore itself: nothing is left.
+                if tokio::fs::symlink_metadata(&staging).await.is_err() {
+                    self.unpend(&pending).await;
+                }
+                restored
             })
             .await
     }
@@ -608,103 +842,19 @@ impl RunContext<'_> {
     }
 }
 
-/// Restore `backup` with the bound database's backend.
-async fn restore_with(
-    db: &DbBackend,
-    backup: &BackupRecord,
-    target: &RestoreTarget,
-    namespace: &[crate::runtime::bindings::NamespaceColumn],
-    swap_began: &AtomicBool,
-) -> Result<String, CapError> {
-    if !backup.valid {
-        return Err(CapError::Failed(format!(
-            "backup {} is marked invalid",
-            backup.id
-        )));
-    }
-    let source = match backup.method.as_str() {
-        "clone" => BackupSource::Clone(backup.location.clone()),
-        "dump" => BackupSource::Dump {
-            dir: backup.location.clone().into(),
-            manifest_sha256: backup.sha256.clone().unwrap_or_default(),
-        },
-        other => {
-            return Err(CapError::Failed(format!(
-                "backup method `{other}` cannot be restored"
-            )));
-        }
-    };
-    match target {
-        RestoreTarget::SameDatabase => {
-            let tag = crate::state::new_backup_id().replace("bk-", "");
-            let staging = clone_name(db.database(), &format!("restoring_{tag}"));
-            let keep = clone_name(db.database(), &format!("pre_restore_{tag}"));
-            db.materialize(&staging, &source).await?;
-            swap_began.store(true, Ordering::SeqCst);
-            if let Err(e) = db.swap_in(&staging, &keep).await {
-                // The swap undoes itself where it can: with the bound database still in
-                // place and nothing kept, no data changed, and the copy is dropped.
-                let untouched = matches!(db.database_exists(db.database()).await, Ok(true))
-                    && matches!(db.database_exists(&keep).await, Ok(false));
-                if !untouched {
-                    return Err(e);
-                }
-                swap_began.store(false, Ordering::SeqCst);
-                return Err(match db.drop_database(&staging).await {
-                    Ok(()) => CapError::Failed(format!(
-                        "{e}; the live database was left as it was and the restored copy `{staging}` was dropped"
-                    )),
-                    Err(d) => CapError::Failed(format!(
-                        "{e}; the live database was left as it was, but the restored copy `{staging}` could not be dropped ({d}): drop it by hand"
-                    )),
-                });
-            }
-            Ok(format!(
-                "restored {} into `{}`; the replaced database is kept as `{keep}`",
-                backup.id,
-                db.database()
-            ))
-        }
-        RestoreTarget::NewDatabase(name) => {
-            if !crate::caps::db::plain_ident(name) {
-                return Err(CapError::Invalid(format!(
-                    "`{name}` is not a plain database name (lowercase letters, digits, `_`)"
-                )));
-            }
-            db.materialize(name, &source).await?;
-            let mut rewritten = 0;
-            for col in namespace {
-                match db.rewrite_namespace(name, &col.table, &col.column).await {
-                    Ok(n) => rewritten += n,
-                    Err(e) => {
-                        // The new database is this restore's own: a half-made one goes.
-                        let _ = db.drop_database(name).await;
-                        return Err(e);
-                    }
-                }
-            }
-            Ok(format!(
-                "restored {} into new database `{name}` ({rewritten} namespace row(s) rewritten from `{}`)",
-                backup.id,
-                db.database()
-            ))
-        }
-    }
-}
-
 /// Restore the snapshot `backup` over the directory `root`: built beside, swapped in by rename.
 /// `swap_began` is set unless it failed with `root` untouched (nothing moved aside).
 async fn restore_files_into(
     root: &Path,
     backup: &BackupRecord,
+    tag: &str,
     swap_began: &AtomicBool,
 ) -> Result<String, CapError> {
-    let tag = crate::state::new_backup_id().replace("bk-", "");
     let restored = crate::caps::backup::snapshot::restore_blocking(
         Path::new(&backup.location),
         backup.sha256.as_deref().unwrap_or_default(),
         root,
-        &tag,
+        tag,
     )
     .await;
     let moved_aside = root.file_name().is_some_and(|name| {
@@ -728,6 +878,17 @@ async fn restore_files_into(
 /// catalogued location means the same from anywhere.
 fn absolute(path: &Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Remove directory `dir` and its unfinished form `<dir>.partial`; fine if neither exists.
+pub(crate) async fn remove_dir_and_partial(dir: &Path) -> std::io::Result<()> {
+    for path in [dir.to_path_buf(), dir.with_extension("partial")] {
+        match tokio::fs::remove_dir_all(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The backup or snapshot a run's step took.

@@ -1,11 +1,12 @@
-//! Operations on instances: plan, apply (with automatic rollback), backup, restore, and the
-//! offline planner. The CLI is a thin layer over these.
+//! Operations on instances: plan, apply (with automatic rollback), backup, restore, gc, and
+//! the offline planner. The CLI is a thin layer over these.
 
 pub mod abandon;
 pub mod agent;
 pub mod apply;
 pub mod backups;
 pub mod executor;
+pub mod gc;
 pub mod plan;
 pub mod preflight;
 pub mod report;

@@ -202,6 +202,14 @@ pub async fn resume(
     }
     let saved: Saved = serde_json::from_str(&run.plan_json)
         .map_err(|e| OpError::Host(format!("run {run_id} has no usable journaled plan: {e}")))?;
+    // What the killed host left half-made (a `.partial`, an uncatalogued clone) goes first.
+    for line in super::gc::clear_run(session, &caps, run_id, RESUME).await {
+        session.events.emit(crate::caps::Event::Log {
+            instance: instance.name.clone(),
+            level: "info".into(),
+            message: line,
+        });
+    }
     let ctx = RunContext::attach(session, &adapter, &caps, &held, &run, None);
     let journal = session.state.steps(run_id).await.map_err(host)?;
     let taken: Vec<BackupRecord> = session
