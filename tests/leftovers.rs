@@ -430,16 +430,16 @@ async fn a_clone_left_by_a_killed_backup_is_listed_with_its_size_and_dropped_by_
     }
 }
 
-/// End run `run_id` as the operator does after fixing things by hand (what `upshift abandon`
-/// records): restore runs and backup runs are not resumed.
+/// End run `run_id` as the operator does after fixing things by hand: `upshift abandon`
+/// (restore runs and backup runs are not resumed).
 fn end_run(env: &Env, run_id: &str) {
-    let state = rusqlite::Connection::open(env.data().join("state.db")).expect("state");
-    state
-        .execute(
-            "UPDATE runs SET status = 'failed', message = 'abandoned by the operator' WHERE id = ?1",
-            [run_id],
-        )
-        .expect("end the run");
+    let out = env.upshift(&[
+        "abandon",
+        run_id,
+        "--why",
+        "the operator checked the instance by hand",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "abandon: {}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
