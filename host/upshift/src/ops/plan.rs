@@ -810,7 +810,7 @@ pub fn reconcile(
     };
     out.found.push(format!(
         "the adapter detects version {}{}",
-        now.version,
+        now.version.escape_debug().take(80).collect::<String>(),
         data.as_ref()
             .map(|(source, _)| format!(" (data: {source})"))
             .unwrap_or_default()
@@ -1137,5 +1137,183 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    fn detection(version: &str, schema: &str) -> Detection {
+        Detection {
+            version: version.into(),
+            facts: vec![crate::runtime::bindings::Fact {
+                key: "schema-version".into(),
+                value: schema.into(),
+            }],
+        }
+    }
+
+    fn live(running: bool, version: &str) -> BTreeMap<String, LiveService> {
+        BTreeMap::from([(
+            "app".to_string(),
+            LiveService {
+                running,
+                version: version.into(),
+                job: false,
+            },
+        )])
+    }
+
+    use Journaled::{Done, Unfinished};
+
+    #[test]
+    fn the_journal_implies_the_state_step_by_step() {
+        let steps = upgrade();
+        // Killed during the backup: stopped at the old version, data as before.
+        let e = expected(&steps, &[Done, Done, Unfinished], &[], &[], &prior());
+        assert_eq!(
+            e.services["app"],
+            ExpectedService {
+                running: Some(false),
+                versions: vec!["3.10.0".into()],
+                by: Some("stop".into()),
+            }
+        );
+        assert_eq!(e.data, ExpectedData::AsBefore);
+        // Killed as the new version starts: running or not, and the data may be migrating.
+        let e = expected(
+            &steps,
+            &[Done, Done, Done, Done, Unfinished],
+            &[],
+            &[],
+            &prior(),
+        );
+        assert_eq!(e.services["app"].running, None);
+        assert_eq!(e.services["app"].versions, vec!["3.11.1".to_string()]);
+        assert_eq!(e.data, ExpectedData::Changing);
+        // A rollback that restored the data puts it back as before.
+        let reached = vec![
+            Reached::Done(None),
+            Reached::Done(None),
+            Reached::Done(Some("bk-1".into())),
+            Reached::Done(None),
+            Reached::Started,
+        ];
+        let rb = rollback(&steps, &reached, &prior());
+        let e = expected(
+            &steps,
+            &[Done, Done, Done, Done, Unfinished],
+            &rb,
+            &[Done, Done],
+            &prior(),
+        );
+        assert_eq!(e.data, ExpectedData::AsBefore);
+        assert_eq!(e.services["app"].running, Some(false));
+    }
+
+    #[test]
+    fn an_upgrade_behind_the_runs_back_is_a_disagreement() {
+        let steps = upgrade();
+        let e = expected(&steps, &[Done, Done, Unfinished], &[], &[], &prior());
+        let r = reconcile(
+            &e,
+            &live(true, "3.11.1"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.11.1", "3.11.1")),
+            &prior(),
+            "3.11.1",
+            Onward::Forward(&steps[2..]),
+        );
+        assert_eq!(r.disagreements.len(), 2, "{r:?}");
+        assert!(r.disagreements[0].contains("no journaled step of this run set"));
+        assert!(r.disagreements[1].contains("`schema-version` = 3.11.1, but it was 3.10.0"));
+        assert!(r.fixes.is_empty());
+        // The same world as the journal left it: nothing to say against going on.
+        let r = reconcile(
+            &e,
+            &live(false, "3.10.0"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.10.0", "3.10.0")),
+            &prior(),
+            "3.11.1",
+            Onward::Forward(&steps[2..]),
+        );
+        assert!(r.disagreements.is_empty() && r.fixes.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_service_moved_by_hand_is_put_back() {
+        let steps = upgrade();
+        let e = expected(&steps, &[Done, Done], &[], &[], &prior());
+        let r = reconcile(
+            &e,
+            &live(true, "3.10.0"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.10.0", "3.10.0")),
+            &prior(),
+            "3.11.1",
+            Onward::Forward(&steps[2..]),
+        );
+        assert!(r.disagreements.is_empty(), "{r:?}");
+        assert_eq!(r.fixes, vec![Fix::Stop("app".into())]);
+        let e = expected(&steps, &[Done, Done, Done, Done, Done], &[], &[], &prior());
+        let r = reconcile(
+            &e,
+            &live(false, "3.11.1"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.11.1", "3.10.0")),
+            &prior(),
+            "3.11.1",
+            Onward::Forward(&steps[5..]),
+        );
+        assert_eq!(r.fixes, vec![Fix::Start("app".into())], "{r:?}");
+    }
+
+    #[test]
+    fn a_rollback_never_starts_an_older_binary_on_newer_data() {
+        let steps = upgrade();
+        // Killed after the switch: the rollback takes no backup (nothing ran after it), yet
+        // the data was migrated behind the run's back.
+        let reached = vec![
+            Reached::Done(None),
+            Reached::Done(None),
+            Reached::Done(Some("bk-1".into())),
+            Reached::Started,
+        ];
+        let rb = rollback(&steps[..4], &reached, &prior());
+        let e = expected(&steps, &[Done, Done, Done, Unfinished], &rb, &[], &prior());
+        let r = reconcile(
+            &e,
+            &live(false, "3.11.1"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.11.1", "3.11.1")),
+            &prior(),
+            "3.11.1",
+            Onward::Rollback(&rb),
+        );
+        assert!(
+            r.disagreements
+                .iter()
+                .any(|d| d
+                    .contains("the rollback would start `app` at 3.10.0 on data that is newer")),
+            "{r:?}"
+        );
+        // Versions compare as versions: data at 3.9.0 is older than 3.10.0 (as text it is not).
+        let old = Prior {
+            services: BTreeMap::from([(
+                "app".to_string(),
+                PriorService {
+                    running: true,
+                    version: "3.10.0".into(),
+                    detail: String::new(),
+                },
+            )]),
+        };
+        let r = reconcile(
+            &e,
+            &live(false, "3.11.1"),
+            &detection("3.10.0", "3.9.0"),
+            Some(&detection("3.11.1", "3.9.0")),
+            &old,
+            "3.11.1",
+            Onward::Rollback(&rb),
+        );
+        assert!(r.disagreements.is_empty(), "{r:?}");
     }
 }
