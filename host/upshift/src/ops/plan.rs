@@ -496,6 +496,15 @@ pub struct Expected {
     pub data: ExpectedData,
 }
 
+/// Whether a service runs, and its version.
+type ServiceState = (bool, String);
+
+/// The states a service may be in after the journaled steps.
+struct Possible {
+    states: Vec<ServiceState>,
+    by: Option<String>,
+}
+
 /// What a step does to services and data.
 enum Effect<'a> {
     Running(&'a str, bool),
@@ -533,11 +542,18 @@ pub fn expected(
     rolled: &[Journaled],
     prior: &Prior,
 ) -> Expected {
-    // Per binding, every (running, version) the service may be in.
-    let mut states: BTreeMap<String, (Vec<(bool, String)>, Option<String>)> = prior
+    // Per binding, every (running, version) the service may be in, and the step that last
+    // changed it.
+    let mut states: BTreeMap<String, Possible> = prior
         .services
         .iter()
-        .map(|(b, p)| (b.clone(), (vec![(p.running, p.version.clone())], None)))
+        .map(|(b, p)| {
+            let possible = Possible {
+                states: vec![(p.running, p.version.clone())],
+                by: None,
+            };
+            (b.clone(), possible)
+        })
         .collect();
     let mut data = ExpectedData::AsBefore;
     let effects = steps
@@ -562,13 +578,8 @@ pub fn expected(
         if changes {
             data = ExpectedData::Changing;
         }
-        let (binding, apply): (&str, Box<dyn Fn(&(bool, String)) -> (bool, String)>) = match effect
-        {
-            Effect::Running(b, r) => (b, Box::new(move |(_, v)| (r, v.clone()))),
-            Effect::Version(b, v) => {
-                let v = v.to_string();
-                (b, Box::new(move |(r, _)| (*r, v.clone())))
-            }
+        let binding = match &effect {
+            Effect::Running(b, _) | Effect::Version(b, _) => *b,
             Effect::Restored => {
                 if journaled == Journaled::Done {
                     data = ExpectedData::AsBefore;
@@ -577,38 +588,54 @@ pub fn expected(
             }
             Effect::Nothing => continue,
         };
-        let Some((possible, by)) = states.get_mut(binding) else {
+        let Some(possible) = states.get_mut(binding) else {
             continue;
         };
-        let after: Vec<(bool, String)> = possible.iter().map(|s| apply(s)).collect();
+        let after: Vec<ServiceState> = possible
+            .states
+            .iter()
+            .map(|(running, version)| match &effect {
+                Effect::Running(_, r) => (*r, version.clone()),
+                Effect::Version(_, v) => (*running, v.to_string()),
+                _ => (*running, version.clone()),
+            })
+            .collect();
         match journaled {
-            Journaled::Done => *possible = after,
-            Journaled::Unfinished => possible.extend(after),
+            Journaled::Done => possible.states = after,
+            Journaled::Unfinished => possible.states.extend(after),
         }
-        possible.sort();
-        possible.dedup();
-        *by = Some(id);
+        possible.states.sort();
+        possible.states.dedup();
+        possible.by = Some(id);
     }
     let services = states
         .into_iter()
-        .map(|(b, (possible, by))| {
-            let running = match possible.iter().map(|(r, _)| *r).collect::<Vec<_>>() {
-                all if all.iter().all(|r| *r) => Some(true),
-                all if all.iter().all(|r| !*r) => Some(false),
-                _ => None,
-            };
-            let mut versions: Vec<String> = possible.into_iter().map(|(_, v)| v).collect();
-            versions.sort();
-            versions.dedup();
-            (
+        .map(
+            |(
                 b,
-                ExpectedService {
-                    running,
-                    versions,
+                Possible {
+                    states: possible,
                     by,
                 },
-            )
-        })
+            )| {
+                let running = match possible.iter().map(|(r, _)| *r).collect::<Vec<_>>() {
+                    all if all.iter().all(|r| *r) => Some(true),
+                    all if all.iter().all(|r| !*r) => Some(false),
+                    _ => None,
+                };
+                let mut versions: Vec<String> = possible.into_iter().map(|(_, v)| v).collect();
+                versions.sort();
+                versions.dedup();
+                (
+                    b,
+                    ExpectedService {
+                        running,
+                        versions,
+                        by,
+                    },
+                )
+            },
+        )
         .collect();
     Expected { services, data }
 }
