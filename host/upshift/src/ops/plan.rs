@@ -741,10 +741,6 @@ pub fn reconcile(
             continue;
         };
         let now_text = described(l.running, &l.version);
-        out.found.push(format!(
-            "service `{binding}` is {now_text}; the journal has it {}",
-            expectation(e)
-        ));
         let known = e.versions.contains(&l.version);
         let back_by_hand = match onward {
             Onward::Rollback(rest) => {
@@ -773,6 +769,10 @@ pub fn reconcile(
             ));
             continue;
         }
+        out.found.push(format!(
+            "service `{binding}` is {now_text}; the journal has it {}",
+            expectation(e)
+        ));
         if !known {
             out.found.push(format!(
                 "service `{binding}` was already switched to {} by hand, as the {} would have done",
