@@ -393,3 +393,81 @@ async fn a_rollback_finished_by_hand_is_not_started_a_second_time() {
     assert_eq!(common::table_checksums(&url).await, whole, "identical data");
     assert_eq!(history(&env, &run)["run"]["status"], "rolled_back");
 }
+
+/// Case 1 with a real SIGKILL from outside: the moment the service is stopped for the backup
+/// (its recorded pid gone, still at 3.10.0) the host is killed; then 3.11.1 runs on the same
+/// database behind the run's back. Resume stops with exit 5 and touches nothing. (When the kill
+/// lands after the switch, the world is not the reported one: the test tries again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_from_outside_during_the_backup_then_upgraded_behind_its_back() {
+    let Some(pg) = common::pg() else { return };
+    for attempt in 1..=5 {
+        let (env, port, url) = bytebase(pg, None).await;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+            .arg("--fleet")
+            .arg(env.fleet())
+            .arg("--data")
+            .arg(env.data())
+            .args(["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn apply");
+        let state = env.data().join("services/bb/app.json");
+        let mut stopped = false;
+        for _ in 0..20_000 {
+            let text = std::fs::read_to_string(&state).unwrap_or_default();
+            let now: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if now["version"] == "3.10.0" && now["pid"].is_null() {
+                stopped = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().expect("SIGKILL the host");
+        let status = child.wait().expect("reaped");
+        assert!(stopped, "the apply stopped the service ({status})");
+        assert_eq!(status.signal(), Some(9), "killed, not finished");
+        let run = newest_run(&env);
+        let journal = history(&env, &run);
+        let last = journal["steps"]
+            .as_array()
+            .and_then(|s| s.last())
+            .and_then(|s| s["step_id"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let service = std::fs::read_to_string(&state).unwrap_or_default();
+        if !matches!(last.as_str(), "stop" | "backup-meta") || !service.contains("\"3.10.0\"") {
+            eprintln!("attempt {attempt}: killed at `{last}`, past the backup; again");
+            continue;
+        }
+        switch_and_start_by_hand(&env, "3.11.1").await;
+        let data_before = common::table_checksums(&url).await;
+        let pids = service_pids(port);
+        assert_eq!(pids.len(), 1);
+        let out = env.upshift(&["resume", &run, "--json"]);
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        let report = json(&out);
+        assert!(
+            found(&report).contains("a version no journaled step of this run set"),
+            "{report}"
+        );
+        assert_eq!(service_pids(port), pids, "exactly the one process");
+        let (code, body) = common::http_get(port, "/v1/actuator/info").await;
+        assert!(code == 200 && body.contains("\"3.11.1\""), "{body}");
+        assert_eq!(schema_version(&url).await, "3.11.1");
+        assert_eq!(common::table_checksums(&url).await, data_before);
+        let journal = history(&env, &run);
+        assert_eq!(journal["run"]["status"], "running", "{journal}");
+        assert!(
+            !journal["steps"]
+                .as_array()
+                .expect("steps")
+                .iter()
+                .any(|s| s["phase"] == "rollback"),
+            "{journal}"
+        );
+        return;
+    }
+    panic!("in 5 attempts the kill never landed while the service was stopped for the backup");
+}

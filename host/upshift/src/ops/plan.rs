@@ -496,6 +496,15 @@ pub struct Expected {
     pub data: ExpectedData,
 }
 
+/// Whether a service runs, and its version.
+type ServiceState = (bool, String);
+
+/// The states a service may be in after the journaled steps.
+struct Possible {
+    states: Vec<ServiceState>,
+    by: Option<String>,
+}
+
 /// What a step does to services and data.
 enum Effect<'a> {
     Running(&'a str, bool),
@@ -533,11 +542,18 @@ pub fn expected(
     rolled: &[Journaled],
     prior: &Prior,
 ) -> Expected {
-    // Per binding, every (running, version) the service may be in.
-    let mut states: BTreeMap<String, (Vec<(bool, String)>, Option<String>)> = prior
+    // Per binding, every (running, version) the service may be in, and the step that last
+    // changed it.
+    let mut states: BTreeMap<String, Possible> = prior
         .services
         .iter()
-        .map(|(b, p)| (b.clone(), (vec![(p.running, p.version.clone())], None)))
+        .map(|(b, p)| {
+            let possible = Possible {
+                states: vec![(p.running, p.version.clone())],
+                by: None,
+            };
+            (b.clone(), possible)
+        })
         .collect();
     let mut data = ExpectedData::AsBefore;
     let effects = steps
@@ -562,13 +578,8 @@ pub fn expected(
         if changes {
             data = ExpectedData::Changing;
         }
-        let (binding, apply): (&str, Box<dyn Fn(&(bool, String)) -> (bool, String)>) = match effect
-        {
-            Effect::Running(b, r) => (b, Box::new(move |(_, v)| (r, v.clone()))),
-            Effect::Version(b, v) => {
-                let v = v.to_string();
-                (b, Box::new(move |(r, _)| (*r, v.clone())))
-            }
+        let binding = match &effect {
+            Effect::Running(b, _) | Effect::Version(b, _) => *b,
             Effect::Restored => {
                 if journaled == Journaled::Done {
                     data = ExpectedData::AsBefore;
@@ -577,38 +588,54 @@ pub fn expected(
             }
             Effect::Nothing => continue,
         };
-        let Some((possible, by)) = states.get_mut(binding) else {
+        let Some(possible) = states.get_mut(binding) else {
             continue;
         };
-        let after: Vec<(bool, String)> = possible.iter().map(|s| apply(s)).collect();
+        let after: Vec<ServiceState> = possible
+            .states
+            .iter()
+            .map(|(running, version)| match &effect {
+                Effect::Running(_, r) => (*r, version.clone()),
+                Effect::Version(_, v) => (*running, v.to_string()),
+                _ => (*running, version.clone()),
+            })
+            .collect();
         match journaled {
-            Journaled::Done => *possible = after,
-            Journaled::Unfinished => possible.extend(after),
+            Journaled::Done => possible.states = after,
+            Journaled::Unfinished => possible.states.extend(after),
         }
-        possible.sort();
-        possible.dedup();
-        *by = Some(id);
+        possible.states.sort();
+        possible.states.dedup();
+        possible.by = Some(id);
     }
     let services = states
         .into_iter()
-        .map(|(b, (possible, by))| {
-            let running = match possible.iter().map(|(r, _)| *r).collect::<Vec<_>>() {
-                all if all.iter().all(|r| *r) => Some(true),
-                all if all.iter().all(|r| !*r) => Some(false),
-                _ => None,
-            };
-            let mut versions: Vec<String> = possible.into_iter().map(|(_, v)| v).collect();
-            versions.sort();
-            versions.dedup();
-            (
+        .map(
+            |(
                 b,
-                ExpectedService {
-                    running,
-                    versions,
+                Possible {
+                    states: possible,
                     by,
                 },
-            )
-        })
+            )| {
+                let running = match possible.iter().map(|(r, _)| *r).collect::<Vec<_>>() {
+                    all if all.iter().all(|r| *r) => Some(true),
+                    all if all.iter().all(|r| !*r) => Some(false),
+                    _ => None,
+                };
+                let mut versions: Vec<String> = possible.into_iter().map(|(_, v)| v).collect();
+                versions.sort();
+                versions.dedup();
+                (
+                    b,
+                    ExpectedService {
+                        running,
+                        versions,
+                        by,
+                    },
+                )
+            },
+        )
         .collect();
     Expected { services, data }
 }
@@ -714,10 +741,6 @@ pub fn reconcile(
             continue;
         };
         let now_text = described(l.running, &l.version);
-        out.found.push(format!(
-            "service `{binding}` is {now_text}; the journal has it {}",
-            expectation(e)
-        ));
         let known = e.versions.contains(&l.version);
         let back_by_hand = match onward {
             Onward::Rollback(rest) => {
@@ -746,6 +769,10 @@ pub fn reconcile(
             ));
             continue;
         }
+        out.found.push(format!(
+            "service `{binding}` is {now_text}; the journal has it {}",
+            expectation(e)
+        ));
         if !known {
             out.found.push(format!(
                 "service `{binding}` was already switched to {} by hand, as the {} would have done",
@@ -810,7 +837,7 @@ pub fn reconcile(
     };
     out.found.push(format!(
         "the adapter detects version {}{}",
-        now.version,
+        now.version.escape_debug().take(80).collect::<String>(),
         data.as_ref()
             .map(|(source, _)| format!(" (data: {source})"))
             .unwrap_or_default()
@@ -1137,5 +1164,183 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    fn detection(version: &str, schema: &str) -> Detection {
+        Detection {
+            version: version.into(),
+            facts: vec![crate::runtime::bindings::Fact {
+                key: "schema-version".into(),
+                value: schema.into(),
+            }],
+        }
+    }
+
+    fn live(running: bool, version: &str) -> BTreeMap<String, LiveService> {
+        BTreeMap::from([(
+            "app".to_string(),
+            LiveService {
+                running,
+                version: version.into(),
+                job: false,
+            },
+        )])
+    }
+
+    use Journaled::{Done, Unfinished};
+
+    #[test]
+    fn the_journal_implies_the_state_step_by_step() {
+        let steps = upgrade();
+        // Killed during the backup: stopped at the old version, data as before.
+        let e = expected(&steps, &[Done, Done, Unfinished], &[], &[], &prior());
+        assert_eq!(
+            e.services["app"],
+            ExpectedService {
+                running: Some(false),
+                versions: vec!["3.10.0".into()],
+                by: Some("stop".into()),
+            }
+        );
+        assert_eq!(e.data, ExpectedData::AsBefore);
+        // Killed as the new version starts: running or not, and the data may be migrating.
+        let e = expected(
+            &steps,
+            &[Done, Done, Done, Done, Unfinished],
+            &[],
+            &[],
+            &prior(),
+        );
+        assert_eq!(e.services["app"].running, None);
+        assert_eq!(e.services["app"].versions, vec!["3.11.1".to_string()]);
+        assert_eq!(e.data, ExpectedData::Changing);
+        // A rollback that restored the data puts it back as before.
+        let reached = vec![
+            Reached::Done(None),
+            Reached::Done(None),
+            Reached::Done(Some("bk-1".into())),
+            Reached::Done(None),
+            Reached::Started,
+        ];
+        let rb = rollback(&steps, &reached, &prior());
+        let e = expected(
+            &steps,
+            &[Done, Done, Done, Done, Unfinished],
+            &rb,
+            &[Done, Done],
+            &prior(),
+        );
+        assert_eq!(e.data, ExpectedData::AsBefore);
+        assert_eq!(e.services["app"].running, Some(false));
+    }
+
+    #[test]
+    fn an_upgrade_behind_the_runs_back_is_a_disagreement() {
+        let steps = upgrade();
+        let e = expected(&steps, &[Done, Done, Unfinished], &[], &[], &prior());
+        let r = reconcile(
+            &e,
+            &live(true, "3.11.1"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.11.1", "3.11.1")),
+            &prior(),
+            "3.11.1",
+            Onward::Forward(&steps[2..]),
+        );
+        assert_eq!(r.disagreements.len(), 2, "{r:?}");
+        assert!(r.disagreements[0].contains("no journaled step of this run set"));
+        assert!(r.disagreements[1].contains("`schema-version` = 3.11.1, but it was 3.10.0"));
+        assert!(r.fixes.is_empty());
+        // The same world as the journal left it: nothing to say against going on.
+        let r = reconcile(
+            &e,
+            &live(false, "3.10.0"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.10.0", "3.10.0")),
+            &prior(),
+            "3.11.1",
+            Onward::Forward(&steps[2..]),
+        );
+        assert!(r.disagreements.is_empty() && r.fixes.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_service_moved_by_hand_is_put_back() {
+        let steps = upgrade();
+        let e = expected(&steps, &[Done, Done], &[], &[], &prior());
+        let r = reconcile(
+            &e,
+            &live(true, "3.10.0"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.10.0", "3.10.0")),
+            &prior(),
+            "3.11.1",
+            Onward::Forward(&steps[2..]),
+        );
+        assert!(r.disagreements.is_empty(), "{r:?}");
+        assert_eq!(r.fixes, vec![Fix::Stop("app".into())]);
+        let e = expected(&steps, &[Done, Done, Done, Done, Done], &[], &[], &prior());
+        let r = reconcile(
+            &e,
+            &live(false, "3.11.1"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.11.1", "3.10.0")),
+            &prior(),
+            "3.11.1",
+            Onward::Forward(&steps[5..]),
+        );
+        assert_eq!(r.fixes, vec![Fix::Start("app".into())], "{r:?}");
+    }
+
+    #[test]
+    fn a_rollback_never_starts_an_older_binary_on_newer_data() {
+        let steps = upgrade();
+        // Killed after the switch: the rollback takes no backup (nothing ran after it), yet
+        // the data was migrated behind the run's back.
+        let reached = vec![
+            Reached::Done(None),
+            Reached::Done(None),
+            Reached::Done(Some("bk-1".into())),
+            Reached::Started,
+        ];
+        let rb = rollback(&steps[..4], &reached, &prior());
+        let e = expected(&steps, &[Done, Done, Done, Unfinished], &rb, &[], &prior());
+        let r = reconcile(
+            &e,
+            &live(false, "3.11.1"),
+            &detection("3.10.0", "3.10.0"),
+            Some(&detection("3.11.1", "3.11.1")),
+            &prior(),
+            "3.11.1",
+            Onward::Rollback(&rb),
+        );
+        assert!(
+            r.disagreements
+                .iter()
+                .any(|d| d
+                    .contains("the rollback would start `app` at 3.10.0 on data that is newer")),
+            "{r:?}"
+        );
+        // Versions compare as versions: data at 3.9.0 is older than 3.10.0 (as text it is not).
+        let old = Prior {
+            services: BTreeMap::from([(
+                "app".to_string(),
+                PriorService {
+                    running: true,
+                    version: "3.10.0".into(),
+                    detail: String::new(),
+                },
+            )]),
+        };
+        let r = reconcile(
+            &e,
+            &live(false, "3.11.1"),
+            &detection("3.10.0", "3.9.0"),
+            Some(&detection("3.11.1", "3.9.0")),
+            &old,
+            "3.11.1",
+            Onward::Rollback(&rb),
+        );
+        assert!(r.disagreements.is_empty(), "{r:?}");
     }
 }

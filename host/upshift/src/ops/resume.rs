@@ -304,7 +304,7 @@ pub async fn resume(
         Reconciliation::Disagrees { found, why } => {
             let backups: Vec<BackupRecord> =
                 forward.backups.iter().map(|(_, b)| b.clone()).collect();
-            let help = disagreement_help(session, instance, &run, &backups, &found, &why).await;
+            let help = disagreement_help(session, instance, &run, &backups, &found).await;
             return Ok(RunReport {
                 run_id: run.id.clone(),
                 instance: instance.name.clone(),
@@ -604,12 +604,12 @@ async fn disagreement_help(
     run: &RunRecord,
     taken: &[BackupRecord],
     found: &[String],
-    why: &str,
 ) -> String {
     let name = &instance.name;
     let id = &run.id;
-    let mut out =
-        format!("Run {id} was not resumed: {why}.\nNothing was touched. What resume found:\n");
+    let mut out = format!(
+        "Run {id} was not resumed: instance `{name}` is not where the run's journal left it, and going on would act blindly.\nNothing was touched. What resume found:\n"
+    );
     for f in found {
         out.push_str(&format!("  - {f}\n"));
     }
