@@ -396,6 +396,10 @@ async fn a_run_superseded_by_a_later_run_is_not_resumed() {
     );
     let (_, body) = common::http_get(port, "/api/v1/version").await;
     assert!(body.contains("\"1.9.0\""), "{body}");
+    assert!(err.contains("nothing more is needed"), "{err}");
+    // Superseded, it has ended: there is nothing to abandon either.
+    let out = env.upshift(&["abandon", &run_id, "--why", "restored its backup"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let runs = history(&env);
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[1]["status"], "failed", "left as it was");
