@@ -107,8 +107,9 @@ fn step_started(data: &Path, step: &str) -> bool {
 }
 
 /// Case 1, first half, and abandon: `apply` is SIGKILLed from outside while its backup clone
-/// runs (the service stopped). A second `apply` (and a `backup`) is refused with exit 6 naming
-/// the run, its last journaled step and the commands that finish it, and changes nothing.
+/// runs (the service stopped). A second `apply` (and a `backup`, and a `restore` of an earlier
+/// backup) is refused with exit 6 naming the run, its last journaled step and the commands that
+/// finish it, and changes nothing.
 /// Once the operator has put the instance right by hand, `abandon` ends the run (journaled,
 /// audited, the audit chain intact) and the next `apply` upgrades.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +122,10 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     let skip = ["instance_change_history", "migration_history"];
     let before_upgrade = common::checksums_over(&url, &cols, &skip).await;
     assert_eq!(service_processes(port), 1);
+    // An earlier backup, which a restore could bring back.
+    let out = env.upshift(&["backup", "bb", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let earlier_backup = json(&out)[0]["id"].as_str().expect("backup id").to_string();
 
     let mut child = upshift_at(&env, &env.data())
         .args(["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
@@ -163,7 +168,7 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
 
     // The run is interrupted in its backup step, the service stopped.
     let runs = history(&env);
-    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs.len(), 2, "the backup and the apply: {runs:?}");
     let run_id = runs[0]["id"].as_str().expect("id").to_string();
     assert_eq!(runs[0]["status"], "running", "{runs:?}");
     assert!(
@@ -174,11 +179,12 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     assert_eq!(service_processes(port), 0);
     let schema = schema_version(&url).await;
 
-    // A second apply, and a backup, are refused: exit 6 naming the run, its last journaled
+    // A second apply, a backup and a restore are refused: exit 6 naming the run, its last journaled
     // step, the dead holder and the exact commands.
     for args in [
         &["apply", "bb", "--to", "3.11.1", "--yes", "--json"][..],
         &["backup", "bb", "--json"][..],
+        &["restore", "bb", &earlier_backup, "--yes", "--json"][..],
     ] {
         let out = env.upshift(args);
         let err = stderr(&out);
@@ -205,7 +211,7 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     assert_eq!(schema_version(&url).await, schema);
     assert_eq!(common::table_checksums(&url).await, before);
     let runs = history(&env);
-    assert_eq!(runs.len(), 1, "no new run: {runs:?}");
+    assert_eq!(runs.len(), 2, "no new run: {runs:?}");
     assert_eq!(runs[0]["status"], "running");
 
     // The operator puts the instance right by hand (starts it again at 3.10.0) and abandons
@@ -309,7 +315,7 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
         .iter()
         .map(|r| r["status"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(statuses, ["succeeded", "abandoned"]);
+    assert_eq!(statuses, ["succeeded", "abandoned", "succeeded"]);
 }
 
 /// An OpenMetadata instance `om` at 1.9.0 with seeded rows: env, port, database URL.
