@@ -65,6 +65,11 @@ async fn schema_version(url: &str) -> String {
 /// checksums of `public` seeing them); the environment, its port and database URL.
 async fn bytebase(pg: &common::Pg, ballast_rows: u32) -> (Env, u16, String) {
     let (_, url) = pg.fresh_db("unf").await;
+    bytebase_on(url, ballast_rows).await
+}
+
+/// [`bytebase`] on the database at `url`.
+async fn bytebase_on(url: String, ballast_rows: u32) -> (Env, u16, String) {
     let env = Env::new();
     let port = free_port();
     env.write_fleet(&common::bytebase_instance("bb", &url, port, "3.10.0", None));
@@ -102,19 +107,25 @@ fn step_started(data: &Path, step: &str) -> bool {
 }
 
 /// Case 1, first half, and abandon: `apply` is SIGKILLed from outside while its backup clone
-/// runs (the service stopped). A second `apply` (and a `backup`) is refused with exit 6 naming
-/// the run, its last journaled step and the commands that finish it, and changes nothing.
+/// runs (the service stopped). A second `apply` (and a `backup`, and a `restore` of an earlier
+/// backup) is refused with exit 6 naming the run, its last journaled step and the commands that
+/// finish it, and changes nothing.
 /// Once the operator has put the instance right by hand, `abandon` ends the run (journaled,
 /// audited, the audit chain intact) and the next `apply` upgrades.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_is_abandoned() {
     let Some(pg) = common::pg() else { return };
-    let (env, port, url) = bytebase(pg, 150_000).await;
+    let (db, url) = pg.fresh_db("unf").await;
+    let (env, port, url) = bytebase_on(url, 150_000).await;
     let before = common::table_checksums(&url).await;
     let cols = common::columns(&url).await;
     let skip = ["instance_change_history", "migration_history"];
     let before_upgrade = common::checksums_over(&url, &cols, &skip).await;
     assert_eq!(service_processes(port), 1);
+    // An earlier backup, which a restore could bring back.
+    let out = env.upshift(&["backup", "bb", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let earlier_backup = json(&out)[0]["id"].as_str().expect("backup id").to_string();
 
     let mut child = upshift_at(&env, &env.data())
         .args(["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
@@ -132,13 +143,14 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
             seen = Some("the journal shows backup-meta started");
         } else if admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query ILIKE 'CREATE DATABASE%'",
-                &[],
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                 AND query ILIKE 'CREATE DATABASE % TEMPLATE %' AND strpos(query, $1) > 0",
+                &[&format!("TEMPLATE \"{db}\"")],
             )
             .await
             .is_ok_and(|r| r.get::<_, i64>(0) > 0)
         {
-            seen = Some("PostgreSQL shows the clone running");
+            seen = Some("PostgreSQL shows the clone of the instance's database running");
         } else if child.try_wait().expect("poll apply").is_some() {
             break;
         } else {
@@ -150,12 +162,13 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
         panic!("the apply never reached its backup step")
     });
     child.kill().expect("SIGKILL apply");
+    eprintln!("SIGKILL sent: {seen}");
     let out = child.wait_with_output().expect("apply ends");
     assert_eq!(out.status.signal(), Some(9), "{seen}: {}", stderr(&out));
 
     // The run is interrupted in its backup step, the service stopped.
     let runs = history(&env);
-    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs.len(), 2, "the backup and the apply: {runs:?}");
     let run_id = runs[0]["id"].as_str().expect("id").to_string();
     assert_eq!(runs[0]["status"], "running", "{runs:?}");
     assert!(
@@ -166,11 +179,12 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     assert_eq!(service_processes(port), 0);
     let schema = schema_version(&url).await;
 
-    // A second apply, and a backup, are refused: exit 6 naming the run, its last journaled
+    // A second apply, a backup and a restore are refused: exit 6 naming the run, its last journaled
     // step, the dead holder and the exact commands.
     for args in [
         &["apply", "bb", "--to", "3.11.1", "--yes", "--json"][..],
         &["backup", "bb", "--json"][..],
+        &["restore", "bb", &earlier_backup, "--yes", "--json"][..],
     ] {
         let out = env.upshift(args);
         let err = stderr(&out);
@@ -197,7 +211,7 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     assert_eq!(schema_version(&url).await, schema);
     assert_eq!(common::table_checksums(&url).await, before);
     let runs = history(&env);
-    assert_eq!(runs.len(), 1, "no new run: {runs:?}");
+    assert_eq!(runs.len(), 2, "no new run: {runs:?}");
     assert_eq!(runs[0]["status"], "running");
 
     // The operator puts the instance right by hand (starts it again at 3.10.0) and abandons
@@ -301,7 +315,7 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
         .iter()
         .map(|r| r["status"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(statuses, ["succeeded", "abandoned"]);
+    assert_eq!(statuses, ["succeeded", "abandoned", "succeeded"]);
 }
 
 /// An OpenMetadata instance `om` at 1.9.0 with seeded rows: env, port, database URL.
@@ -388,6 +402,10 @@ async fn a_run_superseded_by_a_later_run_is_not_resumed() {
     );
     let (_, body) = common::http_get(port, "/api/v1/version").await;
     assert!(body.contains("\"1.9.0\""), "{body}");
+    assert!(err.contains("nothing more is needed"), "{err}");
+    // Superseded, it has ended: there is nothing to abandon either.
+    let out = env.upshift(&["abandon", &run_id, "--why", "restored its backup"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let runs = history(&env);
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[1]["status"], "failed", "left as it was");
@@ -489,4 +507,49 @@ async fn simultaneous_applies_on_a_new_data_dir_one_runs_and_the_rest_exit_6() {
             assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
         }
     }
+}
+
+/// A holder on this machine that died before journaling a run (while loading the adapter or
+/// planning) left nothing to finish: the next apply takes its lease over at once instead of
+/// waiting for it to expire, and a run started under a live holder is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holder_that_left_no_run_is_taken_over_at_once() {
+    let Some(pg) = common::pg() else { return };
+    let (env, port, _) = bytebase(pg, 0).await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let mut gone = Command::new("true").spawn().expect("spawn");
+    let dead = gone.id();
+    gone.wait().expect("exits");
+    assert!(!Path::new(&format!("/proc/{dead}")).exists());
+    let conn = rusqlite::Connection::open(env.data().join("state.db")).expect("state");
+    let expires = chrono_ms() + 600_000;
+    conn.execute(
+        "INSERT INTO leases (instance, holder, token, expires_ms) VALUES ('bb', ?1, 7, ?2)",
+        rusqlite::params![
+            format!("upshift on {host} pid {dead} (apply --to 3.11.1)"),
+            expires
+        ],
+    )
+    .expect("a dead holder's lease");
+    drop(conn);
+    assert!(history(&env).is_empty(), "it left no run");
+    // The lease had ten minutes left: only a take-over lets this apply run now.
+    let out = env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (_, body) = common::http_get(port, "/v1/actuator/info").await;
+    assert!(body.contains("\"3.11.1\""), "{body}");
+    assert_eq!(service_processes(port), 1);
+}
+
+/// Milliseconds since the epoch.
+fn chrono_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("fits")
 }

@@ -59,28 +59,33 @@ pub enum LeaseError {
     },
     /// The instance has an unfinished run: nothing new starts on it until that run is resumed
     /// or abandoned.
-    #[error(
-        "instance `{instance}` has an unfinished run {run} ({kind}, started {started_at}, {state}); its last journaled step: {last_step}. Nothing was changed. {next}"
-    )]
-    Unfinished {
-        /// Instance.
-        instance: String,
-        /// The unfinished run's id.
-        run: String,
-        /// Its kind (`upgrade`, `restore`, `backup`).
-        kind: String,
-        /// When it started (RFC 3339).
-        started_at: String,
-        /// Its status and, if known, that its process is gone.
-        state: String,
-        /// Its last journaled step: phase, id, status, when it started and finished.
-        last_step: String,
-        /// The exact commands that finish it.
-        next: String,
-    },
+    #[error("{0}")]
+    Unfinished(Box<UnfinishedRun>),
     /// The store failed.
     #[error("lease store: {0}")]
     Store(String),
+}
+
+/// An unfinished run that stops new runs on its instance, as the refusal names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "instance `{instance}` has an unfinished run {run} ({kind}, started {started_at}, {state}); its last journaled step: {last_step}. Nothing was changed. {next}"
+)]
+pub struct UnfinishedRun {
+    /// Instance.
+    pub instance: String,
+    /// The unfinished run's id.
+    pub run: String,
+    /// Its kind (`upgrade`, `restore`, `backup`).
+    pub kind: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Its status and, if known, that its process is gone.
+    pub state: String,
+    /// Its last journaled step: phase, id, status, when it started and finished.
+    pub last_step: String,
+    /// The exact commands that finish it.
+    pub next: String,
 }
 
 /// A lease operation under way (boxed, so [`LeaseStore`] can be used as `Arc<dyn LeaseStore>`).

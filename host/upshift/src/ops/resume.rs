@@ -150,6 +150,29 @@ pub async fn resume(
         .ok_or_else(|| {
             OpError::Usage(format!("no run `{run_id}`; `upshift history` lists them"))
         })?;
+    // A later run of the instance acted on what this one left: going on from this run's
+    // journal would undo or repeat over that run's work.
+    if matches!(run.status, RunStatus::Running | RunStatus::Failed)
+        && let Some(later) = session.state.runs_after(&run).await.map_err(host)?.first()
+    {
+        return Err(OpError::Usage(format!(
+            "run `{run_id}` cannot be resumed: the later run {} ({} {} → {}, started {}, {}) superseded it; {}",
+            later.id,
+            later.kind,
+            later.from_version,
+            later.to_version,
+            later.started_at,
+            later.status,
+            if run.status == RunStatus::Running {
+                format!(
+                    "once instance `{}` is right, mark it ended with `upshift abandon {run_id} --why \"…\"`",
+                    run.instance
+                )
+            } else {
+                "it stays as it ended, and nothing more is needed for it".to_string()
+            }
+        )));
+    }
     // A run handed to the operator at a step whose outcome was unknown goes on once the
     // operator says that step completed.
     let reopened = run.status == RunStatus::Failed && step_done.is_some();
@@ -168,20 +191,6 @@ pub async fn resume(
         return Err(OpError::Usage(format!(
             "run `{run_id}` is a {}; only upgrades are resumed (run the {} again)",
             run.kind, run.kind
-        )));
-    }
-    // A later run of the instance acted on what this one left: going on from this run's
-    // journal would undo or repeat over that run's work.
-    if let Some(later) = session.state.runs_after(&run).await.map_err(host)?.first() {
-        return Err(OpError::Usage(format!(
-            "run `{run_id}` cannot be resumed: the later run {} ({} {} → {}, started {}, {}) superseded it; once instance `{}` is right, mark it ended with `upshift abandon {run_id} --why \"…\"`",
-            later.id,
-            later.kind,
-            later.from_version,
-            later.to_version,
-            later.started_at,
-            later.status,
-            run.instance
         )));
     }
     let instance = fleet

@@ -493,15 +493,17 @@ impl Session {
                 ))
             )
         };
-        Ok(LeaseError::Unfinished {
-            instance: run.instance.clone(),
-            run: run.id.clone(),
-            kind: run.kind.clone(),
-            started_at: run.started_at.clone(),
-            state,
-            last_step: self.mask(&last_step).into_owned(),
-            next,
-        })
+        Ok(LeaseError::Unfinished(Box::new(
+            crate::lease::UnfinishedRun {
+                instance: run.instance.clone(),
+                run: run.id.clone(),
+                kind: run.kind.clone(),
+                started_at: run.started_at.clone(),
+                state,
+                last_step: self.mask(&last_step).into_owned(),
+                next,
+            },
+        )))
     }
 
     /// `text` with the session's secrets masked: what the journal and reports store.
