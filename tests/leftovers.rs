@@ -131,12 +131,60 @@ async fn devlake(
     ))
 }
 
-/// The upgrade of `dl` fails at its snapshot on a full disk: exit 4 (rolled back, recorded),
-/// DevLake serves v1.0.0 with every row, no `.partial` and no pending record is left, and once
-/// there is room the next apply is not blocked by anything the failure left.
-async fn snapshot_fills_the_disk(env: &Env, port: u16, url: &str, config: &Path) {
+/// `upshift apply dl --to v1.0.1` with the disk `disk` filled by another writer the moment the
+/// journal shows the snapshot started (preflight found room): what an operator's disk does when
+/// something else fills it during the backup. The filler file is returned with the output.
+fn apply_while_the_disk_fills(env: &Env, disk: &Path) -> (std::process::Output, PathBuf) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+        .arg("--fleet")
+        .arg(env.fleet())
+        .arg("--data")
+        .arg(env.data())
+        .args(["apply", "dl", "--to", "v1.0.1", "--yes", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start apply");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = || {
+        rusqlite::Connection::open(env.data().join("state.db"))
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT count(*) FROM steps WHERE phase = 'forward' AND step_id = 'snapshot-config'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .is_ok_and(|n| n > 0)
+    };
+    while !started() {
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached its snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Fill every byte that is left.
+    let filler = disk.join("filler.bin");
+    let mut file = std::fs::File::create(&filler).expect("filler");
+    let chunk = vec![0xa5u8; 1 << 20];
+    while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+    let mut tail = 4096;
+    while tail > 0 {
+        if std::io::Write::write_all(&mut file, &chunk[..tail]).is_err() {
+            tail /= 2;
+        }
+    }
+    drop(file);
+    (child.wait_with_output().expect("apply"), filler)
+}
+
+/// The upgrade of `dl` fails at its snapshot on a disk filled during the run: exit 4 (rolled
+/// back, recorded), DevLake serves v1.0.0 with every row, no `.partial` and no pending record
+/// is left, and once there is room the next apply is not blocked by anything the failure left.
+async fn snapshot_fills_the_disk(env: &Env, disk: &Path, port: u16, url: &str, config: &Path) {
     let before = devlake_counts(url).await;
-    let out = env.upshift(&["apply", "dl", "--to", "v1.0.1", "--yes", "--json"]);
+    let (out, filler) = apply_while_the_disk_fills(env, disk);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let report = json(&out);
     let failure = report["failure"].as_str().unwrap_or_default();
@@ -169,6 +217,7 @@ async fn snapshot_fills_the_disk(env: &Env, port: u16, url: &str, config: &Path)
     );
 
     // Room again: the next apply goes ahead.
+    std::fs::remove_file(filler).expect("remove the filler");
     std::fs::remove_file(config.join("ballast.bin")).expect("remove ballast");
     let out = env.upshift(&["apply", "dl", "--to", "v1.0.1", "--yes", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -180,22 +229,24 @@ async fn snapshot_fills_the_disk(env: &Env, port: u16, url: &str, config: &Path)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_fills_the_backups_disk_rolls_back_and_leaves_no_partial() {
     let Some(pg) = common::pg() else { return };
-    // The backups directory alone is a 24 MiB disk; the snapshot needs 32 MiB.
+    // The backups directory alone is a 96 MiB disk: room for the 32 MiB snapshot when the
+    // plan is made, full by the time the snapshot is written.
     let Some((subject, port, url, config)) =
-        devlake(pg, 32, |data| Tmpfs::mount(&data.join("backups"), "24m")).await
+        devlake(pg, 32, |data| Tmpfs::mount(&data.join("backups"), "96m")).await
     else {
         return;
     };
-    snapshot_fills_the_disk(&subject.env, port, &url, &config).await;
+    let backups = subject.env.data().join("backups");
+    snapshot_fills_the_disk(&subject.env, &backups, port, &url, &config).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_fills_the_state_stores_disk_still_records_the_end_of_the_run() {
     let Some(pg) = common::pg() else { return };
     // The whole data directory — state database, audit log, compiled adapters, backups — is
-    // on a 64 MiB disk, and the snapshot needs more than is left.
+    // on a 160 MiB disk, filled to the last byte once the run has begun.
     let Some((subject, port, url, config)) =
-        devlake(pg, 64, |data| Tmpfs::mount(data, "64m")).await
+        devlake(pg, 32, |data| Tmpfs::mount(data, "160m")).await
     else {
         return;
     };
@@ -204,7 +255,7 @@ async fn a_snapshot_that_fills_the_state_stores_disk_still_records_the_end_of_th
         env.data().join("state.db.reserve").exists(),
         "the journal's reserve is kept beside the state database"
     );
-    snapshot_fills_the_disk(env, port, &url, &config).await;
+    snapshot_fills_the_disk(env, &env.data(), port, &url, &config).await;
     assert!(env.data().join("state.db.reserve").exists());
 }
 

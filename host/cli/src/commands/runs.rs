@@ -224,7 +224,6 @@ pub async fn abandon(ctx: &Ctx, args: AbandonArgs) -> Result<u8, Exit> {
     Ok(0)
 }
 
-
 /// Clear the bars, keep the run's report in the reports directory, print it (text or JSON)
 /// and map its outcome to the exit code.
 pub fn finish_run(
