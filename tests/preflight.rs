@@ -14,7 +14,9 @@ use common::{Env, checksums_over, columns, connect, free_port, json, start_servi
 
 /// The recorded pid of a process service (`None` when Upshift records none).
 fn recorded_pid(env: &Env, instance: &str, binding: &str) -> Option<u32> {
-    let path = env.data().join(format!("services/{instance}/{binding}.json"));
+    let path = env
+        .data()
+        .join(format!("services/{instance}/{binding}.json"));
     let text = std::fs::read_to_string(path).ok()?;
     let state: serde_json::Value = serde_json::from_str(&text).ok()?;
     state["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
@@ -175,7 +177,10 @@ async fn a_service_started_by_hand_is_named_with_its_sessions_and_after_adopt_ap
     let hand_pid = by_hand.0.id();
     let deadline = Instant::now() + Duration::from_secs(60);
     while common::http_get(port, "/healthz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "the hand-started Bytebase never became healthy");
+        assert!(
+            Instant::now() < deadline,
+            "the hand-started Bytebase never became healthy"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     upshift_sim::bytebase::seed_user_rows(&connect(&url).await, 10)
@@ -353,7 +358,11 @@ async fn operators_stop_and_start_are_audited_and_wait_for_the_lease() {
     for command in ["stop", "start"] {
         let out = env.upshift(&[command, "bb", "app"]);
         assert_eq!(out.status.code(), Some(6), "{command}: {}", stderr(&out));
-        assert!(stderr(&out).contains("an apply elsewhere"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("an apply elsewhere"),
+            "{}",
+            stderr(&out)
+        );
     }
     assert!(alive(pid));
     drop(held);
@@ -370,7 +379,10 @@ async fn operators_stop_and_start_are_audited_and_wait_for_the_lease() {
     let done = json(&out);
     assert_eq!(done[0]["binding"], "app");
     assert!(
-        done[0]["summary"].as_str().unwrap_or_default().contains("healthy"),
+        done[0]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("healthy"),
         "{done}"
     );
     let new_pid = recorded_pid(&env, "bb", "app").expect("started");

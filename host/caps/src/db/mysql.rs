@@ -463,7 +463,11 @@ impl MySqlBackend {
                     user: text(1),
                     application: String::new(),
                     client,
-                    origin: if client.is_some() { String::new() } else { host },
+                    origin: if client.is_some() {
+                        String::new()
+                    } else {
+                        host
+                    },
                 }
             })
             .collect())

@@ -621,7 +621,10 @@ impl DockerBackend {
             ));
         }
         match &self.spec.health_url {
-            None => Ok((true, format!("container `{name}` runs (no health check set)"))),
+            None => Ok((
+                true,
+                format!("container `{name}` runs (no health check set)"),
+            )),
             Some(url) => super::health_url_status(url).await,
         }
     }

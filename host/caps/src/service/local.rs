@@ -124,10 +124,7 @@ fn parse_addr(text: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let words: Option<Vec<u32>> = (0..addr.len() / 8)
-        .map(|i| {
-            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
-                .ok()
-        })
+        .map(|i| u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok())
         .collect();
     let words = words?;
     let ip = match words.as_slice() {
@@ -240,10 +237,7 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   999        0 4242 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:A1B2 0100007F:1538 01 00000000:00000000 00:00000000 00000000   999        0 4343 1\n";
         let sockets = parse_tcp(text);
         assert_eq!(sockets.len(), 2);
-        assert_eq!(
-            sockets[0].local,
-            (IpAddr::V4(Ipv4Addr::LOCALHOST), 5432)
-        );
+        assert_eq!(sockets[0].local, (IpAddr::V4(Ipv4Addr::LOCALHOST), 5432));
         assert!(sockets[0].listening);
         assert_eq!(sockets[1].local.1, 0xA1B2);
         assert!(!sockets[1].listening);

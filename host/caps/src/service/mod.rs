@@ -189,8 +189,10 @@ impl Services {
         pid: Option<u32>,
         detail: &str,
     ) -> Result<String, CapError> {
-        self.host(binding, Operation::Adopt, detail, async |b| b.adopt(pid).await)
-            .await
+        self.host(binding, Operation::Adopt, detail, async |b| {
+            b.adopt(pid).await
+        })
+        .await
     }
 
     /// `service.image-present`: a version that is not a product version is denied before any

@@ -405,9 +405,7 @@ impl ProcessBackend {
         let mut roots: Vec<u32> = found
             .iter()
             .copied()
-            .filter(|p| {
-                super::local::stat(*p).is_none_or(|s| !found.contains(&s.parent))
-            })
+            .filter(|p| super::local::stat(*p).is_none_or(|s| !found.contains(&s.parent)))
             .collect();
         roots.sort_unstable();
         roots.dedup();
@@ -438,7 +436,10 @@ impl ProcessBackend {
                 many => {
                     return Err(CapError::Failed(format!(
                         "several processes look like this service ({}); pass --pid to choose one",
-                        many.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                        many.iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
             },
@@ -476,7 +477,11 @@ fn loopback_port(url: &str) -> Option<u16> {
         url::Host::Ipv4(ip) => ip.is_loopback(),
         url::Host::Ipv6(ip) => ip.is_loopback(),
     };
-    if local { url.port_or_known_default() } else { None }
+    if local {
+        url.port_or_known_default()
+    } else {
+        None
+    }
 }
 
 impl super::Health for ProcessBackend {

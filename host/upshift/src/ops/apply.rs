@@ -603,7 +603,11 @@ pub(super) async fn conclude(
         );
         session
             .state
-            .finish_run(run_id, RunStatus::NothingChanged, Some(&session.mask(&message)))
+            .finish_run(
+                run_id,
+                RunStatus::NothingChanged,
+                Some(&session.mask(&message)),
+            )
             .await
             .map_err(host)?;
         return Ok(RunReport {

@@ -373,7 +373,11 @@ async fn sessions(
                         )
                     }
                     (None, Some(h)) => {
-                        format!("{} (held by {})", s.describe(), service::describe_process(*h))
+                        format!(
+                            "{} (held by {})",
+                            s.describe(),
+                            service::describe_process(*h)
+                        )
                     }
                     (None, None) => s.describe(),
                 }
