@@ -1,5 +1,6 @@
-//! The `upshift` command. Errors become exit codes here: 0 done, 1 error, 2 bad usage or input,
-//! 3 refused by the product's rules, 4 failed and rolled back, 5 failed and not rolled back.
+//! The `upshift` command. Errors become exit codes here: 0 done, 1 error (or a run that failed
+//! having changed nothing), 2 bad usage or input, 3 refused by the product's rules, 4 failed and
+//! rolled back, 5 failed and not rolled back.
 
 mod adapter_cmd;
 mod cli;
