@@ -97,7 +97,8 @@ fn adapter_text_reaches_the_terminal_with_its_controls_made_visible() {
         (&["plan", "t", "--to", "2.0.0"], 0),
         (&["plan", "t", "--to", "9.9.9"], 3),
         (&["apply", "t", "--to", "2.0.0", "--yes"], 0),
-        (&["apply", "t", "--to", "3.0.0", "--yes"], 4),
+        // Its steps only read: the failure changed nothing (exit 1, not 4).
+        (&["apply", "t", "--to", "3.0.0", "--yes"], 1),
         (&["apply", "--all", "--yes"], 0),
         (&["history"], 0),
         (&["adapter", "inspect", &wasm.display().to_string()], 0),
@@ -316,8 +317,9 @@ env = {{ APP_SECRET = "svc-env-secret-value", PLAIN_SETTING = "visible-setting" 
             vec!["apply", "s", "--to", "2.0.0", "--yes", "--record", &tape],
             0,
         ),
-        (vec!["apply", "s", "--to", "3.0.0", "--yes"], 4),
-        (vec!["apply", "s", "--to", "3.0.0", "--yes", "--json"], 4),
+        // Read-only steps: the failure changed nothing (exit 1, not 4).
+        (vec!["apply", "s", "--to", "3.0.0", "--yes"], 1),
+        (vec!["apply", "s", "--to", "3.0.0", "--yes", "--json"], 1),
         (vec!["apply", "--all", "--yes"], 0),
         (vec!["apply", "--all", "--yes", "--json"], 0),
         (vec!["history"], 0),

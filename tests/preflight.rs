@@ -103,6 +103,7 @@ async fn an_unhealthy_service_is_refused_within_seconds_showing_the_404_and_noth
     let started = Instant::now();
     let out = env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
     let took = started.elapsed();
+    eprintln!("apply refused the unhealthy service in {took:.2?}");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(took < Duration::from_secs(30), "refused in {took:?}");
     let report = json(&out);

@@ -1,5 +1,7 @@
-//! The `upshift` command. Errors become exit codes here: 0 done, 1 error, 2 bad usage or input,
-//! 3 refused by the product's rules, 4 failed and rolled back, 5 failed and not rolled back.
+//! The `upshift` command. Errors become exit codes here: 0 done, 1 error (or a run that failed
+//! having changed nothing), 2 bad usage or input, 3 refused by the product's rules, 4 failed and
+//! rolled back, 5 failed and not rolled back, 6 another run holds the instance or has not
+//! finished.
 //!
 //! Signals: SIGHUP is ignored (a closed terminal does not stop a run); SIGINT and SIGTERM stop
 //! a run at its next step boundary and roll it back, or end a command that has changed nothing

@@ -64,6 +64,9 @@ pub struct DbSession {
     pub application: String,
     /// Its client's TCP address and port (`None`: a local socket, or not shown to this role).
     pub client: Option<(std::net::IpAddr, u16)>,
+    /// How the server names the client when that is not an address (MySQL's `HOST`, e.g.
+    /// `localhost` for a local socket); empty otherwise.
+    pub origin: String,
 }
 
 impl DbSession {
@@ -76,6 +79,7 @@ impl DbSession {
             self.application,
             match self.client {
                 Some((ip, port)) => std::net::SocketAddr::new(ip, port).to_string(),
+                None if !self.origin.is_empty() => self.origin.clone(),
                 None => "local socket (or not shown)".into(),
             }
         )

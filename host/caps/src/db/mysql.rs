@@ -450,12 +450,11 @@ impl MySqlBackend {
                 let text = |i: usize| match r.get(i) {
                     Some(Value::Text(t)) => t.clone(),
                     Some(Value::Int(n)) => n.to_string(),
-                    _ => String::new(),
+                    Some(other) => format!("{other:?}"),
+                    None => String::new(),
                 };
-                let client = text(2)
-                    .parse::<std::net::SocketAddr>()
-                    .ok()
-                    .map(|a| (a.ip(), a.port()));
+                let host = text(2);
+                let client = client_of(&host);
                 super::DbSession {
                     pid: match r.first() {
                         Some(Value::Int(n)) => *n,
@@ -464,6 +463,11 @@ impl MySqlBackend {
                     user: text(1),
                     application: String::new(),
                     client,
+                    origin: if client.is_some() {
+                        String::new()
+                    } else {
+                        host
+                    },
                 }
             })
             .collect())
@@ -827,6 +831,21 @@ impl RestoreEngine for MySqlBackend {
     }
 }
 
+/// A `PROCESSLIST.HOST` value as an address and port: `127.0.0.1:50112`, `[::1]:50112`, or
+/// `localhost:50112` (a loopback client whose name the server resolved). `None` for a local
+/// socket (`localhost`) or anything else.
+fn client_of(host: &str) -> Option<(std::net::IpAddr, u16)> {
+    if let Ok(addr) = host.parse::<std::net::SocketAddr>() {
+        return Some((addr.ip(), addr.port()));
+    }
+    let (name, port) = host.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    match name {
+        "localhost" => Some((std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)),
+        other => Some((other.parse().ok()?, port)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,5 +884,24 @@ mod tests {
         // At the deadline the call is not made.
         let late = crate::guard::with_deadline(Instant::now(), async { session_setup(true) }).await;
         assert!(late.is_err_and(|e| e.to_string().contains("deadline")));
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::client_of;
+
+    #[test]
+    fn processlist_hosts_read_as_addresses() {
+        assert_eq!(
+            client_of("127.0.0.1:50112"),
+            Some(("127.0.0.1".parse().expect("ip"), 50112))
+        );
+        assert_eq!(
+            client_of("localhost:4000"),
+            Some(("127.0.0.1".parse().expect("ip"), 4000))
+        );
+        assert_eq!(client_of("[::1]:7"), Some(("::1".parse().expect("ip"), 7)));
+        assert_eq!(client_of("localhost"), None);
     }
 }

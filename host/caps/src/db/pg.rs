@@ -460,6 +460,7 @@ impl PgBackend {
                         client: addr
                             .and_then(|a| a.parse().ok())
                             .zip(u16::try_from(port).ok()),
+                        origin: String::new(),
                     }
                 })
                 .collect())

@@ -191,5 +191,5 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
         .find(|p| p.exists())
         .unwrap_or_else(|| Path::new("/"));
     let stat = nix::sys::statvfs::statvfs(existing).map_err(std::io::Error::from)?;
-    Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+    Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }

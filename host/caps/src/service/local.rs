@@ -166,20 +166,27 @@ fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
         .collect()
 }
 
-/// Whether one of `processes` holds the TCP socket bound to `client` (a database session's
-/// client address and port, as the server sees it from this machine or one of its containers).
-pub(crate) fn holds_client(processes: &BTreeSet<u32>, client: (IpAddr, u16)) -> bool {
+/// Whether a socket bound to `local` is the client end `client` a database server saw: the
+/// same port and address, any loopback address standing for another (a server may name a
+/// loopback client `localhost`).
+fn is_client(local: (IpAddr, u16), client: (IpAddr, u16)) -> bool {
     let normal = |ip: IpAddr| match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    let client = (normal(client.0), client.1);
+    let (a, b) = (normal(local.0), normal(client.0));
+    local.1 == client.1 && (a == b || (a.is_loopback() && b.is_loopback()))
+}
+
+/// Whether one of `processes` holds the TCP socket bound to `client` (a database session's
+/// client address and port, as the server sees it from this machine or one of its containers).
+pub(crate) fn holds_client(processes: &BTreeSet<u32>, client: (IpAddr, u16)) -> bool {
     let Some(first) = processes.iter().next() else {
         return false;
     };
     let inodes: BTreeSet<u64> = tcp_sockets(*first)
         .into_iter()
-        .filter(|s| !s.listening && s.local == client)
+        .filter(|s| !s.listening && is_client(s.local, client))
         .map(|s| s.inode)
         .collect();
     !inodes.is_empty()
@@ -209,7 +216,7 @@ pub(crate) fn listening_on(port: u16) -> Vec<u32> {
 pub(crate) fn holders_of(client: (IpAddr, u16)) -> Vec<u32> {
     let inodes: BTreeSet<u64> = tcp_sockets(std::process::id())
         .into_iter()
-        .filter(|s| !s.listening && s.local == client)
+        .filter(|s| !s.listening && is_client(s.local, client))
         .map(|s| s.inode)
         .collect();
     if inodes.is_empty() {

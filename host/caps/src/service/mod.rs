@@ -610,6 +610,15 @@ pub fn holders_of(client: (std::net::IpAddr, u16)) -> Vec<u32> {
     local::holders_of(client)
 }
 
+/// Whether this very process holds the client end `client` of a database session: one of
+/// Upshift's own connections (MySQL sessions carry no application name to tell them by).
+pub fn held_by_this_process(client: (std::net::IpAddr, u16)) -> bool {
+    local::holds_client(
+        &std::collections::BTreeSet::from([std::process::id()]),
+        client,
+    )
+}
+
 /// An operator-given health URL's answer now: `(2xx, what it saw)`, e.g.
 /// `GET http://127.0.0.1:8080/healthz answered 404 Not Found` (no redirects followed, 5 s at
 /// most).

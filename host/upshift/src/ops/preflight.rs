@@ -324,19 +324,33 @@ async fn sessions(
                 continue;
             }
         };
+        // A session over a local socket (or whose client this role may not see) cannot be
+        // traced to a process: while the plan stops a running service, it may be that
+        // service's, and is said to be assumed so; otherwise it is unexpected.
+        let (unexpected, untraced): (Vec<DbSession>, Vec<DbSession>) = unexpected
+            .into_iter()
+            .partition(|s| s.client.is_some() || ended.is_empty());
         if unexpected.is_empty() {
-            found.pass(
-                "sessions",
-                &db,
-                if ended_by.is_empty() {
-                    "no other sessions".into()
-                } else {
-                    format!(
-                        "only sessions of {} (ended by the stop step) and Upshift's own",
-                        ended_by.join(", ")
-                    )
-                },
-            );
+            let mut detail = if ended_by.is_empty() {
+                "no other sessions".to_string()
+            } else {
+                format!(
+                    "only sessions of {} (ended by the stop step) and Upshift's own",
+                    ended_by.join(", ")
+                )
+            };
+            if !untraced.is_empty() {
+                detail.push_str(&format!(
+                    "; {} session(s) over a local socket could not be traced to a process and are assumed to be those services' ({})",
+                    untraced.len(),
+                    untraced
+                        .iter()
+                        .map(DbSession::describe)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
+            found.pass("sessions", &db, detail);
             continue;
         }
         let mut adopt: Option<String> = None;
@@ -399,7 +413,11 @@ async fn unexpected_sessions(
     let unexpected = |all: Vec<DbSession>| -> Vec<DbSession> {
         all.into_iter()
             .filter(|s| !s.is_upshift())
-            .filter(|s| !s.client.is_some_and(|c| service::holds_client(ended, c)))
+            .filter(|s| {
+                !s.client.is_some_and(|c| {
+                    service::held_by_this_process(c) || service::holds_client(ended, c)
+                })
+            })
             .collect()
     };
     let Some(first) = caps.db().sessions(db, PREFLIGHT).await? else {
