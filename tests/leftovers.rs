@@ -8,55 +8,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::disk::Tmpfs;
 use common::{Env, connect, free_port, json, start_services, stderr};
-
-/// A tmpfs mounted on a directory for the length of a test.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mount a tmpfs of `size` (`mount -o size=…`, e.g. `24m`) on `dir` (created). `None`, with
-    /// the reason printed, where mounting is not permitted; under `CI=true` that is a failure.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).expect("mount point");
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(out) if out.status.success() => Some(Tmpfs(dir.to_path_buf())),
-            other => {
-                let why = match other {
-                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                let message = format!(
-                    "a real full disk needs `mount -t tmpfs` (root or CAP_SYS_ADMIN), which was refused: {why}"
-                );
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("{message}");
-                }
-                eprintln!("SKIPPED: {message}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // A lazy unmount never fails on a busy mount.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
 
 /// The newest run in `env`'s journal.
 fn newest_run(env: &Env) -> serde_json::Value {
@@ -231,8 +184,10 @@ async fn a_snapshot_that_fills_the_backups_disk_rolls_back_and_leaves_no_partial
     let Some(pg) = common::pg() else { return };
     // The backups directory alone is a 96 MiB disk: room for the 32 MiB snapshot when the
     // plan is made, full by the time the snapshot is written.
-    let Some((subject, port, url, config)) =
-        devlake(pg, 32, |data| Tmpfs::mount(&data.join("backups"), "96m")).await
+    let Some((subject, port, url, config)) = devlake(pg, 32, |data| {
+        Tmpfs::mount(&data.join("backups"), "96m", None)
+    })
+    .await
     else {
         return;
     };
@@ -246,7 +201,7 @@ async fn a_snapshot_that_fills_the_state_stores_disk_still_records_the_end_of_th
     // The whole data directory — state database, audit log, compiled adapters, backups — is
     // on a 160 MiB disk, filled to the last byte once the run has begun.
     let Some((subject, port, url, config)) =
-        devlake(pg, 32, |data| Tmpfs::mount(data, "160m")).await
+        devlake(pg, 32, |data| Tmpfs::mount(data, "160m", None)).await
     else {
         return;
     };

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Env, checksums_over, columns, connect, free_port, json, start_services, stderr};
@@ -241,46 +241,6 @@ async fn a_service_started_by_hand_is_named_with_its_sessions_and_after_adopt_ap
     assert_eq!(before, after, "rows intact");
 }
 
-/// A tmpfs of `megabytes` mounted on `dir` for the test's life.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounted, or the reason it cannot be (a failure under `CI=true`).
-    fn mount(dir: &Path, megabytes: u32) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).expect("mount point");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                let message = format!(
-                    "this test needs a small tmpfs for a real full disk: `mount -t tmpfs` must be permitted (root with CAP_SYS_ADMIN); it is not here: {why}"
-                );
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("{message}");
-                }
-                eprintln!("SKIPPED: {message}");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_that_cannot_fit_is_refused_before_anything_stops_naming_the_sizes() {
     let Some(pg) = common::pg() else { return };
@@ -313,7 +273,7 @@ async fn a_backup_that_cannot_fit_is_refused_before_anything_stops_naming_the_si
         )
         .await
         .expect("ballast");
-    let Some(_disk) = Tmpfs::mount(&env.data().join("backups"), 8) else {
+    let Some(_disk) = common::disk::Tmpfs::mount(&env.data().join("backups"), "8m", None) else {
         return;
     };
     let pid = recorded_pid(&env, "om", "server").expect("server runs");

@@ -256,52 +256,6 @@ async fn a_relative_data_dir_keeps_backups_valid_and_verify_condemns_only_damage
     assert!(record["note"].is_null(), "{record}");
 }
 
-/// A tmpfs of `size` mounted at a fresh directory, owned by `owner`; unmounted on drop.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(size: &str, owner: Option<(u32, u32)>) -> Result<Tmpfs, String> {
-        let dir = std::env::temp_dir().join(format!("upshift-tiny-{}", std::process::id()));
-        let _ = std::process::Command::new("umount").arg(&dir).output();
-        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let mut options = format!("size={size},mode=0700");
-        if let Some((uid, gid)) = owner {
-            options.push_str(&format!(",uid={uid},gid={gid}"));
-        }
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
-            .arg(&dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            let _ = std::fs::remove_dir(&dir);
-            return Err(format!(
-                "`mount -t tmpfs` was refused ({}): a real full disk needs root with CAP_SYS_ADMIN (or a container allowed to mount tmpfs)",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).output();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// A test that needs something this machine lacks: say exactly what; under `CI=true`, fail.
-fn missing(what: &str) {
-    let message = format!("this test needs {what}");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
     if common::pg().is_none() {
@@ -316,9 +270,9 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
         (user.uid.as_raw(), user.gid.as_raw())
     });
     // 16 MiB: room for an empty database (about 7.5 MiB) but not for the 25 MiB of rows.
-    let tiny = match Tmpfs::mount("16m", owner) {
-        Ok(t) => t,
-        Err(why) => return missing(&format!("a small tmpfs for a real full disk: {why}")),
+    let tiny_dir = std::env::temp_dir().join(format!("upshift-tiny-{}", std::process::id()));
+    let Some(tiny) = common::disk::Tmpfs::mount(&tiny_dir, "16m", owner) else {
+        return;
     };
     // A second throwaway cluster: every new database it creates (the restore's copy among
     // them) lands on the tmpfs, because template1 lives there; the live database and the
@@ -332,7 +286,10 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
         .expect("the instance's database");
     let admin = connect(&cluster.url("postgres")).await;
     for sql in [
-        format!("CREATE TABLESPACE tiny LOCATION '{}'", tiny.dir.display()),
+        format!(
+            "CREATE TABLESPACE tiny LOCATION '{}'",
+            tiny.path().display()
+        ),
         "GRANT CREATE ON TABLESPACE tiny TO PUBLIC".into(),
         "ALTER DATABASE template1 SET TABLESPACE tiny".into(),
     ] {
@@ -411,6 +368,7 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
     drop(env);
     drop(cluster);
     drop(tiny);
+    let _ = std::fs::remove_dir(&tiny_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod docker;
 pub mod hostile;
 pub mod kwdb;
@@ -84,14 +85,20 @@ pub fn pg() -> Option<&'static Pg> {
     match pg {
         Ok(pg) => Some(pg),
         Err(why) => {
-            let message = format!("PostgreSQL is needed for this test and is missing: {why}");
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{message}");
-            }
-            eprintln!("SKIPPED: {message}");
+            missing(&format!("PostgreSQL, and it is missing: {why}"));
             None
         }
     }
+}
+
+/// A test that needs something this machine lacks says exactly what; under `CI=true` that is a
+/// failure.
+pub fn missing(what: &str) {
+    let message = format!("this test needs {what}");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
 }
 
 /// `url` with its database replaced.
