@@ -4,6 +4,7 @@
 use upshift_adapter_sdk::live::{self, Answer};
 use upshift_adapter_sdk::{AdapterError, Detection, Value, error, fact, service};
 
+use crate::catalog;
 use crate::rules::{SchemaFormat, parse_history_version};
 
 /// The metadata database's binding.
@@ -148,11 +149,79 @@ pub fn detect() -> Result<Detection, AdapterError> {
         }
         None => facts.push(fact("store-mode", "external")),
     }
-    let version = api
-        .or_else(|| service.map(|s| s.version))
-        .or_else(|| schema.version.map(|v| v.to_string()))
-        .ok_or_else(|| error("cannot tell the Bytebase version: the API does not answer, the service is unknown and the metadata has no version row"))?;
-    Ok(Detection { version, facts })
+    let (release, source) = release(
+        api.as_deref(),
+        service.as_ref().map(|s| s.version.as_str()),
+        schema.version.as_ref(),
+    )
+    .ok_or_else(|| error("cannot tell the Bytebase release: the API does not answer, the fleet file declares no version of the service and the metadata has no version row; declare the running release as the service's `version`"))?;
+    facts.push(fact("release", release.to_string()));
+    facts.push(fact("release-source", source.name()));
+    Ok(Detection {
+        version: release.to_string(),
+        facts,
+    })
+}
+
+/// Where the release in a detection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseSource {
+    /// The running binary's `/v1/actuator/info` `version`.
+    Api,
+    /// The operator's `version` of the service in the fleet file.
+    Declared,
+    /// Only the metadata schema: the oldest known release recording it, else `<major>.<minor>.0`.
+    Schema,
+}
+
+impl ReleaseSource {
+    /// The fact value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReleaseSource::Api => "api",
+            ReleaseSource::Declared => "declared",
+            ReleaseSource::Schema => "schema",
+        }
+    }
+
+    /// Who said so, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ReleaseSource::Api => "the running binary (/v1/actuator/info)",
+            ReleaseSource::Declared => "the fleet file (the service's `version`)",
+            ReleaseSource::Schema => "the metadata schema",
+        }
+    }
+}
+
+impl upshift_adapter_sdk::FactValue for ReleaseSource {
+    fn from_fact(text: &str) -> Option<ReleaseSource> {
+        match text {
+            "api" => Some(ReleaseSource::Api),
+            "declared" => Some(ReleaseSource::Declared),
+            "schema" => Some(ReleaseSource::Schema),
+            _ => None,
+        }
+    }
+}
+
+/// The release, normalised: the API's version, else the operator's declared one, else what
+/// the schema implies (never the schema version itself: it is a file number, §1.5).
+pub fn release(
+    api: Option<&str>,
+    declared: Option<&str>,
+    schema: Option<&semver::Version>,
+) -> Option<(semver::Version, ReleaseSource)> {
+    if let Some(v) = api.and_then(catalog::release) {
+        return Some((v, ReleaseSource::Api));
+    }
+    if let Some(v) = declared.and_then(catalog::release) {
+        return Some((v, ReleaseSource::Declared));
+    }
+    let schema = schema?;
+    let implied = catalog::release_recording(schema)
+        .unwrap_or_else(|| semver::Version::new(schema.major, schema.minor, 0));
+    Some((implied, ReleaseSource::Schema))
 }
 
 #[cfg(test)]
@@ -169,5 +238,28 @@ mod tests {
         assert_eq!(actuator_version(&info).as_deref(), Some("3.11.1"));
         assert_eq!(actuator_replicas(&info), Some(1));
         assert_eq!(actuator_version(&answer("not json")), None);
+    }
+
+    #[test]
+    fn the_release_comes_from_the_api_then_the_operator_then_the_schema() {
+        let v = |s: &str| semver::Version::parse(s).expect("version");
+        let schema = v("3.11.17");
+        assert_eq!(
+            release(Some("v3.13.0"), Some("3.10.0"), Some(&schema)),
+            Some((v("3.13.0"), ReleaseSource::Api))
+        );
+        assert_eq!(
+            release(None, Some("3.10.0+sha"), Some(&schema)),
+            Some((v("3.10.0"), ReleaseSource::Declared))
+        );
+        assert_eq!(
+            release(None, None, Some(&schema)),
+            Some((v("3.11.1"), ReleaseSource::Schema))
+        );
+        assert_eq!(
+            release(None, None, Some(&v("3.22.7"))),
+            Some((v("3.22.0"), ReleaseSource::Schema))
+        );
+        assert_eq!(release(None, None, None), None);
     }
 }

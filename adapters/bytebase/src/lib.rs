@@ -2,6 +2,7 @@
 //! a plain binary. The rules are the tables in [`rules`]; [`detect`] reads the instance and
 //! [`steps`] holds the plans.
 
+pub mod catalog;
 pub mod detect;
 pub mod rules;
 pub mod steps;

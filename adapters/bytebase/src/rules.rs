@@ -7,6 +7,8 @@ use upshift_adapter_sdk::FactValue;
 use upshift_adapter_sdk::rules::{Jump, Rule, Stone, restore_instead};
 
 use crate::Bytebase;
+use crate::catalog::{self, minor_line};
+use crate::detect::ReleaseSource;
 
 /// How the metadata database records its schema version (product-facts §1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,10 @@ upshift_adapter_sdk::facts! {
         pub duplicate_versions: Option<u64> = "duplicate-versions",
         /// `pgdata/PG_VERSION` of an embedded metadata store.
         pub embedded_pg: Option<u32> = "embedded-pg-version",
+        /// The metadata schema version (a file number, not a release, §1.5).
+        pub schema_version: Option<Version> = "schema-version",
+        /// Where the release (the jump's `from`) came from.
+        pub release_source: Option<ReleaseSource> = "release-source",
     }
 }
 
@@ -72,6 +78,18 @@ const PG14_RELOAD_REMOVED: Version = Version::new(3, 5, 0);
 
 /// What Bytebase refuses, in order: the first rule that applies refuses the upgrade.
 pub const REFUSALS: &[Rule<Bytebase>] = &[
+    Rule {
+        id: "release-contradicts-schema",
+        when: |j| contradiction(j).is_some(),
+        reason: |j| contradiction(j).unwrap_or_default(),
+        advice: |j| {
+            format!(
+                "find out which release last ran on this metadata: if it was not {}, correct the service's `version` in the fleet file (or start the right binary); if the metadata is not the one {} wrote, restore the backup that matches it. Then plan again",
+                j.from, j.from
+            )
+        },
+        via: None,
+    },
     Rule::ALREADY_AT_TARGET,
     Rule {
         id: "downgrade",
@@ -209,6 +227,42 @@ pub const STONES: &[Stone<Bytebase>] = &[
         },
     },
 ];
+
+/// Why the release the instance claims (API or fleet file) cannot have written its metadata
+/// schema, or `None` when they agree as far as the catalog tells: the schema's `<major>.<minor>`
+/// is not newer than the release's, and the schema is not older than the newest file the release
+/// (or, unknown to the catalog, the newest known release before it) ships.
+pub fn contradiction(j: &Jump<Bytebase>) -> Option<String> {
+    let schema = j.facts.schema_version.as_ref()?;
+    let source = match j.facts.release_source? {
+        ReleaseSource::Schema => return None,
+        other => other,
+    };
+    let said = format!(
+        "{} says release {}, but the metadata database (instance_change_history) records schema {schema}",
+        source.describe(),
+        j.from
+    );
+    if minor_line(schema) > minor_line(j.from) {
+        return Some(format!(
+            "{said}, written by a {}.{} release or newer; starting {} on it would run an older binary on a newer schema, which Bytebase never refuses (§1.5)",
+            schema.major, schema.minor, j.from
+        ));
+    }
+    let (floor, whose) = match catalog::schema_of(j.from) {
+        Some(floor) => (floor, j.from.clone()),
+        None => {
+            let before = catalog::newest_before(j.from)?;
+            (before.schema(), before.release())
+        }
+    };
+    (*schema < floor).then(|| {
+        format!(
+            "{said}, older than the {floor} that release {whose} ships (§1.5 catalog); {} has never run on this metadata",
+            j.from
+        )
+    })
+}
 
 /// Parse a padded history version (`0003.0003.0001-20240101000000`) or a plain one.
 pub fn parse_history_version(text: &str) -> Option<(Version, SchemaFormat)> {
@@ -371,6 +425,49 @@ mod tests {
                 .rule,
             "unknown-major"
         );
+    }
+
+    #[test]
+    fn a_release_that_contradicts_the_schema_is_refused_naming_both() {
+        let live = |schema: &str, source| Facts {
+            schema_version: Some(ver(schema)),
+            release_source: Some(source),
+            ..Facts::default()
+        };
+        let r = check(
+            &ver("3.10.0"),
+            &ver("3.11.0"),
+            &live("3.12.4", ReleaseSource::Declared),
+        )
+        .expect_err("newer schema");
+        assert_eq!(r.rule, "release-contradicts-schema");
+        assert!(
+            r.reason.contains("fleet file") && r.reason.contains("3.10.0") && r.reason.contains("3.12.4"),
+            "{}",
+            r.reason
+        );
+        let r = check(
+            &ver("3.10.0"),
+            &ver("3.11.1"),
+            &live("2.16.3", ReleaseSource::Api),
+        )
+        .expect_err("older schema");
+        assert_eq!(r.rule, "release-contradicts-schema");
+        assert!(r.reason.contains("3.10.2"), "{}", r.reason);
+        // Agreeing facts, a release the catalog does not know, and a release read off the
+        // schema itself are not contradictions.
+        for (from, schema, source) in [
+            ("3.11.1", "3.11.17", ReleaseSource::Api),
+            ("3.14.2", "3.14.33", ReleaseSource::Declared),
+            ("3.22.0", "3.21.5", ReleaseSource::Declared),
+            ("3.11.0", "3.11.5", ReleaseSource::Schema),
+        ] {
+            assert_eq!(
+                check(&ver(from), &ver("3.30.0"), &live(schema, source)),
+                Ok(()),
+                "{from} with schema {schema}"
+            );
+        }
     }
 
     #[test]
