@@ -131,7 +131,7 @@ async fn an_upgrade_keeps_every_seeded_row_and_verifies() {
     );
 
     assert_eq!(actuator_version(bb.port).await, "3.11.1");
-    assert_eq!(schema_version(&bb.db_url).await, "3.11.1");
+    assert_eq!(schema_version(&bb.db_url).await, "3.11.17");
     let after = checksums_over(&bb.db_url, &cols, &["instance_change_history"]).await;
     assert_eq!(before, after, "every seeded row is intact");
     assert!(
@@ -187,7 +187,7 @@ async fn a_failing_migration_is_rolled_back_to_identical_data() {
         "3.10.0",
         "the old version serves again"
     );
-    assert_eq!(schema_version(&bb.db_url).await, "3.10.0");
+    assert_eq!(schema_version(&bb.db_url).await, "3.10.2");
 
     let history = json(&bb.env.upshift(&["history", "--json"]));
     assert_eq!(history[0]["status"], "rolled_back");

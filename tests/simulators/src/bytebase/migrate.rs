@@ -310,7 +310,7 @@ pub async fn migrate(
             let preview: String = statement.chars().take(120).collect();
             bail!(
                 "failed to migrate schema: failed to execute migration \"{}\" (version {version}): statement {preview:?} as user postgres on the metadata database: {}",
-                m.file,
+                m.file(),
                 pg(&e)
             );
         }

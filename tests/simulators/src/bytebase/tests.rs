@@ -64,12 +64,12 @@ async fn fresh_installs_record_versions_in_their_era_format() {
         migrate(&mut c, &release("3.14.2"), None)
             .await
             .expect("install"),
-        Version::new(3, 14, 1)
+        Version::new(3, 14, 33)
     );
     assert_eq!(
         versions(&c, "instance_change_history").await,
-        ["3.14.1"],
-        "PATCH without migrations records 3.14.1"
+        ["3.14.33"],
+        "a fresh install records the newest file; a PATCH without new files records what 3.14.1 records"
     );
 
     let Some((mut c, _)) = fresh_db().await else {
@@ -79,7 +79,7 @@ async fn fresh_installs_record_versions_in_their_era_format() {
         .await
         .expect("install");
     let v = versions(&c, "instance_change_history").await;
-    assert!(v[0].starts_with("0002.0010.0000-"), "{v:?}");
+    assert!(v[0].starts_with("0002.0010.0004-"), "{v:?}");
 
     let Some((mut c, _)) = fresh_db().await else {
         return;
@@ -94,7 +94,7 @@ async fn fresh_installs_record_versions_in_their_era_format() {
         )
         .await
         .expect("1.x history");
-    assert!(row.get::<_, String>(0).starts_with("0001.0002.0000-"));
+    assert!(row.get::<_, String>(0).starts_with("0001.0002.0002-"));
     assert!(
         row.get::<_, bool>(1),
         "namespace names the metadata database"
@@ -113,18 +113,22 @@ async fn upgrades_apply_exactly_the_pending_migrations() {
         migrate(&mut c, &release("3.13.0"), None)
             .await
             .expect("upgrade"),
-        Version::new(3, 13, 0)
+        Version::new(3, 13, 31)
     );
+    let v = versions(&c, "instance_change_history").await;
+    // 3.10.3–3.10.6, 3.11.0–3.11.17, 3.12.0–3.12.5, 3.13.0–3.13.31: one row per file.
     assert_eq!(
-        versions(&c, "instance_change_history").await,
-        ["3.10.0", "3.11.1", "3.13.0"]
+        (v.first().map(String::as_str), v.last().map(String::as_str), v.len()),
+        (Some("3.10.2"), Some("3.13.31"), 1 + 4 + 18 + 6 + 32),
+        "{v:?}"
     );
+    assert!(v.iter().any(|r| r == "3.11.17"), "{v:?}");
     let downgraded = migrate(&mut c, &release("3.10.0"), None)
         .await
         .expect("an old binary starts silently");
     assert_eq!(
         downgraded,
-        Version::new(3, 13, 0),
+        Version::new(3, 13, 31),
         "nothing is undone, nothing refuses"
     );
 }
@@ -145,10 +149,11 @@ async fn a_failing_migration_leaves_earlier_files_committed() {
         text.contains("failed to migrate schema") && text.contains("SQLSTATE 42703"),
         "{text}"
     );
+    let v = versions(&c, "instance_change_history").await;
     assert_eq!(
-        versions(&c, "instance_change_history").await,
-        ["3.5.0", "3.10.0"],
-        "3.10.0 stays applied"
+        (v.first().map(String::as_str), v.last().map(String::as_str)),
+        (Some("3.5.15"), Some("3.11.0")),
+        "every file before 3.11.1 stays applied: {v:?}"
     );
     let column: i64 = c
         .query_one("SELECT count(*) FROM information_schema.columns WHERE table_name = 'issue' AND column_name = 'task_type'", &[])
@@ -171,7 +176,8 @@ async fn cross_era_rules_hold() {
         .await
         .expect("2.1.0 copies 1.x history");
     let v = versions(&c, "instance_change_history").await;
-    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(v.len(), 1 + 4 + 2, "the 1.x row, 2.0.0–2.0.3, 2.1.0–2.1.1: {v:?}");
+    assert!(v[6].starts_with("0002.0001.0001-"), "{v:?}");
     // ... and later releases cannot read a 1.x-only database.
     let Some((mut c, _)) = fresh_db().await else {
         return;
@@ -218,10 +224,13 @@ async fn cross_era_rules_hold() {
     migrate(&mut c, &release("3.10.0"), None)
         .await
         .expect("backfill");
+    let v = versions(&c, "instance_change_history").await;
     assert_eq!(
-        versions(&c, "instance_change_history").await,
-        ["3.3.1", "3.5.0", "3.10.0"]
+        (v.first().map(String::as_str), v.last().map(String::as_str)),
+        (Some("3.3.8"), Some("3.10.2")),
+        "{v:?}"
     );
+    assert!(v.iter().all(|r| !r.contains('-')), "no padded row is left: {v:?}");
 
     // Duplicate versions break the unique index (#16723).
     let Some((mut c, _)) = fresh_db().await else {
@@ -252,7 +261,7 @@ async fn cross_era_rules_hold() {
         .await
         .expect_err("padded");
     assert!(
-        format!("{err:#}").contains("invalid version \"0003.0003.0001-"),
+        format!("{err:#}").contains("invalid version \"0003.0003.0008-"),
         "{err:#}"
     );
 }
