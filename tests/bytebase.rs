@@ -609,3 +609,139 @@ async fn an_upgrade_backup_clone_verifies_against_its_manifest() {
         ["manifest=true", "contents=true", "restore-test=true"]
     );
 }
+
+/// The schema version upstream `release` records (the simulator's copy of product-facts §1.5).
+fn upstream_schema(release: &str) -> &'static str {
+    upshift_sim::bytebase::catalog::UPSTREAM
+        .iter()
+        .find(|(r, _)| *r == release)
+        .map(|(_, schema)| *schema)
+        .unwrap_or_else(|| panic!("{release} is not in the upstream table"))
+}
+
+/// Whether every check of an apply report passed, with the checks for the message.
+fn all_checks_passed(report: &Value) -> (bool, String) {
+    let checks = report["checks"].as_array().cloned().unwrap_or_default();
+    (
+        checks.len() >= 3 && checks.iter().all(|c| c["passed"] == true),
+        format!("{checks:?}"),
+    )
+}
+
+/// The whole release table, 3.3.1 → 3.4.1 → … → 3.21.1, one release at a time on one
+/// database: each step is detected at the release it runs and the schema file it records,
+/// planned, applied and verified against the schema version upstream records (a file number:
+/// 3.11.1 records 3.11.17), never against the release number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_release_of_the_table_upgrades_and_verifies_by_its_schema_file() {
+    let Some(pg) = common::pg() else { return };
+    let table = upshift_sim::bytebase::catalog::UPSTREAM;
+    let (first, first_schema) = table[0];
+    let bb = running(pg, first, None).await;
+    // 3.3.1 still writes padded versions (`0003.0003.0008-<ts>`); 3.4.1 rewrites them.
+    let recorded = |raw: String| {
+        upshift_sim::bytebase::catalog::parse_recorded(&raw)
+            .map(|(v, _)| v.to_string())
+            .unwrap_or(raw)
+    };
+    assert_eq!(recorded(schema_version(&bb.db_url).await), first_schema);
+    let cols = columns(&bb.db_url).await;
+    // `setting` gains the row the 3.13/0000 migration inserts; every other table is unchanged.
+    let skip = ["instance_change_history", "setting"];
+    let before = checksums_over(&bb.db_url, &cols, &skip).await;
+    let mut from = first;
+    for (release, _) in &table[1..] {
+        let planned = bb
+            .env
+            .upshift(&["plan", "bb", "--to", release, "--json"]);
+        assert_eq!(planned.status.code(), Some(0), "plan {from} → {release}: {}", stderr(&planned));
+        let plan = json(&planned);
+        let text = plan.to_string();
+        assert!(
+            text.contains(&format!("\"{from}\"")) && text.contains(&format!("\"{release}\"")),
+            "the plan goes {from} → {release}: {plan}"
+        );
+
+        let out = bb
+            .env
+            .upshift(&["apply", "bb", "--to", release, "--yes", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{from} → {release}: {}", stderr(&out));
+        let report = json(&out);
+        assert_eq!(report["outcome"], "succeeded", "{from} → {release}: {report}");
+        let (passed, checks) = all_checks_passed(&report);
+        assert!(passed, "{from} → {release}: {checks}");
+        assert_eq!(actuator_version(bb.port).await, *release);
+        assert_eq!(
+            recorded(schema_version(&bb.db_url).await),
+            upstream_schema(release),
+            "{release} records its newest schema file"
+        );
+        from = release;
+    }
+    let after = checksums_over(&bb.db_url, &cols, &skip).await;
+    assert_eq!(before, after, "every seeded row is intact after the whole table");
+}
+
+/// `--to v3.13.0` is the release 3.13.0: it plans, upgrades and verifies, not rolled back over
+/// the text `v3.13.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_a_leading_v_plans_and_verifies() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.11.1", None).await;
+    let out = bb.env.upshift(&["plan", "bb", "--to", "v3.13.0", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "v3.13.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    let (passed, checks) = all_checks_passed(&report);
+    assert!(passed, "{checks}");
+    assert_eq!(actuator_version(bb.port).await, "3.13.0");
+    assert_eq!(schema_version(&bb.db_url).await, "3.13.31");
+}
+
+/// A 3.12 schema under a fleet file that declares 3.10.0 (the API silent) is refused, naming
+/// both sources, before anything changes: planning 3.10.0 → 3.11.0 would start an older binary
+/// on a newer schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_release_older_than_the_schema_is_refused_naming_both() {
+    let Some(pg) = common::pg() else { return };
+    let migrated = running(pg, "3.12.0", None).await;
+    let stop = migrated.env.upshift(&["stop", "bb"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", stderr(&stop));
+    // The same database under a fleet file (and a data directory) that say 3.10.0.
+    let bb = Running {
+        env: Env::new(),
+        ..migrated
+    };
+    bb.env.write_fleet(&common::bytebase_instance(
+        "bb", &bb.db_url, bb.port, "3.10.0", None,
+    ));
+    let before = common::table_checksums(&bb.db_url).await;
+
+    let out = bb.env.upshift(&["plan", "bb", "--to", "3.11.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "release-contradicts-schema", "{refusal}");
+    let reason = refusal["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("fleet file")
+            && reason.contains("3.10.0")
+            && reason.contains("instance_change_history")
+            && reason.contains("3.12.4"),
+        "the refusal names both sources: {reason}"
+    );
+    assert!(
+        refusal["advice"].as_str().unwrap_or_default().contains("fleet file"),
+        "{refusal}"
+    );
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["refusal"]["rule"], "release-contradicts-schema");
+    assert_eq!(common::table_checksums(&bb.db_url).await, before, "nothing changed");
+    assert_eq!(common::http_get(bb.port, "/healthz").await.0, 0, "nothing was started");
+}
