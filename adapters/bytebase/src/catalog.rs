@@ -108,12 +108,27 @@ pub fn newest_before(release: &Version) -> Option<Known> {
         .copied()
 }
 
-/// The oldest known release that records exactly `schema`.
-pub fn release_recording(schema: &Version) -> Option<Version> {
-    RELEASES
+/// The release the data of a metadata schema at `schema` belongs to, as a release: the oldest
+/// known release of its `<major>.<minor>` line that ships `schema` or a later file (a partly
+/// migrated schema belongs to the release that was migrating it); past the line's newest known
+/// file, one patch after the line's newest known release; a line the catalog does not know,
+/// `<major>.<minor>.0`. Never the schema version itself: that is a file number (§1.5).
+pub fn release_for_schema(schema: &Version) -> Version {
+    let line: Vec<&Known> = RELEASES
         .iter()
-        .find(|k| k.schema() == *schema)
-        .map(Known::release)
+        .filter(|k| minor_line(&k.schema()) == minor_line(schema))
+        .collect();
+    if let Some(k) = line.iter().find(|k| k.schema() >= *schema) {
+        return k.release();
+    }
+    match line.last() {
+        Some(newest) => {
+            let mut after = newest.release();
+            after.patch += 1;
+            after
+        }
+        None => Version::new(schema.major, schema.minor, 0),
+    }
 }
 
 /// `<major>.<minor>` of a version, for comparing a schema with a release.
@@ -146,7 +161,18 @@ mod tests {
         assert_eq!(schema_of(&ver("3.14.0")), Some(ver("3.14.32")));
         assert_eq!(schema_of(&ver("3.10.0")), Some(ver("3.10.2")));
         assert_eq!(schema_of(&ver("3.99.0")), None);
-        assert_eq!(release_recording(&ver("3.13.31")), Some(ver("3.13.0")));
+        for (schema, release) in [
+            ("3.10.2", "3.10.0"),
+            ("3.10.4", "3.10.1"),
+            ("3.11.17", "3.11.1"),
+            ("3.11.5", "3.11.0"),
+            ("3.13.31", "3.13.0"),
+            ("3.21.9", "3.21.2"),
+            ("3.22.3", "3.22.0"),
+            ("2.10.4", "2.10.0"),
+        ] {
+            assert_eq!(release_for_schema(&ver(schema)), ver(release), "{schema}");
+        }
         assert_eq!(
             newest_before(&ver("3.22.0")).map(|k| k.schema()),
             Some(ver("3.21.5"))

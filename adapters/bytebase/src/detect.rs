@@ -123,6 +123,11 @@ pub fn detect() -> Result<Detection, AdapterError> {
     }
     if let Some(v) = &schema.version {
         facts.push(fact("schema-version", v.to_string()));
+        // The host compares the data's version with releases (resume): give it as a release.
+        facts.push(fact(
+            "data-release",
+            catalog::release_for_schema(v).to_string(),
+        ));
     }
     if let Some(f) = schema.format {
         facts.push(fact("schema-format", f.name()));
@@ -170,7 +175,7 @@ pub enum ReleaseSource {
     Api,
     /// The operator's `version` of the service in the fleet file.
     Declared,
-    /// Only the metadata schema: the oldest known release recording it, else `<major>.<minor>.0`.
+    /// Only the metadata schema: the release it belongs to ([`catalog::release_for_schema`]).
     Schema,
 }
 
@@ -218,10 +223,7 @@ pub fn release(
     if let Some(v) = declared.and_then(catalog::release) {
         return Some((v, ReleaseSource::Declared));
     }
-    let schema = schema?;
-    let implied = catalog::release_recording(schema)
-        .unwrap_or_else(|| semver::Version::new(schema.major, schema.minor, 0));
-    Some((implied, ReleaseSource::Schema))
+    Some((catalog::release_for_schema(schema?), ReleaseSource::Schema))
 }
 
 #[cfg(test)]

@@ -427,10 +427,11 @@ pub fn worst_case_rollback(plan: &Plan, prior: &Prior) -> Vec<RollbackAction> {
 }
 
 /// Detection facts that carry the version the product's data (its schema) is at, in the order
-/// the host looks for them: `schema-version` (Bytebase: the newest migration recorded in
-/// `instance_change_history`) and `db-version` (OpenMetadata: the newest completed native
+/// the host looks for them: `data-release` (Bytebase: the release its schema belongs to, as the
+/// adapter's catalog tells; its `schema-version` is a migration file number, not comparable with
+/// a release), `schema-version` and `db-version` (OpenMetadata: the newest completed native
 /// migration). A product without such a fact is judged by its detected version.
-pub const DATA_VERSION_FACTS: &[&str] = &["schema-version", "db-version"];
+pub const DATA_VERSION_FACTS: &[&str] = &["data-release", "schema-version", "db-version"];
 
 /// The text of `detection`'s fact `key`.
 fn fact<'a>(detection: &'a Detection, key: &str) -> Option<&'a str> {
