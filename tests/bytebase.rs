@@ -651,10 +651,13 @@ async fn every_release_of_the_table_upgrades_and_verifies_by_its_schema_file() {
     let before = checksums_over(&bb.db_url, &cols, &skip).await;
     let mut from = first;
     for (release, _) in &table[1..] {
-        let planned = bb
-            .env
-            .upshift(&["plan", "bb", "--to", release, "--json"]);
-        assert_eq!(planned.status.code(), Some(0), "plan {from} → {release}: {}", stderr(&planned));
+        let planned = bb.env.upshift(&["plan", "bb", "--to", release, "--json"]);
+        assert_eq!(
+            planned.status.code(),
+            Some(0),
+            "plan {from} → {release}: {}",
+            stderr(&planned)
+        );
         let plan = json(&planned);
         let text = plan.to_string();
         assert!(
@@ -665,9 +668,17 @@ async fn every_release_of_the_table_upgrades_and_verifies_by_its_schema_file() {
         let out = bb
             .env
             .upshift(&["apply", "bb", "--to", release, "--yes", "--json"]);
-        assert_eq!(out.status.code(), Some(0), "{from} → {release}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{from} → {release}: {}",
+            stderr(&out)
+        );
         let report = json(&out);
-        assert_eq!(report["outcome"], "succeeded", "{from} → {release}: {report}");
+        assert_eq!(
+            report["outcome"], "succeeded",
+            "{from} → {release}: {report}"
+        );
         let (passed, checks) = all_checks_passed(&report);
         assert!(passed, "{from} → {release}: {checks}");
         assert_eq!(actuator_version(bb.port).await, *release);
@@ -679,7 +690,10 @@ async fn every_release_of_the_table_upgrades_and_verifies_by_its_schema_file() {
         from = release;
     }
     let after = checksums_over(&bb.db_url, &cols, &skip).await;
-    assert_eq!(before, after, "every seeded row is intact after the whole table");
+    assert_eq!(
+        before, after,
+        "every seeded row is intact after the whole table"
+    );
 }
 
 /// `--to v3.13.0` is the release 3.13.0: it plans, upgrades and verifies, not rolled back over
@@ -734,7 +748,10 @@ async fn a_declared_release_older_than_the_schema_is_refused_naming_both() {
         "the refusal names both sources: {reason}"
     );
     assert!(
-        refusal["advice"].as_str().unwrap_or_default().contains("fleet file"),
+        refusal["advice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fleet file"),
         "{refusal}"
     );
     let out = bb
@@ -742,6 +759,14 @@ async fn a_declared_release_older_than_the_schema_is_refused_naming_both() {
         .upshift(&["apply", "bb", "--to", "3.11.0", "--yes", "--json"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(json(&out)["refusal"]["rule"], "release-contradicts-schema");
-    assert_eq!(common::table_checksums(&bb.db_url).await, before, "nothing changed");
-    assert_eq!(common::http_get(bb.port, "/healthz").await.0, 0, "nothing was started");
+    assert_eq!(
+        common::table_checksums(&bb.db_url).await,
+        before,
+        "nothing changed"
+    );
+    assert_eq!(
+        common::http_get(bb.port, "/healthz").await.0,
+        0,
+        "nothing was started"
+    );
 }

@@ -442,7 +442,9 @@ mod tests {
         .expect_err("newer schema");
         assert_eq!(r.rule, "release-contradicts-schema");
         assert!(
-            r.reason.contains("fleet file") && r.reason.contains("3.10.0") && r.reason.contains("3.12.4"),
+            r.reason.contains("fleet file")
+                && r.reason.contains("3.10.0")
+                && r.reason.contains("3.12.4"),
             "{}",
             r.reason
         );

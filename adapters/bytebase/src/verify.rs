@@ -36,9 +36,10 @@ pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
         format!(
             "the API reports {}, expected {}",
             api.as_deref().unwrap_or("nothing"),
-            expected_version
-                .as_ref()
-                .map_or_else(|| format!("`{expected}` (not a version)"), ToString::to_string)
+            expected_version.as_ref().map_or_else(
+                || format!("`{expected}` (not a version)"),
+                ToString::to_string
+            )
         ),
     ));
     let schema = schema()?;

@@ -253,8 +253,8 @@ pub fn all_migrations() -> Vec<Migration> {
         .flat_map(|((major, minor), last)| {
             (0..=last).map(move |number| Version::new(major, minor, number))
         })
-        .map(|v| {
-            match SQL_FILES.iter().find(|f| f.version().as_ref() == Some(&v)) {
+        .map(
+            |v| match SQL_FILES.iter().find(|f| f.version().as_ref() == Some(&v)) {
                 Some(f) => Migration {
                     version: v,
                     name: f.name().to_string(),
@@ -265,8 +265,8 @@ pub fn all_migrations() -> Vec<Migration> {
                     version: v,
                     sql: "SELECT 1",
                 },
-            }
-        })
+            },
+        )
         .collect()
 }
 

@@ -118,7 +118,11 @@ async fn upgrades_apply_exactly_the_pending_migrations() {
     let v = versions(&c, "instance_change_history").await;
     // 3.10.3–3.10.6, 3.11.0–3.11.17, 3.12.0–3.12.5, 3.13.0–3.13.31: one row per file.
     assert_eq!(
-        (v.first().map(String::as_str), v.last().map(String::as_str), v.len()),
+        (
+            v.first().map(String::as_str),
+            v.last().map(String::as_str),
+            v.len()
+        ),
         (Some("3.10.2"), Some("3.13.31"), 1 + 4 + 18 + 6 + 32),
         "{v:?}"
     );
@@ -176,7 +180,11 @@ async fn cross_era_rules_hold() {
         .await
         .expect("2.1.0 copies 1.x history");
     let v = versions(&c, "instance_change_history").await;
-    assert_eq!(v.len(), 1 + 4 + 2, "the 1.x row, 2.0.0–2.0.3, 2.1.0–2.1.1: {v:?}");
+    assert_eq!(
+        v.len(),
+        1 + 4 + 2,
+        "the 1.x row, 2.0.0–2.0.3, 2.1.0–2.1.1: {v:?}"
+    );
     assert!(v[6].starts_with("0002.0001.0001-"), "{v:?}");
     // ... and later releases cannot read a 1.x-only database.
     let Some((mut c, _)) = fresh_db().await else {
@@ -230,7 +238,10 @@ async fn cross_era_rules_hold() {
         (Some("3.3.8"), Some("3.10.2")),
         "{v:?}"
     );
-    assert!(v.iter().all(|r| !r.contains('-')), "no padded row is left: {v:?}");
+    assert!(
+        v.iter().all(|r| !r.contains('-')),
+        "no padded row is left: {v:?}"
+    );
 
     // Duplicate versions break the unique index (#16723).
     let Some((mut c, _)) = fresh_db().await else {
