@@ -88,12 +88,8 @@ async fn devlake(
 /// journal shows the snapshot started (preflight found room): what an operator's disk does when
 /// something else fills it during the backup. The filler file is returned with the output.
 fn apply_while_the_disk_fills(env: &Env, disk: &Path) -> (std::process::Output, PathBuf) {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
-        .arg("--fleet")
-        .arg(env.fleet())
-        .arg("--data")
-        .arg(env.data())
-        .args(["apply", "dl", "--to", "v1.0.1", "--yes", "--json"])
+    let child = env
+        .command(&["apply", "dl", "--to", "v1.0.1", "--yes", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -275,12 +271,8 @@ async fn kill_when_database_appears(
     args: &[&str],
     prefix: &str,
 ) -> String {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
-        .arg("--fleet")
-        .arg(env.fleet())
-        .arg("--data")
-        .arg(env.data())
-        .args(args)
+    let mut child = env
+        .command(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

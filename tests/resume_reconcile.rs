@@ -27,12 +27,8 @@ async fn bytebase(pg: &common::Pg, fail: Option<&str>) -> (Env, u16, String) {
 
 /// `apply bb --to 3.11.1`, killed by the crash hook at `point`; the interrupted run's id.
 fn apply_killed_at(env: &Env, point: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
-        .arg("--fleet")
-        .arg(env.fleet())
-        .arg("--data")
-        .arg(env.data())
-        .args(["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
+    let out = env
+        .command(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
         .env("UPSHIFT_CRASH_AT", point)
         .output()
         .expect("run apply");
@@ -257,12 +253,8 @@ async fn a_service_stopped_by_hand_after_the_switch_is_found_and_the_run_ends_at
     let cols = common::columns(&url).await;
     let rows = common::checksums_over(&url, &cols, &["instance_change_history"]).await;
     let whole = common::table_checksums(&url).await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
-        .arg("--fleet")
-        .arg(env.fleet())
-        .arg("--data")
-        .arg(env.data())
-        .args(["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
+    let mut child = env
+        .command(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -403,12 +395,8 @@ async fn killed_from_outside_during_the_backup_then_upgraded_behind_its_back() {
     let Some(pg) = common::pg() else { return };
     for attempt in 1..=5 {
         let (env, port, url) = bytebase(pg, None).await;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
-            .arg("--fleet")
-            .arg(env.fleet())
-            .arg("--data")
-            .arg(env.data())
-            .args(["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
+        let mut child = env
+            .command(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

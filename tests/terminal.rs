@@ -79,15 +79,9 @@ impl Subject {
 
     /// `upshift apply bb --to 3.11.1 --yes` plus `extra`, started with both streams piped.
     fn spawn_apply(&self, extra: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_upshift"))
-            .arg("--fleet")
-            .arg(self.env.fleet())
-            .arg("--data")
-            .arg(self.env.data())
-            .args(["apply", "bb", "--to", "3.11.1", "--yes"])
+        self.env
+            .command(&["apply", "bb", "--to", "3.11.1", "--yes"])
             .args(extra)
-            .env_remove("UPSHIFT_FLEET")
-            .env_remove("UPSHIFT_DATA")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -491,14 +485,9 @@ async fn ctrl_c_to_the_whole_process_group_does_not_cut_a_dump() {
         .expect("bulk rows");
     // A terminal's Ctrl-C goes to the foreground process group: upshift and its children.
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_upshift"))
-        .arg("--fleet")
-        .arg(s.env.fleet())
-        .arg("--data")
-        .arg(s.env.data())
-        .args(["backup", "bb", "--json"])
-        .env_remove("UPSHIFT_FLEET")
-        .env_remove("UPSHIFT_DATA")
+    let mut child = s
+        .env
+        .command(&["backup", "bb", "--json"])
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

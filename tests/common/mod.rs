@@ -269,18 +269,24 @@ impl Env {
         std::fs::write(self.fleet(), text).expect("write fleet");
     }
 
-    /// Run the `upshift` binary with `--fleet` and `--data` set.
-    pub fn upshift(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))
+    /// The `upshift` binary with `--fleet`, `--data` and `args` set (the environment's
+    /// `UPSHIFT_FLEET`/`UPSHIFT_DATA` removed), to run, or to spawn and watch from outside.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"));
+        command
             .arg("--fleet")
             .arg(self.fleet())
             .arg("--data")
             .arg(self.data())
             .args(args)
             .env_remove("UPSHIFT_FLEET")
-            .env_remove("UPSHIFT_DATA")
-            .output()
-            .expect("run upshift")
+            .env_remove("UPSHIFT_DATA");
+        command
+    }
+
+    /// Run the `upshift` binary with `--fleet` and `--data` set.
+    pub fn upshift(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().expect("run upshift")
     }
 }
 
