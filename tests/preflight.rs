@@ -365,6 +365,40 @@ async fn operators_stop_and_start_are_audited_and_wait_for_the_lease() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
+/// A service binding narrowed to `inspect`: the operator's `stop`, `start` and `adopt` need
+/// `control`, so the guard denies each one (audited as a denial) and the service runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_without_control_are_denied_by_the_guard() {
+    let Some(pg) = common::pg() else { return };
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (env, port, _) = bytebase(pg, &scratch.path().join("never")).await;
+    let pid = recorded_pid(&env, "bb", "app").expect("running");
+    let text = std::fs::read_to_string(env.fleet()).expect("fleet");
+    assert!(text.contains("[instance.service.app]\n"), "{text}");
+    env.write_fleet(&text.replace(
+        "[instance.service.app]\n",
+        "[instance.service.app]\naccess = [\"inspect\"]\n",
+    ));
+    for command in [
+        vec!["stop", "bb", "app"],
+        vec!["start", "bb", "app"],
+        vec!["adopt", "bb", "app"],
+    ] {
+        let out = env.upshift(&command);
+        assert_ne!(out.status.code(), Some(0), "{command:?}: {}", stderr(&out));
+        let operation = command[0];
+        assert!(
+            audit(&env).iter().any(|r| r.event.operation == operation
+                && r.event.binding == "app"
+                && r.event.decision == upshift::audit::Decision::Denied),
+            "{command:?}: a denial is audited; {}",
+            stderr(&out)
+        );
+    }
+    assert!(alive(pid), "the service was not touched");
+    assert_eq!(bytebase_processes(port), vec![pid]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_fails_before_changing_anything_exits_1_saying_nothing_was_changed() {
     let Some(pg) = common::pg() else { return };
