@@ -332,6 +332,10 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         .await
         .expect("prepare");
     caps.set_run(Some("snap-run".into()));
+    let held = session
+        .hold_lease("snap", "snap-run")
+        .await
+        .expect("the instance's lease");
     let ctx = RunContext {
         session: &session,
         adapter: &adapter,
@@ -339,7 +343,7 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         run_id: "snap-run".into(),
         data_version: "1.0.0".into(),
         restore_source: None,
-        lease: None,
+        lease: &held,
         swap_began: Default::default(),
     };
     let taken = ctx
@@ -392,6 +396,10 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         .await
         .expect("prepare");
     caps.set_run(Some("snap-denied".into()));
+    let held = session
+        .hold_lease("snap", "snap-denied")
+        .await
+        .expect("the instance's lease");
     let ctx = RunContext {
         session: &session,
         adapter: &adapter,
@@ -399,7 +407,7 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         run_id: "snap-denied".into(),
         data_version: "1.0.0".into(),
         restore_source: None,
-        lease: None,
+        lease: &held,
         swap_began: Default::default(),
     };
     let err = ctx

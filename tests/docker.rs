@@ -156,6 +156,7 @@ impl<'a> App<'a> {
         session: &'a Session,
         caps: &std::sync::Arc<upshift::caps::InstanceCaps>,
         adapter: &'a upshift::runtime::LoadedAdapter,
+        held: &'a upshift::lease::Held,
     ) -> App<'a> {
         let run_id = unique("run");
         caps.set_run(Some(run_id.clone()));
@@ -166,7 +167,7 @@ impl<'a> App<'a> {
             run_id,
             data_version: String::new(),
             restore_source: None,
-            lease: None,
+            lease: held,
             swap_began: Default::default(),
         })
     }
@@ -234,7 +235,11 @@ async fn recreating_with_a_new_image_keeps_every_other_parameter() {
 
     let env = common::Env::new();
     let (session, caps, adapter) = caps_for(&env, &fleet(&name, None, None)).await;
-    let app = App::new(&session, &caps, &adapter);
+    let held = session
+        .hold_lease(&caps.caller().instance, "docker test")
+        .await
+        .expect("the instance's lease");
+    let app = App::new(&session, &caps, &adapter, &held);
     assert_eq!(app.inspect().await.expect("inspect").version, "2.2.0");
     app.stop().await.expect("stop");
     let switched = app.switch_version("3.0.0").await.expect("switch");
@@ -301,7 +306,11 @@ async fn an_image_that_fails_to_start_puts_the_old_container_back_unchanged() {
 
     let env = common::Env::new();
     let (session, caps, adapter) = caps_for(&env, &fleet(&name, None, None)).await;
-    let app = App::new(&session, &caps, &adapter);
+    let held = session
+        .hold_lease(&caps.caller().instance, "docker test")
+        .await
+        .expect("the instance's lease");
+    let app = App::new(&session, &caps, &adapter, &held);
     app.stop().await.expect("stop");
     app.switch_version("9.9.9")
         .await
@@ -367,6 +376,10 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
         let env = common::Env::new();
         let (session, caps, adapter) = caps_for(&env, &fleet(&name, images, access)).await;
         caps.set_run(Some("deny".into()));
+        let held = session
+            .hold_lease(&caps.caller().instance, "docker test")
+            .await
+            .expect("the instance's lease");
         let ctx = RunContext {
             session: &session,
             adapter: &adapter,
@@ -374,7 +387,7 @@ async fn ungranted_switches_and_images_are_denied_and_audited() {
             run_id: "deny".into(),
             data_version: "2.2.0".into(),
             restore_source: None,
-            lease: None,
+            lease: &held,
             swap_began: Default::default(),
         };
         let err = ctx.perform(&switch(version)).await.expect_err("denied");
@@ -458,7 +471,11 @@ stop_timeout_secs = 2
         file.display()
     );
     let (session, caps, adapter) = caps_for(&env, &compose_fleet).await;
-    let app = App::new(&session, &caps, &adapter);
+    let held = session
+        .hold_lease(&caps.caller().instance, "docker test")
+        .await
+        .expect("the instance's lease");
+    let app = App::new(&session, &caps, &adapter, &held);
     let status = app.inspect().await.expect("inspect");
     assert!(status.running && status.version == "2.2.0", "{status:?}");
 
@@ -686,7 +703,11 @@ async fn a_planted_or_renamed_kept_container_is_reported_and_never_adopted() {
 
         let env = common::Env::new();
         let (session, caps, adapter) = caps_for(&env, &fleet(&name, None, None)).await;
-        let app = App::new(&session, &caps, &adapter);
+        let held = session
+            .hold_lease(&caps.caller().instance, "docker test")
+            .await
+            .expect("the instance's lease");
+        let app = App::new(&session, &caps, &adapter, &held);
         app.stop().await.expect("stop");
         app.switch_version("3.0.0").await.expect("switch");
         let created = docker::inspect(&name)["Id"].clone();
@@ -803,7 +824,11 @@ async fn a_container_under_the_kept_name_that_no_run_kept_is_never_adopted() {
 
     let env = common::Env::new();
     let (session, caps, adapter) = caps_for(&env, &fleet(&name, None, None)).await;
-    let app = App::new(&session, &caps, &adapter);
+    let held = session
+        .hold_lease(&caps.caller().instance, "docker test")
+        .await
+        .expect("the instance's lease");
+    let app = App::new(&session, &caps, &adapter, &held);
     app.stop().await.expect("stop");
     let err = app.switch_version("2.2.0").await.expect_err("refused");
     assert!(
@@ -870,7 +895,11 @@ async fn a_compose_file_where_compose_could_see_another_image_is_refused() {
     ] {
         std::fs::write(&file, &text).expect("compose file");
         let (session, caps, adapter) = caps_for(&env, &compose_fleet).await;
-        let app = App::new(&session, &caps, &adapter);
+        let held = session
+            .hold_lease(&caps.caller().instance, "docker test")
+            .await
+            .expect("the instance's lease");
+        let app = App::new(&session, &caps, &adapter, &held);
         let err = app.switch_version("3.0.0").await.expect_err("refused");
         assert!(
             err.contains(&file.display().to_string())

@@ -101,6 +101,10 @@ async fn perform(
     caps: &Arc<InstanceCaps>,
     action: &Action,
 ) -> String {
+    let held = match session.hold_lease(&caps.caller().instance, "edges").await {
+        Ok(held) => held,
+        Err(e) => return format!("cannot hold the instance's lease: {e}"),
+    };
     let ctx = RunContext {
         session,
         adapter,
@@ -108,7 +112,7 @@ async fn perform(
         run_id: "edges".into(),
         data_version: "1.0.0".into(),
         restore_source: None,
-        lease: None,
+        lease: &held,
         swap_began: Default::default(),
     };
     match ctx.perform(action).await {

@@ -69,6 +69,13 @@ pub async fn custom_step(
     payload: &str,
 ) -> String {
     use upshift::runtime::bindings::{Action, CustomAction};
+    let held = match session
+        .hold_lease(&caps.caller().instance, "hostile custom step")
+        .await
+    {
+        Ok(held) => held,
+        Err(e) => return format!("cannot hold the instance's lease: {e}"),
+    };
     let ctx = upshift::ops::executor::RunContext {
         session,
         adapter,
@@ -76,7 +83,7 @@ pub async fn custom_step(
         run_id: run_id.into(),
         data_version: "1.0.0".into(),
         restore_source: None,
-        lease: None,
+        lease: &held,
         swap_began: Default::default(),
     };
     let action = Action::Custom(CustomAction {

@@ -11,6 +11,7 @@ use crate::CapError;
 use crate::audit::{AuditEvent, AuditLog, Decision, SqlAudit};
 use crate::operation::Operation;
 use upshift_model::grants::{Access, BindingKind, Denial, GrantSet};
+use upshift_model::tenure::{Lapse, Tenure};
 
 /// Who is calling: recorded in every audit record.
 #[derive(Debug, Clone)]
@@ -315,6 +316,7 @@ pub(crate) struct Guard {
     grants: GrantSet,
     audit: Arc<AuditLog>,
     run_id: Mutex<Option<String>>,
+    tenure: Mutex<Option<Arc<Tenure>>>,
 }
 
 impl Guard {
@@ -324,6 +326,7 @@ impl Guard {
             grants,
             audit,
             run_id: Mutex::new(None),
+            tenure: Mutex::new(None),
         }
     }
 
@@ -342,6 +345,38 @@ impl Guard {
     pub(crate) fn set_run(&self, run_id: Option<String>) {
         if let Ok(mut slot) = self.run_id.lock() {
             *slot = run_id;
+        }
+    }
+
+    pub(crate) fn set_tenure(&self, tenure: Option<Arc<Tenure>>) {
+        if let Ok(mut slot) = self.tenure.lock() {
+            *slot = tenure;
+        }
+    }
+
+    /// Wait until the lease the run acts under (if any) lets an action start: confirmed, with
+    /// more than its safety margin left. While the heartbeat cannot confirm it (the state
+    /// database unreachable, or this process was paused) the call waits; once the lease is
+    /// lost, or stays unconfirmed past three TTLs and ten seconds (the heartbeat gives up
+    /// before that), the call is refused.
+    async fn under_lease(&self) -> Result<(), String> {
+        let Some(tenure) = self.tenure.lock().ok().and_then(|t| t.clone()) else {
+            return Ok(());
+        };
+        let waited = Instant::now();
+        let patience = tenure.ttl() * 3 + Duration::from_secs(10);
+        loop {
+            match tenure.usable() {
+                Ok(()) => return Ok(()),
+                Err(lost @ Lapse::Lost { .. }) => return Err(lost.to_string()),
+                Err(Lapse::Unconfirmed { .. }) if waited.elapsed() > patience => {
+                    tenure.mark_lost(&format!(" (not confirmed within {} s)", patience.as_secs()));
+                    return Err(tenure.lost().to_string());
+                }
+                Err(Lapse::Unconfirmed { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
     }
 
@@ -413,6 +448,20 @@ impl Guard {
                     _ => CapError::Denied(reason),
                 });
             }
+        }
+        // No action starts without the lease confirmed: a paused or cut-off host whose lease
+        // moved on is refused here, before its backend is reached.
+        if let Err(reason) = self.under_lease().await {
+            let mut record = denied(
+                call.binding,
+                capability,
+                call.operation,
+                reason.clone(),
+                call.detail,
+            );
+            record.sql = call.sql;
+            self.record(record)?;
+            return Err(CapError::Denied(reason));
         }
         let started = Instant::now();
         // Boxed: it keeps the callers' futures shallow (the backends' futures are deep).

@@ -144,6 +144,13 @@ impl InstanceCaps {
         self.guard.set_run(run_id);
     }
 
+    /// Act only under this lease from now on (`None`: no lease is checked): every capability
+    /// call waits until the lease is confirmed with more than its safety margin left, and is
+    /// denied once the lease is lost.
+    pub fn set_tenure(&self, tenure: Option<std::sync::Arc<upshift_model::tenure::Tenure>>) {
+        self.guard.set_tenure(tenure);
+    }
+
     /// Audit a fault of the adapter in `export` (capability `sandbox`).
     pub fn record_fault(&self, export: &str, reason: &str) -> Result<(), CapError> {
         self.guard.fault(export, reason)

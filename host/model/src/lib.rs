@@ -9,6 +9,7 @@ pub mod capdiff;
 pub mod digest;
 pub mod grants;
 pub mod redact;
+pub mod tenure;
 pub mod text;
 pub mod version;
 

@@ -9,22 +9,23 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use upshift_model::tenure::Tenure;
 
 /// How long a lease lasts without a heartbeat unless the host is told otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
-/// A held lease.
+/// A held lease: also the fence every state write made under it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// The instance it covers.
     pub instance: String,
-    /// Who holds it (`host pid N, run R`).
+    /// Who holds it (`upshift on HOST pid N (label)`).
     pub holder: String,
     /// The fencing token: larger than every earlier holder's.
     pub token: i64,
-    /// When it runs out unless renewed (milliseconds since the epoch).
+    /// When it runs out unless renewed, by the store's clock (milliseconds since the epoch).
     pub expires_ms: i64,
 }
 
@@ -93,44 +94,59 @@ pub type LeaseFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LeaseError>>
 
 /// The rows behind leases: the few atomic statements a store must provide (written once, for
 /// every engine, in [`crate::store`]). Every [`LeaseStore`] decision (what taking, renewing and
-/// checking mean, the errors) is made once, on top of these.
+/// checking mean, the errors) is made once, on top of these. Expiry times are the store's own
+/// clock (the database server's), so hosts on several machines never compare their clocks.
 pub trait LeaseRows: Send + Sync {
-    /// Take the lease of `instance` if it is free, expired (`expires_ms < now`) or already
-    /// `holder`'s, incrementing its token, in one atomic statement; the new token, or `None`.
+    /// Take the lease of `instance` if it is free, expired or already `holder`'s, incrementing
+    /// its token, in one atomic statement; the new token and expiry, or `None`.
     fn try_take(
         &self,
         instance: &str,
         holder: &str,
-        expires: i64,
-        now: i64,
-    ) -> impl Future<Output = Result<Option<i64>, LeaseError>> + Send;
-    /// Extend the lease held under `token` if it has not expired; whether it was.
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<Option<(i64, i64)>, LeaseError>> + Send;
+    /// Extend the lease held under `token` by `ttl_ms` from now, if the token is still the
+    /// instance's (an expired lease nobody took is still ours: nobody else acted); the new
+    /// expiry, or `None`.
     fn try_extend(
         &self,
         instance: &str,
         token: i64,
-        expires: i64,
-        now: i64,
-    ) -> impl Future<Output = Result<bool, LeaseError>> + Send;
-    /// Move the lease held under `token` to `holder`, incrementing the token; the new token.
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<Option<i64>, LeaseError>> + Send;
+    /// Move the lease held under `token` to `holder`, incrementing the token; the new token and
+    /// expiry.
     fn try_move(
         &self,
         instance: &str,
         token: i64,
         holder: &str,
-        expires: i64,
-    ) -> impl Future<Output = Result<Option<i64>, LeaseError>> + Send;
-    /// The lease row: holder, token, expiry (ms).
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<Option<(i64, i64)>, LeaseError>> + Send;
+    /// The lease row: holder, token, expiry, and the store's clock now (all ms).
     fn row(
         &self,
         instance: &str,
-    ) -> impl Future<Output = Result<Option<(String, i64, i64)>, LeaseError>> + Send;
+    ) -> impl Future<Output = Result<Option<LeaseRow>, LeaseError>> + Send;
     /// Delete the lease held under `token`.
     fn delete(
         &self,
         instance: &str,
         token: i64,
     ) -> impl Future<Output = Result<(), LeaseError>> + Send;
+}
+
+/// A lease row as the store has it, with the store's clock at the moment it was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseRow {
+    /// The holder.
+    pub holder: String,
+    /// Its token.
+    pub token: i64,
+    /// Its expiry (ms, the store's clock).
+    pub expires_ms: i64,
+    /// The store's clock when read (ms).
+    pub now_ms: i64,
 }
 
 fn granted(instance: &str, holder: &str, token: i64, expires_ms: i64) -> Lease {
@@ -145,8 +161,8 @@ fn granted(instance: &str, holder: &str, token: i64, expires_ms: i64) -> Lease {
 /// Why `lease` is no longer ours, saying who has it now if anyone.
 async fn lost(rows: &impl LeaseRows, lease: &Lease) -> LeaseError {
     let by = match rows.row(&lease.instance).await {
-        Ok(Some((holder, token, _))) if token != lease.token => format!(" to {holder}"),
-        Ok(_) => " (it expired)".to_string(),
+        Ok(Some(row)) if row.token != lease.token => format!(" to {}", row.holder),
+        Ok(_) => " (it was released)".to_string(),
         Err(e) => format!(" (the store failed: {e})"),
     };
     LeaseError::Lost {
@@ -169,42 +185,38 @@ impl<T: LeaseRows> LeaseStore for T {
         ttl: Duration,
     ) -> LeaseFuture<'a, Lease> {
         Box::pin(async move {
-            let now = now_ms();
-            let expires = now.saturating_add(ttl_ms(ttl));
-            if let Some(token) = self.try_take(instance, holder, expires, now).await? {
+            if let Some((token, expires)) = self.try_take(instance, holder, ttl_ms(ttl)).await? {
                 return Ok(granted(instance, holder, token, expires));
             }
-            let (other, token, until) = self.row(instance).await?.unwrap_or_default();
+            let row = self.row(instance).await?.unwrap_or_default();
             Err(LeaseError::Held {
                 instance: instance.to_string(),
-                holder: other,
-                token,
-                seconds: ((until - now) / 1000).max(0),
+                holder: row.holder,
+                token: row.token,
+                seconds: ((row.expires_ms - row.now_ms) / 1000).max(0),
             })
         })
     }
 
     fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> LeaseFuture<'a, Lease> {
         Box::pin(async move {
-            let now = now_ms();
-            let expires = now.saturating_add(ttl_ms(ttl));
-            if self
-                .try_extend(&lease.instance, lease.token, expires, now)
+            match self
+                .try_extend(&lease.instance, lease.token, ttl_ms(ttl))
                 .await?
             {
-                return Ok(Lease {
-                    expires_ms: expires,
+                Some(expires_ms) => Ok(Lease {
+                    expires_ms,
                     ..lease.clone()
-                });
+                }),
+                None => Err(lost(self, lease).await),
             }
-            Err(lost(self, lease).await)
         })
     }
 
     fn check<'a>(&'a self, lease: &'a Lease) -> LeaseFuture<'a, ()> {
         Box::pin(async move {
             match self.row(&lease.instance).await? {
-                Some((_, token, until)) if token == lease.token && until >= now_ms() => Ok(()),
+                Some(row) if row.token == lease.token => Ok(()),
                 _ => Err(lost(self, lease).await),
             }
         })
@@ -222,9 +234,8 @@ impl<T: LeaseRows> LeaseStore for T {
         ttl: Duration,
     ) -> LeaseFuture<'a, Lease> {
         Box::pin(async move {
-            let expires = now_ms().saturating_add(ttl_ms(ttl));
-            match self.try_move(instance, token, holder, expires).await? {
-                Some(token) => Ok(granted(instance, holder, token, expires)),
+            match self.try_move(instance, token, holder, ttl_ms(ttl)).await? {
+                Some((token, expires)) => Ok(granted(instance, holder, token, expires)),
                 // Someone else was quicker: acquire says who.
                 None => self.acquire(instance, holder, ttl).await,
             }
@@ -241,9 +252,9 @@ pub trait LeaseStore: Send + Sync {
         holder: &'a str,
         ttl: Duration,
     ) -> LeaseFuture<'a, Lease>;
-    /// Extend our lease; fails with `Lost` if it moved or expired.
+    /// Extend our lease; fails with `Lost` if it moved to another holder or was released.
     fn renew<'a>(&'a self, lease: &'a Lease, ttl: Duration) -> LeaseFuture<'a, Lease>;
-    /// Whether we still hold it (same token, not expired).
+    /// Whether we still hold it (the token is still the instance's).
     fn check<'a>(&'a self, lease: &'a Lease) -> LeaseFuture<'a, ()>;
     /// Give it up (only if still ours).
     fn release<'a>(&'a self, lease: &'a Lease) -> LeaseFuture<'a, ()>;
@@ -290,15 +301,33 @@ pub fn holder_name(label: &str) -> String {
 
 /// A lease held for the length of an operation, renewed by a heartbeat task until released.
 ///
+/// What the holder knows of it is its [`Tenure`]: certain for a TTL from each renewal it sent,
+/// by its own monotonic clock. The heartbeat renews it every third of the TTL; while the store
+/// cannot be reached it keeps trying, and once the lease has been unconfirmed for longer than
+/// [`Held::patience`] (or a renewal finds another token) the lease is lost for good. Every
+/// action checks the tenure first: [`Held::check`] before each step, the capability guard
+/// before each call.
+///
 /// Give it up with [`Held::release`]. Dropping it releases it too, as a fallback for early
 /// returns: on the multi-threaded runtime under `block_in_place` (the worker hands its other
 /// tasks on while the short statement runs), elsewhere by a spawned task.
 pub struct Held {
     store: Arc<dyn LeaseStore>,
     lease: Lease,
-    lost: Arc<AtomicBool>,
+    tenure: Arc<Tenure>,
     heartbeat: tokio::task::JoinHandle<()>,
     released: bool,
+}
+
+/// The part of the TTL an action needs left to start: a quarter.
+fn margin_of(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
+/// How long a lease may stay unconfirmed (the store unreachable) before its holder gives it up:
+/// two TTLs, at least ten seconds. By then another holder may have taken it over.
+fn patience_of(ttl: Duration) -> Duration {
+    (ttl * 2).max(Duration::from_secs(10))
 }
 
 impl Held {
@@ -312,8 +341,9 @@ impl Held {
         holder: &str,
         ttl: Duration,
     ) -> Result<Held, LeaseError> {
+        let sent = Instant::now();
         let lease = store.acquire(instance, holder, ttl).await?;
-        Ok(Held::beat(store, lease, ttl))
+        Ok(Held::beat(store, lease, ttl, sent))
     }
 
     /// Take over the lease held under `token` by a holder known to be dead, and start its
@@ -325,24 +355,32 @@ impl Held {
         holder: &str,
         ttl: Duration,
     ) -> Result<Held, LeaseError> {
+        let sent = Instant::now();
         let lease = store.take_over(instance, token, holder, ttl).await?;
-        Ok(Held::beat(store, lease, ttl))
+        Ok(Held::beat(store, lease, ttl, sent))
     }
 
-    /// Hold `lease`, renewing it every third of the TTL.
-    fn beat(store: Arc<dyn LeaseStore>, lease: Lease, ttl: Duration) -> Held {
-        let lost = Arc::new(AtomicBool::new(false));
+    /// Hold `lease` (granted by a request sent at `sent`), renewing it every third of the TTL.
+    fn beat(store: Arc<dyn LeaseStore>, lease: Lease, ttl: Duration, sent: Instant) -> Held {
+        let tenure = Arc::new(Tenure::new(
+            &lease.instance,
+            lease.token,
+            ttl,
+            margin_of(ttl),
+            sent,
+        ));
         let heartbeat = {
-            let (store, lost, mut current) = (store.clone(), lost.clone(), lease.clone());
+            let (store, tenure, lease) = (store.clone(), tenure.clone(), lease.clone());
             tokio::spawn(async move {
+                let mut pause = ttl / 3;
                 loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    match store.renew(&current, ttl).await {
-                        Ok(renewed) => current = renewed,
-                        Err(_) => {
-                            lost.store(true, Ordering::SeqCst);
-                            return;
-                        }
+                    tokio::time::sleep(pause).await;
+                    match confirm_once(store.as_ref(), &lease, &tenure).await {
+                        Ok(()) => pause = ttl / 3,
+                        Err(Confirm::Lost) => return,
+                        // Unreachable: try again soon, so the lease is confirmed as soon as the
+                        // store is back.
+                        Err(Confirm::Unreachable) => pause = (ttl / 10).max(RETRY),
                     }
                 }
             })
@@ -350,27 +388,62 @@ impl Held {
         Held {
             store,
             lease,
-            lost,
+            tenure,
             heartbeat,
             released: false,
         }
     }
 
-    /// The lease.
+    /// The lease: also the fence of every state write made under it.
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
 
-    /// The fencing check made before every action: still ours, not expired.
-    pub async fn check(&self) -> Result<(), LeaseError> {
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(LeaseError::Lost {
-                instance: self.lease.instance.clone(),
-                token: self.lease.token,
-                by: String::new(),
-            });
+    /// What this holder knows of the lease, shared with the capability guard.
+    pub fn tenure(&self) -> &Arc<Tenure> {
+        &self.tenure
+    }
+
+    /// How long the lease may stay unconfirmed before this holder gives it up.
+    pub fn patience(&self) -> Duration {
+        patience_of(self.tenure.ttl())
+    }
+
+    /// Record that the lease is lost: a fenced write matched nothing. Nothing more is done
+    /// under it.
+    pub fn mark_lost(&self, why: &str) {
+        self.tenure.mark_lost(why);
+    }
+
+    /// Whether the lease is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.tenure.is_lost()
+    }
+
+    /// The error that says this lease is lost.
+    pub fn lost_error(&self) -> LeaseError {
+        LeaseError::Lost {
+            instance: self.lease.instance.clone(),
+            token: self.lease.token,
+            by: match self.tenure.lost() {
+                upshift_model::tenure::Lapse::Lost { why, .. } => why,
+                other => format!(" ({other})"),
+            },
         }
-        self.store.check(&self.lease).await
+    }
+
+    /// The check made before every step: the lease is confirmed by a renewal now (so the step
+    /// starts with a whole TTL ahead of it). While the store cannot be reached it waits, retrying,
+    /// up to [`Held::patience`] past the lease's certain end; then, or when the token moved, the
+    /// lease is lost.
+    pub async fn check(&self) -> Result<(), LeaseError> {
+        loop {
+            match confirm_once(self.store.as_ref(), &self.lease, &self.tenure).await {
+                Ok(()) => return Ok(()),
+                Err(Confirm::Lost) => return Err(self.lost_error()),
+                Err(Confirm::Unreachable) => tokio::time::sleep(RETRY).await,
+            }
+        }
     }
 
     /// Stop the heartbeat and give the lease up (a no-op if it is no longer ours).
@@ -378,6 +451,54 @@ impl Held {
         self.heartbeat.abort();
         self.released = true;
         self.store.release(&self.lease).await
+    }
+}
+
+/// How soon a renewal is tried again after the store could not be reached.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// Why a renewal did not confirm a lease.
+enum Confirm {
+    /// The lease is lost (now marked so).
+    Lost,
+    /// The store could not be reached; the lease is not lost yet.
+    Unreachable,
+}
+
+/// Renew `lease` once and record the outcome in `tenure`: confirmed, lost (the token moved, or
+/// the lease stayed unconfirmed past the holder's patience), or not known yet.
+async fn confirm_once(
+    store: &dyn LeaseStore,
+    lease: &Lease,
+    tenure: &Tenure,
+) -> Result<(), Confirm> {
+    if tenure.is_lost() {
+        return Err(Confirm::Lost);
+    }
+    let sent = Instant::now();
+    match store.renew(lease, tenure.ttl()).await {
+        Ok(_) if !tenure.is_lost() => {
+            tenure.renewed(sent);
+            Ok(())
+        }
+        Ok(_) => Err(Confirm::Lost),
+        Err(LeaseError::Lost { by, .. }) => {
+            tenure.mark_lost(&by);
+            Err(Confirm::Lost)
+        }
+        Err(e) => {
+            // Unconfirmed past the lease's certain end and the holder's patience: another
+            // holder may have it by now.
+            let overdue = tenure.overdue();
+            if overdue > patience_of(tenure.ttl()) {
+                tenure.mark_lost(&format!(
+                    " (it could not be confirmed for {} s past its end: {e})",
+                    overdue.as_secs()
+                ));
+                return Err(Confirm::Lost);
+            }
+            Err(Confirm::Unreachable)
+        }
     }
 }
 

@@ -23,12 +23,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lease::LeaseStore;
+use crate::lease::{Lease, LeaseStore};
 use crate::queue::WorkQueue;
 
 /// The schema version this build writes (5 added `pending`; 4 added `audit_index` and `kept`;
 /// 3 added `artifacts` and `audit_anchors`).
-const SCHEMA: i64 = 5;
+const SCHEMA: i64 = 6;
 
 /// How a run ended (or that it is still running).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +145,8 @@ pub struct StepRecord {
     pub output: Option<String>,
     /// Error.
     pub error: Option<String>,
+    /// Who journaled it (the lease holder: host, process, what for).
+    pub holder: Option<String>,
 }
 
 /// A catalogued backup.
@@ -308,6 +310,27 @@ pub enum StateError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A write made under a lease matched nothing because the lease is no longer the writer's:
+    /// another holder took the instance over (or the lease was released). The writer must stop:
+    /// write nothing more, and never roll back or restore.
+    #[error(
+        "the lease on instance `{instance}` (token {token}) is no longer this process's: another holder took the instance over, so this write was refused and this run stops without touching anything else"
+    )]
+    Fenced {
+        /// Instance.
+        instance: String,
+        /// The writer's (stale) token.
+        token: i64,
+    },
+    /// A write made under a lease found no row to change (a bug in upshift, or a row deleted
+    /// by hand).
+    #[error("state database {at}: the {what} to update is not there")]
+    Missing {
+        /// The database.
+        at: String,
+        /// What was to be updated.
+        what: &'static str,
+    },
     /// The thread running SQLite statements was lost (a bug in upshift, or shutdown).
     #[error("state database {at}: the thread running its statements stopped: {why}")]
     Worker {
@@ -331,28 +354,34 @@ pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>>
 /// dyn-compatible; the allocation is nothing next to a database round trip. There is one
 /// implementation, [`store::Store`], generic over the engine.
 pub trait StateStore: LeaseStore {
-    /// Record a new run.
-    fn insert_run<'a>(&'a self, run: &'a RunRecord) -> StateFuture<'a, ()>;
-    /// Record how a run ended.
+    /// Record a new run. This and every other write about a run is *fenced* by the lease it is
+    /// made under: it lands only while `lease`'s token is still the instance's, and otherwise
+    /// fails with [`StateError::Fenced`] having changed nothing.
+    fn insert_run<'a>(&'a self, lease: &'a Lease, run: &'a RunRecord) -> StateFuture<'a, ()>;
+    /// Record how a run ended (fenced).
     fn finish_run<'a>(
         &'a self,
+        lease: &'a Lease,
         run_id: &'a str,
         status: RunStatus,
         message: Option<&'a str>,
     ) -> StateFuture<'a, ()>;
-    /// Journal a step before it runs.
+    /// Journal a step before it runs, naming the lease's holder (fenced).
+    #[allow(clippy::too_many_arguments)]
     fn step_started<'a>(
         &'a self,
+        lease: &'a Lease,
         run_id: &'a str,
         seq: u32,
         step_id: &'a str,
         title: &'a str,
         phase: &'a str,
     ) -> StateFuture<'a, ()>;
-    /// Journal how a step ended.
+    /// Journal how a step ended (fenced).
     #[allow(clippy::too_many_arguments)]
     fn step_finished<'a>(
         &'a self,
+        lease: &'a Lease,
         run_id: &'a str,
         seq: u32,
         phase: &'a str,
@@ -384,12 +413,17 @@ pub trait StateStore: LeaseStore {
     /// status `abandoned`. Whether it was (false: its status changed meanwhile).
     fn abandon_run<'a>(
         &'a self,
+        lease: &'a Lease,
         run_id: &'a str,
         expected: RunStatus,
         why: &'a str,
     ) -> StateFuture<'a, bool>;
-    /// Catalogue a backup.
-    fn insert_backup<'a>(&'a self, backup: &'a BackupRecord) -> StateFuture<'a, ()>;
+    /// Catalogue a backup (fenced).
+    fn insert_backup<'a>(
+        &'a self,
+        lease: &'a Lease,
+        backup: &'a BackupRecord,
+    ) -> StateFuture<'a, ()>;
     /// Mark a backup invalid (it failed verification) with the reason.
     fn mark_invalid<'a>(&'a self, id: &'a str, note: &'a str) -> StateFuture<'a, ()>;
     /// Mark a backup valid again (a later verification passed) and clear the failure note.
@@ -400,18 +434,28 @@ pub trait StateStore: LeaseStore {
     fn backups<'a>(&'a self, instance: Option<&'a str>) -> StateFuture<'a, Vec<BackupRecord>>;
     /// Remove a backup from the catalog (its files or database are already gone).
     fn delete_backup<'a>(&'a self, id: &'a str) -> StateFuture<'a, ()>;
-    /// Record an artifact about to be created (or removed), before it is touched.
-    fn record_pending<'a>(&'a self, artifact: &'a PendingArtifact) -> StateFuture<'a, ()>;
+    /// Record an artifact about to be created (or removed), before it is touched (fenced).
+    fn record_pending<'a>(
+        &'a self,
+        lease: &'a Lease,
+        artifact: &'a PendingArtifact,
+    ) -> StateFuture<'a, ()>;
     /// Forget a pending artifact: it was catalogued or removed.
     fn forget_pending<'a>(&'a self, id: &'a str) -> StateFuture<'a, ()>;
     /// The pending artifacts (of one instance, or all), oldest first.
     fn pending<'a>(&'a self, instance: Option<&'a str>) -> StateFuture<'a, Vec<PendingArtifact>>;
-    /// Journal a container a switch kept for switching back.
-    fn record_kept<'a>(&'a self, kept: &'a KeptRecord) -> StateFuture<'a, ()>;
+    /// Journal a container a switch kept for switching back (fenced).
+    fn record_kept<'a>(&'a self, lease: &'a Lease, kept: &'a KeptRecord) -> StateFuture<'a, ()>;
     /// The containers run `run_id` kept, in the order they were kept.
     fn kept<'a>(&'a self, run_id: &'a str) -> StateFuture<'a, Vec<KeptRecord>>;
     /// Record that the kept container `container_id` of run `run_id` was put back or removed.
-    fn release_kept<'a>(&'a self, run_id: &'a str, container_id: &'a str) -> StateFuture<'a, ()>;
+    /// (Fenced.)
+    fn release_kept<'a>(
+        &'a self,
+        lease: &'a Lease,
+        run_id: &'a str,
+        container_id: &'a str,
+    ) -> StateFuture<'a, ()>;
     /// The work queue agents claim from (shared PostgreSQL state only).
     fn queue(&self) -> Option<&dyn WorkQueue>;
     /// The sha256 recorded for the compiled artifact of adapter `adapter_digest` under the
@@ -481,6 +525,7 @@ pub fn new_backup_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::LeaseError;
 
     fn run(id: &str, instance: &str, started: &str) -> RunRecord {
         RunRecord {
@@ -499,6 +544,15 @@ mod tests {
         }
     }
 
+    /// The lease writes about `instance` are made under in these tests (taken again each time,
+    /// so always the newest token).
+    async fn fence(store: &Arc<dyn StateStore>, instance: &str) -> Lease {
+        store
+            .acquire(instance, "tests", std::time::Duration::from_secs(60))
+            .await
+            .expect("lease")
+    }
+
     /// A new state database: its directory (removed when dropped), path and store.
     async fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Arc<dyn StateStore>) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -511,19 +565,39 @@ mod tests {
     async fn runs_steps_and_backups_round_trip() {
         let (_dir, path, store) = fresh().await;
         store
-            .insert_run(&run("r1", "a", "2026-01-01T00:00:00Z"))
+            .insert_run(
+                &fence(&store, "a").await,
+                &run("r1", "a", "2026-01-01T00:00:00Z"),
+            )
             .await
             .expect("insert");
         store
-            .insert_run(&run("r2", "b", "2026-01-02T00:00:00Z"))
+            .insert_run(
+                &fence(&store, "b").await,
+                &run("r2", "b", "2026-01-02T00:00:00Z"),
+            )
             .await
             .expect("insert");
         store
-            .step_started("r1", 0, "stop", "stop it", "forward")
+            .step_started(
+                &fence(&store, "a").await,
+                "r1",
+                0,
+                "stop",
+                "stop it",
+                "forward",
+            )
             .await
             .expect("start");
         store
-            .step_started("r1", 0, "rollback-stop-app", "stop", "rollback")
+            .step_started(
+                &fence(&store, "a").await,
+                "r1",
+                0,
+                "rollback-stop-app",
+                "stop",
+                "rollback",
+            )
             .await
             .expect("start");
         assert_eq!(
@@ -532,11 +606,24 @@ mod tests {
             "journaled before it runs"
         );
         store
-            .step_finished("r1", 0, "forward", StepStatus::Failed, None, Some("boom"))
+            .step_finished(
+                &fence(&store, "a").await,
+                "r1",
+                0,
+                "forward",
+                StepStatus::Failed,
+                None,
+                Some("boom"),
+            )
             .await
             .expect("finish");
         store
-            .finish_run("r1", RunStatus::RolledBack, Some("boom"))
+            .finish_run(
+                &fence(&store, "a").await,
+                "r1",
+                RunStatus::RolledBack,
+                Some("boom"),
+            )
             .await
             .expect("finish");
         let steps = store.steps("r1").await.expect("steps");
@@ -571,7 +658,10 @@ mod tests {
             valid: true,
             note: None,
         };
-        store.insert_backup(&b).await.expect("backup");
+        store
+            .insert_backup(&fence(&store, &b.instance).await, &b)
+            .await
+            .expect("backup");
         drop(store);
         let store = open(&path).await.expect("reopen");
         assert_eq!(store.backup(&b.id).await.expect("get"), Some(b.clone()));
@@ -632,11 +722,18 @@ mod tests {
             kept_at: "2026-01-01T00:00:00Z".into(),
             released_at: None,
         };
-        store.record_kept(&kept).await.expect("record");
+        store
+            .record_kept(&fence(&store, &kept.instance).await, &kept)
+            .await
+            .expect("record");
         assert_eq!(store.kept("r1").await.expect("kept"), vec![kept.clone()]);
         assert_eq!(store.kept("r2").await.expect("kept"), vec![]);
         store
-            .release_kept("r1", &kept.container_id)
+            .release_kept(
+                &fence(&store, &kept.instance).await,
+                "r1",
+                &kept.container_id,
+            )
             .await
             .expect("release");
         drop(store);
@@ -734,11 +831,11 @@ mod tests {
             recorded_at: format!("2026-01-01T00:00:0{}Z", id.len()),
         };
         store
-            .record_pending(&artifact("a", "bb"))
+            .record_pending(&fence(&store, "bb").await, &artifact("a", "bb"))
             .await
             .expect("record");
         store
-            .record_pending(&artifact("bb", "om"))
+            .record_pending(&fence(&store, "om").await, &artifact("bb", "om"))
             .await
             .expect("record");
         assert_eq!(
@@ -765,7 +862,7 @@ mod tests {
         let store = open(&path).await.expect("migrates");
         assert_eq!(store.pending(None).await.expect("empty"), vec![]);
         store
-            .record_pending(&artifact("c", "bb"))
+            .record_pending(&fence(&store, "bb").await, &artifact("c", "bb"))
             .await
             .expect("record");
     }
@@ -788,7 +885,10 @@ mod tests {
             valid: true,
             note: None,
         };
-        store.insert_backup(&b).await.expect("insert");
+        store
+            .insert_backup(&fence(&store, &b.instance).await, &b)
+            .await
+            .expect("insert");
         store.delete_backup("bk-1").await.expect("delete");
         assert_eq!(store.backup("bk-1").await.expect("get"), None);
     }
@@ -843,7 +943,7 @@ mod tests {
             let mut r = run(&format!("r{i}"), "a", "2026-01-01T00:00:00Z");
             r.plan_json = "x".repeat(4000);
             store
-                .insert_run(&r)
+                .insert_run(&fence(&store, "a").await, &r)
                 .await
                 .unwrap_or_else(|e| panic!("run {i} journaled despite the full disk: {e}"));
             runs += 1;
@@ -853,7 +953,12 @@ mod tests {
         // Room again: the next write makes the reserve again.
         std::fs::remove_file(&filler).expect("remove filler");
         store
-            .finish_run("r0", RunStatus::RolledBack, Some("disk full"))
+            .finish_run(
+                &fence(&store, "a").await,
+                "r0",
+                RunStatus::RolledBack,
+                Some("disk full"),
+            )
             .await
             .expect("finish");
         assert_eq!(
@@ -883,7 +988,10 @@ mod tests {
     async fn a_value_this_build_did_not_write_is_an_error_naming_it() {
         let (_dir, path, store) = fresh().await;
         store
-            .insert_run(&run("r1", "a", "2026-01-01T00:00:00Z"))
+            .insert_run(
+                &fence(&store, "a").await,
+                &run("r1", "a", "2026-01-01T00:00:00Z"),
+            )
             .await
             .expect("insert");
         let conn = rusqlite::Connection::open(&path).expect("open");
@@ -904,31 +1012,64 @@ mod tests {
         let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
         // r1 ended; r2 stopped for an operator at a step whose outcome is unknown.
         store
-            .insert_run(&run("r1", "a", "2026-01-01T00:00:00Z"))
+            .insert_run(
+                &fence(&store, "a").await,
+                &run("r1", "a", "2026-01-01T00:00:00Z"),
+            )
             .await
             .expect("insert");
         store
-            .finish_run("r1", RunStatus::Succeeded, None)
+            .finish_run(&fence(&store, "a").await, "r1", RunStatus::Succeeded, None)
             .await
             .expect("finish");
         store
-            .insert_run(&run("r2", "a", "2026-01-02T00:00:00Z"))
+            .insert_run(
+                &fence(&store, "a").await,
+                &run("r2", "a", "2026-01-02T00:00:00Z"),
+            )
             .await
             .expect("insert");
         store
-            .step_started("r2", 0, "stop", "stop it", "forward")
+            .step_started(
+                &fence(&store, "a").await,
+                "r2",
+                0,
+                "stop",
+                "stop it",
+                "forward",
+            )
             .await
             .expect("step");
         store
-            .step_finished("r2", 0, "forward", StepStatus::Succeeded, None, None)
+            .step_finished(
+                &fence(&store, "a").await,
+                "r2",
+                0,
+                "forward",
+                StepStatus::Succeeded,
+                None,
+                None,
+            )
             .await
             .expect("step");
         store
-            .step_started("r2", 1, "migrate", "migrate", "forward")
+            .step_started(
+                &fence(&store, "a").await,
+                "r2",
+                1,
+                "migrate",
+                "migrate",
+                "forward",
+            )
             .await
             .expect("step");
         store
-            .finish_run("r2", RunStatus::Failed, Some("unknown outcome"))
+            .finish_run(
+                &fence(&store, "a").await,
+                "r2",
+                RunStatus::Failed,
+                Some("unknown outcome"),
+            )
             .await
             .expect("finish");
         assert_eq!(
@@ -939,7 +1080,14 @@ mod tests {
         assert!(store.unfinished_runs("b").await.expect("q").is_empty());
         // A failed run whose rollback ran is finished.
         store
-            .step_started("r2", 0, "rollback-start", "start", "rollback")
+            .step_started(
+                &fence(&store, "a").await,
+                "r2",
+                0,
+                "rollback-start",
+                "start",
+                "rollback",
+            )
             .await
             .expect("step");
         assert!(store.unfinished_runs("a").await.expect("q").is_empty());
@@ -950,7 +1098,10 @@ mod tests {
         // A later run supersedes it (same second: the later id wins), and is itself unfinished.
         let r2 = store.run("r2").await.expect("get").expect("r2");
         store
-            .insert_run(&run("r3", "a", "2026-01-02T00:00:00Z"))
+            .insert_run(
+                &fence(&store, "a").await,
+                &run("r3", "a", "2026-01-02T00:00:00Z"),
+            )
             .await
             .expect("insert");
         assert_eq!(ids(store.runs_after(&r2).await.expect("q")), ["r3"]);
@@ -961,13 +1112,18 @@ mod tests {
         // Abandoned: only from the status it had, with the reason journaled.
         assert!(
             !store
-                .abandon_run("r3", RunStatus::Failed, "x")
+                .abandon_run(&fence(&store, "a").await, "r3", RunStatus::Failed, "x")
                 .await
                 .expect("cas")
         );
         assert!(
             store
-                .abandon_run("r3", RunStatus::Running, "fixed by hand")
+                .abandon_run(
+                    &fence(&store, "a").await,
+                    "r3",
+                    RunStatus::Running,
+                    "fixed by hand"
+                )
                 .await
                 .expect("abandon")
         );
@@ -1049,5 +1205,120 @@ mod tests {
         let b = store.acquire("kw", "B", ttl).await.expect("B after A");
         assert_eq!(b.holder, "B");
         store.check(&b).await.expect("B holds it");
+    }
+
+    /// Every write about a run is fenced: once the lease moved to another holder, the old
+    /// holder's run, step, backup, pending and kept writes all fail with `Fenced` and change
+    /// nothing, while the new holder's land and name it.
+    #[tokio::test]
+    async fn writes_under_a_lease_that_moved_are_refused_and_change_nothing() {
+        let (_dir, _path, store) = fresh().await;
+        let ttl = std::time::Duration::from_secs(60);
+        let old = store.acquire("a", "host A", ttl).await.expect("lease");
+        store
+            .insert_run(&old, &run("r1", "a", "2026-01-01T00:00:00Z"))
+            .await
+            .expect("insert");
+        store
+            .step_started(&old, "r1", 0, "start", "start it", "forward")
+            .await
+            .expect("step");
+        let new = store
+            .take_over("a", old.token, "host B", ttl)
+            .await
+            .expect("take over");
+        assert!(new.token > old.token);
+        let fenced = |r: Result<(), StateError>| {
+            assert!(
+                matches!(&r, Err(StateError::Fenced { instance, token }) if instance == "a" && *token == old.token),
+                "{r:?}"
+            )
+        };
+        fenced(
+            store
+                .step_finished(
+                    &old,
+                    "r1",
+                    0,
+                    "forward",
+                    StepStatus::Failed,
+                    None,
+                    Some("stale"),
+                )
+                .await,
+        );
+        fenced(
+            store
+                .finish_run(&old, "r1", RunStatus::Failed, Some("stale"))
+                .await,
+        );
+        fenced(
+            store
+                .step_started(&old, "r1", 1, "verify", "verify", "forward")
+                .await,
+        );
+        fenced(
+            store
+                .insert_run(&old, &run("r2", "a", "2026-01-02T00:00:00Z"))
+                .await,
+        );
+        assert!(
+            store
+                .abandon_run(&old, "r1", RunStatus::Running, "stale")
+                .await
+                .is_err()
+        );
+        // Nothing changed: the run is still running, its one step still started by A.
+        let r1 = store.run("r1").await.expect("get").expect("r1");
+        assert_eq!(r1.status, RunStatus::Running);
+        assert!(store.run("r2").await.expect("get").is_none());
+        let steps = store.steps("r1").await.expect("steps");
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(steps[0].status, StepStatus::Started);
+        assert_eq!(steps[0].holder.as_deref(), Some("host A"));
+        // The new holder's writes land, and the journal names it.
+        store
+            .step_finished(
+                &new,
+                "r1",
+                0,
+                "forward",
+                StepStatus::Succeeded,
+                Some("done"),
+                None,
+            )
+            .await
+            .expect("finish step");
+        store
+            .step_started(&new, "r1", 1, "verify", "verify", "forward")
+            .await
+            .expect("step");
+        store
+            .finish_run(&new, "r1", RunStatus::Succeeded, None)
+            .await
+            .expect("finish run");
+        let steps = store.steps("r1").await.expect("steps");
+        assert_eq!(steps[1].holder.as_deref(), Some("host B"));
+        // A write under the current token for a row that is not there is not a lost lease.
+        assert!(matches!(
+            store
+                .finish_run(&new, "nope", RunStatus::Failed, None)
+                .await,
+            Err(StateError::Missing { .. })
+        ));
+        // A renewal under the old token fails; an expired lease nobody took is still renewed.
+        assert!(matches!(
+            store.renew(&old, ttl).await,
+            Err(LeaseError::Lost { .. })
+        ));
+        let short = store
+            .acquire("b", "host A", std::time::Duration::from_millis(1))
+            .await
+            .expect("lease");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        store
+            .renew(&short, ttl)
+            .await
+            .expect("renewed: nobody took it");
     }
 }

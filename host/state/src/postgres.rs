@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS upshift_steps (
     run_id TEXT NOT NULL REFERENCES upshift_runs (id), seq INTEGER NOT NULL, phase TEXT NOT NULL,
     step_id TEXT NOT NULL, title TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL,
     started_ms BIGINT NOT NULL, finished_at TEXT, duration_ms BIGINT, output TEXT, error TEXT,
-    PRIMARY KEY (run_id, phase, seq));
+    holder TEXT, PRIMARY KEY (run_id, phase, seq));
+ALTER TABLE upshift_steps ADD COLUMN IF NOT EXISTS holder TEXT;
 CREATE TABLE IF NOT EXISTS upshift_backups (
     id TEXT PRIMARY KEY, instance TEXT NOT NULL, binding TEXT NOT NULL, run_id TEXT, method TEXT NOT NULL,
     location TEXT NOT NULL, source_database TEXT NOT NULL, product_version TEXT NOT NULL,
@@ -60,6 +61,15 @@ CREATE TABLE IF NOT EXISTS upshift_queue (
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// How PostgreSQL's SQL is written: tables prefixed `upshift_`, `$n` parameters, the server's
+/// clock, and fences that share-lock the lease row until the write commits.
+pub(crate) const DIALECT: Dialect = Dialect {
+    tables: "upshift_",
+    param: '$',
+    now_ms: "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+    share: " FOR SHARE",
+};
 
 /// The PostgreSQL engine.
 pub struct Pg {
@@ -164,10 +174,7 @@ impl<'a> FromSql<'a> for Value {
 }
 
 impl Engine for Pg {
-    const DIALECT: Dialect = Dialect {
-        tables: "upshift_",
-        param: '$',
-    };
+    const DIALECT: Dialect = DIALECT;
 
     fn at(&self) -> &str {
         &self.at

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs (id), seq INTEGER NOT NULL, phase TEXT NOT NULL,
     step_id TEXT NOT NULL, title TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL,
     started_ms INTEGER NOT NULL, finished_at TEXT, duration_ms INTEGER, output TEXT, error TEXT,
-    PRIMARY KEY (run_id, phase, seq));
+    holder TEXT, PRIMARY KEY (run_id, phase, seq));
 CREATE TABLE IF NOT EXISTS backups (
     id TEXT PRIMARY KEY, instance TEXT NOT NULL, binding TEXT NOT NULL, run_id TEXT, method TEXT NOT NULL,
     location TEXT NOT NULL, source_database TEXT NOT NULL, product_version TEXT NOT NULL,
@@ -137,6 +137,15 @@ fn with_reserve<T>(reserve: &Reserve, f: impl Fn() -> rusqlite::Result<T>) -> ru
     }
     out
 }
+
+/// How SQLite's SQL is written: plain table names, `?n` parameters, and no row locks (SQLite runs
+/// one write at a time).
+pub(crate) const DIALECT: Dialect = Dialect {
+    tables: "",
+    param: '?',
+    now_ms: "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    share: "",
+};
 
 /// The SQLite engine: one connection, used by one blocking task at a time.
 pub struct Sqlite {
@@ -253,6 +262,15 @@ fn set_up(path: &Path) -> Result<Connection, Setup> {
         }
         if version < SCHEMA {
             tx.execute_batch(SCHEMA_SQL)?;
+            // Schema 6: who journaled each step (an older file's steps table lacks it).
+            let has_holder: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('steps') WHERE name = 'holder')",
+                [],
+                |r| r.get(0),
+            )?;
+            if !has_holder {
+                tx.execute_batch("ALTER TABLE steps ADD COLUMN holder TEXT")?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA)?;
         }
         tx.commit()?;
@@ -343,10 +361,7 @@ fn value(v: ValueRef<'_>) -> Value {
 }
 
 impl Engine for Sqlite {
-    const DIALECT: Dialect = Dialect {
-        tables: "",
-        param: '?',
-    };
+    const DIALECT: Dialect = DIALECT;
 
     fn at(&self) -> &str {
         &self.at

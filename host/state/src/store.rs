@@ -5,7 +5,7 @@
 use std::fmt;
 use std::future::Future;
 
-use crate::lease::{LeaseError, LeaseRows};
+use crate::lease::{Lease, LeaseError, LeaseRow, LeaseRows};
 use crate::queue::WorkQueue;
 use crate::{
     AuditAnchor, AuditIndexEnd, AuditIndexRow, BackupRecord, KeptRecord, PendingArtifact,
@@ -13,13 +13,18 @@ use crate::{
 };
 
 /// How an engine's SQL differs from the one the statements are written in: tables are written
-/// `#name` and parameters `$n`.
+/// `#name`, parameters `$n`, the server's clock `{now_ms}` and a shared row lock `{share}`.
 #[derive(Debug, Clone, Copy)]
 pub struct Dialect {
     /// What `#` becomes: the table name prefix.
     pub tables: &'static str,
     /// What `$` becomes: how parameters are written (`?n` in SQLite, `$n` in PostgreSQL).
     pub param: char,
+    /// What `{now_ms}` becomes: the database's clock, milliseconds since the epoch.
+    pub now_ms: &'static str,
+    /// What `{share}` becomes: the clause that locks the rows a subquery reads until the
+    /// statement's transaction ends (empty where writes are serialised anyway).
+    pub share: &'static str,
 }
 
 impl Dialect {
@@ -33,8 +38,19 @@ impl Dialect {
                 c => out.push(c),
             }
         }
-        out
+        out.replace("{now_ms}", self.now_ms)
+            .replace("{share}", self.share)
     }
+}
+
+/// The condition that makes a write fenced: the lease of the instance `$I` still has the token
+/// `$T` (`I` and `T` are replaced by the statement's parameter numbers). In PostgreSQL the lease
+/// row is share-locked until the write commits, so a takeover waits for the write, and a write
+/// that comes after a takeover sees the new token and matches nothing.
+fn fence(instance: usize, token: usize) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM #leases WHERE instance = ${instance} AND token = ${token}{{share}})"
+    )
 }
 
 /// A value going into or coming out of a statement.
@@ -148,6 +164,43 @@ impl<E: Engine> Store<E> {
 
     async fn execute(&self, template: &str, params: Vec<Value>) -> Result<u64, StateError> {
         self.engine.execute(E::DIALECT.sql(template), params).await
+    }
+
+    /// Run a write fenced by `lease` (its template holds [`fence`]): it must change a row. When
+    /// it changes none, either the lease is no longer `lease`'s ([`StateError::Fenced`]) or
+    /// the row it updates does not exist ([`StateError::Missing`]).
+    async fn fenced(
+        &self,
+        lease: &Lease,
+        what: &'static str,
+        template: &str,
+        params: Vec<Value>,
+    ) -> Result<(), StateError> {
+        if self.execute(template, params).await? > 0 {
+            return Ok(());
+        }
+        self.check_fence(lease).await?;
+        Err(StateError::Missing {
+            at: self.engine.at().to_string(),
+            what,
+        })
+    }
+
+    /// `Ok` while `lease`'s token is still its instance's, else [`StateError::Fenced`].
+    async fn check_fence(&self, lease: &Lease) -> Result<(), StateError> {
+        match self
+            .first(
+                "SELECT 1 FROM #leases WHERE instance = $1 AND token = $2",
+                params![&lease.instance, lease.token],
+            )
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(StateError::Fenced {
+                instance: lease.instance.clone(),
+                token: lease.token,
+            }),
+        }
     }
 
     async fn all(&self, template: &str, params: Vec<Value>) -> Result<Vec<Cells<'_>>, StateError> {
@@ -335,6 +388,7 @@ fn step_from(mut r: Cells<'_>) -> Result<StepRecord, StateError> {
         duration_ms: r.opt_u64("steps.duration_ms")?,
         output: r.opt_text("steps.output")?,
         error: r.opt_text("steps.error")?,
+        holder: r.opt_text("steps.holder")?,
     })
 }
 
@@ -382,36 +436,72 @@ fn pending_from(mut r: Cells<'_>) -> Result<PendingArtifact, StateError> {
 }
 
 impl<E: Engine> StateStore for Store<E> {
-    fn insert_run<'a>(&'a self, r: &'a RunRecord) -> StateFuture<'a, ()> {
+    fn insert_run<'a>(&'a self, lease: &'a Lease, r: &'a RunRecord) -> StateFuture<'a, ()> {
         Box::pin(async move {
-            self.execute(
+            // Repeating it (after a connection lost before the answer) finds the row there.
+            let sql = format!(
                 "INSERT INTO #runs (id, instance, product, adapter_digest, kind, from_version, to_version, status, started_at, finished_at, plan_json, message)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                params![&r.id, &r.instance, &r.product, &r.adapter_digest, &r.kind, &r.from_version, &r.to_version, r.status.as_str(), &r.started_at, r.finished_at.as_ref(), &r.plan_json, r.message.as_ref()],
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE {f}
+                 ON CONFLICT (id) DO UPDATE SET id = excluded.id WHERE {f}",
+                f = fence(13, 14)
+            );
+            self.fenced(
+                lease,
+                "run",
+                &sql,
+                params![
+                    &r.id,
+                    &r.instance,
+                    &r.product,
+                    &r.adapter_digest,
+                    &r.kind,
+                    &r.from_version,
+                    &r.to_version,
+                    r.status.as_str(),
+                    &r.started_at,
+                    r.finished_at.as_ref(),
+                    &r.plan_json,
+                    r.message.as_ref(),
+                    &lease.instance,
+                    lease.token
+                ],
             )
             .await
-            .map(drop)
         })
     }
 
     fn finish_run<'a>(
         &'a self,
+        lease: &'a Lease,
         run_id: &'a str,
         status: RunStatus,
         message: Option<&'a str>,
     ) -> StateFuture<'a, ()> {
         Box::pin(async move {
-            self.execute(
-                "UPDATE #runs SET status = $2, message = $3, finished_at = $4 WHERE id = $1",
-                params![run_id, status.as_str(), message, &now()],
+            let sql = format!(
+                "UPDATE #runs SET status = $2, message = $3, finished_at = $4 WHERE id = $1 AND {}",
+                fence(5, 6)
+            );
+            self.fenced(
+                lease,
+                "run",
+                &sql,
+                params![
+                    run_id,
+                    status.as_str(),
+                    message,
+                    &now(),
+                    &lease.instance,
+                    lease.token
+                ],
             )
             .await
-            .map(drop)
         })
     }
 
     fn step_started<'a>(
         &'a self,
+        lease: &'a Lease,
         run_id: &'a str,
         seq: u32,
         step_id: &'a str,
@@ -420,21 +510,39 @@ impl<E: Engine> StateStore for Store<E> {
     ) -> StateFuture<'a, ()> {
         let ms = crate::lease::now_ms();
         Box::pin(async move {
-            self.execute(
-                "INSERT INTO #steps (run_id, seq, phase, step_id, title, status, started_at, started_ms)
-                 VALUES ($1, $2, $3, $4, $5, 'started', $6, $7)
+            let sql = format!(
+                "INSERT INTO #steps (run_id, seq, phase, step_id, title, status, started_at, started_ms, holder)
+                 SELECT $1, $2, $3, $4, $5, 'started', $6, $7, $8 WHERE {f}
                  ON CONFLICT (run_id, phase, seq) DO UPDATE SET step_id = excluded.step_id, title = excluded.title,
                    status = 'started', started_at = excluded.started_at, started_ms = excluded.started_ms,
-                   finished_at = NULL, duration_ms = NULL, output = NULL, error = NULL",
-                params![run_id, seq, phase, step_id, title, &now(), ms],
+                   finished_at = NULL, duration_ms = NULL, output = NULL, error = NULL, holder = excluded.holder
+                 WHERE {f}",
+                f = fence(9, 10)
+            );
+            self.fenced(
+                lease,
+                "step",
+                &sql,
+                params![
+                    run_id,
+                    seq,
+                    phase,
+                    step_id,
+                    title,
+                    &now(),
+                    ms,
+                    &lease.holder,
+                    &lease.instance,
+                    lease.token
+                ],
             )
             .await
-            .map(drop)
         })
     }
 
     fn step_finished<'a>(
         &'a self,
+        lease: &'a Lease,
         run_id: &'a str,
         seq: u32,
         phase: &'a str,
@@ -444,10 +552,16 @@ impl<E: Engine> StateStore for Store<E> {
     ) -> StateFuture<'a, ()> {
         let ms = crate::lease::now_ms();
         Box::pin(async move {
-            self.execute(
+            let sql = format!(
                 "UPDATE #steps SET status = $4, output = $5, error = $6, finished_at = $7,
                    duration_ms = CASE WHEN $8 > started_ms THEN $8 - started_ms ELSE 0 END
-                 WHERE run_id = $1 AND seq = $2 AND phase = $3",
+                 WHERE run_id = $1 AND seq = $2 AND phase = $3 AND {}",
+                fence(9, 10)
+            );
+            self.fenced(
+                lease,
+                "step",
+                &sql,
                 params![
                     run_id,
                     seq,
@@ -456,11 +570,12 @@ impl<E: Engine> StateStore for Store<E> {
                     output,
                     error,
                     &now(),
-                    ms
+                    ms,
+                    &lease.instance,
+                    lease.token
                 ],
             )
             .await
-            .map(drop)
         })
     }
 
@@ -495,7 +610,7 @@ impl<E: Engine> StateStore for Store<E> {
     fn steps<'a>(&'a self, run_id: &'a str) -> StateFuture<'a, Vec<StepRecord>> {
         Box::pin(async move {
             self.all(
-                "SELECT run_id, seq, step_id, title, phase, status, started_at, finished_at, duration_ms, output, error
+                "SELECT run_id, seq, step_id, title, phase, status, started_at, finished_at, duration_ms, output, error, holder
                  FROM #steps WHERE run_id = $1
                  ORDER BY CASE phase WHEN 'forward' THEN 0 WHEN 'rollback' THEN 1 ELSE 2 END, seq",
                 params![run_id],
@@ -536,6 +651,7 @@ impl<E: Engine> StateStore for Store<E> {
 
     fn abandon_run<'a>(
         &'a self,
+        lease: &'a Lease,
         run_id: &'a str,
         expected: RunStatus,
         why: &'a str,
@@ -543,37 +659,88 @@ impl<E: Engine> StateStore for Store<E> {
         let ms = crate::lease::now_ms();
         Box::pin(async move {
             let message = format!("abandoned by the operator: {why}");
+            let sql = format!(
+                "UPDATE #runs SET status = $2, message = $3, finished_at = $4 WHERE id = $1 AND status = $5 AND {}",
+                fence(6, 7)
+            );
             let ended = self
                 .execute(
-                    "UPDATE #runs SET status = $2, message = $3, finished_at = $4 WHERE id = $1 AND status = $5",
-                    params![run_id, RunStatus::Abandoned.as_str(), &message, &now(), expected.as_str()],
+                    &sql,
+                    params![
+                        run_id,
+                        RunStatus::Abandoned.as_str(),
+                        &message,
+                        &now(),
+                        expected.as_str(),
+                        &lease.instance,
+                        lease.token
+                    ],
                 )
                 .await?;
             if ended != 1 {
+                // Its status changed meanwhile, or the lease is no longer ours.
+                self.check_fence(lease).await?;
                 return Ok(false);
             }
-            self.execute(
-                "INSERT INTO #steps (run_id, seq, phase, step_id, title, status, started_at, started_ms, finished_at, duration_ms, output)
-                 VALUES ($1, 0, 'operator', 'abandon', 'abandoned by the operator', 'succeeded', $2, $3, $2, 0, $4)
+            let sql = format!(
+                "INSERT INTO #steps (run_id, seq, phase, step_id, title, status, started_at, started_ms, finished_at, duration_ms, output, holder)
+                 SELECT $1, 0, 'operator', 'abandon', 'abandoned by the operator', 'succeeded', $2, $3, $2, 0, $4, $5 WHERE {f}
                  ON CONFLICT (run_id, phase, seq) DO UPDATE SET output = excluded.output,
-                   started_at = excluded.started_at, finished_at = excluded.finished_at",
-                params![run_id, &now(), ms, why],
+                   started_at = excluded.started_at, finished_at = excluded.finished_at, holder = excluded.holder
+                 WHERE {f}",
+                f = fence(6, 7)
+            );
+            self.fenced(
+                lease,
+                "step",
+                &sql,
+                params![
+                    run_id,
+                    &now(),
+                    ms,
+                    why,
+                    &lease.holder,
+                    &lease.instance,
+                    lease.token
+                ],
             )
             .await?;
             Ok(true)
         })
     }
 
-    fn insert_backup<'a>(&'a self, b: &'a BackupRecord) -> StateFuture<'a, ()> {
+    fn insert_backup<'a>(&'a self, lease: &'a Lease, b: &'a BackupRecord) -> StateFuture<'a, ()> {
         let size = b.size_bytes.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
         Box::pin(async move {
-            self.execute(
+            let sql = format!(
                 "INSERT INTO #backups (id, instance, binding, run_id, method, location, source_database, product_version, created_at, size_bytes, sha256, valid, note)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                params![&b.id, &b.instance, &b.binding, b.run_id.as_ref(), &b.method, &b.location, &b.source_database, &b.product_version, &b.created_at, size, b.sha256.as_ref(), b.valid, b.note.as_ref()],
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE {f}
+                 ON CONFLICT (id) DO UPDATE SET id = excluded.id WHERE {f}",
+                f = fence(14, 15)
+            );
+            self.fenced(
+                lease,
+                "backup",
+                &sql,
+                params![
+                    &b.id,
+                    &b.instance,
+                    &b.binding,
+                    b.run_id.as_ref(),
+                    &b.method,
+                    &b.location,
+                    &b.source_database,
+                    &b.product_version,
+                    &b.created_at,
+                    size,
+                    b.sha256.as_ref(),
+                    b.valid,
+                    b.note.as_ref(),
+                    &lease.instance,
+                    lease.token
+                ],
             )
             .await
-            .map(drop)
         })
     }
 
@@ -630,18 +797,38 @@ impl<E: Engine> StateStore for Store<E> {
         })
     }
 
-    fn record_pending<'a>(&'a self, a: &'a PendingArtifact) -> StateFuture<'a, ()> {
+    fn record_pending<'a>(
+        &'a self,
+        lease: &'a Lease,
+        a: &'a PendingArtifact,
+    ) -> StateFuture<'a, ()> {
         Box::pin(async move {
-            self.execute(
+            let sql = format!(
                 "INSERT INTO #pending (id, kind, location, instance, binding, run_id, recorded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE {f}
                  ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, location = excluded.location,
                    instance = excluded.instance, binding = excluded.binding, run_id = excluded.run_id,
-                   recorded_at = excluded.recorded_at",
-                params![&a.id, &a.kind, &a.location, &a.instance, &a.binding, a.run_id.as_ref(), &a.recorded_at],
+                   recorded_at = excluded.recorded_at
+                 WHERE {f}",
+                f = fence(8, 9)
+            );
+            self.fenced(
+                lease,
+                "pending artifact",
+                &sql,
+                params![
+                    &a.id,
+                    &a.kind,
+                    &a.location,
+                    &a.instance,
+                    &a.binding,
+                    a.run_id.as_ref(),
+                    &a.recorded_at,
+                    &lease.instance,
+                    lease.token
+                ],
             )
             .await
-            .map(drop)
         })
     }
 
@@ -667,17 +854,34 @@ impl<E: Engine> StateStore for Store<E> {
         })
     }
 
-    fn record_kept<'a>(&'a self, k: &'a KeptRecord) -> StateFuture<'a, ()> {
+    fn record_kept<'a>(&'a self, lease: &'a Lease, k: &'a KeptRecord) -> StateFuture<'a, ()> {
         Box::pin(async move {
-            self.execute(
+            let sql = format!(
                 "INSERT INTO #kept (run_id, instance, binding, container_id, replaced_by, image, kept_at, released_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE {f}
                  ON CONFLICT (run_id, container_id) DO UPDATE SET replaced_by = excluded.replaced_by,
-                   image = excluded.image, kept_at = excluded.kept_at, released_at = excluded.released_at",
-                params![&k.run_id, &k.instance, &k.binding, &k.container_id, &k.replaced_by, &k.image, &k.kept_at, k.released_at.as_ref()],
+                   image = excluded.image, kept_at = excluded.kept_at, released_at = excluded.released_at
+                 WHERE {f}",
+                f = fence(9, 10)
+            );
+            self.fenced(
+                lease,
+                "kept container",
+                &sql,
+                params![
+                    &k.run_id,
+                    &k.instance,
+                    &k.binding,
+                    &k.container_id,
+                    &k.replaced_by,
+                    &k.image,
+                    &k.kept_at,
+                    k.released_at.as_ref(),
+                    &lease.instance,
+                    lease.token
+                ],
             )
             .await
-            .map(drop)
         })
     }
 
@@ -695,14 +899,24 @@ impl<E: Engine> StateStore for Store<E> {
         })
     }
 
-    fn release_kept<'a>(&'a self, run_id: &'a str, container_id: &'a str) -> StateFuture<'a, ()> {
+    fn release_kept<'a>(
+        &'a self,
+        lease: &'a Lease,
+        run_id: &'a str,
+        container_id: &'a str,
+    ) -> StateFuture<'a, ()> {
         Box::pin(async move {
-            self.execute(
-                "UPDATE #kept SET released_at = $3 WHERE run_id = $1 AND container_id = $2",
-                params![run_id, container_id, &now()],
+            let sql = format!(
+                "UPDATE #kept SET released_at = $3 WHERE run_id = $1 AND container_id = $2 AND {}",
+                fence(4, 5)
+            );
+            self.fenced(
+                lease,
+                "kept container",
+                &sql,
+                params![run_id, container_id, &now(), &lease.instance, lease.token],
             )
             .await
-            .map(drop)
         })
     }
 
@@ -912,10 +1126,15 @@ fn lease_store(e: StateError) -> LeaseError {
 }
 
 impl<E: Engine> Store<E> {
-    /// The token a lease statement `RETURNING token` returned, if it changed a row.
-    async fn token(&self, template: &str, params: Vec<Value>) -> Result<Option<i64>, LeaseError> {
+    /// The token and expiry a lease statement `RETURNING token, expires_ms` returned, if it
+    /// changed a row.
+    async fn granted(
+        &self,
+        template: &str,
+        params: Vec<Value>,
+    ) -> Result<Option<(i64, i64)>, LeaseError> {
         let row = self.first(template, params).await.map_err(lease_store)?;
-        row.map(|mut r| r.int("leases.token"))
+        row.map(|mut r| Ok((r.int("leases.token")?, r.int("leases.expires_ms")?)))
             .transpose()
             .map_err(lease_store)
     }
@@ -926,16 +1145,15 @@ impl<E: Engine> LeaseRows for Store<E> {
         &self,
         instance: &str,
         holder: &str,
-        expires: i64,
-        now: i64,
-    ) -> Result<Option<i64>, LeaseError> {
-        self.token(
-            "INSERT INTO #leases (instance, holder, token, expires_ms) VALUES ($1, $2, 1, $3)
+        ttl_ms: i64,
+    ) -> Result<Option<(i64, i64)>, LeaseError> {
+        self.granted(
+            "INSERT INTO #leases (instance, holder, token, expires_ms) VALUES ($1, $2, 1, {now_ms} + $3)
              ON CONFLICT (instance) DO UPDATE SET holder = excluded.holder, token = #leases.token + 1,
                expires_ms = excluded.expires_ms
-             WHERE #leases.expires_ms < $4 OR #leases.holder = $2
-             RETURNING token",
-            params![instance, holder, expires, now],
+             WHERE #leases.expires_ms < {now_ms} OR #leases.holder = $2
+             RETURNING token, expires_ms",
+            params![instance, holder, ttl_ms],
         )
         .await
     }
@@ -944,16 +1162,19 @@ impl<E: Engine> LeaseRows for Store<E> {
         &self,
         instance: &str,
         token: i64,
-        expires: i64,
-        now: i64,
-    ) -> Result<bool, LeaseError> {
-        self.execute(
-            "UPDATE #leases SET expires_ms = $1 WHERE instance = $2 AND token = $3 AND expires_ms >= $4",
-            params![expires, instance, token, now],
-        )
-        .await
-        .map(|n| n == 1)
-        .map_err(lease_store)
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, LeaseError> {
+        let row = self
+            .first(
+                "UPDATE #leases SET expires_ms = {now_ms} + $1 WHERE instance = $2 AND token = $3
+                 RETURNING expires_ms",
+                params![ttl_ms, instance, token],
+            )
+            .await
+            .map_err(lease_store)?;
+        row.map(|mut r| r.int("leases.expires_ms"))
+            .transpose()
+            .map_err(lease_store)
     }
 
     async fn try_move(
@@ -961,30 +1182,31 @@ impl<E: Engine> LeaseRows for Store<E> {
         instance: &str,
         token: i64,
         holder: &str,
-        expires: i64,
-    ) -> Result<Option<i64>, LeaseError> {
-        self.token(
-            "UPDATE #leases SET holder = $1, token = token + 1, expires_ms = $2
-             WHERE instance = $3 AND token = $4 RETURNING token",
-            params![holder, expires, instance, token],
+        ttl_ms: i64,
+    ) -> Result<Option<(i64, i64)>, LeaseError> {
+        self.granted(
+            "UPDATE #leases SET holder = $1, token = token + 1, expires_ms = {now_ms} + $2
+             WHERE instance = $3 AND token = $4 RETURNING token, expires_ms",
+            params![holder, ttl_ms, instance, token],
         )
         .await
     }
 
-    async fn row(&self, instance: &str) -> Result<Option<(String, i64, i64)>, LeaseError> {
+    async fn row(&self, instance: &str) -> Result<Option<LeaseRow>, LeaseError> {
         let row = self
             .first(
-                "SELECT holder, token, expires_ms FROM #leases WHERE instance = $1",
+                "SELECT holder, token, expires_ms, {now_ms} FROM #leases WHERE instance = $1",
                 params![instance],
             )
             .await
             .map_err(lease_store)?;
         row.map(|mut r| {
-            Ok((
-                r.text("leases.holder")?,
-                r.int("leases.token")?,
-                r.int("leases.expires_ms")?,
-            ))
+            Ok(LeaseRow {
+                holder: r.text("leases.holder")?,
+                token: r.int("leases.token")?,
+                expires_ms: r.int("leases.expires_ms")?,
+                now_ms: r.int("leases.now")?,
+            })
         })
         .transpose()
         .map_err(lease_store)
@@ -1003,20 +1225,12 @@ impl<E: Engine> LeaseRows for Store<E> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn dialects_rewrite_tables_and_parameters() {
         let template =
             "UPDATE #leases SET token = #leases.token + 1 WHERE instance = $1 AND token = $12";
-        let sqlite = Dialect {
-            tables: "",
-            param: '?',
-        };
-        let pg = Dialect {
-            tables: "upshift_",
-            param: '$',
-        };
+        let sqlite = crate::sqlite::DIALECT;
+        let pg = crate::postgres::DIALECT;
         assert_eq!(
             sqlite.sql(template),
             "UPDATE leases SET token = leases.token + 1 WHERE instance = ?1 AND token = ?12"

@@ -99,9 +99,9 @@ pub async fn abandon(session: &Session, run_id: &str, why: &str) -> Result<Aband
         })?;
     let ended = session
         .state
-        .abandon_run(&run.id, run.status, &why_masked)
+        .abandon_run(held.lease(), &run.id, run.status, &why_masked)
         .await
-        .map_err(host)?;
+        .map_err(|e| super::journal_error(&held, e))?;
     let _ = held.release().await;
     if !ended {
         return Err(OpError::Usage(format!(

@@ -401,6 +401,10 @@ pub(super) async fn run_forward_from(
 ) -> Forward {
     let start = out.reached.len();
     for (i, step) in steps.iter().enumerate().skip(start) {
+        // The lease is lost: another holder has the instance; nothing more is done here.
+        if ctx.lease_lost() {
+            break;
+        }
         // SIGINT/SIGTERM: the step before finished; no new one starts, the host rolls back.
         if let Some(why) = ctx
             .session
@@ -468,15 +472,20 @@ pub async fn apply(
             let run = new_run(instance, &adapter, "upgrade", &from, target, "null".into());
             session
                 .state
-                .insert_run(&session.masked_run(&run))
+                .insert_run(held.lease(), &session.masked_run(&run))
                 .await
-                .map_err(host)?;
+                .map_err(|e| super::journal_error(&held, e))?;
             let msg = format!("refused by rule `{}`: {}", r.rule, r.reason);
             session
                 .state
-                .finish_run(&run.id, RunStatus::Refused, Some(&session.mask(&msg)))
+                .finish_run(
+                    held.lease(),
+                    &run.id,
+                    RunStatus::Refused,
+                    Some(&session.mask(&msg)),
+                )
                 .await
-                .map_err(host)?;
+                .map_err(|e| super::journal_error(&held, e))?;
             return Ok(RunReport {
                 run_id: run.id,
                 instance: instance.name.clone(),
@@ -541,6 +550,15 @@ pub(super) async fn conclude(
         resumed,
     } = forward;
     let mut checks = Vec::new();
+    let lost = || {
+        ctx.lease_lost()
+            .then(|| OpError::Busy(ctx.lease.lost_error()))
+    };
+    // The lease was lost: another holder carries the run on; this host neither verifies nor
+    // rolls back, and writes nothing more.
+    if let Some(e) = lost() {
+        return Err(e);
+    }
     if failure.is_none() {
         failure = session.stop().at_boundary("verification");
     }
@@ -564,6 +582,9 @@ pub(super) async fn conclude(
             Ok(Err(e)) => failure = Some(format!("verification could not run: {}", e.message)),
             Err(f) => failure = Some(f.to_string()),
         }
+    }
+    if let Some(e) = lost() {
+        return Err(e);
     }
     let backup_records: Vec<BackupRecord> = backups.iter().map(|(_, b)| b.clone()).collect();
     let Some(failure) = failure else {
@@ -598,9 +619,9 @@ pub(super) async fn conclude(
         }
         session
             .state
-            .finish_run(run_id, RunStatus::Succeeded, None)
+            .finish_run(ctx.lease.lease(), run_id, RunStatus::Succeeded, None)
             .await
-            .map_err(host)?;
+            .map_err(|e| super::journal_error(ctx.lease, e))?;
         return Ok(RunReport {
             run_id: run_id.clone(),
             instance: instance.name.clone(),
@@ -626,12 +647,13 @@ pub(super) async fn conclude(
         session
             .state
             .finish_run(
+                ctx.lease.lease(),
                 run_id,
                 RunStatus::NothingChanged,
                 Some(&session.mask(&message)),
             )
             .await
-            .map_err(host)?;
+            .map_err(|e| super::journal_error(ctx.lease, e))?;
         return Ok(RunReport {
             run_id: run_id.clone(),
             instance: instance.name.clone(),
@@ -654,6 +676,9 @@ pub(super) async fn conclude(
     let mut rollback_failed = None;
     let n = actions.len();
     for (i, action) in actions.iter().enumerate().skip(rollback_done) {
+        if let Some(e) = lost() {
+            return Err(e);
+        }
         let id = action.id();
         let title = action.describe();
         let r = ctx
@@ -672,6 +697,9 @@ pub(super) async fn conclude(
                 ctx.perform_rollback(action, &backups).await
             })
             .await;
+        if let Some(e) = lost() {
+            return Err(e);
+        }
         let ok = r.is_ok();
         lines.push(StepLine {
             phase: "rollback".into(),
@@ -703,9 +731,14 @@ pub(super) async fn conclude(
     };
     session
         .state
-        .finish_run(run_id, status, Some(&session.mask(&message)))
+        .finish_run(
+            ctx.lease.lease(),
+            run_id,
+            status,
+            Some(&session.mask(&message)),
+        )
         .await
-        .map_err(host)?;
+        .map_err(|e| super::journal_error(ctx.lease, e))?;
     Ok(RunReport {
         run_id: run_id.clone(),
         instance: instance.name.clone(),
@@ -865,9 +898,14 @@ pub async fn backup(
             };
             session
                 .state
-                .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&why)))
+                .finish_run(
+                    held.lease(),
+                    &run.id,
+                    RunStatus::Failed,
+                    Some(&session.mask(&why)),
+                )
                 .await
-                .map_err(host)?;
+                .map_err(|e| super::journal_error(&held, e))?;
             return Err(OpError::Host(why));
         }
         let action = Action::DbBackup(crate::runtime::bindings::DbBackupAction {
@@ -891,21 +929,27 @@ pub async fn backup(
                 backup: Some(rec), ..
             }) => out.push(rec),
             Ok(_) => {}
+            Err(_) if ctx.lease_lost() => return Err(OpError::Busy(held.lost_error())),
             Err(e) => {
                 session
                     .state
-                    .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&e)))
+                    .finish_run(
+                        held.lease(),
+                        &run.id,
+                        RunStatus::Failed,
+                        Some(&session.mask(&e)),
+                    )
                     .await
-                    .map_err(host)?;
+                    .map_err(|e| super::journal_error(&held, e))?;
                 return Err(OpError::Host(format!("backup of `{b}` failed: {e}")));
             }
         }
     }
     session
         .state
-        .finish_run(&run.id, RunStatus::Succeeded, None)
+        .finish_run(held.lease(), &run.id, RunStatus::Succeeded, None)
         .await
-        .map_err(host)?;
+        .map_err(|e| super::journal_error(&held, e))?;
     Ok(out)
 }
 
@@ -1000,12 +1044,16 @@ pub async fn restore(
     let ctx =
         RunContext::begin(session, &adapter, &caps, &held, &run, Some(backup.clone())).await?;
     let forward = run_forward(&ctx, &plan.steps).await;
+    if ctx.lease_lost() {
+        // Another holder has the instance: it finishes or undoes this restore, not this host.
+        return Err(OpError::Busy(held.lost_error()));
+    }
     let Some(failure) = forward.failure.clone() else {
         session
             .state
-            .finish_run(&run.id, RunStatus::Succeeded, None)
+            .finish_run(held.lease(), &run.id, RunStatus::Succeeded, None)
             .await
-            .map_err(host)?;
+            .map_err(|e| super::journal_error(&held, e))?;
         return Ok(RunReport {
             run_id: run.id.clone(),
             instance: instance.name.clone(),
@@ -1039,9 +1087,14 @@ pub async fn restore(
             let message = format!("{failure}; the live data and services were not changed");
             session
                 .state
-                .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&message)))
+                .finish_run(
+                    held.lease(),
+                    &run.id,
+                    RunStatus::Failed,
+                    Some(&session.mask(&message)),
+                )
                 .await
-                .map_err(host)?;
+                .map_err(|e| super::journal_error(&held, e))?;
             return Err(OpError::Host(format!(
                 "restore of backup `{}` failed (run {}): {message}",
                 backup.id, run.id
@@ -1057,9 +1110,14 @@ pub async fn restore(
     let help = restore_help(&instance.name, &caps, &backup, &forward.lines, &failure).await;
     session
         .state
-        .finish_run(&run.id, RunStatus::Failed, Some(&session.mask(&failure)))
+        .finish_run(
+            held.lease(),
+            &run.id,
+            RunStatus::Failed,
+            Some(&session.mask(&failure)),
+        )
         .await
-        .map_err(host)?;
+        .map_err(|e| super::journal_error(&held, e))?;
     Ok(RunReport {
         run_id: run.id.clone(),
         instance: instance.name.clone(),

@@ -13,10 +13,12 @@ use crate::caps::http::Expect;
 use crate::caps::limits::MAX_TEXT;
 use crate::caps::service::KeptContainer;
 use crate::caps::{CapError, Event, InstanceCaps};
-use crate::lease::Held;
+use crate::lease::{Held, Lease};
 use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{Action, BackupMethod, HttpCheckAction, RestoreTarget};
-use crate::state::{BackupRecord, KeptRecord, PendingArtifact, RunRecord, StateStore, StepStatus};
+use crate::state::{
+    BackupRecord, KeptRecord, PendingArtifact, RunRecord, StateError, StateStore, StepStatus,
+};
 
 use super::Session;
 use super::plan::RollbackAction;
@@ -35,8 +37,9 @@ pub struct RunContext<'a> {
     pub data_version: String,
     /// The backup a `db-restore` step restores.
     pub restore_source: Option<BackupRecord>,
-    /// The instance's lease: checked (fencing) before every step.
-    pub lease: Option<&'a Held>,
+    /// The instance's lease: confirmed before every step and every capability call, and the
+    /// fence of every journal write.
+    pub lease: &'a Held,
     /// Set once a restore step began replacing live data (the swap by rename started, or
     /// finished); a restore that fails while it is unset changed no data and can be undone by
     /// starting the services again.
@@ -55,9 +58,9 @@ impl<'a> RunContext<'a> {
     ) -> Result<RunContext<'a>, super::OpError> {
         session
             .state
-            .insert_run(&session.masked_run(run))
+            .insert_run(lease.lease(), &session.masked_run(run))
             .await
-            .map_err(|e| super::OpError::Host(e.to_string()))?;
+            .map_err(|e| super::journal_error(lease, e))?;
         Ok(RunContext::attach(
             session,
             adapter,
@@ -80,6 +83,7 @@ impl<'a> RunContext<'a> {
         restore_source: Option<BackupRecord>,
     ) -> RunContext<'a> {
         caps.set_run(Some(run.id.clone()));
+        caps.set_tenure(Some(lease.tenure().clone()));
         RunContext {
             session,
             adapter,
@@ -89,7 +93,7 @@ impl<'a> RunContext<'a> {
                 .as_ref()
                 .map_or_else(|| run.from_version.clone(), |b| b.product_version.clone()),
             restore_source,
-            lease: Some(lease),
+            lease,
             swap_began: AtomicBool::new(false),
         }
     }
@@ -129,6 +133,54 @@ impl RunContext<'_> {
         self.session.state.as_ref()
     }
 
+    /// The lease every journal write of this run is fenced by.
+    fn fence(&self) -> &Lease {
+        self.lease.lease()
+    }
+
+    /// A journal write's outcome; one refused by its fence marks the lease lost, so the run
+    /// stops (no further step, no rollback).
+    fn journaled<T>(&self, r: Result<T, StateError>) -> Result<T, StateError> {
+        if let Err(StateError::Fenced { .. }) = &r {
+            self.lease
+                .mark_lost(" (a journal write found another holder's token)");
+        }
+        r
+    }
+
+    /// Close step `seq` of `phase`, left `started` by a host that stopped during it, with what
+    /// was found: the journal never keeps a step `started` that nobody runs.
+    pub async fn close_step(
+        &self,
+        phase: &str,
+        seq: u32,
+        status: StepStatus,
+        output: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), super::OpError> {
+        let (output, error) = (
+            output.map(|o| self.session.mask(o)),
+            error.map(|e| self.session.mask(e)),
+        );
+        self.state()
+            .step_finished(
+                self.fence(),
+                &self.run_id,
+                seq,
+                phase,
+                status,
+                output.as_deref(),
+                error.as_deref(),
+            )
+            .await
+            .map_err(|e| super::journal_error(self.lease, e))
+    }
+
+    /// Whether the lease is lost: the run must stop where it is.
+    pub fn lease_lost(&self) -> bool {
+        self.lease.is_lost()
+    }
+
     /// Record a `what` (backup, snapshot) just taken in the backup catalog; the artifact is
     /// then no longer pending. If it cannot be catalogued it is removed (nothing could restore
     /// it), or left recorded for `upshift gc`.
@@ -138,7 +190,13 @@ impl RunContext<'_> {
         record: BackupRecord,
         what: &str,
     ) -> Result<BackupRecord, CapError> {
-        if let Err(e) = self.state().insert_backup(&record).await {
+        if let Err(e) = self.journaled(self.state().insert_backup(self.fence(), &record).await) {
+            if self.lease_lost() {
+                // Not ours to touch any more: the pending record leads `upshift gc` to it.
+                return Err(CapError::Failed(format!(
+                    "the {what} was taken but could not be catalogued ({e}); it is left for `upshift gc` to remove"
+                )));
+            }
             let removed = match db {
                 Some(db) if record.method == "clone" => {
                     let dropped = db.drop_database(&record.location).await;
@@ -184,11 +242,12 @@ impl RunContext<'_> {
             run_id: Some(self.run_id.clone()),
             recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
-        self.state().record_pending(&artifact).await.map_err(|e| {
-            CapError::Failed(format!(
-                "cannot record the {kind} `{location}` before making it ({e}); nothing was made"
-            ))
-        })
+        self.journaled(self.state().record_pending(self.fence(), &artifact).await)
+            .map_err(|e| {
+                CapError::Failed(format!(
+                    "cannot record the {kind} `{location}` before making it ({e}); nothing was made"
+                ))
+            })
     }
 
     /// The pending artifact `id` was catalogued or removed. Best effort: a record left behind
@@ -225,15 +284,17 @@ impl RunContext<'_> {
             .switch_version(binding, version, via, kept.as_ref(), Some(&self.run_id))
             .await?;
         if let Some(id) = &switched.released {
-            self.state()
-                .release_kept(&self.run_id, id)
-                .await
-                .map_err(|e| {
-                    CapError::Failed(format!(
-                        "{}; but journaling that the kept container {id} is no longer kept failed: {e}",
-                        switched.summary
-                    ))
-                })?;
+            self.journaled(
+                self.state()
+                    .release_kept(self.fence(), &self.run_id, id)
+                    .await,
+            )
+            .map_err(|e| {
+                CapError::Failed(format!(
+                    "{}; but journaling that the kept container {id} is no longer kept failed: {e}",
+                    switched.summary
+                ))
+            })?;
         }
         if let Some(k) = &switched.kept {
             let record = KeptRecord {
@@ -246,7 +307,7 @@ impl RunContext<'_> {
                 kept_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 released_at: None,
             };
-            self.state().record_kept(&record).await.map_err(|e| {
+            self.journaled(self.state().record_kept(self.fence(), &record).await).map_err(|e| {
                 CapError::Failed(format!(
                     "{}; but the kept container's id {} could not be journaled ({e}), so switching back will refuse: put it back by hand if needed",
                     switched.summary, k.id
@@ -264,10 +325,12 @@ impl RunContext<'_> {
         if let Some(k) = &kept
             && !done.is_empty()
         {
-            self.state()
-                .release_kept(&self.run_id, &k.id)
-                .await
-                .map_err(|e| CapError::Failed(format!("{done}; but journaling it failed: {e}")))?;
+            self.journaled(
+                self.state()
+                    .release_kept(self.fence(), &self.run_id, &k.id)
+                    .await,
+            )
+            .map_err(|e| CapError::Failed(format!("{done}; but journaling it failed: {e}")))?;
         }
         Ok(done)
     }
@@ -285,13 +348,20 @@ impl RunContext<'_> {
         work: impl AsyncFnOnce() -> Result<StepResult, String>,
     ) -> Result<StepResult, String> {
         let instance = self.caps.caller().instance.clone();
-        if let Some(lease) = self.lease {
-            lease.check().await.map_err(|e| e.to_string())?;
-        }
-        self.state()
-            .step_started(&self.run_id, seq, id, &self.session.mask(title), phase)
-            .await
-            .map_err(|e| format!("cannot journal step `{id}`: {e}"))?;
+        self.lease.check().await.map_err(|e| e.to_string())?;
+        self.journaled(
+            self.state()
+                .step_started(
+                    self.fence(),
+                    &self.run_id,
+                    seq,
+                    id,
+                    &self.session.mask(title),
+                    phase,
+                )
+                .await,
+        )
+        .map_err(|e| format!("cannot journal step `{id}`: {e}"))?;
         self.session
             .crash_if_at(phase, seq, super::session::StepMoment::Started);
         self.caps.events.emit(Event::StepStarted {
@@ -313,16 +383,19 @@ impl RunContext<'_> {
             error.map(|e| self.session.mask(e)),
         );
         let journaled = self
-            .state()
-            .step_finished(
-                &self.run_id,
-                seq,
-                phase,
-                status,
-                output.as_deref(),
-                error.as_deref(),
+            .journaled(
+                self.state()
+                    .step_finished(
+                        self.fence(),
+                        &self.run_id,
+                        seq,
+                        phase,
+                        status,
+                        output.as_deref(),
+                        error.as_deref(),
+                    )
+                    .await,
             )
-            .await
             .map_err(|e| format!("cannot journal the end of step `{id}`: {e}"));
         self.caps.events.emit(Event::StepFinished {
             instance,

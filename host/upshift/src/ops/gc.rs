@@ -507,7 +507,15 @@ impl Gc<'_> {
             run_id: None,
             recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         };
-        if let Err(e) = self.session.state.record_pending(&record).await {
+        let Some(Ok(held)) = self.leases.get(&b.instance) else {
+            return Removal::Failed(format!("the lease of `{}` is not held", b.instance));
+        };
+        if let Err(e) = self
+            .session
+            .state
+            .record_pending(held.lease(), &record)
+            .await
+        {
             return Removal::Failed(format!("cannot record the removal first: {e}"));
         }
         if let Err(e) = self.session.state.delete_backup(&b.id).await {

@@ -48,6 +48,18 @@ pub enum OpError {
     Busy(#[from] crate::lease::LeaseError),
 }
 
+/// A state write made under `held` failed: one refused by its fence marks the lease lost and is
+/// reported as the lost lease (exit 6); any other is the host's failure.
+pub(crate) fn journal_error(held: &crate::lease::Held, e: crate::state::StateError) -> OpError {
+    match e {
+        crate::state::StateError::Fenced { .. } => {
+            held.mark_lost(" (a journal write found another holder's token)");
+            OpError::Busy(held.lost_error())
+        }
+        other => OpError::Host(other.to_string()),
+    }
+}
+
 impl From<RuntimeError> for OpError {
     fn from(e: RuntimeError) -> OpError {
         match e {

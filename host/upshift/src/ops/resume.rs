@@ -333,6 +333,20 @@ pub async fn resume(
         }
     };
     let mut found = found;
+    if failing && let Some(i) = unknown {
+        // The forward step the host stopped during is undone by the rollback below.
+        ctx.close_step(
+            "forward",
+            i as u32,
+            StepStatus::Failed,
+            None,
+            Some(&format!(
+                "interrupted: its host stopped during it; resumed by {}, which rolls the run back",
+                held.lease().holder
+            )),
+        )
+        .await?;
+    }
     if failing {
         // It was failing: finish the host's rollback (the steps that already succeeded stay done).
         forward
@@ -370,6 +384,17 @@ pub async fn resume(
                 if let Some(b) = backup {
                     forward.backups.push((step.id.clone(), *b));
                 }
+                ctx.close_step(
+                    "forward",
+                    i as u32,
+                    StepStatus::Succeeded,
+                    Some(&format!(
+                        "interrupted when its host stopped; resumed by {}, which found it done: {why}",
+                        held.lease().holder
+                    )),
+                    None,
+                )
+                .await?;
                 forward
                     .lines
                     .push(line(step, format!("outcome re-checked: {why}")));
@@ -400,9 +425,14 @@ pub async fn resume(
                 ));
                 session
                     .state
-                    .finish_run(run_id, RunStatus::Failed, Some(&session.mask(&why)))
+                    .finish_run(
+                        held.lease(),
+                        run_id,
+                        RunStatus::Failed,
+                        Some(&session.mask(&why)),
+                    )
                     .await
-                    .map_err(host)?;
+                    .map_err(|e| super::journal_error(&held, e))?;
                 return Ok(RunReport {
                     run_id: run.id.clone(),
                     instance: instance.name.clone(),
