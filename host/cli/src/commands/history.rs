@@ -31,8 +31,15 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
                     .unwrap_or_default()
             ));
             for s in &steps {
+                // Which host (agent, process) journaled the step: several may share a run
+                // when one took another's over.
+                let by = s
+                    .holder
+                    .as_deref()
+                    .map(|h| format!("  [{}]", v(h.strip_prefix("upshift on ").unwrap_or(h))))
+                    .unwrap_or_default();
                 out(&format!(
-                    "  {:<8} {:<24} {:<10} {:>7} ms  {}\n",
+                    "  {:<8} {:<24} {:<10} {:>7} ms  {}{by}\n",
                     v(&s.phase),
                     v(&s.step_id),
                     s.status.to_string(),
