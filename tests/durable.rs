@@ -182,17 +182,26 @@ async fn a_run_whose_lease_moved_stops_before_its_next_step() {
     drop(leases);
     assert!(stolen, "the run reached its migrate step");
     let out = child.wait_with_output().expect("apply ends");
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    let report = json(&out);
+    // A lost lease: exit 6, naming who has the instance now; no rollback, nothing written.
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(
-        report["failure"]
-            .as_str()
-            .unwrap_or("")
-            .contains("lost to an intruder"),
-        "{report}"
+        said.contains("is lost") && said.contains("an intruder"),
+        "{said}"
     );
-    // It stopped where it was: the server it had stopped was not started again.
+    // It stopped where it was: the server it had stopped was not started again, no rollback
+    // step was journaled, and the run row is as the host left it before it lost the lease.
     assert_eq!(common::http_get(port, "/api/v1/version").await.0, 0);
+    let c = rusqlite::Connection::open(env.data().join("state.db")).expect("state");
+    let (status, rollbacks): (String, i64) = c
+        .query_row(
+            "SELECT r.status, (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.phase = 'rollback')
+             FROM runs r WHERE r.instance = 'om'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .expect("the run");
+    assert_eq!((status.as_str(), rollbacks), ("running", 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

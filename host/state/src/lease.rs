@@ -415,6 +415,15 @@ impl Held {
         self.tenure.mark_lost(why);
     }
 
+    /// A write fenced by this lease matched nothing: record the lease lost, naming who holds
+    /// it now (`holder`) if the store said.
+    pub fn fenced_out(&self, holder: Option<&str>) {
+        self.tenure.mark_lost(&match holder {
+            Some(h) => format!(" to {h}"),
+            None => " (it was released)".to_string(),
+        });
+    }
+
     /// Whether the lease is known to be lost.
     pub fn is_lost(&self) -> bool {
         self.tenure.is_lost()

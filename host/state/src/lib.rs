@@ -314,13 +314,16 @@ pub enum StateError {
     /// another holder took the instance over (or the lease was released). The writer must stop:
     /// write nothing more, and never roll back or restore.
     #[error(
-        "the lease on instance `{instance}` (token {token}) is no longer this process's: another holder took the instance over, so this write was refused and this run stops without touching anything else"
+        "the lease on instance `{instance}` (token {token}) is no longer this process's{}: this write was refused and the run stops without touching anything else",
+        holder.as_ref().map(|h| format!(" (held by {h})")).unwrap_or_else(|| " (released)".into())
     )]
     Fenced {
         /// Instance.
         instance: String,
         /// The writer's (stale) token.
         token: i64,
+        /// Who holds the lease now, if anyone.
+        holder: Option<String>,
     },
     /// A write made under a lease found no row to change (a bug in upshift, or a row deleted
     /// by hand).
@@ -1230,7 +1233,7 @@ mod tests {
         assert!(new.token > old.token);
         let fenced = |r: Result<(), StateError>| {
             assert!(
-                matches!(&r, Err(StateError::Fenced { instance, token }) if instance == "a" && *token == old.token),
+                matches!(&r, Err(StateError::Fenced { instance, token, holder }) if instance == "a" && *token == old.token && holder.as_deref() == Some("host B")),
                 "{r:?}"
             )
         };

@@ -186,19 +186,24 @@ impl<E: Engine> Store<E> {
         })
     }
 
-    /// `Ok` while `lease`'s token is still its instance's, else [`StateError::Fenced`].
+    /// `Ok` while `lease`'s token is still its instance's, else [`StateError::Fenced`] naming
+    /// the holder now, if any.
     async fn check_fence(&self, lease: &Lease) -> Result<(), StateError> {
-        match self
+        let row = self
             .first(
-                "SELECT 1 FROM #leases WHERE instance = $1 AND token = $2",
-                params![&lease.instance, lease.token],
+                "SELECT holder, token FROM #leases WHERE instance = $1",
+                params![&lease.instance],
             )
-            .await?
-        {
-            Some(_) => Ok(()),
-            None => Err(StateError::Fenced {
+            .await?;
+        let now = row
+            .map(|mut r| Ok::<_, StateError>((r.text("leases.holder")?, r.int("leases.token")?)))
+            .transpose()?;
+        match now {
+            Some((_, token)) if token == lease.token => Ok(()),
+            other => Err(StateError::Fenced {
                 instance: lease.instance.clone(),
                 token: lease.token,
+                holder: other.map(|(holder, _)| holder),
             }),
         }
     }

@@ -141,9 +141,8 @@ impl RunContext<'_> {
     /// A journal write's outcome; one refused by its fence marks the lease lost, so the run
     /// stops (no further step, no rollback).
     fn journaled<T>(&self, r: Result<T, StateError>) -> Result<T, StateError> {
-        if let Err(StateError::Fenced { .. }) = &r {
-            self.lease
-                .mark_lost(" (a journal write found another holder's token)");
+        if let Err(StateError::Fenced { holder, .. }) = &r {
+            self.lease.fenced_out(holder.as_deref());
         }
         r
     }

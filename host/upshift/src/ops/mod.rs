@@ -52,8 +52,8 @@ pub enum OpError {
 /// reported as the lost lease (exit 6); any other is the host's failure.
 pub(crate) fn journal_error(held: &crate::lease::Held, e: crate::state::StateError) -> OpError {
     match e {
-        crate::state::StateError::Fenced { .. } => {
-            held.mark_lost(" (a journal write found another holder's token)");
+        crate::state::StateError::Fenced { holder, .. } => {
+            held.fenced_out(holder.as_deref());
             OpError::Busy(held.lost_error())
         }
         other => OpError::Host(other.to_string()),
