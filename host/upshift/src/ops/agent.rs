@@ -118,6 +118,7 @@ pub async fn run(
     let queue = session.state.queue().ok_or_else(|| {
         OpError::Usage("`upshift agent` needs shared state: pass --state postgres://…".into())
     })?;
+    session.act_as_agent(name);
     let mut done = Vec::new();
     loop {
         // SIGINT/SIGTERM: the item in hand was finished (or rolled back); claim no more.

@@ -48,6 +48,8 @@ pub struct Session {
     anchor: Option<Arc<StateAnchor>>,
     /// The audit log's name in the state store (its anchor and index).
     audit_key: String,
+    /// The agent this session works as, named in its leases (and so in each step's holder).
+    agent: std::sync::OnceLock<String>,
 }
 
 /// How long a session's end waits for the audit log's head to reach the state store.
@@ -273,11 +275,26 @@ impl SessionBuilder {
             stop: self.stop,
             anchor: Some(anchor),
             audit_key: key,
+            agent: std::sync::OnceLock::new(),
         })
     }
 }
 
 impl Session {
+    /// Work as agent `name` from now on: the leases this session takes (and so the journal's
+    /// step holders) name it. Set once; later calls are ignored.
+    pub fn act_as_agent(&self, name: &str) {
+        let _ = self.agent.set(name.to_string());
+    }
+
+    /// Who holds a lease this session takes for `label`.
+    fn holder(&self, label: &str) -> String {
+        match self.agent.get() {
+            Some(agent) => holder_name(&format!("agent {agent}: {label}")),
+            None => holder_name(label),
+        }
+    }
+
     /// How to open a session over the data directory `data`.
     pub fn builder(data: impl Into<PathBuf>) -> SessionBuilder {
         SessionBuilder {
@@ -352,7 +369,7 @@ impl Session {
         exempt: Option<&str>,
     ) -> Result<Held, OpError> {
         let store: Arc<dyn LeaseStore> = self.state.clone();
-        let holder = holder_name(label);
+        let holder = self.holder(label);
         let held = match Held::acquire(store.clone(), instance, &holder, self.lease_ttl).await {
             Ok(held) => held,
             Err(LeaseError::Held {
@@ -382,7 +399,7 @@ impl Session {
     /// instance's one unfinished run); a live holder's lease is refused.
     pub async fn hold_lease_for_run(&self, instance: &str, label: &str) -> Result<Held, OpError> {
         let store: Arc<dyn LeaseStore> = self.state.clone();
-        let holder = holder_name(label);
+        let holder = self.holder(label);
         match Held::acquire(store.clone(), instance, &holder, self.lease_ttl).await {
             Ok(held) => Ok(held),
             Err(LeaseError::Held {
