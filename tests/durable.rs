@@ -1107,3 +1107,99 @@ async fn backups_and_history_read_the_state_that_state_names() {
         "not in SQLite: {local}"
     );
 }
+
+/// In shared PostgreSQL state every write about a run is fenced by the writer's lease token, in
+/// the same statement: a holder whose lease was taken over writes nothing more (run row, steps,
+/// backup catalog), each refusal names the new holder, and the new holder's writes land. Many
+/// stale writes racing a takeover never land after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_state_refuses_every_write_of_a_holder_whose_lease_moved() {
+    use upshift::state::{RunRecord, RunStatus, StateError, StepStatus};
+    let Some(pg) = common::pg() else { return };
+    let (_, url) = pg.fresh_db("fence").await;
+    let state = upshift::state::open_postgres(&url, Duration::from_secs(30))
+        .await
+        .expect("state");
+    let ttl = Duration::from_secs(30);
+    let a = state.acquire("bb", "host A", ttl).await.expect("lease");
+    let run = RunRecord {
+        id: "r1".into(),
+        instance: "bb".into(),
+        product: "bytebase".into(),
+        adapter_digest: "d".into(),
+        kind: "upgrade".into(),
+        from_version: "3.10.0".into(),
+        to_version: "3.11.1".into(),
+        status: RunStatus::Running,
+        started_at: "2026-12-06T00:00:00Z".into(),
+        finished_at: None,
+        plan_json: "null".into(),
+        message: None,
+    };
+    state.insert_run(&a, &run).await.expect("insert");
+    state
+        .step_started(&a, "r1", 0, "start", "start", "forward")
+        .await
+        .expect("step");
+    // A writer hammering its journal while B takes the lease over: once B holds it, not one of
+    // A's writes lands (each is checked against the lease row, locked, in its own statement).
+    let writer = {
+        let (state, a) = (state.clone(), a.clone());
+        tokio::spawn(async move {
+            let mut landed_after = 0;
+            for i in 0..400u32 {
+                let r = state
+                    .step_finished(
+                        &a,
+                        "r1",
+                        0,
+                        "forward",
+                        StepStatus::Failed,
+                        None,
+                        Some(&i.to_string()),
+                    )
+                    .await;
+                match r {
+                    Ok(()) => landed_after = i,
+                    Err(StateError::Fenced { holder, .. }) => {
+                        assert_eq!(holder.as_deref(), Some("host B"));
+                        return (landed_after, i);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            (landed_after, 400)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let b = state
+        .take_over("bb", a.token, "host B", ttl)
+        .await
+        .expect("take over");
+    // B reads the row right after its takeover; nothing A writes may change it afterwards.
+    let seen = state.steps("r1").await.expect("steps");
+    let (last_ok, refused_at) = writer.await.expect("writer");
+    assert!(
+        refused_at < 400,
+        "A's writes were refused once B held the lease"
+    );
+    assert!(last_ok < refused_at);
+    let after = state.steps("r1").await.expect("steps");
+    assert_eq!(seen, after, "no write of A landed after B's takeover");
+    for r in [
+        state
+            .finish_run(&a, "r1", RunStatus::Failed, Some("stale"))
+            .await,
+        state
+            .step_started(&a, "r1", 1, "verify", "verify", "forward")
+            .await,
+    ] {
+        assert!(matches!(r, Err(StateError::Fenced { .. })), "{r:?}");
+    }
+    state
+        .finish_run(&b, "r1", RunStatus::Succeeded, None)
+        .await
+        .expect("B finishes the run");
+    let r1 = state.run("r1").await.expect("run").expect("r1");
+    assert_eq!(r1.status, RunStatus::Succeeded);
+}
