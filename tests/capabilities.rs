@@ -396,10 +396,6 @@ async fn directory_snapshots_are_granted_audited_and_rolled_back() {
         .await
         .expect("prepare");
     caps.set_run(Some("snap-denied".into()));
-    let held = session
-        .hold_lease("snap", "snap-denied")
-        .await
-        .expect("the instance's lease");
     let ctx = RunContext {
         session: &session,
         adapter: &adapter,
