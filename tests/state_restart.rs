@@ -259,3 +259,94 @@ async fn finish_by_a_stale_claim_writes_nothing_and_the_newer_claim_wins() {
     assert!(queue.finish(&again, "succeeded").await.expect("finish"));
     assert_eq!(queue_row(&url, "i3").await.0, "pending");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_waits_out_a_stopped_state_database_and_still_stops_on_sigterm() {
+    let Some((mut cluster, url)) = own_cluster("agent") else {
+        return;
+    };
+    let env = common::Env::new();
+    env.write_fleet("");
+    // The agent opens its session while the database is up, with nothing queued.
+    let state = open(&url, Duration::from_secs(30), Duration::from_secs(60)).await;
+    let mut agent = env
+        .command(&["--state", &url, "agent", "--name", "agent-r", "--json"])
+        .env("UPSHIFT_STATE_WAIT_SECS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    // Until its session is open and it asks the queue for work.
+    let admin = common::connect(&common::with_db(&url, "postgres")).await;
+    let opened = std::time::Instant::now();
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'upshift' AND query LIKE '%upshift_queue%'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(opened.elapsed() < Duration::from_secs(60), "the agent never asked for work");
+        assert!(agent.try_wait().expect("agent").is_none(), "the agent ended early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    drop(admin);
+    // Stopped for 4 s, past the agent's state wait of 1 s: it waits rather than exits.
+    cluster.stop().expect("stop");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    if agent.try_wait().expect("agent").is_some() {
+        let out = agent.wait_with_output().expect("agent output");
+        panic!(
+            "the agent exited on a lost state database ({}): {}",
+            out.status,
+            common::stderr(&out)
+        );
+    }
+    cluster.start_again().expect("start again");
+
+    // Work queued once the database is back is taken up (instances the fleet lacks end at
+    // once, as errors).
+    let queue = state.queue().expect("queue");
+    queue
+        .enqueue(&[item("x1"), item("x2")])
+        .await
+        .expect("enqueue");
+    let queued = std::time::Instant::now();
+    while queue.remaining().await.expect("remaining") > 0 {
+        assert!(
+            queued.elapsed() < Duration::from_secs(60),
+            "the agent never took the work up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let out = agent.wait_with_output().expect("agent output");
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("waiting for the state database") && stderr.contains("unreachable"),
+        "the agent said it was waiting: {stderr}"
+    );
+    let done = common::json(&out);
+    let handled: Vec<&str> = done
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|h| h["instance"].as_str().expect("instance"))
+        .collect();
+    assert_eq!(handled, ["x1", "x2"], "{done}");
+    assert!(
+        done.as_array()
+            .expect("list")
+            .iter()
+            .all(|h| h["lost"] == false)
+    );
+}

@@ -123,7 +123,8 @@ async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
 /// Connect and create the tables (serialised by an advisory lock, so agents starting together
 /// do not race). `lease_ttl` is the hosts' lease period; `state_wait` how long a statement
 /// waits for the database once it was lost (restarted, unreachable) before it fails. The
-/// first connection is not waited for: a wrong URL fails at once.
+/// first connection attempt is not retried (a wrong URL fails at once); once connected, the
+/// tables are created under the same retries as every statement.
 pub async fn open(
     url: &str,
     lease_ttl: Duration,
@@ -134,14 +135,8 @@ pub async fn open(
         at: at.clone(),
         source,
     };
-    let mut client = connect(url).await.map_err(fail)?;
-    let tx = client.transaction().await.map_err(fail)?;
-    tx.execute("SELECT pg_advisory_xact_lock(775511)", &[])
-        .await
-        .map_err(fail)?;
-    tx.batch_execute(SCHEMA_SQL).await.map_err(fail)?;
-    tx.commit().await.map_err(fail)?;
-    Ok(Store::new(Pg {
+    let client = connect(url).await.map_err(fail)?;
+    let pg = Pg {
         at,
         url: url.to_string(),
         link: Mutex::new(Link {
@@ -153,7 +148,14 @@ pub async fn open(
         }),
         state_wait,
         lease_ttl,
-    }))
+    };
+    // One transaction, sent as one batch, so it can run again on a new connection when the
+    // server goes away under it (the tables are created only if missing).
+    let schema = format!("BEGIN; SELECT pg_advisory_xact_lock(775511); {SCHEMA_SQL}; COMMIT;");
+    let schema = &schema;
+    pg.retry(|client| async move { client.batch_execute(schema).await })
+        .await?;
+    Ok(Store::new(pg))
 }
 
 /// Whether `error` means the connection is gone (rather than the statement being refused):
