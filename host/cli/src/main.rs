@@ -82,6 +82,20 @@ fn session_builder(cli: &Cli, data: &Path) -> Result<SessionBuilder, Exit> {
             })?;
         builder = builder.lease_ttl(ttl);
     }
+    // How long statements wait for a lost PostgreSQL state database (default 300 s).
+    if let Ok(text) = std::env::var("UPSHIFT_STATE_WAIT_SECS") {
+        let wait = text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|secs| std::time::Duration::try_from_secs_f64(secs).ok())
+            .ok_or_else(|| {
+                usage(format!(
+                    "UPSHIFT_STATE_WAIT_SECS={text}: give a number of seconds (0 or more)"
+                ))
+            })?;
+        builder = builder.state_wait(wait);
+    }
     if let Some(bytes) = cli.audit_segment_bytes {
         if bytes < 4096 {
             return Err(usage(format!(

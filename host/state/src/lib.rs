@@ -280,6 +280,20 @@ pub enum StateError {
         /// What PostgreSQL (or the connection to it) said.
         source: tokio_postgres::Error,
     },
+    /// The PostgreSQL state could not be reached again within the store's state wait.
+    #[error(
+        "the state database at {at} has been unreachable for {waited_secs} s (the state wait is {limit_secs} s; set UPSHIFT_STATE_WAIT_SECS to wait longer); last: {cause}"
+    )]
+    Unreachable {
+        /// The URL as shown by `upshift_model::redact::url_for_display` (no userinfo).
+        at: String,
+        /// How long it had been unreachable.
+        waited_secs: u64,
+        /// The state wait.
+        limit_secs: u64,
+        /// The last error connecting (or the statement's, when no attempt had been made).
+        cause: String,
+    },
     /// Written by a newer upshift.
     #[error(
         "state database {at} is newer (schema {found}) than this upshift (schema {SCHEMA}); upgrade upshift"
@@ -505,12 +519,15 @@ pub async fn open(path: &Path) -> Result<Arc<dyn StateStore>, StateError> {
 }
 
 /// Open (creating the tables in) the state in PostgreSQL; `lease_ttl` is the hosts' lease
-/// period (a queued claim whose agent holds no lease that long is given to another agent).
+/// period (a queued claim whose agent holds no lease that long is given to another agent);
+/// `state_wait` how long a statement waits for a lost database (reconnecting) before it fails
+/// (default [`postgres::DEFAULT_STATE_WAIT`]).
 pub async fn open_postgres(
     url: &str,
     lease_ttl: std::time::Duration,
+    state_wait: std::time::Duration,
 ) -> Result<Arc<dyn StateStore>, StateError> {
-    Ok(Arc::new(postgres::open(url, lease_ttl).await?))
+    Ok(Arc::new(postgres::open(url, lease_ttl, state_wait).await?))
 }
 
 /// A new sortable run id.

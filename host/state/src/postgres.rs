@@ -5,11 +5,19 @@
 //! Asynchronous through `tokio-postgres`: one connection, which callers share (statements are
 //! pipelined; nothing holds it between them). Every statement stands alone, the queue's
 //! included, so no transaction can take in someone else's statements.
+//!
+//! The connection rides out restarts of the server: a statement that fails because the
+//! connection is gone reconnects (with backoff, once for all callers that failed together) and
+//! runs again, for up to the store's *state wait* (see [`Pg::retry`]).
 
 use std::error::Error;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
@@ -17,6 +25,16 @@ use crate::lease::now_ms;
 use crate::queue::{Claim, QueueItem, WorkQueue};
 use crate::store::{Dialect, Engine, Store, Value};
 use crate::{StateError, StateFuture};
+
+/// How long a store waits for a lost state database by default before a statement fails.
+pub const DEFAULT_STATE_WAIT: Duration = Duration::from_secs(300);
+
+/// The first pause between reconnection attempts; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest one connection attempt may take (a partitioned server never answers).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS upshift_runs (
@@ -75,37 +93,117 @@ pub(crate) const DIALECT: Dialect = Dialect {
 pub struct Pg {
     /// The URL without its userinfo, for messages.
     at: String,
-    client: Client,
+    /// The URL itself, kept (in memory only) to connect again.
+    url: String,
+    /// The current connection and what reconnecting knows.
+    link: Mutex<Link>,
+    /// How long a statement waits for a lost database before it fails.
+    state_wait: Duration,
     /// How long a lease lasts without a heartbeat: a claim whose agent holds no lease for that
     /// long is abandoned.
     lease_ttl: Duration,
 }
 
+/// The shared connection. Callers clone the client out and run their statement without
+/// holding the lock; only reconnecting holds it.
+struct Link {
+    client: Arc<Client>,
+    /// Bumped on every new connection: a caller whose statement failed on generation `g`
+    /// reconnects only if the link is still at `g` (else someone already did).
+    generation: u64,
+    /// No connection attempt before this instant (the shared backoff).
+    next_try: Instant,
+    /// The pause after the next failed attempt.
+    backoff: Duration,
+    /// Why the last attempt to connect failed.
+    cause: Option<String>,
+}
+
 /// The PostgreSQL state store.
 pub type PgState = Store<Pg>;
 
+/// Connect, with the connection driven by a task of its own. The connection ends with an error
+/// the next statement reports too.
+async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move { drop(connection.await) });
+    Ok(client)
+}
+
 /// Connect and create the tables (serialised by an advisory lock, so agents starting together
-/// do not race). `lease_ttl` is the hosts' lease period.
-pub async fn open(url: &str, lease_ttl: Duration) -> Result<PgState, StateError> {
+/// do not race). `lease_ttl` is the hosts' lease period; `state_wait` how long a statement
+/// waits for the database once it was lost (restarted, unreachable) before it fails. The
+/// first connection attempt is not retried (a wrong URL fails at once); once connected, the
+/// tables are created under the same retries as every statement.
+pub async fn open(
+    url: &str,
+    lease_ttl: Duration,
+    state_wait: Duration,
+) -> Result<PgState, StateError> {
     let at = upshift_model::redact::url_for_display(url);
     let fail = |source| StateError::Postgres {
         at: at.clone(),
         source,
     };
-    let (mut client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(fail)?;
-    // The connection ends with an error the next statement reports too.
-    tokio::spawn(async move { drop(connection.await) });
-    let tx = client.transaction().await.map_err(fail)?;
-    tx.execute("SELECT pg_advisory_xact_lock(775511)", &[])
-        .await
-        .map_err(fail)?;
-    tx.batch_execute(SCHEMA_SQL).await.map_err(fail)?;
-    tx.commit().await.map_err(fail)?;
-    Ok(Store::new(Pg {
+    let client = connect(url).await.map_err(fail)?;
+    let pg = Pg {
         at,
-        client,
+        url: url.to_string(),
+        link: Mutex::new(Link {
+            client: Arc::new(client),
+            generation: 0,
+            next_try: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            cause: None,
+        }),
+        state_wait,
         lease_ttl,
-    }))
+    };
+    // One transaction, sent as one batch, so it can run again on a new connection when the
+    // server goes away under it (the tables are created only if missing).
+    let schema = format!("BEGIN; SELECT pg_advisory_xact_lock(775511); {SCHEMA_SQL}; COMMIT;");
+    let schema = &schema;
+    pg.retry(|client| async move { client.batch_execute(schema).await })
+        .await?;
+    Ok(Store::new(pg))
+}
+
+/// Whether `error` means the connection is gone (rather than the statement being refused):
+/// closed, an I/O error, SQLSTATE class 08 (connection exception), or the server shutting down
+/// or not yet accepting connections (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03
+/// cannot_connect_now).
+pub fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(state) = error.code() {
+        let code = state.code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// `error` and its causes, `: `-separated (tokio-postgres shows "error connecting to server"
+/// and leaves why to its source).
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 impl Pg {
@@ -113,6 +211,106 @@ impl Pg {
         |source| StateError::Postgres {
             at: self.at.clone(),
             source,
+        }
+    }
+
+    /// The current client and its generation.
+    async fn current(&self) -> (Arc<Client>, u64) {
+        let link = self.link.lock().await;
+        (link.client.clone(), link.generation)
+    }
+
+    /// Run `statement` on the shared connection. When it fails because the connection is gone
+    /// ([`connection_lost`]), connect again — with a backoff from 100 ms doubling to 2 s, shared
+    /// by every caller, so callers that failed together reconnect once — and run it again, until
+    /// it has been failing for the store's state wait; then fail with
+    /// [`StateError::Unreachable`], naming the last cause. Any other error is returned at once.
+    ///
+    /// Assumption: every statement is idempotent or fenced. A statement whose connection broke
+    /// may have been committed before the answer was lost, so it can run twice; the callers'
+    /// statements are written so that the second run changes nothing more (upserts, updates
+    /// conditional on the state they set, writes conditional on a lease token or a claim).
+    async fn retry<T, F, Fut>(&self, statement: F) -> Result<T, StateError>
+    where
+        F: Fn(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let mut since: Option<Instant> = None;
+        loop {
+            let (client, generation) = self.current().await;
+            match statement(client).await {
+                Ok(value) => return Ok(value),
+                Err(e) if !connection_lost(&e) => return Err(self.fail()(e)),
+                Err(e) => {
+                    let since = *since.get_or_insert_with(Instant::now);
+                    self.reconnect(generation, since, with_causes(&e)).await?;
+                }
+            }
+        }
+    }
+
+    /// Make sure the link is past `generation`: connect again unless another caller already
+    /// did, waiting out the shared backoff. Fails once the database has been unreachable since
+    /// `since` for longer than the state wait.
+    async fn reconnect(
+        &self,
+        generation: u64,
+        since: Instant,
+        cause: String,
+    ) -> Result<(), StateError> {
+        let mut cause = cause;
+        loop {
+            let pause = {
+                let mut link = self.link.lock().await;
+                if link.generation != generation {
+                    return Ok(());
+                }
+                if Instant::now() >= link.next_try {
+                    let left = self.state_wait.saturating_sub(since.elapsed());
+                    let attempt = tokio::time::timeout(
+                        CONNECT_TIMEOUT.min(left.max(FIRST_BACKOFF)),
+                        connect(&self.url),
+                    )
+                    .await;
+                    match attempt {
+                        Ok(Ok(client)) => {
+                            link.client = Arc::new(client);
+                            link.generation += 1;
+                            link.backoff = FIRST_BACKOFF;
+                            link.cause = None;
+                            return Ok(());
+                        }
+                        Ok(Err(e)) => link.cause = Some(with_causes(&e)),
+                        Err(_) => {
+                            link.cause = Some(format!(
+                                "no answer to a connection attempt within {} s",
+                                CONNECT_TIMEOUT.min(left.max(FIRST_BACKOFF)).as_secs_f64()
+                            ))
+                        }
+                    }
+                    link.next_try = Instant::now() + link.backoff;
+                    link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
+                }
+                if let Some(last) = &link.cause {
+                    cause.clone_from(last);
+                }
+                link.next_try.saturating_duration_since(Instant::now())
+            };
+            let waited = since.elapsed();
+            if waited >= self.state_wait {
+                return Err(StateError::Unreachable {
+                    at: self.at.clone(),
+                    waited_secs: waited.as_secs(),
+                    limit_secs: self.state_wait.as_secs(),
+                    cause,
+                });
+            }
+            tokio::time::sleep(
+                pause
+                    .min(self.state_wait - waited)
+                    .max(Duration::from_millis(10)),
+            )
+            .await;
         }
     }
 }
@@ -181,18 +379,16 @@ impl Engine for Pg {
     }
 
     async fn execute(&self, sql: String, params: Vec<Value>) -> Result<u64, StateError> {
-        self.client
-            .execute(sql.as_str(), &refs(&params))
+        let (sql, params) = (&sql, &params);
+        self.retry(|client| async move { client.execute(sql.as_str(), &refs(params)).await })
             .await
-            .map_err(self.fail())
     }
 
     async fn query(&self, sql: String, params: Vec<Value>) -> Result<Vec<Vec<Value>>, StateError> {
+        let (sql, params) = (&sql, &params);
         let rows = self
-            .client
-            .query(sql.as_str(), &refs(&params))
-            .await
-            .map_err(self.fail())?;
+            .retry(|client| async move { client.query(sql.as_str(), &refs(params)).await })
+            .await?;
         rows.iter()
             .map(|row| (0..row.len()).map(|i| row.try_get::<_, Value>(i)).collect())
             .collect::<Result<_, _>>()
@@ -218,18 +414,22 @@ impl WorkQueue for Pg {
             }
             // Second precision, as runs record their start.
             let enqueued = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let (instances, targets, enqueued) = (&instances, &targets, &enqueued);
+            // Safe to repeat: a second run finds the rows pending and changes nothing.
             let n = self
-                .client
-                .execute(
-                    "INSERT INTO upshift_queue (instance, target, status, enqueued_at)
-                     SELECT instance, target, 'pending', $3::text FROM UNNEST($1::text[], $2::text[]) AS i (instance, target)
-                     ON CONFLICT (instance) DO UPDATE SET target = excluded.target, status = 'pending', agent = NULL,
-                       claims = 0, outcome = NULL, enqueued_at = excluded.enqueued_at, finished_at = NULL
-                     WHERE upshift_queue.status = 'done'",
-                    &[&instances, &targets, &enqueued],
-                )
-                .await
-                .map_err(self.fail())?;
+                .retry(|client| async move {
+                    client
+                        .execute(
+                            "INSERT INTO upshift_queue (instance, target, status, enqueued_at)
+                             SELECT instance, target, 'pending', $3::text FROM UNNEST($1::text[], $2::text[]) AS i (instance, target)
+                             ON CONFLICT (instance) DO UPDATE SET target = excluded.target, status = 'pending', agent = NULL,
+                               claims = 0, outcome = NULL, enqueued_at = excluded.enqueued_at, finished_at = NULL
+                             WHERE upshift_queue.status = 'done'",
+                            &[instances, targets, enqueued],
+                        )
+                        .await
+                })
+                .await?;
             Ok(usize::try_from(n).unwrap_or(usize::MAX))
         })
     }
@@ -241,60 +441,88 @@ impl WorkQueue for Pg {
             // abandoned (the agent died); a fresh claim is given that long to take its lease.
             let period = crate::lease::ttl_ms(self.lease_ttl);
             let stale = now.saturating_sub(period);
-            // One statement: the row is locked from the choice to the update.
+            // One statement: the row is locked from the choice to the update. An item this
+            // agent holds comes first: an agent claims only with nothing in hand, so such an
+            // item is one whose claim committed but whose answer was lost with the connection
+            // (the statement then ran again), and it is taken up again rather than left until
+            // its lease period runs out. Agents' names are unique (host and pid).
+            let (now, stale) = (&now, &stale);
             let row = self
-                .client
-                .query_opt(
-                    "WITH next AS (
-                       SELECT q.instance, q.status FROM upshift_queue q
-                       WHERE q.status = 'pending'
-                          OR (q.status = 'claimed' AND q.claimed_ms < $2 AND NOT EXISTS (
-                              SELECT 1 FROM upshift_leases l WHERE l.instance = q.instance AND l.expires_ms >= $1))
-                       ORDER BY q.enqueued_at, q.instance
-                       LIMIT 1 FOR UPDATE OF q SKIP LOCKED)
-                     UPDATE upshift_queue u SET status = 'claimed', agent = $3, claims = u.claims + 1, claimed_ms = $1
-                     FROM next WHERE u.instance = next.instance
-                     RETURNING u.instance, u.target, next.status, u.enqueued_at",
-                    &[&now, &stale, &agent],
-                )
-                .await
-                .map_err(self.fail())?;
+                .retry(|client| async move {
+                    client
+                        .query_opt(
+                            "WITH next AS (
+                               SELECT q.instance, q.status FROM upshift_queue q
+                               WHERE q.status = 'pending'
+                                  OR (q.status = 'claimed' AND q.agent = $3)
+                                  OR (q.status = 'claimed' AND q.claimed_ms < $2 AND NOT EXISTS (
+                                      SELECT 1 FROM upshift_leases l WHERE l.instance = q.instance AND l.expires_ms >= $1))
+                               ORDER BY (q.status = 'claimed' AND q.agent = $3) DESC, q.enqueued_at, q.instance
+                               LIMIT 1 FOR UPDATE OF q SKIP LOCKED)
+                             UPDATE upshift_queue u SET status = 'claimed', agent = $3, claims = u.claims + 1, claimed_ms = $1
+                             FROM next WHERE u.instance = next.instance
+                             RETURNING u.instance, u.target, next.status, u.enqueued_at, u.claims",
+                            &[now, stale, &agent],
+                        )
+                        .await
+                })
+                .await?;
             let Some(row) = row else {
                 return Ok(None);
             };
             let get = |i| row.try_get::<_, String>(i).map_err(self.fail());
             let (instance, target, status, enqueued_at) = (get(0)?, get(1)?, get(2)?, get(3)?);
+            let claims: i32 = row.try_get(4).map_err(self.fail())?;
             Ok(Some(Claim {
                 item: QueueItem { instance, target },
                 reclaimed: status == "claimed",
                 enqueued_at,
+                agent: agent.to_string(),
+                claim: i64::from(claims),
             }))
         })
     }
 
-    fn finish<'a>(&'a self, instance: &'a str, outcome: &'a str) -> StateFuture<'a, ()> {
+    fn finish<'a>(&'a self, claim: &'a Claim, outcome: &'a str) -> StateFuture<'a, bool> {
         Box::pin(async move {
-            self.client
-                .execute(
-                    "UPDATE upshift_queue SET status = 'done', outcome = $2, finished_at = $3 WHERE instance = $1",
-                    &[&instance, &outcome, &now()],
-                )
-                .await
-                .map(drop)
-                .map_err(self.fail())
+            let finished = now();
+            let (instance, agent, claims, finished) = (
+                &claim.item.instance,
+                &claim.agent,
+                &Value::Int(claim.claim),
+                &finished,
+            );
+            // Fenced by the claim: only the claim that is still current writes. The `done` arm
+            // makes it safe to repeat (the first run committed, its answer was lost); enqueueing
+            // again resets `claims`, so an old claim cannot match a new item's row.
+            let n = self
+                .retry(|client| async move {
+                    client
+                        .execute(
+                            "UPDATE upshift_queue SET status = 'done', outcome = $4, finished_at = $5
+                             WHERE instance = $1 AND agent = $2 AND claims = $3
+                               AND (status = 'claimed' OR (status = 'done' AND outcome = $4))",
+                            &[instance, agent, claims, &outcome, finished],
+                        )
+                        .await
+                })
+                .await?;
+            Ok(n > 0)
         })
     }
 
     fn remaining(&self) -> StateFuture<'_, usize> {
         Box::pin(async move {
             let row = self
-                .client
-                .query_one(
-                    "SELECT count(*) FROM upshift_queue WHERE status <> 'done'",
-                    &[],
-                )
-                .await
-                .map_err(self.fail())?;
+                .retry(|client| async move {
+                    client
+                        .query_one(
+                            "SELECT count(*) FROM upshift_queue WHERE status <> 'done'",
+                            &[],
+                        )
+                        .await
+                })
+                .await?;
             let count: i64 = row.try_get(0).map_err(self.fail())?;
             usize::try_from(count).map_err(|_| StateError::Value {
                 at: self.at.clone(),

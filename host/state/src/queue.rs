@@ -21,6 +21,11 @@ pub struct Claim {
     pub reclaimed: bool,
     /// When it was enqueued (RFC 3339): runs started since belong to it.
     pub enqueued_at: String,
+    /// The agent that claimed it.
+    pub agent: String,
+    /// The fencing number of this claim: the row's claim count after it. A later claim of the
+    /// item (by another agent, after this one's lease ran out) has a higher one.
+    pub claim: i64,
 }
 
 /// Where agents find work. Boxed futures, so it can be handed out as `&dyn WorkQueue`.
@@ -30,8 +35,9 @@ pub trait WorkQueue: Send + Sync {
     fn enqueue<'a>(&'a self, items: &'a [QueueItem]) -> StateFuture<'a, usize>;
     /// Claim the next item: pending, or claimed by an agent whose lease expired.
     fn claim<'a>(&'a self, agent: &'a str) -> StateFuture<'a, Option<Claim>>;
-    /// Mark an item done with its outcome.
-    fn finish<'a>(&'a self, instance: &'a str, outcome: &'a str) -> StateFuture<'a, ()>;
+    /// Mark the claimed item done with its outcome, if `claim` is still the item's current
+    /// claim; `false` (and nothing written) when another agent claimed it again meanwhile.
+    fn finish<'a>(&'a self, claim: &'a Claim, outcome: &'a str) -> StateFuture<'a, bool>;
     /// Items not done yet (pending or claimed).
     fn remaining(&self) -> StateFuture<'_, usize>;
 }

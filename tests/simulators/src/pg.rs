@@ -32,6 +32,8 @@ pub struct Cluster {
     /// A directory made for the cluster outside the one asked for (see [`Cluster::start`]),
     /// removed when the cluster stops.
     made: Option<PathBuf>,
+    /// The user the server runs as (when we are root).
+    owner: Option<(u32, u32)>,
 }
 
 /// Whether user `uid` (group `gid`) can pass through every existing directory above and at
@@ -233,20 +235,50 @@ impl Cluster {
         }
         let port = free_port()?;
         let log = dir.join("server.log");
-        let log_file = std::fs::File::create(&log)
+        std::fs::File::create(&log)
             .map_err(|e| PgError::Failed(format!("cannot create {}: {e}", log.display())))?;
         if let Some((uid, gid)) = owner {
             chown_tree(&log, uid, gid)?;
         }
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            made,
+            port,
+            bindir,
+            child: None,
+            owner,
+        };
+        cluster.serve()?;
+        Ok(cluster)
+    }
+
+    /// Start the server of a cluster [`Cluster::stop`]ped before, on the same port and data,
+    /// and wait until it accepts connections (a state database restarted under its clients).
+    pub fn start_again(&mut self) -> Result<(), PgError> {
+        if self.child.is_some() {
+            return Err(PgError::Failed("the server is running".into()));
+        }
+        self.serve()
+    }
+
+    /// Spawn the server and wait (up to 30 s) until it accepts connections.
+    fn serve(&mut self) -> Result<(), PgError> {
+        let data = self.dir.join("data");
+        let sockets = self.dir.join("sockets");
+        let log = self.dir.join("server.log");
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map_err(|e| PgError::Failed(format!("cannot open {}: {e}", log.display())))?;
         let log_err = log_file
             .try_clone()
             .map_err(|e| PgError::Failed(format!("cannot open the log: {e}")))?;
-        let mut server = Command::new(bindir.join("postgres"));
+        let mut server = Command::new(self.bindir.join("postgres"));
         server
             .arg("-D")
             .arg(&data)
             .arg("-p")
-            .arg(port.to_string())
+            .arg(self.port.to_string())
             .arg("-k")
             .arg(&sockets)
             .args([
@@ -268,31 +300,28 @@ impl Cluster {
             .stdout(log_file)
             .stderr(log_err)
             .process_group(0);
-        as_owner(&mut server);
         use std::os::unix::process::CommandExt;
-        let child = spawn_supervised(server)?;
-        let mut cluster = Cluster {
-            dir: dir.to_path_buf(),
-            made,
-            port,
-            bindir,
-            child: Some(child),
-        };
+        if let Some((uid, gid)) = self.owner {
+            server.uid(uid).gid(gid);
+        }
+        self.child = Some(spawn_supervised(server)?);
+        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && cluster.ready() {
-                return Ok(cluster);
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && self.ready() {
+                return Ok(());
             }
-            if let Some(child) = cluster.child.as_mut()
+            if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
+                self.child = None;
                 return Err(PgError::Failed(format!(
                     "postgres exited ({status}) while starting; its log:\n{}",
                     log_tail(&log)
                 )));
             }
             if Instant::now() > deadline {
-                let _ = cluster.stop();
+                let _ = self.stop();
                 return Err(PgError::Failed(format!(
                     "postgres did not accept connections within 30 s; its log:\n{}",
                     log_tail(&log)

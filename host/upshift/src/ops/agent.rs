@@ -2,14 +2,23 @@
 //! many machines as there are agents. Claims use `FOR UPDATE SKIP LOCKED`, runs hold the same
 //! instance leases and fencing as every run, and an item whose agent died (its lease expired)
 //! is claimed again and its interrupted run *resumed*, never started twice.
+//!
+//! An agent rides out its state database: the store reconnects and retries each statement for
+//! its state wait, and past that the agent keeps trying every few seconds, saying so on its
+//! events, until the database is back or it is asked to stop. An item's outcome is written
+//! only under the agent's own claim: when another agent claimed the item again meanwhile
+//! (this one was paused or cut off past its lease), nothing is written and the item is
+//! reported as lost.
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::caps::Event;
 use crate::fleet::Fleet;
 use crate::queue::{Claim, QueueItem};
-use crate::state::RunStatus;
+use crate::state::{RunStatus, StateError};
 
 use super::apply::{self, Outcome};
 use super::{OpError, Session, resume};
@@ -26,7 +35,19 @@ pub struct Handled {
     pub reclaimed: bool,
     /// Whether an interrupted run was resumed rather than a new one started.
     pub resumed: bool,
+    /// Another agent claimed the item again before this one could record its outcome (this
+    /// one was paused or cut off past its lease): nothing was written, and `outcome` says so.
+    pub lost: bool,
 }
+
+/// What [`Handled::outcome`] says of an item another agent reclaimed.
+pub const LOST: &str = "lost: another agent reclaimed it";
+
+/// The first pause after the state database failed the agent; it doubles up to
+/// [`STATE_RETRY_MAX`].
+const STATE_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause between the agent's attempts to reach the state database.
+const STATE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 fn outcome_name(o: Outcome) -> &'static str {
     match o {
@@ -51,27 +72,28 @@ fn status_name(s: RunStatus) -> &'static str {
 }
 
 /// Carry out one claimed item: resume the item's interrupted run if there is one, report an
-/// already finished one, else start it.
-async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Handled {
+/// already finished one, else start it. Fails only when the state database could not tell
+/// whether the item has a run already (nothing was started then).
+async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Result<Handled, StateError> {
     let mut handled = Handled {
         instance: claim.item.instance.clone(),
         outcome: String::new(),
         reclaimed: claim.reclaimed,
         resumed: false,
+        lost: false,
     };
     let instance = match fleet.instance(&claim.item.instance) {
         Ok(i) => i,
         Err(e) => {
             handled.outcome = format!("error: {e}");
-            return handled;
+            return Ok(handled);
         }
     };
     // A run of this item exists when an earlier claim started it.
     let earlier = session
         .state
         .runs(Some(&instance.name), 20)
-        .await
-        .unwrap_or_default()
+        .await?
         .into_iter()
         .find(|r| {
             r.kind == "upgrade"
@@ -85,7 +107,7 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Handled {
         }
         Some(run) => {
             handled.outcome = status_name(run.status).to_string();
-            return handled;
+            return Ok(handled);
         }
         None => apply::apply(session, instance, &claim.item.target, |_| true).await,
     };
@@ -93,7 +115,7 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Handled {
         Ok(report) => outcome_name(report.outcome).to_string(),
         Err(e) => format!("error: {e}"),
     };
-    handled
+    Ok(handled)
 }
 
 /// Put instances on the queue for agents.
@@ -107,8 +129,55 @@ pub async fn enqueue(session: &Session, items: &[QueueItem]) -> Result<usize, Op
         .map_err(|e| OpError::Host(e.to_string()))
 }
 
+/// Ask the state database `what` until it answers: a failure (the store already waited its
+/// state wait for a lost connection) is reported as a `warn` event and tried again after a
+/// pause growing to a few seconds. `None` when a stop was asked for meanwhile.
+async fn patiently<T, F, Fut>(session: &Session, doing: &str, what: F) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, StateError>>,
+{
+    let mut pause = STATE_RETRY_FIRST;
+    let mut failures = 0u32;
+    loop {
+        match what().await {
+            Ok(value) => {
+                if failures > 0 {
+                    session.events.emit(Event::Log {
+                        instance: String::new(),
+                        level: "info".into(),
+                        message: format!("the state database answers again ({doing})"),
+                    });
+                }
+                return Some(value);
+            }
+            Err(e) => {
+                failures += 1;
+                session.events.emit(Event::Log {
+                    instance: String::new(),
+                    level: "warn".into(),
+                    message: format!(
+                        "waiting for the state database ({doing}; attempt {failures}, next in {} s): {e}",
+                        pause.as_secs()
+                    ),
+                });
+            }
+        }
+        let until = tokio::time::Instant::now() + pause;
+        while tokio::time::Instant::now() < until {
+            if session.stop().requested().is_some() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        pause = (pause * 2).min(STATE_RETRY_MAX);
+    }
+}
+
 /// Claim and carry out items until the queue is empty (`until_empty`) or forever. Items other
-/// agents hold are waited for, so an agent that dies mid-run has its item taken over.
+/// agents hold are waited for, so an agent that dies mid-run has its item taken over. A state
+/// database that cannot be reached does not end the agent: it waits for it (see the module's
+/// documentation). SIGINT/SIGTERM end it after the item in hand.
 pub async fn run(
     session: &Session,
     fleet: &Fleet,
@@ -125,24 +194,40 @@ pub async fn run(
         if session.stop().requested().is_some() {
             return Ok(done);
         }
-        let claimed = queue
-            .claim(name)
-            .await
-            .map_err(|e| OpError::Host(e.to_string()))?;
+        let Some(claimed) = patiently(session, "claiming an item", || queue.claim(name)).await
+        else {
+            return Ok(done);
+        };
         match claimed {
             Some(claim) => {
-                let handled = handle(session, fleet, &claim).await;
-                queue
-                    .finish(&claim.item.instance, &handled.outcome)
-                    .await
-                    .map_err(|e| OpError::Host(e.to_string()))?;
+                let Some(mut handled) = patiently(session, "reading the item's runs", || {
+                    handle(session, fleet, &claim)
+                })
+                .await
+                else {
+                    return Ok(done);
+                };
+                // The item's outcome is recorded under this agent's claim; a stop asked for
+                // meanwhile leaves it claimed, to be taken over after the lease.
+                let Some(ours) = patiently(session, "recording the item's outcome", || {
+                    queue.finish(&claim, &handled.outcome)
+                })
+                .await
+                else {
+                    return Ok(done);
+                };
+                if !ours {
+                    handled.lost = true;
+                    handled.outcome = format!("{LOST} (this agent's outcome: {})", handled.outcome);
+                }
                 done.push(handled);
             }
             None => {
-                let left = queue
-                    .remaining()
-                    .await
-                    .map_err(|e| OpError::Host(e.to_string()))?;
+                let Some(left) =
+                    patiently(session, "counting the items left", || queue.remaining()).await
+                else {
+                    return Ok(done);
+                };
                 if until_empty && left == 0 {
                     return Ok(done);
                 }

@@ -101,6 +101,7 @@ pub struct SessionBuilder {
     services: Option<PathBuf>,
     cache: Option<PathBuf>,
     lease_ttl: Duration,
+    state_wait: Duration,
     crash_point: Option<CrashPoint>,
     secrets: Secrets,
     audit_segment_bytes: u64,
@@ -155,6 +156,14 @@ impl SessionBuilder {
         self
     }
 
+    /// How long a statement waits for a lost PostgreSQL state database (reconnecting with
+    /// backoff) before it fails (default
+    /// [`DEFAULT_STATE_WAIT`](crate::state::postgres::DEFAULT_STATE_WAIT), 300 s).
+    pub fn state_wait(mut self, wait: Duration) -> Self {
+        self.state_wait = wait;
+        self
+    }
+
     /// Test hook for crash tests: kill this process (SIGKILL, no cleanup) right after the
     /// journal records `point`. Only builds with the `test-hooks` feature honour it
     /// ([`super::TEST_HOOKS`]); elsewhere it is ignored.
@@ -184,7 +193,7 @@ impl SessionBuilder {
     async fn state_store(&self) -> Result<Arc<dyn StateStore>, OpError> {
         match &self.state_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                crate::state::open_postgres(url, self.lease_ttl).await
+                crate::state::open_postgres(url, self.lease_ttl, self.state_wait).await
             }
             Some(other) => {
                 return Err(OpError::Usage(format!(
@@ -304,6 +313,7 @@ impl Session {
             services: None,
             cache: None,
             lease_ttl: crate::lease::DEFAULT_TTL,
+            state_wait: crate::state::postgres::DEFAULT_STATE_WAIT,
             crash_point: None,
             secrets: Secrets::new(),
             audit_segment_bytes: crate::audit::DEFAULT_SEGMENT_BYTES,
