@@ -1117,9 +1117,10 @@ async fn shared_state_refuses_every_write_of_a_holder_whose_lease_moved() {
     use upshift::state::{RunRecord, RunStatus, StateError, StepStatus};
     let Some(pg) = common::pg() else { return };
     let (_, url) = pg.fresh_db("fence").await;
-    let state = upshift::state::open_postgres(&url, Duration::from_secs(30))
-        .await
-        .expect("state");
+    let state =
+        upshift::state::open_postgres(&url, Duration::from_secs(30), Duration::from_secs(30))
+            .await
+            .expect("state");
     let ttl = Duration::from_secs(30);
     let a = state.acquire("bb", "host A", ttl).await.expect("lease");
     let run = RunRecord {

@@ -21,7 +21,6 @@ use tokio::time::Instant;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
-use crate::lease::now_ms;
 use crate::queue::{Claim, QueueItem, WorkQueue};
 use crate::store::{Dialect, Engine, Store, Value};
 use crate::{StateError, StateFuture};
@@ -35,6 +34,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The longest one connection attempt may take (a partitioned server never answers).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a statement may go unanswered before its connection counts as lost (the state's
+/// statements are short: single-row writes and small reads; a write waits for a lease row's
+/// lock at most as long as a takeover statement runs).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS upshift_runs (
@@ -238,14 +241,19 @@ impl Pg {
         let mut since: Option<Instant> = None;
         loop {
             let (client, generation) = self.current().await;
-            match statement(client).await {
-                Ok(value) => return Ok(value),
-                Err(e) if !connection_lost(&e) => return Err(self.fail()(e)),
-                Err(e) => {
-                    let since = *since.get_or_insert_with(Instant::now);
-                    self.reconnect(generation, since, with_causes(&e)).await?;
-                }
-            }
+            // A link cut without a reset (a partition) answers nothing, ever: a statement
+            // without an answer in time counts as a lost connection.
+            let cause = match tokio::time::timeout(STATEMENT_TIMEOUT, statement(client)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if !connection_lost(&e) => return Err(self.fail()(e)),
+                Ok(Err(e)) => with_causes(&e),
+                Err(_) => format!(
+                    "no answer to a statement within {} s",
+                    STATEMENT_TIMEOUT.as_secs()
+                ),
+            };
+            let since = *since.get_or_insert_with(Instant::now);
+            self.reconnect(generation, since, cause).await?;
         }
     }
 
@@ -436,33 +444,35 @@ impl WorkQueue for Pg {
 
     fn claim<'a>(&'a self, agent: &'a str) -> StateFuture<'a, Option<Claim>> {
         Box::pin(async move {
-            let now = now_ms();
             // A claim whose agent has held no lease on the instance for a whole lease period is
             // abandoned (the agent died); a fresh claim is given that long to take its lease.
+            // Both are measured by the database's clock, as lease expiries are: agents' clocks
+            // are never compared.
             let period = crate::lease::ttl_ms(self.lease_ttl);
-            let stale = now.saturating_sub(period);
             // One statement: the row is locked from the choice to the update. An item this
             // agent holds comes first: an agent claims only with nothing in hand, so such an
             // item is one whose claim committed but whose answer was lost with the connection
             // (the statement then ran again), and it is taken up again rather than left until
             // its lease period runs out. Agents' names are unique (host and pid).
-            let (now, stale) = (&now, &stale);
+            let period = &period;
             let row = self
                 .retry(|client| async move {
                     client
                         .query_opt(
-                            "WITH next AS (
-                               SELECT q.instance, q.status FROM upshift_queue q
+                            "WITH clock AS (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT AS now_ms),
+                             next AS (
+                               SELECT q.instance, q.status FROM upshift_queue q, clock
                                WHERE q.status = 'pending'
-                                  OR (q.status = 'claimed' AND q.agent = $3)
-                                  OR (q.status = 'claimed' AND q.claimed_ms < $2 AND NOT EXISTS (
-                                      SELECT 1 FROM upshift_leases l WHERE l.instance = q.instance AND l.expires_ms >= $1))
-                               ORDER BY (q.status = 'claimed' AND q.agent = $3) DESC, q.enqueued_at, q.instance
+                                  OR (q.status = 'claimed' AND q.agent = $2)
+                                  OR (q.status = 'claimed' AND q.claimed_ms < clock.now_ms - $1 AND NOT EXISTS (
+                                      SELECT 1 FROM upshift_leases l WHERE l.instance = q.instance AND l.expires_ms >= clock.now_ms))
+                               ORDER BY (q.status = 'claimed' AND q.agent = $2) DESC, q.enqueued_at, q.instance
                                LIMIT 1 FOR UPDATE OF q SKIP LOCKED)
-                             UPDATE upshift_queue u SET status = 'claimed', agent = $3, claims = u.claims + 1, claimed_ms = $1
+                             UPDATE upshift_queue u SET status = 'claimed', agent = $2, claims = u.claims + 1,
+                               claimed_ms = (SELECT now_ms FROM clock)
                              FROM next WHERE u.instance = next.instance
                              RETURNING u.instance, u.target, next.status, u.enqueued_at, u.claims",
-                            &[now, stale, &agent],
+                            &[period, &agent],
                         )
                         .await
                 })

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::caps::Event;
 use crate::fleet::Fleet;
+use crate::lease::LeaseError;
 use crate::queue::{Claim, QueueItem};
 use crate::state::{RunStatus, StateError};
 
@@ -113,6 +114,12 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Result<Handl
     };
     handled.outcome = match result {
         Ok(report) => outcome_name(report.outcome).to_string(),
+        // Another holder has the instance now: it finishes (or undoes) the run; this agent
+        // neither records an outcome for the item nor touches the instance again.
+        Err(OpError::Busy(e @ LeaseError::Lost { .. })) => {
+            handled.lost = true;
+            format!("lost: {e}")
+        }
         Err(e) => format!("error: {e}"),
     };
     Ok(handled)
@@ -207,6 +214,11 @@ pub async fn run(
                 else {
                     return Ok(done);
                 };
+                // The lease was lost mid-run: the item is its new holder's to finish.
+                if handled.lost {
+                    done.push(handled);
+                    continue;
+                }
                 // The item's outcome is recorded under this agent's claim; a stop asked for
                 // meanwhile leaves it claimed, to be taken over after the lease.
                 let Some(ours) = patiently(session, "recording the item's outcome", || {
