@@ -227,7 +227,9 @@ async fn a_stale_agent_changes_nothing(loss: Loss, moment: Moment) {
 
     let hook = match moment {
         Moment::StartJournaled => vec![("UPSHIFT_PAUSE_AT", "forward:4:started")],
-        Moment::MidStepAfterHeartbeat => Vec::new(),
+        // A stops itself for a moment once it has journaled the `stop` step (so after its
+        // preflight found the old version healthy), for the test to make the new one unhealthy.
+        Moment::MidStepAfterHeartbeat => vec![("UPSHIFT_PAUSE_AT", "forward:1:started")],
     };
     let mut a = fleet.spawn_agent("agent-a", &a_url, &hook);
     let a_pid = a.pid();
@@ -247,27 +249,19 @@ async fn a_stale_agent_changes_nothing(loss: Loss, moment: Moment) {
             }
         }
         Moment::MidStepAfterHeartbeat => {
-            // The new version is unhealthy from its start until the test says otherwise; the
-            // old one passed its preflight health check before.
-            let mut marked = false;
+            // The new version is unhealthy from its start until the test says otherwise.
+            until(&mut a, REACH, "A paused itself at `stop`", async || {
+                is_stopped(a_pid).then_some(())
+            })
+            .await;
+            std::fs::write(&unhealthy, "").expect("marker");
+            a.signal(Signal::SIGCONT);
             let step_started_ms = until(&mut a, REACH, "A waits for health", async || {
-                let steps = state.steps(instance).await;
-                if !marked
-                    && (forward(&steps, 0).is_some_and(|s| s["status"] != "started")
-                        || forward(&steps, 1).is_some())
-                {
-                    std::fs::write(&unhealthy, "").expect("marker");
-                    marked = true;
-                }
-                forward(&steps, 5)
-                    .filter(|s| s["step_id"] == "wait-healthy")
+                forward(&state.steps(instance).await, 5)
+                    .filter(|s| s["step_id"] == "wait-healthy" && s["status"] == "started")
                     .and_then(|s| s["started_ms"].as_i64())
             })
             .await;
-            assert!(
-                forward(&state.steps(instance).await, 4).is_some_and(|s| s["status"] != "started"),
-                "{label}: the start step ended before wait-healthy"
-            );
             // Mid-step, the heartbeat renews the lease: it expires later than a lease taken
             // when the step began would.
             let ttl_ms = i64::from(LEASE_SECS) * 1000;
@@ -305,6 +299,8 @@ async fn a_stale_agent_changes_nothing(loss: Loss, moment: Moment) {
         }
     }
 
+    let lost_at = Instant::now();
+
     // B takes the item over once A's lease has expired, and finishes the run.
     let mut b = fleet.spawn_agent("agent-b", &b_url, &[]);
     let b_exit = b
@@ -336,7 +332,9 @@ async fn a_stale_agent_changes_nothing(loss: Loss, moment: Moment) {
         fleet.service_log(instance)
     );
 
-    // A gets the state back, well past its lease.
+    // A gets the state back, well past its lease (at least twice its length after losing it).
+    let past = lost_at + 2 * Duration::from_secs(LEASE_SECS.into());
+    tokio::time::sleep(past.saturating_duration_since(Instant::now())).await;
     match loss {
         Loss::Pause => a.signal(Signal::SIGCONT),
         Loss::Partition => netns.as_ref().expect("netns").set_link(1, true),
