@@ -705,61 +705,14 @@ async fn three_agents_share_postgres_state_and_a_killed_one_loses_nothing() {
     let Some(pg) = common::pg() else { return };
     let _turn = FLEET_SIZED.lock().await;
     let (_, state_url) = pg.fresh_db("state").await;
-    let env = Env::new();
     let failing = [7usize, 19];
-    let mut fleet = String::new();
-    let mut ports = Vec::new();
-    for n in 1..=30usize {
-        let (_, url) = pg.fresh_db("agents").await;
-        let port = free_port();
-        ports.push(port);
-        let fail = failing.contains(&n).then_some("3.11.1");
-        fleet.push_str(&common::bytebase_instance(
-            &format!("bb{n:02}"),
-            &url,
-            port,
-            "3.10.0",
-            fail,
-        ));
-    }
-    env.write_fleet(&fleet);
-    for n in 1..=30usize {
-        start_services(&env, &format!("bb{n:02}"), &["app"]).await;
-    }
-    // Agents are separate machines (own data directories) sharing the PostgreSQL state; on this
-    // one machine they also share the process services' state.
-    let services = env.data().join("services");
-    let upshift = |data: &str| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"));
-        cmd.arg("--fleet")
-            .arg(env.fleet())
-            .arg("--data")
-            .arg(env.dir.path().join(data))
-            .arg("--services")
-            .arg(&services)
-            .arg("--state")
-            .arg(&state_url)
-            .env("UPSHIFT_LEASE_SECS", "2");
-        cmd
-    };
-    let out = upshift("data-ops")
-        .args(["enqueue", "--all", "--to", "3.11.1"])
-        .output()
-        .expect("enqueue");
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("queued 30 of 30"));
+    let fleet = common::agents::AgentFleet::bytebase(pg, "bb", 30, &failing, "", 2).await;
+    let ports = &fleet.ports;
+    fleet.enqueue_all(&state_url, "3.11.1");
 
-    let spawn = |name: &str| {
-        upshift(&format!("data-{name}"))
-            .args(["agent", "--name", name, "--until-empty", "--json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn agent")
-    };
-    let a = spawn("agent-a");
-    let mut b = spawn("agent-b");
-    let c = spawn("agent-c");
+    let a = fleet.spawn_agent("agent-a", &state_url, &[]);
+    let b = fleet.spawn_agent("agent-b", &state_url, &[]);
+    let c = fleet.spawn_agent("agent-c", &state_url, &[]);
 
     // Kill agent-b (SIGKILL) while one of its runs is under way.
     let state = connect(&state_url).await;
@@ -780,17 +733,17 @@ async fn three_agents_share_postgres_state_and_a_killed_one_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let victim = victim.expect("agent-b was caught mid-run");
-    b.kill().expect("kill agent-b");
-    let _ = b.wait();
+    b.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(b);
 
     let outputs: Vec<serde_json::Value> = [a, c]
         .into_iter()
-        .map(|child| {
-            let out = child.wait_with_output().expect("agent ends");
-            let err = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(15).collect();
-            assert!(out.status.success(), "an agent failed: {:?}", tail);
-            serde_json::from_slice(&out.stdout).expect("agent JSON")
+        .map(|mut agent| {
+            let out = agent
+                .wait(Duration::from_secs(600))
+                .unwrap_or_else(|| panic!("{} did not finish", agent.name));
+            assert_eq!(out.code, Some(0), "an agent failed: {}", out.tail());
+            serde_json::from_str(&out.stdout).expect("agent JSON")
         })
         .collect();
 

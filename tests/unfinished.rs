@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::agents::service_processes;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -32,19 +34,6 @@ fn history(env: &Env) -> Vec<serde_json::Value> {
     let out = env.upshift(&["history", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     json(&out).as_array().cloned().unwrap_or_default()
-}
-
-/// How many processes serve the simulated Bytebase on `port` (its command line names it).
-fn service_processes(port: u16) -> usize {
-    let want = format!("--port\0{port}\0");
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).into_owned())
-        .filter(|c| c.contains("simulate\0bytebase\0") && format!("{c}\0").contains(&want))
-        .count()
 }
 
 /// The Bytebase schema version the simulator's migrations recorded last.

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod disk;
 pub mod docker;
 pub mod hostile;

@@ -63,8 +63,9 @@ impl<E: Into<anyhow::Error>> From<E> for Exit {
 
 /// How every command opens its session: the global options. In a build with test hooks (the
 /// integration tests' build), `UPSHIFT_CRASH_AT=<phase>:<seq>:<started|finished>` makes the host
-/// kill itself at that point of a run, as a machine dying there would; normal builds never read
-/// it.
+/// kill itself at that point of a run, as a machine dying there would, and `UPSHIFT_PAUSE_AT`
+/// (same form) makes it stop itself there (SIGSTOP) until it is sent SIGCONT, as a paused
+/// machine would; normal builds never read them.
 fn session_builder(cli: &Cli, data: &Path) -> Result<SessionBuilder, Exit> {
     let mut builder = Session::builder(data)
         .secrets(secrets().clone())
@@ -108,6 +109,11 @@ fn session_builder(cli: &Cli, data: &Path) -> Result<SessionBuilder, Exit> {
         && let Ok(point) = std::env::var("UPSHIFT_CRASH_AT")
     {
         builder = builder.crash_point(point.parse().map_err(usage)?);
+    }
+    if upshift::ops::TEST_HOOKS
+        && let Ok(point) = std::env::var("UPSHIFT_PAUSE_AT")
+    {
+        builder = builder.pause_point(point.parse().map_err(usage)?);
     }
     Ok(builder)
 }

@@ -42,6 +42,9 @@ pub struct Session {
     lease_ttl: Duration,
     /// A test hook: where this process kills itself, as a machine dying there would.
     crash_point: Option<CrashPoint>,
+    /// A test hook: where this process stops itself (SIGSTOP), as a paused VM or a long GC
+    /// pause would, until someone sends it SIGCONT.
+    pause_point: Option<CrashPoint>,
     /// Whether runs are asked to stop at their next step boundary (SIGINT, SIGTERM).
     stop: StopFlag,
     /// Keeps the audit log's head in the state store; flushed when the session ends.
@@ -103,6 +106,7 @@ pub struct SessionBuilder {
     lease_ttl: Duration,
     state_wait: Duration,
     crash_point: Option<CrashPoint>,
+    pause_point: Option<CrashPoint>,
     secrets: Secrets,
     audit_segment_bytes: u64,
     stop: StopFlag,
@@ -170,6 +174,16 @@ impl SessionBuilder {
     pub fn crash_point(mut self, point: CrashPoint) -> Self {
         if super::TEST_HOOKS {
             self.crash_point = Some(point);
+        }
+        self
+    }
+
+    /// Test hook for pause tests: stop this process (SIGSTOP: it freezes, its lease heartbeat
+    /// too, until a SIGCONT) right after the journal records `point`. Only builds with the
+    /// `test-hooks` feature honour it ([`super::TEST_HOOKS`]); elsewhere it is ignored.
+    pub fn pause_point(mut self, point: CrashPoint) -> Self {
+        if super::TEST_HOOKS {
+            self.pause_point = Some(point);
         }
         self
     }
@@ -281,6 +295,7 @@ impl SessionBuilder {
             secrets: self.secrets,
             lease_ttl: self.lease_ttl,
             crash_point: self.crash_point,
+            pause_point: self.pause_point,
             stop: self.stop,
             anchor: Some(anchor),
             audit_key: key,
@@ -315,6 +330,7 @@ impl Session {
             lease_ttl: crate::lease::DEFAULT_TTL,
             state_wait: crate::state::postgres::DEFAULT_STATE_WAIT,
             crash_point: None,
+            pause_point: None,
             secrets: Secrets::new(),
             audit_segment_bytes: crate::audit::DEFAULT_SEGMENT_BYTES,
             stop: StopFlag::default(),
@@ -349,14 +365,15 @@ impl Session {
         Session::builder(data).events(events).open().await
     }
 
-    /// Die here if this is the crash point (see [`SessionBuilder::crash_point`]).
+    /// Die here if this is the crash point (see [`SessionBuilder::crash_point`]); stop here
+    /// (until SIGCONT) if it is the pause point ([`SessionBuilder::pause_point`]).
     pub(crate) fn crash_if_at(&self, phase: &str, seq: u32, moment: StepMoment) {
-        if self
-            .crash_point
-            .as_ref()
-            .is_some_and(|p| p.phase == phase && p.seq == seq && p.moment == moment)
-        {
+        let here = |p: &CrashPoint| p.phase == phase && p.seq == seq && p.moment == moment;
+        if self.crash_point.as_ref().is_some_and(here) {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        if self.pause_point.as_ref().is_some_and(here) {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
         }
     }
 
