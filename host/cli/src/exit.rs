@@ -1,11 +1,15 @@
 //! Exit codes: the CLI's reading of the library's outcomes. 0 done · 1 error (also: a run that
 //! failed before changing anything) · 2 bad usage or input · 3 refused by the product's rules or
 //! by preflight · 4 failed and rolled back · 5 failed and not rolled back (an operator is
-//! needed) · 6 another run holds the instance's lease, or the instance has an unfinished run.
+//! needed) · 6 another run holds the instance's lease, this run (or an agent's item) lost its
+//! lease to another holder, or the instance has an unfinished run.
 
 use upshift::ops::apply::Outcome;
 use upshift::ops::rollout::{RolloutReport, Status};
 use upshift::tape::replay::ReplayReport;
+
+/// The instance's lease is someone else's: held by another run, or lost to another holder.
+pub const BUSY: u8 = 6;
 
 /// One run's outcome.
 pub fn outcome(outcome: Outcome) -> u8 {

@@ -53,7 +53,7 @@ impl<E: Into<anyhow::Error>> From<E> for Exit {
         let code = match error.downcast_ref::<OpError>() {
             Some(OpError::Usage(_)) => 2,
             Some(OpError::DataDirectory { .. }) => 2,
-            Some(OpError::Busy(_)) => 6,
+            Some(OpError::Busy(_)) => exit::BUSY,
             _ if error.downcast_ref::<upshift::fleet::FleetError>().is_some() => 2,
             _ => 1,
         };

@@ -187,7 +187,13 @@ pub async fn agent(ctx: &Ctx, args: AgentArgs) -> Result<u8, Exit> {
             ));
         }
     }
-    Ok(0)
+    // An item whose lease another agent took over is that agent's to finish; this one says so
+    // with exit 6 (it touched nothing after it lost the lease).
+    Ok(if done.iter().any(|h| h.lost) {
+        crate::exit::BUSY
+    } else {
+        0
+    })
 }
 
 /// `upshift resume`: continue a run after the host died.
