@@ -709,6 +709,79 @@ mod tests {
         assert_eq!(quick, Ok(7));
     }
 
+    /// Under a lease, a call waits while the lease is unconfirmed (the backend is not reached),
+    /// goes ahead once a renewal confirms it, and is denied — audited, backend untouched — once
+    /// the lease is lost.
+    #[tokio::test]
+    async fn calls_wait_for_an_unconfirmed_lease_and_are_denied_once_it_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bound, audit) = bound(dir.path());
+        let ttl = Duration::from_secs(4);
+        // Granted long enough ago that less than the margin (a quarter) is left.
+        let tenure = Arc::new(Tenure::new(
+            "i",
+            7,
+            ttl,
+            ttl / 4,
+            Instant::now() - Duration::from_millis(3500),
+        ));
+        bound.guard.set_tenure(Some(tenure.clone()));
+        let reached = Arc::new(AtomicU64::new(0));
+        let call = |reached: Arc<AtomicU64>| {
+            let bound = &bound;
+            async move {
+                bound
+                    .call(
+                        "meta",
+                        &[Access::Read],
+                        Operation::Query,
+                        None,
+                        async |_| {
+                            reached.fetch_add(1, Ordering::SeqCst);
+                            Ok(((), 0))
+                        },
+                    )
+                    .await
+            }
+        };
+        let confirm = {
+            let tenure = tenure.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                tenure.renewed(Instant::now());
+            })
+        };
+        let waited = Instant::now();
+        call(reached.clone()).await.expect("allowed once confirmed");
+        assert!(waited.elapsed() >= Duration::from_millis(250), "it waited");
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+        confirm.await.expect("confirm");
+
+        tenure.mark_lost(" to upshift on another host");
+        let err = call(reached.clone()).await.expect_err("denied");
+        assert!(
+            matches!(&err, CapError::Denied(why) if why.contains("another host")),
+            "{err}"
+        );
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            1,
+            "the backend was not reached"
+        );
+        let records = audit.records_where(None, |_| true).expect("records");
+        let last = records.last().expect("a record");
+        assert_eq!(last.event.decision, Decision::Denied);
+        assert!(
+            last.event
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("is lost"),
+            "{:?}",
+            last.event.reason
+        );
+    }
+
     #[tokio::test]
     async fn records_written_in_an_export_are_charged_to_its_budget_and_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
