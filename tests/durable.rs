@@ -405,6 +405,36 @@ async fn crash_then_resume(
         "running",
         "{point}: the run ended"
     );
+    // The journal tells the truth: no step is left `started` (the one the host died in was
+    // closed by the resume with what it found, or run again), and each names who did it.
+    let journal = json(&env.upshift(&[
+        "history",
+        "--run",
+        run["id"].as_str().expect("id"),
+        "--json",
+    ]));
+    let steps = journal["steps"].as_array().expect("steps");
+    assert!(
+        steps.iter().all(|s| s["status"] != "started"),
+        "{point}: no step is left started: {journal}"
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["holder"].as_str().is_some_and(|h| h.contains(" pid "))),
+        "{point}: every step names its holder: {journal}"
+    );
+    if point.ends_with(":started") {
+        let interrupted = point.split(':').collect::<Vec<_>>();
+        let step = steps
+            .iter()
+            .find(|s| s["phase"] == interrupted[0] && s["seq"].to_string() == interrupted[1])
+            .expect("the interrupted step's row");
+        assert!(
+            step["holder"].as_str().unwrap_or("").contains("(resume "),
+            "{point}: the interrupted step was closed or run again by the resume: {step}"
+        );
+    }
     (report, upgraded)
 }
 
