@@ -397,3 +397,275 @@ path = "{store}/extern"
     let audit = env.upshift(&["audit", "verify"]);
     assert_eq!(audit.status.code(), Some(0), "{}", stderr(&audit));
 }
+
+/// A simulated KWDB started by the test itself, not by Upshift (as an operator's own systemd
+/// unit or shell would), bound in the fleet as a `process` service whose `version` the fleet
+/// file declares. Killed on drop.
+struct Outside {
+    child: std::process::Child,
+    sql: u16,
+    http: u16,
+    store: std::path::PathBuf,
+}
+
+impl Outside {
+    async fn start(
+        dir: &std::path::Path,
+        release: &str,
+        backing: &str,
+        env: &[(&str, &str)],
+    ) -> Outside {
+        let (sql, http) = (common::free_port(), common::free_port());
+        // One store for every start in a test: the simulator binds a store to its backing
+        // database, so the rows stay the same across restarts.
+        let store = dir.join("outside-store");
+        std::fs::create_dir_all(store.join("extern")).expect("store");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_upshift"));
+        cmd.args([
+            "simulate",
+            "kwdb",
+            "start-single-node",
+            "--sim-version",
+            release,
+            "--insecure",
+        ])
+        .arg(format!("--listen-addr=127.0.0.1:{sql}"))
+        .arg(format!("--http-addr=127.0.0.1:{http}"))
+        .arg(format!("--store={}", store.display()))
+        .env("KWDB_SIM_BACKING_URL", backing)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the simulator");
+        wait_sql(sql).await;
+        Outside {
+            child,
+            sql,
+            http,
+            store,
+        }
+    }
+
+    /// The fleet entry: the same command Upshift would run, `version` as declared.
+    fn fleet(&self, declared: &str, backing: &str) -> String {
+        format!(
+            r#"
+[[instance]]
+name = "kw"
+product = "kwdb"
+
+[instance.db.sql]
+url = "kwdb://root@127.0.0.1:{sql}/defaultdb"
+
+[instance.service.app]
+kind = "process"
+command = "'{exe}' simulate kwdb start-single-node --sim-version {{version}} --insecure --listen-addr=127.0.0.1:{sql} --http-addr=127.0.0.1:{http} --store={store}"
+version = "{declared}"
+health_url = "http://127.0.0.1:{http}/health"
+stop_timeout_secs = 5
+env = {{ KWDB_SIM_BACKING_URL = "{backing}" }}
+
+[instance.files.store]
+path = "{store}"
+
+[instance.files.extern]
+path = "{store}/extern"
+"#,
+            sql = self.sql,
+            http = self.http,
+            exe = env!("CARGO_BIN_EXE_upshift"),
+            store = self.store.display(),
+        )
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The adapter's own `preflight` step for `target`, run against the instance `kw` of the fleet.
+async fn adapter_preflight(env: &Env, target: &str) -> Result<String, String> {
+    let fleet = upshift::fleet::Fleet::load(&env.fleet()).expect("fleet");
+    let session = upshift::ops::Session::open(&env.data(), upshift::caps::EventSink::discard())
+        .await
+        .expect("session");
+    let (adapter, caps) = upshift::ops::apply::prepare(&session, fleet.instance("kw").expect("kw"))
+        .await
+        .expect("prepare");
+    let target = target.to_string();
+    session
+        .runtime
+        .call(
+            &adapter,
+            Some(caps),
+            "run-step",
+            session.runtime.deadlines().live,
+            async |a, s| a.call_run_step(s, "preflight", &target).await,
+        )
+        .await
+        .expect("no trap")
+        .map(|o| o.summary)
+        .map_err(|e| e.message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kwdb_upshift_did_not_start_gets_the_range_and_job_checks() {
+    let Some(pg) = common::pg() else { return };
+    let env = Env::new();
+    let (_, backing) = pg.fresh_storage_db("kwout").await;
+
+    // Unhealthy ranges on a node started outside Upshift: the plan and the adapter's preflight
+    // both read them through `sql`.
+    let node = Outside::start(
+        env.dir.path(),
+        "3.0.0",
+        &backing,
+        &[("KWDB_SIM_RANGES", "unavailable=2,underreplicated=1")],
+    )
+    .await;
+    upshift_sim::kwdb::seed(&wait_sql(node.sql).await, 10)
+        .await
+        .expect("seed");
+    env.write_fleet(&node.fleet("3.0.0", &backing));
+    let out = env.upshift(&["plan", "kw", "--to", "3.1.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "unavailable-ranges", "{refusal}");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("2 range(s)"),
+        "{refusal}"
+    );
+    let preflight = adapter_preflight(&env, "3.1.0").await;
+    assert!(
+        preflight
+            .as_ref()
+            .is_err_and(|e| e.contains("unavailable-ranges")),
+        "{preflight:?}"
+    );
+    drop(node);
+
+    // The same data, healthy, but a job still running.
+    let node = Outside::start(env.dir.path(), "3.0.0", &backing, &[]).await;
+    let backing_client = common::connect(&backing).await;
+    backing_client
+        .batch_execute(
+            "INSERT INTO kwdb_sim.jobs (job_type, description, user_name, status) VALUES ('IMPORT', 'IMPORT DATABASE CSV DATA (...)', 'root', 'running')",
+        )
+        .await
+        .expect("a running job");
+    env.write_fleet(&node.fleet("3.0.0", &backing));
+    let out = env.upshift(&["plan", "kw", "--to", "3.1.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(
+        json(&out)["outcome"]["rule"],
+        "jobs-running",
+        "{}",
+        json(&out)
+    );
+    let preflight = adapter_preflight(&env, "3.1.0").await;
+    assert!(
+        preflight
+            .as_ref()
+            .is_err_and(|e| e.contains("jobs-running")),
+        "{preflight:?}"
+    );
+
+    // Once the job is done, both allow the upgrade and name the user databases.
+    backing_client
+        .batch_execute("UPDATE kwdb_sim.jobs SET status = 'succeeded', finished = now()")
+        .await
+        .expect("job done");
+    let preflight = adapter_preflight(&env, "3.1.0").await.expect("allowed");
+    assert!(
+        preflight.contains("databases: ") && preflight.contains("shop"),
+        "{preflight}"
+    );
+    // The adapter allows it; the host still wants the unknown process adopted first.
+    let out = env.upshift(&["plan", "kw", "--to", "3.1.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"]["rule"], "preflight-unadopted");
+    let out = env.upshift(&["adopt", "kw", "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.upshift(&["plan", "kw", "--to", "3.1.0", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_version_the_sql_port_contradicts_is_refused_naming_both() {
+    let Some(pg) = common::pg() else { return };
+    let env = Env::new();
+    let (_, backing) = pg.fresh_storage_db("kwdecl").await;
+    let node = Outside::start(env.dir.path(), "3.1.0", &backing, &[]).await;
+    // The fleet file still says 3.0.0; the node runs 3.1.0.
+    env.write_fleet(&node.fleet("3.0.0", &backing));
+    let out = env.upshift(&["plan", "kw", "--to", "3.2.1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "declared-contradicts-sql", "{refusal}");
+    let reason = refusal["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("declares KWDB 3.0.0")
+            && reason.contains("SELECT version() on `sql` reports 3.1.0"),
+        "{refusal}"
+    );
+    assert!(
+        refusal["advice"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fleet file"),
+        "{refusal}"
+    );
+    // Declared as it runs (with a leading `v`), the adapter allows it: only the host's own
+    // check remains (adopt the process Upshift did not start), then the plan is made.
+    env.write_fleet(&node.fleet("v3.1.0", &backing));
+    let out = env.upshift(&["plan", "kw", "--to", "3.2.1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"]["rule"], "preflight-unadopted");
+    let out = env.upshift(&["adopt", "kw", "app"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.upshift(&["plan", "kw", "--to", "3.2.1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_release_outside_the_catalog_is_refused_with_the_nearest_known() {
+    let env = Env::new();
+    let (code, v) = env.plan_offline("kwdb", "3.2.1", "3.99.0");
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(v["outcome"]["rule"], "unknown-release", "{v}");
+    let reason = v["outcome"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("nearest known: 3.2.1"), "{reason}");
+    // 3.0.1 is a code tag without release notes: the adapter does not know its paths.
+    let (code, v) = env.plan_offline("kwdb", "3.0.0", "v3.0.1");
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(v["outcome"]["rule"], "unknown-release", "{v}");
+    assert!(
+        v["outcome"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nearest known: 3.0.0, 3.1.0"),
+        "{v}"
+    );
+    // Every release of the catalog plans (from the one before it, or from 2.2.2 into 3.x).
+    for (from, to) in [
+        ("2.0.4", "2.1.0"),
+        ("2.1.0", "2.2.0"),
+        ("2.2.0", "2.2.1"),
+        ("2.2.1", "2.2.2"),
+        ("2.2.2", "3.0.0"),
+        ("3.0.0", "3.1.0"),
+        ("3.1.0", "3.2.0"),
+        ("3.2.0", "v3.2.1"),
+    ] {
+        let (code, v) = env.plan_offline("kwdb", from, to);
+        assert_eq!(code, Some(0), "{from} → {to}: {v}");
+    }
+}

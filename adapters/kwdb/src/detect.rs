@@ -83,7 +83,11 @@ pub fn running_jobs(binding: &str) -> Result<u64, AdapterError> {
         .count() as u64)
 }
 
-/// Detect the version and the facts.
+/// Detect the version and the facts. Whenever the `sql` binding answers, the release is what
+/// `SELECT version()` reports and the health facts (ranges, jobs, user databases) are read
+/// from it, whoever started the service; the `app` service's declared release is reported
+/// beside it (`deployed-version`) so the rules can refuse a contradiction. When `sql` does not
+/// answer and `app` is stopped, the declared release stands (an offline node).
 pub fn detect() -> Result<Detection, AdapterError> {
     let deployed = service::inspect("app").map_err(|e| {
         error(format!(
@@ -91,30 +95,33 @@ pub fn detect() -> Result<Detection, AdapterError> {
             describe_cap_error(&e)
         ))
     })?;
+    let mut facts = vec![fact("deployed-version", &deployed.version)];
     let version = match sql_version(SQL) {
-        Ok(v) => v,
+        Ok(v) => {
+            facts.push(fact("sql-version", &v));
+            let (unavailable, under) = range_health(SQL)?;
+            facts.push(fact("user-databases", user_databases(SQL)?.join(",")));
+            facts.push(fact("unavailable-ranges", unavailable.to_string()));
+            facts.push(fact("underreplicated-ranges", under.to_string()));
+            facts.push(fact("running-jobs", running_jobs(SQL)?.to_string()));
+            v
+        }
         Err(_) if !deployed.running => {
             numeric(&deployed.version).map_or(deployed.version.clone(), |v| v.to_string())
         }
         Err(e) => return Err(e),
     };
-    let mut facts = vec![fact("deployed-version", &deployed.version)];
-    if deployed.running {
-        let (unavailable, under) = range_health(SQL)?;
-        facts.push(fact("user-databases", user_databases(SQL)?.join(",")));
-        facts.push(fact("unavailable-ranges", unavailable.to_string()));
-        facts.push(fact("underreplicated-ranges", under.to_string()));
-        facts.push(fact("running-jobs", running_jobs(SQL)?.to_string()));
-    }
     match service::inspect("next") {
         Ok(next) => {
             facts.push(fact("next-bound", "true"));
             facts.push(fact("next-version", next.version));
-            if next.running {
-                facts.push(fact(
-                    "next-user-databases",
-                    user_databases(NEXT_SQL)?.len().to_string(),
-                ));
+            // Read whenever `next-sql` answers, whoever started the new instance.
+            match user_databases(NEXT_SQL) {
+                Ok(databases) => {
+                    facts.push(fact("next-user-databases", databases.len().to_string()));
+                }
+                Err(_) if !next.running => {}
+                Err(e) => return Err(e),
             }
         }
         Err(_) => facts.push(fact("next-bound", "false")),

@@ -2,6 +2,7 @@
 //! data directory and its extern directory. The rules are the table in [`rules`]; [`detect`]
 //! reads the instance, [`steps`] holds the plans and [`export`] the export/import steps.
 
+pub mod catalog;
 pub mod detect;
 pub mod export;
 pub mod rules;
@@ -9,6 +10,7 @@ pub mod steps;
 pub mod verify;
 
 use semver::Version;
+use upshift_adapter_sdk::FromFacts;
 use upshift_adapter_sdk::rules::{Jump, Rule, backup_version};
 use upshift_adapter_sdk::steps::CustomStep;
 use upshift_adapter_sdk::{
@@ -97,6 +99,22 @@ impl Product for Kwdb {
             ));
         }
         Ok(steps::restore_store(&request.current(), &version))
+    }
+
+    fn notes(jump: &Jump<Self>) -> Vec<String> {
+        if catalog::find(jump.to).is_some() {
+            return Vec::new();
+        }
+        vec![rules::unknown_note(jump.to)]
+    }
+
+    /// The target was judged against the catalog when the plan was made (with the operator's
+    /// `--allow-unknown`, which `preflight` does not see); everything else is read again.
+    fn recheck(live: &Detection, _target: &Version) -> Result<rules::Facts, AdapterError> {
+        Ok(rules::Facts {
+            allow_unknown: Some(true),
+            ..rules::Facts::from_facts(live)
+        })
     }
 
     fn allowed(jump: &Jump<Self>, live: &Detection) -> String {

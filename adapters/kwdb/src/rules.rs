@@ -6,6 +6,7 @@ use semver::Version;
 use upshift_adapter_sdk::rules::{Jump, Rule};
 
 use crate::Kwdb;
+use crate::catalog;
 
 /// How an allowed upgrade runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,28 +32,9 @@ fn v(major: u64, minor: u64, patch: u64) -> Version {
     Version::new(major, minor, patch)
 }
 
-/// The in-place column of §2.3's table: may `from` be upgraded to `to` in place?
+/// May `from` be upgraded to `to` in place? The release catalog's paths ([`catalog::in_place`]).
 pub fn in_place(from: &Version, to: &Version) -> bool {
-    if from.major != to.major {
-        return false;
-    }
-    let from_core = v(from.major, from.minor, from.patch);
-    match (to.major, to.minor, to.patch) {
-        // 2.1.0: only from 2.0.4 (standalone, offline).
-        (2, 1, 0) => from_core == v(2, 0, 4),
-        // 2.2.0: from 2.1.0.
-        (2, 2, 0) => from_core == v(2, 1, 0),
-        // 2.2.1 / 2.2.2: from 2.2.x; 2.0.x and 2.1.0 need export/import.
-        (2, 2, _) => from.minor == 2,
-        // 3.0.0: nothing upgrades to it in place.
-        (3, 0, 0) => false,
-        // 3.1.0: from 3.0.0.
-        (3, 1, 0) => from_core == v(3, 0, 0),
-        // 3.2.x: from 3.0.0, 3.1.0 and 3.2.0.
-        (3, 2, _) => [v(3, 0, 0), v(3, 1, 0), v(3, 2, 0)].contains(&from_core),
-        // Other patch releases of the same minor.
-        _ => from.minor == to.minor,
-    }
+    catalog::in_place(from, to)
 }
 
 /// Whether `meta.sql` must lose its `PARTITION INTERVAL` clauses before import (3.1.0+
@@ -74,6 +56,13 @@ upshift_adapter_sdk::facts! {
         pub next_bound: Option<bool> = "next-bound",
         /// User databases already in the `next` instance.
         pub next_user_databases: Option<u64> = "next-user-databases",
+        /// The release `SELECT version()` reports on `sql`.
+        pub sql_version: Option<Version> = "sql-version",
+        /// The release the `app` service declares (the fleet file's `version`, or the image
+        /// tag's).
+        pub declared_version: Option<Version> = "deployed-version",
+        /// The operator passed `--allow-unknown` (`operator.allow-unknown-release`).
+        pub allow_unknown: Option<bool> = "operator.allow-unknown-release",
     }
 }
 
@@ -82,9 +71,53 @@ fn some(count: Option<u64>) -> bool {
     count.is_some_and(|n| n > 0)
 }
 
+/// The declared and the SQL-reported release, when both are known and disagree.
+pub fn contradiction(facts: &Facts) -> Option<(&Version, &Version)> {
+    match (&facts.declared_version, &facts.sql_version) {
+        (Some(declared), Some(sql)) if declared != sql => Some((declared, sql)),
+        _ => None,
+    }
+}
+
+/// Whether the target is outside the release catalog and the operator did not allow that.
+fn unknown_target(j: &Jump<Kwdb>) -> bool {
+    catalog::find(j.to).is_none() && j.facts.allow_unknown != Some(true)
+}
+
+/// The note a plan to a release the catalog does not know carries.
+pub fn unknown_note(to: &Version) -> String {
+    format!(
+        "{to} is not in this adapter's release catalog ({}): it cannot know {to}'s upgrade paths or notes; planned because of --allow-unknown, by the same-minor default (in place only from another {}.{}.x)",
+        catalog::range(),
+        to.major,
+        to.minor
+    )
+}
+
 /// What KWDB refuses, in order: the first rule that applies refuses the upgrade. The last two
 /// apply only to upgrades that are never in place.
 pub const REFUSALS: &[Rule<Kwdb>] = &[
+    Rule {
+        id: "declared-contradicts-sql",
+        when: |j| contradiction(j.facts).is_some(),
+        reason: |j| match contradiction(j.facts) {
+            Some((declared, sql)) => format!(
+                "the fleet file's service `app` declares KWDB {declared} (its `version`, or its image tag), but SELECT version() on `sql` reports {sql}; Upshift will not guess which is true"
+            ),
+            None => String::new(),
+        },
+        advice: |j| {
+            let sql = j
+                .facts
+                .sql_version
+                .as_ref()
+                .map_or_else(|| "the reported release".to_string(), ToString::to_string);
+            format!(
+                "if the instance really runs {sql}, correct service `app`'s `version` (or image) in the fleet file; if `sql` points at another instance, correct its URL; if this data directory was restored from another release, restore the backup that matches the declared one. Then plan again"
+            )
+        },
+        via: None,
+    },
     Rule::ALREADY_AT_TARGET,
     Rule {
         id: "downgrade",
@@ -111,6 +144,26 @@ pub const REFUSALS: &[Rule<Kwdb>] = &[
         via: None,
     },
     Rule::UNKNOWN_MAJOR,
+    Rule {
+        id: "unknown-release",
+        when: unknown_target,
+        reason: |j| {
+            let near: Vec<String> = catalog::nearest(j.to)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            format!(
+                "KWDB {} is not a release this adapter knows ({}); the nearest known: {}",
+                j.to,
+                catalog::range(),
+                near.join(", ")
+            )
+        },
+        advice: |_| {
+            "choose a known release, or pass --allow-unknown to plan it anyway (the adapter cannot know its upgrade paths)".into()
+        },
+        via: None,
+    },
     Rule {
         id: "unavailable-ranges",
         when: |j| some(j.facts.unavailable_ranges),
@@ -286,6 +339,52 @@ mod tests {
             ..Facts::default()
         };
         assert_eq!(method("2.2.2", "3.1.0", &full), Err("next-not-empty"));
+    }
+
+    #[test]
+    fn a_declared_release_the_sql_port_contradicts_is_refused() {
+        let f = Facts {
+            declared_version: Some(p("3.0.0")),
+            sql_version: Some(p("3.1.0")),
+            ..Facts::default()
+        };
+        let (from, to) = (p("3.1.0"), p("3.2.1"));
+        let r = Jump::<Kwdb>::new(&from, &to, &f)
+            .check()
+            .expect_err("contradiction");
+        assert_eq!(r.rule, "declared-contradicts-sql");
+        assert!(
+            r.reason.contains("declares KWDB 3.0.0") && r.reason.contains("reports 3.1.0"),
+            "{}",
+            r.reason
+        );
+        assert!(r.advice.contains("fleet file"), "{}", r.advice);
+        let agree = Facts {
+            declared_version: Some(p("3.1.0")),
+            ..f.clone()
+        };
+        assert_eq!(method("3.1.0", "3.2.1", &agree), Ok(Method::InPlace));
+    }
+
+    #[test]
+    fn a_target_outside_the_catalog_needs_allow_unknown() {
+        let f = Facts::default();
+        let (from, to) = (p("3.2.1"), p("3.99.0"));
+        let r = Jump::<Kwdb>::new(&from, &to, &f)
+            .check()
+            .expect_err("unknown");
+        assert_eq!(r.rule, "unknown-release");
+        assert!(r.reason.contains("nearest known: 3.2.1"), "{}", r.reason);
+        assert_eq!(method("3.0.0", "3.0.1", &f), Err("unknown-release"));
+        let allowed = Facts {
+            allow_unknown: Some(true),
+            ..Facts::default()
+        };
+        assert_eq!(method("3.0.0", "3.0.1", &allowed), Ok(Method::InPlace));
+        assert_eq!(
+            method("3.2.1", "3.99.0", &allowed),
+            Ok(Method::ExportImport)
+        );
     }
 
     #[test]

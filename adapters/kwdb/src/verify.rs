@@ -5,7 +5,7 @@ use upshift_adapter_sdk::live::check;
 use upshift_adapter_sdk::{AdapterError, Check, service};
 
 use crate::detect::{NEXT_SQL, SQL, range_health, sql_version};
-use crate::export;
+use crate::{catalog, export};
 
 /// Every check for `expected`; failing checks are returned, not errors. After an
 /// export/import upgrade the new instance (`next`) is the one checked.
@@ -18,7 +18,10 @@ pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
     let version = sql_version(binding);
     out.push(check(
         "version",
-        version.as_deref().ok() == Some(expected),
+        match (&version, catalog::release(expected)) {
+            (Ok(v), Some(want)) => catalog::release(v) == Some(want),
+            _ => false,
+        },
         match &version {
             Ok(v) => format!("SELECT version() on `{binding}` reports {v}"),
             Err(e) => e.message.clone(),

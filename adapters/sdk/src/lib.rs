@@ -88,6 +88,12 @@ pub trait Product: Sized + 'static {
         Ok(Self::Facts::from_facts(live))
     }
 
+    /// Notes a plan the rules allow carries besides its steps (e.g. that the target is outside
+    /// the adapter's release catalog). None by default.
+    fn notes(_jump: &Jump<Self>) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The summary of a `preflight` that allows the upgrade.
     fn allowed(jump: &Jump<Self>, _live: &Detection) -> String {
         format!("{} → {} allowed", jump.from, jump.to)
@@ -102,15 +108,25 @@ pub mod exports {
         steps,
     };
 
+    /// Facts the host adds for the operator (`operator.allow-unknown-release`), not read from
+    /// the instance.
+    pub const OPERATOR_FACT_PREFIX: &str = "operator.";
+
     /// `plan`: parse both versions, judge the upgrade by the rules and the detection's facts,
     /// and build its plan, noting when it was made without a live instance.
     pub fn plan<P: Product>(current: &Detection, target: &str) -> Result<Plan, Refusal> {
         let (from, to) = rules::parse_pair(P::NAME, &current.version, target, P::EXAMPLE)?;
         let facts = P::Facts::from_facts(current);
-        Jump::<P>::new(&from, &to, &facts).check()?;
+        let jump = Jump::<P>::new(&from, &to, &facts);
+        jump.check()?;
         let mut plan = P::upgrade(&from, &to);
+        plan.notes.extend(P::notes(&jump));
+        // The operator's own facts (`operator.*`, added by the host) say nothing of the instance.
         if let Some(note) = P::OFFLINE_NOTE
-            && current.facts.is_empty()
+            && current
+                .facts
+                .iter()
+                .all(|f| f.key.starts_with(OPERATOR_FACT_PREFIX))
         {
             plan.notes.push(note.to_string());
         }

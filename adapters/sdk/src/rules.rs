@@ -382,6 +382,13 @@ mod tests {
         };
         let plan = crate::exports::plan::<Toy>(&offline, "2.0.0").expect("plan");
         assert_eq!(plan.notes, ["offline"]);
+        // The operator's facts are not the instance's: still offline.
+        let operator = crate::Detection {
+            facts: vec![crate::fact("operator.allow-unknown-release", "true")],
+            ..offline.clone()
+        };
+        let plan = crate::exports::plan::<Toy>(&operator, "2.0.0").expect("plan");
+        assert_eq!(plan.notes, ["offline"]);
         let live = crate::Detection {
             facts: vec![crate::fact("busy", "false")],
             ..offline

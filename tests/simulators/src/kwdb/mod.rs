@@ -65,6 +65,8 @@ pub struct Config {
     pub fail_upgrade_to: Option<(u64, u64, u64)>,
     /// `KWDB_SIM_IMPORT_FAULT`.
     pub import_fault: Option<ImportFault>,
+    /// `KWDB_SIM_RANGES`: unavailable and under-replicated ranges reported.
+    pub ranges: (i64, i64),
     /// `--insecure` given (secure mode is accepted but served in plaintext).
     pub insecure: bool,
 }
@@ -217,8 +219,13 @@ impl Command {
                     Ok(v) if !v.is_empty() => Some(ImportFault::parse(&v)?),
                     _ => None,
                 };
+                let ranges = match std::env::var("KWDB_SIM_RANGES") {
+                    Ok(v) if !v.is_empty() => parse_ranges(&v)?,
+                    _ => (0, 0),
+                };
                 Ok(Command::Start(Config {
                     import_fault,
+                    ranges,
                     release,
                     listen_addr: get("listen-addr").unwrap_or_else(|| "0.0.0.0:26257".into()),
                     http_addr: get("http-addr").unwrap_or_else(|| "0.0.0.0:8080".into()),
@@ -487,6 +494,25 @@ impl ImportFault {
     }
 }
 
+/// `KWDB_SIM_RANGES=unavailable=N,underreplicated=M` (either part may be left out).
+pub fn parse_ranges(v: &str) -> anyhow::Result<(i64, i64)> {
+    let mut out = (0, 0);
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, n) = part
+            .split_once('=')
+            .and_then(|(k, n)| Some((k, n.parse::<i64>().ok()?)))
+            .ok_or_else(|| {
+                anyhow!("KWDB_SIM_RANGES={v:?}: expected unavailable=N,underreplicated=M")
+            })?;
+        match key {
+            "unavailable" => out.0 = n,
+            "underreplicated" => out.1 = n,
+            _ => bail!("KWDB_SIM_RANGES={v:?}: unknown part {key:?}"),
+        }
+    }
+    Ok(out)
+}
+
 /// What the servers share.
 #[derive(Debug)]
 pub struct Shared {
@@ -502,6 +528,8 @@ pub struct Shared {
     pub sql_addr: String,
     /// `KWDB_SIM_IMPORT_FAULT`.
     pub import_fault: Option<ImportFault>,
+    /// `KWDB_SIM_RANGES`: unavailable and under-replicated ranges reported.
+    pub ranges: (i64, i64),
 }
 
 /// Start: check and record the store, then serve SQL and HTTP until SIGTERM/SIGINT.
@@ -608,6 +636,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store: config.store.clone(),
         sql_addr: sql_addr.clone(),
         import_fault: config.import_fault,
+        ranges: config.ranges,
     });
     println!(
         "KaiwuDB node starting at {} (simulator)",

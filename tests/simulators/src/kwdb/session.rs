@@ -604,19 +604,25 @@ impl Session {
                 Ok(rows(stmt, out))
             }
             Stmt::KvStoreStatus { sums: true } => {
-                Ok(rows(stmt, vec![vec![Val::Int(0), Val::Int(0)]]))
+                let (unavailable, under) = self.shared.ranges;
+                Ok(rows(
+                    stmt,
+                    vec![vec![Val::Int(unavailable), Val::Int(under)]],
+                ))
             }
-            Stmt::KvStoreStatus { sums: false } => Ok(rows(
-                stmt,
-                vec![vec![
-                    Val::Int(1),
-                    Val::Int(1),
-                    Val::Text(
-                        r#"{"ranges": 20, "ranges.unavailable": 0, "ranges.underreplicated": 0}"#
-                            .into(),
-                    ),
-                ]],
-            )),
+            Stmt::KvStoreStatus { sums: false } => {
+                let (unavailable, under) = self.shared.ranges;
+                Ok(rows(
+                    stmt,
+                    vec![vec![
+                        Val::Int(1),
+                        Val::Int(1),
+                        Val::Text(format!(
+                            r#"{{"ranges": 20, "ranges.unavailable": {unavailable}, "ranges.underreplicated": {under}}}"#
+                        )),
+                    ]],
+                ))
+            }
             Stmt::Ranges => {
                 let mut out = vec![
                     vec![
