@@ -134,3 +134,44 @@ impl Product for Kwdb {
 }
 
 upshift_adapter_sdk::export_product!(Kwdb);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upshift_adapter_sdk::{exports, fact};
+
+    #[test]
+    fn allow_unknown_plans_an_unknown_release_with_a_note() {
+        let offline = |facts| Detection {
+            version: "3.2.1".into(),
+            facts,
+        };
+        let refused = exports::plan::<Kwdb>(&offline(vec![]), "3.99.0").expect_err("unknown");
+        assert_eq!(refused.rule, "unknown-release");
+        let plan = exports::plan::<Kwdb>(
+            &offline(vec![fact("operator.allow-unknown-release", "true")]),
+            "3.99.0",
+        )
+        .expect("allowed");
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("not in this adapter's release catalog")),
+            "{:?}",
+            plan.notes
+        );
+        // The operator's fact is not the instance's: the plan is still an offline one.
+        assert!(plan.notes.iter().any(|n| n.starts_with("Offline plan")));
+        let known = exports::plan::<Kwdb>(&offline(vec![]), "3.2.1");
+        assert!(known.is_err(), "already at target");
+        let known = exports::plan::<Kwdb>(
+            &Detection {
+                version: "3.1.0".into(),
+                facts: vec![],
+            },
+            "3.2.1",
+        )
+        .expect("known");
+        assert!(!known.notes.iter().any(|n| n.contains("release catalog")));
+    }
+}
