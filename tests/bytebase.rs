@@ -770,3 +770,202 @@ async fn a_declared_release_older_than_the_schema_is_refused_naming_both() {
         "nothing was started"
     );
 }
+
+/// The notes of a plan report (`upshift plan --json`).
+fn notes(report: &Value) -> Vec<String> {
+    report["outcome"]["notes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A target the release catalog does not know — past its newest release (3.99.0) or between
+/// its rows (3.14.2, which the simulator plays) — is refused naming the nearest known releases;
+/// with `--allow-unknown` it is planned with a note and, through `preflight`, upgraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_outside_the_catalog_is_refused_unless_the_operator_allows_it() {
+    let Some(pg) = common::pg() else { return };
+    let bb = running(pg, "3.11.1", None).await;
+
+    let out = bb.env.upshift(&["plan", "bb", "--to", "3.99.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "unknown-release", "{refusal}");
+    let reason = refusal["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("nearest known: 3.21.1"), "{reason}");
+    assert!(
+        refusal["advice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--allow-unknown"),
+        "{refusal}"
+    );
+    let out = bb.env.upshift(&["plan", "bb", "--to", "3.14.2", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "unknown-release", "{refusal}");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nearest known: 3.14.1, 3.15.0"),
+        "{refusal}"
+    );
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.99.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["refusal"]["rule"], "unknown-release");
+
+    let out = bb
+        .env
+        .upshift(&["plan", "bb", "--to", "3.99.0", "--allow-unknown", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert!(
+        notes(&report)
+            .iter()
+            .any(|n| n.contains("--allow-unknown") && n.contains("cannot know its rules")),
+        "the plan notes the unknown release: {report}"
+    );
+    let shown = report["detection"]["facts"].to_string();
+    assert!(
+        !shown.contains("operator."),
+        "the operator's allowance is not shown as detected: {shown}"
+    );
+
+    // Offline alike: refused, then planned with both notes.
+    let (code, v) = bb.env.plan_offline("bytebase", "3.21.1", "3.99.0");
+    assert_eq!(
+        (code, &v["outcome"]["rule"]),
+        (Some(3), &Value::from("unknown-release"))
+    );
+    let out = bb.env.upshift(&[
+        "plan",
+        "--product",
+        "bytebase",
+        "--from",
+        "3.21.1",
+        "--to",
+        "3.99.0",
+        "--allow-unknown",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let offline = notes(&json(&out));
+    assert!(
+        offline.iter().any(|n| n.starts_with("Offline plan"))
+            && offline.iter().any(|n| n.contains("--allow-unknown")),
+        "{offline:?}"
+    );
+
+    // Allowed, the upgrade runs: preflight does not refuse what the plan was allowed.
+    let out = bb.env.upshift(&[
+        "apply",
+        "bb",
+        "--to",
+        "3.14.2",
+        "--allow-unknown",
+        "--yes",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    let (passed, checks) = all_checks_passed(&report);
+    assert!(passed, "{checks}");
+    assert_eq!(actuator_version(bb.port).await, "3.14.2");
+    assert_eq!(schema_version(&bb.db_url).await, "3.14.33");
+}
+
+/// A Bytebase whose binary reports one release (`/v1/actuator/info`) while the fleet file
+/// declares another is refused naming both sources and what to fix; the same release written
+/// `v3.11.1` in the fleet file is no disagreement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_the_declared_version_disagreeing_is_refused_naming_both() {
+    let Some(pg) = common::pg() else { return };
+    let started = |declared: &'static str| async move {
+        let (_, db_url) = pg.fresh_db("bb").await;
+        let env = Env::new();
+        let port = common::free_port();
+        // An operator's wrapper runs 3.11.1 whatever the fleet file declares (it is handed
+        // `{version}` and ignores it).
+        let fleet: String = common::bytebase_instance("bb", &db_url, port, declared, None)
+            .lines()
+            .map(|line| {
+                if line.starts_with("command = ") {
+                    format!(
+                        r#"command = "sh -c 'exec \"$0\" simulate bytebase --version 3.11.1 --port {port}' '{exe}' {{version}}""#,
+                        exe = env!("CARGO_BIN_EXE_upshift")
+                    )
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        env.write_fleet(&fleet);
+        start_app(&env).await;
+        (env, db_url, port)
+    };
+    let (env, db_url, port) = started("3.10.0").await;
+    assert_eq!(actuator_version(port).await, "3.11.1");
+    let before = common::table_checksums(&db_url).await;
+    let out = env.upshift(&["plan", "bb", "--to", "3.12.0", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "api-contradicts-declared", "{refusal}");
+    let reason = refusal["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("/v1/actuator/info")
+            && reason.contains("3.11.1")
+            && reason.contains("fleet file")
+            && reason.contains("3.10.0"),
+        "the refusal names both sources: {reason}"
+    );
+    assert!(
+        refusal["advice"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("set the service's `version` in the fleet file to 3.11.1"),
+        "{refusal}"
+    );
+    let out = env.upshift(&["apply", "bb", "--to", "3.12.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["refusal"]["rule"], "api-contradicts-declared");
+    assert_eq!(
+        common::table_checksums(&db_url).await,
+        before,
+        "nothing changed"
+    );
+    assert_eq!(actuator_version(port).await, "3.11.1", "still serving");
+    let stop = env.upshift(&["stop", "bb"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", stderr(&stop));
+
+    let (env, _, _) = started("v3.11.1").await;
+    let out = env.upshift(&["plan", "bb", "--to", "3.12.0", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stop = env.upshift(&["stop", "bb"]);
+    assert_eq!(stop.status.code(), Some(0), "{}", stderr(&stop));
+}
+
+/// `upshift adapter inspect` shows the range of the release catalog, from the adapter's bytes.
+#[test]
+fn inspect_shows_the_release_catalogs_range() {
+    let env = Env::new();
+    let out = env.upshift(&["adapter", "inspect", "bytebase"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("catalog") && l.contains(">=3.3.1, <=3.21.1")),
+        "{text}"
+    );
+    let out = env.upshift(&["adapter", "inspect", "bytebase", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["manifest"]["catalog"], ">=3.3.1, <=3.21.1");
+}

@@ -67,6 +67,28 @@ pub const RELEASES: &[Known] = &[
     known((3, 21, 1), (3, 21, 5)),
 ];
 
+/// The catalog's range as a semver requirement, as the manifest shows it (`upshift adapter
+/// inspect`); a unit test keeps it equal to the first and last rows of [`RELEASES`].
+pub const RANGE: &str = ">=3.3.1, <=3.21.1";
+
+/// Whether `target` is a release the catalog should know but does not: at or after its oldest
+/// release and not one of its rows (3.99.0, or 3.10.7 between rows). Older targets (the 1.x/2.x
+/// stepping stones) are judged by the rules alone.
+pub fn unknown_target(target: &Version) -> bool {
+    let oldest = RELEASES.first().map(Known::release);
+    oldest.is_some_and(|oldest| *target >= oldest) && schema_of(target).is_none()
+}
+
+/// The known releases nearest `target`: the newest before it and the oldest after it.
+pub fn nearest(target: &Version) -> Vec<Version> {
+    let before = newest_before(target).map(|k| k.release());
+    let after = RELEASES
+        .iter()
+        .find(|k| k.release() > *target)
+        .map(Known::release);
+    before.into_iter().chain(after).collect()
+}
+
 fn version((major, minor, patch): (u64, u64, u64)) -> Version {
     Version::new(major, minor, patch)
 }
@@ -177,6 +199,24 @@ mod tests {
             newest_before(&ver("3.22.0")).map(|k| k.schema()),
             Some(ver("3.21.5"))
         );
+    }
+
+    #[test]
+    fn the_range_is_the_tables_first_and_last_release() {
+        let (first, last) = (
+            RELEASES[0].release(),
+            RELEASES[RELEASES.len() - 1].release(),
+        );
+        assert_eq!(RANGE, format!(">={first}, <={last}"));
+        assert!(unknown_target(&ver("3.99.0")));
+        assert!(unknown_target(&ver("3.10.7")));
+        assert!(!unknown_target(&ver("3.11.1")));
+        assert!(
+            !unknown_target(&ver("2.1.0")),
+            "older stones: the rules judge them"
+        );
+        assert_eq!(nearest(&ver("3.99.0")), [ver("3.21.1")]);
+        assert_eq!(nearest(&ver("3.10.7")), [ver("3.10.1"), ver("3.11.0")]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ upshift_adapter_sdk::manifest! {
     product: "bytebase",
     adapter_version: "0.1.0",
     supported_versions: ">=0.1.0, <4.0.0",
+    catalog: ">=3.3.1, <=3.21.1",
     bindings: [
         { name: "meta", kind: db, access: [read, backup, restore], purpose: "the metadata database (PG_URL): read the schema version; the host backs it up and restores it", optional: false },
         { name: "app", kind: service, access: [inspect, control, switch_version], purpose: "the Bytebase process: stop, switch binary version, start", optional: false },
@@ -37,6 +38,17 @@ impl Product for Bytebase {
         "Offline plan: the live checks (schema format, database_id rows, duplicate versions, embedded PostgreSQL 14) run again in `preflight` and may still refuse.",
     );
     type Facts = rules::Facts;
+
+    /// The catalog is judged when planning, where the operator's `--allow-unknown` is; a plan
+    /// for an unknown release exists only because the operator allowed it, so `preflight`
+    /// re-judges what can change on the live instance and not the target's place in the
+    /// catalog.
+    fn recheck(live: &Detection, _target: &Version) -> Result<rules::Facts, AdapterError> {
+        Ok(rules::Facts {
+            allow_unknown: Some(true),
+            ..<rules::Facts as upshift_adapter_sdk::FromFacts>::from_facts(live)
+        })
+    }
 
     fn detect() -> Result<Detection, AdapterError> {
         detect::detect()

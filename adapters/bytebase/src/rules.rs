@@ -58,6 +58,13 @@ upshift_adapter_sdk::facts! {
         pub schema_version: Option<Version> = "schema-version",
         /// Where the release (the jump's `from`) came from.
         pub release_source: Option<ReleaseSource> = "release-source",
+        /// The running binary's `/v1/actuator/info` version.
+        pub api_version: Option<Version> = "api-version",
+        /// The service's version: the fleet file's `version` (or the one Upshift last
+        /// switched it to; a container's image tag).
+        pub service_version: Option<Version> = "service-version",
+        /// The operator passed `--allow-unknown` (a fact the host adds, not detected).
+        pub allow_unknown: Option<bool> = "operator.allow-unknown-release",
     }
 }
 
@@ -78,6 +85,23 @@ const PG14_RELOAD_REMOVED: Version = Version::new(3, 5, 0);
 
 /// What Bytebase refuses, in order: the first rule that applies refuses the upgrade.
 pub const REFUSALS: &[Rule<Bytebase>] = &[
+    Rule {
+        id: "api-contradicts-declared",
+        when: |j| declared_contradiction(j).is_some(),
+        reason: |j| declared_contradiction(j).unwrap_or_default(),
+        advice: |j| {
+            let api = j
+                .facts
+                .api_version
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            format!(
+                "if {api} is the release that should run, set the service's `version` in the fleet file to {api}; if it is not, stop the process and start the declared release (`upshift stop`, `upshift start`), then plan again"
+            )
+        },
+        via: None,
+    },
     Rule {
         id: "release-contradicts-schema",
         when: |j| contradiction(j).is_some(),
@@ -116,6 +140,29 @@ pub const REFUSALS: &[Rule<Bytebase>] = &[
         via: None,
     },
     Rule::UNKNOWN_MAJOR,
+    Rule {
+        id: "unknown-release",
+        when: |j| catalog::unknown_target(j.to) && j.facts.allow_unknown != Some(true),
+        reason: |j| {
+            let near: Vec<String> = catalog::nearest(j.to)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            format!(
+                "{} is not a release this adapter's catalog knows ({}); the nearest known: {}. Its schema files, stepping stones and refusals are unknown",
+                j.to,
+                catalog::RANGE,
+                near.join(", ")
+            )
+        },
+        advice: |j| {
+            format!(
+                "upgrade to a release the catalog knows, or, if {} is a real release newer than this adapter, pass --allow-unknown (the plan then notes that its rules are unknown) or update the adapter",
+                j.to
+            )
+        },
+        via: None,
+    },
     Rule {
         id: "duplicate-versions",
         when: |j| {
@@ -260,6 +307,23 @@ pub fn contradiction(j: &Jump<Bytebase>) -> Option<String> {
         format!(
             "{said}, older than the {floor} that release {whose} ships (§1.5 catalog); {} has never run on this metadata",
             j.from
+        )
+    })
+}
+
+/// Why the running binary's release (`/v1/actuator/info`) and the service's declared `version`
+/// cannot both be right, or `None` when they agree or one is unknown (service stopped, a tag
+/// such as `latest`). Both are normalised releases (a leading `v` or build metadata is no
+/// disagreement).
+pub fn declared_contradiction(j: &Jump<Bytebase>) -> Option<String> {
+    let (api, declared) = (
+        j.facts.api_version.as_ref()?,
+        j.facts.service_version.as_ref()?,
+    );
+    let normal = |v: &Version| catalog::release(&v.to_string());
+    (normal(api)? != normal(declared)?).then(|| {
+        format!(
+            "the running binary (/v1/actuator/info) reports release {api}, but the service's `version` (the fleet file's, or the one Upshift last switched it to) is {declared}; Upshift cannot tell which release runs on this metadata"
         )
     })
 }
@@ -432,6 +496,7 @@ mod tests {
         let live = |schema: &str, source| Facts {
             schema_version: Some(ver(schema)),
             release_source: Some(source),
+            allow_unknown: Some(true),
             ..Facts::default()
         };
         let r = check(
@@ -470,6 +535,51 @@ mod tests {
                 "{from} with schema {schema}"
             );
         }
+    }
+
+    #[test]
+    fn a_release_outside_the_catalog_is_refused_unless_the_operator_allows_it() {
+        let r = check(&ver("3.21.1"), &ver("3.99.0"), &Facts::default()).expect_err("unknown");
+        assert_eq!(r.rule, "unknown-release");
+        assert!(r.reason.contains("3.21.1"), "{}", r.reason);
+        assert!(r.advice.contains("--allow-unknown"), "{}", r.advice);
+        let allowed = Facts {
+            allow_unknown: Some(true),
+            ..Facts::default()
+        };
+        assert_eq!(check(&ver("3.21.1"), &ver("3.99.0"), &allowed), Ok(()));
+        let plan = crate::steps::upgrade(&ver("3.21.1"), &ver("3.99.0"));
+        assert!(
+            plan.notes.iter().any(|n| n.contains("--allow-unknown")),
+            "{:?}",
+            plan.notes
+        );
+        let plan = crate::steps::upgrade(&ver("3.10.0"), &ver("3.11.1"));
+        assert!(!plan.notes.iter().any(|n| n.contains("--allow-unknown")));
+    }
+
+    #[test]
+    fn the_api_and_the_declared_version_must_agree() {
+        let facts = |api: &str, declared: &str| Facts {
+            api_version: Some(ver(api)),
+            service_version: Some(ver(declared)),
+            ..Facts::default()
+        };
+        let r = check(&ver("3.11.1"), &ver("3.12.0"), &facts("3.11.1", "3.10.0"))
+            .expect_err("disagree");
+        assert_eq!(r.rule, "api-contradicts-declared");
+        assert!(
+            r.reason.contains("/v1/actuator/info")
+                && r.reason.contains("3.11.1")
+                && r.reason.contains("3.10.0"),
+            "{}",
+            r.reason
+        );
+        assert!(r.advice.contains("fleet file"), "{}", r.advice);
+        assert_eq!(
+            check(&ver("3.11.1"), &ver("3.12.0"), &facts("3.11.1", "3.11.1")),
+            Ok(())
+        );
     }
 
     #[test]

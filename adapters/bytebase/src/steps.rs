@@ -59,10 +59,19 @@ pub fn upgrade(from: &Version, to: &Version) -> Plan {
             format!("the API reports {t}"),
         ),
     ];
-    let notes = vec![
+    let mut notes = vec![
         "Bytebase migrates its metadata when the new version starts; a PATCH release may migrate too.".to_string(),
         format!("If anything fails, Upshift restores the backup and starts {current} again: an old binary must never run on the migrated schema (Bytebase would start silently on it)."),
     ];
+    // Planned only because the operator passed --allow-unknown (rule `unknown-release`).
+    if crate::catalog::unknown_target(to) {
+        notes.push(format!(
+            "{t} is not in this adapter's release catalog ({}), planned because --allow-unknown was given: the adapter cannot know its rules (schema files, stepping stones, refusals); verification checks only that the schema is a {}.{} file or older and not older than what the newest known release before it ships.",
+            crate::catalog::RANGE,
+            to.major,
+            to.minor
+        ));
+    }
     plan(&current, &t, steps, notes)
 }
 

@@ -39,6 +39,14 @@ pub use bindings::{Guest, export_adapter};
 use rules::{Jump, Rule, Stone};
 use steps::CustomStep;
 
+/// The prefix of the facts the host adds for the operator (not detected): e.g.
+/// [`ALLOW_UNKNOWN_RELEASE`].
+pub const OPERATOR_FACTS: &str = "operator.";
+
+/// The fact (`true`) the host adds to the detection handed to `plan` when the operator passed
+/// `--allow-unknown`: a target release the adapter's catalog does not know may be planned.
+pub const ALLOW_UNKNOWN_RELEASE: &str = "operator.allow-unknown-release";
+
 /// The `upshift:adapter` API version this SDK is generated from.
 pub const HOST_API: &str = __host_api_literal!();
 
@@ -104,13 +112,9 @@ pub trait Product: Sized + 'static {
 /// to the component.
 pub mod exports {
     use super::{
-        AdapterError, Detection, FromFacts, Jump, Plan, Product, Refusal, StepOutput, error, rules,
-        steps,
+        AdapterError, Detection, FromFacts, Jump, OPERATOR_FACTS, Plan, Product, Refusal,
+        StepOutput, error, rules, steps,
     };
-
-    /// Facts the host adds for the operator (`operator.allow-unknown-release`), not read from
-    /// the instance.
-    pub const OPERATOR_FACT_PREFIX: &str = "operator.";
 
     /// `plan`: parse both versions, judge the upgrade by the rules and the detection's facts,
     /// and build its plan, noting when it was made without a live instance.
@@ -121,12 +125,12 @@ pub mod exports {
         jump.check()?;
         let mut plan = P::upgrade(&from, &to);
         plan.notes.extend(P::notes(&jump));
-        // The operator's own facts (`operator.*`, added by the host) say nothing of the instance.
+        // Offline: nothing detected (the operator's own `operator.*` facts are not detection).
         if let Some(note) = P::OFFLINE_NOTE
             && current
                 .facts
                 .iter()
-                .all(|f| f.key.starts_with(OPERATOR_FACT_PREFIX))
+                .all(|f| f.key.starts_with(OPERATOR_FACTS))
         {
             plan.notes.push(note.to_string());
         }

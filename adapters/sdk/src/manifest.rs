@@ -81,6 +81,7 @@ macro_rules! __manifest_access {
 ///     product: "bytebase",
 ///     adapter_version: "0.1.0",
 ///     supported_versions: ">=0.1.0, <4.0.0",
+///     catalog: ">=3.3.1, <=3.21.1", // optional: the releases its catalog knows
 ///     bindings: [
 ///         { name: "meta", kind: db, access: [read, backup, restore], purpose: "metadata database", optional: false },
 ///     ],
@@ -92,6 +93,7 @@ macro_rules! manifest {
         product: $product:literal,
         adapter_version: $av:literal,
         supported_versions: $sv:literal,
+        $( catalog: $cat:literal, )?
         bindings: [ $( {
             name: $bname:literal,
             kind: $kind:ident,
@@ -104,6 +106,7 @@ macro_rules! manifest {
             "product = ", stringify!($product), "\n",
             "adapter_version = ", stringify!($av), "\n",
             "supported_versions = ", stringify!($sv), "\n",
+            $( "catalog = ", stringify!($cat), "\n", )?
             "host_api = \"", $crate::__host_api_literal!(), "\"\n",
             $(
                 "\n[[bindings]]\nname = ", stringify!($bname),

@@ -143,6 +143,11 @@ pub fn inspect(arg: &str, fleet: &Path, json: bool) -> Result<u8, Exit> {
         d.manifest.adapter_version
     );
     say!("versions     {}", d.manifest.supported_versions);
+    if let Some(catalog) = &d.manifest.catalog {
+        say!(
+            "catalog      {catalog} (releases it knows; others are refused unless --allow-unknown)"
+        );
+    }
     say!(
         "host API     {} ({}; this host supports {})",
         d.manifest.host_api,

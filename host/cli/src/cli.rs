@@ -226,6 +226,10 @@ pub struct PlanArgs {
     /// Offline: the version to plan from.
     #[arg(long)]
     pub from: Option<String>,
+    /// Plan a target release the adapter's catalog does not know (the plan notes that the
+    /// adapter cannot know that release's rules).
+    #[arg(long)]
+    pub allow_unknown: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -258,6 +262,10 @@ pub struct ApplyArgs {
     /// Halt the rollout at the K-th failure: what is done stays done, nothing new starts.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub max_failures: usize,
+    /// Upgrade to a target release the adapter's catalog does not know (the plan notes that
+    /// the adapter cannot know that release's rules).
+    #[arg(long)]
+    pub allow_unknown: bool,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,

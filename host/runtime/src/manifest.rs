@@ -29,6 +29,10 @@ pub struct Manifest {
     pub supported_versions: String,
     /// `upshift:adapter` version it targets.
     pub host_api: String,
+    /// The releases its catalog knows, as a semver requirement (e.g. `>=3.3.1, <=3.21.1`):
+    /// targets outside it are refused unless the operator passes `--allow-unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
     /// Bindings it needs.
     #[serde(default)]
     pub bindings: Vec<BindingRequest>,
@@ -87,6 +91,10 @@ impl Manifest {
                 self.adapter_version
             )
         })?;
+        if let Some(catalog) = &self.catalog {
+            VersionReq::parse(catalog)
+                .map_err(|e| format!("catalog `{catalog}` is not a semver requirement: {e}"))?;
+        }
         VersionReq::parse(&self.supported_versions).map_err(|e| {
             format!(
                 "supported_versions `{}` is not a semver requirement: {e}",

@@ -384,6 +384,7 @@ mod tests {
             product: "demo".into(),
             adapter_version: "1.0.0".into(),
             supported_versions: ">=1.0.0".into(),
+            catalog: None,
             host_api: "0.1.0".into(),
             bindings: vec![BindingRequest {
                 name: "meta".into(),

@@ -21,13 +21,16 @@ pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
         (None, Some(file)) => Some(upshift::fleet::AdapterRef::File(file.clone())),
         (None, None) => None,
     };
+    let options = apply::PlanOptions {
+        allow_unknown: args.allow_unknown,
+    };
     let report = match (&args.instance, &offline, &args.from) {
         (None, Some(adapter), Some(from)) => {
-            apply::offline_plan(&session, adapter, from, &args.to).await?
+            apply::offline_plan_with(&session, adapter, from, &args.to, &options).await?
         }
         (Some(name), None, None) => {
             let fleet = ctx.load_fleet()?;
-            apply::plan_instance(&session, fleet.instance(name)?, &args.to).await?
+            apply::plan_instance_with(&session, fleet.instance(name)?, &args.to, &options).await?
         }
         _ => {
             return Err(usage(
@@ -72,7 +75,10 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<u8, Exit> {
         )));
     };
     let _tape = record::start(&mut session, &args.tape, &instance.name)?;
-    let report = apply::apply(&session, instance, &to, |plan| {
+    let options = apply::PlanOptions {
+        allow_unknown: args.allow_unknown,
+    };
+    let report = apply::apply_with(&session, instance, &to, &options, |plan| {
         if !json {
             err_out(&ui::plan_text(plan));
         }
@@ -105,6 +111,7 @@ pub async fn rollout(
         parallel: args.parallel,
         waves,
         max_failures: args.max_failures,
+        allow_unknown: args.allow_unknown,
     };
     if !args.json {
         err_out(&ui::rollout_plan_text(&instances, &options));

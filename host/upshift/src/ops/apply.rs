@@ -10,7 +10,7 @@ use crate::caps::InstanceCaps;
 use crate::fleet::Instance;
 use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{
-    Action, BackupInfo, BackupMethod, Check, Detection, Plan, Refusal, RestoreRequest,
+    Action, BackupInfo, BackupMethod, Check, Detection, Fact, Plan, Refusal, RestoreRequest,
 };
 use crate::state::{BackupRecord, RunRecord, RunStatus};
 
@@ -227,11 +227,48 @@ async fn prior_of(plan: &Plan, caps: &InstanceCaps) -> Result<Prior, OpError> {
     Ok(prior)
 }
 
+/// The fact the host appends to the detection handed to an adapter's `plan` when the operator
+/// passed `--allow-unknown`: plan a target release the adapter's catalog does not know.
+pub const ALLOW_UNKNOWN_FACT: &str = "operator.allow-unknown-release";
+
+/// What the operator allows a plan beyond the adapter's own rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// `--allow-unknown`: the adapter may plan a target release its catalog does not know (it
+    /// notes in the plan that it cannot know that release's rules).
+    pub allow_unknown: bool,
+}
+
+impl PlanOptions {
+    /// The detection as the adapter's `plan` sees it: the detected facts, then the operator's
+    /// (`operator.*`). What is shown as detected stays what detection found.
+    pub fn detection_for_plan(&self, detected: &Detection) -> Detection {
+        let mut asked = detected.clone();
+        if self.allow_unknown {
+            asked.facts.push(Fact {
+                key: ALLOW_UNKNOWN_FACT.into(),
+                value: "true".into(),
+            });
+        }
+        asked
+    }
+}
+
 /// Plan an upgrade of a live instance (touches nothing but reads).
 pub async fn plan_instance(
     session: &Session,
     instance: &Instance,
     target: &str,
+) -> Result<PlanReport, OpError> {
+    plan_instance_with(session, instance, target, &PlanOptions::default()).await
+}
+
+/// [`plan_instance`] with the operator's [`PlanOptions`] (`--allow-unknown`).
+pub async fn plan_instance_with(
+    session: &Session,
+    instance: &Instance,
+    target: &str,
+    options: &PlanOptions,
 ) -> Result<PlanReport, OpError> {
     let (adapter, caps) = prepare(session, instance).await?;
     // Every database binding's role, before any adapter SQL: a privileged role the operator
@@ -242,7 +279,8 @@ pub async fn plan_instance(
         .await
         .map_err(|e| OpError::Usage(format!("instance `{}`: {e}", instance.name)))?;
     let detection = detect(session, &adapter, &caps).await?;
-    let outcome = call_plan(session, &adapter, &detection, target).await?;
+    let asked = options.detection_for_plan(&detection);
+    let outcome = call_plan(session, &adapter, &asked, target).await?;
     let mut preflight = Vec::new();
     let (outcome, prior, rollback) = match outcome {
         Ok(p) => {
@@ -283,6 +321,17 @@ pub async fn offline_plan(
     from: &str,
     to: &str,
 ) -> Result<PlanReport, OpError> {
+    offline_plan_with(session, adapter, from, to, &PlanOptions::default()).await
+}
+
+/// [`offline_plan`] with the operator's [`PlanOptions`] (`--allow-unknown`).
+pub async fn offline_plan_with(
+    session: &Session,
+    adapter: &crate::fleet::AdapterRef,
+    from: &str,
+    to: &str,
+    options: &PlanOptions,
+) -> Result<PlanReport, OpError> {
     upshift_model::version::check(from)
         .map_err(|e| OpError::Usage(format!("the version planned from: {e}")))?;
     let (label, wasm) = adapters::resolve(adapter).map_err(OpError::Usage)?;
@@ -291,7 +340,8 @@ pub async fn offline_plan(
         version: from.to_string(),
         facts: Vec::new(),
     };
-    let outcome = match call_plan(session, &adapter, &detection, to).await? {
+    let asked = options.detection_for_plan(&detection);
+    let outcome = match call_plan(session, &adapter, &asked, to).await? {
         Ok(p) => {
             plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
             PlanOutcome::Plan(p)
@@ -461,10 +511,21 @@ pub async fn apply(
     target: &str,
     confirm: impl FnOnce(&PlanReport) -> bool,
 ) -> Result<RunReport, OpError> {
+    apply_with(session, instance, target, &PlanOptions::default(), confirm).await
+}
+
+/// [`apply`] with the operator's [`PlanOptions`] (`--allow-unknown`).
+pub async fn apply_with(
+    session: &Session,
+    instance: &Instance,
+    target: &str,
+    options: &PlanOptions,
+    confirm: impl FnOnce(&PlanReport) -> bool,
+) -> Result<RunReport, OpError> {
     let held = session
         .hold_lease(&instance.name, &format!("apply --to {target}"))
         .await?;
-    let report = plan_instance(session, instance, target).await?;
+    let report = plan_instance_with(session, instance, target, options).await?;
     let (adapter, caps) = prepare(session, instance).await?;
     let from = report.detection.version.clone();
     let plan = match &report.outcome {

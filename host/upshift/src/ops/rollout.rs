@@ -229,6 +229,8 @@ pub struct Options {
     pub waves: Vec<Wave>,
     /// Failure budget.
     pub max_failures: usize,
+    /// `--allow-unknown`: adapters may plan target releases their catalogs do not know.
+    pub allow_unknown: bool,
 }
 
 fn now() -> String {
@@ -251,8 +253,9 @@ async fn upgrade_one(
     session: &Session,
     instance: &Instance,
     mut line: InstanceResult,
+    options: &apply::PlanOptions,
 ) -> InstanceResult {
-    match apply::apply(session, instance, &line.target.clone(), |_| true).await {
+    match apply::apply_with(session, instance, &line.target.clone(), options, |_| true).await {
         Ok(report) => {
             line.status = match report.outcome {
                 Outcome::Succeeded => Status::Upgraded,
@@ -329,7 +332,10 @@ pub async fn rollout(
                     if budget_spent(failures.load(Ordering::SeqCst), options.max_failures) {
                         return line;
                     }
-                    let line = upgrade_one(session, instances[i], line).await;
+                    let plan_options = apply::PlanOptions {
+                        allow_unknown: options.allow_unknown,
+                    };
+                    let line = upgrade_one(session, instances[i], line, &plan_options).await;
                     if line.status.is_failure() {
                         failures.fetch_add(1, Ordering::SeqCst);
                     }
