@@ -428,7 +428,10 @@ async fn crash_then_resume(
         let interrupted = point.split(':').collect::<Vec<_>>();
         let step = steps
             .iter()
-            .find(|s| s["phase"] == interrupted[0] && s["seq"].to_string() == interrupted[1])
+            .find(|s| {
+                s["phase"] == interrupted[0]
+                    && s["seq"].as_u64().map(|n| n.to_string()).as_deref() == Some(interrupted[1])
+            })
             .expect("the interrupted step's row");
         assert!(
             step["holder"].as_str().unwrap_or("").contains("(resume "),
