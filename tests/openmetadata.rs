@@ -285,6 +285,48 @@ async fn an_upgrade_on_mariadb_crosses_into_2_0() {
     assert_eq!(version(om.port).await, "2.1.0");
 }
 
+/// The fact `key` of a plan report's detection.
+fn detected<'a>(report: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    report["detection"]["facts"]
+        .as_array()?
+        .iter()
+        .find(|f| f["key"] == key)?["value"]
+        .as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quoted_upper_case_change_log_is_read_by_its_own_name() {
+    let Some(pg) = common::pg() else { return };
+    let (om, db) = pg_om(pg, "1.9.0", "").await;
+    // A change log created with a quoted name keeps its upper case on PostgreSQL; unquoted,
+    // `SERVER_CHANGE_LOG` folds to `server_change_log`, which no longer exists.
+    connect(&db.url)
+        .await
+        .batch_execute("ALTER TABLE server_change_log RENAME TO \"SERVER_CHANGE_LOG\"")
+        .await
+        .expect("rename");
+    let out = om.env.upshift(&["plan", "om", "--to", "1.12.1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(detected(&report, "db-version"), Some("1.9.0"), "{report}");
+    assert!(
+        detected(&report, "change-log-rows").is_some_and(|n| n != "0"),
+        "{report}"
+    );
+    // Its rows still count: a FAILED one refuses as it would in the lower-case table.
+    connect(&db.url)
+        .await
+        .batch_execute(
+            "ALTER TABLE \"SERVER_CHANGE_LOG\" ADD COLUMN status VARCHAR(20) DEFAULT 'COMPLETED'; \
+             UPDATE \"SERVER_CHANGE_LOG\" SET status = 'FAILED' WHERE version = '1.9.0'",
+        )
+        .await
+        .expect("mark failed");
+    let out = om.env.upshift(&["plan", "om", "--to", "1.12.1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"]["rule"], "unfinished-migrations");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_tables_without_history_are_refused_as_abort() {
     let Some(pg) = common::pg() else { return };

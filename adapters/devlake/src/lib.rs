@@ -82,10 +82,13 @@ impl Product for DevLake {
     /// `.env` again and tests the stored tokens with the secret the target will read.
     fn recheck(live: &Detection, target: &Version) -> Result<Facts, AdapterError> {
         let env = secret::read_env()?;
+        let tested = detect::test_token(&env, *target >= rules::SECRET_RENAME)?;
+        let (decrypts, undecodable) = detect::token_facts(tested.as_ref());
         Ok(Facts {
             has_encryption_secret: Some(env.encryption_secret.is_some()),
             has_encode_key: Some(env.encode_key.is_some()),
-            secret_decrypts: detect::secret_opens_tokens(&env, target)?,
+            secret_decrypts: decrypts.parse().ok(),
+            token_undecodable: undecodable,
             ..Facts::from_facts(live)
         })
     }

@@ -19,6 +19,9 @@ upshift_adapter_sdk::facts! {
         /// A stored connection token decrypts with the secret the new version will read
         /// (`None` when there is no stored token to test with).
         pub secret_decrypts: Option<bool> = "secret-decrypts",
+        /// A stored connection token is not in the format DevLake writes (which one, and why):
+        /// no secret can open it.
+        pub token_undecodable: Option<String> = "token-undecodable",
         /// The running version's migrations were confirmed (its `_devlake_locking_history` row
         /// has `succeeded = 1`); `false` while the 428 gate is still waiting.
         pub migration_confirmed: Option<bool> = "migration-confirmed",
@@ -94,6 +97,20 @@ pub const REFUSALS: &[Rule<DevLake>] = &[
         via: None,
     },
     Rule {
+        id: "token-undecodable",
+        when: |j| j.facts.token_undecodable.is_some(),
+        reason: |j| {
+            format!(
+                "cannot decode a stored connection token ({}): it is not in the format DevLake writes (Base64 of AES-256-CBC blocks, §4.3), so no secret opens it; this is not a wrong secret, and DevLake would fail on it with a Base64 or block-size error",
+                j.facts.token_undecodable.as_deref().unwrap_or("unknown")
+            )
+        },
+        advice: |_| {
+            "find what wrote that value (a manual edit, another tool, a partial restore): restore the backup that holds the token DevLake wrote, or re-enter the connection's token through DevLake, then plan again".into()
+        },
+        via: None,
+    },
+    Rule {
         id: "secret-changed",
         when: |j| j.facts.secret_decrypts == Some(false),
         reason: |_| {
@@ -122,6 +139,7 @@ mod tests {
             secret_decrypts: Some(true),
             migration_confirmed: Some(true),
             last_migrated: Some(v("1.0.0")),
+            token_undecodable: None,
         }
     }
 
@@ -163,6 +181,15 @@ mod tests {
             ..good()
         };
         assert_eq!(rule("1.0.0", "1.0.1", &changed), Err("secret-changed"));
+        let undecodable = Facts {
+            secret_decrypts: Some(false),
+            token_undecodable: Some("id 1: it is not standard Base64".into()),
+            ..good()
+        };
+        assert_eq!(
+            rule("1.0.0", "1.0.1", &undecodable),
+            Err("token-undecodable")
+        );
     }
 
     #[test]
