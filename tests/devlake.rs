@@ -429,6 +429,57 @@ fn offline_plans_for_the_version_paths() {
         "{}",
         common::stderr(&out)
     );
+    // A release the catalog does not know: refused with the nearest known ones.
+    let (code, v) = env.plan_offline("devlake", "v1.0.0", "v1.0.9");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("unknown-release")),
+        "{v}"
+    );
+    let reason = v["outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("v1.0.3"), "{reason}");
+}
+
+/// A database that a newer DevLake migrated, behind a DevLake that says v1.0.0, is refused
+/// naming both sources and what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_release_older_than_the_database_is_refused() {
+    let Some(my) = common::mysql::mysql() else {
+        return;
+    };
+    let dl = lake(
+        my,
+        "v1.0.0",
+        &format!("ENCRYPTION_SECRET={SECRET}"),
+        "",
+        SECRET,
+    )
+    .await;
+    let out = dl.env.upshift(&["plan", "dl", "--to", "v1.0.1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "agreeing: {}", stderr(&out));
+    // v1.0.1's newest framework script (upstream `Version()` at v1.0.1).
+    let mut conn = my.conn(&dl.db).await;
+    mysql_async::prelude::Queryable::query_drop(
+        &mut conn,
+        "INSERT INTO _devlake_migration_history (script_version, script_name, comment, created_at) VALUES (20240813160242, 'newer', 'Framework', NOW(3))",
+    )
+    .await
+    .expect("a newer release's row");
+    let out = dl.env.upshift(&["plan", "dl", "--to", "v1.0.1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "release-contradicts-database", "{refusal}");
+    let reason = refusal["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("/version says release v1.0.0") && reason.contains("20240813160242"),
+        "{reason}"
+    );
+    let advice = refusal["advice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains("fleet file") && advice.contains("restore"),
+        "{advice}"
+    );
+    assert_eq!(version(dl.port).await, "v1.0.0", "nothing was touched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,6 +327,39 @@ async fn a_quoted_upper_case_change_log_is_read_by_its_own_name() {
     assert_eq!(json(&out)["outcome"]["rule"], "unfinished-migrations");
 }
 
+/// The issue's case: a database whose SERVER_CHANGE_LOG reaches 1.9.4 behind a server that
+/// says 1.9.0 is refused, naming both sources and what to fix, instead of planning 1.9.0 → 1.9.2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_release_older_than_the_database_is_refused() {
+    let Some(pg) = common::pg() else { return };
+    let (om, db) = pg_om(pg, "1.9.0", "").await;
+    let out = om.env.upshift(&["plan", "om", "--to", "1.9.2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "agreeing: {}", stderr(&out));
+    connect(&db.url)
+        .await
+        .batch_execute(
+            "INSERT INTO server_change_log (version, migrationfilename, checksum) \
+             VALUES ('1.9.4', 'bootstrap/sql/migrations/native/1.9.4', 'x')",
+        )
+        .await
+        .expect("a newer release's row");
+    let out = om.env.upshift(&["plan", "om", "--to", "1.9.2", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "release-contradicts-database", "{refusal}");
+    let reason = refusal["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("/api/v1/version says release 1.9.0") && reason.contains("1.9.4"),
+        "{reason}"
+    );
+    let advice = refusal["advice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains("fleet file") && advice.contains("restore"),
+        "{advice}"
+    );
+    assert_eq!(version(om.port).await, "1.9.0", "nothing was touched");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_tables_without_history_are_refused_as_abort() {
     let Some(pg) = common::pg() else { return };
@@ -374,4 +407,13 @@ fn offline_plans_follow_the_version_paths() {
         (code, v["outcome"]["rule"].as_str()),
         (Some(3), Some("unknown-major"))
     );
+    // A release the catalog does not know: refused with the nearest known ones.
+    let (code, v) = plan("1.9.0", "1.9.7");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("unknown-release")),
+        "{v}"
+    );
+    let reason = v["outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("1.9.6 and 1.9.8"), "{reason}");
 }

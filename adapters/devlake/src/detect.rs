@@ -9,7 +9,7 @@ use upshift_adapter_sdk::{
 };
 
 use crate::rules::SECRET_RENAME;
-use crate::secret;
+use crate::{catalog, secret};
 
 /// The database binding.
 pub const DB: &str = "lake";
@@ -188,8 +188,26 @@ pub fn detect() -> Result<Detection, AdapterError> {
     } else {
         None
     };
+    let framework_script = if live::table_exists(DB, "_devlake_migration_history")? {
+        let misnumbered: Vec<String> = catalog::MISNUMBERED.iter().map(u64::to_string).collect();
+        live::scalar(
+            DB,
+            &format!(
+                "SELECT max(script_version) FROM _devlake_migration_history WHERE comment = 'Framework' AND script_version NOT IN ({})",
+                misnumbered.join(", ")
+            ),
+            &[],
+        )?
+    } else {
+        None
+    };
+    let source = match &api {
+        Api::Serving(_) => "DevLake's /version",
+        Api::Gated | Api::Down => "the service's declared version (fleet file)",
+    };
     let mut facts = vec![
         fact("deployed-version", &deployed),
+        fact("version-source", source),
         fact(
             "api",
             match &api {
@@ -215,6 +233,9 @@ pub fn detect() -> Result<Detection, AdapterError> {
             max_script.unwrap_or_else(|| "none".into()),
         ),
     ];
+    if let Some(script) = framework_script {
+        facts.push(fact("framework-script", script));
+    }
     if let Some(why) = undecodable {
         facts.push(fact("token-undecodable", why));
     }

@@ -88,6 +88,7 @@ pub fn migrations() -> Result<MigrationState, AdapterError> {
                 unfinished_migrations: Some(0),
                 entities_without_history: Some(entities && !legacy),
                 db_version: None,
+                ..Facts::default()
             },
             ..MigrationState::default()
         });
@@ -110,6 +111,7 @@ pub fn migrations() -> Result<MigrationState, AdapterError> {
             legacy_flyway: Some(legacy),
             unfinished_migrations: Some(unfinished),
             entities_without_history: Some(versions.is_empty() && entities && !legacy),
+            ..Facts::default()
         },
     })
 }
@@ -131,11 +133,17 @@ pub fn detect() -> Result<Detection, AdapterError> {
         ))
     })?;
     let api = api_version();
+    let source = if api.is_some() {
+        "the server's /api/v1/version"
+    } else {
+        "the service's declared version (fleet file)"
+    };
     let version = api.clone().unwrap_or_else(|| deployed.clone());
     let state = migrations()?;
     let mut facts = vec![
         fact("deployed-version", &deployed),
         fact("api-version", api.as_deref().unwrap_or("not answering")),
+        fact("version-source", source),
         fact("change-log-rows", state.rows.to_string()),
         fact(
             "legacy-flyway",
