@@ -215,7 +215,7 @@ async fn a_failing_migration_script_is_rolled_back_to_identical_data() {
         my,
         "v1.0.0",
         &format!("ENCRYPTION_SECRET={SECRET}"),
-        ", DL_SIM_FAIL_SCRIPT = \"20241010000001\"",
+        ", DL_SIM_FAIL_SCRIPT = \"20240813160242\"",
         SECRET,
     )
     .await;
@@ -310,6 +310,63 @@ async fn the_secret_rules_refuse_before_anything_changes() {
     assert_eq!(json(&out)["outcome"]["rule"], "downgrade-after-migration");
 }
 
+/// A wrong secret and a stored token that is not in DevLake's format are two different
+/// refusals: only the first is "the secret was changed or lost" (§4.3; the format checked on
+/// apache/incubator-devlake `backend/core/plugin/plugin_utils.go@v1.0.3`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_token_is_not_reported_as_a_wrong_secret() {
+    let Some(my) = common::mysql::mysql() else {
+        return;
+    };
+    let dl = lake(
+        my,
+        "v1.0.0",
+        &format!("ENCRYPTION_SECRET={SECRET}"),
+        "",
+        SECRET,
+    )
+    .await;
+    let plan = |what: &str| {
+        let out = dl.env.upshift(&["plan", "dl", "--to", "v1.0.1", "--json"]);
+        assert_eq!(out.status.code(), Some(3), "{what}: {}", stderr(&out));
+        json(&out)["outcome"].clone()
+    };
+    // The secret that wrote the token opens it: the plan goes through.
+    let out = dl.env.upshift(&["plan", "dl", "--to", "v1.0.1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // A wrong secret: DevLake's format, but it does not open.
+    let env_file = dl.config.join(".env");
+    let original = std::fs::read_to_string(&env_file).expect(".env");
+    std::fs::write(&env_file, original.replace(SECRET, "a-new-secret")).expect(".env");
+    let wrong = plan("wrong secret");
+    assert_eq!(wrong["rule"], "secret-changed", "{wrong}");
+    let reason = wrong["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("changed or lost"), "{reason}");
+    assert!(!reason.contains("cannot decode"), "{reason}");
+    std::fs::write(&env_file, &original).expect(".env");
+
+    // The right secret, but a token that is not what DevLake writes: a plaintext token, then
+    // Base64 that is not whole AES blocks.
+    let mut conn = my.conn(&dl.db).await;
+    for (stored, why) in [("ghp_plaintexttoken", "Base64"), ("c2hvcnQ=", "AES blocks")] {
+        use mysql_async::prelude::Queryable;
+        conn.exec_drop(
+            "UPDATE _tool_github_connections SET token = ? WHERE id = 1",
+            (stored,),
+        )
+        .await
+        .expect("update token");
+        let bad = plan(stored);
+        assert_eq!(bad["rule"], "token-undecodable", "{bad}");
+        let reason = bad["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("cannot decode"), "{reason}");
+        assert!(reason.contains(why), "{reason}");
+        assert!(!reason.contains("changed or lost"), "{reason}");
+    }
+    assert_eq!(version(dl.port).await, "v1.0.0", "nothing was touched");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encode_key_carried_over_across_0_18() {
     let Some(my) = common::mysql::mysql() else {
@@ -372,6 +429,57 @@ fn offline_plans_for_the_version_paths() {
         "{}",
         common::stderr(&out)
     );
+    // A release the catalog does not know: refused with the nearest known ones.
+    let (code, v) = env.plan_offline("devlake", "v1.0.0", "v1.0.9");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("unknown-release")),
+        "{v}"
+    );
+    let reason = v["outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("v1.0.3"), "{reason}");
+}
+
+/// A database that a newer DevLake migrated, behind a DevLake that says v1.0.0, is refused
+/// naming both sources and what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_release_older_than_the_database_is_refused() {
+    let Some(my) = common::mysql::mysql() else {
+        return;
+    };
+    let dl = lake(
+        my,
+        "v1.0.0",
+        &format!("ENCRYPTION_SECRET={SECRET}"),
+        "",
+        SECRET,
+    )
+    .await;
+    let out = dl.env.upshift(&["plan", "dl", "--to", "v1.0.1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "agreeing: {}", stderr(&out));
+    // v1.0.1's newest framework script (upstream `Version()` at v1.0.1).
+    let mut conn = my.conn(&dl.db).await;
+    mysql_async::prelude::Queryable::query_drop(
+        &mut conn,
+        "INSERT INTO _devlake_migration_history (script_version, script_name, comment, created_at) VALUES (20240813160242, 'newer', 'Framework', NOW(3))",
+    )
+    .await
+    .expect("a newer release's row");
+    let out = dl.env.upshift(&["plan", "dl", "--to", "v1.0.1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "release-contradicts-database", "{refusal}");
+    let reason = refusal["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("/version says release v1.0.0") && reason.contains("20240813160242"),
+        "{reason}"
+    );
+    let advice = refusal["advice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains("fleet file") && advice.contains("restore"),
+        "{advice}"
+    );
+    assert_eq!(version(dl.port).await, "v1.0.0", "nothing was touched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

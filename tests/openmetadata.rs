@@ -285,6 +285,81 @@ async fn an_upgrade_on_mariadb_crosses_into_2_0() {
     assert_eq!(version(om.port).await, "2.1.0");
 }
 
+/// The fact `key` of a plan report's detection.
+fn detected<'a>(report: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    report["detection"]["facts"]
+        .as_array()?
+        .iter()
+        .find(|f| f["key"] == key)?["value"]
+        .as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quoted_upper_case_change_log_is_read_by_its_own_name() {
+    let Some(pg) = common::pg() else { return };
+    let (om, db) = pg_om(pg, "1.9.0", "").await;
+    // A change log created with a quoted name keeps its upper case on PostgreSQL; unquoted,
+    // `SERVER_CHANGE_LOG` folds to `server_change_log`, which no longer exists.
+    connect(&db.url)
+        .await
+        .batch_execute("ALTER TABLE server_change_log RENAME TO \"SERVER_CHANGE_LOG\"")
+        .await
+        .expect("rename");
+    let out = om.env.upshift(&["plan", "om", "--to", "1.12.1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(detected(&report, "db-version"), Some("1.9.0"), "{report}");
+    assert!(
+        detected(&report, "change-log-rows").is_some_and(|n| n != "0"),
+        "{report}"
+    );
+    // Its rows still count: a FAILED one refuses as it would in the lower-case table.
+    connect(&db.url)
+        .await
+        .batch_execute(
+            "ALTER TABLE \"SERVER_CHANGE_LOG\" ADD COLUMN status VARCHAR(20) DEFAULT 'COMPLETED'; \
+             UPDATE \"SERVER_CHANGE_LOG\" SET status = 'FAILED' WHERE version = '1.9.0'",
+        )
+        .await
+        .expect("mark failed");
+    let out = om.env.upshift(&["plan", "om", "--to", "1.12.1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"]["rule"], "unfinished-migrations");
+}
+
+/// The issue's case: a database whose SERVER_CHANGE_LOG reaches 1.9.4 behind a server that
+/// says 1.9.0 is refused, naming both sources and what to fix, instead of planning 1.9.0 → 1.9.2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_release_older_than_the_database_is_refused() {
+    let Some(pg) = common::pg() else { return };
+    let (om, db) = pg_om(pg, "1.9.0", "").await;
+    let out = om.env.upshift(&["plan", "om", "--to", "1.9.2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "agreeing: {}", stderr(&out));
+    connect(&db.url)
+        .await
+        .batch_execute(
+            "INSERT INTO server_change_log (version, migrationfilename, checksum) \
+             VALUES ('1.9.4', 'bootstrap/sql/migrations/native/1.9.4', 'x')",
+        )
+        .await
+        .expect("a newer release's row");
+    let out = om.env.upshift(&["plan", "om", "--to", "1.9.2", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let refusal = &json(&out)["outcome"];
+    assert_eq!(refusal["rule"], "release-contradicts-database", "{refusal}");
+    let reason = refusal["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("/api/v1/version says release 1.9.0") && reason.contains("1.9.4"),
+        "{reason}"
+    );
+    let advice = refusal["advice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains("fleet file") && advice.contains("restore"),
+        "{advice}"
+    );
+    assert_eq!(version(om.port).await, "1.9.0", "nothing was touched");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_tables_without_history_are_refused_as_abort() {
     let Some(pg) = common::pg() else { return };
@@ -332,4 +407,13 @@ fn offline_plans_follow_the_version_paths() {
         (code, v["outcome"]["rule"].as_str()),
         (Some(3), Some("unknown-major"))
     );
+    // A release the catalog does not know: refused with the nearest known ones.
+    let (code, v) = plan("1.9.0", "1.9.7");
+    assert_eq!(
+        (code, v["outcome"]["rule"].as_str()),
+        (Some(3), Some("unknown-release")),
+        "{v}"
+    );
+    let reason = v["outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("1.9.6 and 1.9.8"), "{reason}");
 }

@@ -9,7 +9,7 @@ use upshift_adapter_sdk::{
 };
 
 use crate::rules::SECRET_RENAME;
-use crate::secret;
+use crate::{catalog, secret};
 
 /// The database binding.
 pub const DB: &str = "lake";
@@ -109,18 +109,38 @@ pub fn connections() -> Result<Vec<(String, String)>, AdapterError> {
         .collect())
 }
 
-/// Whether the secret `target` will read opens the stored tokens (`None`: nothing to test).
-pub fn secret_opens_tokens(
+/// The first stored token opened with the secret a version that `reads_new` (≥ v0.18) reads:
+/// `None` when there is no stored token; the connection's id with what opening it said.
+pub fn test_token(
     env: &secret::EnvSecrets,
-    target: &Version,
-) -> Result<Option<bool>, AdapterError> {
+    reads_new: bool,
+) -> Result<Option<(String, secret::Opening)>, AdapterError> {
     let tokens = connections()?;
-    let Some((_, token)) = tokens.first() else {
+    let Some((id, token)) = tokens.into_iter().next() else {
         return Ok(None);
     };
-    Ok(Some(
-        secret::secret_for(env, *target >= SECRET_RENAME).is_some_and(|s| secret::opens(s, token)),
-    ))
+    // A value not in DevLake's format is undecodable whatever the secret; check it first.
+    let opening = match secret::open("", &token) {
+        undecodable @ secret::Opening::Undecodable(_) => undecodable,
+        _ => match secret::secret_for(env, reads_new) {
+            Some(s) => secret::open(s, &token),
+            None => secret::Opening::WrongSecret,
+        },
+    };
+    Ok(Some((id, opening)))
+}
+
+/// The `secret-decrypts` and `token-undecodable` facts of a token test.
+pub fn token_facts(tested: Option<&(String, secret::Opening)>) -> (String, Option<String>) {
+    match tested {
+        None => ("untested (no stored token)".to_string(), None),
+        Some((_, secret::Opening::Opens)) => ("true".to_string(), None),
+        Some((_, secret::Opening::WrongSecret)) => ("false".to_string(), None),
+        Some((id, secret::Opening::Undecodable(why))) => (
+            "false".to_string(),
+            Some(format!("_tool_github_connections id {id}: {why}")),
+        ),
+    }
 }
 
 /// Detect the version, the migration state and the secret; the secret test assumes the
@@ -157,9 +177,8 @@ pub fn detect() -> Result<Detection, AdapterError> {
     let env = secret::read_env()?;
     let reads_new = current.as_ref().is_none_or(|v| *v >= SECRET_RENAME);
     let tokens = connections()?;
-    let decrypts = tokens.first().map(|(_, token)| {
-        secret::secret_for(&env, reads_new).is_some_and(|s| secret::opens(s, token))
-    });
+    let tested = test_token(&env, reads_new)?;
+    let (decrypts, undecodable) = token_facts(tested.as_ref());
     let max_script = if live::table_exists(DB, "_devlake_migration_history")? {
         live::scalar(
             DB,
@@ -169,8 +188,26 @@ pub fn detect() -> Result<Detection, AdapterError> {
     } else {
         None
     };
+    let framework_script = if live::table_exists(DB, "_devlake_migration_history")? {
+        let misnumbered: Vec<String> = catalog::MISNUMBERED.iter().map(u64::to_string).collect();
+        live::scalar(
+            DB,
+            &format!(
+                "SELECT max(script_version) FROM _devlake_migration_history WHERE comment = 'Framework' AND script_version NOT IN ({})",
+                misnumbered.join(", ")
+            ),
+            &[],
+        )?
+    } else {
+        None
+    };
+    let source = match &api {
+        Api::Serving(_) => "DevLake's /version",
+        Api::Gated | Api::Down => "the service's declared version (fleet file)",
+    };
     let mut facts = vec![
         fact("deployed-version", &deployed),
+        fact("version-source", source),
         fact(
             "api",
             match &api {
@@ -188,10 +225,7 @@ pub fn detect() -> Result<Detection, AdapterError> {
             env.encryption_secret.is_some().to_string(),
         ),
         fact("has-encode-key", env.encode_key.is_some().to_string()),
-        fact(
-            "secret-decrypts",
-            decrypts.map_or("untested (no stored token)".to_string(), |d| d.to_string()),
-        ),
+        fact("secret-decrypts", decrypts),
         fact("migration-confirmed", confirmed.to_string()),
         fact("connections", tokens.len().to_string()),
         fact(
@@ -199,6 +233,12 @@ pub fn detect() -> Result<Detection, AdapterError> {
             max_script.unwrap_or_else(|| "none".into()),
         ),
     ];
+    if let Some(script) = framework_script {
+        facts.push(fact("framework-script", script));
+    }
+    if let Some(why) = undecodable {
+        facts.push(fact("token-undecodable", why));
+    }
     if let Some(v) = last_migrated {
         facts.push(fact("last-migrated", v));
     }

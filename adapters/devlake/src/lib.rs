@@ -3,6 +3,7 @@
 //! [`secret`] the encryption secret, [`gate`] passes the migration gate and [`steps`] holds the
 //! plans.
 
+pub mod catalog;
 pub mod detect;
 pub mod gate;
 pub mod rules;
@@ -55,7 +56,16 @@ impl Product for DevLake {
     }
 
     fn upgrade(from: &Version, to: &Version) -> Plan {
-        steps::upgrade(&tag(from), &tag(to))
+        let mut plan = steps::upgrade(&tag(from), &tag(to));
+        // The rules let an unknown target through only when the operator allowed it.
+        if !catalog::knows(to) {
+            plan.notes.push(format!(
+                "{} is not in this adapter's catalog ({}; allowed with --allow-unknown): the adapter cannot know its migration scripts or secret rules, and verifies only what holds for every release",
+                tag(to),
+                catalog::describe_nearest(to)
+            ));
+        }
+        plan
     }
 
     fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
@@ -82,10 +92,13 @@ impl Product for DevLake {
     /// `.env` again and tests the stored tokens with the secret the target will read.
     fn recheck(live: &Detection, target: &Version) -> Result<Facts, AdapterError> {
         let env = secret::read_env()?;
+        let tested = detect::test_token(&env, *target >= rules::SECRET_RENAME)?;
+        let (decrypts, undecodable) = detect::token_facts(tested.as_ref());
         Ok(Facts {
             has_encryption_secret: Some(env.encryption_secret.is_some()),
             has_encode_key: Some(env.encode_key.is_some()),
-            secret_decrypts: detect::secret_opens_tokens(&env, target)?,
+            secret_decrypts: decrypts.parse().ok(),
+            token_undecodable: undecodable,
             ..Facts::from_facts(live)
         })
     }

@@ -4,7 +4,7 @@
 use semver::Version;
 use upshift_adapter_sdk::rules::{Jump, Rule, restore_instead};
 
-use crate::DevLake;
+use crate::{DevLake, catalog};
 
 /// v0.18.0 renamed `ENCODE_KEY` to `ENCRYPTION_SECRET` and stopped generating one (§4.3).
 pub const SECRET_RENAME: Version = Version::new(0, 18, 0);
@@ -19,12 +19,47 @@ upshift_adapter_sdk::facts! {
         /// A stored connection token decrypts with the secret the new version will read
         /// (`None` when there is no stored token to test with).
         pub secret_decrypts: Option<bool> = "secret-decrypts",
+        /// A stored connection token is not in the format DevLake writes (which one, and why):
+        /// no secret can open it.
+        pub token_undecodable: Option<String> = "token-undecodable",
         /// The running version's migrations were confirmed (its `_devlake_locking_history` row
         /// has `succeeded = 1`); `false` while the 428 gate is still waiting.
         pub migration_confirmed: Option<bool> = "migration-confirmed",
         /// The last version whose migrations completed, from `_devlake_locking_history`.
         pub last_migrated: Option<Version> = "last-migrated",
+        /// The newest framework script `_devlake_migration_history` records (comment
+        /// `Framework`, the misnumbered versions left out, see [`catalog::MISNUMBERED`]).
+        pub framework_script: Option<u64> = "framework-script",
+        /// Where the running release was read: the API, or the service's declared version.
+        pub version_source: Option<String> = "version-source",
+        /// The operator passed `--allow-unknown`: plan a target the catalog does not know.
+        pub allow_unknown: Option<bool> = "operator.allow-unknown-release",
     }
+}
+
+/// Why the release the instance claims cannot have migrated its database, or `None` when they
+/// agree as far as the catalog tells: the database records a framework script newer than the
+/// newest one the release ships, so a newer DevLake migrated it. A database behind the release
+/// is not a contradiction: its scripts are pending, behind the 428 gate the plan passes.
+pub fn contradiction(j: &Jump<DevLake>) -> Option<String> {
+    let recorded = j.facts.framework_script?;
+    let ships = catalog::newest_script(j.from)?;
+    (recorded > ships).then(|| {
+        let writer = catalog::first_release_with(recorded).map_or_else(
+            || "a release newer than this adapter's catalog".to_string(),
+            |r| format!("v{r} or newer"),
+        );
+        format!(
+            "{} says release v{}, but _devlake_migration_history records framework script {recorded}, newer than the {ships} that v{} ships (§4.4 catalog): only {writer} writes it; v{} would start on a newer database, and DevLake scripts have no Down",
+            j.facts
+                .version_source
+                .as_deref()
+                .unwrap_or("the detected version"),
+            j.from,
+            j.from,
+            j.from
+        )
+    })
 }
 
 /// Whether the target reads `ENCRYPTION_SECRET` (and no longer `ENCODE_KEY`).
@@ -34,6 +69,18 @@ fn reads_encryption_secret(jump: &Jump<DevLake>) -> bool {
 
 /// What DevLake refuses, in order: the first rule that applies refuses the upgrade.
 pub const REFUSALS: &[Rule<DevLake>] = &[
+    Rule {
+        id: "release-contradicts-database",
+        when: |j| contradiction(j).is_some(),
+        reason: |j| contradiction(j).unwrap_or_default(),
+        advice: |j| {
+            format!(
+                "find out which DevLake last migrated this database: if it was newer than v{}, correct the service's `version` in the fleet file (or start the right image); if the database is not the one v{} used, restore the backup that matches it. Then plan again",
+                j.from, j.from
+            )
+        },
+        via: None,
+    },
     Rule::ALREADY_AT_TARGET,
     Rule {
         id: "downgrade-after-migration",
@@ -52,6 +99,22 @@ pub const REFUSALS: &[Rule<DevLake>] = &[
         via: None,
     },
     Rule::UNKNOWN_MAJOR,
+    Rule {
+        id: "unknown-release",
+        when: |j| !catalog::knows(j.to) && j.facts.allow_unknown != Some(true),
+        reason: |j| {
+            let (first, last) = catalog::range();
+            format!(
+                "v{} is not a release this adapter's catalog knows (DevLake v{first} – v{last}); {}. The adapter cannot know its migration scripts or secret rules",
+                j.to,
+                catalog::describe_nearest(j.to)
+            )
+        },
+        advice: |_| {
+            "plan a known release, or pass `--allow-unknown` to plan this one anyway (the plan then notes that the adapter cannot know its rules)".into()
+        },
+        via: None,
+    },
     Rule {
         id: "encode-key-not-carried-over",
         when: |j| {
@@ -94,6 +157,20 @@ pub const REFUSALS: &[Rule<DevLake>] = &[
         via: None,
     },
     Rule {
+        id: "token-undecodable",
+        when: |j| j.facts.token_undecodable.is_some(),
+        reason: |j| {
+            format!(
+                "cannot decode a stored connection token ({}): it is not in the format DevLake writes (Base64 of AES-256-CBC blocks, §4.3), so no secret opens it; this is not a wrong secret, and DevLake would fail on it with a Base64 or block-size error",
+                j.facts.token_undecodable.as_deref().unwrap_or("unknown")
+            )
+        },
+        advice: |_| {
+            "find what wrote that value (a manual edit, another tool, a partial restore): restore the backup that holds the token DevLake wrote, or re-enter the connection's token through DevLake, then plan again".into()
+        },
+        via: None,
+    },
+    Rule {
         id: "secret-changed",
         when: |j| j.facts.secret_decrypts == Some(false),
         reason: |_| {
@@ -122,7 +199,56 @@ mod tests {
             secret_decrypts: Some(true),
             migration_confirmed: Some(true),
             last_migrated: Some(v("1.0.0")),
+            token_undecodable: None,
+            framework_script: None,
+            version_source: Some("DevLake's /version".into()),
+            allow_unknown: None,
         }
+    }
+
+    #[test]
+    fn the_declared_release_must_not_be_older_than_the_database() {
+        // v1.0.1's newest framework script behind a DevLake that says v1.0.0.
+        let newer = Facts {
+            framework_script: Some(20240813160242),
+            ..good()
+        };
+        let (from, to) = (v("1.0.0"), v("1.0.1"));
+        let r = Jump::<DevLake>::new(&from, &to, &newer)
+            .check()
+            .expect_err("contradiction");
+        assert_eq!(r.rule, "release-contradicts-database");
+        assert!(
+            r.reason.contains("/version says release v1.0.0"),
+            "{}",
+            r.reason
+        );
+        assert!(r.reason.contains("only v1.0.1 or newer"), "{}", r.reason);
+        // Behind (pending behind the gate) or agreeing: allowed.
+        let behind = Facts {
+            framework_script: Some(20240308142101),
+            ..good()
+        };
+        assert_eq!(rule("1.0.0", "1.0.1", &behind), Ok(()));
+        let agreeing = Facts {
+            framework_script: Some(20240523194205),
+            ..good()
+        };
+        assert_eq!(rule("1.0.0", "1.0.1", &agreeing), Ok(()));
+    }
+
+    #[test]
+    fn an_unknown_target_needs_the_operator() {
+        assert_eq!(rule("1.0.0", "1.0.9", &good()), Err("unknown-release"));
+        assert_eq!(
+            rule("1.0.0", "1.0.3-beta10", &good()),
+            Err("unknown-release")
+        );
+        let allowed = Facts {
+            allow_unknown: Some(true),
+            ..good()
+        };
+        assert_eq!(rule("1.0.0", "1.0.9", &allowed), Ok(()));
     }
 
     fn rule(from: &str, to: &str, f: &Facts) -> Result<(), &'static str> {
@@ -163,6 +289,15 @@ mod tests {
             ..good()
         };
         assert_eq!(rule("1.0.0", "1.0.1", &changed), Err("secret-changed"));
+        let undecodable = Facts {
+            secret_decrypts: Some(false),
+            token_undecodable: Some("id 1: it is not standard Base64".into()),
+            ..good()
+        };
+        assert_eq!(
+            rule("1.0.0", "1.0.1", &undecodable),
+            Err("token-undecodable")
+        );
     }
 
     #[test]

@@ -26,6 +26,45 @@ pub fn change_log() -> Result<Option<String>, AdapterError> {
     find_table(&["SERVER_CHANGE_LOG", "server_change_log"])
 }
 
+/// How the bound database quotes identifiers: PostgreSQL with `"…"`, MySQL and MariaDB with
+/// backquotes (double quotes are string literals there unless `ANSI_QUOTES` is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quoting {
+    /// `"name"` (PostgreSQL, the SQL standard).
+    Ansi,
+    /// `` `name` `` (MySQL, MariaDB).
+    Backquote,
+}
+
+impl Quoting {
+    /// The quoting of a server whose `SELECT version()` answered `version`.
+    pub fn of_server(version: &str) -> Quoting {
+        if version.to_ascii_lowercase().contains("postgres") {
+            Quoting::Ansi
+        } else {
+            Quoting::Backquote
+        }
+    }
+
+    /// `name` quoted as an identifier, a quote inside it doubled, so the exact name that
+    /// [`live::table_exists`] found is the one queried (a quoted upper-case table on PostgreSQL
+    /// is not the folded lower-case one).
+    pub fn ident(self, name: &str) -> String {
+        let q = match self {
+            Quoting::Ansi => '"',
+            Quoting::Backquote => '`',
+        };
+        let doubled = name.replace(q, &format!("{q}{q}"));
+        format!("{q}{doubled}{q}")
+    }
+}
+
+/// The bound database's identifier quoting, from its `SELECT version()`.
+pub fn quoting() -> Result<Quoting, AdapterError> {
+    let version = live::scalar(DB, "SELECT version()", &[])?.unwrap_or_default();
+    Ok(Quoting::of_server(&version))
+}
+
 /// The migration state of the database.
 #[derive(Debug, Clone, Default)]
 pub struct MigrationState {
@@ -49,10 +88,12 @@ pub fn migrations() -> Result<MigrationState, AdapterError> {
                 unfinished_migrations: Some(0),
                 entities_without_history: Some(entities && !legacy),
                 db_version: None,
+                ..Facts::default()
             },
             ..MigrationState::default()
         });
     };
+    let log = quoting()?.ident(&log);
     let versions = live::column(DB, &format!("SELECT version FROM {log}"), &[])?;
     let db_version = versions.iter().filter_map(|v| numeric(v)).max();
     // Only the newest code has `status`; a query on a missing column fails, on any engine.
@@ -70,6 +111,7 @@ pub fn migrations() -> Result<MigrationState, AdapterError> {
             legacy_flyway: Some(legacy),
             unfinished_migrations: Some(unfinished),
             entities_without_history: Some(versions.is_empty() && entities && !legacy),
+            ..Facts::default()
         },
     })
 }
@@ -91,11 +133,17 @@ pub fn detect() -> Result<Detection, AdapterError> {
         ))
     })?;
     let api = api_version();
+    let source = if api.is_some() {
+        "the server's /api/v1/version"
+    } else {
+        "the service's declared version (fleet file)"
+    };
     let version = api.clone().unwrap_or_else(|| deployed.clone());
     let state = migrations()?;
     let mut facts = vec![
         fact("deployed-version", &deployed),
         fact("api-version", api.as_deref().unwrap_or("not answering")),
+        fact("version-source", source),
         fact("change-log-rows", state.rows.to_string()),
         fact(
             "legacy-flyway",
@@ -118,4 +166,21 @@ pub fn detect() -> Result<Detection, AdapterError> {
         facts.push(fact("db-version", v.to_string()));
     }
     Ok(Detection { version, facts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_for_the_engine() {
+        let pg = Quoting::of_server("PostgreSQL 15.6 (Debian 15.6-0+deb12u1) on x86_64");
+        assert_eq!(pg, Quoting::Ansi);
+        assert_eq!(pg.ident("SERVER_CHANGE_LOG"), "\"SERVER_CHANGE_LOG\"");
+        assert_eq!(pg.ident("a\"b"), "\"a\"\"b\"");
+        let maria = Quoting::of_server("10.11.6-MariaDB-0+deb12u1");
+        assert_eq!(maria, Quoting::Backquote);
+        assert_eq!(maria.ident("SERVER_CHANGE_LOG"), "`SERVER_CHANGE_LOG`");
+        assert_eq!(Quoting::of_server("8.0.36").ident("a`b"), "`a``b`");
+    }
 }

@@ -2,6 +2,7 @@
 //! PostgreSQL. The rules are the table in [`rules`]; [`detect`] reads the instance and [`steps`]
 //! holds the plans.
 
+pub mod catalog;
 pub mod detect;
 pub mod rules;
 pub mod steps;
@@ -44,7 +45,15 @@ impl Product for OpenMetadata {
     }
 
     fn upgrade(from: &Version, to: &Version) -> Plan {
-        steps::upgrade(&from.to_string(), &to.to_string())
+        let mut plan = steps::upgrade(&from.to_string(), &to.to_string());
+        // The rules let an unknown target through only when the operator allowed it.
+        if !catalog::knows(to) {
+            plan.notes.push(format!(
+                "{to} is not in this adapter's catalog ({}; allowed with --allow-unknown): the adapter cannot know its migrations, gates or stepping stones, and verifies only what holds for every release",
+                catalog::describe_nearest(to)
+            ));
+        }
+        plan
     }
 
     fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {

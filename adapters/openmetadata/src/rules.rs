@@ -4,7 +4,7 @@
 use semver::Version;
 use upshift_adapter_sdk::rules::{Jump, Rule, restore_instead};
 
-use crate::OpenMetadata;
+use crate::{OpenMetadata, catalog};
 
 /// The first release of the newest-code migration runner, which refuses databases that are not
 /// on 2.0 yet (`MINIMUM_SUPPORTED_MIGRATION_VERSION = "2.0.0"`, §3.2).
@@ -29,7 +29,31 @@ upshift_adapter_sdk::facts! {
         pub unfinished_migrations: Option<u64> = "unfinished-migrations",
         /// Entity tables present but no migration history at all (the runner's `ABORT`).
         pub entities_without_history: Option<bool> = "entities-without-history",
+        /// Where the running release was read: the API, or the service's declared version.
+        pub version_source: Option<String> = "version-source",
+        /// The operator passed `--allow-unknown`: plan a target the catalog does not know.
+        pub allow_unknown: Option<bool> = "operator.allow-unknown-release",
     }
+}
+
+/// Why the release the instance claims cannot have migrated its database, or `None` when they
+/// agree as far as the facts tell: `SERVER_CHANGE_LOG` reaching a migration newer than the
+/// release means a newer release migrated it (§3.2: migrations are named after the release
+/// that ships them). A database behind the release is not a contradiction: it is a migration
+/// still to run, which the plan runs.
+pub fn contradiction(j: &Jump<OpenMetadata>) -> Option<String> {
+    let db = j.facts.db_version.as_ref()?;
+    (db > j.from).then(|| {
+        format!(
+            "{} says release {}, but the database's SERVER_CHANGE_LOG records migration {db}, which only OpenMetadata {db} or newer writes (native migrations are named after the release that ships them, §3.2); planning from {} would run its migrate and server on a newer database",
+            j.facts
+                .version_source
+                .as_deref()
+                .unwrap_or("the detected version"),
+            j.from,
+            j.from
+        )
+    })
 }
 
 /// The version the database's migrations reached: the detected one, or else the running
@@ -40,6 +64,23 @@ fn database_version<'a>(jump: &Jump<'a, OpenMetadata>) -> &'a Version {
 
 /// What OpenMetadata refuses, in order: the first rule that applies refuses the upgrade.
 pub const REFUSALS: &[Rule<OpenMetadata>] = &[
+    Rule {
+        id: "release-contradicts-database",
+        when: |j| contradiction(j).is_some(),
+        reason: |j| contradiction(j).unwrap_or_default(),
+        advice: |j| {
+            format!(
+                "find out which release last migrated this database: if it was {} or newer, correct the service's `version` in the fleet file (or start the right image); if the database is not the one {} used, restore the backup that matches {}. Then plan again",
+                j.facts
+                    .db_version
+                    .as_ref()
+                    .map_or("a newer one".to_string(), ToString::to_string),
+                j.from,
+                j.from
+            )
+        },
+        via: None,
+    },
     Rule::ALREADY_AT_TARGET,
     Rule {
         id: "downgrade",
@@ -53,6 +94,22 @@ pub const REFUSALS: &[Rule<OpenMetadata>] = &[
         via: None,
     },
     Rule::UNKNOWN_MAJOR,
+    Rule {
+        id: "unknown-release",
+        when: |j| !catalog::knows(j.to) && j.facts.allow_unknown != Some(true),
+        reason: |j| {
+            let (first, last) = catalog::range();
+            format!(
+                "{} is not a release this adapter's catalog knows (OpenMetadata {first} – {last}, the releases with their own native migration); {}. The adapter cannot know its migrations or gates",
+                j.to,
+                catalog::describe_nearest(j.to)
+            )
+        },
+        advice: |_| {
+            "plan a known release, or pass `--allow-unknown` to plan this one anyway (the plan then notes that the adapter cannot know its rules)".into()
+        },
+        via: None,
+    },
     Rule {
         id: "abort-state",
         when: |j| j.facts.entities_without_history == Some(true),
@@ -156,6 +213,49 @@ mod tests {
             ..Facts::default()
         };
         assert_eq!(rule("1.9.0", "1.12.1", &abort), Err("abort-state"));
+    }
+
+    #[test]
+    fn the_declared_release_must_not_be_older_than_the_database() {
+        // The case: SERVER_CHANGE_LOG at 1.9.4, declared 1.9.0, planned to 1.9.2.
+        let f = Facts {
+            db_version: Some(v("1.9.4")),
+            version_source: Some("the fleet file".into()),
+            ..Facts::default()
+        };
+        let r = check(&v("1.9.0"), &v("1.9.2"), &f).expect_err("contradiction");
+        assert_eq!(r.rule, "release-contradicts-database");
+        assert!(
+            r.reason.contains("the fleet file says release 1.9.0"),
+            "{}",
+            r.reason
+        );
+        assert!(r.reason.contains("1.9.4"), "{}", r.reason);
+        assert!(r.advice.contains("fleet file") && r.advice.contains("restore"));
+        // Agreeing, or behind (a migration still to run): no contradiction.
+        let same = Facts {
+            db_version: Some(v("1.9.0")),
+            ..Facts::default()
+        };
+        assert_eq!(rule("1.9.0", "1.12.1", &same), Ok(()));
+        let behind = Facts {
+            db_version: Some(v("1.3.0")),
+            ..Facts::default()
+        };
+        assert_eq!(rule("1.3.4", "1.9.0", &behind), Ok(()));
+    }
+
+    #[test]
+    fn an_unknown_target_needs_the_operator() {
+        let f = Facts::default();
+        let r = check(&v("1.9.0"), &v("1.9.7"), &f).expect_err("unknown");
+        assert_eq!(r.rule, "unknown-release");
+        assert!(r.reason.contains("1.9.6 and 1.9.8"), "{}", r.reason);
+        let allowed = Facts {
+            allow_unknown: Some(true),
+            ..Facts::default()
+        };
+        assert_eq!(rule("1.9.0", "1.9.7", &allowed), Ok(()));
     }
 
     #[test]

@@ -251,7 +251,7 @@ async fn upgrades_wait_at_the_428_gate_and_tokens_need_the_same_secret() {
         .query_first("SELECT MAX(script_version) FROM _devlake_migration_history")
         .await
         .expect("max");
-    assert_eq!(newest, Some(20241010000001));
+    assert_eq!(newest, Some(20240813160242));
     let repos: Option<i64> = conn
         .query_first("SELECT COUNT(*) FROM repos")
         .await
@@ -341,7 +341,7 @@ async fn configuration_rules_and_failing_scripts() {
         "v1.0.1",
         dir.path(),
         &env,
-        &[("DL_SIM_FAIL_SCRIPT", "20241010000001")],
+        &[("DL_SIM_FAIL_SCRIPT", "20240813160242")],
     )
     .await
     .expect("start");
@@ -365,7 +365,7 @@ async fn configuration_rules_and_failing_scripts() {
         .query_first("SELECT MAX(script_version) FROM _devlake_migration_history")
         .await
         .expect("max");
-    assert_eq!(newest, Some(20240607000041), "earlier scripts stay applied");
+    assert_eq!(newest, Some(20240523194205), "earlier scripts stay applied");
     let (_sim, p) = start("v1.0.1", dir.path(), &env, &[("FORCE_MIGRATION", "true")])
         .await
         .expect("start");
@@ -374,7 +374,7 @@ async fn configuration_rules_and_failing_scripts() {
         .query_first("SELECT MAX(script_version) FROM _devlake_migration_history")
         .await
         .expect("max");
-    assert_eq!(newest, Some(20241010000001), "FORCE_MIGRATION migrated");
+    assert_eq!(newest, Some(20240813160242), "FORCE_MIGRATION migrated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +393,7 @@ async fn old_releases_retry_and_v1_0_0_crashes_on_a_failed_migration() {
         "v0.21.0",
         dir.path(),
         &env,
-        &[("DL_SIM_FAIL_SCRIPT", "20240103000001")],
+        &[("DL_SIM_FAIL_SCRIPT", "20240308142101")],
     )
     .await
     .expect("start");
@@ -409,7 +409,7 @@ async fn old_releases_retry_and_v1_0_0_crashes_on_a_failed_migration() {
         "v1.0.0",
         dir.path(),
         &env,
-        &[("DL_SIM_FAIL_SCRIPT", "20240607000041")],
+        &[("DL_SIM_FAIL_SCRIPT", "20240523194205")],
     )
     .await
     .expect("start");
@@ -439,7 +439,7 @@ async fn old_releases_retry_and_v1_0_0_crashes_on_a_failed_migration() {
         .query_first("SELECT MAX(script_version) FROM _devlake_migration_history")
         .await
         .expect("max");
-    assert_eq!(newest, Some(20240103000001), "earlier scripts stay applied");
+    assert_eq!(newest, Some(20240308142101), "earlier scripts stay applied");
 }
 
 /// A second instance on the same database gives up on `_devlake_locking_stub` within its
@@ -641,7 +641,7 @@ async fn pg_upgrades_wait_at_the_428_gate_and_tokens_need_the_same_secret() {
         .await
         .expect("max")
         .get(0);
-    assert_eq!(newest, 20241010000001);
+    assert_eq!(newest, 20240813160242);
     let merged: i64 = client
         .query_one(
             "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = 'pull_requests' AND column_name = 'merged_date' AND data_type LIKE 'timestamp%'",
@@ -689,7 +689,7 @@ async fn pg_failing_script_leaves_earlier_scripts_applied_and_the_gate_closed() 
         "v1.0.1",
         dir.path(),
         &env,
-        &[("DL_SIM_FAIL_SCRIPT", "20241010000001")],
+        &[("DL_SIM_FAIL_SCRIPT", "20240813160242")],
     )
     .await
     .expect("start");
@@ -708,7 +708,7 @@ async fn pg_failing_script_leaves_earlier_scripts_applied_and_the_gate_closed() 
         .await
         .expect("max")
         .get(0);
-    assert_eq!(newest, 20240607000041, "earlier scripts stay applied");
+    assert_eq!(newest, 20240523194205, "earlier scripts stay applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

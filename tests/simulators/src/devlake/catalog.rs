@@ -57,7 +57,12 @@ pub const BASE: &[Sql] = &[
     ),
 ];
 
-/// Every simulated script, in order.
+/// Every simulated script, in order. The newest script of each simulated release carries the
+/// version upstream's newest framework script of that release has (apache/incubator-devlake
+/// `backend/core/models/migrationscripts/*.go` `Version()` at the tag: v0.17.0 20230426150702,
+/// v0.18.0 20230517162121, v0.21.0 20240308142101, v1.0.0 20240523194205 — leaving out its two
+/// misnumbered 2025… scripts that v1.0.1 renumbers —, v1.0.1 20240813160242); the names and the
+/// SQL are invented, and so are the two oldest versions.
 pub const SCRIPTS: &[Script] = &[
     Script {
         version: 20220406000001,
@@ -74,17 +79,17 @@ pub const SCRIPTS: &[Script] = &[
         ),
     },
     Script {
-        version: 20230322000010,
+        version: 20230426150702,
         name: "add_connection_proxy",
         sql: Sql::Same("ALTER TABLE _tool_github_connections ADD COLUMN proxy VARCHAR(255) NULL"),
     },
     Script {
-        version: 20231012000001,
+        version: 20230517162121,
         name: "add_repo_language",
         sql: Sql::Same("ALTER TABLE repos ADD COLUMN language VARCHAR(100) NULL"),
     },
     Script {
-        version: 20240103000001,
+        version: 20240308142101,
         name: "add_pr_created_date",
         sql: Sql::Per(
             "ALTER TABLE pull_requests ADD COLUMN created_date DATETIME(3) NULL",
@@ -92,12 +97,12 @@ pub const SCRIPTS: &[Script] = &[
         ),
     },
     Script {
-        version: 20240607000041,
+        version: 20240523194205,
         name: "modify_pr_assignees_and_reviewers_id",
         sql: Sql::Same("ALTER TABLE pull_requests ADD COLUMN assignee_id VARCHAR(255) NULL"),
     },
     Script {
-        version: 20241010000001,
+        version: 20240813160242,
         name: "add_pr_merged_date",
         sql: Sql::Per(
             "ALTER TABLE pull_requests ADD COLUMN merged_date DATETIME(3) NULL",
@@ -149,7 +154,7 @@ pub struct Release {
 pub const RELEASES: &[Release] = &[
     Release {
         tag: "v0.17.0",
-        newest_script: 20230322000010,
+        newest_script: 20230426150702,
         encryption_secret: false,
         lock_timeout: Duration::from_secs(2),
         lock_drops_stub: false,
@@ -159,7 +164,7 @@ pub const RELEASES: &[Release] = &[
     },
     Release {
         tag: "v0.18.0",
-        newest_script: 20231012000001,
+        newest_script: 20230517162121,
         encryption_secret: true,
         lock_timeout: Duration::from_secs(3),
         lock_drops_stub: false,
@@ -169,7 +174,7 @@ pub const RELEASES: &[Release] = &[
     },
     Release {
         tag: "v0.21.0",
-        newest_script: 20240103000001,
+        newest_script: 20240308142101,
         encryption_secret: true,
         lock_timeout: Duration::from_secs(10),
         lock_drops_stub: true,
@@ -179,7 +184,7 @@ pub const RELEASES: &[Release] = &[
     },
     Release {
         tag: "v1.0.0",
-        newest_script: 20240607000041,
+        newest_script: 20240523194205,
         encryption_secret: true,
         lock_timeout: Duration::from_secs(10),
         lock_drops_stub: true,
@@ -189,7 +194,7 @@ pub const RELEASES: &[Release] = &[
     },
     Release {
         tag: "v1.0.1",
-        newest_script: 20241010000001,
+        newest_script: 20240813160242,
         encryption_secret: true,
         lock_timeout: Duration::from_secs(10),
         lock_drops_stub: true,
@@ -227,7 +232,7 @@ mod tests {
         assert_eq!(find("1.0.1").map(|r| r.tag), Some("v1.0.1"));
         assert_eq!(
             find("0.21.0").map(|r| r.newest_script),
-            Some(20240103000001)
+            Some(20240308142101)
         );
         assert_eq!(find("v1.0.2"), None);
         assert_eq!(find(""), None);
