@@ -4,14 +4,18 @@
 //!
 //! Asynchronous through `tokio-postgres`: one connection, which callers share (statements are
 //! pipelined; nothing holds it between them). Every statement stands alone, the queue's
-//! included, so no transaction can take in someone else's statements.
+//! included, so no transaction can take in someone else's statements. Each distinct statement
+//! is prepared once per connection and kept ([`Pg::prepared`]), so running it again is one
+//! round trip instead of two (Parse/Describe, then Bind/Execute).
 
+use std::collections::HashMap;
 use std::error::Error;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::lease::now_ms;
 use crate::queue::{Claim, QueueItem, WorkQueue};
@@ -69,7 +73,12 @@ pub struct Pg {
     /// How long a lease lasts without a heartbeat: a claim whose agent holds no lease for that
     /// long is abandoned.
     lease_ttl: Duration,
+    /// Statements prepared on `client`, by their text (they belong to that connection).
+    statements: Mutex<HashMap<String, Statement>>,
 }
+
+/// How many prepared statements a connection keeps (the store has a few dozen distinct ones).
+const STATEMENTS_KEPT: usize = 256;
 
 /// The PostgreSQL state store.
 pub type PgState = Store<Pg>;
@@ -95,6 +104,7 @@ pub async fn open(url: &str, lease_ttl: Duration) -> Result<PgState, StateError>
         at,
         client,
         lease_ttl,
+        statements: Mutex::new(HashMap::new()),
     }))
 }
 
@@ -104,6 +114,30 @@ impl Pg {
             at: self.at.clone(),
             source,
         }
+    }
+
+    /// `sql` prepared on this connection: the first time a round trip (Parse/Describe), then
+    /// from memory.
+    async fn prepared(&self, sql: &str) -> Result<Statement, StateError> {
+        let kept = self
+            .statements
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sql)
+            .cloned();
+        if let Some(statement) = kept {
+            return Ok(statement);
+        }
+        let statement = self.client.prepare(sql).await.map_err(self.fail())?;
+        let mut kept = self
+            .statements
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if kept.len() >= STATEMENTS_KEPT {
+            kept.clear();
+        }
+        kept.insert(sql.to_string(), statement.clone());
+        Ok(statement)
     }
 }
 
@@ -174,16 +208,18 @@ impl Engine for Pg {
     }
 
     async fn execute(&self, sql: String, params: Vec<Value>) -> Result<u64, StateError> {
+        let statement = self.prepared(&sql).await?;
         self.client
-            .execute(sql.as_str(), &refs(&params))
+            .execute(&statement, &refs(&params))
             .await
             .map_err(self.fail())
     }
 
     async fn query(&self, sql: String, params: Vec<Value>) -> Result<Vec<Vec<Value>>, StateError> {
+        let statement = self.prepared(&sql).await?;
         let rows = self
             .client
-            .query(sql.as_str(), &refs(&params))
+            .query(&statement, &refs(&params))
             .await
             .map_err(self.fail())?;
         rows.iter()
@@ -235,9 +271,8 @@ impl WorkQueue for Pg {
             let period = crate::lease::ttl_ms(self.lease_ttl);
             let stale = now.saturating_sub(period);
             // One statement: the row is locked from the choice to the update.
-            let row = self
-                .client
-                .query_opt(
+            let claim = self
+                .prepared(
                     "WITH next AS (
                        SELECT q.instance, q.status FROM upshift_queue q
                        WHERE q.status = 'pending'
@@ -248,8 +283,11 @@ impl WorkQueue for Pg {
                      UPDATE upshift_queue u SET status = 'claimed', agent = $3, claims = u.claims + 1, claimed_ms = $1
                      FROM next WHERE u.instance = next.instance
                      RETURNING u.instance, u.target, next.status, u.enqueued_at",
-                    &[&now, &stale, &agent],
                 )
+                .await?;
+            let row = self
+                .client
+                .query_opt(&claim, &[&now, &stale, &agent])
                 .await
                 .map_err(self.fail())?;
             let Some(row) = row else {
@@ -267,11 +305,13 @@ impl WorkQueue for Pg {
 
     fn finish<'a>(&'a self, instance: &'a str, outcome: &'a str) -> StateFuture<'a, ()> {
         Box::pin(async move {
-            self.client
-                .execute(
+            let finish = self
+                .prepared(
                     "UPDATE upshift_queue SET status = 'done', outcome = $2, finished_at = $3 WHERE instance = $1",
-                    &[&instance, &outcome, &now()],
                 )
+                .await?;
+            self.client
+                .execute(&finish, &[&instance, &outcome, &now()])
                 .await
                 .map(drop)
                 .map_err(self.fail())
@@ -280,12 +320,12 @@ impl WorkQueue for Pg {
 
     fn remaining(&self) -> StateFuture<'_, usize> {
         Box::pin(async move {
+            let remaining = self
+                .prepared("SELECT count(*) FROM upshift_queue WHERE status <> 'done'")
+                .await?;
             let row = self
                 .client
-                .query_one(
-                    "SELECT count(*) FROM upshift_queue WHERE status <> 'done'",
-                    &[],
-                )
+                .query_one(&remaining, &[])
                 .await
                 .map_err(self.fail())?;
             let count: i64 = row.try_get(0).map_err(self.fail())?;
