@@ -124,7 +124,9 @@ fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
         let runs = &drains[slot];
         let plural = if *agents == 1 { "" } else { "s" };
         let mut wall = Metric::new(
-            &format!("agents: drain {instances} cheap upgrades from the queue, {agents} agent{plural}"),
+            &format!(
+                "agents: drain {instances} cheap upgrades from the queue, {agents} agent{plural}"
+            ),
             &format!(
                 "wall time from starting {agents} `upshift agent --until-empty` process{} to the \
                  last one's exit",
@@ -139,7 +141,9 @@ fn run_in(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
             ideal.push(d.steps / *agents as f64);
         }
         wall.comparison = Some((
-            format!("the journaled steps alone, spread evenly over {agents} agent{plural} (Σ step durations / {agents})"),
+            format!(
+                "the journaled steps alone, spread evenly over {agents} agent{plural} (Σ step durations / {agents})"
+            ),
             ideal,
         ));
         let mut per = Metric::new(
@@ -242,7 +246,17 @@ impl Psql<'_> {
     fn sql(&self, db: &str, sql: &str) -> Result<String> {
         run_ok(
             Command::new(self.bindir.join("psql"))
-                .args(["-X", "-q", "-t", "-A", "-F", "|", "-v", "ON_ERROR_STOP=1", "-d"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-t",
+                    "-A",
+                    "-F",
+                    "|",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-d",
+                ])
                 .arg(self.cluster.url(db))
                 .arg("-c")
                 .arg(sql),
@@ -312,7 +326,15 @@ fn drain(
     // Untimed: bring every instance up at the old version, compiling the adapter once.
     let mut setup = upshift_cmd(upshift, dir, "data-setup", &url);
     setup
-        .args(["apply", "--all", "--to", "1.0.0-cheap", "--yes", "--parallel", "8"])
+        .args([
+            "apply",
+            "--all",
+            "--to",
+            "1.0.0-cheap",
+            "--yes",
+            "--parallel",
+            "8",
+        ])
         .arg("--max-failures")
         .arg(instances.to_string());
     fleet::timed(setup, "upshift apply --to 1.0.0-cheap")?;
@@ -320,10 +342,7 @@ fn drain(
     for a in 0..agents {
         let data = dir.join(format!("data-agent-{a}"));
         std::fs::create_dir_all(&data)?;
-        std::fs::set_permissions(
-            &data,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )?;
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         run_ok(
             Command::new("cp")
                 .arg("-a")
@@ -373,8 +392,12 @@ fn drain(
     // Every item done and succeeded, every instance at the target.
     let bad = pg.sql(
         db,
-        "SELECT instance || ' ' || status || ' ' || coalesce(outcome, '') FROM upshift_queue \
-         WHERE status <> 'done' OR outcome IS DISTINCT FROM 'succeeded'",
+        "SELECT q.instance || ' ' || q.status || ' ' || coalesce(q.outcome, '') || ': ' || \
+           coalesce(string_agg(r.status || ' ' || coalesce(r.message, ''), '; '), 'no run') \
+         FROM upshift_queue q LEFT JOIN upshift_runs r ON r.instance = q.instance \
+           AND r.to_version = q.target \
+         WHERE q.status <> 'done' OR q.outcome IS DISTINCT FROM 'succeeded' \
+         GROUP BY q.instance, q.status, q.outcome",
     )?;
     if !bad.is_empty() {
         bail!("the queue was not drained with every upgrade succeeded: {bad}");

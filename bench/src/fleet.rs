@@ -151,9 +151,14 @@ pub(crate) fn upshift_binary() -> Result<PathBuf> {
         .to_string();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build
-        .current_dir(crate::workspace_root())
-        .args(["build", "--locked", "-p", "upshift-cli", "--bin", "upshift"]);
+    build.current_dir(crate::workspace_root()).args([
+        "build",
+        "--locked",
+        "-p",
+        "upshift-cli",
+        "--bin",
+        "upshift",
+    ]);
     if profile == "release" {
         build.arg("--release");
     }
