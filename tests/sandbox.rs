@@ -149,6 +149,26 @@ async fn the_precompiled_cache_is_used_and_integrity_checked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_shared_loads_the_same_bytes_once_per_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = wasm("test-misbehaving");
+    let runtime = Runtime::new(Some(dir.path())).expect("runtime");
+    let first = runtime.load_shared("first", &bytes).await.expect("load");
+    assert_eq!(first.cache, CacheOutcome::Compiled);
+    // The cache directory is gone: the second load of the same bytes does not read it.
+    std::fs::remove_dir_all(dir.path()).expect("remove the cache");
+    let second = runtime.load_shared("second", &bytes).await.expect("load");
+    assert_eq!(second.cache, CacheOutcome::Hit);
+    assert_eq!(second.label, "second", "each caller's own label");
+    assert_eq!(second.digest, first.digest);
+    still_serves(&runtime, &second).await;
+    // Other bytes are loaded on their own (and the plain `load` still reads the cache).
+    let other = wasm("bytebase");
+    let loaded = runtime.load_shared("other", &other).await.expect("load");
+    assert_ne!(loaded.digest, first.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_module_or_garbage_is_not_an_adapter() {
     let runtime = Runtime::new(None).expect("runtime");
     let err = runtime

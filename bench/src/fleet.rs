@@ -139,7 +139,7 @@ pub async fn run(cfg: &Config) -> Result<Vec<Metric>> {
 }
 
 /// The `upshift` binary beside this one, built first (untimed) with the same cargo.
-fn upshift_binary() -> Result<PathBuf> {
+pub(crate) fn upshift_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the benchmark's own binary")?;
     let dir = exe
         .parent()
@@ -151,9 +151,14 @@ fn upshift_binary() -> Result<PathBuf> {
         .to_string();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build
-        .current_dir(crate::workspace_root())
-        .args(["build", "--locked", "-p", "upshift", "--bin", "upshift"]);
+    build.current_dir(crate::workspace_root()).args([
+        "build",
+        "--locked",
+        "-p",
+        "upshift-cli",
+        "--bin",
+        "upshift",
+    ]);
     if profile == "release" {
         build.arg("--release");
     }
@@ -165,10 +170,10 @@ fn upshift_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Make the `INSTANCES` instance directories under `dir`, each with its data files.
-fn instances(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::with_capacity(INSTANCES);
-    for i in 0..INSTANCES {
+/// Make `count` instance directories under `dir`, each with its data files.
+pub(crate) fn instances(dir: &Path, count: usize) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
         let inst = dir.join(format!("{i:03}"));
         let data = inst.join("data");
         std::fs::create_dir_all(&data)?;
@@ -183,7 +188,8 @@ fn instances(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn fleet_file(adapter: &Path, instances: &[PathBuf]) -> String {
+/// The fleet file of `instances`: each a process service `app` at `1.0.0-cheap` and its data.
+pub(crate) fn fleet_file(adapter: &Path, instances: &[PathBuf]) -> String {
     let mut text = String::new();
     for (i, inst) in instances.iter().enumerate() {
         text.push_str(&format!(
@@ -201,7 +207,7 @@ fn fleet_file(adapter: &Path, instances: &[PathBuf]) -> String {
 }
 
 fn time_upshift(upshift: &Path, adapter: &Path, dir: &Path) -> Result<f64> {
-    let list = instances(&dir.join("instances"))?;
+    let list = instances(&dir.join("instances"), INSTANCES)?;
     let fleet = dir.join("upshift.toml");
     std::fs::write(&fleet, fleet_file(adapter, &list))?;
     let apply = |to: &str| -> Result<f64> {
@@ -229,7 +235,7 @@ fn time_upshift(upshift: &Path, adapter: &Path, dir: &Path) -> Result<f64> {
 }
 
 fn time_script(script: &Path, dir: &Path) -> Result<f64> {
-    let list = instances(&dir.join("instances"))?;
+    let list = instances(&dir.join("instances"), INSTANCES)?;
     // Bring every instance up at the old version (untimed).
     for inst in &list {
         std::fs::write(inst.join("version"), "1.0.0-cheap\n")?;
@@ -260,7 +266,7 @@ fn time_script(script: &Path, dir: &Path) -> Result<f64> {
 }
 
 /// Run `cmd` to completion; its wall time, or an error with its output when it fails.
-fn timed(mut cmd: Command, what: &str) -> Result<f64> {
+pub(crate) fn timed(mut cmd: Command, what: &str) -> Result<f64> {
     let t = Instant::now();
     let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
     let elapsed = t.elapsed().as_secs_f64();
@@ -280,7 +286,7 @@ fn settle() {
 }
 
 /// Every instance has exactly one process running `version` (its environment says so).
-fn check_running(list: &[PathBuf], version: &str) -> Result<()> {
+pub(crate) fn check_running(list: &[PathBuf], version: &str) -> Result<()> {
     let procs = processes_under(
         list.first()
             .and_then(|p| p.parent())
@@ -330,7 +336,7 @@ fn processes_under(dir: &Path) -> Vec<(u32, PathBuf, String)> {
 }
 
 /// Kill every process left running under `dir` (untimed clean-up).
-fn kill_under(dir: &Path) {
+pub(crate) fn kill_under(dir: &Path) {
     for (pid, _, _) in processes_under(dir) {
         let _ = Command::new("kill")
             .arg("-KILL")

@@ -2,9 +2,10 @@
 //! in the same run, generating its data first (untimed), and writes `docs/BENCHMARKS.md`.
 //!
 //! Flags: `--quick` (smaller data, fewer iterations), `--only NAME[,NAME]` (groups: `sandbox`,
-//! `plan`, `snapshot`, `pg`, `fleet`, `audit`, `limits`), `--runs N`, `--data DIR` (where data is
+//! `plan`, `snapshot`, `pg`, `fleet`, `agents`, `audit`, `limits`), `--runs N`, `--data DIR` (where data is
 //! generated; default `target/bench-data`), `--out FILE` (default `docs/BENCHMARKS.md`).
 
+mod agents;
 mod audit;
 mod data;
 mod fleet;
@@ -26,7 +27,7 @@ use report::{Metric, Report};
 
 /// The groups, in the order.
 const GROUPS: &[&str] = &[
-    "sandbox", "plan", "snapshot", "pg", "fleet", "audit", "limits",
+    "sandbox", "plan", "snapshot", "pg", "fleet", "agents", "audit", "limits",
 ];
 
 /// What the run was asked to do.
@@ -149,6 +150,16 @@ fn main() -> Result<()> {
     if cfg.wants("fleet") {
         eprintln!("== fleet");
         metrics.extend(rt.block_on(fleet::run(&cfg))?);
+    }
+    if cfg.wants("agents") {
+        eprintln!("== agents");
+        match rt.block_on(agents::run(&cfg)) {
+            Ok(m) => metrics.extend(m),
+            Err(e) => skipped.push((
+                "agents: queue throughput and per-instance overhead".into(),
+                format!("the benchmark failed: {e:#}"),
+            )),
+        }
     }
     if cfg.wants("audit") {
         eprintln!("== audit");

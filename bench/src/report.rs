@@ -14,6 +14,8 @@ pub enum Unit {
     Bytes,
     /// Bytes per second (printed in MB/s).
     BytesPerSecond,
+    /// A count (printed with one decimal).
+    Count,
 }
 
 /// The issue's target for a figure.
@@ -107,6 +109,7 @@ pub fn fmt(unit: Unit, v: f64) -> String {
         Unit::Bytes if v < 1024.0 * 1024.0 => format!("{:.0} KiB", v / 1024.0),
         Unit::Bytes => format!("{:.2} MiB", v / (1024.0 * 1024.0)),
         Unit::BytesPerSecond => format!("{:.0} MB/s", v / 1e6),
+        Unit::Count => format!("{v:.1}"),
     }
 }
 
@@ -163,7 +166,7 @@ impl Report {
             md,
             "Written by `{}` (the `upshift-bench` crate, `bench/`); do not edit by hand. \
              Regenerate with `cargo run --release -p upshift-bench` (`--quick` for smaller data, \
-             `--only NAME` for one group: `sandbox`, `plan`, `snapshot`, `pg`, `fleet`, `audit`, `limits`).\n",
+             `--only NAME` for one group: `sandbox`, `plan`, `snapshot`, `pg`, `fleet`, `agents`, `audit`, `limits`).\n",
             self.command
         );
         let _ = writeln!(md, "## Machine\n");

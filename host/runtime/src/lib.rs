@@ -121,7 +121,12 @@ pub struct Runtime {
     observer: Option<Arc<dyn exports::ExportObserver>>,
     audit: Option<Arc<AuditLog>>,
     budget: StepBudget,
+    /// Adapters [`Runtime::load_shared`] loaded, by digest.
+    loaded: std::sync::Mutex<std::collections::HashMap<String, LoadedAdapter>>,
 }
+
+/// How many adapters [`Runtime::load_shared`] keeps (a process loads a handful).
+const LOADED_KEPT: usize = 64;
 
 impl Drop for Runtime {
     fn drop(&mut self) {
@@ -217,6 +222,7 @@ impl Runtime {
             observer: None,
             audit: None,
             budget: StepBudget::default(),
+            loaded: Default::default(),
         })
     }
 
@@ -353,6 +359,42 @@ impl Runtime {
                 )
             })?;
         Ok(loaded)
+    }
+
+    /// [`Runtime::load`], once per process for the same bytes: a later call with bytes of the
+    /// same sha256 gets the adapter loaded (and checked) the first time, under its own label,
+    /// without reading the cache, its ledger or calling `describe` again. A session loads an
+    /// instance's adapter for every plan and run, so an agent carrying out many instances
+    /// loads each adapter once. The caller's checks of the bytes (signatures, lock file) are
+    /// its own and still run every time; only what follows from the bytes alone is shared.
+    pub async fn load_shared(
+        &self,
+        label: &str,
+        wasm: &[u8],
+    ) -> Result<LoadedAdapter, RuntimeError> {
+        let digest = digest(wasm);
+        let kept = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
+            .cloned();
+        if let Some(mut adapter) = kept {
+            adapter.label = label.to_string();
+            adapter.cache = CacheOutcome::Hit;
+            adapter.cache_note = None;
+            return Ok(adapter);
+        }
+        let adapter = self.load(label, wasm).await?;
+        let mut kept = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() >= LOADED_KEPT {
+            kept.clear();
+        }
+        kept.insert(adapter.digest.clone(), adapter.clone());
+        Ok(adapter)
     }
 
     /// Compile an adapter without running it (for `adapter inspect`): its export names.

@@ -9,7 +9,11 @@
 //! The connection rides out restarts of the server: a statement that fails because the
 //! connection is gone reconnects (with backoff, once for all callers that failed together) and
 //! runs again, for up to the store's *state wait* (see [`Pg::retry`]).
+//!
+//! Each distinct statement is prepared once per connection and kept ([`Conn::prepared`]), so
+//! running it again is one round trip instead of two (Parse/Describe, then Bind/Execute).
 
+use std::collections::HashMap;
 use std::error::Error;
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use bytes::BytesMut;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::queue::{Claim, QueueItem, WorkQueue};
 use crate::store::{Dialect, Engine, Store, Value};
@@ -110,7 +114,7 @@ pub struct Pg {
 /// The shared connection. Callers clone the client out and run their statement without
 /// holding the lock; only reconnecting holds it.
 struct Link {
-    client: Arc<Client>,
+    client: Arc<Conn>,
     /// Bumped on every new connection: a caller whose statement failed on generation `g`
     /// reconnects only if the link is still at `g` (else someone already did).
     generation: u64,
@@ -120,6 +124,57 @@ struct Link {
     backoff: Duration,
     /// Why the last attempt to connect failed.
     cause: Option<String>,
+}
+
+/// One connection and the statements prepared on it (they belong to it: a new connection
+/// starts with none). Derefs to the client.
+pub struct Conn {
+    client: Client,
+    statements: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+/// How many prepared statements a connection keeps (the store has a few dozen distinct ones).
+const STATEMENTS_KEPT: usize = 256;
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn {
+            client,
+            statements: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `sql` prepared on this connection: the first time a round trip (Parse/Describe), then
+    /// from memory.
+    async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let kept = self
+            .statements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(sql)
+            .cloned();
+        if let Some(statement) = kept {
+            return Ok(statement);
+        }
+        let statement = self.client.prepare(sql).await?;
+        let mut kept = self
+            .statements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() >= STATEMENTS_KEPT {
+            kept.clear();
+        }
+        kept.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 /// The PostgreSQL state store.
@@ -153,7 +208,7 @@ pub async fn open(
         at,
         url: url.to_string(),
         link: Mutex::new(Link {
-            client: Arc::new(client),
+            client: Arc::new(Conn::new(client)),
             generation: 0,
             next_try: Instant::now(),
             backoff: FIRST_BACKOFF,
@@ -218,7 +273,7 @@ impl Pg {
     }
 
     /// The current client and its generation.
-    async fn current(&self) -> (Arc<Client>, u64) {
+    async fn current(&self) -> (Arc<Conn>, u64) {
         let link = self.link.lock().await;
         (link.client.clone(), link.generation)
     }
@@ -235,7 +290,7 @@ impl Pg {
     /// conditional on the state they set, writes conditional on a lease token or a claim).
     async fn retry<T, F, Fut>(&self, statement: F) -> Result<T, StateError>
     where
-        F: Fn(Arc<Client>) -> Fut,
+        F: Fn(Arc<Conn>) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
         let mut since: Option<Instant> = None;
@@ -282,7 +337,7 @@ impl Pg {
                     .await;
                     match attempt {
                         Ok(Ok(client)) => {
-                            link.client = Arc::new(client);
+                            link.client = Arc::new(Conn::new(client));
                             link.generation += 1;
                             link.backoff = FIRST_BACKOFF;
                             link.cause = None;
@@ -388,14 +443,20 @@ impl Engine for Pg {
 
     async fn execute(&self, sql: String, params: Vec<Value>) -> Result<u64, StateError> {
         let (sql, params) = (&sql, &params);
-        self.retry(|client| async move { client.execute(sql.as_str(), &refs(params)).await })
-            .await
+        self.retry(|conn| async move {
+            let statement = conn.prepared(sql).await?;
+            conn.execute(&statement, &refs(params)).await
+        })
+        .await
     }
 
     async fn query(&self, sql: String, params: Vec<Value>) -> Result<Vec<Vec<Value>>, StateError> {
         let (sql, params) = (&sql, &params);
         let rows = self
-            .retry(|client| async move { client.query(sql.as_str(), &refs(params)).await })
+            .retry(|conn| async move {
+                let statement = conn.prepared(sql).await?;
+                conn.query(&statement, &refs(params)).await
+            })
             .await?;
         rows.iter()
             .map(|row| (0..row.len()).map(|i| row.try_get::<_, Value>(i)).collect())

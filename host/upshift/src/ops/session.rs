@@ -628,7 +628,7 @@ impl Session {
         label: &str,
         wasm: &[u8],
     ) -> Result<LoadedAdapter, OpError> {
-        let loaded = self.runtime.load(label, wasm).await?;
+        let loaded = self.runtime.load_shared(label, wasm).await?;
         if let Some(note) = &loaded.cache_note {
             self.events.emit(crate::caps::Event::Log {
                 instance: instance.to_string(),
