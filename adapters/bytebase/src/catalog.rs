@@ -81,11 +81,7 @@ pub fn unknown_target(target: &Version) -> bool {
 
 /// The known releases nearest `target`: the newest before it and the oldest after it.
 pub fn nearest(target: &Version) -> Vec<Version> {
-    let before = newest_before(target).map(|k| k.release());
-    let after = RELEASES
-        .iter()
-        .find(|k| k.release() > *target)
-        .map(Known::release);
+    let (before, after) = versions::nearest(RELEASES.iter().map(Known::release), target);
     before.into_iter().chain(after).collect()
 }
 
@@ -108,9 +104,7 @@ impl Known {
 /// A Bytebase release, normalised once: a leading `v` dropped, missing parts zero, build
 /// metadata (`+abc`) dropped. `None` when the text is not a version.
 pub fn release(text: &str) -> Option<Version> {
-    let mut parsed = versions::parse(text)?;
-    parsed.build = semver::BuildMetadata::EMPTY;
-    Some(parsed)
+    versions::release(text)
 }
 
 /// The newest schema file version `release` ships, when the catalog knows the release.

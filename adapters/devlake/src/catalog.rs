@@ -56,10 +56,7 @@ fn version(&(major, minor, patch): &(u64, u64, u64)) -> Version {
 /// A DevLake tag, normalised once: a leading `v`, a `@<sha>` suffix and build metadata
 /// dropped. `None` when the text is not a version.
 pub fn release(text: &str) -> Option<Version> {
-    let bare = text.split('@').next().unwrap_or(text);
-    let mut parsed = versions::parse(bare)?;
-    parsed.build = semver::BuildMetadata::EMPTY;
-    Some(parsed)
+    versions::release(text.split('@').next().unwrap_or(text))
 }
 
 /// The newest framework script `release` ships, when the catalog knows the release (a
@@ -91,21 +88,8 @@ pub fn first_release_with(script: u64) -> Option<Version> {
 
 /// "the nearest known releases are v1.0.1 and v1.0.2" for a refusal or a note.
 pub fn describe_nearest(release: &Version) -> String {
-    let below = RELEASES
-        .iter()
-        .rev()
-        .map(|(r, _)| version(r))
-        .find(|r| r < release);
-    let above = RELEASES
-        .iter()
-        .map(|(r, _)| version(r))
-        .find(|r| r > release);
-    match (below, above) {
-        (Some(b), Some(a)) => format!("the nearest known releases are v{b} and v{a}"),
-        (Some(b), None) => format!("the newest known release is v{b}"),
-        (None, Some(a)) => format!("the oldest known release is v{a}"),
-        (None, None) => "the catalog is empty".into(),
-    }
+    let known = RELEASES.iter().map(|(r, _)| version(r));
+    versions::describe_nearest(versions::nearest(known, release), "v")
 }
 
 /// The catalog's range, oldest and newest.

@@ -70,9 +70,7 @@ impl Known {
 /// A KWDB release, normalised once: a leading `V`/`v` dropped, missing parts zero, build
 /// metadata dropped. `None` when the text is not a version.
 pub fn release(text: &str) -> Option<Version> {
-    let mut parsed = versions::parse(text)?;
-    parsed.build = semver::BuildMetadata::EMPTY;
-    Some(parsed)
+    versions::release(text)
 }
 
 /// The catalog's entry for `release` (a pre-release is not the release).
@@ -87,9 +85,8 @@ pub fn find(release: &Version) -> Option<&'static Known> {
 
 /// The known releases nearest `release`: the newest older one and the oldest newer one.
 pub fn nearest(release: &Version) -> Vec<Version> {
-    let older = RELEASES.iter().rev().find(|k| k.release() < *release);
-    let newer = RELEASES.iter().find(|k| k.release() > *release);
-    older.into_iter().chain(newer).map(Known::release).collect()
+    let (older, newer) = versions::nearest(RELEASES.iter().map(Known::release), release);
+    older.into_iter().chain(newer).collect()
 }
 
 /// The catalog's range, `oldest–newest`.

@@ -117,9 +117,7 @@ fn version(&(major, minor, patch): &(u64, u64, u64)) -> Version {
 /// A release, normalised once: a leading `v` dropped, missing parts zero, build metadata
 /// dropped. `None` when the text is not a version.
 pub fn release(text: &str) -> Option<Version> {
-    let mut parsed = versions::parse(text)?;
-    parsed.build = semver::BuildMetadata::EMPTY;
-    Some(parsed)
+    versions::release(text)
 }
 
 /// Whether the catalog knows `release` (build metadata ignored).
@@ -130,9 +128,7 @@ pub fn knows(release: &Version) -> bool {
 
 /// The nearest known releases below and above `release`.
 pub fn nearest(release: &Version) -> (Option<Version>, Option<Version>) {
-    let below = RELEASES.iter().rev().map(version).find(|r| r < release);
-    let above = RELEASES.iter().map(version).find(|r| r > release);
-    (below, above)
+    versions::nearest(RELEASES.iter().map(version), release)
 }
 
 /// The catalog's range, oldest and newest.
@@ -144,12 +140,7 @@ pub fn range() -> (Version, Version) {
 
 /// "nearest known releases: 1.9.4 and 1.9.5" for a refusal or a note.
 pub fn describe_nearest(release: &Version) -> String {
-    match nearest(release) {
-        (Some(b), Some(a)) => format!("the nearest known releases are {b} and {a}"),
-        (Some(b), None) => format!("the newest known release is {b}"),
-        (None, Some(a)) => format!("the oldest known release is {a}"),
-        (None, None) => "the catalog is empty".into(),
-    }
+    versions::describe_nearest(nearest(release), "")
 }
 
 #[cfg(test)]
