@@ -423,6 +423,19 @@ impl Guard {
         self.record(fault_record(export, reason))
     }
 
+    /// Record `call` as denied for `reason` (an audit log that cannot be written is the error).
+    fn refuse(&self, call: Call<'_>, reason: &str) -> Result<(), CapError> {
+        let mut record = denied(
+            call.binding,
+            call.kind.name(),
+            call.operation,
+            reason.to_string(),
+            call.detail,
+        );
+        record.sql = call.sql;
+        self.record(record)
+    }
+
     /// Check every access the call needs, audit the decision, and on success run `backend`,
     /// auditing its outcome. `backend` returns the value and its size in bytes.
     async fn run<T>(
@@ -431,18 +444,11 @@ impl Guard {
         backend: impl AsyncFnOnce() -> Result<(T, u64), CapError>,
     ) -> Result<T, CapError> {
         let capability = call.kind.name();
-        for access in call.needs {
+        let needs = call.needs;
+        for access in needs {
             if let Err(denial) = self.grants.check(call.binding, call.kind, *access) {
                 let reason = denial.to_string();
-                let mut record = denied(
-                    call.binding,
-                    capability,
-                    call.operation,
-                    reason.clone(),
-                    call.detail,
-                );
-                record.sql = call.sql;
-                self.record(record)?;
+                self.refuse(call, &reason)?;
                 return Err(match denial {
                     Denial::Undeclared(_) => CapError::UnknownBinding(reason),
                     _ => CapError::Denied(reason),
@@ -452,15 +458,7 @@ impl Guard {
         // No action starts without the lease confirmed: a paused or cut-off host whose lease
         // moved on is refused here, before its backend is reached.
         if let Err(reason) = self.under_lease().await {
-            let mut record = denied(
-                call.binding,
-                capability,
-                call.operation,
-                reason.clone(),
-                call.detail,
-            );
-            record.sql = call.sql;
-            self.record(record)?;
+            self.refuse(call, &reason)?;
             return Err(CapError::Denied(reason));
         }
         let started = Instant::now();

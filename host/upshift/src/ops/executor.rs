@@ -157,22 +157,37 @@ impl RunContext<'_> {
         output: Option<&str>,
         error: Option<&str>,
     ) -> Result<(), super::OpError> {
+        self.journal_end(phase, seq, status, output, error)
+            .await
+            .map_err(|e| super::journal_error(self.lease, e))
+    }
+
+    /// Journal how step `seq` of `phase` ended, its texts masked, under the run's fence.
+    async fn journal_end(
+        &self,
+        phase: &str,
+        seq: u32,
+        status: StepStatus,
+        output: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
         let (output, error) = (
             output.map(|o| self.session.mask(o)),
             error.map(|e| self.session.mask(e)),
         );
-        self.state()
-            .step_finished(
-                self.fence(),
-                &self.run_id,
-                seq,
-                phase,
-                status,
-                output.as_deref(),
-                error.as_deref(),
-            )
-            .await
-            .map_err(|e| super::journal_error(self.lease, e))
+        self.journaled(
+            self.state()
+                .step_finished(
+                    self.fence(),
+                    &self.run_id,
+                    seq,
+                    phase,
+                    status,
+                    output.as_deref(),
+                    error.as_deref(),
+                )
+                .await,
+        )
     }
 
     /// Whether the lease is lost: the run must stop where it is.
@@ -377,24 +392,9 @@ impl RunContext<'_> {
             Ok(r) => (StepStatus::Succeeded, Some(r.summary.as_str()), None),
             Err(e) => (StepStatus::Failed, None, Some(e.as_str())),
         };
-        let (output, error) = (
-            output.map(|o| self.session.mask(o)),
-            error.map(|e| self.session.mask(e)),
-        );
         let journaled = self
-            .journaled(
-                self.state()
-                    .step_finished(
-                        self.fence(),
-                        &self.run_id,
-                        seq,
-                        phase,
-                        status,
-                        output.as_deref(),
-                        error.as_deref(),
-                    )
-                    .await,
-            )
+            .journal_end(phase, seq, status, output, error)
+            .await
             .map_err(|e| format!("cannot journal the end of step `{id}`: {e}"));
         self.caps.events.emit(Event::StepFinished {
             instance,
