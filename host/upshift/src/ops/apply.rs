@@ -8,6 +8,7 @@ use crate::adapters;
 use crate::audit::{AuditRecord, Decision};
 use crate::caps::InstanceCaps;
 use crate::fleet::Instance;
+use crate::lease::Held;
 use crate::runtime::LoadedAdapter;
 use crate::runtime::bindings::{
     Action, BackupInfo, BackupMethod, Check, Detection, Fact, Plan, Refusal, RestoreRequest,
@@ -537,16 +538,7 @@ pub async fn apply_with(
                 .await
                 .map_err(|e| super::journal_error(&held, e))?;
             let msg = format!("refused by rule `{}`: {}", r.rule, r.reason);
-            session
-                .state
-                .finish_run(
-                    held.lease(),
-                    &run.id,
-                    RunStatus::Refused,
-                    Some(&session.mask(&msg)),
-                )
-                .await
-                .map_err(|e| super::journal_error(&held, e))?;
+            end_run(session, &held, &run.id, RunStatus::Refused, Some(&msg)).await?;
             return Ok(RunReport {
                 run_id: run.id,
                 instance: instance.name.clone(),
@@ -678,11 +670,7 @@ pub(super) async fn conclude(
                 break;
             }
         }
-        session
-            .state
-            .finish_run(ctx.lease.lease(), run_id, RunStatus::Succeeded, None)
-            .await
-            .map_err(|e| super::journal_error(ctx.lease, e))?;
+        end_run(session, ctx.lease, run_id, RunStatus::Succeeded, None).await?;
         return Ok(RunReport {
             run_id: run_id.clone(),
             instance: instance.name.clone(),
@@ -705,16 +693,14 @@ pub(super) async fn conclude(
         let message = format!(
             "{failure}; nothing was changed (no step with an effect had run), so nothing was rolled back"
         );
-        session
-            .state
-            .finish_run(
-                ctx.lease.lease(),
-                run_id,
-                RunStatus::NothingChanged,
-                Some(&session.mask(&message)),
-            )
-            .await
-            .map_err(|e| super::journal_error(ctx.lease, e))?;
+        end_run(
+            session,
+            ctx.lease,
+            run_id,
+            RunStatus::NothingChanged,
+            Some(&message),
+        )
+        .await?;
         return Ok(RunReport {
             run_id: run_id.clone(),
             instance: instance.name.clone(),
@@ -790,16 +776,7 @@ pub(super) async fn conclude(
         None => failure.clone(),
         Some(why) => format!("{failure}; {why}"),
     };
-    session
-        .state
-        .finish_run(
-            ctx.lease.lease(),
-            run_id,
-            status,
-            Some(&session.mask(&message)),
-        )
-        .await
-        .map_err(|e| super::journal_error(ctx.lease, e))?;
+    end_run(session, ctx.lease, run_id, status, Some(&message)).await?;
     Ok(RunReport {
         run_id: run_id.clone(),
         instance: instance.name.clone(),
@@ -816,6 +793,23 @@ pub(super) async fn conclude(
         denials: denials(session, run_id).await,
         found: Vec::new(),
     })
+}
+
+/// Record how run `run_id` ended (its message masked), fenced by `held`'s lease: a write the
+/// fence refuses marks the lease lost and is the lost lease (exit 6).
+pub(super) async fn end_run(
+    session: &Session,
+    held: &Held,
+    run_id: &str,
+    status: RunStatus,
+    message: Option<&str>,
+) -> Result<(), OpError> {
+    let message = message.map(|m| session.mask(m));
+    session
+        .state
+        .finish_run(held.lease(), run_id, status, message.as_deref())
+        .await
+        .map_err(|e| super::journal_error(held, e))
 }
 
 /// Whether any step that ran (completed, or started and failed) may have changed the instance:
@@ -957,16 +951,7 @@ pub async fn backup(
             } else {
                 format!("{why}; the backups taken are kept: {}", taken.join(", "))
             };
-            session
-                .state
-                .finish_run(
-                    held.lease(),
-                    &run.id,
-                    RunStatus::Failed,
-                    Some(&session.mask(&why)),
-                )
-                .await
-                .map_err(|e| super::journal_error(&held, e))?;
+            end_run(session, &held, &run.id, RunStatus::Failed, Some(&why)).await?;
             return Err(OpError::Host(why));
         }
         let action = Action::DbBackup(crate::runtime::bindings::DbBackupAction {
@@ -992,25 +977,12 @@ pub async fn backup(
             Ok(_) => {}
             Err(_) if ctx.lease_lost() => return Err(OpError::Busy(held.lost_error())),
             Err(e) => {
-                session
-                    .state
-                    .finish_run(
-                        held.lease(),
-                        &run.id,
-                        RunStatus::Failed,
-                        Some(&session.mask(&e)),
-                    )
-                    .await
-                    .map_err(|e| super::journal_error(&held, e))?;
+                end_run(session, &held, &run.id, RunStatus::Failed, Some(&e)).await?;
                 return Err(OpError::Host(format!("backup of `{b}` failed: {e}")));
             }
         }
     }
-    session
-        .state
-        .finish_run(held.lease(), &run.id, RunStatus::Succeeded, None)
-        .await
-        .map_err(|e| super::journal_error(&held, e))?;
+    end_run(session, &held, &run.id, RunStatus::Succeeded, None).await?;
     Ok(out)
 }
 
@@ -1110,11 +1082,7 @@ pub async fn restore(
         return Err(OpError::Busy(held.lost_error()));
     }
     let Some(failure) = forward.failure.clone() else {
-        session
-            .state
-            .finish_run(held.lease(), &run.id, RunStatus::Succeeded, None)
-            .await
-            .map_err(|e| super::journal_error(&held, e))?;
+        end_run(session, &held, &run.id, RunStatus::Succeeded, None).await?;
         return Ok(RunReport {
             run_id: run.id.clone(),
             instance: instance.name.clone(),
@@ -1146,16 +1114,7 @@ pub async fn restore(
         ));
         if undo.is_empty() {
             let message = format!("{failure}; the live data and services were not changed");
-            session
-                .state
-                .finish_run(
-                    held.lease(),
-                    &run.id,
-                    RunStatus::Failed,
-                    Some(&session.mask(&message)),
-                )
-                .await
-                .map_err(|e| super::journal_error(&held, e))?;
+            end_run(session, &held, &run.id, RunStatus::Failed, Some(&message)).await?;
             return Err(OpError::Host(format!(
                 "restore of backup `{}` failed (run {}): {message}",
                 backup.id, run.id
@@ -1169,16 +1128,7 @@ pub async fn restore(
     // Live data was (perhaps partly) replaced: an operator decides; the help says exactly
     // what was done and what is left.
     let help = restore_help(&instance.name, &caps, &backup, &forward.lines, &failure).await;
-    session
-        .state
-        .finish_run(
-            held.lease(),
-            &run.id,
-            RunStatus::Failed,
-            Some(&session.mask(&failure)),
-        )
-        .await
-        .map_err(|e| super::journal_error(&held, e))?;
+    end_run(session, &held, &run.id, RunStatus::Failed, Some(&failure)).await?;
     Ok(RunReport {
         run_id: run.id.clone(),
         instance: instance.name.clone(),

@@ -423,16 +423,8 @@ pub async fn resume(
                     "If you have established that step `{}` did complete, finish the run with:\n  upshift resume {run_id} --step-done {}\n",
                     step.id, step.id
                 ));
-                session
-                    .state
-                    .finish_run(
-                        held.lease(),
-                        run_id,
-                        RunStatus::Failed,
-                        Some(&session.mask(&why)),
-                    )
-                    .await
-                    .map_err(|e| super::journal_error(&held, e))?;
+                super::apply::end_run(session, &held, run_id, RunStatus::Failed, Some(&why))
+                    .await?;
                 return Ok(RunReport {
                     run_id: run.id.clone(),
                     instance: instance.name.clone(),
