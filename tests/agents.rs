@@ -555,3 +555,63 @@ async fn two_agents_ride_out_a_fast_restart_of_the_state_cluster() {
 async fn two_agents_ride_out_the_state_cluster_stopped_for_three_seconds() {
     agents_ride_out_a_state_restart(Restart::StopWaitStart).await;
 }
+
+/// `upshift enqueue --allow-unknown` carries the operator's allowance to the agent that claims
+/// the item: a target the Bytebase catalog does not know (3.14.2, which the simulator plays) is
+/// refused for the instance queued without it and upgraded for the one queued with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_plans_a_release_outside_the_catalog_only_when_it_was_queued_allowed() {
+    let Some(pg) = common::pg() else { return };
+    let _turn = TURNS.lock().await;
+    let (_, url) = pg.fresh_db("state").await;
+    let fleet = AgentFleet::bytebase(pg, "au", 2, &[], "", LEASE_SECS).await;
+    let enqueue = |name: &str, extra: &[&str]| {
+        let out = fleet
+            .upshift("ops", &url)
+            .args(["enqueue", name, "--to", "3.14.2"])
+            .args(extra)
+            .output()
+            .expect("enqueue");
+        assert!(
+            out.status.success(),
+            "enqueue {name}: {}",
+            common::stderr(&out)
+        );
+    };
+    enqueue("au01", &[]);
+    enqueue("au02", &["--allow-unknown"]);
+
+    let mut agent = fleet.spawn_agent("agent-u", &url, &[]);
+    let exit = agent
+        .wait(Duration::from_secs(300))
+        .expect("the agent finished");
+    assert_eq!(exit.code, Some(0), "{}", exit.tail());
+    let handled = exit.handled();
+    let outcome = |name: &str| {
+        handled
+            .iter()
+            .find(|h| h["instance"] == name)
+            .map(|h| h["outcome"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(outcome("au01"), "refused", "{handled:?}");
+    assert_eq!(outcome("au02"), "succeeded", "{handled:?}");
+
+    let mut state = StateDb::new(&url);
+    let refused = state.runs("au01").await;
+    assert!(
+        refused.iter().any(|r| r["status"] == "refused"
+            && r["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("unknown-release")),
+        "au01 was refused by `unknown-release`: {refused:?}"
+    );
+    let (_, body) = common::http_get(fleet.ports[0], "/v1/actuator/info").await;
+    assert!(
+        body.contains("\"3.10.0\""),
+        "au01 still serves 3.10.0: {body}"
+    );
+    let (_, body) = common::http_get(fleet.ports[1], "/v1/actuator/info").await;
+    assert!(body.contains("\"3.14.2\""), "au02 serves 3.14.2: {body}");
+}

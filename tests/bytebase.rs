@@ -953,19 +953,27 @@ async fn the_api_and_the_declared_version_disagreeing_is_refused_naming_both() {
     assert_eq!(stop.status.code(), Some(0), "{}", stderr(&stop));
 }
 
-/// `upshift adapter inspect` shows the range of the release catalog, from the adapter's bytes.
+/// `upshift adapter inspect` shows the range of each bundled adapter's release catalog, from the
+/// adapter's bytes.
 #[test]
-fn inspect_shows_the_release_catalogs_range() {
+fn inspect_shows_each_release_catalogs_range() {
     let env = Env::new();
-    let out = env.upshift(&["adapter", "inspect", "bytebase"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("catalog") && l.contains(">=3.3.1, <=3.21.1")),
-        "{text}"
-    );
-    let out = env.upshift(&["adapter", "inspect", "bytebase", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(json(&out)["manifest"]["catalog"], ">=3.3.1, <=3.21.1");
+    for (product, range) in [
+        ("bytebase", ">=3.3.1, <=3.21.1"),
+        ("openmetadata", ">=1.1.0, <=2.1.0"),
+        ("devlake", ">=0.10.0, <=1.0.3"),
+        ("kwdb", ">=2.0.4, <=3.2.1"),
+    ] {
+        let out = env.upshift(&["adapter", "inspect", product]);
+        assert_eq!(out.status.code(), Some(0), "{product}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("catalog") && l.contains(range)),
+            "{product}: {text}"
+        );
+        let out = env.upshift(&["adapter", "inspect", product, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{product}: {}", stderr(&out));
+        assert_eq!(json(&out)["manifest"]["catalog"], range, "{product}");
+    }
 }

@@ -44,6 +44,7 @@ fn item(instance: &str) -> QueueItem {
     QueueItem {
         instance: instance.into(),
         target: "3.11.1".into(),
+        allow_unknown: false,
     }
 }
 

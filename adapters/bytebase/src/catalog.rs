@@ -220,4 +220,17 @@ mod tests {
         assert_eq!(release(" V3.13 "), Some(ver("3.13.0")));
         assert_eq!(release("latest"), None);
     }
+
+    #[test]
+    fn the_manifest_shows_the_catalogs_first_and_last_release() {
+        let (first, last) = (
+            RELEASES[0].release(),
+            RELEASES[RELEASES.len() - 1].release(),
+        );
+        let shown = format!("catalog = \">={first}, <={last}\"");
+        assert!(
+            crate::__UPSHIFT_MANIFEST_TOML.contains(&shown),
+            "the manifest's `catalog` must read {shown}"
+        );
+    }
 }

@@ -125,4 +125,14 @@ mod tests {
         assert_eq!(first_release_with(20990101000000), None);
         assert!(describe_nearest(&v("1.0.9")).contains("v1.0.3"));
     }
+
+    #[test]
+    fn the_manifest_shows_the_catalogs_first_and_last_release() {
+        let (first, last) = range();
+        let shown = format!("catalog = \">={first}, <={last}\"");
+        assert!(
+            crate::__UPSHIFT_MANIFEST_TOML.contains(&shown),
+            "the manifest's `catalog` must read {shown}"
+        );
+    }
 }

@@ -143,6 +143,32 @@ pub fn token_facts(tested: Option<&(String, secret::Opening)>) -> (String, Optio
     }
 }
 
+/// The newest framework migration script the database records (`comment = 'Framework'`),
+/// leaving out the misnumbered versions (see [`catalog::MISNUMBERED`]); `None` before the
+/// first migration.
+pub fn framework_script() -> Result<Option<u64>, AdapterError> {
+    if !live::table_exists(DB, "_devlake_migration_history")? {
+        return Ok(None);
+    }
+    let misnumbered: Vec<String> = catalog::MISNUMBERED.iter().map(u64::to_string).collect();
+    live::scalar(
+        DB,
+        &format!(
+            "SELECT max(script_version) FROM _devlake_migration_history WHERE comment = 'Framework' AND script_version NOT IN ({})",
+            misnumbered.join(", ")
+        ),
+        &[],
+    )?
+    .map(|v| {
+        v.trim().parse::<u64>().map_err(|_| {
+            error(format!(
+                "_devlake_migration_history records script version `{v}`, which is not a number"
+            ))
+        })
+    })
+    .transpose()
+}
+
 /// Detect the version, the migration state and the secret; the secret test assumes the
 /// newest rules (ENCRYPTION_SECRET) unless the instance is older than v0.18.
 pub fn detect() -> Result<Detection, AdapterError> {
@@ -188,19 +214,7 @@ pub fn detect() -> Result<Detection, AdapterError> {
     } else {
         None
     };
-    let framework_script = if live::table_exists(DB, "_devlake_migration_history")? {
-        let misnumbered: Vec<String> = catalog::MISNUMBERED.iter().map(u64::to_string).collect();
-        live::scalar(
-            DB,
-            &format!(
-                "SELECT max(script_version) FROM _devlake_migration_history WHERE comment = 'Framework' AND script_version NOT IN ({})",
-                misnumbered.join(", ")
-            ),
-            &[],
-        )?
-    } else {
-        None
-    };
+    let framework_script = framework_script()?;
     let source = match &api {
         Api::Serving(_) => "DevLake's /version",
         Api::Gated | Api::Down => "the service's declared version (fleet file)",
@@ -234,7 +248,7 @@ pub fn detect() -> Result<Detection, AdapterError> {
         ),
     ];
     if let Some(script) = framework_script {
-        facts.push(fact("framework-script", script));
+        facts.push(fact("framework-script", script.to_string()));
     }
     if let Some(why) = undecodable {
         facts.push(fact("token-undecodable", why));

@@ -26,6 +26,7 @@ upshift_adapter_sdk::manifest! {
     product: "devlake",
     adapter_version: "0.1.0",
     supported_versions: ">=0.10.0, <2.0.0",
+    catalog: ">=0.10.0, <=1.0.3",
     bindings: [
         { name: "lake", kind: db, access: [read, backup, restore], purpose: "DevLake's database (DB_URL, MySQL or PostgreSQL): migration and locking history, stored tokens; the host backs it up and restores it", optional: false },
         { name: "app", kind: service, access: [inspect, control, switch_version], purpose: "the devlake service (Compose tag, container or binary): stop, switch version, start", optional: false },

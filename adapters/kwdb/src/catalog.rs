@@ -158,4 +158,17 @@ mod tests {
         assert!(!in_place(&ver("3.2.1"), &ver("3.3.0")));
         assert!(!in_place(&ver("3.0.1"), &ver("3.1.0")));
     }
+
+    #[test]
+    fn the_manifest_shows_the_catalogs_first_and_last_release() {
+        let (first, last) = (
+            RELEASES[0].release(),
+            RELEASES[RELEASES.len() - 1].release(),
+        );
+        let shown = format!("catalog = \">={first}, <={last}\"");
+        assert!(
+            crate::__UPSHIFT_MANIFEST_TOML.contains(&shown),
+            "the manifest's `catalog` must read {shown}"
+        );
+    }
 }

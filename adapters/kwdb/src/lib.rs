@@ -23,6 +23,7 @@ upshift_adapter_sdk::manifest! {
     product: "kwdb",
     adapter_version: "0.1.0",
     supported_versions: ">=2.0.0, <4.0.0",
+    catalog: ">=2.0.4, <=3.2.1",
     bindings: [
         { name: "sql", kind: db, access: [read, backup], purpose: "the running KWDB's SQL port (kwdb:// URL): version(), health, row counts, EXPORT", optional: false },
         { name: "app", kind: service, access: [inspect, control, switch_version], purpose: "the KWDB container or binary: stop, recreate with the new image, start", optional: false },

@@ -166,4 +166,14 @@ mod tests {
         assert_eq!(nearest(&v("2.9.0")), (Some(v("2.1.0")), None));
         assert_eq!(range(), (v("1.1.0"), v("2.1.0")));
     }
+
+    #[test]
+    fn the_manifest_shows_the_catalogs_first_and_last_release() {
+        let (first, last) = range();
+        let shown = format!("catalog = \">={first}, <={last}\"");
+        assert!(
+            crate::__UPSHIFT_MANIFEST_TOML.contains(&shown),
+            "the manifest's `catalog` must read {shown}"
+        );
+    }
 }

@@ -18,6 +18,7 @@ upshift_adapter_sdk::manifest! {
     product: "openmetadata",
     adapter_version: "0.1.0",
     supported_versions: ">=1.0.0, <3.0.0",
+    catalog: ">=1.1.0, <=2.1.0",
     bindings: [
         { name: "meta", kind: db, access: [read, backup, restore], purpose: "the OpenMetadata database (MySQL or PostgreSQL): read SERVER_CHANGE_LOG; the host backs it up and restores it", optional: false },
         { name: "server", kind: service, access: [inspect, control, switch_version], purpose: "the OpenMetadata server: stop, switch version, start", optional: false },

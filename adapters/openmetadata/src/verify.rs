@@ -5,18 +5,25 @@ use upshift_adapter_sdk::live::{self, check, endpoint_ok};
 use upshift_adapter_sdk::rules::numeric;
 use upshift_adapter_sdk::{AdapterError, Check};
 
+use crate::catalog;
 use crate::detect::{DB, api_version, migrations};
 
 /// Every check for `expected`; failing checks are returned, not errors.
 pub fn verify(expected: &str) -> Result<Vec<Check>, AdapterError> {
     let mut out = Vec::new();
     let api = api_version();
+    // Compared as versions, normalised once: `v1.12.1` and `1.12.1+build` are 1.12.1.
+    let wanted = catalog::release(expected);
     out.push(check(
         "api-version",
-        api.as_deref() == Some(expected),
+        wanted.is_some() && api.as_deref().and_then(catalog::release) == wanted,
         format!(
-            "/api/v1/version reports {}",
-            api.as_deref().unwrap_or("nothing")
+            "/api/v1/version reports {}, expected {}",
+            api.as_deref().unwrap_or("nothing"),
+            wanted.as_ref().map_or_else(
+                || format!("`{expected}` (not a version)"),
+                ToString::to_string
+            )
         ),
     ));
     out.push(endpoint_ok("healthcheck", "admin", "/healthcheck"));

@@ -291,6 +291,10 @@ pub struct EnqueueArgs {
     /// Target version (default: each instance's `target`).
     #[arg(long)]
     pub to: Option<String>,
+    /// Let the agents plan a target release the adapter's catalog does not know (the plan notes
+    /// that the adapter cannot know its rules).
+    #[arg(long)]
+    pub allow_unknown: bool,
 }
 
 /// `upshift agent`

@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS upshift_queue (
     instance TEXT PRIMARY KEY, target TEXT NOT NULL, status TEXT NOT NULL, agent TEXT,
     claims INTEGER NOT NULL DEFAULT 0, claimed_ms BIGINT, outcome TEXT, enqueued_at TEXT NOT NULL,
     finished_at TEXT);
+ALTER TABLE upshift_queue ADD COLUMN IF NOT EXISTS allow_unknown BOOLEAN NOT NULL DEFAULT FALSE;
 ";
 
 fn now() -> String {
@@ -475,26 +476,31 @@ impl WorkQueue for Pg {
             // One statement, so all are queued or none; an instance named twice once.
             let mut instances: Vec<&str> = Vec::new();
             let mut targets: Vec<&str> = Vec::new();
+            let mut allow_unknown: Vec<bool> = Vec::new();
             for item in items {
                 if !instances.contains(&item.instance.as_str()) {
                     instances.push(&item.instance);
                     targets.push(&item.target);
+                    allow_unknown.push(item.allow_unknown);
                 }
             }
             // Second precision, as runs record their start.
             let enqueued = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let (instances, targets, enqueued) = (&instances, &targets, &enqueued);
+            let (instances, targets, allow_unknown, enqueued) =
+                (&instances, &targets, &allow_unknown, &enqueued);
             // Safe to repeat: a second run finds the rows pending and changes nothing.
             let n = self
                 .retry(|client| async move {
                     client
                         .execute(
-                            "INSERT INTO upshift_queue (instance, target, status, enqueued_at)
-                             SELECT instance, target, 'pending', $3::text FROM UNNEST($1::text[], $2::text[]) AS i (instance, target)
-                             ON CONFLICT (instance) DO UPDATE SET target = excluded.target, status = 'pending', agent = NULL,
-                               claims = 0, outcome = NULL, enqueued_at = excluded.enqueued_at, finished_at = NULL
+                            "INSERT INTO upshift_queue (instance, target, allow_unknown, status, enqueued_at)
+                             SELECT instance, target, allow_unknown, 'pending', $4::text
+                             FROM UNNEST($1::text[], $2::text[], $3::bool[]) AS i (instance, target, allow_unknown)
+                             ON CONFLICT (instance) DO UPDATE SET target = excluded.target, allow_unknown = excluded.allow_unknown,
+                               status = 'pending', agent = NULL, claims = 0, outcome = NULL,
+                               enqueued_at = excluded.enqueued_at, finished_at = NULL
                              WHERE upshift_queue.status = 'done'",
-                            &[instances, targets, enqueued],
+                            &[instances, targets, allow_unknown, enqueued],
                         )
                         .await
                 })
@@ -532,7 +538,7 @@ impl WorkQueue for Pg {
                              UPDATE upshift_queue u SET status = 'claimed', agent = $2, claims = u.claims + 1,
                                claimed_ms = (SELECT now_ms FROM clock)
                              FROM next WHERE u.instance = next.instance
-                             RETURNING u.instance, u.target, next.status, u.enqueued_at, u.claims",
+                             RETURNING u.instance, u.target, next.status, u.enqueued_at, u.claims, u.allow_unknown",
                             &[period, &agent],
                         )
                         .await
@@ -544,8 +550,13 @@ impl WorkQueue for Pg {
             let get = |i| row.try_get::<_, String>(i).map_err(self.fail());
             let (instance, target, status, enqueued_at) = (get(0)?, get(1)?, get(2)?, get(3)?);
             let claims: i32 = row.try_get(4).map_err(self.fail())?;
+            let allow_unknown: bool = row.try_get(5).map_err(self.fail())?;
             Ok(Some(Claim {
-                item: QueueItem { instance, target },
+                item: QueueItem {
+                    instance,
+                    target,
+                    allow_unknown,
+                },
                 reclaimed: status == "claimed",
                 enqueued_at,
                 agent: agent.to_string(),

@@ -10,6 +10,9 @@ pub struct QueueItem {
     pub instance: String,
     /// Target version.
     pub target: String,
+    /// The operator passed `--allow-unknown` when queueing it: the adapter may plan a target
+    /// release its catalog does not know.
+    pub allow_unknown: bool,
 }
 
 /// An item an agent claimed.

@@ -365,7 +365,11 @@ async fn configuration_rules_and_failing_scripts() {
         .query_first("SELECT MAX(script_version) FROM _devlake_migration_history")
         .await
         .expect("max");
-    assert_eq!(newest, Some(20240523194205), "earlier scripts stay applied");
+    assert_eq!(
+        newest,
+        Some(20240607000041),
+        "earlier scripts (up to v1.0.1's renumbered 20240607000041) stay applied"
+    );
     let (_sim, p) = start("v1.0.1", dir.path(), &env, &[("FORCE_MIGRATION", "true")])
         .await
         .expect("start");
@@ -708,7 +712,10 @@ async fn pg_failing_script_leaves_earlier_scripts_applied_and_the_gate_closed() 
         .await
         .expect("max")
         .get(0);
-    assert_eq!(newest, 20240523194205, "earlier scripts stay applied");
+    assert_eq!(
+        newest, 20240607000041,
+        "earlier scripts (up to v1.0.1's renumbered 20240607000041) stay applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -775,4 +782,52 @@ async fn pg_dump_works_while_devlake_holds_its_lock() {
     assert!(text.contains("_devlake_migration_history"));
     // The stub exists only inside DevLake's uncommitted transaction.
     assert!(!text.contains("_devlake_locking_stub"), "{text}");
+}
+
+/// v1.0.0 records its two misnumbered scripts (`2025…`, after every later script); v1.0.1 runs
+/// their renumbered `2024…` versions on that database and deletes the misnumbered rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_v1_0_0_misnumbers_two_scripts_and_v1_0_1_renumbers_them() {
+    let Some(c) = cluster() else { return };
+    let db = fresh_pg_db(c);
+    let url = c.url(&db);
+    let dir = tempfile::tempdir().expect("dir");
+    let env = format!(
+        "DB_URL={}\nENCRYPTION_SECRET=k",
+        url.replacen("postgres://", "pg://", 1)
+    );
+    let history = async || -> Vec<i64> {
+        pg(&url)
+            .await
+            .query(
+                "SELECT script_version FROM _devlake_migration_history ORDER BY script_version",
+                &[],
+            )
+            .await
+            .expect("history")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let (sim, _) = start("v1.0.0", dir.path(), &env, &[]).await.expect("start");
+    drop(sim);
+    let recorded = history().await;
+    assert_eq!(
+        recorded[recorded.len() - 3..],
+        [20240523194205, 20250531000041, 20250607000041],
+        "v1.0.0's newest dated script, then its two misnumbered ones"
+    );
+    let (sim, p) = start("v1.0.1", dir.path(), &env, &[]).await.expect("start");
+    assert_eq!(get(p, "/proceed-db-migration").await.0, 200);
+    drop(sim);
+    let recorded = history().await;
+    assert!(
+        !recorded.contains(&20250531000041) && !recorded.contains(&20250607000041),
+        "the misnumbered rows are gone: {recorded:?}"
+    );
+    assert_eq!(
+        recorded[recorded.len() - 3..],
+        [20240531000041, 20240607000041, 20240813160242],
+        "renumbered, then v1.0.1's newest"
+    );
 }

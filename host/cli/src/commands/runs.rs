@@ -155,6 +155,7 @@ pub async fn enqueue(ctx: &Ctx, args: EnqueueArgs) -> Result<u8, Exit> {
         items.push(upshift::queue::QueueItem {
             instance: instance.name.clone(),
             target,
+            allow_unknown: args.allow_unknown,
         });
     }
     let n = upshift::ops::agent::enqueue(&session, &items).await?;

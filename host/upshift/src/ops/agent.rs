@@ -110,7 +110,12 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Result<Handl
             handled.outcome = status_name(run.status).to_string();
             return Ok(handled);
         }
-        None => apply::apply(session, instance, &claim.item.target, |_| true).await,
+        None => {
+            let options = apply::PlanOptions {
+                allow_unknown: claim.item.allow_unknown,
+            };
+            apply::apply_with(session, instance, &claim.item.target, &options, |_| true).await
+        }
     };
     handled.outcome = match result {
         Ok(report) => outcome_name(report.outcome).to_string(),

@@ -38,6 +38,9 @@ pub struct Script {
     pub name: &'static str,
     /// What it does.
     pub sql: Sql,
+    /// The only releases that carry it, when its version is not its date (v1.0.0's two
+    /// misnumbered scripts); empty: every release whose newest script is this one or later.
+    pub only_in: &'static [&'static str],
 }
 
 /// The base tables every DevLake database has (GORM `AutoMigrate` of the framework models),
@@ -70,6 +73,7 @@ pub const SCRIPTS: &[Script] = &[
         sql: Sql::Same(
             "CREATE TABLE repos (id VARCHAR(255) PRIMARY KEY, name VARCHAR(255), url TEXT)",
         ),
+        only_in: &[],
     },
     Script {
         version: 20220601000005,
@@ -77,16 +81,19 @@ pub const SCRIPTS: &[Script] = &[
         sql: Sql::Same(
             "CREATE TABLE pull_requests (id VARCHAR(255) PRIMARY KEY, base_repo_id VARCHAR(255), title TEXT, status VARCHAR(100))",
         ),
+        only_in: &[],
     },
     Script {
         version: 20230426150702,
         name: "add_connection_proxy",
         sql: Sql::Same("ALTER TABLE _tool_github_connections ADD COLUMN proxy VARCHAR(255) NULL"),
+        only_in: &[],
     },
     Script {
         version: 20230517162121,
         name: "add_repo_language",
         sql: Sql::Same("ALTER TABLE repos ADD COLUMN language VARCHAR(100) NULL"),
+        only_in: &[],
     },
     Script {
         version: 20240308142101,
@@ -95,11 +102,33 @@ pub const SCRIPTS: &[Script] = &[
             "ALTER TABLE pull_requests ADD COLUMN created_date DATETIME(3) NULL",
             "ALTER TABLE pull_requests ADD COLUMN created_date TIMESTAMP(3) NULL",
         ),
+        only_in: &[],
     },
     Script {
         version: 20240523194205,
-        name: "modify_pr_assignees_and_reviewers_id",
+        name: "add_pr_assignee_id",
         sql: Sql::Same("ALTER TABLE pull_requests ADD COLUMN assignee_id VARCHAR(255) NULL"),
+        only_in: &[],
+    },
+    // v1.0.1 renumbers v1.0.0's two misnumbered scripts to their dates and deletes the
+    // misnumbered history rows (`20240531_add_pr_assignees_and_reviewers.go`,
+    // `20240607_modify_pr_assignees_and_reviewers_id.go` @v1.0.0 vs @v1.0.1): a database that
+    // v1.0.0 migrated runs them again, so they must not fail on what the 2025… ones made.
+    Script {
+        version: 20240531000041,
+        name: "add_pr_assignees_and_reviewers",
+        sql: Sql::Same(
+            "CREATE TABLE IF NOT EXISTS pull_request_assignees (pull_request_id VARCHAR(255) NOT NULL, assignee_id VARCHAR(255) NOT NULL, PRIMARY KEY (pull_request_id, assignee_id))",
+        ),
+        only_in: &[],
+    },
+    Script {
+        version: 20240607000041,
+        name: "modify_pr_assignees_and_reviewers_id",
+        sql: Sql::Same(
+            "DELETE FROM _devlake_migration_history WHERE script_version IN (20250531000041, 20250607000041)",
+        ),
+        only_in: &[],
     },
     Script {
         version: 20240813160242,
@@ -108,6 +137,23 @@ pub const SCRIPTS: &[Script] = &[
             "ALTER TABLE pull_requests ADD COLUMN merged_date DATETIME(3) NULL",
             "ALTER TABLE pull_requests ADD COLUMN merged_date TIMESTAMP(3) NULL",
         ),
+        only_in: &[],
+    },
+    // v1.0.0 numbered these two `2025…` for `2024…` (month and day right, year wrong): they
+    // sort after every later release's scripts and v1.0.1 replaces them (above).
+    Script {
+        version: 20250531000041,
+        name: "add_pr_assignees_and_reviewers",
+        sql: Sql::Same(
+            "CREATE TABLE IF NOT EXISTS pull_request_assignees (pull_request_id VARCHAR(255) NOT NULL, assignee_id VARCHAR(255) NOT NULL, PRIMARY KEY (pull_request_id, assignee_id))",
+        ),
+        only_in: &["v1.0.0"],
+    },
+    Script {
+        version: 20250607000041,
+        name: "modify_pr_assignees_and_reviewers_id",
+        sql: Sql::Same("SELECT 1"),
+        only_in: &["v1.0.0"],
     },
 ];
 
@@ -216,9 +262,13 @@ pub fn find(tag: &str) -> Option<Release> {
 impl Release {
     /// The scripts it carries, in order.
     pub fn scripts(&self) -> impl Iterator<Item = &'static Script> + '_ {
-        SCRIPTS
-            .iter()
-            .filter(move |s| s.version <= self.newest_script)
+        SCRIPTS.iter().filter(move |s| {
+            if s.only_in.is_empty() {
+                s.version <= self.newest_script
+            } else {
+                s.only_in.contains(&self.tag)
+            }
+        })
     }
 }
 
@@ -241,7 +291,15 @@ mod tests {
     #[test]
     fn releases_carry_growing_script_sets() {
         let counts: Vec<usize> = RELEASES.iter().map(|r| r.scripts().count()).collect();
-        assert_eq!(counts, vec![3, 4, 5, 6, 7]);
+        assert_eq!(counts, vec![3, 4, 5, 8, 9]);
+        let v100: Vec<u64> = find("v1.0.0")
+            .map(|r| r.scripts().map(|s| s.version).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            v100[v100.len() - 2..],
+            [20250531000041, 20250607000041],
+            "v1.0.0 runs its misnumbered scripts last"
+        );
         assert!(SCRIPTS.windows(2).all(|w| w[0].version < w[1].version));
     }
 }
