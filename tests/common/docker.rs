@@ -183,7 +183,7 @@ fn sim_binaries() -> &'static PathBuf {
         let out = run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(&root)
             .args(["build", "--quiet", "--release", "--locked", "--target", "x86_64-unknown-linux-musl", "-p", "upshift-sim"])
-            .args(["--bin", "kwdb-sim", "--bin", "devlake-sim", "--target-dir"])
+            .args(["--bin", "kwdb-sim", "--bin", "devlake-sim", "--bin", "bytebase-sim", "--target-dir"])
             .arg(&target));
         assert!(
             out.status.success(),
@@ -245,6 +245,26 @@ pub fn devlake_images(tags: &[&str]) {
     }
 }
 
+/// Images of the Bytebase simulator, one per release like `bytebase/bytebase:<version>`:
+/// `upshift-sim/bytebase:<version>`. The entry point is the (simulated) server, so the seed's
+/// `docker run … bytebase/bytebase:<v> --data /var/opt/bytebase --port 5678` works unchanged;
+/// the path inside the image is this project's choice, not upstream's.
+pub fn bytebase_images(versions: &[&str]) {
+    let binary = sim_binaries().join("bytebase-sim");
+    for version in versions {
+        scratch_image(
+            &format!("{BYTEBASE_SIM_REPO}:{version}"),
+            &binary,
+            "/usr/local/bin/bytebase",
+            &format!(
+                "LABEL org.opencontainers.image.version={version}\nENTRYPOINT [\"/usr/local/bin/bytebase\", \"--version\", \"{version}\"]\n"
+            ),
+        );
+    }
+}
+
+/// The Bytebase simulator's image repository.
+pub const BYTEBASE_SIM_REPO: &str = "upshift-sim/bytebase";
 /// The KWDB simulator's image repository.
 pub const KWDB_SIM_REPO: &str = "upshift-sim/kwdb";
 /// The DevLake simulator's image repository.

@@ -1,0 +1,239 @@
+//! Bytebase as both seeds run it (issue 19), external-PostgreSQL mode: a container started with
+//! the seed's own `docker run` parameters — `--init`, `--restart always`, `--add-host
+//! host.docker.internal:host-gateway`, `--publish`, the `--data` volume, `--data … --port …`
+//! after the image — upgraded through the `docker` backend by the real `upshift` binary.
+//!
+//! The container uses host networking as well, because the metadata database of these tests
+//! listens on loopback only (no traffic leaves the machine); Docker keeps `--publish` in the
+//! container's configuration and ignores it there, and the tests check it is kept all the same.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::docker::{self, BYTEBASE_SIM_REPO, Containers};
+use common::{Env, free_port, http_get, json, stderr};
+use serde_json::Value;
+
+/// A seed-style Bytebase container and its fleet entry, removed (with what Upshift kept beside
+/// it) on drop.
+struct Deployed {
+    env: Env,
+    name: String,
+    port: u16,
+    db_url: String,
+    _data: tempfile::TempDir,
+    _cleanup: Containers,
+}
+
+/// `docker run` as `bytebase-upgrade.md` and `bytebase-backup.md` start Bytebase, with the
+/// metadata in `PG_URL` (external mode) and `extra_env` (`KEY=value`) for the simulator.
+async fn deploy(pg: &common::Pg, version: &str, extra_env: &[&str]) -> Deployed {
+    docker::bytebase_images(&["3.10.0", "3.11.1"]);
+    let (_, db_url) = pg.fresh_db("bbdock").await;
+    let name = format!("upshift-bb-{}-{}", std::process::id(), free_port());
+    let cleanup = Containers(vec![
+        name.clone(),
+        format!("{name}-upshift-previous"),
+        format!("{name}-upshift-next"),
+    ]);
+    let data = tempfile::tempdir().expect("data dir");
+    let port = free_port();
+    let mut run = Command::new("docker");
+    run.args([
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        &name,
+        "--restart",
+        "always",
+    ])
+    .args(["--add-host", "host.docker.internal:host-gateway"])
+    .args(["--publish", &format!("127.0.0.1:{port}:{port}")])
+    .args(["--network", "host"])
+    .arg("--volume")
+    .arg(format!("{}:/var/opt/bytebase", data.path().display()))
+    .args(["-e", &format!("PG_URL={db_url}")]);
+    for e in extra_env {
+        run.args(["-e", e]);
+    }
+    run.arg(format!("{BYTEBASE_SIM_REPO}:{version}")).args([
+        "--data",
+        "/var/opt/bytebase",
+        "--port",
+        &port.to_string(),
+    ]);
+    let out = run.output().expect("docker run");
+    assert!(out.status.success(), "docker run: {}", stderr(&out));
+    wait_healthy(port).await;
+    let client = connect(&db_url).await;
+    upshift_sim::bytebase::seed_user_rows(&client, 40)
+        .await
+        .expect("seed");
+
+    let env = Env::new();
+    env.write_fleet(&format!(
+        r#"
+[[instance]]
+name = "bb"
+product = "bytebase"
+
+[instance.db.meta]
+url = "{db_url}"
+
+[instance.service.app]
+kind = "docker"
+container = "{name}"
+image = "{BYTEBASE_SIM_REPO}:{{version}}"
+health_url = "http://127.0.0.1:{port}/healthz"
+stop_timeout_secs = 10
+
+[instance.http.api]
+url = "http://127.0.0.1:{port}"
+"#
+    ));
+    Deployed {
+        env,
+        name,
+        port,
+        db_url,
+        _data: data,
+        _cleanup: cleanup,
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the metadata database");
+    tokio::spawn(connection);
+    client
+}
+
+async fn wait_healthy(port: u16) {
+    for _ in 0..300 {
+        if http_get(port, "/healthz").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the Bytebase container on port {port} did not become healthy");
+}
+
+async fn served_version(port: u16) -> String {
+    let (_, body) = http_get(port, "/v1/actuator/info").await;
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["version"].as_str().map(str::to_string))
+        .unwrap_or(body)
+}
+
+/// What the operator set on the container, besides its image: the seed's parameters.
+fn seed_parameters(name: &str) -> Value {
+    let c = docker::inspect(name);
+    let host = &c["HostConfig"];
+    serde_json::json!({
+        "Init": host["Init"],
+        "RestartPolicy": host["RestartPolicy"],
+        "ExtraHosts": host["ExtraHosts"],
+        "PortBindings": host["PortBindings"],
+        "Binds": host["Binds"],
+        "NetworkMode": host["NetworkMode"],
+        "Cmd": c["Config"]["Cmd"],
+        "Env": c["Config"]["Env"],
+        "Name": c["Name"],
+    })
+}
+
+/// Containers named `name` (exactly) that run.
+fn running_containers(name: &str) -> usize {
+    let out = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("name=^/{name}$")])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_style_container_is_upgraded_keeping_every_parameter_and_row() {
+    let Some(pg) = common::pg() else { return };
+    if !docker::available() {
+        return;
+    }
+    let bb = deploy(pg, "3.10.0", &[]).await;
+    let before_params = seed_parameters(&bb.name);
+    assert_eq!(before_params["Init"], true, "{before_params}");
+    let before_rows = common::table_checksums(&bb.db_url).await;
+
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = json(&out);
+    let checks = report["checks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !checks.is_empty() && checks.iter().all(|c| c["passed"] == true),
+        "{checks:?}"
+    );
+    assert_eq!(served_version(bb.port).await, "3.11.1");
+    let container = docker::inspect(&bb.name);
+    assert_eq!(
+        container["Config"]["Image"],
+        format!("{BYTEBASE_SIM_REPO}:3.11.1")
+    );
+    assert_eq!(
+        seed_parameters(&bb.name),
+        before_params,
+        "every parameter of the seed's `docker run` is kept"
+    );
+    assert_eq!(running_containers(&bb.name), 1);
+
+    let after_rows = common::table_checksums(&bb.db_url).await;
+    let seeded: Vec<&String> = before_rows
+        .keys()
+        .filter(|t| t.as_str() != "instance_change_history")
+        .collect();
+    for table in seeded {
+        assert_eq!(
+            before_rows.get(table).map(|(n, _)| n),
+            after_rows.get(table).map(|(n, _)| n),
+            "{table}: every row is kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_migration_in_a_container_is_rolled_back_to_the_old_container() {
+    let Some(pg) = common::pg() else { return };
+    if !docker::available() {
+        return;
+    }
+    let bb = deploy(pg, "3.10.0", &["BB_SIM_FAIL_MIGRATION=3.11.1"]).await;
+    let before_params = seed_parameters(&bb.name);
+    let before_id = docker::inspect(&bb.name)["Id"].clone();
+    let before_rows = common::table_checksums(&bb.db_url).await;
+
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["outcome"], "rolled-back", "{report}");
+
+    assert_eq!(
+        common::table_checksums(&bb.db_url).await,
+        before_rows,
+        "every table is identical to before the upgrade"
+    );
+    assert_eq!(served_version(bb.port).await, "3.10.0");
+    let container = docker::inspect(&bb.name);
+    assert_eq!(
+        container["Config"]["Image"],
+        format!("{BYTEBASE_SIM_REPO}:3.10.0")
+    );
+    assert_eq!(container["Id"], before_id, "the original container is back");
+    assert_eq!(seed_parameters(&bb.name), before_params);
+    assert_eq!(running_containers(&bb.name), 1);
+}
