@@ -282,3 +282,126 @@ impl Drop for ComposeDown {
             .output();
     }
 }
+
+/// A root file system holding this machine's PostgreSQL server (the newest major under
+/// `/usr/lib/postgresql`, its `share` files and every library its programs load, found with
+/// `ldd`), `/bin/sh` (initdb runs `postgres -V` through `popen`) and a `postgres` user: what an
+/// image needs to run PostgreSQL the way Bytebase's bundled one runs (issue 19). Made once per
+/// test process; the path of the directory.
+fn pg_runtime_root() -> &'static PathBuf {
+    static MADE: OnceLock<PathBuf> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images/pg-root");
+        let _ = std::fs::remove_dir_all(&root);
+        let bindir = upshift_sim::pg::find_bindir().unwrap_or_else(|e| panic!("{e}"));
+        let pg_home = bindir.parent().expect("…/postgresql/<major>").to_path_buf();
+        let major = pg_home
+            .file_name()
+            .expect("major")
+            .to_string_lossy()
+            .to_string();
+        let share = PathBuf::from("/usr/share/postgresql").join(&major);
+        let copy_tree = |from: &std::path::Path| {
+            let to = root.join(from.strip_prefix("/").expect("absolute"));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            let out = run(Command::new("cp").arg("-a").arg(from).arg(&to));
+            assert!(
+                out.status.success(),
+                "cp {}: {}",
+                from.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        copy_tree(&pg_home);
+        copy_tree(&share);
+        // The JIT (LLVM, ~100 MB) is optional at run time and left out.
+        for jit in ["lib/llvmjit.so", "lib/llvmjit_types.bc", "lib/bitcode"] {
+            let p = root
+                .join(pg_home.strip_prefix("/").expect("absolute"))
+                .join(jit);
+            let _ = std::fs::remove_dir_all(&p);
+            let _ = std::fs::remove_file(&p);
+        }
+        let _ =
+            std::fs::remove_dir_all(root.join(share.strip_prefix("/").expect("abs")).join("man"));
+        let mut programs: Vec<PathBuf> = ["initdb", "postgres", "pg_ctl"]
+            .iter()
+            .map(|p| bindir.join(p))
+            .collect();
+        programs.push(PathBuf::from("/bin/sh"));
+        if let Ok(libs) = std::fs::read_dir(pg_home.join("lib")) {
+            programs.extend(libs.filter_map(Result::ok).map(|e| e.path()).filter(|p| {
+                p.extension().is_some_and(|x| x == "so") && !p.to_string_lossy().contains("llvmjit")
+            }));
+        }
+        let out = run(Command::new("ldd").args(&programs));
+        let mut libs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with('/'))
+                    .map(str::to_string)
+            })
+            .collect();
+        libs.sort();
+        libs.dedup();
+        for lib in libs.iter().chain(std::iter::once(&"/bin/sh".to_string())) {
+            let to = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            // Dereferenced: the image has no symlink targets of its own.
+            std::fs::copy(lib, &to).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
+        }
+        std::fs::create_dir_all(root.join("etc")).expect("etc");
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/:/sbin/nologin\npostgres:x:999:999:postgres:/:/sbin/nologin\n",
+        )
+        .expect("passwd");
+        std::fs::write(root.join("etc/group"), "root:x:0:\npostgres:x:999:\n").expect("group");
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        let out = run(Command::new("chmod").arg("1777").arg(&tmp));
+        assert!(out.status.success(), "chmod 1777 {}", tmp.display());
+        root
+    })
+}
+
+/// Images of the Bytebase simulator that also carry PostgreSQL's server, for the embedded mode
+/// (`--data DIR` without `PG_URL`): `upshift-sim/bytebase-embedded:<version>`.
+pub fn bytebase_embedded_images(versions: &[&str]) {
+    let binary = sim_binaries().join("bytebase-sim");
+    let root = pg_runtime_root();
+    for version in versions {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = run(Command::new("cp")
+            .arg("-a")
+            .arg(root)
+            .arg(dir.path().join("root")));
+        assert!(
+            out.status.success(),
+            "cp root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::create_dir_all(dir.path().join("root/usr/local/bin")).expect("bin dir");
+        std::fs::copy(&binary, dir.path().join("root/usr/local/bin/bytebase")).expect("copy sim");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM scratch\nCOPY root/ /\nLABEL org.opencontainers.image.version={version}\nENTRYPOINT [\"/usr/local/bin/bytebase\", \"--version\", \"{version}\"]\n"
+            ),
+        )
+        .expect("dockerfile");
+        let tag = format!("{BYTEBASE_EMBEDDED_REPO}:{version}");
+        let out = run(Command::new("docker")
+            .args(["build", "-q", "-t", &tag])
+            .arg(dir.path()));
+        assert!(
+            out.status.success(),
+            "docker build {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The repository of the Bytebase simulator images that carry PostgreSQL (embedded mode).
+pub const BYTEBASE_EMBEDDED_REPO: &str = "upshift-sim/bytebase-embedded";
