@@ -5,7 +5,7 @@ use upshift_adapter_sdk::live::{self, Answer};
 use upshift_adapter_sdk::{AdapterError, Detection, Value, error, fact, service};
 
 use crate::catalog;
-use crate::rules::{SchemaFormat, parse_history_version};
+use crate::rules::{SchemaFormat, StoreMode, parse_history_version};
 
 /// The metadata database's binding.
 const META: &str = "meta";
@@ -117,7 +117,16 @@ fn embedded_pg() -> Option<u32> {
 /// Detect the running version and the facts.
 pub fn detect() -> Result<Detection, AdapterError> {
     let mut facts = Vec::new();
-    let schema = schema()?;
+    let embedded = embedded_pg();
+    let service = service::inspect("app").ok();
+    // The embedded store runs only while Bytebase runs (§1.2): stopped, its schema is unread
+    // (rule `embedded-store-down` refuses to plan on that); anything else is an error.
+    let stopped = service.as_ref().is_some_and(|s| !s.running);
+    let schema = match schema() {
+        Ok(schema) => schema,
+        Err(_) if embedded.is_some() && stopped => SchemaState::default(),
+        Err(e) => return Err(e),
+    };
     if let Some(raw) = &schema.raw {
         facts.push(fact("schema-version-raw", raw.clone()));
     }
@@ -142,17 +151,16 @@ pub fn detect() -> Result<Detection, AdapterError> {
     if let Some(v) = &api {
         facts.push(fact("api-version", v.clone()));
     }
-    let service = service::inspect("app").ok();
     if let Some(s) = &service {
         facts.push(fact("service-version", s.version.clone()));
         facts.push(fact("service-running", s.running.to_string()));
     }
-    match embedded_pg() {
+    match embedded {
         Some(pg) => {
-            facts.push(fact("store-mode", "embedded"));
+            facts.push(fact("store-mode", StoreMode::Embedded.name()));
             facts.push(fact("embedded-pg-version", pg.to_string()));
         }
-        None => facts.push(fact("store-mode", "external")),
+        None => facts.push(fact("store-mode", StoreMode::External.name())),
     }
     let (release, source) = release(
         api.as_deref(),
