@@ -207,6 +207,14 @@ async fn an_embedded_store_upgrade_snapshots_the_data_directory_and_keeps_every_
     let before = rows(&bb.url, &cols).await;
     assert!(before.values().any(|(n, _)| *n >= 40), "{before:?}");
 
+    // Stopped, the embedded store is down with Bytebase: its schema cannot be read, so no plan.
+    stop_app(&bb.env).await;
+    let refused = bb.env.upshift(&["plan", "bb", "--to", "3.11.1", "--json"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let refused = json(&refused);
+    assert_eq!(refused["outcome"]["rule"], "embedded-store-down", "{refused}");
+    common::start_services(&bb.env, "bb", &["app"]).await;
+
     let plan = bb.env.upshift(&["plan", "bb", "--to", "3.11.1", "--json"]);
     assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
