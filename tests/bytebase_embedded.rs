@@ -65,7 +65,11 @@ path = "{data}"
 
 /// Start `version` on a fresh embedded store and seed rows; `None` (said why) without
 /// PostgreSQL's server binaries.
-async fn embedded(version: &str, fail_migration: Option<&str>, ballast_rows: u32) -> Option<Embedded> {
+async fn embedded(
+    version: &str,
+    fail_migration: Option<&str>,
+    ballast_rows: u32,
+) -> Option<Embedded> {
     if let Err(e) = upshift_sim::pg::find_bindir() {
         common::missing(&format!(
             "PostgreSQL's server binaries, which the simulated embedded store runs: {e}"
@@ -97,7 +101,10 @@ async fn embedded(version: &str, fail_migration: Option<&str>, ballast_rows: u32
     }
     // Hint bits and visibility set now (on the statistics ANALYZE writes too), so later reads
     // do not rewrite pages.
-    for sql in ["VACUUM (FREEZE, ANALYZE)", "VACUUM FREEZE pg_catalog.pg_statistic"] {
+    for sql in [
+        "VACUUM (FREEZE, ANALYZE)",
+        "VACUUM FREEZE pg_catalog.pg_statistic",
+    ] {
         client.batch_execute(sql).await.expect("vacuum");
     }
     Some(Embedded {
@@ -126,11 +133,14 @@ fn file_checksums(dir: &Path) -> BTreeMap<String, String> {
         let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 walk(root, &path, out);
             } else if kind.is_file() {
-                let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let bytes =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 let rel = path
                     .strip_prefix(root)
                     .map(|p| p.display().to_string())
@@ -212,7 +222,10 @@ async fn an_embedded_store_upgrade_snapshots_the_data_directory_and_keeps_every_
     let refused = bb.env.upshift(&["plan", "bb", "--to", "3.11.1", "--json"]);
     assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
     let refused = json(&refused);
-    assert_eq!(refused["outcome"]["rule"], "embedded-store-down", "{refused}");
+    assert_eq!(
+        refused["outcome"]["rule"], "embedded-store-down",
+        "{refused}"
+    );
     common::start_services(&bb.env, "bb", &["app"]).await;
 
     let plan = bb.env.upshift(&["plan", "bb", "--to", "3.11.1", "--json"]);
@@ -223,7 +236,9 @@ async fn an_embedded_store_upgrade_snapshots_the_data_directory_and_keeps_every_
         "the embedded store is snapshotted, never cloned: {plan}"
     );
 
-    let out = bb.env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report = json(&out);
     assert_eq!(report["outcome"], "succeeded");
@@ -232,13 +247,21 @@ async fn an_embedded_store_upgrade_snapshots_the_data_directory_and_keeps_every_
     assert_eq!(backup["method"], "snapshot", "{backup}");
     assert_eq!(backup["binding"], "data");
     assert_eq!(backup["product_version"], "3.10.0");
-    assert_eq!(report["backups"].as_array().map(Vec::len), Some(1), "no clone of the embedded db");
+    assert_eq!(
+        report["backups"].as_array().map(Vec::len),
+        Some(1),
+        "no clone of the embedded db"
+    );
     let checks = report["checks"].as_array().expect("checks");
     assert!(checks.iter().all(|c| c["passed"] == true), "{checks:?}");
 
     assert_eq!(actuator_version(bb.port).await, "3.11.1");
     assert_eq!(schema_version(&bb.url).await, "3.11.17");
-    assert_eq!(rows(&bb.url, &cols).await, before, "every seeded row is intact");
+    assert_eq!(
+        rows(&bb.url, &cols).await,
+        before,
+        "every seeded row is intact"
+    );
     // The snapshot holds the whole data directory, pgdata included.
     let location = PathBuf::from(backup["location"].as_str().expect("location"));
     assert!(
@@ -259,7 +282,10 @@ async fn a_failing_migration_on_the_embedded_store_is_rolled_back_to_an_identica
     // No background ANALYZE between the two moments: it would rewrite pg_statistic whenever
     // it runs, upgrade or not (the setting lives in pgdata/postgresql.auto.conf, compared too).
     let client = connect(&bb.url).await;
-    for sql in ["ALTER SYSTEM SET autovacuum = off", "SELECT pg_reload_conf()"] {
+    for sql in [
+        "ALTER SYSTEM SET autovacuum = off",
+        "SELECT pg_reload_conf()",
+    ] {
         client.batch_execute(sql).await.expect("autovacuum off");
     }
     drop(client);
@@ -268,7 +294,9 @@ async fn a_failing_migration_on_the_embedded_store_is_rolled_back_to_an_identica
     let before = file_checksums(&pgdata);
     common::start_services(&bb.env, "bb", &["app"]).await;
 
-    let out = bb.env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let report = json(&out);
     assert_eq!(report["outcome"], "rolled-back");
@@ -284,9 +312,17 @@ async fn a_failing_migration_on_the_embedded_store_is_rolled_back_to_an_identica
             "rollback-wait-app"
         ]
     );
-    assert_eq!(actuator_version(bb.port).await, "3.10.0", "the old version serves");
+    assert_eq!(
+        actuator_version(bb.port).await,
+        "3.10.0",
+        "the old version serves"
+    );
     assert_eq!(schema_version(&bb.url).await, "3.10.2");
-    assert_eq!(rows(&bb.url, &cols).await, before_rows, "every row as before");
+    assert_eq!(
+        rows(&bb.url, &cols).await,
+        before_rows,
+        "every row as before"
+    );
 
     stop_app(&bb.env).await;
     let after = file_checksums(&pgdata);
@@ -310,7 +346,9 @@ async fn upshift_restore_swaps_a_data_directory_snapshot_back() {
     };
     let cols = columns(&bb.url).await;
     let at_backup = rows(&bb.url, &cols).await;
-    let out = bb.env.upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
+    let out = bb
+        .env
+        .upshift(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let id = json(&out)["backups"][0]["id"]
         .as_str()
@@ -335,16 +373,31 @@ async fn upshift_restore_swaps_a_data_directory_snapshot_back() {
         .collect();
     assert_eq!(
         steps,
-        ["stop", "restore-data", "switch", "start", "wait-healthy", "check-version"]
+        [
+            "stop",
+            "restore-data",
+            "switch",
+            "start",
+            "wait-healthy",
+            "check-version"
+        ]
     );
     assert_eq!(actuator_version(bb.port).await, "3.10.0");
     assert_eq!(schema_version(&bb.url).await, "3.10.2");
-    assert_eq!(rows(&bb.url, &cols).await, at_backup, "the data is the snapshot's");
+    assert_eq!(
+        rows(&bb.url, &cols).await,
+        at_backup,
+        "the data is the snapshot's"
+    );
     // The replaced directory is kept beside it.
     let kept = std::fs::read_dir(bb.env.dir.path())
         .expect("list")
         .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().starts_with("bbdata.upshift-replaced-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("bbdata.upshift-replaced-")
+        });
     assert!(kept, "the replaced data directory is kept");
 }
 
@@ -401,7 +454,10 @@ async fn a_host_killed_during_the_snapshot_is_resumed_and_finishes() {
     let out = child.wait_with_output().expect("apply ends");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
-    assert!(step_started(&bb.env.data(), "snapshot-data"), "killed mid-snapshot");
+    assert!(
+        step_started(&bb.env.data(), "snapshot-data"),
+        "killed mid-snapshot"
+    );
     assert_eq!(common::http_get(bb.port, "/healthz").await.0, 0, "stopped");
 
     let history = json(&bb.env.upshift(&["history", "--json"]));

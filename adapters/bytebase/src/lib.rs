@@ -187,7 +187,11 @@ mod tests {
         let refused = exports::plan::<Bytebase>(&live("embedded", false, None), "3.11.1")
             .expect_err("schema unread");
         assert_eq!(refused.rule, "embedded-store-down");
-        assert!(refused.advice.contains("upshift start"), "{}", refused.advice);
+        assert!(
+            refused.advice.contains("upshift start"),
+            "{}",
+            refused.advice
+        );
     }
 
     #[test]

@@ -71,7 +71,9 @@ pub fn upgrade_embedded(from: &Version, to: &Version) -> Plan {
     let mut steps = vec![
         preflight(
             &t,
-            format!("re-check that the metadata allows {current} → {t} (read from the embedded PostgreSQL while Bytebase runs)"),
+            format!(
+                "re-check that the metadata allows {current} → {t} (read from the embedded PostgreSQL while Bytebase runs)"
+            ),
         ),
         service_stop(
             "stop",
@@ -87,7 +89,9 @@ pub fn upgrade_embedded(from: &Version, to: &Version) -> Plan {
             "switch",
             "app",
             &t,
-            format!("switch Bytebase to {t} (a container is recreated with the new image, every other parameter kept)"),
+            format!(
+                "switch Bytebase to {t} (a container is recreated with the new image, every other parameter kept)"
+            ),
         ),
     ];
     steps.extend(run_and_check(
@@ -158,7 +162,9 @@ pub fn restore_snapshot(current: &str, v: &Version) -> Plan {
         files_restore(
             "restore-data",
             "data",
-            format!("put back the data directory copied at {version} (every file checked, swapped in by rename)"),
+            format!(
+                "put back the data directory copied at {version} (every file checked, swapped in by rename)"
+            ),
         ),
         service_switch(
             "switch",

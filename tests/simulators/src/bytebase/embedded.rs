@@ -103,7 +103,16 @@ impl Embedded {
         server
             .arg("-D")
             .arg(&pgdata)
-            .args(["-p", &port.to_string(), "-k", SOCKET_DIR, "-N", "500", "-h", ""])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-k",
+                SOCKET_DIR,
+                "-N",
+                "500",
+                "-h",
+                "",
+            ])
             .args(["-c", "fsync=off", "-c", "shared_buffers=16MB"])
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
@@ -157,7 +166,10 @@ impl Embedded {
             }
         };
         let exists = client
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'bb')", &[])
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'bb')",
+                &[],
+            )
             .await
             .context("cannot query the embedded PostgreSQL")?
             .get::<_, bool>(0);

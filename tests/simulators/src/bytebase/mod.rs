@@ -79,10 +79,15 @@ impl Options {
             std::iter::once("bytebase-sim".to_string()).chain(args.iter().cloned()),
         )
         .map_err(|e| anyhow!("{e}"))?;
-        let store = match (std::env::var("PG_URL").ok().filter(|u| !u.is_empty()), parsed.data.clone()) {
+        let store = match (
+            std::env::var("PG_URL").ok().filter(|u| !u.is_empty()),
+            parsed.data.clone(),
+        ) {
             (Some(url), _) => Store::External(url),
             (None, Some(dir)) => Store::Embedded(dir),
-            (None, None) => bail!("neither PG_URL nor --data is set: Bytebase with external PostgreSQL reads its metadata URL from PG_URL; the embedded store lives under --data DIR"),
+            (None, None) => bail!(
+                "neither PG_URL nor --data is set: Bytebase with external PostgreSQL reads its metadata URL from PG_URL; the embedded store lives under --data DIR"
+            ),
         };
         Ok(Options {
             external_url: parsed
@@ -158,7 +163,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Store::External(url) => (url.clone(), None),
         Store::Embedded(dir) => {
             println!("-----Embedded Postgres BEGIN-----");
-            let store = embedded::Embedded::start(dir, embedded::datastore_port(opts.port)?).await?;
+            let store =
+                embedded::Embedded::start(dir, embedded::datastore_port(opts.port)?).await?;
             println!("-----Embedded Postgres END-----");
             (store.url(embedded::USER), Some(store))
         }

@@ -397,11 +397,16 @@ async fn the_embedded_store_lives_under_data_and_stops_with_the_simulator() {
 
     // The next release migrates the same pgdata, rows kept.
     let server = serve_embedded(&data, port, "3.11.1").await;
-    let (client, conn) = tokio_postgres::connect(&store, NoTls).await.expect("connect");
+    let (client, conn) = tokio_postgres::connect(&store, NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(conn);
     assert_eq!(version(&client).await, "3.11.17");
     let projects: i64 = client
-        .query_one("SELECT count(*) FROM project WHERE resource_id LIKE 'project-%'", &[])
+        .query_one(
+            "SELECT count(*) FROM project WHERE resource_id LIKE 'project-%'",
+            &[],
+        )
         .await
         .expect("count")
         .get(0);
