@@ -475,3 +475,32 @@ async fn a_host_killed_during_the_snapshot_is_resumed_and_finishes() {
     let history = json(&bb.env.upshift(&["history", "--json"]));
     assert_eq!(history[0]["status"], "succeeded", "{history}");
 }
+
+/// An external metadata database beside a `pgdata` left in the data directory (a deployment
+/// moved to `PG_URL`): the `meta` server's data directory is not that `pgdata`, so the store is
+/// external and the plan clones `meta`; a snapshot of the directory would back up nothing the
+/// upgrade touches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pgdata_left_beside_an_external_store_does_not_make_it_embedded() {
+    let Some(pg) = common::pg() else { return };
+    let (_, db_url) = pg.fresh_db("bbext").await;
+    let env = Env::new();
+    let port = common::free_port();
+    let data = env.dir.path().join("bbdata");
+    std::fs::create_dir_all(data.join("pgdata")).expect("mkdir");
+    std::fs::write(data.join("pgdata/PG_VERSION"), "16\n").expect("PG_VERSION");
+    let fleet = format!(
+        "{}\n[instance.files.data]\npath = \"{}\"\naccess = [\"read\"]\n",
+        common::bytebase_instance("bb", &db_url, port, "3.10.0", None),
+        data.display()
+    );
+    env.write_fleet(&fleet);
+    common::start_services(&env, "bb", &["app"]).await;
+    let out = env.upshift(&["plan", "bb", "--to", "3.11.1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        plan.contains("backup-meta") && !plan.contains("snapshot-data"),
+        "{plan}"
+    );
+}

@@ -114,10 +114,35 @@ fn embedded_pg() -> Option<u32> {
     String::from_utf8_lossy(&bytes).trim().parse().ok()
 }
 
+/// Whether the `meta` server is the embedded one: its data directory is a `pgdata` (Bytebase's
+/// embedded role `bb` is the cluster's superuser, so it may read the setting); for a role that
+/// may not read it, whether the server listens on no TCP address (Bytebase starts the embedded
+/// one with `-h ""`, a socket only). `None` when the server does not answer (it is down).
+fn meta_serves_a_pgdata() -> Option<bool> {
+    if let Ok(Some(dir)) = live::scalar(META, "SELECT current_setting('data_directory')", &[]) {
+        return Some(dir.trim_end_matches('/').ends_with("/pgdata"));
+    }
+    let listen = live::scalar(META, "SELECT current_setting('listen_addresses')", &[]).ok()??;
+    Some(listen.trim().is_empty())
+}
+
+/// The store mode: embedded when the data directory holds `pgdata/PG_VERSION`, unless the
+/// `meta` server says it lives elsewhere (an external PostgreSQL beside a `pgdata` left from
+/// before, which stops nothing when Bytebase stops).
+fn store_mode(embedded_pg: Option<u32>, meta_in_pgdata: Option<bool>) -> StoreMode {
+    match (embedded_pg, meta_in_pgdata) {
+        (None, _) | (Some(_), Some(false)) => StoreMode::External,
+        (Some(_), _) => StoreMode::Embedded,
+    }
+}
+
 /// Detect the running version and the facts.
 pub fn detect() -> Result<Detection, AdapterError> {
     let mut facts = Vec::new();
-    let embedded = embedded_pg();
+    let pgdata = embedded_pg();
+    let meta_in_pgdata = pgdata.and_then(|_| meta_serves_a_pgdata());
+    let mode = store_mode(pgdata, meta_in_pgdata);
+    let embedded = pgdata.filter(|_| mode == StoreMode::Embedded);
     let service = service::inspect("app").ok();
     // The embedded store runs only while Bytebase runs (§1.2): stopped, its schema is unread
     // (rule `embedded-store-down` refuses to plan on that); anything else is an error.
@@ -155,12 +180,15 @@ pub fn detect() -> Result<Detection, AdapterError> {
         facts.push(fact("service-version", s.version.clone()));
         facts.push(fact("service-running", s.running.to_string()));
     }
-    match embedded {
-        Some(pg) => {
-            facts.push(fact("store-mode", StoreMode::Embedded.name()));
-            facts.push(fact("embedded-pg-version", pg.to_string()));
-        }
-        None => facts.push(fact("store-mode", StoreMode::External.name())),
+    facts.push(fact("store-mode", mode.name()));
+    if let Some(pg) = embedded {
+        facts.push(fact("embedded-pg-version", pg.to_string()));
+    }
+    if mode == StoreMode::External && pgdata.is_some() {
+        facts.push(fact(
+            "unused-pgdata",
+            "the data directory holds a pgdata, but `meta` is served from elsewhere",
+        ));
     }
     let (release, source) = release(
         api.as_deref(),
@@ -248,6 +276,14 @@ mod tests {
         assert_eq!(actuator_version(&info).as_deref(), Some("3.11.1"));
         assert_eq!(actuator_replicas(&info), Some(1));
         assert_eq!(actuator_version(&answer("not json")), None);
+    }
+
+    #[test]
+    fn the_store_is_embedded_when_pgdata_exists_unless_meta_lives_elsewhere() {
+        assert_eq!(store_mode(None, None), StoreMode::External);
+        assert_eq!(store_mode(Some(16), Some(true)), StoreMode::Embedded);
+        assert_eq!(store_mode(Some(16), None), StoreMode::Embedded);
+        assert_eq!(store_mode(Some(16), Some(false)), StoreMode::External);
     }
 
     #[test]
