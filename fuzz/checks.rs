@@ -946,6 +946,7 @@ pub fn snapshot_path(data: &[u8]) {
             },
             mode: 0o644,
             mtime_ns: 0,
+            owner: None,
         })
         .collect();
     for e in &entries {

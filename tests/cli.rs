@@ -313,6 +313,9 @@ fn the_demo_upgrades_a_mixed_fleet_rolls_one_back_and_leaves_nothing_running() {
         "{err}"
     );
     assert!(err.contains("rollback-restore-meta"), "{err}");
+    // Bytebase's default deployment: its embedded PostgreSQL, backed up as a snapshot.
+    assert!(err.contains("bb-embedded is now at 3.11.1"), "{err}");
+    assert!(err.contains("snapshot-data"), "{err}");
     // The rest of the mixed fleet: every product upgraded, each by its own rules.
     for done in [
         "om is now at 1.12.1",
@@ -347,6 +350,10 @@ fn the_demo_upgrades_a_mixed_fleet_rolls_one_back_and_leaves_nothing_running() {
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             assert!(!cmdline.contains(&marker), "left running: {cmdline}");
+            assert!(
+                !cmdline.contains("bb-embedded/pgdata"),
+                "the embedded store left running: {cmdline}"
+            );
         }
     }
     let audit = std::process::Command::new(env!("CARGO_BIN_EXE_upshift"))

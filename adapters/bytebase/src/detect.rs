@@ -5,7 +5,7 @@ use upshift_adapter_sdk::live::{self, Answer};
 use upshift_adapter_sdk::{AdapterError, Detection, Value, error, fact, service};
 
 use crate::catalog;
-use crate::rules::{SchemaFormat, parse_history_version};
+use crate::rules::{SchemaFormat, StoreMode, parse_history_version};
 
 /// The metadata database's binding.
 const META: &str = "meta";
@@ -114,10 +114,44 @@ fn embedded_pg() -> Option<u32> {
     String::from_utf8_lossy(&bytes).trim().parse().ok()
 }
 
+/// Whether the `meta` server is the embedded one: its data directory is a `pgdata` (Bytebase's
+/// embedded role `bb` is the cluster's superuser, so it may read the setting); for a role that
+/// may not read it, whether the server listens on no TCP address (Bytebase starts the embedded
+/// one with `-h ""`, a socket only). `None` when the server does not answer (it is down).
+fn meta_serves_a_pgdata() -> Option<bool> {
+    if let Ok(Some(dir)) = live::scalar(META, "SELECT current_setting('data_directory')", &[]) {
+        return Some(dir.trim_end_matches('/').ends_with("/pgdata"));
+    }
+    let listen = live::scalar(META, "SELECT current_setting('listen_addresses')", &[]).ok()??;
+    Some(listen.trim().is_empty())
+}
+
+/// The store mode: embedded when the data directory holds `pgdata/PG_VERSION`, unless the
+/// `meta` server says it lives elsewhere (an external PostgreSQL beside a `pgdata` left from
+/// before, which stops nothing when Bytebase stops).
+fn store_mode(embedded_pg: Option<u32>, meta_in_pgdata: Option<bool>) -> StoreMode {
+    match (embedded_pg, meta_in_pgdata) {
+        (None, _) | (Some(_), Some(false)) => StoreMode::External,
+        (Some(_), _) => StoreMode::Embedded,
+    }
+}
+
 /// Detect the running version and the facts.
 pub fn detect() -> Result<Detection, AdapterError> {
     let mut facts = Vec::new();
-    let schema = schema()?;
+    let pgdata = embedded_pg();
+    let meta_in_pgdata = pgdata.and_then(|_| meta_serves_a_pgdata());
+    let mode = store_mode(pgdata, meta_in_pgdata);
+    let embedded = pgdata.filter(|_| mode == StoreMode::Embedded);
+    let service = service::inspect("app").ok();
+    // The embedded store runs only while Bytebase runs (§1.2): stopped, its schema is unread
+    // (rule `embedded-store-down` refuses to plan on that); anything else is an error.
+    let stopped = service.as_ref().is_some_and(|s| !s.running);
+    let schema = match schema() {
+        Ok(schema) => schema,
+        Err(_) if embedded.is_some() && stopped => SchemaState::default(),
+        Err(e) => return Err(e),
+    };
     if let Some(raw) = &schema.raw {
         facts.push(fact("schema-version-raw", raw.clone()));
     }
@@ -142,17 +176,19 @@ pub fn detect() -> Result<Detection, AdapterError> {
     if let Some(v) = &api {
         facts.push(fact("api-version", v.clone()));
     }
-    let service = service::inspect("app").ok();
     if let Some(s) = &service {
         facts.push(fact("service-version", s.version.clone()));
         facts.push(fact("service-running", s.running.to_string()));
     }
-    match embedded_pg() {
-        Some(pg) => {
-            facts.push(fact("store-mode", "embedded"));
-            facts.push(fact("embedded-pg-version", pg.to_string()));
-        }
-        None => facts.push(fact("store-mode", "external")),
+    facts.push(fact("store-mode", mode.name()));
+    if let Some(pg) = embedded {
+        facts.push(fact("embedded-pg-version", pg.to_string()));
+    }
+    if mode == StoreMode::External && pgdata.is_some() {
+        facts.push(fact(
+            "unused-pgdata",
+            "the data directory holds a pgdata, but `meta` is served from elsewhere",
+        ));
     }
     let (release, source) = release(
         api.as_deref(),
@@ -240,6 +276,14 @@ mod tests {
         assert_eq!(actuator_version(&info).as_deref(), Some("3.11.1"));
         assert_eq!(actuator_replicas(&info), Some(1));
         assert_eq!(actuator_version(&answer("not json")), None);
+    }
+
+    #[test]
+    fn the_store_is_embedded_when_pgdata_exists_unless_meta_lives_elsewhere() {
+        assert_eq!(store_mode(None, None), StoreMode::External);
+        assert_eq!(store_mode(Some(16), Some(true)), StoreMode::Embedded);
+        assert_eq!(store_mode(Some(16), None), StoreMode::Embedded);
+        assert_eq!(store_mode(Some(16), Some(false)), StoreMode::External);
     }
 
     #[test]

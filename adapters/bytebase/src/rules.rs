@@ -54,6 +54,10 @@ upshift_adapter_sdk::facts! {
         pub duplicate_versions: Option<u64> = "duplicate-versions",
         /// `pgdata/PG_VERSION` of an embedded metadata store.
         pub embedded_pg: Option<u32> = "embedded-pg-version",
+        /// Where the metadata lives: external PostgreSQL or the embedded one under `--data`.
+        pub store_mode: Option<StoreMode> = "store-mode",
+        /// Whether the service runs (the embedded store runs only with it).
+        pub service_running: Option<bool> = "service-running",
         /// The metadata schema version (a file number, not a release, §1.5).
         pub schema_version: Option<Version> = "schema-version",
         /// Where the release (the jump's `from`) came from.
@@ -83,8 +87,50 @@ const PG14_RELOAD: Version = Version::new(2, 10, 0);
 /// The release that removed that reload.
 const PG14_RELOAD_REMOVED: Version = Version::new(3, 5, 0);
 
+/// Where Bytebase keeps its metadata (product-facts §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// An external PostgreSQL (`PG_URL`).
+    External,
+    /// The embedded PostgreSQL under `<data>/pgdata`, running only while Bytebase runs.
+    Embedded,
+}
+
+impl StoreMode {
+    /// The fact value.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreMode::External => "external",
+            StoreMode::Embedded => "embedded",
+        }
+    }
+}
+
+impl upshift_adapter_sdk::FactValue for StoreMode {
+    fn from_fact(text: &str) -> Option<StoreMode> {
+        match text {
+            "external" => Some(StoreMode::External),
+            "embedded" => Some(StoreMode::Embedded),
+            _ => None,
+        }
+    }
+}
+
 /// What Bytebase refuses, in order: the first rule that applies refuses the upgrade.
 pub const REFUSALS: &[Rule<Bytebase>] = &[
+    Rule {
+        id: "embedded-store-down",
+        when: |j| {
+            j.facts.store_mode == Some(StoreMode::Embedded)
+                && j.facts.service_running == Some(false)
+                && j.facts.schema_version.is_none()
+        },
+        reason: |_| {
+            "the metadata is in Bytebase's embedded PostgreSQL, which runs only while Bytebase runs: Bytebase is stopped, so the schema rules cannot be checked".into()
+        },
+        advice: |_| "start Bytebase (`upshift start INSTANCE app`), then plan again".into(),
+        via: None,
+    },
     Rule {
         id: "api-contradicts-declared",
         when: |j| declared_contradiction(j).is_some(),

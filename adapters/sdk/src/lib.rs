@@ -84,6 +84,13 @@ pub trait Product: Sized + 'static {
     /// The plan of an upgrade the rules allow.
     fn upgrade(from: &Version, to: &Version) -> Plan;
 
+    /// The plan of an upgrade the rules allow, given the live facts: for a product whose plan
+    /// depends on how the instance is deployed (where its data lives). [`Product::upgrade`] by
+    /// default.
+    fn upgrade_for(jump: &Jump<Self>) -> Plan {
+        Self::upgrade(jump.from, jump.to)
+    }
+
     /// Checks after an upgrade to `expected`; failing checks are returned, not errors.
     fn verify(expected: &str) -> Result<Vec<Check>, AdapterError>;
 
@@ -123,7 +130,7 @@ pub mod exports {
         let facts = P::Facts::from_facts(current);
         let jump = Jump::<P>::new(&from, &to, &facts);
         jump.check()?;
-        let mut plan = P::upgrade(&from, &to);
+        let mut plan = P::upgrade_for(&jump);
         plan.notes.extend(P::notes(&jump));
         // Offline: nothing detected (the operator's own `operator.*` facts are not detection).
         if let Some(note) = P::OFFLINE_NOTE

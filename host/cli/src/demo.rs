@@ -1,7 +1,7 @@
 //! `upshift demo`: a self-contained tour on a fresh machine. It starts a throwaway PostgreSQL
 //! under the data directory and a mixed fleet of simulated products (test infrastructure, not
-//! the real products) with seeded data — two Bytebase instances, OpenMetadata, DevLake and
-//! KWDB — upgrades each, and shows one Bytebase whose migration fails being rolled back. It
+//! the real products) with seeded data — three Bytebase instances (one on its embedded
+//! PostgreSQL), OpenMetadata, DevLake and KWDB — upgrades each, and shows one Bytebase whose migration fails being rolled back. It
 //! stops everything it started before it exits.
 
 use std::path::{Path, PathBuf};
@@ -92,6 +92,52 @@ url = "http://127.0.0.1:{port}"
         seed: Seed::Bytebase,
         primary: "app",
         seed_url: url.to_string(),
+    })
+}
+
+/// Bytebase's default deployment: the metadata in its embedded PostgreSQL under `data/pgdata`
+/// (no `PG_URL`), backed up as a snapshot of the data directory.
+fn bytebase_embedded(exe: &Path, data: &Path) -> Result<Member, Exit> {
+    let port = free_port()?;
+    let meta = upshift_sim::bytebase::embedded::url(port + 2, "bb");
+    Ok(Member {
+        name: "bb-embedded",
+        from: "3.10.0",
+        to: "3.11.1",
+        expect: Outcome::Succeeded,
+        fleet: format!(
+            r#"
+[[instance]]
+name = "bb-embedded"
+product = "bytebase"
+labels = {{ product = "bytebase" }}
+
+[instance.db.meta]
+url = "{meta}"
+access = ["read"]
+privileged = true
+
+[instance.service.app]
+kind = "process"
+command = "'{exe}' simulate bytebase --version {{version}} --port {port} --data '{data}'"
+version = "3.10.0"
+health_url = "http://127.0.0.1:{port}/healthz"
+stop_timeout_secs = 20
+
+[instance.http.api]
+url = "http://127.0.0.1:{port}"
+
+[instance.files.data]
+path = "{data}"
+"#,
+            exe = exe.display(),
+            data = data.display(),
+        ),
+        start_before_seed: &["app"],
+        start_after_seed: &[],
+        seed: Seed::Bytebase,
+        primary: "app",
+        seed_url: meta,
     })
 }
 
@@ -319,9 +365,17 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
         .create_database("kw_backing")
         .map_err(|e| anyhow::anyhow!("cannot create database kw_backing: {e}"))?;
     let exe = std::env::current_exe()?;
+    // The embedded store's server runs as `postgres` when we are root: beside the cluster,
+    // which is where that user can reach (and gone with it).
+    let embedded_data = if cluster.dir().starts_with(root) {
+        root.join("bb-embedded")
+    } else {
+        cluster.dir().join("bb-embedded")
+    };
     let members = vec![
         bytebase(&exe, &alpha, "bb-alpha", false)?,
         bytebase(&exe, &beta, "bb-beta", true)?,
+        bytebase_embedded(&exe, &embedded_data)?,
         openmetadata(&exe, &om, cluster.port(), "om")?,
         devlake(&exe, root, &lake)?,
         kwdb(&exe, root, &cluster.url("kw_backing"))?,
@@ -339,7 +393,7 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
     let session = Session::open(&root.join("data"), sink).await?;
 
     say(format!(
-        "{} starting {} simulated instances (Bytebase ×2, OpenMetadata, DevLake, KWDB) and seeding data",
+        "{} starting {} simulated instances (Bytebase ×3, one on its embedded PostgreSQL, OpenMetadata, DevLake, KWDB) and seeding data",
         style("▸").cyan(),
         members.len()
     ));

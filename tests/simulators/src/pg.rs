@@ -38,7 +38,7 @@ pub struct Cluster {
 
 /// Whether user `uid` (group `gid`) can pass through every existing directory above and at
 /// `dir` (the execute bit that applies to it).
-fn traversable_by(dir: &Path, uid: u32, gid: u32) -> bool {
+pub(crate) fn traversable_by(dir: &Path, uid: u32, gid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
     dir.ancestors()
         .filter_map(|a| std::fs::metadata(a).ok())
@@ -82,7 +82,7 @@ fn free_port() -> Result<u16, PgError> {
 }
 
 /// The uid/gid to run as: `postgres` when we are root, ourselves otherwise.
-fn run_as() -> Result<Option<(u32, u32)>, PgError> {
+pub(crate) fn run_as() -> Result<Option<(u32, u32)>, PgError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
@@ -94,12 +94,12 @@ fn run_as() -> Result<Option<(u32, u32)>, PgError> {
     Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), PgError> {
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), PgError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .map_err(|e| PgError::Failed(format!("cannot chown {}: {e}", path.display())))
 }
 
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")

@@ -53,6 +53,10 @@ pub struct Entry {
     pub mode: u32,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Owner (uid, gid), put back on restore where the host may (as root, like `cp -rp`): a
+    /// PostgreSQL data directory must stay its server user's. Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<(u32, u32)>,
 }
 
 /// A snapshot's manifest.
@@ -231,6 +235,10 @@ fn walk(
             .map_err(|e| io(&format!("cannot stat {shown}"), e))?;
         let mode = meta.permissions().mode() & 0o7777;
         let mtime_ns = meta.modified().map(|t| nanos(t.into_std())).unwrap_or(0);
+        let owner = {
+            use cap_std::fs::MetadataExt as _;
+            Some((meta.uid(), meta.gid()))
+        };
         if meta.file_type().is_symlink() {
             let target = dir
                 .read_link_contents(&name)
@@ -242,6 +250,7 @@ fn walk(
                 },
                 mode,
                 mtime_ns,
+                owner,
             });
         } else if meta.is_dir() {
             crate::private::create_dir_all(&dest.join(&path))
@@ -251,6 +260,7 @@ fn walk(
                 kind: EntryKind::Dir,
                 mode,
                 mtime_ns,
+                owner,
             });
             let sub = dir
                 .open_dir_nofollow(&name)
@@ -279,6 +289,7 @@ fn walk(
                 },
                 mode,
                 mtime_ns,
+                owner,
             });
         }
         // Sockets, FIFOs and devices are not data: they are left out, never opened (opening a
@@ -482,6 +493,25 @@ pub fn restore_staging(root: &Path, tag: &str) -> Result<PathBuf, CapError> {
     Ok(parent.join(format!("{name}.upshift-restoring-{tag}")))
 }
 
+/// Give `path` the entry's recorded owner when it differs. Only root may give a file away: for
+/// anyone else the copy stays theirs (`cp -rp` does the same), so a refusal is not an error.
+fn restore_owner(path: &Path, e: &Entry) -> Result<(), CapError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = e.owner else {
+        return Ok(());
+    };
+    let now = std::fs::symlink_metadata(path)
+        .map_err(|err| io(&format!("cannot stat {}", e.path), err))?;
+    if (now.uid(), now.gid()) == (uid, gid) {
+        return Ok(());
+    }
+    match std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        Err(err) => Err(io(&format!("cannot give {} its owner back", e.path), err)),
+    }
+}
+
 /// Build the tree of `manifest` from `files` in `staging`, modes and times included, on disk.
 fn build_tree(manifest: &SnapshotManifest, files: &Path, staging: &Path) -> Result<(), CapError> {
     std::fs::create_dir_all(staging)
@@ -501,9 +531,11 @@ fn build_tree(manifest: &SnapshotManifest, files: &Path, staging: &Path) -> Resu
                 .map_err(|err| io(&format!("cannot link {}", e.path), err))?,
         }
     }
-    // Modes and times last, deepest first, so writing children does not disturb directories.
+    // Owners, then modes and times, deepest first, so writing children does not disturb
+    // directories (and a chown cannot clear a set-id bit set after it).
     for e in manifest.entries.iter().rev() {
         let to = staging.join(&e.path);
+        restore_owner(&to, e)?;
         if matches!(e.kind, EntryKind::Symlink { .. }) {
             continue;
         }
@@ -631,6 +663,39 @@ mod tests {
         assert!(err.to_string().contains(".env does not match"), "{err}");
     }
 
+    /// A PostgreSQL data directory belongs to its server's user: a restore by root (what an
+    /// operator's `cp -rp` keeps) gives every entry its owner back; for anyone else it stays theirs.
+    #[test]
+    fn restore_gives_entries_their_owners_back() {
+        use std::os::unix::fs::MetadataExt;
+        let outer = tempfile::tempdir().expect("tempdir");
+        let root = outer.path().join("data");
+        std::fs::create_dir_all(root.join("pgdata")).expect("mkdir");
+        std::fs::write(root.join("pgdata/PG_VERSION"), b"15\n").expect("write");
+        // Someone else's, when we may give it away (as root); ours otherwise.
+        let other = (65534, 65534);
+        let given = ["pgdata", "pgdata/PG_VERSION"]
+            .iter()
+            .all(|p| std::os::unix::fs::lchown(root.join(p), Some(other.0), Some(other.1)).is_ok());
+        let dest = outer.path().join("snap");
+        let (manifest, sha) = snapshot(&root, &dest).expect("snapshot");
+        let recorded = manifest
+            .entries
+            .iter()
+            .find(|e| e.path == "pgdata/PG_VERSION")
+            .and_then(|e| e.owner);
+        let owner_of = |p: &str| {
+            let m = std::fs::symlink_metadata(root.join(p)).expect("meta");
+            (m.uid(), m.gid())
+        };
+        assert_eq!(recorded, Some(owner_of("pgdata/PG_VERSION")));
+        restore(&dest, &sha, &root, "t1").expect("restore");
+        if given {
+            assert_eq!(owner_of("pgdata"), other);
+            assert_eq!(owner_of("pgdata/PG_VERSION"), other);
+        }
+    }
+
     /// Found while writing the fuzz target `snapshot_path`: a restore joined manifest paths to
     /// the staging directory as they were, so `../x`, `/x` or an entry under a symlink entry
     /// would be written outside the tree.
@@ -644,6 +709,7 @@ mod tests {
             kind: EntryKind::Dir,
             mode: 0o755,
             mtime_ns: 0,
+            owner: None,
         };
         let link = Entry {
             path: "link".into(),
@@ -652,6 +718,7 @@ mod tests {
             },
             mode: 0o777,
             mtime_ns: 0,
+            owner: None,
         };
         let escape = outer.path().join("escape").display().to_string();
         let cases = [

@@ -1,7 +1,9 @@
 //! A Bytebase simulator: behaves as Bytebase does at upgrade time with an external PostgreSQL
-//! metadata database (product-facts §1.2–§1.7). Test infrastructure, not Bytebase.
+//! metadata database or its embedded one (product-facts §1.2–§1.7). Test infrastructure, not
+//! Bytebase.
 //!
-//! At start it reads `PG_URL`, installs a fresh schema or migrates the existing one from its
+//! At start it reads `PG_URL` (external store) or, without it, runs the embedded store under
+//! `--data DIR` ([`embedded`]: a real PostgreSQL under `DIR/pgdata` on `--port + 2`), installs a fresh schema or migrates the existing one from its
 //! release's migration list (each file in its own transaction under advisory lock 1002, the
 //! version row inserted in the same transaction), converts history between eras exactly where
 //! the real releases do, refuses where they refuse, starts silently on a newer schema (no
@@ -12,6 +14,7 @@
 //! unhealthy service, for preflight tests).
 
 pub mod catalog;
+pub mod embedded;
 mod migrate;
 
 use std::sync::Arc;
@@ -36,12 +39,21 @@ struct Args {
     /// HTTP port.
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Accepted and ignored (the metadata is external).
+    /// The data directory: without `PG_URL`, the embedded store lives in `pgdata/` under it.
     #[arg(long)]
-    data: Option<String>,
+    data: Option<std::path::PathBuf>,
     /// Reported by the actuator.
     #[arg(long)]
     external_url: Option<String>,
+}
+
+/// Where the metadata lives (product-facts §1.2).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// An external PostgreSQL (`PG_URL`).
+    External(String),
+    /// The embedded PostgreSQL under this `--data` directory.
+    Embedded(std::path::PathBuf),
 }
 
 /// How to run the simulator.
@@ -51,8 +63,8 @@ pub struct Options {
     pub version: String,
     /// HTTP port on 127.0.0.1.
     pub port: u16,
-    /// The metadata database (`PG_URL`).
-    pub pg_url: String,
+    /// Where the metadata lives.
+    pub store: Store,
     /// Make this migration version fail (`BB_SIM_FAIL_MIGRATION`).
     pub fail_migration: Option<String>,
     /// The external URL the actuator reports.
@@ -67,15 +79,23 @@ impl Options {
             std::iter::once("bytebase-sim".to_string()).chain(args.iter().cloned()),
         )
         .map_err(|e| anyhow!("{e}"))?;
-        let pg_url = std::env::var("PG_URL")
-            .map_err(|_| anyhow!("PG_URL is not set; Bytebase with external PostgreSQL reads its metadata URL from PG_URL"))?;
+        let store = match (
+            std::env::var("PG_URL").ok().filter(|u| !u.is_empty()),
+            parsed.data.clone(),
+        ) {
+            (Some(url), _) => Store::External(url),
+            (None, Some(dir)) => Store::Embedded(dir),
+            (None, None) => bail!(
+                "neither PG_URL nor --data is set: Bytebase with external PostgreSQL reads its metadata URL from PG_URL; the embedded store lives under --data DIR"
+            ),
+        };
         Ok(Options {
             external_url: parsed
                 .external_url
                 .unwrap_or_else(|| format!("http://127.0.0.1:{}", parsed.port)),
             version: parsed.version,
             port: parsed.port,
-            pg_url,
+            store,
             fail_migration: std::env::var("BB_SIM_FAIL_MIGRATION")
                 .ok()
                 .filter(|v| !v.is_empty()),
@@ -139,7 +159,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         release.version,
         release.version.to_string().replace('.', "")
     );
-    let mut client = connect(&opts.pg_url).await?;
+    let (url, embedded) = match &opts.store {
+        Store::External(url) => (url.clone(), None),
+        Store::Embedded(dir) => {
+            println!("-----Embedded Postgres BEGIN-----");
+            let store =
+                embedded::Embedded::start(dir, embedded::datastore_port(opts.port)?).await?;
+            println!("-----Embedded Postgres END-----");
+            (store.url(embedded::USER), Some(store))
+        }
+    };
+    let mut client = connect(&url).await?;
     let fail = opts
         .fail_migration
         .as_deref()
@@ -185,6 +215,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown())
         .await
         .context("the HTTP server failed")?;
+    // The embedded server stops when Bytebase stops (fast shutdown, waited for).
+    if let Some(mut store) = embedded {
+        store.stop();
+    }
     println!("Bytebase stopped");
     Ok(())
 }

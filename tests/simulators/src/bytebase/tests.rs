@@ -286,7 +286,7 @@ async fn the_server_answers_health_and_actuator() {
     let opts = super::Options {
         version: "3.11.1".into(),
         port,
-        pg_url: url,
+        store: super::Store::External(url),
         fail_migration: None,
         external_url: "http://bb.example".into(),
     };
@@ -309,4 +309,110 @@ async fn the_server_answers_health_and_actuator() {
         "{body}"
     );
     server.abort();
+}
+
+async fn version(c: &Client) -> String {
+    c.query_one(
+        "SELECT version FROM instance_change_history ORDER BY id DESC LIMIT 1",
+        &[],
+    )
+    .await
+    .expect("version")
+    .get::<_, String>(0)
+}
+
+/// Serve `version` on the embedded store under `data` until the returned task is aborted (its
+/// embedded server stops with it); wait until the actuator answers.
+async fn serve_embedded(
+    data: &std::path::Path,
+    port: u16,
+    version: &str,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let opts = super::Options {
+        version: version.into(),
+        port,
+        store: super::Store::Embedded(data.to_path_buf()),
+        fail_migration: None,
+        external_url: "http://bb.example".into(),
+    };
+    let server = tokio::spawn(super::run(opts));
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return server;
+        }
+        assert!(!server.is_finished(), "the simulator exited while starting");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the simulator did not serve within 30 s");
+}
+
+#[tokio::test]
+async fn the_embedded_store_lives_under_data_and_stops_with_the_simulator() {
+    if let Err(e) = crate::pg::find_bindir() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "{e}");
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("upshift-sim-bb-embedded-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("dir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let data = root.join("data");
+    let port = crate::ports::free_port().expect("port");
+    let store = super::embedded::url(port + 2, "bb");
+
+    let server = serve_embedded(&data, port, "3.10.0").await;
+    assert_eq!(
+        std::fs::read_to_string(data.join("pgdata/PG_VERSION"))
+            .expect("PG_VERSION")
+            .trim()
+            .parse::<u32>()
+            .ok(),
+        crate::pg::find_bindir()
+            .ok()
+            .and_then(|b| b.parent()?.file_name()?.to_str()?.parse().ok()),
+        "the cluster is this machine's PostgreSQL major"
+    );
+    let (client, conn) = tokio_postgres::connect(&store, NoTls)
+        .await
+        .expect("user bb, database bb, on the socket at --port + 2");
+    tokio::spawn(conn);
+    super::seed_user_rows(&client, 3).await.expect("seed");
+    assert_eq!(version(&client).await, "3.10.2");
+    drop(client);
+    server.abort();
+    let _ = server.await;
+    assert!(
+        tokio_postgres::connect(&store, NoTls).await.is_err(),
+        "the embedded server stopped with the simulator"
+    );
+    assert!(
+        !data.join("pgdata/postmaster.pid").exists(),
+        "it was shut down cleanly"
+    );
+
+    // The next release migrates the same pgdata, rows kept.
+    let server = serve_embedded(&data, port, "3.11.1").await;
+    let (client, conn) = tokio_postgres::connect(&store, NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    assert_eq!(version(&client).await, "3.11.17");
+    let projects: i64 = client
+        .query_one(
+            "SELECT count(*) FROM project WHERE resource_id LIKE 'project-%'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(projects, 3);
+    drop(client);
+    server.abort();
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&root);
 }
