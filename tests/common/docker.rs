@@ -337,6 +337,8 @@ fn pg_runtime_root() -> &'static PathBuf {
         let out = run(Command::new("ldd").args(&programs));
         let mut libs: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
+            // Each program's header (`/bin/sh:`) is not indented; its libraries are.
+            .filter(|l| l.starts_with(char::is_whitespace))
             .filter_map(|l| {
                 l.split_whitespace()
                     .find(|w| w.starts_with('/'))
