@@ -38,40 +38,18 @@ async fn deploy(pg: &common::Pg, version: &str, extra_env: &[&str]) -> Deployed 
     docker::bytebase_images(&["3.10.0", "3.11.1"]);
     let (_, db_url) = pg.fresh_db("bbdock").await;
     let name = format!("upshift-bb-{}-{}", std::process::id(), free_port());
-    let cleanup = Containers(vec![
-        name.clone(),
-        format!("{name}-upshift-previous"),
-        format!("{name}-upshift-next"),
-    ]);
+    let cleanup = kept_beside(&name);
     let data = tempfile::tempdir().expect("data dir");
     let port = free_port();
-    let mut run = Command::new("docker");
-    run.args([
-        "run",
-        "-d",
-        "--init",
-        "--name",
+    let mut env_vars = vec![format!("PG_URL={db_url}")];
+    env_vars.extend(extra_env.iter().map(|e| e.to_string()));
+    seed_docker_run(
         &name,
-        "--restart",
-        "always",
-    ])
-    .args(["--add-host", "host.docker.internal:host-gateway"])
-    .args(["--publish", &format!("127.0.0.1:{port}:{port}")])
-    .args(["--network", "host"])
-    .arg("--volume")
-    .arg(format!("{}:/var/opt/bytebase", data.path().display()))
-    .args(["-e", &format!("PG_URL={db_url}")]);
-    for e in extra_env {
-        run.args(["-e", e]);
-    }
-    run.arg(format!("{BYTEBASE_SIM_REPO}:{version}")).args([
-        "--data",
-        "/var/opt/bytebase",
-        "--port",
-        &port.to_string(),
-    ]);
-    let out = run.output().expect("docker run");
-    assert!(out.status.success(), "docker run: {}", stderr(&out));
+        port,
+        &[(data.path(), "/var/opt/bytebase")],
+        &env_vars,
+        &format!("{BYTEBASE_SIM_REPO}:{version}"),
+    );
     wait_healthy(port).await;
     let client = connect(&db_url).await;
     upshift_sim::bytebase::seed_user_rows(&client, 40)
@@ -107,6 +85,43 @@ url = "http://127.0.0.1:{port}"
         _data: data,
         _cleanup: cleanup,
     }
+}
+
+/// The container `name` and what Upshift keeps beside it during a switch, removed on drop.
+fn kept_beside(name: &str) -> Containers {
+    Containers(vec![
+        name.to_string(),
+        format!("{name}-upshift-previous"),
+        format!("{name}-upshift-next"),
+    ])
+}
+
+/// The seeds' `docker run` (`--init`, `--restart always`, `--add-host
+/// host.docker.internal:host-gateway`, `--publish`, the volumes, `--data … --port …` after the
+/// image) on host networking, with `env` (`KEY=value`) set.
+fn seed_docker_run(
+    name: &str,
+    port: u16,
+    volumes: &[(&std::path::Path, &str)],
+    env: &[String],
+    image: &str,
+) {
+    let mut run = Command::new("docker");
+    run.args(["run", "-d", "--init", "--name", name, "--restart", "always"])
+        .args(["--add-host", "host.docker.internal:host-gateway"])
+        .args(["--publish", &format!("127.0.0.1:{port}:{port}")])
+        .args(["--network", "host"]);
+    for (host, inside) in volumes {
+        run.arg("--volume")
+            .arg(format!("{}:{inside}", host.display()));
+    }
+    for e in env {
+        run.args(["-e", e]);
+    }
+    run.arg(image)
+        .args(["--data", "/var/opt/bytebase", "--port", &port.to_string()]);
+    let out = run.output().expect("docker run");
+    assert!(out.status.success(), "docker run: {}", stderr(&out));
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -266,40 +281,20 @@ fn chmod(path: &std::path::Path, mode: u32) {
 async fn deploy_embedded(version: &str, extra_env: &[&str]) -> EmbeddedDeployed {
     docker::bytebase_embedded_images(&["3.10.0", "3.11.1"]);
     let name = format!("upshift-bbe-{}-{}", std::process::id(), free_port());
-    let cleanup = Containers(vec![
-        name.clone(),
-        format!("{name}-upshift-previous"),
-        format!("{name}-upshift-next"),
-    ]);
+    let cleanup = kept_beside(&name);
     let data = tempfile::tempdir().expect("data dir");
     chmod(data.path(), 0o755);
     let sockets = tempfile::tempdir().expect("socket dir");
     chmod(sockets.path(), 0o1777);
     let port = free_port();
-    let mut run = Command::new("docker");
-    run.args([
-        "run",
-        "-d",
-        "--init",
-        "--name",
+    let env_vars: Vec<String> = extra_env.iter().map(|e| e.to_string()).collect();
+    seed_docker_run(
         &name,
-        "--restart",
-        "always",
-    ])
-    .args(["--add-host", "host.docker.internal:host-gateway"])
-    .args(["--publish", &format!("127.0.0.1:{port}:{port}")])
-    .args(["--network", "host"])
-    .arg("--volume")
-    .arg(format!("{}:/var/opt/bytebase", data.path().display()))
-    .arg("--volume")
-    .arg(format!("{}:/tmp", sockets.path().display()));
-    for e in extra_env {
-        run.args(["-e", e]);
-    }
-    run.arg(format!("{}:{version}", docker::BYTEBASE_EMBEDDED_REPO))
-        .args(["--data", "/var/opt/bytebase", "--port", &port.to_string()]);
-    let out = run.output().expect("docker run");
-    assert!(out.status.success(), "docker run: {}", stderr(&out));
+        port,
+        &[(data.path(), "/var/opt/bytebase"), (sockets.path(), "/tmp")],
+        &env_vars,
+        &format!("{}:{version}", docker::BYTEBASE_EMBEDDED_REPO),
+    );
     wait_healthy(port).await;
     assert!(
         data.path().join("pgdata/PG_VERSION").exists(),

@@ -401,22 +401,6 @@ async fn upshift_restore_swaps_a_data_directory_snapshot_back() {
     assert!(kept, "the replaced data directory is kept");
 }
 
-/// Whether the journal in `data` shows step `step` started and not finished.
-fn step_started(data: &Path, step: &str) -> bool {
-    let Ok(conn) = rusqlite::Connection::open_with_flags(
-        data.join("state.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return false;
-    };
-    conn.query_row(
-        "SELECT count(*) FROM steps WHERE step_id = ?1 AND status = 'started'",
-        [step],
-        |r| r.get::<_, i64>(0),
-    )
-    .is_ok_and(|n| n > 0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_killed_during_the_snapshot_is_resumed_and_finishes() {
     // Ballast makes the copy take long enough to be caught in the middle.
@@ -436,7 +420,7 @@ async fn a_host_killed_during_the_snapshot_is_resumed_and_finishes() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = false;
     while Instant::now() < deadline {
-        if step_started(&bb.env.data(), "snapshot-data") {
+        if common::step_started(&bb.env.data(), "snapshot-data") {
             seen = true;
             break;
         }
@@ -455,7 +439,7 @@ async fn a_host_killed_during_the_snapshot_is_resumed_and_finishes() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
     assert!(
-        step_started(&bb.env.data(), "snapshot-data"),
+        common::step_started(&bb.env.data(), "snapshot-data"),
         "killed mid-snapshot"
     );
     assert_eq!(common::http_get(bb.port, "/healthz").await.0, 0, "stopped");

@@ -79,22 +79,6 @@ async fn bytebase_on(url: String, ballast_rows: u32) -> (Env, u16, String) {
     (env, port, url)
 }
 
-/// Whether the journal in `data` shows step `step` of a run started and not finished.
-fn step_started(data: &Path, step: &str) -> bool {
-    let Ok(conn) = rusqlite::Connection::open_with_flags(
-        data.join("state.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return false;
-    };
-    conn.query_row(
-        "SELECT count(*) FROM steps WHERE step_id = ?1 AND status = 'started'",
-        [step],
-        |r| r.get::<_, i64>(0),
-    )
-    .is_ok_and(|n| n > 0)
-}
-
 /// Case 1, first half, and abandon: `apply` is SIGKILLed from outside while its backup clone
 /// runs (the service stopped). A second `apply` (and a `backup`, and a `restore` of an earlier
 /// backup) is refused with exit 6 naming the run, its last journaled step and the commands that
@@ -128,7 +112,7 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = None;
     while seen.is_none() && Instant::now() < deadline {
-        if step_started(&env.data(), "backup-meta") {
+        if common::step_started(&env.data(), "backup-meta") {
             seen = Some("the journal shows backup-meta started");
         } else if admin
             .query_one(
@@ -161,7 +145,7 @@ async fn killed_during_the_backup_clone_a_second_apply_is_refused_until_the_run_
     let run_id = runs[0]["id"].as_str().expect("id").to_string();
     assert_eq!(runs[0]["status"], "running", "{runs:?}");
     assert!(
-        step_started(&env.data(), "backup-meta"),
+        common::step_started(&env.data(), "backup-meta"),
         "{seen}: killed while the backup ran"
     );
     assert_eq!(common::http_get(port, "/healthz").await.0, 0, "stopped");

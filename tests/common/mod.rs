@@ -520,3 +520,19 @@ pub fn url_port(url: &str) -> u16 {
         .and_then(|p| p.parse().ok())
         .unwrap_or_default()
 }
+
+/// Whether the journal in `data` shows step `step` of a run started and not finished.
+pub fn step_started(data: &Path, step: &str) -> bool {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(
+        data.join("state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return false;
+    };
+    conn.query_row(
+        "SELECT count(*) FROM steps WHERE step_id = ?1 AND status = 'started'",
+        [step],
+        |r| r.get::<_, i64>(0),
+    )
+    .is_ok_and(|n| n > 0)
+}
