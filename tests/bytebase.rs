@@ -190,7 +190,7 @@ async fn a_failing_migration_is_rolled_back_to_identical_data() {
     assert_eq!(schema_version(&bb.db_url).await, "3.10.2");
 
     let history = json(&bb.env.upshift(&["history", "--json"]));
-    assert_eq!(history[0]["status"], "rolled_back");
+    assert_eq!(history[0]["status"], "rolled-back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

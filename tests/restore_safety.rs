@@ -363,7 +363,7 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
     // The history tells the truth.
     let runs = json(&env.upshift(&["history", "--json"]));
     assert_eq!(runs[0]["kind"], "restore", "{runs}");
-    assert_eq!(runs[0]["status"], "rolled_back", "{runs}");
+    assert_eq!(runs[0]["status"], "rolled-back", "{runs}");
     drop(admin);
     drop(env);
     drop(cluster);

@@ -4,6 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// A count of 1 or more (`--parallel 0` would run nothing and wait forever).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 /// Upshift: upgrade, back up and roll back product instances through sandboxed adapters.
 #[derive(Debug, Parser)]
 #[command(name = "upshift", version, about, max_term_width = 100)]
@@ -246,21 +251,21 @@ pub struct ApplyArgs {
     /// Target version (default: each instance's `target` in the fleet file).
     #[arg(long)]
     pub to: Option<String>,
-    /// Roll out to every instance of the fleet file.
-    #[arg(long)]
+    /// Roll out to every instance of the fleet file (not with names or --select).
+    #[arg(long, conflicts_with_all = ["instances", "select"])]
     pub all: bool,
     /// Roll out to the instances matching `product=P`, `name=N` or `label:KEY=VALUE` (repeat to
     /// narrow further).
     #[arg(long = "select", value_name = "FILTER")]
     pub select: Vec<String>,
-    /// At most this many instances at a time (rollouts).
-    #[arg(long, default_value_t = 1)]
+    /// At most this many instances at a time (rollouts; 1 or more).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     pub parallel: usize,
     /// Waves, e.g. `1,10%,rest`: each wave starts when the previous one is done (rollouts).
     #[arg(long)]
     pub waves: Option<String>,
     /// Halt the rollout at the K-th failure: what is done stays done, nothing new starts.
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least_one())]
     pub max_failures: usize,
     /// Upgrade to a target release the adapter's catalog does not know (the plan notes that
     /// the adapter cannot know that release's rules).
@@ -282,8 +287,8 @@ pub struct ApplyArgs {
 pub struct EnqueueArgs {
     /// Instances from the fleet file.
     pub instances: Vec<String>,
-    /// Every instance.
-    #[arg(long)]
+    /// Every instance (not with names or --select).
+    #[arg(long, conflicts_with_all = ["instances", "select"])]
     pub all: bool,
     /// `product=P`, `name=N` or `label:KEY=VALUE` (repeat to narrow).
     #[arg(long = "select", value_name = "FILTER")]
@@ -453,8 +458,8 @@ pub struct HistoryArgs {
     /// Show one run's steps.
     #[arg(long)]
     pub run: Option<String>,
-    /// How many runs.
-    #[arg(long, default_value_t = 20)]
+    /// How many runs (1 or more).
+    #[arg(long, default_value_t = 20, value_parser = at_least_one())]
     pub limit: usize,
     /// Print JSON.
     #[arg(long)]

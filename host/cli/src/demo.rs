@@ -390,6 +390,7 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
             Outcome::Refused => style(format!("{:<14}", "refused")).yellow(),
             Outcome::NeedsOperator => style(format!("{:<14}", "NEEDS OPERATOR")).red(),
             Outcome::NothingChanged => style(format!("{:<14}", "failed, unchanged")).red(),
+            Outcome::AlreadyThere => style(format!("{:<14}", "already there")).green(),
         };
         let (_, caps) = apply::prepare(&session, fleet.instance(m.name)?).await?;
         let now = caps

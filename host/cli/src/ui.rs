@@ -336,6 +336,11 @@ pub fn run_text(report: &RunReport) -> String {
         ))
         .red()
         .bold(),
+        Outcome::AlreadyThere => style(format!(
+            "= {instance} already runs {from}: nothing to do (no run recorded)"
+        ))
+        .green()
+        .bold(),
     };
     out.push_str(&format!("{headline}\n"));
     // What resume found (the operator help repeats it when resume stopped before acting).

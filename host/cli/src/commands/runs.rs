@@ -45,6 +45,8 @@ pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
     }
     Ok(match report.outcome {
         PlanOutcome::Plan(_) => 0,
+        // Already there: nothing to do, which is not a refusal.
+        PlanOutcome::Refused(r) if r.rule == apply::ALREADY_AT_TARGET => 0,
         PlanOutcome::Refused(_) => 3,
     })
 }

@@ -57,6 +57,7 @@ fn outcome_name(o: Outcome) -> &'static str {
         Outcome::RolledBack => "rolled-back",
         Outcome::NeedsOperator => "needs-operator",
         Outcome::NothingChanged => "nothing-changed",
+        Outcome::AlreadyThere => "already-there",
     }
 }
 

@@ -53,6 +53,10 @@ pub struct PlanReport {
     pub preflight: Vec<super::preflight::PreflightCheck>,
 }
 
+/// The rule id every adapter's plan refuses with when the instance already runs the target
+/// (the SDK's `already-at-target`): the host treats it as nothing to do, not as a refusal.
+pub const ALREADY_AT_TARGET: &str = "already-at-target";
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -68,6 +72,8 @@ pub enum Outcome {
     /// It failed before any step with an effect completed: nothing was changed, so nothing
     /// was rolled back.
     NothingChanged,
+    /// The instance already runs the target: nothing to do, and no run is recorded.
+    AlreadyThere,
 }
 
 /// One step as reported.
@@ -83,6 +89,13 @@ pub struct StepLine {
     pub ok: bool,
     /// Summary or error.
     pub message: String,
+    /// How long it took, in milliseconds (0 for a step a resumed run found done).
+    pub duration_ms: u64,
+}
+
+/// Milliseconds since `start`, saturating.
+fn elapsed_ms(start: std::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What `upshift apply` / `upshift restore` report.
@@ -466,6 +479,7 @@ pub(super) async fn run_forward_from(
             break;
         }
         out.reached.push(Reached::Started);
+        let started = std::time::Instant::now();
         let r = ctx
             .step(
                 "forward",
@@ -496,6 +510,7 @@ pub(super) async fn run_forward_from(
             title: step.title.clone(),
             ok,
             message,
+            duration_ms: elapsed_ms(started),
         });
         if !ok {
             break;
@@ -530,6 +545,25 @@ pub async fn apply_with(
     let (adapter, caps) = prepare(session, instance).await?;
     let from = report.detection.version.clone();
     let plan = match &report.outcome {
+        // Nothing to do: not a refusal, and not a run (no run is recorded).
+        PlanOutcome::Refused(r) if r.rule == ALREADY_AT_TARGET => {
+            return Ok(RunReport {
+                run_id: String::new(),
+                instance: instance.name.clone(),
+                from_version: from,
+                to_version: target.to_string(),
+                outcome: Outcome::AlreadyThere,
+                steps: Vec::new(),
+                checks: Vec::new(),
+                backups: Vec::new(),
+                refusal: None,
+                failure: None,
+                rollback_command: None,
+                operator_help: None,
+                denials: Vec::new(),
+                found: Vec::new(),
+            });
+        }
         PlanOutcome::Refused(r) => {
             let run = new_run(instance, &adapter, "upgrade", &from, target, "null".into());
             session
@@ -643,6 +677,7 @@ pub(super) async fn conclude(
     let Some(failure) = failure else {
         // Verified: drop what was kept only for rolling back (e.g. the previous container).
         for name in caps.service().bindings() {
+            let started = std::time::Instant::now();
             match ctx.finalize(name).await {
                 Ok(done) if !done.is_empty() => lines.push(StepLine {
                     phase: "finalize".into(),
@@ -650,6 +685,7 @@ pub(super) async fn conclude(
                     title: format!("clean up after `{name}`"),
                     ok: true,
                     message: done,
+                    duration_ms: elapsed_ms(started),
                 }),
                 Ok(_) => {}
                 Err(e) => lines.push(StepLine {
@@ -658,6 +694,7 @@ pub(super) async fn conclude(
                     title: format!("clean up after `{name}`"),
                     ok: false,
                     message: e.to_string(),
+                    duration_ms: elapsed_ms(started),
                 }),
             }
         }
@@ -728,6 +765,7 @@ pub(super) async fn conclude(
         }
         let id = action.id();
         let title = action.describe();
+        let started = std::time::Instant::now();
         let r = ctx
             .step("rollback", i as u32, i + 1, n, &id, &title, async || {
                 if resumed {
@@ -760,6 +798,7 @@ pub(super) async fn conclude(
                     e
                 }
             },
+            duration_ms: elapsed_ms(started),
         });
         if !ok {
             break;

@@ -167,6 +167,19 @@ pub enum Status {
 }
 
 impl Status {
+    /// The stable kebab-case name, as in reports and JSON (`already-there`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Upgraded => "upgraded",
+            Status::AlreadyThere => "already-there",
+            Status::Refused => "refused",
+            Status::RolledBack => "rolled-back",
+            Status::NeedsOperator => "needs-operator",
+            Status::Error => "error",
+            Status::NotStarted => "not-started",
+        }
+    }
+
     /// Whether it counts against the failure budget.
     pub fn is_failure(self) -> bool {
         matches!(
@@ -259,14 +272,7 @@ async fn upgrade_one(
         Ok(report) => {
             line.status = match report.outcome {
                 Outcome::Succeeded => Status::Upgraded,
-                Outcome::Refused
-                    if report
-                        .refusal
-                        .as_ref()
-                        .is_some_and(|r| r.rule == "already-at-target") =>
-                {
-                    Status::AlreadyThere
-                }
+                Outcome::AlreadyThere => Status::AlreadyThere,
                 Outcome::Refused => Status::Refused,
                 Outcome::RolledBack => Status::RolledBack,
                 Outcome::NeedsOperator => Status::NeedsOperator,
@@ -274,6 +280,9 @@ async fn upgrade_one(
                 Outcome::NothingChanged => Status::Error,
             };
             line.message = match (&report.refusal, &report.failure) {
+                _ if report.outcome == Outcome::AlreadyThere => {
+                    Some(format!("already runs {}: nothing to do", report.from_version))
+                }
                 (Some(r), _) => Some(format!("refused by rule `{}`: {}", r.rule, r.reason)),
                 (None, Some(f)) => Some(f.clone()),
                 (None, None) => None,
@@ -343,7 +352,7 @@ pub async fn rollout(
                         done: finished.fetch_add(1, Ordering::SeqCst) + 1,
                         total: instances.len(),
                         failures: failures.load(Ordering::SeqCst),
-                        message: format!("{} {:?}", line.instance, line.status),
+                        message: format!("{} {}", line.instance, line.status.as_str()),
                     });
                     line
                 }
@@ -388,11 +397,7 @@ pub async fn rollout(
     }
     let mut counts = BTreeMap::new();
     for r in &results {
-        let key = serde_json::to_value(r.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        *counts.entry(key).or_insert(0) += 1;
+        *counts.entry(r.status.as_str().to_string()).or_insert(0) += 1;
     }
     Ok(RolloutReport {
         id: crate::state::new_run_id(),
@@ -435,6 +440,24 @@ mod tests {
         assert!(parse_waves("150%").is_err());
         assert!(parse_waves("rest,1").is_err());
         assert!(parse_waves("a few").is_err());
+    }
+
+    #[test]
+    fn status_names_are_the_serialized_names() {
+        for status in [
+            Status::Upgraded,
+            Status::AlreadyThere,
+            Status::Refused,
+            Status::RolledBack,
+            Status::NeedsOperator,
+            Status::Error,
+            Status::NotStarted,
+        ] {
+            assert_eq!(
+                serde_json::to_value(status).ok(),
+                Some(serde_json::Value::from(status.as_str()))
+            );
+        }
     }
 
     #[test]
