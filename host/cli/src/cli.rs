@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// A count of 1 or more (`--parallel 0` would run nothing and wait forever).
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a count of 1 or more")),
+    }
 }
 
 /// Upshift: upgrade, back up and roll back product instances through sandboxed adapters.
@@ -217,16 +220,25 @@ pub enum AuditCommand {
 /// `upshift plan`
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Instance from the fleet file (omit for an offline plan with --product/--from).
-    pub instance: Option<String>,
-    /// Target version.
+    /// Instances from the fleet file (one: its plan; several, --all or --select: every
+    /// instance's plan or refusal and a summary table). Omit for an offline plan with
+    /// --product/--from.
+    pub instances: Vec<String>,
+    /// Plan every instance of the fleet file (not with names or --select).
+    #[arg(long, conflicts_with_all = ["instances", "select"])]
+    pub all: bool,
+    /// Plan the instances matching `product=P`, `name=N` or `label:KEY=VALUE` (repeat to
+    /// narrow further).
+    #[arg(long = "select", value_name = "FILTER")]
+    pub select: Vec<String>,
+    /// Target version (default: each instance's `target` in the fleet file; required offline).
     #[arg(long)]
-    pub to: String,
+    pub to: Option<String>,
     /// Offline: the bundled adapter's product.
-    #[arg(long, requires = "from", conflicts_with_all = ["instance", "adapter"])]
+    #[arg(long, requires = "from", conflicts_with_all = ["instances", "adapter", "all", "select"])]
     pub product: Option<String>,
     /// Offline: an adapter component file (a vendor's build) instead of a bundled one.
-    #[arg(long, requires = "from", conflicts_with = "instance")]
+    #[arg(long, requires = "from", conflicts_with_all = ["instances", "all", "select"])]
     pub adapter: Option<PathBuf>,
     /// Offline: the version to plan from.
     #[arg(long)]
@@ -259,13 +271,13 @@ pub struct ApplyArgs {
     #[arg(long = "select", value_name = "FILTER")]
     pub select: Vec<String>,
     /// At most this many instances at a time (rollouts; 1 or more).
-    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub parallel: usize,
     /// Waves, e.g. `1,10%,rest`: each wave starts when the previous one is done (rollouts).
     #[arg(long)]
     pub waves: Option<String>,
     /// Halt the rollout at the K-th failure: what is done stays done, nothing new starts.
-    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least_one())]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least_one)]
     pub max_failures: usize,
     /// Upgrade to a target release the adapter's catalog does not know (the plan notes that
     /// the adapter cannot know that release's rules).
@@ -459,7 +471,7 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub run: Option<String>,
     /// How many runs (1 or more).
-    #[arg(long, default_value_t = 20, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     pub limit: usize,
     /// Print JSON.
     #[arg(long)]

@@ -12,7 +12,9 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
         let run = state
             .run(run_id)
             .await?
-            .ok_or_else(|| usage(format!("no run `{run_id}`")))?;
+            .ok_or_else(|| usage(format!(
+                "no run `{run_id}`\nfix: `upshift history` lists the runs (`--run` takes one of their ids)"
+            )))?;
         let steps = state.steps(run_id).await?;
         if args.json {
             print_json(&serde_json::json!({ "run": run_json(&run)?, "steps": steps }))?;

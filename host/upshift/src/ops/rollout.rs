@@ -146,6 +146,106 @@ fn matches(instance: &Instance, filter: &str) -> Result<bool, OpError> {
     })
 }
 
+/// How one instance's plan came out in a fleet-wide plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanResult {
+    /// A plan: these steps would run.
+    Plan,
+    /// Already at the target: nothing to do.
+    AlreadyThere,
+    /// The product's rules (or preflight) refuse it.
+    Refused,
+    /// No plan could be made (unreachable, no target, the adapter failed).
+    Error,
+}
+
+/// One instance's line of a fleet-wide plan: the summary, and the full plan report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedInstance {
+    /// Instance.
+    pub instance: String,
+    /// Product (adapter).
+    pub product: String,
+    /// Detected version (empty when detection failed).
+    pub from: String,
+    /// Target (empty when the instance has none and no --to was given).
+    pub to: String,
+    /// How it came out.
+    pub result: PlanResult,
+    /// The refusing rule, when refused.
+    pub rule: Option<String>,
+    /// The versions the refusal says to go through, in order.
+    pub path: Vec<String>,
+    /// Forward steps the plan would run.
+    pub steps: usize,
+    /// Why no plan was made, when `result` is `error`.
+    pub error: Option<String>,
+    /// The full plan report, when there is one.
+    pub report: Option<apply::PlanReport>,
+}
+
+/// Plan every instance of `instances` (each to `to`, else its own `target`), up to
+/// `concurrency` at a time; touches nothing. An instance that cannot be planned is a line with
+/// `result: error`, never the end of the others.
+pub async fn plan_all(
+    session: &Session,
+    instances: &[&Instance],
+    to: Option<&str>,
+    options: &apply::PlanOptions,
+    concurrency: usize,
+) -> Vec<PlannedInstance> {
+    futures_util::stream::iter(instances.iter())
+        .map(|instance| async move {
+            let target = to.map(str::to_string).or_else(|| instance.target.clone());
+            let mut line = PlannedInstance {
+                instance: instance.name.clone(),
+                product: instance.adapter_label(),
+                from: String::new(),
+                to: target.clone().unwrap_or_default(),
+                result: PlanResult::Error,
+                rule: None,
+                path: Vec::new(),
+                steps: 0,
+                error: None,
+                report: None,
+            };
+            let Some(target) = target else {
+                line.error = Some(format!(
+                    "instance `{}` has no `target` in the fleet file; set one or pass --to VERSION",
+                    instance.name
+                ));
+                return line;
+            };
+            match apply::plan_instance_with(session, instance, &target, options).await {
+                Ok(report) => {
+                    line.from = report.detection.version.clone();
+                    match &report.outcome {
+                        apply::PlanOutcome::Plan(p) => {
+                            line.result = PlanResult::Plan;
+                            line.steps = p.steps.len();
+                        }
+                        apply::PlanOutcome::Refused(r) => {
+                            line.result = if r.rule == apply::ALREADY_AT_TARGET {
+                                PlanResult::AlreadyThere
+                            } else {
+                                PlanResult::Refused
+                            };
+                            line.rule = Some(r.rule.clone());
+                            line.path = r.path.clone();
+                        }
+                    }
+                    line.report = Some(report);
+                }
+                Err(e) => line.error = Some(e.to_string()),
+            }
+            line
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}
+
 /// How one instance of a rollout ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

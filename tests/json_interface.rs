@@ -1,0 +1,2 @@
+//! The machine interface (docs/json.md), through the `upshift` binary.
+mod common;
