@@ -12,6 +12,14 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// `--timeout SECS`: 1 to 86400 seconds.
+fn timeout_secs(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if (1..=upshift::model::binding::MAX_WAIT_HEALTHY_SECS).contains(&n) => Ok(n),
+        _ => Err(format!("`{text}` is not a number of seconds from 1 to 86400")),
+    }
+}
+
 /// Upshift: upgrade, back up and roll back product instances through sandboxed adapters.
 #[derive(Debug, Parser)]
 #[command(name = "upshift", version, about, max_term_width = 100)]
@@ -247,6 +255,10 @@ pub struct PlanArgs {
     /// adapter cannot know that release's rules).
     #[arg(long)]
     pub allow_unknown: bool,
+    /// Every wait-healthy step waits up to SECS (over the fleet file's `wait_healthy_secs`
+    /// and the adapter's timeout; 1 to 86400); shown in the plan.
+    #[arg(long, value_name = "SECS", value_parser = timeout_secs)]
+    pub timeout: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -283,6 +295,11 @@ pub struct ApplyArgs {
     /// the adapter cannot know that release's rules).
     #[arg(long)]
     pub allow_unknown: bool,
+    /// Every wait-healthy step of the plan waits up to SECS (over the fleet file's
+    /// `wait_healthy_secs` and the adapter's timeout; 1 to 86400); shown in the plan. A
+    /// rollback's wait uses `wait_healthy_secs` (default 180 s).
+    #[arg(long, value_name = "SECS", value_parser = timeout_secs)]
+    pub timeout: Option<u64>,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,

@@ -27,6 +27,7 @@ pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
     };
     let options = apply::PlanOptions {
         allow_unknown: args.allow_unknown,
+        wait_healthy_secs: args.timeout,
     };
     let report = match (args.instances.first(), &offline, &args.from) {
         (None, Some(adapter), Some(from)) => {
@@ -95,6 +96,7 @@ async fn fleet_plan(ctx: &Ctx, args: &PlanArgs) -> Result<u8, Exit> {
         .await?;
     let options = apply::PlanOptions {
         allow_unknown: args.allow_unknown,
+        wait_healthy_secs: args.timeout,
     };
     let lines = rollout::plan_all(
         &session,
@@ -161,6 +163,7 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<u8, Exit> {
     let _tape = record::start(&mut session, &args.tape, &instance.name)?;
     let options = apply::PlanOptions {
         allow_unknown: args.allow_unknown,
+        wait_healthy_secs: args.timeout,
     };
     let report = apply::apply_with(&session, instance, &to, &options, |plan| {
         if !json {
@@ -196,11 +199,13 @@ pub async fn rollout(
         waves,
         max_failures: args.max_failures,
         allow_unknown: args.allow_unknown,
+        wait_healthy_secs: args.timeout,
     };
     if !args.json {
         // What each instance would do, as `plan --all` shows it, before the question.
         let plan_options = apply::PlanOptions {
             allow_unknown: args.allow_unknown,
+            wait_healthy_secs: args.timeout,
         };
         let lines = rollout::plan_all(
             session,

@@ -114,6 +114,7 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Result<Handl
         None => {
             let options = apply::PlanOptions {
                 allow_unknown: claim.item.allow_unknown,
+                ..apply::PlanOptions::default()
             };
             apply::apply_with(session, instance, &claim.item.target, &options, |_| true).await
         }

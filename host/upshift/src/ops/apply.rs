@@ -245,12 +245,41 @@ async fn prior_of(plan: &Plan, caps: &InstanceCaps) -> Result<Prior, OpError> {
 /// passed `--allow-unknown`: plan a target release the adapter's catalog does not know.
 pub const ALLOW_UNKNOWN_FACT: &str = "operator.allow-unknown-release";
 
+/// The operator's wait-healthy limits in `plan`: `--timeout` for every wait-healthy step,
+/// else the binding's `wait_healthy_secs`; each replaced timeout is noted in the plan.
+fn operator_timeouts(plan: &mut Plan, caps: Option<&InstanceCaps>, options: &PlanOptions) {
+    let mut notes = Vec::new();
+    for step in &mut plan.steps {
+        let crate::runtime::bindings::Action::WaitHealthy(wait) = &mut step.action else {
+            continue;
+        };
+        let fleet_limit = caps.and_then(|caps| caps.service().wait_limit(&wait.binding));
+        let (secs, source) = match (options.wait_healthy_secs, fleet_limit) {
+            (Some(secs), _) => (secs, "--timeout"),
+            (None, Some(limit)) => (limit.as_secs(), "the fleet file's wait_healthy_secs"),
+            (None, None) => continue,
+        };
+        let ms = u32::try_from(secs.saturating_mul(1000)).unwrap_or(u32::MAX);
+        notes.push(format!(
+            "step `{}` waits up to {secs} s for `{}` to be healthy ({source}; the adapter asked for {} s)",
+            step.id,
+            wait.binding,
+            wait.timeout_ms / 1000
+        ));
+        wait.timeout_ms = ms;
+    }
+    plan.notes.extend(notes);
+}
+
 /// What the operator allows a plan beyond the adapter's own rules.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlanOptions {
     /// `--allow-unknown`: the adapter may plan a target release its catalog does not know (it
     /// notes in the plan that it cannot know that release's rules).
     pub allow_unknown: bool,
+    /// `--timeout SECS`: every wait-healthy step of the plan waits up to this long (over the
+    /// fleet file's `wait_healthy_secs` and the adapter's own timeout).
+    pub wait_healthy_secs: Option<u64>,
 }
 
 impl PlanOptions {
@@ -297,8 +326,9 @@ pub async fn plan_instance_with(
     let outcome = call_plan(session, &adapter, &asked, target).await?;
     let mut preflight = Vec::new();
     let (outcome, prior, rollback) = match outcome {
-        Ok(p) => {
+        Ok(mut p) => {
             plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
+            operator_timeouts(&mut p, Some(&caps), options);
             plan::check_grants(&p, caps.grants(), &instance.name)
                 .map_err(|why| ungranted(&adapter, &caps, "plan", why))?;
             let prior = prior_of(&p, &caps).await?;
@@ -356,8 +386,9 @@ pub async fn offline_plan_with(
     };
     let asked = options.detection_for_plan(&detection);
     let outcome = match call_plan(session, &adapter, &asked, to).await? {
-        Ok(p) => {
+        Ok(mut p) => {
             plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
+            operator_timeouts(&mut p, None, options);
             PlanOutcome::Plan(p)
         }
         Err(r) => PlanOutcome::Refused(r),

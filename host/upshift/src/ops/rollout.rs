@@ -344,6 +344,8 @@ pub struct Options {
     pub max_failures: usize,
     /// `--allow-unknown`: adapters may plan target releases their catalogs do not know.
     pub allow_unknown: bool,
+    /// `--timeout SECS`: every wait-healthy step waits up to this long.
+    pub wait_healthy_secs: Option<u64>,
 }
 
 fn now() -> String {
@@ -443,6 +445,7 @@ pub async fn rollout(
                     }
                     let plan_options = apply::PlanOptions {
                         allow_unknown: options.allow_unknown,
+                        wait_healthy_secs: options.wait_healthy_secs,
                     };
                     let line = upgrade_one(session, instances[i], line, &plan_options).await;
                     if line.status.is_failure() {
