@@ -350,6 +350,8 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
     }
 
     let mut outcomes = Vec::new();
+    // Under --json: one document at the end, every run's report in order.
+    let mut reports = Vec::new();
     for m in &members {
         let instance = fleet.instance(m.name)?;
         say(String::new());
@@ -372,12 +374,11 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
             ui.clear();
         }
         let report = report?;
-        if json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
+        if !json {
             eprint!("{}", ui::run_text(&report));
         }
         outcomes.push((m, report.outcome));
+        reports.push(report);
     }
 
     say(String::new());
@@ -416,6 +417,9 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
         session.audit.path().display(),
         root.join("data").display()
     ));
+    if json {
+        crate::print_json(&serde_json::json!({ "ok": ok, "runs": reports }))?;
+    }
     Ok(if ok { 0 } else { 1 })
 }
 
