@@ -230,7 +230,8 @@ pub async fn rollout(
     if args.json {
         print_json(&outcome)?;
     } else {
-        err_out(&ui::rollout_text(&outcome, &md, &json_path));
+        // The result on stdout, as a single apply's; progress and the prompt were on stderr.
+        out(&ui::rollout_text(&outcome, &md, &json_path));
     }
     Ok(exit::rollout(&outcome))
 }
@@ -285,7 +286,7 @@ pub async fn agent(ctx: &Ctx, args: AgentArgs) -> Result<u8, Exit> {
         print_json(&done)?;
     } else {
         for h in &done {
-            err_out(&format!(
+            out(&format!(
                 "  {:<20} {}{}\n",
                 ui::v(&h.instance),
                 ui::v(&h.outcome),
