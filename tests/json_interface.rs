@@ -94,7 +94,10 @@ fn one_document(out: &std::process::Output) -> Value {
     let mut stream = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
     let first = match stream.next() {
         Some(Ok(v)) => v,
-        other => panic!("stdout is not one JSON document ({other:?}):\n{}", stderr(out)),
+        other => panic!(
+            "stdout is not one JSON document ({other:?}):\n{}",
+            stderr(out)
+        ),
     };
     assert!(
         stream.next().is_none(),
@@ -149,18 +152,42 @@ fn errors_are_one_json_document_with_kind_message_and_fix() {
             .is_some_and(|m| m.contains("--all")),
         "{doc:#}"
     );
-    assert!(out.stderr.is_empty(), "no human text when not asked: {}", stderr(&out));
+    assert!(
+        out.stderr.is_empty(),
+        "no human text when not asked: {}",
+        stderr(&out)
+    );
     for bad in [
         &["apply", "--all", "--parallel", "0", "--yes", "--json"][..],
         &["apply", "--all", "--max-failures", "0", "--yes", "--json"],
-        &["apply", "--all", "--select", "product=bytebase", "--yes", "--json"],
+        &[
+            "apply",
+            "--all",
+            "--select",
+            "product=bytebase",
+            "--yes",
+            "--json",
+        ],
         &["enqueue", "bb", "--all"],
-        &["plan", "bb", "--product", "bytebase", "--from", "1.0.0", "--json"],
+        &[
+            "plan",
+            "bb",
+            "--product",
+            "bytebase",
+            "--from",
+            "1.0.0",
+            "--json",
+        ],
         &["apply", "bb", "--timeout", "0", "--yes", "--json"],
         &["history", "--limit", "0", "--json"],
     ] {
         let out = env.upshift(bad);
-        assert_eq!(out.status.code(), Some(2), "{bad:?} is refused: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?} is refused: {}",
+            stderr(&out)
+        );
     }
     // Without --json the same refusal is clap's text on stderr.
     let out = env.upshift(&["apply", "--all", "--parallel", "0", "--yes"]);
@@ -178,12 +205,42 @@ fn errors_are_one_json_document_with_kind_message_and_fix() {
     assert!(doc["error"]["fix"].is_string(), "{doc:#}");
     let out = env.upshift(&["backups", "nosuch"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no instance named `nosuch`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no instance named `nosuch`"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.upshift(&["history", "nosuch", "--json"]);
     assert_error(&out, 2, "fleet-file");
     let out = env.upshift(&["history", "--run", "nope", "--json"]);
     let doc = assert_error(&out, 2, "usage");
-    assert!(doc["error"]["fix"].as_str().is_some_and(|f| f.contains("upshift history")));
+    assert!(
+        doc["error"]["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("upshift history"))
+    );
+
+    // An operator timeout out of range: the fleet file is refused, naming the key and the fix.
+    let fresh = Env::new();
+    fresh.write_fleet(
+        &CLOSED_PORT_FLEET
+            .replace("PORT", &port.to_string())
+            .replace("wait_healthy_secs = 45", "wait_healthy_secs = 0"),
+    );
+    let out = fresh.upshift(&["plan", "bb", "--json"]);
+    let doc = assert_error(&out, 2, "fleet-file");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wait_healthy_secs = 0")),
+        "{doc:#}"
+    );
+    assert!(
+        doc["error"]["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("1 to 86400")),
+        "{doc:#}"
+    );
 
     // A binding whose port nothing listens on: host, port and cause, as kind `connection`.
     let out = env.upshift(&["plan", "bb", "--json"]);
@@ -216,7 +273,16 @@ fn offline_documents_have_the_documented_keys() {
     };
 
     let plan = run(
-        &["plan", "--product", "bytebase", "--from", "3.10.0", "--to", "3.11.1", "--json"],
+        &[
+            "plan",
+            "--product",
+            "bytebase",
+            "--from",
+            "3.10.0",
+            "--to",
+            "3.11.1",
+            "--json",
+        ],
         0,
     );
     assert_shape("plan", &plan);
@@ -224,8 +290,16 @@ fn offline_documents_have_the_documented_keys() {
     // --timeout replaces every wait-healthy step's timeout and says so in the plan.
     let timed = run(
         &[
-            "plan", "--product", "bytebase", "--from", "3.10.0", "--to", "3.11.1", "--timeout",
-            "777", "--json",
+            "plan",
+            "--product",
+            "bytebase",
+            "--from",
+            "3.10.0",
+            "--to",
+            "3.11.1",
+            "--timeout",
+            "777",
+            "--json",
         ],
         0,
     );
@@ -236,22 +310,43 @@ fn offline_documents_have_the_documented_keys() {
         .filter_map(|s| s["action"].get("WaitHealthy"))
         .collect();
     assert!(!waits.is_empty(), "{timed:#}");
-    assert!(waits.iter().all(|w| w["timeout_ms"] == 777_000), "{waits:?}");
     assert!(
-        timed["outcome"]["notes"]
-            .as_array()
-            .is_some_and(|n| n.iter().any(|n| n.as_str().is_some_and(|n| n.contains("777 s")))),
+        waits.iter().all(|w| w["timeout_ms"] == 777_000),
+        "{waits:?}"
+    );
+    assert!(
+        timed["outcome"]["notes"].as_array().is_some_and(|n| n
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("777 s")))),
         "{timed:#}"
     );
 
     // Already at the target: exit 0, not a refusal exit.
     let there = run(
-        &["plan", "--product", "bytebase", "--from", "3.10.0", "--to", "3.10.0", "--json"],
+        &[
+            "plan",
+            "--product",
+            "bytebase",
+            "--from",
+            "3.10.0",
+            "--to",
+            "3.10.0",
+            "--json",
+        ],
         0,
     );
     assert_eq!(there["outcome"]["rule"], "already-at-target");
     let refused = run(
-        &["plan", "--product", "bytebase", "--from", "3.10.0", "--to", "3.5.0", "--json"],
+        &[
+            "plan",
+            "--product",
+            "bytebase",
+            "--from",
+            "3.10.0",
+            "--to",
+            "3.5.0",
+            "--json",
+        ],
         3,
     );
     assert_listed("plan.outcome.outcome", &refused["outcome"]["outcome"]);
@@ -270,7 +365,10 @@ fn offline_documents_have_the_documented_keys() {
         stderr(&out)
     );
 
-    assert_shape("adapter-inspect", &run(&["adapter", "inspect", "bytebase", "--json"], 0));
+    assert_shape(
+        "adapter-inspect",
+        &run(&["adapter", "inspect", "bytebase", "--json"], 0),
+    );
     assert_shape("gc", &run(&["gc", "--dry-run", "--json"], 0));
     // An adapter not approved yet: exit 1, still the document.
     assert_shape("lock", &run(&["lock", "--json"], 1));
@@ -376,7 +474,10 @@ async fn live_documents_have_the_documented_keys_and_names() {
         stderr(&out)
     );
     let (after, _) = run(&["history", "bb", "--json"], 0);
-    assert_eq!(after.as_array().map(Vec::len), runs.as_array().map(Vec::len));
+    assert_eq!(
+        after.as_array().map(Vec::len),
+        runs.as_array().map(Vec::len)
+    );
 
     // Backups, backup verify, audit verify.
     let (backups, _) = run(&["backups", "bb", "--json"], 0);

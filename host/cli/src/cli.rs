@@ -16,7 +16,9 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 fn timeout_secs(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(n) if (1..=upshift::model::binding::MAX_WAIT_HEALTHY_SECS).contains(&n) => Ok(n),
-        _ => Err(format!("`{text}` is not a number of seconds from 1 to 86400")),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 1 to 86400"
+        )),
     }
 }
 

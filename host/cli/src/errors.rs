@@ -89,9 +89,9 @@ fn default_fix(kind: &str) -> Option<&'static str> {
         "busy" => Some(
             "wait for the other run to finish; an unfinished run of this host is listed by `upshift history` (then `upshift resume RUN` or `upshift abandon RUN --why …`)",
         ),
-        "connection" => Some(
-            "start the service, or correct the binding's host and port in the fleet file",
-        ),
+        "connection" => {
+            Some("start the service, or correct the binding's host and port in the fleet file")
+        }
         "stopped" => Some("run the command again when you mean it to go on"),
         _ => None,
     }
@@ -101,7 +101,9 @@ fn default_fix(kind: &str) -> Option<&'static str> {
 pub fn print_json_error(error: &JsonError) {
     if crate::print_json(&Document { error }).is_err() {
         // The document could not be made: say so in the simplest valid JSON.
-        println!("{{\"error\": {{\"kind\": \"error\", \"message\": \"unprintable error\", \"fix\": null}}}}");
+        println!(
+            "{{\"error\": {{\"kind\": \"error\", \"message\": \"unprintable error\", \"fix\": null}}}}"
+        );
     }
 }
 

@@ -425,7 +425,10 @@ pub fn fleet_plan_table(lines: &[upshift::ops::rollout::PlannedInstance]) -> Str
     for line in lines {
         let (result, detail) = match line.result {
             PlanResult::Plan => (style(format!("{:<10}", "plan")).green(), String::new()),
-            PlanResult::AlreadyThere => (style(format!("{:<10}", "already")).green(), "nothing to do".into()),
+            PlanResult::AlreadyThere => (
+                style(format!("{:<10}", "already")).green(),
+                "nothing to do".into(),
+            ),
             PlanResult::Refused => (
                 style(format!("{:<10}", "refused")).yellow(),
                 format!(
@@ -443,7 +446,11 @@ pub fn fleet_plan_table(lines: &[upshift::ops::rollout::PlannedInstance]) -> Str
                 v(line.error.as_deref().unwrap_or_default()).into_owned(),
             ),
         };
-        let from = if line.from.is_empty() { "?" } else { &line.from };
+        let from = if line.from.is_empty() {
+            "?"
+        } else {
+            &line.from
+        };
         let to = if line.to.is_empty() { "?" } else { &line.to };
         out.push_str(&format!(
             "  {:<20} {:<14} {:<24} {result} {:>5}  {detail}\n",

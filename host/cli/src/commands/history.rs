@@ -95,9 +95,7 @@ fn run_json(run: &upshift::state::RunRecord) -> Result<serde_json::Value, Exit> 
         let plan = object
             .remove("plan_json")
             .and_then(|text| text.as_str().map(str::to_string))
-            .map(|text| {
-                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
-            })
+            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
             .unwrap_or(serde_json::Value::Null);
         object.insert("plan".into(), plan);
     }

@@ -609,7 +609,6 @@ pub struct ServiceDone {
     pub summary: String,
 }
 
-
 /// `upshift start|stop|adopt INSTANCE [BINDING]`: under the instance's lease, through the
 /// guarded service capability (audited with detail `operator start|stop|adopt`). Without a
 /// binding: every service that is not a one-shot job (stopped in reverse order).

@@ -382,9 +382,10 @@ async fn upgrade_one(
                 Outcome::NothingChanged => Status::Error,
             };
             line.message = match (&report.refusal, &report.failure) {
-                _ if report.outcome == Outcome::AlreadyThere => {
-                    Some(format!("already runs {}: nothing to do", report.from_version))
-                }
+                _ if report.outcome == Outcome::AlreadyThere => Some(format!(
+                    "already runs {}: nothing to do",
+                    report.from_version
+                )),
                 (Some(r), _) => Some(format!("refused by rule `{}`: {}", r.rule, r.reason)),
                 (None, Some(f)) => Some(f.clone()),
                 (None, None) => None,
