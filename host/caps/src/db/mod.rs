@@ -789,3 +789,18 @@ impl Db {
             .await
     }
 }
+
+#[cfg(test)]
+mod connect_cause_tests {
+    use super::connect_cause;
+
+    #[test]
+    fn a_refused_connection_says_so() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(connect_cause(&refused).starts_with("connection refused"));
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(connect_cause(&timed_out), "timed out");
+        let other = std::fmt::Error;
+        assert_eq!(connect_cause(&other), other.to_string());
+    }
+}
