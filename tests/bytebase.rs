@@ -190,7 +190,7 @@ async fn a_failing_migration_is_rolled_back_to_identical_data() {
     assert_eq!(schema_version(&bb.db_url).await, "3.10.2");
 
     let history = json(&bb.env.upshift(&["history", "--json"]));
-    assert_eq!(history[0]["status"], "rolled_back");
+    assert_eq!(history[0]["status"], "rolled-back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,11 +230,29 @@ async fn live_refusals_name_the_rule_and_the_path() {
     let out = bb.env.upshift(&["plan", "bb", "--to", "3.5.0", "--json"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(json(&out)["outcome"]["rule"], "downgrade");
+    // Already at the target: nothing to do, exit 0, and no run recorded (a rollout says the same).
+    let runs_before = json(&bb.env.upshift(&["history", "bb", "--json"]));
     let out = bb
         .env
         .upshift(&["apply", "bb", "--to", "3.10.0", "--yes", "--json"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert_eq!(json(&out)["refusal"]["rule"], "already-at-target");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["outcome"], "already-there");
+    assert_eq!(json(&out)["run_id"], "");
+    let out = bb
+        .env
+        .upshift(&["apply", "--all", "--to", "3.10.0", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["instances"][0]["status"], "already-there");
+    assert!(
+        !stderr(&out).contains("AlreadyThere"),
+        "events use the kebab-case names: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        json(&bb.env.upshift(&["history", "bb", "--json"])),
+        runs_before,
+        "already-at-target records no run"
+    );
 
     // A 2.x database that still has per-database change history must stop at 3.3.1.
     let old = running(pg, "2.10.0", None).await;

@@ -600,8 +600,10 @@ url = "http://{USER}:{PASSWORD}@127.0.0.1:{dead}/api"
     let apply = env.upshift(&["apply", "leak", "--to", "2.0.0", "--yes"]);
     assert!(!apply.status.success(), "the step fails: {}", text(&apply));
     assert!(
-        text(&apply).contains("request to http://***@127.0.0.1"),
-        "the failure is shown, without credentials: {}",
+        text(&apply).contains(&format!(
+            "cannot connect to HTTP server at 127.0.0.1:{dead} (http://***@127.0.0.1"
+        )),
+        "the failure is shown, naming the server and without credentials: {}",
         text(&apply)
     );
     shown.push_str(&text(&apply));

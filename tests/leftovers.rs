@@ -144,7 +144,7 @@ async fn snapshot_fills_the_disk(env: &Env, disk: &Path, port: u16, url: &str, c
     assert_eq!(report["outcome"], "rolled-back", "{report}");
     let run = newest_run(env);
     assert_eq!(
-        run["status"], "rolled_back",
+        run["status"], "rolled-back",
         "the journal recorded the end: {run}"
     );
     assert_eq!(

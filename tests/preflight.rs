@@ -439,7 +439,7 @@ async fn a_run_that_fails_before_changing_anything_exits_1_saying_nothing_was_ch
         stderr(&out)
     );
     let history = json(&env.upshift(&["history", "bb", "--json"]));
-    assert_eq!(history[0]["status"], "nothing_changed", "{history}");
+    assert_eq!(history[0]["status"], "nothing-changed", "{history}");
     // Still stopped, still at 3.10.0, rows intact.
     assert!(bytebase_processes(port).is_empty());
     let state: serde_json::Value = serde_json::from_str(

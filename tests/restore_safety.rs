@@ -91,7 +91,8 @@ async fn restore_into_an_existing_database_is_refused_before_anything_stops() {
 
     let out = env.upshift(&["restore", "bb", &id, "--into", &taken, "--yes", "--json"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Under --json the error is the JSON document on stdout (`stderr` shows both streams).
+    let err = stderr(&out);
     assert!(
         err.contains(&format!("database `{taken}` already exists")) && err.contains("--into"),
         "names the database and the fix: {err}"
@@ -131,7 +132,8 @@ async fn restore_into_an_existing_database_is_refused_before_anything_stops() {
     let broken = format!("{taken}_broken");
     let out = env.upshift(&["restore", "bb", &id, "--into", &broken, "--yes", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Under --json the error is the JSON document on stdout (`stderr` shows both streams).
+    let err = stderr(&out);
     assert!(
         err.contains("damaged") && err.contains("were not changed"),
         "{err}"
@@ -195,7 +197,8 @@ async fn a_relative_data_dir_keeps_backups_valid_and_verify_condemns_only_damage
     std::fs::rename(&dir, &away).expect("move the backup away");
     let out = verify(&elsewhere, "../../work/d");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Under --json the error is the JSON document on stdout (`stderr` shows both streams).
+    let err = stderr(&out);
     assert!(
         err.contains(&dir.display().to_string()) && err.contains("No such file"),
         "names the path and the cause: {err}"
@@ -210,7 +213,8 @@ async fn a_relative_data_dir_keeps_backups_valid_and_verify_condemns_only_damage
     std::os::unix::fs::symlink("toc.dat", &toc).expect("a symlink loop");
     let out = verify(&elsewhere, "../../work/d");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Under --json the error is the JSON document on stdout (`stderr` shows both streams).
+    let err = stderr(&out);
     assert!(
         err.contains(&toc.display().to_string()) && err.contains("symbolic links"),
         "names the file and the cause: {err}"
@@ -363,7 +367,7 @@ async fn a_restore_that_fills_the_servers_disk_starts_the_old_service_again() {
     // The history tells the truth.
     let runs = json(&env.upshift(&["history", "--json"]));
     assert_eq!(runs[0]["kind"], "restore", "{runs}");
-    assert_eq!(runs[0]["status"], "rolled_back", "{runs}");
+    assert_eq!(runs[0]["status"], "rolled-back", "{runs}");
     drop(admin);
     drop(env);
     drop(cluster);

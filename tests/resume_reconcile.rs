@@ -383,7 +383,7 @@ async fn a_rollback_finished_by_hand_is_not_started_a_second_time() {
     let (code, body) = common::http_get(port, "/v1/actuator/info").await;
     assert!(code == 200 && body.contains("\"3.10.0\""), "{body}");
     assert_eq!(common::table_checksums(&url).await, whole, "identical data");
-    assert_eq!(history(&env, &run)["run"]["status"], "rolled_back");
+    assert_eq!(history(&env, &run)["run"]["status"], "rolled-back");
 }
 
 /// Case 1 with a real SIGKILL from outside: the moment the service is stopped for the backup

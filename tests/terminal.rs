@@ -255,7 +255,7 @@ async fn a_reader_that_goes_away_mid_run_leaves_a_finished_rollback() {
     assert_eq!(status.code(), Some(4), "rolled back: {status}");
 
     let run = s.newest_run();
-    assert_eq!(run["status"], "rolled_back", "{run}");
+    assert_eq!(run["status"], "rolled-back", "{run}");
     let report = s.kept_report(run["id"].as_str().expect("run id"));
     assert_eq!(report["outcome"], "rolled-back", "{report}");
     assert!(
@@ -338,7 +338,7 @@ async fn stopped_mid_step(sig: Signal, name: &str) {
         "{name}: the host's rollback ran: {journal:?}"
     );
     let run = s.newest_run();
-    assert_eq!(run["status"], "rolled_back", "{run}");
+    assert_eq!(run["status"], "rolled-back", "{run}");
     assert!(
         run["message"].as_str().is_some_and(|m| m.contains(&why)),
         "{name}: the history says why: {run}"
@@ -395,7 +395,7 @@ async fn signals_during_the_rollback_do_not_stop_it() {
         rollback.iter().all(|(.., st)| *st == "succeeded"),
         "{journal:?}"
     );
-    assert_eq!(s.newest_run()["status"], "rolled_back");
+    assert_eq!(s.newest_run()["status"], "rolled-back");
     s.assert_at("3.10.0", "signals during the rollback").await;
 }
 

@@ -99,6 +99,11 @@ impl InstanceCaps {
         self.service.bind(name, backend);
     }
 
+    /// Set the operator's wait-healthy limit of service `name` (`wait_healthy_secs`).
+    pub fn set_wait_healthy_limit(&mut self, name: &str, limit: std::time::Duration) {
+        self.service.set_wait_limit(name, limit);
+    }
+
     /// Bind an HTTP base URL.
     pub fn bind_http(&mut self, name: &str, backend: http::HttpBackend) {
         self.http.bind(name, backend);

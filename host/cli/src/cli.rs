@@ -4,6 +4,24 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// A count of 1 or more (`--parallel 0` would run nothing and wait forever).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a count of 1 or more")),
+    }
+}
+
+/// `--timeout SECS`: 1 to 86400 seconds.
+fn timeout_secs(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) if (1..=upshift::model::binding::MAX_WAIT_HEALTHY_SECS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 1 to 86400"
+        )),
+    }
+}
+
 /// Upshift: upgrade, back up and roll back product instances through sandboxed adapters.
 #[derive(Debug, Parser)]
 #[command(name = "upshift", version, about, max_term_width = 100)]
@@ -212,16 +230,25 @@ pub enum AuditCommand {
 /// `upshift plan`
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Instance from the fleet file (omit for an offline plan with --product/--from).
-    pub instance: Option<String>,
-    /// Target version.
+    /// Instances from the fleet file (one: its plan; several, --all or --select: every
+    /// instance's plan or refusal and a summary table). Omit for an offline plan with
+    /// --product/--from.
+    pub instances: Vec<String>,
+    /// Plan every instance of the fleet file (not with names or --select).
+    #[arg(long, conflicts_with_all = ["instances", "select"])]
+    pub all: bool,
+    /// Plan the instances matching `product=P`, `name=N` or `label:KEY=VALUE` (repeat to
+    /// narrow further).
+    #[arg(long = "select", value_name = "FILTER")]
+    pub select: Vec<String>,
+    /// Target version (default: each instance's `target` in the fleet file; required offline).
     #[arg(long)]
-    pub to: String,
+    pub to: Option<String>,
     /// Offline: the bundled adapter's product.
-    #[arg(long, requires = "from", conflicts_with_all = ["instance", "adapter"])]
+    #[arg(long, requires = "from", conflicts_with_all = ["instances", "adapter", "all", "select"])]
     pub product: Option<String>,
     /// Offline: an adapter component file (a vendor's build) instead of a bundled one.
-    #[arg(long, requires = "from", conflicts_with = "instance")]
+    #[arg(long, requires = "from", conflicts_with_all = ["instances", "all", "select"])]
     pub adapter: Option<PathBuf>,
     /// Offline: the version to plan from.
     #[arg(long)]
@@ -230,6 +257,10 @@ pub struct PlanArgs {
     /// adapter cannot know that release's rules).
     #[arg(long)]
     pub allow_unknown: bool,
+    /// Every wait-healthy step waits up to SECS (over the fleet file's `wait_healthy_secs`
+    /// and the adapter's timeout; 1 to 86400); shown in the plan.
+    #[arg(long, value_name = "SECS", value_parser = timeout_secs)]
+    pub timeout: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -246,26 +277,31 @@ pub struct ApplyArgs {
     /// Target version (default: each instance's `target` in the fleet file).
     #[arg(long)]
     pub to: Option<String>,
-    /// Roll out to every instance of the fleet file.
-    #[arg(long)]
+    /// Roll out to every instance of the fleet file (not with names or --select).
+    #[arg(long, conflicts_with_all = ["instances", "select"])]
     pub all: bool,
     /// Roll out to the instances matching `product=P`, `name=N` or `label:KEY=VALUE` (repeat to
     /// narrow further).
     #[arg(long = "select", value_name = "FILTER")]
     pub select: Vec<String>,
-    /// At most this many instances at a time (rollouts).
-    #[arg(long, default_value_t = 1)]
+    /// At most this many instances at a time (rollouts; 1 or more).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub parallel: usize,
     /// Waves, e.g. `1,10%,rest`: each wave starts when the previous one is done (rollouts).
     #[arg(long)]
     pub waves: Option<String>,
     /// Halt the rollout at the K-th failure: what is done stays done, nothing new starts.
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least_one)]
     pub max_failures: usize,
     /// Upgrade to a target release the adapter's catalog does not know (the plan notes that
     /// the adapter cannot know that release's rules).
     #[arg(long)]
     pub allow_unknown: bool,
+    /// Every wait-healthy step of the plan waits up to SECS (over the fleet file's
+    /// `wait_healthy_secs` and the adapter's timeout; 1 to 86400); shown in the plan. A
+    /// rollback's wait uses `wait_healthy_secs` (default 180 s).
+    #[arg(long, value_name = "SECS", value_parser = timeout_secs)]
+    pub timeout: Option<u64>,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
@@ -282,8 +318,8 @@ pub struct ApplyArgs {
 pub struct EnqueueArgs {
     /// Instances from the fleet file.
     pub instances: Vec<String>,
-    /// Every instance.
-    #[arg(long)]
+    /// Every instance (not with names or --select).
+    #[arg(long, conflicts_with_all = ["instances", "select"])]
     pub all: bool,
     /// `product=P`, `name=N` or `label:KEY=VALUE` (repeat to narrow).
     #[arg(long = "select", value_name = "FILTER")]
@@ -453,8 +489,8 @@ pub struct HistoryArgs {
     /// Show one run's steps.
     #[arg(long)]
     pub run: Option<String>,
-    /// How many runs.
-    #[arg(long, default_value_t = 20)]
+    /// How many runs (1 or more).
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     pub limit: usize,
     /// Print JSON.
     #[arg(long)]

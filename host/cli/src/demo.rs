@@ -404,6 +404,8 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
     }
 
     let mut outcomes = Vec::new();
+    // Under --json: one document at the end, every run's report in order.
+    let mut reports = Vec::new();
     for m in &members {
         let instance = fleet.instance(m.name)?;
         say(String::new());
@@ -426,12 +428,11 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
             ui.clear();
         }
         let report = report?;
-        if json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
+        if !json {
             eprint!("{}", ui::run_text(&report));
         }
         outcomes.push((m, report.outcome));
+        reports.push(report);
     }
 
     say(String::new());
@@ -444,6 +445,7 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
             Outcome::Refused => style(format!("{:<14}", "refused")).yellow(),
             Outcome::NeedsOperator => style(format!("{:<14}", "NEEDS OPERATOR")).red(),
             Outcome::NothingChanged => style(format!("{:<14}", "failed, unchanged")).red(),
+            Outcome::AlreadyThere => style(format!("{:<14}", "already there")).green(),
         };
         let (_, caps) = apply::prepare(&session, fleet.instance(m.name)?).await?;
         let now = caps
@@ -469,6 +471,9 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
         session.audit.path().display(),
         root.join("data").display()
     ));
+    if json {
+        crate::print_json(&serde_json::json!({ "ok": ok, "runs": reports }))?;
+    }
     Ok(if ok { 0 } else { 1 })
 }
 

@@ -14,7 +14,7 @@ pub const BUSY: u8 = 6;
 /// One run's outcome.
 pub fn outcome(outcome: Outcome) -> u8 {
     match outcome {
-        Outcome::Succeeded => 0,
+        Outcome::Succeeded | Outcome::AlreadyThere => 0,
         Outcome::Refused => 3,
         Outcome::RolledBack => 4,
         Outcome::NeedsOperator => 5,

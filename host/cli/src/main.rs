@@ -18,6 +18,7 @@ mod commands;
 mod demo;
 #[cfg(test)]
 mod doc_examples;
+mod errors;
 mod exit;
 mod record;
 mod scaffold;
@@ -283,8 +284,27 @@ fn nothing_changed(signal: &str) -> String {
     format!("stopped by {signal} before anything was changed; nothing was changed")
 }
 
+/// Whether the command line asks for JSON (`--json` before any `--`): then every outcome,
+/// errors included, is one JSON document on stdout.
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let json = json_requested();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help`, `--version` and a usage error without --json: as clap prints them.
+        Err(e) if !json || !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let message = e.render().to_string();
+            errors::print_json_error(&errors::JsonError::usage(&message));
+            return ExitCode::from(2);
+        }
+    };
     if let Command::Simulate { product, args } = &cli.command {
         #[cfg(feature = "demo")]
         return demo::simulate(product, args);
@@ -324,6 +344,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(exit) if json => {
+            errors::print_json_error(&errors::JsonError::of(&exit));
+            // Human text on stderr only for a person at a terminal.
+            if std::io::stderr().is_terminal() {
+                err_out(&format!("error: {}\n", ui::v(&format!("{:#}", exit.error))));
+            }
+            ExitCode::from(exit.code)
+        }
         Err(exit) => {
             // An error may quote an adapter or a product: made visible, secrets masked. Only
             // the host's own usage and fleet-file errors (exit 2) keep their lines

@@ -74,7 +74,7 @@ impl Ui {
                 message,
             } => {
                 let tag = match level.as_str() {
-                    "error" => style("error").red().to_string(),
+                    "error" => style(format!("{:<10}", "error")).red().to_string(),
                     "warn" => style("warn").yellow().to_string(),
                     other => style(other).dim().to_string(),
                 };
@@ -336,6 +336,11 @@ pub fn run_text(report: &RunReport) -> String {
         ))
         .red()
         .bold(),
+        Outcome::AlreadyThere => style(format!(
+            "= {instance} already runs {from}: nothing to do (no run recorded)"
+        ))
+        .green()
+        .bold(),
     };
     out.push_str(&format!("{headline}\n"));
     // What resume found (the operator help repeats it when resume stopped before acting).
@@ -400,6 +405,60 @@ pub fn run_text(report: &RunReport) -> String {
     if !report.run_id.is_empty() {
         let run = v(&report.run_id);
         out.push_str(&format!("  run {run} (upshift history --run {run})\n"));
+    }
+    out
+}
+
+/// A fleet-wide plan's summary: one line per instance (from → to, the path or the refusing
+/// rule, the steps).
+pub fn fleet_plan_table(lines: &[upshift::ops::rollout::PlannedInstance]) -> String {
+    use upshift::ops::rollout::PlanResult;
+    let mut out = format!(
+        "{}\n  {:<20} {:<14} {:<24} {:<10} {:>5}  detail\n",
+        style("Fleet plan").bold(),
+        "instance",
+        "product",
+        "from → to",
+        "result",
+        "steps"
+    );
+    for line in lines {
+        let (result, detail) = match line.result {
+            PlanResult::Plan => (style(format!("{:<10}", "plan")).green(), String::new()),
+            PlanResult::AlreadyThere => (
+                style(format!("{:<10}", "already")).green(),
+                "nothing to do".into(),
+            ),
+            PlanResult::Refused => (
+                style(format!("{:<10}", "refused")).yellow(),
+                format!(
+                    "rule `{}`{}",
+                    v(line.rule.as_deref().unwrap_or_default()),
+                    if line.path.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; path {}", v(&line.path.join(" → ")))
+                    }
+                ),
+            ),
+            PlanResult::Error => (
+                style(format!("{:<10}", "error")).red(),
+                v(line.error.as_deref().unwrap_or_default()).into_owned(),
+            ),
+        };
+        let from = if line.from.is_empty() {
+            "?"
+        } else {
+            &line.from
+        };
+        let to = if line.to.is_empty() { "?" } else { &line.to };
+        out.push_str(&format!(
+            "  {:<20} {:<14} {:<24} {result} {:>5}  {detail}\n",
+            v(&line.instance),
+            v(&line.product),
+            format!("{} → {}", v(from), v(to)),
+            line.steps
+        ));
     }
     out
 }

@@ -37,7 +37,13 @@ pub struct ServiceBinding {
     pub backend: ServiceBackend,
     /// Operator narrowing.
     pub access: Option<Vec<Access>>,
+    /// The operator's limit for waiting until healthy (`wait_healthy_secs`): replaces the
+    /// adapter's wait-healthy timeouts in plans, the rollback's and `upshift start`'s default.
+    pub wait_healthy_secs: Option<u64>,
 }
+
+/// The longest `wait_healthy_secs` (and `--timeout`) accepted: one day.
+pub const MAX_WAIT_HEALTHY_SECS: u64 = 86_400;
 
 /// How a service is run.
 #[derive(Debug, Clone)]

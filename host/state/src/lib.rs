@@ -30,9 +30,10 @@ use crate::queue::WorkQueue;
 /// 3 added `artifacts` and `audit_anchors`).
 const SCHEMA: i64 = 6;
 
-/// How a run ended (or that it is still running).
+/// How a run ended (or that it is still running). Serialized kebab-case (`rolled-back`), as every enum of the JSON interface; the older
+/// snake_case names are still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum RunStatus {
     /// Under way, or the host died while it ran.
     Running,
@@ -41,6 +42,7 @@ pub enum RunStatus {
     /// Refused by the product's rules.
     Refused,
     /// Failed and rolled back.
+    #[serde(alias = "rolled_back")]
     RolledBack,
     /// Failed and not rolled back: an operator is needed.
     Failed,
@@ -48,12 +50,13 @@ pub enum RunStatus {
     /// host touched nothing when it was marked so.
     Abandoned,
     /// Failed before any step with an effect completed: nothing was changed.
+    #[serde(alias = "nothing_changed")]
     NothingChanged,
 }
 
-/// How a step ended.
+/// How a step ended. Serialized kebab-case, as [`RunStatus`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum StepStatus {
     /// Journaled before running; still running or outcome unknown.
     Started,
@@ -64,6 +67,7 @@ pub enum StepStatus {
     /// Not run.
     Skipped,
     /// Undone by a rollback.
+    #[serde(alias = "rolled_back")]
     RolledBack,
 }
 

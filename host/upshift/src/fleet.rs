@@ -256,6 +256,7 @@ struct RawService {
     service: Option<String>,
     oneshot: Option<bool>,
     run_timeout_secs: Option<u64>,
+    wait_healthy_secs: Option<u64>,
     access: Option<Spanned<Vec<String>>>,
 }
 
@@ -595,6 +596,16 @@ impl Ctx<'_> {
             ));
         }
         let stop_timeout_secs = raw.stop_timeout_secs.unwrap_or(30);
+        let wait_healthy_secs = raw.wait_healthy_secs;
+        if let Some(secs) = wait_healthy_secs
+            && !(1..=upshift_model::binding::MAX_WAIT_HEALTHY_SECS).contains(&secs)
+        {
+            return Err(self.invalid(
+                at,
+                format!("service `{name}`: wait_healthy_secs = {secs} is out of range"),
+                "give a number of seconds from 1 to 86400, or remove the key for the adapter's own timeouts",
+            ));
+        }
         let backend = match raw.kind.get_ref().as_str() {
             "process" => {
                 let (Some(command), Some(version)) = (raw.command, raw.version) else {
@@ -685,7 +696,11 @@ impl Ctx<'_> {
                 ));
             }
         };
-        Ok(ServiceBinding { backend, access })
+        Ok(ServiceBinding {
+            backend,
+            access,
+            wait_healthy_secs,
+        })
     }
 
     /// An image template must place `{version}`; the repositories a service may be switched to

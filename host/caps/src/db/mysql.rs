@@ -282,10 +282,13 @@ impl MySqlBackend {
         bounded(STATEMENT_TIMEOUT)?;
         let opts = OptsBuilder::from_opts(self.opts.clone()).db_name(database);
         let conn = Conn::new(opts).await.map_err(|e| {
-            failed(
-                &format!("cannot connect to database `{}`", database.unwrap_or("")),
-                e,
-            )
+            CapError::Failed(format!(
+                "cannot connect to MySQL at {}:{} (database `{}`): {}",
+                self.opts.ip_or_hostname(),
+                self.opts.tcp_port(),
+                database.unwrap_or(""),
+                super::connect_cause(&e)
+            ))
         })?;
         let mut call = CallConn {
             conn: Some(conn),

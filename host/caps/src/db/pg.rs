@@ -197,6 +197,32 @@ fn failed(context: &str, e: impl std::fmt::Display) -> CapError {
     CapError::Failed(format!("{context}: {e}"))
 }
 
+/// Why a connection to `database` failed, naming the server's host and port and the cause
+/// (`cannot connect to PostgreSQL at 127.0.0.1:5999 (database `app`): connection refused`),
+/// not tokio-postgres's bare "error connecting to server".
+fn connect_message(
+    config: &tokio_postgres::Config,
+    flavour: Flavour,
+    database: &str,
+    e: &tokio_postgres::Error,
+) -> String {
+    let product = match flavour {
+        Flavour::Postgres => "PostgreSQL",
+        Flavour::Kwdb => "KWDB",
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let cause = match e.as_db_error() {
+        Some(_) => pg_message(e),
+        None => crate::db::connect_cause(e),
+    };
+    format!("cannot connect to {product} at {host}:{port} (database `{database}`): {cause}")
+}
+
 /// The message of a PostgreSQL error, with its SQLSTATE when the server sent one.
 pub fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -269,12 +295,10 @@ impl PgBackend {
         config.dbname(database);
         config.application_name("upshift");
         config.connect_timeout(Duration::from_secs(10));
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-            failed(
-                &format!("cannot connect to database `{database}`"),
-                pg_message(&e),
-            )
-        })?;
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| CapError::Failed(connect_message(&config, self.flavour, database, &e)))?;
         let task = tokio::spawn(async move {
             let _ = connection.await;
         })

@@ -163,6 +163,11 @@ impl HttpBackend {
         let shown = url_for_display(url.as_str());
         let method = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| CapError::Invalid(format!("`{method}` is not an HTTP method")))?;
+        let server = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or_default()
+        );
         let mut response = self
             .client
             .request(method, url)
@@ -170,7 +175,15 @@ impl HttpBackend {
             .send()
             .await
             .map_err(|e| {
-                CapError::Failed(format!("request to {shown} failed: {}", e.without_url()))
+                if e.is_connect() {
+                    // Name the server and the cause, not reqwest's bare "error sending request".
+                    CapError::Failed(format!(
+                        "cannot connect to HTTP server at {server} ({shown}): {}",
+                        crate::db::connect_cause(&e)
+                    ))
+                } else {
+                    CapError::Failed(format!("request to {shown} failed: {}", e.without_url()))
+                }
             })?;
         let status = response.status().as_u16();
         let mut out = Vec::new();

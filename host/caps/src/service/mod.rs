@@ -71,17 +71,30 @@ impl Switched {
 /// The service capability: the bound services, reached only through the guard.
 pub struct Services {
     bound: Bound<ServiceBackend>,
+    /// The operator's wait-healthy limits, by binding (`wait_healthy_secs`).
+    wait_limits: std::collections::BTreeMap<String, Duration>,
 }
 
 impl Services {
     pub(crate) fn new(guard: Arc<Guard>) -> Services {
         Services {
             bound: Bound::new(guard, BindingKind::Service),
+            wait_limits: std::collections::BTreeMap::new(),
         }
     }
 
     pub(crate) fn bind(&mut self, name: &str, backend: ServiceBackend) {
         self.bound.bind(name, backend);
+    }
+
+    pub(crate) fn set_wait_limit(&mut self, name: &str, limit: Duration) {
+        self.wait_limits.insert(name.to_string(), limit);
+    }
+
+    /// The operator's limit for waiting until `binding` is healthy, when the fleet file sets
+    /// one (`wait_healthy_secs`).
+    pub fn wait_limit(&self, binding: &str) -> Option<Duration> {
+        self.wait_limits.get(binding).copied()
     }
 
     /// The bound services' names.

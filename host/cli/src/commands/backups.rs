@@ -97,6 +97,12 @@ pub async fn backup_verify(
 pub async fn backups(ctx: &Ctx, args: ListArgs) -> Result<u8, Exit> {
     let state = ctx.builder.open_state().await?;
     let backups = state.backups(args.instance.as_deref()).await?;
+    if backups.is_empty()
+        && let Some(name) = &args.instance
+    {
+        // No backups, and perhaps no such instance: a misspelt name is an error, not "none".
+        ctx.load_fleet()?.instance(name)?;
+    }
     if args.json {
         print_json(&backups)?;
     } else if backups.is_empty() {

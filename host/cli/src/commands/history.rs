@@ -12,10 +12,12 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
         let run = state
             .run(run_id)
             .await?
-            .ok_or_else(|| usage(format!("no run `{run_id}`")))?;
+            .ok_or_else(|| usage(format!(
+                "no run `{run_id}`\nfix: `upshift history` lists the runs (`--run` takes one of their ids)"
+            )))?;
         let steps = state.steps(run_id).await?;
         if args.json {
-            print_json(&serde_json::json!({ "run": run, "steps": steps }))?;
+            print_json(&serde_json::json!({ "run": run_json(&run)?, "steps": steps }))?;
         } else {
             out(&format!(
                 "run {} {} {} {} → {}: {}{}\n",
@@ -57,7 +59,14 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
         return Ok(0);
     }
     let runs = state.runs(args.instance.as_deref(), args.limit).await?;
+    if runs.is_empty()
+        && let Some(name) = &args.instance
+    {
+        // No runs, and perhaps no such instance: a misspelt name is an error, not "no runs".
+        ctx.load_fleet()?.instance(name)?;
+    }
     if args.json {
+        let runs = runs.iter().map(run_json).collect::<Result<Vec<_>, _>>()?;
         print_json(&runs)?;
     } else if runs.is_empty() {
         println!("no runs");
@@ -76,6 +85,21 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
         }
     }
     Ok(0)
+}
+
+/// A run as JSON: its plan nested as JSON under `plan` (the journal keeps it as text in
+/// `plan_json`), `null` when the run had none (a refusal).
+fn run_json(run: &upshift::state::RunRecord) -> Result<serde_json::Value, Exit> {
+    let mut value = serde_json::to_value(run)?;
+    if let Some(object) = value.as_object_mut() {
+        let plan = object
+            .remove("plan_json")
+            .and_then(|text| text.as_str().map(str::to_string))
+            .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+            .unwrap_or(serde_json::Value::Null);
+        object.insert("plan".into(), plan);
+    }
+    Ok(value)
 }
 
 /// `upshift audit verify`: check the hash-chained audit log (every segment, in order, line by

@@ -9,12 +9,16 @@ use super::Ctx;
 use crate::cli::{AbandonArgs, AgentArgs, ApplyArgs, EnqueueArgs, PlanArgs, ResumeArgs};
 use crate::{Exit, confirm, err_out, exit, out, print_json, record, ui, usage};
 
-/// `upshift plan`: detect and plan, or plan offline; touches nothing.
+/// `upshift plan`: detect and plan, or plan offline; touches nothing. Several instances,
+/// `--all` or `--select`: every instance's plan or refusal and a summary table.
 pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
+    if args.all || !args.select.is_empty() || args.instances.len() > 1 {
+        return fleet_plan(ctx, &args).await;
+    }
     let (ui, sink) = ui::Ui::sink(true);
     drop(ui);
     let mut session = ctx.open_session(sink).await?;
-    let instance = args.instance.clone().unwrap_or_default();
+    let instance = args.instances.first().cloned().unwrap_or_default();
     let _tape = record::start(&mut session, &args.tape, &instance)?;
     let offline = match (&args.product, &args.adapter) {
         (Some(product), _) => Some(upshift::fleet::AdapterRef::Bundled(product.clone())),
@@ -23,18 +27,24 @@ pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
     };
     let options = apply::PlanOptions {
         allow_unknown: args.allow_unknown,
+        wait_healthy_secs: args.timeout,
     };
-    let report = match (&args.instance, &offline, &args.from) {
+    let report = match (args.instances.first(), &offline, &args.from) {
         (None, Some(adapter), Some(from)) => {
-            apply::offline_plan_with(&session, adapter, from, &args.to, &options).await?
+            let Some(to) = &args.to else {
+                return Err(usage("an offline plan needs --to VERSION"));
+            };
+            apply::offline_plan_with(&session, adapter, from, to, &options).await?
         }
         (Some(name), None, None) => {
             let fleet = ctx.load_fleet()?;
-            apply::plan_instance_with(&session, fleet.instance(name)?, &args.to, &options).await?
+            let instance = fleet.instance(name)?;
+            let to = target_of(instance, args.to.as_deref())?;
+            apply::plan_instance_with(&session, instance, &to, &options).await?
         }
         _ => {
             return Err(usage(
-                "give an INSTANCE, or --product P (or --adapter FILE) --from V for an offline plan",
+                "give an INSTANCE (or several, --all, --select F), or --product P (or --adapter FILE) --from V --to V for an offline plan",
             ));
         }
     };
@@ -45,7 +55,83 @@ pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
     }
     Ok(match report.outcome {
         PlanOutcome::Plan(_) => 0,
+        // Already there: nothing to do, which is not a refusal.
+        PlanOutcome::Refused(r) if r.rule == apply::ALREADY_AT_TARGET => 0,
         PlanOutcome::Refused(_) => 3,
+    })
+}
+
+/// The version `instance` goes to: `--to`, else its `target` in the fleet file.
+fn target_of(instance: &upshift::fleet::Instance, to: Option<&str>) -> Result<String, Exit> {
+    to.map(str::to_string)
+        .or_else(|| instance.target.clone())
+        .ok_or_else(|| {
+            usage(format!(
+                "instance `{}` has no `target` in the fleet file; pass --to VERSION",
+                instance.name
+            ))
+        })
+}
+
+/// How many instances a fleet-wide plan detects at a time.
+const PLAN_CONCURRENCY: usize = 8;
+
+/// `upshift plan --all|NAMES|--select F`: every instance's plan or refusal, then a summary
+/// table. Exit 0 when every instance has a plan or is already there, 3 when any is refused,
+/// 1 when any could not be planned.
+async fn fleet_plan(ctx: &Ctx, args: &PlanArgs) -> Result<u8, Exit> {
+    use upshift::ops::rollout::{self, PlanResult};
+    if args.tape.record.is_some() {
+        return Err(usage("--record records one instance's plan; name one"));
+    }
+    let fleet = ctx.load_fleet()?;
+    let selection = rollout::Selection {
+        all: args.all,
+        names: args.instances.clone(),
+        filters: args.select.clone(),
+    };
+    let instances = rollout::select(&fleet, &selection)?;
+    let session = ctx
+        .open_session(upshift::caps::EventSink::discard())
+        .await?;
+    let options = apply::PlanOptions {
+        allow_unknown: args.allow_unknown,
+        wait_healthy_secs: args.timeout,
+    };
+    let lines = rollout::plan_all(
+        &session,
+        &instances,
+        args.to.as_deref(),
+        &options,
+        PLAN_CONCURRENCY,
+    )
+    .await;
+    let mut counts = std::collections::BTreeMap::new();
+    for line in &lines {
+        *counts.entry(line.result).or_insert(0usize) += 1;
+    }
+    if args.json {
+        print_json(&serde_json::json!({ "instances": lines, "counts": counts }))?;
+    } else {
+        for line in &lines {
+            match &line.report {
+                Some(report) => out(&ui::plan_text(report)),
+                None => out(&format!(
+                    "{} {}: {}\n",
+                    ui::v(&line.instance),
+                    ui::v(&line.product),
+                    ui::v(line.error.as_deref().unwrap_or_default())
+                )),
+            }
+        }
+        out(&ui::fleet_plan_table(&lines));
+    }
+    Ok(if counts.contains_key(&PlanResult::Error) {
+        1
+    } else if counts.contains_key(&PlanResult::Refused) {
+        3
+    } else {
+        0
     })
 }
 
@@ -77,6 +163,7 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<u8, Exit> {
     let _tape = record::start(&mut session, &args.tape, &instance.name)?;
     let options = apply::PlanOptions {
         allow_unknown: args.allow_unknown,
+        wait_healthy_secs: args.timeout,
     };
     let report = apply::apply_with(&session, instance, &to, &options, |plan| {
         if !json {
@@ -112,8 +199,23 @@ pub async fn rollout(
         waves,
         max_failures: args.max_failures,
         allow_unknown: args.allow_unknown,
+        wait_healthy_secs: args.timeout,
     };
     if !args.json {
+        // What each instance would do, as `plan --all` shows it, before the question.
+        let plan_options = apply::PlanOptions {
+            allow_unknown: args.allow_unknown,
+            wait_healthy_secs: args.timeout,
+        };
+        let lines = rollout::plan_all(
+            session,
+            &instances,
+            args.to.as_deref(),
+            &plan_options,
+            PLAN_CONCURRENCY,
+        )
+        .await;
+        err_out(&ui::fleet_plan_table(&lines));
         err_out(&ui::rollout_plan_text(&instances, &options));
     }
     if !confirm(args.yes, "Start this rollout?")? {
@@ -128,7 +230,8 @@ pub async fn rollout(
     if args.json {
         print_json(&outcome)?;
     } else {
-        err_out(&ui::rollout_text(&outcome, &md, &json_path));
+        // The result on stdout, as a single apply's; progress and the prompt were on stderr.
+        out(&ui::rollout_text(&outcome, &md, &json_path));
     }
     Ok(exit::rollout(&outcome))
 }
@@ -183,7 +286,7 @@ pub async fn agent(ctx: &Ctx, args: AgentArgs) -> Result<u8, Exit> {
         print_json(&done)?;
     } else {
         for h in &done {
-            err_out(&format!(
+            out(&format!(
                 "  {:<20} {}{}\n",
                 ui::v(&h.instance),
                 ui::v(&h.outcome),

@@ -57,6 +57,7 @@ fn outcome_name(o: Outcome) -> &'static str {
         Outcome::RolledBack => "rolled-back",
         Outcome::NeedsOperator => "needs-operator",
         Outcome::NothingChanged => "nothing-changed",
+        Outcome::AlreadyThere => "already-there",
     }
 }
 
@@ -113,6 +114,7 @@ async fn handle(session: &Session, fleet: &Fleet, claim: &Claim) -> Result<Handl
         None => {
             let options = apply::PlanOptions {
                 allow_unknown: claim.item.allow_unknown,
+                ..apply::PlanOptions::default()
             };
             apply::apply_with(session, instance, &claim.item.target, &options, |_| true).await
         }

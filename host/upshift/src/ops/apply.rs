@@ -53,6 +53,10 @@ pub struct PlanReport {
     pub preflight: Vec<super::preflight::PreflightCheck>,
 }
 
+/// The rule id every adapter's plan refuses with when the instance already runs the target
+/// (the SDK's `already-at-target`): the host treats it as nothing to do, not as a refusal.
+pub const ALREADY_AT_TARGET: &str = "already-at-target";
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -68,6 +72,8 @@ pub enum Outcome {
     /// It failed before any step with an effect completed: nothing was changed, so nothing
     /// was rolled back.
     NothingChanged,
+    /// The instance already runs the target: nothing to do, and no run is recorded.
+    AlreadyThere,
 }
 
 /// One step as reported.
@@ -83,6 +89,13 @@ pub struct StepLine {
     pub ok: bool,
     /// Summary or error.
     pub message: String,
+    /// How long it took, in milliseconds (0 for a step a resumed run found done).
+    pub duration_ms: u64,
+}
+
+/// Milliseconds since `start`, saturating.
+fn elapsed_ms(start: std::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What `upshift apply` / `upshift restore` report.
@@ -232,12 +245,41 @@ async fn prior_of(plan: &Plan, caps: &InstanceCaps) -> Result<Prior, OpError> {
 /// passed `--allow-unknown`: plan a target release the adapter's catalog does not know.
 pub const ALLOW_UNKNOWN_FACT: &str = "operator.allow-unknown-release";
 
+/// The operator's wait-healthy limits in `plan`: `--timeout` for every wait-healthy step,
+/// else the binding's `wait_healthy_secs`; each replaced timeout is noted in the plan.
+fn operator_timeouts(plan: &mut Plan, caps: Option<&InstanceCaps>, options: &PlanOptions) {
+    let mut notes = Vec::new();
+    for step in &mut plan.steps {
+        let crate::runtime::bindings::Action::WaitHealthy(wait) = &mut step.action else {
+            continue;
+        };
+        let fleet_limit = caps.and_then(|caps| caps.service().wait_limit(&wait.binding));
+        let (secs, source) = match (options.wait_healthy_secs, fleet_limit) {
+            (Some(secs), _) => (secs, "--timeout"),
+            (None, Some(limit)) => (limit.as_secs(), "the fleet file's wait_healthy_secs"),
+            (None, None) => continue,
+        };
+        let ms = u32::try_from(secs.saturating_mul(1000)).unwrap_or(u32::MAX);
+        notes.push(format!(
+            "step `{}` waits up to {secs} s for `{}` to be healthy ({source}; the adapter asked for {} s)",
+            step.id,
+            wait.binding,
+            wait.timeout_ms / 1000
+        ));
+        wait.timeout_ms = ms;
+    }
+    plan.notes.extend(notes);
+}
+
 /// What the operator allows a plan beyond the adapter's own rules.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlanOptions {
     /// `--allow-unknown`: the adapter may plan a target release its catalog does not know (it
     /// notes in the plan that it cannot know that release's rules).
     pub allow_unknown: bool,
+    /// `--timeout SECS`: every wait-healthy step of the plan waits up to this long (over the
+    /// fleet file's `wait_healthy_secs` and the adapter's own timeout).
+    pub wait_healthy_secs: Option<u64>,
 }
 
 impl PlanOptions {
@@ -284,8 +326,9 @@ pub async fn plan_instance_with(
     let outcome = call_plan(session, &adapter, &asked, target).await?;
     let mut preflight = Vec::new();
     let (outcome, prior, rollback) = match outcome {
-        Ok(p) => {
+        Ok(mut p) => {
             plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
+            operator_timeouts(&mut p, Some(&caps), options);
             plan::check_grants(&p, caps.grants(), &instance.name)
                 .map_err(|why| ungranted(&adapter, &caps, "plan", why))?;
             let prior = prior_of(&p, &caps).await?;
@@ -343,8 +386,9 @@ pub async fn offline_plan_with(
     };
     let asked = options.detection_for_plan(&detection);
     let outcome = match call_plan(session, &adapter, &asked, to).await? {
-        Ok(p) => {
+        Ok(mut p) => {
             plan::validate(&p).map_err(|r| fault(session, &adapter, "plan", r))?;
+            operator_timeouts(&mut p, None, options);
             PlanOutcome::Plan(p)
         }
         Err(r) => PlanOutcome::Refused(r),
@@ -466,6 +510,7 @@ pub(super) async fn run_forward_from(
             break;
         }
         out.reached.push(Reached::Started);
+        let started = std::time::Instant::now();
         let r = ctx
             .step(
                 "forward",
@@ -496,6 +541,7 @@ pub(super) async fn run_forward_from(
             title: step.title.clone(),
             ok,
             message,
+            duration_ms: elapsed_ms(started),
         });
         if !ok {
             break;
@@ -530,6 +576,25 @@ pub async fn apply_with(
     let (adapter, caps) = prepare(session, instance).await?;
     let from = report.detection.version.clone();
     let plan = match &report.outcome {
+        // Nothing to do: not a refusal, and not a run (no run is recorded).
+        PlanOutcome::Refused(r) if r.rule == ALREADY_AT_TARGET => {
+            return Ok(RunReport {
+                run_id: String::new(),
+                instance: instance.name.clone(),
+                from_version: from,
+                to_version: target.to_string(),
+                outcome: Outcome::AlreadyThere,
+                steps: Vec::new(),
+                checks: Vec::new(),
+                backups: Vec::new(),
+                refusal: None,
+                failure: None,
+                rollback_command: None,
+                operator_help: None,
+                denials: Vec::new(),
+                found: Vec::new(),
+            });
+        }
         PlanOutcome::Refused(r) => {
             let run = new_run(instance, &adapter, "upgrade", &from, target, "null".into());
             session
@@ -643,6 +708,7 @@ pub(super) async fn conclude(
     let Some(failure) = failure else {
         // Verified: drop what was kept only for rolling back (e.g. the previous container).
         for name in caps.service().bindings() {
+            let started = std::time::Instant::now();
             match ctx.finalize(name).await {
                 Ok(done) if !done.is_empty() => lines.push(StepLine {
                     phase: "finalize".into(),
@@ -650,6 +716,7 @@ pub(super) async fn conclude(
                     title: format!("clean up after `{name}`"),
                     ok: true,
                     message: done,
+                    duration_ms: elapsed_ms(started),
                 }),
                 Ok(_) => {}
                 Err(e) => lines.push(StepLine {
@@ -658,6 +725,7 @@ pub(super) async fn conclude(
                     title: format!("clean up after `{name}`"),
                     ok: false,
                     message: e.to_string(),
+                    duration_ms: elapsed_ms(started),
                 }),
             }
         }
@@ -728,6 +796,7 @@ pub(super) async fn conclude(
         }
         let id = action.id();
         let title = action.describe();
+        let started = std::time::Instant::now();
         let r = ctx
             .step("rollback", i as u32, i + 1, n, &id, &title, async || {
                 if resumed {
@@ -760,6 +829,7 @@ pub(super) async fn conclude(
                     e
                 }
             },
+            duration_ms: elapsed_ms(started),
         });
         if !ok {
             break;

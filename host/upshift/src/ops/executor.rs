@@ -894,7 +894,13 @@ impl RunContext<'_> {
             RollbackAction::Switch { binding, version } => self.switch(binding, version, via).await,
             RollbackAction::WaitHealthy { binding } => {
                 services
-                    .wait_healthy(binding, Duration::from_secs(180), via)
+                    .wait_healthy(
+                        binding,
+                        services
+                            .wait_limit(binding)
+                            .unwrap_or(super::DEFAULT_WAIT_HEALTHY),
+                        via,
+                    )
                     .await
             }
             RollbackAction::Restore {

@@ -22,6 +22,10 @@ pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
 
 use crate::runtime::{AdapterFault, RuntimeError};
 
+/// How long the host waits for a service to become healthy when neither the fleet file
+/// (`wait_healthy_secs`) nor the run (`--timeout`) says: a rollback's restart, `upshift start`.
+pub const DEFAULT_WAIT_HEALTHY: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Why an operation could not be carried out (outcomes such as a refusal or a rollback are
 /// reports, not errors).
 #[derive(Debug, thiserror::Error)]

@@ -609,9 +609,6 @@ pub struct ServiceDone {
     pub summary: String,
 }
 
-/// How long `upshift start` waits for a service to become healthy.
-const START_TIMEOUT: Duration = Duration::from_secs(180);
-
 /// `upshift start|stop|adopt INSTANCE [BINDING]`: under the instance's lease, through the
 /// guarded service capability (audited with detail `operator start|stop|adopt`). Without a
 /// binding: every service that is not a one-shot job (stopped in reverse order).
@@ -671,7 +668,13 @@ pub async fn control(
             ServiceCommand::Start => match services.start(&b, &detail).await {
                 Ok(started) if services.is_job(&b) => Ok(started),
                 Ok(started) => services
-                    .wait_healthy(&b, START_TIMEOUT, &detail)
+                    .wait_healthy(
+                        &b,
+                        caps.service()
+                            .wait_limit(&b)
+                            .unwrap_or(super::DEFAULT_WAIT_HEALTHY),
+                        &detail,
+                    )
                     .await
                     .map(|healthy| format!("{started}; {healthy}")),
                 Err(e) => Err(e),

@@ -131,6 +131,7 @@ fn line(step: &Step, message: String) -> StepLine {
         title: step.title.clone(),
         ok: true,
         message,
+        duration_ms: 0,
     }
 }
 

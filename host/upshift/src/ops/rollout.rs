@@ -146,6 +146,106 @@ fn matches(instance: &Instance, filter: &str) -> Result<bool, OpError> {
     })
 }
 
+/// How one instance's plan came out in a fleet-wide plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanResult {
+    /// A plan: these steps would run.
+    Plan,
+    /// Already at the target: nothing to do.
+    AlreadyThere,
+    /// The product's rules (or preflight) refuse it.
+    Refused,
+    /// No plan could be made (unreachable, no target, the adapter failed).
+    Error,
+}
+
+/// One instance's line of a fleet-wide plan: the summary, and the full plan report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedInstance {
+    /// Instance.
+    pub instance: String,
+    /// Product (adapter).
+    pub product: String,
+    /// Detected version (empty when detection failed).
+    pub from: String,
+    /// Target (empty when the instance has none and no --to was given).
+    pub to: String,
+    /// How it came out.
+    pub result: PlanResult,
+    /// The refusing rule, when refused.
+    pub rule: Option<String>,
+    /// The versions the refusal says to go through, in order.
+    pub path: Vec<String>,
+    /// Forward steps the plan would run.
+    pub steps: usize,
+    /// Why no plan was made, when `result` is `error`.
+    pub error: Option<String>,
+    /// The full plan report, when there is one.
+    pub report: Option<apply::PlanReport>,
+}
+
+/// Plan every instance of `instances` (each to `to`, else its own `target`), up to
+/// `concurrency` at a time; touches nothing. An instance that cannot be planned is a line with
+/// `result: error`, never the end of the others.
+pub async fn plan_all(
+    session: &Session,
+    instances: &[&Instance],
+    to: Option<&str>,
+    options: &apply::PlanOptions,
+    concurrency: usize,
+) -> Vec<PlannedInstance> {
+    futures_util::stream::iter(instances.iter())
+        .map(|instance| async move {
+            let target = to.map(str::to_string).or_else(|| instance.target.clone());
+            let mut line = PlannedInstance {
+                instance: instance.name.clone(),
+                product: instance.adapter_label(),
+                from: String::new(),
+                to: target.clone().unwrap_or_default(),
+                result: PlanResult::Error,
+                rule: None,
+                path: Vec::new(),
+                steps: 0,
+                error: None,
+                report: None,
+            };
+            let Some(target) = target else {
+                line.error = Some(format!(
+                    "instance `{}` has no `target` in the fleet file; set one or pass --to VERSION",
+                    instance.name
+                ));
+                return line;
+            };
+            match apply::plan_instance_with(session, instance, &target, options).await {
+                Ok(report) => {
+                    line.from = report.detection.version.clone();
+                    match &report.outcome {
+                        apply::PlanOutcome::Plan(p) => {
+                            line.result = PlanResult::Plan;
+                            line.steps = p.steps.len();
+                        }
+                        apply::PlanOutcome::Refused(r) => {
+                            line.result = if r.rule == apply::ALREADY_AT_TARGET {
+                                PlanResult::AlreadyThere
+                            } else {
+                                PlanResult::Refused
+                            };
+                            line.rule = Some(r.rule.clone());
+                            line.path = r.path.clone();
+                        }
+                    }
+                    line.report = Some(report);
+                }
+                Err(e) => line.error = Some(e.to_string()),
+            }
+            line
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}
+
 /// How one instance of a rollout ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -167,6 +267,19 @@ pub enum Status {
 }
 
 impl Status {
+    /// The stable kebab-case name, as in reports and JSON (`already-there`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Upgraded => "upgraded",
+            Status::AlreadyThere => "already-there",
+            Status::Refused => "refused",
+            Status::RolledBack => "rolled-back",
+            Status::NeedsOperator => "needs-operator",
+            Status::Error => "error",
+            Status::NotStarted => "not-started",
+        }
+    }
+
     /// Whether it counts against the failure budget.
     pub fn is_failure(self) -> bool {
         matches!(
@@ -231,6 +344,8 @@ pub struct Options {
     pub max_failures: usize,
     /// `--allow-unknown`: adapters may plan target releases their catalogs do not know.
     pub allow_unknown: bool,
+    /// `--timeout SECS`: every wait-healthy step waits up to this long.
+    pub wait_healthy_secs: Option<u64>,
 }
 
 fn now() -> String {
@@ -259,14 +374,7 @@ async fn upgrade_one(
         Ok(report) => {
             line.status = match report.outcome {
                 Outcome::Succeeded => Status::Upgraded,
-                Outcome::Refused
-                    if report
-                        .refusal
-                        .as_ref()
-                        .is_some_and(|r| r.rule == "already-at-target") =>
-                {
-                    Status::AlreadyThere
-                }
+                Outcome::AlreadyThere => Status::AlreadyThere,
                 Outcome::Refused => Status::Refused,
                 Outcome::RolledBack => Status::RolledBack,
                 Outcome::NeedsOperator => Status::NeedsOperator,
@@ -274,6 +382,10 @@ async fn upgrade_one(
                 Outcome::NothingChanged => Status::Error,
             };
             line.message = match (&report.refusal, &report.failure) {
+                _ if report.outcome == Outcome::AlreadyThere => Some(format!(
+                    "already runs {}: nothing to do",
+                    report.from_version
+                )),
                 (Some(r), _) => Some(format!("refused by rule `{}`: {}", r.rule, r.reason)),
                 (None, Some(f)) => Some(f.clone()),
                 (None, None) => None,
@@ -334,6 +446,7 @@ pub async fn rollout(
                     }
                     let plan_options = apply::PlanOptions {
                         allow_unknown: options.allow_unknown,
+                        wait_healthy_secs: options.wait_healthy_secs,
                     };
                     let line = upgrade_one(session, instances[i], line, &plan_options).await;
                     if line.status.is_failure() {
@@ -343,7 +456,7 @@ pub async fn rollout(
                         done: finished.fetch_add(1, Ordering::SeqCst) + 1,
                         total: instances.len(),
                         failures: failures.load(Ordering::SeqCst),
-                        message: format!("{} {:?}", line.instance, line.status),
+                        message: format!("{} {}", line.instance, line.status.as_str()),
                     });
                     line
                 }
@@ -388,11 +501,7 @@ pub async fn rollout(
     }
     let mut counts = BTreeMap::new();
     for r in &results {
-        let key = serde_json::to_value(r.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        *counts.entry(key).or_insert(0) += 1;
+        *counts.entry(r.status.as_str().to_string()).or_insert(0) += 1;
     }
     Ok(RolloutReport {
         id: crate::state::new_run_id(),
@@ -435,6 +544,24 @@ mod tests {
         assert!(parse_waves("150%").is_err());
         assert!(parse_waves("rest,1").is_err());
         assert!(parse_waves("a few").is_err());
+    }
+
+    #[test]
+    fn status_names_are_the_serialized_names() {
+        for status in [
+            Status::Upgraded,
+            Status::AlreadyThere,
+            Status::Refused,
+            Status::RolledBack,
+            Status::NeedsOperator,
+            Status::Error,
+            Status::NotStarted,
+        ] {
+            assert_eq!(
+                serde_json::to_value(status).ok(),
+                Some(serde_json::Value::from(status.as_str()))
+            );
+        }
     }
 
     #[test]

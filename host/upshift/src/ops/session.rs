@@ -709,6 +709,9 @@ impl Session {
         let service_dir = self.services.join(&instance.name);
         for (name, b) in &instance.service {
             caps.bind_service(name, ServiceBackend::new(b, &service_dir, name));
+            if let Some(secs) = b.wait_healthy_secs {
+                caps.set_wait_healthy_limit(name, std::time::Duration::from_secs(secs));
+            }
         }
         for (name, b) in &instance.http {
             let backend = HttpBackend::new(&b.url).map_err(|e| {
