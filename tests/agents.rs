@@ -27,6 +27,10 @@ static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The agents' lease (`UPSHIFT_LEASE_SECS`): short, so that a pause outlives it quickly.
 const LEASE_SECS: u32 = 3;
 
+/// The agents' lease in the state-restart tests: longer than the outage (a restart, or 3 s
+/// stopped) plus the cluster's start on a loaded machine.
+const RESTART_LEASE_SECS: u32 = 10;
+
 /// How long an agent may take to get to the moment a test waits for (it compiles the adapter
 /// for its own data directory first).
 const REACH: Duration = Duration::from_secs(120);
@@ -460,7 +464,10 @@ async fn agents_ride_out_a_state_restart(how: Restart) {
     let _turn = TURNS.lock().await;
     let cluster = StateCluster::start(None, &["127.0.0.1"]).expect("the state cluster");
     let url = cluster.url("127.0.0.1");
-    let fleet = AgentFleet::bytebase(pg, "rs", 6, &[], "", LEASE_SECS).await;
+    // The outage is shorter than the lease, so riding it out is the promise; an outage longer
+    // than the lease lets the other agent take an item over (fenced, exit 6), which the pause
+    // and partition tests cover.
+    let fleet = AgentFleet::bytebase(pg, "rs", 6, &[], "", RESTART_LEASE_SECS).await;
     fleet.enqueue_all(&url, "3.11.1");
     let mut state = StateDb::new(&url);
     let mut a = fleet.spawn_agent("agent-a", &url, &[]);
