@@ -60,7 +60,7 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8, Exit> {
             out(&format!("{}\n", serde_json::to_string(&value)?));
         } else {
             out(&format!(
-                "Every {:.0} s: upshift status ({} instances), {} — Ctrl-C to stop\n{}\n",
+                "Every {} s: upshift status ({} instances), {} — Ctrl-C to stop\n{}\n",
                 every.as_secs_f64(),
                 statuses.len(),
                 chrono_now(),

@@ -295,7 +295,17 @@ async fn one(
     let started = Instant::now();
     let mut status = InstanceStatus::new(instance);
     records(session, &instance.name, &mut status).await?;
-    if tokio::time::timeout(options.timeout, live(session, instance, &mut status))
+    // Loading (and, the first time, compiling) the adapter is the host's own work, not the
+    // instance's answer: it is not timed against the instance.
+    let loaded = match super::apply::prepare(session, instance).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            status.problem = Some(e.to_string());
+            status.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            return Ok(status);
+        }
+    };
+    if tokio::time::timeout(options.timeout, live(session, instance, loaded, &mut status))
         .await
         .is_err()
     {
@@ -350,15 +360,13 @@ async fn records(
     Ok(())
 }
 
-/// Load, detect, check health and plan: what is filled in before a timeout stays.
-async fn live(session: &Session, instance: &Instance, status: &mut InstanceStatus) {
-    let (adapter, caps) = match super::apply::prepare(session, instance).await {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            status.problem = Some(e.to_string());
-            return;
-        }
-    };
+/// Detect, check health and plan: what is filled in before a timeout stays.
+async fn live(
+    session: &Session,
+    instance: &Instance,
+    (adapter, caps): (crate::runtime::LoadedAdapter, std::sync::Arc<crate::caps::InstanceCaps>),
+    status: &mut InstanceStatus,
+) {
     status.product = adapter.manifest.product.clone();
     status.adapter_digest = Some(adapter.digest.clone());
     status.target = match &instance.target {
