@@ -30,7 +30,9 @@ fn cheap(name: &str, dir: Option<&Path>, target: Option<&str>) -> String {
          command = \"/usr/bin/env APP_VERSION={{version}} /bin/sleep infinity\"\n\
          version = \"1.0.0\"\nstop_timeout_secs = 10\n\n",
         adapter(),
-        target.map(|t| format!("target = \"{t}\"")).unwrap_or_default()
+        target
+            .map(|t| format!("target = \"{t}\""))
+            .unwrap_or_default()
     );
     if let Some(dir) = dir {
         let data = dir.join(name);
@@ -67,7 +69,12 @@ fn status(env: &Env, args: &[&str]) -> std::collections::BTreeMap<String, serde_
         .as_array()
         .unwrap_or_else(|| panic!("an array: {}", stderr(&out)))
         .iter()
-        .map(|s| (s["instance"].as_str().unwrap_or_default().to_string(), s.clone()))
+        .map(|s| {
+            (
+                s["instance"].as_str().unwrap_or_default().to_string(),
+                s.clone(),
+            )
+        })
         .collect()
 }
 
@@ -167,7 +174,9 @@ fn status_shows_a_healthy_instance_an_unreachable_one_and_a_silent_one_without_w
     let mut names = Vec::new();
     keys(&doc, &mut names);
     assert!(
-        names.iter().all(|k| !k.contains('_') && k.to_lowercase() == *k),
+        names
+            .iter()
+            .all(|k| !k.contains('_') && k.to_lowercase() == *k),
         "{names:?}"
     );
 
@@ -264,7 +273,11 @@ fn status_shows_an_unfinished_run_and_the_lease_of_a_paused_apply() {
     assert_eq!(backup["method"], "snapshot", "{busy}");
     assert_eq!(backup["binding"], "data");
     assert_eq!(backup["product-version"], "1.0.0");
-    assert!(backup["age-secs"].as_i64().is_some_and(|age| (0..60).contains(&age)));
+    assert!(
+        backup["age-secs"]
+            .as_i64()
+            .is_some_and(|age| (0..60).contains(&age))
+    );
     let idle = &all["idle"];
     assert!(idle["lease"].is_null() && idle["unfinished-runs"] == serde_json::json!([]));
     assert!(idle["target"].is_null(), "no target, no catalog: {idle}");
@@ -374,8 +387,14 @@ fn audit_show_filters_by_instance_denials_and_time() {
     // Since the denial: only it (status read everything before it).
     let since = denied[0]["time"].as_str().expect("time");
     let after = show(&["--since", since]);
-    assert!(!after.is_empty() && after.iter().all(|r| r["instance"] == "m"), "{after:?}");
-    assert_eq!(after.iter().filter(|r| r["decision"] == "denied").count(), 1);
+    assert!(
+        !after.is_empty() && after.iter().all(|r| r["instance"] == "m"),
+        "{after:?}"
+    );
+    assert_eq!(
+        after.iter().filter(|r| r["decision"] == "denied").count(),
+        1
+    );
     assert!(after.len() < everything.len());
     assert_eq!(show(&["--since", "1h"]).len(), everything.len());
     assert!(show(&["--since", "2999-01-01T00:00:00Z"]).is_empty());
@@ -391,7 +410,10 @@ fn audit_show_filters_by_instance_denials_and_time() {
     for (args, says) in [
         (vec!["audit", "show", "--since", "yesterday"], "RFC 3339"),
         (vec!["audit", "show", "--since", "5y"], "30m"),
-        (vec!["audit", "show", "nonexistent"], "no instance `nonexistent`"),
+        (
+            vec!["audit", "show", "nonexistent"],
+            "no instance `nonexistent`",
+        ),
     ] {
         let out = env.upshift(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -441,7 +463,10 @@ async fn status_flags_a_contradiction_between_version_sources() {
     );
     assert_eq!(bb["plan"]["outcome"], "refused");
     assert_eq!(bb["plan"]["rule"], "api-contradicts-declared");
-    assert!(bb["facts"].as_array().is_some_and(|f| !f.is_empty()), "{bb}");
+    assert!(
+        bb["facts"].as_array().is_some_and(|f| !f.is_empty()),
+        "{bb}"
+    );
 
     let out = env.upshift(&["status", "-v"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();

@@ -175,7 +175,11 @@ fn table(statuses: &[InstanceStatus], verbose: bool) -> String {
                 v(&s.instance),
                 v(&s.product),
                 s.version.as_deref().map_or("-".into(), |x| {
-                    format!("{}{}", v(x), if s.contradiction.is_some() { "!" } else { "" })
+                    format!(
+                        "{}{}",
+                        v(x),
+                        if s.contradiction.is_some() { "!" } else { "" }
+                    )
                 }),
                 health(s),
                 s.target.as_ref().map_or("-".into(), |t| v(&t.version)),
@@ -250,7 +254,11 @@ fn details(s: &InstanceStatus) -> String {
         ));
     }
     if let Some(PlanSummary::Refused { reason, advice, .. }) = &s.plan {
-        text.push_str(&format!("    refused  {}\n    advice   {}\n", v(reason), v(advice)));
+        text.push_str(&format!(
+            "    refused  {}\n    advice   {}\n",
+            v(reason),
+            v(advice)
+        ));
     }
     if let Some(c) = &s.contradiction {
         text.push_str(&format!("    CONTRADICTION {}\n", v(c)));

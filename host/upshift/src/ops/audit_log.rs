@@ -73,12 +73,7 @@ pub async fn show(session: &Session, query: &AuditQuery) -> Result<Vec<AuditEntr
     })
     .await
     .map_err(|e| OpError::Host(format!("reading the audit log: {e}")))?
-    .map_err(|e| {
-        OpError::Host(format!(
-            "audit log {}: {e}",
-            session.audit.path().display()
-        ))
-    })?;
+    .map_err(|e| OpError::Host(format!("audit log {}: {e}", session.audit.path().display())))?;
     let mut kept: Vec<_> = records
         .into_iter()
         .filter(|r| {

@@ -305,9 +305,12 @@ async fn one(
             return Ok(status);
         }
     };
-    if tokio::time::timeout(options.timeout, live(session, instance, loaded, &mut status))
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        options.timeout,
+        live(session, instance, loaded, &mut status),
+    )
+    .await
+    .is_err()
     {
         status.reach = Reach::TimedOut;
         status.problem = Some(format!(
@@ -364,7 +367,10 @@ async fn records(
 async fn live(
     session: &Session,
     instance: &Instance,
-    (adapter, caps): (crate::runtime::LoadedAdapter, std::sync::Arc<crate::caps::InstanceCaps>),
+    (adapter, caps): (
+        crate::runtime::LoadedAdapter,
+        std::sync::Arc<crate::caps::InstanceCaps>,
+    ),
     status: &mut InstanceStatus,
 ) {
     status.product = adapter.manifest.product.clone();
@@ -408,28 +414,28 @@ async fn live(
         status.plan = Some(PlanSummary::UpToDate);
         return;
     }
-    status.plan = match super::apply::call_plan(session, &adapter, &detection, &target.version).await
-    {
-        Ok(Ok(plan)) => Some(PlanSummary::Plan {
-            path: vec![plan.from_version.clone(), plan.to_version.clone()],
-            steps: plan.steps.len(),
-        }),
-        Ok(Err(refusal)) => {
-            if refusal.rule.contains("-contradicts-") {
-                status.contradiction = Some(format!("{}: {}", refusal.rule, refusal.reason));
+    status.plan =
+        match super::apply::call_plan(session, &adapter, &detection, &target.version).await {
+            Ok(Ok(plan)) => Some(PlanSummary::Plan {
+                path: vec![plan.from_version.clone(), plan.to_version.clone()],
+                steps: plan.steps.len(),
+            }),
+            Ok(Err(refusal)) => {
+                if refusal.rule.contains("-contradicts-") {
+                    status.contradiction = Some(format!("{}: {}", refusal.rule, refusal.reason));
+                }
+                Some(PlanSummary::Refused {
+                    rule: refusal.rule,
+                    reason: refusal.reason,
+                    path: refusal.path,
+                    advice: refusal.advice,
+                })
             }
-            Some(PlanSummary::Refused {
-                rule: refusal.rule,
-                reason: refusal.reason,
-                path: refusal.path,
-                advice: refusal.advice,
-            })
-        }
-        Err(e) => {
-            status.problem = Some(e.to_string());
-            None
-        }
-    };
+            Err(e) => {
+                status.problem = Some(e.to_string());
+                None
+            }
+        };
 }
 
 /// Each service binding's health, through the guarded service capability.
