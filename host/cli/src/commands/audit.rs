@@ -68,7 +68,7 @@ pub async fn show(ctx: &Ctx, args: AuditShowArgs) -> Result<u8, Exit> {
         } else {
             line.push_str(&format!(
                 " by adapter {}",
-                v(&e.adapter_digest[..12.min(e.adapter_digest.len())])
+                v(e.adapter_digest.get(..12).unwrap_or(&e.adapter_digest))
             ));
         }
         for (label, value) in [

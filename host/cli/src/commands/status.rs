@@ -237,9 +237,14 @@ fn details(s: &InstanceStatus) -> String {
     }
     for h in &s.health {
         text.push_str(&format!(
-            "    service  {}: {:?} ({})\n",
+            "    service  {}: {} ({})\n",
             v(&h.binding),
-            h.state,
+            match h.state {
+                HealthState::Healthy => "healthy",
+                HealthState::Unhealthy => "unhealthy",
+                HealthState::Stopped => "stopped",
+                HealthState::Unknown => "unknown",
+            },
             v(&h.detail)
         ));
     }
