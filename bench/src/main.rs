@@ -2,7 +2,7 @@
 //! in the same run, generating its data first (untimed), and writes `docs/BENCHMARKS.md`.
 //!
 //! Flags: `--quick` (smaller data, fewer iterations), `--only NAME[,NAME]` (groups: `sandbox`,
-//! `plan`, `snapshot`, `pg`, `fleet`, `agents`, `audit`, `limits`), `--runs N`, `--data DIR` (where data is
+//! `plan`, `snapshot`, `pg`, `fleet`, `agents`, `status`, `audit`, `limits`), `--runs N`, `--data DIR` (where data is
 //! generated; default `target/bench-data`), `--out FILE` (default `docs/BENCHMARKS.md`).
 
 mod agents;
@@ -17,6 +17,7 @@ mod report;
 mod sandbox;
 mod snapshot;
 mod stats;
+mod status;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,7 +28,7 @@ use report::{Metric, Report};
 
 /// The groups, in the order.
 const GROUPS: &[&str] = &[
-    "sandbox", "plan", "snapshot", "pg", "fleet", "agents", "audit", "limits",
+    "sandbox", "plan", "snapshot", "pg", "fleet", "agents", "status", "audit", "limits",
 ];
 
 /// What the run was asked to do.
@@ -157,6 +158,16 @@ fn main() -> Result<()> {
             Ok(m) => metrics.extend(m),
             Err(e) => skipped.push((
                 "agents: queue throughput and per-instance overhead".into(),
+                format!("the benchmark failed: {e:#}"),
+            )),
+        }
+    }
+    if cfg.wants("status") {
+        eprintln!("== status");
+        match rt.block_on(status::run(&cfg)) {
+            Ok(m) => metrics.extend(m),
+            Err(e) => skipped.push((
+                "`upshift status` of 1000 live instances".into(),
                 format!("the benchmark failed: {e:#}"),
             )),
         }

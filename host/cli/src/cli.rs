@@ -70,6 +70,9 @@ pub enum Command {
     /// Work with adapter components.
     #[command(subcommand)]
     Adapter(AdapterCommand),
+    /// The fleet at a glance: per instance its version, health, where it may go, last run,
+    /// newest backup, unfinished runs and leases (reads only; takes no lease, records no run).
+    Status(StatusArgs),
     /// Show what an upgrade would do (touches nothing).
     Plan(PlanArgs),
     /// Upgrade an instance, rolling back automatically on failure.
@@ -225,6 +228,57 @@ pub enum AuditCommand {
         #[arg(long)]
         reanchor: bool,
     },
+    /// Show audit records: who did what to which instance, with what decision, when.
+    Show(AuditShowArgs),
+}
+
+/// `upshift audit show`
+#[derive(Debug, Args)]
+pub struct AuditShowArgs {
+    /// Only this instance's records.
+    pub instance: Option<String>,
+    /// Only denied calls.
+    #[arg(long)]
+    pub denied: bool,
+    /// Only records since this time: RFC 3339 (`2026-01-02T03:04:05Z`) or an age (`30m`,
+    /// `1h`, `2d`, `1w`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// At most this many records, the newest (0: all).
+    #[arg(long, default_value_t = 200)]
+    pub limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `upshift status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Instances from the fleet file (default: every instance).
+    #[arg(conflicts_with = "all")]
+    pub instances: Vec<String>,
+    /// Every instance of the fleet file (the default).
+    #[arg(long)]
+    pub all: bool,
+    /// The instances matching `product=P`, `name=N` or `label:KEY=VALUE` (repeat to narrow).
+    #[arg(long = "select", value_name = "FILTER")]
+    pub select: Vec<String>,
+    /// How long one instance may take, in seconds, before it is shown as timed out.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub timeout: f64,
+    /// How many instances are inspected at once.
+    #[arg(long, default_value_t = 32)]
+    pub parallel: usize,
+    /// Also show each instance's facts, health details and the rules' reasons.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Print JSON (with --watch: one JSON document per line, per refresh).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds (default 2) until Ctrl-C, which ends it with exit 0.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<f64>,
 }
 
 /// `upshift plan`

@@ -219,6 +219,10 @@ const IDLE_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// then ends with (a prompt not confirmed, say), the stop is what it reports.
 static STOPPED_IDLE: AtomicBool = AtomicBool::new(false);
 
+/// Set while `status --watch` refreshes: SIGINT or SIGTERM ends the watch, which is its normal
+/// end (exit 0).
+static WATCHING: AtomicBool = AtomicBool::new(false);
+
 /// Take over SIGHUP, SIGINT and SIGTERM for the life of the process (children start with the
 /// default dispositions again). SIGHUP is ignored. The first SIGINT or SIGTERM sets
 /// [`stop_flag`]: a run under way stops at its next step boundary and rolls back; if nothing
@@ -335,6 +339,9 @@ fn main() -> ExitCode {
             }),
         }
     });
+    if WATCHING.load(Ordering::SeqCst) && STOPPED_IDLE.load(Ordering::SeqCst) {
+        return ExitCode::SUCCESS;
+    }
     let result = match (result, stop_flag().requested()) {
         (Err(_), Some(signal)) if STOPPED_IDLE.load(Ordering::SeqCst) => Err(Exit {
             code: 1,
@@ -436,6 +443,8 @@ async fn run(cli: Cli) -> Result<u8, Exit> {
         Command::Audit(AuditCommand::Verify { json, reanchor }) => {
             commands::history::audit_verify(&ctx, json, reanchor).await
         }
+        Command::Audit(AuditCommand::Show(args)) => commands::audit::show(&ctx, args).await,
+        Command::Status(args) => commands::status::status(&ctx, args).await,
         Command::Plan(args) => commands::runs::plan(&ctx, args).await,
         Command::Apply(args) => commands::runs::apply(&ctx, args).await,
         Command::Enqueue(args) => commands::runs::enqueue(&ctx, args).await,

@@ -241,6 +241,15 @@ impl<T: LeaseRows> LeaseStore for T {
             }
         })
     }
+
+    fn holder<'a>(&'a self, instance: &'a str) -> LeaseFuture<'a, Option<LeaseRow>> {
+        Box::pin(async move {
+            Ok(self
+                .row(instance)
+                .await?
+                .filter(|row| row.expires_ms > row.now_ms))
+        })
+    }
 }
 
 /// Where leases live.
@@ -266,6 +275,8 @@ pub trait LeaseStore: Send + Sync {
         holder: &'a str,
         ttl: Duration,
     ) -> LeaseFuture<'a, Lease>;
+    /// The unexpired lease of `instance`, if anyone holds one: read only, nothing taken.
+    fn holder<'a>(&'a self, instance: &'a str) -> LeaseFuture<'a, Option<LeaseRow>>;
 }
 
 /// Whether `holder` names a process on this machine that no longer exists: its lease need not

@@ -1,10 +1,12 @@
 //! The commands, by area; `main` parses the arguments and dispatches here.
 
+pub mod audit;
 pub mod backups;
 pub mod gc;
 pub mod history;
 pub mod runs;
 pub mod services;
+pub mod status;
 
 use std::path::PathBuf;
 

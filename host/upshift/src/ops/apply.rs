@@ -167,7 +167,7 @@ pub async fn detect(
     })
 }
 
-async fn call_plan(
+pub(crate) async fn call_plan(
     session: &Session,
     adapter: &LoadedAdapter,
     detection: &Detection,

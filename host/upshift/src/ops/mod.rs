@@ -4,6 +4,7 @@
 pub mod abandon;
 pub mod agent;
 pub mod apply;
+pub mod audit_log;
 pub mod backups;
 pub mod executor;
 pub mod gc;
@@ -13,6 +14,7 @@ pub mod report;
 pub mod resume;
 pub mod rollout;
 pub mod session;
+pub mod status;
 
 pub use session::{CrashPoint, Session, SessionBuilder, StopFlag, StopReply};
 
