@@ -420,11 +420,11 @@ async fn every_hostile_adapter_is_stopped_blamed_audited_and_the_host_serves_on(
 
         let records = common::audit_records(session.audit.path());
         let denied = records[audited_before..].iter().any(|r| {
-            // A denial, or (what only the database's READ ONLY transaction stops) the
+            // A denial (or a call to an unbound binding), or (what only the database's READ ONLY transaction stops) the
             // backend's refusal recorded with the call.
             let has = |t: &Option<String>| t.as_deref().unwrap_or("").contains(case.audited);
             r.event.adapter_digest == digest
-                && ((r.event.decision == Decision::Denied && has(&r.event.reason))
+                && ((r.event.decision != Decision::Allowed && has(&r.event.reason))
                     || has(&r.event.error))
         });
         let delivered = messages.load(Ordering::Relaxed);

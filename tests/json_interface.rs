@@ -88,6 +88,29 @@ fn assert_listed(enum_name: &str, value: &Value) {
     );
 }
 
+/// Every step of `plan` (a plan's JSON: `{steps: [{action}]}`) names its action, and the
+/// action's backup method, as docs/json.md lists them; returns the action names seen.
+fn assert_actions_listed(plan: &Value) -> BTreeSet<String> {
+    let steps = plan["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a plan has steps: {plan:#}"));
+    let mut seen = BTreeSet::new();
+    for step in steps {
+        let action = &step["action"];
+        let name = match action {
+            Value::String(name) => name.clone(),
+            Value::Object(map) if map.len() == 1 => map.keys().next().cloned().unwrap_or_default(),
+            other => panic!("an action is a variant: {other}"),
+        };
+        assert_listed("plan.step.action", &Value::String(name.clone()));
+        if let Some(method) = action[&name].get("method") {
+            assert_listed("plan.step.action.method", method);
+        }
+        seen.insert(name);
+    }
+    seen
+}
+
 /// Stdout as exactly one JSON document (panics with both streams otherwise).
 fn one_document(out: &std::process::Output) -> Value {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -261,6 +284,36 @@ fn errors_are_one_json_document_with_kind_message_and_fix() {
     );
 }
 
+/// The actions docs/json.md lists are exactly the contract's: the cases of `variant action`
+/// in wit/adapter.wit, as the WIT spells them.
+#[test]
+fn documented_actions_are_the_contracts_action_variants() {
+    let wit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../wit/adapter.wit"
+    ))
+    .expect("wit/adapter.wit");
+    let body = wit
+        .split_once("variant action {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(body, _)| body)
+        .expect("wit/adapter.wit has `variant action`");
+    let cases: BTreeSet<String> = body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .map(|l| {
+            l.split(['(', ','])
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert!(cases.contains("wait-healthy"), "{cases:?}");
+    assert_eq!(documented_enum("plan.step.action"), cases);
+}
+
 #[test]
 fn offline_documents_have_the_documented_keys() {
     let env = Env::new();
@@ -307,12 +360,17 @@ fn offline_documents_have_the_documented_keys() {
         .as_array()
         .expect("steps")
         .iter()
-        .filter_map(|s| s["action"].get("WaitHealthy"))
+        .filter_map(|s| s["action"].get("wait-healthy"))
         .collect();
     assert!(!waits.is_empty(), "{timed:#}");
     assert!(
         waits.iter().all(|w| w["timeout_ms"] == 777_000),
         "{waits:?}"
+    );
+    let actions = assert_actions_listed(&timed["outcome"]);
+    assert!(
+        actions.contains("db-backup") && actions.contains("service-switch"),
+        "{actions:?}"
     );
     assert!(
         timed["outcome"]["notes"].as_array().is_some_and(|n| n
@@ -420,7 +478,7 @@ async fn live_documents_have_the_documented_keys_and_names() {
         .as_array()
         .expect("steps")
         .iter()
-        .filter_map(|s| s["action"].get("WaitHealthy"))
+        .filter_map(|s| s["action"].get("wait-healthy"))
         .collect();
     assert!(
         !waits.is_empty() && waits.iter().all(|w| w["timeout_ms"] == 321_000),
@@ -456,7 +514,12 @@ async fn live_documents_have_the_documented_keys_and_names() {
     let run_id = runs[0]["id"].as_str().expect("id").to_string();
     let (one, _) = run(&["history", "--run", &run_id, "--json"], 0);
     assert_shape("history-run", &one);
-    assert!(one["run"]["plan"]["plan"]["steps"].is_array(), "{one:#}");
+    let journaled = assert_actions_listed(&one["run"]["plan"]["plan"]);
+    assert_eq!(
+        journaled,
+        assert_actions_listed(&plan["outcome"]),
+        "history shows the plan that ran, spelled as `plan --json` spells it"
+    );
     for step in one["steps"].as_array().expect("steps") {
         assert_listed("step.status", &step["status"]);
     }
@@ -495,5 +558,77 @@ async fn live_documents_have_the_documented_keys_and_names() {
     assert!(
         text.contains("Fleet plan") && text.contains("already"),
         "{text}"
+    );
+}
+
+/// A MySQL binding and an HTTP binding whose ports nothing listens on: the operator reads the
+/// host, the port and the cause, for MySQL as the command's error (kind `connection`), for HTTP
+/// (which the adapter copes with) in what the audit log recorded for the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_and_http_connection_errors_name_host_port_and_cause() {
+    let env = Env::new();
+    let mysql_port = common::free_port();
+    let config = env.dir.path().join("devlake-config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(config.join(".env"), "ENCRYPTION_SECRET=x\n").expect(".env");
+    env.write_fleet(&format!(
+        r#"
+[[instance]]
+name = "dl"
+product = "devlake"
+
+[instance.db.lake]
+url = "mysql://merico@127.0.0.1:{mysql_port}/lake"
+
+[instance.service.app]
+kind = "process"
+command = "/bin/true {{version}}"
+version = "v1.0.0"
+
+[instance.http.api]
+url = "http://127.0.0.1:{mysql_port}"
+
+[instance.files.config]
+path = "{config}"
+"#,
+        config = config.display()
+    ));
+    let out = env.upshift(&["plan", "dl", "--to", "v1.0.1", "--json"]);
+    let doc = assert_error(&out, 1, "connection");
+    let message = doc["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("MySQL at 127.0.0.1:{mysql_port}"))
+            && message.contains("database `lake`")
+            && message.to_lowercase().contains("refused")
+            && message.contains("`dl`"),
+        "{doc:#}"
+    );
+
+    // HTTP: a Bytebase whose database answers and whose API port is closed.
+    let Some(pg) = common::pg() else { return };
+    let (_, db_url) = pg.fresh_db("jsonhttp").await;
+    let api_port = common::free_port();
+    let env = Env::new();
+    env.write_fleet(&common::bytebase_instance(
+        "bb", &db_url, api_port, "3.10.0", None,
+    ));
+    let out = env.upshift(&["plan", "bb", "--to", "3.11.1", "--json"]);
+    let _ = one_document(&out);
+    let out = env.upshift(&["audit", "show", "bb", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let records = one_document(&out);
+    let http_errors: Vec<&str> = records
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["capability"] == "http")
+        .filter_map(|r| r["error"].as_str())
+        .collect();
+    assert!(
+        !http_errors.is_empty()
+            && http_errors.iter().all(|e| e.contains(&format!(
+                "cannot connect to HTTP server at 127.0.0.1:{api_port}"
+            )) && e.to_lowercase().contains("refused")),
+        "{records:#}"
     );
 }

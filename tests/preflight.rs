@@ -212,7 +212,27 @@ async fn a_service_started_by_hand_is_named_with_its_sessions_and_after_adopt_ap
     assert!(alive(hand_pid), "nothing was stopped");
     assert_eq!(common::http_get(port, "/healthz").await.0, 200);
 
-    let out = env.upshift(&["adopt", "bb", "app"]);
+    // A pid that is not this service (a mistyped one) is refused, naming the one that is:
+    // adopting it would let the next run stop an unrelated process.
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("sleep");
+    let out = env.upshift(&["adopt", "bb", "app", "--pid", &unrelated.id().to_string()]);
+    let said = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("pid {}", unrelated.id()))
+            && said.contains("refuses to adopt")
+            && said.contains(&hand_pid.to_string()),
+        "{said}"
+    );
+    assert_eq!(recorded_pid(&env, "bb", "app"), None, "nothing recorded");
+    assert!(alive(unrelated.id()), "nothing was stopped");
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+
+    let out = env.upshift(&["adopt", "bb", "app", "--pid", &hand_pid.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("adopted pid {hand_pid}")),

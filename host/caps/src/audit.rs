@@ -42,6 +42,10 @@ pub enum Decision {
     Allowed,
     /// The grant check refused it.
     Denied,
+    /// The binding is declared optional and the operator left it unbound: the call reached
+    /// nothing and the adapter was told so, but nothing granted was refused (an adapter
+    /// probing for an optional directory is not a security event).
+    Unbound,
 }
 
 /// One capability call, as the caller fills it in.

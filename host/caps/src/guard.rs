@@ -436,6 +436,20 @@ impl Guard {
         self.record(record)
     }
 
+    /// Record `call` as reaching an optional binding the fleet file leaves unbound.
+    fn record_unbound(&self, call: Call<'_>, reason: &str) -> Result<(), CapError> {
+        let mut record = denied(
+            call.binding,
+            call.kind.name(),
+            call.operation,
+            reason.to_string(),
+            call.detail,
+        );
+        record.decision = Decision::Unbound;
+        record.sql = call.sql;
+        self.record(record)
+    }
+
     /// Check every access the call needs, audit the decision, and on success run `backend`,
     /// auditing its outcome. `backend` returns the value and its size in bytes.
     async fn run<T>(
@@ -448,7 +462,11 @@ impl Guard {
         for access in needs {
             if let Err(denial) = self.grants.check(call.binding, call.kind, *access) {
                 let reason = denial.to_string();
-                self.refuse(call, &reason)?;
+                if matches!(denial, Denial::Unbound(_)) {
+                    self.record_unbound(call, &reason)?;
+                } else {
+                    self.refuse(call, &reason)?;
+                }
                 return Err(match denial {
                     Denial::Undeclared(_) => CapError::UnknownBinding(reason),
                     _ => CapError::Denied(reason),

@@ -438,14 +438,19 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
     say(String::new());
     say(format!("{}", style("Summary").bold()));
     let mut ok = true;
+    let name_width = outcomes
+        .iter()
+        .map(|(m, _)| m.name.len())
+        .max()
+        .unwrap_or(0);
     for (m, outcome) in &outcomes {
         let label = match outcome {
-            Outcome::Succeeded => style(format!("{:<14}", "upgraded")).green(),
-            Outcome::RolledBack => style(format!("{:<14}", "rolled back")).yellow(),
-            Outcome::Refused => style(format!("{:<14}", "refused")).yellow(),
-            Outcome::NeedsOperator => style(format!("{:<14}", "NEEDS OPERATOR")).red(),
-            Outcome::NothingChanged => style(format!("{:<14}", "failed, unchanged")).red(),
-            Outcome::AlreadyThere => style(format!("{:<14}", "already there")).green(),
+            Outcome::Succeeded => style(format!("{:<17}", "upgraded")).green(),
+            Outcome::RolledBack => style(format!("{:<17}", "rolled back")).yellow(),
+            Outcome::Refused => style(format!("{:<17}", "refused")).yellow(),
+            Outcome::NeedsOperator => style(format!("{:<17}", "NEEDS OPERATOR")).red(),
+            Outcome::NothingChanged => style(format!("{:<17}", "failed, unchanged")).red(),
+            Outcome::AlreadyThere => style(format!("{:<17}", "already there")).green(),
         };
         let (_, caps) = apply::prepare(&session, fleet.instance(m.name)?).await?;
         let now = caps
@@ -460,7 +465,7 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
             format!("  (expected {:?})", m.expect)
         };
         say(format!(
-            "  {:<9} {:<13} {label} now at {now}{expected}",
+            "  {:<name_width$} {:<13} {label} now at {now}{expected}",
             m.name,
             fleet.instance(m.name)?.adapter_label()
         ));

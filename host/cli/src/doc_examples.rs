@@ -302,3 +302,63 @@ fn a_wrong_command_or_flag_is_caught() {
         vec![(1, "upshift plan a --to 1.0.0".to_string())]
     );
 }
+
+/// Every subcommand name in `cmd`'s tree.
+fn subcommand_names(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+    for sub in cmd.get_subcommands() {
+        out.insert(sub.get_name().to_string());
+        subcommand_names(sub, out);
+    }
+}
+
+/// The README's command table: every subcommand and every long flag it shows is passed, as a
+/// quoted argument (`"adopt"`, `"--pid"`), by some test under tests/ that runs the binary.
+#[test]
+fn every_readme_table_command_and_flag_is_run_by_a_test() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let table = blocks(&readme)
+        .into_iter()
+        .find(|b| b.body.contains("upshift adapter inspect"))
+        .expect("README.md has its command table");
+    let mut subcommands = std::collections::BTreeSet::new();
+    subcommand_names(&Cli::command(), &mut subcommands);
+    let mut sources = String::new();
+    for dir in ["tests", "tests/common"] {
+        let entries = std::fs::read_dir(repo().join(dir)).expect("tests/");
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    let mut untested = std::collections::BTreeSet::new();
+    let mut checked = 0;
+    // Subcommands from the command column; flags from anywhere (the explanations name some).
+    let commands = command_lines(&table)
+        .into_iter()
+        .flat_map(|(_, line)| {
+            line.split(|c: char| c.is_whitespace() || "[]|(),".contains(c))
+                .skip(1)
+                .filter(|w| subcommands.contains(*w))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>();
+    let flags = table
+        .body
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    for word in commands.iter().chain(&flags) {
+        checked += 1;
+        if !sources.contains(&format!("\"{word}\"")) {
+            untested.insert(word.to_string());
+        }
+    }
+    assert!(checked > 40, "found only {checked} words in the table");
+    assert!(
+        untested.is_empty(),
+        "README commands and flags no test passes to the binary: {untested:?}"
+    );
+}

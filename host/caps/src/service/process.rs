@@ -413,8 +413,8 @@ impl ProcessBackend {
     }
 
     /// Record a running process started by hand as this service, so Upshift can stop and start
-    /// it: `pid` when given (it must be alive), otherwise the one process found by
-    /// [`ProcessBackend::strays`].
+    /// it: the one process found by [`ProcessBackend::strays`], or `pid` when given, which must
+    /// be one of them (a mistyped pid would otherwise be stopped by the next run).
     pub async fn adopt(&self, pid: Option<u32>) -> Result<String, CapError> {
         if let Some(known) = self.running_pid().await? {
             return match pid {
@@ -424,9 +424,30 @@ impl ProcessBackend {
                 _ => Ok(format!("already known as pid {known}; nothing to adopt")),
             };
         }
+        let candidates = self.strays().await?;
         let pid = match pid {
-            Some(p) => p,
-            None => match self.strays().await?.as_slice() {
+            Some(p) if candidates.contains(&p) => p,
+            Some(p) => {
+                let command = super::local::cmdline(p)
+                    .map(|c| format!(" (`{}`)", c.join(" ")))
+                    .unwrap_or_default();
+                let seen = if candidates.is_empty() {
+                    "no process does".to_string()
+                } else {
+                    format!(
+                        "these do: {}",
+                        candidates
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                return Err(CapError::Invalid(format!(
+                    "pid {p}{command} neither runs this service's command line nor listens on its health URL's port ({seen}); Upshift would stop it as this service, so it refuses to adopt it: check the pid"
+                )));
+            }
+            None => match candidates.as_slice() {
                 [one] => *one,
                 [] => {
                     return Err(CapError::Failed(

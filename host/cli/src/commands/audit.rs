@@ -47,6 +47,7 @@ pub async fn show(ctx: &Ctx, args: AuditShowArgs) -> Result<u8, Exit> {
         let decision = match e.decision {
             DecisionName::Allowed => "allowed",
             DecisionName::Denied => "DENIED",
+            DecisionName::Unbound => "unbound",
         };
         let mut line = format!(
             "{} #{} {} {} {}.{}{} {}",

@@ -88,15 +88,19 @@ pub async fn history(ctx: &Ctx, args: HistoryArgs) -> Result<u8, Exit> {
 }
 
 /// A run as JSON: its plan nested as JSON under `plan` (the journal keeps it as text in
-/// `plan_json`), `null` when the run had none (a refusal).
+/// `plan_json`), its actions spelled as `upshift plan --json` spells them, `null` when the run
+/// had none (a refusal).
 fn run_json(run: &upshift::state::RunRecord) -> Result<serde_json::Value, Exit> {
     let mut value = serde_json::to_value(run)?;
     if let Some(object) = value.as_object_mut() {
-        let plan = object
+        let mut plan = object
             .remove("plan_json")
             .and_then(|text| text.as_str().map(str::to_string))
             .map(|text| serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
             .unwrap_or(serde_json::Value::Null);
+        if let Some(steps_of) = plan.get_mut("plan") {
+            upshift::ops::plan::kebab_actions(steps_of);
+        }
         object.insert("plan".into(), plan);
     }
     Ok(value)

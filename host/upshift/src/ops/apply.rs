@@ -24,9 +24,14 @@ use super::{OpError, Session};
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum PlanOutcome {
     /// The steps to run.
-    Plan(Plan),
+    Plan(#[serde(serialize_with = "serialize_plan")] Plan),
     /// Why not, and the way forward.
     Refused(Refusal),
+}
+
+/// A plan in the machine interface's spelling ([`super::plan::plan_json`]).
+fn serialize_plan<S: serde::Serializer>(plan: &Plan, serializer: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&super::plan::plan_json(plan), serializer)
 }
 
 /// What `upshift plan` shows.

@@ -62,6 +62,8 @@ pub enum DecisionName {
     Allowed,
     /// The grant check refused it.
     Denied,
+    /// An optional binding the fleet file leaves unbound: nothing was reached.
+    Unbound,
 }
 
 /// The records `query` asks for, oldest first.
@@ -125,6 +127,7 @@ pub async fn show(session: &Session, query: &AuditQuery) -> Result<Vec<AuditEntr
             decision: match e.decision {
                 Decision::Allowed => DecisionName::Allowed,
                 Decision::Denied => DecisionName::Denied,
+                Decision::Unbound => DecisionName::Unbound,
             },
             reason: e.reason,
             error: e.error,
@@ -144,27 +147,15 @@ pub fn parse_since(
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    let bad = || {
+    let bad = |why: String| {
         format!(
-            "--since {text:?}: give an RFC 3339 time (2026-01-02T03:04:05Z) or an age such as 90s, 30m, 1h, 2d or 1w"
+            "--since {text:?}: {why}; give an RFC 3339 time (2026-01-02T03:04:05Z) or an age such as 90s, 30m, 1h 30m, 2d or 1w"
         )
     };
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let n: i64 = number.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    let age = n
-        .checked_mul(secs)
-        .and_then(chrono::TimeDelta::try_seconds)
-        .ok_or_else(bad)?;
-    now.checked_sub_signed(age).ok_or_else(bad)
+    let age = humantime::parse_duration(text).map_err(|e| bad(e.to_string()))?;
+    let age = chrono::TimeDelta::from_std(age).map_err(|_| bad("too long ago".into()))?;
+    now.checked_sub_signed(age)
+        .ok_or_else(|| bad("too long ago".into()))
 }
 
 #[cfg(test)]
@@ -184,7 +175,8 @@ mod tests {
             at("2026-01-01T00:00:00Z").as_deref(),
             Ok("2026-01-01T00:00:00+00:00")
         );
-        for bad in ["", "h", "1y", "yesterday", "-1h", "99999999999999999w"] {
+        assert_eq!(at("1h 30m").as_deref(), Ok("2026-01-02T10:30:00+00:00"));
+        for bad in ["", "h", "yesterday", "-1h", "99999999999999999w", "1x"] {
             assert!(at(bad).is_err(), "{bad}");
         }
     }

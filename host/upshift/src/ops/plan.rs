@@ -11,6 +11,56 @@ use crate::runtime::bindings::{
     Action, BackupMethod, Detection, Plan, Refusal, RestoreTarget, Step,
 };
 
+/// A plan as the machine interface shows it: the contract's action variants and enum values
+/// in kebab-case, as `wit/adapter.wit` spells them (`{"wait-healthy": {…}}`,
+/// `"method": "dump"`), record fields in snake_case like every other field. The run journal
+/// keeps the generated names; this is only the view.
+pub fn plan_json(plan: &Plan) -> serde_json::Value {
+    let mut value = serde_json::to_value(plan).unwrap_or(serde_json::Value::Null);
+    kebab_actions(&mut value);
+    value
+}
+
+/// Rewrite, in a plan's JSON (as [`serde_json::to_value`] gives it or the journal stores
+/// it), every step's action variant and enum value to kebab-case: see [`plan_json`].
+pub fn kebab_actions(plan: &mut serde_json::Value) {
+    use heck::ToKebabCase;
+    use serde_json::Value;
+    /// `{"Name": x}` → `{"name": x}`, `"Name"` → `"name"`.
+    fn kebab_variant(value: &mut Value) {
+        match value {
+            Value::String(name) => *name = name.to_kebab_case(),
+            Value::Object(map) if map.len() == 1 => {
+                let renamed = std::mem::take(map)
+                    .into_iter()
+                    .map(|(name, inner)| (name.to_kebab_case(), inner))
+                    .collect();
+                *map = renamed;
+            }
+            _ => {}
+        }
+    }
+    let Some(steps) = plan.get_mut("steps").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for action in steps.iter_mut().filter_map(|step| step.get_mut("action")) {
+        kebab_variant(action);
+        let Some(fields) = action
+            .as_object_mut()
+            .and_then(|map| map.values_mut().next())
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        // The enums and variants inside actions: a backup's method, a restore's target.
+        for key in ["method", "target"] {
+            if let Some(inner) = fields.get_mut(key) {
+                kebab_variant(inner);
+            }
+        }
+    }
+}
+
 /// The grant a built-in action needs, if any (custom steps are checked call by call).
 pub fn action_grant(action: &Action) -> Option<(BindingKind, &str, Access)> {
     Some(match action {
@@ -165,6 +215,12 @@ pub fn check_grants(plan: &Plan, grants: &GrantSet, instance: &str) -> Result<()
                 if let crate::grants::Denial::NotApproved { lock, .. } = &d {
                     return format!(
                         "the plan's step `{}` needs `{access}` on {kind} binding `{binding}`, but {d}; add it to the adapter's entry in {lock} (or delete the entry and approve it anew with `upshift lock --approve`)",
+                        step.id
+                    );
+                }
+                if let crate::grants::Denial::Unbound(_) = &d {
+                    return format!(
+                        "the plan's step `{}` needs `{access}` on {kind} binding `{binding}`, but {d}; bind it with an [instance.{kind}.{binding}] table for instance `{instance}` in the fleet file",
                         step.id
                     );
                 }
