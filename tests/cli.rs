@@ -552,3 +552,53 @@ fn a_relative_fleet_path_resolves_every_path_against_the_fleet_files_directory()
         );
     }
 }
+
+/// A new operator's first commands: no fleet file, then an empty one. Each says what is wrong
+/// and what to do, once, exits 2, and under `--json` is one error document.
+#[test]
+fn a_missing_or_empty_fleet_file_says_what_to_do() {
+    let env = common::Env::new();
+    let out = env.upshift(&["status"]);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("cannot read fleet file") && said.contains("fix: create it"),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {said}"
+    );
+    assert!(said.contains("--fleet FILE"), "{said}");
+
+    env.write_fleet("# nothing yet\n");
+    for args in [
+        vec!["status"],
+        vec!["plan", "--all"],
+        vec!["apply", "--all", "--to", "1.0.0", "--yes"],
+    ] {
+        let out = env.upshift(&args);
+        let said = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(
+            said.contains("names no instance") && said.contains("[[instance]]"),
+            "{args:?}: {said}"
+        );
+    }
+    let out = env.upshift(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("names no instance")),
+        "{doc}"
+    );
+    assert!(
+        doc["error"]["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("docs/fleet-file.md")),
+        "{doc}"
+    );
+}

@@ -27,6 +27,20 @@ pub struct JsonError {
     pub fix: Option<String>,
 }
 
+/// An error with its causes, `message: cause: cause`, leaving out a cause its message already
+/// quotes (a library error that names its I/O error in its own words, then says the fix).
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// What connection errors begin with (host/caps: PostgreSQL and MySQL backends, the state
 /// store); the kind `connection` is read from it.
 const CONNECT_PREFIX: &str = "cannot connect to ";
@@ -50,7 +64,7 @@ impl JsonError {
 
     /// The JSON form of an error a command returned.
     pub fn of(exit: &Exit) -> JsonError {
-        let text = format!("{:#}", exit.error);
+        let text = error_text(&exit.error);
         let (message, fix) = match text.split_once("\nfix: ") {
             Some((message, fix)) => (message.to_string(), Some(fix.trim().to_string())),
             None => (text.clone(), None),
@@ -110,6 +124,19 @@ pub fn print_json_error(error: &JsonError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoted = anyhow::Error::new(io).context("cannot read x: no such file\nfix: create it");
+        assert_eq!(
+            error_text(&quoted),
+            "cannot read x: no such file\nfix: create it"
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let unquoted = anyhow::Error::new(io).context("cannot read x");
+        assert_eq!(error_text(&unquoted), "cannot read x: no such file");
+    }
 
     #[test]
     fn a_fix_line_is_split_off_and_kinds_are_read() {

@@ -355,7 +355,10 @@ fn main() -> ExitCode {
             errors::print_json_error(&errors::JsonError::of(&exit));
             // Human text on stderr only for a person at a terminal.
             if std::io::stderr().is_terminal() {
-                err_out(&format!("error: {}\n", ui::v(&format!("{:#}", exit.error))));
+                err_out(&format!(
+                    "error: {}\n",
+                    ui::v(&errors::error_text(&exit.error))
+                ));
             }
             ExitCode::from(exit.code)
         }
@@ -364,7 +367,7 @@ fn main() -> ExitCode {
             // the host's own usage and fleet-file errors (exit 2) keep their lines
             // (`…\nfix: …`); any other error is one line, so quoted text cannot start a
             // forged line.
-            let text = format!("{:#}", exit.error);
+            let text = errors::error_text(&exit.error);
             let shown = if exit.code == 2 {
                 ui::lines(&text)
             } else {

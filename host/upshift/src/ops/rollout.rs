@@ -121,6 +121,12 @@ pub fn select<'f>(fleet: &'f Fleet, selection: &Selection) -> Result<Vec<&'f Ins
             out.push(instance);
         }
     }
+    if fleet.instances.is_empty() {
+        return Err(OpError::Usage(format!(
+            "the fleet file {} names no instance\nfix: add an [[instance]] table for each product you run (docs/fleet-file.md shows one per product)",
+            fleet.path.display()
+        )));
+    }
     if out.is_empty() {
         return Err(OpError::Usage(
             "the selection matches no instance: select instances by name, by product (`product=P`) or by label (`label:KEY=VALUE`), or all of them".into(),
