@@ -524,6 +524,26 @@ async fn live_documents_have_the_documented_keys_and_names() {
         assert_listed("step.status", &step["status"]);
     }
 
+    // Status and the audit log: the documented keys and values.
+    let (statuses, _) = run(&["status", "bb", "--json"], 0);
+    assert_shape("status", &statuses);
+    let bb = &statuses[0];
+    assert_listed("status.reach", &bb["reach"]);
+    assert_listed("status.plan.outcome", &bb["plan"]["outcome"]);
+    for service in bb["health"].as_array().expect("health") {
+        assert_listed("status.health.state", &service["state"]);
+    }
+    assert_eq!(
+        bb["last_run"]["id"].as_str(),
+        Some(run_id.as_str()),
+        "{bb:#}"
+    );
+    let (records, _) = run(&["audit", "show", "--limit", "0", "--json"], 0);
+    assert_shape("audit-show", &records);
+    for record in records.as_array().expect("records") {
+        assert_listed("audit.decision", &record["decision"]);
+    }
+
     // Already at the target, alone or in a rollout: exit 0 and no run recorded.
     let (again, _) = run(&["apply", "bb", "--to", "3.11.1", "--yes", "--json"], 0);
     assert_eq!(again["outcome"], "already-there");

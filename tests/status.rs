@@ -148,7 +148,7 @@ fn status_shows_a_healthy_instance_an_unreachable_one_and_a_silent_one_without_w
     );
     assert!(good["contradiction"].is_null() && good["lease"].is_null());
     assert!(
-        good["took-ms"].as_u64().is_some_and(|ms| ms < 1500),
+        good["took_ms"].as_u64().is_some_and(|ms| ms < 1500),
         "the silent instance did not slow the good one: {good}"
     );
 
@@ -168,15 +168,16 @@ fn status_shows_a_healthy_instance_an_unreachable_one_and_a_silent_one_without_w
         "{silent_status}"
     );
 
-    // One JSON document, kebab-case keys throughout.
+    // One JSON document, snake_case keys throughout (as every command's, docs/json.md).
     let out = env.upshift(&["status", "good", "--json"]);
     let doc = json(&out);
     let mut names = Vec::new();
     keys(&doc, &mut names);
     assert!(
-        names
-            .iter()
-            .all(|k| !k.contains('_') && k.to_lowercase() == *k),
+        names.iter().any(|k| k.contains('_'))
+            && names
+                .iter()
+                .all(|k| !k.contains('-') && k.to_lowercase() == *k),
         "{names:?}"
     );
 
@@ -187,6 +188,17 @@ fn status_shows_a_healthy_instance_an_unreachable_one_and_a_silent_one_without_w
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
     assert!(lines[0].starts_with("NAME") && lines[0].contains("HEALTH"));
+    // The tables README.md and docs/status.md show have the real columns.
+    let columns = |header: &str| header.split_whitespace().collect::<Vec<_>>().join(" ");
+    for doc in ["README.md", "docs/status.md"] {
+        let path = format!("{}/../../{doc}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("doc");
+        let shown = text
+            .lines()
+            .find(|l| l.starts_with("NAME "))
+            .unwrap_or_else(|| panic!("{doc} shows a status table"));
+        assert_eq!(columns(shown), columns(lines[0]), "{doc}");
+    }
     assert!(
         lines[1].starts_with("good")
             && lines[1].contains("healthy")
@@ -264,28 +276,28 @@ fn status_shows_an_unfinished_run_and_the_lease_of_a_paused_apply() {
 
     let all = status(&env, &[]);
     let busy = &all["busy"];
-    let unfinished = busy["unfinished-runs"].as_array().expect("list");
+    let unfinished = busy["unfinished_runs"].as_array().expect("list");
     assert_eq!(unfinished.len(), 1, "{busy}");
     assert_eq!(unfinished[0]["outcome"], "running");
-    assert_eq!(busy["last-run"]["id"], unfinished[0]["id"]);
+    assert_eq!(busy["last_run"]["id"], unfinished[0]["id"]);
     let holder = busy["lease"]["holder"].as_str().unwrap_or_default();
     assert!(
         holder.contains(&format!("pid {}", apply.id())),
         "the paused apply holds the lease: {busy}"
     );
-    assert!(busy["lease"]["expires-in-secs"].as_i64().is_some());
+    assert!(busy["lease"]["expires_in_secs"].as_i64().is_some());
     // The run's first step, the snapshot of `data`, is catalogued.
-    let backup = &busy["newest-backup"];
+    let backup = &busy["newest_backup"];
     assert_eq!(backup["method"], "snapshot", "{busy}");
     assert_eq!(backup["binding"], "data");
-    assert_eq!(backup["product-version"], "1.0.0");
+    assert_eq!(backup["product_version"], "1.0.0");
     assert!(
-        backup["age-secs"]
+        backup["age_secs"]
             .as_i64()
             .is_some_and(|age| (0..60).contains(&age))
     );
     let idle = &all["idle"];
-    assert!(idle["lease"].is_null() && idle["unfinished-runs"] == serde_json::json!([]));
+    assert!(idle["lease"].is_null() && idle["unfinished_runs"] == serde_json::json!([]));
     assert!(idle["target"].is_null(), "no target, no catalog: {idle}");
 
     let out = env.upshift(&["status"]);
@@ -412,6 +424,36 @@ fn audit_show_filters_by_instance_denials_and_time() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains(" m ") && text.contains("DENIED"), "{text}");
+
+    // Status's own calls pass the guard: with `inspect` narrowed away, the health check is
+    // denied (shown as `unknown`, naming the grant) and audited as the host's status call.
+    let narrowed = cheap("o", None, None).replace(
+        "stop_timeout_secs = 10\n",
+        "stop_timeout_secs = 10\naccess = [\"control\", \"switch-version\"]\n",
+    );
+    assert!(narrowed.contains("access = "), "{narrowed}");
+    env.write_fleet(&format!(
+        "{}{}{narrowed}",
+        cheap("m", None, None),
+        cheap("n", None, None)
+    ));
+    let o = status(&env, &["o"]).remove("o").expect("o");
+    assert_eq!(o["health"][0]["state"], "unknown", "{o}");
+    assert!(
+        o["health"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not granted `inspect`")),
+        "{o}"
+    );
+    let denied_o = show(&["o", "--denied"]);
+    assert!(
+        !denied_o.is_empty()
+            && denied_o.iter().all(|r| r["detail"] == "host status"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("not granted `inspect`"))),
+        "{denied_o:?}"
+    );
 
     // Bad input: exit 2, saying what to give.
     for (args, says) in [

@@ -110,7 +110,7 @@ fn measure(cfg: &Config, root: &Path) -> Result<Vec<Metric>> {
         slowest = slowest.max(
             statuses
                 .iter()
-                .filter_map(|s| s["took-ms"].as_u64())
+                .filter_map(|s| s["took_ms"].as_u64())
                 .max()
                 .unwrap_or(0),
         );

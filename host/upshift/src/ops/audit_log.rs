@@ -24,7 +24,6 @@ pub struct AuditQuery {
 
 /// One audit record as `audit show` shows it.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct AuditEntry {
     /// Position in the chain.
     pub seq: u64,
@@ -44,7 +43,7 @@ pub struct AuditEntry {
     pub capability: String,
     /// The operation (`query`, `stop`, …).
     pub operation: String,
-    /// `allowed` or `denied`.
+    /// `allowed`, `denied` or `unbound`.
     pub decision: DecisionName,
     /// Why it was denied.
     pub reason: Option<String>,

@@ -58,7 +58,6 @@ pub enum Reach {
 
 /// One service binding's health.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct ServiceHealth {
     /// The binding.
     pub binding: String,
@@ -94,7 +93,6 @@ pub enum TargetSource {
 
 /// The release the instance may go to.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct Target {
     /// The version.
     pub version: String,
@@ -130,7 +128,6 @@ pub enum PlanSummary {
 
 /// An instance's last run.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct RunBrief {
     /// Run id.
     pub id: String,
@@ -164,7 +161,6 @@ impl RunBrief {
 
 /// The newest valid backup.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct BackupBrief {
     /// Backup id.
     pub id: String,
@@ -197,7 +193,6 @@ impl BackupBrief {
 
 /// A lease someone holds on the instance.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct LeaseBrief {
     /// Who holds it (host, process, what for).
     pub holder: String,
@@ -207,7 +202,6 @@ pub struct LeaseBrief {
 
 /// One instance as `upshift status` shows it.
 #[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub struct InstanceStatus {
     /// Instance name.
     pub instance: String,
