@@ -228,6 +228,20 @@ async fn an_embedded_store_upgrade_snapshots_the_data_directory_and_keeps_every_
     );
     common::start_services(&bb.env, "bb", &["app"]).await;
 
+    // With `data` narrowed to reading, the snapshot the plan needs is not granted: refused
+    // before anything runs, naming the grant to add.
+    let fleet_text = std::fs::read_to_string(bb.env.fleet()).expect("fleet");
+    bb.env.write_fleet(&format!("{fleet_text}access = [\"read\"]\n"));
+    let narrowed = bb.env.upshift(&["plan", "bb", "--to", "3.11.1"]);
+    assert_eq!(narrowed.status.code(), Some(2), "{}", stderr(&narrowed));
+    assert!(
+        stderr(&narrowed)
+            .contains("add \"snapshot\" to `access` in [instance.files.data] of instance `bb`"),
+        "{}",
+        stderr(&narrowed)
+    );
+    bb.env.write_fleet(&fleet_text);
+
     let plan = bb.env.upshift(&["plan", "bb", "--to", "3.11.1", "--json"]);
     assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
     let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
