@@ -231,7 +231,8 @@ async fn an_embedded_store_upgrade_snapshots_the_data_directory_and_keeps_every_
     // With `data` narrowed to reading, the snapshot the plan needs is not granted: refused
     // before anything runs, naming the grant to add.
     let fleet_text = std::fs::read_to_string(bb.env.fleet()).expect("fleet");
-    bb.env.write_fleet(&format!("{fleet_text}access = [\"read\"]\n"));
+    bb.env
+        .write_fleet(&format!("{fleet_text}access = [\"read\"]\n"));
     let narrowed = bb.env.upshift(&["plan", "bb", "--to", "3.11.1"]);
     assert_eq!(narrowed.status.code(), Some(2), "{}", stderr(&narrowed));
     assert!(

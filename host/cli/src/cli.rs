@@ -105,7 +105,7 @@ pub enum Command {
     /// Find and remove what faults left half-done (orphaned clones, restore targets, partial
     /// backups) and backups past the fleet's [retention].
     Gc(GcArgs),
-    /// Check the audit log.
+    /// The audit log: `verify` its hash chain, `show` who did what to which instance.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Show the fleet's adapters against upshift.lock; `--approve` pins them (digest and
