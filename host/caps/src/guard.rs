@@ -423,8 +423,10 @@ impl Guard {
         self.record(fault_record(export, reason))
     }
 
-    /// Record `call` as denied for `reason` (an audit log that cannot be written is the error).
-    fn refuse(&self, call: Call<'_>, reason: &str) -> Result<(), CapError> {
+    /// Record `call` as not reaching its backend for `reason`: `Denied`, or `Unbound` for an
+    /// optional binding the fleet file leaves unbound (an audit log that cannot be written is
+    /// the error).
+    fn refuse(&self, call: Call<'_>, reason: &str, decision: Decision) -> Result<(), CapError> {
         let mut record = denied(
             call.binding,
             call.kind.name(),
@@ -432,20 +434,7 @@ impl Guard {
             reason.to_string(),
             call.detail,
         );
-        record.sql = call.sql;
-        self.record(record)
-    }
-
-    /// Record `call` as reaching an optional binding the fleet file leaves unbound.
-    fn record_unbound(&self, call: Call<'_>, reason: &str) -> Result<(), CapError> {
-        let mut record = denied(
-            call.binding,
-            call.kind.name(),
-            call.operation,
-            reason.to_string(),
-            call.detail,
-        );
-        record.decision = Decision::Unbound;
+        record.decision = decision;
         record.sql = call.sql;
         self.record(record)
     }
@@ -462,11 +451,11 @@ impl Guard {
         for access in needs {
             if let Err(denial) = self.grants.check(call.binding, call.kind, *access) {
                 let reason = denial.to_string();
-                if matches!(denial, Denial::Unbound(_)) {
-                    self.record_unbound(call, &reason)?;
-                } else {
-                    self.refuse(call, &reason)?;
-                }
+                let decision = match denial {
+                    Denial::Unbound(_) => Decision::Unbound,
+                    _ => Decision::Denied,
+                };
+                self.refuse(call, &reason, decision)?;
                 return Err(match denial {
                     Denial::Undeclared(_) => CapError::UnknownBinding(reason),
                     _ => CapError::Denied(reason),
@@ -476,7 +465,7 @@ impl Guard {
         // No action starts without the lease confirmed: a paused or cut-off host whose lease
         // moved on is refused here, before its backend is reached.
         if let Err(reason) = self.under_lease().await {
-            self.refuse(call, &reason)?;
+            self.refuse(call, &reason, Decision::Denied)?;
             return Err(CapError::Denied(reason));
         }
         let started = Instant::now();
