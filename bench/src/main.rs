@@ -3,7 +3,8 @@
 //!
 //! Flags: `--quick` (smaller data, fewer iterations), `--only NAME[,NAME]` (groups: `sandbox`,
 //! `plan`, `snapshot`, `pg`, `fleet`, `agents`, `status`, `audit`, `limits`), `--runs N`, `--data DIR` (where data is
-//! generated; default `target/bench-data`), `--out FILE` (default `docs/BENCHMARKS.md`).
+//! generated; default `target/bench-data`), `--out FILE` (default `docs/BENCHMARKS.md`, or
+//! `target/BENCHMARKS-only.md` with `--only`, so a partial run never replaces the full report).
 
 mod agents;
 mod audit;
@@ -60,6 +61,7 @@ fn parse(args: &[String]) -> Result<Config> {
         out: root.join("docs").join("BENCHMARKS.md"),
         only: Vec::new(),
     };
+    let mut out_given = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -67,7 +69,10 @@ fn parse(args: &[String]) -> Result<Config> {
             "--quick" => cfg.quick = true,
             "--runs" => cfg.runs = value()?.parse().context("--runs needs a number")?,
             "--data" => cfg.data = PathBuf::from(value()?),
-            "--out" => cfg.out = PathBuf::from(value()?),
+            "--out" => {
+                cfg.out = PathBuf::from(value()?);
+                out_given = true;
+            }
             "--only" => cfg
                 .only
                 .extend(value()?.split(',').map(|s| s.trim().to_string())),
@@ -83,6 +88,9 @@ fn parse(args: &[String]) -> Result<Config> {
     }
     if let Some(bad) = cfg.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
         bail!("unknown group {bad}; the groups are {}", GROUPS.join(", "));
+    }
+    if !cfg.only.is_empty() && !out_given {
+        cfg.out = root.join("target").join("BENCHMARKS-only.md");
     }
     if cfg.runs == 0 {
         cfg.runs = if cfg.quick { 3 } else { 5 };
@@ -214,4 +222,27 @@ fn main() -> Result<()> {
         .with_context(|| format!("cannot write {}", cfg.out.display()))?;
     eprintln!("wrote {}", cfg.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn a_partial_run_never_writes_the_full_report() {
+        let full = parse(&args(&[])).expect("parse");
+        assert!(full.out.ends_with("docs/BENCHMARKS.md"));
+        let only = parse(&args(&["--only", "status"])).expect("parse");
+        assert!(
+            only.out.ends_with("target/BENCHMARKS-only.md"),
+            "{:?}",
+            only.out
+        );
+        let chosen = parse(&args(&["--only", "status", "--out", "/tmp/x.md"])).expect("parse");
+        assert_eq!(chosen.out, std::path::PathBuf::from("/tmp/x.md"));
+    }
 }

@@ -166,7 +166,8 @@ impl Report {
             md,
             "Written by `{}` (the `upshift-bench` crate, `bench/`); do not edit by hand. \
              Regenerate with `cargo run --release -p upshift-bench` (`--quick` for smaller data, \
-             `--only NAME` for one group: `sandbox`, `plan`, `snapshot`, `pg`, `fleet`, `agents`, `audit`, `limits`).\n",
+             `--only NAME` for one group: `sandbox`, `plan`, `snapshot`, `pg`, `fleet`, `agents`, `status`, `audit`, `limits`, \
+             written to `target/BENCHMARKS-only.md` so this file is not replaced by a partial run).\n",
             self.command
         );
         let _ = writeln!(md, "## Machine\n");
