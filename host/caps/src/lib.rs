@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod backup;
 pub mod bindings;
+mod connect;
 pub mod db;
 pub mod events;
 pub mod files;

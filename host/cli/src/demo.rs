@@ -403,7 +403,6 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
         start(&session, &fleet, m.name, m.start_after_seed).await?;
     }
 
-    let mut outcomes = Vec::new();
     // Under --json: one document at the end, every run's report in order.
     let mut reports = Vec::new();
     for m in &members {
@@ -431,19 +430,15 @@ async fn tour(root: &Path, cluster: &upshift_sim::pg::Cluster, json: bool) -> Re
         if !json {
             eprint!("{}", ui::run_text(&report));
         }
-        outcomes.push((m, report.outcome));
         reports.push(report);
     }
 
     say(String::new());
     say(format!("{}", style("Summary").bold()));
     let mut ok = true;
-    let name_width = outcomes
-        .iter()
-        .map(|(m, _)| m.name.len())
-        .max()
-        .unwrap_or(0);
-    for (m, outcome) in &outcomes {
+    let name_width = members.iter().map(|m| m.name.len()).max().unwrap_or(0);
+    for (m, report) in members.iter().zip(&reports) {
+        let outcome = &report.outcome;
         let label = match outcome {
             Outcome::Succeeded => style(format!("{:<17}", "upgraded")).green(),
             Outcome::RolledBack => style(format!("{:<17}", "rolled back")).yellow(),

@@ -481,11 +481,9 @@ pub fn rollout_plan_text(
     let mut at = 0;
     for (w, size) in sizes.iter().enumerate() {
         for instance in &instances[at..at + size] {
-            let target = options
-                .to
-                .clone()
-                .or_else(|| instance.target.clone())
-                .unwrap_or_else(|| "(no target)".into());
+            let target = instance
+                .target_or(options.to.as_deref())
+                .unwrap_or_else(|_| "(no target)".into());
             out.push_str(&format!(
                 "  wave {}  {:<20} {:<13} → {}\n",
                 w + 1,

@@ -78,6 +78,19 @@ pub enum AdapterRef {
 }
 
 impl Instance {
+    /// The version this instance goes to: the operator's `to` (`--to`), else its `target`;
+    /// without either, the error says so and how to give one.
+    pub fn target_or(&self, to: Option<&str>) -> Result<String, String> {
+        to.map(str::to_string)
+            .or_else(|| self.target.clone())
+            .ok_or_else(|| {
+                format!(
+                    "instance `{}` has no `target` in the fleet file; set one or pass --to VERSION",
+                    self.name
+                )
+            })
+    }
+
     /// The bound names and their narrowing, for [`crate::grants::GrantSet::resolve`].
     pub fn bound_names(&self) -> Vec<BoundName> {
         let mut out = Vec::new();

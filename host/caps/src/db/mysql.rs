@@ -287,7 +287,7 @@ impl MySqlBackend {
                 self.opts.ip_or_hostname(),
                 self.opts.tcp_port(),
                 database.unwrap_or(""),
-                super::connect_cause(&e)
+                crate::connect::cause(&e)
             ))
         })?;
         let mut call = CallConn {

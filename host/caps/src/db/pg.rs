@@ -218,7 +218,7 @@ fn connect_message(
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let cause = match e.as_db_error() {
         Some(_) => pg_message(e),
-        None => crate::db::connect_cause(e),
+        None => crate::connect::cause(e),
     };
     format!("cannot connect to {product} at {host}:{port} (database `{database}`): {cause}")
 }

@@ -179,7 +179,7 @@ impl HttpBackend {
                     // Name the server and the cause, not reqwest's bare "error sending request".
                     CapError::Failed(format!(
                         "cannot connect to HTTP server at {server} ({shown}): {}",
-                        crate::db::connect_cause(&e)
+                        crate::connect::cause(&e)
                     ))
                 } else {
                     CapError::Failed(format!("request to {shown} failed: {}", e.without_url()))

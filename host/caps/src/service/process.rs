@@ -425,6 +425,11 @@ impl ProcessBackend {
             };
         }
         let candidates = self.strays().await?;
+        let listed = candidates
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let pid = match pid {
             Some(p) if candidates.contains(&p) => p,
             Some(p) => {
@@ -434,14 +439,7 @@ impl ProcessBackend {
                 let seen = if candidates.is_empty() {
                     "no process does".to_string()
                 } else {
-                    format!(
-                        "these do: {}",
-                        candidates
-                            .iter()
-                            .map(u32::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    format!("these do: {listed}")
                 };
                 return Err(CapError::Invalid(format!(
                     "pid {p}{command} neither runs this service's command line nor listens on its health URL's port ({seen}); Upshift would stop it as this service, so it refuses to adopt it: check the pid"
@@ -454,13 +452,9 @@ impl ProcessBackend {
                         "no running process of this service was found (neither its command line nor a listener on its health URL's port); start it with `upshift start`, or pass --pid".into(),
                     ));
                 }
-                many => {
+                _ => {
                     return Err(CapError::Failed(format!(
-                        "several processes look like this service ({}); pass --pid to choose one",
-                        many.iter()
-                            .map(u32::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "several processes look like this service ({listed}); pass --pid to choose one"
                     )));
                 }
             },

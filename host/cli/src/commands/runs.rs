@@ -39,7 +39,7 @@ pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
         (Some(name), None, None) => {
             let fleet = ctx.load_fleet()?;
             let instance = fleet.instance(name)?;
-            let to = target_of(instance, args.to.as_deref())?;
+            let to = instance.target_or(args.to.as_deref()).map_err(usage)?;
             apply::plan_instance_with(&session, instance, &to, &options).await?
         }
         _ => {
@@ -59,18 +59,6 @@ pub async fn plan(ctx: &Ctx, args: PlanArgs) -> Result<u8, Exit> {
         PlanOutcome::Refused(r) if r.rule == apply::ALREADY_AT_TARGET => 0,
         PlanOutcome::Refused(_) => 3,
     })
-}
-
-/// The version `instance` goes to: `--to`, else its `target` in the fleet file.
-fn target_of(instance: &upshift::fleet::Instance, to: Option<&str>) -> Result<String, Exit> {
-    to.map(str::to_string)
-        .or_else(|| instance.target.clone())
-        .ok_or_else(|| {
-            usage(format!(
-                "instance `{}` has no `target` in the fleet file; pass --to VERSION",
-                instance.name
-            ))
-        })
 }
 
 /// How many instances a fleet-wide plan detects at a time.
@@ -154,12 +142,7 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<u8, Exit> {
         return rollout(&session, &fleet, &args, ui.as_deref()).await;
     }
     let instance = fleet.instance(&args.instances[0])?;
-    let Some(to) = args.to.clone().or_else(|| instance.target.clone()) else {
-        return Err(usage(format!(
-            "instance `{}` has no `target` in the fleet file; pass --to VERSION",
-            instance.name
-        )));
-    };
+    let to = instance.target_or(args.to.as_deref()).map_err(usage)?;
     let _tape = record::start(&mut session, &args.tape, &instance.name)?;
     let options = apply::PlanOptions {
         allow_unknown: args.allow_unknown,
@@ -249,12 +232,7 @@ pub async fn enqueue(ctx: &Ctx, args: EnqueueArgs) -> Result<u8, Exit> {
     };
     let mut items = Vec::new();
     for instance in upshift::ops::rollout::select(&fleet, &selection)? {
-        let Some(target) = args.to.clone().or_else(|| instance.target.clone()) else {
-            return Err(usage(format!(
-                "instance `{}` has no `target` in the fleet file; pass --to VERSION",
-                instance.name
-            )));
-        };
+        let target = instance.target_or(args.to.as_deref()).map_err(usage)?;
         items.push(upshift::queue::QueueItem {
             instance: instance.name.clone(),
             target,

@@ -137,6 +137,34 @@ pub struct RunReport {
     pub found: Vec<String>,
 }
 
+impl RunReport {
+    /// A report of a run that ran no step (already there, refused): `outcome`, nothing else.
+    fn without_steps(
+        run_id: String,
+        instance: &str,
+        from: String,
+        to: String,
+        outcome: Outcome,
+    ) -> RunReport {
+        RunReport {
+            run_id,
+            instance: instance.to_string(),
+            from_version: from,
+            to_version: to,
+            outcome,
+            steps: Vec::new(),
+            checks: Vec::new(),
+            backups: Vec::new(),
+            refusal: None,
+            failure: None,
+            rollback_command: None,
+            operator_help: None,
+            denials: Vec::new(),
+            found: Vec::new(),
+        }
+    }
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -583,22 +611,13 @@ pub async fn apply_with(
     let plan = match &report.outcome {
         // Nothing to do: not a refusal, and not a run (no run is recorded).
         PlanOutcome::Refused(r) if r.rule == ALREADY_AT_TARGET => {
-            return Ok(RunReport {
-                run_id: String::new(),
-                instance: instance.name.clone(),
-                from_version: from,
-                to_version: target.to_string(),
-                outcome: Outcome::AlreadyThere,
-                steps: Vec::new(),
-                checks: Vec::new(),
-                backups: Vec::new(),
-                refusal: None,
-                failure: None,
-                rollback_command: None,
-                operator_help: None,
-                denials: Vec::new(),
-                found: Vec::new(),
-            });
+            return Ok(RunReport::without_steps(
+                String::new(),
+                &instance.name,
+                from,
+                target.to_string(),
+                Outcome::AlreadyThere,
+            ));
         }
         PlanOutcome::Refused(r) => {
             let run = new_run(instance, &adapter, "upgrade", &from, target, "null".into());
@@ -610,20 +629,14 @@ pub async fn apply_with(
             let msg = format!("refused by rule `{}`: {}", r.rule, r.reason);
             end_run(session, &held, &run.id, RunStatus::Refused, Some(&msg)).await?;
             return Ok(RunReport {
-                run_id: run.id,
-                instance: instance.name.clone(),
-                from_version: from,
-                to_version: target.to_string(),
-                outcome: Outcome::Refused,
-                steps: Vec::new(),
-                checks: Vec::new(),
-                backups: Vec::new(),
                 refusal: Some(r.clone()),
-                failure: None,
-                rollback_command: None,
-                operator_help: None,
-                denials: Vec::new(),
-                found: Vec::new(),
+                ..RunReport::without_steps(
+                    run.id,
+                    &instance.name,
+                    from,
+                    target.to_string(),
+                    Outcome::Refused,
+                )
             });
         }
         PlanOutcome::Plan(p) => p.clone(),
@@ -1112,21 +1125,17 @@ pub async fn restore(
     let plan = match planned {
         Ok(p) => p,
         Err(r) => {
+            let to = backup.product_version.clone();
             return Ok(RunReport {
-                run_id: String::new(),
-                instance: instance.name.clone(),
-                from_version: from,
-                to_version: backup.product_version.clone(),
-                outcome: Outcome::Refused,
-                steps: Vec::new(),
-                checks: Vec::new(),
                 backups: vec![backup],
                 refusal: Some(r),
-                failure: None,
-                rollback_command: None,
-                operator_help: None,
-                denials: Vec::new(),
-                found: Vec::new(),
+                ..RunReport::without_steps(
+                    String::new(),
+                    &instance.name,
+                    from,
+                    to,
+                    Outcome::Refused,
+                )
             });
         }
     };

@@ -203,7 +203,7 @@ pub async fn plan_all(
 ) -> Vec<PlannedInstance> {
     futures_util::stream::iter(instances.iter())
         .map(|instance| async move {
-            let target = to.map(str::to_string).or_else(|| instance.target.clone());
+            let target = instance.target_or(to);
             let mut line = PlannedInstance {
                 instance: instance.name.clone(),
                 product: instance.adapter_label(),
@@ -216,12 +216,12 @@ pub async fn plan_all(
                 error: None,
                 report: None,
             };
-            let Some(target) = target else {
-                line.error = Some(format!(
-                    "instance `{}` has no `target` in the fleet file; set one or pass --to VERSION",
-                    instance.name
-                ));
-                return line;
+            let target = match target {
+                Ok(target) => target,
+                Err(why) => {
+                    line.error = Some(why);
+                    return line;
+                }
             };
             match apply::plan_instance_with(session, instance, &target, options).await {
                 Ok(report) => {
